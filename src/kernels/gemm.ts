@@ -1,0 +1,38 @@
+// fp32 matrix products on the kernel heap, split over output column panels across threads.
+import { checkDims, heapPtr } from './check.ts';
+import type { KernelRuntime } from './runtime.ts';
+
+/** Register tile width: thread chunks are whole panels of this many columns. */
+export const GEMM_PANEL = 8;
+/** Below this many multiply-adds a product runs on one thread (waking workers costs more). */
+export const PARALLEL_MIN_MACS = 1 << 18;
+
+export interface GemmArgs {
+  /** op(A) is m×k: A is stored m×k, or k×m with transA. */
+  a: Float32Array;
+  /** op(B) is k×n: B is stored k×n, or n×k with transB. */
+  b: Float32Array;
+  /** m×n output, overwritten (or added to with accumulate). */
+  c: Float32Array;
+  m: number;
+  n: number;
+  k: number;
+  transA?: boolean;
+  transB?: boolean;
+  accumulate?: boolean;
+}
+
+export class Gemm {
+  constructor(private readonly rt: KernelRuntime) {}
+
+  /** C (=|+=) op(A)·op(B). Covers A·B, A·Bᵀ (transB) and Aᵀ·B (transA). */
+  gemm({ a, b, c, m, n, k, transA = false, transB = false, accumulate = false }: GemmArgs): void {
+    checkDims('gemm', { m, n, k });
+    const { heap } = this.rt;
+    const pa = heapPtr(heap, 'gemm', 'a', a, m * k);
+    const pb = heapPtr(heap, 'gemm', 'b', b, k * n);
+    const pc = heapPtr(heap, 'gemm', 'c', c, m * n);
+    const args = [pa, pb, pc, m, n, k, +transA, +transB, +accumulate];
+    this.rt.parallel('gemm_f32', args, n, GEMM_PANEL, m * n * k < PARALLEL_MIN_MACS);
+  }
+}

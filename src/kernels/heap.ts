@@ -1,0 +1,100 @@
+// The kernels' heap: a first-fit allocator over the shared WebAssembly memory, owned by
+// JavaScript (the WASM code never allocates). Blocks are 64-byte aligned (cache line,
+// and any SIMD load). The memory is shared, so growing it never detaches earlier views.
+
+const ALIGN = 64;
+const PAGE = 65536;
+/** Below this the module keeps its static data; the heap starts here. */
+export const HEAP_BASE = PAGE;
+
+export type HeapView = Float32Array | Int8Array | Uint8Array | Int32Array | Uint32Array | Int16Array | Uint16Array;
+
+export class KernelHeap {
+  private readonly free: { ptr: number; size: number }[] = [];
+  private readonly used = new Map<number, number>();
+  private top = HEAP_BASE;
+  /** Every buffer object this heap's views were made on. */
+  private readonly buffers = new WeakSet<ArrayBufferLike>();
+
+  constructor(readonly memory: WebAssembly.Memory) {}
+
+  /** Bytes currently allocated. */
+  get allocatedBytes(): number {
+    let total = 0;
+    for (const size of this.used.values()) total += size;
+    return total;
+  }
+
+  /** Allocates `bytes` (zeroed) and returns the pointer. */
+  allocBytes(bytes: number): number {
+    if (!Number.isInteger(bytes) || bytes < 0) throw new RangeError(`heap: cannot allocate ${bytes} bytes`);
+    const size = Math.max(ALIGN, Math.ceil(bytes / ALIGN) * ALIGN);
+    let ptr = -1;
+    for (let i = 0; i < this.free.length; i++) {
+      const block = this.free[i];
+      if (block.size < size) continue;
+      ptr = block.ptr;
+      if (block.size === size) this.free.splice(i, 1);
+      else { block.ptr += size; block.size -= size; }
+      break;
+    }
+    if (ptr < 0) {
+      ptr = this.top;
+      this.ensure(ptr + size);
+      this.top += size;
+    }
+    this.used.set(ptr, size);
+    new Uint8Array(this.memory.buffer, ptr, size).fill(0);
+    return ptr;
+  }
+
+  /** Returns a block to the heap, merging it with free neighbours. */
+  freeBytes(ptr: number): void {
+    const size = this.used.get(ptr);
+    if (size === undefined) throw new Error(`heap: pointer ${ptr} was not allocated here (double free?)`);
+    this.used.delete(ptr);
+    let at = this.free.findIndex((block) => block.ptr > ptr);
+    if (at < 0) at = this.free.length;
+    this.free.splice(at, 0, { ptr, size });
+    const next = this.free[at + 1];
+    if (next && ptr + size === next.ptr) { this.free[at].size += next.size; this.free.splice(at + 1, 1); }
+    const prev = this.free[at - 1];
+    if (prev && prev.ptr + prev.size === ptr) { prev.size += this.free[at].size; this.free.splice(at, 1); }
+    const last = this.free[this.free.length - 1];
+    if (last && last.ptr + last.size === this.top) { this.top = last.ptr; this.free.pop(); }
+  }
+
+  f32(length: number): Float32Array { return this.view(Float32Array, length); }
+  i8(length: number): Int8Array { return this.view(Int8Array, length); }
+  u8(length: number): Uint8Array { return this.view(Uint8Array, length); }
+  i16(length: number): Int16Array { return this.view(Int16Array, length); }
+  i32(length: number): Int32Array { return this.view(Int32Array, length); }
+  u32(length: number): Uint32Array { return this.view(Uint32Array, length); }
+
+  /** Frees a view obtained from this heap. */
+  release(view: HeapView): void {
+    this.pointer(view, 'release');
+    this.freeBytes(view.byteOffset);
+  }
+
+  /** The pointer of a heap view; throws if the view does not live in this heap. */
+  pointer(view: HeapView, what: string): number {
+    if (!this.buffers.has(view.buffer)) {
+      throw new TypeError(`${what}: array is not in the kernel heap; allocate it with kernels.heap.f32(n) (or i8/u8/...)`);
+    }
+    return view.byteOffset;
+  }
+
+  private view<T extends HeapView>(type: { new (buffer: ArrayBufferLike, offset: number, length: number): T; BYTES_PER_ELEMENT: number }, length: number): T {
+    const ptr = this.allocBytes(length * type.BYTES_PER_ELEMENT); // may grow: take the buffer after
+    const buffer = this.memory.buffer; // a shared memory may hand out a new object per read
+    this.buffers.add(buffer);
+    return new type(buffer, ptr, length);
+  }
+
+  private ensure(end: number): void {
+    const have = this.memory.buffer.byteLength;
+    if (end <= have) return;
+    this.memory.grow(Math.ceil((end - have) / PAGE));
+  }
+}
