@@ -1,7 +1,7 @@
 // A kernel pool worker: instantiates the kernel module on the shared memory, then waits
 // on its control slot for jobs posted by the main thread (see pool.ts for the layout).
 // Plain JavaScript so it starts without a TypeScript loader.
-import { workerData } from 'node:worker_threads';
+import { parentPort, workerData } from 'node:worker_threads';
 
 const { module, memory, controlPtr, argsPtr, scratchPtr, kernelNames, slots, maxArgs, spins } = workerData;
 const instance = new WebAssembly.Instance(module, { env: { memory, abort() { throw new Error('kernel abort'); } } });
@@ -9,6 +9,7 @@ const kernels = kernelNames.map((name) => instance.exports[name]);
 const control = new Int32Array(memory.buffer, controlPtr, slots);
 const args = new Float64Array(memory.buffer, argsPtr, maxArgs);
 const [SEQ, DONE, KERNEL, ARGC, BEGIN, END, STATUS] = [0, 1, 2, 3, 4, 5, 6];
+parentPort.postMessage('ready');
 
 let seen = 0;
 for (;;) {

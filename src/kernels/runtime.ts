@@ -43,7 +43,20 @@ interface PoolWorker {
 }
 
 const buildDir = new URL('./build/', import.meta.url);
-let relaxedFlagSet = false;
+let flagsSet = false;
+
+/**
+ * V8 flags, set once before the first compile. Relaxed SIMD is off by default before
+ * Node 22. Liftoff is V8's baseline wasm tier: kernels would start there and run ~35%
+ * slower until the optimizing compile finishes in the background, which on a busy
+ * 2-core machine can take most of a benchmark or a training step.
+ */
+function setEngineFlags(): void {
+  if (flagsSet) return;
+  setFlagsFromString('--experimental-wasm-relaxed-simd');
+  setFlagsFromString('--no-liftoff');
+  flagsSet = true;
+}
 
 async function compileBuild(name: BuildName): Promise<WebAssembly.Module | undefined> {
   let bytes: Buffer;
@@ -52,11 +65,7 @@ async function compileBuild(name: BuildName): Promise<WebAssembly.Module | undef
   } catch {
     throw new Error(`kernels: src/kernels/build/${name}.wasm is missing; run \`npm install\` or \`npm run build:kernels\``);
   }
-  if (name === 'relaxed' && !relaxedFlagSet) {
-    // Off by default before Node 22; must be set before the module is compiled.
-    setFlagsFromString('--experimental-wasm-relaxed-simd');
-    relaxedFlagSet = true;
-  }
+  setEngineFlags();
   if (!WebAssembly.validate(bytes)) return undefined;
   return WebAssembly.compile(bytes);
 }
@@ -206,7 +215,7 @@ export class KernelRuntime {
         args: new Float64Array(this.memory.buffer, argsPtr, MAX_ARGS),
       };
       await new Promise<void>((resolve, reject) => {
-        worker.once('online', resolve);
+        worker.once('message', () => resolve()); // posted once its module instance exists
         worker.once('error', reject);
       });
       worker.unref(); // an idle pool must not keep the process alive
