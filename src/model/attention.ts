@@ -1,0 +1,105 @@
+// Causal self-attention with grouped KV heads and rotary embeddings, over a batch of
+// sequences laid out [batch·seq, features]. Forward keeps q, k, v (rotated), the attention
+// output and each query's log-sum-exp; backward recomputes the probabilities from those.
+import type { Kernels } from '../kernels/index.ts';
+import type { RopeTable } from '../kernels/ops.ts';
+import type { ModelConfig } from './config.ts';
+import type { Linear } from './linear.ts';
+
+class AttentionActivations {
+  readonly q: Float32Array;
+  readonly k: Float32Array;
+  readonly v: Float32Array;
+  readonly att: Float32Array;
+  readonly lse: Float32Array;
+
+  constructor(kernels: Kernels, readonly rows: number, config: ModelConfig) {
+    const { heap } = kernels;
+    const qDim = config.numHeads * config.headDim;
+    const kvDim = config.numKvHeads * config.headDim;
+    this.q = heap.f32(rows * qDim);
+    this.k = heap.f32(rows * kvDim);
+    this.v = heap.f32(rows * kvDim);
+    this.att = heap.f32(rows * qDim);
+    this.lse = heap.f32(rows * config.numHeads);
+  }
+}
+
+export class Attention {
+  private acts?: AttentionActivations;
+
+  constructor(
+    private readonly kernels: Kernels,
+    private readonly config: ModelConfig,
+    readonly q: Linear,
+    readonly k: Linear,
+    readonly v: Linear,
+    readonly o: Linear,
+    private readonly rope: RopeTable,
+  ) {}
+
+  private activations(rows: number): AttentionActivations {
+    if (!this.acts || this.acts.rows < rows) this.acts = new AttentionActivations(this.kernels, rows, this.config);
+    return this.acts;
+  }
+
+  /** out[B·T, H] = attention(x) for `batch` sequences of `seq` tokens at `positions`. */
+  forward(x: Float32Array, out: Float32Array, batch: number, seq: number, positions: Int32Array): void {
+    const { ops } = this.kernels;
+    const { numHeads, numKvHeads, headDim } = this.config;
+    const rows = batch * seq;
+    const a = this.activations(rows);
+    this.q.forward(x, a.q, rows);
+    this.k.forward(x, a.k, rows);
+    this.v.forward(x, a.v, rows);
+    ops.rope({ x: a.q, positions, table: this.rope, tokens: rows, heads: numHeads });
+    ops.rope({ x: a.k, positions, table: this.rope, tokens: rows, heads: numKvHeads });
+    for (let b = 0; b < batch; b++) {
+      const s = this.sequence(a, b, seq);
+      ops.attention({ ...s, tokens: seq, heads: numHeads, kvHeads: numKvHeads, headDim });
+    }
+    this.o.forward(a.att, out, rows);
+  }
+
+  /** dx (= or += with accumulate) ∂L/∂x from dOut; adds the projections' gradients. */
+  backward(x: Float32Array, dOut: Float32Array, dx: Float32Array, batch: number, seq: number, positions: Int32Array, accumulate = false): void {
+    const { ops, heap } = this.kernels;
+    const { numHeads, numKvHeads, headDim } = this.config;
+    const rows = batch * seq;
+    const a = this.activations(rows);
+    const dAtt = heap.f32(a.att.length);
+    const dq = heap.f32(a.q.length);
+    const dk = heap.f32(a.k.length);
+    const dv = heap.f32(a.v.length);
+    this.o.backward(a.att, dOut, dAtt, rows);
+    for (let b = 0; b < batch; b++) {
+      const s = this.sequence(a, b, seq);
+      const qSpan = (v: Float32Array) => v.subarray(b * seq * numHeads * headDim, (b + 1) * seq * numHeads * headDim);
+      const kvSpan = (v: Float32Array) => v.subarray(b * seq * numKvHeads * headDim, (b + 1) * seq * numKvHeads * headDim);
+      ops.attentionBackward({
+        ...s, dOut: qSpan(dAtt), dq: qSpan(dq), dk: kvSpan(dk), dv: kvSpan(dv),
+        tokens: seq, heads: numHeads, kvHeads: numKvHeads, headDim,
+      });
+    }
+    ops.ropeBackward({ x: dq, positions, table: this.rope, tokens: rows, heads: numHeads });
+    ops.ropeBackward({ x: dk, positions, table: this.rope, tokens: rows, heads: numKvHeads });
+    this.q.backward(x, dq, dx, rows, accumulate);
+    this.k.backward(x, dk, dx, rows, true);
+    this.v.backward(x, dv, dx, rows, true);
+    for (const v of [dAtt, dq, dk, dv]) heap.release(v);
+  }
+
+  /** Views of sequence b's q, k, v, output and lse. */
+  private sequence(a: AttentionActivations, b: number, seq: number) {
+    const { numHeads, numKvHeads, headDim } = this.config;
+    const qs = seq * numHeads * headDim;
+    const kvs = seq * numKvHeads * headDim;
+    return {
+      q: a.q.subarray(b * qs, (b + 1) * qs),
+      k: a.k.subarray(b * kvs, (b + 1) * kvs),
+      v: a.v.subarray(b * kvs, (b + 1) * kvs),
+      out: a.att.subarray(b * qs, (b + 1) * qs),
+      lse: a.lse.subarray(b * seq * numHeads, (b + 1) * seq * numHeads),
+    };
+  }
+}

@@ -1,0 +1,69 @@
+// A SwiGLU expert, y = down(silu(gate·x) ⊙ up·x), and the narrow interface through which the
+// MoE layer reaches experts. The layer never touches an expert's weights: it hands an expert
+// the rows routed to it and gets outputs back (and, in backward, input gradients while the
+// expert accumulates its own weight gradients). A swarm node implements the same interface
+// with remote replicas, without touching the model code.
+import type { Kernels } from '../kernels/index.ts';
+import { GrowableBuffer, type Linear } from './linear.ts';
+
+export interface ExpertCompute {
+  /** y[rows, hidden] = expert(layer, expert)(x[rows, hidden]). */
+  forward(layer: number, expert: number, x: Float32Array, y: Float32Array, rows: number): Promise<void>;
+  /**
+   * dx[rows, hidden] = ∂L/∂x given dy = ∂L/∂y for the rows of the latest forward of this
+   * expert (x is that forward's input); adds the expert's weight gradients.
+   */
+  backward(layer: number, expert: number, x: Float32Array, dy: Float32Array, dx: Float32Array, rows: number): Promise<void>;
+}
+
+export class SwigluExpert {
+  readonly hidden: number;
+  // The forward's activations, kept for backward: gate·x, up·x and silu(gate·x) ⊙ up·x.
+  private readonly g: GrowableBuffer;
+  private readonly u: GrowableBuffer;
+  private readonly h: GrowableBuffer;
+  private readonly dh: GrowableBuffer;
+
+  constructor(private readonly kernels: Kernels, readonly gate: Linear, readonly up: Linear, readonly down: Linear) {
+    this.hidden = gate.outDim;
+    this.g = new GrowableBuffer(kernels, this.hidden);
+    this.u = new GrowableBuffer(kernels, this.hidden);
+    this.h = new GrowableBuffer(kernels, this.hidden);
+    this.dh = new GrowableBuffer(kernels, this.hidden);
+  }
+
+  forward(x: Float32Array, y: Float32Array, rows: number): void {
+    const g = this.g.rows(rows);
+    const u = this.u.rows(rows);
+    const h = this.h.rows(rows);
+    this.gate.forward(x, g, rows);
+    this.up.forward(x, u, rows);
+    this.kernels.ops.swiglu({ gate: g, up: u, h, rows, cols: this.hidden });
+    this.down.forward(h, y, rows);
+  }
+
+  backward(x: Float32Array, dy: Float32Array, dx: Float32Array, rows: number): void {
+    const g = this.g.rows(rows);
+    const u = this.u.rows(rows);
+    const h = this.h.rows(rows);
+    const dh = this.dh.rows(rows);
+    this.down.backward(h, dy, dh, rows);
+    // The gradients of gate·x and up·x overwrite those activations: nothing reads them after.
+    this.kernels.ops.swigluBackward({ gate: g, up: u, dh, dGate: g, dUp: u, rows, cols: this.hidden });
+    this.gate.backward(x, g, dx, rows);
+    this.up.backward(x, u, dx, rows, true);
+  }
+}
+
+/** Experts held in this process, indexed [layer][expert]. */
+export class LocalExperts implements ExpertCompute {
+  constructor(readonly experts: SwigluExpert[][]) {}
+
+  async forward(layer: number, expert: number, x: Float32Array, y: Float32Array, rows: number): Promise<void> {
+    this.experts[layer][expert].forward(x, y, rows);
+  }
+
+  async backward(layer: number, expert: number, x: Float32Array, dy: Float32Array, dx: Float32Array, rows: number): Promise<void> {
+    this.experts[layer][expert].backward(x, dy, dx, rows);
+  }
+}

@@ -1,0 +1,148 @@
+// Linear layers y = x·Wᵀ (+ b), W stored [out, in] like PyTorch, each with its backward beside
+// the forward. Three kinds behind one interface:
+//   DenseLinear  fp32 weight, trainable (full mode) or frozen;
+//   QuantLinear  frozen q8/q4 weight, on the fp32 path (dequantized while packing) or the
+//                integer path (int8 activations, exact integer dot products);
+//   LoraLinear   any frozen base plus a trainable low-rank update (alpha / r)·B·A.
+// The caller keeps the forward input x alive and passes it to backward.
+import type { Kernels, QuantizedTensor } from '../kernels/index.ts';
+import type { Param } from './params.ts';
+
+export interface Linear {
+  readonly inDim: number;
+  readonly outDim: number;
+  /** y = x·Wᵀ (+ b) over `rows` rows (y is overwritten). */
+  forward(x: Float32Array, y: Float32Array, rows: number): void;
+  /**
+   * dx (= or += with accumulateDx) dy·W, skipped when dx is undefined; adds the gradients of
+   * the trainable parameters, from the forward's input x.
+   */
+  backward(x: Float32Array, dy: Float32Array, dx: Float32Array | undefined, rows: number, accumulateDx?: boolean): void;
+}
+
+function addBias(kernels: Kernels, bias: Param | undefined, y: Float32Array, rows: number, out: number): void {
+  if (bias) kernels.ops.addBias(y, bias.value, rows, out);
+}
+
+function biasBackward(kernels: Kernels, bias: Param | undefined, dy: Float32Array, rows: number, out: number): void {
+  if (bias?.grad) kernels.ops.biasGrad(dy, bias.grad, rows, out);
+}
+
+export class DenseLinear implements Linear {
+  readonly inDim: number;
+  readonly outDim: number;
+
+  constructor(private readonly kernels: Kernels, readonly weight: Param, readonly bias?: Param) {
+    [this.outDim, this.inDim] = weight.shape;
+  }
+
+  forward(x: Float32Array, y: Float32Array, rows: number): void {
+    this.kernels.gemm.gemm({ a: x, b: this.weight.value, c: y, m: rows, n: this.outDim, k: this.inDim, transB: true });
+    addBias(this.kernels, this.bias, y, rows, this.outDim);
+  }
+
+  backward(x: Float32Array, dy: Float32Array, dx: Float32Array | undefined, rows: number, accumulateDx = false): void {
+    const { gemm } = this.kernels;
+    if (dx) gemm.gemm({ a: dy, b: this.weight.value, c: dx, m: rows, n: this.inDim, k: this.outDim, accumulate: accumulateDx });
+    if (this.weight.grad) {
+      gemm.gemm({ a: dy, b: x, c: this.weight.grad, m: this.outDim, n: this.inDim, k: rows, transA: true, accumulate: true });
+    }
+    biasBackward(this.kernels, this.bias, dy, rows, this.outDim);
+  }
+}
+
+export type BasePath = 'fp32' | 'int';
+
+export class QuantLinear implements Linear {
+  readonly inDim: number;
+  readonly outDim: number;
+  /** The integer path's backward needs Wᵀ quantized along W's rows (made once: the base is frozen). */
+  private readonly transposed?: QuantizedTensor;
+
+  constructor(
+    private readonly kernels: Kernels,
+    readonly weight: QuantizedTensor,
+    readonly path: BasePath,
+    readonly bias?: Param,
+  ) {
+    this.outDim = weight.rows;
+    this.inDim = weight.cols;
+    if (path === 'int') this.transposed = kernels.qint.transposeQuantized(weight, { bits: weight.bits });
+  }
+
+  forward(x: Float32Array, y: Float32Array, rows: number): void {
+    if (this.path === 'int') this.kernels.qint.forward(x, this.weight, y, rows);
+    else this.kernels.quant.matmulT(x, this.weight, y, rows);
+    addBias(this.kernels, this.bias, y, rows, this.outDim);
+  }
+
+  backward(x: Float32Array, dy: Float32Array, dx: Float32Array | undefined, rows: number, accumulateDx = false): void {
+    if (dx && this.transposed) this.kernels.qint.backward(dy, this.transposed, dx, rows, { accumulate: accumulateDx });
+    else if (dx) this.kernels.quant.matmulBackward(dy, this.weight, dx, rows, { accumulate: accumulateDx });
+    biasBackward(this.kernels, this.bias, dy, rows, this.outDim);
+  }
+}
+
+/** Rows of a growable scratch matrix: reallocated (larger) only when a call needs more rows. */
+export class GrowableBuffer {
+  private view?: Float32Array;
+
+  constructor(private readonly kernels: Kernels, private readonly cols: number) {}
+
+  rows(rows: number): Float32Array {
+    const need = Math.max(1, rows * this.cols);
+    if (!this.view || this.view.length < need) {
+      if (this.view) this.kernels.heap.release(this.view);
+      this.view = this.kernels.heap.f32(need);
+    }
+    return this.view;
+  }
+}
+
+export class LoraLinear implements Linear {
+  readonly inDim: number;
+  readonly outDim: number;
+  readonly rank: number;
+  private readonly scale: number;
+  /** (alpha / r)·x·Aᵀ from the forward, [rows, r]. */
+  private readonly xa: GrowableBuffer;
+  private readonly dxa: GrowableBuffer;
+
+  constructor(
+    private readonly kernels: Kernels,
+    readonly base: Linear,
+    readonly a: Param,
+    readonly b: Param,
+    alpha: number,
+  ) {
+    this.inDim = base.inDim;
+    this.outDim = base.outDim;
+    this.rank = a.shape[0];
+    this.scale = alpha / this.rank;
+    this.xa = new GrowableBuffer(kernels, this.rank);
+    this.dxa = new GrowableBuffer(kernels, this.rank);
+  }
+
+  forward(x: Float32Array, y: Float32Array, rows: number): void {
+    const { gemm, ops } = this.kernels;
+    const r = this.rank;
+    this.base.forward(x, y, rows);
+    const xa = this.xa.rows(rows);
+    gemm.gemm({ a: x, b: this.a.value, c: xa, m: rows, n: r, k: this.inDim, transB: true });
+    ops.scale(xa, this.scale, rows * r);
+    gemm.gemm({ a: xa, b: this.b.value, c: y, m: rows, n: this.outDim, k: r, transB: true, accumulate: true });
+  }
+
+  backward(x: Float32Array, dy: Float32Array, dx: Float32Array | undefined, rows: number, accumulateDx = false): void {
+    const { gemm, ops } = this.kernels;
+    const r = this.rank;
+    this.base.backward(x, dy, dx, rows, accumulateDx);
+    const xa = this.xa.rows(rows);
+    const dxa = this.dxa.rows(rows);
+    gemm.gemm({ a: dy, b: xa, c: this.b.grad!, m: this.outDim, n: r, k: rows, transA: true, accumulate: true });
+    gemm.gemm({ a: dy, b: this.b.value, c: dxa, m: rows, n: r, k: this.outDim });
+    ops.scale(dxa, this.scale, rows * r);
+    gemm.gemm({ a: dxa, b: x, c: this.a.grad!, m: r, n: this.inDim, k: rows, transA: true, accumulate: true });
+    if (dx) gemm.gemm({ a: dxa, b: this.a.value, c: dx, m: rows, n: this.inDim, k: r, accumulate: true });
+  }
+}

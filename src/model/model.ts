@@ -1,0 +1,355 @@
+// The MoE decoder: embedding → layers (x += attention(rmsnorm(x)); x += moe(rmsnorm(x))) →
+// final rmsnorm → LM head, with each stage's forward and backward side by side and every
+// activation in explicit heap buffers. Two modes:
+//   full: every parameter trainable in fp32;
+//   lora: the base frozen (its attention and expert matrices optionally stored q8/q4), and
+//         LoRA A/B trainable on the chosen targets (A random, B zero: training starts from the
+//         base model exactly).
+// Gradient checkpointing keeps only each layer's input and recomputes the layer's forward in
+// backward; all layers then share one set of activation buffers.
+import type { Kernels, QuantizedTensor } from '../kernels/index.ts';
+import type { RopeTable } from '../kernels/ops.ts';
+import { Attention } from './attention.ts';
+import { isLoraTarget, loraShapes, parameterShapes, type F32Tensor, type ModelConfig } from './config.ts';
+import { LocalExperts, SwigluExpert, type ExpertCompute } from './expert.ts';
+import { initParameters, uniform } from './init.ts';
+import { DenseLinear, LoraLinear, QuantLinear, type BasePath, type Linear } from './linear.ts';
+import { MoeLayer } from './moe.ts';
+import { ParamStore, sizeOf, type Param } from './params.ts';
+
+export type TrainMode = 'full' | 'lora';
+export type BaseFormat = 'f32' | 'q8' | 'q4';
+
+export interface LoraOptions {
+  rank: number;
+  alpha: number;
+  /** Which LoRA-capable matrices get an adapter (default: all of them). */
+  targets?: (name: string) => boolean;
+}
+
+export interface ModelOptions {
+  mode: TrainMode;
+  /** Required in lora mode. */
+  lora?: LoraOptions;
+  /** lora mode: how the frozen attention and expert matrices are stored (default f32). */
+  baseFormat?: BaseFormat;
+  /** lora mode with q8/q4: the fp32 path (dequantize while packing) or the exact integer path. */
+  basePath?: BasePath;
+  checkpointing?: boolean;
+  /** Seed of the random initialization (weights in full mode, LoRA A in lora mode). */
+  seed?: number;
+  /** Where the MoE layers send expert work; default: every expert in this process. */
+  experts?: ExpertCompute;
+}
+
+export interface StepLoss {
+  /** Cross-entropy + routerAuxLossCoef · aux. */
+  loss: number;
+  /** Mean cross-entropy (nats per counted target). */
+  crossEntropy: number;
+  /** Mean over layers of the load-balancing loss (1 when perfectly balanced). */
+  aux: number;
+  /** Targets counted (≥ 0). */
+  tokens: number;
+}
+
+/** Buffers of one layer's forward, shared by all layers under gradient checkpointing. */
+class BlockActivations {
+  readonly hAttn: Float32Array;
+  readonly rstdAttn: Float32Array;
+  readonly attnOut: Float32Array;
+  readonly xMid: Float32Array;
+  readonly hFfn: Float32Array;
+  readonly rstdFfn: Float32Array;
+  readonly moeOut: Float32Array;
+
+  constructor(kernels: Kernels, rows: number, hidden: number) {
+    const { heap } = kernels;
+    this.hAttn = heap.f32(rows * hidden);
+    this.rstdAttn = heap.f32(rows);
+    this.attnOut = heap.f32(rows * hidden);
+    this.xMid = heap.f32(rows * hidden);
+    this.hFfn = heap.f32(rows * hidden);
+    this.rstdFfn = heap.f32(rows);
+    this.moeOut = heap.f32(rows * hidden);
+  }
+}
+
+interface Block {
+  attnNorm: Param;
+  ffnNorm: Param;
+  attention: Attention;
+  moe: MoeLayer;
+}
+
+/** Row-sized buffers of a forward/backward over `rows` tokens. */
+class Workspace {
+  readonly residual: Float32Array[]; // L + 1 layer inputs; the last is the final residual
+  readonly blocks: BlockActivations[];
+  readonly hFinal: Float32Array;
+  readonly rstdFinal: Float32Array;
+  readonly logits: Float32Array;
+  readonly losses: Float32Array;
+  readonly tokens: Int32Array;
+  readonly targets: Int32Array;
+  readonly positions: Int32Array;
+  readonly dx: Float32Array;
+  readonly dh: Float32Array;
+
+  constructor(kernels: Kernels, readonly rows: number, config: ModelConfig, checkpointing: boolean) {
+    const { heap } = kernels;
+    const H = config.hiddenSize;
+    this.residual = Array.from({ length: config.numLayers + 1 }, () => heap.f32(rows * H));
+    const shared = checkpointing ? new BlockActivations(kernels, rows, H) : undefined;
+    this.blocks = Array.from({ length: config.numLayers }, () => shared ?? new BlockActivations(kernels, rows, H));
+    this.hFinal = heap.f32(rows * H);
+    this.rstdFinal = heap.f32(rows);
+    this.logits = heap.f32(rows * config.vocabSize);
+    this.losses = heap.f32(rows);
+    this.tokens = heap.i32(rows);
+    this.targets = heap.i32(rows);
+    this.positions = heap.i32(rows);
+    this.dx = heap.f32(rows * H);
+    this.dh = heap.f32(rows * H);
+  }
+}
+
+export class Model {
+  readonly params: ParamStore;
+  /** lora mode with q8/q4: the frozen matrices, by canonical name. */
+  readonly quantized = new Map<string, QuantizedTensor>();
+  /** The experts held in this process, [layer][expert] (all of them unless sharded). */
+  readonly localExperts: SwigluExpert[][] = [];
+  private readonly blocks: Block[] = [];
+  private readonly head: Linear;
+  private readonly rope: RopeTable;
+  private workspace?: Workspace;
+  private last?: { batch: number; seq: number; aux: number[] };
+
+  constructor(
+    private readonly kernels: Kernels,
+    readonly config: ModelConfig,
+    readonly options: ModelOptions,
+    base?: Map<string, F32Tensor>,
+  ) {
+    if (options.mode === 'lora' && !options.lora) throw new Error('model: lora mode needs lora options (rank, alpha)');
+    const format = options.mode === 'lora' ? (options.baseFormat ?? 'f32') : 'f32';
+    if (options.mode === 'full' && options.baseFormat && options.baseFormat !== 'f32') {
+      throw new Error('model: a quantized base needs lora mode (full mode trains every weight in fp32)');
+    }
+    const trainBase = options.mode === 'full';
+    const seed = options.seed ?? 1;
+    this.params = new ParamStore(kernels);
+    const shapes = parameterShapes(config);
+    const quantize = (name: string) => format !== 'f32' && isLoraTarget(name);
+    for (const [name, shape] of shapes) {
+      if (!quantize(name)) this.params.add(name, shape, trainBase);
+    }
+    const initial = base ?? initParameters(config, seed);
+    this.params.load(new Map([...initial].filter(([name]) => !quantize(name))));
+    if (format !== 'f32') this.quantizeBase(initial, format === 'q8' ? 8 : 4, shapes, quantize);
+
+    const lora = options.mode === 'lora' ? options.lora! : undefined;
+    if (lora) {
+      const wanted = lora.targets ?? (() => true);
+      const adapters = new Map([...loraShapes(config, lora.rank)].filter(([name]) => wanted(name.replace(/\.lora_[ab]$/, ''))));
+      for (const [name, shape] of adapters) this.params.add(name, shape, true);
+      this.params.load(initLora(adapters, seed));
+    }
+
+    const linear = (name: string): Linear => {
+      const bias = this.params.has(`${name}_bias`) ? this.params.get(`${name}_bias`) : undefined;
+      const q = this.quantized.get(name);
+      const base: Linear = q ? new QuantLinear(kernels, q, options.basePath ?? 'fp32', bias) : new DenseLinear(kernels, this.params.get(name), bias);
+      if (!this.params.has(`${name}.lora_a`)) return base;
+      return new LoraLinear(kernels, base, this.params.get(`${name}.lora_a`), this.params.get(`${name}.lora_b`), lora!.alpha);
+    };
+    const swiglu = (prefix: string) => new SwigluExpert(kernels, linear(`${prefix}.gate`), linear(`${prefix}.up`), linear(`${prefix}.down`));
+
+    this.rope = kernels.ops.ropeTable(config.headDim, config.maxSeqLen, config.ropeTheta);
+    for (let l = 0; l < config.numLayers; l++) {
+      this.localExperts.push(Array.from({ length: config.numExperts }, (_, e) => swiglu(`layers.${l}.experts.${e}`)));
+    }
+    const experts = options.experts ?? new LocalExperts(this.localExperts);
+    for (let l = 0; l < config.numLayers; l++) {
+      const p = `layers.${l}`;
+      const shared = config.sharedExpertHiddenSize > 0
+        ? { expert: swiglu(`${p}.shared_expert`), gate: linear(`${p}.shared_expert_gate`) }
+        : undefined;
+      this.blocks.push({
+        attnNorm: this.params.get(`${p}.attn_norm`),
+        ffnNorm: this.params.get(`${p}.ffn_norm`),
+        attention: new Attention(kernels, config, linear(`${p}.attn.q`), linear(`${p}.attn.k`), linear(`${p}.attn.v`), linear(`${p}.attn.o`), this.rope),
+        moe: new MoeLayer(kernels, config, l, linear(`${p}.router`), experts, shared),
+      });
+    }
+    this.head = new DenseLinear(kernels, this.params.get(config.tieEmbeddings ? 'embed' : 'lm_head'));
+  }
+
+  /**
+   * Forward over `batch` sequences of `seq` tokens ([batch·seq] ids), the loss against
+   * `targets` (negative: ignored), and the backward, adding gradScale·∂loss/∂θ into the
+   * trainable parameters' gradients. Returns the loss of this micro-batch.
+   */
+  async trainStep(tokens: ArrayLike<number>, targets: ArrayLike<number>, batch: number, seq: number, gradScale = 1): Promise<StepLoss> {
+    const result = await this.forward(tokens, batch, seq, targets, gradScale);
+    await this.backward(gradScale);
+    return result;
+  }
+
+  /** Loss without gradients (held-out evaluation). */
+  async evaluate(tokens: ArrayLike<number>, targets: ArrayLike<number>, batch: number, seq: number): Promise<StepLoss> {
+    return this.forward(tokens, batch, seq, targets);
+  }
+
+  /** Logits [batch·seq, vocab] (a view, valid until the next call). */
+  async logits(tokens: ArrayLike<number>, batch: number, seq: number): Promise<Float32Array> {
+    await this.forward(tokens, batch, seq);
+    return this.workspace!.logits.subarray(0, batch * seq * this.config.vocabSize);
+  }
+
+  private ensureWorkspace(rows: number): Workspace {
+    if (!this.workspace || this.workspace.rows < rows) {
+      this.workspace = new Workspace(this.kernels, rows, this.config, this.options.checkpointing ?? false);
+    }
+    return this.workspace;
+  }
+
+  private async forward(
+    tokens: ArrayLike<number>, batch: number, seq: number, targets?: ArrayLike<number>, gradScale?: number,
+  ): Promise<StepLoss> {
+    const { ops } = this.kernels;
+    const { hiddenSize: H, vocabSize: V, numLayers: L } = this.config;
+    const rows = batch * seq;
+    if (tokens.length !== rows) throw new RangeError(`model: ${tokens.length} tokens for batch ${batch} × seq ${seq}`);
+    if (seq > this.config.maxSeqLen) throw new RangeError(`model: sequence of ${seq} exceeds maxSeqLen ${this.config.maxSeqLen}`);
+    const ws = this.ensureWorkspace(rows);
+    for (let i = 0; i < rows; i++) {
+      const id = tokens[i];
+      if (!(id >= 0 && id < V)) throw new RangeError(`model: token id ${id} at ${i} is outside the vocabulary [0, ${V})`);
+      ws.tokens[i] = id;
+      ws.positions[i] = i % seq;
+    }
+    ops.gatherRows({ src: this.params.get('embed').value, indices: ws.tokens, dst: ws.residual[0], rows, cols: H, srcRows: V });
+    const aux: number[] = [];
+    for (let l = 0; l < L; l++) aux.push(await this.blockForward(l, ws, batch, seq, ws.residual[l + 1]));
+    const xL = ws.residual[L];
+    ops.rmsNorm({ x: xL, weight: this.params.get('final_norm').value, y: ws.hFinal, rstd: ws.rstdFinal, rows, dim: H, eps: this.config.rmsNormEps });
+    this.head.forward(ws.hFinal, ws.logits, rows);
+    this.last = { batch, seq, aux };
+    const meanAux = aux.reduce((a, b) => a + b, 0) / L;
+    if (!targets) return { loss: NaN, crossEntropy: NaN, aux: meanAux, tokens: 0 };
+
+    let counted = 0;
+    for (let i = 0; i < rows; i++) {
+      const target = targets[i];
+      if (target >= V) throw new RangeError(`model: target id ${target} at ${i} is outside the vocabulary [0, ${V})`);
+      ws.targets[i] = target;
+      if (target >= 0) counted++;
+    }
+    const scale = gradScale === undefined ? undefined : gradScale / Math.max(counted, 1);
+    ops.crossEntropy({
+      logits: ws.logits, targets: ws.targets, losses: ws.losses, rows, vocab: V,
+      ...(scale === undefined ? {} : { dLogits: ws.logits, scale }),
+    });
+    let sum = 0;
+    for (let i = 0; i < rows; i++) sum += ws.losses[i];
+    const crossEntropy = sum / Math.max(counted, 1);
+    return { loss: crossEntropy + this.config.routerAuxLossCoef * meanAux, crossEntropy, aux: meanAux, tokens: counted };
+  }
+
+  private async blockForward(l: number, ws: Workspace, batch: number, seq: number, out: Float32Array): Promise<number> {
+    const { ops } = this.kernels;
+    const { hiddenSize: H, rmsNormEps: eps } = this.config;
+    const rows = batch * seq;
+    const block = this.blocks[l];
+    const a = ws.blocks[l];
+    const x = ws.residual[l];
+    ops.rmsNorm({ x, weight: block.attnNorm.value, y: a.hAttn, rstd: a.rstdAttn, rows, dim: H, eps });
+    block.attention.forward(a.hAttn, a.attnOut, batch, seq, ws.positions);
+    ops.add(x, a.attnOut, a.xMid, rows * H);
+    ops.rmsNorm({ x: a.xMid, weight: block.ffnNorm.value, y: a.hFfn, rstd: a.rstdFfn, rows, dim: H, eps });
+    const aux = await block.moe.forward(a.hFfn, a.moeOut, rows);
+    ops.add(a.xMid, a.moeOut, out, rows * H);
+    return aux;
+  }
+
+  /** Backward of the latest forward (which must have had targets and a gradScale). */
+  private async backward(gradScale: number): Promise<void> {
+    const { ops } = this.kernels;
+    const { hiddenSize: H, vocabSize: V, numLayers: L } = this.config;
+    const ws = this.workspace!;
+    const { batch, seq } = this.last!;
+    const rows = batch * seq;
+    const dx = ws.dx;
+    const dh = ws.dh;
+    // The cross-entropy left its gradient in the logits buffer.
+    this.head.backward(ws.hFinal, ws.logits, dh, rows);
+    const finalNorm = this.params.get('final_norm');
+    ops.rmsNormBackward({
+      x: ws.residual[L], weight: finalNorm.value, rstd: ws.rstdFinal, dy: dh, dx, dWeight: this.gradOrScratch(finalNorm),
+      rows, dim: H,
+    });
+    const auxScale = (gradScale * this.config.routerAuxLossCoef) / L;
+    for (let l = L - 1; l >= 0; l--) {
+      if (this.options.checkpointing) await this.blockForward(l, ws, batch, seq, ws.dh);
+      await this.blockBackward(l, ws, batch, seq, auxScale);
+    }
+    const embed = this.params.get('embed');
+    if (embed.grad) ops.scatterAddRows({ src: dx, indices: ws.tokens, dst: embed.grad, rows, cols: H, dstRows: V });
+  }
+
+  /** ws.dx holds ∂L/∂(layer output); leaves ∂L/∂(layer input) there. */
+  private async blockBackward(l: number, ws: Workspace, batch: number, seq: number, auxScale: number): Promise<void> {
+    const { ops } = this.kernels;
+    const H = this.config.hiddenSize;
+    const rows = batch * seq;
+    const block = this.blocks[l];
+    const a = ws.blocks[l];
+    const { dx, dh } = ws;
+    await block.moe.backward(a.hFfn, dx, dh, rows, auxScale);
+    ops.rmsNormBackward({ x: a.xMid, weight: block.ffnNorm.value, rstd: a.rstdFfn, dy: dh, dx, dWeight: this.gradOrScratch(block.ffnNorm), rows, dim: H, accumulate: true });
+    block.attention.backward(a.hAttn, dx, dh, batch, seq, ws.positions);
+    ops.rmsNormBackward({ x: ws.residual[l], weight: block.attnNorm.value, rstd: a.rstdAttn, dy: dh, dx, dWeight: this.gradOrScratch(block.attnNorm), rows, dim: H, accumulate: true });
+  }
+
+  private normScratch?: Float32Array;
+
+  /** A frozen norm's weight gradient goes to a scratch buffer nobody reads. */
+  private gradOrScratch(p: Param): Float32Array {
+    if (p.grad) return p.grad;
+    if (!this.normScratch || this.normScratch.length < p.value.length) this.normScratch = this.kernels.heap.f32(p.value.length);
+    return this.normScratch;
+  }
+
+  private quantizeBase(
+    initial: Map<string, F32Tensor>, bits: 8 | 4, shapes: Map<string, number[]>, quantize: (name: string) => boolean,
+  ): void {
+    const { heap, quant } = this.kernels;
+    for (const [name, shape] of shapes) {
+      if (!quantize(name)) continue;
+      const source = initial.get(name);
+      if (!source) throw new Error(`model: base has no tensor ${name}`);
+      const [rows, cols] = shape;
+      const staging = heap.f32(rows * cols);
+      staging.set(source.data);
+      this.quantized.set(name, quant.quantize(staging, rows, cols, bits));
+      heap.release(staging);
+    }
+  }
+}
+
+/** LoRA A ~ U(−1/√in, 1/√in) (PEFT's kaiming-uniform default), B = 0. */
+function initLora(shapes: Map<string, number[]>, seed: number): Map<string, F32Tensor> {
+  const out = new Map<string, F32Tensor>();
+  const random = uniform(seed ^ 0x9e3779b9);
+  for (const [name, shape] of shapes) {
+    const data = new Float32Array(sizeOf(shape));
+    if (name.endsWith('.lora_a')) {
+      const bound = 1 / Math.sqrt(shape[1]);
+      for (let i = 0; i < data.length; i++) data[i] = (random() * 2 - 1) * bound;
+    }
+    out.set(name, { shape, data });
+  }
+  return out;
+}

@@ -1,0 +1,197 @@
+// The MoE feed-forward of one layer: a softmax router picks the top-k experts per token, the
+// token rows are grouped by expert and sent through the ExpertCompute interface, and the
+// outputs are summed back weighted by the gates (renormalized over the chosen k when the
+// config says so). An optional shared expert, scaled by sigmoid(shared_expert_gate·x), is
+// added for every token (Qwen2-MoE). The load-balancing loss is E·Σ_e f_e·P_e, with f_e the
+// share of the N·k assignments that went to expert e and P_e its mean router probability.
+import type { Kernels } from '../kernels/index.ts';
+import type { ModelConfig } from './config.ts';
+import type { ExpertCompute, SwigluExpert } from './expert.ts';
+import type { Linear } from './linear.ts';
+
+/** Per-call buffers, sized for `rows` tokens: everything backward needs from forward. */
+class MoeActivations {
+  readonly probs: Float32Array; // [N, E] router softmax
+  readonly topIndex: Int32Array; // [N, k]
+  readonly topProb: Float32Array; // [N, k]
+  readonly gates: Float32Array; // [N·k] gate of each assignment, in slot order
+  readonly slotToken: Int32Array; // [N·k] token row of each slot; slots grouped by expert
+  readonly slotOfAssignment: Int32Array; // [N·k] slot of assignment t·k + j
+  readonly expertStart: Int32Array; // [E + 1] first slot of each expert
+  readonly xs: Float32Array; // [N·k, H] token rows in slot order
+  readonly ys: Float32Array; // [N·k, H] expert outputs in slot order
+  readonly sharedY?: Float32Array; // [N, H]
+  readonly sharedGate?: Float32Array; // [N] sigmoid(shared_expert_gate·x)
+  readonly share: Float64Array; // [E] f_e
+
+  constructor(kernels: Kernels, readonly rows: number, config: ModelConfig) {
+    const { heap } = kernels;
+    const { numExperts: E, expertsPerToken: k, hiddenSize: H } = config;
+    this.probs = heap.f32(rows * E);
+    this.topIndex = heap.i32(rows * k);
+    this.topProb = heap.f32(rows * k);
+    this.gates = heap.f32(rows * k);
+    this.slotToken = heap.i32(rows * k);
+    this.slotOfAssignment = new Int32Array(rows * k);
+    this.expertStart = new Int32Array(E + 1);
+    this.xs = heap.f32(rows * k * H);
+    this.ys = heap.f32(rows * k * H);
+    if (config.sharedExpertHiddenSize > 0) {
+      this.sharedY = heap.f32(rows * H);
+      this.sharedGate = heap.f32(rows);
+    }
+    this.share = new Float64Array(E);
+  }
+}
+
+export class MoeLayer {
+  private acts?: MoeActivations;
+
+  constructor(
+    private readonly kernels: Kernels,
+    private readonly config: ModelConfig,
+    readonly layer: number,
+    readonly router: Linear,
+    private readonly experts: ExpertCompute,
+    readonly shared?: { expert: SwigluExpert; gate: Linear },
+  ) {}
+
+  private activations(rows: number): MoeActivations {
+    if (!this.acts || this.acts.rows < rows) this.acts = new MoeActivations(this.kernels, rows, this.config);
+    return this.acts;
+  }
+
+  /** out[N, H] = MoE(x); returns this layer's load-balancing loss. */
+  async forward(x: Float32Array, out: Float32Array, rows: number): Promise<number> {
+    const { ops } = this.kernels;
+    const { numExperts: E, expertsPerToken: k, hiddenSize: H } = this.config;
+    const a = this.activations(rows);
+    this.router.forward(x, a.probs, rows);
+    ops.softmax({ x: a.probs, y: a.probs, rows, n: E });
+    ops.topK({ x: a.probs, rows, n: E, k, indices: a.topIndex, values: a.topProb });
+
+    // Group assignments by expert (counting sort keeps token order within an expert).
+    a.expertStart.fill(0);
+    for (let i = 0; i < rows * k; i++) a.expertStart[a.topIndex[i] + 1]++;
+    for (let e = 0; e < E; e++) a.expertStart[e + 1] += a.expertStart[e];
+    const next = a.expertStart.slice(0, E);
+    for (let t = 0; t < rows; t++) {
+      let norm = 1;
+      if (this.config.normTopkProb) {
+        norm = 0;
+        for (let j = 0; j < k; j++) norm += a.topProb[t * k + j];
+      }
+      for (let j = 0; j < k; j++) {
+        const slot = next[a.topIndex[t * k + j]]++;
+        a.slotToken[slot] = t;
+        a.slotOfAssignment[t * k + j] = slot;
+        a.gates[slot] = a.topProb[t * k + j] / norm;
+      }
+    }
+    ops.gatherRows({ src: x, indices: a.slotToken, dst: a.xs, rows: rows * k, cols: H, srcRows: rows });
+    await Promise.all(
+      Array.from({ length: E }, (_, e) => {
+        const [s0, s1] = [a.expertStart[e], a.expertStart[e + 1]];
+        if (s1 === s0) return undefined;
+        return this.experts.forward(this.layer, e, a.xs.subarray(s0 * H, s1 * H), a.ys.subarray(s0 * H, s1 * H), s1 - s0);
+      }),
+    );
+    out.fill(0, 0, rows * H);
+    ops.scatterAddRows({ src: a.ys, indices: a.slotToken, weights: a.gates, dst: out, rows: rows * k, cols: H, dstRows: rows });
+
+    if (this.shared && a.sharedY && a.sharedGate) {
+      this.shared.expert.forward(x, a.sharedY, rows);
+      this.shared.gate.forward(x, a.sharedGate, rows);
+      for (let t = 0; t < rows; t++) a.sharedGate[t] = 1 / (1 + Math.exp(-a.sharedGate[t]));
+      scaleRows(a.sharedY, a.sharedGate, out, rows, H, true);
+    }
+
+    let aux = 0;
+    for (let e = 0; e < E; e++) {
+      a.share[e] = (a.expertStart[e + 1] - a.expertStart[e]) / (rows * k);
+      let meanProb = 0;
+      for (let t = 0; t < rows; t++) meanProb += a.probs[t * E + e];
+      aux += a.share[e] * (meanProb / rows);
+    }
+    return E * aux;
+  }
+
+  /**
+   * Given dOut = ∂L/∂out and the weight `auxScale` of this layer's load-balancing loss in L,
+   * writes dx (= or += with accumulate) ∂L/∂x and adds the router's and experts' gradients.
+   */
+  async backward(x: Float32Array, dOut: Float32Array, dx: Float32Array, rows: number, auxScale: number, accumulate = false): Promise<void> {
+    const { ops, heap } = this.kernels;
+    const { numExperts: E, expertsPerToken: k, hiddenSize: H } = this.config;
+    const a = this.activations(rows);
+    const slots = rows * k;
+    const dys = heap.f32(slots * H);
+    const dGates = heap.f32(slots);
+    const dxs = heap.f32(slots * H);
+    const dLogits = heap.f32(rows * E);
+
+    // out = Σ gate·y: ∂gate = dOut·y, ∂y = gate·dOut.
+    ops.gatherRows({ src: dOut, indices: a.slotToken, dst: dys, rows: slots, cols: H, srcRows: rows });
+    ops.rowDots(dys, a.ys, dGates, slots, H);
+    scaleRows(dys, a.gates, dys, slots, H, false);
+    await Promise.all(
+      Array.from({ length: E }, (_, e) => {
+        const [s0, s1] = [a.expertStart[e], a.expertStart[e + 1]];
+        if (s1 === s0) return undefined;
+        const seg = (v: Float32Array) => v.subarray(s0 * H, s1 * H);
+        return this.experts.backward(this.layer, e, seg(a.xs), seg(dys), seg(dxs), s1 - s0);
+      }),
+    );
+    if (!accumulate) dx.fill(0, 0, rows * H);
+    ops.scatterAddRows({ src: dxs, indices: a.slotToken, dst: dx, rows: slots, cols: H, dstRows: rows });
+
+    // Gates → chosen probabilities (through the renormalization) → all probabilities.
+    const dTop = heap.f32(slots);
+    for (let t = 0; t < rows; t++) {
+      if (!this.config.normTopkProb) {
+        for (let j = 0; j < k; j++) dTop[t * k + j] = dGates[a.slotOfAssignment[t * k + j]];
+        continue;
+      }
+      let norm = 0;
+      let dot = 0;
+      for (let j = 0; j < k; j++) {
+        const slot = a.slotOfAssignment[t * k + j];
+        norm += a.topProb[t * k + j];
+        dot += dGates[slot] * a.gates[slot];
+      }
+      for (let j = 0; j < k; j++) dTop[t * k + j] = (dGates[a.slotOfAssignment[t * k + j]] - dot) / norm;
+    }
+    // ∂(auxScale · E·Σ f_e·P_e)/∂p[t, e] = auxScale·E·f_e / N (f_e is a count: no gradient).
+    for (let t = 0; t < rows; t++) {
+      for (let e = 0; e < E; e++) dLogits[t * E + e] = (auxScale * E * a.share[e]) / rows;
+    }
+    ops.topKBackward({ indices: a.topIndex, dValues: dTop, dx: dLogits, rows, n: E, k });
+    ops.softmaxBackward({ y: a.probs, dy: dLogits, dx: dLogits, rows, n: E });
+    this.router.backward(x, dLogits, dx, rows, true);
+
+    if (this.shared && a.sharedY && a.sharedGate) {
+      // out += σ(z)·y_s: ∂y_s = σ·dOut, ∂z = (dOut·y_s)·σ·(1 − σ).
+      const dz = heap.f32(rows);
+      const dSharedY = heap.f32(rows * H);
+      ops.rowDots(dOut, a.sharedY, dz, rows, H);
+      for (let t = 0; t < rows; t++) dz[t] *= a.sharedGate[t] * (1 - a.sharedGate[t]);
+      scaleRows(dOut, a.sharedGate, dSharedY, rows, H, false);
+      this.shared.gate.backward(x, dz, dx, rows, true);
+      const dxShared = heap.f32(rows * H);
+      this.shared.expert.backward(x, dSharedY, dxShared, rows);
+      ops.add(dx, dxShared, dx, rows * H);
+      for (const v of [dz, dSharedY, dxShared]) heap.release(v);
+    }
+    for (const v of [dys, dGates, dxs, dLogits, dTop]) heap.release(v);
+  }
+}
+
+/** dst[r] (= or +=) w[r]·src[r] for rows of `cols` (dst may be src). */
+function scaleRows(src: Float32Array, w: Float32Array, dst: Float32Array, rows: number, cols: number, add: boolean): void {
+  for (let r = 0; r < rows; r++) {
+    const wr = w[r];
+    const o = r * cols;
+    if (add) for (let c = 0; c < cols; c++) dst[o + c] += wr * src[o + c];
+    else for (let c = 0; c < cols; c++) dst[o + c] = wr * src[o + c];
+  }
+}
