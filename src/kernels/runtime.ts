@@ -59,9 +59,9 @@ function setEngineFlags(): void {
 }
 
 async function compileBuild(name: BuildName): Promise<WebAssembly.Module | undefined> {
-  let bytes: Buffer;
+  let bytes: Uint8Array<ArrayBuffer>;
   try {
-    bytes = await readFile(new URL(`${name}.wasm`, buildDir));
+    bytes = new Uint8Array(await readFile(new URL(`${name}.wasm`, buildDir)));
   } catch {
     throw new Error(`kernels: src/kernels/build/${name}.wasm is missing; run \`npm install\` or \`npm run build:kernels\``);
   }
