@@ -6,6 +6,8 @@ import type { KernelRuntime } from './runtime.ts';
 export const GEMM_PANEL = 8;
 /** Below this many multiply-adds a product runs on one thread (waking workers costs more). */
 export const PARALLEL_MIN_MACS = 1 << 18;
+/** A·Bᵀ with at most this many rows of A runs as dot products (token generation): packing B would cost more. */
+export const DOT_MAX_ROWS = 8;
 
 export interface GemmArgs {
   /** op(A) is m×k: A is stored m×k, or k×m with transA. */
@@ -32,6 +34,10 @@ export class Gemm {
     const pa = heapPtr(heap, 'gemm', 'a', a, m * k);
     const pb = heapPtr(heap, 'gemm', 'b', b, k * n);
     const pc = heapPtr(heap, 'gemm', 'c', c, m * n);
+    if (transB && !transA && m <= DOT_MAX_ROWS) {
+      this.rt.parallel('dot_f32_t', [pa, pb, pc, m, n, k, +accumulate], n, GEMM_PANEL, m * n * k < PARALLEL_MIN_MACS);
+      return;
+    }
     const args = [pa, pb, pc, m, n, k, +transA, +transB, +accumulate];
     this.rt.parallel('gemm_f32', args, n, GEMM_PANEL, m * n * k < PARALLEL_MIN_MACS);
   }

@@ -26,7 +26,7 @@ export const GEMM_SCRATCH: i32 = (MC * KC + KC * NC + MR * NR) * 4;
 export type PackB = (dst: usize, b: usize, aux: usize, n: i32, k: i32, p0: i32, kc: i32, j0: i32, nc: i32) => void;
 
 @inline
-function ceilDiv(a: i32, b: i32): i32 {
+export function ceilDiv(a: i32, b: i32): i32 {
   return (a + b - 1) / b;
 }
 
@@ -103,7 +103,7 @@ function packA(dst: usize, a: usize, transA: bool, m: i32, k: i32, i0: i32, mc: 
 }
 
 @inline
-function madd(a: v128, b: v128, c: v128): v128 {
+export function madd(a: v128, b: v128, c: v128): v128 {
   if (ASC_FEATURE_RELAXED_SIMD) return f32x4.relaxed_madd(a, b, c);
   return f32x4.add(f32x4.mul(a, b), c);
 }

@@ -4,3 +4,8 @@
 // and the calling thread's scratch pointer, as the worker pool calls them.
 export { gemm_f32, gemm_scratch_bytes } from './gemm';
 export { qint_gemm, qint_transpose_quantized, qint_max_k, qint_scratch_bytes } from './qint';
+export {
+  quantize_q8, quantize_q4, dequantize_q8, dequantize_q4,
+  gemm_q8_t, gemm_q4_t, gemm_q8_n, gemm_q4_n,
+  dot_f32_t, dot_q8_t, dot_q4_t, dot_scratch_bytes_per_k,
+} from './quant';
