@@ -1,6 +1,7 @@
 // The kernels: one object holding the heap (tensors live in the shared WASM memory),
 // which build and thread count are in use, and the kernel families.
 import { Gemm } from './gemm.ts';
+import { Ops } from './ops.ts';
 import { Quant } from './quant.ts';
 import { QInt } from './qint.ts';
 import { KernelRuntime, type KernelInfo, type KernelOptions } from './runtime.ts';
@@ -8,6 +9,7 @@ import type { KernelHeap } from './heap.ts';
 
 export type { KernelOptions, KernelInfo, BuildName } from './runtime.ts';
 export type { GemmArgs } from './gemm.ts';
+export type { RopeTable } from './ops.ts';
 export type { QuantMatmulOptions } from './quant.ts';
 export type { QIntOptions } from './qint.ts';
 export type { QuantizedTensor, QuantBits } from './quantized.ts';
@@ -16,6 +18,7 @@ export interface Kernels {
   readonly info: KernelInfo;
   readonly heap: KernelHeap;
   readonly gemm: Gemm;
+  readonly ops: Ops;
   readonly quant: Quant;
   readonly qint: QInt;
   close(): Promise<void>;
@@ -27,6 +30,7 @@ export async function createKernels(options: KernelOptions = {}): Promise<Kernel
     info: rt.info,
     heap: rt.heap,
     gemm: new Gemm(rt),
+    ops: new Ops(rt),
     quant: new Quant(rt),
     qint: new QInt(rt),
     close: () => rt.close(),
