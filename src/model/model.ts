@@ -20,11 +20,15 @@ import { ParamStore, sizeOf, type Param } from './params.ts';
 export type TrainMode = 'full' | 'lora';
 export type BaseFormat = 'f32' | 'q8' | 'q4';
 
+/** Short names of the matrices LoRA can adapt (attention projections; expert matrices). */
+export const LORA_MODULES = ['q', 'k', 'v', 'o', 'gate', 'up', 'down'] as const;
+export type LoraModule = (typeof LORA_MODULES)[number];
+
 export interface LoraOptions {
   rank: number;
   alpha: number;
-  /** Which LoRA-capable matrices get an adapter (default: all of them). */
-  targets?: (name: string) => boolean;
+  /** Which matrices get an adapter, by short name (default: all of LORA_MODULES). */
+  targets?: LoraModule[];
 }
 
 export interface ModelOptions {
@@ -151,8 +155,9 @@ export class Model {
 
     const lora = options.mode === 'lora' ? options.lora! : undefined;
     if (lora) {
-      const wanted = lora.targets ?? (() => true);
-      const adapters = new Map([...loraShapes(config, lora.rank)].filter(([name]) => wanted(name.replace(/\.lora_[ab]$/, ''))));
+      const targets = new Set<string>(lora.targets ?? LORA_MODULES);
+      const module = (name: string) => name.replace(/\.lora_[ab]$/, '').split('.').pop()!;
+      const adapters = new Map([...loraShapes(config, lora.rank)].filter(([name]) => targets.has(module(name))));
       for (const [name, shape] of adapters) this.params.add(name, shape, true);
       this.params.load(initLora(adapters, seed));
     }

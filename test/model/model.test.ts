@@ -1,0 +1,204 @@
+// The model against independent references: Hugging Face logits of the fixtures, and central
+// finite differences of the float64 reference model (test/reference/model64.ts) for the
+// gradients of every parameter tensor, in full and LoRA mode.
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { loadHfModel, type HfModel } from '../../src/io/hf.ts';
+import { createKernels, type Kernels } from '../../src/kernels/index.ts';
+import { createConfig, type F32Tensor, type ModelConfig } from '../../src/model/config.ts';
+import { initParameters } from '../../src/model/init.ts';
+import { Model, type ModelOptions } from '../../src/model/model.ts';
+import { generate } from '../../src/train/generate.ts';
+import { hfFixturesDir } from '../fixtures.ts';
+import { bitEqual, maxRelError, rng } from '../helpers.ts';
+import { forward64 } from '../reference/model64.ts';
+
+const fixtures = hfFixturesDir();
+const FIXTURES = ['atenia-tiny-mixtral-classic', 'atenia-tiny-mixtral-packed', 'atenia-tiny-qwen2-moe'];
+
+let kernels: Kernels;
+beforeAll(async () => {
+  kernels = await createKernels({ threads: 1 });
+});
+afterAll(async () => kernels?.close());
+
+/** A small random model whose matrices can be quantized (inputs multiples of 32). */
+const SMALL: ModelConfig = createConfig({
+  vocabSize: 64, hiddenSize: 64, numLayers: 2, numHeads: 4, numKvHeads: 2, headDim: 16,
+  numExperts: 4, expertsPerToken: 2, expertHiddenSize: 64, maxSeqLen: 32, routerAuxLossCoef: 0.05,
+});
+
+function tokensFor(config: ModelConfig, count: number, seed: number): number[] {
+  const random = rng(seed);
+  return Array.from({ length: count }, () => Math.floor(((random() + 1) / 2) * config.vocabSize));
+}
+
+/**
+ * Compares the model's gradient of `name` with central differences of the float64 loss at
+ * `samples` elements. Returns the worst |fd − grad| relative to the largest |fd| of the tensor.
+ */
+function checkGradient(
+  config: ModelConfig, params64: Map<string, Float64Array>, grad: Float32Array, name: string,
+  tokens: number[], targets: number[], lora: { rank: number; alpha: number } | undefined, samples = 5,
+): { error: number; scale: number } {
+  const p = params64.get(name)!;
+  const get = (n: string) => params64.get(n);
+  let error = 0;
+  let scale = 1e-6;
+  const h = 1e-5;
+  for (let s = 0; s < samples; s++) {
+    const i = (s * 7919 + 13) % p.length;
+    const old = p[i];
+    p[i] = old + h;
+    const up = forward64(config, get, tokens, targets, lora).loss;
+    p[i] = old - h;
+    const down = forward64(config, get, tokens, targets, lora).loss;
+    p[i] = old;
+    const fd = (up - down) / (2 * h);
+    error = Math.max(error, Math.abs(fd - grad[i]));
+    scale = Math.max(scale, Math.abs(fd));
+  }
+  return { error, scale };
+}
+
+const to64 = (m: Map<string, F32Tensor>) => new Map([...m].map(([n, t]) => [n, Float64Array.from(t.data)]));
+
+describe.skipIf(!fixtures)(`Hugging Face fixtures${fixtures ? '' : ' (skipped: ../shared/fixtures/hf not found)'}`, () => {
+  const load = (name: string) => loadHfModel(join(fixtures!, name));
+
+  it.each(FIXTURES)('%s: logits match transformers (float64) to 1e-5', async (name) => {
+    const hf = await load(name);
+    const ref = JSON.parse(readFileSync(join(fixtures!, name, 'reference_logits.json'), 'utf8'));
+    const model = new Model(kernels, hf.config, { mode: 'full' }, hf.params);
+    const logits = await model.logits(ref.input_ids, 1, ref.input_ids.length);
+    const want = (ref.hf_logits as number[] | number[][]).flat();
+    expect(logits.length).toBe(want.length);
+    let worst = 0;
+    for (let i = 0; i < want.length; i++) worst = Math.max(worst, Math.abs(logits[i] - want[i]));
+    expect(worst).toBeLessThan(1e-5);
+  });
+
+  it('Mixtral greedy continuation and its step logits match reference_greedy.json', async () => {
+    const hf = await load('atenia-tiny-mixtral-packed');
+    const ref = JSON.parse(readFileSync(join(fixtures!, 'atenia-tiny-mixtral-packed', 'reference_greedy.json'), 'utf8'));
+    const model = new Model(kernels, hf.config, { mode: 'full' }, hf.params);
+    const stepLogits: number[] = [];
+    const ids = await generate(model, ref.prompt_ids, { maxNewTokens: ref.max_new_tokens, onLogits: (l) => stepLogits.push(...l) });
+    expect(ids).toEqual(ref.generated_ids);
+    expect(maxRelError(stepLogits, ref.step_logits)).toBeLessThan(1e-5);
+  });
+
+  it('Qwen2-MoE greedy continuation matches the fixture', async () => {
+    const hf = await load('atenia-tiny-qwen2-moe');
+    const ref = JSON.parse(readFileSync(join(fixtures!, 'atenia-tiny-qwen2-moe', 'reference_logits.json'), 'utf8'));
+    const model = new Model(kernels, hf.config, { mode: 'full' }, hf.params);
+    expect(await generate(model, ref.input_ids, { maxNewTokens: ref.greedy_ids.length })).toEqual(ref.greedy_ids);
+  });
+
+  describe.each(['atenia-tiny-mixtral-classic', 'atenia-tiny-qwen2-moe'])('%s gradients', (name) => {
+    let hf: HfModel;
+    let config: ModelConfig;
+    const tokens = [22, 25, 29, 38, 36, 3, 17];
+    const targets = [25, 29, 38, 36, 3, 17, -1];
+    beforeAll(async () => {
+      hf = await load(name);
+      config = { ...hf.config, routerAuxLossCoef: 0.1, maxSeqLen: 64 };
+    });
+
+    it('full mode: every parameter tensor matches finite differences of the float64 loss', async () => {
+      const model = new Model(kernels, config, { mode: 'full' }, hf.params);
+      const result = await model.trainStep(tokens, targets, 1, tokens.length);
+      const params64 = to64(hf.params);
+      const ref = forward64(config, (n) => params64.get(n), tokens, targets);
+      expect(Math.abs(result.loss - ref.loss)).toBeLessThan(1e-5);
+      for (const param of model.params.all()) {
+        const { error, scale } = checkGradient(config, params64, param.grad!, param.name, tokens, targets, undefined, 3);
+        // FD of a float64 loss is good to ~1e-9; the fp32 backward to ~1e-6 of the gradient's size.
+        expect(error, param.name).toBeLessThan(2e-4 * scale + 1e-7);
+      }
+    });
+
+    it('lora mode: LoRA gradients match finite differences; the base gets none', async () => {
+      const lora = { rank: 4, alpha: 8 };
+      const model = new Model(kernels, config, { mode: 'lora', lora }, hf.params);
+      // Give B non-zero values so A's gradient is not trivially zero.
+      const random = rng(5);
+      for (const p of model.params.all()) if (p.name.endsWith('.lora_b')) p.value.forEach((_, i, v) => (v[i] = random() * 0.1));
+      await model.trainStep(tokens, targets, 1, tokens.length);
+      const params64 = to64(model.params.snapshot());
+      expect(model.params.all().filter((p) => p.grad).every((p) => /\.lora_[ab]$/.test(p.name))).toBe(true);
+      const adapters = model.params.trainable();
+      expect(adapters.length).toBeGreaterThan(0);
+      for (const param of adapters.filter((_, i) => i % 3 === 0)) {
+        const { error, scale } = checkGradient(config, params64, param.grad!, param.name, tokens, targets, lora, 3);
+        expect(error, param.name).toBeLessThan(2e-4 * scale + 1e-7);
+      }
+    });
+  });
+});
+
+describe('model on a small random config', () => {
+  const tokens = tokensFor(SMALL, 2 * 16, 3);
+  const targets = tokensFor(SMALL, 2 * 16, 4);
+  const base = initParameters(SMALL, 7);
+
+  async function gradients(options: ModelOptions, k: Kernels = kernels): Promise<{ loss: number; grads: Map<string, Float32Array> }> {
+    const model = new Model(k, SMALL, options, base);
+    const { loss } = await model.trainStep(tokens, targets, 2, 16);
+    const grads = new Map(model.params.trainable().map((p) => [p.name, Float32Array.from(p.grad!)]));
+    model.params.release();
+    return { loss, grads };
+  }
+
+  it('gradient checkpointing gives bit-identical loss and gradients', async () => {
+    const plain = await gradients({ mode: 'full' });
+    const recomputed = await gradients({ mode: 'full', checkpointing: true });
+    expect(recomputed.loss).toBe(plain.loss);
+    for (const [name, g] of plain.grads) expect(bitEqual(recomputed.grads.get(name)!, g), name).toBe(true);
+  });
+
+  it('1 and 2 threads give bit-identical loss and gradients', async () => {
+    const two = await createKernels({ threads: 2 });
+    try {
+      const a = await gradients({ mode: 'full' });
+      const b = await gradients({ mode: 'full' }, two);
+      expect(b.loss).toBe(a.loss);
+      for (const [name, g] of a.grads) expect(bitEqual(b.grads.get(name)!, g), name).toBe(true);
+    } finally {
+      await two.close();
+    }
+  });
+
+  it('a fresh LoRA adapter (B = 0) leaves the base model\'s logits bit-identical', async () => {
+    const full = new Model(kernels, SMALL, { mode: 'full' }, base);
+    const lora = new Model(kernels, SMALL, { mode: 'lora', lora: { rank: 8, alpha: 16 } }, base);
+    const a = Float32Array.from(await full.logits(tokens, 2, 16));
+    const b = Float32Array.from(await lora.logits(tokens, 2, 16));
+    expect(bitEqual(a, b)).toBe(true);
+  });
+
+  // Stated bounds, relative to the largest |logit|: q8 keeps 7 bits per weight (measured 0.5%,
+  // bound 1%), q4 3 bits (measured 7.7%, bound 12%). The integer path also rounds activations
+  // to int8 per block of 32 (measured 0.6% with q8, bound 1.5%).
+  it.each([
+    ['q8', 'fp32', 0.01], ['q4', 'fp32', 0.12], ['q8', 'int', 0.015], ['q4', 'int', 0.12],
+  ] as const)('%s base on the %s path: logits close to the fp32 base', async (format, path, bound) => {
+    const ref = new Model(kernels, SMALL, { mode: 'lora', lora: { rank: 4, alpha: 8 } }, base);
+    const quant = new Model(kernels, SMALL, { mode: 'lora', lora: { rank: 4, alpha: 8 }, baseFormat: format, basePath: path }, base);
+    const want = Float32Array.from(await ref.logits(tokens, 2, 16));
+    const got = await quant.logits(tokens, 2, 16);
+    const error = maxRelError(got, want);
+    expect(error).toBeLessThan(bound);
+    expect(error).toBeGreaterThan(0); // the base really is quantized
+  });
+
+  it('rejects bad input with clear errors', async () => {
+    const model = new Model(kernels, SMALL, { mode: 'full' }, base);
+    await expect(model.logits([1, 2, 3], 2, 2)).rejects.toThrow(/3 tokens for batch 2 × seq 2/);
+    await expect(model.logits([1, 64], 1, 2)).rejects.toThrow(/token id 64 at 1 is outside the vocabulary/);
+    await expect(model.logits(new Array(33).fill(1), 1, 33)).rejects.toThrow(/exceeds maxSeqLen 32/);
+    expect(() => new Model(kernels, SMALL, { mode: 'lora' }, base)).toThrow(/lora mode needs lora options/);
+    expect(() => new Model(kernels, SMALL, { mode: 'full', baseFormat: 'q4' }, base)).toThrow(/quantized base needs lora mode/);
+  });
+});
