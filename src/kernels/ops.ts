@@ -45,7 +45,7 @@ export interface RmsNormBackwardArgs {
   weight: Float32Array;
   rstd: Float32Array;
   dy: Float32Array;
-  /** [rows, dim] input gradient, overwritten (or added to with accumulate). */
+  /** [rows, dim] input gradient, overwritten (or added to with accumulate); may be dy. */
   dx: Float32Array;
   /** [dim] weight gradient, always added to. */
   dWeight: Float32Array;
@@ -89,7 +89,7 @@ export interface SwigluArgs {
   gate: Float32Array;
   /** Up rows, same stride. For a fused [rows, gate | up] matrix pass gate = gu, up = gu.subarray(cols), stride = 2·cols. */
   up: Float32Array;
-  /** [rows, cols] output silu(gate) ⊙ up. */
+  /** [rows, cols] output silu(gate) ⊙ up (not aliasing gate or up). */
   h: Float32Array;
   rows: number;
   cols: number;
@@ -102,7 +102,7 @@ export interface SwigluBackwardArgs {
   up: Float32Array;
   /** [rows, cols] output gradient. */
   dh: Float32Array;
-  /** Gradients of gate and up, written at the same stride as gate and up. */
+  /** Gradients of gate and up, written at the same stride; may be gate and up themselves (in place). */
   dGate: Float32Array;
   dUp: Float32Array;
   rows: number;
@@ -261,10 +261,11 @@ export class Ops {
     const pr = heapPtr(heap, what, 'rstd', rstd, rows);
     const pdy = heapPtr(heap, what, 'dy', dy, rows * dim);
     const serial = rows * dim < PARALLEL_MIN_ELEMENTS;
+    // The weight gradient first: it reads dy, which dx may overwrite.
+    this.rt.parallel('rmsnorm_bwd_dw', [px, pr, pdy, heapPtr(heap, what, 'dWeight', dWeight, dim), rows, dim], dim, COLUMN_GRAIN, serial);
     this.rt.parallel('rmsnorm_bwd_dx', [
       px, heapPtr(heap, what, 'weight', weight, dim), pr, pdy, heapPtr(heap, what, 'dx', dx, rows * dim), dim, +accumulate,
     ], rows, 1, serial);
-    this.rt.parallel('rmsnorm_bwd_dw', [px, pr, pdy, heapPtr(heap, what, 'dWeight', dWeight, dim), rows, dim], dim, COLUMN_GRAIN, serial);
   }
 
   /**

@@ -163,6 +163,11 @@ describe.each(['simd', 'relaxed'] as const)('transformer ops (%s build)', (build
       expect(errorAbove(dx, grads.dx.map((g, i) => g + (accumulate ? dx0[i] : 0)), termSize)).toBeLessThan(2e-6);
       expect(maxRelError(dw, grads.dw.map((g, i) => g + dw0[i]))).toBeLessThan(2e-6);
     }
+    // In place: dx overwrites dy, the weight gradient still sees dy.
+    const dxInPlace = f32(one, dy), dwInPlace = one.heap.f32(dim);
+    one.ops.rmsNormBackward({ x, weight: w, rstd, dy: dxInPlace, dx: dxInPlace, dWeight: dwInPlace, rows, dim });
+    expect(errorAbove(dxInPlace, grads.dx, termSize)).toBeLessThan(2e-6);
+    expect(maxRelError(dwInPlace, grads.dw)).toBeLessThan(2e-6);
   });
 
   it.each([8, 10, 24, 64])('rope matches the float64 rotation, in and out of place, and its backward inverts it (headDim=%i)', (headDim) => {
@@ -239,6 +244,8 @@ describe.each(['simd', 'relaxed'] as const)('transformer ops (%s build)', (build
     expect(bitEqual(h2, h)).toBe(true);
     expect(maxRelError(dg, want.dGate)).toBeLessThan(2e-6);
     expect(maxRelError(du, want.dUp)).toBeLessThan(2e-6);
+    one.ops.swigluBackward({ gate: g, up: u, dh, dGate: g, dUp: u, rows, cols }); // in place
+    expect(bitEqual(g, dg) && bitEqual(u, du)).toBe(true);
   });
 
   it.each([

@@ -27,9 +27,9 @@ function hsum(v: v128): f32 {
   return (f32x4.extract_lane(v, 0) + f32x4.extract_lane(v, 1)) + (f32x4.extract_lane(v, 2) + f32x4.extract_lane(v, 3));
 }
 
-const EXP_HI: f32 = 88.0; // exp(88) is finite; inputs above it are clamped (callers stay below 0 or feed sigmoid)
 const EXP_LO: f32 = -87.33654; // below this exp() is subnormal in f32: flushed to 0 (covers -Infinity)
-const ROUND_MAGIC: f32 = 12582912; // 1.5·2^23
+const EXP_HI: f32 = 88.0; // exp(88) is finite; larger inputs are clamped (callers pass ≤ 0, or feed a sigmoid)
+const ROUND: f32 = 12583039; // 1.5·2^23 + 127: x·log2(e) + ROUND rounds to n and leaves n + 127 in the low bits
 
 /** exp of 4 lanes: Cephes expf (range reduction by ln 2, degree-5 polynomial), ~1 ulp. */
 @inline
@@ -37,9 +37,8 @@ function expv(x: v128): v128 {
   const tiny = f32x4.lt(x, f32x4.splat(EXP_LO));
   // pmin/pmax are single instructions (min/max propagate NaN at several); both keep a NaN x.
   x = f32x4.pmax(f32x4.pmin(x, f32x4.splat(EXP_HI)), f32x4.splat(EXP_LO));
-  // Round x·log2(e) to an integer n by adding 1.5·2^23: n lands in the low mantissa bits of t.
-  const t = f32x4.add(f32x4.mul(x, f32x4.splat(1.44269504088896341)), f32x4.splat(ROUND_MAGIC));
-  const n = f32x4.sub(t, f32x4.splat(ROUND_MAGIC));
+  const t = f32x4.add(f32x4.mul(x, f32x4.splat(1.44269504088896341)), f32x4.splat(ROUND));
+  const n = f32x4.sub(t, f32x4.splat(ROUND));
   let r = f32x4.sub(x, f32x4.mul(n, f32x4.splat(0.693359375)));
   r = f32x4.sub(r, f32x4.mul(n, f32x4.splat(-2.12194440e-4)));
   let p = f32x4.splat(1.9875691500e-4);
@@ -49,7 +48,7 @@ function expv(x: v128): v128 {
   p = f32x4.add(f32x4.mul(p, r), f32x4.splat(1.6666665459e-1));
   p = f32x4.add(f32x4.mul(p, r), f32x4.splat(5.0000001201e-1));
   const y = f32x4.add(f32x4.mul(f32x4.mul(p, r), r), f32x4.add(r, f32x4.splat(1)));
-  const pow2n = i32x4.shl(i32x4.add(t, i32x4.splat(127)), 23); // (bits(t) + 127) << 23 = bits of 2^n
+  const pow2n = i32x4.shl(t, 23); // n + 127 shifted into the exponent field: 2^n
   return v128.bitselect(f32x4.splat(0), f32x4.mul(y, pow2n), tiny);
 }
 
