@@ -232,3 +232,23 @@ function splitMix32(state: number): () => number {
     return ((z ^ (z >>> 16)) >>> 0) / 4294967296;
   };
 }
+
+export interface CorpusLoaders {
+  train: BatchLoader;
+  heldOut: BatchLoader;
+  /** The tokens the model trains on (for a unigram baseline). */
+  trainTokens: Int32Array[];
+}
+
+/** Tokenizes `corpus`, holds out whole documents and returns the train and held-out loaders. */
+export function corpusLoaders(
+  tokenizer: BpeTokenizer, corpus: Pick<Corpus, 'documents'>,
+  { batchSize, seqLen, heldOutFraction = 0.05, seed = 0 }: { batchSize: number; seqLen: number; heldOutFraction?: number; seed?: number },
+): CorpusLoaders {
+  const split = splitCorpus(tokenizeCorpus(tokenizer, corpus), { by: 'documents', heldOutFraction, seed });
+  return {
+    train: new BatchLoader(split.train, { batchSize, seqLen, seed }),
+    heldOut: new BatchLoader(split.heldOut, { batchSize, seqLen, shuffle: false }),
+    trainTokens: split.train.map((s) => s.tokens),
+  };
+}
