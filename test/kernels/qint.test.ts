@@ -84,6 +84,20 @@ describe.each(['simd', 'relaxed'] as const)('integer-path quantized product (%s 
     }
   });
 
+  it('handles the largest k, and more rows than one scratch-sized chunk', () => {
+    // At maxK a single A panel fills what the B panel leaves of the scratch; at k = 4096 the
+    // scratch holds 472 rows, so 481 rows take two chunks (the B panels are packed twice).
+    for (const [m, n, k] of [[5, 3, one.qint.maxK], [481, 11, 4096]]) {
+      const xs = testValues(m, k, m + n);
+      const ref = quantize(testValues(n, k, n), 4);
+      const x = one.heap.f32(m * k);
+      x.set(xs);
+      const y = one.heap.f32(m * n);
+      one.qint.forward(x, toHeap(one, ref, n, k), y, m);
+      expect(bitEqual(y, integerProduct(xs, ref, m, n, k))).toBe(true);
+    }
+  });
+
   it('builds the transposed copy exactly as dequantize → transpose → quantize, and backward is the exact product with it', () => {
     for (const [m, n, k] of [[7, 64, 96], [37, 96, 32], [3, 160, 64]] as const) {
       for (const bits of bitsList) {

@@ -41,8 +41,8 @@ function bPanelBytes(k: i32): i32 {
 
 /** Largest k the integer GEMM supports: one B panel, one A panel and the fixed part fit in scratch. */
 export function qint_max_k(): i32 {
-  const perK = MR * 2 + MR * 4 / QBLOCK + NR * 2 + NR * 4 / QBLOCK; // bytes per unit of k
-  return (QINT_SCRATCH - FIXED_BYTES) / perK / QBLOCK * QBLOCK;
+  const perBlock = aPanelBytes(QBLOCK) + bPanelBytes(QBLOCK);
+  return (QINT_SCRATCH - FIXED_BYTES) / perBlock * QBLOCK;
 }
 
 export function qint_scratch_bytes(): i32 {
@@ -89,6 +89,7 @@ function round4(v: v128, inv: v128): v128 {
  * Quantizes the QBLOCK f32 values at src (q8 or q4 range) to QBLOCK int16 at dst (4 v128);
  * returns the scale.
  */
+@inline
 function quantizeBlockI16(src: usize, bits: i32, dst: usize): f32 {
   const qmax: f32 = bits == 8 ? 127 : 7;
   const scale = blockScale(src, qmax);
