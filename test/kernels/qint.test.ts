@@ -204,6 +204,33 @@ describe.each(['simd', 'relaxed'] as const)('integer-path quantized product (%s 
     expect(Number.isNaN(y[0])).toBe(false);
   });
 
+  it('matches the reference on extreme magnitudes (denormal scales, infinite inverse scales, near-overflow)', () => {
+    // Blocks of x (k = 5·32): denormals only; amax 1e-37 so the scale is denormal and 1/scale
+    // overflows to +Inf (zeros then give 0·Inf = NaN, which must quantize to 0); values near
+    // f32 max; ±0 only; ordinary values. W gets the same kinds of blocks.
+    const [m, n, k] = [3, 6, 160];
+    const kinds = [
+      (u: number) => u * 1e-42,
+      (u: number, i: number) => (i % 3 ? u * 1e-37 : 0),
+      (u: number) => u * 3e38,
+      (u: number, i: number) => (i % 2 ? 0 : -0),
+      (u: number) => u,
+    ];
+    const fill = (rows: number, seed: number) => {
+      const random = rng(seed);
+      return Float32Array.from({ length: rows * k }, (_, i) => kinds[(Math.floor(i / QBLOCK) + seed) % kinds.length](random(), i));
+    };
+    const xs = fill(m, 1);
+    for (const bits of bitsList) {
+      const ref = quantize(fill(n, 2), bits);
+      const x = one.heap.f32(m * k);
+      x.set(xs);
+      const y = one.heap.f32(m * n);
+      one.qint.forward(x, toHeap(one, ref, n, k), y, m);
+      expect(sameValues(y, integerProduct(xs, ref, m, n, k))).toBe(true);
+    }
+  });
+
   it('rejects bad arguments with a clear error', () => {
     const ref = quantize(testValues(8, 64, 1), 8);
     const w = toHeap(one, ref, 8, 64);
