@@ -4,7 +4,7 @@
 import type { Kernels } from '../kernels/index.ts';
 import type { RopeTable } from '../kernels/ops.ts';
 import type { ModelConfig } from './config.ts';
-import type { Linear } from './linear.ts';
+import type { Linear, ScratchBuffers } from './linear.ts';
 
 class AttentionActivations {
   readonly q: Float32Array;
@@ -36,6 +36,7 @@ export class Attention {
     readonly v: Linear,
     readonly o: Linear,
     private readonly rope: RopeTable,
+    private readonly scratch: ScratchBuffers,
   ) {}
 
   private activations(rows: number): AttentionActivations {
@@ -63,14 +64,14 @@ export class Attention {
 
   /** dx (= or += with accumulate) ∂L/∂x from dOut; adds the projections' gradients. */
   backward(x: Float32Array, dOut: Float32Array, dx: Float32Array, batch: number, seq: number, positions: Int32Array, accumulate = false): void {
-    const { ops, heap } = this.kernels;
+    const { ops } = this.kernels;
     const { numHeads, numKvHeads, headDim } = this.config;
     const rows = batch * seq;
     const a = this.activations(rows);
-    const dAtt = heap.f32(a.att.length);
-    const dq = heap.f32(a.q.length);
-    const dk = heap.f32(a.k.length);
-    const dv = heap.f32(a.v.length);
+    const dAtt = this.scratch.f32('attention.dAtt', a.att.length);
+    const dq = this.scratch.f32('attention.dq', a.q.length);
+    const dk = this.scratch.f32('attention.dk', a.k.length);
+    const dv = this.scratch.f32('attention.dv', a.v.length);
     this.o.backward(a.att, dOut, dAtt, rows);
     for (let b = 0; b < batch; b++) {
       const s = this.sequence(a, b, seq);
@@ -86,7 +87,6 @@ export class Attention {
     this.q.backward(x, dq, dx, rows, accumulate);
     this.k.backward(x, dk, dx, rows, true);
     this.v.backward(x, dv, dx, rows, true);
-    for (const v of [dAtt, dq, dk, dv]) heap.release(v);
   }
 
   /** Views of sequence b's q, k, v, output and lse. */

@@ -99,6 +99,23 @@ export class GrowableBuffer {
   }
 }
 
+/**
+ * Named temporaries of a backward pass, shared by all layers (backward runs one layer at a
+ * time) and kept between steps instead of reallocated. Contents are garbage on return: every
+ * user overwrites what it reads.
+ */
+export class ScratchBuffers {
+  private readonly f32s = new Map<string, GrowableBuffer>();
+
+  constructor(private readonly kernels: Kernels) {}
+
+  f32(name: string, length: number): Float32Array {
+    let buffer = this.f32s.get(name);
+    if (!buffer) this.f32s.set(name, (buffer = new GrowableBuffer(this.kernels, 1)));
+    return buffer.rows(length).subarray(0, length);
+  }
+}
+
 export class LoraLinear implements Linear {
   readonly inDim: number;
   readonly outDim: number;

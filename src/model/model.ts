@@ -13,7 +13,7 @@ import { Attention } from './attention.ts';
 import { isLoraTarget, loraShapes, parameterShapes, type F32Tensor, type ModelConfig } from './config.ts';
 import { LocalExperts, SwigluExpert, type ExpertCompute } from './expert.ts';
 import { initParameters, uniform } from './init.ts';
-import { DenseLinear, LoraLinear, QuantLinear, type BasePath, type Linear } from './linear.ts';
+import { DenseLinear, LoraLinear, QuantLinear, ScratchBuffers, type BasePath, type Linear } from './linear.ts';
 import { MoeLayer } from './moe.ts';
 import { ParamStore, sizeOf, type Param } from './params.ts';
 
@@ -172,6 +172,7 @@ export class Model {
     const swiglu = (prefix: string) => new SwigluExpert(kernels, linear(`${prefix}.gate`), linear(`${prefix}.up`), linear(`${prefix}.down`));
 
     this.rope = kernels.ops.ropeTable(config.headDim, config.maxSeqLen, config.ropeTheta);
+    const scratch = new ScratchBuffers(kernels);
     for (let l = 0; l < config.numLayers; l++) {
       this.localExperts.push(Array.from({ length: config.numExperts }, (_, e) => swiglu(`layers.${l}.experts.${e}`)));
     }
@@ -184,8 +185,8 @@ export class Model {
       this.blocks.push({
         attnNorm: this.params.get(`${p}.attn_norm`),
         ffnNorm: this.params.get(`${p}.ffn_norm`),
-        attention: new Attention(kernels, config, linear(`${p}.attn.q`), linear(`${p}.attn.k`), linear(`${p}.attn.v`), linear(`${p}.attn.o`), this.rope),
-        moe: new MoeLayer(kernels, config, l, linear(`${p}.router`), experts, shared),
+        attention: new Attention(kernels, config, linear(`${p}.attn.q`), linear(`${p}.attn.k`), linear(`${p}.attn.v`), linear(`${p}.attn.o`), this.rope, scratch),
+        moe: new MoeLayer(kernels, config, l, linear(`${p}.router`), experts, scratch, shared),
       });
     }
     this.head = new DenseLinear(kernels, this.params.get(config.tieEmbeddings ? 'embed' : 'lm_head'));

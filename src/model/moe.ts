@@ -7,7 +7,7 @@
 import type { Kernels } from '../kernels/index.ts';
 import type { ModelConfig } from './config.ts';
 import type { ExpertCompute, SwigluExpert } from './expert.ts';
-import type { Linear } from './linear.ts';
+import type { Linear, ScratchBuffers } from './linear.ts';
 
 /** Per-call buffers, sized for `rows` tokens: everything backward needs from forward. */
 class MoeActivations {
@@ -53,6 +53,7 @@ export class MoeLayer {
     readonly layer: number,
     readonly router: Linear,
     private readonly experts: ExpertCompute,
+    private readonly scratch: ScratchBuffers,
     readonly shared?: { expert: SwigluExpert; gate: Linear },
   ) {}
 
@@ -121,14 +122,15 @@ export class MoeLayer {
    * writes dx (= or += with accumulate) ∂L/∂x and adds the router's and experts' gradients.
    */
   async backward(x: Float32Array, dOut: Float32Array, dx: Float32Array, rows: number, auxScale: number, accumulate = false): Promise<void> {
-    const { ops, heap } = this.kernels;
+    const { ops } = this.kernels;
     const { numExperts: E, expertsPerToken: k, hiddenSize: H } = this.config;
     const a = this.activations(rows);
     const slots = rows * k;
-    const dys = heap.f32(slots * H);
-    const dGates = heap.f32(slots);
-    const dxs = heap.f32(slots * H);
-    const dLogits = heap.f32(rows * E);
+    const dys = this.scratch.f32('moe.dys', slots * H);
+    const dGates = this.scratch.f32('moe.dGates', slots);
+    const dxs = this.scratch.f32('moe.dxs', slots * H);
+    const dLogits = this.scratch.f32('moe.dLogits', rows * E);
+    const dTop = this.scratch.f32('moe.dTop', slots);
 
     // out = Σ gate·y: ∂gate = dOut·y, ∂y = gate·dOut.
     ops.gatherRows({ src: dOut, indices: a.slotToken, dst: dys, rows: slots, cols: H, srcRows: rows });
@@ -146,7 +148,6 @@ export class MoeLayer {
     ops.scatterAddRows({ src: dxs, indices: a.slotToken, dst: dx, rows: slots, cols: H, dstRows: rows });
 
     // Gates → chosen probabilities (through the renormalization) → all probabilities.
-    const dTop = heap.f32(slots);
     for (let t = 0; t < rows; t++) {
       if (!this.config.normTopkProb) {
         for (let j = 0; j < k; j++) dTop[t * k + j] = dGates[a.slotOfAssignment[t * k + j]];
@@ -171,18 +172,16 @@ export class MoeLayer {
 
     if (this.shared && a.sharedY && a.sharedGate) {
       // out += σ(z)·y_s: ∂y_s = σ·dOut, ∂z = (dOut·y_s)·σ·(1 − σ).
-      const dz = heap.f32(rows);
-      const dSharedY = heap.f32(rows * H);
+      const dz = this.scratch.f32('moe.dSharedGate', rows);
+      const dSharedY = this.scratch.f32('moe.dSharedY', rows * H);
       ops.rowDots(dOut, a.sharedY, dz, rows, H);
       for (let t = 0; t < rows; t++) dz[t] *= a.sharedGate[t] * (1 - a.sharedGate[t]);
       scaleRows(dOut, a.sharedGate, dSharedY, rows, H, false);
       this.shared.gate.backward(x, dz, dx, rows, true);
-      const dxShared = heap.f32(rows * H);
+      const dxShared = this.scratch.f32('moe.dxShared', rows * H);
       this.shared.expert.backward(x, dSharedY, dxShared, rows);
       ops.add(dx, dxShared, dx, rows * H);
-      for (const v of [dz, dSharedY, dxShared]) heap.release(v);
     }
-    for (const v of [dys, dGates, dxs, dLogits, dTop]) heap.release(v);
   }
 }
 
