@@ -49,6 +49,16 @@ function benchBuild(kern: Kernels, size: number, rows: Row[]): void {
   add('fp32 A·B', () => kern.gemm.gemm({ a, b, c, m: M, n, k }));
   add('fp32 A·Bᵀ', () => kern.gemm.gemm({ a, b, c, m: M, n, k, transB: true }));
   add('fp32 Aᵀ·B', () => kern.gemm.gemm({ a, b, c, m: M, n, k, transA: true }));
+  // Frozen weight W [n, k]: forward y = x·Wᵀ (x = a, y = c) and backward dx = dy·W (dy = c, dx = a).
+  for (const bits of [8, 4] as const) {
+    const w = kern.quant.quantize(b, n, k, bits);
+    const wT = kern.qint.transposeQuantized(w, { bits });
+    add(`q${bits} fwd fp32 path`, () => kern.quant.matmulT(a, w, c, M));
+    add(`q${bits} bwd fp32 path`, () => kern.quant.matmulBackward(c, w, a, M));
+    add(`q${bits} fwd int path`, () => kern.qint.forward(a, w, c, M));
+    add(`q${bits} bwd int path`, () => kern.qint.backward(c, wT, a, M));
+    for (const q of [w, wT]) { heap.release(q.q); heap.release(q.scales); }
+  }
   for (const v of [a, b, c]) heap.release(v);
 }
 

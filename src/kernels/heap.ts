@@ -13,6 +13,8 @@ export class KernelHeap {
   private readonly free: { ptr: number; size: number }[] = [];
   private readonly used = new Map<number, number>();
   private top = HEAP_BASE;
+  /** Nothing above this was ever handed out: grown memory is zero, so it needs no clearing. */
+  private highWater = HEAP_BASE;
   /** Every buffer object this heap's views were made on. */
   private readonly buffers = new WeakSet<ArrayBufferLike>();
 
@@ -44,7 +46,9 @@ export class KernelHeap {
       this.top += size;
     }
     this.used.set(ptr, size);
-    new Uint8Array(this.memory.buffer, ptr, size).fill(0);
+    const dirtyEnd = Math.min(ptr + size, this.highWater);
+    if (dirtyEnd > ptr) new Uint8Array(this.memory.buffer, ptr, dirtyEnd - ptr).fill(0);
+    this.highWater = Math.max(this.highWater, ptr + size);
     return ptr;
   }
 

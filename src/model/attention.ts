@@ -25,9 +25,20 @@ class AttentionActivations {
   }
 }
 
-export class Attention {
+/**
+ * Holds one layer's attention activations, grown to the largest batch seen. Under gradient
+ * checkpointing all layers share one holder: a layer's forward is recomputed before its backward.
+ */
+export class AttentionBuffers {
   private acts?: AttentionActivations;
 
+  get(kernels: Kernels, rows: number, config: ModelConfig): AttentionActivations {
+    if (!this.acts || this.acts.rows < rows) this.acts = new AttentionActivations(kernels, rows, config);
+    return this.acts;
+  }
+}
+
+export class Attention {
   constructor(
     private readonly kernels: Kernels,
     private readonly config: ModelConfig,
@@ -37,11 +48,11 @@ export class Attention {
     readonly o: Linear,
     private readonly rope: RopeTable,
     private readonly scratch: ScratchBuffers,
+    private readonly buffers: AttentionBuffers,
   ) {}
 
   private activations(rows: number): AttentionActivations {
-    if (!this.acts || this.acts.rows < rows) this.acts = new AttentionActivations(this.kernels, rows, this.config);
-    return this.acts;
+    return this.buffers.get(this.kernels, rows, this.config);
   }
 
   /** out[B·T, H] = attention(x) for `batch` sequences of `seq` tokens at `positions`. */

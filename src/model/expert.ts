@@ -16,26 +16,42 @@ export interface ExpertCompute {
   backward(layer: number, expert: number, x: Float32Array, dy: Float32Array, dx: Float32Array, rows: number): Promise<void>;
 }
 
+/**
+ * An expert's forward activations, kept for its backward: gate·x, up·x, silu(gate·x) ⊙ up·x,
+ * and room for the gradient of the last. Under gradient checkpointing the experts of
+ * different layers share caches (a layer's forward is recomputed just before its backward).
+ */
+export class ExpertCache {
+  readonly g: GrowableBuffer;
+  readonly u: GrowableBuffer;
+  readonly h: GrowableBuffer;
+  readonly dh: GrowableBuffer;
+
+  constructor(kernels: Kernels, hidden: number) {
+    this.g = new GrowableBuffer(kernels, hidden);
+    this.u = new GrowableBuffer(kernels, hidden);
+    this.h = new GrowableBuffer(kernels, hidden);
+    this.dh = new GrowableBuffer(kernels, hidden);
+  }
+}
+
 export class SwigluExpert {
   readonly hidden: number;
-  // The forward's activations, kept for backward: gate·x, up·x and silu(gate·x) ⊙ up·x.
-  private readonly g: GrowableBuffer;
-  private readonly u: GrowableBuffer;
-  private readonly h: GrowableBuffer;
-  private readonly dh: GrowableBuffer;
 
-  constructor(private readonly kernels: Kernels, readonly gate: Linear, readonly up: Linear, readonly down: Linear) {
+  constructor(
+    private readonly kernels: Kernels,
+    readonly gate: Linear,
+    readonly up: Linear,
+    readonly down: Linear,
+    private readonly cache: ExpertCache = new ExpertCache(kernels, gate.outDim),
+  ) {
     this.hidden = gate.outDim;
-    this.g = new GrowableBuffer(kernels, this.hidden);
-    this.u = new GrowableBuffer(kernels, this.hidden);
-    this.h = new GrowableBuffer(kernels, this.hidden);
-    this.dh = new GrowableBuffer(kernels, this.hidden);
   }
 
   forward(x: Float32Array, y: Float32Array, rows: number): void {
-    const g = this.g.rows(rows);
-    const u = this.u.rows(rows);
-    const h = this.h.rows(rows);
+    const g = this.cache.g.rows(rows);
+    const u = this.cache.u.rows(rows);
+    const h = this.cache.h.rows(rows);
     this.gate.forward(x, g, rows);
     this.up.forward(x, u, rows);
     this.kernels.ops.swiglu({ gate: g, up: u, h, rows, cols: this.hidden });
@@ -43,10 +59,10 @@ export class SwigluExpert {
   }
 
   backward(x: Float32Array, dy: Float32Array, dx: Float32Array, rows: number): void {
-    const g = this.g.rows(rows);
-    const u = this.u.rows(rows);
-    const h = this.h.rows(rows);
-    const dh = this.dh.rows(rows);
+    const g = this.cache.g.rows(rows);
+    const u = this.cache.u.rows(rows);
+    const h = this.cache.h.rows(rows);
+    const dh = this.cache.dh.rows(rows);
     this.down.backward(h, dy, dh, rows);
     // The gradients of gate·x and up·x overwrite those activations: nothing reads them after.
     this.kernels.ops.swigluBackward({ gate: g, up: u, dh, dGate: g, dUp: u, rows, cols: this.hidden });

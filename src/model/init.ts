@@ -24,10 +24,10 @@ export function gaussian(seed: number): () => number {
   return () => Math.sqrt(-2 * Math.log(1 - u())) * Math.cos(2 * Math.PI * u());
 }
 
-export function initParameters(config: ModelConfig, seed: number): Map<string, F32Tensor> {
+/** The initial tensors in canonical order, generated one at a time from `seed`. */
+export function* initTensors(config: ModelConfig, seed: number): Generator<[string, F32Tensor]> {
   const normal = gaussian(seed);
   const residualScale = 1 / Math.sqrt(2 * config.numLayers);
-  const out = new Map<string, F32Tensor>();
   for (const [name, shape] of parameterShapes(config)) {
     const data = new Float32Array(sizeOf(shape));
     if (name.endsWith('norm')) data.fill(1);
@@ -35,7 +35,10 @@ export function initParameters(config: ModelConfig, seed: number): Map<string, F
       const std = /\.(attn\.o|down)$/.test(name) ? STD * residualScale : STD;
       for (let i = 0; i < data.length; i++) data[i] = normal() * std;
     }
-    out.set(name, { shape, data });
+    yield [name, { shape, data }];
   }
-  return out;
+}
+
+export function initParameters(config: ModelConfig, seed: number): Map<string, F32Tensor> {
+  return new Map(initTensors(config, seed));
 }

@@ -56,7 +56,10 @@ export type BasePath = 'fp32' | 'int';
 export class QuantLinear implements Linear {
   readonly inDim: number;
   readonly outDim: number;
-  /** The integer path's backward needs Wᵀ quantized along W's rows (made once: the base is frozen). */
+  /**
+   * The integer path's backward needs Wᵀ quantized along W's rows (made once: the base is
+   * frozen). Always q8: requantizing a q4 weight to 4 bits would double its error.
+   */
   private readonly transposed?: QuantizedTensor;
 
   constructor(
@@ -67,7 +70,7 @@ export class QuantLinear implements Linear {
   ) {
     this.outDim = weight.rows;
     this.inDim = weight.cols;
-    if (path === 'int') this.transposed = kernels.qint.transposeQuantized(weight, { bits: weight.bits });
+    if (path === 'int') this.transposed = kernels.qint.transposeQuantized(weight, { bits: 8 });
   }
 
   forward(x: Float32Array, y: Float32Array, rows: number): void {

@@ -9,12 +9,12 @@
 // backward; all layers then share one set of activation buffers.
 import type { Kernels, QuantizedTensor } from '../kernels/index.ts';
 import type { RopeTable } from '../kernels/ops.ts';
-import { Attention } from './attention.ts';
+import { Attention, AttentionBuffers } from './attention.ts';
 import { isLoraTarget, loraShapes, parameterShapes, type F32Tensor, type ModelConfig } from './config.ts';
-import { LocalExperts, SwigluExpert, type ExpertCompute } from './expert.ts';
-import { initParameters, uniform } from './init.ts';
+import { ExpertCache, LocalExperts, SwigluExpert, type ExpertCompute } from './expert.ts';
+import { initTensors, uniform } from './init.ts';
 import { DenseLinear, LoraLinear, QuantLinear, ScratchBuffers, type BasePath, type Linear } from './linear.ts';
-import { MoeLayer } from './moe.ts';
+import { MoeBuffers, MoeLayer } from './moe.ts';
 import { ParamStore, sizeOf, type Param } from './params.ts';
 
 export type TrainMode = 'full' | 'lora';
@@ -57,6 +57,13 @@ export interface StepLoss {
   tokens: number;
 }
 
+/**
+ * Rows of logits computed at a time in training and evaluation. The head's backward runs per
+ * chunk right after its loss, so the full [rows, vocab] logits never exist (32 MiB at 2048
+ * tokens × 4096 vocab).
+ */
+const HEAD_CHUNK = 256;
+
 /** Buffers of one layer's forward, shared by all layers under gradient checkpointing. */
 class BlockActivations {
   readonly hAttn: Float32Array;
@@ -92,6 +99,7 @@ class Workspace {
   readonly blocks: BlockActivations[];
   readonly hFinal: Float32Array;
   readonly rstdFinal: Float32Array;
+  /** Logits of one chunk of HEAD_CHUNK rows: the head and the loss run chunk by chunk. */
   readonly logits: Float32Array;
   readonly losses: Float32Array;
   readonly tokens: Int32Array;
@@ -108,7 +116,7 @@ class Workspace {
     this.blocks = Array.from({ length: config.numLayers }, () => shared ?? new BlockActivations(kernels, rows, H));
     this.hFinal = heap.f32(rows * H);
     this.rstdFinal = heap.f32(rows);
-    this.logits = heap.f32(rows * config.vocabSize);
+    this.logits = heap.f32(Math.min(rows, HEAD_CHUNK) * config.vocabSize);
     this.losses = heap.f32(rows);
     this.tokens = heap.i32(rows);
     this.targets = heap.i32(rows);
@@ -128,6 +136,8 @@ export class Model {
   private readonly head: Linear;
   private readonly rope: RopeTable;
   private workspace?: Workspace;
+  /** Logits of every row, for logits() only (generation, tests). */
+  private fullLogits?: Float32Array;
   private last?: { batch: number; seq: number; aux: number[] };
 
   constructor(
@@ -149,9 +159,7 @@ export class Model {
     for (const [name, shape] of shapes) {
       if (!quantize(name)) this.params.add(name, shape, trainBase);
     }
-    const initial = base ?? initParameters(config, seed);
-    this.params.load(new Map([...initial].filter(([name]) => !quantize(name))));
-    if (format !== 'f32') this.quantizeBase(initial, format === 'q8' ? 8 : 4, shapes, quantize);
+    this.loadBase(base ?? initTensors(config, seed), shapes, format, quantize);
 
     const lora = options.mode === 'lora' ? options.lora! : undefined;
     if (lora) {
@@ -169,14 +177,20 @@ export class Model {
       if (!this.params.has(`${name}.lora_a`)) return base;
       return new LoraLinear(kernels, base, this.params.get(`${name}.lora_a`), this.params.get(`${name}.lora_b`), lora!.alpha);
     };
-    const swiglu = (prefix: string) => new SwigluExpert(kernels, linear(`${prefix}.gate`), linear(`${prefix}.up`), linear(`${prefix}.down`));
+    const swiglu = (prefix: string, cache?: ExpertCache) =>
+      new SwigluExpert(kernels, linear(`${prefix}.gate`), linear(`${prefix}.up`), linear(`${prefix}.down`), cache);
 
     this.rope = kernels.ops.ropeTable(config.headDim, config.maxSeqLen, config.ropeTheta);
     const scratch = new ScratchBuffers(kernels);
+    const sharedCaches = options.checkpointing
+      ? Array.from({ length: config.numExperts }, () => new ExpertCache(kernels, config.expertHiddenSize))
+      : undefined;
     for (let l = 0; l < config.numLayers; l++) {
-      this.localExperts.push(Array.from({ length: config.numExperts }, (_, e) => swiglu(`layers.${l}.experts.${e}`)));
+      this.localExperts.push(Array.from({ length: config.numExperts }, (_, e) => swiglu(`layers.${l}.experts.${e}`, sharedCaches?.[e])));
     }
     const experts = options.experts ?? new LocalExperts(this.localExperts);
+    const sharedAttention = options.checkpointing ? new AttentionBuffers() : undefined;
+    const sharedMoe = options.checkpointing ? new MoeBuffers() : undefined;
     for (let l = 0; l < config.numLayers; l++) {
       const p = `layers.${l}`;
       const shared = config.sharedExpertHiddenSize > 0
@@ -185,8 +199,9 @@ export class Model {
       this.blocks.push({
         attnNorm: this.params.get(`${p}.attn_norm`),
         ffnNorm: this.params.get(`${p}.ffn_norm`),
-        attention: new Attention(kernels, config, linear(`${p}.attn.q`), linear(`${p}.attn.k`), linear(`${p}.attn.v`), linear(`${p}.attn.o`), this.rope, scratch),
-        moe: new MoeLayer(kernels, config, l, linear(`${p}.router`), experts, scratch, shared),
+        attention: new Attention(kernels, config, linear(`${p}.attn.q`), linear(`${p}.attn.k`), linear(`${p}.attn.v`), linear(`${p}.attn.o`), this.rope, scratch,
+          sharedAttention ?? new AttentionBuffers()),
+        moe: new MoeLayer(kernels, config, l, linear(`${p}.router`), experts, scratch, sharedMoe ?? new MoeBuffers(), shared),
       });
     }
     this.head = new DenseLinear(kernels, this.params.get(config.tieEmbeddings ? 'embed' : 'lm_head'));
@@ -211,7 +226,14 @@ export class Model {
   /** Logits [batch·seq, vocab] (a view, valid until the next call). */
   async logits(tokens: ArrayLike<number>, batch: number, seq: number): Promise<Float32Array> {
     await this.forward(tokens, batch, seq);
-    return this.workspace!.logits.subarray(0, batch * seq * this.config.vocabSize);
+    const rows = batch * seq;
+    const V = this.config.vocabSize;
+    if (!this.fullLogits || this.fullLogits.length < rows * V) {
+      if (this.fullLogits) this.kernels.heap.release(this.fullLogits);
+      this.fullLogits = this.kernels.heap.f32(rows * V);
+    }
+    this.head.forward(this.workspace!.hFinal, this.fullLogits, rows);
+    return this.fullLogits.subarray(0, rows * V);
   }
 
   private ensureWorkspace(rows: number): Workspace {
@@ -241,7 +263,6 @@ export class Model {
     for (let l = 0; l < L; l++) aux.push(await this.blockForward(l, ws, batch, seq, ws.residual[l + 1]));
     const xL = ws.residual[L];
     ops.rmsNorm({ x: xL, weight: this.params.get('final_norm').value, y: ws.hFinal, rstd: ws.rstdFinal, rows, dim: H, eps: this.config.rmsNormEps });
-    this.head.forward(ws.hFinal, ws.logits, rows);
     this.last = { batch, seq, aux };
     const meanAux = aux.reduce((a, b) => a + b, 0) / L;
     if (!targets) return { loss: NaN, crossEntropy: NaN, aux: meanAux, tokens: 0 };
@@ -254,10 +275,17 @@ export class Model {
       if (target >= 0) counted++;
     }
     const scale = gradScale === undefined ? undefined : gradScale / Math.max(counted, 1);
-    ops.crossEntropy({
-      logits: ws.logits, targets: ws.targets, losses: ws.losses, rows, vocab: V,
-      ...(scale === undefined ? {} : { dLogits: ws.logits, scale }),
-    });
+    for (let r0 = 0; r0 < rows; r0 += HEAD_CHUNK) {
+      const n = Math.min(HEAD_CHUNK, rows - r0);
+      const h = ws.hFinal.subarray(r0 * H, (r0 + n) * H);
+      this.head.forward(h, ws.logits, n);
+      ops.crossEntropy({
+        logits: ws.logits, targets: ws.targets.subarray(r0, r0 + n), losses: ws.losses.subarray(r0, r0 + n), rows: n, vocab: V,
+        ...(scale === undefined ? {} : { dLogits: ws.logits, scale }),
+      });
+      // Training: the head's backward now, while this chunk's logit gradient exists.
+      if (scale !== undefined) this.head.backward(h, ws.logits, ws.dh.subarray(r0 * H, (r0 + n) * H), n);
+    }
     let sum = 0;
     for (let i = 0; i < rows; i++) sum += ws.losses[i];
     const crossEntropy = sum / Math.max(counted, 1);
@@ -288,9 +316,7 @@ export class Model {
     const { batch, seq } = this.last!;
     const rows = batch * seq;
     const dx = ws.dx;
-    const dh = ws.dh;
-    // The cross-entropy left its gradient in the logits buffer.
-    this.head.backward(ws.hFinal, ws.logits, dh, rows);
+    const dh = ws.dh; // ∂L/∂hFinal, left by the forward's chunked head backward
     const finalNorm = this.params.get('final_norm');
     ops.rmsNormBackward({
       x: ws.residual[L], weight: finalNorm.value, rstd: ws.rstdFinal, dy: dh, dx, dWeight: this.gradOrScratch(finalNorm),
@@ -328,20 +354,32 @@ export class Model {
     return this.normScratch;
   }
 
-  private quantizeBase(
-    initial: Map<string, F32Tensor>, bits: 8 | 4, shapes: Map<string, number[]>, quantize: (name: string) => boolean,
+  /**
+   * Copies the base weights in, one tensor at a time (a random init is generated tensor by
+   * tensor, never held whole), quantizing the matrices the format says. Every base tensor
+   * must be present exactly once with its shape.
+   */
+  private loadBase(
+    tensors: Iterable<[string, F32Tensor]>, shapes: Map<string, number[]>, format: BaseFormat, quantize: (name: string) => boolean,
   ): void {
     const { heap, quant } = this.kernels;
-    for (const [name, shape] of shapes) {
-      if (!quantize(name)) continue;
-      const source = initial.get(name);
-      if (!source) throw new Error(`model: base has no tensor ${name}`);
-      const [rows, cols] = shape;
-      const staging = heap.f32(rows * cols);
-      staging.set(source.data);
-      this.quantized.set(name, quant.quantize(staging, rows, cols, bits));
+    const seen = new Set<string>();
+    for (const [name, tensor] of tensors) {
+      const shape = shapes.get(name);
+      if (!shape) throw new Error(`model: base tensor ${name} is not a parameter of this config`);
+      if (tensor.shape.join('x') !== shape.join('x')) throw new Error(`model: base tensor ${name} has shape [${tensor.shape}], expected [${shape}]`);
+      seen.add(name);
+      if (!quantize(name)) {
+        this.params.get(name).value.set(tensor.data);
+        continue;
+      }
+      const staging = heap.f32(tensor.data.length);
+      staging.set(tensor.data);
+      this.quantized.set(name, quant.quantize(staging, shape[0], shape[1], format === 'q8' ? 8 : 4));
       heap.release(staging);
     }
+    const missing = [...shapes.keys()].filter((name) => !seen.has(name));
+    if (missing.length) throw new Error(`model: base lacks ${missing.length} tensor(s), e.g. ${missing.slice(0, 3).join(', ')}`);
   }
 }
 

@@ -44,9 +44,17 @@ class MoeActivations {
   }
 }
 
-export class MoeLayer {
+/** One layer's MoE activations; shared by all layers under gradient checkpointing (see AttentionBuffers). */
+export class MoeBuffers {
   private acts?: MoeActivations;
 
+  get(kernels: Kernels, rows: number, config: ModelConfig): MoeActivations {
+    if (!this.acts || this.acts.rows < rows) this.acts = new MoeActivations(kernels, rows, config);
+    return this.acts;
+  }
+}
+
+export class MoeLayer {
   constructor(
     private readonly kernels: Kernels,
     private readonly config: ModelConfig,
@@ -54,12 +62,12 @@ export class MoeLayer {
     readonly router: Linear,
     private readonly experts: ExpertCompute,
     private readonly scratch: ScratchBuffers,
+    private readonly buffers: MoeBuffers,
     readonly shared?: { expert: SwigluExpert; gate: Linear },
   ) {}
 
   private activations(rows: number): MoeActivations {
-    if (!this.acts || this.acts.rows < rows) this.acts = new MoeActivations(this.kernels, rows, this.config);
-    return this.acts;
+    return this.buffers.get(this.kernels, rows, this.config);
   }
 
   /** out[N, H] = MoE(x); returns this layer's load-balancing loss. */
