@@ -2,7 +2,7 @@
 // final rmsnorm → LM head, with each stage's forward and backward side by side and every
 // activation in explicit heap buffers. Two modes:
 //   full: every parameter trainable in fp32;
-//   lora: the base frozen (its attention and expert matrices optionally stored q8/q4), and
+//   lora: the base frozen (its attention, expert and head matrices optionally stored q8/q4), and
 //         LoRA A/B trainable on the chosen targets (A random, B zero: training starts from the
 //         base model exactly).
 // Gradient checkpointing keeps only each layer's input and recomputes the layer's forward in
@@ -155,7 +155,8 @@ export class Model {
     const seed = options.seed ?? 1;
     this.params = new ParamStore(kernels);
     const shapes = parameterShapes(config);
-    const quantize = (name: string) => format !== 'f32' && isLoraTarget(name);
+    // The frozen matrices stored quantized: LoRA's targets and the (untied) LM head.
+    const quantize = (name: string) => format !== 'f32' && (isLoraTarget(name) || name === 'lm_head');
     for (const [name, shape] of shapes) {
       if (!quantize(name)) this.params.add(name, shape, trainBase);
     }
@@ -204,7 +205,7 @@ export class Model {
         moe: new MoeLayer(kernels, config, l, linear(`${p}.router`), experts, scratch, sharedMoe ?? new MoeBuffers(), shared),
       });
     }
-    this.head = new DenseLinear(kernels, this.params.get(config.tieEmbeddings ? 'embed' : 'lm_head'));
+    this.head = config.tieEmbeddings ? new DenseLinear(kernels, this.params.get('embed')) : linear('lm_head');
   }
 
   /**
@@ -375,7 +376,9 @@ export class Model {
       }
       const staging = heap.f32(tensor.data.length);
       staging.set(tensor.data);
-      this.quantized.set(name, quant.quantize(staging, shape[0], shape[1], format === 'q8' ? 8 : 4));
+      // The head is always q8: its error lands on the logits directly (q4: ~13% of their range).
+      const bits = format === 'q8' || name === 'lm_head' ? 8 : 4;
+      this.quantized.set(name, quant.quantize(staging, shape[0], shape[1], bits));
       heap.release(staging);
     }
     const missing = [...shapes.keys()].filter((name) => !seen.has(name));
