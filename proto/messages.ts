@@ -1,0 +1,165 @@
+// Every message the swarm exchanges, as TypeBox schemas: the schema is both the runtime check
+// (compiled in codec.ts) and, through Static<>, the TypeScript type. Strings, arrays and numbers
+// are bounded so a valid message is also a small one; tensors are bounded by the size caps.
+import { Type, type Static } from '@sinclair/typebox';
+import { TensorSchema } from './tensor.ts';
+
+const Count = Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER });
+const NonNegative = Type.Number({ minimum: 0 });
+/** Job ids, group ids and the like: short, printable, no spaces. */
+const Id = Type.String({ minLength: 1, maxLength: 128, pattern: '^[A-Za-z0-9._:-]+$' });
+/** A libp2p peer id in its string form (base58btc or base32 CID). */
+const PeerIdText = Type.String({ minLength: 1, maxLength: 128, pattern: '^[A-Za-z0-9]+$' });
+const TensorName = Type.String({ minLength: 1, maxLength: 256, pattern: '^[A-Za-z0-9._:/-]+$' });
+const Reason = Type.String({ maxLength: 1024 });
+/** Milliseconds since the Unix epoch. */
+const Timestamp = Count;
+const Index = Type.Integer({ minimum: 0, maximum: 2 ** 20 });
+
+export const NamedTensorSchema = Type.Object({ name: TensorName, tensor: TensorSchema });
+export type NamedTensor = Static<typeof NamedTensorSchema>;
+const Parts = Type.Array(NamedTensorSchema, { maxItems: 4096 });
+
+// --- join: a node asks the coordinator to admit it -------------------------------------------
+
+export const JoinRequestSchema = Type.Object({
+  /** PROTOCOL_VERSION of the sender; checked before anything else (see codec.ts). */
+  version: Type.String({ maxLength: 32 }),
+  nodeId: PeerIdText,
+  /** Shared secret of the swarm (may be empty on an open swarm). */
+  token: Type.String({ maxLength: 512 }),
+  cores: Type.Integer({ minimum: 1, maximum: 4096 }),
+  /** Measured GEMM speed of the node, all cores. */
+  gemmGflops: Type.Number({ minimum: 0, maximum: 1e6 }),
+  /** Memory the node will spend on the job. */
+  memoryBytes: Count,
+});
+export type JoinRequest = Static<typeof JoinRequestSchema>;
+
+export const ExpertRefSchema = Type.Object({ layer: Index, expert: Index });
+export type ExpertRef = Static<typeof ExpertRefSchema>;
+
+export const AssignmentSchema = Type.Object({
+  jobId: Id,
+  /** Plan generation: bumped on every re-plan, so stale assignments can be told apart. */
+  epoch: Count,
+  /** The experts this node hosts (the trunk is replicated on every node). */
+  experts: Type.Array(ExpertRefSchema, { maxItems: 65536 }),
+  heartbeatMs: Type.Integer({ minimum: 100, maximum: 3_600_000 }),
+});
+export type Assignment = Static<typeof AssignmentSchema>;
+
+export const JoinResponseSchema = Type.Union([
+  Type.Object({ admitted: Type.Literal(true), version: Type.String({ maxLength: 32 }), assignment: AssignmentSchema }),
+  Type.Object({ admitted: Type.Literal(false), version: Type.String({ maxLength: 32 }), reason: Reason }),
+]);
+export type JoinResponse = Static<typeof JoinResponseSchema>;
+
+// --- heartbeat: a node's progress, persisted by the coordinator -------------------------------
+
+export const HeartbeatSchema = Type.Object({
+  jobId: Id,
+  step: Count,
+  /** Training loss of the last step; absent before the first one. */
+  loss: Type.Optional(Type.Number()),
+  tokensPerSecond: NonNegative,
+  bytesSent: Count,
+  bytesReceived: Count,
+  /** Local steps since the node's parameters were last averaged. */
+  staleness: Count,
+  /** Expert calls that no replica answered (their tokens dropped the expert). */
+  droppedExpertCalls: Count,
+});
+export type Heartbeat = Static<typeof HeartbeatSchema>;
+
+/** Reply to messages that need only a yes or no. */
+export const AckSchema = Type.Object({ accepted: Type.Boolean(), reason: Type.Optional(Reason) });
+export type Ack = Static<typeof AckSchema>;
+
+// --- leases: micro-batches handed out with a deadline -----------------------------------------
+
+export const LeaseRequestSchema = Type.Object({ jobId: Id, maxBatches: Type.Integer({ minimum: 1, maximum: 1024 }) });
+export type LeaseRequest = Static<typeof LeaseRequestSchema>;
+
+export const LeaseGrantSchema = Type.Object({
+  jobId: Id,
+  leaseId: Count,
+  /** Empty when no batch is available right now. */
+  batchIds: Type.Array(Count, { maxItems: 1024 }),
+  /** After this the batches are handed to another node. */
+  deadline: Timestamp,
+});
+export type LeaseGrant = Static<typeof LeaseGrantSchema>;
+
+export const LeaseReportSchema = Type.Object({
+  jobId: Id,
+  leaseId: Count,
+  completedBatchIds: Type.Array(Count, { maxItems: 1024 }),
+});
+export type LeaseReport = Static<typeof LeaseReportSchema>;
+
+// --- expert calls: tokens routed to an expert hosted elsewhere ------------------------------
+
+/**
+ * One direction of an expert call. Forward: the request holds the expert's input rows
+ * [rows, hidden] and the response its output. Backward: the request holds the output
+ * gradient and the response the input gradient; `call` names the forward call it belongs to.
+ */
+export const ExpertCallSchema = Type.Object({
+  jobId: Id,
+  step: Count,
+  /** Chosen by the caller, unique among its calls in flight. */
+  call: Count,
+  layer: Index,
+  expert: Index,
+  rows: Type.Integer({ minimum: 0, maximum: 2 ** 24 }),
+  tensor: TensorSchema,
+});
+export type ExpertCall = Static<typeof ExpertCallSchema>;
+
+// --- averaging: parameter deltas between the holders of a group ------------------------------
+
+export const ParameterDeltaSchema = Type.Object({
+  jobId: Id,
+  /** "trunk" or "expert.<layer>.<expert>". */
+  group: Id,
+  round: Count,
+  /** Local steps the sender took since the round's base: the receiver weights by staleness. */
+  steps: Count,
+  /** How the parts encode the delta (a codec of src/compress, e.g. "f32" or "int8-block32"). */
+  codec: Id,
+  parts: Parts,
+});
+export type ParameterDelta = Static<typeof ParameterDeltaSchema>;
+
+// --- state fetch: a new or returning node loads the newest parameters -----------------------
+
+export const StateRequestSchema = Type.Object({
+  jobId: Id,
+  group: Id,
+  /** The tensors wanted; empty asks only for the list (fetch large groups a few names at a time). */
+  names: Type.Array(TensorName, { maxItems: 4096 }),
+});
+export type StateRequest = Static<typeof StateRequestSchema>;
+
+export const StateResponseSchema = Type.Object({
+  jobId: Id,
+  group: Id,
+  round: Count,
+  /** Every tensor name the group has. */
+  available: Type.Array(TensorName, { maxItems: 4096 }),
+  parts: Parts,
+});
+export type StateResponse = Static<typeof StateResponseSchema>;
+
+// --- error replies --------------------------------------------------------------------------
+
+export const ERROR_CODES = ['malformed', 'too-large', 'version', 'refused', 'busy', 'internal'] as const;
+export type ErrorCode = (typeof ERROR_CODES)[number];
+
+/** What a responder sends instead of a response when it will not or cannot answer. */
+export const ErrorReplySchema = Type.Object({
+  code: Type.Union(ERROR_CODES.map((c) => Type.Literal(c))),
+  message: Reason,
+});
+export type ErrorReply = Static<typeof ErrorReplySchema>;

@@ -1,0 +1,144 @@
+// The protocols of the swarm: one request and one response per stream, each with its libp2p
+// protocol id, schemas, size caps and the checks a schema cannot express.
+import type { Static, TSchema } from '@sinclair/typebox';
+import { ProtocolError } from './errors.ts';
+import {
+  AckSchema,
+  ExpertCallSchema,
+  HeartbeatSchema,
+  JoinRequestSchema,
+  JoinResponseSchema,
+  LeaseGrantSchema,
+  LeaseReportSchema,
+  LeaseRequestSchema,
+  ParameterDeltaSchema,
+  StateRequestSchema,
+  StateResponseSchema,
+  type ExpertCall,
+  type NamedTensor,
+} from './messages.ts';
+import { tensorMismatch, type Tensor } from './tensor.ts';
+import { PROTOCOL_VERSION, parseVersion } from './version.ts';
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+/** Tensor-carrying messages; a larger parameter group travels as several messages (subsets of its parts). */
+export const TENSOR_MESSAGE_CAP = 64 * MiB;
+/** Room for an error reply (message up to 1024 characters of UTF-8) in every response. */
+const SMALL_REPLY_CAP = 8 * KiB;
+
+export interface ProtocolSpec<Req extends TSchema = TSchema, Res extends TSchema = TSchema> {
+  /** libp2p protocol id, /swarmtrain/<name>/<version>. */
+  id: string;
+  request: Req;
+  response: Res;
+  maxRequestBytes: number;
+  maxResponseBytes: number;
+  /** The message carries `version`, checked before the schema so an old or new peer gets a clear refusal. */
+  versioned?: boolean;
+  // Checks beyond the schema; they throw ProtocolError. (Method syntax: a spec of any schema
+  // pair is then usable as a ProtocolSpec<TSchema, TSchema>.)
+  checkRequest?(message: Static<Req>): void;
+  checkResponse?(message: Static<Res>): void;
+}
+
+const define = <Req extends TSchema, Res extends TSchema>(spec: ProtocolSpec<Req, Res>) => spec;
+const MAJOR = parseVersion(PROTOCOL_VERSION)!.major;
+const idOf = (name: string) => `/swarmtrain/${name}/${MAJOR}`;
+
+function checkTensor(tensor: Tensor, where: string): void {
+  const mismatch = tensorMismatch(tensor);
+  if (mismatch !== undefined) throw new ProtocolError('tensor', `${where}: ${mismatch}`);
+}
+
+function checkParts(parts: NamedTensor[]): void {
+  const seen = new Set<string>();
+  for (const { name, tensor } of parts) {
+    if (seen.has(name)) throw new ProtocolError('schema', `parts: "${name}" appears twice`);
+    seen.add(name);
+    checkTensor(tensor, `parts: "${name}"`);
+  }
+}
+
+function checkExpertCall(call: ExpertCall): void {
+  const { tensor, rows } = call;
+  if (tensor.dtype !== 'F32' && tensor.dtype !== 'F16' && tensor.dtype !== 'BF16') {
+    throw new ProtocolError('tensor', `tensor: expert activations are F32, F16 or BF16, got ${tensor.dtype}`);
+  }
+  if (tensor.shape.length !== 2 || tensor.shape[0] !== rows) {
+    throw new ProtocolError('tensor', `tensor: shape must be [rows=${rows}, hidden], got [${tensor.shape.join(', ')}]`);
+  }
+  checkTensor(tensor, 'tensor');
+}
+
+export const PROTOCOLS = {
+  /** The handshake: its id and its `version` field never change, so any two versions can refuse each other clearly. */
+  join: define({
+    id: '/swarmtrain/join/1',
+    request: JoinRequestSchema,
+    response: JoinResponseSchema,
+    maxRequestBytes: 16 * KiB,
+    maxResponseBytes: 1 * MiB,
+    versioned: true,
+  }),
+  heartbeat: define({
+    id: idOf('heartbeat'),
+    request: HeartbeatSchema,
+    response: AckSchema,
+    maxRequestBytes: 4 * KiB,
+    maxResponseBytes: SMALL_REPLY_CAP,
+  }),
+  lease: define({
+    id: idOf('lease'),
+    request: LeaseRequestSchema,
+    response: LeaseGrantSchema,
+    maxRequestBytes: 1 * KiB,
+    maxResponseBytes: 16 * KiB,
+  }),
+  leaseReport: define({
+    id: idOf('lease-report'),
+    request: LeaseReportSchema,
+    response: AckSchema,
+    maxRequestBytes: 16 * KiB,
+    maxResponseBytes: SMALL_REPLY_CAP,
+  }),
+  expertForward: define({
+    id: idOf('expert-forward'),
+    request: ExpertCallSchema,
+    response: ExpertCallSchema,
+    maxRequestBytes: TENSOR_MESSAGE_CAP,
+    maxResponseBytes: TENSOR_MESSAGE_CAP,
+    checkRequest: checkExpertCall,
+    checkResponse: checkExpertCall,
+  }),
+  expertBackward: define({
+    id: idOf('expert-backward'),
+    request: ExpertCallSchema,
+    response: ExpertCallSchema,
+    maxRequestBytes: TENSOR_MESSAGE_CAP,
+    maxResponseBytes: TENSOR_MESSAGE_CAP,
+    checkRequest: checkExpertCall,
+    checkResponse: checkExpertCall,
+  }),
+  delta: define({
+    id: idOf('delta'),
+    request: ParameterDeltaSchema,
+    response: AckSchema,
+    maxRequestBytes: TENSOR_MESSAGE_CAP,
+    maxResponseBytes: SMALL_REPLY_CAP,
+    checkRequest: (delta) => checkParts(delta.parts),
+  }),
+  state: define({
+    id: idOf('state'),
+    request: StateRequestSchema,
+    response: StateResponseSchema,
+    maxRequestBytes: 2 * MiB,
+    maxResponseBytes: TENSOR_MESSAGE_CAP,
+    checkResponse: (state) => checkParts(state.parts),
+  }),
+};
+
+export type ProtocolName = keyof typeof PROTOCOLS;
+export type RequestOf<P extends ProtocolName> = Static<(typeof PROTOCOLS)[P]['request']>;
+export type ResponseOf<P extends ProtocolName> = Static<(typeof PROTOCOLS)[P]['response']>;
+export const PROTOCOL_NAMES = Object.keys(PROTOCOLS) as ProtocolName[];

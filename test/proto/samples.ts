@@ -1,0 +1,57 @@
+// One valid request and response per protocol, for round trips and as the base of bad inputs.
+import { f32Tensor, PROTOCOL_VERSION, type ProtocolName, type RequestOf, type ResponseOf, type Tensor } from '../../proto/index.ts';
+import { fillRandom, rng } from '../helpers.ts';
+
+export const PEER_ID = '12D3KooWLkKj62grNMSsRNUPgQpvh3tLrfpB5pKERtN6ZU3XFwx4';
+
+export function randomF32(shape: number[], seed: number): Tensor {
+  const values = new Float32Array(shape.reduce((n, d) => n * d, 1));
+  fillRandom(values, rng(seed));
+  return f32Tensor(shape, values);
+}
+
+export type Samples = { [P in ProtocolName]: { request: RequestOf<P>; response: ResponseOf<P> } };
+
+export function samples(): Samples {
+  const expertCall = (seed: number) => ({ jobId: 'job-1', step: 12, call: 3, layer: 1, expert: 5, rows: 3, tensor: randomF32([3, 8], seed) });
+  const int8 = { dtype: 'I8' as const, shape: [2, 2], data: new Uint8Array([1, 255, 127, 128]) };
+  return {
+    join: {
+      request: { version: PROTOCOL_VERSION, nodeId: PEER_ID, token: 's3cret', cores: 2, gemmGflops: 81.25, memoryBytes: 8 * 2 ** 30 },
+      response: {
+        admitted: true,
+        version: PROTOCOL_VERSION,
+        assignment: { jobId: 'job-1', epoch: 4, experts: [{ layer: 0, expert: 3 }, { layer: 1, expert: 0 }], heartbeatMs: 5000 },
+      },
+    },
+    heartbeat: {
+      request: { jobId: 'job-1', step: 120, loss: 3.25, tokensPerSecond: 2150.5, bytesSent: 5e9, bytesReceived: 123, staleness: 2, droppedExpertCalls: 0 },
+      response: { accepted: true },
+    },
+    lease: {
+      request: { jobId: 'job-1', maxBatches: 4 },
+      response: { jobId: 'job-1', leaseId: 77, batchIds: [8, 9, 10, 11], deadline: 1_760_000_000_000 },
+    },
+    leaseReport: {
+      request: { jobId: 'job-1', leaseId: 77, completedBatchIds: [8, 9] },
+      response: { accepted: false, reason: 'lease expired' },
+    },
+    expertForward: { request: expertCall(1), response: expertCall(2) },
+    expertBackward: { request: expertCall(3), response: expertCall(4) },
+    delta: {
+      request: {
+        jobId: 'job-1',
+        group: 'expert.1.5',
+        round: 9,
+        steps: 50,
+        codec: 'int8-block32',
+        parts: [{ name: 'w1.q', tensor: int8 }, { name: 'w1.scale', tensor: randomF32([1], 5) }],
+      },
+      response: { accepted: true },
+    },
+    state: {
+      request: { jobId: 'job-1', group: 'trunk', names: ['embed', 'head'] },
+      response: { jobId: 'job-1', group: 'trunk', round: 9, available: ['embed', 'head', 'norm'], parts: [{ name: 'embed', tensor: randomF32([4, 2], 6) }] },
+    },
+  };
+}
