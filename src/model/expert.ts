@@ -7,13 +7,17 @@ import type { Kernels } from '../kernels/index.ts';
 import { GrowableBuffer, type Linear } from './linear.ts';
 
 export interface ExpertCompute {
-  /** y[rows, hidden] = expert(layer, expert)(x[rows, hidden]). */
-  forward(layer: number, expert: number, x: Float32Array, y: Float32Array, rows: number): Promise<void>;
   /**
-   * dx[rows, hidden] = ∂L/∂x given dy = ∂L/∂y for the rows of the latest forward of this
-   * expert (x is that forward's input); adds the expert's weight gradients.
+   * y[rows, hidden] = expert(layer, expert)(x[rows, hidden]). Resolves false when the expert
+   * could not be reached (no holder answered): the MoE layer then drops it for these tokens.
    */
-  backward(layer: number, expert: number, x: Float32Array, dy: Float32Array, dx: Float32Array, rows: number): Promise<void>;
+  forward(layer: number, expert: number, x: Float32Array, y: Float32Array, rows: number): Promise<boolean>;
+  /**
+   * dx[rows, hidden] = ∂L/∂x given dy = ∂L/∂y at the forward input x (passed again, so a holder
+   * needs no state between the two calls); adds the expert's weight gradients where it runs.
+   * Resolves false when no holder answered.
+   */
+  backward(layer: number, expert: number, x: Float32Array, dy: Float32Array, dx: Float32Array, rows: number): Promise<boolean>;
 }
 
 /**
@@ -75,11 +79,13 @@ export class SwigluExpert {
 export class LocalExperts implements ExpertCompute {
   constructor(readonly experts: SwigluExpert[][]) {}
 
-  async forward(layer: number, expert: number, x: Float32Array, y: Float32Array, rows: number): Promise<void> {
+  async forward(layer: number, expert: number, x: Float32Array, y: Float32Array, rows: number): Promise<boolean> {
     this.experts[layer][expert].forward(x, y, rows);
+    return true;
   }
 
-  async backward(layer: number, expert: number, x: Float32Array, dy: Float32Array, dx: Float32Array, rows: number): Promise<void> {
+  async backward(layer: number, expert: number, x: Float32Array, dy: Float32Array, dx: Float32Array, rows: number): Promise<boolean> {
     this.experts[layer][expert].backward(x, dy, dx, rows);
+    return true;
   }
 }

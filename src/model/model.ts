@@ -208,6 +208,11 @@ export class Model {
     this.head = config.tieEmbeddings ? new DenseLinear(kernels, this.params.get('embed')) : linear('lm_head');
   }
 
+  /** Token-to-expert assignments dropped so far because no holder of the expert answered. */
+  droppedAssignments(): number {
+    return this.blocks.reduce((sum, b) => sum + b.moe.droppedAssignments, 0);
+  }
+
   /**
    * Forward over `batch` sequences of `seq` tokens ([batch·seq] ids), the loss against
    * `targets` (negative: ignored), and the backward, adding gradScale·∂loss/∂θ into the

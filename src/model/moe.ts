@@ -23,6 +23,8 @@ class MoeActivations {
   readonly sharedY?: Float32Array; // [N, H]
   readonly sharedGate?: Float32Array; // [N] sigmoid(shared_expert_gate·x)
   readonly share: Float64Array; // [E] f_e
+  readonly tokenScale: Float32Array; // [N] gate = p · scale for a token's surviving assignments
+  readonly dropped: Uint8Array; // [E] 1 when no holder of the expert answered this forward
 
   constructor(kernels: Kernels, readonly rows: number, config: ModelConfig) {
     const { heap } = kernels;
@@ -41,6 +43,8 @@ class MoeActivations {
       this.sharedGate = heap.f32(rows);
     }
     this.share = new Float64Array(E);
+    this.tokenScale = new Float32Array(rows);
+    this.dropped = new Uint8Array(E);
   }
 }
 
@@ -55,6 +59,9 @@ export class MoeBuffers {
 }
 
 export class MoeLayer {
+  /** Token-to-expert assignments dropped because no holder of the expert answered. */
+  droppedAssignments = 0;
+
   constructor(
     private readonly kernels: Kernels,
     private readonly config: ModelConfig,
@@ -85,26 +92,25 @@ export class MoeLayer {
     for (let e = 0; e < E; e++) a.expertStart[e + 1] += a.expertStart[e];
     const next = a.expertStart.slice(0, E);
     for (let t = 0; t < rows; t++) {
-      let norm = 1;
-      if (this.config.normTopkProb) {
-        norm = 0;
-        for (let j = 0; j < k; j++) norm += a.topProb[t * k + j];
-      }
       for (let j = 0; j < k; j++) {
         const slot = next[a.topIndex[t * k + j]]++;
         a.slotToken[slot] = t;
         a.slotOfAssignment[t * k + j] = slot;
-        a.gates[slot] = a.topProb[t * k + j] / norm;
       }
     }
     ops.gatherRows({ src: x, indices: a.slotToken, dst: a.xs, rows: rows * k, cols: H, srcRows: rows });
-    await Promise.all(
+    const answered = await Promise.all(
       Array.from({ length: E }, (_, e) => {
         const [s0, s1] = [a.expertStart[e], a.expertStart[e + 1]];
-        if (s1 === s0) return undefined;
+        if (s1 === s0) return true;
         return this.experts.forward(this.layer, e, a.xs.subarray(s0 * H, s1 * H), a.ys.subarray(s0 * H, s1 * H), s1 - s0);
       }),
     );
+    answered.forEach((ok, e) => {
+      a.dropped[e] = ok ? 0 : 1;
+      if (!ok) this.droppedAssignments += a.expertStart[e + 1] - a.expertStart[e];
+    });
+    this.setGates(a, rows);
     out.fill(0, 0, rows * H);
     ops.scatterAddRows({ src: a.ys, indices: a.slotToken, weights: a.gates, dst: out, rows: rows * k, cols: H, dstRows: rows });
 
@@ -126,6 +132,31 @@ export class MoeLayer {
   }
 
   /**
+   * Gates of the surviving assignments: g = p · scale[t], with scale = 1 / Σ_live p when the
+   * config renormalizes the top-k, else Σ_chosen p / Σ_live p (1 when nothing was dropped), so
+   * a token that lost an expert spreads the same total weight over the ones that answered.
+   * A token that lost all its experts gets no MoE output.
+   */
+  private setGates(a: MoeActivations, rows: number): void {
+    const k = this.config.expertsPerToken;
+    for (let t = 0; t < rows; t++) {
+      let chosen = 0;
+      let live = 0;
+      for (let j = 0; j < k; j++) {
+        const p = a.topProb[t * k + j];
+        chosen += p;
+        if (!a.dropped[a.topIndex[t * k + j]]) live += p;
+      }
+      const scale = live === 0 ? 0 : this.config.normTopkProb ? 1 / live : chosen / live;
+      a.tokenScale[t] = scale;
+      for (let j = 0; j < k; j++) {
+        const dropped = a.dropped[a.topIndex[t * k + j]];
+        a.gates[a.slotOfAssignment[t * k + j]] = dropped ? 0 : a.topProb[t * k + j] * scale;
+      }
+    }
+  }
+
+  /**
    * Given dOut = ∂L/∂out and the weight `auxScale` of this layer's load-balancing loss in L,
    * writes dx (= or += with accumulate) ∂L/∂x and adds the router's and experts' gradients.
    */
@@ -144,31 +175,37 @@ export class MoeLayer {
     ops.gatherRows({ src: dOut, indices: a.slotToken, dst: dys, rows: slots, cols: H, srcRows: rows });
     ops.rowDots(dys, a.ys, dGates, slots, H);
     scaleRows(dys, a.gates, dys, slots, H, false);
-    await Promise.all(
+    const answered = await Promise.all(
       Array.from({ length: E }, (_, e) => {
         const [s0, s1] = [a.expertStart[e], a.expertStart[e + 1]];
-        if (s1 === s0) return undefined;
+        if (s1 === s0 || a.dropped[e]) return false;
         const seg = (v: Float32Array) => v.subarray(s0 * H, s1 * H);
         return this.experts.backward(this.layer, e, seg(a.xs), seg(dys), seg(dxs), s1 - s0);
       }),
     );
+    // An expert that gave no backward contributes no input gradient.
+    answered.forEach((ok, e) => {
+      if (!ok) dxs.fill(0, a.expertStart[e] * H, a.expertStart[e + 1] * H);
+      if (!ok && !a.dropped[e]) this.droppedAssignments += a.expertStart[e + 1] - a.expertStart[e];
+    });
     if (!accumulate) dx.fill(0, 0, rows * H);
     ops.scatterAddRows({ src: dxs, indices: a.slotToken, dst: dx, rows: slots, cols: H, dstRows: rows });
 
     // Gates → chosen probabilities (through the renormalization) → all probabilities.
     for (let t = 0; t < rows; t++) {
-      if (!this.config.normTopkProb) {
-        for (let j = 0; j < k; j++) dTop[t * k + j] = dGates[a.slotOfAssignment[t * k + j]];
-        continue;
-      }
-      let norm = 0;
       let dot = 0;
       for (let j = 0; j < k; j++) {
         const slot = a.slotOfAssignment[t * k + j];
-        norm += a.topProb[t * k + j];
         dot += dGates[slot] * a.gates[slot];
       }
-      for (let j = 0; j < k; j++) dTop[t * k + j] = (dGates[a.slotOfAssignment[t * k + j]] - dot) / norm;
+      for (let j = 0; j < k; j++) {
+        const slot = a.slotOfAssignment[t * k + j];
+        const live = !a.dropped[a.topIndex[t * k + j]];
+        // normTopk: g_j = p_j / Σ_live p, so ∂p_j = (∂g_j − Σ_i ∂g_i·g_i) / Σ_live p. Otherwise
+        // g_j = p_j · scale with the scale (1 unless experts were dropped) held constant.
+        const d = this.config.normTopkProb ? dGates[slot] - dot : dGates[slot];
+        dTop[t * k + j] = live ? d * a.tokenScale[t] : 0;
+      }
     }
     // ∂(auxScale · E·Σ f_e·P_e)/∂p[t, e] = auxScale·E·f_e / N (f_e is a count: no gradient).
     for (let t = 0; t < rows; t++) {

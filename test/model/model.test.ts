@@ -41,6 +41,7 @@ function tokensFor(config: ModelConfig, count: number, seed: number): number[] {
 function checkGradient(
   config: ModelConfig, params64: Map<string, Float64Array>, grad: Float32Array, name: string,
   tokens: number[], targets: number[], lora: { rank: number; alpha: number } | undefined, samples = 5,
+  dropped?: ReadonlySet<string>,
 ): { error: number; scale: number } {
   const p = params64.get(name)!;
   const get = (n: string) => params64.get(n);
@@ -51,9 +52,9 @@ function checkGradient(
     const i = (s * 7919 + 13) % p.length;
     const old = p[i];
     p[i] = old + h;
-    const up = forward64(config, get, tokens, targets, lora).loss;
+    const up = forward64(config, get, tokens, targets, lora, dropped).loss;
     p[i] = old - h;
-    const down = forward64(config, get, tokens, targets, lora).loss;
+    const down = forward64(config, get, tokens, targets, lora, dropped).loss;
     p[i] = old;
     const fd = (up - down) / (2 * h);
     error = Math.max(error, Math.abs(fd - grad[i]));
@@ -94,6 +95,31 @@ describe.skipIf(!fixtures)(`Hugging Face fixtures${fixtures ? '' : ' (skipped: .
     const ref = JSON.parse(readFileSync(join(fixtures!, 'atenia-tiny-qwen2-moe', 'reference_logits.json'), 'utf8'));
     const model = new Model(kernels, hf.config, { mode: 'full' }, hf.params);
     expect(await generate(model, ref.input_ids, { maxNewTokens: ref.greedy_ids.length })).toEqual(ref.greedy_ids);
+  });
+
+  it('an unreachable expert is dropped and the gates renormalized, with exact gradients', async () => {
+    const hf = await load('atenia-tiny-mixtral-classic');
+    const config = { ...hf.config, routerAuxLossCoef: 0.1, maxSeqLen: 64 };
+    const dropped = new Set(['0.1', '1.3']);
+    const model: Model = new Model(kernels, config, {
+      mode: 'full',
+      experts: {
+        forward: async (l, e, x, y, rows) => !dropped.has(`${l}.${e}`) && (model.localExperts[l][e].forward(x, y, rows), true),
+        backward: async (l, e, x, dy, dx, rows) => (model.localExperts[l][e].backward(x, dy, dx, rows), true),
+      },
+    }, hf.params);
+    const tokens = [22, 25, 29, 38, 36, 3, 17];
+    const targets = [25, 29, 38, 36, 3, 17, 1];
+    const result = await model.trainStep(tokens, targets, 1, tokens.length);
+    const params64 = to64(hf.params);
+    const ref = forward64(config, (n) => params64.get(n), tokens, targets, undefined, dropped);
+    expect(Math.abs(result.loss - ref.loss)).toBeLessThan(1e-5);
+    expect(model.droppedAssignments()).toBeGreaterThan(0);
+    expect(model.params.get('layers.0.experts.1.gate').grad!.every((g) => g === 0)).toBe(true);
+    for (const name of ['layers.0.router', 'layers.1.router', 'layers.0.experts.2.down', 'layers.0.attn.q', 'embed']) {
+      const { error, scale } = checkGradient(config, params64, model.params.get(name).grad!, name, tokens, targets, undefined, 4, dropped);
+      expect(error, name).toBeLessThan(2e-4 * scale + 1e-7);
+    }
   });
 
   describe.each(['atenia-tiny-mixtral-classic', 'atenia-tiny-qwen2-moe'])('%s gradients', (name) => {

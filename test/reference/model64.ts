@@ -103,6 +103,8 @@ export interface RefOutput {
  */
 export function forward64(
   cfg: ModelConfig, get: Params64, tokens: number[], targets?: number[], lora?: { rank: number; alpha: number },
+  /** Experts ("layer.expert") treated as unreachable: dropped from the top-k, the rest renormalized. */
+  dropped: ReadonlySet<string> = new Set(),
 ): RefOutput {
   const T = tokens.length;
   const H = cfg.hiddenSize;
@@ -157,10 +159,12 @@ export function forward64(
       const probs = exps.map((z) => z / total);
       probs.forEach((pr, e) => (meanProb[e] += pr / T));
       const chosen = probs.map((pr, e) => ({ pr, e })).sort((a, b) => b.pr - a.pr || a.e - b.e).slice(0, cfg.expertsPerToken);
-      const norm = cfg.normTopkProb ? chosen.reduce((a, c) => a + c.pr, 0) : 1;
+      const live = chosen.filter(({ e }) => !dropped.has(`${l}.${e}`));
+      const liveMass = live.reduce((a, c) => a + c.pr, 0);
+      const norm = cfg.normTopkProb ? liveMass : liveMass / chosen.reduce((a, c) => a + c.pr, 0);
       const xt = hf.subarray(t * H, (t + 1) * H);
-      for (const { pr, e } of chosen) {
-        share[e] += 1 / (T * cfg.expertsPerToken);
+      for (const { e } of chosen) share[e] += 1 / (T * cfg.expertsPerToken);
+      for (const { pr, e } of live) {
         const y = swiglu(get, `${p}.experts.${e}`, xt, 1, H, cfg.expertHiddenSize, lora);
         for (let i = 0; i < H; i++) moe[t * H + i] += (pr / norm) * y[i];
       }
