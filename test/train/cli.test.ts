@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runCli } from '../../node/cli.ts';
+import { saveHfModel } from '../../src/io/hf.ts';
 import { readPeftAdapter } from '../../src/io/peft.ts';
 import { createKernels } from '../../src/kernels/index.ts';
 import { Model } from '../../src/model/model.ts';
@@ -167,6 +168,34 @@ describe('train --local', () => {
     const fromAdapter = await run(generateCommand, ['--checkpoint', join(runDir, 'final'), '--adapter', join(out, 'adapter'), '--prompt', 'interface ', '--tokens', '6']);
     expect([fromRun.code, fromAdapter.code]).toEqual([0, 0]);
     expect(fromAdapter.stdout.length).toBeGreaterThan(1);
+  });
+
+  it('lora on a Hugging Face qwen2_moe folder exports the adapter with Qwen2-MoE module names', async () => {
+    const qwenConfig = join(dir, 'qwen.json');
+    await writeFile(qwenConfig, JSON.stringify({
+      hiddenSize: 64, numLayers: 1, numHeads: 4, numKvHeads: 2, headDim: 16, numExperts: 4, expertsPerToken: 2, expertHiddenSize: 64,
+      sharedExpertHiddenSize: 64, attentionBias: true, normTopkProb: false, maxSeqLen: 64,
+    }));
+    const pretrained = join(dir, 'qwen-run');
+    const trained = await run(trainCommand, ['--local', '--corpus', 'moby-dick', '--out', pretrained, ...tiny, '--config', qwenConfig, '--vocab', '320', '--steps', '2', '--sample-tokens', '2']);
+    expect(trained.code).toBe(0);
+    const { state, params } = await loadCheckpoint(join(pretrained, 'final'));
+    const hf = join(dir, 'qwen-hf');
+    await saveHfModel(hf, { config: state.config, layout: { family: 'qwen2_moe', packedExperts: false }, params });
+    await cp(join(pretrained, 'tokenizer.json'), join(hf, 'tokenizer.json'));
+    const shorter = join(dir, 'shorter.json');
+    await writeFile(shorter, '{"maxSeqLen": 48}'); // a training-time field may differ from the base
+
+    const out = join(dir, 'qwen-lora');
+    const result = await run(trainCommand, [
+      '--local', '--corpus', 'typescript-lib', '--out', out, '--mode', 'lora', '--base', hf, '--config', shorter, '--rank', '4',
+      '--base-format', 'q4', '--base-path', 'int', '--steps', '3', '--seq', '32', '--batch', '4', '--sample-tokens', '2', '--export-adapter',
+    ]);
+    expect(result.stderr).toBe('');
+    expect(result.stdout).toContain('(qwen2_moe module names)');
+    const adapter = await readPeftAdapter(join(out, 'adapter'), state.config, 'qwen2_moe');
+    expect(adapter.tensors.has('layers.0.shared_expert.up.lora_b')).toBe(true);
+    await expect(readPeftAdapter(join(out, 'adapter'), state.config, 'mixtral')).rejects.toThrow(/not a LoRA matrix of this mixtral model/);
   });
 
   it('bad input: one line on stderr, exit code 2', async () => {
