@@ -75,17 +75,19 @@ export class SwigluExpert {
   }
 }
 
-/** Experts held in this process, indexed [layer][expert]. */
+/** Experts held in this process, indexed [layer][expert] (undefined: not held, unreachable). */
 export class LocalExperts implements ExpertCompute {
-  constructor(readonly experts: SwigluExpert[][]) {}
+  constructor(readonly experts: readonly (readonly (SwigluExpert | undefined)[])[]) {}
 
   async forward(layer: number, expert: number, x: Float32Array, y: Float32Array, rows: number): Promise<boolean> {
-    this.experts[layer][expert].forward(x, y, rows);
-    return true;
+    const held = this.experts[layer][expert];
+    held?.forward(x, y, rows);
+    return held !== undefined;
   }
 
   async backward(layer: number, expert: number, x: Float32Array, dy: Float32Array, dx: Float32Array, rows: number): Promise<boolean> {
-    this.experts[layer][expert].backward(x, dy, dx, rows);
-    return true;
+    const held = this.experts[layer][expert];
+    held?.backward(x, dy, dx, rows);
+    return held !== undefined;
   }
 }

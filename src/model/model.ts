@@ -8,6 +8,7 @@
 // Gradient checkpointing keeps only each layer's input and recomputes the layer's forward in
 // backward; all layers then share one set of activation buffers.
 import type { Kernels, QuantizedTensor } from '../kernels/index.ts';
+import { QBLOCK } from '../kernels/quantized.ts';
 import type { RopeTable } from '../kernels/ops.ts';
 import { Attention, AttentionBuffers } from './attention.ts';
 import { isLoraTarget, loraShapes, parameterShapes, type F32Tensor, type ModelConfig } from './config.ts';
@@ -44,6 +45,19 @@ export interface ModelOptions {
   seed?: number;
   /** Where the MoE layers send expert work; default: every expert in this process. */
   experts?: ExpertCompute;
+  /**
+   * Which experts this process holds (their parameters exist here); default all. A swarm node
+   * holds the trunk and only its share of the experts.
+   */
+  hosts?: (layer: number, expert: number) => boolean;
+}
+
+const EXPERT_PARAM = /^layers\.(\d+)\.experts\.(\d+)\./;
+
+/** The (layer, expert) a canonical parameter name belongs to, or undefined for the trunk. */
+export function expertOf(name: string): { layer: number; expert: number } | undefined {
+  const m = EXPERT_PARAM.exec(name);
+  return m ? { layer: Number(m[1]), expert: Number(m[2]) } : undefined;
 }
 
 export interface StepLoss {
@@ -130,9 +144,13 @@ export class Model {
   readonly params: ParamStore;
   /** lora mode with q8/q4: the frozen matrices, by canonical name. */
   readonly quantized = new Map<string, QuantizedTensor>();
-  /** The experts held in this process, [layer][expert] (all of them unless sharded). */
-  readonly localExperts: SwigluExpert[][] = [];
+  /** The experts held in this process, [layer][expert]; undefined where another node holds it. */
+  readonly localExperts: (SwigluExpert | undefined)[][] = [];
   private readonly blocks: Block[] = [];
+  private readonly shapes: Map<string, number[]>;
+  private loraShapes: Map<string, number[]>;
+  private readonly format: BaseFormat;
+  private readonly expertCaches?: ExpertCache[];
   private readonly head: Linear;
   private readonly rope: RopeTable;
   private workspace?: Workspace;
@@ -153,49 +171,45 @@ export class Model {
     }
     const trainBase = options.mode === 'full';
     const seed = options.seed ?? 1;
+    const hosts = options.hosts ?? (() => true);
+    const held = (name: string) => {
+      const owner = expertOf(name);
+      return !owner || hosts(owner.layer, owner.expert);
+    };
     this.params = new ParamStore(kernels);
-    const shapes = parameterShapes(config);
-    // The frozen matrices stored quantized: LoRA's targets and the (untied) LM head.
-    const quantize = (name: string) => format !== 'f32' && (isLoraTarget(name) || name === 'lm_head');
-    for (const [name, shape] of shapes) {
-      if (!quantize(name)) this.params.add(name, shape, trainBase);
+    this.shapes = parameterShapes(config);
+    this.format = format;
+    for (const [name, shape] of this.shapes) {
+      if (held(name) && !this.quantizes(name)) this.params.add(name, shape, trainBase);
     }
-    this.loadBase(base ?? initTensors(config, seed), shapes, format, quantize);
+    this.loadBase(base ?? initTensors(config, seed), held);
 
-    const lora = options.mode === 'lora' ? options.lora! : undefined;
-    if (lora) {
-      const targets = new Set<string>(lora.targets ?? LORA_MODULES);
+    this.loraShapes = new Map();
+    if (options.mode === 'lora') {
+      const targets = new Set<string>(options.lora!.targets ?? LORA_MODULES);
       const module = (name: string) => name.replace(/\.lora_[ab]$/, '').split('.').pop()!;
-      const adapters = new Map([...loraShapes(config, lora.rank)].filter(([name]) => targets.has(module(name))));
+      this.loraShapes = new Map([...loraShapes(config, options.lora!.rank)].filter(([name]) => targets.has(module(name))));
+      const adapters = new Map([...this.loraShapes].filter(([name]) => held(name)));
       for (const [name, shape] of adapters) this.params.add(name, shape, true);
       this.params.load(initLora(adapters, seed));
     }
 
-    const linear = (name: string): Linear => {
-      const bias = this.params.has(`${name}_bias`) ? this.params.get(`${name}_bias`) : undefined;
-      const q = this.quantized.get(name);
-      const base: Linear = q ? new QuantLinear(kernels, q, options.basePath ?? 'fp32', bias) : new DenseLinear(kernels, this.params.get(name), bias);
-      if (!this.params.has(`${name}.lora_a`)) return base;
-      return new LoraLinear(kernels, base, this.params.get(`${name}.lora_a`), this.params.get(`${name}.lora_b`), lora!.alpha);
-    };
-    const swiglu = (prefix: string, cache?: ExpertCache) =>
-      new SwigluExpert(kernels, linear(`${prefix}.gate`), linear(`${prefix}.up`), linear(`${prefix}.down`), cache);
-
     this.rope = kernels.ops.ropeTable(config.headDim, config.maxSeqLen, config.ropeTheta);
     const scratch = new ScratchBuffers(kernels);
-    const sharedCaches = options.checkpointing
+    this.expertCaches = options.checkpointing
       ? Array.from({ length: config.numExperts }, () => new ExpertCache(kernels, config.expertHiddenSize))
       : undefined;
     for (let l = 0; l < config.numLayers; l++) {
-      this.localExperts.push(Array.from({ length: config.numExperts }, (_, e) => swiglu(`layers.${l}.experts.${e}`, sharedCaches?.[e])));
+      this.localExperts.push(Array.from({ length: config.numExperts }, (_, e) => (hosts(l, e) ? this.buildExpert(l, e) : undefined)));
     }
     const experts = options.experts ?? new LocalExperts(this.localExperts);
     const sharedAttention = options.checkpointing ? new AttentionBuffers() : undefined;
     const sharedMoe = options.checkpointing ? new MoeBuffers() : undefined;
+    const linear = (name: string) => this.linear(name);
     for (let l = 0; l < config.numLayers; l++) {
       const p = `layers.${l}`;
       const shared = config.sharedExpertHiddenSize > 0
-        ? { expert: swiglu(`${p}.shared_expert`), gate: linear(`${p}.shared_expert_gate`) }
+        ? { expert: this.swiglu(`${p}.shared_expert`), gate: linear(`${p}.shared_expert_gate`) }
         : undefined;
       this.blocks.push({
         attnNorm: this.params.get(`${p}.attn_norm`),
@@ -206,6 +220,94 @@ export class Model {
       });
     }
     this.head = config.tieEmbeddings ? new DenseLinear(kernels, this.params.get('embed')) : linear('lm_head');
+  }
+
+  /**
+   * The frozen matrices stored quantized: LoRA's targets and the (untied) LM head. The head
+   * needs a vocabulary of whole 32-blocks (the integer path's backward quantizes Wᵀ along it).
+   */
+  private quantizes(name: string): boolean {
+    if (this.format === 'f32') return false;
+    return isLoraTarget(name) || (name === 'lm_head' && this.config.vocabSize % QBLOCK === 0);
+  }
+
+  private linear(name: string): Linear {
+    const bias = this.params.has(`${name}_bias`) ? this.params.get(`${name}_bias`) : undefined;
+    const q = this.quantized.get(name);
+    const base: Linear = q
+      ? new QuantLinear(this.kernels, q, this.options.basePath ?? 'fp32', bias)
+      : new DenseLinear(this.kernels, this.params.get(name), bias);
+    if (!this.params.has(`${name}.lora_a`)) return base;
+    return new LoraLinear(this.kernels, base, this.params.get(`${name}.lora_a`), this.params.get(`${name}.lora_b`), this.options.lora!.alpha);
+  }
+
+  private swiglu(prefix: string, cache?: ExpertCache): SwigluExpert {
+    return new SwigluExpert(this.kernels, this.linear(`${prefix}.gate`), this.linear(`${prefix}.up`), this.linear(`${prefix}.down`), cache);
+  }
+
+  private buildExpert(layer: number, expert: number): SwigluExpert {
+    return this.swiglu(`layers.${layer}.experts.${expert}`, this.expertCaches?.[expert]);
+  }
+
+  /** Canonical names of an expert's tensors (base matrices, and LoRA A/B in lora mode). */
+  expertTensorNames(layer: number, expert: number): string[] {
+    const prefix = `layers.${layer}.experts.${expert}.`;
+    return [...this.shapes.keys(), ...this.loraShapes.keys()].filter((name) => name.startsWith(prefix));
+  }
+
+  /**
+   * Takes on an expert (a new replica): its tensors come from `state` (a holder's current
+   * values; base matrices in fp32) or, when absent, from the seeded initialization. Returns
+   * its trainable parameters, for the optimizer.
+   */
+  addExpert(layer: number, expert: number, state?: Map<string, F32Tensor>): Param[] {
+    if (this.localExperts[layer][expert]) throw new Error(`model: expert ${layer}.${expert} is already held here`);
+    const names = new Set(this.expertTensorNames(layer, expert));
+    const trainBase = this.options.mode === 'full';
+    for (const name of names) {
+      if (this.loraShapes.has(name)) this.params.add(name, this.loraShapes.get(name)!, true);
+      else if (!this.quantizes(name)) this.params.add(name, this.shapes.get(name)!, trainBase);
+    }
+    const baseNames = (name: string) => names.has(name) && !this.loraShapes.has(name);
+    this.loadBase(state ? [...state].filter(([name]) => baseNames(name)) : initTensors(this.config, this.options.seed ?? 1), baseNames);
+    const lora = new Map([...this.loraShapes].filter(([name]) => names.has(name)));
+    this.params.load(state ? new Map([...state].filter(([name]) => lora.has(name))) : initLora(lora, this.options.seed ?? 1));
+    this.localExperts[layer][expert] = this.buildExpert(layer, expert);
+    return [...names].filter((name) => this.params.has(name)).map((name) => this.params.get(name)).filter((p) => p.grad);
+  }
+
+  /** Gives up an expert held here; returns the names of the parameters released. */
+  removeExpert(layer: number, expert: number): string[] {
+    if (!this.localExperts[layer][expert]) throw new Error(`model: expert ${layer}.${expert} is not held here`);
+    this.localExperts[layer][expert] = undefined;
+    const names = this.expertTensorNames(layer, expert);
+    for (const name of names) {
+      const q = this.quantized.get(name);
+      if (q) {
+        this.kernels.heap.release(q.q);
+        this.kernels.heap.release(q.scales);
+        this.quantized.delete(name);
+      }
+      if (this.params.has(name)) this.params.remove(name);
+    }
+    return names;
+  }
+
+  /** An expert's current tensors (base matrices dequantized to fp32), to seed a new replica. */
+  expertState(layer: number, expert: number): Map<string, F32Tensor> {
+    const out = new Map<string, F32Tensor>();
+    for (const name of this.expertTensorNames(layer, expert)) {
+      const q = this.quantized.get(name);
+      if (q) {
+        const data = this.kernels.quant.dequantize(q);
+        out.set(name, { shape: [q.rows, q.cols], data: Float32Array.from(data) });
+        this.kernels.heap.release(data);
+      } else {
+        const p = this.params.get(name);
+        out.set(name, { shape: [...p.shape], data: Float32Array.from(p.value) });
+      }
+    }
+    return out;
   }
 
   /** Token-to-expert assignments dropped so far because no holder of the expert answered. */
@@ -365,28 +467,32 @@ export class Model {
    * tensor, never held whole), quantizing the matrices the format says. Every base tensor
    * must be present exactly once with its shape.
    */
-  private loadBase(
-    tensors: Iterable<[string, F32Tensor]>, shapes: Map<string, number[]>, format: BaseFormat, quantize: (name: string) => boolean,
-  ): void {
+  /**
+   * Copies base weights in, one tensor at a time (a random init is generated tensor by tensor,
+   * never held whole), quantizing the matrices the format says. Tensors not `wanted` here
+   * (experts held elsewhere) are skipped; every wanted one must come exactly once, with its shape.
+   */
+  private loadBase(tensors: Iterable<[string, F32Tensor]>, wanted: (name: string) => boolean): void {
     const { heap, quant } = this.kernels;
     const seen = new Set<string>();
     for (const [name, tensor] of tensors) {
-      const shape = shapes.get(name);
+      const shape = this.shapes.get(name);
       if (!shape) throw new Error(`model: base tensor ${name} is not a parameter of this config`);
+      if (!wanted(name)) continue;
       if (tensor.shape.join('x') !== shape.join('x')) throw new Error(`model: base tensor ${name} has shape [${tensor.shape}], expected [${shape}]`);
       seen.add(name);
-      if (!quantize(name)) {
+      if (!this.quantizes(name)) {
         this.params.get(name).value.set(tensor.data);
         continue;
       }
       const staging = heap.f32(tensor.data.length);
       staging.set(tensor.data);
       // The head is always q8: its error lands on the logits directly (q4: ~13% of their range).
-      const bits = format === 'q8' || name === 'lm_head' ? 8 : 4;
+      const bits = this.format === 'q8' || name === 'lm_head' ? 8 : 4;
       this.quantized.set(name, quant.quantize(staging, shape[0], shape[1], bits));
       heap.release(staging);
     }
-    const missing = [...shapes.keys()].filter((name) => !seen.has(name));
+    const missing = [...this.shapes.keys()].filter((name) => wanted(name) && !seen.has(name));
     if (missing.length) throw new Error(`model: base lacks ${missing.length} tensor(s), e.g. ${missing.slice(0, 3).join(', ')}`);
   }
 }

@@ -73,6 +73,14 @@ export class ParamStore {
     return out;
   }
 
+  /** Drops one parameter, returning its buffers to the heap. */
+  remove(name: string): void {
+    const p = this.get(name);
+    this.kernels.heap.release(p.value);
+    if (p.grad) this.kernels.heap.release(p.grad);
+    this.params.delete(name);
+  }
+
   /** Returns every buffer to the heap. */
   release(): void {
     for (const p of this.params.values()) {

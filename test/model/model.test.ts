@@ -104,8 +104,8 @@ describe.skipIf(!fixtures)(`Hugging Face fixtures${fixtures ? '' : ' (skipped: .
     const model: Model = new Model(kernels, config, {
       mode: 'full',
       experts: {
-        forward: async (l, e, x, y, rows) => !dropped.has(`${l}.${e}`) && (model.localExperts[l][e].forward(x, y, rows), true),
-        backward: async (l, e, x, dy, dx, rows) => (model.localExperts[l][e].backward(x, dy, dx, rows), true),
+        forward: async (l, e, x, y, rows) => !dropped.has(`${l}.${e}`) && (model.localExperts[l][e]!.forward(x, y, rows), true),
+        backward: async (l, e, x, dy, dx, rows) => (model.localExperts[l][e]!.backward(x, dy, dx, rows), true),
       },
     }, hf.params);
     const tokens = [22, 25, 29, 38, 36, 3, 17];
@@ -217,6 +217,30 @@ describe('model on a small random config', () => {
     const error = maxRelError(got, want);
     expect(error).toBeLessThan(bound);
     expect(error).toBeGreaterThan(0); // the base really is quantized
+  });
+
+  it.each([
+    ['full', { mode: 'full' }],
+    ['lora q4', { mode: 'lora', lora: { rank: 4, alpha: 8 }, baseFormat: 'q4' }],
+  ] as [string, ModelOptions][])('%s: a node holding some experts takes others on from a holder\'s state and gives them up', async (_, options) => {
+    const full = new Model(kernels, SMALL, options, base);
+    const partial = new Model(kernels, SMALL, { ...options, hosts: (_l, e) => e < 2 }, base);
+    expect(partial.params.has('layers.1.experts.3.up') || partial.quantized.has('layers.1.experts.3.up')).toBe(false);
+    expect(full.params.all().length).toBeGreaterThan(partial.params.all().length);
+    for (let l = 0; l < SMALL.numLayers; l++) {
+      for (const e of [2, 3]) {
+        const added = partial.addExpert(l, e, full.expertState(l, e));
+        expect(added.length).toBeGreaterThan(0);
+        expect(added.every((p) => p.grad)).toBe(true);
+      }
+    }
+    const want = Float32Array.from(await full.logits(tokens, 2, 16));
+    expect(bitEqual(Float32Array.from(await partial.logits(tokens, 2, 16)), want)).toBe(true);
+    expect(partial.removeExpert(1, 3)).toContain('layers.1.experts.3.down');
+    await partial.logits(tokens, 2, 16);
+    expect(partial.droppedAssignments()).toBeGreaterThan(0);
+    expect(() => partial.addExpert(0, 0)).toThrow(/already held/);
+    expect(() => partial.removeExpert(1, 3)).toThrow(/not held/);
   });
 
   it('rejects bad input with clear errors', async () => {
