@@ -42,5 +42,5 @@ export function tensorF32(tensor: Tensor): Float32Array {
   if (mismatch !== undefined) throw new RangeError(mismatch);
   const { data } = tensor;
   if (data.byteOffset % 4 === 0) return new Float32Array(data.buffer, data.byteOffset, data.byteLength / 4);
-  return new Float32Array(data.slice().buffer);
+  return new Float32Array(new Uint8Array(data).buffer); // copies (Buffer.slice would not)
 }

@@ -88,10 +88,13 @@ describe('proto: round trips', () => {
     const call = { ...all.expertForward.request, rows: 1, tensor: f32Tensor([1, 2], new Float32Array([1.5, -0.25])) };
     const bytes = encodeRequest('expertForward', call);
     for (const offset of [0, 1, 2, 3]) {
-      const shifted = new Uint8Array(bytes.length + offset);
+      const shifted = new Uint8Array(bytes.length + offset + 5);
       shifted.set(bytes, offset);
-      const decoded = decodeRequest('expertForward', shifted.subarray(offset));
-      expect(Array.from(tensorF32(decoded.tensor))).toEqual([1.5, -0.25]);
+      // Node Buffers too: network bytes arrive as Buffers, whose slice() is a view, not a copy.
+      for (const source of [shifted, Buffer.from(shifted.buffer)]) {
+        const decoded = decodeRequest('expertForward', source.subarray(offset, offset + bytes.length));
+        expect(Array.from(tensorF32(decoded.tensor))).toEqual([1.5, -0.25]);
+      }
     }
   });
 

@@ -1,0 +1,83 @@
+// The libp2p host every swarm process runs: TCP, noise encryption, yamux multiplexing,
+// identify and ping, listening on loopback unless told otherwise. With a key file the node
+// keeps its peer id across restarts, so the coordinator recognises a returning node.
+import './polyfill.ts'; // before any libp2p import
+import { noise } from '@chainsafe/libp2p-noise';
+import { yamux } from '@chainsafe/libp2p-yamux';
+import { generateKeyPair, privateKeyFromProtobuf, privateKeyToProtobuf } from '@libp2p/crypto/keys';
+import { identify, type Identify } from '@libp2p/identify';
+import type { PrivateKey } from '@libp2p/interface';
+import { ping, type Ping } from '@libp2p/ping';
+import { tcp } from '@libp2p/tcp';
+import { createLibp2p, type Libp2p, type Libp2pInit } from 'libp2p';
+import { randomBytes } from 'node:crypto';
+import { link, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { dirname } from 'node:path';
+
+export type Host = Libp2p<{ identify: Identify; ping: Ping }>;
+
+export interface HostOptions {
+  /** Multiaddrs to listen on. Default: an ephemeral TCP port on 127.0.0.1. */
+  listen?: string[];
+  /** Where the node's private key lives; created on first use. Without it the identity is ephemeral. */
+  keyFile?: string;
+  /** Transports to use instead of TCP (a test can wrap TCP to add latency or faults). */
+  transports?: Libp2pInit['transports'];
+  connectionGater?: Libp2pInit['connectionGater'];
+}
+
+export const DEFAULT_LISTEN = ['/ip4/127.0.0.1/tcp/0'];
+
+/** Creates and starts a host. */
+export async function createHost(options: HostOptions = {}): Promise<Host> {
+  const privateKey = options.keyFile === undefined ? undefined : await loadOrCreatePrivateKey(options.keyFile);
+  return createLibp2p({
+    ...(privateKey === undefined ? {} : { privateKey }),
+    addresses: { listen: options.listen ?? DEFAULT_LISTEN },
+    transports: options.transports ?? [tcp()],
+    connectionEncrypters: [noise()],
+    streamMuxers: [yamux()],
+    ...(options.connectionGater === undefined ? {} : { connectionGater: options.connectionGater }),
+    services: { identify: identify(), ping: ping() },
+  });
+}
+
+/**
+ * Reads the private key in `path` (libp2p protobuf encoding), or creates an Ed25519 key there.
+ * A file that exists but holds no valid key is an error, never overwritten: it may be someone's identity.
+ */
+export async function loadOrCreatePrivateKey(path: string): Promise<PrivateKey> {
+  let bytes: Uint8Array;
+  try {
+    bytes = await readFile(path);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
+    const key = await generateKeyPair('Ed25519');
+    // Another process may have created the file meanwhile: then its key is the identity.
+    return (await writePrivateKey(path, key)) ? key : loadOrCreatePrivateKey(path);
+  }
+  try {
+    return privateKeyFromProtobuf(bytes);
+  } catch (err) {
+    throw new Error(`${path}: not a libp2p private key (${(err as Error).message}); move it away to create a new identity`);
+  }
+}
+
+/**
+ * Writes a temporary file and hard-links it into place, so a crash never leaves half a key and an
+ * existing key is never replaced (false when `path` appeared meanwhile). Readable by the owner only.
+ */
+async function writePrivateKey(path: string, key: PrivateKey): Promise<boolean> {
+  await mkdir(dirname(path), { recursive: true });
+  const temporary = `${path}.${randomBytes(6).toString('hex')}.tmp`;
+  try {
+    await writeFile(temporary, privateKeyToProtobuf(key), { mode: 0o600, flag: 'wx' });
+    await link(temporary, path);
+    return true;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST') return false;
+    throw err;
+  } finally {
+    await rm(temporary, { force: true });
+  }
+}

@@ -1,0 +1,6 @@
+// The swarm's transport: a libp2p host and capped, timed request/response over its streams.
+import './polyfill.ts'; // before any libp2p import
+export * from './errors.ts';
+export { cappedLengthDecoder, frameStream, varintLength } from './framing.ts';
+export * from './host.ts';
+export * from './rpc.ts';

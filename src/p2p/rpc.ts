@@ -1,0 +1,287 @@
+// Request/response over libp2p streams: one length-prefixed request, one length-prefixed reply
+// (an { ok } or { error } envelope, see proto/codec.ts), then both sides close. Everything a peer
+// sends is untrusted: frames are capped per protocol, reads and writes time out, inbound streams
+// are bounded per protocol, and every refused peer message is logged with its reason. Nothing a
+// peer sends escapes a handler as an exception: the host keeps serving.
+//
+// Components style (as in js-libp2p): the transport (a libp2p host, or anything with the same
+// three methods) and the codec are passed in, so a test can swap either.
+import type { AbortOptions, Libp2p, PeerId, Stream, StreamHandlerOptions } from '@libp2p/interface';
+import { multiaddr } from '@multiformats/multiaddr';
+import {
+  PROTOCOLS,
+  ProtocolError,
+  type ErrorReply,
+  type MessageCodec,
+  type ProtocolName,
+  type Reply,
+  type RequestOf,
+  type ResponseOf,
+} from '../../proto/index.ts';
+import { CancelledError, MalformedError, RefusedError, RemoteError, RpcError, TooLargeError } from './errors.ts';
+import { frameStream, toRpcError, withDeadlines, type Deadlines } from './framing.ts';
+
+export type DialTarget = Parameters<Libp2p['dialProtocol']>[0];
+
+/** The part of a libp2p host the RPC layer uses. */
+export interface RpcTransport {
+  handle(protocol: string, handler: (stream: Stream, connection: { remotePeer: PeerId }) => void | Promise<void>, options?: StreamHandlerOptions): Promise<void>;
+  unhandle(protocol: string, options?: AbortOptions): Promise<void>;
+  dialProtocol(peer: DialTarget, protocol: string, options?: AbortOptions): Promise<Stream>;
+}
+
+/** A peer message that was refused. */
+export interface Rejection {
+  protocol: string;
+  peer: string;
+  /** request: refused by the responder; response: a reply refused by the requester. */
+  direction: 'request' | 'response';
+  /** too-large, malformed, schema, tensor, version, truncated, stalled, busy, reset, ... */
+  reason: string;
+  message: string;
+}
+
+export interface RpcComponents {
+  transport: RpcTransport;
+  codec: MessageCodec;
+  /** Called for every refused peer message; defaults to a console warning. */
+  onReject?: (rejection: Rejection) => void;
+}
+
+export interface RpcInit {
+  /** Time allowed for one read or write of a message: a peer stalling longer is cut off. Default 30 s. */
+  ioTimeoutMs?: number;
+  /** Default deadline of a request, dial to reply. Default 60 s. */
+  requestTimeoutMs?: number;
+}
+
+export interface HandleOptions {
+  /** Requests of this protocol served at once, from all peers together; more are refused as busy. Default 16. */
+  maxConcurrent?: number;
+}
+
+export interface RequestOptions {
+  /** Deadline of this request in ms, dial to reply. */
+  timeout?: number;
+  signal?: AbortSignal;
+}
+
+export interface HandlerContext {
+  peer: PeerId;
+  /** Aborts when the requester goes away. */
+  signal: AbortSignal;
+}
+
+/** Serves one request; throw RefusedError to refuse it with a reason. */
+export type Handler<P extends ProtocolName> = (message: RequestOf<P>, context: HandlerContext) => ResponseOf<P> | Promise<ResponseOf<P>>;
+
+export function logRejection(rejection: Rejection): void {
+  const { direction, protocol, peer, reason, message } = rejection;
+  console.warn(`[p2p] refused ${direction} on ${protocol} from ${peer}: ${reason}: ${message}`);
+}
+
+const ERROR_REPLY_GRACE_MS = 1000;
+/** Streams per connection beyond maxConcurrent that still get a busy reply rather than a reset. */
+const BUSY_REPLY_STREAMS = 8;
+
+export class Rpc {
+  private readonly transport: RpcTransport;
+  private readonly codec: MessageCodec;
+  private readonly onReject: (rejection: Rejection) => void;
+  private readonly ioTimeoutMs: number;
+  private readonly requestTimeoutMs: number;
+
+  constructor(components: RpcComponents, init: RpcInit = {}) {
+    this.transport = components.transport;
+    this.codec = components.codec;
+    this.onReject = components.onReject ?? logRejection;
+    this.ioTimeoutMs = init.ioTimeoutMs ?? 30_000;
+    this.requestTimeoutMs = init.requestTimeoutMs ?? 60_000;
+  }
+
+  async handle<P extends ProtocolName>(protocol: P, handler: Handler<P>, options: HandleOptions = {}): Promise<void> {
+    const maxConcurrent = options.maxConcurrent ?? 16;
+    if (!Number.isInteger(maxConcurrent) || maxConcurrent < 1) throw new RangeError(`maxConcurrent must be a positive integer, got ${maxConcurrent}`);
+    const slots = { active: 0, max: maxConcurrent };
+    // libp2p's own per-connection limit resets streams without a word; keep it a little above
+    // ours so a few more can be told they are busy, while still bounding the streams (each
+    // buffering up to the cap) that one connection may hold open.
+    await this.transport.handle(PROTOCOLS[protocol].id, (stream, connection) => this.serve(protocol, handler, slots, stream, connection.remotePeer), {
+      maxInboundStreams: maxConcurrent + BUSY_REPLY_STREAMS,
+    });
+  }
+
+  async unhandle(protocol: ProtocolName): Promise<void> {
+    await this.transport.unhandle(PROTOCOLS[protocol].id);
+  }
+
+  /**
+   * Sends `message` to `peer` (a peer id, multiaddrs, or a multiaddr string such as
+   * /ip4/127.0.0.1/tcp/4001/p2p/12D3Koo...) and returns its response; throws an RpcError subclass
+   * on any failure.
+   */
+  async request<P extends ProtocolName>(target: DialTarget | string, protocol: P, message: RequestOf<P>, options: RequestOptions = {}): Promise<ResponseOf<P>> {
+    const peer = typeof target === 'string' ? multiaddr(target) : target;
+    const spec = PROTOCOLS[protocol];
+    const what = `${spec.id} request to ${peerName(peer)}`;
+    if (options.signal?.aborted) throw new CancelledError(`${what}: cancelled`);
+    let bytes: Uint8Array;
+    try {
+      bytes = this.codec.encodeRequest(protocol, message);
+    } catch (err) {
+      if (err instanceof ProtocolError && err.reason === 'too-large') throw new TooLargeError(`${what}: ${err.message}`);
+      throw err; // an invalid message of our own is a bug here, not a peer's fault
+    }
+    const ms = options.timeout ?? this.requestTimeoutMs;
+    const deadlines: Deadlines = { caller: options.signal, request: { signal: AbortSignal.timeout(ms), ms }, ioMs: ms };
+
+    const dialing = `${what}: could not open a stream`;
+    const stream = await withDeadlines(dialing, deadlines, (signal) => this.transport.dialProtocol(peer, spec.id, { signal })).catch((err: RpcError) => {
+      throw err instanceof RemoteError ? new RefusedError(err.message, 'unreachable') : err;
+    });
+    const abort = () => stream.abort(new CancelledError(`${what}: abandoned`));
+    const rpcDeadlines = { ...deadlines, ioMs: this.ioTimeoutMs };
+    deadlines.caller?.addEventListener('abort', abort);
+    deadlines.request!.signal.addEventListener('abort', abort);
+    try {
+      const frames = frameStream(stream, spec.maxResponseBytes);
+      await withDeadlines(what, rpcDeadlines, async (signal) => {
+        await frames.write(bytes, { signal });
+        await stream.close({ signal }); // our side is done: the responder sees the end of the request
+      });
+      const replyBytes = await withDeadlines(what, rpcDeadlines, async (signal) => (await frames.read({ signal })).subarray());
+      const reply = this.decodeReply(protocol, replyBytes, what);
+      if (reply.error !== undefined) throw errorFromReply(reply.error, what);
+      return reply.ok;
+    } catch (err) {
+      const error = toRpcError(err, what);
+      if (error instanceof TooLargeError || error instanceof MalformedError || error.reason === 'stalled') {
+        this.reject({ protocol: spec.id, peer: peerName(peer), direction: 'response', reason: error.reason, message: error.message });
+      }
+      stream.abort(error);
+      throw error;
+    } finally {
+      deadlines.caller?.removeEventListener('abort', abort);
+      deadlines.request!.signal.removeEventListener('abort', abort);
+    }
+  }
+
+  private decodeReply<P extends ProtocolName>(protocol: P, bytes: Uint8Array, what: string): Reply<ResponseOf<P>> {
+    try {
+      return this.codec.decodeReply(protocol, bytes);
+    } catch (err) {
+      if (!(err instanceof ProtocolError)) throw err;
+      const message = `${what}: ${err.message}`;
+      throw err.reason === 'too-large' ? new TooLargeError(message) : new MalformedError(message, err.reason);
+    }
+  }
+
+  /** Serves one inbound stream. Never throws: a failing peer is logged and cut off. */
+  private async serve<P extends ProtocolName>(protocol: P, handler: Handler<P>, slots: { active: number; max: number }, stream: Stream, peer: PeerId): Promise<void> {
+    const spec = PROTOCOLS[protocol];
+    const what = `${spec.id} request from ${peer}`;
+    const reject = (reason: string, message: string) => this.reject({ protocol: spec.id, peer: peer.toString(), direction: 'request', reason, message });
+    const frames = frameStream(stream, spec.maxRequestBytes);
+    if (slots.active >= slots.max) {
+      const message = `${spec.id}: busy, ${slots.max} requests in progress`;
+      reject('busy', message);
+      await this.replyError(protocol, frames, stream, { code: 'busy', message });
+      return;
+    }
+    slots.active++;
+    const gone = new AbortController(); // the requester reset or closed the stream
+    const onClose = () => gone.abort();
+    stream.addEventListener('close', onClose);
+    try {
+      const deadlines: Deadlines = { ioMs: this.ioTimeoutMs };
+      let bytes: Uint8Array;
+      try {
+        bytes = await withDeadlines(what, deadlines, async (signal) => (await frames.read({ signal })).subarray());
+      } catch (err) {
+        const error = toRpcError(err, what);
+        reject(error.reason, error.message);
+        if (error instanceof TooLargeError) await this.replyError(protocol, frames, stream, { code: 'too-large', message: error.message });
+        else stream.abort(error);
+        return;
+      }
+      let message: RequestOf<P>;
+      try {
+        message = this.codec.decodeRequest(protocol, bytes);
+      } catch (err) {
+        const error = err instanceof ProtocolError ? err : new ProtocolError('malformed', String(err));
+        reject(error.reason, error.message);
+        const code = error.reason === 'version' || error.reason === 'too-large' ? error.reason : 'malformed';
+        await this.replyError(protocol, frames, stream, { code, message: error.message });
+        return;
+      }
+      let reply: Uint8Array;
+      try {
+        const response = await handler(message, { peer, signal: gone.signal });
+        reply = this.codec.encodeReply(protocol, { ok: response });
+      } catch (err) {
+        // A handler's refusal goes back as such; anything else is our failure, reported as internal.
+        const refused = err instanceof RefusedError;
+        if (!refused) console.error(`[p2p] handler for ${spec.id} failed:`, err);
+        const message = err instanceof Error ? err.message : String(err);
+        await this.replyError(protocol, frames, stream, { code: refused ? 'refused' : 'internal', message });
+        return;
+      }
+      await withDeadlines(what, deadlines, async (signal) => {
+        await frames.write(reply, { signal });
+        await stream.close({ signal });
+      }).catch((err) => {
+        const error = toRpcError(err, what);
+        reject(error.reason, `while replying: ${error.message}`);
+        stream.abort(error);
+      });
+    } finally {
+      stream.removeEventListener('close', onClose);
+      slots.active--;
+    }
+  }
+
+  /**
+   * Best effort: the peer may already be gone. After the reply nothing more is read (a peer still
+   * sending is ignored) and the peer gets a moment to read the reply and close before being reset:
+   * resetting at once could destroy the reply before the peer has read it.
+   */
+  private async replyError(protocol: ProtocolName, frames: ReturnType<typeof frameStream>, stream: Stream, error: ErrorReply): Promise<void> {
+    const cutOff = () => stream.abort(new Error(`refused: ${error.code}`));
+    try {
+      const signal = AbortSignal.timeout(ERROR_REPLY_GRACE_MS);
+      await frames.write(this.codec.encodeReply(protocol, { error: { ...error, message: truncate(error.message) } }), { signal });
+      await stream.close({ signal });
+      await stream.closeRead({ signal });
+    } catch {
+      cutOff(); // nothing more to tell a peer that cannot be written to
+      return;
+    }
+    if (stream.status === 'closed') return;
+    const timer = setTimeout(cutOff, ERROR_REPLY_GRACE_MS);
+    timer.unref();
+    stream.addEventListener('close', () => clearTimeout(timer), { once: true });
+  }
+
+  private reject(rejection: Rejection): void {
+    try {
+      this.onReject(rejection);
+    } catch (err) {
+      console.error('[p2p] rejection logger failed:', err);
+    }
+  }
+}
+
+function errorFromReply(error: ErrorReply, what: string): RpcError {
+  const message = `${what}: peer replied ${error.code}: ${error.message}`;
+  if (error.code === 'refused' || error.code === 'busy' || error.code === 'version') return new RefusedError(message, error.code);
+  return new RemoteError(error.code, message);
+}
+
+function peerName(peer: DialTarget): string {
+  return Array.isArray(peer) ? peer.map(String).join(',') : peer.toString();
+}
+
+/** Error replies carry at most 1024 characters (the schema's bound). */
+function truncate(message: string): string {
+  return message.length <= 1024 ? message : `${message.slice(0, 1021)}...`;
+}
