@@ -33,24 +33,71 @@ export const JoinRequestSchema = Type.Object({
   gemmGflops: Type.Number({ minimum: 0, maximum: 1e6 }),
   /** Memory the node will spend on the job. */
   memoryBytes: Count,
+  /** Multiaddrs other nodes dial to reach this one (expert calls, averaging, state). */
+  addrs: Type.Array(Type.String({ minLength: 1, maxLength: 256 }), { maxItems: 16 }),
 });
 export type JoinRequest = Static<typeof JoinRequestSchema>;
 
 export const ExpertRefSchema = Type.Object({ layer: Index, expert: Index });
 export type ExpertRef = Static<typeof ExpertRefSchema>;
 
-export const AssignmentSchema = Type.Object({
+/**
+ * What a job trains and how: the model (a ModelConfig, checked by the node with its own
+ * validation), the data, the schedule and the averaging. Every node builds the same model and
+ * the same micro-batches from it, so a batch id means the same tokens everywhere.
+ */
+export const JobSpecSchema = Type.Object({
   jobId: Id,
-  /** Plan generation: bumped on every re-plan, so stale assignments can be told apart. */
-  epoch: Count,
-  /** The experts this node hosts (the trunk is replicated on every node). */
-  experts: Type.Array(ExpertRefSchema, { maxItems: 65536 }),
-  heartbeatMs: Type.Integer({ minimum: 100, maximum: 3_600_000 }),
+  model: Type.Record(Type.String({ maxLength: 64 }), Type.Union([Type.Number(), Type.Boolean()]), { maxProperties: 64 }),
+  mode: Type.Union([Type.Literal('full'), Type.Literal('lora')]),
+  lora: Type.Optional(Type.Object({ rank: Type.Integer({ minimum: 1, maximum: 4096 }), alpha: Type.Number({ exclusiveMinimum: 0, maximum: 1e6 }) })),
+  baseFormat: Type.Union([Type.Literal('f32'), Type.Literal('q8'), Type.Literal('q4')]),
+  basePath: Type.Union([Type.Literal('fp32'), Type.Literal('int')]),
+  /** Seed of the initial weights, the data order and the held-out split. */
+  seed: Count,
+  corpus: Type.String({ minLength: 1, maxLength: 64 }),
+  /** Use only documents [from, to) of the corpus (small jobs and tests). */
+  documents: Type.Optional(Type.Object({ from: Count, to: Count })),
+  batchSize: Type.Integer({ minimum: 1, maximum: 65536 }),
+  seqLen: Type.Integer({ minimum: 1, maximum: 65536 }),
+  heldOutFraction: Type.Number({ minimum: 0, exclusiveMaximum: 1 }),
+  /** Micro-batches the job trains in all (over every node), in epochs of the train split. */
+  totalBatches: Count,
+  lr: Type.Number({ minimum: 0, maximum: 10 }),
+  minLr: Type.Number({ minimum: 0, maximum: 10 }),
+  warmupSteps: Count,
+  /** sync: every step, gradients are averaged over all holders (a data-parallel step); periodic: parameter deltas every `every` local steps. */
+  averaging: Type.Object({
+    mode: Type.Union([Type.Literal('sync'), Type.Literal('periodic')]),
+    every: Type.Integer({ minimum: 1, maximum: 1_000_000 }),
+    deadlineMs: Type.Integer({ minimum: 1, maximum: 3_600_000 }),
+  }),
+  /** Deadline of one expert call before the caller fails over to another holder. */
+  expertTimeoutMs: Type.Integer({ minimum: 1, maximum: 3_600_000 }),
 });
-export type Assignment = Static<typeof AssignmentSchema>;
+export type JobSpec = Static<typeof JobSpecSchema>;
+
+/** Where everything lives: the holders of each expert, and how to reach each node. */
+export const PlanSchema = Type.Object({
+  /** Bumped on every re-plan, so a stale plan can be told apart. */
+  version: Count,
+  experts: Type.Array(Type.Object({ layer: Index, expert: Index, holders: Type.Array(PeerIdText, { maxItems: 256 }) }), { maxItems: 65536 }),
+  peers: Type.Array(Type.Object({ peerId: PeerIdText, addrs: Type.Array(Type.String({ minLength: 1, maxLength: 256 }), { maxItems: 16 }) }), { maxItems: 4096 }),
+  /** Why some expert has fewer holders than the job's replication, when it does. */
+  degraded: Type.Optional(Reason),
+});
+export type Plan = Static<typeof PlanSchema>;
 
 export const JoinResponseSchema = Type.Union([
-  Type.Object({ admitted: Type.Literal(true), version: Type.String({ maxLength: 32 }), assignment: AssignmentSchema }),
+  Type.Object({
+    admitted: Type.Literal(true),
+    version: Type.String({ maxLength: 32 }),
+    job: JobSpecSchema,
+    /** The job's tokenizer, a Hugging Face tokenizer.json. */
+    tokenizer: Type.String({ maxLength: 16 * 1024 * 1024 }),
+    plan: PlanSchema,
+    heartbeatMs: Type.Integer({ minimum: 100, maximum: 3_600_000 }),
+  }),
   Type.Object({ admitted: Type.Literal(false), version: Type.String({ maxLength: 32 }), reason: Reason }),
 ]);
 export type JoinResponse = Static<typeof JoinResponseSchema>;
@@ -69,8 +116,19 @@ export const HeartbeatSchema = Type.Object({
   staleness: Count,
   /** Expert calls that no replica answered (their tokens dropped the expert). */
   droppedExpertCalls: Count,
+  /** The plan version the node runs on; the reply carries a newer plan when there is one. */
+  planVersion: Count,
 });
 export type Heartbeat = Static<typeof HeartbeatSchema>;
+
+export const HeartbeatReplySchema = Type.Object({
+  accepted: Type.Boolean(),
+  reason: Type.Optional(Reason),
+  plan: Type.Optional(PlanSchema),
+  /** The job is over (or the node was removed): stop training and leave. */
+  stop: Type.Boolean(),
+});
+export type HeartbeatReply = Static<typeof HeartbeatReplySchema>;
 
 /** Reply to messages that need only a yes or no. */
 export const AckSchema = Type.Object({ accepted: Type.Boolean(), reason: Type.Optional(Reason) });
@@ -88,6 +146,8 @@ export const LeaseGrantSchema = Type.Object({
   batchIds: Type.Array(Count, { maxItems: 1024 }),
   /** After this the batches are handed to another node. */
   deadline: Timestamp,
+  /** Every batch of the job is trained: nothing more will be granted. */
+  done: Type.Boolean(),
 });
 export type LeaseGrant = Static<typeof LeaseGrantSchema>;
 
@@ -103,7 +163,8 @@ export type LeaseReport = Static<typeof LeaseReportSchema>;
 /**
  * One direction of an expert call. Forward: the request holds the expert's input rows
  * [rows, hidden] and the response its output. Backward: the request holds the output
- * gradient and the response the input gradient; `call` names the forward call it belongs to.
+ * gradient and, in `input`, the forward's input again (a holder keeps no state between the
+ * calls, so any holder can serve a backward); the response holds the input gradient.
  */
 export const ExpertCallSchema = Type.Object({
   jobId: Id,
@@ -114,6 +175,8 @@ export const ExpertCallSchema = Type.Object({
   expert: Index,
   rows: Type.Integer({ minimum: 0, maximum: 2 ** 24 }),
   tensor: TensorSchema,
+  /** Backward requests: the forward's input rows, shaped like `tensor`. */
+  input: Type.Optional(TensorSchema),
 });
 export type ExpertCall = Static<typeof ExpertCallSchema>;
 

@@ -5,6 +5,7 @@ import { ProtocolError } from './errors.ts';
 import {
   AckSchema,
   ExpertCallSchema,
+  HeartbeatReplySchema,
   HeartbeatSchema,
   JoinRequestSchema,
   JoinResponseSchema,
@@ -71,6 +72,12 @@ function checkExpertCall(call: ExpertCall): void {
   checkTensor(tensor, 'tensor');
 }
 
+function checkExpertBackward(call: ExpertCall): void {
+  checkExpertCall(call);
+  if (!call.input) throw new ProtocolError('schema', 'input: an expert backward request carries the forward input');
+  checkExpertCall({ ...call, tensor: call.input });
+}
+
 export const PROTOCOLS = {
   /** The handshake: its id and its `version` field never change, so any two versions can refuse each other clearly. */
   join: define({
@@ -78,15 +85,15 @@ export const PROTOCOLS = {
     request: JoinRequestSchema,
     response: JoinResponseSchema,
     maxRequestBytes: 16 * KiB,
-    maxResponseBytes: 1 * MiB,
+    maxResponseBytes: 24 * MiB,
     versioned: true,
   }),
   heartbeat: define({
     id: idOf('heartbeat'),
     request: HeartbeatSchema,
-    response: AckSchema,
+    response: HeartbeatReplySchema,
     maxRequestBytes: 4 * KiB,
-    maxResponseBytes: SMALL_REPLY_CAP,
+    maxResponseBytes: 4 * MiB,
   }),
   lease: define({
     id: idOf('lease'),
@@ -117,7 +124,7 @@ export const PROTOCOLS = {
     response: ExpertCallSchema,
     maxRequestBytes: TENSOR_MESSAGE_CAP,
     maxResponseBytes: TENSOR_MESSAGE_CAP,
-    checkRequest: checkExpertCall,
+    checkRequest: checkExpertBackward,
     checkResponse: checkExpertCall,
   }),
   delta: define({

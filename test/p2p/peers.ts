@@ -1,10 +1,16 @@
 // Shared by the p2p tests and the peer process: toy handlers, a rejection log to wait on, and
 // a misbehaving client that writes raw bytes where a request belongs.
 import type { PeerId, Stream } from '@libp2p/interface';
-import { decodeReply, f32Tensor, PROTOCOL_VERSION, PROTOCOLS, tensorF32, type ProtocolName, type Reply, type ResponseOf } from '../../proto/index.ts';
+import { decodeReply, f32Tensor, PROTOCOL_VERSION, PROTOCOLS, tensorF32, type JobSpec, type ProtocolName, type Reply, type ResponseOf } from '../../proto/index.ts';
 import { frameStream, RefusedError, type Host, type Rejection, type Rpc } from '../../src/p2p/index.ts';
 
 export const JOIN_TOKEN = 'let-me-in';
+
+export const JOB: JobSpec = {
+  jobId: 'job-1', model: { hiddenSize: 64 }, mode: 'full', baseFormat: 'f32', basePath: 'fp32', seed: 1, corpus: 'moby-dick',
+  batchSize: 4, seqLen: 32, heldOutFraction: 0.05, totalBatches: 10, lr: 0.01, minLr: 0.001, warmupSteps: 2,
+  averaging: { mode: 'sync', every: 1, deadlineMs: 1000 }, expertTimeoutMs: 1000,
+};
 
 /** A promise with its resolve function (Promise.withResolvers is not in the ES2023 lib we type-check against). */
 export function deferred<T = void>(): { promise: Promise<T>; resolve: (value: T) => void } {
@@ -15,14 +21,14 @@ export function deferred<T = void>(): { promise: Promise<T>; resolve: (value: T)
 
 /** heartbeat: ack; expertForward: the "expert" doubles its input; join: admits the right token. */
 export async function serveToy(rpc: Rpc): Promise<void> {
-  await rpc.handle('heartbeat', (beat) => ({ accepted: beat.step >= 0 }));
+  await rpc.handle('heartbeat', (beat) => ({ accepted: beat.step >= 0, stop: false }));
   await rpc.handle('expertForward', (call) => {
     const output = tensorF32(call.tensor).map((x) => 2 * x);
     return { ...call, tensor: f32Tensor(call.tensor.shape, output) };
   });
   await rpc.handle('join', (join) => {
     if (join.token !== JOIN_TOKEN) throw new RefusedError('wrong join token');
-    return { admitted: true, version: PROTOCOL_VERSION, assignment: { jobId: 'job-1', epoch: 1, experts: [{ layer: 0, expert: 1 }], heartbeatMs: 1000 } };
+    return { admitted: true, version: PROTOCOL_VERSION, job: JOB, tokenizer: '{}', plan: { version: 1, experts: [{ layer: 0, expert: 1, holders: [] }], peers: [] }, heartbeatMs: 1000 };
   });
 }
 

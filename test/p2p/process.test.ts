@@ -80,10 +80,10 @@ describe('p2p between two processes', () => {
 
   it('answers requests over TCP on 127.0.0.1', async () => {
     expect(peer.address).toMatch(/^\/ip4\/127\.0\.0\.1\/tcp\/\d+\/p2p\/12D3Koo/);
-    expect(await rpc.request(peer.address, 'heartbeat', all.heartbeat.request)).toEqual({ accepted: true });
+    expect(await rpc.request(peer.address, 'heartbeat', all.heartbeat.request)).toEqual({ accepted: true, stop: false });
     await stillServes();
     const joined = await rpc.request(peer.address, 'join', { ...all.join.request, token: JOIN_TOKEN });
-    expect(joined).toMatchObject({ admitted: true, assignment: { jobId: 'job-1' } });
+    expect(joined).toMatchObject({ admitted: true, job: { jobId: 'job-1' } });
     await expect(rpc.request(peer.address, 'join', all.join.request)).rejects.toBeInstanceOf(RefusedError);
   });
 
@@ -109,7 +109,7 @@ describe('p2p between two processes', () => {
     expect((await stat(keyFile)).mode & 0o777).toBe(0o600); // a private key: the owner's eyes only
     expect(other.peerId).not.toBe(first.peerId);
     // The restarted process answers under its old identity.
-    expect(await rpc.request(again.address, 'heartbeat', all.heartbeat.request)).toEqual({ accepted: true });
+    expect(await rpc.request(again.address, 'heartbeat', all.heartbeat.request)).toEqual({ accepted: true, stop: false });
     await Promise.all([again.stop(), other.stop()]);
   });
 

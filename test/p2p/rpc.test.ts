@@ -55,7 +55,7 @@ describe('p2p between two hosts in one process', () => {
 
   it('answers requests: by multiaddr and by peer id, with tensors intact', async () => {
     expect(server.getMultiaddrs().every((a) => a.toString().startsWith('/ip4/127.0.0.1/tcp/'))).toBe(true);
-    expect(await clientRpc.request(server.getMultiaddrs(), 'heartbeat', all.heartbeat.request)).toEqual({ accepted: true });
+    expect(await clientRpc.request(server.getMultiaddrs(), 'heartbeat', all.heartbeat.request)).toEqual({ accepted: true, stop: false });
     await stillServes();
     const joined = await clientRpc.request(server.peerId, 'join', { ...all.join.request, token: JOIN_TOKEN });
     expect(joined.admitted).toBe(true);
@@ -119,7 +119,7 @@ describe('p2p between two hosts in one process', () => {
       handlerSignal = signal;
       handlerEntered.resolve();
       await new Promise((resolve) => signal.addEventListener('abort', resolve));
-      return { jobId: 'job-1', leaseId: 0, batchIds: [], deadline: 0 };
+      return { jobId: 'job-1', leaseId: 0, batchIds: [], deadline: 0, done: false };
     });
     const err = await clientRpc.request(server.peerId, 'lease', all.lease.request, { timeout: 300 }).catch((e) => e);
     expect(err).toBeInstanceOf(TimeoutError);

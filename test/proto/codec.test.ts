@@ -132,7 +132,7 @@ describe('proto: rejections', () => {
       // The sender checks too: a bad message never reaches the wire.
       expectRefused(() => encodeRequest(name, message as never), 'schema', path);
     }
-    expectRefused(() => decodeReply('join', pack({ ok: edited(all.join.response, (m) => (m.assignment.heartbeatMs = 5)) })), 'schema', /heartbeatMs/);
+    expectRefused(() => decodeReply('join', pack({ ok: edited(all.join.response, (m) => (m.heartbeatMs = 5)) })), 'schema', /heartbeatMs/);
     // A uint64 beyond 2^53 decodes as a bigint, which no field accepts.
     expectRefused(() => decodeRequest('heartbeat', pack({ ...all.heartbeat.request, step: 2n ** 60n })), 'schema', /\/step/);
     expectRefused(() => decodeReply('heartbeat', pack({ error: { code: 'teapot', message: '' } })), 'schema', /code/);
@@ -244,7 +244,7 @@ describe('proto: rejections', () => {
 
   it('keeps a __proto__ key from touching any prototype', () => {
     const hostile = JSON.parse(`{"__proto__": {"accepted": false, "polluted": true}, "accepted": true}`) as Plain;
-    const decoded = decodeReply('heartbeat', encodeWide({ ok: hostile }));
+    const decoded = decodeReply('leaseReport', encodeWide({ ok: hostile }));
     expect(decoded.ok?.accepted).toBe(true);
     expect(Object.getPrototypeOf(decoded.ok)).toBe(Object.prototype);
     expect(({} as Record<string, unknown>).polluted).toBeUndefined();

@@ -17,27 +17,45 @@ export function samples(): Samples {
   const int8 = { dtype: 'I8' as const, shape: [2, 2], data: new Uint8Array([1, 255, 127, 128]) };
   return {
     join: {
-      request: { version: PROTOCOL_VERSION, nodeId: PEER_ID, token: 's3cret', cores: 2, gemmGflops: 81.25, memoryBytes: 8 * 2 ** 30 },
+      request: {
+        version: PROTOCOL_VERSION, nodeId: PEER_ID, token: 's3cret', cores: 2, gemmGflops: 81.25, memoryBytes: 8 * 2 ** 30,
+        addrs: [`/ip4/127.0.0.1/tcp/4001/p2p/${PEER_ID}`],
+      },
       response: {
         admitted: true,
         version: PROTOCOL_VERSION,
-        assignment: { jobId: 'job-1', epoch: 4, experts: [{ layer: 0, expert: 3 }, { layer: 1, expert: 0 }], heartbeatMs: 5000 },
+        job: {
+          jobId: 'job-1', model: { vocabSize: 512, hiddenSize: 64, normTopkProb: true }, mode: 'lora', lora: { rank: 8, alpha: 16 },
+          baseFormat: 'q4', basePath: 'int', seed: 3, corpus: 'moby-dick', documents: { from: 0, to: 40 }, batchSize: 8, seqLen: 64,
+          heldOutFraction: 0.05, totalBatches: 400, lr: 0.003, minLr: 0.0003, warmupSteps: 20,
+          averaging: { mode: 'periodic', every: 4, deadlineMs: 2000 }, expertTimeoutMs: 5000,
+        },
+        tokenizer: '{"model":{"type":"BPE"}}',
+        plan: {
+          version: 4,
+          experts: [{ layer: 0, expert: 3, holders: [PEER_ID] }, { layer: 1, expert: 0, holders: [] }],
+          peers: [{ peerId: PEER_ID, addrs: ['/ip4/127.0.0.1/tcp/4001'] }],
+          degraded: 'expert 1.0 has no holder',
+        },
+        heartbeatMs: 5000,
       },
     },
     heartbeat: {
-      request: { jobId: 'job-1', step: 120, loss: 3.25, tokensPerSecond: 2150.5, bytesSent: 5e9, bytesReceived: 123, staleness: 2, droppedExpertCalls: 0 },
-      response: { accepted: true },
+      request: {
+        jobId: 'job-1', step: 120, loss: 3.25, tokensPerSecond: 2150.5, bytesSent: 5e9, bytesReceived: 123, staleness: 2, droppedExpertCalls: 0, planVersion: 3,
+      },
+      response: { accepted: true, stop: false, plan: { version: 4, experts: [], peers: [] } },
     },
     lease: {
       request: { jobId: 'job-1', maxBatches: 4 },
-      response: { jobId: 'job-1', leaseId: 77, batchIds: [8, 9, 10, 11], deadline: 1_760_000_000_000 },
+      response: { jobId: 'job-1', leaseId: 77, batchIds: [8, 9, 10, 11], deadline: 1_760_000_000_000, done: false },
     },
     leaseReport: {
       request: { jobId: 'job-1', leaseId: 77, completedBatchIds: [8, 9] },
       response: { accepted: false, reason: 'lease expired' },
     },
     expertForward: { request: expertCall(1), response: expertCall(2) },
-    expertBackward: { request: expertCall(3), response: expertCall(4) },
+    expertBackward: { request: { ...expertCall(3), input: randomF32([3, 8], 7) }, response: expertCall(4) },
     delta: {
       request: {
         jobId: 'job-1',
