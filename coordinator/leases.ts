@@ -1,0 +1,250 @@
+// Data leases: an epoch's micro-batches 0..N-1 are handed out to nodes with a deadline, and each
+// must be reported done exactly once. A lease past its deadline (expire()) or of a node that died
+// or left (release()) goes back to the pool and is handed out again, lowest ids first. A report
+// counts only from the batch's current holder; when a lapsed batch has not been handed to anyone
+// else yet, its last holder's report still counts (the work is done, nobody else is doing it).
+// Epochs run in sequence: nextEpoch() once every batch of the current one is done, and reports
+// name their epoch so a late report can never complete a batch of the next one.
+// Time comes from `now()`, so tests need no sleeps.
+
+export interface LeaseOptions {
+  /** Micro-batches per epoch. */
+  batches: number;
+  leaseMs: number;
+  now?: () => number;
+}
+
+export interface LeaseGrant {
+  leaseId: number;
+  epoch: number;
+  /** Ascending; empty when no batch is free right now. */
+  ids: number[];
+  deadline: number;
+}
+
+export type ReportResult = { accepted: true } | { accepted: false; reason: string };
+
+export interface LeaseCounters {
+  /** Batches handed out, re-issues included. */
+  issued: number;
+  /** Of those, batches handed out before (after an expiry or a release). */
+  reissued: number;
+  completed: number;
+  rejected: number;
+  /** Batches returned to the pool by expire() and release(). */
+  expired: number;
+  released: number;
+}
+
+interface Lease {
+  nodeId: string;
+  deadline: number;
+  /** Batches of the lease not yet reported. */
+  ids: Set<number>;
+}
+
+const NO_LEASE = -1;
+
+export class DataLeases {
+  readonly batches: number;
+  private readonly leaseMs: number;
+  private readonly now: () => number;
+  private epochNumber = 0;
+  private readonly counters: LeaseCounters = { issued: 0, reissued: 0, completed: 0, rejected: 0, expired: 0, released: 0 };
+  private nextLeaseId = 0;
+  private readonly leases = new Map<number, Lease>();
+  // Per batch of the current epoch:
+  private readonly leaseOf: Int32Array;
+  private readonly lastHolder: (string | undefined)[];
+  private readonly reported: Uint8Array;
+  private completedInEpoch = 0;
+  /** Batches never handed out this epoch are nextFresh..N-1; returned ones wait in `returned`. */
+  private nextFresh = 0;
+  private readonly returned = new MinHeap();
+
+  constructor(options: LeaseOptions) {
+    if (!Number.isSafeInteger(options.batches) || options.batches < 1) throw new RangeError(`leases: batches must be a positive integer, got ${options.batches}`);
+    if (!(options.leaseMs > 0) || !Number.isFinite(options.leaseMs)) throw new RangeError(`leases: leaseMs must be a positive number, got ${options.leaseMs}`);
+    this.batches = options.batches;
+    this.leaseMs = options.leaseMs;
+    this.now = options.now ?? Date.now;
+    this.leaseOf = new Int32Array(this.batches).fill(NO_LEASE);
+    this.lastHolder = new Array(this.batches).fill(undefined);
+    this.reported = new Uint8Array(this.batches);
+  }
+
+  get epoch(): number {
+    return this.epochNumber;
+  }
+
+  /** Every batch of the current epoch is reported. */
+  get done(): boolean {
+    return this.completedInEpoch === this.batches;
+  }
+
+  /** Batches of the current epoch not reported yet. */
+  get remaining(): number {
+    return this.batches - this.completedInEpoch;
+  }
+
+  get stats(): Readonly<LeaseCounters> {
+    return { ...this.counters };
+  }
+
+  /** Hands `nodeId` up to `count` of the lowest free batches, due at now + leaseMs. */
+  lease(nodeId: string, count: number): LeaseGrant {
+    checkNodeId(nodeId);
+    if (!Number.isSafeInteger(count) || count < 1) throw new RangeError(`leases: count must be a positive integer, got ${count}`);
+    const ids: number[] = [];
+    while (ids.length < count) {
+      const id = this.takeLowestFree();
+      if (id === undefined) break;
+      ids.push(id);
+    }
+    const leaseId = this.nextLeaseId++;
+    const deadline = this.now() + this.leaseMs;
+    if (ids.length > 0) {
+      this.leases.set(leaseId, { nodeId, deadline, ids: new Set(ids) });
+      for (const id of ids) {
+        if (this.lastHolder[id] !== undefined) this.counters.reissued++;
+        this.leaseOf[id] = leaseId;
+        this.lastHolder[id] = nodeId;
+      }
+      this.counters.issued += ids.length;
+    }
+    return { leaseId, epoch: this.epochNumber, ids, deadline };
+  }
+
+  /** `nodeId` says batch `id` of `epoch` is done. Untrusted input: rejections are counted, not thrown. */
+  report(nodeId: string, epoch: number, id: number): ReportResult {
+    const problem = this.reportProblem(nodeId, epoch, id);
+    if (problem) {
+      this.counters.rejected++;
+      return { accepted: false, reason: problem };
+    }
+    const leaseId = this.leaseOf[id];
+    if (leaseId !== NO_LEASE) this.dropFromLease(leaseId, id);
+    this.reported[id] = 1;
+    this.completedInEpoch++;
+    this.counters.completed++;
+    return { accepted: true };
+  }
+
+  /** Returns every lease past its deadline to the pool; returns them. */
+  expire(): { nodeId: string; leaseId: number; ids: number[] }[] {
+    const at = this.now();
+    const lapsed = [...this.leases].filter(([, lease]) => at > lease.deadline);
+    return lapsed.map(([leaseId, lease]) => {
+      const ids = this.returnLease(leaseId);
+      this.counters.expired += ids.length;
+      return { nodeId: lease.nodeId, leaseId, ids };
+    });
+  }
+
+  /** Returns all of a dead or departing node's leased batches to the pool; returns their ids. */
+  release(nodeId: string): number[] {
+    const ids: number[] = [];
+    for (const [leaseId, lease] of [...this.leases]) if (lease.nodeId === nodeId) ids.push(...this.returnLease(leaseId));
+    this.counters.released += ids.length;
+    return ids.sort((a, b) => a - b);
+  }
+
+  /** Starts the next epoch; the current one must be done. */
+  nextEpoch(): number {
+    if (!this.done) throw new Error(`leases: epoch ${this.epochNumber} is not done (${this.remaining} of ${this.batches} batches unreported)`);
+    this.epochNumber++;
+    this.leaseOf.fill(NO_LEASE);
+    this.lastHolder.fill(undefined);
+    this.reported.fill(0);
+    this.returned.clear();
+    this.completedInEpoch = 0;
+    this.nextFresh = 0;
+    return this.epochNumber;
+  }
+
+  private reportProblem(nodeId: string, epoch: number, id: number): string | undefined {
+    if (epoch !== this.epochNumber) return `epoch ${epoch} is not the current epoch (${this.epochNumber})`;
+    if (!Number.isSafeInteger(id) || id < 0 || id >= this.batches) return `no batch ${id} (the epoch has ${this.batches})`;
+    if (this.reported[id]) return `batch ${id} was already reported`;
+    const leaseId = this.leaseOf[id];
+    if (leaseId !== NO_LEASE && this.leases.get(leaseId)!.nodeId !== nodeId) return `batch ${id} is leased to another node`;
+    if (leaseId === NO_LEASE && this.lastHolder[id] !== nodeId) return `batch ${id} is not leased to ${nodeId}`;
+    return undefined;
+  }
+
+  private takeLowestFree(): number | undefined {
+    // `returned` may hold batches completed by a lapsed holder's late report: skip them.
+    while (this.returned.size > 0 && this.reported[this.returned.peek()]) this.returned.pop();
+    if (this.returned.size > 0 && (this.nextFresh >= this.batches || this.returned.peek() < this.nextFresh)) return this.returned.pop();
+    return this.nextFresh < this.batches ? this.nextFresh++ : undefined;
+  }
+
+  private returnLease(leaseId: number): number[] {
+    const ids = [...this.leases.get(leaseId)!.ids];
+    for (const id of ids) {
+      this.leaseOf[id] = NO_LEASE;
+      this.returned.push(id);
+    }
+    this.leases.delete(leaseId);
+    return ids;
+  }
+
+  private dropFromLease(leaseId: number, id: number): void {
+    const lease = this.leases.get(leaseId)!;
+    lease.ids.delete(id);
+    if (lease.ids.size === 0) this.leases.delete(leaseId);
+    this.leaseOf[id] = NO_LEASE;
+  }
+}
+
+function checkNodeId(nodeId: string): void {
+  if (typeof nodeId !== 'string' || nodeId.length === 0) throw new TypeError('leases: nodeId must be a non-empty string');
+}
+
+/** Binary min-heap of batch ids. */
+class MinHeap {
+  private readonly items: number[] = [];
+
+  get size(): number {
+    return this.items.length;
+  }
+
+  clear(): void {
+    this.items.length = 0;
+  }
+
+  peek(): number {
+    return this.items[0];
+  }
+
+  push(value: number): void {
+    const items = this.items;
+    items.push(value);
+    for (let i = items.length - 1; i > 0; ) {
+      const parent = (i - 1) >> 1;
+      if (items[parent] <= items[i]) break;
+      [items[parent], items[i]] = [items[i], items[parent]];
+      i = parent;
+    }
+  }
+
+  pop(): number {
+    const items = this.items;
+    const top = items[0];
+    const last = items.pop()!;
+    if (items.length > 0) {
+      items[0] = last;
+      for (let i = 0; ; ) {
+        const left = 2 * i + 1;
+        const right = left + 1;
+        let smallest = i;
+        if (left < items.length && items[left] < items[smallest]) smallest = left;
+        if (right < items.length && items[right] < items[smallest]) smallest = right;
+        if (smallest === i) break;
+        [items[smallest], items[i]] = [items[i], items[smallest]];
+        i = smallest;
+      }
+    }
+    return top;
+  }
+}

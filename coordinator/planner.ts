@@ -1,0 +1,352 @@
+// The shard planner: which nodes hold which experts. The trunk is replicated on every node, so a
+// node whose memory budget cannot hold it is refused. Each expert (layer, expert) goes on R
+// distinct nodes, nodes taking experts in proportion to their measured speed, each bounded by
+// the memory left after the trunk. A re-plan starts from the previous plan and moves as little
+// as it can:
+//   1. keep every replica whose holder is still admitted and within its memory;
+//   2. add the missing replicas, level by level (every expert to 1 replica, then to 2, ...) so a
+//      shortage of memory costs redundancy before it costs coverage; each goes to the node with
+//      the lowest (load + 1) / speed; when every node with room already holds the expert, a
+//      replica placed in this same re-plan is shifted along to make room (shortest chain);
+//   3. rebalance only nodes far from their speed-weighted fair share (by a factor maxOverload):
+//      one far over gives replicas to nodes under theirs, one far under (a node that just
+//      joined) takes replicas from nodes over theirs.
+// When R cannot be met the plan places what it can and says why in `degraded`; it never throws
+// for a lack of nodes or memory.
+import type { ExpertRef, JoinRequest } from '../proto/index.ts';
+import type { ModelConfig } from '../src/model/config.ts';
+import { footprint, type Precision } from './footprint.ts';
+
+export type PlannerNode = Pick<JoinRequest, 'nodeId' | 'gemmGflops' | 'memoryBytes'>;
+
+export interface PlannerOptions {
+  config: ModelConfig;
+  precision: Precision;
+  /** Distinct nodes per expert (default 2). */
+  replication?: number;
+  /**
+   * A node holding more than this times its fair share, or less than its share divided by this,
+   * is brought back to its share by moving replicas (default 1.25; Infinity: never rebalance).
+   */
+  maxOverload?: number;
+}
+
+export interface ExpertHolders extends ExpertRef {
+  holders: string[];
+}
+
+export interface NewReplica extends ExpertRef {
+  node: string;
+  /** A live holder of the previous plan to copy the expert's state from; null: none survived. */
+  copyFrom: string | null;
+}
+
+export interface DroppedReplica extends ExpertRef {
+  node: string;
+}
+
+export interface UnderReplicated extends ExpertRef {
+  replicas: number;
+}
+
+export interface ShardPlan {
+  /** 1 for the first plan, +1 whenever assignments or the set of admitted nodes change. */
+  version: number;
+  replication: number;
+  trunkBytes: number;
+  expertBytes: number;
+  /** Holders of every expert, at index layer · numExperts + expert. */
+  experts: ExpertHolders[];
+  /** The experts of every admitted node (each also holds the trunk), by node id. */
+  nodes: Map<string, ExpertRef[]>;
+  refused: { nodeId: string; reason: string }[];
+  degraded: { reason: string; underReplicated: UnderReplicated[] } | null;
+  /** From the previous plan: replicas to create, and replicas gone (including departed nodes'). */
+  diff: { added: NewReplica[]; removed: DroppedReplica[] };
+}
+
+/** Keeps the current plan and re-plans from it whenever the live nodes change. */
+export class ShardPlanner {
+  private last?: ShardPlan;
+
+  constructor(private readonly options: PlannerOptions) {
+    planShards([], options); // validates the options now rather than at the first join
+  }
+
+  get current(): ShardPlan | undefined {
+    return this.last;
+  }
+
+  plan(nodes: PlannerNode[]): ShardPlan {
+    this.last = planShards(nodes, this.options, this.last);
+    return this.last;
+  }
+}
+
+/** A plan for `nodes` (the live ones), starting from `previous` when there is one. */
+export function planShards(nodes: PlannerNode[], options: PlannerOptions, previous?: ShardPlan): ShardPlan {
+  const { config } = options;
+  const replication = options.replication ?? 2;
+  const maxOverload = options.maxOverload ?? 1.25;
+  if (!Number.isSafeInteger(replication) || replication < 1) throw new RangeError(`planner: replication must be a positive integer, got ${replication}`);
+  if (!(maxOverload >= 1)) throw new RangeError(`planner: maxOverload must be at least 1, got ${maxOverload}`);
+  checkNodes(nodes);
+  const { trunkBytes, expertBytes } = footprint(config, options.precision);
+  const groups = config.numLayers * config.numExperts;
+  if (previous && previous.experts.length !== groups) throw new Error(`planner: the previous plan has ${previous.experts.length} experts, the model ${groups}`);
+  const ref = (g: number): ExpertRef => ({ layer: Math.floor(g / config.numExperts), expert: g % config.numExperts });
+
+  const refused: ShardPlan['refused'] = [];
+  const admitted: PlannerNode[] = [];
+  for (const node of [...nodes].sort((a, b) => compareIds(a.nodeId, b.nodeId))) {
+    if (node.memoryBytes >= trunkBytes) admitted.push(node);
+    else refused.push({ nodeId: node.nodeId, reason: `memory budget of ${node.memoryBytes} bytes cannot hold the trunk (${trunkBytes} bytes)` });
+  }
+  const index = new Map(admitted.map((n, i) => [n.nodeId, i]));
+  const capacity = admitted.map((n) => Math.min(groups, Math.floor((n.memoryBytes - trunkBytes) / expertBytes)));
+  const placement = new Placement(groups, admitted.map((n) => n.gemmGflops), capacity);
+
+  keepValid(placement, previous, index, capacity);
+  for (let level = 1; level <= replication; level++) {
+    for (let g = 0; g < groups; g++) if (placement.holders[g].length < level) placement.place(g);
+  }
+  if (maxOverload !== Infinity) placement.rebalance(maxOverload);
+
+  const experts = placement.holders.map((holders, g) => ({ ...ref(g), holders: holders.map((n) => admitted[n].nodeId).sort(compareIds) }));
+  const perNode = new Map(admitted.map((n) => [n.nodeId, [] as ExpertRef[]]));
+  for (const [g, e] of experts.entries()) for (const id of e.holders) perNode.get(id)!.push(ref(g));
+
+  const underReplicated = experts.filter((e) => e.holders.length < replication).map(({ layer, expert, holders }) => ({ layer, expert, replicas: holders.length }));
+  const degraded = underReplicated.length === 0 ? null : { reason: degradedReason(replication, admitted.length, refused.length, capacity, groups), underReplicated };
+
+  const diff = diffPlans(previous, experts, admitted);
+  const sameNodes = previous !== undefined && previous.nodes.size === perNode.size && [...perNode.keys()].every((id) => previous.nodes.has(id));
+  const changed = !sameNodes || diff.added.length > 0 || diff.removed.length > 0;
+  const version = previous ? previous.version + (changed ? 1 : 0) : 1;
+  return { version, replication, trunkBytes, expertBytes, experts, nodes: perNode, refused, degraded, diff };
+}
+
+/** Replicas of one re-plan, over admitted nodes 0..N-1 (sorted by id). */
+class Placement {
+  readonly holders: number[][];
+  readonly load: number[];
+  private readonly held: Uint8Array;
+  /** Placed during this re-plan, not yet materialized: may be shifted to another node at no cost. */
+  private readonly fresh: Uint8Array;
+  private readonly n: number;
+
+  constructor(readonly groups: number, private readonly speed: number[], private readonly capacity: number[]) {
+    this.n = speed.length;
+    this.holders = Array.from({ length: groups }, () => []);
+    this.load = new Array(this.n).fill(0);
+    this.held = new Uint8Array(groups * this.n);
+    this.fresh = new Uint8Array(groups * this.n);
+  }
+
+  holds(g: number, node: number): boolean {
+    return this.held[g * this.n + node] === 1;
+  }
+
+  add(g: number, node: number, fresh: boolean): void {
+    this.held[g * this.n + node] = 1;
+    this.fresh[g * this.n + node] = fresh ? 1 : 0;
+    this.holders[g].push(node);
+    this.load[node]++;
+  }
+
+  remove(g: number, node: number): void {
+    this.held[g * this.n + node] = 0;
+    this.fresh[g * this.n + node] = 0;
+    this.holders[g].splice(this.holders[g].indexOf(node), 1);
+    this.load[node]--;
+  }
+
+  /** Adds one replica of group g if any node can take it; returns whether it did. */
+  place(g: number): boolean {
+    let best = -1;
+    for (let node = 0; node < this.n; node++) {
+      if (!this.holds(g, node) && this.hasRoom(node) && (best < 0 || this.prefer(node, best))) best = node;
+    }
+    if (best >= 0) {
+      this.add(g, best, true);
+      return true;
+    }
+    return this.placeByShifting(g);
+  }
+
+  /**
+   * Every node with room already holds g: find the shortest chain g → X0, h1: X0 → X1, ...,
+   * hk: X(k-1) → Xk where Xk has room, shifting only replicas placed in this re-plan.
+   */
+  private placeByShifting(g: number): boolean {
+    if (!this.load.some((l, node) => l < this.capacity[node])) return false;
+    const cameFrom = new Map<number, { group: number; from: number }>();
+    const queue: number[] = [];
+    for (let node = 0; node < this.n; node++) {
+      if (!this.holds(g, node)) {
+        cameFrom.set(node, { group: g, from: -1 });
+        queue.push(node);
+      }
+    }
+    for (let head = 0; head < queue.length; head++) {
+      const x = queue[head];
+      for (let h = 0; h < this.groups; h++) {
+        if (this.fresh[h * this.n + x] !== 1) continue;
+        for (let y = 0; y < this.n; y++) {
+          if (cameFrom.has(y) || this.holds(h, y)) continue;
+          cameFrom.set(y, { group: h, from: x });
+          if (this.hasRoom(y)) {
+            for (let node = y; node >= 0; ) {
+              const step = cameFrom.get(node)!;
+              if (step.from >= 0) this.remove(step.group, step.from);
+              this.add(step.group, node, true);
+              node = step.from;
+            }
+            return true;
+          }
+          queue.push(y);
+        }
+      }
+    }
+    return false;
+  }
+
+  /**
+   * Brings nodes far from their fair share back to it: a node over maxOverload × its share gives
+   * replicas to nodes under theirs; a node under its share / maxOverload (one that just joined)
+   * takes replicas from nodes over theirs. Nodes within the margin are left alone.
+   */
+  rebalance(maxOverload: number): void {
+    const share = this.fairShares();
+    const nodes = [...this.load.keys()];
+    const excess = (node: number) => this.load[node] - share[node];
+    const byPreference = (a: number, b: number) => (this.prefer(a, b) ? -1 : 1);
+    const byExcess = (a: number, b: number) => excess(b) - excess(a) || a - b;
+
+    for (const x of nodes.filter((node) => this.load[node] > Math.ceil(share[node] * maxOverload)).sort(byExcess)) {
+      while (this.load[x] > Math.ceil(share[x])) {
+        const receivers = nodes.filter((y) => this.load[y] < Math.ceil(share[y]) && this.hasRoom(y)).sort(byPreference);
+        if (!this.moveOne([x], receivers)) break;
+      }
+    }
+    for (const y of nodes.filter((node) => this.load[node] < Math.floor(share[node] / maxOverload)).sort(byExcess).reverse()) {
+      while (this.load[y] < Math.floor(share[y]) && this.hasRoom(y)) {
+        const donors = nodes.filter((x) => excess(x) >= 1).sort(byExcess);
+        if (!this.moveOne(donors, [y])) break;
+      }
+    }
+  }
+
+  /** Moves one replica from the first giver that has one the first possible receiver lacks, fresh ones first. */
+  private moveOne(givers: number[], receivers: number[]): boolean {
+    for (const x of givers) {
+      for (const y of receivers) {
+        let kept = -1;
+        let group = -1;
+        for (let g = 0; g < this.groups && group < 0; g++) {
+          if (!this.holds(g, x) || this.holds(g, y)) continue;
+          if (this.fresh[g * this.n + x] === 1) group = g;
+          else if (kept < 0) kept = g;
+        }
+        if (group < 0) group = kept;
+        if (group >= 0) {
+          this.remove(group, x);
+          this.add(group, y, true);
+          return true;
+        }
+      }
+    }
+    return false;
+  }
+
+  /** Replicas each node should hold: the total split by speed, capped by capacity (water-filling). */
+  private fairShares(): number[] {
+    const share = new Array<number>(this.n).fill(0);
+    let remaining = this.load.reduce((a, b) => a + b, 0);
+    let open = [...this.load.keys()];
+    while (open.length > 0) {
+      const total = open.reduce((s, node) => s + this.speed[node], 0);
+      const weight = (node: number) => (total > 0 ? this.speed[node] / total : 1 / open.length);
+      const capped = open.filter((node) => remaining * weight(node) > this.capacity[node]);
+      if (capped.length === 0) {
+        for (const node of open) share[node] = remaining * weight(node);
+        break;
+      }
+      for (const node of capped) {
+        share[node] = this.capacity[node];
+        remaining -= this.capacity[node];
+      }
+      open = open.filter((node) => !capped.includes(node));
+    }
+    return share;
+  }
+
+  private hasRoom(node: number): boolean {
+    return this.load[node] < this.capacity[node];
+  }
+
+  /** Whether `a` should take the next replica before `b`: lower (load + 1) / speed, then less load. */
+  private prefer(a: number, b: number): boolean {
+    const ra = (this.load[a] + 1) / this.speed[a];
+    const rb = (this.load[b] + 1) / this.speed[b];
+    if (ra !== rb) return ra < rb;
+    return this.load[a] !== this.load[b] ? this.load[a] < this.load[b] : a < b;
+  }
+}
+
+/** Step 1: the previous plan's replicas on nodes still admitted, trimmed to each node's capacity. */
+function keepValid(placement: Placement, previous: ShardPlan | undefined, index: Map<string, number>, capacity: number[]): void {
+  if (!previous) return;
+  const kept: number[][] = capacity.map(() => []);
+  for (const [g, { holders }] of previous.experts.entries()) {
+    for (const id of holders) {
+      const node = index.get(id);
+      if (node !== undefined) kept[node].push(g);
+    }
+  }
+  const replicasOf = (g: number) => previous.experts[g].holders.filter((id) => index.has(id)).length;
+  for (const [node, groups] of kept.entries()) {
+    // A budget that shrank (a rejoin with less memory) sheds the best-replicated experts first.
+    const keep = groups.sort((a, b) => replicasOf(a) - replicasOf(b) || a - b).slice(0, capacity[node]);
+    for (const g of keep) placement.add(g, node, false);
+  }
+}
+
+function diffPlans(previous: ShardPlan | undefined, experts: ExpertHolders[], admitted: PlannerNode[]): ShardPlan['diff'] {
+  const added: NewReplica[] = [];
+  const removed: DroppedReplica[] = [];
+  const speed = new Map(admitted.map((n) => [n.nodeId, n.gemmGflops]));
+  for (const [g, { layer, expert, holders }] of experts.entries()) {
+    const before = previous?.experts[g].holders ?? [];
+    const now = new Set(holders);
+    // Copy from a surviving holder, one that keeps the expert first, then the fastest.
+    const sources = before
+      .filter((id) => speed.has(id))
+      .sort((a, b) => Number(now.has(b)) - Number(now.has(a)) || speed.get(b)! - speed.get(a)! || compareIds(a, b));
+    for (const id of holders) if (!before.includes(id)) added.push({ layer, expert, node: id, copyFrom: sources[0] ?? null });
+    for (const id of before) if (!now.has(id)) removed.push({ layer, expert, node: id });
+  }
+  return { added, removed };
+}
+
+function degradedReason(replication: number, admitted: number, refused: number, capacity: number[], groups: number): string {
+  const refusedNote = refused > 0 ? ` (${refused} refused: too little memory for the trunk)` : '';
+  if (admitted < replication) return `replication ${replication} needs ${replication} nodes, ${admitted} admitted${refusedNote}`;
+  const room = capacity.reduce((a, b) => a + b, 0);
+  if (room < groups * replication) return `memory: the admitted nodes have room for ${room} expert replicas, ${groups * replication} needed`;
+  return 'nodes with room already hold the under-replicated experts; the replicas kept from the previous plan leave no other arrangement';
+}
+
+function checkNodes(nodes: PlannerNode[]): void {
+  const seen = new Set<string>();
+  for (const { nodeId, gemmGflops, memoryBytes } of nodes) {
+    if (seen.has(nodeId)) throw new Error(`planner: node ${nodeId} listed twice`);
+    seen.add(nodeId);
+    if (!Number.isFinite(gemmGflops) || gemmGflops < 0) throw new RangeError(`planner: node ${nodeId}: gemmGflops must be a finite non-negative number, got ${gemmGflops}`);
+    if (!Number.isFinite(memoryBytes) || memoryBytes < 0) throw new RangeError(`planner: node ${nodeId}: memoryBytes must be a finite non-negative number, got ${memoryBytes}`);
+  }
+}
+
+function compareIds(a: string, b: string): number {
+  return a < b ? -1 : a > b ? 1 : 0;
+}

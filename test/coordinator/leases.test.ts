@@ -1,0 +1,160 @@
+import { describe, expect, it } from 'vitest';
+import { DataLeases } from '../../coordinator/leases.ts';
+import { rng } from '../helpers.ts';
+
+function setup(batches = 10, leaseMs = 1000) {
+  let clock = 100;
+  const leases = new DataLeases({ batches, leaseMs, now: () => clock });
+  return { leases, advance: (ms: number) => (clock += ms), time: () => clock };
+}
+
+describe('data leases', () => {
+  it('hands out the lowest free ids with a deadline, until none are left', () => {
+    const { leases, time } = setup(10);
+    const a = leases.lease('a', 4);
+    expect(a).toMatchObject({ epoch: 0, ids: [0, 1, 2, 3], deadline: time() + 1000 });
+    expect(leases.lease('b', 3).ids).toEqual([4, 5, 6]);
+    expect(leases.lease('c', 5).ids).toEqual([7, 8, 9]);
+    const none = leases.lease('d', 2);
+    expect(none.ids).toEqual([]);
+    expect(new Set([a.leaseId, none.leaseId]).size).toBe(2);
+    expect(leases.stats).toMatchObject({ issued: 10, reissued: 0 });
+  });
+
+  it('accepts a report only from the holder, once', () => {
+    const { leases } = setup(4);
+    leases.lease('a', 2);
+    expect(leases.report('a', 0, 0)).toEqual({ accepted: true });
+    expect(leases.report('a', 0, 0)).toEqual({ accepted: false, reason: 'batch 0 was already reported' });
+    expect(leases.report('b', 0, 1)).toEqual({ accepted: false, reason: 'batch 1 is leased to another node' });
+    expect(leases.report('a', 0, 3)).toEqual({ accepted: false, reason: 'batch 3 is not leased to a' });
+    expect(leases.report('a', 0, 4)).toMatchObject({ accepted: false, reason: 'no batch 4 (the epoch has 4)' });
+    expect(leases.report('a', 0, 1.5)).toMatchObject({ accepted: false });
+    expect(leases.report('a', 1, 1)).toEqual({ accepted: false, reason: 'epoch 1 is not the current epoch (0)' });
+    expect(leases.stats).toMatchObject({ completed: 1, rejected: 6 });
+    expect(leases.remaining).toBe(3);
+  });
+
+  it('expires leases after their deadline and re-issues them lowest first; a late report after re-issue is rejected', () => {
+    const { leases, advance } = setup(6, 1000);
+    leases.lease('a', 3); // 0 1 2
+    leases.lease('b', 2); // 3 4
+    leases.report('a', 0, 1);
+    advance(1000);
+    expect(leases.expire()).toEqual([]); // at the deadline a lease still holds
+    advance(1);
+    expect(leases.expire()).toEqual([
+      { nodeId: 'a', leaseId: 0, ids: [0, 2] },
+      { nodeId: 'b', leaseId: 1, ids: [3, 4] },
+    ]);
+    expect(leases.lease('c', 3).ids).toEqual([0, 2, 3]);
+    expect(leases.report('a', 0, 0)).toEqual({ accepted: false, reason: 'batch 0 is leased to another node' });
+    // Batch 4 lapsed but nobody has it yet: its last holder's late report still counts, and it is not handed out again.
+    expect(leases.report('b', 0, 4)).toEqual({ accepted: true });
+    expect(leases.lease('c', 3).ids).toEqual([5]);
+    expect(leases.stats).toEqual({ issued: 9, reissued: 3, completed: 2, rejected: 1, expired: 4, released: 0 });
+  });
+
+  it('release returns every lease of a node; a lease re-issued to the same node is its again', () => {
+    const { leases, advance } = setup(8);
+    leases.lease('a', 2);
+    leases.lease('b', 2);
+    leases.lease('a', 2);
+    expect(leases.release('a')).toEqual([0, 1, 4, 5]);
+    expect(leases.release('a')).toEqual([]);
+    expect(leases.lease('a', 1).ids).toEqual([0]);
+    expect(leases.report('a', 0, 0)).toEqual({ accepted: true });
+    advance(5000);
+    expect(leases.expire().map((e) => e.nodeId)).toEqual(['b']);
+    expect(leases.stats).toMatchObject({ released: 4, expired: 2, reissued: 1 });
+  });
+
+  it('runs epochs in sequence; a report of the previous epoch cannot complete the next', () => {
+    const { leases, advance } = setup(3, 1000);
+    expect(() => leases.nextEpoch()).toThrow(/epoch 0 is not done \(3 of 3 batches unreported\)/);
+    leases.lease('a', 3);
+    advance(2000);
+    leases.expire();
+    leases.lease('b', 3);
+    for (const id of [0, 1, 2]) expect(leases.report('b', 0, id).accepted).toBe(true);
+    expect(leases.done).toBe(true);
+    expect(leases.nextEpoch()).toBe(1);
+    expect(leases.done).toBe(false);
+    const next = leases.lease('a', 3);
+    expect(next).toMatchObject({ epoch: 1, ids: [0, 1, 2] });
+    // a's epoch-0 work arrives late: it must not count for epoch 1, where a holds the same ids.
+    expect(leases.report('a', 0, 1)).toEqual({ accepted: false, reason: 'epoch 0 is not the current epoch (1)' });
+    expect(leases.report('a', 1, 1)).toEqual({ accepted: true });
+    expect(leases.stats).toMatchObject({ issued: 9, reissued: 3, completed: 4, rejected: 1 });
+  });
+
+  it('refuses bad arguments', () => {
+    expect(() => new DataLeases({ batches: 0, leaseMs: 1 })).toThrow(/batches/);
+    expect(() => new DataLeases({ batches: 4, leaseMs: 0 })).toThrow(/leaseMs/);
+    const { leases } = setup();
+    expect(() => leases.lease('a', 0)).toThrow(/count/);
+    expect(() => leases.lease('', 1)).toThrow(/nodeId/);
+  });
+
+  it('completes every batch of every epoch exactly once whatever nodes do (randomized)', () => {
+    for (const seed of [1, 2, 3, 4, 5]) {
+      const random = rng(seed);
+      const chance = (p: number) => (random() + 1) / 2 < p;
+      const pick = <T,>(items: T[]): T => items[Math.floor(((random() + 1) / 2) * items.length)];
+      let clock = 0;
+      const batches = 150;
+      const epochs = 3;
+      const leases = new DataLeases({ batches, leaseMs: 50, now: () => clock });
+      // Each node's batches in hand, kept across deaths (a node that comes back reports its old work).
+      const nodes = Array.from({ length: 12 }, (_, i) => ({ id: `n${i}`, alive: true, work: [] as { epoch: number; id: number }[] }));
+      const accepted = Array.from({ length: epochs }, () => new Array<number>(batches).fill(0));
+      let acceptedTotal = 0;
+      let rejectedTotal = 0;
+      const report = (nodeId: string, epoch: number, id: number) => {
+        const result = leases.report(nodeId, epoch, id);
+        if (result.accepted) {
+          accepted[epoch][id]++;
+          acceptedTotal++;
+        } else rejectedTotal++;
+      };
+
+      let ticks = 0;
+      while (leases.epoch < epochs) {
+        expect(++ticks).toBeLessThan(100_000); // nothing is lost: every epoch finishes
+        clock += Math.floor(((random() + 1) / 2) * 20);
+        const node = pick(nodes);
+        if (!node.alive) {
+          if (chance(0.3)) node.alive = true; // comes back (the same id), work still in hand
+        } else if (chance(0.03)) {
+          node.alive = false;
+          leases.release(node.id);
+        } else if (node.work.length > 0 && chance(0.7)) {
+          const done = node.work.splice(Math.floor(((random() + 1) / 2) * node.work.length), 1)[0];
+          report(node.id, done.epoch, done.id);
+          if (chance(0.1)) report(node.id, done.epoch, done.id); // a duplicate (retried message)
+        } else if (chance(0.05)) {
+          report(node.id, leases.epoch, Math.floor(((random() + 1) / 2) * batches)); // a report for a batch it never got
+        } else {
+          const grant = leases.lease(node.id, 1 + Math.floor(((random() + 1) / 2) * 4));
+          for (const id of grant.ids) node.work.push({ epoch: grant.epoch, id });
+        }
+        leases.expire();
+        if (leases.done) {
+          expect(accepted[leases.epoch].every((n) => n === 1)).toBe(true);
+          if (leases.epoch + 1 < epochs) leases.nextEpoch();
+          else break;
+        }
+      }
+      // Exactly once, in every epoch; the counters agree with what the nodes saw.
+      for (const counts of accepted) expect(counts.every((n) => n === 1)).toBe(true);
+      const stats = leases.stats;
+      expect(stats.completed).toBe(acceptedTotal);
+      expect(stats.completed).toBe(batches * epochs);
+      expect(stats.rejected).toBe(rejectedTotal);
+      expect(stats.issued - stats.reissued).toBe(batches * epochs); // each batch's first issue counted once
+      expect(stats.reissued).toBeGreaterThan(0); // the run did exercise expiry and release
+      expect(stats.rejected).toBeGreaterThan(0);
+      expect(stats.expired + stats.released).toBeGreaterThanOrEqual(stats.reissued);
+    }
+  });
+});

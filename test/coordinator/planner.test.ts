@@ -1,0 +1,295 @@
+import { describe, expect, it } from 'vitest';
+import { footprint, type Precision } from '../../coordinator/footprint.ts';
+import { planShards, ShardPlanner, type PlannerNode, type PlannerOptions, type ShardPlan } from '../../coordinator/planner.ts';
+import { createConfig, DEMO_CONFIG } from '../../src/model/config.ts';
+import { rng } from '../helpers.ts';
+
+const FULL: Precision = { mode: 'full' };
+const config = DEMO_CONFIG; // 4 layers × 8 experts
+const GROUPS = config.numLayers * config.numExperts;
+const { trunkBytes, expertBytes } = footprint(config, FULL);
+
+/** A node whose budget holds the trunk and exactly `capacity` experts. */
+function node(nodeId: string, gemmGflops = 40, capacity = 1000): PlannerNode {
+  return { nodeId, gemmGflops, memoryBytes: trunkBytes + capacity * expertBytes + (expertBytes >> 1) };
+}
+
+function loads(plan: ShardPlan): Record<string, number> {
+  return Object.fromEntries([...plan.nodes].map(([id, experts]) => [id, experts.length]));
+}
+
+/** Structural invariants every plan must satisfy, checked from scratch. */
+function checkPlan(plan: ShardPlan, nodes: PlannerNode[], replication: number, groups = GROUPS, bytes = { trunkBytes, expertBytes }) {
+  const admitted = new Set(nodes.filter((n) => n.memoryBytes >= bytes.trunkBytes).map((n) => n.nodeId));
+  expect(new Set(plan.nodes.keys())).toEqual(admitted);
+  expect(plan.experts).toHaveLength(groups);
+  const perNode = new Map([...admitted].map((id) => [id, [] as string[]]));
+  const under: string[] = [];
+  for (const { layer, expert, holders } of plan.experts) {
+    expect(new Set(holders).size).toBe(holders.length); // never two replicas on one node
+    expect(holders.length).toBeLessThanOrEqual(replication);
+    for (const id of holders) perNode.get(id)!.push(`${layer}.${expert}`);
+    if (holders.length < replication) under.push(`${layer}.${expert}:${holders.length}`);
+  }
+  for (const n of nodes) {
+    if (!admitted.has(n.nodeId)) continue;
+    const mine = plan.nodes.get(n.nodeId)!.map((e) => `${e.layer}.${e.expert}`);
+    expect(mine.sort()).toEqual(perNode.get(n.nodeId)!.sort());
+    expect(bytes.trunkBytes + mine.length * bytes.expertBytes).toBeLessThanOrEqual(n.memoryBytes); // memory bound
+  }
+  expect(plan.degraded?.underReplicated.map((u) => `${u.layer}.${u.expert}:${u.replicas}`) ?? []).toEqual(under);
+}
+
+describe('footprint', () => {
+  const { hiddenSize: H, vocabSize: V, expertHiddenSize: F, numLayers: L, numHeads, numKvHeads, headDim: D, numExperts: E } = config;
+  const attention = H * numHeads * D * 2 + 2 * H * numKvHeads * D;
+  const trunkValues = 2 * V * H + H + L * (2 * H + attention + E * H);
+
+  it('full mode: 24 bytes per value (value, grad, m, v, averaging base, error feedback)', () => {
+    expect(footprint(config, FULL)).toEqual({ trunkBytes: trunkValues * 24, expertBytes: 3 * F * H * 24 });
+  });
+
+  it('lora with a q8 or q4 base: quantized experts and head, fp32 norms/embedding/router, trainable adapters', () => {
+    const r = 8;
+    const attentionLora = r * ((H + numHeads * D) * 2 + 2 * (H + numKvHeads * D));
+    const quantizedTrunk = L * attention + V * H;
+    const f32Trunk = trunkValues - quantizedTrunk;
+    for (const [format, perValue] of [['q8', 1.125], ['q4', 0.625]] as const) {
+      const fp = footprint(config, { mode: 'lora', lora: { rank: r, alpha: 16 }, baseFormat: format });
+      expect(fp.expertBytes).toBe(3 * F * H * perValue + 3 * r * (F + H) * 24);
+      expect(fp.trunkBytes).toBe(f32Trunk * 4 + quantizedTrunk * perValue + L * attentionLora * 24);
+    }
+    // A vocabulary that is not whole 32-blocks keeps the head in f32.
+    const odd = createConfig({ vocabSize: V + 1 });
+    const q8 = (c: typeof config) => footprint(c, { mode: 'lora', lora: { rank: r, alpha: 16 }, baseFormat: 'q8' }).trunkBytes;
+    expect(q8(odd) - q8(config)).toBe(4 * H + (V + 1) * H * 4 - V * H * 1.125);
+    // Only the chosen targets get adapters.
+    const expertsOnly = footprint(config, { mode: 'lora', lora: { rank: r, alpha: 16, targets: ['gate', 'up', 'down'] }, baseFormat: 'f32' });
+    expect(expertsOnly.trunkBytes).toBe(trunkValues * 4);
+    expect(() => footprint(config, { mode: 'lora' })).toThrow(/lora options/);
+  });
+});
+
+describe('shard planner', () => {
+  const options: PlannerOptions = { config, precision: FULL };
+
+  it('places every expert on R distinct nodes, evenly across equal nodes', () => {
+    const nodes = ['a', 'b', 'c', 'd'].map((id) => node(id));
+    const plan = planShards(nodes, options);
+    checkPlan(plan, nodes, 2);
+    expect(plan.degraded).toBeNull();
+    expect(plan.experts.every((e) => e.holders.length === 2)).toBe(true);
+    expect(loads(plan)).toEqual({ a: 16, b: 16, c: 16, d: 16 });
+    expect(plan.version).toBe(1);
+    expect(plan.diff.added).toHaveLength(64);
+    expect(plan.diff.added.every((a) => a.copyFrom === null)).toBe(true);
+    expect(plan.diff.removed).toEqual([]);
+    // R = 3 on 3 nodes: every node holds every expert, still one replica per node.
+    const three = planShards(nodes.slice(0, 3), { ...options, replication: 3 });
+    checkPlan(three, nodes.slice(0, 3), 3);
+    expect(loads(three)).toEqual({ a: GROUPS, b: GROUPS, c: GROUPS });
+  });
+
+  it('weights by speed: a 2x faster node takes ~2x the experts', () => {
+    const big = createConfig({ numLayers: 8, numExperts: 8 }); // 64 experts
+    const fp = footprint(big, FULL);
+    const nodes = [['slow', 10], ['mid1', 20], ['mid2', 20], ['fast', 40]].map(([id, gflops]) => ({
+      nodeId: id as string, gemmGflops: gflops as number, memoryBytes: fp.trunkBytes + 1000 * fp.expertBytes,
+    }));
+    for (const replication of [1, 2]) {
+      const plan = planShards(nodes, { config: big, precision: FULL, replication });
+      checkPlan(plan, nodes, replication, 64, fp);
+      const total = 64 * replication;
+      for (const n of nodes) {
+        const share = (total * n.gemmGflops) / 90;
+        expect(Math.abs(plan.nodes.get(n.nodeId)!.length - share)).toBeLessThanOrEqual(1);
+      }
+    }
+  });
+
+  it('respects memory: nodes that each hold half the experts still cover all of them at R=1', () => {
+    const nodes = [node('a', 10, GROUPS / 2), node('b', 40, GROUPS / 2), node('c', 20, GROUPS / 2)];
+    const plan = planShards(nodes, { ...options, replication: 1 });
+    checkPlan(plan, nodes, 1);
+    expect(plan.degraded).toBeNull();
+    expect(plan.nodes.get('b')).toHaveLength(GROUPS / 2); // the fast node is stopped by its memory
+    // R = 2 needs 64 replicas where 48 fit: exactly 16 experts are left with one replica, none with zero.
+    const two = planShards(nodes, options);
+    checkPlan(two, nodes, 2);
+    expect(two.degraded!.underReplicated).toHaveLength(2 * GROUPS - (3 * GROUPS) / 2);
+    expect(two.degraded!.underReplicated.every((u) => u.replicas === 1)).toBe(true);
+    expect(two.degraded!.reason).toBe(`memory: the admitted nodes have room for 48 expert replicas, 64 needed`);
+  });
+
+  it('finds a placement when every node with room already holds the expert (shifting fresh replicas)', () => {
+    // 3 experts, 3 nodes with room for 2 each, R = 2: feasible only as a cycle of pairs.
+    const tiny = createConfig({ numLayers: 1, numExperts: 3 });
+    const fp = footprint(tiny, FULL);
+    const nodes = ['a', 'b', 'c'].map((nodeId) => ({ nodeId, gemmGflops: 1, memoryBytes: fp.trunkBytes + 2 * fp.expertBytes }));
+    const plan = planShards(nodes, { config: tiny, precision: FULL });
+    checkPlan(plan, nodes, 2, 3, fp);
+    expect(plan.degraded).toBeNull();
+  });
+
+  it('covers everything whenever memory allows (random budgets and speeds, fresh plans)', () => {
+    const random = rng(7);
+    const pick = (n: number) => Math.floor(((random() + 1) / 2) * n);
+    for (let trial = 0; trial < 200; trial++) {
+      const replication = 1 + pick(3);
+      const nodes = Array.from({ length: 1 + pick(6) }, (_, i) => node(`n${i}`, pick(3) === 0 ? 0 : 1 + pick(50), pick(GROUPS + 4)));
+      const plan = planShards(nodes, { ...options, replication });
+      checkPlan(plan, nodes, replication);
+      // Feasible exactly when R nodes exist and the room (each node at most one replica per expert) suffices.
+      const room = nodes.reduce((s, n) => s + Math.min(GROUPS, Math.floor((n.memoryBytes - trunkBytes) / expertBytes)), 0);
+      const feasible = nodes.length >= replication && room >= GROUPS * replication;
+      expect(plan.degraded === null).toBe(feasible);
+      if (!feasible) {
+        const placed = plan.experts.reduce((s, e) => s + e.holders.length, 0);
+        expect(placed).toBe(Math.min(room, GROUPS * Math.min(replication, nodes.length)));
+      }
+    }
+  });
+
+  it('a join moves only the replicas the new node takes over, from nodes over their share', () => {
+    const planner = new ShardPlanner(options);
+    const nodes = ['a', 'b', 'c'].map((id) => node(id));
+    const before = planner.plan(nodes);
+    const joined = planner.plan([...nodes, node('d')]);
+    checkPlan(joined, [...nodes, node('d')], 2);
+    expect(joined.version).toBe(before.version + 1);
+    expect(joined.diff.added.every((a) => a.node === 'd')).toBe(true);
+    expect(joined.diff.added).toHaveLength(16); // d's fair share: 64 / 4
+    expect(joined.diff.removed).toHaveLength(16);
+    for (const { layer, expert, copyFrom } of joined.diff.added) {
+      expect(before.experts[layer * config.numExperts + expert].holders).toContain(copyFrom);
+    }
+    expect(Object.values(loads(joined)).sort()).toEqual([16, 16, 16, 16]);
+  });
+
+  it('a join within the overload margin moves nothing; the new node is still in the plan', () => {
+    const planner = new ShardPlanner({ ...options, maxOverload: Infinity });
+    const nodes = ['a', 'b', 'c'].map((id) => node(id));
+    const before = planner.plan(nodes);
+    const joined = planner.plan([...nodes, node('d')]);
+    expect(joined.diff).toEqual({ added: [], removed: [] });
+    expect(joined.nodes.get('d')).toEqual([]);
+    expect(joined.version).toBe(before.version + 1);
+    // Nothing changed at all: same version.
+    expect(planner.plan([...nodes, node('d')]).version).toBe(joined.version);
+  });
+
+  it('a node leaving moves only its own replicas, each copied from the surviving holder', () => {
+    const planner = new ShardPlanner(options);
+    const nodes = ['a', 'b', 'c', 'd', 'e'].map((id) => node(id));
+    const before = planner.plan(nodes);
+    const dGroups = before.nodes.get('d')!.map((e) => `${e.layer}.${e.expert}`).sort();
+    const after = planner.plan(nodes.filter((n) => n.nodeId !== 'd'));
+    checkPlan(after, nodes.filter((n) => n.nodeId !== 'd'), 2);
+    expect(after.degraded).toBeNull();
+    expect(after.diff.removed.every((r) => r.node === 'd')).toBe(true);
+    expect(after.diff.added.map((a) => `${a.layer}.${a.expert}`).sort()).toEqual(dGroups);
+    for (const { layer, expert, node: to, copyFrom } of after.diff.added) {
+      const holders = after.experts[layer * config.numExperts + expert].holders;
+      expect(holders).toContain(copyFrom);
+      expect(copyFrom).not.toBe(to);
+      expect(copyFrom).not.toBe('d');
+    }
+  });
+
+  it('when every holder of an expert is gone, the new replica has no peer to copy from', () => {
+    const planner = new ShardPlanner(options);
+    const nodes = ['a', 'b', 'c'].map((id) => node(id));
+    const before = planner.plan(nodes);
+    const lost = before.experts.filter((e) => e.holders.join() === 'a,b').map((e) => `${e.layer}.${e.expert}`);
+    expect(lost.length).toBeGreaterThan(0);
+    const after = planner.plan([node('c'), node('d')]);
+    checkPlan(after, [node('c'), node('d')], 2);
+    for (const a of after.diff.added) {
+      expect(a.copyFrom).toBe(lost.includes(`${a.layer}.${a.expert}`) ? null : 'c');
+    }
+  });
+
+  it('reports degraded when too few nodes, and never throws for lack of nodes', () => {
+    const none = planShards([], options);
+    expect(none.degraded!.underReplicated).toHaveLength(GROUPS);
+    expect(none.degraded!.reason).toBe('replication 2 needs 2 nodes, 0 admitted');
+    const one = planShards([node('a')], options);
+    checkPlan(one, [node('a')], 2);
+    expect(one.degraded!.underReplicated.every((u) => u.replicas === 1)).toBe(true);
+    expect(one.degraded!.reason).toBe('replication 2 needs 2 nodes, 1 admitted');
+    // Recovery: a second node restores R = 2 by adding replicas only.
+    const planner = new ShardPlanner(options);
+    planner.plan([node('a')]);
+    const two = planner.plan([node('a'), node('b')]);
+    expect(two.degraded).toBeNull();
+    expect(two.diff.removed).toEqual([]);
+    expect(two.diff.added.every((a) => a.node === 'b' && a.copyFrom === 'a')).toBe(true);
+  });
+
+  it('refuses a node whose budget cannot hold the trunk, with the reason', () => {
+    const small = { nodeId: 'small', gemmGflops: 100, memoryBytes: trunkBytes - 1 };
+    const nodes = [node('a'), small, node('b')];
+    const plan = planShards(nodes, options);
+    checkPlan(plan, nodes, 2);
+    expect(plan.refused).toEqual([{ nodeId: 'small', reason: `memory budget of ${trunkBytes - 1} bytes cannot hold the trunk (${trunkBytes} bytes)` }]);
+    expect(plan.nodes.has('small')).toBe(false);
+    expect(plan.degraded).toBeNull();
+    const alone = planShards([node('a'), small], options);
+    expect(alone.degraded!.reason).toBe('replication 2 needs 2 nodes, 1 admitted (1 refused: too little memory for the trunk)');
+  });
+
+  it('a rejoin with a smaller budget sheds only what no longer fits', () => {
+    const planner = new ShardPlanner(options);
+    const nodes = ['a', 'b', 'c', 'd'].map((id) => node(id));
+    planner.plan(nodes);
+    const shrunk = planner.plan([node('a', 40, 10), ...nodes.slice(1)]);
+    checkPlan(shrunk, [node('a', 40, 10), ...nodes.slice(1)], 2);
+    expect(shrunk.nodes.get('a')).toHaveLength(10);
+    expect(shrunk.diff.removed.every((r) => r.node === 'a')).toBe(true);
+    expect(shrunk.diff.removed).toHaveLength(6);
+    expect(shrunk.diff.added).toHaveLength(6);
+  });
+
+  it('a shrinking budget sheds experts that have another replica before sole copies', () => {
+    const planner = new ShardPlanner(options);
+    const before = planner.plan([node('a', 40, GROUPS), node('b', 40, GROUPS / 2)]);
+    expect(before.degraded!.underReplicated).toHaveLength(GROUPS / 2);
+    const after = planner.plan([node('a', 40, 20), node('b', 40, GROUPS / 2)]);
+    checkPlan(after, [node('a', 40, 20), node('b', 40, GROUPS / 2)], 2);
+    expect(after.nodes.get('a')).toHaveLength(20);
+    expect(after.experts.every((e) => e.holders.length >= 1)).toBe(true); // 16 sole copies on a kept, 4 shared
+    expect(after.diff.added).toEqual([]);
+  });
+
+  it('does not depend on the order nodes are listed in', () => {
+    const nodes = [node('x', 10), node('y', 30), node('z', 20), node('w', 25)];
+    const a = planShards(nodes, options);
+    const b = planShards([...nodes].reverse(), options);
+    expect(b.experts).toEqual(a.experts);
+  });
+
+  it('keeps its invariants through a random sequence of joins, leaves and deaths', () => {
+    const random = rng(11);
+    const pick = (n: number) => Math.floor(((random() + 1) / 2) * n);
+    const planner = new ShardPlanner(options);
+    let live: PlannerNode[] = [];
+    let previous: ShardPlan | undefined;
+    for (let step = 0; step < 150; step++) {
+      if (live.length > 0 && pick(3) === 0) live.splice(pick(live.length), 1);
+      else live.push(node(`n${step}`, 5 + pick(60), 8 + pick(GROUPS)));
+      const plan = planner.plan(live);
+      checkPlan(plan, live, 2);
+      // Every replica still valid is kept; every new one copies from a live previous holder when there is one.
+      if (previous) {
+        const liveIds = new Set(live.map((n) => n.nodeId));
+        for (const { layer, expert, node: to, copyFrom } of plan.diff.added) {
+          const was = previous.experts[layer * config.numExperts + expert].holders.filter((id) => liveIds.has(id));
+          if (was.length === 0) expect(copyFrom).toBeNull();
+          else expect(was).toContain(copyFrom);
+          expect(was).not.toContain(to);
+        }
+      }
+      previous = plan;
+    }
+  });
+});
