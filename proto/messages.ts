@@ -33,7 +33,7 @@ export const JoinRequestSchema = Type.Object({
   gemmGflops: Type.Number({ minimum: 0, maximum: 1e6 }),
   /** Memory the node will spend on the job. */
   memoryBytes: Count,
-  /** Multiaddrs other nodes dial to reach this one (expert calls, averaging, state). */
+  /** Multiaddrs other nodes dial to reach this one (expert calls, averaging, state), ending in /p2p/<nodeId>. */
   addrs: Type.Array(Type.String({ minLength: 1, maxLength: 256 }), { maxItems: 16 }),
 });
 export type JoinRequest = Static<typeof JoinRequestSchema>;
@@ -61,8 +61,10 @@ export const JobSpecSchema = Type.Object({
   batchSize: Type.Integer({ minimum: 1, maximum: 65536 }),
   seqLen: Type.Integer({ minimum: 1, maximum: 65536 }),
   heldOutFraction: Type.Number({ minimum: 0, exclusiveMaximum: 1 }),
-  /** Micro-batches the job trains in all (over every node), in epochs of the train split. */
+  /** Micro-batches the job trains in all (over every node), in epochs of the train split; batch ids are global indices epoch·perEpoch + id. */
   totalBatches: Count,
+  /** Nodes the job expects: training starts when this many have joined, and each node's learning-rate schedule spans totalBatches / expectedNodes steps. */
+  expectedNodes: Type.Integer({ minimum: 1, maximum: 4096 }),
   lr: Type.Number({ minimum: 0, maximum: 10 }),
   minLr: Type.Number({ minimum: 0, maximum: 10 }),
   warmupSteps: Count,
@@ -155,6 +157,8 @@ export const LeaseReportSchema = Type.Object({
   jobId: Id,
   leaseId: Count,
   completedBatchIds: Type.Array(Count, { maxItems: 1024 }),
+  /** The node is shutting down: its unfinished batches go back to the pool now. */
+  leaving: Type.Optional(Type.Boolean()),
 });
 export type LeaseReport = Static<typeof LeaseReportSchema>;
 

@@ -56,21 +56,21 @@ export type BasePath = 'fp32' | 'int';
 export class QuantLinear implements Linear {
   readonly inDim: number;
   readonly outDim: number;
-  /**
-   * The integer path's backward needs Wᵀ quantized along W's rows (made once: the base is
-   * frozen). Always q8: requantizing a q4 weight to 4 bits would double its error.
-   */
-  private readonly transposed?: QuantizedTensor;
 
+  /**
+   * `transposed` is required on the integer path: its backward needs Wᵀ quantized along W's
+   * rows (see QInt.transposeQuantized), made once since the base is frozen.
+   */
   constructor(
     private readonly kernels: Kernels,
     readonly weight: QuantizedTensor,
     readonly path: BasePath,
     readonly bias?: Param,
+    private readonly transposed?: QuantizedTensor,
   ) {
     this.outDim = weight.rows;
     this.inDim = weight.cols;
-    if (path === 'int') this.transposed = kernels.qint.transposeQuantized(weight, { bits: 8 });
+    if (path === 'int' && !transposed) throw new Error('QuantLinear: the integer path needs the transposed weight');
   }
 
   forward(x: Float32Array, y: Float32Array, rows: number): void {

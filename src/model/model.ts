@@ -151,6 +151,8 @@ export class Model {
   private loraShapes: Map<string, number[]>;
   private readonly format: BaseFormat;
   private readonly expertCaches?: ExpertCache[];
+  private readonly transposed = new Map<string, QuantizedTensor>();
+  private readonly serving = new Map<string, SwigluExpert>();
   private readonly head: Linear;
   private readonly rope: RopeTable;
   private workspace?: Workspace;
@@ -234,11 +236,31 @@ export class Model {
   private linear(name: string): Linear {
     const bias = this.params.has(`${name}_bias`) ? this.params.get(`${name}_bias`) : undefined;
     const q = this.quantized.get(name);
+    const path = this.options.basePath ?? 'fp32';
     const base: Linear = q
-      ? new QuantLinear(this.kernels, q, this.options.basePath ?? 'fp32', bias)
+      ? new QuantLinear(this.kernels, q, path, bias, path === 'int' ? this.transposedOf(name, q) : undefined)
       : new DenseLinear(this.kernels, this.params.get(name), bias);
     if (!this.params.has(`${name}.lora_a`)) return base;
     return new LoraLinear(this.kernels, base, this.params.get(`${name}.lora_a`), this.params.get(`${name}.lora_b`), this.options.lora!.alpha);
+  }
+
+  /** Wᵀ of a frozen quantized matrix for the integer path's backward; always q8 (a q4 copy would double the error). */
+  private transposedOf(name: string, w: QuantizedTensor): QuantizedTensor {
+    let t = this.transposed.get(name);
+    if (!t) this.transposed.set(name, (t = this.kernels.qint.transposeQuantized(w, { bits: 8 })));
+    return t;
+  }
+
+  /**
+   * A second instance of a held expert over the same parameters but with its own activation
+   * caches, to serve other nodes' calls while this node's own forward keeps its activations.
+   */
+  servingExpert(layer: number, expert: number): SwigluExpert | undefined {
+    if (!this.localExperts[layer][expert]) return undefined;
+    const key = `${layer}.${expert}`;
+    let serving = this.serving.get(key);
+    if (!serving) this.serving.set(key, (serving = this.swiglu(`layers.${layer}.experts.${expert}`)));
+    return serving;
   }
 
   private swiglu(prefix: string, cache?: ExpertCache): SwigluExpert {
@@ -280,13 +302,15 @@ export class Model {
   removeExpert(layer: number, expert: number): string[] {
     if (!this.localExperts[layer][expert]) throw new Error(`model: expert ${layer}.${expert} is not held here`);
     this.localExperts[layer][expert] = undefined;
+    this.serving.delete(`${layer}.${expert}`);
     const names = this.expertTensorNames(layer, expert);
     for (const name of names) {
-      const q = this.quantized.get(name);
-      if (q) {
+      for (const store of [this.quantized, this.transposed]) {
+        const q = store.get(name);
+        if (!q) continue;
         this.kernels.heap.release(q.q);
         this.kernels.heap.release(q.scales);
-        this.quantized.delete(name);
+        store.delete(name);
       }
       if (this.params.has(name)) this.params.remove(name);
     }

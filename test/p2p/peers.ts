@@ -8,7 +8,7 @@ export const JOIN_TOKEN = 'let-me-in';
 
 export const JOB: JobSpec = {
   jobId: 'job-1', model: { hiddenSize: 64 }, mode: 'full', baseFormat: 'f32', basePath: 'fp32', seed: 1, corpus: 'moby-dick',
-  batchSize: 4, seqLen: 32, heldOutFraction: 0.05, totalBatches: 10, lr: 0.01, minLr: 0.001, warmupSteps: 2,
+  batchSize: 4, seqLen: 32, heldOutFraction: 0.05, totalBatches: 10, expectedNodes: 1, lr: 0.01, minLr: 0.001, warmupSteps: 2,
   averaging: { mode: 'sync', every: 1, deadlineMs: 1000 }, expertTimeoutMs: 1000,
 };
 

@@ -27,7 +27,7 @@ export function samples(): Samples {
         job: {
           jobId: 'job-1', model: { vocabSize: 512, hiddenSize: 64, normTopkProb: true }, mode: 'lora', lora: { rank: 8, alpha: 16 },
           baseFormat: 'q4', basePath: 'int', seed: 3, corpus: 'moby-dick', documents: { from: 0, to: 40 }, batchSize: 8, seqLen: 64,
-          heldOutFraction: 0.05, totalBatches: 400, lr: 0.003, minLr: 0.0003, warmupSteps: 20,
+          heldOutFraction: 0.05, totalBatches: 400, expectedNodes: 3, lr: 0.003, minLr: 0.0003, warmupSteps: 20,
           averaging: { mode: 'periodic', every: 4, deadlineMs: 2000 }, expertTimeoutMs: 5000,
         },
         tokenizer: '{"model":{"type":"BPE"}}',

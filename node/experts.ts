@@ -1,0 +1,168 @@
+// Experts across the swarm. SwarmExperts is the model's ExpertCompute on a node: experts held
+// here run locally; the others go to a holder over the expert protocols, failing over to the
+// next holder when one does not answer in time (or answers garbage); when none answers, the
+// call resolves false and the MoE layer drops that expert for those tokens. serveExperts
+// answers other nodes' calls for the experts held here, from admitted peers only.
+import { f32Tensor, tensorF32, type ExpertCall, type Tensor } from '../proto/index.ts';
+import type { Kernels } from '../src/kernels/index.ts';
+import type { ExpertCompute } from '../src/model/expert.ts';
+import { GrowableBuffer } from '../src/model/linear.ts';
+import type { Model } from '../src/model/model.ts';
+import { RefusedError, type DialTarget, type Rpc } from '../src/p2p/index.ts';
+
+/** Who holds what, from the coordinator's current plan. */
+export interface ExpertDirectory {
+  /** Peer ids holding the expert (this node included when it does). */
+  holders(layer: number, expert: number): readonly string[];
+  /** How to dial a peer. */
+  address(peerId: string): DialTarget | undefined;
+  /** Whether a peer is admitted to the job (only they may call our experts). */
+  admitted(peerId: string): boolean;
+}
+
+export interface ExpertStats {
+  localCalls: number;
+  remoteCalls: number;
+  /** Calls that went to another holder after one failed. */
+  failovers: number;
+  /** Calls that no holder answered. */
+  unanswered: number;
+  /** Calls from other nodes served here. */
+  served: number;
+}
+
+export interface SwarmExpertsOptions {
+  jobId: string;
+  self: string;
+  hidden: number;
+  timeoutMs: number;
+  log?: (message: string) => void;
+}
+
+/** Copies heap rows into an ordinary buffer for the wire (heap views sit on shared memory). */
+function wireTensor(rows: number, hidden: number, values: Float32Array): Tensor {
+  return f32Tensor([rows, hidden], Float32Array.from(values.subarray(0, rows * hidden)));
+}
+
+/** The f32 rows of a peer's tensor, or a reason to refuse it. */
+function rowsOf(tensor: Tensor, rows: number, hidden: number): Float32Array | string {
+  if (tensor.dtype !== 'F32') return `expected F32 rows, got ${tensor.dtype}`;
+  if (tensor.shape.length !== 2 || tensor.shape[0] !== rows || tensor.shape[1] !== hidden) {
+    return `expected shape [${rows}, ${hidden}], got [${tensor.shape.join(', ')}]`;
+  }
+  const values = tensorF32(tensor);
+  for (let i = 0; i < values.length; i++) if (!Number.isFinite(values[i])) return `non-finite value at ${i}`;
+  return values;
+}
+
+export class SwarmExperts implements ExpertCompute {
+  readonly stats: ExpertStats = { localCalls: 0, remoteCalls: 0, failovers: 0, unanswered: 0, served: 0 };
+  /** The step of the caller's training loop, carried in calls for the holder's logs. */
+  step = 0;
+  private calls = 0;
+
+  constructor(
+    private readonly model: () => Model,
+    private readonly rpc: Rpc,
+    private readonly directory: ExpertDirectory,
+    private readonly options: SwarmExpertsOptions,
+  ) {}
+
+  async forward(layer: number, expert: number, x: Float32Array, y: Float32Array, rows: number): Promise<boolean> {
+    const local = this.model().localExperts[layer][expert];
+    if (local) {
+      this.stats.localCalls++;
+      local.forward(x, y, rows);
+      return true;
+    }
+    const reply = await this.remote('expertForward', layer, expert, rows, { tensor: wireTensor(rows, this.options.hidden, x) });
+    if (reply) y.set(reply);
+    return reply !== undefined;
+  }
+
+  async backward(layer: number, expert: number, x: Float32Array, dy: Float32Array, dx: Float32Array, rows: number): Promise<boolean> {
+    const local = this.model().localExperts[layer][expert];
+    if (local) {
+      this.stats.localCalls++;
+      local.backward(x, dy, dx, rows);
+      return true;
+    }
+    const { hidden } = this.options;
+    const reply = await this.remote('expertBackward', layer, expert, rows, { tensor: wireTensor(rows, hidden, dy), input: wireTensor(rows, hidden, x) });
+    if (reply) dx.set(reply);
+    return reply !== undefined;
+  }
+
+  /** Tries the expert's holders in turn (starting at a rotating one, to spread load). */
+  private async remote(
+    protocol: 'expertForward' | 'expertBackward', layer: number, expert: number, rows: number, payload: Pick<ExpertCall, 'tensor' | 'input'>,
+  ): Promise<Float32Array | undefined> {
+    const { jobId, self, hidden, timeoutMs, log } = this.options;
+    const holders = this.directory.holders(layer, expert).filter((peer) => peer !== self);
+    const call = ++this.calls;
+    for (let attempt = 0; attempt < holders.length; attempt++) {
+      const peer = holders[(call + attempt) % holders.length];
+      const target = this.directory.address(peer);
+      if (!target) continue;
+      if (attempt > 0) this.stats.failovers++;
+      try {
+        this.stats.remoteCalls++;
+        const reply = await this.rpc.request(target, protocol, { jobId, step: this.step, call, layer, expert, rows, ...payload }, { timeout: timeoutMs });
+        const values = rowsOf(reply.tensor, rows, hidden);
+        if (typeof values === 'string') throw new Error(`bad reply: ${values}`);
+        return values;
+      } catch (err) {
+        log?.(`expert ${layer}.${expert} ${protocol} via ${peer} failed: ${(err as Error).message}`);
+      }
+    }
+    this.stats.unanswered++;
+    return undefined;
+  }
+}
+
+/**
+ * Serves the expert protocols for the experts this node holds. A backward recomputes the
+ * forward from the input it carries (holders keep no state between calls) and adds the
+ * expert's weight gradients here.
+ */
+export async function serveExperts(
+  rpc: Rpc, kernels: Kernels, model: () => Model, directory: ExpertDirectory, stats: ExpertStats, jobId: string,
+): Promise<void> {
+  const hidden = model().config.hiddenSize;
+  const x = new GrowableBuffer(kernels, hidden);
+  const dy = new GrowableBuffer(kernels, hidden);
+  const out = new GrowableBuffer(kernels, hidden);
+  const check = (call: ExpertCall, peer: string) => {
+    if (!directory.admitted(peer)) throw new RefusedError(`peer ${peer} is not admitted to job ${jobId}`);
+    if (call.jobId !== jobId) throw new RefusedError(`this node trains job ${jobId}, not ${call.jobId}`);
+    const expert = model().servingExpert(call.layer, call.expert);
+    if (!expert) throw new RefusedError(`expert ${call.layer}.${call.expert} is not held here`);
+    const load = (buffer: GrowableBuffer, tensor: Tensor) => {
+      const values = rowsOf(tensor, call.rows, hidden);
+      if (typeof values === 'string') throw new RefusedError(values);
+      const view = buffer.rows(call.rows);
+      view.set(values);
+      return view;
+    };
+    return { expert, load };
+  };
+  await rpc.handle('expertForward', (call, { peer }) => {
+    const { expert, load } = check(call, peer.toString());
+    const input = load(x, call.tensor);
+    const y = out.rows(call.rows);
+    expert.forward(input, y, call.rows);
+    stats.served++;
+    return { ...call, tensor: wireTensor(call.rows, hidden, y) };
+  }, { maxConcurrent: 64 });
+  await rpc.handle('expertBackward', (call, { peer }) => {
+    const { expert, load } = check(call, peer.toString());
+    if (!call.input) throw new RefusedError('a backward call carries the forward input');
+    const input = load(x, call.input);
+    const grad = load(dy, call.tensor);
+    const dx = out.rows(call.rows);
+    expert.forward(input, dx, call.rows); // refills the activations the backward reads
+    expert.backward(input, grad, dx, call.rows);
+    stats.served++;
+    return { jobId: call.jobId, step: call.step, call: call.call, layer: call.layer, expert: call.expert, rows: call.rows, tensor: wireTensor(call.rows, hidden, dx) };
+  }, { maxConcurrent: 64 });
+}

@@ -1,0 +1,54 @@
+// A swarm job's spec (proto's JobSpec) turned into what training needs. The coordinator and
+// every node build the same config, model options and micro-batches from the same spec and
+// tokenizer, so a batch index names the same tokens everywhere.
+import type { JobSpec } from '../../proto/index.ts';
+import { createConfig, type ModelConfig } from '../model/config.ts';
+import type { ModelOptions } from '../model/model.ts';
+import { CORPUS_NAMES, loadCorpus, type CorpusName } from './corpus.ts';
+import { corpusLoaders, type CorpusLoaders, type MicroBatch } from './data.ts';
+import type { BpeTokenizer } from './tokenizer.ts';
+
+export class JobError extends Error {
+  override name = 'JobError';
+}
+
+/** The model config of a job: its overrides on the demo config, validated; the vocabulary is the tokenizer's. */
+export function jobConfig(spec: JobSpec, tokenizer: BpeTokenizer): ModelConfig {
+  if (spec.model.vocabSize !== undefined && spec.model.vocabSize !== tokenizer.vocabSize) {
+    throw new JobError(`job ${spec.jobId}: model vocabSize ${String(spec.model.vocabSize)} differs from the tokenizer's ${tokenizer.vocabSize}`);
+  }
+  return createConfig({ ...(spec.model as Partial<ModelConfig>), vocabSize: tokenizer.vocabSize });
+}
+
+export function jobModelOptions(spec: JobSpec): ModelOptions {
+  if (spec.mode === 'lora' && !spec.lora) throw new JobError(`job ${spec.jobId}: lora mode needs lora { rank, alpha }`);
+  return {
+    mode: spec.mode,
+    ...(spec.lora ? { lora: spec.lora } : {}),
+    ...(spec.mode === 'lora' ? { baseFormat: spec.baseFormat, basePath: spec.basePath } : {}),
+    seed: spec.seed,
+  };
+}
+
+/** The job's documents. */
+export function jobDocuments(spec: JobSpec): { documents: string[] } {
+  if (!(CORPUS_NAMES as readonly string[]).includes(spec.corpus)) {
+    throw new JobError(`job ${spec.jobId}: unknown corpus "${spec.corpus}" (known: ${CORPUS_NAMES.join(', ')})`);
+  }
+  const { documents } = loadCorpus(spec.corpus as CorpusName);
+  const { from = 0, to = documents.length } = spec.documents ?? {};
+  if (from >= to || to > documents.length) throw new JobError(`job ${spec.jobId}: documents [${from}, ${to}) outside the corpus's ${documents.length}`);
+  return { documents: documents.slice(from, to) };
+}
+
+export function jobData(spec: JobSpec, tokenizer: BpeTokenizer): CorpusLoaders {
+  return corpusLoaders(tokenizer, jobDocuments(spec), {
+    batchSize: spec.batchSize, seqLen: spec.seqLen, heldOutFraction: spec.heldOutFraction, seed: spec.seed,
+  });
+}
+
+/** Global micro-batch index → the batch (epoch = index / batches per epoch). */
+export function jobBatch(data: CorpusLoaders, index: number): MicroBatch {
+  const perEpoch = data.train.batchesPerEpoch;
+  return data.train.batch(Math.floor(index / perEpoch), index % perEpoch);
+}
