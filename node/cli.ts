@@ -1,7 +1,9 @@
 // The `swarmtrain` command: dispatches to a subcommand and returns its exit code.
 import { generateCommand, trainCommand, type CommandIO } from '../src/train/cli.ts';
+import { nodeCommand } from './command.ts';
 
 const COMMANDS: Record<string, (argv: string[], io: CommandIO) => Promise<number>> = {
+  node: nodeCommand,
   train: trainCommand,
   generate: generateCommand,
 };
@@ -9,6 +11,7 @@ const COMMANDS: Record<string, (argv: string[], io: CommandIO) => Promise<number
 export const USAGE = `Usage: swarmtrain <command> [options]
 
 Commands
+  node --join <addr> join a swarm and train on this machine's CPU
   train --local    train a model (or a LoRA adapter) in this process on a bundled corpus
   generate         continue a prompt with a trained checkpoint
 

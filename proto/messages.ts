@@ -99,6 +99,8 @@ export const JoinResponseSchema = Type.Union([
     tokenizer: Type.String({ maxLength: 16 * 1024 * 1024 }),
     plan: PlanSchema,
     heartbeatMs: Type.Integer({ minimum: 100, maximum: 3_600_000 }),
+    /** Micro-batches the job has trained so far: above 0, a joining node fetches current state from its peers. */
+    completedBatches: Count,
   }),
   Type.Object({ admitted: Type.Literal(false), version: Type.String({ maxLength: 32 }), reason: Reason }),
 ]);

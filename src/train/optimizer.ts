@@ -27,10 +27,28 @@ export class AdamW {
   private readonly moments: Moments[];
 
   constructor(private readonly kernels: Kernels, params: Param[], readonly options: AdamWOptions = DEFAULT_ADAMW) {
-    this.moments = params.map((param) => {
+    this.moments = [];
+    this.add(params);
+  }
+
+  /** Starts optimizing more parameters (fresh moments), e.g. an expert this node takes on. */
+  add(params: Param[]): void {
+    for (const param of params) {
       if (!param.grad) throw new Error(`AdamW: parameter ${param.name} is frozen`);
-      return { param, m: kernels.heap.f32(param.value.length), v: kernels.heap.f32(param.value.length) };
-    });
+      this.moments.push({ param, m: this.kernels.heap.f32(param.value.length), v: this.kernels.heap.f32(param.value.length) });
+    }
+  }
+
+  /** Stops optimizing the named parameters (call before releasing them). */
+  remove(names: Iterable<string>): void {
+    const gone = new Set(names);
+    for (let i = this.moments.length - 1; i >= 0; i--) {
+      const { param, m, v } = this.moments[i];
+      if (!gone.has(param.name)) continue;
+      this.kernels.heap.release(m);
+      this.kernels.heap.release(v);
+      this.moments.splice(i, 1);
+    }
   }
 
   /** √(Σ grad²) over every parameter, in a fixed order (the same on every thread count). */

@@ -38,6 +38,7 @@ export function samples(): Samples {
           degraded: 'expert 1.0 has no holder',
         },
         heartbeatMs: 5000,
+        completedBatches: 12,
       },
     },
     heartbeat: {

@@ -1,0 +1,344 @@
+// The volunteer daemon: joins a coordinator, builds the job's model with the trunk and the
+// experts the plan gives this node, serves those experts (and its state, and averaging) to
+// its peers, and trains on leased micro-batches until the job is done. Plan changes (a node
+// joined, left or died) are applied between steps: experts given up are released, new ones
+// copied from a surviving holder. Everything that happens is reported through onEvent.
+import { msgpackCodec, PROTOCOL_VERSION, type JobSpec, type Plan } from '../proto/index.ts';
+import { createKernels, type Kernels } from '../src/kernels/index.ts';
+import { expertOf, Model } from '../src/model/model.ts';
+import { createHost, Rpc, type DialTarget, type Host, type Rejection } from '../src/p2p/index.ts';
+import type { CorpusLoaders } from '../src/train/data.ts';
+import { jobBatch, jobConfig, jobData, jobModelOptions } from '../src/train/job.ts';
+import { AdamW, DEFAULT_ADAMW } from '../src/train/optimizer.ts';
+import { learningRate } from '../src/train/schedule.ts';
+import { BpeTokenizer } from '../src/train/tokenizer.ts';
+import { splitBatch } from '../src/train/trainer.ts';
+import { multiaddr } from '@multiformats/multiaddr';
+import { Averager } from './averaging.ts';
+import { serveExperts, SwarmExperts } from './experts.ts';
+import { expertGroup, fetchGroup, serveState, TRUNK } from './state.ts';
+import { countingCodec, type Traffic } from './traffic.ts';
+
+export interface NodeOptions {
+  /** The coordinator's multiaddr, ending in /p2p/<peerId>. */
+  join: string;
+  token?: string;
+  /** Memory this node gives the job, in bytes. */
+  memoryBytes: number;
+  threads?: number;
+  /** Keeps the node's identity across restarts. */
+  keyFile?: string;
+  listen?: string[];
+  onEvent?: (event: NodeEvent) => void;
+}
+
+export type NodeEvent = { event: string } & Record<string, unknown>;
+
+export class JoinRefusedError extends Error {
+  override name = 'JoinRefusedError';
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+const COORDINATOR_TIMEOUT_MS = 10_000;
+const STATE_TIMEOUT_MS = 30_000;
+
+/** GEMM speed of this node (all its threads), for the shard planner's weighting. */
+function measureGemm(kernels: Kernels): number {
+  const n = 256;
+  const a = kernels.heap.f32(n * n);
+  const c = kernels.heap.f32(n * n);
+  a.fill(0.5);
+  let best = Infinity;
+  for (let r = 0; r < 5; r++) {
+    const t0 = performance.now();
+    kernels.gemm.gemm({ a, b: a, c, m: n, n, k: n });
+    best = Math.min(best, performance.now() - t0);
+  }
+  kernels.heap.release(a);
+  kernels.heap.release(c);
+  return (2 * n ** 3) / (best / 1e3) / 1e9;
+}
+
+export class NodeDaemon {
+  readonly self: string;
+  /** Local optimizer steps taken. */
+  step = 0;
+  private job!: JobSpec;
+  private plan!: Plan;
+  private pendingPlan?: Plan;
+  private model?: Model;
+  private data!: CorpusLoaders;
+  private optimizer!: AdamW;
+  private averager!: Averager;
+  private experts!: SwarmExperts;
+  private heartbeatMs = 1000;
+  private stopping = false;
+  private done = false;
+  private lastLoss?: number;
+  private tokensPerSecond = 0;
+  private heartbeat?: NodeJS.Timeout;
+
+  private constructor(
+    private readonly options: NodeOptions,
+    private readonly kernels: Kernels,
+    private readonly host: Host,
+    private readonly rpc: Rpc,
+    private readonly coordinator: DialTarget,
+    private readonly gemmGflops: number,
+    readonly traffic: Traffic,
+  ) {
+    this.self = host.peerId.toString();
+  }
+
+  static async start(options: NodeOptions): Promise<NodeDaemon> {
+    const kernels = await createKernels({ threads: options.threads ?? 1 });
+    const gemmGflops = measureGemm(kernels);
+    const host = await createHost({ ...(options.listen ? { listen: options.listen } : {}), ...(options.keyFile ? { keyFile: options.keyFile } : {}) });
+    const traffic: Traffic = { sent: 0, received: 0 };
+    const emit = options.onEvent ?? (() => {});
+    const rpc = new Rpc({
+      transport: host,
+      codec: countingCodec(msgpackCodec, traffic),
+      onReject: (rejection: Rejection) => emit({ event: 'rejected', ...rejection }),
+    });
+    const daemon = new NodeDaemon(options, kernels, host, rpc, multiaddr(options.join), gemmGflops, traffic);
+    try {
+      await daemon.joinJob();
+    } catch (err) {
+      await daemon.close();
+      throw err;
+    }
+    return daemon;
+  }
+
+  private emit(event: NodeEvent): void {
+    this.options.onEvent?.(event);
+  }
+
+  private log = (message: string) => this.emit({ event: 'log', message });
+
+  private async joinJob(): Promise<void> {
+    const reply = await this.rpc.request(this.coordinator, 'join', {
+      version: PROTOCOL_VERSION, nodeId: this.self, token: this.options.token ?? '', cores: this.options.threads ?? 1,
+      gemmGflops: this.gemmGflops, memoryBytes: this.options.memoryBytes,
+      addrs: this.host.getMultiaddrs().map(String),
+    }, { timeout: COORDINATOR_TIMEOUT_MS });
+    if (!reply.admitted) throw new JoinRefusedError(`the coordinator refused this node: ${reply.reason}`);
+    this.heartbeatMs = reply.heartbeatMs;
+    if (this.model) {
+      // Re-admitted after being declared dead: carry on with the new plan.
+      this.pendingPlan = reply.plan;
+      return;
+    }
+    this.job = reply.job;
+    this.plan = reply.plan;
+    const tokenizer = BpeTokenizer.fromHuggingFace(JSON.parse(reply.tokenizer));
+    const config = jobConfig(this.job, tokenizer);
+    this.data = jobData(this.job, tokenizer);
+    const directory = {
+      holders: (layer: number, expert: number) => this.holders(layer, expert),
+      address: (peer: string) => this.address(peer),
+      admitted: (peer: string) => this.plan.peers.some((p) => p.peerId === peer),
+      members: (group: string) => (group === TRUNK ? this.plan.peers.map((p) => p.peerId) : this.groupHolders(group)),
+    };
+    this.experts = new SwarmExperts(() => this.model!, this.rpc, directory, {
+      jobId: this.job.jobId, self: this.self, hidden: config.hiddenSize, timeoutMs: this.job.expertTimeoutMs, log: this.log,
+    });
+    const hosted = this.hostedExperts(this.plan);
+    const model = new Model(this.kernels, config, {
+      ...jobModelOptions(this.job),
+      hosts: (layer, expert) => hosted.has(`${layer}.${expert}`),
+      experts: this.experts,
+    });
+    this.model = model;
+    if (reply.completedBatches > 0) await this.catchUp(model, hosted);
+    this.optimizer = new AdamW(this.kernels, model.params.trainable(), DEFAULT_ADAMW);
+    this.averager = new Averager(this.rpc, directory, () => this.groups(), {
+      jobId: this.job.jobId, self: this.self, mode: this.job.averaging.mode, every: this.job.averaging.every,
+      deadlineMs: this.job.averaging.deadlineMs, log: this.log,
+    });
+    await serveExperts(this.rpc, this.kernels, () => this.model!, directory, this.experts.stats, this.job.jobId);
+    await this.averager.serve();
+    await serveState(this.rpc, () => this.model, directory.admitted, this.job.jobId, () => this.step);
+    this.emit({ event: 'joined', node: this.self, experts: [...hosted], planVersion: this.plan.version, gemmGflops: this.gemmGflops });
+  }
+
+  /** A node joining a running job: the trunk and its experts come from peers that hold them. */
+  private async catchUp(model: Model, hosted: Set<string>): Promise<void> {
+    const others = this.plan.peers.map((p) => p.peerId).filter((peer) => peer !== this.self);
+    const trunk = await this.fetchFromAny(others, TRUNK);
+    if (trunk) model.params.load(trunk);
+    for (const key of hosted) {
+      const [layer, expert] = key.split('.').map(Number);
+      const state = await this.fetchFromAny(this.holders(layer, expert).filter((p) => p !== this.self), expertGroup(layer, expert));
+      if (state) model.params.load(new Map([...state].filter(([name]) => model.params.has(name))));
+    }
+    this.emit({ event: 'caught-up', trunk: trunk !== undefined });
+  }
+
+  private async fetchFromAny(peers: string[], group: string) {
+    for (const peer of peers) {
+      const target = this.address(peer);
+      if (!target) continue;
+      try {
+        return await fetchGroup(this.rpc, target, this.job.jobId, group, STATE_TIMEOUT_MS);
+      } catch (err) {
+        this.log(`state ${group} from ${peer}: ${(err as Error).message}`);
+      }
+    }
+    return undefined;
+  }
+
+  private holders(layer: number, expert: number): string[] {
+    return this.plan.experts.find((x) => x.layer === layer && x.expert === expert)?.holders ?? [];
+  }
+
+  private groupHolders(group: string): string[] {
+    const [, layer, expert] = group.split('.').map(Number);
+    return this.holders(layer, expert);
+  }
+
+  private address(peer: string): DialTarget | undefined {
+    const addrs = this.plan.peers.find((p) => p.peerId === peer)?.addrs;
+    return addrs?.length ? addrs.map((a) => multiaddr(a)) : undefined;
+  }
+
+  private hostedExperts(plan: Plan): Set<string> {
+    return new Set(plan.experts.filter((x) => x.holders.includes(this.self)).map((x) => `${x.layer}.${x.expert}`));
+  }
+
+  /** The trainable parameters of every group held here: the trunk, and each hosted expert. */
+  private groups(): Map<string, ReturnType<Model['params']['trainable']>> {
+    const groups = new Map<string, ReturnType<Model['params']['trainable']>>([[TRUNK, []]]);
+    for (const p of this.model!.params.trainable()) {
+      const owner = expertOf(p.name);
+      const group = owner ? expertGroup(owner.layer, owner.expert) : TRUNK;
+      if (!groups.has(group)) groups.set(group, []);
+      groups.get(group)!.push(p);
+    }
+    return groups;
+  }
+
+  /** Between steps: give up experts no longer ours, take on new ones from a surviving holder. */
+  private async applyPlan(plan: Plan): Promise<void> {
+    const model = this.model!;
+    const before = this.hostedExperts(this.plan);
+    this.plan = plan;
+    const after = this.hostedExperts(plan);
+    for (const key of before) {
+      if (after.has(key)) continue;
+      const [layer, expert] = key.split('.').map(Number);
+      this.optimizer.remove(model.expertTensorNames(layer, expert));
+      this.averager.resetGroup(expertGroup(layer, expert));
+      model.removeExpert(layer, expert);
+    }
+    for (const key of after) {
+      if (before.has(key)) continue;
+      const [layer, expert] = key.split('.').map(Number);
+      const state = await this.fetchFromAny(this.holders(layer, expert).filter((p) => p !== this.self), expertGroup(layer, expert));
+      this.optimizer.add(model.addExpert(layer, expert, state));
+      this.averager.resetGroup(expertGroup(layer, expert));
+      this.emit({ event: 'expert-added', layer, expert, copied: state !== undefined });
+    }
+    this.emit({ event: 'plan', version: plan.version, experts: [...after] });
+  }
+
+  private startHeartbeat(): void {
+    const beat = async () => {
+      try {
+        const reply = await this.rpc.request(this.coordinator, 'heartbeat', {
+          jobId: this.job.jobId, step: this.step, ...(this.lastLoss === undefined ? {} : { loss: this.lastLoss }),
+          tokensPerSecond: this.tokensPerSecond, bytesSent: this.traffic.sent, bytesReceived: this.traffic.received,
+          staleness: this.job.averaging.mode === 'sync' ? 0 : this.step % this.job.averaging.every,
+          droppedExpertCalls: this.experts.stats.unanswered, planVersion: (this.pendingPlan ?? this.plan).version,
+        }, { timeout: COORDINATOR_TIMEOUT_MS });
+        if (reply.plan) this.pendingPlan = reply.plan;
+        if (reply.stop) this.done = true;
+        if (!reply.accepted && reply.reason === 'rejoin') await this.joinJob();
+      } catch (err) {
+        this.log(`heartbeat: ${(err as Error).message}`);
+      }
+      if (!this.stopping && !this.done) this.heartbeat = setTimeout(beat, this.heartbeatMs);
+    };
+    this.heartbeat = setTimeout(beat, 0);
+  }
+
+  /** Trains leased micro-batches until the job is done or stop() is called. */
+  async run(): Promise<void> {
+    this.startHeartbeat();
+    const { jobId } = this.job;
+    while (!this.stopping && !this.done) {
+      if (this.pendingPlan) {
+        const plan = this.pendingPlan;
+        this.pendingPlan = undefined;
+        if (plan.version > this.plan.version) await this.applyPlan(plan);
+      }
+      let grant;
+      try {
+        grant = await this.rpc.request(this.coordinator, 'lease', { jobId, maxBatches: 1 }, { timeout: COORDINATOR_TIMEOUT_MS });
+      } catch (err) {
+        this.log(`lease: ${(err as Error).message}`);
+        await sleep(500);
+        continue;
+      }
+      if (grant.done) break;
+      if (grant.batchIds.length === 0) {
+        await sleep(100);
+        continue;
+      }
+      const completed: number[] = [];
+      for (const index of grant.batchIds) {
+        if (this.stopping) break;
+        await this.trainBatch(index);
+        completed.push(index);
+      }
+      await this.report(grant.leaseId, completed, false);
+    }
+    if (this.stopping) await this.report(0, [], true);
+    clearTimeout(this.heartbeat);
+    this.emit({ event: 'finished', steps: this.step, bytesSent: this.traffic.sent, bytesReceived: this.traffic.received });
+  }
+
+  private async report(leaseId: number, completedBatchIds: number[], leaving: boolean): Promise<void> {
+    try {
+      await this.rpc.request(this.coordinator, 'leaseReport', { jobId: this.job.jobId, leaseId, completedBatchIds, leaving }, { timeout: COORDINATOR_TIMEOUT_MS });
+    } catch (err) {
+      this.log(`lease report: ${(err as Error).message}`);
+    }
+  }
+
+  private async trainBatch(index: number): Promise<void> {
+    const model = this.model!;
+    const batch = jobBatch(this.data, index);
+    const { inputs, targets } = splitBatch(batch);
+    const t0 = performance.now();
+    this.experts.step = this.step;
+    const result = await model.trainStep(inputs, targets, batch.rows, batch.seqLen, 1);
+    await this.averager.afterBackward(this.step);
+    const { lr, minLr, warmupSteps, totalBatches, expectedNodes } = this.job;
+    const rate = learningRate(this.step, { lr, minLr, warmupSteps, totalSteps: Math.ceil(totalBatches / expectedNodes) });
+    this.optimizer.update(rate);
+    model.params.zeroGrads();
+    await this.averager.afterUpdate(this.step);
+    this.step++;
+    const seconds = (performance.now() - t0) / 1e3;
+    this.tokensPerSecond = result.tokens / seconds;
+    this.lastLoss = result.loss;
+    this.emit({
+      event: 'step', step: this.step, batch: index, loss: result.loss, crossEntropy: result.crossEntropy, tokens: result.tokens, seconds,
+      bytesSent: this.traffic.sent, bytesReceived: this.traffic.received, ...this.experts.stats,
+      droppedAssignments: model.droppedAssignments(), averaging: { ...this.averager.stats, flagged: [...this.averager.stats.flagged] },
+    });
+  }
+
+  /** Asks the training loop to stop after the current batch; run() then hands its leases back. */
+  stop(): void {
+    this.stopping = true;
+  }
+
+  async close(): Promise<void> {
+    clearTimeout(this.heartbeat);
+    await this.host.stop();
+    await this.kernels.close();
+  }
+}

@@ -1,0 +1,59 @@
+// Parameter state between nodes: a node serves the current values of the groups it holds, and a
+// new replica of an expert, or a node that (re)joins a running job, fetches them from a holder.
+// A group's state is what training changes: the trunk's trainable tensors, or an expert's
+// tensors (its frozen base included, which a new holder does not have).
+import { f32Tensor, tensorF32, type NamedTensor } from '../proto/index.ts';
+import type { F32Tensor } from '../src/model/config.ts';
+import { expertOf, type Model } from '../src/model/model.ts';
+import { RefusedError, type DialTarget, type Rpc } from '../src/p2p/index.ts';
+
+/** Names fetched per request, keeping each reply well under the message cap. */
+const NAMES_PER_REQUEST = 16;
+
+export const TRUNK = 'trunk';
+export const expertGroup = (layer: number, expert: number) => `expert.${layer}.${expert}`;
+
+/** The tensors of a group held here, or undefined when this node does not hold it. */
+export function groupState(model: Model, group: string): Map<string, F32Tensor> | undefined {
+  if (group === TRUNK) return model.params.snapshot((p) => p.grad !== undefined && !expertOf(p.name));
+  const match = /^expert\.(\d+)\.(\d+)$/.exec(group);
+  if (!match) return undefined;
+  const [layer, expert] = [Number(match[1]), Number(match[2])];
+  if (!model.localExperts[layer]?.[expert]) return undefined;
+  return model.expertState(layer, expert);
+}
+
+export async function serveState(rpc: Rpc, model: () => Model | undefined, admitted: (peer: string) => boolean, jobId: string, round: () => number): Promise<void> {
+  await rpc.handle('state', (request, { peer }) => {
+    if (!admitted(peer.toString())) throw new RefusedError(`peer ${peer} is not admitted to job ${jobId}`);
+    if (request.jobId !== jobId) throw new RefusedError(`this node trains job ${jobId}, not ${request.jobId}`);
+    const current = model();
+    if (!current) throw new RefusedError('this node is still starting');
+    const state = groupState(current, request.group);
+    if (!state) throw new RefusedError(`group ${request.group} is not held here`);
+    const parts: NamedTensor[] = [];
+    for (const name of request.names) {
+      const tensor = state.get(name);
+      if (!tensor) throw new RefusedError(`group ${request.group} has no tensor ${name}`);
+      parts.push({ name, tensor: f32Tensor(tensor.shape, tensor.data) });
+    }
+    return { jobId, group: request.group, round: round(), available: [...state.keys()], parts };
+  }, { maxConcurrent: 8 });
+}
+
+/** Fetches a whole group from a holder, a few tensors per request. */
+export async function fetchGroup(rpc: Rpc, target: DialTarget, jobId: string, group: string, timeoutMs: number): Promise<Map<string, F32Tensor>> {
+  const { available } = await rpc.request(target, 'state', { jobId, group, names: [] }, { timeout: timeoutMs });
+  const out = new Map<string, F32Tensor>();
+  for (let i = 0; i < available.length; i += NAMES_PER_REQUEST) {
+    const names = available.slice(i, i + NAMES_PER_REQUEST);
+    const reply = await rpc.request(target, 'state', { jobId, group, names }, { timeout: timeoutMs });
+    for (const { name, tensor } of reply.parts) {
+      const data = Float32Array.from(tensorF32(tensor));
+      for (let j = 0; j < data.length; j++) if (!Number.isFinite(data[j])) throw new Error(`state of ${group}: ${name} has a non-finite value`);
+      out.set(name, { shape: tensor.shape, data });
+    }
+  }
+  for (const name of available) if (!out.has(name)) throw new Error(`state of ${group}: ${name} was not sent`);
+  return out;
+}
