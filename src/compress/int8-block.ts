@@ -1,0 +1,84 @@
+// int8 with one f32 scale per block of `blockSize` consecutive values (absmax / 127, symmetric,
+// round to nearest): |error| ≤ scale/2 per element (+ the f32 rounding of q·scale), 1 + 4/B bytes
+// per value. Top-k reuses the block quantizer for its kept values.
+import { checkDelta, checkFinite, CodecError, partTensor, PartReader, type Codec, type CodecPart } from './codec.ts';
+
+/** Largest scale whose ±127 multiples stay finite in f32. */
+const MAX_SCALE = 3.4028234663852886e38 / 127;
+
+export function blockCount(n: number, blockSize: number): number {
+  return Math.ceil(n / blockSize);
+}
+
+/** Quantizes `x` into `q` (same length) and `scales` (one per block). */
+export function quantizeBlocks(x: Float32Array, blockSize: number, q: Int8Array, scales: Float32Array): void {
+  const n = x.length;
+  for (let b = 0, lo = 0; lo < n; b++, lo += blockSize) {
+    const hi = Math.min(n, lo + blockSize);
+    let max = 0;
+    for (let i = lo; i < hi; i++) {
+      const a = Math.abs(x[i]);
+      if (a > max) max = a;
+    }
+    const scale = Math.fround(max / 127);
+    scales[b] = scale;
+    if (scale === 0) {
+      q.fill(0, lo, hi); // zeros, or values below 127 · the smallest f32 (they decode to 0)
+      continue;
+    }
+    // JS arithmetic is float64, so x / scale is exact to ~1e-16; the clamp only catches
+    // max / fround(max / 127) landing a hair above 127.
+    const inv = 1 / scale;
+    for (let i = lo; i < hi; i++) {
+      const v = Math.round(x[i] * inv);
+      q[i] = v > 127 ? 127 : v < -127 ? -127 : v;
+    }
+  }
+}
+
+/**
+ * Checks the scales (finite, ≥ 0, small enough that ±127·scale is finite) and codes (-128 is
+ * never sent) and writes q·scale into `out`. Throws CodecError.
+ */
+export function dequantizeBlocks(spec: string, q: Int8Array, scales: Float32Array, blockSize: number, out: Float32Array): void {
+  for (let b = 0; b < scales.length; b++) {
+    const s = scales[b];
+    if (!(s >= 0 && s <= MAX_SCALE)) throw new CodecError(`${spec}: scale ${b} is ${s}, not a finite non-negative f32 scale`);
+  }
+  const n = q.length;
+  for (let b = 0, lo = 0; lo < n; b++, lo += blockSize) {
+    const hi = Math.min(n, lo + blockSize);
+    const s = scales[b];
+    for (let i = lo; i < hi; i++) {
+      const v = q[i];
+      if (v === -128) throw new CodecError(`${spec}: code -128 at ${i} (codes are -127..127)`);
+      out[i] = v * s;
+    }
+  }
+}
+
+export function int8BlockCodec(blockSize: number): Codec {
+  const spec = `int8-block:${blockSize}`;
+  return {
+    spec,
+    encode(delta, shape) {
+      checkDelta(spec, delta, shape);
+      checkFinite(spec, delta);
+      const q = new Int8Array(delta.length);
+      const scales = new Float32Array(blockCount(delta.length, blockSize));
+      quantizeBlocks(delta, blockSize, q, scales);
+      return [
+        { suffix: ':q', tensor: partTensor('I8', [...shape], q) },
+        { suffix: ':scale', tensor: partTensor('F32', [scales.length], scales) },
+      ];
+    },
+    decode(parts: readonly CodecPart[], shape) {
+      const reader = new PartReader(spec, parts, [':q', ':scale']);
+      const q = reader.read(':q', 'I8', Int8Array, shape);
+      const scales = reader.read(':scale', 'F32', Float32Array, [blockCount(q.length, blockSize)]);
+      const out = new Float32Array(q.length);
+      dequantizeBlocks(spec, q, scales, blockSize, out);
+      return out;
+    },
+  };
+}
