@@ -303,14 +303,15 @@ export class CoordinatorServer {
   private lease(request: LeaseRequest, peer: string): LeaseGrant {
     this.checkJob(request.jobId, peer, 'lease');
     if (this.membership.get(peer)?.status !== 'alive') throw this.refusal(peer, 'lease', 'not an admitted live node of the job: join first');
-    const empty: LeaseGrant = { jobId: request.jobId, leaseId: 0, batchIds: [], deadline: this.options.now(), done: this.finished };
+    const planVersion = this.planner.current?.version ?? 0;
+    const empty: LeaseGrant = { jobId: request.jobId, leaseId: 0, batchIds: [], deadline: this.options.now(), done: this.finished, planVersion };
     const count = Math.min(request.maxBatches, this.grantable());
     if (!this.started || this.finished || count === 0) return empty;
     const grant = this.leases.lease(peer, count);
     this.leaseEpoch.set(grant.leaseId, grant.epoch);
     for (const id of grant.ids) this.outstanding.add(id);
     const base = grant.epoch * this.batchesPerEpoch;
-    return { jobId: request.jobId, leaseId: grant.leaseId, batchIds: grant.ids.map((id) => base + id), deadline: grant.deadline, done: false };
+    return { jobId: request.jobId, leaseId: grant.leaseId, batchIds: grant.ids.map((id) => base + id), deadline: grant.deadline, done: false, planVersion };
   }
 
   private report(report: LeaseReport, peer: string): Ack {

@@ -135,11 +135,13 @@ export class NodeDaemon {
     const tokenizer = BpeTokenizer.fromHuggingFace(JSON.parse(reply.tokenizer));
     const config = jobConfig(this.job, tokenizer);
     this.data = jobData(this.job, tokenizer);
+    // Who may call us and whom we average with follow the newest plan we know; which experts
+    // this node computes follows the applied plan (the model changes only between steps).
     const directory = {
       holders: (layer: number, expert: number) => this.holders(layer, expert),
       address: (peer: string) => this.address(peer),
-      admitted: (peer: string) => this.plan.peers.some((p) => p.peerId === peer),
-      members: (group: string) => (group === TRUNK ? this.plan.peers.map((p) => p.peerId) : this.groupHolders(group)),
+      admitted: (peer: string) => this.newestPlan().peers.some((p) => p.peerId === peer),
+      members: (group: string) => (group === TRUNK ? this.newestPlan().peers.map((p) => p.peerId) : this.groupHolders(group)),
     };
     this.experts = new SwarmExperts(() => this.model!, this.rpc, directory, {
       jobId: this.job.jobId, self: this.self, hidden: config.hiddenSize, timeoutMs: this.job.expertTimeoutMs, log: this.log,
@@ -189,17 +191,21 @@ export class NodeDaemon {
     return undefined;
   }
 
-  private holders(layer: number, expert: number): string[] {
-    return this.plan.experts.find((x) => x.layer === layer && x.expert === expert)?.holders ?? [];
+  private newestPlan(): Plan {
+    return this.pendingPlan && this.pendingPlan.version > this.plan.version ? this.pendingPlan : this.plan;
+  }
+
+  private holders(layer: number, expert: number, plan = this.plan): string[] {
+    return plan.experts.find((x) => x.layer === layer && x.expert === expert)?.holders ?? [];
   }
 
   private groupHolders(group: string): string[] {
     const [, layer, expert] = group.split('.').map(Number);
-    return this.holders(layer, expert);
+    return this.holders(layer, expert, this.newestPlan());
   }
 
   private address(peer: string): DialTarget | undefined {
-    const addrs = this.plan.peers.find((p) => p.peerId === peer)?.addrs;
+    const addrs = (this.newestPlan().peers.find((p) => p.peerId === peer) ?? this.plan.peers.find((p) => p.peerId === peer))?.addrs;
     return addrs?.length ? addrs.map((a) => multiaddr(a)) : undefined;
   }
 
@@ -243,24 +249,37 @@ export class NodeDaemon {
     this.emit({ event: 'plan', version: plan.version, experts: [...after] });
   }
 
+  /** Reports progress to the coordinator; its reply may carry a newer plan or the end of the job. */
+  private async beat(): Promise<void> {
+    try {
+      const reply = await this.rpc.request(this.coordinator, 'heartbeat', {
+        jobId: this.job.jobId, step: this.step, ...(this.lastLoss === undefined ? {} : { loss: this.lastLoss }),
+        tokensPerSecond: this.tokensPerSecond, bytesSent: this.traffic.sent, bytesReceived: this.traffic.received,
+        staleness: this.job.averaging.mode === 'sync' ? 0 : this.step % this.job.averaging.every,
+        droppedExpertCalls: this.experts.stats.unanswered, planVersion: this.newestPlan().version,
+      }, { timeout: COORDINATOR_TIMEOUT_MS });
+      if (reply.plan && reply.plan.version > this.newestPlan().version) this.pendingPlan = reply.plan;
+      if (reply.stop) this.done = true;
+      if (!reply.accepted && reply.reason === 'rejoin') await this.joinJob();
+    } catch (err) {
+      this.log(`heartbeat: ${(err as Error).message}`);
+    }
+  }
+
   private startHeartbeat(): void {
-    const beat = async () => {
-      try {
-        const reply = await this.rpc.request(this.coordinator, 'heartbeat', {
-          jobId: this.job.jobId, step: this.step, ...(this.lastLoss === undefined ? {} : { loss: this.lastLoss }),
-          tokensPerSecond: this.tokensPerSecond, bytesSent: this.traffic.sent, bytesReceived: this.traffic.received,
-          staleness: this.job.averaging.mode === 'sync' ? 0 : this.step % this.job.averaging.every,
-          droppedExpertCalls: this.experts.stats.unanswered, planVersion: (this.pendingPlan ?? this.plan).version,
-        }, { timeout: COORDINATOR_TIMEOUT_MS });
-        if (reply.plan) this.pendingPlan = reply.plan;
-        if (reply.stop) this.done = true;
-        if (!reply.accepted && reply.reason === 'rejoin') await this.joinJob();
-      } catch (err) {
-        this.log(`heartbeat: ${(err as Error).message}`);
-      }
-      if (!this.stopping && !this.done) this.heartbeat = setTimeout(beat, this.heartbeatMs);
+    const loop = async () => {
+      await this.beat();
+      if (!this.stopping && !this.done) this.heartbeat = setTimeout(loop, this.heartbeatMs);
     };
-    this.heartbeat = setTimeout(beat, 0);
+    this.heartbeat = setTimeout(loop, 0);
+  }
+
+  /** Applies the newest known plan, first fetching it when the coordinator has a newer one. */
+  private async catchUpPlan(coordinatorVersion: number): Promise<void> {
+    if (coordinatorVersion > this.newestPlan().version) await this.beat();
+    const plan = this.pendingPlan;
+    this.pendingPlan = undefined;
+    if (plan && plan.version > this.plan.version) await this.applyPlan(plan);
   }
 
   /** Trains leased micro-batches until the job is done or stop() is called. */
@@ -268,11 +287,7 @@ export class NodeDaemon {
     this.startHeartbeat();
     const { jobId } = this.job;
     while (!this.stopping && !this.done) {
-      if (this.pendingPlan) {
-        const plan = this.pendingPlan;
-        this.pendingPlan = undefined;
-        if (plan.version > this.plan.version) await this.applyPlan(plan);
-      }
+      await this.catchUpPlan(0);
       let grant;
       try {
         grant = await this.rpc.request(this.coordinator, 'lease', { jobId, maxBatches: 1 }, { timeout: COORDINATOR_TIMEOUT_MS });
@@ -286,6 +301,7 @@ export class NodeDaemon {
         await sleep(100);
         continue;
       }
+      await this.catchUpPlan(grant.planVersion);
       const completed: number[] = [];
       for (const index of grant.batchIds) {
         if (this.stopping) break;

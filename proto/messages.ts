@@ -152,6 +152,8 @@ export const LeaseGrantSchema = Type.Object({
   deadline: Timestamp,
   /** Every batch of the job is trained: nothing more will be granted. */
   done: Type.Boolean(),
+  /** The coordinator's plan version: a node on an older plan fetches the new one before training. */
+  planVersion: Count,
 });
 export type LeaseGrant = Static<typeof LeaseGrantSchema>;
 

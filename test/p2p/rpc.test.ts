@@ -119,7 +119,7 @@ describe('p2p between two hosts in one process', () => {
       handlerSignal = signal;
       handlerEntered.resolve();
       await new Promise((resolve) => signal.addEventListener('abort', resolve));
-      return { jobId: 'job-1', leaseId: 0, batchIds: [], deadline: 0, done: false };
+      return { jobId: 'job-1', leaseId: 0, batchIds: [], deadline: 0, done: false, planVersion: 0 };
     });
     const err = await clientRpc.request(server.peerId, 'lease', all.lease.request, { timeout: 300 }).catch((e) => e);
     expect(err).toBeInstanceOf(TimeoutError);

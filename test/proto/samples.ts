@@ -49,7 +49,7 @@ export function samples(): Samples {
     },
     lease: {
       request: { jobId: 'job-1', maxBatches: 4 },
-      response: { jobId: 'job-1', leaseId: 77, batchIds: [8, 9, 10, 11], deadline: 1_760_000_000_000, done: false },
+      response: { jobId: 'job-1', leaseId: 77, batchIds: [8, 9, 10, 11], deadline: 1_760_000_000_000, done: false, planVersion: 4 },
     },
     leaseReport: {
       request: { jobId: 'job-1', leaseId: 77, completedBatchIds: [8, 9] },
