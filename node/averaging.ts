@@ -70,10 +70,11 @@ export class Averager {
   async afterBackward(step: number): Promise<void> {
     if (this.options.mode !== 'sync') return;
     this.round = step;
-    for (const [group, params] of this.groups()) {
+    // All groups at once: one deadline per round, however many groups wait on a missing holder.
+    await Promise.all([...this.groups()].map(async ([group, params]) => {
       const mean = await this.exchange(group, step, params.map((p) => p.grad!));
       params.forEach((p, i) => p.grad!.set(mean[i]));
-    }
+    }));
   }
 
   /** Called after the optimizer update that ends local step `step` (0-based). */
@@ -81,7 +82,7 @@ export class Averager {
     if (this.options.mode !== 'periodic' || (step + 1) % this.options.every !== 0) return;
     const round = (step + 1) / this.options.every;
     this.round = round;
-    for (const [group, params] of this.groups()) {
+    await Promise.all([...this.groups()].map(async ([group, params]) => {
       const anchor = this.anchorOf(group, params);
       const deltas = params.map((p, i) => p.value.map((v, j) => v - anchor[i][j]));
       const mean = await this.exchange(group, round, deltas);
@@ -89,7 +90,7 @@ export class Averager {
         for (let j = 0; j < p.value.length; j++) p.value[j] = anchor[i][j] + mean[i][j];
         anchor[i].set(p.value);
       });
-    }
+    }));
   }
 
   /** Forgets a group's anchor (the node gave it up, or took it on with fresh state). */
