@@ -2,7 +2,7 @@
 // a misbehaving client that writes raw bytes where a request belongs.
 import type { PeerId, Stream } from '@libp2p/interface';
 import { decodeReply, f32Tensor, PROTOCOL_VERSION, PROTOCOLS, tensorF32, type JobSpec, type ProtocolName, type Reply, type ResponseOf } from '../../proto/index.ts';
-import { frameStream, RefusedError, type Host, type Rejection, type Rpc } from '../../src/p2p/index.ts';
+import { frameStream, RefusedError, type DialTarget, type Host, type Rejection, type Rpc } from '../../src/p2p/index.ts';
 
 export const JOIN_TOKEN = 'let-me-in';
 
@@ -96,7 +96,7 @@ export interface RawOutcome {
 }
 
 /** Writes raw bytes on a fresh stream and reads whatever comes back. */
-export async function sendRaw(client: Host, server: PeerId, bad: Misbehaviour): Promise<RawOutcome> {
+export async function sendRaw(client: Host, server: PeerId | DialTarget, bad: Misbehaviour): Promise<RawOutcome> {
   const stream: Stream = await client.dialProtocol(server, PROTOCOLS[bad.protocol].id);
   const frames = frameStream(stream, PROTOCOLS[bad.protocol].maxResponseBytes);
   try {

@@ -5,7 +5,11 @@
 // survivors; a restarted node with the same identity catches up from a peer; and with
 // synchronous averaging and every expert on every node, the swarm retraces a single process.
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import type { JobSpec } from '../../proto/index.ts';
+import { multiaddr } from '@multiformats/multiaddr';
+import { f32Tensor, msgpackCodec, type JobSpec } from '../../proto/index.ts';
+import { footprint } from '../../coordinator/footprint.ts';
+import { createHost, Rpc } from '../../src/p2p/index.ts';
+import { misbehaviours, sendRaw } from '../p2p/peers.ts';
 import { createKernels } from '../../src/kernels/index.ts';
 import { Model } from '../../src/model/model.ts';
 import { jobBatch, jobConfig, jobData, jobDocuments, jobModelOptions } from '../../src/train/job.ts';
@@ -100,6 +104,64 @@ describe('faults', () => {
     // Caught up: its first loss is near the others' current loss, not an untrained model's.
     const fresh = steps(first.events)[0].loss as number;
     expect(steps(again.events)[0].loss).toBeLessThan(fresh - 0.2);
+  });
+});
+
+describe('sharding', () => {
+  it('nodes that can each hold only half of the experts still train the whole model', async () => {
+    const spec = job({ totalBatches: 45 });
+    const tokenizer = BpeTokenizer.train(jobDocuments(spec).documents, { vocabSize: 300 });
+    const { trunkBytes, expertBytes } = footprint(jobConfig(spec, tokenizer), jobModelOptions(spec));
+    const experts = MODEL.numLayers * MODEL.numExperts;
+    const budget = Math.floor(trunkBytes + (experts / 2) * expertBytes);
+    swarm = await startSwarm(spec, [...COORDINATOR, '--replication', '2']);
+    const nodes = [0, 1, 2].map(() => swarm!.startNode(['--memory-budget', String(budget)]));
+    await swarm.coordinator.waitFor((e) => e.event === 'done', 240_000, 'done');
+    const plan = [...swarm.coordinator.events].reverse().find((e) => e.event === 'plan')!;
+    const held = new Map<string, number>();
+    for (const expert of plan.holders as { holders: string[] }[]) {
+      expect(expert.holders.length).toBeGreaterThanOrEqual(1); // every expert is somewhere
+      for (const node of expert.holders) held.set(node, (held.get(node) ?? 0) + 1);
+    }
+    for (const count of held.values()) expect(count).toBeLessThanOrEqual(experts / 2);
+    expect(plan.degraded).toMatch(/replica/); // 3 × 4 places cannot hold 8 experts twice
+    const all = nodes.flatMap((n) => steps(n.events)).sort((a, b) => a.batch - b.batch);
+    expect(mean(all.slice(-9).map((e) => e.loss))).toBeLessThan(mean(all.slice(0, 9).map((e) => e.loss)) - 0.2);
+    expect(nodes.every((n) => steps(n.events).at(-1)!.remoteCalls > 0)).toBe(true);
+  });
+});
+
+describe('bad peers', () => {
+  it('garbage, oversized and truncated messages, a wrong version and an unadmitted caller are refused; training goes on', async () => {
+    swarm = await startSwarm(job({ totalBatches: 60, expectedNodes: 2 }), [...COORDINATOR, '--replication', '1']);
+    const nodes = [0, 1].map(() => swarm!.startNode());
+    const joined = await swarm.coordinator.waitFor((e) => e.event === 'joined', 60_000, 'joined');
+    await nodes[0].waitFor((e) => e.event === 'step', 60_000, 'a step');
+    const target = multiaddr((joined.addrs as string[])[0]);
+    const victim = nodes.find((n) => n.events.some((e) => e.event === 'joined' && e.node === joined.node))!;
+    const attacker = await createHost();
+    const rpc = new Rpc({ transport: attacker, codec: msgpackCodec, onReject: () => {} });
+    try {
+      for (const bad of misbehaviours().filter((b) => b.protocol === 'expertForward' || b.close)) {
+        const outcome = await sendRaw(attacker, target, { ...bad, protocol: 'expertForward' });
+        expect(outcome.reply?.ok, bad.name).toBeUndefined();
+      }
+      const call = { jobId: 'test-job', step: 0, call: 1, layer: 0, expert: 0, rows: 1, tensor: f32Tensor([1, 64], new Float32Array(64)) };
+      await expect(rpc.request(target, 'expertForward', call)).rejects.toThrow(/not admitted/);
+      await expect(rpc.request(target, 'delta', { jobId: 'test-job', group: 'trunk', round: 1, steps: 1, codec: 'f32', parts: [] })).rejects.toThrow(/not admitted/);
+      const join = {
+        version: '2.0.0', nodeId: attacker.peerId.toString(), token: '', cores: 1, gemmGflops: 1, memoryBytes: 2 ** 30,
+        addrs: attacker.getMultiaddrs().map(String),
+      };
+      await expect(rpc.request(swarm.address, 'join', join)).rejects.toThrow(/major versions differ/);
+    } finally {
+      await attacker.stop();
+    }
+    const rejected = victim.events.filter((e) => e.event === 'rejected');
+    expect(rejected.map((e) => e.reason)).toEqual(expect.arrayContaining(['malformed', 'too-large', 'truncated']));
+    const before = steps(victim.events).length;
+    await victim.waitFor((e) => e.event === 'step' && e.step > before, 60_000, 'a step after the attack');
+    expect(victim.exitCode).toBeNull();
   });
 });
 
