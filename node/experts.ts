@@ -29,6 +29,8 @@ export interface ExpertStats {
   unanswered: number;
   /** Calls from other nodes served here. */
   served: number;
+  /** Milliseconds of this node's training with a remote expert call in flight. */
+  remoteWaitMs: number;
 }
 
 export interface SwarmExpertsOptions {
@@ -56,10 +58,12 @@ function rowsOf(tensor: Tensor, rows: number, hidden: number): Float32Array | st
 }
 
 export class SwarmExperts implements ExpertCompute {
-  readonly stats: ExpertStats = { localCalls: 0, remoteCalls: 0, failovers: 0, unanswered: 0, served: 0 };
+  readonly stats: ExpertStats = { localCalls: 0, remoteCalls: 0, failovers: 0, unanswered: 0, served: 0, remoteWaitMs: 0 };
   /** The step of the caller's training loop, carried in calls for the holder's logs. */
   step = 0;
   private calls = 0;
+  private inFlight = 0;
+  private waitStart = 0;
 
   constructor(
     private readonly model: () => Model,
@@ -100,6 +104,20 @@ export class SwarmExperts implements ExpertCompute {
     const { jobId, self, hidden, timeoutMs, log } = this.options;
     const holders = this.directory.holders(layer, expert).filter((peer) => peer !== self);
     const call = ++this.calls;
+    // Wall time with at least one remote call in flight (concurrent calls overlap).
+    if (this.inFlight++ === 0) this.waitStart = performance.now();
+    try {
+      return await this.tryHolders(protocol, layer, expert, rows, payload, holders, call);
+    } finally {
+      if (--this.inFlight === 0) this.stats.remoteWaitMs += performance.now() - this.waitStart;
+    }
+  }
+
+  private async tryHolders(
+    protocol: 'expertForward' | 'expertBackward', layer: number, expert: number, rows: number, payload: Pick<ExpertCall, 'tensor' | 'input'>,
+    holders: string[], call: number,
+  ): Promise<Float32Array | undefined> {
+    const { jobId, hidden, timeoutMs, log } = this.options;
     for (let attempt = 0; attempt < holders.length; attempt++) {
       const peer = holders[(call + attempt) % holders.length];
       const target = this.directory.address(peer);
