@@ -141,7 +141,7 @@ function checkInfo(info: NodeInfo): void {
 
 function checkStats(stats: NodeStats): void {
   if (stats.loss !== undefined && typeof stats.loss !== 'number') throw new TypeError(`membership: loss must be a number, got ${typeof stats.loss}`);
-  for (const [key, value] of Object.entries(stats)) if (key !== 'loss') checkNonNegative(key, value);
+  for (const [key, value] of Object.entries(stats)) if (typeof value !== 'object' && key !== 'loss') checkNonNegative(key, value);
 }
 
 function checkNonNegative(name: string, value: number): void {

@@ -3,6 +3,7 @@
 // its leases back to the coordinator.
 import { parseArgs } from 'node:util';
 import type { CommandIO } from '../src/train/cli.ts';
+import type { AveragingFault } from './averaging.ts';
 import { NodeDaemon } from './daemon.ts';
 
 export const NODE_USAGE = `Usage: swarmtrain node --join <multiaddr> [options]
@@ -13,6 +14,10 @@ export const NODE_USAGE = `Usage: swarmtrain node --join <multiaddr> [options]
   --threads <n>            kernel threads (default 1)
   --key <file>             keeps this node's identity across restarts (created if absent)
   --listen <multiaddr>     where peers reach this node (default /ip4/127.0.0.1/tcp/0)
+
+Test hooks (to check the swarm's defences, never for real work):
+  --step-delay-ms <ms>     sleep after every step (a slow node)
+  --fault nan|scale1000    send corrupted parameter updates (a bad node)
 `;
 
 const UNITS: Record<string, number> = { '': 1, B: 1, KB: 2 ** 10, MB: 2 ** 20, GB: 2 ** 30, TB: 2 ** 40 };
@@ -34,6 +39,7 @@ export async function nodeCommand(argv: string[], io: CommandIO): Promise<number
       options: {
         join: { type: 'string' }, token: { type: 'string' }, 'memory-budget': { type: 'string', default: '2GB' },
         threads: { type: 'string', default: '1' }, key: { type: 'string' }, listen: { type: 'string' }, help: { type: 'boolean', short: 'h' },
+        'step-delay-ms': { type: 'string' }, fault: { type: 'string' },
       },
     }));
   } catch (err) {
@@ -46,7 +52,11 @@ export async function nodeCommand(argv: string[], io: CommandIO): Promise<number
   }
   const memoryBytes = parseSize(values['memory-budget']);
   const threads = Number(values.threads);
+  const stepDelayMs = values['step-delay-ms'] === undefined ? undefined : Number(values['step-delay-ms']);
+  const fault = values.fault as AveragingFault | undefined;
   const problem = !values.join ? '--join <multiaddr> is required'
+    : stepDelayMs !== undefined && !(stepDelayMs >= 0) ? `--step-delay-ms must be a non-negative number, got ${JSON.stringify(values['step-delay-ms'])}`
+    : fault !== undefined && fault !== 'nan' && fault !== 'scale1000' ? `--fault must be nan or scale1000, got ${JSON.stringify(fault)}`
     : memoryBytes === undefined || memoryBytes <= 0 ? `--memory-budget ${JSON.stringify(values['memory-budget'])} is not a size like 512MB or 2GB`
       : !Number.isInteger(threads) || threads < 1 || threads > 64 ? `--threads must be an integer from 1 to 64, got ${JSON.stringify(values.threads)}`
         : undefined;
@@ -59,6 +69,8 @@ export async function nodeCommand(argv: string[], io: CommandIO): Promise<number
     daemon = await NodeDaemon.start({
       join: values.join!, token: values.token, memoryBytes: memoryBytes!, threads, keyFile: values.key,
       ...(values.listen ? { listen: [values.listen] } : {}),
+      ...(stepDelayMs ? { stepDelayMs } : {}),
+      ...(fault ? { fault } : {}),
       onEvent: (event) => io.stdout.write(`${JSON.stringify(event)}\n`),
     });
   } catch (err) {

@@ -14,7 +14,7 @@ import { learningRate } from '../src/train/schedule.ts';
 import { BpeTokenizer } from '../src/train/tokenizer.ts';
 import { splitBatch } from '../src/train/trainer.ts';
 import { multiaddr } from '@multiformats/multiaddr';
-import { Averager } from './averaging.ts';
+import { Averager, type AveragingFault } from './averaging.ts';
 import { serveExperts, SwarmExperts } from './experts.ts';
 import { expertGroup, fetchGroup, serveState, TRUNK } from './state.ts';
 import { countingCodec, type Traffic } from './traffic.ts';
@@ -30,6 +30,9 @@ export interface NodeOptions {
   keyFile?: string;
   listen?: string[];
   onEvent?: (event: NodeEvent) => void;
+  /** Test hooks: sleep this long after every step (a slow node), or send corrupted updates (a bad node). */
+  stepDelayMs?: number;
+  fault?: AveragingFault;
 }
 
 export type NodeEvent = { event: string } & Record<string, unknown>;
@@ -41,6 +44,7 @@ export class JoinRefusedError extends Error {
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 const COORDINATOR_TIMEOUT_MS = 10_000;
 const STATE_TIMEOUT_MS = 30_000;
+const HELD_OUT_BATCHES = 8;
 
 /** GEMM speed of this node (all its threads), for the shard planner's weighting. */
 function measureGemm(kernels: Kernels): number {
@@ -156,8 +160,9 @@ export class NodeDaemon {
     if (reply.completedBatches > 0) await this.catchUp(model, hosted);
     this.optimizer = new AdamW(this.kernels, model.params.trainable(), DEFAULT_ADAMW);
     this.averager = new Averager(this.rpc, directory, () => this.groups(), {
-      jobId: this.job.jobId, self: this.self, mode: this.job.averaging.mode, every: this.job.averaging.every,
-      deadlineMs: this.job.averaging.deadlineMs, log: this.log,
+      ...this.job.averaging, jobId: this.job.jobId, self: this.self, log: this.log,
+      fetchState: (group, peer) => this.fetchFromAny([peer], group),
+      ...(this.options.fault ? { fault: this.options.fault } : {}),
     });
     await serveExperts(this.rpc, this.kernels, () => this.model!, directory, this.experts.stats, this.job.jobId);
     await this.averager.serve();
@@ -257,6 +262,7 @@ export class NodeDaemon {
         tokensPerSecond: this.tokensPerSecond, bytesSent: this.traffic.sent, bytesReceived: this.traffic.received,
         staleness: this.job.averaging.mode === 'sync' ? 0 : this.step % this.job.averaging.every,
         droppedExpertCalls: this.experts.stats.unanswered, planVersion: this.newestPlan().version,
+        refusedUpdates: this.averager.stats.refused, flaggedPeers: [...this.averager.stats.flagged].slice(0, 256),
       }, { timeout: COORDINATOR_TIMEOUT_MS });
       if (reply.plan && reply.plan.version > this.newestPlan().version) this.pendingPlan = reply.plan;
       if (reply.stop) this.done = true;
@@ -312,7 +318,22 @@ export class NodeDaemon {
     }
     if (this.stopping) await this.report(0, [], true);
     clearTimeout(this.heartbeat);
-    this.emit({ event: 'finished', steps: this.step, bytesSent: this.traffic.sent, bytesReceived: this.traffic.received });
+    const heldOut = this.done ? await this.evaluate() : undefined;
+    this.emit({ event: 'finished', steps: this.step, bytesSent: this.traffic.sent, bytesReceived: this.traffic.received, heldOut });
+  }
+
+  /** Held-out loss of this node's model over the first HELD_OUT_BATCHES held-out micro-batches. */
+  private async evaluate(): Promise<{ loss: number; tokens: number }> {
+    let nats = 0;
+    let tokens = 0;
+    for (let id = 0; id < Math.min(HELD_OUT_BATCHES, this.data.heldOut.batchesPerEpoch); id++) {
+      const batch = this.data.heldOut.batch(0, id);
+      const { inputs, targets } = splitBatch(batch);
+      const result = await this.model!.evaluate(inputs, targets, batch.rows, batch.seqLen);
+      nats += result.crossEntropy * result.tokens;
+      tokens += result.tokens;
+    }
+    return { loss: nats / tokens, tokens };
   }
 
   private async report(leaseId: number, completedBatchIds: number[], leaving: boolean): Promise<void> {
@@ -337,6 +358,7 @@ export class NodeDaemon {
     model.params.zeroGrads();
     await this.averager.afterUpdate(this.step);
     this.step++;
+    if (this.options.stepDelayMs) await sleep(this.options.stepDelayMs);
     const seconds = (performance.now() - t0) / 1e3;
     this.tokensPerSecond = result.tokens / seconds;
     this.lastLoss = result.loss;

@@ -73,11 +73,24 @@ export const JobSpecSchema = Type.Object({
     mode: Type.Union([Type.Literal('sync'), Type.Literal('periodic')]),
     every: Type.Integer({ minimum: 1, maximum: 1_000_000 }),
     deadlineMs: Type.Integer({ minimum: 1, maximum: 3_600_000 }),
+    /** periodic: how deltas travel (a src/compress codec spec, e.g. "topk-int8:0.01"); default "f32". */
+    codec: Type.Optional(Type.String({ minLength: 1, maxLength: 64 })),
+    /** periodic: codec for expert groups, when it differs from `codec`. */
+    expertCodec: Type.Optional(Type.String({ minLength: 1, maxLength: 64 })),
+    /** periodic: the outer step, θ ← θ + lr·(Nesterov momentum of the mean delta); default lr 1, momentum 0 (plain averaging). */
+    outerLr: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 10 })),
+    outerMomentum: Type.Optional(Type.Number({ minimum: 0, exclusiveMaximum: 1 })),
+    /** mean, or coordinate-wise trimmed mean (drops the `trim` fraction at each end) against poisoned updates. */
+    aggregator: Type.Optional(Type.Union([Type.Literal('mean'), Type.Literal('trimmed-mean')])),
+    trim: Type.Optional(Type.Number({ minimum: 0, exclusiveMaximum: 0.5 })),
+    /** A delta whose norm exceeds this many times the group's median recent norm is dropped and its sender flagged (default 10). */
+    maxNormRatio: Type.Optional(Type.Number({ exclusiveMinimum: 1, maximum: 1e6 })),
   }),
   /** Deadline of one expert call before the caller fails over to another holder. */
   expertTimeoutMs: Type.Integer({ minimum: 1, maximum: 3_600_000 }),
 });
 export type JobSpec = Static<typeof JobSpecSchema>;
+export type Averaging = JobSpec['averaging'];
 
 /** Where everything lives: the holders of each expert, and how to reach each node. */
 export const PlanSchema = Type.Object({
@@ -122,6 +135,9 @@ export const HeartbeatSchema = Type.Object({
   droppedExpertCalls: Count,
   /** The plan version the node runs on; the reply carries a newer plan when there is one. */
   planVersion: Count,
+  /** Updates from peers this node refused (NaN/Inf, wrong shape, norm far outside the group's), and the peers that sent them. */
+  refusedUpdates: Type.Optional(Count),
+  flaggedPeers: Type.Optional(Type.Array(PeerIdText, { maxItems: 256 })),
 });
 export type Heartbeat = Static<typeof HeartbeatSchema>;
 
