@@ -5,7 +5,7 @@
 // machine. Each setting runs in its own child process so its peak RSS is its own. MFU divides
 // the step's model FLOPs per second by fp32 GEMM GFLOPS measured in the same run.
 // `--demo-minutes N` then trains the demo config on SOTU for N minutes and tracks held-out
-// bits per byte. Run: npm run bench:train [-- --quick] [-- --demo-minutes 10]
+// bits per byte. Run: npm run bench:train [-- --quick] [-- --passes 2] [-- --demo-minutes 10]
 import { spawnSync } from 'node:child_process';
 import { loadavg } from 'node:os';
 import { fileURLToPath } from 'node:url';
@@ -174,9 +174,9 @@ async function gemmRates(threads: number, reps: number): Promise<Map<string, num
   return rates;
 }
 
-async function throughput(quick: boolean): Promise<void> {
+async function throughput(quick: boolean, passes: number): Promise<void> {
   const threadCounts = [1, 2];
-  const steps = quick ? 2 : 4;
+  const steps = quick ? 2 : 5;
   const params = [...parameterShapes(REFERENCE_CONFIG).values()].reduce((n, s) => n + sizeOf(s), 0);
   const loraParams = [...loraShapes(REFERENCE_CONFIG, LORA.rank).values()].reduce((n, s) => n + sizeOf(s), 0);
   const flops = { full: flopsPerToken(REFERENCE_CONFIG, 'full', SEQ, LORA.rank), lora: flopsPerToken(REFERENCE_CONFIG, 'lora', SEQ, LORA.rank) };
@@ -201,12 +201,16 @@ async function throughput(quick: boolean): Promise<void> {
   const settings: Setting[] = bases.flatMap((base) => (quick ? [false] : [false, true]).flatMap((checkpointing) =>
     threadCounts.map((threads) => ({ ...base, checkpointing, threads, steps }))));
 
+  // With several passes over all settings, each keeps its fastest pass: other load on a
+  // shared machine only slows a run down.
   const results: { setting: Setting; m: Measurement }[] = [];
-  for (const setting of settings) {
-    const m = runChild(setting);
-    results.push({ setting, m });
-    const tokens = BATCH * SEQ / Math.min(...m.stepSeconds);
-    process.stderr.write(`${label(setting)}${setting.checkpointing ? ' ckpt' : ''} ×${setting.threads}: ${tokens.toFixed(0)} tok/s\n`);
+  for (let pass = 0; pass < passes; pass++) {
+    settings.forEach((setting, i) => {
+      const m = runChild(setting);
+      if (!results[i] || Math.min(...m.stepSeconds) < Math.min(...results[i].m.stepSeconds)) results[i] = { setting, m };
+      const tokens = BATCH * SEQ / Math.min(...m.stepSeconds);
+      process.stderr.write(`pass ${pass + 1}: ${label(setting)}${setting.checkpointing ? ' ckpt' : ''} ×${setting.threads}: ${tokens.toFixed(0)} tok/s\n`);
+    });
   }
 
   const gemmRows: string[][] = [];
@@ -225,6 +229,7 @@ async function throughput(quick: boolean): Promise<void> {
   console.log();
 
   const gb = (bytes: number) => (bytes / 1e9).toFixed(2);
+  const span = (a: number, b: number) => (a === b ? a.toFixed(2) : `${a.toFixed(2)}-${b.toFixed(2)}`);
   printTable(
     ['setting', 'ckpt', 'threads', 'tok/s (best)', 'tok/s (median)', 'GFLOPS', 'MFU', '× 1 thread', 'peak RSS GB', 'WASM heap GB',
       'PyTorch tok/s', '× PyTorch', 'PyTorch RSS GB', 'RSS × PyTorch', 'loss'],
@@ -236,18 +241,18 @@ async function throughput(quick: boolean): Promise<void> {
         : undefined;
       const torch = PYTORCH[s.mode][s.threads as 1 | 2];
       const [lo, hi] = PYTORCH.rssGB[s.checkpointing ? 'checkpointing' : 'plain'];
-      const rssRatio = lo === hi ? (m.maxRssBytes / 1e9 / lo).toFixed(2) : `${(m.maxRssBytes / 1e9 / hi).toFixed(2)}-${(m.maxRssBytes / 1e9 / lo).toFixed(2)}`;
       return [
         label(s), s.checkpointing ? 'yes' : 'no', String(s.threads), best.toFixed(0),
         (BATCH * SEQ / median(m.stepSeconds)).toFixed(0), gflops.toFixed(1), `${((100 * gflops) / gemmPeak[s.threads]).toFixed(0)}%`,
         oneThread ? (best / (BATCH * SEQ / Math.min(...oneThread.m.stepSeconds))).toFixed(2) : '',
-        gb(m.maxRssBytes), gb(m.heapBytes), String(torch), (best / torch).toFixed(2), lo === hi ? lo.toFixed(2) : `${lo.toFixed(1)}-${hi.toFixed(1)}`,
-        rssRatio, m.loss.toFixed(3),
+        gb(m.maxRssBytes), gb(m.heapBytes), String(torch), (best / torch).toFixed(2), span(lo, hi),
+        span(m.maxRssBytes / 1e9 / hi, m.maxRssBytes / 1e9 / lo), m.loss.toFixed(3),
       ];
     }),
   );
-  console.log(`\nBuild: ${results[0].m.build}. tok/s over ${steps} timed steps after a warm-up (zero grads, forward, backward, AdamW). ` +
-    `PyTorch LoRA numbers are for a frozen fp32 base. Load average at end: ${loadavg().map((x) => x.toFixed(2)).join(' ')}`);
+  console.log(`\nBuild: ${results[0].m.build}. Best of ${passes} pass(es); tok/s over ${steps} timed steps after a warm-up (zero grads, forward, backward, AdamW). ` +
+    `PyTorch LoRA numbers are for a frozen fp32 base. MFU counts the same model FLOPs on every path, against fp32 GEMM: ` +
+    `the int path's base products are int8 dot products, so its MFU can pass 100%. Load average at end: ${loadavg().map((x) => x.toFixed(2)).join(' ')}`);
 }
 
 /** Trains the demo config on SOTU for `minutes` (training time), reporting held-out bits per byte about every minute. */
@@ -305,7 +310,9 @@ const one = option('--one');
 if (one !== undefined) {
   await measureOne(JSON.parse(one) as Setting);
 } else {
-  await throughput(argv.includes('--quick'));
+  const passes = Number(option('--passes') ?? 1);
+  if (!(Number.isInteger(passes) && passes >= 1)) throw new Error(`--passes must be a positive integer, got ${option('--passes')}`);
+  await throughput(argv.includes('--quick'), passes);
   const minutes = option('--demo-minutes');
   if (minutes !== undefined) {
     if (!(Number(minutes) > 0)) throw new Error(`--demo-minutes must be a positive number, got ${minutes}`);
