@@ -1,0 +1,16 @@
+#!/bin/sh
+# Entry point of the coordinator service (docker-compose.yml, profile `coordinator`): runs
+# `swarmtrain-coordinator`, configured by SWARMTRAIN_* variables; arguments given to the container
+# come last, so they override. exec, so SIGTERM from `docker stop` reaches Node and stops it cleanly.
+set -eu
+cd "$(dirname "$0")/.."
+
+# Optional flags, prepended so the container's own arguments stay last.
+if [ -n "${SWARMTRAIN_TOKENIZER:-}" ]; then set -- --tokenizer "$SWARMTRAIN_TOKENIZER" "$@"; fi
+if [ -n "${SWARMTRAIN_VOCAB:-}" ]; then set -- --vocab "$SWARMTRAIN_VOCAB" "$@"; fi
+if [ -n "${SWARMTRAIN_TOKEN:-}" ]; then set -- --token "$SWARMTRAIN_TOKEN" "$@"; fi
+exec node coordinator/bin.mjs \
+  --job "${SWARMTRAIN_JOB:-coordinator/jobs/demo.json}" \
+  --listen "${SWARMTRAIN_LISTEN:-/ip4/0.0.0.0/tcp/4001}" \
+  --key "${SWARMTRAIN_KEY:-/data/coordinator.key}" \
+  "$@"
