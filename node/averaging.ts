@@ -119,6 +119,15 @@ export class Averager {
     await Promise.all([...this.groups()].map(([group, params]) => this.outerRound(group, params, this.round)));
   }
 
+  /**
+   * Starts a group's rounds from its current parameters (at the start of training, and when the
+   * node takes the group on): the first delta is measured from here.
+   */
+  track(group: string, params: Param[]): void {
+    this.resetGroup(group);
+    this.anchorOf(group, params);
+  }
+
   /** Forgets a group's round state (the node gave it up, or took it on with fresh state). */
   resetGroup(group: string): void {
     this.anchors.delete(group);
@@ -239,18 +248,22 @@ export class Averager {
     return out;
   }
 
-  /** Refuses contributions whose norm is far above the group's recent median (ours included). */
+  /**
+   * Refuses contributions whose norm is far above the median of the group's recent norms and
+   * this round's (ours and the arrivals: while most holders are honest, the median is theirs).
+   */
   private dropOutliers(group: string, arrived: Contribution[], mine: Float32Array[]): Contribution[] {
     const norm = (values: Float32Array[]) => Math.sqrt(values.reduce((s, v) => s + v.reduce((t, x) => t + x * x, 0), 0));
     const history = this.norms.get(group) ?? [];
     const myNorm = norm(mine);
-    const sorted = [...history, myNorm].sort((a, b) => a - b);
+    const norms = arrived.map((c) => norm(c.values));
+    const sorted = [...history, myNorm, ...norms].sort((a, b) => a - b);
     const median = sorted[Math.floor(sorted.length / 2)];
     const limit = (this.options.maxNormRatio ?? DEFAULT_MAX_NORM_RATIO) * median;
     const accepted: Contribution[] = [];
-    for (const c of arrived) {
-      const n = norm(c.values);
-      if (median > 0 && n > limit) {
+    for (const [k, c] of arrived.entries()) {
+      const n = norms[k];
+      if (n > limit) {
         this.flag(c.sender);
         this.options.log?.(`delta ${group}#${c.round} from ${c.sender} refused: norm ${n.toExponential(2)} is over ${limit.toExponential(2)}`);
         continue;
@@ -275,7 +288,7 @@ export class Averager {
       const t = state.get(p.name);
       if (t && t.data.length === p.value.length) p.value.set(t.data);
     }
-    this.resetGroup(group);
+    this.track(group, params);
     this.stats.resyncs++;
     this.options.log?.(`group ${group} was ${MAX_LAG}+ rounds behind ${peer}: reloaded its state`);
     return true;

@@ -248,7 +248,8 @@ export class NodeDaemon {
       const [layer, expert] = key.split('.').map(Number);
       const state = await this.fetchFromAny(this.holders(layer, expert).filter((p) => p !== this.self), expertGroup(layer, expert));
       this.optimizer.add(model.addExpert(layer, expert, state));
-      this.averager.resetGroup(expertGroup(layer, expert));
+      const group = expertGroup(layer, expert);
+      this.averager.track(group, this.groups().get(group) ?? []);
       this.emit({ event: 'expert-added', layer, expert, copied: state !== undefined });
     }
     this.emit({ event: 'plan', version: plan.version, experts: [...after] });
@@ -290,6 +291,7 @@ export class NodeDaemon {
 
   /** Trains leased micro-batches until the job is done or stop() is called. */
   async run(): Promise<void> {
+    for (const [group, params] of this.groups()) this.averager.track(group, params);
     this.startHeartbeat();
     const { jobId } = this.job;
     while (!this.stopping && !this.done) {
@@ -302,7 +304,10 @@ export class NodeDaemon {
         await sleep(500);
         continue;
       }
-      if (grant.done) break;
+      if (grant.done) {
+        this.done = true;
+        break;
+      }
       if (grant.batchIds.length === 0) {
         await sleep(100);
         continue;
