@@ -54,7 +54,7 @@ function options() {
 }
 
 const shortId = (id: string) => `…${id.slice(-6)}`;
-const megabytes = (bytes: number) => `${(bytes / 2 ** 20).toFixed(1)} MB`;
+const size = (bytes: number) => (bytes < 2 ** 30 ? `${(bytes / 2 ** 20).toFixed(1)} MB` : `${(bytes / 2 ** 30).toFixed(2)} GB`);
 const lastOf = (p: Proc, name: string) => p.events.findLast((e) => e.event === name);
 const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 
@@ -63,7 +63,7 @@ function describe(e: SwarmEvent, names: Map<string, string>): string | undefined
   const who = (id: string) => names.get(id) ?? shortId(id);
   switch (e.event) {
     case 'joined': case 'rejoined':
-      return `${e.event} ${who(e.node)} (${e.cores} cores, ${e.gemmGflops.toFixed(0)} GFLOPS, ${megabytes(e.memoryBytes)} budget)`;
+      return `${e.event} ${who(e.node)} (${e.cores} core${e.cores === 1 ? '' : 's'}, ${e.gemmGflops.toFixed(0)} GFLOPS, ${size(e.memoryBytes)} budget)`;
     case 'started': return `started: ${e.nodes} nodes, training begins`;
     case 'plan': {
       const holders = e.holders as { holders: string[] }[];
@@ -119,10 +119,11 @@ class Monitor {
       const state = node.exitCode !== null ? `exited (${node.exitCode})` : !last ? (experts ? 'waiting for the other nodes' : 'starting') : '';
       const line = last
         ? `step ${String(last.step).padStart(4)}  loss ${last.loss.toFixed(3)}  ${String(Math.round(tokensPerSecond)).padStart(5)} tok/s  `
-          + `sent ${megabytes(last.bytesSent)}  recv ${megabytes(last.bytesReceived)}  experts ${experts?.length ?? 0}  `
+          + `sent ${size(last.bytesSent)}  recv ${size(last.bytesReceived)}  experts ${experts?.length ?? 0}  `
           + `remote calls ${last.remoteCalls}  served ${last.served}${state ? `  ${state}` : ''}`
         : state;
-      console.log(`           ${node.name}  ${line}`);
+      const id = lastOf(node, 'joined')?.node as string | undefined;
+      console.log(`           ${node.name} ${id ? shortId(id) : '       '}  ${line}`);
     }
   }
 

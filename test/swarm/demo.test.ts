@@ -48,14 +48,14 @@ describe('the demo swarm', () => {
   });
 
   it('SIGINT mid-run: the nodes leave first, then the coordinator stops, and the demo exits 0', async () => {
-    const { demo, out } = await startDemo([]);
-    await demo.waitFor((e) => /node\d +step +\d+/.test(e.text ?? ''), 90_000, 'a summary with a step');
+    const { demo, out } = await startDemo(['--nodes', '2']);
+    await demo.waitFor((e) => /node\d .*\bstep +\d+/.test(e.text ?? ''), 90_000, 'a summary with a step');
     demo.kill('SIGINT');
     expect(await demo.exited, demo.stderr + text(demo)).toBe(0);
-    expect(text(demo)).toMatch(/exit codes: coordinator 0, node0 0, node1 0, node2 0/);
+    expect(text(demo)).toMatch(/exit codes: coordinator 0, node0 0, node1 0\)/);
     const coordinator = await events(out, 'coordinator');
     expect(coordinator.some((e) => e.event === 'done')).toBe(false);
-    expect(coordinator.filter((e) => e.event === 'left')).toHaveLength(3); // told the coordinator, not timed out
+    expect(coordinator.filter((e) => e.event === 'left')).toHaveLength(2); // told the coordinator, not timed out
     expect(coordinator.some((e) => e.event === 'died')).toBe(false);
   });
 });
