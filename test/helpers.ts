@@ -1,15 +1,10 @@
 // Small shared test utilities: a seeded random source and error measures.
+import { uniform } from '../src/model/init.ts';
 
-/** Deterministic uniform random numbers in [-1, 1) (mulberry32). */
+/** Deterministic uniform random numbers in [-1, 1) (the model's seeded generator, rescaled). */
 export function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return (((t ^ (t >>> 14)) >>> 0) / 4294967296) * 2 - 1;
-  };
+  const next = uniform(seed);
+  return () => next() * 2 - 1;
 }
 
 export function fillRandom(view: { length: number; [i: number]: number }, random: () => number, scale = 1): void {
