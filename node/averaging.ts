@@ -145,7 +145,9 @@ export class Averager {
       if (peer === self) continue;
       const target = this.directory.address(peer);
       if (!target) continue;
-      this.rpc.request(target, 'delta', message, { timeout: deadlineMs }).catch((err: Error) => log?.(`delta ${group}#${round} to ${peer} failed: ${err.message}`));
+      // Once more on failure: two nodes dialing each other at the same moment can reset the first streams.
+      const attempt = () => this.rpc.request(target, 'delta', message, { timeout: deadlineMs });
+      attempt().catch(attempt).catch((err: Error) => log?.(`delta ${group}#${round} to ${peer} failed: ${err.message}`));
     }
   }
 

@@ -183,8 +183,9 @@ export class NodeDaemon {
     this.emit({ event: 'caught-up', trunk: trunk !== undefined });
   }
 
+  /** A group's state from the first of `peers` that serves it (each tried twice: a fresh connection may be reset). */
   private async fetchFromAny(peers: string[], group: string) {
-    for (const peer of peers) {
+    for (const peer of [...peers, ...peers]) {
       const target = this.address(peer);
       if (!target) continue;
       try {
@@ -321,7 +322,9 @@ export class NodeDaemon {
       }
       await this.report(grant.leaseId, completed, false);
     }
-    if (this.stopping) await this.report(0, [], true);
+    // Leaving, whether stopped or done: the coordinator hands back our leases now instead of
+    // declaring us dead a timeout later.
+    await this.report(0, [], true);
     clearTimeout(this.heartbeat);
     const heldOut = this.done ? await this.evaluate() : undefined;
     this.emit({ event: 'finished', steps: this.step, bytesSent: this.traffic.sent, bytesReceived: this.traffic.received, heldOut });

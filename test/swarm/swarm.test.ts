@@ -35,6 +35,8 @@ function job(overrides: Partial<JobSpec> = {}): JobSpec {
 
 const COORDINATOR = ['--vocab', '300', '--heartbeat-ms', '300', '--node-timeout-ms', '3000', '--lease-ms', '20000'];
 const steps = (events: SwarmEvent[]) => events.filter((e) => e.event === 'step');
+/** The plan in force when the job finished (nodes leave, and re-plans follow, after that). */
+const planWhenDone = (events: SwarmEvent[]) => events.slice(0, events.findIndex((e) => e.event === 'done')).reverse().find((e) => e.event === 'plan')!;
 const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 
 let swarm: Swarm | undefined;
@@ -56,7 +58,7 @@ describe('a swarm of processes on 127.0.0.1', () => {
     expect(all.length).toBeGreaterThanOrEqual(60);
     const ordered = all.sort((a, b) => a.batch - b.batch);
     expect(mean(ordered.slice(-12).map((e) => e.loss))).toBeLessThan(mean(ordered.slice(0, 12).map((e) => e.loss)) - 0.3);
-    const plan = [...swarm.coordinator.events].reverse().find((e) => e.event === 'plan')!;
+    const plan = planWhenDone(swarm.coordinator.events);
     for (const expert of plan.holders as { holders: string[] }[]) expect(new Set(expert.holders).size).toBe(2);
     expect(nodes.reduce((sum, n) => sum + steps(n.events).at(-1)!.remoteCalls, 0)).toBeGreaterThan(0);
     expect(nodes.reduce((sum, n) => sum + steps(n.events).at(-1)!.served, 0)).toBeGreaterThan(0);
@@ -79,7 +81,7 @@ describe('faults', () => {
     const added = survivors.flatMap((n) => n.events.filter((e) => e.event === 'expert-added'));
     expect(added.length).toBeGreaterThan(0);
     expect(added.every((e) => e.copied)).toBe(true); // from the surviving replica, not re-initialized
-    const plan = [...swarm.coordinator.events].reverse().find((e) => e.event === 'plan')!;
+    const plan = planWhenDone(swarm.coordinator.events);
     for (const expert of plan.holders as { holders: string[] }[]) expect(new Set(expert.holders).size).toBe(2);
     // Every batch was trained by someone (the killed node's unreported batch again by a survivor).
     const trained = nodes.flatMap((n) => steps(n.events).map((e) => e.batch as number));
@@ -117,7 +119,7 @@ describe('sharding', () => {
     swarm = await startSwarm(spec, [...COORDINATOR, '--replication', '2']);
     const nodes = [0, 1, 2].map(() => swarm!.startNode(['--memory-budget', String(budget)]));
     await swarm.coordinator.waitFor((e) => e.event === 'done', 240_000, 'done');
-    const plan = [...swarm.coordinator.events].reverse().find((e) => e.event === 'plan')!;
+    const plan = planWhenDone(swarm.coordinator.events);
     const held = new Map<string, number>();
     for (const expert of plan.holders as { holders: string[] }[]) {
       expect(expert.holders.length).toBeGreaterThanOrEqual(1); // every expert is somewhere
