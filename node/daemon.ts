@@ -166,7 +166,9 @@ export class NodeDaemon {
     });
     await serveExperts(this.rpc, this.kernels, () => this.model!, directory, this.experts.stats, this.job.jobId);
     await this.averager.serve();
-    await serveState(this.rpc, () => this.model, directory.admitted, this.job.jobId, () => this.step);
+    // A peer unknown to our plan may have joined since: one heartbeat brings the newer plan.
+    const admittedNow = async (peer: string) => directory.admitted(peer) || (await this.beat(), directory.admitted(peer));
+    await serveState(this.rpc, () => this.model, admittedNow, this.job.jobId, () => this.step);
     this.emit({ event: 'joined', node: this.self, experts: [...hosted], planVersion: this.plan.version, gemmGflops: this.gemmGflops });
   }
 
@@ -344,11 +346,16 @@ export class NodeDaemon {
     return { loss: nats / tokens, tokens };
   }
 
+  /** Reports finished batches (and a departure); tried twice, since a lost report costs the batches a re-run. */
   private async report(leaseId: number, completedBatchIds: number[], leaving: boolean): Promise<void> {
-    try {
-      await this.rpc.request(this.coordinator, 'leaseReport', { jobId: this.job.jobId, leaseId, completedBatchIds, leaving }, { timeout: COORDINATOR_TIMEOUT_MS });
-    } catch (err) {
-      this.log(`lease report: ${(err as Error).message}`);
+    const message = { jobId: this.job.jobId, leaseId, completedBatchIds, leaving };
+    for (let attempt = 1; attempt <= 2; attempt++) {
+      try {
+        await this.rpc.request(this.coordinator, 'leaseReport', message, { timeout: COORDINATOR_TIMEOUT_MS });
+        return;
+      } catch (err) {
+        this.log(`lease report (attempt ${attempt}): ${(err as Error).message}`);
+      }
     }
   }
 

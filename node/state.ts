@@ -23,9 +23,10 @@ export function groupState(model: Model, group: string): Map<string, F32Tensor> 
   return model.expertState(layer, expert);
 }
 
-export async function serveState(rpc: Rpc, model: () => Model | undefined, admitted: (peer: string) => boolean, jobId: string, round: () => number): Promise<void> {
-  await rpc.handle('state', (request, { peer }) => {
-    if (!admitted(peer.toString())) throw new RefusedError(`peer ${peer} is not admitted to job ${jobId}`);
+/** `admitted` may ask the coordinator first: a node that just joined is not in our plan yet. */
+export async function serveState(rpc: Rpc, model: () => Model | undefined, admitted: (peer: string) => Promise<boolean>, jobId: string, round: () => number): Promise<void> {
+  await rpc.handle('state', async (request, { peer }) => {
+    if (!(await admitted(peer.toString()))) throw new RefusedError(`peer ${peer} is not admitted to job ${jobId}`);
     if (request.jobId !== jobId) throw new RefusedError(`this node trains job ${jobId}, not ${request.jobId}`);
     const current = model();
     if (!current) throw new RefusedError('this node is still starting');
