@@ -202,7 +202,8 @@ console.log(`sent: all bytes a node put on the wire (averaging, plus its coordin
   + `missed: averaging contributions not there by the deadline; wall: the coordinator's started → done`);
 const control = [...runs.values()].flat().flatMap((r) => (r.controlBytesPer1kTokens === undefined ? [] : [r.controlBytesPer1kTokens]));
 if (control.length) {
-  console.log(`coordinator traffic in those bytes: ${kb(Math.min(...control))} to ${kb(Math.max(...control))} per node per 1k tokens `
+  const [low, high] = [kb(Math.min(...control)), kb(Math.max(...control))];
+  console.log(`coordinator traffic in those bytes: ${low === high ? low : `${low} to ${high}`} per node per 1k tokens `
     + `(bytes sent in steps without an averaging round, periodic settings)`);
 }
 const met = SETTINGS.filter((s) => s !== baseline && meetsTarget(s)).map((s) => s.label);
