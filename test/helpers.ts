@@ -1,4 +1,6 @@
 // Small shared test utilities: a seeded random source and error measures.
+import { afterAll, beforeAll } from 'vitest';
+import { createKernels, type BuildName, type Kernels } from '../src/kernels/index.ts';
 import { uniform } from '../src/model/init.ts';
 
 /** Deterministic uniform random numbers in [-1, 1) (the model's seeded generator, rescaled). */
@@ -29,4 +31,19 @@ export function bitEqual(x: Float32Array, y: Float32Array): boolean {
   const b = new Uint32Array(y.buffer, y.byteOffset, y.length);
   for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
   return true;
+}
+
+/** Kernels of `build` on 1 and on 2 threads for the enclosing describe block, closed after it. */
+export function kernelsOnOneAndTwoThreads(build: BuildName, use: (one: Kernels, two: Kernels) => void): void {
+  let one: Kernels | undefined;
+  let two: Kernels | undefined;
+  beforeAll(async () => {
+    one = await createKernels({ build, threads: 1 });
+    two = await createKernels({ build, threads: 2 });
+    use(one, two);
+  });
+  afterAll(async () => {
+    await one?.close();
+    await two?.close();
+  });
 }

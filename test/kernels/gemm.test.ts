@@ -1,7 +1,7 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createKernels, type Kernels } from '../../src/kernels/index.ts';
+import { describe, expect, it } from 'vitest';
+import type { Kernels } from '../../src/kernels/index.ts';
 import { gemm64 } from '../reference/linalg64.ts';
-import { bitEqual, fillRandom, maxRelError, rng } from '../helpers.ts';
+import { bitEqual, fillRandom, kernelsOnOneAndTwoThreads, maxRelError, rng } from '../helpers.ts';
 
 const shapes: [number, number, number][] = [
   [1, 1, 1], [3, 5, 7], [4, 8, 32], [13, 17, 19], [37, 29, 300], [64, 71, 513], [130, 9, 257], [5, 530, 41],
@@ -16,14 +16,7 @@ const orientations = [
 describe.each(['simd', 'relaxed'] as const)('fp32 gemm (%s build)', (build) => {
   let one: Kernels;
   let two: Kernels;
-  beforeAll(async () => {
-    one = await createKernels({ build, threads: 1 });
-    two = await createKernels({ build, threads: 2 });
-  });
-  afterAll(async () => {
-    await one?.close();
-    await two?.close();
-  });
+  kernelsOnOneAndTwoThreads(build, (single, double) => ((one = single), (two = double)));
 
   it.each(shapes)('matches float64 for m=%i n=%i k=%i in every orientation, with and without accumulate', (m, n, k) => {
     const random = rng(m * 1000 + n * 10 + k);

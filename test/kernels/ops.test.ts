@@ -1,7 +1,7 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createKernels, type Kernels } from '../../src/kernels/index.ts';
+import { describe, expect, it } from 'vitest';
+import type { Kernels } from '../../src/kernels/index.ts';
 import * as ref from '../reference/ops64.ts';
-import { bitEqual, fillRandom, maxRelError, rng } from '../helpers.ts';
+import { bitEqual, fillRandom, kernelsOnOneAndTwoThreads, maxRelError, rng } from '../helpers.ts';
 
 type Random = () => number;
 
@@ -122,14 +122,7 @@ describe('float64 references agree with finite differences of their forwards', (
 describe.each(['simd', 'relaxed'] as const)('transformer ops (%s build)', (build) => {
   let one: Kernels;
   let two: Kernels;
-  beforeAll(async () => {
-    one = await createKernels({ build, threads: 1 });
-    two = await createKernels({ build, threads: 2 });
-  });
-  afterAll(async () => {
-    await one?.close();
-    await two?.close();
-  });
+  kernelsOnOneAndTwoThreads(build, (single, double) => ((one = single), (two = double)));
 
   const f32 = (kern: Kernels, data: ArrayLike<number>) => {
     const view = kern.heap.f32(data.length);

@@ -1,9 +1,9 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createKernels, type Kernels } from '../../src/kernels/index.ts';
+import { describe, expect, it } from 'vitest';
+import type { Kernels } from '../../src/kernels/index.ts';
 import type { QuantBits, QuantizedTensor } from '../../src/kernels/quantized.ts';
 import { gemm64 } from '../reference/linalg64.ts';
 import { dequantize, integerProduct, QBLOCK, quantize, quantizeBlocks, type Quantized } from '../reference/quant64.ts';
-import { bitEqual, fillRandom, rng } from '../helpers.ts';
+import { bitEqual, fillRandom, kernelsOnOneAndTwoThreads, rng } from '../helpers.ts';
 
 const f = Math.fround;
 
@@ -55,14 +55,7 @@ const bitsList: QuantBits[] = [8, 4];
 describe.each(['simd', 'relaxed'] as const)('integer-path quantized product (%s build)', (build) => {
   let one: Kernels;
   let two: Kernels;
-  beforeAll(async () => {
-    one = await createKernels({ build, threads: 1 });
-    two = await createKernels({ build, threads: 2 });
-  });
-  afterAll(async () => {
-    await one?.close();
-    await two?.close();
-  });
+  kernelsOnOneAndTwoThreads(build, (single, double) => ((one = single), (two = double)));
 
   it.each(shapes)('forward equals integerProduct bit for bit for m=%i n=%i k=%i (q8, q4, accumulate)', (m, n, k) => {
     for (const bits of bitsList) {

@@ -1,9 +1,9 @@
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createKernels, type Kernels } from '../../src/kernels/index.ts';
+import { describe, expect, it } from 'vitest';
+import type { Kernels } from '../../src/kernels/index.ts';
 import { allocQuantized, type QuantBits } from '../../src/kernels/quantized.ts';
 import { gemm64 } from '../reference/linalg64.ts';
 import { QBLOCK, dequantize as dequantize64, quantize as quantize64 } from '../reference/quant64.ts';
-import { bitEqual, fillRandom, maxRelError, rng } from '../helpers.ts';
+import { bitEqual, fillRandom, kernelsOnOneAndTwoThreads, maxRelError, rng } from '../helpers.ts';
 
 const formats: QuantBits[] = [8, 4];
 
@@ -29,14 +29,7 @@ function sameBytes(a: Int8Array | Uint8Array, b: Int8Array | Uint8Array): boolea
 describe.each(['simd', 'relaxed'] as const)('quantized weights, fp32 path (%s build)', (build) => {
   let one: Kernels;
   let two: Kernels;
-  beforeAll(async () => {
-    one = await createKernels({ build, threads: 1 });
-    two = await createKernels({ build, threads: 2 });
-  });
-  afterAll(async () => {
-    await one?.close();
-    await two?.close();
-  });
+  kernelsOnOneAndTwoThreads(build, (single, double) => ((one = single), (two = double)));
 
   describe.each(formats)('q%i', (bits) => {
     it('quantizes bit for bit like the reference, rounding ties to even', () => {
