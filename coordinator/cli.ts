@@ -23,7 +23,7 @@ every event as one JSON line; the first, "listening", gives the multiaddrs to jo
   --token <secret>          the join token nodes must present (default: none, an open swarm)
   --key <file>              keeps the coordinator's peer id across restarts (created if absent)
   --heartbeat-ms <n>        how often nodes heartbeat (default 1000)
-  --node-timeout-ms <n>     a node silent this long is dead (default 5000)
+  --node-timeout-ms <n>     a node silent this long is dead (default 15000)
   --lease-ms <n>            deadline of a lease of micro-batches (default 30000)
   --replication <n>         nodes per expert (default 2)
 `;

@@ -41,7 +41,7 @@ export interface CoordinatorOptions {
   joinToken: string;
   /** How often nodes heartbeat (sent to them on join). Default 1000. */
   heartbeatMs?: number;
-  /** A node silent for longer is dead: its leases go back to the pool and its experts elsewhere. Default max(5000, 5 heartbeats). */
+  /** A node silent for longer is dead: its leases go back to the pool and its experts elsewhere. Default max(15000, 5 heartbeats). */
   nodeTimeoutMs?: number;
   /** Deadline of a lease. Default 30000. */
   leaseMs?: number;
@@ -158,6 +158,7 @@ export class CoordinatorServer {
   private started = false;
   private finished = false;
   private stopped = false;
+  private lastSweep: number;
 
   private constructor(
     private readonly host: Host,
@@ -170,12 +171,13 @@ export class CoordinatorServer {
     this.membership = new Membership({ timeoutMs: options.nodeTimeoutMs, now: options.now });
     this.leases = new DataLeases({ batches: batchesPerEpoch, leaseMs: options.leaseMs, now: options.now });
     this.finished = options.job.totalBatches === 0;
+    this.lastSweep = options.now();
   }
 
   /** Checks the job, starts the host, serves the swarm protocols and starts the timers. */
   static async start(options: CoordinatorOptions): Promise<CoordinatorServer> {
     const heartbeatMs = bounded('heartbeatMs', options.heartbeatMs ?? 1000, 100, 3_600_000);
-    const nodeTimeoutMs = bounded('nodeTimeoutMs', options.nodeTimeoutMs ?? Math.max(5000, 5 * heartbeatMs), 1, Number.MAX_SAFE_INTEGER);
+    const nodeTimeoutMs = bounded('nodeTimeoutMs', options.nodeTimeoutMs ?? Math.max(15_000, 5 * heartbeatMs), 1, Number.MAX_SAFE_INTEGER);
     if (nodeTimeoutMs <= heartbeatMs) throw new RangeError(`coordinator: nodeTimeoutMs (${nodeTimeoutMs}) must exceed heartbeatMs (${heartbeatMs}), or every node dies between heartbeats`);
     const leaseMs = bounded('leaseMs', options.leaseMs ?? 30_000, 4, Number.MAX_SAFE_INTEGER);
     const replication = bounded('replication', options.replication ?? 2, 1, 256);
@@ -354,6 +356,12 @@ export class CoordinatorServer {
   // --- timers ---------------------------------------------------------------------------------
 
   private sweep(): void {
+    const at = this.options.now();
+    const late = at - this.lastSweep > this.options.heartbeatMs;
+    this.lastSweep = at;
+    // A sweep running late means this process was stalled: heartbeats that queued up meanwhile
+    // are read right after the timers, so nobody is declared dead for the coordinator's silence.
+    if (late) return;
     const died = this.membership.sweep();
     for (const node of died) this.removed(node.nodeId, 'died');
     if (died.length > 0) {

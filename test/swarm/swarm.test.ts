@@ -89,7 +89,8 @@ describe('faults', () => {
   });
 
   it('a node restarted with the same identity rejoins and catches up from a peer', async () => {
-    swarm = await startSwarm(job({ totalBatches: 90, expectedNodes: 2 }), [...COORDINATOR, '--replication', '2']);
+    // A job far longer than the test, so the first node cannot finish it while the second restarts.
+    swarm = await startSwarm(job({ totalBatches: 100_000, expectedNodes: 2 }), [...COORDINATOR, '--replication', '2']);
     const key = `${swarm.dir}/node1.key`;
     const first = swarm.startNode();
     const second = swarm.startNode(['--key', key]);
