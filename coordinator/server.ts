@@ -22,8 +22,11 @@ import {
   type Ack,
   type Plan,
   type ProtocolName,
+  planSigningBytes,
 } from '../proto/index.ts';
-import { createHost, RefusedError, Rpc, type Host, type Rejection } from '../src/p2p/index.ts';
+import { generateKeyPair } from '@libp2p/crypto/keys';
+import type { PrivateKey } from '@libp2p/interface';
+import { createHost, loadOrCreatePrivateKey, RefusedError, Rpc, signSync, type Host, type Rejection } from '../src/p2p/index.ts';
 import { jobConfig, jobData, JobError, jobModelOptions } from '../src/train/job.ts';
 import type { BpeTokenizer } from '../src/train/tokenizer.ts';
 import { DataLeases, type LeaseCounters } from './leases.ts';
@@ -162,6 +165,7 @@ export class CoordinatorServer {
 
   private constructor(
     private readonly host: Host,
+    private readonly privateKey: PrivateKey,
     private readonly options: CoordinatorOptions & Required<Pick<CoordinatorOptions, 'heartbeatMs' | 'nodeTimeoutMs' | 'leaseMs' | 'now'>>,
     private readonly planner: ShardPlanner,
     private readonly plannerOptions: PlannerOptions,
@@ -183,8 +187,10 @@ export class CoordinatorServer {
     const replication = bounded('replication', options.replication ?? 2, 1, 256);
     if (typeof options.joinToken !== 'string') throw new TypeError('coordinator: joinToken must be a string (empty: an open swarm)');
     const { planner, plannerOptions, batchesPerEpoch, tokenizerJson } = prepareJob(options.job, options.tokenizer, replication);
-    const host = await createHost({ listen: options.listen, keyFile: options.keyFile });
-    const server = new CoordinatorServer(host, { ...options, heartbeatMs, nodeTimeoutMs, leaseMs, now: options.now ?? Date.now }, planner, plannerOptions, batchesPerEpoch, tokenizerJson);
+    // The identity key also signs every plan nodes receive.
+    const privateKey = options.keyFile === undefined ? await generateKeyPair('Ed25519') : await loadOrCreatePrivateKey(options.keyFile);
+    const host = await createHost({ listen: options.listen, privateKey });
+    const server = new CoordinatorServer(host, privateKey, { ...options, heartbeatMs, nodeTimeoutMs, leaseMs, now: options.now ?? Date.now }, planner, plannerOptions, batchesPerEpoch, tokenizerJson);
     try {
       await server.serve();
     } catch (err) {
@@ -285,7 +291,7 @@ export class CoordinatorServer {
       this.started = true;
       this.emit({ event: 'started', nodes: alive });
     }
-    return { admitted: true, version: PROTOCOL_VERSION, job: this.options.job, tokenizer: this.tokenizerJson, plan: this.wirePlan(plan), heartbeatMs: this.options.heartbeatMs, completedBatches: this.completed() };
+    return { admitted: true, version: PROTOCOL_VERSION, job: this.options.job, tokenizer: this.tokenizerJson, ...this.signedPlan(plan), heartbeatMs: this.options.heartbeatMs, completedBatches: this.completed() };
   }
 
   private heartbeat(beat: Heartbeat, peer: string): HeartbeatReply {
@@ -299,7 +305,7 @@ export class CoordinatorServer {
     }
     if (!alive) return { accepted: false, reason: 'rejoin', stop: this.finished };
     const plan = this.planner.current!;
-    return { accepted: true, ...(plan.version > beat.planVersion ? { plan: this.wirePlan(plan) } : {}), stop: this.finished };
+    return { accepted: true, ...(plan.version > beat.planVersion ? this.signedPlan(plan) : {}), stop: this.finished };
   }
 
   private lease(request: LeaseRequest, peer: string): LeaseGrant {
@@ -408,6 +414,12 @@ export class CoordinatorServer {
       peers: [...plan.nodes.keys()].map((peerId) => ({ peerId, addrs: this.addrsOf.get(peerId) ?? [] })),
       ...(plan.degraded ? { degraded: truncate(plan.degraded.reason) } : {}),
     };
+  }
+
+  /** Signed afresh each time: a node's addresses may change without a new plan version (it rejoined from elsewhere). */
+  private signedPlan(shards: ShardPlan): { plan: Plan; planSignature: Uint8Array } {
+    const plan = this.wirePlan(shards);
+    return { plan, planSignature: signSync(this.privateKey, planSigningBytes(this.options.job.jobId, plan)) };
   }
 
   /** A node that left or died: its batches go back to the pool. The caller re-plans. */

@@ -3,10 +3,10 @@
 // its peers, and trains on leased micro-batches until the job is done. Plan changes (a node
 // joined, left or died) are applied between steps: experts given up are released, new ones
 // copied from a surviving holder. Everything that happens is reported through onEvent.
-import { msgpackCodec, PROTOCOL_VERSION, type JobSpec, type Plan } from '../proto/index.ts';
+import { msgpackCodec, planSigningBytes, PROTOCOL_VERSION, type JobSpec, type Plan } from '../proto/index.ts';
 import { createKernels, type Kernels } from '../src/kernels/index.ts';
 import { expertOf, Model } from '../src/model/model.ts';
-import { createHost, Rpc, type DialTarget, type Host, type Rejection } from '../src/p2p/index.ts';
+import { createHost, Rpc, signedBy, type DialTarget, type Host, type Rejection } from '../src/p2p/index.ts';
 import type { CorpusLoaders } from '../src/train/data.ts';
 import { jobBatch, jobConfig, jobData, jobModelOptions } from '../src/train/job.ts';
 import { AdamW, DEFAULT_ADAMW } from '../src/train/optimizer.ts';
@@ -88,6 +88,8 @@ export class NodeDaemon {
     private readonly host: Host,
     private readonly rpc: Rpc,
     private readonly coordinator: DialTarget,
+    /** Signs every plan (who is admitted, who holds what); a plan it did not sign is ignored. */
+    private readonly coordinatorId: string,
     private readonly gemmGflops: number,
     readonly traffic: Traffic,
   ) {
@@ -95,6 +97,9 @@ export class NodeDaemon {
   }
 
   static async start(options: NodeOptions): Promise<NodeDaemon> {
+    const coordinator = multiaddr(options.join);
+    const coordinatorId = coordinator.getComponents().findLast((c) => c.name === 'p2p')?.value;
+    if (coordinatorId === undefined) throw new Error(`${options.join} does not end in /p2p/<the coordinator's peer id>, which checks the plans it signs`);
     const kernels = await createKernels({ threads: options.threads ?? 1 });
     const gemmGflops = measureGemm(kernels);
     const host = await createHost({ ...(options.listen ? { listen: options.listen } : {}), ...(options.keyFile ? { keyFile: options.keyFile } : {}) });
@@ -105,7 +110,7 @@ export class NodeDaemon {
       codec: countingCodec(msgpackCodec, traffic),
       onReject: (rejection: Rejection) => emit({ event: 'rejected', ...rejection }),
     });
-    const daemon = new NodeDaemon(options, kernels, host, rpc, multiaddr(options.join), gemmGflops, traffic);
+    const daemon = new NodeDaemon(options, kernels, host, rpc, coordinator, coordinatorId, gemmGflops, traffic);
     try {
       await daemon.joinJob();
     } catch (err) {
@@ -128,6 +133,7 @@ export class NodeDaemon {
       addrs: this.host.getMultiaddrs().map(String),
     }, { timeout: COORDINATOR_TIMEOUT_MS });
     if (!reply.admitted) throw new JoinRefusedError(`the coordinator refused this node: ${reply.reason}`);
+    if (!this.signedPlan(reply.job.jobId, reply.plan, reply.planSignature)) throw new JoinRefusedError(`the plan in the join reply is not signed by ${this.coordinatorId}`);
     this.heartbeatMs = reply.heartbeatMs;
     if (this.model) {
       // Re-admitted after being declared dead: carry on with the new plan.
@@ -199,6 +205,10 @@ export class NodeDaemon {
     return undefined;
   }
 
+  private signedPlan(jobId: string, plan: Plan, signature: Uint8Array | undefined): boolean {
+    return signature !== undefined && signedBy(this.coordinatorId, planSigningBytes(jobId, plan), signature);
+  }
+
   private newestPlan(): Plan {
     return this.pendingPlan && this.pendingPlan.version > this.plan.version ? this.pendingPlan : this.plan;
   }
@@ -268,7 +278,10 @@ export class NodeDaemon {
         droppedExpertCalls: this.experts.stats.unanswered, planVersion: this.newestPlan().version,
         refusedUpdates: this.averager.stats.refused, flaggedPeers: [...this.averager.stats.flagged].slice(0, 256),
       }, { timeout: COORDINATOR_TIMEOUT_MS });
-      if (reply.plan && reply.plan.version > this.newestPlan().version) this.pendingPlan = reply.plan;
+      if (reply.plan && reply.plan.version > this.newestPlan().version) {
+        if (this.signedPlan(this.job.jobId, reply.plan, reply.planSignature)) this.pendingPlan = reply.plan;
+        else this.log(`heartbeat: ignored plan v${reply.plan.version}, not signed by ${this.coordinatorId}`);
+      }
       if (reply.stop) this.done = true;
       if (!reply.accepted && reply.reason === 'rejoin') await this.joinJob();
     } catch (err) {

@@ -3,6 +3,7 @@
 export * from './codec.ts';
 export * from './errors.ts';
 export * from './messages.ts';
+export * from './plan.ts';
 export * from './protocols.ts';
 export * from './tensor.ts';
 export * from './version.ts';

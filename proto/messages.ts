@@ -103,6 +103,9 @@ export const PlanSchema = Type.Object({
 });
 export type Plan = Static<typeof PlanSchema>;
 
+/** The coordinator's Ed25519 signature of planSigningBytes(jobId, plan), checked by nodes against its peer id. */
+const PlanSignature = Type.Uint8Array({ maxByteLength: 256 });
+
 export const JoinResponseSchema = Type.Union([
   Type.Object({
     admitted: Type.Literal(true),
@@ -111,6 +114,7 @@ export const JoinResponseSchema = Type.Union([
     /** The job's tokenizer, a Hugging Face tokenizer.json. */
     tokenizer: Type.String({ maxLength: 16 * 1024 * 1024 }),
     plan: PlanSchema,
+    planSignature: PlanSignature,
     heartbeatMs: Type.Integer({ minimum: 100, maximum: 3_600_000 }),
     /** Micro-batches the job has trained so far: above 0, a joining node fetches current state from its peers. */
     completedBatches: Count,
@@ -145,6 +149,8 @@ export const HeartbeatReplySchema = Type.Object({
   accepted: Type.Boolean(),
   reason: Type.Optional(Reason),
   plan: Type.Optional(PlanSchema),
+  /** Present with `plan`. */
+  planSignature: Type.Optional(PlanSignature),
   /** The job is over (or the node was removed): stop training and leave. */
   stop: Type.Boolean(),
 });

@@ -19,8 +19,10 @@ export type Host = Libp2p<{ identify: Identify; ping: Ping }>;
 export interface HostOptions {
   /** Multiaddrs to listen on. Default: an ephemeral TCP port on 127.0.0.1. */
   listen?: string[];
-  /** Where the node's private key lives; created on first use. Without it the identity is ephemeral. */
+  /** Where the node's private key lives; created on first use. Without it (or privateKey) the identity is ephemeral. */
   keyFile?: string;
+  /** The identity key itself, for a caller that also signs with it. */
+  privateKey?: PrivateKey;
   /** Transports to use instead of TCP (a test can wrap TCP to add latency or faults). */
   transports?: Libp2pInit['transports'];
   connectionGater?: Libp2pInit['connectionGater'];
@@ -30,7 +32,7 @@ export const DEFAULT_LISTEN = ['/ip4/127.0.0.1/tcp/0'];
 
 /** Creates and starts a host. */
 export async function createHost(options: HostOptions = {}): Promise<Host> {
-  const privateKey = options.keyFile === undefined ? undefined : await loadOrCreatePrivateKey(options.keyFile);
+  const privateKey = options.privateKey ?? (options.keyFile === undefined ? undefined : await loadOrCreatePrivateKey(options.keyFile));
   return createLibp2p({
     ...(privateKey === undefined ? {} : { privateKey }),
     addresses: { listen: options.listen ?? DEFAULT_LISTEN },

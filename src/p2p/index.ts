@@ -4,3 +4,4 @@ export * from './errors.ts';
 export { cappedLengthDecoder, frameStream, varintLength } from './framing.ts';
 export * from './host.ts';
 export * from './rpc.ts';
+export * from './signing.ts';

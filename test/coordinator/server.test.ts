@@ -14,9 +14,9 @@ import { fileURLToPath } from 'node:url';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { footprint } from '../../coordinator/footprint.ts';
 import { CoordinatorServer, type CoordinatorEvent, type CoordinatorOptions } from '../../coordinator/server.ts';
-import { msgpackCodec, PROTOCOL_VERSION, type JobSpec, type JoinRequest, type MessageCodec, type Plan } from '../../proto/index.ts';
+import { msgpackCodec, planSigningBytes, PROTOCOL_VERSION, type JobSpec, type JoinRequest, type MessageCodec, type Plan } from '../../proto/index.ts';
 import { packPlain } from '../../proto/msgpack.ts';
-import { createHost, RefusedError, RemoteError, Rpc, type Host } from '../../src/p2p/index.ts';
+import { createHost, RefusedError, RemoteError, Rpc, signedBy, type Host } from '../../src/p2p/index.ts';
 import { jobConfig, jobData, jobDocuments } from '../../src/train/job.ts';
 import { BpeTokenizer } from '../../src/train/tokenizer.ts';
 import { misbehaviours, sendRaw } from '../p2p/peers.ts';
@@ -218,7 +218,10 @@ describe('plans', () => {
     expect(second.plan.degraded).toBeUndefined();
 
     const stale = await a.heartbeat(to, 1, 7);
-    expect(stale).toEqual({ accepted: true, plan: second.plan, stop: false });
+    expect(stale).toEqual({ accepted: true, plan: second.plan, planSignature: expect.any(Uint8Array), stop: false });
+    // Signed by the coordinator's identity: nodes check plans against the peer id they joined.
+    for (const { plan, planSignature } of [first, second, stale]) expect(signedBy(server!.peerId, planSigningBytes(JOB.jobId, plan!), planSignature!)).toBe(true);
+    expect(signedBy(server!.peerId, planSigningBytes(JOB.jobId, first.plan), second.planSignature)).toBe(false);
     expect(await a.heartbeat(to, 2, 8)).toEqual({ accepted: true, stop: false });
     expect(server!.status().nodes.find((n) => n.nodeId === a.id)!.stats).toMatchObject({ step: 8, loss: 3.5, planVersion: 2 });
     expect(await c.heartbeat(to, 0)).toEqual({ accepted: false, reason: 'rejoin', stop: false });

@@ -28,7 +28,7 @@ export async function serveToy(rpc: Rpc): Promise<void> {
   });
   await rpc.handle('join', (join) => {
     if (join.token !== JOIN_TOKEN) throw new RefusedError('wrong join token');
-    return { admitted: true, version: PROTOCOL_VERSION, job: JOB, tokenizer: '{}', plan: { version: 1, experts: [{ layer: 0, expert: 1, holders: [] }], peers: [] }, heartbeatMs: 1000, completedBatches: 0 };
+    return { admitted: true, version: PROTOCOL_VERSION, job: JOB, tokenizer: '{}', plan: { version: 1, experts: [{ layer: 0, expert: 1, holders: [] }], peers: [] }, planSignature: new Uint8Array(64), heartbeatMs: 1000, completedBatches: 0 };
   });
 }
 

@@ -37,6 +37,7 @@ export function samples(): Samples {
           peers: [{ peerId: PEER_ID, addrs: ['/ip4/127.0.0.1/tcp/4001'] }],
           degraded: 'expert 1.0 has no holder',
         },
+        planSignature: Uint8Array.from({ length: 64 }, (_, i) => i),
         heartbeatMs: 5000,
         completedBatches: 12,
       },
@@ -45,7 +46,7 @@ export function samples(): Samples {
       request: {
         jobId: 'job-1', step: 120, loss: 3.25, tokensPerSecond: 2150.5, bytesSent: 5e9, bytesReceived: 123, staleness: 2, droppedExpertCalls: 0, planVersion: 3,
       },
-      response: { accepted: true, stop: false, plan: { version: 4, experts: [], peers: [] } },
+      response: { accepted: true, stop: false, plan: { version: 4, experts: [], peers: [] }, planSignature: new Uint8Array(64).fill(7) },
     },
     lease: {
       request: { jobId: 'job-1', maxBatches: 4 },

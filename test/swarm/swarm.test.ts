@@ -3,13 +3,17 @@
 // could each hold only half of the experts train the whole model; a node killed with SIGKILL
 // costs no micro-batch (none lost, none doubled) and its experts are re-replicated from the
 // survivors; a restarted node with the same identity catches up from a peer; and with
-// synchronous averaging and every expert on every node, the swarm retraces a single process.
+// synchronous averaging and every expert on every node, the swarm retraces a single process;
+// bad peers are refused, and a node refuses a coordinator whose plan is not signed by its peer id.
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { multiaddr } from '@multiformats/multiaddr';
 import { f32Tensor, msgpackCodec, type JobSpec } from '../../proto/index.ts';
 import { footprint } from '../../coordinator/footprint.ts';
 import { createHost, Rpc } from '../../src/p2p/index.ts';
-import { misbehaviours, sendRaw } from '../p2p/peers.ts';
+import { JOIN_TOKEN, misbehaviours, sendRaw, serveToy } from '../p2p/peers.ts';
 import { createKernels } from '../../src/kernels/index.ts';
 import { Model } from '../../src/model/model.ts';
 import { jobBatch, jobConfig, jobData, jobDocuments, jobModelOptions } from '../../src/train/job.ts';
@@ -17,7 +21,7 @@ import { AdamW, DEFAULT_ADAMW } from '../../src/train/optimizer.ts';
 import { learningRate } from '../../src/train/schedule.ts';
 import { BpeTokenizer } from '../../src/train/tokenizer.ts';
 import { splitBatch } from '../../src/train/trainer.ts';
-import { startSwarm, type Swarm, type SwarmEvent } from '../../coordinator/local-swarm.ts';
+import { start, startSwarm, type Swarm, type SwarmEvent } from '../../coordinator/local-swarm.ts';
 
 const MODEL = {
   hiddenSize: 64, numLayers: 2, numHeads: 4, numKvHeads: 2, headDim: 16, numExperts: 4, expertsPerToken: 2,
@@ -165,6 +169,20 @@ describe('bad peers', () => {
     const before = steps(victim.events).length;
     await victim.waitFor((e) => e.event === 'step' && e.step > before, 60_000, 'a step after the attack');
     expect(victim.exitCode).toBeNull();
+  });
+
+  it('a node refuses a plan its coordinator did not sign', async () => {
+    const impostor = await createHost();
+    const dir = await mkdtemp(join(tmpdir(), 'swarmtrain-impostor-'));
+    try {
+      await serveToy(new Rpc({ transport: impostor, codec: msgpackCodec, onReject: () => {} })); // admits with a zero signature
+      const node = start('node', 'node/bin.mjs', ['node', '--join', impostor.getMultiaddrs()[0].toString(), '--token', JOIN_TOKEN], { logDir: dir });
+      expect(await node.exited).toBe(2);
+      expect(node.stderr).toContain(`the plan in the join reply is not signed by ${impostor.peerId}`);
+    } finally {
+      await impostor.stop();
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 });
 
