@@ -1,4 +1,5 @@
-// fp32 matrix products on the kernel heap, split over output column panels across threads.
+// fp32 matrix products on the kernel heap, split across threads over output column panels, or
+// over rows when there are too few panels to go round (LoRA's rank-r products).
 import { checkDims, heapPtr } from './check.ts';
 import type { KernelRuntime } from './runtime.ts';
 
@@ -6,6 +7,8 @@ import type { KernelRuntime } from './runtime.ts';
 export const GEMM_PANEL = 8;
 /** Below this many multiply-adds a product runs on one thread (waking workers costs more). */
 export const PARALLEL_MIN_MACS = 1 << 18;
+/** Row chunks of a product split over rows: whole 4-row register tiles, and not too many chunks. */
+export const GEMM_ROW_GRAIN = 32;
 /** A·Bᵀ with at most this many rows of A runs as dot products (token generation): packing B would cost more. */
 export const DOT_MAX_ROWS = 8;
 
@@ -39,6 +42,11 @@ export class Gemm {
       return;
     }
     const args = [pa, pb, pc, m, n, k, +transA, +transB, +accumulate];
-    this.rt.parallel('gemm_f32', args, n, GEMM_PANEL, m * n * k < PARALLEL_MIN_MACS);
+    const serial = m * n * k < PARALLEL_MIN_MACS;
+    if (Math.ceil(n / GEMM_PANEL) < 2 * this.rt.info.threads && m >= 2 * GEMM_ROW_GRAIN) {
+      this.rt.parallel('gemm_f32_rows', args, m, GEMM_ROW_GRAIN, serial);
+      return;
+    }
+    this.rt.parallel('gemm_f32', args, n, GEMM_PANEL, serial);
   }
 }

@@ -161,16 +161,16 @@ function microKernel(ap: usize, bp: usize, kc: i32, c: usize, ldc: i32, h: i32, 
 }
 
 /**
- * The GEMM driver for columns [n0, n1) of C. `accumulate` adds into C instead of
- * overwriting it. `scratch` must hold GEMM_SCRATCH bytes private to the calling thread.
+ * The GEMM driver for columns [n0, n1) and rows [m0, m1) of C. `accumulate` adds into C
+ * instead of overwriting it. `scratch` must hold GEMM_SCRATCH bytes private to the calling thread.
  */
 export function gemmDriver(
   a: usize, transA: bool, packB: PackB, b: usize, bAux: usize,
-  c: usize, m: i32, n: i32, k: i32, accumulate: bool, scratch: usize, n0: i32, n1: i32,
+  c: usize, m: i32, n: i32, k: i32, accumulate: bool, scratch: usize, n0: i32, n1: i32, m0: i32, m1: i32,
 ): void {
-  if (m <= 0 || n1 <= n0) return;
+  if (m1 <= m0 || n1 <= n0) return;
   if (k <= 0) {
-    if (!accumulate) for (let i = 0; i < m; i++) memory.fill(c + ((<usize>i * n + n0) << 2), 0, <usize>(n1 - n0) << 2);
+    if (!accumulate) for (let i = m0; i < m1; i++) memory.fill(c + ((<usize>i * n + n0) << 2), 0, <usize>(n1 - n0) << 2);
     return;
   }
   const packedA = scratch;
@@ -182,8 +182,8 @@ export function gemmDriver(
       const kc = min(KC, k - pc);
       const add = accumulate || pc > 0;
       packB(packedB, b, bAux, n, k, pc, kc, jc, nc);
-      for (let ic = 0; ic < m; ic += MC) {
-        const mc = min(MC, m - ic);
+      for (let ic = m0; ic < m1; ic += MC) {
+        const mc = min(MC, m1 - ic);
         packA(packedA, a, transA, m, k, ic, mc, pc, kc);
         for (let jr = 0; jr < nc; jr += NR) {
           const w = min(NR, nc - jr);
@@ -208,7 +208,18 @@ export function gemm_f32(
   a: usize, b: usize, c: usize, m: i32, n: i32, k: i32,
   transA: i32, transB: i32, accumulate: i32, n0: i32, n1: i32, scratch: usize,
 ): void {
-  gemmDriver(a, transA != 0, transB != 0 ? packB_f32_t : packB_f32_n, b, 0, c, m, n, k, accumulate != 0, scratch, n0, n1);
+  gemmDriver(a, transA != 0, transB != 0 ? packB_f32_t : packB_f32_n, b, 0, c, m, n, k, accumulate != 0, scratch, n0, n1, 0, m);
+}
+
+/**
+ * fp32 GEMM over output rows [m0, m1), all columns: for products with too few column panels
+ * to share among threads (LoRA's rank-r side). Each element's reduction order is the same.
+ */
+export function gemm_f32_rows(
+  a: usize, b: usize, c: usize, m: i32, n: i32, k: i32,
+  transA: i32, transB: i32, accumulate: i32, m0: i32, m1: i32, scratch: usize,
+): void {
+  gemmDriver(a, transA != 0, transB != 0 ? packB_f32_t : packB_f32_n, b, 0, c, m, n, k, accumulate != 0, scratch, 0, n, m0, m1);
 }
 
 export function gemm_scratch_bytes(): i32 {
