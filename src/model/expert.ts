@@ -21,21 +21,40 @@ export interface ExpertCompute {
 }
 
 /**
- * An expert's forward activations, kept for its backward: gate·x, up·x, silu(gate·x) ⊙ up·x,
- * and room for the gradient of the last. Under gradient checkpointing the experts of
- * different layers share caches (a layer's forward is recomputed just before its backward).
+ * An expert's forward activations, kept for its backward: gate·x and up·x. Under gradient
+ * checkpointing the experts of different layers share caches (a layer's forward is recomputed
+ * just before its backward).
  */
 export class ExpertCache {
   readonly g: GrowableBuffer;
   readonly u: GrowableBuffer;
-  readonly h: GrowableBuffer;
-  readonly dh: GrowableBuffer;
 
   constructor(kernels: Kernels, hidden: number) {
     this.g = new GrowableBuffer(kernels, hidden);
     this.u = new GrowableBuffer(kernels, hidden);
-    this.h = new GrowableBuffer(kernels, hidden);
-    this.dh = new GrowableBuffer(kernels, hidden);
+  }
+}
+
+/**
+ * Temporaries of one expert call, shared by all the experts of a model (calls run one at a
+ * time, whatever their hidden size): h = silu(gate·x) ⊙ up·x and its gradient. Each call
+ * overwrites what it reads.
+ */
+export class ExpertScratch {
+  private readonly hBuffer: GrowableBuffer;
+  private readonly dhBuffer: GrowableBuffer;
+
+  constructor(kernels: Kernels) {
+    this.hBuffer = new GrowableBuffer(kernels, 1);
+    this.dhBuffer = new GrowableBuffer(kernels, 1);
+  }
+
+  h(length: number): Float32Array {
+    return this.hBuffer.rows(length);
+  }
+
+  dh(length: number): Float32Array {
+    return this.dhBuffer.rows(length);
   }
 }
 
@@ -47,6 +66,7 @@ export class SwigluExpert {
     readonly gate: Linear,
     readonly up: Linear,
     readonly down: Linear,
+    private readonly scratch: ExpertScratch,
     private readonly cache: ExpertCache = new ExpertCache(kernels, gate.outDim),
   ) {
     this.hidden = gate.outDim;
@@ -55,7 +75,7 @@ export class SwigluExpert {
   forward(x: Float32Array, y: Float32Array, rows: number): void {
     const g = this.cache.g.rows(rows);
     const u = this.cache.u.rows(rows);
-    const h = this.cache.h.rows(rows);
+    const h = this.scratch.h(rows * this.hidden);
     this.gate.forward(x, g, rows);
     this.up.forward(x, u, rows);
     this.kernels.ops.swiglu({ gate: g, up: u, h, rows, cols: this.hidden });
@@ -65,8 +85,10 @@ export class SwigluExpert {
   backward(x: Float32Array, dy: Float32Array, dx: Float32Array, rows: number): void {
     const g = this.cache.g.rows(rows);
     const u = this.cache.u.rows(rows);
-    const h = this.cache.h.rows(rows);
-    const dh = this.cache.dh.rows(rows);
+    const h = this.scratch.h(rows * this.hidden);
+    const dh = this.scratch.dh(rows * this.hidden);
+    // h again from the kept gate·x and up·x: one elementwise pass instead of keeping rows × hidden floats per expert.
+    this.kernels.ops.swiglu({ gate: g, up: u, h, rows, cols: this.hidden });
     this.down.backward(h, dy, dh, rows);
     // The gradients of gate·x and up·x overwrite those activations: nothing reads them after.
     this.kernels.ops.swigluBackward({ gate: g, up: u, dh, dGate: g, dUp: u, rows, cols: this.hidden });

@@ -12,7 +12,7 @@ import { QBLOCK } from '../kernels/quantized.ts';
 import type { RopeTable } from '../kernels/ops.ts';
 import { Attention, AttentionBuffers } from './attention.ts';
 import { isLoraTarget, loraShapes, parameterShapes, type F32Tensor, type ModelConfig } from './config.ts';
-import { ExpertCache, LocalExperts, SwigluExpert, type ExpertCompute } from './expert.ts';
+import { ExpertCache, ExpertScratch, LocalExperts, SwigluExpert, type ExpertCompute } from './expert.ts';
 import { initTensors, uniform } from './init.ts';
 import { DenseLinear, LoraLinear, QuantLinear, ScratchBuffers, type BasePath, type Linear } from './linear.ts';
 import { MoeBuffers, MoeLayer } from './moe.ts';
@@ -151,6 +151,7 @@ export class Model {
   private loraShapes: Map<string, number[]>;
   private readonly format: BaseFormat;
   private readonly expertCaches?: ExpertCache[];
+  private readonly expertScratch: ExpertScratch;
   private readonly transposed = new Map<string, QuantizedTensor>();
   private readonly serving = new Map<string, SwigluExpert>();
   private readonly head: Linear;
@@ -198,6 +199,7 @@ export class Model {
 
     this.rope = kernels.ops.ropeTable(config.headDim, config.maxSeqLen, config.ropeTheta);
     const scratch = new ScratchBuffers(kernels);
+    this.expertScratch = new ExpertScratch(kernels);
     this.expertCaches = options.checkpointing
       ? Array.from({ length: config.numExperts }, () => new ExpertCache(kernels, config.expertHiddenSize))
       : undefined;
@@ -264,7 +266,7 @@ export class Model {
   }
 
   private swiglu(prefix: string, cache?: ExpertCache): SwigluExpert {
-    return new SwigluExpert(this.kernels, this.linear(`${prefix}.gate`), this.linear(`${prefix}.up`), this.linear(`${prefix}.down`), cache);
+    return new SwigluExpert(this.kernels, this.linear(`${prefix}.gate`), this.linear(`${prefix}.up`), this.linear(`${prefix}.down`), this.expertScratch, cache);
   }
 
   private buildExpert(layer: number, expert: number): SwigluExpert {
