@@ -1,6 +1,7 @@
 // Causal self-attention with grouped KV heads and rotary embeddings, over a batch of
 // sequences laid out [batch·seq, features]. Forward keeps q, k, v (rotated), the attention
 // output and each query's log-sum-exp; backward recomputes the probabilities from those.
+// For generation, decode() runs new tokens of one sequence against cached keys and values.
 import type { Kernels } from '../kernels/index.ts';
 import type { RopeTable } from '../kernels/ops.ts';
 import type { ModelConfig } from './config.ts';
@@ -38,6 +39,12 @@ export class AttentionBuffers {
   }
 }
 
+/** One layer's rotated keys and values of the positions generated so far, [maxSeqLen, kvHeads·headDim] each. */
+export interface KvCacheLayer {
+  k: Float32Array;
+  v: Float32Array;
+}
+
 export class Attention {
   constructor(
     private readonly kernels: Kernels,
@@ -69,6 +76,50 @@ export class Attention {
     for (let b = 0; b < batch; b++) {
       const s = this.sequence(a, b, seq);
       ops.attention({ ...s, tokens: seq, heads: numHeads, kvHeads: numKvHeads, headDim });
+    }
+    this.o.forward(a.att, out, rows);
+  }
+
+  /**
+   * Generation: out[rows, H] for `rows` new tokens of one sequence at positions start..start+rows-1,
+   * each attending to itself and every earlier position; their keys and values join the cache.
+   * Few rows and up to maxSeqLen keys: plain loops in float64 beat a kernel call per head.
+   */
+  decode(x: Float32Array, out: Float32Array, rows: number, cache: KvCacheLayer, start: number, positions: Int32Array): void {
+    const { ops } = this.kernels;
+    const { numHeads, numKvHeads, headDim: D } = this.config;
+    const a = this.activations(rows);
+    this.q.forward(x, a.q, rows);
+    this.k.forward(x, a.k, rows);
+    this.v.forward(x, a.v, rows);
+    ops.rope({ x: a.q, positions, table: this.rope, tokens: rows, heads: numHeads });
+    ops.rope({ x: a.k, positions, table: this.rope, tokens: rows, heads: numKvHeads });
+    const kvDim = numKvHeads * D;
+    cache.k.set(a.k.subarray(0, rows * kvDim), start * kvDim);
+    cache.v.set(a.v.subarray(0, rows * kvDim), start * kvDim);
+    const scale = 1 / Math.sqrt(D);
+    const group = numHeads / numKvHeads;
+    const scores = new Float64Array(start + rows);
+    for (let i = 0; i < rows; i++) {
+      const keys = start + i + 1;
+      for (let h = 0; h < numHeads; h++) {
+        const q = (i * numHeads + h) * D;
+        const kv = Math.floor(h / group) * D;
+        let max = -Infinity;
+        for (let j = 0; j < keys; j++) {
+          let dot = 0;
+          for (let d = 0; d < D; d++) dot += a.q[q + d] * cache.k[j * kvDim + kv + d];
+          scores[j] = dot * scale;
+          max = Math.max(max, scores[j]);
+        }
+        let sum = 0;
+        for (let j = 0; j < keys; j++) sum += (scores[j] = Math.exp(scores[j] - max));
+        for (let d = 0; d < D; d++) {
+          let acc = 0;
+          for (let j = 0; j < keys; j++) acc += scores[j] * cache.v[j * kvDim + kv + d];
+          a.att[q + d] = acc / sum;
+        }
+      }
     }
     this.o.forward(a.att, out, rows);
   }

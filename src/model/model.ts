@@ -10,7 +10,7 @@
 import type { Kernels, QuantizedTensor } from '../kernels/index.ts';
 import { QBLOCK } from '../kernels/quantized.ts';
 import type { RopeTable } from '../kernels/ops.ts';
-import { Attention, AttentionBuffers } from './attention.ts';
+import { Attention, AttentionBuffers, type KvCacheLayer } from './attention.ts';
 import { isLoraTarget, loraShapes, parameterShapes, type F32Tensor, type ModelConfig } from './config.ts';
 import { ExpertCache, ExpertScratch, LocalExperts, SwigluExpert, type ExpertCompute } from './expert.ts';
 import { initTensors, uniform } from './init.ts';
@@ -77,6 +77,33 @@ export interface StepLoss {
  * tokens × 4096 vocab).
  */
 const HEAD_CHUNK = 256;
+
+/** How a block's attention runs: over whole sequences (training, evaluation) or against a KV cache (generation). */
+type Attend = (attention: Attention, x: Float32Array, y: Float32Array, layer: number) => void;
+
+/** Rotated keys and values of every layer for up to maxSeqLen positions of one sequence: see Model.decode. */
+export class KvCache {
+  readonly layers: KvCacheLayer[];
+  /** Positions cached so far. */
+  length = 0;
+
+  constructor(private readonly kernels: Kernels, config: ModelConfig) {
+    const size = config.maxSeqLen * config.numKvHeads * config.headDim;
+    this.layers = Array.from({ length: config.numLayers }, () => ({ k: kernels.heap.f32(size), v: kernels.heap.f32(size) }));
+  }
+
+  /** Forgets every position (a new sequence). */
+  clear(): void {
+    this.length = 0;
+  }
+
+  release(): void {
+    for (const { k, v } of this.layers) {
+      this.kernels.heap.release(k);
+      this.kernels.heap.release(v);
+    }
+  }
+}
 
 /** Buffers of one layer's forward, shared by all layers under gradient checkpointing. */
 class BlockActivations {
@@ -361,13 +388,61 @@ export class Model {
   async logits(tokens: ArrayLike<number>, batch: number, seq: number): Promise<Float32Array> {
     await this.forward(tokens, batch, seq);
     const rows = batch * seq;
+    const logits = this.logitsBuffer(rows);
+    this.head.forward(this.workspace!.hFinal, logits, rows);
+    return logits;
+  }
+
+  /** A cache for decode(), for up to maxSeqLen positions; release() it when done. */
+  kvCache(): KvCache {
+    return new KvCache(this.kernels, this.config);
+  }
+
+  /**
+   * Generation: runs `tokens` (the prompt, then one new token at a time) after the positions
+   * already in `cache`, adds theirs, and returns the logits of the next token [vocab] (a view,
+   * valid until the next call). The same logits as logits() over the whole sequence, without
+   * recomputing it.
+   */
+  async decode(tokens: ArrayLike<number>, cache: KvCache): Promise<Float32Array> {
+    const { ops } = this.kernels;
+    const { hiddenSize: H, numLayers: L, maxSeqLen } = this.config;
+    const rows = tokens.length;
+    const start = cache.length;
+    if (rows === 0) throw new RangeError('model: decode needs at least one token');
+    if (start + rows > maxSeqLen) throw new RangeError(`model: ${start} cached and ${rows} new positions exceed maxSeqLen ${maxSeqLen}`);
+    const ws = this.ensureWorkspace(rows);
+    this.embed(ws, tokens, rows, (i) => start + i);
+    const positions = ws.positions.subarray(0, rows);
+    const attend: Attend = (attention, x, y, layer) => attention.decode(x, y, rows, cache.layers[layer], start, positions);
+    for (let l = 0; l < L; l++) await this.blockForward(l, ws, rows, ws.residual[l + 1], attend);
+    cache.length = start + rows;
+    const last = ws.residual[L].subarray((rows - 1) * H, rows * H);
+    ops.rmsNorm({ x: last, weight: this.params.get('final_norm').value, y: ws.hFinal, rstd: ws.rstdFinal, rows: 1, dim: H, eps: this.config.rmsNormEps });
+    const logits = this.logitsBuffer(1);
+    this.head.forward(ws.hFinal, logits, 1);
+    return logits;
+  }
+
+  private logitsBuffer(rows: number): Float32Array {
     const V = this.config.vocabSize;
     if (!this.fullLogits || this.fullLogits.length < rows * V) {
       if (this.fullLogits) this.kernels.heap.release(this.fullLogits);
       this.fullLogits = this.kernels.heap.f32(rows * V);
     }
-    this.head.forward(this.workspace!.hFinal, this.fullLogits, rows);
     return this.fullLogits.subarray(0, rows * V);
+  }
+
+  /** Checks the token ids, records them and their positions, and looks up their embeddings into residual[0]. */
+  private embed(ws: Workspace, tokens: ArrayLike<number>, rows: number, position: (i: number) => number): void {
+    const { hiddenSize: H, vocabSize: V } = this.config;
+    for (let i = 0; i < rows; i++) {
+      const id = tokens[i];
+      if (!(id >= 0 && id < V)) throw new RangeError(`model: token id ${id} at ${i} is outside the vocabulary [0, ${V})`);
+      ws.tokens[i] = id;
+      ws.positions[i] = position(i);
+    }
+    this.kernels.ops.gatherRows({ src: this.params.get('embed').value, indices: ws.tokens, dst: ws.residual[0], rows, cols: H, srcRows: V });
   }
 
   private ensureWorkspace(rows: number): Workspace {
@@ -386,15 +461,10 @@ export class Model {
     if (tokens.length !== rows) throw new RangeError(`model: ${tokens.length} tokens for batch ${batch} × seq ${seq}`);
     if (seq > this.config.maxSeqLen) throw new RangeError(`model: sequence of ${seq} exceeds maxSeqLen ${this.config.maxSeqLen}`);
     const ws = this.ensureWorkspace(rows);
-    for (let i = 0; i < rows; i++) {
-      const id = tokens[i];
-      if (!(id >= 0 && id < V)) throw new RangeError(`model: token id ${id} at ${i} is outside the vocabulary [0, ${V})`);
-      ws.tokens[i] = id;
-      ws.positions[i] = i % seq;
-    }
-    ops.gatherRows({ src: this.params.get('embed').value, indices: ws.tokens, dst: ws.residual[0], rows, cols: H, srcRows: V });
+    this.embed(ws, tokens, rows, (i) => i % seq);
     const aux: number[] = [];
-    for (let l = 0; l < L; l++) aux.push(await this.blockForward(l, ws, batch, seq, ws.residual[l + 1]));
+    const attend: Attend = (attention, x, y) => attention.forward(x, y, batch, seq, ws.positions);
+    for (let l = 0; l < L; l++) aux.push(await this.blockForward(l, ws, rows, ws.residual[l + 1], attend));
     const xL = ws.residual[L];
     ops.rmsNorm({ x: xL, weight: this.params.get('final_norm').value, y: ws.hFinal, rstd: ws.rstdFinal, rows, dim: H, eps: this.config.rmsNormEps });
     this.last = { batch, seq, aux };
@@ -426,15 +496,14 @@ export class Model {
     return { loss: crossEntropy + this.config.routerAuxLossCoef * meanAux, crossEntropy, aux: meanAux, tokens: counted };
   }
 
-  private async blockForward(l: number, ws: Workspace, batch: number, seq: number, out: Float32Array): Promise<number> {
+  private async blockForward(l: number, ws: Workspace, rows: number, out: Float32Array, attend: Attend): Promise<number> {
     const { ops } = this.kernels;
     const { hiddenSize: H, rmsNormEps: eps } = this.config;
-    const rows = batch * seq;
     const block = this.blocks[l];
     const a = ws.blocks[l];
     const x = ws.residual[l];
     ops.rmsNorm({ x, weight: block.attnNorm.value, y: a.hAttn, rstd: a.rstdAttn, rows, dim: H, eps });
-    block.attention.forward(a.hAttn, a.attnOut, batch, seq, ws.positions);
+    attend(block.attention, a.hAttn, a.attnOut, l);
     ops.add(x, a.attnOut, a.xMid, rows * H);
     ops.rmsNorm({ x: a.xMid, weight: block.ffnNorm.value, y: a.hFfn, rstd: a.rstdFfn, rows, dim: H, eps });
     const aux = await block.moe.forward(a.hFfn, a.moeOut, rows);
@@ -458,7 +527,7 @@ export class Model {
     });
     const auxScale = (gradScale * this.config.routerAuxLossCoef) / L;
     for (let l = L - 1; l >= 0; l--) {
-      if (this.options.checkpointing) await this.blockForward(l, ws, batch, seq, ws.dh);
+      if (this.options.checkpointing) await this.blockForward(l, ws, rows, ws.dh, (attention, x, y) => attention.forward(x, y, batch, seq, ws.positions));
       await this.blockBackward(l, ws, batch, seq, auxScale);
     }
     const embed = this.params.get('embed');

@@ -1,6 +1,7 @@
 // Text generation from a model: greedy (temperature 0) or sampled with temperature and
-// nucleus (top-p) filtering. Each step runs the model over the whole context (no KV cache
-// yet), keeping at most maxSeqLen tokens of it.
+// nucleus (top-p) filtering. The prompt runs once, then each new token alone against the
+// cached keys and values of the context. The context is at most maxSeqLen tokens: when the
+// cache is full it restarts from the latest half of the text.
 import { uniform } from '../model/init.ts';
 import type { Model } from '../model/model.ts';
 
@@ -47,19 +48,28 @@ export function sampleToken(logits: ArrayLike<number>, temperature: number, topP
 export async function generate(model: Model, prompt: readonly number[], options: GenerateOptions): Promise<number[]> {
   const { maxNewTokens, temperature = 0, topP = 1, seed = 1, eosId, onLogits } = options;
   if (prompt.length === 0) throw new RangeError('generate: the prompt needs at least one token');
-  const V = model.config.vocabSize;
   const random = uniform(seed);
+  const { maxSeqLen } = model.config;
   const context = [...prompt];
   const out: number[] = [];
-  for (let i = 0; i < maxNewTokens; i++) {
-    const window = context.slice(-model.config.maxSeqLen);
-    const logits = await model.logits(window, 1, window.length);
-    const last = logits.subarray((window.length - 1) * V, window.length * V);
-    onLogits?.(last);
-    const next = sampleToken(last, temperature, topP, random);
-    out.push(next);
-    context.push(next);
-    if (next === eosId) break;
+  const cache = model.kvCache();
+  try {
+    let logits = await model.decode(context.slice(-maxSeqLen), cache);
+    for (let i = 0; i < maxNewTokens; i++) {
+      onLogits?.(logits);
+      const next = sampleToken(logits, temperature, topP, random);
+      out.push(next);
+      context.push(next);
+      if (next === eosId || i === maxNewTokens - 1) break;
+      if (cache.length === maxSeqLen) {
+        cache.clear();
+        logits = await model.decode(context.slice(-Math.ceil(maxSeqLen / 2)), cache);
+      } else {
+        logits = await model.decode([next], cache);
+      }
+    }
+  } finally {
+    cache.release();
   }
   return out;
 }

@@ -252,3 +252,68 @@ describe('model on a small random config', () => {
     expect(() => new Model(kernels, SMALL, { mode: 'full', baseFormat: 'q4' }, base)).toThrow(/quantized base needs lora mode/);
   });
 });
+
+describe('generation with a KV cache', () => {
+  const base = initParameters(SMALL, 11);
+  const sequence = tokensFor(SMALL, 20, 5);
+  const modes: [string, ModelOptions][] = [
+    ['full', { mode: 'full' }],
+    ['lora, q8 base on the integer path', { mode: 'lora', lora: { rank: 4, alpha: 8 }, baseFormat: 'q8', basePath: 'int' }],
+  ];
+
+  /** A model whose LoRA adapters (if any) are not zero, so they take part in the comparison. */
+  function modelFor(options: ModelOptions): Model {
+    const model = new Model(kernels, SMALL, options, base);
+    const random = rng(17);
+    for (const p of model.params.trainable()) if (p.name.endsWith('lora_b')) for (let i = 0; i < p.value.length; i++) p.value[i] = 0.05 * random();
+    return model;
+  }
+
+  const lastRow = (logits: Float32Array, rows: number) => Float32Array.from(logits.subarray((rows - 1) * SMALL.vocabSize, rows * SMALL.vocabSize));
+
+  it.each(modes)('%s: the prompt at once, then one token at a time, gives the logits of the whole sequence', async (_, options) => {
+    const model = modelFor(options);
+    const whole = Float32Array.from(await model.logits(sequence, 1, sequence.length));
+    const cache = model.kvCache();
+    try {
+      const prompt = 7;
+      for (let end = prompt; end <= sequence.length; end++) {
+        const logits = await model.decode(end === prompt ? sequence.slice(0, prompt) : [sequence[end - 1]], cache);
+        // The model's own GEMMs on a sequence against its dot products on one row: rounding only.
+        expect(maxRelError(logits, lastRow(whole, end)), `position ${end - 1}`).toBeLessThan(1e-5);
+      }
+      expect(cache.length).toBe(sequence.length);
+    } finally {
+      cache.release();
+    }
+  });
+
+  it('past maxSeqLen, generation restarts the cache from the latest half of the text', async () => {
+    const model = modelFor({ mode: 'full' });
+    const prompt = sequence.slice(0, 20);
+    const steps: Float32Array[] = [];
+    const ids = await generate(model, prompt, { maxNewTokens: 30, onLogits: (l) => steps.push(Float32Array.from(l)) });
+    expect(ids).toHaveLength(30);
+    const text = [...prompt, ...ids];
+    // Step i's logits follow text[0, 20 + i) while it fits (20 + i ≤ 32), then the latest 16 tokens once the cache fills.
+    for (const i of [0, 5, 12]) {
+      const context = text.slice(0, 20 + i);
+      expect(maxRelError(steps[i], lastRow(await model.logits(context, 1, context.length), context.length)), `step ${i}`).toBeLessThan(1e-5);
+    }
+    const restarted = text.slice(20 + 13 - 16, 20 + 13);
+    expect(maxRelError(steps[13], lastRow(await model.logits(restarted, 1, 16), 16))).toBeLessThan(1e-5);
+  });
+
+  it('refuses more positions than maxSeqLen, and an empty step', async () => {
+    const model = modelFor({ mode: 'full' });
+    const cache = model.kvCache();
+    try {
+      await model.decode(tokensFor(SMALL, 30, 8), cache);
+      await expect(model.decode([1, 2, 3], cache)).rejects.toThrow(/30 cached and 3 new positions exceed maxSeqLen 32/);
+      await expect(model.decode([], cache)).rejects.toThrow(/at least one token/);
+      await expect(model.decode([64], cache)).rejects.toThrow(/token id 64 at 0 is outside the vocabulary/);
+    } finally {
+      cache.release();
+    }
+  });
+});
