@@ -67,12 +67,7 @@ export class Attention {
     const { ops } = this.kernels;
     const { numHeads, numKvHeads, headDim } = this.config;
     const rows = batch * seq;
-    const a = this.activations(rows);
-    this.q.forward(x, a.q, rows);
-    this.k.forward(x, a.k, rows);
-    this.v.forward(x, a.v, rows);
-    ops.rope({ x: a.q, positions, table: this.rope, tokens: rows, heads: numHeads });
-    ops.rope({ x: a.k, positions, table: this.rope, tokens: rows, heads: numKvHeads });
+    const a = this.project(x, rows, positions);
     for (let b = 0; b < batch; b++) {
       const s = this.sequence(a, b, seq);
       ops.attention({ ...s, tokens: seq, heads: numHeads, kvHeads: numKvHeads, headDim });
@@ -86,14 +81,8 @@ export class Attention {
    * Few rows and up to maxSeqLen keys: plain loops in float64 beat a kernel call per head.
    */
   decode(x: Float32Array, out: Float32Array, rows: number, cache: KvCacheLayer, start: number, positions: Int32Array): void {
-    const { ops } = this.kernels;
     const { numHeads, numKvHeads, headDim: D } = this.config;
-    const a = this.activations(rows);
-    this.q.forward(x, a.q, rows);
-    this.k.forward(x, a.k, rows);
-    this.v.forward(x, a.v, rows);
-    ops.rope({ x: a.q, positions, table: this.rope, tokens: rows, heads: numHeads });
-    ops.rope({ x: a.k, positions, table: this.rope, tokens: rows, heads: numKvHeads });
+    const a = this.project(x, rows, positions);
     const kvDim = numKvHeads * D;
     cache.k.set(a.k.subarray(0, rows * kvDim), start * kvDim);
     cache.v.set(a.v.subarray(0, rows * kvDim), start * kvDim);
@@ -149,6 +138,19 @@ export class Attention {
     this.q.backward(x, dq, dx, rows, accumulate);
     this.k.backward(x, dk, dx, rows, true);
     this.v.backward(x, dv, dx, rows, true);
+  }
+
+  /** q, k and v of `rows` tokens, the first two rotated to the tokens' positions. */
+  private project(x: Float32Array, rows: number, positions: Int32Array): AttentionActivations {
+    const { ops } = this.kernels;
+    const { numHeads, numKvHeads } = this.config;
+    const a = this.activations(rows);
+    this.q.forward(x, a.q, rows);
+    this.k.forward(x, a.k, rows);
+    this.v.forward(x, a.v, rows);
+    ops.rope({ x: a.q, positions, table: this.rope, tokens: rows, heads: numHeads });
+    ops.rope({ x: a.k, positions, table: this.rope, tokens: rows, heads: numKvHeads });
+    return a;
   }
 
   /** Views of sequence b's q, k, v, output and lse. */
