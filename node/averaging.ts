@@ -8,7 +8,8 @@
 //             (parameter delta since the last round) through the group's codec (error feedback
 //             kept here, per tensor), then applies an outer step with whatever arrived: the mean
 //             (or trimmed mean) of the deltas, late ones weighted by staleness 1/(1 + rounds
-//             late), through Nesterov momentum. Only holders still in step are waited for; a
+//             late), through Nesterov momentum. Only holders at most a round behind that kept
+//             the last deadline are waited for (a slower one's deltas count when they come); a
 //             holder that finds itself rounds behind fetches fresh state instead of sending.
 // Every contribution is untrusted: wrong names or shapes, a codec that is not the group's,
 // non-finite values, or a norm far above the group's recent median are refused and the
@@ -44,7 +45,7 @@ export interface AveragingStats {
   received: number;
   /** Of those, contributions from an earlier round (weighted down by staleness). */
   late: number;
-  /** In-step holders whose contribution was not there by the deadline. */
+  /** Awaited holders (in step and keeping pace) whose contribution was not there by the deadline. */
   missing: number;
   /** Contributions refused (see the header); their senders are flagged. */
   refused: number;
@@ -77,6 +78,14 @@ export class Averager {
   private readonly waiting = new Map<string, () => void>();
   /** The newest round heard from each peer. */
   private readonly peerRound = new Map<string, number>();
+  /** periodic: when this node started each recent round, to tell how far behind a peer delivers. */
+  private readonly roundStarts = new Map<number, number>();
+  /**
+   * periodic: peers whose last contribution came later than the deadline after this node
+   * started that round, or not at all: slower than this node, so not waited for (what they
+   * send still counts when it comes, weighted by staleness) until they deliver in time again.
+   */
+  private readonly slowPeers = new Set<string>();
   /** periodic: each group's parameters at its last round, the outer momentum, and codec states. */
   private readonly anchors = new Map<string, Float32Array[]>();
   private readonly momentum = new Map<string, Float32Array[]>();
@@ -116,6 +125,8 @@ export class Averager {
   async afterUpdate(step: number): Promise<void> {
     if (this.options.mode !== 'periodic' || (step + 1) % this.options.every !== 0) return;
     this.round = (step + 1) / this.options.every;
+    this.roundStarts.set(this.round, performance.now());
+    this.roundStarts.delete(this.round - KEEP_ROUNDS - 1);
     await Promise.all([...this.groups()].map(([group, params]) => this.outerRound(group, params, this.round)));
   }
 
@@ -192,13 +203,17 @@ export class Averager {
     const mine = decodeTensors(codec, tensors, parts);
     this.send(group, round, this.corrupt(parts), codec.spec);
 
-    const inStep = this.directory.members(group).filter((peer) => peer !== this.options.self && (this.peerRound.get(peer) ?? round) >= round - 1);
+    // Waited for: holders at most a round behind that keep pace with this node.
+    const awaited = this.directory.members(group).filter((peer) => peer !== this.options.self
+      && (this.peerRound.get(peer) ?? round) >= round - 1 && !this.slowPeers.has(peer));
     const has = (peer: string) => (this.pending.get(group) ?? []).some((c) => c.sender === peer && c.round >= round);
-    await this.wait(group, round, () => inStep.every(has));
+    await this.wait(group, round, () => awaited.every(has));
+    const missed = awaited.filter((peer) => !has(peer));
+    for (const peer of missed) this.slowPeers.add(peer);
     const arrived = this.pending.get(group) ?? [];
     this.pending.set(group, []);
     this.stats.rounds++;
-    this.stats.missing += inStep.filter((peer) => !arrived.some((c) => c.sender === peer)).length;
+    this.stats.missing += missed.length;
 
     const accepted = this.dropOutliers(group, arrived, mine);
     this.stats.received += accepted.length;
@@ -377,6 +392,9 @@ export class Averager {
       if (!senders) rounds.set(delta.round, (senders = new Map()));
       senders.set(peer, values);
     } else {
+      const started = this.roundStarts.get(delta.round);
+      if (started === undefined || performance.now() - started <= this.options.deadlineMs) this.slowPeers.delete(peer);
+      else this.slowPeers.add(peer);
       const list = (this.pending.get(delta.group) ?? []).filter((c) => c.round + KEEP_ROUNDS >= this.round && !(c.sender === peer && c.round === delta.round));
       list.push({ sender: peer, round: delta.round, values });
       this.pending.set(delta.group, list);
