@@ -105,25 +105,25 @@ export class KvCache {
   }
 }
 
-/** Buffers of one layer's forward, shared by all layers under gradient checkpointing. */
+/**
+ * What one layer's backward needs of its forward, shared by all layers under gradient
+ * checkpointing. (The attention and MoE outputs are only added into the residual stream:
+ * those temporaries are the Workspace's, one pair for all layers.)
+ */
 class BlockActivations {
   readonly hAttn: Float32Array;
   readonly rstdAttn: Float32Array;
-  readonly attnOut: Float32Array;
   readonly xMid: Float32Array;
   readonly hFfn: Float32Array;
   readonly rstdFfn: Float32Array;
-  readonly moeOut: Float32Array;
 
   constructor(kernels: Kernels, rows: number, hidden: number) {
     const { heap } = kernels;
     this.hAttn = heap.f32(rows * hidden);
     this.rstdAttn = heap.f32(rows);
-    this.attnOut = heap.f32(rows * hidden);
     this.xMid = heap.f32(rows * hidden);
     this.hFfn = heap.f32(rows * hidden);
     this.rstdFfn = heap.f32(rows);
-    this.moeOut = heap.f32(rows * hidden);
   }
 }
 
@@ -138,6 +138,9 @@ interface Block {
 class Workspace {
   readonly residual: Float32Array[]; // L + 1 layer inputs; the last is the final residual
   readonly blocks: BlockActivations[];
+  /** A layer's attention and MoE outputs, before they join the residual stream. */
+  readonly attnOut: Float32Array;
+  readonly moeOut: Float32Array;
   readonly hFinal: Float32Array;
   readonly rstdFinal: Float32Array;
   /** Logits of one chunk of HEAD_CHUNK rows: the head and the loss run chunk by chunk. */
@@ -155,6 +158,8 @@ class Workspace {
     this.residual = Array.from({ length: config.numLayers + 1 }, () => heap.f32(rows * H));
     const shared = checkpointing ? new BlockActivations(kernels, rows, H) : undefined;
     this.blocks = Array.from({ length: config.numLayers }, () => shared ?? new BlockActivations(kernels, rows, H));
+    this.attnOut = heap.f32(rows * H);
+    this.moeOut = heap.f32(rows * H);
     this.hFinal = heap.f32(rows * H);
     this.rstdFinal = heap.f32(rows);
     this.logits = heap.f32(Math.min(rows, HEAD_CHUNK) * config.vocabSize);
@@ -503,11 +508,11 @@ export class Model {
     const a = ws.blocks[l];
     const x = ws.residual[l];
     ops.rmsNorm({ x, weight: block.attnNorm.value, y: a.hAttn, rstd: a.rstdAttn, rows, dim: H, eps });
-    attend(block.attention, a.hAttn, a.attnOut, l);
-    ops.add(x, a.attnOut, a.xMid, rows * H);
+    attend(block.attention, a.hAttn, ws.attnOut, l);
+    ops.add(x, ws.attnOut, a.xMid, rows * H);
     ops.rmsNorm({ x: a.xMid, weight: block.ffnNorm.value, y: a.hFfn, rstd: a.rstdFfn, rows, dim: H, eps });
-    const aux = await block.moe.forward(a.hFfn, a.moeOut, rows);
-    ops.add(a.xMid, a.moeOut, out, rows * H);
+    const aux = await block.moe.forward(a.hFfn, ws.moeOut, rows);
+    ops.add(a.xMid, ws.moeOut, out, rows * H);
     return aux;
   }
 
@@ -557,11 +562,6 @@ export class Model {
     return this.normScratch;
   }
 
-  /**
-   * Copies the base weights in, one tensor at a time (a random init is generated tensor by
-   * tensor, never held whole), quantizing the matrices the format says. Every base tensor
-   * must be present exactly once with its shape.
-   */
   /**
    * Copies base weights in, one tensor at a time (a random init is generated tensor by tensor,
    * never held whole), quantizing the matrices the format says. Tensors not `wanted` here
