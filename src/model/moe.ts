@@ -18,7 +18,6 @@ class MoeActivations {
   readonly slotToken: Int32Array; // [N·k] token row of each slot; slots grouped by expert
   readonly slotOfAssignment: Int32Array; // [N·k] slot of assignment t·k + j
   readonly expertStart: Int32Array; // [E + 1] first slot of each expert
-  readonly xs: Float32Array; // [N·k, H] token rows in slot order
   readonly ys: Float32Array; // [N·k, H] expert outputs in slot order
   readonly sharedY?: Float32Array; // [N, H]
   readonly sharedGate?: Float32Array; // [N] sigmoid(shared_expert_gate·x)
@@ -36,7 +35,6 @@ class MoeActivations {
     this.slotToken = heap.i32(rows * k);
     this.slotOfAssignment = new Int32Array(rows * k);
     this.expertStart = new Int32Array(E + 1);
-    this.xs = heap.f32(rows * k * H);
     this.ys = heap.f32(rows * k * H);
     if (config.sharedExpertHiddenSize > 0) {
       this.sharedY = heap.f32(rows * H);
@@ -98,12 +96,12 @@ export class MoeLayer {
         a.slotOfAssignment[t * k + j] = slot;
       }
     }
-    ops.gatherRows({ src: x, indices: a.slotToken, dst: a.xs, rows: rows * k, cols: H, srcRows: rows });
+    const xs = this.expertInputs(x, a, rows);
     const answered = await Promise.all(
       Array.from({ length: E }, (_, e) => {
         const [s0, s1] = [a.expertStart[e], a.expertStart[e + 1]];
         if (s1 === s0) return true;
-        return this.experts.forward(this.layer, e, a.xs.subarray(s0 * H, s1 * H), a.ys.subarray(s0 * H, s1 * H), s1 - s0);
+        return this.experts.forward(this.layer, e, xs.subarray(s0 * H, s1 * H), a.ys.subarray(s0 * H, s1 * H), s1 - s0);
       }),
     );
     answered.forEach((ok, e) => {
@@ -129,6 +127,14 @@ export class MoeLayer {
       aux += a.share[e] * (meanProb / rows);
     }
     return E * aux;
+  }
+
+  /** Each assignment's input row, grouped by expert: gathered again for the backward rather than kept per layer. */
+  private expertInputs(x: Float32Array, a: MoeActivations, rows: number): Float32Array {
+    const { expertsPerToken: k, hiddenSize: H } = this.config;
+    const xs = this.scratch.f32('moe.xs', rows * k * H);
+    this.kernels.ops.gatherRows({ src: x, indices: a.slotToken, dst: xs, rows: rows * k, cols: H, srcRows: rows });
+    return xs;
   }
 
   /**
@@ -170,6 +176,7 @@ export class MoeLayer {
     const dxs = this.scratch.f32('moe.dxs', slots * H);
     const dLogits = this.scratch.f32('moe.dLogits', rows * E);
     const dTop = this.scratch.f32('moe.dTop', slots);
+    const xs = this.expertInputs(x, a, rows);
 
     // out = Σ gate·y: ∂gate = dOut·y, ∂y = gate·dOut.
     ops.gatherRows({ src: dOut, indices: a.slotToken, dst: dys, rows: slots, cols: H, srcRows: rows });
@@ -180,7 +187,7 @@ export class MoeLayer {
         const [s0, s1] = [a.expertStart[e], a.expertStart[e + 1]];
         if (s1 === s0 || a.dropped[e]) return false;
         const seg = (v: Float32Array) => v.subarray(s0 * H, s1 * H);
-        return this.experts.backward(this.layer, e, seg(a.xs), seg(dys), seg(dxs), s1 - s0);
+        return this.experts.backward(this.layer, e, seg(xs), seg(dys), seg(dxs), s1 - s0);
       }),
     );
     // An expert that gave no backward contributes no input gradient.
