@@ -40,6 +40,7 @@ export class Membership {
   private readonly listeners = new Set<(event: MembershipEvent) => void>();
   private readonly timeoutMs: number;
   private readonly now: () => number;
+  private lastSweep?: number;
 
   constructor(options: MembershipOptions) {
     if (!(options.timeoutMs > 0) || !Number.isFinite(options.timeoutMs)) {
@@ -94,9 +95,17 @@ export class Membership {
     return true;
   }
 
-  /** Declares dead every live node silent for longer than the timeout; returns them. */
-  sweep(): NodeRecord[] {
+  /**
+   * Declares dead every live node silent for longer than the timeout; returns them. Called
+   * every `intervalMs`, a sweep more than two intervals after the last finds that this process
+   * was stalled: heartbeats that queued up meanwhile are not read yet, so it declares nobody
+   * dead this time (the next sweep, after they are read, does).
+   */
+  sweep(intervalMs = Infinity): NodeRecord[] {
     const at = this.now();
+    const late = this.lastSweep !== undefined && at - this.lastSweep > 2 * intervalMs;
+    this.lastSweep = at;
+    if (late) return [];
     const died: NodeRecord[] = [];
     for (const record of this.records.values()) {
       if (record.status !== 'alive' || at - record.lastSeen <= this.timeoutMs) continue;

@@ -161,7 +161,6 @@ export class CoordinatorServer {
   private started = false;
   private finished = false;
   private stopped = false;
-  private lastSweep: number;
 
   private constructor(
     private readonly host: Host,
@@ -175,7 +174,11 @@ export class CoordinatorServer {
     this.membership = new Membership({ timeoutMs: options.nodeTimeoutMs, now: options.now });
     this.leases = new DataLeases({ batches: batchesPerEpoch, leaseMs: options.leaseMs, now: options.now });
     this.finished = options.job.totalBatches === 0;
-    this.lastSweep = options.now();
+  }
+
+  /** How often liveness is checked: twice per heartbeat period. */
+  private get sweepIntervalMs(): number {
+    return this.options.heartbeatMs / 2;
   }
 
   /** Checks the job, starts the host, serves the swarm protocols and starts the timers. */
@@ -249,7 +252,7 @@ export class CoordinatorServer {
     await rpc.handle('heartbeat', (beat, { peer }) => this.heartbeat(beat, peer.toString()), { maxConcurrent: 64 });
     await rpc.handle('lease', (request, { peer }) => this.lease(request, peer.toString()), { maxConcurrent: 64 });
     await rpc.handle('leaseReport', (report, { peer }) => this.report(report, peer.toString()), { maxConcurrent: 64 });
-    this.timers.push(setInterval(() => this.sweep(), this.options.heartbeatMs / 2));
+    this.timers.push(setInterval(() => this.sweep(), this.sweepIntervalMs));
     this.timers.push(setInterval(() => this.expire(), this.options.leaseMs / 4));
     this.emit({ event: 'listening', peerId: this.peerId, addrs: this.addrs });
   }
@@ -362,13 +365,7 @@ export class CoordinatorServer {
   // --- timers ---------------------------------------------------------------------------------
 
   private sweep(): void {
-    const at = this.options.now();
-    const late = at - this.lastSweep > this.options.heartbeatMs;
-    this.lastSweep = at;
-    // A sweep running late means this process was stalled: heartbeats that queued up meanwhile
-    // are read right after the timers, so nobody is declared dead for the coordinator's silence.
-    if (late) return;
-    const died = this.membership.sweep();
+    const died = this.membership.sweep(this.sweepIntervalMs);
     for (const node of died) this.removed(node.nodeId, 'died');
     if (died.length > 0) {
       this.replan();

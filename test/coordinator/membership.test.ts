@@ -46,6 +46,20 @@ describe('membership', () => {
     expect(membership.get('quiet')!.status).toBe('dead');
   });
 
+  it('a sweep that comes late (this process stalled) declares nobody dead; heartbeats read after it count', () => {
+    const { membership, events, advance } = setup(1000);
+    membership.join(info('a'));
+    membership.join(info('b'));
+    expect(membership.sweep(250)).toEqual([]);
+    advance(5000); // stalled far past the timeout: the nodes' heartbeats are queued, not read
+    expect(membership.sweep(250)).toEqual([]);
+    membership.heartbeat('a', stats(1)); // read right after the late sweep
+    advance(250);
+    const died = membership.sweep(250);
+    expect(died.map((r) => r.nodeId)).toEqual(['b']); // b's silence is real: nothing came from it
+    expect(events.map((e) => `${e.type}:${e.node.nodeId}`)).toEqual(['joined:a', 'joined:b', 'died:b']);
+  });
+
   it('a rejoin brings the same node back with its record and new resources', () => {
     const { membership, events, advance, time } = setup(1000);
     membership.join(info('a', 1e9));
