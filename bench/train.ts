@@ -20,15 +20,9 @@ import { bitsPerByte, corpusLoaders, unigramEntropy } from '../src/train/data.ts
 import { AdamW } from '../src/train/optimizer.ts';
 import { BpeTokenizer } from '../src/train/tokenizer.ts';
 import { DEFAULT_TRAIN, splitBatch, Trainer } from '../src/train/trainer.ts';
+import { BATCH, LORA, REFERENCE_CONFIG, SEQ } from './reference.ts';
 import { printTable } from './table.ts';
 
-const REFERENCE_CONFIG = createConfig({
-  vocabSize: 4096, hiddenSize: 256, numLayers: 4, numHeads: 8, numKvHeads: 8, headDim: 32,
-  numExperts: 8, expertsPerToken: 2, expertHiddenSize: 512, maxSeqLen: 256,
-});
-const BATCH = 8;
-const SEQ = 256;
-const LORA = { rank: 8, alpha: 16 };
 const LEARNING_RATE = 1e-3;
 
 /** PyTorch CPU on this machine and config (from the issue): tokens/s by threads, peak RSS in GB. */
