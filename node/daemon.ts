@@ -154,7 +154,8 @@ export class NodeDaemon {
       members: (group: string) => (group === TRUNK ? this.newestPlan().peers.map((p) => p.peerId) : this.groupHolders(group)),
     };
     this.experts = new SwarmExperts(() => this.model!, this.rpc, directory, {
-      jobId: this.job.jobId, self: this.self, hidden: config.hiddenSize, timeoutMs: this.job.expertTimeoutMs, log: this.log,
+      jobId: this.job.jobId, self: this.self, hidden: config.hiddenSize, timeoutMs: this.job.expertTimeoutMs,
+      precision: this.job.expertPrecision ?? 'bf16', log: this.log,
     });
     const hosted = this.hostedExperts(this.plan);
     const model = new Model(this.kernels, config, {

@@ -3,7 +3,8 @@
 // next holder when one does not answer in time (or answers garbage); when none answers, the
 // call resolves false and the MoE layer drops that expert for those tokens. serveExperts
 // answers other nodes' calls for the experts held here, from admitted peers only.
-import { f32Tensor, tensorF32, type ExpertCall, type Tensor } from '../proto/index.ts';
+import { f32Tensor, tensorF32, type ExpertCall, type JobSpec, type Tensor } from '../proto/index.ts';
+import { decodeHalves, encodeHalves } from '../src/io/half.ts';
 import type { Kernels } from '../src/kernels/index.ts';
 import type { ExpertCompute } from '../src/model/expert.ts';
 import { GrowableBuffer } from '../src/model/linear.ts';
@@ -38,24 +39,41 @@ export interface SwarmExpertsOptions {
   self: string;
   hidden: number;
   timeoutMs: number;
+  precision: ExpertPrecision;
   log?: (message: string) => void;
 }
 
-/** Copies heap rows into an ordinary buffer for the wire (heap views sit on shared memory). */
-function wireTensor(rows: number, hidden: number, values: Float32Array): Tensor {
-  return f32Tensor([rows, hidden], Float32Array.from(values.subarray(0, rows * hidden)));
+export type ExpertPrecision = NonNullable<JobSpec['expertPrecision']>;
+
+/**
+ * Largest magnitude accepted in a peer's rows. Finite but huge values (a faulty or hostile
+ * peer) would overflow the holder's accumulated weight gradients to Infinity; no sane
+ * activation or gradient comes near it.
+ */
+export const MAX_ROW_MAGNITUDE = 1e8;
+
+/** Rows for the wire, copied out of the heap (its views sit on shared memory), as f32 or rounded to bf16. */
+export function wireRows(rows: number, hidden: number, values: Float32Array, precision: ExpertPrecision): Tensor {
+  const shape = [rows, hidden];
+  const view = values.subarray(0, rows * hidden);
+  return precision === 'bf16' ? { dtype: 'BF16', shape, data: encodeHalves(view, 'BF16') } : f32Tensor(shape, Float32Array.from(view));
 }
 
-/** The f32 rows of a peer's tensor, or a reason to refuse it. */
-function rowsOf(tensor: Tensor, rows: number, hidden: number): Float32Array | string {
-  if (tensor.dtype !== 'F32') return `expected F32 rows, got ${tensor.dtype}`;
+/** The rows of a peer's F32 or BF16 tensor, as f32, or a reason to refuse it. */
+export function rowsOf(tensor: Tensor, rows: number, hidden: number): Float32Array | string {
+  if (tensor.dtype !== 'F32' && tensor.dtype !== 'BF16') return `expected F32 or BF16 rows, got ${tensor.dtype}`;
   if (tensor.shape.length !== 2 || tensor.shape[0] !== rows || tensor.shape[1] !== hidden) {
     return `expected shape [${rows}, ${hidden}], got [${tensor.shape.join(', ')}]`;
   }
-  const values = tensorF32(tensor);
-  for (let i = 0; i < values.length; i++) if (!Number.isFinite(values[i])) return `non-finite value at ${i}`;
+  const values = tensor.dtype === 'BF16' ? decodeHalves(tensor.data, 'BF16') : tensorF32(tensor);
+  for (let i = 0; i < values.length; i++) {
+    if (!(Math.abs(values[i]) <= MAX_ROW_MAGNITUDE)) return `${Number.isFinite(values[i]) ? 'out-of-range' : 'non-finite'} value ${values[i]} at ${i}`;
+  }
   return values;
 }
+
+/** A holder answers in the precision it was called with. */
+const precisionOf = (tensor: Tensor): ExpertPrecision => (tensor.dtype === 'BF16' ? 'bf16' : 'f32');
 
 export class SwarmExperts implements ExpertCompute {
   readonly stats: ExpertStats = { localCalls: 0, remoteCalls: 0, failovers: 0, unanswered: 0, served: 0, remoteWaitMs: 0 };
@@ -79,7 +97,8 @@ export class SwarmExperts implements ExpertCompute {
       local.forward(x, y, rows);
       return true;
     }
-    const reply = await this.remote('expertForward', layer, expert, rows, { tensor: wireTensor(rows, this.options.hidden, x) });
+    const { hidden, precision } = this.options;
+    const reply = await this.remote('expertForward', layer, expert, rows, { tensor: wireRows(rows, hidden, x, precision) });
     if (reply) y.set(reply);
     return reply !== undefined;
   }
@@ -91,8 +110,8 @@ export class SwarmExperts implements ExpertCompute {
       local.backward(x, dy, dx, rows);
       return true;
     }
-    const { hidden } = this.options;
-    const reply = await this.remote('expertBackward', layer, expert, rows, { tensor: wireTensor(rows, hidden, dy), input: wireTensor(rows, hidden, x) });
+    const { hidden, precision } = this.options;
+    const reply = await this.remote('expertBackward', layer, expert, rows, { tensor: wireRows(rows, hidden, dy, precision), input: wireRows(rows, hidden, x, precision) });
     if (reply) dx.set(reply);
     return reply !== undefined;
   }
@@ -170,7 +189,7 @@ export async function serveExperts(
     const y = out.rows(call.rows);
     expert.forward(input, y, call.rows);
     stats.served++;
-    return { ...call, tensor: wireTensor(call.rows, hidden, y) };
+    return { ...call, tensor: wireRows(call.rows, hidden, y, precisionOf(call.tensor)) };
   }, { maxConcurrent: 64 });
   await rpc.handle('expertBackward', (call, { peer }) => {
     const { expert, load } = check(call, peer.toString());
@@ -181,6 +200,6 @@ export async function serveExperts(
     expert.forward(input, dx, call.rows); // refills the activations the backward reads
     expert.backward(input, grad, dx, call.rows);
     stats.served++;
-    return { jobId: call.jobId, step: call.step, call: call.call, layer: call.layer, expert: call.expert, rows: call.rows, tensor: wireTensor(call.rows, hidden, dx) };
+    return { jobId: call.jobId, step: call.step, call: call.call, layer: call.layer, expert: call.expert, rows: call.rows, tensor: wireRows(call.rows, hidden, dx, precisionOf(call.tensor)) };
   }, { maxConcurrent: 64 });
 }

@@ -88,6 +88,11 @@ export const JobSpecSchema = Type.Object({
   }),
   /** Deadline of one expert call before the caller fails over to another holder. */
   expertTimeoutMs: Type.Integer({ minimum: 1, maximum: 3_600_000 }),
+  /**
+   * How expert activations and their gradients travel to and from remote holders: bf16 (the
+   * default) halves the bytes of expert calls, f32 keeps remote experts bit-faithful.
+   */
+  expertPrecision: Type.Optional(Type.Union([Type.Literal('bf16'), Type.Literal('f32')])),
 });
 export type JobSpec = Static<typeof JobSpecSchema>;
 export type Averaging = JobSpec['averaging'];

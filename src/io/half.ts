@@ -71,7 +71,8 @@ export function bf16BitsToF32(h: number): number {
 export function decodeHalves(bytes: Uint8Array, format: 'F16' | 'BF16'): Float32Array {
   if (bytes.length % 2) throw new RangeError(`${format} data has an odd byte length ${bytes.length}`);
   const n = bytes.length / 2;
-  const src = bytes.byteOffset % 2 ? new Uint16Array(bytes.slice().buffer) : new Uint16Array(bytes.buffer, bytes.byteOffset, n);
+  // An odd offset needs an aligned copy (new Uint8Array copies; a Node Buffer's slice() would not).
+  const src = bytes.byteOffset % 2 ? new Uint16Array(new Uint8Array(bytes).buffer) : new Uint16Array(bytes.buffer, bytes.byteOffset, n);
   const out = new Float32Array(n);
   if (format === 'BF16') {
     const outBits = new Uint32Array(out.buffer);

@@ -106,7 +106,10 @@ export class MoeLayer {
     );
     answered.forEach((ok, e) => {
       a.dropped[e] = ok ? 0 : 1;
-      if (!ok) this.droppedAssignments += a.expertStart[e + 1] - a.expertStart[e];
+      if (ok) return;
+      this.droppedAssignments += a.expertStart[e + 1] - a.expertStart[e];
+      // Whatever a failed call left there (stale rows, NaN) must not reach out (0·NaN is NaN) or the gate gradients.
+      a.ys.fill(0, a.expertStart[e] * H, a.expertStart[e + 1] * H);
     });
     this.setGates(a, rows);
     out.fill(0, 0, rows * H);

@@ -61,7 +61,10 @@ export class AdamW {
   /** One update at learning rate `lr`; returns the gradient norm before clipping. */
   update(lr: number): number {
     const norm = this.gradNorm();
-    if (!Number.isFinite(norm)) throw new Error(`AdamW: gradient norm is ${norm}; refusing to update`);
+    if (!Number.isFinite(norm)) {
+      const culprit = this.moments.find(({ param }) => !Number.isFinite(this.kernels.ops.sumSquares(param.grad!, param.grad!.length)));
+      throw new Error(`AdamW: gradient norm is ${norm}${culprit ? ` (first in ${culprit.param.name})` : ''}; refusing to update`);
+    }
     const { clipNorm, beta1, beta2, eps, weightDecay } = this.options;
     const gradScale = clipNorm > 0 && norm > clipNorm ? clipNorm / norm : 1;
     this.step++;
