@@ -24,9 +24,8 @@ import {
   type ProtocolName,
   planSigningBytes,
 } from '../proto/index.ts';
-import { generateKeyPair } from '@libp2p/crypto/keys';
 import type { PrivateKey } from '@libp2p/interface';
-import { createHost, loadOrCreatePrivateKey, RefusedError, Rpc, signSync, type Host, type Rejection } from '../src/p2p/index.ts';
+import { createHost, identityKey, RefusedError, Rpc, signSync, type Host, type Rejection } from '../src/p2p/index.ts';
 import { jobConfig, jobData, JobError, jobModelOptions } from '../src/train/job.ts';
 import type { BpeTokenizer } from '../src/train/tokenizer.ts';
 import { DataLeases, type LeaseCounters } from './leases.ts';
@@ -191,7 +190,7 @@ export class CoordinatorServer {
     if (typeof options.joinToken !== 'string') throw new TypeError('coordinator: joinToken must be a string (empty: an open swarm)');
     const { planner, plannerOptions, batchesPerEpoch, tokenizerJson } = prepareJob(options.job, options.tokenizer, replication);
     // The identity key also signs every plan nodes receive.
-    const privateKey = options.keyFile === undefined ? await generateKeyPair('Ed25519') : await loadOrCreatePrivateKey(options.keyFile);
+    const privateKey = await identityKey(options.keyFile);
     const host = await createHost({ listen: options.listen, privateKey });
     const server = new CoordinatorServer(host, privateKey, { ...options, heartbeatMs, nodeTimeoutMs, leaseMs, now: options.now ?? Date.now }, planner, plannerOptions, batchesPerEpoch, tokenizerJson);
     try {

@@ -21,7 +21,7 @@ export interface HostOptions {
   listen?: string[];
   /** Where the node's private key lives; created on first use. Without it (or privateKey) the identity is ephemeral. */
   keyFile?: string;
-  /** The identity key itself, for a caller that also signs with it. */
+  /** The identity key itself (see identityKey), for a caller that also signs with it. */
   privateKey?: PrivateKey;
   /** Transports to use instead of TCP (a test can wrap TCP to add latency or faults). */
   transports?: Libp2pInit['transports'];
@@ -32,9 +32,9 @@ export const DEFAULT_LISTEN = ['/ip4/127.0.0.1/tcp/0'];
 
 /** Creates and starts a host. */
 export async function createHost(options: HostOptions = {}): Promise<Host> {
-  const privateKey = options.privateKey ?? (options.keyFile === undefined ? undefined : await loadOrCreatePrivateKey(options.keyFile));
+  const privateKey = options.privateKey ?? await identityKey(options.keyFile);
   return createLibp2p({
-    ...(privateKey === undefined ? {} : { privateKey }),
+    privateKey,
     addresses: { listen: options.listen ?? DEFAULT_LISTEN },
     transports: options.transports ?? [tcp()],
     connectionEncrypters: [noise()],
@@ -42,6 +42,11 @@ export async function createHost(options: HostOptions = {}): Promise<Host> {
     ...(options.connectionGater === undefined ? {} : { connectionGater: options.connectionGater }),
     services: { identify: identify(), ping: ping() },
   });
+}
+
+/** The host's identity: kept in `keyFile` (see loadOrCreatePrivateKey), or a fresh Ed25519 key for this run only. */
+export async function identityKey(keyFile?: string): Promise<PrivateKey> {
+  return keyFile === undefined ? generateKeyPair('Ed25519') : loadOrCreatePrivateKey(keyFile);
 }
 
 /**
