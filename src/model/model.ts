@@ -468,7 +468,7 @@ export class Model {
     const ws = this.ensureWorkspace(rows);
     this.embed(ws, tokens, rows, (i) => i % seq);
     const aux: number[] = [];
-    const attend: Attend = (attention, x, y) => attention.forward(x, y, batch, seq, ws.positions);
+    const attend = this.overSequences(ws, batch, seq);
     for (let l = 0; l < L; l++) aux.push(await this.blockForward(l, ws, rows, ws.residual[l + 1], attend));
     const xL = ws.residual[L];
     ops.rmsNorm({ x: xL, weight: this.params.get('final_norm').value, y: ws.hFinal, rstd: ws.rstdFinal, rows, dim: H, eps: this.config.rmsNormEps });
@@ -499,6 +499,11 @@ export class Model {
     for (let i = 0; i < rows; i++) sum += ws.losses[i];
     const crossEntropy = sum / Math.max(counted, 1);
     return { loss: crossEntropy + this.config.routerAuxLossCoef * meanAux, crossEntropy, aux: meanAux, tokens: counted };
+  }
+
+  /** Attention over `batch` whole sequences of `seq` tokens at the workspace's positions. */
+  private overSequences(ws: Workspace, batch: number, seq: number): Attend {
+    return (attention, x, y) => attention.forward(x, y, batch, seq, ws.positions);
   }
 
   private async blockForward(l: number, ws: Workspace, rows: number, out: Float32Array, attend: Attend): Promise<number> {
@@ -532,7 +537,7 @@ export class Model {
     });
     const auxScale = (gradScale * this.config.routerAuxLossCoef) / L;
     for (let l = L - 1; l >= 0; l--) {
-      if (this.options.checkpointing) await this.blockForward(l, ws, rows, ws.dh, (attention, x, y) => attention.forward(x, y, batch, seq, ws.positions));
+      if (this.options.checkpointing) await this.blockForward(l, ws, rows, ws.dh, this.overSequences(ws, batch, seq));
       await this.blockBackward(l, ws, batch, seq, auxScale);
     }
     const embed = this.params.get('embed');
