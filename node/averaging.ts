@@ -14,7 +14,7 @@
 // Every contribution is untrusted: wrong names or shapes, a codec that is not the group's,
 // non-finite values, or a norm far above the group's recent median are refused and the
 // sender flagged.
-import { tensorF32, type Averaging, type NamedTensor, type ParameterDelta } from '../proto/index.ts';
+import { f32Tensor, tensorF32, type Averaging, type NamedTensor, type ParameterDelta } from '../proto/index.ts';
 import { codecsForGroups, decodeTensors, encodeTensors, f32Codec, type Codec, type CodecState } from '../src/compress/index.ts';
 import type { F32Tensor } from '../src/model/config.ts';
 import type { Param } from '../src/model/params.ts';
@@ -166,7 +166,7 @@ export class Averager {
 
   private async syncExchange(group: string, round: number, params: Param[]): Promise<Float32Array[]> {
     const mine = params.map((p) => Float32Array.from(p.grad!));
-    this.send(group, round, this.corrupt(params.map((p, i) => ({ name: p.name, tensor: { dtype: 'F32', shape: [...p.shape], data: new Uint8Array(mine[i].buffer) } }))), 'f32');
+    this.send(group, round, this.corrupt(params.map((p, i) => ({ name: p.name, tensor: f32Tensor([...p.shape], mine[i]) }))), 'f32');
     const others = this.directory.members(group).filter((peer) => peer !== this.options.self);
     const inRound = () => this.syncInbox.get(group)?.get(round) ?? new Map<string, Float32Array[]>();
     await this.wait(group, round, () => others.every((peer) => inRound().has(peer)));
@@ -351,7 +351,7 @@ export class Averager {
     return parts.map(({ name, tensor }) => {
       if (tensor.dtype !== 'F32') return { name, tensor };
       const values = Float32Array.from(tensorF32(tensor)).map((v) => (fault === 'nan' ? NaN : v * 1000));
-      return { name, tensor: { ...tensor, data: new Uint8Array(values.buffer) } };
+      return { name, tensor: f32Tensor(tensor.shape, values) };
     });
   }
 
@@ -399,7 +399,7 @@ export class Averager {
       list.push({ sender: peer, round: delta.round, values });
       this.pending.set(delta.group, list);
     }
-    this.waiting.get(`${delta.group}#${delta.round}`)?.();
-    if (mode === 'periodic') for (const [key, wake] of this.waiting) if (key.startsWith(`${delta.group}#`)) wake();
+    // sync waits for this round's gradients; a periodic round also takes late contributions.
+    for (const [key, wake] of this.waiting) if (mode === 'periodic' ? key.startsWith(`${delta.group}#`) : key === `${delta.group}#${delta.round}`) wake();
   }
 }
