@@ -274,11 +274,7 @@ export class CoordinatorServer {
     // Whether the planner admits a node depends on that node alone: ask it about this one.
     const refusal = planShards([candidate], this.plannerOptions).refused[0];
     if (refusal) {
-      if (wasAlive && this.membership.leave(peer)) {
-        this.removed(peer, 'left'); // came back with too small a budget
-        this.replan();
-        this.announcePlan();
-      }
+      if (wasAlive && this.membership.leave(peer)) this.removed([peer], 'left'); // came back with too small a budget
       return refuse(refusal.reason);
     }
     const plan = this.replan(candidate);
@@ -347,13 +343,8 @@ export class CoordinatorServer {
     }
     if (accepted > 0) this.advance();
     if (report.leaving) {
-      if (this.membership.leave(peer)) {
-        this.removed(peer, 'left');
-        this.replan();
-        this.announcePlan();
-      } else {
-        this.release(peer);
-      }
+      if (this.membership.leave(peer)) this.removed([peer], 'left');
+      else this.release(peer);
     }
     if (problems.length === 0) return { accepted: true };
     const reason = truncate(problems.join('; '));
@@ -364,12 +355,7 @@ export class CoordinatorServer {
   // --- timers ---------------------------------------------------------------------------------
 
   private sweep(): void {
-    const died = this.membership.sweep(this.sweepIntervalMs);
-    for (const node of died) this.removed(node.nodeId, 'died');
-    if (died.length > 0) {
-      this.replan();
-      this.announcePlan();
-    }
+    this.removed(this.membership.sweep(this.sweepIntervalMs).map((node) => node.nodeId), 'died');
   }
 
   private expire(): void {
@@ -418,9 +404,12 @@ export class CoordinatorServer {
     return { plan, planSignature: signSync(this.privateKey, planSigningBytes(this.options.job.jobId, plan)) };
   }
 
-  /** A node that left or died: its batches go back to the pool. The caller re-plans. */
-  private removed(nodeId: string, type: 'left' | 'died'): void {
-    this.emit({ event: type, node: nodeId, releasedBatchIds: this.release(nodeId) });
+  /** Nodes that left or died: their batches go back to the pool, and one re-plan moves their experts. */
+  private removed(nodeIds: string[], type: 'left' | 'died'): void {
+    if (nodeIds.length === 0) return;
+    for (const nodeId of nodeIds) this.emit({ event: type, node: nodeId, releasedBatchIds: this.release(nodeId) });
+    this.replan();
+    this.announcePlan();
   }
 
   private release(nodeId: string): number[] {
