@@ -120,8 +120,7 @@ export class SwarmExperts implements ExpertCompute {
   private async remote(
     protocol: 'expertForward' | 'expertBackward', layer: number, expert: number, rows: number, payload: Pick<ExpertCall, 'tensor' | 'input'>,
   ): Promise<Float32Array | undefined> {
-    const { jobId, self, hidden, timeoutMs, log } = this.options;
-    const holders = this.directory.holders(layer, expert).filter((peer) => peer !== self);
+    const holders = this.directory.holders(layer, expert).filter((peer) => peer !== this.options.self);
     const call = ++this.calls;
     // Wall time with at least one remote call in flight (concurrent calls overlap).
     if (this.inFlight++ === 0) this.waitStart = performance.now();

@@ -82,7 +82,7 @@ export class KernelRuntime {
     readonly info: KernelInfo,
     readonly memory: WebAssembly.Memory,
     readonly heap: KernelHeap,
-    private readonly exports: WebAssembly.Exports,
+    exports: WebAssembly.Exports,
   ) {
     for (const [name, value] of Object.entries(exports)) {
       if (typeof value === 'function') this.fns.set(name, value as WasmFunction);

@@ -206,7 +206,7 @@ describe.each(['simd', 'relaxed'] as const)('integer-path quantized product (%s 
       (u: number) => u * 1e-42,
       (u: number, i: number) => (i % 3 ? u * 1e-37 : 0),
       (u: number) => u * 3e38,
-      (u: number, i: number) => (i % 2 ? 0 : -0),
+      (_: number, i: number) => (i % 2 ? 0 : -0),
       (u: number) => u,
     ];
     const fill = (rows: number, seed: number) => {

@@ -2,7 +2,7 @@
 // steps land within a stated margin of the uncompressed synchronous run on held-out loss after
 // the same tokens; a node sending NaNs or 1000x-scaled deltas does not move the others beyond
 // that margin; a slow node does not slow the others' step rate.
-import { afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
+import { beforeAll, describe, expect, it, vi } from 'vitest';
 import type { JobSpec } from '../../proto/index.ts';
 import { startSwarm, type Proc, type Swarm } from '../../coordinator/local-swarm.ts';
 

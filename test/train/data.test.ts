@@ -27,7 +27,7 @@ function expectPartition(split: { train: Segment[]; heldOut: Segment[] }, total:
 }
 
 const unitsOf = (segments: Segment[], bounds: number[]) =>
-  bounds.slice(0, -1).map((b, u) => u).filter((u) => segments.some((s) => s.start <= bounds[u] && bounds[u + 1] <= s.end));
+  bounds.slice(0, -1).map((_, u) => u).filter((u) => segments.some((s) => s.start <= bounds[u] && bounds[u + 1] <= s.end));
 
 describe('train / held-out split', () => {
   const corpus = positionCorpus(120, 1);

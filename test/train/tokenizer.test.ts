@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Tokenizer } from '@huggingface/tokenizers';
 import { loadCorpus, CORPUS_NAMES, type CorpusName } from '../../src/train/corpus.ts';
-import { BpeTokenizer, END_OF_TEXT, GPT2_SPLIT_PATTERN, trainBpe } from '../../src/train/tokenizer.ts';
+import { BpeTokenizer, END_OF_TEXT, GPT2_SPLIT_PATTERN } from '../../src/train/tokenizer.ts';
 import { rng } from '../helpers.ts';
 
 /** About `chars` characters of a corpus starting at `at` (a fraction of its length), cut at code point boundaries. */
