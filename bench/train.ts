@@ -6,9 +6,11 @@
 // the step's model FLOPs per second by fp32 GEMM GFLOPS measured in the same run.
 // `--demo-minutes N` then trains the demo config on SOTU for N minutes and tracks held-out
 // bits per byte. Run: npm run bench:train [-- --quick] [-- --passes 2] [-- --demo-minutes 10]
+// [-- --tsx] (children load the TypeScript through tsx instead of running the compiled bundle)
 import { spawnSync } from 'node:child_process';
 import { loadavg } from 'node:os';
 import { fileURLToPath } from 'node:url';
+import { bundle } from '../src/bundle.ts';
 import { createKernels } from '../src/kernels/index.ts';
 import { createConfig, isLoraTarget, loraShapes, parameterShapes, type ModelConfig } from '../src/model/config.ts';
 import { uniform } from '../src/model/init.ts';
@@ -127,9 +129,20 @@ async function measureOne(s: Setting): Promise<void> {
   console.log(JSON.stringify(result));
 }
 
-function runChild(s: Setting): Measurement {
+/**
+ * The command line of a measuring child: this script compiled by `npm run build`'s bundler, as
+ * the Docker image runs swarmtrain (tsx's loader would add ~60 MB to every peak RSS), or, with
+ * --tsx, this script through tsx.
+ */
+async function childCommand(): Promise<string[]> {
   const script = fileURLToPath(import.meta.url);
-  const child = spawnSync(process.execPath, ['--import', 'tsx', script, '--one', JSON.stringify(s)], {
+  if (argv.includes('--tsx')) return ['--import', 'tsx', script];
+  const [bundled] = await bundle({ 'bench-train.mjs': `import './bench/train.ts';\n` });
+  return [bundled];
+}
+
+function runChild(command: string[], s: Setting): Measurement {
+  const child = spawnSync(process.execPath, [...command, '--one', JSON.stringify(s)], {
     encoding: 'utf8', stdio: ['ignore', 'pipe', 'inherit'], maxBuffer: 1 << 24,
   });
   const line = child.stdout.trim().split('\n').pop() ?? '';
@@ -198,9 +211,10 @@ async function throughput(quick: boolean, passes: number): Promise<void> {
   // With several passes over all settings, each keeps its fastest pass: other load on a
   // shared machine only slows a run down.
   const results: { setting: Setting; m: Measurement }[] = [];
+  const command = await childCommand();
   for (let pass = 0; pass < passes; pass++) {
     settings.forEach((setting, i) => {
-      const m = runChild(setting);
+      const m = runChild(command, setting);
       if (!results[i] || Math.min(...m.stepSeconds) < Math.min(...results[i].m.stepSeconds)) results[i] = { setting, m };
       const tokens = BATCH * SEQ / Math.min(...m.stepSeconds);
       process.stderr.write(`pass ${pass + 1}: ${label(setting)}${setting.checkpointing ? ' ckpt' : ''} ×${setting.threads}: ${tokens.toFixed(0)} tok/s\n`);
@@ -244,7 +258,7 @@ async function throughput(quick: boolean, passes: number): Promise<void> {
       ];
     }),
   );
-  console.log(`\nBuild: ${results[0].m.build}. Best of ${passes} pass(es); tok/s over ${steps} timed steps after a warm-up (zero grads, forward, backward, AdamW). ` +
+  console.log(`\nBuild: ${results[0].m.build}, run ${argv.includes('--tsx') ? 'through tsx' : 'as compiled JavaScript (src/bundle.ts)'}. Best of ${passes} pass(es); tok/s over ${steps} timed steps after a warm-up (zero grads, forward, backward, AdamW). ` +
     `PyTorch LoRA numbers are for a frozen fp32 base. MFU counts the same model FLOPs on every path, against fp32 GEMM: ` +
     `the int path's base products are int8 dot products, so its MFU can pass 100%. Load average at end: ${loadavg().map((x) => x.toFixed(2)).join(' ')}`);
 }

@@ -9,7 +9,10 @@ cd "$(dirname "$0")/.."
 if [ -n "${SWARMTRAIN_TOKENIZER:-}" ]; then set -- --tokenizer "$SWARMTRAIN_TOKENIZER" "$@"; fi
 if [ -n "${SWARMTRAIN_VOCAB:-}" ]; then set -- --vocab "$SWARMTRAIN_VOCAB" "$@"; fi
 if [ -n "${SWARMTRAIN_TOKEN:-}" ]; then set -- --token "$SWARMTRAIN_TOKEN" "$@"; fi
-exec node coordinator/bin.mjs \
+# The image runs the compiled bundle (`npm run build`); a checkout without one runs through tsx.
+cli=coordinator/bin.mjs
+if [ -f dist/coordinator.mjs ]; then cli=dist/coordinator.mjs; fi
+exec node "$cli" \
   --job "${SWARMTRAIN_JOB:-coordinator/jobs/demo.json}" \
   --listen "${SWARMTRAIN_LISTEN:-/ip4/0.0.0.0/tcp/4001}" \
   --key "${SWARMTRAIN_KEY:-/data/coordinator.key}" \

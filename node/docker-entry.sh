@@ -16,7 +16,10 @@ threads="${SWARMTRAIN_THREADS:-$(nproc)}"
 if [ "$threads" -gt 64 ] 2>/dev/null; then threads=64; fi
 
 if [ -n "${SWARMTRAIN_TOKEN:-}" ]; then set -- --token "$SWARMTRAIN_TOKEN" "$@"; fi
-exec node node/bin.mjs node \
+# The image runs the compiled bundle (`npm run build`); a checkout without one runs through tsx.
+cli=node/bin.mjs
+if [ -f dist/swarmtrain.mjs ]; then cli=dist/swarmtrain.mjs; fi
+exec node "$cli" node \
   --join "$SWARMTRAIN_JOIN" \
   --memory-budget "${SWARMTRAIN_MEMORY:-2GB}" \
   --threads "$threads" \

@@ -4,14 +4,16 @@
 // where docker-compose (1.29, `apt-get install docker-compose`) is installed, the compose file
 // validates with and without its profile, and each service's variables are the ones its entry
 // script reads, its key file lies on a volume, and the coordinator's demo job is a valid job.
+// The compiled bundle the image runs (src/bundle.ts) is built and run here too.
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, posix } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { COORDINATOR_USAGE } from '../coordinator/cli.ts';
 import { validateJob } from '../coordinator/server.ts';
+import { bundle, bundleClis } from '../src/bundle.ts';
 import { NODE_USAGE } from '../node/command.ts';
 import { createConfig, type ModelConfig } from '../src/model/config.ts';
 
@@ -118,7 +120,8 @@ describe('Dockerfile', () => {
 
     // The runtime copies the build stage's .wasm files by name: they must be every build there is
     // (src/kernels/build/ exists after `npm install`, which runs the same script).
-    const kernels = copiesOf(runtime).filter((c) => c.from === 'build').flatMap((c) => c.sources.map((s) => repoPath(s, build!.workdir)));
+    const kernels = copiesOf(runtime).filter((c) => c.from === 'build').flatMap((c) => c.sources.map((s) => repoPath(s, build!.workdir)))
+      .filter((path) => path.startsWith('src/kernels/'));
     const built = readdirSync(join(root, 'src/kernels/build')).filter((f) => f.endsWith('.wasm')).map((f) => `src/kernels/build/${f}`);
     expect(built.length).toBeGreaterThan(0);
     expect(kernels.sort()).toEqual(built.sort());
@@ -134,6 +137,42 @@ describe('Dockerfile', () => {
     expect(['root', '0']).not.toContain(user);
     const [script] = entrypointOf(runtime);
     expectExecutableScript(repoPath(script, runtime.workdir));
+  });
+});
+
+describe('compiled bundle (npm run build)', () => {
+  it('the image builds it and runs it', () => {
+    expect(build!.instructions.some((i) => i.keyword === 'RUN' && /\bnpm run build\b/.test(i.args))).toBe(true);
+    const dist = copiesOf(runtime).filter((c) => c.from === 'build').flatMap((c) => c.sources.map((s) => repoPath(s, build!.workdir)));
+    expect(dist).toContain('dist/');
+    for (const [script, bundleName] of [['node/docker-entry.sh', 'swarmtrain'], ['coordinator/docker-entry.sh', 'coordinator']]) {
+      expect(read(script)).toContain(`dist/${bundleName}.mjs`);
+    }
+  });
+
+  it('answers as the TypeScript CLIs do and finds its kernels (builds, pool worker) beside it', async () => {
+    mkdirSync(join(root, 'tmp'), { recursive: true }); // inside the repo: packages resolve from its node_modules
+    const out = mkdtempSync(join(root, 'tmp', 'bundle-'));
+    try {
+      await bundleClis(out);
+      const help = (...args: string[]) => spawnSync(process.execPath, [...args, '--help'], { encoding: 'utf8', timeout: 60_000 }).stdout;
+      expect(help(join(out, 'swarmtrain.mjs'), 'node')).toBe(NODE_USAGE);
+      expect(help(join(out, 'swarmtrain.mjs'))).toBe(help(join(root, 'node/bin.mjs')));
+      expect(help(join(out, 'coordinator.mjs'))).toBe(COORDINATOR_USAGE);
+      // A kernel product on two threads from a bundle: the module and the worker load from dist's copies.
+      await bundle({
+        'probe.mjs': "import { createKernels } from './src/kernels/index.ts';\n" +
+          'const k = await createKernels({ threads: 2 });\n' +
+          'const a = k.heap.f32(64 * 64).fill(1), c = k.heap.f32(64 * 64);\n' +
+          'k.gemm.gemm({ a, b: a, c, m: 64, n: 64, k: 64 });\n' +
+          'console.log(JSON.stringify({ threads: k.info.threads, c: c[0] }));\nawait k.close();\n',
+      }, out);
+      const probe = spawnSync(process.execPath, [join(out, 'probe.mjs')], { encoding: 'utf8', timeout: 60_000 });
+      expect(probe.stderr).toBe('');
+      expect(JSON.parse(probe.stdout)).toEqual({ threads: 2, c: 64 });
+    } finally {
+      rmSync(out, { recursive: true, force: true });
+    }
   });
 });
 
