@@ -5,7 +5,7 @@
 import type { Kernels } from '../kernels/index.ts';
 import type { RopeTable } from '../kernels/ops.ts';
 import type { ModelConfig } from './config.ts';
-import type { Linear, ScratchBuffers } from './linear.ts';
+import { LAYER_SCRATCH, type Linear, type ScratchBuffers } from './linear.ts';
 
 class AttentionActivations {
   readonly q: Float32Array;
@@ -119,10 +119,7 @@ export class Attention {
     const { numHeads, numKvHeads, headDim } = this.config;
     const rows = batch * seq;
     const a = this.activations(rows);
-    const dAtt = this.scratch.f32('attention.dAtt', a.att.length);
-    const dq = this.scratch.f32('attention.dq', a.q.length);
-    const dk = this.scratch.f32('attention.dk', a.k.length);
-    const dv = this.scratch.f32('attention.dv', a.v.length);
+    const [dAtt, dq, dk, dv] = this.scratch.parts(LAYER_SCRATCH, [a.att.length, a.q.length, a.k.length, a.v.length]);
     this.o.backward(a.att, dOut, dAtt, rows);
     for (let b = 0; b < batch; b++) {
       const s = this.sequence(a, b, seq);

@@ -117,7 +117,20 @@ export class ScratchBuffers {
     if (!buffer) this.f32s.set(name, (buffer = new GrowableBuffer(this.kernels, 1)));
     return buffer.rows(length).subarray(0, length);
   }
+
+  /**
+   * Consecutive views of the given lengths in one named buffer: temporaries that different
+   * layers need at different times (attention's backward, then the MoE's) take the same memory.
+   */
+  parts(name: string, lengths: number[]): Float32Array[] {
+    const whole = this.f32(name, lengths.reduce((a, b) => a + b, 0));
+    let at = 0;
+    return lengths.map((length) => whole.subarray(at, (at += length)));
+  }
 }
+
+/** The ScratchBuffers name of the temporaries of one layer's forward or backward (attention, MoE). */
+export const LAYER_SCRATCH = 'layer';
 
 export class LoraLinear implements Linear {
   readonly inDim: number;

@@ -107,22 +107,21 @@ export class KvCache {
 
 /**
  * What one layer's backward needs of its forward, shared by all layers under gradient
- * checkpointing. (The attention and MoE outputs are only added into the residual stream:
- * those temporaries are the Workspace's, one pair for all layers.)
+ * checkpointing. The normalized inputs of attention and MoE are not kept: backward recomputes
+ * them (the same kernel on the same inputs: the same bits) into the Workspace's one `normed`
+ * buffer, which costs a pass over the rows and saves two activations per layer. (The attention
+ * and MoE outputs are only added into the residual stream: those temporaries are the
+ * Workspace's too, one pair for all layers.)
  */
 class BlockActivations {
-  readonly hAttn: Float32Array;
   readonly rstdAttn: Float32Array;
   readonly xMid: Float32Array;
-  readonly hFfn: Float32Array;
   readonly rstdFfn: Float32Array;
 
   constructor(kernels: Kernels, rows: number, hidden: number) {
     const { heap } = kernels;
-    this.hAttn = heap.f32(rows * hidden);
     this.rstdAttn = heap.f32(rows);
     this.xMid = heap.f32(rows * hidden);
-    this.hFfn = heap.f32(rows * hidden);
     this.rstdFfn = heap.f32(rows);
   }
 }
@@ -138,6 +137,8 @@ interface Block {
 class Workspace {
   readonly residual: Float32Array[]; // L + 1 layer inputs; the last is the final residual
   readonly blocks: BlockActivations[];
+  /** The normalized input of the attention or MoE being run (forward or backward). */
+  readonly normed: Float32Array;
   /** A layer's attention and MoE outputs, before they join the residual stream. */
   readonly attnOut: Float32Array;
   readonly moeOut: Float32Array;
@@ -158,6 +159,7 @@ class Workspace {
     this.residual = Array.from({ length: config.numLayers + 1 }, () => heap.f32(rows * H));
     const shared = checkpointing ? new BlockActivations(kernels, rows, H) : undefined;
     this.blocks = Array.from({ length: config.numLayers }, () => shared ?? new BlockActivations(kernels, rows, H));
+    this.normed = heap.f32(rows * H);
     this.attnOut = heap.f32(rows * H);
     this.moeOut = heap.f32(rows * H);
     this.hFinal = heap.f32(rows * H);
@@ -508,17 +510,22 @@ export class Model {
 
   private async blockForward(l: number, ws: Workspace, rows: number, out: Float32Array, attend: Attend): Promise<number> {
     const { ops } = this.kernels;
-    const { hiddenSize: H, rmsNormEps: eps } = this.config;
+    const H = this.config.hiddenSize;
     const block = this.blocks[l];
     const a = ws.blocks[l];
     const x = ws.residual[l];
-    ops.rmsNorm({ x, weight: block.attnNorm.value, y: a.hAttn, rstd: a.rstdAttn, rows, dim: H, eps });
-    attend(block.attention, a.hAttn, ws.attnOut, l);
+    attend(block.attention, this.normalize(x, block.attnNorm, a.rstdAttn, ws, rows), ws.attnOut, l);
     ops.add(x, ws.attnOut, a.xMid, rows * H);
-    ops.rmsNorm({ x: a.xMid, weight: block.ffnNorm.value, y: a.hFfn, rstd: a.rstdFfn, rows, dim: H, eps });
-    const aux = await block.moe.forward(a.hFfn, ws.moeOut, rows);
+    const aux = await block.moe.forward(this.normalize(a.xMid, block.ffnNorm, a.rstdFfn, ws, rows), ws.moeOut, rows);
     ops.add(a.xMid, ws.moeOut, out, rows * H);
     return aux;
+  }
+
+  /** RMSNorm of x into ws.normed (rstd kept for the norm's backward); returns ws.normed. */
+  private normalize(x: Float32Array, norm: Param, rstd: Float32Array, ws: Workspace, rows: number): Float32Array {
+    const { hiddenSize: H, rmsNormEps: eps } = this.config;
+    this.kernels.ops.rmsNorm({ x, weight: norm.value, y: ws.normed, rstd, rows, dim: H, eps });
+    return ws.normed;
   }
 
   /** Backward of the latest forward (which must have had targets and a gradScale). */
@@ -552,9 +559,9 @@ export class Model {
     const block = this.blocks[l];
     const a = ws.blocks[l];
     const { dx, dh } = ws;
-    await block.moe.backward(a.hFfn, dx, dh, rows, auxScale);
+    await block.moe.backward(this.normalize(a.xMid, block.ffnNorm, a.rstdFfn, ws, rows), dx, dh, rows, auxScale);
     ops.rmsNormBackward({ x: a.xMid, weight: block.ffnNorm.value, rstd: a.rstdFfn, dy: dh, dx, dWeight: this.gradOrScratch(block.ffnNorm), rows, dim: H, accumulate: true });
-    block.attention.backward(a.hAttn, dx, dh, batch, seq, ws.positions);
+    block.attention.backward(this.normalize(ws.residual[l], block.attnNorm, a.rstdAttn, ws, rows), dx, dh, batch, seq, ws.positions);
     ops.rmsNormBackward({ x: ws.residual[l], weight: block.attnNorm.value, rstd: a.rstdAttn, dy: dh, dx, dWeight: this.gradOrScratch(block.attnNorm), rows, dim: H, accumulate: true });
   }
 

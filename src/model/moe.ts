@@ -7,7 +7,7 @@
 import type { Kernels } from '../kernels/index.ts';
 import type { ModelConfig } from './config.ts';
 import type { ExpertCompute, SwigluExpert } from './expert.ts';
-import type { Linear, ScratchBuffers } from './linear.ts';
+import { LAYER_SCRATCH, type Linear, type ScratchBuffers } from './linear.ts';
 
 /** Per-call buffers, sized for `rows` tokens: everything backward needs from forward. */
 class MoeActivations {
@@ -96,7 +96,8 @@ export class MoeLayer {
         a.slotOfAssignment[t * k + j] = slot;
       }
     }
-    const xs = this.expertInputs(x, a, rows);
+    const [xs] = this.scratch.parts(LAYER_SCRATCH, [rows * k * H]);
+    this.gatherExpertInputs(x, a, rows, xs);
     const answered = await Promise.all(
       Array.from({ length: E }, (_, e) => {
         const [s0, s1] = [a.expertStart[e], a.expertStart[e + 1]];
@@ -132,12 +133,10 @@ export class MoeLayer {
     return E * aux;
   }
 
-  /** Each assignment's input row, grouped by expert: gathered again for the backward rather than kept per layer. */
-  private expertInputs(x: Float32Array, a: MoeActivations, rows: number): Float32Array {
+  /** Each assignment's input row, grouped by expert, into xs: gathered again for the backward rather than kept per layer. */
+  private gatherExpertInputs(x: Float32Array, a: MoeActivations, rows: number, xs: Float32Array): void {
     const { expertsPerToken: k, hiddenSize: H } = this.config;
-    const xs = this.scratch.f32('moe.xs', rows * k * H);
     this.kernels.ops.gatherRows({ src: x, indices: a.slotToken, dst: xs, rows: rows * k, cols: H, srcRows: rows });
-    return xs;
   }
 
   /**
@@ -174,12 +173,8 @@ export class MoeLayer {
     const { numExperts: E, expertsPerToken: k, hiddenSize: H } = this.config;
     const a = this.activations(rows);
     const slots = rows * k;
-    const dys = this.scratch.f32('moe.dys', slots * H);
-    const dGates = this.scratch.f32('moe.dGates', slots);
-    const dxs = this.scratch.f32('moe.dxs', slots * H);
-    const dLogits = this.scratch.f32('moe.dLogits', rows * E);
-    const dTop = this.scratch.f32('moe.dTop', slots);
-    const xs = this.expertInputs(x, a, rows);
+    const [xs, dys, dxs, dGates, dTop, dLogits] = this.scratch.parts(LAYER_SCRATCH, [slots * H, slots * H, slots * H, slots, slots, rows * E]);
+    this.gatherExpertInputs(x, a, rows, xs);
 
     // out = Σ gate·y: ∂gate = dOut·y, ∂y = gate·dOut.
     ops.gatherRows({ src: dOut, indices: a.slotToken, dst: dys, rows: slots, cols: H, srcRows: rows });
