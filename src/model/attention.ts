@@ -113,8 +113,8 @@ export class Attention {
     this.o.forward(a.att, out, rows);
   }
 
-  /** dx (= or += with accumulate) ∂L/∂x from dOut; adds the projections' gradients. */
-  backward(x: Float32Array, dOut: Float32Array, dx: Float32Array, batch: number, seq: number, positions: Int32Array, accumulate = false): void {
+  /** dx (= or += with accumulate) ∂L/∂x from dOut, unless dx is undefined; adds the projections' gradients. */
+  backward(x: Float32Array, dOut: Float32Array, dx: Float32Array | undefined, batch: number, seq: number, positions: Int32Array, accumulate = false): void {
     const { ops } = this.kernels;
     const { numHeads, numKvHeads, headDim } = this.config;
     const rows = batch * seq;

@@ -551,7 +551,11 @@ export class Model {
     if (embed.grad) ops.scatterAddRows({ src: dx, indices: ws.tokens, dst: embed.grad, rows, cols: H, dstRows: V });
   }
 
-  /** ws.dx holds ∂L/∂(layer output); leaves ∂L/∂(layer input) there. */
+  /**
+   * ws.dx holds ∂L/∂(layer output); leaves ∂L/∂(layer input) there, except in the first layer
+   * when nothing before it trains (lora mode: frozen embedding and norm), where nobody reads it
+   * and its products (q, k and v backward through the frozen base) are skipped.
+   */
   private async blockBackward(l: number, ws: Workspace, batch: number, seq: number, auxScale: number): Promise<void> {
     const { ops } = this.kernels;
     const H = this.config.hiddenSize;
@@ -561,7 +565,9 @@ export class Model {
     const { dx, dh } = ws;
     await block.moe.backward(this.normalize(a.xMid, block.ffnNorm, a.rstdFfn, ws, rows), dx, dh, rows, auxScale);
     ops.rmsNormBackward({ x: a.xMid, weight: block.ffnNorm.value, rstd: a.rstdFfn, dy: dh, dx, dWeight: this.gradOrScratch(block.ffnNorm), rows, dim: H, accumulate: true });
-    block.attention.backward(this.normalize(ws.residual[l], block.attnNorm, a.rstdAttn, ws, rows), dx, dh, batch, seq, ws.positions);
+    const inputGradient = l > 0 || this.params.get('embed').grad !== undefined || block.attnNorm.grad !== undefined;
+    block.attention.backward(this.normalize(ws.residual[l], block.attnNorm, a.rstdAttn, ws, rows), dx, inputGradient ? dh : undefined, batch, seq, ws.positions);
+    if (!inputGradient) return;
     ops.rmsNormBackward({ x: ws.residual[l], weight: block.attnNorm.value, rstd: a.rstdAttn, dy: dh, dx, dWeight: this.gradOrScratch(block.attnNorm), rows, dim: H, accumulate: true });
   }
 
