@@ -9,6 +9,14 @@ import type { KernelRuntime } from './runtime.ts';
 
 /** Register tile width: thread chunks are whole panels of this many output columns. */
 const QINT_PANEL = 8;
+/** Register tile height: X is packed in panels of this many rows. */
+const QINT_ROWS = 4;
+/**
+ * Cap of the packed X kept between calls: 4 MiB holds m·k ≤ ~1.97M values (2.125 bytes each:
+ * int16 plus a scale per 32). A training step's largest, 2048×256 and 256×4096, take 1.1 and
+ * 2.2 MiB; larger products go in row chunks.
+ */
+const PACKED_X_MAX_BYTES = 4 << 20;
 
 export interface QIntOptions {
   /** Add the product into the output instead of overwriting it: y = y + P. */
@@ -18,6 +26,9 @@ export interface QIntOptions {
 export class QInt {
   /** Largest reduction length (W's cols) the kernel's scratch holds. */
   readonly maxK: number;
+  /** Heap buffer for the packed X, grown on demand up to about PACKED_X_MAX_BYTES (0: none yet). */
+  private packedX = 0;
+  private packedXBytes = 0;
 
   constructor(private readonly rt: KernelRuntime) {
     this.maxK = rt.fn('qint_max_k')();
@@ -68,7 +79,27 @@ export class QInt {
     const wp = quantizedPtrs(heap, what, wName, w);
     const px = heapPtr(heap, what, xName, x, m * k);
     const py = heapPtr(heap, what, yName, y, m * n);
-    const args = [px, wp.q, wp.scales, w.bits, py, m, n, k, +accumulate];
-    this.rt.parallel('qint_gemm', args, n, QINT_PANEL, m * n * k < PARALLEL_MIN_MACS);
+    // Two phases, so that X is quantized once rather than by every thread: the threads split
+    // X's rows to pack them into a shared buffer, then the output's column panels.
+    const serial = m * n * k < PARALLEL_MIN_MACS;
+    const panelBytes = this.rt.fn('qint_a_panel_bytes')(k);
+    const chunkRows = Math.max(1, Math.floor(PACKED_X_MAX_BYTES / Math.max(panelBytes, 1))) * QINT_ROWS;
+    const packed = this.packedBuffer(Math.ceil(Math.min(m, chunkRows) / QINT_ROWS) * panelBytes);
+    for (let i = 0; i < m; i += chunkRows) {
+      const rows = Math.min(chunkRows, m - i);
+      this.rt.parallel('qint_pack_x', [px + i * k * 4, rows, k, packed], rows, QINT_ROWS, serial);
+      const args = [packed, wp.q, wp.scales, w.bits, py + i * n * 4, rows, n, k, +accumulate];
+      this.rt.parallel('qint_gemm', args, n, QINT_PANEL, serial);
+    }
+  }
+
+  /** The packed-X buffer with at least `bytes`, reallocated when a larger one is needed. */
+  private packedBuffer(bytes: number): number {
+    if (bytes > this.packedXBytes) {
+      if (this.packedX) this.rt.heap.freeBytes(this.packedX);
+      this.packedX = this.rt.heap.allocBytes(bytes);
+      this.packedXBytes = bytes;
+    }
+    return this.packedX;
   }
 }

@@ -77,17 +77,22 @@ describe.each(['simd', 'relaxed'] as const)('integer-path quantized product (%s 
     }
   });
 
-  it('handles the largest k, and more rows than one scratch-sized chunk', () => {
-    // At maxK a single A panel fills what the B panel leaves of the scratch; at k = 4096 the
-    // scratch holds 472 rows, so 481 rows take two chunks (the B panels are packed twice).
-    for (const [m, n, k] of [[5, 3, one.qint.maxK], [481, 11, 4096]]) {
+  it('handles the largest k, and more rows than one packed chunk of x, on 1 and 2 threads', () => {
+    // At maxK a single B panel fills the scratch. At k = 4096 the packed-x buffer (4 MiB) holds
+    // 480 rows, so 481 rows take two chunks (the B panels are packed twice), the GEMM's
+    // L2-sized row chunks hold 28 rows, and a thread's scratch holds the B panels of 480
+    // columns, so 489 columns on one thread take two column chunks of several row chunks.
+    for (const [m, n, k] of [[5, 3, one.qint.maxK], [481, 11, 4096], [33, 489, 4096]]) {
       const xs = testValues(m, k, m + n);
       const ref = quantize(testValues(n, k, n), 4);
-      const x = one.heap.f32(m * k);
-      x.set(xs);
-      const y = one.heap.f32(m * n);
-      one.qint.forward(x, toHeap(one, ref, n, k), y, m);
-      expect(bitEqual(y, integerProduct(xs, ref, m, n, k))).toBe(true);
+      const want = integerProduct(xs, ref, m, n, k);
+      for (const kern of [one, two]) {
+        const x = kern.heap.f32(m * k);
+        x.set(xs);
+        const y = kern.heap.f32(m * n);
+        kern.qint.forward(x, toHeap(kern, ref, n, k), y, m);
+        expect(bitEqual(y, want)).toBe(true);
+      }
     }
   });
 

@@ -3,7 +3,7 @@
 // runtime owns the heap. Parallel kernels take a work range [begin, end) last-but-one
 // and the calling thread's scratch pointer, as the worker pool calls them.
 export { gemm_f32, gemm_f32_rows, gemm_scratch_bytes } from './gemm';
-export { qint_gemm, qint_transpose_quantized, qint_max_k, qint_scratch_bytes } from './qint';
+export { qint_pack_x, qint_gemm, qint_transpose_quantized, qint_max_k, qint_a_panel_bytes, qint_scratch_bytes } from './qint';
 export {
   quantize_q8, quantize_q4, dequantize_q8, dequantize_q4,
   gemm_q8_t, gemm_q4_t, gemm_q8_n, gemm_q4_n,

@@ -11,6 +11,9 @@
 // (8 columns = 8 rows of W) hold per k-pair the 8 columns' pairs. The 4×8 register tile keeps
 // 8 int32x4 accumulators; at each block end they are converted, scaled and added to an f32
 // tile kept in scratch (registers would spill: 8 int + 8 f32 + operands > 16 xmm).
+// Two phases, so that no thread repeats another's packing: qint_pack_x quantizes X into A
+// panels in a shared buffer (threads split the rows), then qint_gemm packs each B panel once
+// (threads split the output's column panels) and runs it over the A panels.
 
 export const QBLOCK: i32 = 32;
 const MR: i32 = 4;
@@ -19,13 +22,8 @@ const PAIRS: i32 = QBLOCK / 2;
 /** Scratch bytes the integer kernels use per thread (the runtime gives each thread 4 MiB). */
 const QINT_SCRATCH: i32 = 4 << 20;
 const TILE_BYTES: i32 = MR * NR * 4;
-/** The f32 tile and MR blocks of int16 for quantizing. */
-const FIXED_BYTES: i32 = TILE_BYTES + MR * QBLOCK * 2;
-
-@inline
-function ceilDiv(a: i32, b: i32): i32 {
-  return (a + b - 1) / b;
-}
+/** Packed A panels per row chunk of the GEMM: well inside L2 next to the B panel in use. */
+const A_CHUNK_BYTES: i32 = 256 << 10;
 
 /** Bytes of one packed A panel (MR rows × k int16 values, then MR·k/QBLOCK scales). */
 @inline
@@ -39,10 +37,14 @@ function bPanelBytes(k: i32): i32 {
   return NR * k * 2 + NR * (k / QBLOCK) * 4;
 }
 
-/** Largest k the integer GEMM supports: one B panel, one A panel and the fixed part fit in scratch. */
+/** Largest k the integer GEMM supports: the f32 tile and one B panel fit in scratch. */
 export function qint_max_k(): i32 {
-  const perBlock = aPanelBytes(QBLOCK) + bPanelBytes(QBLOCK);
-  return (QINT_SCRATCH - FIXED_BYTES) / perBlock * QBLOCK;
+  return (QINT_SCRATCH - TILE_BYTES) / bPanelBytes(QBLOCK) * QBLOCK;
+}
+
+/** Bytes of one packed A panel: the packed X of m rows takes ceil(m / 4) of them. */
+export function qint_a_panel_bytes(k: i32): i32 {
+  return aPanelBytes(k);
 }
 
 export function qint_scratch_bytes(): i32 {
@@ -265,34 +267,49 @@ function storeTile(acc: usize, y: usize, n: i32, h: i32, w: i32, add: bool): voi
 }
 
 /**
- * Y (=|+=) quant8(X)·Wᵀ over output columns [n0, n1): X m×k f32, W n×k quantized (bits 8 or 4,
- * q at wq, scales at ws), Y m×n f32; k a multiple of QBLOCK, at most qint_max_k(). With
- * accumulate, Y += P where P is the exact product above. Each thread quantizes the rows of X
- * it needs into its scratch (deterministic, so every thread gets the same values): as many
- * A panels as fit, and the B panels are re-packed per such row chunk.
+ * Quantizes rows [begin, end) of X (m×k f32; begin a multiple of MR) into their A panels of
+ * the packed matrix at a (row panel p at a + p·qint_a_panel_bytes(k)). Threads split the rows,
+ * so X is quantized once, however many threads then share the packed panels.
+ */
+export function qint_pack_x(x: usize, m: i32, k: i32, a: usize, begin: i32, end: i32, scratch: usize): void {
+  const aBytes = <usize>aPanelBytes(k);
+  for (let i = begin; i < end; i += MR) packA(a + <usize>(i / MR) * aBytes, x, m, k, i, scratch);
+}
+
+/**
+ * Y (=|+=) quant8(X)·Wᵀ over output columns [n0, n1): X packed by qint_pack_x at a (m rows),
+ * W n×k quantized (bits 8 or 4, q at wq, scales at ws), Y m×n f32; k a multiple of QBLOCK, at
+ * most qint_max_k(). With accumulate, Y += P where P is the exact product above.
+ * The thread's B panels are packed into scratch once, during the first row chunk (in column
+ * chunks if they do not all fit); rows go in chunks of about A_CHUNK_BYTES of A panels, which stay in L2 while every
+ * B panel passes over them (else each B panel would stream all of A from L3).
  */
 export function qint_gemm(
-  x: usize, wq: usize, ws: usize, bits: i32, y: usize, m: i32, n: i32, k: i32,
+  a: usize, wq: usize, ws: usize, bits: i32, y: usize, m: i32, n: i32, k: i32,
   accumulate: i32, n0: i32, n1: i32, scratch: usize,
 ): void {
   if (m <= 0 || n1 <= n0) return;
-  const bPanel = scratch;
-  const acc = bPanel + <usize>bPanelBytes(k);
-  const temp = acc + TILE_BYTES;
-  const aPanels = bPanel + FIXED_BYTES + bPanelBytes(k);
-  const aBytes = aPanelBytes(k);
-  const fit = (QINT_SCRATCH - bPanelBytes(k) - FIXED_BYTES) / max(aBytes, 1);
-  const chunk = min(fit * MR, ceilDiv(m, MR) * MR);
+  const acc = scratch;
+  const bPanels = scratch + TILE_BYTES;
+  const aBytes = <usize>aPanelBytes(k);
+  const bBytes = <usize>bPanelBytes(k);
+  const chunkCols = (QINT_SCRATCH - TILE_BYTES) / max(bPanelBytes(k), 1) * NR;
+  const chunkRows = max(1, A_CHUNK_BYTES / max(aPanelBytes(k), 1)) * MR;
   const add = accumulate != 0;
-  for (let ic = 0; ic < m; ic += chunk) {
-    const rows = min(chunk, m - ic);
-    for (let ir = 0; ir < rows; ir += MR) packA(aPanels + <usize>(ir / MR) * aBytes, x, m, k, ic + ir, temp);
-    for (let j = n0; j < n1; j += NR) {
-      packB(bPanel, wq, ws, bits, n, k, j);
-      const w = min(NR, n1 - j);
-      for (let ir = 0; ir < rows; ir += MR) {
-        microKernel(aPanels + <usize>(ir / MR) * aBytes, bPanel, k, acc);
-        storeTile(acc, y + ((<usize>(ic + ir) * n + j) << 2), n, min(MR, rows - ir), w, add);
+  for (let jc = n0; jc < n1; jc += chunkCols) {
+    const jEnd = min(n1, jc + chunkCols);
+    for (let ic = 0; ic < m; ic += chunkRows) {
+      const iEnd = min(m, ic + chunkRows);
+      for (let j = jc; j < jEnd; j += NR) {
+        // Packed where first used, so it is still in L1; with a single row chunk each panel is
+        // used once and they all take the first slot, so packing writes nothing out of L1.
+        const bp = m <= chunkRows ? bPanels : bPanels + <usize>((j - jc) / NR) * bBytes;
+        if (ic == 0) packB(bp, wq, ws, bits, n, k, j);
+        const w = min(NR, jEnd - j);
+        for (let i = ic; i < iEnd; i += MR) {
+          microKernel(a + <usize>(i / MR) * aBytes, bp, k, acc);
+          storeTile(acc, y + ((<usize>i * n + j) << 2), n, min(MR, m - i), w, add);
+        }
       }
     }
   }
