@@ -14,6 +14,7 @@ import { bundle } from '../src/bundle.ts';
 import { createKernels } from '../src/kernels/index.ts';
 import { createConfig, isLoraTarget, loraShapes, parameterShapes, type ModelConfig } from '../src/model/config.ts';
 import { uniform } from '../src/model/init.ts';
+import type { ActivationStorage } from '../src/model/expert.ts';
 import type { BasePath } from '../src/model/linear.ts';
 import { Model, type BaseFormat, type ModelOptions } from '../src/model/model.ts';
 import { sizeOf } from '../src/model/params.ts';
@@ -39,6 +40,8 @@ interface Setting {
   baseFormat: BaseFormat;
   basePath: BasePath;
   checkpointing: boolean;
+  /** How experts keep their gate and up outputs for backward (src/model/expert.ts). */
+  activations: ActivationStorage;
   threads: number;
   /** Timed steps after one warm-up step. */
   steps: number;
@@ -101,15 +104,16 @@ function flopsPerToken(config: ModelConfig, mode: 'full' | 'lora', seq: number, 
 }
 
 function label(s: Setting): string {
-  return s.mode === 'full' ? 'full' : `lora ${s.baseFormat}${s.baseFormat === 'f32' ? '' : ` ${s.basePath}`}`;
+  const base = s.mode === 'full' ? 'full' : `lora ${s.baseFormat}${s.baseFormat === 'f32' ? '' : ` ${s.basePath}`}`;
+  return s.activations === 'f32' ? base : `${base}, ${s.activations} act.`;
 }
 
 /** The child side: one setting, printed as a JSON line. */
 async function measureOne(s: Setting): Promise<void> {
   const kernels = await createKernels({ threads: s.threads });
   const options: ModelOptions = s.mode === 'full'
-    ? { mode: 'full', checkpointing: s.checkpointing }
-    : { mode: 'lora', lora: LORA, baseFormat: s.baseFormat, basePath: s.basePath, checkpointing: s.checkpointing };
+    ? { mode: 'full', checkpointing: s.checkpointing, activationStorage: s.activations }
+    : { mode: 'lora', lora: LORA, baseFormat: s.baseFormat, basePath: s.basePath, checkpointing: s.checkpointing, activationStorage: s.activations };
   const model = new Model(kernels, REFERENCE_CONFIG, options);
   const optimizer = new AdamW(kernels, model.params.trainable());
   const random = uniform(7);
@@ -197,13 +201,15 @@ async function throughput(quick: boolean, passes: number): Promise<void> {
   const gemmBefore = new Map<number, Map<string, number>>();
   for (const threads of threadCounts) gemmBefore.set(threads, await gemmRates(threads, gemmReps));
 
-  const bases: Pick<Setting, 'mode' | 'baseFormat' | 'basePath'>[] = quick
-    ? [{ mode: 'full', baseFormat: 'f32', basePath: 'fp32' }, { mode: 'lora', baseFormat: 'q4', basePath: 'int' }]
+  const loraQ4: Pick<Setting, 'mode' | 'baseFormat' | 'basePath' | 'activations'> = { mode: 'lora', baseFormat: 'q4', basePath: 'int', activations: 'f32' };
+  const bases: Pick<Setting, 'mode' | 'baseFormat' | 'basePath' | 'activations'>[] = quick
+    ? [{ mode: 'full', baseFormat: 'f32', basePath: 'fp32', activations: 'f32' }, loraQ4, { ...loraQ4, activations: 'bf16' }]
     : [
-      { mode: 'full', baseFormat: 'f32', basePath: 'fp32' },
-      { mode: 'lora', baseFormat: 'f32', basePath: 'fp32' },
+      { mode: 'full', baseFormat: 'f32', basePath: 'fp32', activations: 'f32' },
+      { mode: 'lora', baseFormat: 'f32', basePath: 'fp32', activations: 'f32' },
       ...(['q8', 'q4'] as const).flatMap((baseFormat) =>
-        (['fp32', 'int'] as const).map((basePath) => ({ mode: 'lora' as const, baseFormat, basePath }))),
+        (['fp32', 'int'] as const).map((basePath) => ({ mode: 'lora' as const, baseFormat, basePath, activations: 'f32' as const }))),
+      { ...loraQ4, activations: 'bf16' },
     ];
   const settings: Setting[] = bases.flatMap((base) => (quick ? [false] : [false, true]).flatMap((checkpointing) =>
     threadCounts.map((threads) => ({ ...base, checkpointing, threads, steps }))));

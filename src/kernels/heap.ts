@@ -72,6 +72,7 @@ export class KernelHeap {
   i8(length: number): Int8Array { return this.view(Int8Array, length); }
   u8(length: number): Uint8Array { return this.view(Uint8Array, length); }
   i16(length: number): Int16Array { return this.view(Int16Array, length); }
+  u16(length: number): Uint16Array { return this.view(Uint16Array, length); }
   i32(length: number): Int32Array { return this.view(Int32Array, length); }
   u32(length: number): Uint32Array { return this.view(Uint32Array, length); }
 

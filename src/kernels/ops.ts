@@ -462,6 +462,24 @@ export class Ops {
     this.rt.parallel('scale_f32', args, n, ELEMENT_GRAIN, n < PARALLEL_MIN_ELEMENTS);
   }
 
+  /** bf16[i] = the bfloat16 nearest x[i] (ties to even), as bit patterns (src/io/half.ts f32ToBf16Bits). */
+  toBf16(x: Float32Array, bf16: Uint16Array, n: number): void {
+    const what = 'toBf16';
+    checkDims(what, { n });
+    const { heap } = this.rt;
+    const args = [heapPtr(heap, what, 'x', x, n), heapPtr(heap, what, 'bf16', bf16, n)];
+    this.rt.parallel('f32_to_bf16', args, n, ELEMENT_GRAIN, n < PARALLEL_MIN_ELEMENTS);
+  }
+
+  /** x[i] = the value of the bfloat16 bit pattern bf16[i] (exact). */
+  fromBf16(bf16: Uint16Array, x: Float32Array, n: number): void {
+    const what = 'fromBf16';
+    checkDims(what, { n });
+    const { heap } = this.rt;
+    const args = [heapPtr(heap, what, 'bf16', bf16, n), heapPtr(heap, what, 'x', x, n)];
+    this.rt.parallel('bf16_to_f32', args, n, ELEMENT_GRAIN, n < PARALLEL_MIN_ELEMENTS);
+  }
+
   /** Σ x² over the first n elements (e.g. for gradient-norm clipping); the same for every thread count. */
   sumSquares(x: Float32Array, n: number): number {
     const what = 'sumSquares';

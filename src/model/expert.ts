@@ -21,32 +21,71 @@ export interface ExpertCompute {
 }
 
 /**
+ * How an expert keeps gate·x and up·x for its backward, the largest activations of a step
+ * (2 · hidden floats per routed token and layer): f32, exact; or bf16, half the memory, the
+ * backward then working from values rounded to 8 significant bits (the forward is unchanged).
+ */
+export type ActivationStorage = 'f32' | 'bf16';
+
+/**
  * An expert's forward activations, kept for its backward: gate·x and up·x. Under gradient
  * checkpointing the experts of different layers share caches (a layer's forward is recomputed
  * just before its backward).
  */
 export class ExpertCache {
-  readonly g: GrowableBuffer;
-  readonly u: GrowableBuffer;
+  private readonly f32?: { g: GrowableBuffer; u: GrowableBuffer };
+  private readonly bf16?: { g: GrowableBuffer<Uint16Array>; u: GrowableBuffer<Uint16Array> };
 
-  constructor(kernels: Kernels, hidden: number) {
-    this.g = new GrowableBuffer(kernels, hidden);
-    this.u = new GrowableBuffer(kernels, hidden);
+  constructor(private readonly kernels: Kernels, private readonly hidden: number, storage: ActivationStorage = 'f32') {
+    if (storage === 'f32') {
+      this.f32 = { g: new GrowableBuffer(kernels, hidden), u: new GrowableBuffer(kernels, hidden) };
+    } else {
+      const u16 = (length: number) => kernels.heap.u16(length);
+      this.bf16 = { g: new GrowableBuffer(kernels, hidden, u16), u: new GrowableBuffer(kernels, hidden, u16) };
+    }
+  }
+
+  /** Where the forward writes gate·x and up·x: the cache itself (f32) or scratch that keep() stores. */
+  forwardOutputs(rows: number, scratch: ExpertScratch): { g: Float32Array; u: Float32Array } {
+    if (this.f32) return { g: this.f32.g.rows(rows), u: this.f32.u.rows(rows) };
+    return scratch.gu(rows * this.hidden);
+  }
+
+  /** Keeps the forward's gate·x and up·x (nothing to do for f32: they were written in place). */
+  keep(g: Float32Array, u: Float32Array, rows: number): void {
+    if (!this.bf16) return;
+    const n = rows * this.hidden;
+    this.kernels.ops.toBf16(g, this.bf16.g.rows(rows), n);
+    this.kernels.ops.toBf16(u, this.bf16.u.rows(rows), n);
+  }
+
+  /** The kept gate·x and up·x as f32 for the backward, which may overwrite them. */
+  kept(rows: number, scratch: ExpertScratch): { g: Float32Array; u: Float32Array } {
+    if (this.f32) return { g: this.f32.g.rows(rows), u: this.f32.u.rows(rows) };
+    const n = rows * this.hidden;
+    const { g, u } = scratch.gu(n);
+    this.kernels.ops.fromBf16(this.bf16!.g.rows(rows), g, n);
+    this.kernels.ops.fromBf16(this.bf16!.u.rows(rows), u, n);
+    return { g, u };
   }
 }
 
 /**
  * Temporaries of one expert call, shared by all the experts of a model (calls run one at a
- * time, whatever their hidden size): h = silu(gate·x) ⊙ up·x and its gradient. Each call
- * overwrites what it reads.
+ * time, whatever their hidden size): h = silu(gate·x) ⊙ up·x and its gradient, and, with
+ * bf16 storage, gate·x and up·x in f32. Each call overwrites what it reads.
  */
 export class ExpertScratch {
   private readonly hBuffer: GrowableBuffer;
   private readonly dhBuffer: GrowableBuffer;
+  private readonly gBuffer: GrowableBuffer;
+  private readonly uBuffer: GrowableBuffer;
 
   constructor(kernels: Kernels) {
     this.hBuffer = new GrowableBuffer(kernels, 1);
     this.dhBuffer = new GrowableBuffer(kernels, 1);
+    this.gBuffer = new GrowableBuffer(kernels, 1);
+    this.uBuffer = new GrowableBuffer(kernels, 1);
   }
 
   h(length: number): Float32Array {
@@ -55,6 +94,10 @@ export class ExpertScratch {
 
   dh(length: number): Float32Array {
     return this.dhBuffer.rows(length);
+  }
+
+  gu(length: number): { g: Float32Array; u: Float32Array } {
+    return { g: this.gBuffer.rows(length), u: this.uBuffer.rows(length) };
   }
 }
 
@@ -67,24 +110,23 @@ export class SwigluExpert {
     readonly up: Linear,
     readonly down: Linear,
     private readonly scratch: ExpertScratch,
-    private readonly cache: ExpertCache = new ExpertCache(kernels, gate.outDim),
+    private readonly cache: ExpertCache,
   ) {
     this.hidden = gate.outDim;
   }
 
   forward(x: Float32Array, y: Float32Array, rows: number): void {
-    const g = this.cache.g.rows(rows);
-    const u = this.cache.u.rows(rows);
+    const { g, u } = this.cache.forwardOutputs(rows, this.scratch);
     const h = this.scratch.h(rows * this.hidden);
     this.gate.forward(x, g, rows);
     this.up.forward(x, u, rows);
     this.kernels.ops.swiglu({ gate: g, up: u, h, rows, cols: this.hidden });
+    this.cache.keep(g, u, rows);
     this.down.forward(h, y, rows);
   }
 
   backward(x: Float32Array, dy: Float32Array, dx: Float32Array, rows: number): void {
-    const g = this.cache.g.rows(rows);
-    const u = this.cache.u.rows(rows);
+    const { g, u } = this.cache.kept(rows, this.scratch);
     const h = this.scratch.h(rows * this.hidden);
     const dh = this.scratch.dh(rows * this.hidden);
     // h again from the kept gate·x and up·x: one elementwise pass instead of keeping rows × hidden floats per expert.

@@ -5,6 +5,7 @@
 //                integer path (int8 activations, exact integer dot products);
 //   LoraLinear   any frozen base plus a trainable low-rank update (alpha / r)·B·A.
 // The caller keeps the forward input x alive and passes it to backward.
+import type { HeapView } from '../kernels/heap.ts';
 import type { Kernels, QuantizedTensor } from '../kernels/index.ts';
 import type { Param } from './params.ts';
 
@@ -86,17 +87,24 @@ export class QuantLinear implements Linear {
   }
 }
 
-/** Rows of a growable scratch matrix: reallocated (larger) only when a call needs more rows. */
-export class GrowableBuffer {
-  private view?: Float32Array;
+/**
+ * Rows of a growable scratch matrix: reallocated (larger) only when a call needs more rows.
+ * f32 unless another heap allocator is given (e.g. u16 for bfloat16 bit patterns).
+ */
+export class GrowableBuffer<T extends HeapView = Float32Array> {
+  private view?: T;
 
-  constructor(private readonly kernels: Kernels, private readonly cols: number) {}
+  constructor(
+    private readonly kernels: Kernels,
+    private readonly cols: number,
+    private readonly allocate: (length: number) => T = (length) => kernels.heap.f32(length) as T,
+  ) {}
 
-  rows(rows: number): Float32Array {
+  rows(rows: number): T {
     const need = Math.max(1, rows * this.cols);
     if (!this.view || this.view.length < need) {
       if (this.view) this.kernels.heap.release(this.view);
-      this.view = this.kernels.heap.f32(need);
+      this.view = this.allocate(need);
     }
     return this.view;
   }

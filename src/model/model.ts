@@ -12,7 +12,7 @@ import { QBLOCK } from '../kernels/quantized.ts';
 import type { RopeTable } from '../kernels/ops.ts';
 import { Attention, AttentionBuffers, type KvCacheLayer } from './attention.ts';
 import { isLoraTarget, loraShapes, parameterShapes, type F32Tensor, type ModelConfig } from './config.ts';
-import { ExpertCache, ExpertScratch, LocalExperts, SwigluExpert, type ExpertCompute } from './expert.ts';
+import { ExpertCache, ExpertScratch, LocalExperts, SwigluExpert, type ActivationStorage, type ExpertCompute } from './expert.ts';
 import { initTensors, uniform } from './init.ts';
 import { DenseLinear, LoraLinear, QuantLinear, ScratchBuffers, type BasePath, type Linear } from './linear.ts';
 import { MoeBuffers, MoeLayer } from './moe.ts';
@@ -41,6 +41,8 @@ export interface ModelOptions {
   /** lora mode with q8/q4: the fp32 path (dequantize while packing) or the exact integer path. */
   basePath?: BasePath;
   checkpointing?: boolean;
+  /** How experts keep gate·x and up·x for the backward (default f32; bf16 halves that memory, see ActivationStorage). */
+  activationStorage?: ActivationStorage;
   /** Seed of the random initialization (weights in full mode, LoRA A in lora mode). */
   seed?: number;
   /** Where the MoE layers send expert work; default: every expert in this process. */
@@ -235,7 +237,7 @@ export class Model {
     const scratch = new ScratchBuffers(kernels);
     this.expertScratch = new ExpertScratch(kernels);
     this.expertCaches = options.checkpointing
-      ? Array.from({ length: config.numExperts }, () => new ExpertCache(kernels, config.expertHiddenSize))
+      ? Array.from({ length: config.numExperts }, () => new ExpertCache(kernels, config.expertHiddenSize, options.activationStorage))
       : undefined;
     for (let l = 0; l < config.numLayers; l++) {
       this.localExperts.push(Array.from({ length: config.numExperts }, (_, e) => (hosts(l, e) ? this.buildExpert(l, e) : undefined)));
@@ -300,7 +302,9 @@ export class Model {
   }
 
   private swiglu(prefix: string, cache?: ExpertCache): SwigluExpert {
-    return new SwigluExpert(this.kernels, this.linear(`${prefix}.gate`), this.linear(`${prefix}.up`), this.linear(`${prefix}.down`), this.expertScratch, cache);
+    const gate = this.linear(`${prefix}.gate`);
+    cache ??= new ExpertCache(this.kernels, gate.outDim, this.options.activationStorage);
+    return new SwigluExpert(this.kernels, gate, this.linear(`${prefix}.up`), this.linear(`${prefix}.down`), this.expertScratch, cache);
   }
 
   private buildExpert(layer: number, expert: number): SwigluExpert {

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { Kernels } from '../../src/kernels/index.ts';
+import { bf16BitsToF32, f32ToBf16Bits } from '../../src/io/half.ts';
 import * as ref from '../reference/ops64.ts';
 import { bitEqual, fillRandom, kernelsOnOneAndTwoThreads, maxRelError, rng } from '../helpers.ts';
 
@@ -351,6 +352,26 @@ describe.each(['simd', 'relaxed'] as const)('transformer ops (%s build)', (build
     one.ops.biasGrad(src, dBias, rows, cols);
     const wantBias = Array.from(bias, (b0, c) => b0 + Array.from({ length: rows }, (_, r) => src[r * cols + c]).reduce((s, t) => s + t, 0));
     expect(maxRelError(dBias, wantBias)).toBeLessThan(1e-6);
+  });
+
+  it('bfloat16 conversion rounds as src/io/half.ts does (ties to even, NaN kept) and expands exactly, on 1 and 2 threads', () => {
+    const random = rng(31);
+    const special = [0, -0, 1, -1, Infinity, -Infinity, NaN, 1e-40, -3e-39, 3.4e38, -3.4028234e38, 65504,
+      1 + 2 ** -8, 1 + 3 * 2 ** -8, 1 + 2 ** -8 + 2 ** -20]; // ties round to even; just above a tie rounds up
+    const n = 100_003; // parallel, with a scalar tail
+    const values = Float32Array.from({ length: n }, (_, i) => (i < special.length ? special[i] : (random() - 0.5) * 10 ** Math.floor(random() * 12 - 6)));
+    const expected = Uint16Array.from(values, (x) => f32ToBf16Bits(x));
+    for (const kern of [one, two]) {
+      const x = f32(kern, values);
+      const bits = kern.heap.u16(n);
+      kern.ops.toBf16(x, bits, n);
+      expect(Array.from(bits)).toEqual(Array.from(expected));
+      const back = kern.heap.f32(n);
+      kern.ops.fromBf16(bits, back, n);
+      expect(Array.from(back)).toEqual(Array.from(expected, (h) => bf16BitsToF32(h)));
+    }
+    expect(() => one.ops.toBf16(one.heap.f32(8), one.heap.u16(4), 8)).toThrow(/toBf16: bf16/);
+    expect(() => one.ops.fromBf16(new Uint16Array(8), one.heap.f32(8), 8)).toThrow(/fromBf16: bf16/);
   });
 
   it('gives bit-identical results on 1 and 2 threads', () => {

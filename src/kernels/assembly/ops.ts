@@ -669,6 +669,49 @@ export function scale_f32(x: usize, alpha: f32, out: usize, i0: i32, i1: i32, sc
 }
 
 /**
+ * dst[i] = the bfloat16 nearest src[i] (ties to even; NaN stays NaN, quieted), as u16 bit
+ * patterns, over [i0, i1): the rounding of src/io/half.ts f32ToBf16Bits.
+ */
+export function f32_to_bf16(src: usize, dst: usize, i0: i32, i1: i32, scratch: usize): void {
+  const magnitude = i32x4.splat(0x7fffffff);
+  const infinity = i32x4.splat(0x7f800000);
+  const bias = i32x4.splat(0x7fff);
+  const one = i32x4.splat(1);
+  const quiet = i32x4.splat(0x40);
+  let i = i0;
+  for (; i + 8 <= i1; i += 8) {
+    const lo = bf16Lanes(v128.load(at(src, i)), magnitude, infinity, bias, one, quiet);
+    const hi = bf16Lanes(v128.load(at(src, i + 4)), magnitude, infinity, bias, one, quiet);
+    v128.store(dst + (<usize>i << 1), i16x8.narrow_i32x4_u(lo, hi));
+  }
+  for (; i < i1; i++) {
+    const bits = load<u32>(at(src, i));
+    const nan = (bits & 0x7f800000) == 0x7f800000 && (bits & 0x7fffff) != 0;
+    store<u16>(dst + (<usize>i << 1), <u16>(nan ? (bits >>> 16) | 0x40 : (bits + 0x7fff + ((bits >>> 16) & 1)) >>> 16));
+  }
+}
+
+/** Four f32 lanes to their bfloat16 bit patterns in the low half of each i32 lane. */
+@inline
+function bf16Lanes(bits: v128, magnitude: v128, infinity: v128, bias: v128, one: v128, quiet: v128): v128 {
+  const high = i32x4.shr_u(bits, 16);
+  const rounded = i32x4.shr_u(i32x4.add(i32x4.add(bits, bias), v128.and(high, one)), 16);
+  const nan = i32x4.gt_s(v128.and(bits, magnitude), infinity);
+  return v128.bitselect(v128.or(high, quiet), rounded, nan);
+}
+
+/** dst[i] = f32 of the bfloat16 bit pattern src[i] (exact), over [i0, i1). */
+export function bf16_to_f32(src: usize, dst: usize, i0: i32, i1: i32, scratch: usize): void {
+  let i = i0;
+  for (; i + 8 <= i1; i += 8) {
+    const h = v128.load(src + (<usize>i << 1));
+    v128.store(at(dst, i), i32x4.shl(i32x4.extend_low_i16x8_u(h), 16));
+    v128.store(at(dst, i + 4), i32x4.shl(i32x4.extend_high_i16x8_u(h), 16));
+  }
+  for (; i < i1; i++) store<u32>(at(dst, i), <u32>load<u16>(src + (<usize>i << 1)) << 16);
+}
+
+/**
  * Blocks [b0, b1): partials[b] = Σ x² over elements [b·block, min(n, (b+1)·block)). The caller
  * fixes `block` and sums the partials in order, so the total does not depend on threads.
  */
