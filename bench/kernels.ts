@@ -1,7 +1,9 @@
 // Kernel throughput: GFLOPS of each product at M=256 and K=N in {256, 512, 1024}, for both
 // builds and 1 and 2 threads, with ratios against baselines measured in the same run
 // (naive JS, and the fp32 GEMM of the same build and thread count), since these machines
-// are noisy. Run: npm run bench:kernels [-- --quick]
+// are noisy; then the six skinny products of one LoRA linear in a training step.
+// Run: npm run bench:kernels [-- --quick]
+import type { GemmArgs } from '../src/kernels/gemm.ts';
 import { createKernels, type BuildName, type Kernels } from '../src/kernels/index.ts';
 import { printTable } from './table.ts';
 
@@ -9,14 +11,14 @@ const M = 256;
 const sizes = process.argv.includes('--quick') ? [256] : [256, 512, 1024];
 const REPS = 7;
 
-/** Best-of-REPS seconds for one call of `run` (after one warm-up call). */
-function time(run: () => void): number {
+/** Best-of-REPS seconds for one call of `run` (after a warm-up), timing `calls` calls at a time. */
+function time(run: () => void, calls = 1): number {
   run();
   let best = Infinity;
   for (let r = 0; r < REPS; r++) {
     const t0 = performance.now();
-    run();
-    best = Math.min(best, performance.now() - t0);
+    for (let i = 0; i < calls; i++) run();
+    best = Math.min(best, (performance.now() - t0) / calls);
   }
   return best / 1e3;
 }
@@ -32,7 +34,9 @@ function naiveGemm(a: Float32Array, b: Float32Array, c: Float32Array, m: number,
   }
 }
 
-interface Row { op: string; build: string; threads: number; size: number; gflops: number }
+/** A measured row: each op (and size) is measured for each build and thread count. */
+interface Measured { op: string; build: string; threads: number; size?: number; gflops: number }
+interface Row extends Measured { size: number }
 
 function benchBuild(kern: Kernels, size: number, rows: Row[]): void {
   const { heap } = kern;
@@ -62,7 +66,39 @@ function benchBuild(kern: Kernels, size: number, rows: Row[]): void {
   for (const v of [a, b, c]) heap.release(v);
 }
 
+/** One LoRA linear (rows × IN → OUT, rank R) as in a training step: forward, then gradients. */
+const LORA = { rows: 512, in: 256, out: 512, rank: 8 };
+const LORA_CALLS = 50; // a product takes tens of microseconds
+
+interface LoraRow extends Measured { shape: string }
+
+function benchLora(kern: Kernels, rows: LoraRow[]): void {
+  const { heap } = kern;
+  const { rows: t, in: d, out: o, rank: r } = LORA;
+  const matrix = (length: number) => {
+    const v = heap.f32(length);
+    for (let i = 0; i < length; i++) v[i] = Math.sin(i);
+    return v;
+  };
+  const [x, a, b, xa, y, dy, dA, dB, dx] = [t * d, r * d, o * r, t * r, t * o, t * o, r * d, o * r, t * d].map(matrix);
+  const products: [string, GemmArgs][] = [
+    ['xa = x·Aᵀ', { a: x, b: a, c: xa, m: t, n: r, k: d, transB: true }],
+    ['y += xa·Bᵀ', { a: xa, b, c: y, m: t, n: o, k: r, transB: true, accumulate: true }],
+    ['dB += dyᵀ·xa', { a: dy, b: xa, c: dB, m: o, n: r, k: t, transA: true, accumulate: true }],
+    ['dxa = dy·B', { a: dy, b, c: xa, m: t, n: r, k: o }],
+    ['dA += dxaᵀ·x', { a: xa, b: x, c: dA, m: r, n: d, k: t, transA: true, accumulate: true }],
+    ['dx += dxa·A', { a: xa, b: a, c: dx, m: t, n: d, k: r, accumulate: true }],
+  ];
+  const add = (op: string, shape: string, flops: number, run: () => void) =>
+    rows.push({ op, shape, build: kern.info.build, threads: kern.info.threads, gflops: flops / time(run, LORA_CALLS) / 1e9 });
+  for (const [op, args] of products) add(op, `${args.m}×${args.n}×${args.k}`, 2 * args.m * args.n * args.k, () => kern.gemm.gemm(args));
+  const flops = products.reduce((sum, [, { m, n, k }]) => sum + 2 * m * n * k, 0);
+  add('all six', '-', flops, () => { for (const [, args] of products) kern.gemm.gemm(args); });
+  for (const v of [x, a, b, xa, y, dy, dA, dB, dx]) heap.release(v);
+}
+
 const rows: Row[] = [];
+const loraRows: LoraRow[] = [];
 const naive: Record<number, number> = {};
 for (const size of sizes) {
   const a = new Float32Array(M * size).map((_, i) => Math.sin(i));
@@ -75,25 +111,36 @@ for (const build of ['simd', 'relaxed'] as BuildName[]) {
   for (const threads of [1, 2]) {
     const kern = await createKernels({ build, threads });
     for (const size of sizes) benchBuild(kern, size, rows);
+    benchLora(kern, loraRows);
     await kern.close();
   }
 }
 
+/** The '× 1 thread' and '× plain simd' cells of r: its speed against the same op's other rows. */
+function speedups(list: Measured[], r: Measured): string[] {
+  const same = (changes: Partial<Measured>) => list.find((x) => x.op === r.op && x.size === r.size &&
+    x.build === (changes.build ?? r.build) && x.threads === (changes.threads ?? r.threads));
+  const oneThread = r.threads > 1 ? same({ threads: 1 }) : undefined;
+  const plain = r.build === 'relaxed' ? same({ build: 'simd' }) : undefined;
+  return [oneThread ? (r.gflops / oneThread.gflops).toFixed(2) : '', plain ? (r.gflops / plain.gflops).toFixed(2) : ''];
+}
+
 const fp32 = (r: Row) => rows.find((x) => x.op === 'fp32 A·B' && x.build === r.build && x.threads === r.threads && x.size === r.size);
-const same = (r: Row, changes: Partial<Row>) => rows.find((x) => x.op === r.op && x.size === r.size &&
-  x.build === (changes.build ?? r.build) && x.threads === (changes.threads ?? r.threads));
 printTable(
   ['op', 'build', 'threads', 'K=N', 'GFLOPS', '× naive JS', '× fp32 A·B', '× 1 thread', '× plain simd'],
   rows.map((r) => {
-    const oneThread = r.threads > 1 ? same(r, { threads: 1 }) : undefined;
-    const plain = r.build === 'relaxed' ? same(r, { build: 'simd' }) : undefined;
     const base = fp32(r);
     return [
       r.op, r.build, String(r.threads), String(r.size), r.gflops.toFixed(1),
       (r.gflops / naive[r.size]).toFixed(1),
       base && base !== r ? (r.gflops / base.gflops).toFixed(2) : '',
-      oneThread ? (r.gflops / oneThread.gflops).toFixed(2) : '',
-      plain ? (r.gflops / plain.gflops).toFixed(2) : '',
+      ...speedups(rows, r),
     ];
   }),
+);
+
+console.log(`\nLoRA products, rows ${LORA.rows}, in ${LORA.in}, out ${LORA.out}, rank ${LORA.rank} (op(A) m×k · op(B) k×n):`);
+printTable(
+  ['op', 'm×n×k', 'build', 'threads', 'GFLOPS', '× 1 thread', '× plain simd'],
+  loraRows.map((r) => [r.op, r.shape, r.build, String(r.threads), r.gflops.toFixed(1), ...speedups(loraRows, r)]),
 );

@@ -1,5 +1,5 @@
 // fp32 matrix products on the kernel heap, split across threads over output column panels, or
-// over rows when there are too few panels to go round (LoRA's rank-r products).
+// over rows when there are too few panels to go round (LoRA's rank-r products) or C is tall.
 import { checkDims, heapPtr } from './check.ts';
 import type { KernelRuntime } from './runtime.ts';
 
@@ -9,6 +9,8 @@ export const GEMM_PANEL = 8;
 export const PARALLEL_MIN_MACS = 1 << 18;
 /** Row chunks of a product split over rows: whole 4-row register tiles, and not too many chunks. */
 export const GEMM_ROW_GRAIN = 32;
+/** Products with at least this many rows, and no more columns, split over rows (see Gemm.gemm). */
+const TALL_ROWS = 8 * GEMM_ROW_GRAIN;
 /** A·Bᵀ with at most this many rows of A runs as dot products (token generation): packing B would cost more. */
 export const DOT_MAX_ROWS = 8;
 
@@ -43,7 +45,11 @@ export class Gemm {
     }
     const args = [pa, pb, pc, m, n, k, +transA, +transB, +accumulate];
     const serial = m * n * k < PARALLEL_MIN_MACS;
-    if (Math.ceil(n / GEMM_PANEL) < 2 * this.rt.info.threads && m >= 2 * GEMM_ROW_GRAIN) {
+    // Over rows when the column panels are too few to go round, or when C is tall: each thread
+    // then updates whole rows of C. Threads updating interleaved parts of every row ran the
+    // accumulating k = 8 LoRA products (512×512, 512×256) at half the speed on 2 threads.
+    const tall = m >= n && m >= TALL_ROWS;
+    if ((Math.ceil(n / GEMM_PANEL) < 2 * this.rt.info.threads || tall) && m >= 2 * GEMM_ROW_GRAIN) {
       this.rt.parallel('gemm_f32_rows', args, m, GEMM_ROW_GRAIN, serial);
       return;
     }

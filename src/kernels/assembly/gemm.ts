@@ -2,9 +2,12 @@
 //
 // BLIS-style loops (jc → pc → ic → jr → ir) around a 4×8 register tile: 8 f32x4 accumulators,
 // per k step 2 loads of B, 4 splatted A values and 8 multiply-adds. Larger tiles spill in V8.
-// Edge tiles are zero-padded in the packed panels, so every output element is the same
-// sequence of operations (k in order, blocks of KC summed in order) wherever it sits and
-// whichever thread computes it: results do not depend on the column range [n0, n1).
+// Skinny products skip packing the operand whose values would be used only a few times: A
+// when the B block has few panels (LoRA's rank-r outputs, or k = r), fp32 B when there are
+// few rows (LoRA's rank-r inputs). Every output element is the same sequence of operations
+// (k in order from zero, each block of KC then added to C in order) whichever path, tile
+// position or thread computes it: edge tiles are zero-padded or spilled, and results do not
+// depend on [n0, n1) or [m0, m1).
 //
 // B is packed by a PackB function so the quantized formats can dequantize while packing and
 // reuse the driver and micro-kernel unchanged.
@@ -14,6 +17,12 @@ export const NR: i32 = 8;
 export const KC: i32 = 256; // a multiple of the quantization block (32)
 const MC: i32 = 64;
 const NC: i32 = 512;
+/** B blocks of at most this many values (64 KB) read A in place rather than packing it. */
+const A_IN_PLACE_MAX_B: i32 = 64 * KC;
+/** Row ranges of at most this many rows read fp32 B in place rather than packing it. */
+const B_IN_PLACE_MAX_ROWS: i32 = 16;
+/** Rows of Aᵀ packed at a time where A is otherwise read in place (16 KB at KC: stays in L1). */
+const A_STRIP: i32 = 16;
 
 /** Scratch bytes one thread needs for gemmDriver: packed A block, packed B block, edge tile. */
 export const GEMM_SCRATCH: i32 = (MC * KC + KC * NC + MR * NR) * 4;
@@ -109,27 +118,35 @@ export function madd(a: v128, b: v128, c: v128): v128 {
 }
 
 /**
- * 4×8 tile over kc steps of packed panels. Writes (first block, not accumulating) or adds
- * the tile into C at (i, j), of which only h×w is inside C.
+ * 4×8 tile over kc steps. Row r of A is at ap + r·aRow, advancing aStep bytes per k step (a
+ * packed panel: 4 and 16; A read in place: its row and column strides); the 8 values of B for
+ * one k step are at bp, advancing bStep bytes (a packed panel: 32; B read in place: its row
+ * stride). Writes (first block, not accumulating) or adds the tile into C at (i, j), of which
+ * only h×w is inside C. Inlined into the loops below with the strides of their layout.
  */
-function microKernel(ap: usize, bp: usize, kc: i32, c: usize, ldc: i32, h: i32, w: i32, add: bool, edge: usize): void {
+@inline
+function tile(
+  ap: usize, aRow: usize, aStep: usize, bp: usize, bStep: usize, kc: i32,
+  c: usize, ldc: i32, h: i32, w: i32, add: bool, edge: usize,
+): void {
   let c00 = f32x4.splat(0), c01 = f32x4.splat(0);
   let c10 = f32x4.splat(0), c11 = f32x4.splat(0);
   let c20 = f32x4.splat(0), c21 = f32x4.splat(0);
   let c30 = f32x4.splat(0), c31 = f32x4.splat(0);
+  const a2 = aRow << 1, a3 = aRow * 3;
   for (let p = 0; p < kc; p++) {
     const b0 = v128.load(bp);
     const b1 = v128.load(bp, 16);
     let a = v128.load32_splat(ap);
     c00 = madd(a, b0, c00); c01 = madd(a, b1, c01);
-    a = v128.load32_splat(ap, 4);
+    a = v128.load32_splat(ap + aRow);
     c10 = madd(a, b0, c10); c11 = madd(a, b1, c11);
-    a = v128.load32_splat(ap, 8);
+    a = v128.load32_splat(ap + a2);
     c20 = madd(a, b0, c20); c21 = madd(a, b1, c21);
-    a = v128.load32_splat(ap, 12);
+    a = v128.load32_splat(ap + a3);
     c30 = madd(a, b0, c30); c31 = madd(a, b1, c31);
-    ap += MR << 2;
-    bp += NR << 2;
+    ap += aStep;
+    bp += bStep;
   }
   const row = <usize>ldc << 2;
   if (h == MR && w == NR) {
@@ -160,13 +177,38 @@ function microKernel(ap: usize, bp: usize, kc: i32, c: usize, ldc: i32, h: i32, 
   }
 }
 
+// The tile loops take whole rows or columns of tiles: a call per tile would cost a third of
+// the tile's time when kc is small (k = 8 for LoRA's rank-8 inputs).
+
+/** The tiles down mc rows of packed A, on one panel of B (w of its columns inside C). */
+function columnOfTiles(
+  packedA: usize, mc: i32, bp: usize, bStep: usize, kc: i32, c: usize, ldc: i32, w: i32, add: bool, edge: usize,
+): void {
+  for (let ir = 0; ir < mc; ir += MR) {
+    const ap = packedA + (<usize>ir * kc << 2);
+    tile(ap, 4, MR << 2, bp, bStep, kc, c + (<usize>ir * ldc << 2), ldc, min(MR, mc - ir), w, add, edge);
+  }
+}
+
+/** The tiles across nc columns of packed B, for one tile of h rows of A (strides as in `tile`). */
+function rowOfTiles(
+  ap: usize, aRow: usize, aStep: usize, h: i32, packedB: usize, kc: i32, nc: i32, c: usize, ldc: i32, add: bool, edge: usize,
+): void {
+  for (let jr = 0; jr < nc; jr += NR) {
+    const bp = packedB + (<usize>jr * kc << 2);
+    tile(ap, aRow, aStep, bp, NR << 2, kc, c + (<usize>jr << 2), ldc, h, min(NR, nc - jr), add, edge);
+  }
+}
+
 /**
  * The GEMM driver for columns [n0, n1) and rows [m0, m1) of C. `accumulate` adds into C
  * instead of overwriting it. `scratch` must hold GEMM_SCRATCH bytes private to the calling thread.
+ * `bInPlace`: B is fp32 stored k×n (packB_f32_n), so its panels may be read where they are.
  */
 export function gemmDriver(
   a: usize, transA: bool, packB: PackB, b: usize, bAux: usize,
   c: usize, m: i32, n: i32, k: i32, accumulate: bool, scratch: usize, n0: i32, n1: i32, m0: i32, m1: i32,
+  bInPlace: bool = false,
 ): void {
   if (m1 <= m0 || n1 <= n0) return;
   if (k <= 0) {
@@ -176,24 +218,66 @@ export function gemmDriver(
   const packedA = scratch;
   const packedB = packedA + (<usize>MC * KC << 2);
   const edge = packedB + (<usize>KC * NC << 2);
+  // Rows of B a multiple of 4 KB apart share L1 sets: its panels read in place would miss.
+  const fewRows = bInPlace && m1 - m0 <= B_IN_PLACE_MAX_ROWS && (n & 1023) != 0;
   for (let jc = n0; jc < n1; jc += NC) {
     const nc = min(NC, n1 - jc);
     for (let pc = 0; pc < k; pc += KC) {
       const kc = min(KC, k - pc);
       const add = accumulate || pc > 0;
+      if (fewRows) {
+        // Each packed B value would be used by one or two row tiles: read full panels in place
+        // (the last row of an edge panel would run past B's end, so that one is packed).
+        const mc = m1 - m0;
+        packA(packedA, a, transA, m, k, m0, mc, pc, kc);
+        const cp = c + ((<usize>m0 * n + jc) << 2);
+        const full = nc / NR * NR;
+        for (let jr = 0; jr < full; jr += NR) {
+          const bp = b + ((<usize>pc * n + jc + jr) << 2);
+          columnOfTiles(packedA, mc, bp, <usize>n << 2, kc, cp + (<usize>jr << 2), n, NR, add, edge);
+        }
+        if (full < nc) {
+          packB(packedB, b, bAux, n, k, pc, kc, jc + full, nc - full);
+          columnOfTiles(packedA, mc, packedB, NR << 2, kc, cp + (<usize>full << 2), n, nc - full, add, edge);
+        }
+        continue;
+      }
       packB(packedB, b, bAux, n, k, pc, kc, jc, nc);
+      if (kc * nc <= A_IN_PLACE_MAX_B) {
+        // Few panels for this depth: each packed A value would be used a few times. So A goes a
+        // row tile at a time across the panels (its values stay in L1), read in place: from A,
+        // or from Aᵀ over at most two panels (its rows of A are m apart: a cache line, often a
+        // page, per k step of each tile, which only a few panels pay back; over more, Aᵀ is
+        // packed A_STRIP rows at a time).
+        const aRow: usize = transA ? 4 : <usize>k << 2;
+        const aStep: usize = transA ? <usize>m << 2 : 4;
+        const readInPlace = !transA || nc <= 2 * NR;
+        for (let i0 = m0; i0 < m1; i0 += A_STRIP) {
+          const mc = min(A_STRIP, m1 - i0);
+          // The last rows, which MR rows in place would run past A's end, are packed zero-padded.
+          const inPlace = readInPlace ? mc / MR * MR : 0;
+          for (let t = 0; t < inPlace; t += MR) {
+            const i = i0 + t;
+            const ap = a + (transA ? (<usize>pc * m + i) << 2 : (<usize>i * k + pc) << 2);
+            rowOfTiles(ap, aRow, aStep, MR, packedB, kc, nc, c + ((<usize>i * n + jc) << 2), n, add, edge);
+          }
+          if (inPlace == mc) continue;
+          packA(packedA, a, transA, m, k, i0 + inPlace, mc - inPlace, pc, kc);
+          for (let t = inPlace; t < mc; t += MR) {
+            const ap = packedA + (<usize>(t - inPlace) * kc << 2);
+            const cp = c + ((<usize>(i0 + t) * n + jc) << 2);
+            rowOfTiles(ap, 4, MR << 2, min(MR, mc - t), packedB, kc, nc, cp, n, add, edge);
+          }
+        }
+        continue;
+      }
       for (let ic = m0; ic < m1; ic += MC) {
         const mc = min(MC, m1 - ic);
         packA(packedA, a, transA, m, k, ic, mc, pc, kc);
         for (let jr = 0; jr < nc; jr += NR) {
-          const w = min(NR, nc - jr);
-          const bp = packedB + (<usize>(jr / NR) * kc * NR << 2);
-          for (let ir = 0; ir < mc; ir += MR) {
-            const h = min(MR, mc - ir);
-            const ap = packedA + (<usize>(ir / MR) * kc * MR << 2);
-            const cp = c + ((<usize>(ic + ir) * n + jc + jr) << 2);
-            microKernel(ap, bp, kc, cp, n, h, w, add, edge);
-          }
+          const bp = packedB + (<usize>jr * kc << 2);
+          const cp = c + ((<usize>ic * n + jc + jr) << 2);
+          columnOfTiles(packedA, mc, bp, NR << 2, kc, cp, n, min(NR, nc - jr), add, edge);
         }
       }
     }
@@ -208,18 +292,19 @@ export function gemm_f32(
   a: usize, b: usize, c: usize, m: i32, n: i32, k: i32,
   transA: i32, transB: i32, accumulate: i32, n0: i32, n1: i32, scratch: usize,
 ): void {
-  gemmDriver(a, transA != 0, transB != 0 ? packB_f32_t : packB_f32_n, b, 0, c, m, n, k, accumulate != 0, scratch, n0, n1, 0, m);
+  gemmDriver(a, transA != 0, transB != 0 ? packB_f32_t : packB_f32_n, b, 0, c, m, n, k, accumulate != 0, scratch, n0, n1, 0, m, transB == 0);
 }
 
 /**
  * fp32 GEMM over output rows [m0, m1), all columns: for products with too few column panels
- * to share among threads (LoRA's rank-r side). Each element's reduction order is the same.
+ * to share among threads (LoRA's rank-r side), or tall ones. Each element's reduction order
+ * is the same.
  */
 export function gemm_f32_rows(
   a: usize, b: usize, c: usize, m: i32, n: i32, k: i32,
   transA: i32, transB: i32, accumulate: i32, m0: i32, m1: i32, scratch: usize,
 ): void {
-  gemmDriver(a, transA != 0, transB != 0 ? packB_f32_t : packB_f32_n, b, 0, c, m, n, k, accumulate != 0, scratch, 0, n, m0, m1);
+  gemmDriver(a, transA != 0, transB != 0 ? packB_f32_t : packB_f32_n, b, 0, c, m, n, k, accumulate != 0, scratch, 0, n, m0, m1, transB == 0);
 }
 
 export function gemm_scratch_bytes(): i32 {
