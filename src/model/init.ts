@@ -24,14 +24,22 @@ export function gaussian(seed: number): () => number {
   return () => Math.sqrt(-2 * Math.log(1 - u())) * Math.cos(2 * Math.PI * u());
 }
 
-/** The initial tensors in canonical order, generated one at a time from `seed`. */
-export function* initTensors(config: ModelConfig, seed: number): Generator<[string, F32Tensor]> {
+/**
+ * The initial tensors in canonical order, generated one at a time from `seed`. With
+ * `reuseBuffer` every tensor is written into one buffer, valid until the next is generated:
+ * for a consumer that copies each away (a model's load), so the ~4 bytes per parameter of
+ * garbage arrays never pile up before the garbage collector gets to them.
+ */
+export function* initTensors(config: ModelConfig, seed: number, { reuseBuffer = false } = {}): Generator<[string, F32Tensor]> {
   const normal = gaussian(seed);
   const residualScale = 1 / Math.sqrt(2 * config.numLayers);
-  for (const [name, shape] of parameterShapes(config)) {
-    const data = new Float32Array(sizeOf(shape));
+  const shapes = parameterShapes(config);
+  const shared = reuseBuffer ? new Float32Array(Math.max(...[...shapes.values()].map(sizeOf))) : undefined;
+  for (const [name, shape] of shapes) {
+    const data = shared ? shared.subarray(0, sizeOf(shape)) : new Float32Array(sizeOf(shape));
     if (name.endsWith('norm')) data.fill(1);
-    else if (!name.endsWith('_bias')) {
+    else if (name.endsWith('_bias')) data.fill(0);
+    else {
       const std = /\.(attn\.o|down)$/.test(name) ? STD * residualScale : STD;
       for (let i = 0; i < data.length; i++) data[i] = normal() * std;
     }

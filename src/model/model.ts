@@ -221,7 +221,7 @@ export class Model {
     for (const [name, shape] of this.shapes) {
       if (held(name) && !this.quantizes(name)) this.params.add(name, shape, trainBase);
     }
-    this.loadBase(base ?? initTensors(config, seed), held);
+    this.loadBase(base ?? initTensors(config, seed, { reuseBuffer: true }), held);
 
     this.loraShapes = new Map();
     if (options.mode === 'lora') {
@@ -331,7 +331,7 @@ export class Model {
       else if (!this.quantizes(name)) this.params.add(name, this.shapes.get(name)!, trainBase);
     }
     const baseNames = (name: string) => names.has(name) && !this.loraShapes.has(name);
-    this.loadBase(state ? [...state].filter(([name]) => baseNames(name)) : initTensors(this.config, this.options.seed ?? 1), baseNames);
+    this.loadBase(state ? [...state].filter(([name]) => baseNames(name)) : initTensors(this.config, this.options.seed ?? 1, { reuseBuffer: true }), baseNames);
     const lora = new Map([...this.loraShapes].filter(([name]) => names.has(name)));
     this.params.load(state ? new Map([...state].filter(([name]) => lora.has(name))) : initLora(lora, this.options.seed ?? 1));
     this.localExperts[layer][expert] = this.buildExpert(layer, expert);
