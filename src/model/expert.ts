@@ -21,9 +21,11 @@ export interface ExpertCompute {
 }
 
 /**
- * How an expert keeps gate·x and up·x for its backward, the largest activations of a step
- * (2 · hidden floats per routed token and layer): f32, exact; or bf16, half the memory, the
- * backward then working from values rounded to 8 significant bits (the forward is unchanged).
+ * How the MoE layers keep their largest activations for the backward: each expert's gate·x
+ * and up·x (2 · expert hidden floats per routed token and layer) and the experts' outputs
+ * (hidden floats per routed token, read only for the gates' gradient). f32 is exact; bf16
+ * takes half the memory, the backward then working from values rounded to 8 significant bits
+ * (the forward is unchanged).
  */
 export type ActivationStorage = 'f32' | 'bf16';
 

@@ -244,7 +244,7 @@ export class Model {
     }
     const experts = options.experts ?? new LocalExperts(this.localExperts);
     const sharedAttention = options.checkpointing ? new AttentionBuffers() : undefined;
-    const sharedMoe = options.checkpointing ? new MoeBuffers() : undefined;
+    const sharedMoe = options.checkpointing ? new MoeBuffers(options.activationStorage) : undefined;
     const linear = (name: string) => this.linear(name);
     for (let l = 0; l < config.numLayers; l++) {
       const p = `layers.${l}`;
@@ -256,7 +256,7 @@ export class Model {
         ffnNorm: this.params.get(`${p}.ffn_norm`),
         attention: new Attention(kernels, config, linear(`${p}.attn.q`), linear(`${p}.attn.k`), linear(`${p}.attn.v`), linear(`${p}.attn.o`), this.rope, scratch,
           sharedAttention ?? new AttentionBuffers()),
-        moe: new MoeLayer(kernels, config, l, linear(`${p}.router`), experts, scratch, sharedMoe ?? new MoeBuffers(), shared),
+        moe: new MoeLayer(kernels, config, l, linear(`${p}.router`), experts, scratch, sharedMoe ?? new MoeBuffers(options.activationStorage), shared),
       });
     }
     this.head = config.tieEmbeddings ? new DenseLinear(kernels, this.params.get('embed')) : linear('lm_head');

@@ -6,7 +6,7 @@
 // share of the N·k assignments that went to expert e and P_e its mean router probability.
 import type { Kernels } from '../kernels/index.ts';
 import type { ModelConfig } from './config.ts';
-import type { ExpertCompute, SwigluExpert } from './expert.ts';
+import type { ActivationStorage, ExpertCompute, SwigluExpert } from './expert.ts';
 import { LAYER_SCRATCH, type Linear, type ScratchBuffers } from './linear.ts';
 
 /** Per-call buffers, sized for `rows` tokens: everything backward needs from forward. */
@@ -18,14 +18,16 @@ class MoeActivations {
   readonly slotToken: Int32Array; // [N·k] token row of each slot; slots grouped by expert
   readonly slotOfAssignment: Int32Array; // [N·k] slot of assignment t·k + j
   readonly expertStart: Int32Array; // [E + 1] first slot of each expert
-  readonly ys: Float32Array; // [N·k, H] expert outputs in slot order
+  /** [N·k, H] expert outputs in slot order, kept for the gates' gradient: f32, or bf16 (ysBf16) with bf16 activation storage. */
+  readonly ys?: Float32Array;
+  readonly ysBf16?: Uint16Array;
   readonly sharedY?: Float32Array; // [N, H]
   readonly sharedGate?: Float32Array; // [N] sigmoid(shared_expert_gate·x)
   readonly share: Float64Array; // [E] f_e
   readonly tokenScale: Float32Array; // [N] gate = p · scale for a token's surviving assignments
   readonly dropped: Uint8Array; // [E] 1 when no holder of the expert answered this forward
 
-  constructor(kernels: Kernels, readonly rows: number, config: ModelConfig) {
+  constructor(kernels: Kernels, readonly rows: number, config: ModelConfig, storage: ActivationStorage) {
     const { heap } = kernels;
     const { numExperts: E, expertsPerToken: k, hiddenSize: H } = config;
     this.probs = heap.f32(rows * E);
@@ -35,7 +37,8 @@ class MoeActivations {
     this.slotToken = heap.i32(rows * k);
     this.slotOfAssignment = new Int32Array(rows * k);
     this.expertStart = new Int32Array(E + 1);
-    this.ys = heap.f32(rows * k * H);
+    if (storage === 'f32') this.ys = heap.f32(rows * k * H);
+    else this.ysBf16 = heap.u16(rows * k * H);
     if (config.sharedExpertHiddenSize > 0) {
       this.sharedY = heap.f32(rows * H);
       this.sharedGate = heap.f32(rows);
@@ -50,8 +53,10 @@ class MoeActivations {
 export class MoeBuffers {
   private acts?: MoeActivations;
 
+  constructor(private readonly storage: ActivationStorage = 'f32') {}
+
   get(kernels: Kernels, rows: number, config: ModelConfig): MoeActivations {
-    if (!this.acts || this.acts.rows < rows) this.acts = new MoeActivations(kernels, rows, config);
+    if (!this.acts || this.acts.rows < rows) this.acts = new MoeActivations(kernels, rows, config, this.storage);
     return this.acts;
   }
 }
@@ -96,13 +101,15 @@ export class MoeLayer {
         a.slotOfAssignment[t * k + j] = slot;
       }
     }
-    const [xs] = this.scratch.parts(LAYER_SCRATCH, [rows * k * H]);
+    // With bf16 storage the outputs are produced in f32 in the layer scratch and kept rounded.
+    const [xs, ysWork] = this.scratch.parts(LAYER_SCRATCH, [rows * k * H, a.ys ? 0 : rows * k * H]);
+    const ys = a.ys ?? ysWork;
     this.gatherExpertInputs(x, a, rows, xs);
     const answered = await Promise.all(
       Array.from({ length: E }, (_, e) => {
         const [s0, s1] = [a.expertStart[e], a.expertStart[e + 1]];
         if (s1 === s0) return true;
-        return this.experts.forward(this.layer, e, xs.subarray(s0 * H, s1 * H), a.ys.subarray(s0 * H, s1 * H), s1 - s0);
+        return this.experts.forward(this.layer, e, xs.subarray(s0 * H, s1 * H), ys.subarray(s0 * H, s1 * H), s1 - s0);
       }),
     );
     answered.forEach((ok, e) => {
@@ -110,11 +117,12 @@ export class MoeLayer {
       if (ok) return;
       this.droppedAssignments += a.expertStart[e + 1] - a.expertStart[e];
       // Whatever a failed call left there (stale rows, NaN) must not reach out (0·NaN is NaN) or the gate gradients.
-      a.ys.fill(0, a.expertStart[e] * H, a.expertStart[e + 1] * H);
+      ys.fill(0, a.expertStart[e] * H, a.expertStart[e + 1] * H);
     });
     this.setGates(a, rows);
     out.fill(0, 0, rows * H);
-    ops.scatterAddRows({ src: a.ys, indices: a.slotToken, weights: a.gates, dst: out, rows: rows * k, cols: H, dstRows: rows });
+    if (a.ysBf16) ops.toBf16(ys, a.ysBf16, rows * k * H);
+    ops.scatterAddRows({ src: ys, indices: a.slotToken, weights: a.gates, dst: out, rows: rows * k, cols: H, dstRows: rows });
 
     if (this.shared && a.sharedY && a.sharedGate) {
       this.shared.expert.forward(x, a.sharedY, rows);
@@ -178,7 +186,9 @@ export class MoeLayer {
 
     // out = Σ gate·y: ∂gate = dOut·y, ∂y = gate·dOut.
     ops.gatherRows({ src: dOut, indices: a.slotToken, dst: dys, rows: slots, cols: H, srcRows: rows });
-    ops.rowDots(dys, a.ys, dGates, slots, H);
+    // dxs is free until the experts' backward: the kept bf16 outputs are widened there.
+    if (a.ysBf16) ops.fromBf16(a.ysBf16, dxs, slots * H);
+    ops.rowDots(dys, a.ys ?? dxs, dGates, slots, H);
     scaleRows(dys, a.gates, dys, slots, H, false);
     const answered = await Promise.all(
       Array.from({ length: E }, (_, e) => {
