@@ -29,45 +29,102 @@ export interface ExpertCompute {
  */
 export type ActivationStorage = 'f32' | 'bf16';
 
-/**
- * An expert's forward activations, kept for its backward: gate·x and up·x. Under gradient
- * checkpointing the experts of different layers share caches (a layer's forward is recomputed
- * just before its backward).
- */
-export class ExpertCache {
-  private readonly f32?: { g: GrowableBuffer; u: GrowableBuffer };
-  private readonly bf16?: { g: GrowableBuffer<Uint16Array>; u: GrowableBuffer<Uint16Array> };
+/** The region of a slab an expert's forward kept its activations in. */
+interface SlabClaim {
+  forward: number;
+  start: number;
+  rows: number;
+}
 
-  constructor(private readonly kernels: Kernels, private readonly hidden: number, storage: ActivationStorage = 'f32') {
-    if (storage === 'f32') {
-      this.f32 = { g: new GrowableBuffer(kernels, hidden), u: new GrowableBuffer(kernels, hidden) };
-    } else {
-      const u16 = (length: number) => kernels.heap.u16(length);
-      this.bf16 = { g: new GrowableBuffer(kernels, hidden, u16), u: new GrowableBuffer(kernels, hidden, u16) };
-    }
+/**
+ * Where the experts of a layer keep gate·x and up·x for the backward: one pair of buffers for
+ * all of them, each forward handing out consecutive regions in call order. The memory is the
+ * layer's routed rows exactly (reserve()) and does not creep as routing shifts from step to
+ * step, as per-expert buffers grown to each one's largest share would. The model starts each
+ * forward of the layer (beginForward), whose regions reuse the slab. Under gradient
+ * checkpointing one slab serves every layer (a layer's forward is recomputed just before its
+ * backward).
+ */
+export class ExpertSlab {
+  private g?: Float32Array | Uint16Array;
+  private u?: Float32Array | Uint16Array;
+  private capacity = 0;
+  private used = 0;
+  private forward = 0;
+
+  constructor(private readonly kernels: Kernels, readonly hidden: number, readonly storage: ActivationStorage = 'f32') {}
+
+  /** Room for `rows` routed rows per forward (call between forwards). */
+  reserve(rows: number): void {
+    if (rows <= this.capacity) return;
+    const { heap } = this.kernels;
+    for (const view of [this.g, this.u]) if (view) heap.release(view);
+    const length = rows * this.hidden;
+    [this.g, this.u] = this.storage === 'f32' ? [heap.f32(length), heap.f32(length)] : [heap.u16(length), heap.u16(length)];
+    this.capacity = rows;
   }
 
-  /** Where the forward writes gate·x and up·x: the cache itself (f32) or scratch that keep() stores. */
+  /** A new forward: the regions of the previous one are given out again. */
+  beginForward(): void {
+    this.forward++;
+    this.used = 0;
+  }
+
+  claim(rows: number): SlabClaim {
+    if (this.used + rows > this.capacity) {
+      // Growing would move the regions already handed out in this forward.
+      if (this.used > 0) throw new Error(`model: experts kept ${this.used + rows} routed rows in one forward, more than the ${this.capacity} reserved`);
+      this.reserve(rows);
+    }
+    const claim = { forward: this.forward, start: this.used, rows };
+    this.used += rows;
+    return claim;
+  }
+
+  /** The claimed region of gate·x and up·x (f32 or bf16 bit patterns, per the storage). */
+  views(claim: SlabClaim): { g: Float32Array | Uint16Array; u: Float32Array | Uint16Array } {
+    if (claim.forward !== this.forward) throw new Error('model: expert activations were overwritten by a later forward before their backward');
+    const [from, to] = [claim.start * this.hidden, (claim.start + claim.rows) * this.hidden];
+    return { g: this.g!.subarray(from, to), u: this.u!.subarray(from, to) };
+  }
+}
+
+/**
+ * An expert's forward activations, gate·x and up·x, kept in a region of a slab for its
+ * backward. An expert with a slab of its own (a serving replica, a shared expert) starts the
+ * slab's forward itself.
+ */
+export class ExpertCache {
+  private claim?: SlabClaim;
+
+  constructor(private readonly kernels: Kernels, private readonly slab: ExpertSlab, private readonly ownsSlab = false) {}
+
+  /** Where the forward writes gate·x and up·x: this expert's region (f32), or scratch that keep() stores (bf16). */
   forwardOutputs(rows: number, scratch: ExpertScratch): { g: Float32Array; u: Float32Array } {
-    if (this.f32) return { g: this.f32.g.rows(rows), u: this.f32.u.rows(rows) };
-    return scratch.gu(rows * this.hidden);
+    if (this.ownsSlab) this.slab.beginForward();
+    this.claim = this.slab.claim(rows);
+    if (this.slab.storage === 'bf16') return scratch.gu(rows * this.slab.hidden);
+    return this.slab.views(this.claim) as { g: Float32Array; u: Float32Array };
   }
 
   /** Keeps the forward's gate·x and up·x (nothing to do for f32: they were written in place). */
   keep(g: Float32Array, u: Float32Array, rows: number): void {
-    if (!this.bf16) return;
-    const n = rows * this.hidden;
-    this.kernels.ops.toBf16(g, this.bf16.g.rows(rows), n);
-    this.kernels.ops.toBf16(u, this.bf16.u.rows(rows), n);
+    if (this.slab.storage === 'f32') return;
+    const kept = this.slab.views(this.claim!) as { g: Uint16Array; u: Uint16Array };
+    const n = rows * this.slab.hidden;
+    this.kernels.ops.toBf16(g, kept.g, n);
+    this.kernels.ops.toBf16(u, kept.u, n);
   }
 
   /** The kept gate·x and up·x as f32 for the backward, which may overwrite them. */
   kept(rows: number, scratch: ExpertScratch): { g: Float32Array; u: Float32Array } {
-    if (this.f32) return { g: this.f32.g.rows(rows), u: this.f32.u.rows(rows) };
-    const n = rows * this.hidden;
+    if (this.claim?.rows !== rows) throw new Error(`model: an expert's backward over ${rows} rows has no forward over as many kept`);
+    if (this.slab.storage === 'f32') return this.slab.views(this.claim) as { g: Float32Array; u: Float32Array };
+    const kept = this.slab.views(this.claim) as { g: Uint16Array; u: Uint16Array };
+    const n = rows * this.slab.hidden;
     const { g, u } = scratch.gu(n);
-    this.kernels.ops.fromBf16(this.bf16!.g.rows(rows), g, n);
-    this.kernels.ops.fromBf16(this.bf16!.u.rows(rows), u, n);
+    this.kernels.ops.fromBf16(kept.g, g, n);
+    this.kernels.ops.fromBf16(kept.u, u, n);
     return { g, u };
   }
 }

@@ -12,7 +12,7 @@ import { QBLOCK } from '../kernels/quantized.ts';
 import type { RopeTable } from '../kernels/ops.ts';
 import { Attention, AttentionBuffers, type KvCacheLayer } from './attention.ts';
 import { isLoraTarget, loraShapes, parameterShapes, type F32Tensor, type ModelConfig } from './config.ts';
-import { ExpertCache, ExpertScratch, LocalExperts, SwigluExpert, type ActivationStorage, type ExpertCompute } from './expert.ts';
+import { ExpertCache, ExpertScratch, ExpertSlab, LocalExperts, SwigluExpert, type ActivationStorage, type ExpertCompute } from './expert.ts';
 import { initTensors, uniform } from './init.ts';
 import { DenseLinear, LoraLinear, QuantLinear, ScratchBuffers, type BasePath, type Linear } from './linear.ts';
 import { MoeBuffers, MoeLayer } from './moe.ts';
@@ -186,7 +186,8 @@ export class Model {
   private readonly shapes: Map<string, number[]>;
   private loraShapes: Map<string, number[]>;
   private readonly format: BaseFormat;
-  private readonly expertCaches?: ExpertCache[];
+  /** Where each layer's experts keep their activations (one slab for all layers under checkpointing). */
+  private readonly expertSlabs: ExpertSlab[];
   private readonly expertScratch: ExpertScratch;
   private readonly transposed = new Map<string, QuantizedTensor>();
   private readonly serving = new Map<string, SwigluExpert>();
@@ -236,9 +237,8 @@ export class Model {
     this.rope = kernels.ops.ropeTable(config.headDim, config.maxSeqLen, config.ropeTheta);
     const scratch = new ScratchBuffers(kernels);
     this.expertScratch = new ExpertScratch(kernels);
-    this.expertCaches = options.checkpointing
-      ? Array.from({ length: config.numExperts }, () => new ExpertCache(kernels, config.expertHiddenSize, options.activationStorage))
-      : undefined;
+    const sharedSlab = options.checkpointing ? new ExpertSlab(kernels, config.expertHiddenSize, options.activationStorage) : undefined;
+    this.expertSlabs = Array.from({ length: config.numLayers }, () => sharedSlab ?? new ExpertSlab(kernels, config.expertHiddenSize, options.activationStorage));
     for (let l = 0; l < config.numLayers; l++) {
       this.localExperts.push(Array.from({ length: config.numExperts }, (_, e) => (hosts(l, e) ? this.buildExpert(l, e) : undefined)));
     }
@@ -301,14 +301,17 @@ export class Model {
     return serving;
   }
 
-  private swiglu(prefix: string, cache?: ExpertCache): SwigluExpert {
+  /** An expert keeping its activations in `slab`, or in a slab of its own. */
+  private swiglu(prefix: string, slab?: ExpertSlab): SwigluExpert {
     const gate = this.linear(`${prefix}.gate`);
-    cache ??= new ExpertCache(this.kernels, gate.outDim, this.options.activationStorage);
+    const cache = slab
+      ? new ExpertCache(this.kernels, slab)
+      : new ExpertCache(this.kernels, new ExpertSlab(this.kernels, gate.outDim, this.options.activationStorage), true);
     return new SwigluExpert(this.kernels, gate, this.linear(`${prefix}.up`), this.linear(`${prefix}.down`), this.expertScratch, cache);
   }
 
   private buildExpert(layer: number, expert: number): SwigluExpert {
-    return this.swiglu(`layers.${layer}.experts.${expert}`, this.expertCaches?.[expert]);
+    return this.swiglu(`layers.${layer}.experts.${expert}`, this.expertSlabs[layer]);
   }
 
   /** Canonical names of an expert's tensors (base matrices, and LoRA A/B in lora mode). */
@@ -459,6 +462,7 @@ export class Model {
   private ensureWorkspace(rows: number): Workspace {
     if (!this.workspace || this.workspace.rows < rows) {
       this.workspace = new Workspace(this.kernels, rows, this.config, this.options.checkpointing ?? false);
+      for (const slab of this.expertSlabs) slab.reserve(rows * this.config.expertsPerToken);
     }
     return this.workspace;
   }
@@ -520,6 +524,7 @@ export class Model {
     const x = ws.residual[l];
     attend(block.attention, this.normalize(x, block.attnNorm, a.rstdAttn, ws, rows), ws.attnOut, l);
     ops.add(x, ws.attnOut, a.xMid, rows * H);
+    this.expertSlabs[l].beginForward();
     const aux = await block.moe.forward(this.normalize(a.xMid, block.ffnNorm, a.rstdFfn, ws, rows), ws.moeOut, rows);
     ops.add(a.xMid, ws.moeOut, out, rows * H);
     return aux;
