@@ -208,6 +208,18 @@ export interface GatherRowsArgs {
   srcRows: number;
 }
 
+export interface ScaleRowsArgs {
+  /** [rows, cols]. */
+  src: Float32Array;
+  /** [rows] the weight of each row. */
+  weights: Float32Array;
+  /** [rows, cols], overwritten (or added to with accumulate); may be src. */
+  dst: Float32Array;
+  rows: number;
+  cols: number;
+  accumulate?: boolean;
+}
+
 export interface ScatterAddRowsArgs {
   /** [rows, cols]. */
   src: Float32Array;
@@ -524,6 +536,18 @@ export class Ops {
     const pw = weights ? heapPtr(heap, what, 'weights', weights, rows) : 0;
     const args = [heapPtr(heap, what, 'src', src, rows * cols), pi, pw, heapPtr(heap, what, 'dst', dst, dstRows * cols), cols];
     this.rt.parallel('scatter_add_rows', args, rows, 1, serial);
+  }
+
+  /** dst[r] (= or += with accumulate) weights[r]·src[r] over rows of cols (dst may be src): gates times expert rows. */
+  scaleRows({ src, weights, dst, rows, cols, accumulate = false }: ScaleRowsArgs): void {
+    const what = 'scaleRows';
+    checkDims(what, { rows, cols });
+    const { heap } = this.rt;
+    const args = [
+      heapPtr(heap, what, 'src', src, rows * cols), heapPtr(heap, what, 'weights', weights, rows),
+      heapPtr(heap, what, 'dst', dst, rows * cols), cols, +accumulate,
+    ];
+    this.rt.parallel('scale_rows', args, rows, 1, rows * cols < PARALLEL_MIN_ELEMENTS);
   }
 
   /** out[r] = a[r]·b[r] over rows of cols (e.g. the gradient of a gate weight). */

@@ -128,7 +128,7 @@ export class MoeLayer {
       this.shared.expert.forward(x, a.sharedY, rows);
       this.shared.gate.forward(x, a.sharedGate, rows);
       for (let t = 0; t < rows; t++) a.sharedGate[t] = 1 / (1 + Math.exp(-a.sharedGate[t]));
-      scaleRows(a.sharedY, a.sharedGate, out, rows, H, true);
+      ops.scaleRows({ src: a.sharedY, weights: a.sharedGate, dst: out, rows, cols: H, accumulate: true });
     }
 
     let aux = 0;
@@ -189,7 +189,7 @@ export class MoeLayer {
     // dxs is free until the experts' backward: the kept bf16 outputs are widened there.
     if (a.ysBf16) ops.fromBf16(a.ysBf16, dxs, slots * H);
     ops.rowDots(dys, a.ys ?? dxs, dGates, slots, H);
-    scaleRows(dys, a.gates, dys, slots, H, false);
+    ops.scaleRows({ src: dys, weights: a.gates, dst: dys, rows: slots, cols: H });
     const answered = await Promise.all(
       Array.from({ length: E }, (_, e) => {
         const [s0, s1] = [a.expertStart[e], a.expertStart[e + 1]];
@@ -236,7 +236,7 @@ export class MoeLayer {
       const dSharedY = this.scratch.f32('moe.dSharedY', rows * H);
       ops.rowDots(dOut, a.sharedY, dz, rows, H);
       for (let t = 0; t < rows; t++) dz[t] *= a.sharedGate[t] * (1 - a.sharedGate[t]);
-      scaleRows(dOut, a.sharedGate, dSharedY, rows, H, false);
+      ops.scaleRows({ src: dOut, weights: a.sharedGate, dst: dSharedY, rows, cols: H });
       this.shared.gate.backward(x, dz, dx, rows, true);
       const dxShared = this.scratch.f32('moe.dxShared', rows * H);
       this.shared.expert.backward(x, dSharedY, dxShared, rows);
@@ -245,12 +245,3 @@ export class MoeLayer {
   }
 }
 
-/** dst[r] (= or +=) w[r]·src[r] for rows of `cols` (dst may be src). */
-function scaleRows(src: Float32Array, w: Float32Array, dst: Float32Array, rows: number, cols: number, add: boolean): void {
-  for (let r = 0; r < rows; r++) {
-    const wr = w[r];
-    const o = r * cols;
-    if (add) for (let c = 0; c < cols; c++) dst[o + c] += wr * src[o + c];
-    else for (let c = 0; c < cols; c++) dst[o + c] = wr * src[o + c];
-  }
-}

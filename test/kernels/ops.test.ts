@@ -335,6 +335,12 @@ describe.each(['simd', 'relaxed'] as const)('transformer ops (%s build)', (build
     for (let r = 0; r < 5; r++) expect(Array.from(gathered.subarray(r * cols, (r + 1) * cols))).toEqual(Array.from(src.subarray(indices[r] * cols, (indices[r] + 1) * cols)));
 
     const weights = f32(one, [0.5, -1, 2, 3, 0.25]);
+    const scaled = one.heap.f32(5 * cols);
+    one.ops.scaleRows({ src: gathered, weights, dst: scaled, rows: 5, cols });
+    for (let r = 0; r < 5; r++) expect(Array.from(scaled.subarray(r * cols, (r + 1) * cols))).toEqual(Array.from(gathered.subarray(r * cols, (r + 1) * cols), (x) => Math.fround(weights[r] * x)));
+    const summed = Float64Array.from(scaled, (x, i) => x + weights[Math.floor(i / cols)] * gathered[i]);
+    one.ops.scaleRows({ src: gathered, weights, dst: scaled, rows: 5, cols, accumulate: true });
+    expect(maxRelError(scaled, summed)).toBeLessThan(2e-7);
     const dst = rand(one, rows * cols, random);
     const want = Float64Array.from(dst);
     for (let r = 0; r < 5; r++) for (let c = 0; c < cols; c++) want[indices[r] * cols + c] += weights[r] * gathered[r * cols + c];
@@ -451,6 +457,8 @@ describe.each(['simd', 'relaxed'] as const)('transformer ops (%s build)', (build
         const gathered = kern.heap.f32(n);
         kern.ops.gatherRows({ src: a, indices, dst: gathered, rows, cols, srcRows: rows });
         kern.ops.scatterAddRows({ src: gathered, indices, weights: a, dst: b, rows, cols, dstRows: rows });
+        kern.ops.scaleRows({ src: gathered, weights: a, dst: gathered, rows, cols });
+        kern.ops.scaleRows({ src: a, weights: b, dst: gathered, rows, cols, accumulate: true });
         const dots = kern.heap.f32(rows), dBias = kern.heap.f32(cols);
         kern.ops.rowDots(a, b, dots, rows, cols);
         kern.ops.addBias(b, dBias.fill(0.5), rows, cols);
@@ -500,5 +508,6 @@ describe.each(['simd', 'relaxed'] as const)('transformer ops (%s build)', (build
     expect(() => ops.adamW({ params: x, grads: x, m: x, v: x, n: 12, lr: 1e-3, step: 1, beta2: 1 })).toThrow(/beta2 must be in \[0, 1\)/);
     expect(() => ops.scatterAddRows({ src: x, indices: i32(one, [0, -1]), dst: y, rows: 2, cols: 4, dstRows: 3 })).toThrow(/indices\[1\] = -1 is outside \[0, 3\)/);
     expect(() => ops.gatherRows({ src: x, indices: i32(one, [3]), dst: y, rows: 1, cols: 4, srcRows: 3 })).toThrow(/indices\[0\] = 3 is outside \[0, 3\)/);
+    expect(() => ops.scaleRows({ src: x, weights: one.heap.f32(2), dst: y, rows: 3, cols: 4 })).toThrow(/scaleRows: weights has 2 elements, needs 3/);
   });
 });

@@ -723,6 +723,16 @@ export function sum_squares_blocks(x: usize, n: i32, block: i32, partials: usize
   }
 }
 
+/** Rows [r0, r1): dst[r] (= or += with accumulate) weights[r]·src[r] (rows of `cols`; dst may be src). */
+export function scale_rows(src: usize, weights: usize, dst: usize, cols: i32, accumulate: i32, r0: i32, r1: i32, scratch: usize): void {
+  for (let r = r0; r < r1; r++) {
+    const o = <usize>r * cols;
+    const w = load<f32>(at(weights, r));
+    if (accumulate) axpy_f32(w, at(src, <i32>o), at(dst, <i32>o), 0, cols, scratch);
+    else scale_f32(at(src, <i32>o), w, at(dst, <i32>o), 0, cols, scratch);
+  }
+}
+
 /** Rows [r0, r1): dst[r] = src[indices[r]] (rows of `cols`). */
 export function gather_rows(src: usize, indices: usize, dst: usize, cols: i32, r0: i32, r1: i32, scratch: usize): void {
   const bytes = <usize>cols << 2;
