@@ -201,18 +201,20 @@ async function throughput(quick: boolean, passes: number): Promise<void> {
   const gemmBefore = new Map<number, Map<string, number>>();
   for (const threads of threadCounts) gemmBefore.set(threads, await gemmRates(threads, gemmReps));
 
-  const loraQ4: Pick<Setting, 'mode' | 'baseFormat' | 'basePath' | 'activations'> = { mode: 'lora', baseFormat: 'q4', basePath: 'int', activations: 'f32' };
-  const bases: Pick<Setting, 'mode' | 'baseFormat' | 'basePath' | 'activations'>[] = quick
-    ? [{ mode: 'full', baseFormat: 'f32', basePath: 'fp32', activations: 'f32' }, loraQ4, { ...loraQ4, activations: 'bf16' }]
+  // Activations are kept in f32 unless a base says otherwise.
+  type Base = Pick<Setting, 'mode' | 'baseFormat' | 'basePath'> & Partial<Pick<Setting, 'activations'>>;
+  const loraQ4: Base = { mode: 'lora', baseFormat: 'q4', basePath: 'int' };
+  const bases: Base[] = quick
+    ? [{ mode: 'full', baseFormat: 'f32', basePath: 'fp32' }, loraQ4, { ...loraQ4, activations: 'bf16' }]
     : [
-      { mode: 'full', baseFormat: 'f32', basePath: 'fp32', activations: 'f32' },
-      { mode: 'lora', baseFormat: 'f32', basePath: 'fp32', activations: 'f32' },
+      { mode: 'full', baseFormat: 'f32', basePath: 'fp32' },
+      { mode: 'lora', baseFormat: 'f32', basePath: 'fp32' },
       ...(['q8', 'q4'] as const).flatMap((baseFormat) =>
-        (['fp32', 'int'] as const).map((basePath) => ({ mode: 'lora' as const, baseFormat, basePath, activations: 'f32' as const }))),
+        (['fp32', 'int'] as const).map((basePath) => ({ mode: 'lora' as const, baseFormat, basePath }))),
       { ...loraQ4, activations: 'bf16' },
     ];
   const settings: Setting[] = bases.flatMap((base) => (quick ? [false] : [false, true]).flatMap((checkpointing) =>
-    threadCounts.map((threads) => ({ ...base, checkpointing, threads, steps }))));
+    threadCounts.map((threads) => ({ activations: 'f32' as const, ...base, checkpointing, threads, steps }))));
 
   // With several passes over all settings, each keeps its fastest pass: other load on a
   // shared machine only slows a run down.

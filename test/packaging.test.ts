@@ -93,6 +93,9 @@ const stages = dockerfileStages(read('Dockerfile'));
 const runtime = stages.at(-1)!;
 const build = stages.find((s) => s.name === 'build');
 const ignorePatterns = read('.dockerignore').split('\n').map((l) => l.trim()).filter((l) => l !== '' && !l.startsWith('#'));
+/** The repo paths the runtime stage copies out of the build stage. */
+const fromBuildStage = (): string[] =>
+  copiesOf(runtime).filter((c) => c.from === 'build').flatMap((c) => c.sources.map((s) => repoPath(s, build!.workdir)));
 const entrypointOf = (stage: Stage): string[] => JSON.parse(stage.instructions.findLast((i) => i.keyword === 'ENTRYPOINT')!.args) as string[];
 
 describe('Dockerfile', () => {
@@ -120,8 +123,7 @@ describe('Dockerfile', () => {
 
     // The runtime copies the build stage's .wasm files by name: they must be every build there is
     // (src/kernels/build/ exists after `npm install`, which runs the same script).
-    const kernels = copiesOf(runtime).filter((c) => c.from === 'build').flatMap((c) => c.sources.map((s) => repoPath(s, build!.workdir)))
-      .filter((path) => path.startsWith('src/kernels/'));
+    const kernels = fromBuildStage().filter((path) => path.startsWith('src/kernels/'));
     const built = readdirSync(join(root, 'src/kernels/build')).filter((f) => f.endsWith('.wasm')).map((f) => `src/kernels/build/${f}`);
     expect(built.length).toBeGreaterThan(0);
     expect(kernels.sort()).toEqual(built.sort());
@@ -143,8 +145,7 @@ describe('Dockerfile', () => {
 describe('compiled bundle (npm run build)', () => {
   it('the image builds it and runs it', () => {
     expect(build!.instructions.some((i) => i.keyword === 'RUN' && /\bnpm run build\b/.test(i.args))).toBe(true);
-    const dist = copiesOf(runtime).filter((c) => c.from === 'build').flatMap((c) => c.sources.map((s) => repoPath(s, build!.workdir)));
-    expect(dist).toContain('dist/');
+    expect(fromBuildStage()).toContain('dist/');
     for (const [script, bundleName] of [['node/docker-entry.sh', 'swarmtrain'], ['coordinator/docker-entry.sh', 'coordinator']]) {
       expect(read(script)).toContain(`dist/${bundleName}.mjs`);
     }

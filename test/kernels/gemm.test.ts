@@ -58,6 +58,16 @@ const orientations = [
   { transA: true, transB: true },
 ];
 
+/** op(A) m×k, op(B) k×n and a starting C m×n, random from `seed`. */
+function randomOperands(m: number, n: number, k: number, seed: number): { opA: Float32Array; opB: Float32Array; c0: Float32Array } {
+  const random = rng(seed);
+  const opA = new Float32Array(m * k);
+  const opB = new Float32Array(k * n);
+  const c0 = new Float32Array(m * n);
+  for (const v of [opA, opB, c0]) fillRandom(v, random);
+  return { opA, opB, c0 };
+}
+
 describe.each(['simd', 'relaxed'] as const)('fp32 gemm (%s build)', (build) => {
   let one: Kernels;
   let two: Kernels;
@@ -122,11 +132,7 @@ describe.each(['simd', 'relaxed'] as const)('fp32 gemm (%s build)', (build) => {
     // bit the same.
     const [M, N] = [67, 419];
     for (const k of [40, 300]) {
-      const random = rng(k);
-      const opA = new Float32Array(M * k);
-      const opB = new Float32Array(k * N);
-      const c0 = new Float32Array(M * N);
-      for (const v of [opA, opB, c0]) fillRandom(v, random);
+      const { opA, opB, c0 } = randomOperands(M, N, k, k);
       for (const o of orientations) {
         for (const accumulate of [false, true]) {
           const whole = product(opA, opB, c0, M, N, k, o, accumulate);
@@ -145,15 +151,10 @@ describe.each(['simd', 'relaxed'] as const)('fp32 gemm (%s build)', (build) => {
 
   // Only the plain SIMD build: without fused multiply-add the sequence is reproducible in JS.
   if (build === 'simd') it('computes every output as the specified f32 sequence, on every path', () => {
-    // Products rounded, summed
-    // from zero in k order per block of 256, each block added to C. (m > 8 avoids the A·Bᵀ
-    // dot-product path, which sums in another order.)
+    // Products rounded, summed from zero in k order per block of 256, each block added to C.
+    // (m > 8 avoids the A·Bᵀ dot-product path, which sums in another order.)
     for (const [m, n, k] of [[67, 8, 300], [67, 13, 8], [67, 40, 300], [13, 419, 300], [9, 1024, 20], [67, 419, 300], [21, 520, 8]] as const) {
-      const random = rng(m + n + k);
-      const opA = new Float32Array(m * k);
-      const opB = new Float32Array(k * n);
-      const c0 = new Float32Array(m * n);
-      for (const v of [opA, opB, c0]) fillRandom(v, random);
+      const { opA, opB, c0 } = randomOperands(m, n, k, m + n + k);
       for (const o of orientations) {
         for (const accumulate of [false, true]) {
           const want = gemmF32Sequence(opA, opB, c0, m, n, k, accumulate);
