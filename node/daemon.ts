@@ -44,6 +44,8 @@ export class JoinRefusedError extends Error {
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 const COORDINATOR_TIMEOUT_MS = 10_000;
 const STATE_TIMEOUT_MS = 30_000;
+const CATCH_UP_ROUNDS = 4;
+const CATCH_UP_BACKOFF_MS = 1_000;
 const HELD_OUT_BATCHES = 8;
 
 /** GEMM speed of this node (all its threads), for the shard planner's weighting. */
@@ -164,13 +166,13 @@ export class NodeDaemon {
       experts: this.experts,
     });
     this.model = model;
-    if (reply.completedBatches > 0) await this.catchUp(model, hosted);
     this.optimizer = new AdamW(this.kernels, model.params.trainable(), DEFAULT_ADAMW);
     this.averager = new Averager(this.rpc, directory, () => this.groups(), {
       ...this.job.averaging, jobId: this.job.jobId, self: this.self, log: this.log,
       fetchState: (group, peer) => this.fetchFromAny([peer], group),
       ...(this.options.fault ? { fault: this.options.fault } : {}),
     });
+    if (reply.completedBatches > 0) await this.catchUp(model, hosted);
     await serveExperts(this.rpc, this.kernels, () => this.model!, directory, this.experts.stats, this.job.jobId);
     await this.averager.serve();
     // A peer unknown to our plan may have joined since: one heartbeat brings the newer plan.
@@ -181,15 +183,28 @@ export class NodeDaemon {
 
   /** A node joining a running job: the trunk and its experts come from peers that hold them. */
   private async catchUp(model: Model, hosted: Set<string>): Promise<void> {
-    const others = this.plan.peers.map((p) => p.peerId).filter((peer) => peer !== this.self);
-    const trunk = await this.fetchFromAny(others, TRUNK);
+    const trunk = await this.fetchWhileJoining(() => this.newestPlan().peers.map((p) => p.peerId), TRUNK);
     if (trunk) model.params.load(trunk);
     for (const key of hosted) {
       const [layer, expert] = key.split('.').map(Number);
-      const state = await this.fetchFromAny(this.holders(layer, expert).filter((p) => p !== this.self), expertGroup(layer, expert));
+      const state = await this.fetchWhileJoining(() => this.holders(layer, expert, this.newestPlan()), expertGroup(layer, expert));
       if (state) model.params.load(new Map([...state].filter(([name]) => model.params.has(name))));
     }
     this.emit({ event: 'caught-up', trunk: trunk !== undefined });
+  }
+
+  /**
+   * A group's state for a joining node, asked of every other holder in a few rounds: starting from
+   * untrained values would throw away the swarm's work, so a busy or briefly unreachable holder
+   * (or one just declared dead and rejoining) is worth waiting for. Each round starts from the newest plan.
+   */
+  private async fetchWhileJoining(holders: () => string[], group: string) {
+    for (let round = 1; ; round++) {
+      const state = await this.fetchFromAny(holders().filter((peer) => peer !== this.self), group);
+      if (state || round === CATCH_UP_ROUNDS) return state;
+      await sleep(CATCH_UP_BACKOFF_MS * round);
+      await this.beat();
+    }
   }
 
   /** A group's state from the first of `peers` that serves it (each tried twice: a fresh connection may be reset). */

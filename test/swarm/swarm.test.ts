@@ -103,7 +103,8 @@ describe('faults', () => {
     await swarm.coordinator.waitFor((e) => e.event === 'died', 30_000, 'died');
     const again = swarm.startNode(['--key', key]);
     const caught = await again.waitFor((e) => e.event === 'caught-up', 60_000, 'caught-up');
-    expect(caught.trunk).toBe(true);
+    const logs = [...again.events.filter((e) => e.event === 'log').map((e) => e.message), ...swarm.coordinator.events.filter((e) => e.event === 'died').map((e) => `coordinator: ${e.node} died`)];
+    expect(caught.trunk, `the trunk was not fetched; the node logged: ${logs.join(' | ')}`).toBe(true);
     await swarm.coordinator.waitFor((e) => e.event === 'rejoined', 10_000, 'rejoined');
     const joined = await again.waitFor((e) => e.event === 'joined');
     expect(joined.node).toBe((await second.waitFor((e) => e.event === 'joined')).node);
