@@ -5,25 +5,40 @@
 import type { Kernels } from '../kernels/index.ts';
 import type { RopeTable } from '../kernels/ops.ts';
 import type { ModelConfig } from './config.ts';
+import type { ActivationStorage } from './expert.ts';
 import { LAYER_SCRATCH, type Linear, type ScratchBuffers } from './linear.ts';
 
+/** The four [rows, features] tensors one attention call computes and its backward reads. */
+interface AttentionTensors<T> {
+  q: T;
+  k: T;
+  v: T;
+  att: T;
+}
+
+/**
+ * One layer's kept activations. With f32 storage q, k, v and att are kept as computed; with
+ * bf16 they are computed in the layer scratch and kept rounded (half the memory), and the
+ * backward widens them again, a sequence at a time. The log-sum-exp stays f32 either way.
+ */
 class AttentionActivations {
-  readonly q: Float32Array;
-  readonly k: Float32Array;
-  readonly v: Float32Array;
-  readonly att: Float32Array;
+  readonly f32?: AttentionTensors<Float32Array>;
+  readonly bf16?: AttentionTensors<Uint16Array>;
   readonly lse: Float32Array;
 
-  constructor(kernels: Kernels, readonly rows: number, config: ModelConfig) {
+  constructor(kernels: Kernels, readonly rows: number, config: ModelConfig, storage: ActivationStorage) {
     const { heap } = kernels;
-    const qDim = config.numHeads * config.headDim;
-    const kvDim = config.numKvHeads * config.headDim;
-    this.q = heap.f32(rows * qDim);
-    this.k = heap.f32(rows * kvDim);
-    this.v = heap.f32(rows * kvDim);
-    this.att = heap.f32(rows * qDim);
+    const lengths = tensorLengths(rows, config);
+    if (storage === 'bf16') this.bf16 = { q: heap.u16(lengths.q), k: heap.u16(lengths.k), v: heap.u16(lengths.v), att: heap.u16(lengths.att) };
+    else this.f32 = { q: heap.f32(lengths.q), k: heap.f32(lengths.k), v: heap.f32(lengths.v), att: heap.f32(lengths.att) };
     this.lse = heap.f32(rows * config.numHeads);
   }
+}
+
+function tensorLengths(rows: number, config: ModelConfig): AttentionTensors<number> {
+  const qLength = rows * config.numHeads * config.headDim;
+  const kvLength = rows * config.numKvHeads * config.headDim;
+  return { q: qLength, k: kvLength, v: kvLength, att: qLength };
 }
 
 /**
@@ -33,8 +48,10 @@ class AttentionActivations {
 export class AttentionBuffers {
   private acts?: AttentionActivations;
 
+  constructor(private readonly storage: ActivationStorage = 'f32') {}
+
   get(kernels: Kernels, rows: number, config: ModelConfig): AttentionActivations {
-    if (!this.acts || this.acts.rows < rows) this.acts = new AttentionActivations(kernels, rows, config);
+    if (!this.acts || this.acts.rows < rows) this.acts = new AttentionActivations(kernels, rows, config, this.storage);
     return this.acts;
   }
 }
@@ -67,12 +84,13 @@ export class Attention {
     const { ops } = this.kernels;
     const { numHeads, numKvHeads, headDim } = this.config;
     const rows = batch * seq;
-    const a = this.project(x, rows, positions);
+    const a = this.activations(rows);
+    const w = this.project(x, rows, positions, a);
     for (let b = 0; b < batch; b++) {
-      const s = this.sequence(a, b, seq);
-      ops.attention({ ...s, tokens: seq, heads: numHeads, kvHeads: numKvHeads, headDim });
+      ops.attention({ ...this.sequence(w, b, seq), lse: this.sequenceLse(a, b, seq), tokens: seq, heads: numHeads, kvHeads: numKvHeads, headDim });
     }
-    this.o.forward(a.att, out, rows);
+    this.o.forward(w.att, out, rows);
+    if (a.bf16) for (const name of ['q', 'k', 'v', 'att'] as const) ops.toBf16(w[name], a.bf16[name], w[name].length);
   }
 
   /**
@@ -82,7 +100,7 @@ export class Attention {
    */
   decode(x: Float32Array, out: Float32Array, rows: number, cache: KvCacheLayer, start: number, positions: Int32Array): void {
     const { numHeads, numKvHeads, headDim: D } = this.config;
-    const a = this.project(x, rows, positions);
+    const a = this.project(x, rows, positions, this.activations(rows));
     const kvDim = numKvHeads * D;
     cache.k.set(a.k.subarray(0, rows * kvDim), start * kvDim);
     cache.v.set(a.v.subarray(0, rows * kvDim), start * kvDim);
@@ -119,14 +137,21 @@ export class Attention {
     const { numHeads, numKvHeads, headDim } = this.config;
     const rows = batch * seq;
     const a = this.activations(rows);
-    const [dAtt, dq, dk, dv] = this.scratch.parts(LAYER_SCRATCH, [a.att.length, a.q.length, a.k.length, a.v.length]);
-    this.o.backward(a.att, dOut, dAtt, rows);
+    const lengths = tensorLengths(rows, this.config);
+    const oneSequence = tensorLengths(seq, this.config);
+    // With bf16 storage, the widened output (whole: the o projection's backward reads it) and
+    // one sequence's widened q, k and v follow the gradients in the scratch.
+    const [dAtt, dq, dk, dv, wideAtt, wideQ, wideK, wideV] = this.scratch.parts(LAYER_SCRATCH, [lengths.att, lengths.q, lengths.k, lengths.v,
+      ...(a.bf16 ? [lengths.att, oneSequence.q, oneSequence.k, oneSequence.v] : [])]);
+    if (a.bf16) ops.fromBf16(a.bf16.att, wideAtt, lengths.att);
+    const att = a.f32?.att ?? wideAtt;
+    this.o.backward(att, dOut, dAtt, rows);
+    const d = { q: dq, k: dk, v: dv, att: dAtt };
     for (let b = 0; b < batch; b++) {
-      const s = this.sequence(a, b, seq);
-      const qSpan = (v: Float32Array) => v.subarray(b * seq * numHeads * headDim, (b + 1) * seq * numHeads * headDim);
-      const kvSpan = (v: Float32Array) => v.subarray(b * seq * numKvHeads * headDim, (b + 1) * seq * numKvHeads * headDim);
+      const { q, k, v } = a.bf16 ? this.widenSequence(a.bf16, b, seq, { q: wideQ, k: wideK, v: wideV }) : this.sequence(a.f32!, b, seq);
+      const ds = this.sequence(d, b, seq);
       ops.attentionBackward({
-        ...s, dOut: qSpan(dAtt), dq: qSpan(dq), dk: kvSpan(dk), dv: kvSpan(dv),
+        q, k, v, out: att.subarray(b * oneSequence.att, (b + 1) * oneSequence.att), lse: this.sequenceLse(a, b, seq), dOut: ds.out, dq: ds.q, dk: ds.k, dv: ds.v,
         tokens: seq, heads: numHeads, kvHeads: numKvHeads, headDim,
       });
     }
@@ -137,30 +162,48 @@ export class Attention {
     this.v.backward(x, dv, dx, rows, true);
   }
 
-  /** q, k and v of `rows` tokens, the first two rotated to the tokens' positions. */
-  private project(x: Float32Array, rows: number, positions: Int32Array): AttentionActivations {
+  /**
+   * q, k and v of `rows` tokens, the first two rotated to the tokens' positions, with room for
+   * the output: the layer's own buffers (f32 storage) or the layer scratch (bf16).
+   */
+  private project(x: Float32Array, rows: number, positions: Int32Array, a: AttentionActivations): AttentionTensors<Float32Array> {
     const { ops } = this.kernels;
     const { numHeads, numKvHeads } = this.config;
-    const a = this.activations(rows);
-    this.q.forward(x, a.q, rows);
-    this.k.forward(x, a.k, rows);
-    this.v.forward(x, a.v, rows);
-    ops.rope({ x: a.q, positions, table: this.rope, tokens: rows, heads: numHeads });
-    ops.rope({ x: a.k, positions, table: this.rope, tokens: rows, heads: numKvHeads });
-    return a;
+    const lengths = tensorLengths(rows, this.config);
+    const [q, k, v, att] = a.f32 ? [a.f32.q, a.f32.k, a.f32.v, a.f32.att] : this.scratch.parts(LAYER_SCRATCH, [lengths.q, lengths.k, lengths.v, lengths.att]);
+    this.q.forward(x, q, rows);
+    this.k.forward(x, k, rows);
+    this.v.forward(x, v, rows);
+    ops.rope({ x: q, positions, table: this.rope, tokens: rows, heads: numHeads });
+    ops.rope({ x: k, positions, table: this.rope, tokens: rows, heads: numKvHeads });
+    return { q, k, v, att };
   }
 
-  /** Views of sequence b's q, k, v, output and lse. */
-  private sequence(a: AttentionActivations, b: number, seq: number) {
+  /** Views of sequence b's rows of q, k, v and the output (as `out`). */
+  private sequence(t: AttentionTensors<Float32Array>, b: number, seq: number) {
     const { numHeads, numKvHeads, headDim } = this.config;
     const qs = seq * numHeads * headDim;
     const kvs = seq * numKvHeads * headDim;
     return {
-      q: a.q.subarray(b * qs, (b + 1) * qs),
-      k: a.k.subarray(b * kvs, (b + 1) * kvs),
-      v: a.v.subarray(b * kvs, (b + 1) * kvs),
-      out: a.att.subarray(b * qs, (b + 1) * qs),
-      lse: a.lse.subarray(b * seq * numHeads, (b + 1) * seq * numHeads),
+      q: t.q.subarray(b * qs, (b + 1) * qs),
+      k: t.k.subarray(b * kvs, (b + 1) * kvs),
+      v: t.v.subarray(b * kvs, (b + 1) * kvs),
+      out: t.att.subarray(b * qs, (b + 1) * qs),
     };
+  }
+
+  private sequenceLse(a: AttentionActivations, b: number, seq: number): Float32Array {
+    const span = seq * this.config.numHeads;
+    return a.lse.subarray(b * span, (b + 1) * span);
+  }
+
+  /** Sequence b's kept bf16 q, k and v, widened into one-sequence buffers. */
+  private widenSequence(kept: AttentionTensors<Uint16Array>, b: number, seq: number, into: Omit<AttentionTensors<Float32Array>, 'att'>) {
+    const { ops } = this.kernels;
+    for (const name of ['q', 'k', 'v'] as const) {
+      const n = into[name].length;
+      ops.fromBf16(kept[name].subarray(b * n, (b + 1) * n), into[name], n);
+    }
+    return into;
   }
 }

@@ -21,11 +21,11 @@ export interface ExpertCompute {
 }
 
 /**
- * How the MoE layers keep their largest activations for the backward: each expert's gate·x
- * and up·x (2 · expert hidden floats per routed token and layer) and the experts' outputs
- * (hidden floats per routed token, read only for the gates' gradient). f32 is exact; bf16
- * takes half the memory, the backward then working from values rounded to 8 significant bits
- * (the forward is unchanged).
+ * How the layers keep their largest activations for the backward: each expert's gate·x and
+ * up·x (2 · expert hidden floats per routed token and layer), the experts' outputs (hidden
+ * floats per routed token, read only for the gates' gradient), and attention's q, k, v and
+ * output (src/model/attention.ts). f32 is exact; bf16 takes half the memory, the backward then
+ * working from values rounded to 8 significant bits (the forward is unchanged).
  */
 export type ActivationStorage = 'f32' | 'bf16';
 

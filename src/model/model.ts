@@ -243,7 +243,7 @@ export class Model {
       this.localExperts.push(Array.from({ length: config.numExperts }, (_, e) => (hosts(l, e) ? this.buildExpert(l, e) : undefined)));
     }
     const experts = options.experts ?? new LocalExperts(this.localExperts);
-    const sharedAttention = options.checkpointing ? new AttentionBuffers() : undefined;
+    const sharedAttention = options.checkpointing ? new AttentionBuffers(options.activationStorage) : undefined;
     const sharedMoe = options.checkpointing ? new MoeBuffers(options.activationStorage) : undefined;
     const linear = (name: string) => this.linear(name);
     for (let l = 0; l < config.numLayers; l++) {
@@ -255,7 +255,7 @@ export class Model {
         attnNorm: this.params.get(`${p}.attn_norm`),
         ffnNorm: this.params.get(`${p}.ffn_norm`),
         attention: new Attention(kernels, config, linear(`${p}.attn.q`), linear(`${p}.attn.k`), linear(`${p}.attn.v`), linear(`${p}.attn.o`), this.rope, scratch,
-          sharedAttention ?? new AttentionBuffers()),
+          sharedAttention ?? new AttentionBuffers(options.activationStorage)),
         moe: new MoeLayer(kernels, config, l, linear(`${p}.router`), experts, scratch, sharedMoe ?? new MoeBuffers(options.activationStorage), shared),
       });
     }
