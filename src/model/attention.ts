@@ -48,7 +48,7 @@ function tensorLengths(rows: number, config: ModelConfig): AttentionTensors<numb
 export class AttentionBuffers {
   private acts?: AttentionActivations;
 
-  constructor(private readonly storage: ActivationStorage = 'f32') {}
+  constructor(readonly storage: ActivationStorage = 'f32') {}
 
   get(kernels: Kernels, rows: number, config: ModelConfig): AttentionActivations {
     if (!this.acts || this.acts.rows < rows) this.acts = new AttentionActivations(kernels, rows, config, this.storage);
@@ -139,10 +139,7 @@ export class Attention {
     const a = this.activations(rows);
     const lengths = tensorLengths(rows, this.config);
     const oneSequence = tensorLengths(seq, this.config);
-    // With bf16 storage, the widened output (whole: the o projection's backward reads it) and
-    // one sequence's widened q, k and v follow the gradients in the scratch.
-    const [dAtt, dq, dk, dv, wideAtt, wideQ, wideK, wideV] = this.scratch.parts(LAYER_SCRATCH, [lengths.att, lengths.q, lengths.k, lengths.v,
-      ...(a.bf16 ? [lengths.att, oneSequence.q, oneSequence.k, oneSequence.v] : [])]);
+    const [dAtt, dq, dk, dv, wideAtt, wideQ, wideK, wideV] = this.scratch.parts(LAYER_SCRATCH, this.backwardScratch(rows, seq));
     if (a.bf16) ops.fromBf16(a.bf16.att, wideAtt, lengths.att);
     const att = a.f32?.att ?? wideAtt;
     this.o.backward(att, dOut, dAtt, rows);
@@ -160,6 +157,22 @@ export class Attention {
     this.q.backward(x, dq, dx, rows, accumulate);
     this.k.backward(x, dk, dx, rows, true);
     this.v.backward(x, dv, dx, rows, true);
+  }
+
+  /** Floats of the layer scratch a call on `rows` tokens in sequences of `seq` takes: the backward's, at least the forward's. */
+  scratchLength(rows: number, seq: number): number {
+    return this.backwardScratch(rows, seq).reduce((a, b) => a + b, 0);
+  }
+
+  /**
+   * The backward's parts of the layer scratch: the gradients of att, q, k and v, then with bf16
+   * storage the widened output (whole: the o projection's backward reads it) and one sequence's
+   * widened q, k and v.
+   */
+  private backwardScratch(rows: number, seq: number): number[] {
+    const lengths = tensorLengths(rows, this.config);
+    const oneSequence = tensorLengths(seq, this.config);
+    return [lengths.att, lengths.q, lengths.k, lengths.v, ...(this.buffers.storage === 'bf16' ? [lengths.att, oneSequence.q, oneSequence.k, oneSequence.v] : [])];
   }
 
   /**

@@ -158,6 +158,13 @@ export class ExpertScratch {
   gu(length: number): { g: Float32Array; u: Float32Array } {
     return { g: this.gBuffer.rows(length), u: this.uBuffer.rows(length) };
   }
+
+  /** Allocates room for `length` floats in each buffer now (gate·x and up·x only if used, with bf16 storage). */
+  reserve(length: number, storage: ActivationStorage): void {
+    this.h(length);
+    this.dh(length);
+    if (storage === 'bf16') this.gu(length);
+  }
 }
 
 export class SwigluExpert {

@@ -130,6 +130,11 @@ export class ScratchBuffers {
     return buffer.rows(length).subarray(0, length);
   }
 
+  /** Allocates room for `length` floats in the named buffer now rather than at its first use. */
+  reserve(name: string, length: number): void {
+    this.f32(name, length);
+  }
+
   /**
    * Consecutive views of the given lengths in one named buffer: temporaries that different
    * layers need at different times (attention's backward, then the MoE's) take the same memory.
@@ -143,6 +148,8 @@ export class ScratchBuffers {
 
 /** The ScratchBuffers name of the temporaries of one layer's forward or backward (attention, MoE). */
 export const LAYER_SCRATCH = 'layer';
+/** The ScratchBuffers name of a LoRA linear's backward temporary (used inside layers' backward: not LAYER_SCRATCH). */
+export const LORA_SCRATCH = 'lora';
 
 export class LoraLinear implements Linear {
   readonly inDim: number;
@@ -151,7 +158,6 @@ export class LoraLinear implements Linear {
   private readonly scale: number;
   /** (alpha / r)·x·Aᵀ from the forward, [rows, r]. */
   private readonly xa: GrowableBuffer;
-  private readonly dxa: GrowableBuffer;
 
   constructor(
     private readonly kernels: Kernels,
@@ -159,13 +165,14 @@ export class LoraLinear implements Linear {
     readonly a: Param,
     readonly b: Param,
     alpha: number,
+    /** Holds the backward's ∂L/∂(x·Aᵀ): a temporary, so all LoRA linears share it. */
+    private readonly scratch: ScratchBuffers,
   ) {
     this.inDim = base.inDim;
     this.outDim = base.outDim;
     this.rank = a.shape[0];
     this.scale = alpha / this.rank;
     this.xa = new GrowableBuffer(kernels, this.rank);
-    this.dxa = new GrowableBuffer(kernels, this.rank);
   }
 
   forward(x: Float32Array, y: Float32Array, rows: number): void {
@@ -183,7 +190,7 @@ export class LoraLinear implements Linear {
     const r = this.rank;
     this.base.backward(x, dy, dx, rows, accumulateDx);
     const xa = this.xa.rows(rows);
-    const dxa = this.dxa.rows(rows);
+    const dxa = this.scratch.f32(LORA_SCRATCH, rows * r);
     gemm.gemm({ a: dy, b: xa, c: this.b.grad!, m: this.outDim, n: r, k: rows, transA: true, accumulate: true });
     gemm.gemm({ a: dy, b: this.b.value, c: dxa, m: rows, n: r, k: this.outDim });
     ops.scale(dxa, this.scale, rows * r);

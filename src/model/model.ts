@@ -14,7 +14,7 @@ import { Attention, AttentionBuffers, type KvCacheLayer } from './attention.ts';
 import { isLoraTarget, loraShapes, parameterShapes, type F32Tensor, type ModelConfig } from './config.ts';
 import { ExpertCache, ExpertScratch, ExpertSlab, LocalExperts, SwigluExpert, type ActivationStorage, type ExpertCompute } from './expert.ts';
 import { initTensors, uniform } from './init.ts';
-import { DenseLinear, LoraLinear, QuantLinear, ScratchBuffers, type BasePath, type Linear } from './linear.ts';
+import { DenseLinear, LAYER_SCRATCH, LORA_SCRATCH, LoraLinear, QuantLinear, ScratchBuffers, type BasePath, type Linear } from './linear.ts';
 import { MoeBuffers, MoeLayer } from './moe.ts';
 import { ParamStore, sizeOf, type Param } from './params.ts';
 
@@ -139,12 +139,10 @@ interface Block {
 class Workspace {
   readonly residual: Float32Array[]; // L + 1 layer inputs; the last is the final residual
   readonly blocks: BlockActivations[];
-  /** The normalized input of the attention or MoE being run (forward or backward). */
+  /** The normalized input of the attention, MoE or head being run (forward or backward). */
   readonly normed: Float32Array;
-  /** A layer's attention and MoE outputs, before they join the residual stream. */
-  readonly attnOut: Float32Array;
-  readonly moeOut: Float32Array;
-  readonly hFinal: Float32Array;
+  /** A layer's attention output, then its MoE output, each before it joins the residual stream. */
+  readonly branchOut: Float32Array;
   readonly rstdFinal: Float32Array;
   /** Logits of one chunk of HEAD_CHUNK rows: the head and the loss run chunk by chunk. */
   readonly logits: Float32Array;
@@ -162,9 +160,7 @@ class Workspace {
     const shared = checkpointing ? new BlockActivations(kernels, rows, H) : undefined;
     this.blocks = Array.from({ length: config.numLayers }, () => shared ?? new BlockActivations(kernels, rows, H));
     this.normed = heap.f32(rows * H);
-    this.attnOut = heap.f32(rows * H);
-    this.moeOut = heap.f32(rows * H);
-    this.hFinal = heap.f32(rows * H);
+    this.branchOut = heap.f32(rows * H);
     this.rstdFinal = heap.f32(rows);
     this.logits = heap.f32(Math.min(rows, HEAD_CHUNK) * config.vocabSize);
     this.losses = heap.f32(rows);
@@ -189,6 +185,8 @@ export class Model {
   /** Where each layer's experts keep their activations (one slab for all layers under checkpointing). */
   private readonly expertSlabs: ExpertSlab[];
   private readonly expertScratch: ExpertScratch;
+  /** Temporaries of one layer's or one linear's forward or backward, shared by all of them. */
+  private readonly scratch: ScratchBuffers;
   private readonly transposed = new Map<string, QuantizedTensor>();
   private readonly serving = new Map<string, SwigluExpert>();
   private readonly head: Linear;
@@ -235,7 +233,7 @@ export class Model {
     }
 
     this.rope = kernels.ops.ropeTable(config.headDim, config.maxSeqLen, config.ropeTheta);
-    const scratch = new ScratchBuffers(kernels);
+    const scratch = (this.scratch = new ScratchBuffers(kernels));
     this.expertScratch = new ExpertScratch(kernels);
     const sharedSlab = options.checkpointing ? new ExpertSlab(kernels, config.expertHiddenSize, options.activationStorage) : undefined;
     this.expertSlabs = Array.from({ length: config.numLayers }, () => sharedSlab ?? new ExpertSlab(kernels, config.expertHiddenSize, options.activationStorage));
@@ -279,7 +277,7 @@ export class Model {
       ? new QuantLinear(this.kernels, q, path, bias, path === 'int' ? this.transposedOf(name, q) : undefined)
       : new DenseLinear(this.kernels, this.params.get(name), bias);
     if (!this.params.has(`${name}.lora_a`)) return base;
-    return new LoraLinear(this.kernels, base, this.params.get(`${name}.lora_a`), this.params.get(`${name}.lora_b`), this.options.lora!.alpha);
+    return new LoraLinear(this.kernels, base, this.params.get(`${name}.lora_a`), this.params.get(`${name}.lora_b`), this.options.lora!.alpha, this.scratch);
   }
 
   /** Wᵀ of a frozen quantized matrix for the integer path's backward; always q8 (a q4 copy would double the error). */
@@ -403,7 +401,7 @@ export class Model {
     await this.forward(tokens, batch, seq);
     const rows = batch * seq;
     const logits = this.logitsBuffer(rows);
-    this.head.forward(this.workspace!.hFinal, logits, rows);
+    this.head.forward(this.workspace!.normed, logits, rows);
     return logits;
   }
 
@@ -432,9 +430,9 @@ export class Model {
     for (let l = 0; l < L; l++) await this.blockForward(l, ws, rows, ws.residual[l + 1], attend);
     cache.length = start + rows;
     const last = ws.residual[L].subarray((rows - 1) * H, rows * H);
-    ops.rmsNorm({ x: last, weight: this.params.get('final_norm').value, y: ws.hFinal, rstd: ws.rstdFinal, rows: 1, dim: H, eps: this.config.rmsNormEps });
+    ops.rmsNorm({ x: last, weight: this.params.get('final_norm').value, y: ws.normed, rstd: ws.rstdFinal, rows: 1, dim: H, eps: this.config.rmsNormEps });
     const logits = this.logitsBuffer(1);
-    this.head.forward(ws.hFinal, logits, 1);
+    this.head.forward(ws.normed, logits, 1);
     return logits;
   }
 
@@ -461,8 +459,15 @@ export class Model {
 
   private ensureWorkspace(rows: number): Workspace {
     if (!this.workspace || this.workspace.rows < rows) {
+      const { expertsPerToken: k, numExperts: E, expertHiddenSize, maxSeqLen } = this.config;
       this.workspace = new Workspace(this.kernels, rows, this.config, this.options.checkpointing ?? false);
-      for (const slab of this.expertSlabs) slab.reserve(rows * this.config.expertsPerToken);
+      for (const slab of this.expertSlabs) slab.reserve(rows * k);
+      // The scratch buffers too, all at once: grown call by call they would leave holes in the heap.
+      const seq = Math.min(rows, maxSeqLen);
+      this.scratch.reserve(LAYER_SCRATCH, Math.max(...this.blocks.map((b) => Math.max(b.attention.scratchLength(rows, seq), b.moe.scratchLength(rows)))));
+      if (this.options.mode === 'lora') this.scratch.reserve(LORA_SCRATCH, rows * this.options.lora!.rank);
+      // An expert's share of the rows varies with the routing: room for twice the even share, grown past that when needed.
+      this.expertScratch.reserve(Math.ceil((2 * rows * k) / E) * expertHiddenSize, this.options.activationStorage ?? 'f32');
     }
     return this.workspace;
   }
@@ -481,7 +486,7 @@ export class Model {
     const attend = this.overSequences(ws, batch, seq);
     for (let l = 0; l < L; l++) aux.push(await this.blockForward(l, ws, rows, ws.residual[l + 1], attend));
     const xL = ws.residual[L];
-    ops.rmsNorm({ x: xL, weight: this.params.get('final_norm').value, y: ws.hFinal, rstd: ws.rstdFinal, rows, dim: H, eps: this.config.rmsNormEps });
+    ops.rmsNorm({ x: xL, weight: this.params.get('final_norm').value, y: ws.normed, rstd: ws.rstdFinal, rows, dim: H, eps: this.config.rmsNormEps });
     this.last = { batch, seq, aux };
     const meanAux = aux.reduce((a, b) => a + b, 0) / L;
     if (!targets) return { loss: NaN, crossEntropy: NaN, aux: meanAux, tokens: 0 };
@@ -496,7 +501,7 @@ export class Model {
     const scale = gradScale === undefined ? undefined : gradScale / Math.max(counted, 1);
     for (let r0 = 0; r0 < rows; r0 += HEAD_CHUNK) {
       const n = Math.min(HEAD_CHUNK, rows - r0);
-      const h = ws.hFinal.subarray(r0 * H, (r0 + n) * H);
+      const h = ws.normed.subarray(r0 * H, (r0 + n) * H);
       this.head.forward(h, ws.logits, n);
       ops.crossEntropy({
         logits: ws.logits, targets: ws.targets.subarray(r0, r0 + n), losses: ws.losses.subarray(r0, r0 + n), rows: n, vocab: V,
@@ -522,11 +527,11 @@ export class Model {
     const block = this.blocks[l];
     const a = ws.blocks[l];
     const x = ws.residual[l];
-    attend(block.attention, this.normalize(x, block.attnNorm, a.rstdAttn, ws, rows), ws.attnOut, l);
-    ops.add(x, ws.attnOut, a.xMid, rows * H);
+    attend(block.attention, this.normalize(x, block.attnNorm, a.rstdAttn, ws, rows), ws.branchOut, l);
+    ops.add(x, ws.branchOut, a.xMid, rows * H);
     this.expertSlabs[l].beginForward();
-    const aux = await block.moe.forward(this.normalize(a.xMid, block.ffnNorm, a.rstdFfn, ws, rows), ws.moeOut, rows);
-    ops.add(a.xMid, ws.moeOut, out, rows * H);
+    const aux = await block.moe.forward(this.normalize(a.xMid, block.ffnNorm, a.rstdFfn, ws, rows), ws.branchOut, rows);
+    ops.add(a.xMid, ws.branchOut, out, rows * H);
     return aux;
   }
 
@@ -545,7 +550,7 @@ export class Model {
     const { batch, seq } = this.last!;
     const rows = batch * seq;
     const dx = ws.dx;
-    const dh = ws.dh; // ∂L/∂hFinal, left by the forward's chunked head backward
+    const dh = ws.dh; // ∂L/∂(final norm output), left by the forward's chunked head backward
     const finalNorm = this.params.get('final_norm');
     ops.rmsNormBackward({
       x: ws.residual[L], weight: finalNorm.value, rstd: ws.rstdFinal, dy: dh, dx, dWeight: this.gradOrScratch(finalNorm),

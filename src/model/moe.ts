@@ -172,6 +172,18 @@ export class MoeLayer {
     }
   }
 
+  /** Floats of the layer scratch a call on `rows` tokens takes: the backward's, more than the forward's. */
+  scratchLength(rows: number): number {
+    return this.backwardScratch(rows).reduce((a, b) => a + b, 0);
+  }
+
+  /** The backward's parts of the layer scratch: gathered inputs, their output and input gradients, per-slot and router gradients. */
+  private backwardScratch(rows: number): number[] {
+    const { numExperts: E, expertsPerToken: k, hiddenSize: H } = this.config;
+    const slots = rows * k;
+    return [slots * H, slots * H, slots * H, slots, slots, rows * E];
+  }
+
   /**
    * Given dOut = ∂L/∂out and the weight `auxScale` of this layer's load-balancing loss in L,
    * writes dx (= or += with accumulate) ∂L/∂x and adds the router's and experts' gradients.
@@ -181,7 +193,7 @@ export class MoeLayer {
     const { numExperts: E, expertsPerToken: k, hiddenSize: H } = this.config;
     const a = this.activations(rows);
     const slots = rows * k;
-    const [xs, dys, dxs, dGates, dTop, dLogits] = this.scratch.parts(LAYER_SCRATCH, [slots * H, slots * H, slots * H, slots, slots, rows * E]);
+    const [xs, dys, dxs, dGates, dTop, dLogits] = this.scratch.parts(LAYER_SCRATCH, this.backwardScratch(rows));
     this.gatherExpertInputs(x, a, rows, xs);
 
     // out = Σ gate·y: ∂gate = dOut·y, ∂y = gate·dOut.
