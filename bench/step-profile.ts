@@ -3,9 +3,10 @@
 // table groups them: integer/fp32 base products, LoRA's rank-r products, attention, the rest,
 // with their share of the step and GFLOPS; "between kernels" is the JavaScript around them.
 // Run: npx tsx bench/step-profile.ts [--mode full|lora] [--base f32|q8|q4] [--path fp32|int]
-//      [--threads N] [--checkpointing] [--steps N] [--by-shape]
+//      [--threads N] [--checkpointing] [--activations f32|bf16] [--steps N] [--by-shape]
 import { parseArgs } from 'node:util';
 import { createKernels, type Kernels } from '../src/kernels/index.ts';
+import type { ActivationStorage } from '../src/model/expert.ts';
 import { uniform } from '../src/model/init.ts';
 import { Model, type ModelOptions } from '../src/model/model.ts';
 import { AdamW } from '../src/train/optimizer.ts';
@@ -15,12 +16,15 @@ import { printTable } from './table.ts';
 const { values } = parseArgs({
   options: {
     mode: { type: 'string', default: 'lora' }, base: { type: 'string', default: 'q4' }, path: { type: 'string', default: 'int' },
-    threads: { type: 'string', default: '2' }, checkpointing: { type: 'boolean', default: false }, steps: { type: 'string', default: '5' },
+    threads: { type: 'string', default: '2' }, checkpointing: { type: 'boolean', default: false }, activations: { type: 'string', default: 'f32' },
+    steps: { type: 'string', default: '5' },
     'by-shape': { type: 'boolean', default: false },
   },
 });
 const threads = Number(values.threads);
 const steps = Number(values.steps);
+const activationStorage = values.activations as ActivationStorage;
+if (activationStorage !== 'f32' && activationStorage !== 'bf16') throw new Error(`--activations takes f32 or bf16, got ${values.activations}`);
 if (!(Number.isInteger(threads) && threads >= 1) || !(Number.isInteger(steps) && steps >= 1)) throw new Error('--threads and --steps take positive integers');
 
 interface Tally { ms: number; calls: number; flops: number }
@@ -78,8 +82,8 @@ function instrument(kernels: Kernels): void {
 const kernels = await createKernels({ threads });
 instrument(kernels);
 const options: ModelOptions = values.mode === 'full'
-  ? { mode: 'full', checkpointing: values.checkpointing }
-  : { mode: 'lora', lora: LORA, baseFormat: values.base as 'f32' | 'q8' | 'q4', basePath: values.path as 'fp32' | 'int', checkpointing: values.checkpointing };
+  ? { mode: 'full', checkpointing: values.checkpointing, activationStorage }
+  : { mode: 'lora', lora: LORA, baseFormat: values.base as 'f32' | 'q8' | 'q4', basePath: values.path as 'fp32' | 'int', checkpointing: values.checkpointing, activationStorage };
 const model = new Model(kernels, REFERENCE_CONFIG, options);
 const optimizer = new AdamW(kernels, model.params.trainable());
 const random = uniform(7);
@@ -103,6 +107,6 @@ const rows = [...tallies].sort((a, b) => b[1].ms - a[1].ms).map(([key, t]) => [
   t.flops ? (t.flops / t.ms / 1e6).toFixed(1) : '',
 ]);
 rows.push(['between kernels (JavaScript)', (stepMs - inKernels).toFixed(1), `${((100 * (stepMs - inKernels)) / stepMs).toFixed(1)}%`, '', '']);
-console.log(`${values.mode}${values.mode === 'lora' ? ` ${values.base} ${values.path} path` : ''}, ${threads} thread(s)${values.checkpointing ? ', checkpointing' : ''}: `
+console.log(`${values.mode}${values.mode === 'lora' ? ` ${values.base} ${values.path} path` : ''}, ${threads} thread(s)${values.checkpointing ? ', checkpointing' : ''}, ${activationStorage} activations: `
   + `${stepMs.toFixed(1)} ms per step = ${((BATCH * SEQ) / stepMs * 1e3).toFixed(0)} tokens/s (mean of ${steps} steps, timing overhead included)\n`);
 printTable(['kernel calls', 'ms/step', 'of step', 'calls/step', 'GFLOPS'], rows);
