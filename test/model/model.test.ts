@@ -294,6 +294,8 @@ describe('generation with a KV cache', () => {
   const modes: [string, ModelOptions][] = [
     ['full', { mode: 'full' }],
     ['lora, q8 base on the integer path', { mode: 'lora', lora: { rank: 4, alpha: 8 }, baseFormat: 'q8', basePath: 'int' }],
+    // Attention then works in the layer scratch rather than in its kept buffers.
+    ['lora, q4 base, bf16 activation storage', { mode: 'lora', lora: { rank: 4, alpha: 8 }, baseFormat: 'q4', basePath: 'int', activationStorage: 'bf16' }],
   ];
 
   /** A model whose LoRA adapters (if any) are not zero, so they take part in the comparison. */
