@@ -103,3 +103,28 @@ export class KernelHeap {
     this.memory.grow(Math.ceil((end - have) / PAGE));
   }
 }
+
+/**
+ * Views allocated together and released together: a model's workspace, or a layer's kept
+ * activations, replaced by larger ones when a call brings more rows than any before.
+ */
+export class HeapGroup {
+  private readonly views: HeapView[] = [];
+
+  constructor(private readonly heap: KernelHeap) {}
+
+  f32(length: number): Float32Array { return this.keep(this.heap.f32(length)); }
+  i32(length: number): Int32Array { return this.keep(this.heap.i32(length)); }
+  u16(length: number): Uint16Array { return this.keep(this.heap.u16(length)); }
+
+  /** Frees every view of the group; none may be used afterwards. */
+  release(): void {
+    for (const view of this.views) this.heap.release(view);
+    this.views.length = 0;
+  }
+
+  private keep<T extends HeapView>(view: T): T {
+    this.views.push(view);
+    return view;
+  }
+}

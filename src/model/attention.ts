@@ -2,6 +2,7 @@
 // sequences laid out [batch·seq, features]. Forward keeps q, k, v (rotated), the attention
 // output and each query's log-sum-exp; backward recomputes the probabilities from those.
 // For generation, decode() runs new tokens of one sequence against cached keys and values.
+import { HeapGroup } from '../kernels/heap.ts';
 import type { Kernels } from '../kernels/index.ts';
 import type { RopeTable } from '../kernels/ops.ts';
 import type { ModelConfig } from './config.ts';
@@ -25,13 +26,18 @@ class AttentionActivations {
   readonly f32?: AttentionTensors<Float32Array>;
   readonly bf16?: AttentionTensors<Uint16Array>;
   readonly lse: Float32Array;
+  private readonly heap: HeapGroup;
 
   constructor(kernels: Kernels, readonly rows: number, config: ModelConfig, storage: ActivationStorage) {
-    const { heap } = kernels;
+    const heap = (this.heap = new HeapGroup(kernels.heap));
     const lengths = tensorLengths(rows, config);
     if (storage === 'bf16') this.bf16 = { q: heap.u16(lengths.q), k: heap.u16(lengths.k), v: heap.u16(lengths.v), att: heap.u16(lengths.att) };
     else this.f32 = { q: heap.f32(lengths.q), k: heap.f32(lengths.k), v: heap.f32(lengths.v), att: heap.f32(lengths.att) };
     this.lse = heap.f32(rows * config.numHeads);
+  }
+
+  release(): void {
+    this.heap.release();
   }
 }
 
@@ -51,7 +57,10 @@ export class AttentionBuffers {
   constructor(readonly storage: ActivationStorage = 'f32') {}
 
   get(kernels: Kernels, rows: number, config: ModelConfig): AttentionActivations {
-    if (!this.acts || this.acts.rows < rows) this.acts = new AttentionActivations(kernels, rows, config, this.storage);
+    if (!this.acts || this.acts.rows < rows) {
+      this.acts?.release();
+      this.acts = new AttentionActivations(kernels, rows, config, this.storage);
+    }
     return this.acts;
   }
 }

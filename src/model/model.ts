@@ -7,6 +7,7 @@
 //         base model exactly).
 // Gradient checkpointing keeps only each layer's input and recomputes the layer's forward in
 // backward; all layers then share one set of activation buffers.
+import { HeapGroup } from '../kernels/heap.ts';
 import type { Kernels, QuantizedTensor } from '../kernels/index.ts';
 import { QBLOCK } from '../kernels/quantized.ts';
 import type { RopeTable } from '../kernels/ops.ts';
@@ -120,8 +121,7 @@ class BlockActivations {
   readonly xMid: Float32Array;
   readonly rstdFfn: Float32Array;
 
-  constructor(kernels: Kernels, rows: number, hidden: number) {
-    const { heap } = kernels;
+  constructor(heap: HeapGroup, rows: number, hidden: number) {
     this.rstdAttn = heap.f32(rows);
     this.xMid = heap.f32(rows * hidden);
     this.rstdFfn = heap.f32(rows);
@@ -152,13 +152,14 @@ class Workspace {
   readonly positions: Int32Array;
   readonly dx: Float32Array;
   readonly dh: Float32Array;
+  private readonly heap: HeapGroup;
 
   constructor(kernels: Kernels, readonly rows: number, config: ModelConfig, checkpointing: boolean) {
-    const { heap } = kernels;
+    const heap = (this.heap = new HeapGroup(kernels.heap));
     const H = config.hiddenSize;
     this.residual = Array.from({ length: config.numLayers + 1 }, () => heap.f32(rows * H));
-    const shared = checkpointing ? new BlockActivations(kernels, rows, H) : undefined;
-    this.blocks = Array.from({ length: config.numLayers }, () => shared ?? new BlockActivations(kernels, rows, H));
+    const shared = checkpointing ? new BlockActivations(heap, rows, H) : undefined;
+    this.blocks = Array.from({ length: config.numLayers }, () => shared ?? new BlockActivations(heap, rows, H));
     this.normed = heap.f32(rows * H);
     this.branchOut = heap.f32(rows * H);
     this.rstdFinal = heap.f32(rows);
@@ -169,6 +170,10 @@ class Workspace {
     this.positions = heap.i32(rows);
     this.dx = heap.f32(rows * H);
     this.dh = heap.f32(rows * H);
+  }
+
+  release(): void {
+    this.heap.release();
   }
 }
 
@@ -460,6 +465,7 @@ export class Model {
   private ensureWorkspace(rows: number): Workspace {
     if (!this.workspace || this.workspace.rows < rows) {
       const { expertsPerToken: k, numExperts: E, expertHiddenSize, maxSeqLen } = this.config;
+      this.workspace?.release();
       this.workspace = new Workspace(this.kernels, rows, this.config, this.options.checkpointing ?? false);
       for (const slab of this.expertSlabs) slab.reserve(rows * k);
       // The scratch buffers too, all at once: grown call by call they would leave holes in the heap.

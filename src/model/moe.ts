@@ -4,6 +4,7 @@
 // config says so). An optional shared expert, scaled by sigmoid(shared_expert_gate·x), is
 // added for every token (Qwen2-MoE). The load-balancing loss is E·Σ_e f_e·P_e, with f_e the
 // share of the N·k assignments that went to expert e and P_e its mean router probability.
+import { HeapGroup } from '../kernels/heap.ts';
 import type { Kernels } from '../kernels/index.ts';
 import type { ModelConfig } from './config.ts';
 import type { ActivationStorage, ExpertCompute, SwigluExpert } from './expert.ts';
@@ -27,8 +28,10 @@ class MoeActivations {
   readonly tokenScale: Float32Array; // [N] gate = p · scale for a token's surviving assignments
   readonly dropped: Uint8Array; // [E] 1 when no holder of the expert answered this forward
 
+  private readonly heap: HeapGroup;
+
   constructor(kernels: Kernels, readonly rows: number, config: ModelConfig, storage: ActivationStorage) {
-    const { heap } = kernels;
+    const heap = (this.heap = new HeapGroup(kernels.heap));
     const { numExperts: E, expertsPerToken: k, hiddenSize: H } = config;
     this.probs = heap.f32(rows * E);
     this.topIndex = heap.i32(rows * k);
@@ -47,6 +50,10 @@ class MoeActivations {
     this.tokenScale = new Float32Array(rows);
     this.dropped = new Uint8Array(E);
   }
+
+  release(): void {
+    this.heap.release();
+  }
 }
 
 /** One layer's MoE activations; shared by all layers under gradient checkpointing (see AttentionBuffers). */
@@ -56,7 +63,10 @@ export class MoeBuffers {
   constructor(private readonly storage: ActivationStorage = 'f32') {}
 
   get(kernels: Kernels, rows: number, config: ModelConfig): MoeActivations {
-    if (!this.acts || this.acts.rows < rows) this.acts = new MoeActivations(kernels, rows, config, this.storage);
+    if (!this.acts || this.acts.rows < rows) {
+      this.acts?.release();
+      this.acts = new MoeActivations(kernels, rows, config, this.storage);
+    }
     return this.acts;
   }
 }
