@@ -40,7 +40,7 @@ interface Setting {
   baseFormat: BaseFormat;
   basePath: BasePath;
   checkpointing: boolean;
-  /** How experts keep their gate and up outputs for backward (src/model/expert.ts). */
+  /** How the experts and attention keep their largest activations for backward (ActivationStorage in src/model/expert.ts). */
   activations: ActivationStorage;
   threads: number;
   /** Timed steps after one warm-up step. */

@@ -203,14 +203,12 @@ export class Attention {
 
   /** Views of sequence b's rows of q, k, v and the output (as `out`). */
   private sequence(t: AttentionTensors<Float32Array>, b: number, seq: number) {
-    const { numHeads, numKvHeads, headDim } = this.config;
-    const qs = seq * numHeads * headDim;
-    const kvs = seq * numKvHeads * headDim;
+    const one = tensorLengths(seq, this.config);
     return {
-      q: t.q.subarray(b * qs, (b + 1) * qs),
-      k: t.k.subarray(b * kvs, (b + 1) * kvs),
-      v: t.v.subarray(b * kvs, (b + 1) * kvs),
-      out: t.att.subarray(b * qs, (b + 1) * qs),
+      q: t.q.subarray(b * one.q, (b + 1) * one.q),
+      k: t.k.subarray(b * one.k, (b + 1) * one.k),
+      v: t.v.subarray(b * one.v, (b + 1) * one.v),
+      out: t.att.subarray(b * one.att, (b + 1) * one.att),
     };
   }
 

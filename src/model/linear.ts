@@ -5,7 +5,6 @@
 //                integer path (int8 activations, exact integer dot products);
 //   LoraLinear   any frozen base plus a trainable low-rank update (alpha / r)·B·A.
 // The caller keeps the forward input x alive and passes it to backward.
-import type { HeapView } from '../kernels/heap.ts';
 import type { Kernels, QuantizedTensor } from '../kernels/index.ts';
 import type { Param } from './params.ts';
 
@@ -87,20 +86,13 @@ export class QuantLinear implements Linear {
   }
 }
 
-/**
- * Rows of a growable scratch matrix: reallocated (larger) only when a call needs more rows.
- * f32 unless another heap allocator is given (e.g. u16 for bfloat16 bit patterns).
- */
-export class GrowableBuffer<T extends HeapView = Float32Array> {
-  private view?: T;
+/** Rows of a growable scratch matrix: reallocated (larger) only when a call needs more rows. */
+export class GrowableBuffer {
+  private view?: Float32Array;
 
-  constructor(
-    private readonly kernels: Kernels,
-    private readonly cols: number,
-    private readonly allocate: (length: number) => T = (length) => kernels.heap.f32(length) as T,
-  ) {}
+  constructor(private readonly kernels: Kernels, private readonly cols: number) {}
 
-  rows(rows: number): T {
+  rows(rows: number): Float32Array {
     const need = Math.max(1, rows * this.cols);
     if (!this.view || this.view.length < need) {
       // A quarter more than the previous size at least: an expert's share of the rows drifts up
@@ -108,7 +100,7 @@ export class GrowableBuffer<T extends HeapView = Float32Array> {
       // (and leave a hole in the heap) on nearly every step.
       const length = this.view ? Math.max(need, Math.ceil(this.view.length * 1.25)) : need;
       if (this.view) this.kernels.heap.release(this.view);
-      this.view = this.allocate(length);
+      this.view = this.kernels.heap.f32(length);
     }
     return this.view;
   }

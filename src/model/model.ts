@@ -42,7 +42,7 @@ export interface ModelOptions {
   /** lora mode with q8/q4: the fp32 path (dequantize while packing) or the exact integer path. */
   basePath?: BasePath;
   checkpointing?: boolean;
-  /** How experts keep gate·x and up·x for the backward (default f32; bf16 halves that memory, see ActivationStorage). */
+  /** How the experts and attention keep their largest activations for the backward (default f32; bf16 halves that memory, see ActivationStorage). */
   activationStorage?: ActivationStorage;
   /** Seed of the random initialization (weights in full mode, LoRA A in lora mode). */
   seed?: number;
@@ -114,7 +114,7 @@ export class KvCache {
  * them (the same kernel on the same inputs: the same bits) into the Workspace's one `normed`
  * buffer, which costs a pass over the rows and saves two activations per layer. (The attention
  * and MoE outputs are only added into the residual stream: those temporaries are the
- * Workspace's too, one pair for all layers.)
+ * Workspace's too, one buffer for all layers.)
  */
 class BlockActivations {
   readonly rstdAttn: Float32Array;

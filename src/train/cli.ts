@@ -73,8 +73,8 @@ Model
   --base-format f32|q8|q4    lora: storage of the frozen attention and expert matrices (default f32)
   --base-path fp32|int       q8/q4: dequantizing fp32 product or exact integer product (default fp32)
   --checkpointing            recompute activations in backward: less memory, more compute
-  --activations f32|bf16     how experts keep gate·x and up·x for backward: bf16 halves that
-                             memory, gradients move by ~0.5% (default f32)
+  --activations f32|bf16     how the experts and attention keep their largest activations for
+                             backward: bf16 halves that memory, gradients move by ~0.5% (default f32)
 Optimization
   --steps <n>                updates (default 1000)
   --accumulation <n>         micro-batches per update (default 1)
