@@ -43,19 +43,29 @@ interface PoolWorker {
 }
 
 const buildDir = new URL('./build/', import.meta.url);
-let flagsSet = false;
+let liftoffOff = false;
 
 /**
- * V8 flags, set once before the first compile. Relaxed SIMD is off by default before
- * Node 22. Liftoff is V8's baseline wasm tier: kernels would start there and run ~35%
- * slower until the optimizing compile finishes in the background, which on a busy
- * 2-core machine can take most of a benchmark or a training step.
+ * Liftoff is V8's baseline wasm tier: kernels would start there and run ~35% slower until
+ * the optimizing compile finishes in the background, which on a busy 2-core machine can
+ * take most of a benchmark or a training step. Set once, before the first compile.
  */
-function setEngineFlags(): void {
-  if (flagsSet) return;
-  setFlagsFromString('--experimental-wasm-relaxed-simd');
+function disableLiftoff(): void {
+  if (liftoffOff) return;
   setFlagsFromString('--no-liftoff');
-  flagsSet = true;
+  liftoffOff = true;
+}
+
+/**
+ * Whether this engine accepts the module, enabling relaxed SIMD first where it is off by default
+ * (before Node 22). V8 dropped the flag once the feature shipped and prints an error for a flag it
+ * does not know, so it is set only when validation fails without it.
+ */
+function validates(name: BuildName, bytes: Uint8Array<ArrayBuffer>): boolean {
+  if (WebAssembly.validate(bytes)) return true;
+  if (name !== 'relaxed') return false;
+  setFlagsFromString('--experimental-wasm-relaxed-simd');
+  return WebAssembly.validate(bytes);
 }
 
 async function compileBuild(name: BuildName): Promise<WebAssembly.Module | undefined> {
@@ -65,8 +75,8 @@ async function compileBuild(name: BuildName): Promise<WebAssembly.Module | undef
   } catch {
     throw new Error(`kernels: src/kernels/build/${name}.wasm is missing; run \`npm install\` or \`npm run build:kernels\``);
   }
-  setEngineFlags();
-  if (!WebAssembly.validate(bytes)) return undefined;
+  disableLiftoff();
+  if (!validates(name, bytes)) return undefined;
   return WebAssembly.compile(bytes);
 }
 
