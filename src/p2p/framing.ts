@@ -46,19 +46,69 @@ export interface Deadlines {
   caller?: AbortSignal;
   /** The whole request's deadline. */
   request?: { signal: AbortSignal; ms: number };
+  /** The peer fell behind the minimum pace (see paceGuard). */
+  pace?: PaceGuard;
   /** Per read or write. */
   ioMs: number;
+}
+
+/** The slowest an inbound message may arrive: graceMs for free, then bytesPerSecond on average. */
+export interface Pace {
+  graceMs: number;
+  bytesPerSecond: number;
+}
+
+export interface PaceGuard {
+  /** Aborts when the peer falls behind the pace. */
+  signal: AbortSignal;
+  /** Why it aborted. */
+  reason(): string;
+  stop(): void;
+}
+
+/**
+ * A whole-message deadline that scales with what the peer sends: by time t after the stream opened
+ * it must have sent bytesPerSecond · (t − graceMs) bytes. A peer trickling a byte a second, which
+ * no per-read timeout catches, is cut off soon after the grace; since a message is at most its
+ * cap, no stream outlives graceMs + cap / bytesPerSecond. Attach after the stream's reader, which
+ * must see every 'message' event first.
+ */
+export function paceGuard(stream: Stream, pace: Pace): PaceGuard {
+  const start = performance.now();
+  let received = 0;
+  const controller = new AbortController();
+  const dueAt = () => start + pace.graceMs + (received / pace.bytesPerSecond) * 1000;
+  const onMessage = (event: { data: { byteLength: number } }) => (received += event.data.byteLength);
+  let timer: NodeJS.Timeout | undefined;
+  const check = () => {
+    const wait = dueAt() - performance.now();
+    if (wait > 0) timer = setTimeout(check, wait);
+    else controller.abort();
+  };
+  stream.addEventListener('message', onMessage);
+  timer = setTimeout(check, pace.graceMs);
+  const stop = () => {
+    clearTimeout(timer);
+    stream.removeEventListener('message', onMessage);
+  };
+  controller.signal.addEventListener('abort', stop, { once: true });
+  return {
+    signal: controller.signal,
+    reason: () => `${received} bytes in ${Math.round(performance.now() - start)} ms, slower than ${pace.bytesPerSecond} B/s after ${pace.graceMs} ms`,
+    stop,
+  };
 }
 
 /** Runs one read or write under the io timeout and the outer signals, mapping failures to RpcErrors. */
 export async function withDeadlines<T>(what: string, deadlines: Deadlines, run: (signal: AbortSignal) => Promise<T>): Promise<T> {
   const io = AbortSignal.timeout(deadlines.ioMs);
-  const signals = [io, deadlines.request?.signal, deadlines.caller].filter((s) => s !== undefined);
+  const signals = [io, deadlines.request?.signal, deadlines.pace?.signal, deadlines.caller].filter((s) => s !== undefined);
   try {
     return await run(AbortSignal.any(signals));
   } catch (err) {
     if (deadlines.caller?.aborted) throw new CancelledError(`${what}: cancelled`);
     if (deadlines.request?.signal.aborted) throw new TimeoutError(`${what}: no reply within ${deadlines.request.ms} ms`, 'deadline');
+    if (deadlines.pace?.signal.aborted) throw new TimeoutError(`${what}: stalled: ${deadlines.pace.reason()}`, 'stalled');
     if (io.aborted) throw new TimeoutError(`${what}: stalled: not done within ${deadlines.ioMs} ms`, 'stalled');
     throw toRpcError(err, what);
   }

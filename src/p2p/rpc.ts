@@ -19,7 +19,7 @@ import {
   type ResponseOf,
 } from '../../proto/index.ts';
 import { CancelledError, MalformedError, RefusedError, RemoteError, RpcError, TooLargeError } from './errors.ts';
-import { frameStream, toRpcError, withDeadlines, type Deadlines } from './framing.ts';
+import { frameStream, paceGuard, toRpcError, withDeadlines, type Deadlines, type Pace } from './framing.ts';
 
 export type DialTarget = Parameters<Libp2p['dialProtocol']>[0];
 
@@ -53,6 +53,11 @@ export interface RpcInit {
   ioTimeoutMs?: number;
   /** Default deadline of a request, dial to reply. Default 60 s. */
   requestTimeoutMs?: number;
+  /**
+   * The slowest an inbound request may arrive, however large (a relayed link is a slow link, and a
+   * slow peer must not pin a serving slot). Default: 5 s grace, then 32 KiB/s.
+   */
+  inboundPace?: Pace;
 }
 
 export interface HandleOptions {
@@ -90,6 +95,7 @@ export class Rpc {
   private readonly onReject: (rejection: Rejection) => void;
   private readonly ioTimeoutMs: number;
   private readonly requestTimeoutMs: number;
+  private readonly inboundPace: Pace;
 
   constructor(components: RpcComponents, init: RpcInit = {}) {
     this.transport = components.transport;
@@ -97,6 +103,7 @@ export class Rpc {
     this.onReject = components.onReject ?? logRejection;
     this.ioTimeoutMs = init.ioTimeoutMs ?? 30_000;
     this.requestTimeoutMs = init.requestTimeoutMs ?? 60_000;
+    this.inboundPace = init.inboundPace ?? { graceMs: 5_000, bytesPerSecond: 32 * 1024 };
   }
 
   async handle<P extends ProtocolName>(protocol: P, handler: Handler<P>, options: HandleOptions = {}): Promise<void> {
@@ -182,7 +189,9 @@ export class Rpc {
     const what = `${spec.id} request from ${peer}`;
     const reject = (reason: string, message: string) => this.reject({ protocol: spec.id, peer: peer.toString(), direction: 'request', reason, message });
     const frames = frameStream(stream, spec.maxRequestBytes);
+    const pace = paceGuard(stream, this.inboundPace);
     if (slots.active >= slots.max) {
+      pace.stop();
       const message = `${spec.id}: busy, ${slots.max} requests in progress`;
       reject('busy', message);
       await this.replyError(protocol, frames, stream, { code: 'busy', message });
@@ -196,13 +205,15 @@ export class Rpc {
       const deadlines: Deadlines = { ioMs: this.ioTimeoutMs };
       let bytes: Uint8Array;
       try {
-        bytes = await withDeadlines(what, deadlines, async (signal) => (await frames.read({ signal })).subarray());
+        bytes = await withDeadlines(what, { ...deadlines, pace }, async (signal) => (await frames.read({ signal })).subarray());
       } catch (err) {
         const error = toRpcError(err, what);
         reject(error.reason, error.message);
         if (error instanceof TooLargeError) await this.replyError(protocol, frames, stream, { code: 'too-large', message: error.message });
         else stream.abort(error);
         return;
+      } finally {
+        pace.stop(); // the request is in: from here the handler's time is not the peer's
       }
       let message: RequestOf<P>;
       try {

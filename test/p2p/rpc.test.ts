@@ -257,3 +257,88 @@ describe('p2p between two hosts in one process', () => {
     }
   });
 });
+
+describe('inbound pace: a slow sender cannot pin a serving slot', () => {
+  const PACE = { graceMs: 300, bytesPerSecond: 2000 };
+  let server: Host;
+  let client: Host;
+  const serverLog = new RejectionLog();
+  const all = samples();
+
+  beforeAll(async () => {
+    [server, client] = await Promise.all([createHost(), createHost()]);
+    // A per-read timeout far longer than the test: only the pace can cut a trickling sender off.
+    const serverRpc = new Rpc({ transport: server, codec: msgpackCodec, onReject: serverLog.push }, { ioTimeoutMs: 30_000, inboundPace: PACE });
+    await serveToy(serverRpc);
+  });
+
+  afterAll(async () => {
+    await Promise.all([server?.stop(), client?.stop()]);
+  });
+
+  /** Sends `bytes` on a fresh expertForward stream in `chunk`-byte pieces every `everyMs`, then reads the reply. */
+  async function trickle(bytes: Uint8Array, chunk: number, everyMs: number): Promise<{ ms: number; reply?: unknown; error?: Error }> {
+    const stream = await client.dialProtocol(server.getMultiaddrs(), PROTOCOLS.expertForward.id);
+    const frames = frameStream(stream, PROTOCOLS.expertForward.maxResponseBytes);
+    const t0 = performance.now();
+    const sending = (async () => {
+      for (let at = 0; at < bytes.length && stream.status === 'open'; at += chunk) {
+        stream.send(bytes.subarray(at, at + chunk));
+        await new Promise((resolve) => setTimeout(resolve, everyMs));
+      }
+      if (stream.status === 'open') await stream.close();
+    })().catch(() => {});
+    try {
+      const reply = msgpackCodec.decodeReply('expertForward', (await frames.read({ signal: AbortSignal.timeout(20_000) })).subarray());
+      return { ms: performance.now() - t0, reply };
+    } catch (err) {
+      return { ms: performance.now() - t0, error: err as Error };
+    } finally {
+      stream.abort(new Error('done'));
+      await sending;
+    }
+  }
+
+  const request = () => {
+    const body = msgpackCodec.encodeRequest('expertForward', all.expertForward.request);
+    return new Uint8Array([...varint(body.length), ...body]);
+  };
+
+  it('cuts off a sender trickling a byte every 50 ms soon after the grace, though no single read stalls', async () => {
+    const bytes = request();
+    const from = serverLog.entries.length;
+    // At 20 B/s the message would take bytes.length / 20 seconds; the pace allows about graceMs plus a few bytes' worth.
+    expect(bytes.length / 20).toBeGreaterThan(5);
+    const outcome = await trickle(bytes, 1, 50);
+    expect(outcome.error).toBeDefined();
+    expect(outcome.ms).toBeLessThan(PACE.graceMs + 1500);
+    const rejection = await serverLog.waitFor((r) => r.reason === 'stalled', from);
+    expect(rejection.message).toMatch(/slower than 2000 B\/s after 300 ms/);
+  });
+
+  it('serves a request sent in pieces at above the pace', async () => {
+    const bytes = request();
+    // ~64 bytes every 10 ms is ~6 kB/s: three times the minimum.
+    const outcome = await trickle(bytes, 64, 10);
+    expect(outcome.error).toBeUndefined();
+    const reply = outcome.reply as { ok: { tensor: Parameters<typeof tensorF32>[0] } };
+    expect(Array.from(tensorF32(reply.ok.tensor))).toEqual(Array.from(tensorF32(all.expertForward.request.tensor), (x) => 2 * x));
+  });
+
+  it('closes a flood of silent streams after the grace and keeps serving', async () => {
+    const from = serverLog.entries.length;
+    const streams = await Promise.all(Array.from({ length: 40 }, () => client.dialProtocol(server.getMultiaddrs(), PROTOCOLS.heartbeat.id)));
+    const t0 = performance.now();
+    await Promise.all(streams.map((stream) => new Promise((resolve) => {
+      if (stream.status !== 'open') resolve(undefined);
+      else stream.addEventListener('close', resolve, { once: true });
+    })));
+    expect(performance.now() - t0).toBeLessThan(PACE.graceMs + 2000);
+    // serveToy takes the default 16 heartbeats at once: those took a slot and were cut as stalled; the
+    // rest were told they are busy or reset by libp2p's stream limit.
+    const reasons = serverLog.entries.slice(from).map((r) => r.reason);
+    expect(reasons.filter((r) => r === 'stalled')).toHaveLength(16);
+    const rpc = new Rpc({ transport: client, codec: msgpackCodec });
+    expect(await rpc.request(server.getMultiaddrs(), 'heartbeat', all.heartbeat.request)).toEqual({ accepted: true, stop: false });
+  });
+});
