@@ -1,12 +1,16 @@
 // The libp2p host every swarm process runs: TCP, noise encryption, yamux multiplexing,
-// identify and ping, listening on loopback unless told otherwise. With a key file the node
-// keeps its peer id across restarts, so the coordinator recognises a returning node.
+// identify and ping, listening on loopback unless told otherwise; optionally a circuit relay
+// server for admitted peers, or the client side (relayed addresses, AutoNAT, DCUtR hole punching).
+// With a key file the node keeps its peer id across restarts, so the coordinator recognises it.
 import './polyfill.ts'; // before any libp2p import
 import { noise } from '@chainsafe/libp2p-noise';
 import { yamux } from '@chainsafe/libp2p-yamux';
+import { autoNAT } from '@libp2p/autonat';
+import { circuitRelayServer, circuitRelayTransport, type CircuitRelayService } from '@libp2p/circuit-relay-v2';
 import { generateKeyPair, privateKeyFromProtobuf, privateKeyToProtobuf } from '@libp2p/crypto/keys';
+import { dcutr } from '@libp2p/dcutr';
 import { identify, type Identify } from '@libp2p/identify';
-import type { PrivateKey } from '@libp2p/interface';
+import type { ConnectionGater, PrivateKey } from '@libp2p/interface';
 import { ping, type Ping } from '@libp2p/ping';
 import { tcp } from '@libp2p/tcp';
 import { createLibp2p, type Libp2p, type Libp2pInit } from 'libp2p';
@@ -14,7 +18,23 @@ import { randomBytes } from 'node:crypto';
 import { link, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
 
-export type Host = Libp2p<{ identify: Identify; ping: Ping }>;
+export type Host = Libp2p<{ identify: Identify; ping: Ping; relay?: CircuitRelayService }>;
+
+/** A circuit relay v2 server for the swarm's members (the coordinator, or a reachable node that opts in). */
+export interface RelayServerOptions {
+  /** Whether a peer may reserve a slot: only admitted swarm members may. */
+  mayReserve(peerId: string): boolean;
+  /** Reservations held at once. Default 256. */
+  maxReservations?: number;
+  /** How long a reservation lasts before the client must renew it. Default 1 h. */
+  reservationTtlMs?: number;
+  /**
+   * Bytes (both directions) and time one relayed connection may carry; the relay resets it beyond them.
+   * Default 1 GiB and 1 h: a relayed node trains over it when hole punching fails.
+   */
+  dataLimitBytes?: bigint;
+  durationLimitMs?: number;
+}
 
 export interface HostOptions {
   /** Multiaddrs to listen on. Default: an ephemeral TCP port on 127.0.0.1. */
@@ -25,7 +45,17 @@ export interface HostOptions {
   privateKey?: PrivateKey;
   /** Transports to use instead of TCP (a test can wrap TCP to add latency or faults). */
   transports?: Libp2pInit['transports'];
-  connectionGater?: Libp2pInit['connectionGater'];
+  connectionGater?: ConnectionGater;
+  /** Addresses to advertise instead of the listening ones (a public address in front of a NAT or a container). */
+  announce?: string[];
+  /** Serve as a circuit relay for admitted peers. */
+  relayServer?: RelayServerOptions;
+  /**
+   * Reach and be reached through relays: dial /p2p-circuit addresses, listen on them (a `/p2p-circuit`
+   * listen address reserves a slot), learn whether this host is reachable (AutoNAT), and upgrade
+   * relayed connections to direct ones by hole punching (DCUtR).
+   */
+  relayClient?: boolean;
 }
 
 export const DEFAULT_LISTEN = ['/ip4/127.0.0.1/tcp/0'];
@@ -33,14 +63,35 @@ export const DEFAULT_LISTEN = ['/ip4/127.0.0.1/tcp/0'];
 /** Creates and starts a host. */
 export async function createHost(options: HostOptions = {}): Promise<Host> {
   const privateKey = options.privateKey ?? await identityKey(options.keyFile);
+  const { relayServer, relayClient } = options;
+  const gater: ConnectionGater = { ...options.connectionGater };
+  if (relayServer) gater.denyInboundRelayReservation = (peer) => !relayServer.mayReserve(peer.toString());
+  const transports = options.transports ?? [tcp()];
   return createLibp2p({
     privateKey,
-    addresses: { listen: options.listen ?? DEFAULT_LISTEN },
-    transports: options.transports ?? [tcp()],
+    addresses: { listen: options.listen ?? DEFAULT_LISTEN, ...(options.announce ? { announce: options.announce } : {}) },
+    transports: relayClient ? [...transports, circuitRelayTransport()] : transports,
     connectionEncrypters: [noise()],
     streamMuxers: [yamux()],
-    ...(options.connectionGater === undefined ? {} : { connectionGater: options.connectionGater }),
-    services: { identify: identify(), ping: ping() },
+    connectionGater: gater,
+    services: {
+      identify: identify(),
+      ping: ping(),
+      ...(relayServer ? { relay: relayService(relayServer) } : {}),
+      ...(relayClient ? { autoNAT: autoNAT(), dcutr: dcutr() } : {}),
+    },
+  }) as Promise<Host>;
+}
+
+function relayService(options: RelayServerOptions): ReturnType<typeof circuitRelayServer> {
+  return circuitRelayServer({
+    reservations: {
+      maxReservations: options.maxReservations ?? 256,
+      reservationTtl: options.reservationTtlMs ?? 3_600_000,
+      applyDefaultLimit: true,
+      defaultDataLimit: options.dataLimitBytes ?? 2n ** 30n,
+      defaultDurationLimit: options.durationLimitMs ?? 3_600_000,
+    },
   });
 }
 

@@ -6,7 +6,7 @@
 //
 // Components style (as in js-libp2p): the transport (a libp2p host, or anything with the same
 // three methods) and the codec are passed in, so a test can swap either.
-import type { AbortOptions, Libp2p, PeerId, Stream, StreamHandlerOptions } from '@libp2p/interface';
+import type { AbortOptions, Connection, Libp2p, PeerId, Stream, StreamHandlerOptions } from '@libp2p/interface';
 import { multiaddr } from '@multiformats/multiaddr';
 import {
   PROTOCOLS,
@@ -27,7 +27,7 @@ export type DialTarget = Parameters<Libp2p['dialProtocol']>[0];
 export interface RpcTransport {
   handle(protocol: string, handler: (stream: Stream, connection: { remotePeer: PeerId }) => void | Promise<void>, options?: StreamHandlerOptions): Promise<void>;
   unhandle(protocol: string, options?: AbortOptions): Promise<void>;
-  dialProtocol(peer: DialTarget, protocol: string, options?: AbortOptions): Promise<Stream>;
+  dial(peer: DialTarget, options?: AbortOptions): Promise<Connection>;
 }
 
 /** A peer message that was refused. */
@@ -113,8 +113,11 @@ export class Rpc {
     // libp2p's own per-connection limit resets streams without a word; keep it a little above
     // ours so a few more can be told they are busy, while still bounding the streams (each
     // buffering up to the cap) that one connection may hold open.
+    // Relayed connections carry limits (data, time) set by the relay: requests run over them too,
+    // since a node behind a NAT may have no other way in; a sender checks a message fits first.
     await this.transport.handle(PROTOCOLS[protocol].id, (stream, connection) => this.serve(protocol, handler, slots, stream, connection.remotePeer), {
       maxInboundStreams: maxConcurrent + BUSY_REPLY_STREAMS,
+      runOnLimitedConnection: true,
     });
   }
 
@@ -143,7 +146,14 @@ export class Rpc {
     const deadlines: Deadlines = { caller: options.signal, request: { signal: AbortSignal.timeout(ms), ms }, ioMs: ms };
 
     const dialing = `${what}: could not open a stream`;
-    const stream = await withDeadlines(dialing, deadlines, (signal) => this.transport.dialProtocol(peer, spec.id, { signal })).catch((err: RpcError) => {
+    const stream = await withDeadlines(dialing, deadlines, async (signal) => {
+      const connection = await this.transport.dial(peer, { signal });
+      const room = connection.limits?.bytes;
+      if (room !== undefined && BigInt(bytes.length) > room) {
+        throw new RefusedError(`${what}: ${bytes.length} bytes do not fit the ${room} bytes the relay allows this connection`, 'relay-limit');
+      }
+      return connection.newStream(spec.id, { signal, runOnLimitedConnection: true });
+    }).catch((err: RpcError) => {
       throw err instanceof RemoteError ? new RefusedError(err.message, 'unreachable') : err;
     });
     const abort = () => stream.abort(new CancelledError(`${what}: abandoned`));

@@ -1,0 +1,84 @@
+// Circuit relay v2 on loopback: a relay serving only admitted peers, a node reachable only through
+// it, and requests over the relayed connection within the relay's limits.
+import { generateKeyPair } from '@libp2p/crypto/keys';
+import { peerIdFromPrivateKey } from '@libp2p/peer-id';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { f32Tensor, msgpackCodec, PROTOCOLS, tensorF32 } from '../../proto/index.ts';
+import { createHost, RefusedError, Rpc, type Host } from '../../src/p2p/index.ts';
+import { samples } from '../proto/samples.ts';
+import { serveToy } from './peers.ts';
+
+const DATA_LIMIT = 64 * 1024;
+
+describe('a circuit relay for admitted peers', () => {
+  const admitted = new Set<string>();
+  let relay: Host;
+  let hidden: Host; // listens only through the relay, as a node behind a NAT does
+  let dialer: Host;
+  let relayedAddress: string;
+  const all = samples();
+
+  beforeAll(async () => {
+    relay = await createHost({ relayServer: { mayReserve: (peer) => admitted.has(peer), dataLimitBytes: BigInt(DATA_LIMIT) } });
+    const key = await generateKeyPair('Ed25519');
+    admitted.add(peerIdFromPrivateKey(key).toString());
+    hidden = await createHost({ privateKey: key, relayClient: true, listen: [`${relay.getMultiaddrs()[0]}/p2p-circuit`] });
+    await serveToy(new Rpc({ transport: hidden, codec: msgpackCodec }));
+    dialer = await createHost({ relayClient: true });
+    relayedAddress = hidden.getMultiaddrs().map(String).find((a) => a.includes('/p2p-circuit/'))!;
+  });
+
+  afterAll(async () => {
+    await Promise.all([dialer?.stop(), hidden?.stop(), relay?.stop()]);
+  });
+
+  it('an admitted peer reserves a slot, advertises the relayed address and is reached through it', async () => {
+    expect(relayedAddress).toBe(`${relay.getMultiaddrs()[0]}/p2p-circuit/p2p/${hidden.peerId}`);
+    expect([...relay.services.relay!.reservations.keys()].map(String)).toEqual([hidden.peerId.toString()]);
+    const rpc = new Rpc({ transport: dialer, codec: msgpackCodec });
+    const call = all.expertForward.request;
+    const reply = await rpc.request(relayedAddress, 'expertForward', call);
+    expect(Array.from(tensorF32(reply.tensor))).toEqual(Array.from(tensorF32(call.tensor), (x) => 2 * x));
+    // The connection is the relayed one, carrying what is left of the relay's data limit.
+    const connections = dialer.getConnections(hidden.peerId);
+    expect(connections.length).toBeGreaterThan(0);
+    expect(connections.every((c) => c.remoteAddr.toString().includes('/p2p-circuit') && (c.limits?.bytes ?? Infinity) < DATA_LIMIT)).toBe(true);
+  });
+
+  it("refuses an unadmitted peer's reservation", async () => {
+    const outsider = createHost({ relayClient: true, listen: [`${relay.getMultiaddrs()[0]}/p2p-circuit`] });
+    await expect(outsider).rejects.toThrow(/PERMISSION_DENIED/);
+    expect([...relay.services.relay!.reservations.keys()].map(String)).toEqual([hidden.peerId.toString()]);
+  });
+
+  it('refuses, with the reason, a message larger than the relayed connection may carry, and still serves small ones', async () => {
+    const rpc = new Rpc({ transport: dialer, codec: msgpackCodec });
+    const rows = 64;
+    const hiddenSize = 512; // 64 x 512 floats: 128 KiB, twice the relay's data limit
+    const call = { ...all.expertForward.request, rows, tensor: f32Tensor([rows, hiddenSize], new Float32Array(rows * hiddenSize).fill(1)) };
+    const err = await rpc.request(relayedAddress, 'expertForward', call).catch((e) => e);
+    expect(err).toBeInstanceOf(RefusedError);
+    expect(err.reason).toBe('relay-limit');
+    expect(err.message).toMatch(/131\d{3} bytes do not fit the \d+ bytes the relay allows this connection/);
+    expect(await rpc.request(relayedAddress, 'heartbeat', all.heartbeat.request)).toEqual({ accepted: true, stop: false });
+  });
+
+  it('holds its data limit against a peer that writes past it', async () => {
+    let received = 0;
+    const ended = new Promise<void>((resolve) => {
+      void hidden.handle('/swarmtrain-test/sink/1', (stream) => {
+        stream.addEventListener('message', (event) => (received += event.data.byteLength));
+        stream.addEventListener('close', () => resolve(), { once: true });
+      }, { runOnLimitedConnection: true });
+    });
+    const connection = await dialer.dial(hidden.peerId);
+    const stream = await connection.newStream('/swarmtrain-test/sink/1', { runOnLimitedConnection: true });
+    const chunk = new Uint8Array(8 * 1024);
+    for (let sent = 0; sent < 4 * DATA_LIMIT && stream.status === 'open'; sent += chunk.length) {
+      if (!stream.send(chunk)) await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    await Promise.race([ended, new Promise((resolve) => setTimeout(resolve, 10_000))]);
+    expect(received).toBeLessThanOrEqual(DATA_LIMIT);
+    expect(PROTOCOLS.expertForward.maxRequestBytes).toBeGreaterThan(DATA_LIMIT); // the cap alone would not stop it
+  });
+});
