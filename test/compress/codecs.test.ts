@@ -4,7 +4,7 @@ import {
   codecByName, codecsForGroups, CodecError, decodeTensors, encodedBytes, encodeTensors, parseCodecSpec, topKIndices,
   type Codec, type CodecPart, type CodecState,
 } from '../../src/compress/index.ts';
-import { f32ToF16Bits } from '../../src/io/half.ts';
+import { f32ToF16Bits } from '../../proto/half.ts';
 import { bestRankError64 } from '../reference/lowrank64.ts';
 import { bitEqual, rng } from '../helpers.ts';
 
