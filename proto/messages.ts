@@ -219,7 +219,7 @@ export type ExpertCall = Static<typeof ExpertCallSchema>;
 
 export const ParameterDeltaSchema = Type.Object({
   jobId: Id,
-  /** "trunk" or "expert.<layer>.<expert>". */
+  /** "trunk" or "expert.<layer>.<expert>" (group.ts builds and parses them). */
   group: Id,
   round: Count,
   /** Local steps the sender took since the round's base: the receiver weights by staleness. */
