@@ -21,7 +21,7 @@ import { AdamW, DEFAULT_ADAMW } from '../../src/train/optimizer.ts';
 import { learningRate } from '../../src/train/schedule.ts';
 import { BpeTokenizer } from '../../src/train/tokenizer.ts';
 import { splitBatch } from '../../src/train/trainer.ts';
-import { start, startSwarm, type Swarm, type SwarmEvent } from '../../coordinator/local-swarm.ts';
+import { start, startSwarm, type Swarm, type SwarmEvent } from '../../src/harness/local-swarm.ts';
 
 const MODEL = {
   hiddenSize: 64, numLayers: 2, numHeads: 4, numKvHeads: 2, headDim: 16, numExperts: 4, expertsPerToken: 2,
