@@ -178,7 +178,8 @@ export class CoordinatorServer {
     // The identity key also signs every plan nodes receive.
     const privateKey = await identityKey(options.keyFile);
     const host = await createHost({ listen: options.listen, privateKey });
-    const server = new CoordinatorServer(host, privateKey, { ...options, heartbeatMs, nodeTimeoutMs, leaseMs, now }, planner, plannerOptions, leases, tokenizerJson);
+    const settings = { ...options, heartbeatMs, nodeTimeoutMs, leaseMs, now };
+    const server = new CoordinatorServer(host, privateKey, settings, planner, plannerOptions, leases, tokenizerJson);
     try {
       await server.serve();
     } catch (err) {
@@ -218,7 +219,9 @@ export class CoordinatorServer {
         experts: plan?.nodes.get(record.nodeId)?.length ?? 0,
       })),
       plan: plan ? this.wirePlan(plan) : null,
-      leases: { epoch: this.leases.epoch, batchesPerEpoch: this.leases.batchesPerEpoch, outstanding: this.leases.leased, counters: this.leases.stats },
+      leases: {
+        epoch: this.leases.epoch, batchesPerEpoch: this.leases.batchesPerEpoch, outstanding: this.leases.leased, counters: this.leases.stats,
+      },
       completed: this.leases.completed,
       total: this.options.job.totalBatches,
     };
@@ -275,7 +278,10 @@ export class CoordinatorServer {
       this.started = true;
       this.emit({ event: 'started', nodes: alive });
     }
-    return { admitted: true, version: PROTOCOL_VERSION, job: this.options.job, tokenizer: this.tokenizerJson, ...this.signedPlan(plan), heartbeatMs: this.options.heartbeatMs, completedBatches: this.leases.completed };
+    return {
+      admitted: true, version: PROTOCOL_VERSION, job: this.options.job, tokenizer: this.tokenizerJson, ...this.signedPlan(plan),
+      heartbeatMs: this.options.heartbeatMs, completedBatches: this.leases.completed,
+    };
   }
 
   private heartbeat(beat: Heartbeat, peer: string): HeartbeatReply {
@@ -297,7 +303,9 @@ export class CoordinatorServer {
     if (this.membership.get(peer)?.status !== 'alive') throw this.refusal(peer, 'lease', 'not an admitted live node of the job: join first');
     const planVersion = this.planner.current?.version ?? 0;
     const grant = this.started ? this.leases.lease(peer, request.maxBatches) : undefined;
-    if (grant === undefined) return { jobId: request.jobId, leaseId: 0, batchIds: [], deadline: this.options.now(), done: this.leases.done, planVersion };
+    if (grant === undefined) {
+      return { jobId: request.jobId, leaseId: 0, batchIds: [], deadline: this.options.now(), done: this.leases.done, planVersion };
+    }
     return { jobId: request.jobId, ...grant, done: false, planVersion };
   }
 

@@ -206,7 +206,7 @@ describe('job leases (global batch ids)', () => {
     expect(leases.report('a', a.leaseId, [5, 1, 1])).toEqual({
       completed: 1, epoch: 0, problems: ['batch 5: not in epoch 0 of lease 0', 'batch 1: batch 1 was already reported'],
     });
-    expect(leases.report('b', a.leaseId, [0])).toEqual({ completed: 0, epoch: 0, problems: ['batch 0: batch 0 is leased to another node'] });
+    expect(leases.report('b', a.leaseId, [0]).problems).toEqual(['batch 0: batch 0 is leased to another node']);
     leases.report('a', a.leaseId, [0]); // epoch 0 complete
     const b = leases.lease('a', 2)!;
     expect(b.batchIds).toEqual([2, 3]);

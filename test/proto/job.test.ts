@@ -20,7 +20,8 @@ describe('validateJob', () => {
       throw new Error('validateJob accepted a bad job');
     };
     expect(bad({ ...demoJob, totalBatches: -1 })).toBe('job: /totalBatches: Expected integer to be greater or equal to 0');
-    expect(bad({ ...demoJob, averaging: { ...demoJob.averaging, every: 0 } }, 'job a.json')).toBe('job a.json: /averaging/every: Expected integer to be greater or equal to 1');
+    expect(bad({ ...demoJob, averaging: { ...demoJob.averaging, every: 0 } }, 'job a.json'))
+      .toBe('job a.json: /averaging/every: Expected integer to be greater or equal to 1');
     expect(bad({ ...demoJob, mode: 'half' })).toMatch(/^job: \/mode: /);
     expect(bad({ ...demoJob, jobId: 'has space' })).toMatch(/^job: \/jobId: /);
     expect(bad([])).toMatch(/^job: \/: /);

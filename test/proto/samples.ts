@@ -1,5 +1,7 @@
 // One valid request and response per protocol, for round trips and as the base of bad inputs.
-import { f32Tensor, groupId, PROTOCOL_VERSION, type ProtocolName, type RequestOf, type ResponseOf, type Tensor } from '../../proto/index.ts';
+import {
+  f32Tensor, groupId, PROTOCOL_VERSION, type ProtocolName, type RequestOf, type ResponseOf, type Tensor,
+} from '../../proto/index.ts';
 import { fillRandom, rng } from '../helpers.ts';
 
 export const PEER_ID = '12D3KooWLkKj62grNMSsRNUPgQpvh3tLrfpB5pKERtN6ZU3XFwx4';

@@ -156,7 +156,8 @@ describe('bad peers', () => {
       }
       const call = { jobId: 'test-job', step: 0, call: 1, layer: 0, expert: 0, rows: 1, tensor: f32Tensor([1, 64], new Float32Array(64)) };
       await expect(rpc.request(target, 'expertForward', call)).rejects.toThrow(/not admitted/);
-      await expect(rpc.request(target, 'delta', { jobId: 'test-job', group: groupId({ kind: 'trunk' }), round: 1, steps: 1, codec: 'f32', parts: [] })).rejects.toThrow(/not admitted/);
+      const delta = { jobId: 'test-job', group: groupId({ kind: 'trunk' }), round: 1, steps: 1, codec: 'f32', parts: [] };
+      await expect(rpc.request(target, 'delta', delta)).rejects.toThrow(/not admitted/);
       const join = {
         version: '2.0.0', nodeId: attacker.peerId.toString(), token: '', cores: 1, gemmGflops: 1, memoryBytes: 2 ** 30,
         addrs: attacker.getMultiaddrs().map(String),

@@ -1,7 +1,8 @@
 import { describe, expect, it } from 'vitest';
 import { loadCorpus } from '../../src/train/corpus.ts';
 import {
-  BatchLoader, bitsPerByte, corpusLoaders, splitCorpus, targetBytes, tokenizeCorpus, trainBatchesPerEpoch, unigramEntropy, type Segment, type TokenizedCorpus,
+  BatchLoader, bitsPerByte, corpusLoaders, splitCorpus, targetBytes, tokenizeCorpus, trainBatchesPerEpoch, unigramEntropy,
+  type Segment, type TokenizedCorpus,
 } from '../../src/train/data.ts';
 import { BpeTokenizer, END_OF_TEXT } from '../../src/train/tokenizer.ts';
 import { rng } from '../helpers.ts';
@@ -188,7 +189,8 @@ describe('batches per epoch from token counts', () => {
 
   it('fails as the loaders do', () => {
     const few = { documents: moby.documents.slice(0, 4) };
-    for (const options of [{ batchSize: 2, seqLen: 100_000 }, { batchSize: 2, seqLen: 16, heldOutFraction: 0 }, { batchSize: 0, seqLen: 16 }]) {
+    const failing = [{ batchSize: 2, seqLen: 100_000 }, { batchSize: 2, seqLen: 16, heldOutFraction: 0 }, { batchSize: 0, seqLen: 16 }];
+    for (const options of failing) {
       const error = (() => { try { corpusLoaders(tok, few, options); } catch (err) { return err as Error; } })();
       expect(error).toBeInstanceOf(RangeError);
       expect(() => trainBatchesPerEpoch(tok, few, options)).toThrow(error!.message);
