@@ -11,7 +11,7 @@
 // bits per byte of the held-out text (its bytes counted from the same batches, rebuilt here).
 // Run: npm run bench:compression [-- --quick] [-- --repeats N]
 import { cpus, loadavg } from 'node:os';
-import { startSwarm, type Proc } from '../coordinator/local-swarm.ts';
+import { startSwarm, type Proc } from '../src/harness/local-swarm.ts';
 import type { Averaging, JobSpec } from '../proto/index.ts';
 import { bitsPerByte, targetBytes, unigramEntropy } from '../src/train/data.ts';
 import { jobData, jobDocuments } from '../src/train/job.ts';

@@ -9,7 +9,7 @@
 // expertPrecision), to show what the expert calls' precision does to the bytes and the loss.
 // Run: npm run bench:swarm [-- --quick]
 import { cpus, loadavg } from 'node:os';
-import { startSwarm, type Proc, type SwarmEvent } from '../coordinator/local-swarm.ts';
+import { startSwarm, type Proc, type SwarmEvent } from '../src/harness/local-swarm.ts';
 import type { ExpertPrecision } from '../node/experts.ts';
 import type { JobSpec } from '../proto/index.ts';
 import { printTable } from './table.ts';

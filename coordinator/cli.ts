@@ -4,10 +4,11 @@
 // file, the tokenizer) ends with one line on stderr and exit code 2; a failure to start, 1.
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { jobDocuments, JobError } from '../src/train/job.ts';
+import { JobError, validateJob } from '../proto/index.ts';
+import { jobDocuments } from '../src/train/job.ts';
 import type { CommandIO } from '../src/train/cli.ts';
 import { BpeTokenizer } from '../src/train/tokenizer.ts';
-import { CoordinatorServer, validateJob } from './server.ts';
+import { CoordinatorServer } from './server.ts';
 
 export const COORDINATOR_USAGE = `Usage: swarmtrain-coordinator --job <job.json> [options]
 

@@ -9,7 +9,7 @@ import { cpus } from 'node:os';
 import { relative, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
 import type { JobSpec } from '../proto/index.ts';
-import { startSwarm, type Proc, type Swarm, type SwarmEvent } from './local-swarm.ts';
+import { startSwarm, type Proc, type Swarm, type SwarmEvent } from '../src/harness/local-swarm.ts';
 
 const USAGE = `Usage: npm start [-- --nodes <n>] [-- --batches <n>] [-- --out <dir>]
 

@@ -1,12 +1,18 @@
-// Data leases: an epoch's micro-batches 0..N-1 are handed out to nodes with a deadline, and each
+// Data leases. DataLeases: an epoch's micro-batches 0..N-1 are handed out to nodes with a deadline, and each
 // must be reported done exactly once. A lease past its deadline (expire()) or of a node that died
 // or left (release()) goes back to the pool and is handed out again, lowest ids first. A report
 // counts only from the batch's current holder; when a lapsed batch has not been handed to anyone
 // else yet, its last holder's report still counts (the work is done, nobody else is doing it).
 // Epochs run in sequence: nextEpoch() once every batch of the current one is done, and reports
 // name their epoch so a late report can never complete a batch of the next one.
+// JobLeases: a job's batches over its epochs, as global ids epoch·batchesPerEpoch + id, at most
+// totalBatches of them (the last epoch may be partial); the coordinator's server speaks only these.
 // Time comes from `now()`, so tests need no sleeps.
-
+//
+// The state to persist and restore (a job store's rows): the epoch; per batch of the current epoch,
+// whether it is reported and its last holder; the live leases (id, node, deadline, unreported batch
+// ids) and the next lease id; the ids of the epoch's leases that granted batches (JobLeases); the
+// counters. Everything else (the free-batch heap, the per-batch lease index) is derived from these.
 export interface LeaseOptions {
   /** Micro-batches per epoch. */
   batches: number;
@@ -89,6 +95,13 @@ export class DataLeases {
 
   get stats(): Readonly<LeaseCounters> {
     return { ...this.counters };
+  }
+
+  /** Batches of the current epoch in live leases (handed out, not reported, not returned). */
+  get leased(): number {
+    let count = 0;
+    for (const lease of this.leases.values()) count += lease.ids.size;
+    return count;
   }
 
   /** Hands `nodeId` up to `count` of the lowest free batches, due at now + leaseMs. */
@@ -194,6 +207,127 @@ export class DataLeases {
     lease.ids.delete(id);
     if (lease.ids.size === 0) this.leases.delete(leaseId);
     this.leaseOf[id] = NO_LEASE;
+  }
+}
+
+export interface JobLeaseOptions {
+  batchesPerEpoch: number;
+  /** Batches of the whole job; 0 is a job that is done from the start. */
+  totalBatches: number;
+  leaseMs: number;
+  now?: () => number;
+}
+
+/** A grant in global batch ids. */
+export interface BatchGrant {
+  leaseId: number;
+  /** Ascending. */
+  batchIds: number[];
+  deadline: number;
+}
+
+/** What a report did: `completed` batches counted (in `epoch`, the one they belonged to), and why the others did not. */
+export interface ReportOutcome {
+  completed: number;
+  epoch: number;
+  problems: string[];
+}
+
+export class JobLeases {
+  readonly batchesPerEpoch: number;
+  readonly totalBatches: number;
+  private readonly pool: DataLeases;
+  /** Leases of the current epoch that granted batches: a report names one of these or completes nothing. */
+  private readonly epochLeases = new Set<number>();
+
+  constructor(options: JobLeaseOptions) {
+    if (!Number.isSafeInteger(options.totalBatches) || options.totalBatches < 0) {
+      throw new RangeError(`leases: totalBatches must be a non-negative integer, got ${options.totalBatches}`);
+    }
+    this.pool = new DataLeases({ batches: options.batchesPerEpoch, leaseMs: options.leaseMs, now: options.now });
+    this.batchesPerEpoch = options.batchesPerEpoch;
+    this.totalBatches = options.totalBatches;
+  }
+
+  get epoch(): number {
+    return this.pool.epoch;
+  }
+
+  /** Batches of the job completed so far (every earlier epoch is complete). */
+  get completed(): number {
+    return this.pool.epoch * this.batchesPerEpoch + (this.batchesPerEpoch - this.pool.remaining);
+  }
+
+  /** Every batch of the job is completed: nothing more is granted. */
+  get done(): boolean {
+    return this.completed >= this.totalBatches;
+  }
+
+  /** Batches in live leases. */
+  get leased(): number {
+    return this.pool.leased;
+  }
+
+  get stats(): Readonly<LeaseCounters> {
+    return this.pool.stats;
+  }
+
+  /** Hands `nodeId` up to `maxBatches` of the lowest free batches; undefined when none may be granted now. */
+  lease(nodeId: string, maxBatches: number): BatchGrant | undefined {
+    const count = Math.min(maxBatches, this.grantable());
+    if (count < 1) return undefined;
+    const grant = this.pool.lease(nodeId, count);
+    this.epochLeases.add(grant.leaseId);
+    return { leaseId: grant.leaseId, batchIds: this.global(grant.ids), deadline: grant.deadline };
+  }
+
+  /** `nodeId` says the batches of lease `leaseId` are done; untrusted input. The next epoch starts once this one is complete. */
+  report(nodeId: string, leaseId: number, batchIds: readonly number[]): ReportOutcome {
+    const epoch = this.pool.epoch;
+    const problems: string[] = [];
+    let completed = 0;
+    if (!this.epochLeases.has(leaseId)) {
+      if (batchIds.length > 0) problems.push(`lease ${leaseId} is unknown or of a finished epoch`);
+      return { completed, epoch, problems };
+    }
+    const base = epoch * this.batchesPerEpoch;
+    for (const batchId of batchIds) {
+      const id = batchId - base;
+      const result = id >= 0 && id < this.batchesPerEpoch
+        ? this.pool.report(nodeId, epoch, id)
+        : { accepted: false as const, reason: `not in epoch ${epoch} of lease ${leaseId}` };
+      if (result.accepted) completed++;
+      else problems.push(`batch ${batchId}: ${result.reason}`);
+    }
+    if (completed > 0 && !this.done && this.pool.done) {
+      this.pool.nextEpoch();
+      this.epochLeases.clear(); // reports of finished epochs can complete nothing
+    }
+    return { completed, epoch, problems };
+  }
+
+  /** Returns every lease past its deadline to the pool; returns them. */
+  expire(): { nodeId: string; leaseId: number; batchIds: number[] }[] {
+    return this.pool.expire().map(({ nodeId, leaseId, ids }) => ({ nodeId, leaseId, batchIds: this.global(ids) }));
+  }
+
+  /** Returns all of a dead or departing node's leased batches to the pool; returns their ids, ascending. */
+  release(nodeId: string): number[] {
+    return this.global(this.pool.release(nodeId));
+  }
+
+  /**
+   * Batches that may be granted now: those of the current epoch below the job's total, neither
+   * completed nor leased. (Leases hand out the lowest free ids, so the grants stay below the total.)
+   */
+  private grantable(): number {
+    const inEpoch = Math.min(this.batchesPerEpoch, this.totalBatches - this.pool.epoch * this.batchesPerEpoch);
+    return Math.max(0, inEpoch - (this.batchesPerEpoch - this.pool.remaining) - this.pool.leased);
+  }
+
+  private global(ids: number[]): number[] {
+    const base = this.pool.epoch * this.batchesPerEpoch;
+    return ids.map((id) => base + id);
   }
 }
 

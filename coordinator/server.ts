@@ -1,14 +1,12 @@
 // The coordinator process's swarm side: a libp2p host serving join, heartbeat, lease and
-// lease-report to the job's nodes, built on the pure pieces (membership, shard planner, data
-// leases). Nodes are identified by the libp2p peer id of their connection, never by what a
-// message says. Batches go out as global indices epoch·batchesPerEpoch + id, at most
-// job.totalBatches of them (the last epoch may be partial), and each counts once.
+// lease-report to the job's nodes, built on the pure pieces (membership, shard planner, the job's
+// data leases in global batch ids). Nodes are identified by the libp2p peer id of their connection,
+// never by what a message says. The job comes in checked (proto's validateJob, where it was read).
 // Everything that happens is reported as a structured event (the CLI prints them as JSON lines).
 import '../src/p2p/polyfill.ts'; // before any libp2p import
-import { TypeCompiler } from '@sinclair/typebox/compiler';
 import { multiaddr } from '@multiformats/multiaddr';
 import {
-  JobSpecSchema,
+  JobError,
   msgpackCodec,
   PROTOCOL_VERSION,
   type JobSpec,
@@ -26,9 +24,9 @@ import {
 } from '../proto/index.ts';
 import type { PrivateKey } from '@libp2p/interface';
 import { createHost, identityKey, RefusedError, Rpc, signSync, type Host, type Rejection } from '../src/p2p/index.ts';
-import { jobConfig, jobData, JobError, jobModelOptions } from '../src/train/job.ts';
+import { jobBatchesPerEpoch, jobConfig, jobModelOptions } from '../src/train/job.ts';
 import type { BpeTokenizer } from '../src/train/tokenizer.ts';
-import { DataLeases, type LeaseCounters } from './leases.ts';
+import { JobLeases, type LeaseCounters } from './leases.ts';
 import { Membership, type NodeRecord } from './membership.ts';
 import { planShards, ShardPlanner, type DroppedReplica, type ExpertHolders, type NewReplica, type PlannerNode, type PlannerOptions, type ShardPlan } from './planner.ts';
 
@@ -103,28 +101,22 @@ export interface CoordinatorStatus {
 /** The proto Plan's bound on peers; beyond it the plan could not be sent. */
 const MAX_NODES = 4096;
 const MAX_REASON = 1024;
-const jobChecker = TypeCompiler.Compile(JobSpecSchema);
-
-/** Checks untrusted JSON against proto's JobSpec; the error names `where` and the first offending field. */
-export function validateJob(value: unknown, where = 'job'): JobSpec {
-  if (jobChecker.Check(value)) return value;
-  const error = jobChecker.Errors(value).First();
-  throw new JobError(`${where}: ${error?.path || '/'}: ${error?.message ?? 'does not match the job schema'}`);
-}
 
 function bounded(name: string, value: number, min: number, max: number): number {
   if (!Number.isSafeInteger(value) || value < min || value > max) throw new RangeError(`coordinator: ${name} must be an integer in [${min}, ${max}], got ${value}`);
   return value;
 }
 
-/** The job turned into a planner, the epoch size and the tokenizer's wire form; any problem is a JobError. */
+/**
+ * The job turned into a planner, the epoch size and the tokenizer's wire form; any problem is a
+ * JobError. These checks need the tokenizer and the corpus, so they live here, not in validateJob.
+ */
 function prepareJob(job: JobSpec, tokenizer: BpeTokenizer, replication: number) {
-  validateJob(job);
   try {
     const config = jobConfig(job, tokenizer);
     const plannerOptions: PlannerOptions = { config, precision: jobModelOptions(job), replication };
     const planner = new ShardPlanner(plannerOptions);
-    const batchesPerEpoch = jobData(job, tokenizer).train.batchesPerEpoch;
+    const batchesPerEpoch = jobBatchesPerEpoch(job, tokenizer);
     if (batchesPerEpoch < 1) throw new Error('the training split has no micro-batch (too few tokens for batchSize × seqLen)');
     const tokenizerJson = JSON.stringify(tokenizer.toHuggingFace());
     if (tokenizerJson.length > 16 * 1024 * 1024) throw new Error(`the tokenizer's JSON (${tokenizerJson.length} characters) exceeds the 16 MiB a join reply carries`);
@@ -149,16 +141,10 @@ const truncate = (text: string) => (text.length <= MAX_REASON ? text : `${text.s
 
 export class CoordinatorServer {
   private readonly membership: Membership;
-  private readonly leases: DataLeases;
   private readonly addrsOf = new Map<string, string[]>();
-  /** Batches (ids within the current epoch) in live leases. */
-  private readonly outstanding = new Set<number>();
-  /** Epoch of every lease of the current epoch that granted batches. */
-  private readonly leaseEpoch = new Map<number, number>();
   private readonly timers: NodeJS.Timeout[] = [];
   private announcedVersion = 0;
   private started = false;
-  private finished = false;
   private stopped = false;
 
   private constructor(
@@ -167,12 +153,10 @@ export class CoordinatorServer {
     private readonly options: CoordinatorOptions & Required<Pick<CoordinatorOptions, 'heartbeatMs' | 'nodeTimeoutMs' | 'leaseMs' | 'now'>>,
     private readonly planner: ShardPlanner,
     private readonly plannerOptions: PlannerOptions,
-    private readonly batchesPerEpoch: number,
+    private readonly leases: JobLeases,
     private readonly tokenizerJson: string,
   ) {
     this.membership = new Membership({ timeoutMs: options.nodeTimeoutMs, now: options.now });
-    this.leases = new DataLeases({ batches: batchesPerEpoch, leaseMs: options.leaseMs, now: options.now });
-    this.finished = options.job.totalBatches === 0;
   }
 
   /** How often liveness is checked: twice per heartbeat period. */
@@ -180,7 +164,7 @@ export class CoordinatorServer {
     return this.options.heartbeatMs / 2;
   }
 
-  /** Checks the job, starts the host, serves the swarm protocols and starts the timers. */
+  /** Checks the job against its tokenizer and corpus, starts the host, serves the swarm protocols and starts the timers. */
   static async start(options: CoordinatorOptions): Promise<CoordinatorServer> {
     const heartbeatMs = bounded('heartbeatMs', options.heartbeatMs ?? 1000, 100, 3_600_000);
     const nodeTimeoutMs = bounded('nodeTimeoutMs', options.nodeTimeoutMs ?? Math.max(15_000, 5 * heartbeatMs), 1, Number.MAX_SAFE_INTEGER);
@@ -189,10 +173,13 @@ export class CoordinatorServer {
     const replication = bounded('replication', options.replication ?? 2, 1, 256);
     if (typeof options.joinToken !== 'string') throw new TypeError('coordinator: joinToken must be a string (empty: an open swarm)');
     const { planner, plannerOptions, batchesPerEpoch, tokenizerJson } = prepareJob(options.job, options.tokenizer, replication);
+    const now = options.now ?? Date.now;
+    const leases = new JobLeases({ batchesPerEpoch, totalBatches: options.job.totalBatches, leaseMs, now });
     // The identity key also signs every plan nodes receive.
     const privateKey = await identityKey(options.keyFile);
     const host = await createHost({ listen: options.listen, privateKey });
-    const server = new CoordinatorServer(host, privateKey, { ...options, heartbeatMs, nodeTimeoutMs, leaseMs, now: options.now ?? Date.now }, planner, plannerOptions, batchesPerEpoch, tokenizerJson);
+    const settings = { ...options, heartbeatMs, nodeTimeoutMs, leaseMs, now };
+    const server = new CoordinatorServer(host, privateKey, settings, planner, plannerOptions, leases, tokenizerJson);
     try {
       await server.serve();
     } catch (err) {
@@ -215,7 +202,7 @@ export class CoordinatorServer {
   }
 
   get done(): boolean {
-    return this.finished;
+    return this.leases.done;
   }
 
   status(): CoordinatorStatus {
@@ -225,15 +212,17 @@ export class CoordinatorServer {
       addrs: this.addrs,
       jobId: this.options.job.jobId,
       started: this.started,
-      done: this.finished,
+      done: this.leases.done,
       nodes: this.membership.all().map((record) => ({
         ...record,
         addrs: this.addrsOf.get(record.nodeId) ?? [],
         experts: plan?.nodes.get(record.nodeId)?.length ?? 0,
       })),
       plan: plan ? this.wirePlan(plan) : null,
-      leases: { epoch: this.leases.epoch, batchesPerEpoch: this.batchesPerEpoch, outstanding: this.outstanding.size, counters: { ...this.leases.stats } },
-      completed: this.completed(),
+      leases: {
+        epoch: this.leases.epoch, batchesPerEpoch: this.leases.batchesPerEpoch, outstanding: this.leases.leased, counters: this.leases.stats,
+      },
+      completed: this.leases.completed,
       total: this.options.job.totalBatches,
     };
   }
@@ -281,7 +270,7 @@ export class CoordinatorServer {
     const type = this.membership.join({ nodeId: peer, cores: request.cores, gemmGflops: request.gemmGflops, memoryBytes: request.memoryBytes });
     this.addrsOf.set(peer, [...request.addrs]);
     // A node joining again restarted or was declared dead: whatever it held is not coming back.
-    const released = this.release(peer);
+    const released = this.leases.release(peer);
     this.emit({ event: type, node: peer, cores: request.cores, gemmGflops: request.gemmGflops, memoryBytes: request.memoryBytes, addrs: [...request.addrs], releasedBatchIds: released });
     this.announcePlan();
     const alive = this.membership.alive().length;
@@ -289,7 +278,10 @@ export class CoordinatorServer {
       this.started = true;
       this.emit({ event: 'started', nodes: alive });
     }
-    return { admitted: true, version: PROTOCOL_VERSION, job: this.options.job, tokenizer: this.tokenizerJson, ...this.signedPlan(plan), heartbeatMs: this.options.heartbeatMs, completedBatches: this.completed() };
+    return {
+      admitted: true, version: PROTOCOL_VERSION, job: this.options.job, tokenizer: this.tokenizerJson, ...this.signedPlan(plan),
+      heartbeatMs: this.options.heartbeatMs, completedBatches: this.leases.completed,
+    };
   }
 
   private heartbeat(beat: Heartbeat, peer: string): HeartbeatReply {
@@ -301,50 +293,30 @@ export class CoordinatorServer {
     } catch (err) {
       throw this.refusal(peer, 'heartbeat', (err as Error).message);
     }
-    if (!alive) return { accepted: false, reason: 'rejoin', stop: this.finished };
+    if (!alive) return { accepted: false, reason: 'rejoin', stop: this.leases.done };
     const plan = this.planner.current!;
-    return { accepted: true, ...(plan.version > beat.planVersion ? this.signedPlan(plan) : {}), stop: this.finished };
+    return { accepted: true, ...(plan.version > beat.planVersion ? this.signedPlan(plan) : {}), stop: this.leases.done };
   }
 
   private lease(request: LeaseRequest, peer: string): LeaseGrant {
     this.checkJob(request.jobId, peer, 'lease');
     if (this.membership.get(peer)?.status !== 'alive') throw this.refusal(peer, 'lease', 'not an admitted live node of the job: join first');
     const planVersion = this.planner.current?.version ?? 0;
-    const empty: LeaseGrant = { jobId: request.jobId, leaseId: 0, batchIds: [], deadline: this.options.now(), done: this.finished, planVersion };
-    const count = Math.min(request.maxBatches, this.grantable());
-    if (!this.started || this.finished || count === 0) return empty;
-    const grant = this.leases.lease(peer, count);
-    this.leaseEpoch.set(grant.leaseId, grant.epoch);
-    for (const id of grant.ids) this.outstanding.add(id);
-    const base = grant.epoch * this.batchesPerEpoch;
-    return { jobId: request.jobId, leaseId: grant.leaseId, batchIds: grant.ids.map((id) => base + id), deadline: grant.deadline, done: false, planVersion };
+    const grant = this.started ? this.leases.lease(peer, request.maxBatches) : undefined;
+    if (grant === undefined) {
+      return { jobId: request.jobId, leaseId: 0, batchIds: [], deadline: this.options.now(), done: this.leases.done, planVersion };
+    }
+    return { jobId: request.jobId, ...grant, done: false, planVersion };
   }
 
   private report(report: LeaseReport, peer: string): Ack {
     this.checkJob(report.jobId, peer, 'leaseReport');
     if (this.membership.get(peer) === undefined) throw this.refusal(peer, 'leaseReport', 'not a node of the job: join first');
-    const problems: string[] = [];
-    const epoch = this.leaseEpoch.get(report.leaseId);
-    let accepted = 0;
-    if (epoch === undefined && report.completedBatchIds.length > 0) {
-      problems.push(`lease ${report.leaseId} is unknown or of a finished epoch`);
-    } else if (epoch !== undefined) {
-      const base = epoch * this.batchesPerEpoch;
-      for (const batchId of report.completedBatchIds) {
-        const id = batchId - base;
-        const result = id >= 0 && id < this.batchesPerEpoch ? this.leases.report(peer, epoch, id) : { accepted: false as const, reason: `not in epoch ${epoch} of lease ${report.leaseId}` };
-        if (result.accepted) {
-          this.outstanding.delete(id);
-          accepted++;
-        } else {
-          problems.push(`batch ${batchId}: ${result.reason}`);
-        }
-      }
-    }
-    if (accepted > 0) this.advance();
+    const { completed, epoch, problems } = this.leases.report(peer, report.leaseId, report.completedBatchIds);
+    if (completed > 0) this.progressed(epoch);
     if (report.leaving) {
       if (this.membership.leave(peer)) this.removed([peer], 'left');
-      else this.release(peer);
+      else this.leases.release(peer);
     }
     if (problems.length === 0) return { accepted: true };
     const reason = truncate(problems.join('; '));
@@ -359,10 +331,7 @@ export class CoordinatorServer {
   }
 
   private expire(): void {
-    for (const { nodeId, leaseId, ids } of this.leases.expire()) {
-      for (const id of ids) this.outstanding.delete(id);
-      this.emit({ event: 'expired', node: nodeId, leaseId, batchIds: this.global(ids) });
-    }
+    for (const { nodeId, leaseId, batchIds } of this.leases.expire()) this.emit({ event: 'expired', node: nodeId, leaseId, batchIds });
   }
 
   // --- helpers --------------------------------------------------------------------------------
@@ -407,50 +376,16 @@ export class CoordinatorServer {
   /** Nodes that left or died: their batches go back to the pool, and one re-plan moves their experts. */
   private removed(nodeIds: string[], type: 'left' | 'died'): void {
     if (nodeIds.length === 0) return;
-    for (const nodeId of nodeIds) this.emit({ event: type, node: nodeId, releasedBatchIds: this.release(nodeId) });
+    for (const nodeId of nodeIds) this.emit({ event: type, node: nodeId, releasedBatchIds: this.leases.release(nodeId) });
     this.replan();
     this.announcePlan();
   }
 
-  private release(nodeId: string): number[] {
-    const ids = this.leases.release(nodeId);
-    for (const id of ids) this.outstanding.delete(id);
-    return this.global(ids);
-  }
-
-  /** Batches of the job completed so far (every earlier epoch is complete). */
-  private completed(): number {
-    return this.leases.epoch * this.batchesPerEpoch + (this.batchesPerEpoch - this.leases.remaining);
-  }
-
-  /**
-   * Batches that may be granted now: those of the current epoch below the job's total, neither
-   * completed nor leased. (Leases hand out the lowest free ids, so the grants stay below the total.)
-   */
-  private grantable(): number {
-    const inEpoch = Math.min(this.batchesPerEpoch, this.options.job.totalBatches - this.leases.epoch * this.batchesPerEpoch);
-    return Math.max(0, inEpoch - (this.batchesPerEpoch - this.leases.remaining) - this.outstanding.size);
-  }
-
-  /** After completions: progress, the next epoch when this one is done, the end of the job. */
-  private advance(): void {
-    const total = this.options.job.totalBatches;
-    this.emit({ event: 'progress', completed: this.completed(), total, epoch: this.leases.epoch, counters: { ...this.leases.stats } });
-    if (this.completed() >= total) {
-      if (!this.finished) {
-        this.finished = true;
-        this.emit({ event: 'done', completed: this.completed(), total });
-      }
-    } else if (this.leases.done) {
-      this.leases.nextEpoch();
-      this.outstanding.clear();
-      this.leaseEpoch.clear(); // reports of finished epochs can complete nothing
-    }
-  }
-
-  private global(ids: number[]): number[] {
-    const base = this.leases.epoch * this.batchesPerEpoch;
-    return ids.map((id) => base + id);
+  /** After completions in `epoch`: progress, and the end of the job (completions stop once it is done, so this comes once). */
+  private progressed(epoch: number): void {
+    const { completed, totalBatches: total } = this.leases;
+    this.emit({ event: 'progress', completed, total, epoch, counters: this.leases.stats });
+    if (this.leases.done) this.emit({ event: 'done', completed, total });
   }
 
   private checkJob(jobId: string, peer: string, request: RequestName): void {

@@ -15,3 +15,8 @@ export class ProtocolError extends Error {
     super(message);
   }
 }
+
+/** A job spec that is malformed or does not fit its tokenizer, corpus or model. */
+export class JobError extends Error {
+  override name = 'JobError';
+}

@@ -2,6 +2,7 @@
 // MessagePack codec, size caps and the protocol version. Pure: no I/O.
 export * from './codec.ts';
 export * from './errors.ts';
+export * from './group.ts';
 export * from './messages.ts';
 export * from './plan.ts';
 export * from './protocols.ts';

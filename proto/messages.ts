@@ -1,7 +1,10 @@
 // Every message the swarm exchanges, as TypeBox schemas: the schema is both the runtime check
-// (compiled in codec.ts) and, through Static<>, the TypeScript type. Strings, arrays and numbers
-// are bounded so a valid message is also a small one; tensors are bounded by the size caps.
+// (compiled in codec.ts; a job file's by validateJob here) and, through Static<>, the TypeScript
+// type. Strings, arrays and numbers are bounded so a valid message is also a small one; tensors
+// are bounded by the size caps.
 import { Type, type Static } from '@sinclair/typebox';
+import { TypeCompiler } from '@sinclair/typebox/compiler';
+import { JobError } from './errors.ts';
 import { TensorSchema } from './tensor.ts';
 
 const Count = Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER });
@@ -97,6 +100,19 @@ export const JobSpecSchema = Type.Object({
 export type JobSpec = Static<typeof JobSpecSchema>;
 export type Averaging = JobSpec['averaging'];
 
+const jobChecker = TypeCompiler.Compile(JobSpecSchema);
+
+/**
+ * Checks untrusted JSON against JobSpec, once, where a job enters (a file, a request); the error
+ * names `where` and the first offending field. Checks that need the tokenizer or the corpus are
+ * src/train/job.ts's (jobConfig, jobDocuments).
+ */
+export function validateJob(value: unknown, where = 'job'): JobSpec {
+  if (jobChecker.Check(value)) return value;
+  const error = jobChecker.Errors(value).First();
+  throw new JobError(`${where}: ${error?.path || '/'}: ${error?.message ?? 'does not match the job schema'}`);
+}
+
 /** Where everything lives: the holders of each expert, and how to reach each node. */
 export const PlanSchema = Type.Object({
   /** Bumped on every re-plan, so a stale plan can be told apart. */
@@ -128,7 +144,7 @@ export const JoinResponseSchema = Type.Union([
 ]);
 export type JoinResponse = Static<typeof JoinResponseSchema>;
 
-// --- heartbeat: a node's progress, persisted by the coordinator -------------------------------
+// --- heartbeat: a node's progress, kept by the coordinator as its nodes' latest stats -------
 
 export const HeartbeatSchema = Type.Object({
   jobId: Id,
@@ -219,7 +235,7 @@ export type ExpertCall = Static<typeof ExpertCallSchema>;
 
 export const ParameterDeltaSchema = Type.Object({
   jobId: Id,
-  /** "trunk" or "expert.<layer>.<expert>". */
+  /** "trunk" or "expert.<layer>.<expert>" (group.ts builds and parses them). */
   group: Id,
   round: Count,
   /** Local steps the sender took since the round's base: the receiver weights by staleness. */

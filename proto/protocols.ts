@@ -23,7 +23,10 @@ import { PROTOCOL_VERSION, parseVersion } from './version.ts';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
-/** Tensor-carrying messages; a larger parameter group travels as several messages (subsets of its parts). */
+/**
+ * Tensor-carrying messages. A group's state is fetched a few tensors at a time (StateRequest.names);
+ * a parameter delta travels as one message, so a group's encoded delta must fit in this.
+ */
 export const TENSOR_MESSAGE_CAP = 64 * MiB;
 /** Room for an error reply (message up to 1024 characters of UTF-8) in every response. */
 const SMALL_REPLY_CAP = 8 * KiB;

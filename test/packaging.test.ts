@@ -12,7 +12,7 @@ import { join, posix } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { COORDINATOR_USAGE } from '../coordinator/cli.ts';
-import { validateJob } from '../coordinator/server.ts';
+import { validateJob } from '../proto/index.ts';
 import { bundle, bundleClis } from '../src/bundle.ts';
 import { NODE_USAGE } from '../node/command.ts';
 import { createConfig, type ModelConfig } from '../src/model/config.ts';

@@ -6,7 +6,7 @@
 // of two that brings the largest |value| into [2^14, 2^15): the scaling is exact, and every
 // value within 2^28 of the largest keeps f16's relative error ≤ 2^-11; smaller ones get an
 // absolute error ≤ 2^-25 · scale.
-import { f16BitsToF32, f32ToF16Bits } from '../io/half.ts';
+import { f16BitsToF32, f32ToF16Bits } from '../../proto/half.ts';
 import { checkDelta, checkFinite, CodecError, partTensor, PartReader, type Codec } from './codec.ts';
 
 export const f32Codec: Codec = {

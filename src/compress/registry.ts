@@ -1,6 +1,7 @@
 // Codecs by name, as a job spec names them: "f32", "f16", "int8-block[:blockSize]",
 // "topk-int8[:fraction]", "powersgd[:rank]". The spec string is also what a ParameterDelta
 // carries, so a receiver can refuse a delta in a codec other than its group's.
+import { parseGroupId } from '../../proto/group.ts';
 import type { Codec } from './codec.ts';
 import { f16Codec, f32Codec } from './float.ts';
 import { int8BlockCodec } from './int8-block.ts';
@@ -83,5 +84,8 @@ export interface CodecChoice {
 export function codecsForGroups(choice: CodecChoice): (group: string) => Codec {
   const parsed = new Map(Object.entries(choice.groups ?? {}).map(([group, spec]) => [group, parseCodecSpec(spec)]));
   const fallback = parseCodecSpec(choice.default);
-  return (group) => parsed.get(group) ?? parsed.get(group.split('.')[0]) ?? fallback;
+  return (group) => {
+    const kind = parseGroupId(group)?.kind;
+    return parsed.get(group) ?? (kind && parsed.get(kind)) ?? fallback;
+  };
 }

@@ -5,7 +5,7 @@
 // strictly as the reference implementation does: a file it would reject is rejected here too,
 // with a message that names the problem.
 import { open, rename, rm } from 'node:fs/promises';
-import { decodeHalves, encodeHalves } from './half.ts';
+import { decodeHalves, encodeHalves } from '../../proto/half.ts';
 
 export type FloatDType = 'F32' | 'F16' | 'BF16';
 export type DType = FloatDType | 'I8' | 'U8';

@@ -474,7 +474,7 @@ export class Ops {
     this.rt.parallel('scale_f32', args, n, ELEMENT_GRAIN, n < PARALLEL_MIN_ELEMENTS);
   }
 
-  /** bf16[i] = the bfloat16 nearest x[i] (ties to even), as bit patterns (src/io/half.ts f32ToBf16Bits). */
+  /** bf16[i] = the bfloat16 nearest x[i] (ties to even), as bit patterns (proto/half.ts f32ToBf16Bits). */
   toBf16(x: Float32Array, bf16: Uint16Array, n: number): void {
     const what = 'toBf16';
     checkDims(what, { n });

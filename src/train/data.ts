@@ -22,8 +22,7 @@ export function tokenizeCorpus(tokenizer: BpeTokenizer, corpus: Pick<Corpus, 'do
   if (byDocs === undefined) tokenized.set(tokenizer, byDocs = new WeakMap());
   let result = byDocs.get(corpus.documents);
   if (result === undefined) {
-    const eot = tokenizer.specialId(END_OF_TEXT);
-    if (eot === undefined) throw new Error(`tokenizeCorpus: the tokenizer has no ${END_OF_TEXT} token to separate documents`);
+    const eot = endOfText(tokenizer);
     const perDoc = corpus.documents.map((doc) => tokenizer.encodeOrdinary(doc));
     const docStarts = new Int32Array(perDoc.length + 1);
     perDoc.forEach((ids, d) => { docStarts[d + 1] = docStarts[d] + ids.length + 1; });
@@ -33,6 +32,12 @@ export function tokenizeCorpus(tokenizer: BpeTokenizer, corpus: Pick<Corpus, 'do
     byDocs.set(corpus.documents, result);
   }
   return result;
+}
+
+function endOfText(tokenizer: BpeTokenizer): number {
+  const eot = tokenizer.specialId(END_OF_TEXT);
+  if (eot === undefined) throw new Error(`tokenizeCorpus: the tokenizer has no ${END_OF_TEXT} token to separate documents`);
+  return eot;
 }
 
 /** A contiguous range of the tokenized corpus. */
@@ -64,13 +69,22 @@ export interface SplitOptions {
  * are assigned by a seeded shuffle, and consecutive units on the same side form one segment.
  */
 export function splitCorpus(corpus: TokenizedCorpus, options: SplitOptions): TokenSplit {
+  const ranges = splitRanges(corpus.docStarts, corpus.tokens.length, options);
+  const segment = ([start, end]: TokenRange): Segment => ({ start, end, tokens: corpus.tokens.subarray(start, end) });
+  return { train: ranges.train.map(segment), heldOut: ranges.heldOut.map(segment) };
+}
+
+/** [start, end) in the tokenized corpus. */
+type TokenRange = [number, number];
+
+/** splitCorpus's split as token ranges, from the document bounds and the token count alone. */
+function splitRanges(docStarts: Int32Array, total: number, options: SplitOptions): { train: TokenRange[]; heldOut: TokenRange[] } {
   const { by, heldOutFraction, chunkTokens = 4096, seed = 0 } = options;
   if (!(heldOutFraction >= 0 && heldOutFraction < 1)) throw new RangeError(`splitCorpus: heldOutFraction must be in [0, 1), got ${heldOutFraction}`);
   let bounds: Int32Array;
-  if (by === 'documents') bounds = corpus.docStarts;
+  if (by === 'documents') bounds = docStarts;
   else if (by === 'chunks') {
     if (!Number.isInteger(chunkTokens) || chunkTokens < 1) throw new RangeError(`splitCorpus: chunkTokens must be a positive integer, got ${chunkTokens}`);
-    const total = corpus.tokens.length;
     bounds = Int32Array.from({ length: Math.ceil(total / chunkTokens) + 1 }, (_, i) => Math.min(i * chunkTokens, total));
   } else throw new Error(`splitCorpus: by must be 'documents' or 'chunks', got ${JSON.stringify(by)}`);
   const units = bounds.length - 1;
@@ -81,13 +95,11 @@ export function splitCorpus(corpus: TokenizedCorpus, options: SplitOptions): Tok
   }
   const heldOut = new Uint8Array(units);
   for (const u of permutation(units, seed, 0x5b1d).subarray(0, heldOutUnits)) heldOut[u] = 1;
-  const split: TokenSplit = { train: [], heldOut: [] };
+  const split: { train: TokenRange[]; heldOut: TokenRange[] } = { train: [], heldOut: [] };
   for (let u = 0; u < units;) {
     let v = u + 1;
     while (v < units && heldOut[v] === heldOut[u]) v++;
-    const start = bounds[u];
-    const end = bounds[v];
-    (heldOut[u] ? split.heldOut : split.train).push({ start, end, tokens: corpus.tokens.subarray(start, end) });
+    (heldOut[u] ? split.heldOut : split.train).push([bounds[u], bounds[v]]);
     u = v;
   }
   return split;
@@ -136,16 +148,14 @@ export class BatchLoader {
 
   constructor(segments: readonly { tokens: Int32Array }[], options: LoaderOptions) {
     const { batchSize, seqLen, seed = 0, shuffle = true } = options;
-    checkDims('BatchLoader', { batchSize, seqLen, seed });
-    if (batchSize < 1 || seqLen < 1) throw new RangeError(`BatchLoader: batchSize and seqLen must be at least 1, got ${batchSize} and ${seqLen}`);
+    checkLoaderOptions(batchSize, seqLen, seed);
     this.batchSize = batchSize;
     this.seqLen = seqLen;
     this.seed = seed;
     this.shuffle = shuffle;
     this.segments = segments.map((s) => s.tokens);
-    const perSegment = this.segments.map((t) => (t.length > seqLen ? Math.floor((t.length - 1) / seqLen) : 0));
-    this.windowCount = perSegment.reduce((a, b) => a + b, 0);
-    if (this.windowCount === 0) throw new RangeError(`BatchLoader: no segment holds a window of ${seqLen + 1} tokens`);
+    const perSegment = windowsPerSegment(this.segments.map((t) => t.length), seqLen);
+    this.windowCount = sum(perSegment);
     this.windowSegment = new Int32Array(this.windowCount);
     this.windowStart = new Int32Array(this.windowCount);
     let w = 0;
@@ -183,6 +193,20 @@ export class BatchLoader {
     return { epoch, id, rows: windows.length, seqLen: this.seqLen, tokens, windows };
   }
 }
+
+function checkLoaderOptions(batchSize: number, seqLen: number, seed: number): void {
+  checkDims('BatchLoader', { batchSize, seqLen, seed });
+  if (batchSize < 1 || seqLen < 1) throw new RangeError(`BatchLoader: batchSize and seqLen must be at least 1, got ${batchSize} and ${seqLen}`);
+}
+
+/** Windows of segments of these token counts, as BatchLoader tiles them; throws when there is none. */
+function windowsPerSegment(lengths: number[], seqLen: number): number[] {
+  const perSegment = lengths.map((length) => (length > seqLen ? Math.floor((length - 1) / seqLen) : 0));
+  if (sum(perSegment) === 0) throw new RangeError(`BatchLoader: no segment holds a window of ${seqLen + 1} tokens`);
+  return perSegment;
+}
+
+const sum = (values: number[]) => values.reduce((a, b) => a + b, 0);
 
 /** UTF-8 bytes of the text a batch's targets stand for (the last seqLen tokens of each row; special tokens count zero). */
 export function targetBytes(tokenizer: BpeTokenizer, batch: MicroBatch): number {
@@ -240,10 +264,16 @@ export interface CorpusLoaders {
   trainTokens: Int32Array[];
 }
 
+export interface CorpusLoaderOptions {
+  batchSize: number;
+  seqLen: number;
+  heldOutFraction?: number;
+  seed?: number;
+}
+
 /** Tokenizes `corpus`, holds out whole documents and returns the train and held-out loaders. */
 export function corpusLoaders(
-  tokenizer: BpeTokenizer, corpus: Pick<Corpus, 'documents'>,
-  { batchSize, seqLen, heldOutFraction = 0.05, seed = 0 }: { batchSize: number; seqLen: number; heldOutFraction?: number; seed?: number },
+  tokenizer: BpeTokenizer, corpus: Pick<Corpus, 'documents'>, { batchSize, seqLen, heldOutFraction = 0.05, seed = 0 }: CorpusLoaderOptions,
 ): CorpusLoaders {
   const split = splitCorpus(tokenizeCorpus(tokenizer, corpus), { by: 'documents', heldOutFraction, seed });
   return {
@@ -251,4 +281,22 @@ export function corpusLoaders(
     heldOut: new BatchLoader(split.heldOut, { batchSize, seqLen, shuffle: false }),
     trainTokens: split.train.map((s) => s.tokens),
   };
+}
+
+/**
+ * corpusLoaders(...).train.batchesPerEpoch, with the same errors, from each document's token count
+ * alone: no token arrays, window tables or loaders (what a coordinator needs to lease batch ids).
+ */
+export function trainBatchesPerEpoch(
+  tokenizer: BpeTokenizer, corpus: Pick<Corpus, 'documents'>, { batchSize, seqLen, heldOutFraction = 0.05, seed = 0 }: CorpusLoaderOptions,
+): number {
+  endOfText(tokenizer);
+  const docStarts = new Int32Array(corpus.documents.length + 1);
+  corpus.documents.forEach((doc, d) => { docStarts[d + 1] = docStarts[d] + tokenizer.countOrdinary(doc) + 1; });
+  const split = splitRanges(docStarts, docStarts[corpus.documents.length], { by: 'documents', heldOutFraction, seed });
+  const lengths = (ranges: TokenRange[]) => ranges.map(([start, end]) => end - start);
+  checkLoaderOptions(batchSize, seqLen, seed);
+  const trainWindows = sum(windowsPerSegment(lengths(split.train), seqLen));
+  windowsPerSegment(lengths(split.heldOut), seqLen); // the held-out loader needs a window too
+  return Math.ceil(trainWindows / batchSize);
 }

@@ -1,16 +1,12 @@
 // A swarm job's spec (proto's JobSpec) turned into what training needs. The coordinator and
 // every node build the same config, model options and micro-batches from the same spec and
 // tokenizer, so a batch index names the same tokens everywhere.
-import type { JobSpec } from '../../proto/index.ts';
+import { JobError, type JobSpec } from '../../proto/index.ts';
 import { createConfig, type ModelConfig } from '../model/config.ts';
 import type { ModelOptions } from '../model/model.ts';
 import { CORPUS_NAMES, loadCorpus, type CorpusName } from './corpus.ts';
-import { corpusLoaders, type CorpusLoaders, type MicroBatch } from './data.ts';
+import { corpusLoaders, trainBatchesPerEpoch, type CorpusLoaderOptions, type CorpusLoaders, type MicroBatch } from './data.ts';
 import type { BpeTokenizer } from './tokenizer.ts';
-
-export class JobError extends Error {
-  override name = 'JobError';
-}
 
 /** The model config of a job: its overrides on the demo config, validated; the vocabulary is the tokenizer's. */
 export function jobConfig(spec: JobSpec, tokenizer: BpeTokenizer): ModelConfig {
@@ -42,10 +38,17 @@ export function jobDocuments(spec: JobSpec): { documents: string[] } {
 }
 
 export function jobData(spec: JobSpec, tokenizer: BpeTokenizer): CorpusLoaders {
-  return corpusLoaders(tokenizer, jobDocuments(spec), {
-    batchSize: spec.batchSize, seqLen: spec.seqLen, heldOutFraction: spec.heldOutFraction, seed: spec.seed,
-  });
+  return corpusLoaders(tokenizer, jobDocuments(spec), loaderOptions(spec));
 }
+
+/** jobData(spec, tokenizer).train.batchesPerEpoch, without tokenizing the corpus into arrays. */
+export function jobBatchesPerEpoch(spec: JobSpec, tokenizer: BpeTokenizer): number {
+  return trainBatchesPerEpoch(tokenizer, jobDocuments(spec), loaderOptions(spec));
+}
+
+const loaderOptions = (spec: JobSpec): CorpusLoaderOptions => ({
+  batchSize: spec.batchSize, seqLen: spec.seqLen, heldOutFraction: spec.heldOutFraction, seed: spec.seed,
+});
 
 /** Global micro-batch index → the batch (epoch = index / batches per epoch). */
 export function jobBatch(data: CorpusLoaders, index: number): MicroBatch {

@@ -146,6 +146,13 @@ export class BpeTokenizer {
     return ids;
   }
 
+  /** encodeOrdinary(text).length, without building the ids (counting a corpus's batches needs no more). */
+  countOrdinary(text: string): number {
+    let count = 0;
+    for (const match of text.matchAll(GPT2_SPLIT_PATTERN)) count += this.pieceIds(match[0]).length;
+    return count;
+  }
+
   /** Decodes ids to text; byte sequences that are not valid UTF-8 become U+FFFD. */
   decode(ids: ArrayLike<number>): string {
     return utf8Decoder.decode(this.decodeBytes(ids));
@@ -247,18 +254,20 @@ export class BpeTokenizer {
   }
 
   private encodeInto(text: string, ids: number[]): void {
-    for (const match of text.matchAll(GPT2_SPLIT_PATTERN)) {
-      const piece = match[0];
-      let pieceIds = this.cache.get(piece);
-      if (pieceIds === undefined) {
-        pieceIds = this.encodePiece(utf8.encode(piece));
-        if (piece.length < CACHE_PIECE_CHARS) {
-          if (this.cache.size >= CACHE_LIMIT) this.cache.clear();
-          this.cache.set(piece, pieceIds);
-        }
+    for (const match of text.matchAll(GPT2_SPLIT_PATTERN)) for (const id of this.pieceIds(match[0])) ids.push(id);
+  }
+
+  /** The ids of one pre-tokenized piece, cached. */
+  private pieceIds(piece: string): number[] {
+    let pieceIds = this.cache.get(piece);
+    if (pieceIds === undefined) {
+      pieceIds = this.encodePiece(utf8.encode(piece));
+      if (piece.length < CACHE_PIECE_CHARS) {
+        if (this.cache.size >= CACHE_LIMIT) this.cache.clear();
+        this.cache.set(piece, pieceIds);
       }
-      for (const id of pieceIds) ids.push(id);
     }
+    return pieceIds;
   }
 
   /**

@@ -1,10 +1,10 @@
 import { describe, expect, it } from 'vitest';
-import type { NamedTensor, Tensor } from '../../proto/index.ts';
+import { groupId, type NamedTensor, type Tensor } from '../../proto/index.ts';
 import {
   codecByName, codecsForGroups, CodecError, decodeTensors, encodedBytes, encodeTensors, parseCodecSpec, topKIndices,
   type Codec, type CodecPart, type CodecState,
 } from '../../src/compress/index.ts';
-import { f32ToF16Bits } from '../../src/io/half.ts';
+import { f32ToF16Bits } from '../../proto/half.ts';
 import { bestRankError64 } from '../reference/lowrank64.ts';
 import { bitEqual, rng } from '../helpers.ts';
 
@@ -525,9 +525,9 @@ describe('codec specs', () => {
 
   it('picks a codec per group: exact group, then kind, then the default; bad specs fail up front', () => {
     const codecOf = codecsForGroups({ default: 'int8-block', groups: { expert: 'topk-int8:0.05', 'expert.1.2': 'f16' } });
-    expect(codecOf('trunk').spec).toBe('int8-block:32');
-    expect(codecOf('expert.0.3').spec).toBe('topk-int8:0.05');
-    expect(codecOf('expert.1.2').spec).toBe('f16');
+    expect(codecOf(groupId({ kind: 'trunk' })).spec).toBe('int8-block:32');
+    expect(codecOf(groupId({ kind: 'expert', layer: 0, expert: 3 })).spec).toBe('topk-int8:0.05');
+    expect(codecOf(groupId({ kind: 'expert', layer: 1, expert: 2 })).spec).toBe('f16');
     expect(() => codecsForGroups({ default: 'f32', groups: { trunk: 'powersgd:0' } })).toThrow(/powersgd:0/);
   });
 });

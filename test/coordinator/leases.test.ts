@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { DataLeases } from '../../coordinator/leases.ts';
+import { DataLeases, JobLeases } from '../../coordinator/leases.ts';
 import { rng } from '../helpers.ts';
 
 function setup(batches = 10, leaseMs = 1000) {
@@ -155,6 +155,121 @@ describe('data leases', () => {
       expect(stats.reissued).toBeGreaterThan(0); // the run did exercise expiry and release
       expect(stats.rejected).toBeGreaterThan(0);
       expect(stats.expired + stats.released).toBeGreaterThanOrEqual(stats.reissued);
+    }
+  });
+});
+
+function jobSetup(batchesPerEpoch: number, totalBatches: number, leaseMs = 1000) {
+  let clock = 100;
+  const leases = new JobLeases({ batchesPerEpoch, totalBatches, leaseMs, now: () => clock });
+  return { leases, advance: (ms: number) => (clock += ms), time: () => clock };
+}
+
+describe('job leases (global batch ids)', () => {
+  it('grants global ids epoch·perEpoch + id, starting the next epoch once one is complete', () => {
+    const { leases, time } = jobSetup(4, 10);
+    const first = leases.lease('a', 4)!;
+    expect(first).toEqual({ leaseId: 0, batchIds: [0, 1, 2, 3], deadline: time() + 1000 });
+    expect(leases.lease('b', 1)).toBeUndefined(); // the epoch is all leased
+    expect(leases.report('a', first.leaseId, [0, 1, 2])).toEqual({ completed: 3, epoch: 0, problems: [] });
+    expect(leases.epoch).toBe(0);
+    expect(leases.report('a', first.leaseId, [3])).toEqual({ completed: 1, epoch: 0, problems: [] }); // completes epoch 0
+    expect(leases.epoch).toBe(1);
+    expect(leases.completed).toBe(4);
+    expect(leases.lease('b', 2)!.batchIds).toEqual([4, 5]);
+  });
+
+  it('grants at most totalBatches: the last epoch is partial, and then the job is done', () => {
+    const { leases } = jobSetup(4, 6);
+    const a = leases.lease('a', 10)!;
+    leases.report('a', a.leaseId, a.batchIds);
+    const b = leases.lease('b', 10)!;
+    expect(b.batchIds).toEqual([4, 5]); // batches 6 and 7 of epoch 1 are beyond the job
+    expect(leases.lease('c', 1)).toBeUndefined();
+    expect(leases.done).toBe(false);
+    expect(leases.report('b', b.leaseId, [4, 5])).toEqual({ completed: 2, epoch: 1, problems: [] });
+    expect(leases).toMatchObject({ done: true, completed: 6, epoch: 1, leased: 0 });
+    expect(leases.lease('c', 1)).toBeUndefined();
+  });
+
+  it('a job of no batches is done from the start', () => {
+    const { leases } = jobSetup(4, 0);
+    expect(leases.done).toBe(true);
+    expect(leases.lease('a', 1)).toBeUndefined();
+  });
+
+  it('refuses reports of unknown leases, of finished epochs and of ids outside the lease\'s epoch', () => {
+    const { leases } = jobSetup(2, 10);
+    const a = leases.lease('a', 2)!;
+    expect(leases.report('a', 7, [0])).toEqual({ completed: 0, epoch: 0, problems: ['lease 7 is unknown or of a finished epoch'] });
+    expect(leases.report('a', 7, [])).toEqual({ completed: 0, epoch: 0, problems: [] }); // nothing claimed, nothing wrong
+    expect(leases.report('a', a.leaseId, [5, 1, 1])).toEqual({
+      completed: 1, epoch: 0, problems: ['batch 5: not in epoch 0 of lease 0', 'batch 1: batch 1 was already reported'],
+    });
+    expect(leases.report('b', a.leaseId, [0]).problems).toEqual(['batch 0: batch 0 is leased to another node']);
+    leases.report('a', a.leaseId, [0]); // epoch 0 complete
+    const b = leases.lease('a', 2)!;
+    expect(b.batchIds).toEqual([2, 3]);
+    // A duplicate report of the old lease cannot touch epoch 1, where the same epoch-local ids are leased to a.
+    expect(leases.report('a', a.leaseId, [0, 1])).toMatchObject({ completed: 0, problems: ['lease 0 is unknown or of a finished epoch'] });
+    expect(leases.completed).toBe(2);
+    expect(leases.stats).toMatchObject({ completed: 2, rejected: 2 });
+  });
+
+  it('expiry and release return global ids; the batches are granted again', () => {
+    const { leases, advance } = jobSetup(3, 9);
+    const a = leases.lease('a', 3)!;
+    leases.report('a', a.leaseId, [0, 1, 2]);
+    leases.lease('a', 2); // 3 4
+    leases.lease('b', 1); // 5
+    expect(leases.leased).toBe(3);
+    expect(leases.release('b')).toEqual([5]);
+    advance(1001);
+    expect(leases.expire()).toEqual([{ nodeId: 'a', leaseId: 1, batchIds: [3, 4] }]);
+    expect(leases.leased).toBe(0);
+    expect(leases.lease('c', 5)!.batchIds).toEqual([3, 4, 5]);
+    expect(leases.stats).toMatchObject({ issued: 9, reissued: 3, expired: 2, released: 1 });
+  });
+
+  it('completes every batch of the job exactly once whatever nodes do (randomized)', () => {
+    for (const seed of [1, 2, 3]) {
+      const random = rng(seed);
+      const uniform = () => (random() + 1) / 2;
+      const pick = <T,>(items: T[]): T => items[Math.floor(uniform() * items.length)];
+      let clock = 0;
+      const perEpoch = 40;
+      const total = 130; // three full epochs and a partial fourth
+      const leases = new JobLeases({ batchesPerEpoch: perEpoch, totalBatches: total, leaseMs: 50, now: () => clock });
+      const nodes = Array.from({ length: 8 }, (_, i) => ({ id: `n${i}`, alive: true, work: [] as { leaseId: number; batchId: number }[] }));
+      const accepted = new Array<number>(total + perEpoch).fill(0);
+      for (let ticks = 0; !leases.done; ticks++) {
+        expect(ticks).toBeLessThan(100_000); // nothing is lost: the job finishes
+        clock += Math.floor(uniform() * 20);
+        const node = pick(nodes);
+        if (!node.alive) node.alive = uniform() < 0.3; // comes back, work still in hand
+        else if (uniform() < 0.03) {
+          node.alive = false;
+          leases.release(node.id);
+        } else if (node.work.length > 0 && uniform() < 0.7) {
+          const { leaseId, batchId } = node.work.splice(Math.floor(uniform() * node.work.length), 1)[0];
+          const before = leases.completed;
+          const times = uniform() < 0.1 ? 2 : 1; // a retried message
+          for (let t = 0; t < times; t++) if (leases.report(node.id, leaseId, [batchId]).completed === 1) accepted[batchId]++;
+          expect(leases.completed - before).toBeLessThanOrEqual(1);
+        } else {
+          const grant = leases.lease(node.id, 1 + Math.floor(uniform() * 4));
+          for (const batchId of grant?.batchIds ?? []) {
+            expect(batchId).toBeLessThan(total);
+            node.work.push({ leaseId: grant!.leaseId, batchId });
+          }
+        }
+        leases.expire();
+      }
+      expect(accepted.slice(0, total).every((n) => n === 1)).toBe(true);
+      expect(accepted.slice(total).every((n) => n === 0)).toBe(true);
+      expect(leases).toMatchObject({ completed: total, epoch: 3 });
+      expect(leases.stats.completed).toBe(total);
+      expect(leases.stats.reissued).toBeGreaterThan(0); // the run did exercise expiry and release
     }
   });
 });

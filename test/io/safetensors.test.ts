@@ -2,7 +2,7 @@ import { mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { bf16BitsToF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits } from '../../src/io/half.ts';
+import { bf16BitsToF32, f16BitsToF32, f32ToBf16Bits, f32ToF16Bits } from '../../proto/half.ts';
 import { decodeSafetensors, encodeSafetensors, readSafetensors, writeSafetensors, type Tensor } from '../../src/io/safetensors.ts';
 import { rng } from '../helpers.ts';
 import { bf16Value, halfValue } from '../reference/safetensors64.ts';

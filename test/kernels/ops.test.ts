@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { Kernels } from '../../src/kernels/index.ts';
-import { bf16BitsToF32, f32ToBf16Bits } from '../../src/io/half.ts';
+import { bf16BitsToF32, f32ToBf16Bits } from '../../proto/half.ts';
 import * as ref from '../reference/ops64.ts';
 import { bitEqual, fillRandom, kernelsOnOneAndTwoThreads, maxRelError, rng } from '../helpers.ts';
 
@@ -360,7 +360,7 @@ describe.each(['simd', 'relaxed'] as const)('transformer ops (%s build)', (build
     expect(maxRelError(dBias, wantBias)).toBeLessThan(1e-6);
   });
 
-  it('bfloat16 conversion rounds as src/io/half.ts does (ties to even, NaN kept) and expands exactly, on 1 and 2 threads', () => {
+  it('bfloat16 conversion rounds as proto/half.ts does (ties to even, NaN kept) and expands exactly, on 1 and 2 threads', () => {
     const random = rng(31);
     const special = [0, -0, 1, -1, Infinity, -Infinity, NaN, 1e-40, -3e-39, 3.4e38, -3.4028234e38, 65504,
       1 + 2 ** -8, 1 + 3 * 2 ** -8, 1 + 2 ** -8 + 2 ** -20]; // ties round to even; just above a tie rounds up

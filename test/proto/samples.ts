@@ -1,5 +1,7 @@
 // One valid request and response per protocol, for round trips and as the base of bad inputs.
-import { f32Tensor, PROTOCOL_VERSION, type ProtocolName, type RequestOf, type ResponseOf, type Tensor } from '../../proto/index.ts';
+import {
+  f32Tensor, groupId, PROTOCOL_VERSION, type ProtocolName, type RequestOf, type ResponseOf, type Tensor,
+} from '../../proto/index.ts';
 import { fillRandom, rng } from '../helpers.ts';
 
 export const PEER_ID = '12D3KooWLkKj62grNMSsRNUPgQpvh3tLrfpB5pKERtN6ZU3XFwx4';
@@ -61,7 +63,7 @@ export function samples(): Samples {
     delta: {
       request: {
         jobId: 'job-1',
-        group: 'expert.1.5',
+        group: groupId({ kind: 'expert', layer: 1, expert: 5 }),
         round: 9,
         steps: 50,
         codec: 'int8-block32',
@@ -70,8 +72,11 @@ export function samples(): Samples {
       response: { accepted: true },
     },
     state: {
-      request: { jobId: 'job-1', group: 'trunk', names: ['embed', 'head'] },
-      response: { jobId: 'job-1', group: 'trunk', round: 9, available: ['embed', 'head', 'norm'], parts: [{ name: 'embed', tensor: randomF32([4, 2], 6) }] },
+      request: { jobId: 'job-1', group: groupId({ kind: 'trunk' }), names: ['embed', 'head'] },
+      response: {
+        jobId: 'job-1', group: groupId({ kind: 'trunk' }), round: 9, available: ['embed', 'head', 'norm'],
+        parts: [{ name: 'embed', tensor: randomF32([4, 2], 6) }],
+      },
     },
   };
 }

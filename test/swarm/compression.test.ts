@@ -4,7 +4,7 @@
 // that margin; a slow node does not slow the others' step rate.
 import { beforeAll, describe, expect, it, vi } from 'vitest';
 import type { JobSpec } from '../../proto/index.ts';
-import { startSwarm, type Proc, type Swarm } from '../../coordinator/local-swarm.ts';
+import { startSwarm, type Proc, type Swarm } from '../../src/harness/local-swarm.ts';
 
 vi.setConfig({ testTimeout: 300_000, hookTimeout: 300_000 });
 

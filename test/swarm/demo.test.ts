@@ -5,7 +5,7 @@ import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
-import { start, type Proc, type SwarmEvent } from '../../coordinator/local-swarm.ts';
+import { start, type Proc, type SwarmEvent } from '../../src/harness/local-swarm.ts';
 
 vi.setConfig({ testTimeout: 120_000 });
 

@@ -10,7 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { multiaddr } from '@multiformats/multiaddr';
-import { f32Tensor, msgpackCodec, type JobSpec } from '../../proto/index.ts';
+import { f32Tensor, groupId, msgpackCodec, type JobSpec } from '../../proto/index.ts';
 import { footprint } from '../../coordinator/footprint.ts';
 import { createHost, Rpc } from '../../src/p2p/index.ts';
 import { JOIN_TOKEN, misbehaviours, sendRaw, serveToy } from '../p2p/peers.ts';
@@ -21,7 +21,7 @@ import { AdamW, DEFAULT_ADAMW } from '../../src/train/optimizer.ts';
 import { learningRate } from '../../src/train/schedule.ts';
 import { BpeTokenizer } from '../../src/train/tokenizer.ts';
 import { splitBatch } from '../../src/train/trainer.ts';
-import { start, startSwarm, type Swarm, type SwarmEvent } from '../../coordinator/local-swarm.ts';
+import { start, startSwarm, type Swarm, type SwarmEvent } from '../../src/harness/local-swarm.ts';
 
 const MODEL = {
   hiddenSize: 64, numLayers: 2, numHeads: 4, numKvHeads: 2, headDim: 16, numExperts: 4, expertsPerToken: 2,
@@ -156,7 +156,8 @@ describe('bad peers', () => {
       }
       const call = { jobId: 'test-job', step: 0, call: 1, layer: 0, expert: 0, rows: 1, tensor: f32Tensor([1, 64], new Float32Array(64)) };
       await expect(rpc.request(target, 'expertForward', call)).rejects.toThrow(/not admitted/);
-      await expect(rpc.request(target, 'delta', { jobId: 'test-job', group: 'trunk', round: 1, steps: 1, codec: 'f32', parts: [] })).rejects.toThrow(/not admitted/);
+      const delta = { jobId: 'test-job', group: groupId({ kind: 'trunk' }), round: 1, steps: 1, codec: 'f32', parts: [] };
+      await expect(rpc.request(target, 'delta', delta)).rejects.toThrow(/not admitted/);
       const join = {
         version: '2.0.0', nodeId: attacker.peerId.toString(), token: '', cores: 1, gemmGflops: 1, memoryBytes: 2 ** 30,
         addrs: attacker.getMultiaddrs().map(String),

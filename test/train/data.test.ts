@@ -1,6 +1,9 @@
 import { describe, expect, it } from 'vitest';
 import { loadCorpus } from '../../src/train/corpus.ts';
-import { BatchLoader, bitsPerByte, splitCorpus, targetBytes, tokenizeCorpus, unigramEntropy, type Segment, type TokenizedCorpus } from '../../src/train/data.ts';
+import {
+  BatchLoader, bitsPerByte, corpusLoaders, splitCorpus, targetBytes, tokenizeCorpus, trainBatchesPerEpoch, unigramEntropy,
+  type Segment, type TokenizedCorpus,
+} from '../../src/train/data.ts';
 import { BpeTokenizer, END_OF_TEXT } from '../../src/train/tokenizer.ts';
 import { rng } from '../helpers.ts';
 
@@ -164,6 +167,36 @@ describe('tokenized corpus', () => {
       expect(tok.decode(ids.subarray(0, -1))).toBe(doc);
     });
     expect(tok.textBytes(tokenized.tokens)).toBe(corpus.bytes);
+  });
+});
+
+describe('batches per epoch from token counts', () => {
+  const moby = loadCorpus('moby-dick');
+  const tok = BpeTokenizer.train([moby.documents.slice(3, 20).join('\n')], { vocabSize: 512 });
+  const lib = { documents: loadCorpus('typescript-lib').documents.slice(0, 12) };
+
+  const corpora = { 'moby-dick': moby, 'lib.*.d.ts': lib };
+  it.each([
+    ['moby-dick', { batchSize: 8, seqLen: 64, heldOutFraction: 0.02, seed: 1 }],
+    ['moby-dick', { batchSize: 3, seqLen: 128, heldOutFraction: 0.3, seed: 7 }],
+    ['moby-dick', { batchSize: 1, seqLen: 17, seed: 2 }],
+    ['lib.*.d.ts', { batchSize: 5, seqLen: 256, heldOutFraction: 0.2, seed: 0 }],
+    ['lib.*.d.ts', { batchSize: 64, seqLen: 512, heldOutFraction: 0.1, seed: 3 }],
+  ] as const)('counts what the %s loaders hold (%j)', (name, options) => {
+    const corpus = corpora[name];
+    expect(trainBatchesPerEpoch(tok, corpus, options)).toBe(corpusLoaders(tok, corpus, options).train.batchesPerEpoch);
+  });
+
+  it('fails as the loaders do', () => {
+    const few = { documents: moby.documents.slice(0, 4) };
+    const failing = [{ batchSize: 2, seqLen: 100_000 }, { batchSize: 2, seqLen: 16, heldOutFraction: 0 }, { batchSize: 0, seqLen: 16 }];
+    for (const options of failing) {
+      const error = (() => { try { corpusLoaders(tok, few, options); } catch (err) { return err as Error; } })();
+      expect(error).toBeInstanceOf(RangeError);
+      expect(() => trainBatchesPerEpoch(tok, few, options)).toThrow(error!.message);
+    }
+    const noEndOfText = BpeTokenizer.train(['abc'], { vocabSize: 260, specialTokens: [] });
+    expect(() => trainBatchesPerEpoch(noEndOfText, few, { batchSize: 2, seqLen: 16 })).toThrow(/no <\|endoftext\|> token/);
   });
 });
 

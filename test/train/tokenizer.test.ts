@@ -163,6 +163,12 @@ describe.each(CORPUS_NAMES)('byte-level BPE trained on 200 KB of %s', (trainedOn
     for (const other of CORPUS_NAMES.filter((name) => name !== trainedOn)) expect(own).toBeGreaterThan(bytesPerToken(other));
   });
 
+  it('countOrdinary counts the ids encodeOrdinary returns', () => {
+    for (const text of [sample('moby-dick', 50_000, 0.3), sample('typescript-lib', 50_000, 0.3), `a${END_OF_TEXT}b`, ...oddStrings()]) {
+      expect(tok.countOrdinary(text)).toBe(tok.encodeOrdinary(text).length);
+    }
+  });
+
   it('treats special tokens as tokens in encode and as text in encodeOrdinary', () => {
     const eot = tok.specialId(END_OF_TEXT)!;
     expect(tok.encode(`a${END_OF_TEXT}b`)).toEqual([...tok.encode('a'), eot, ...tok.encode('b')]);

@@ -670,7 +670,7 @@ export function scale_f32(x: usize, alpha: f32, out: usize, i0: i32, i1: i32, sc
 
 /**
  * dst[i] = the bfloat16 nearest src[i] (ties to even; NaN stays NaN, quieted), as u16 bit
- * patterns, over [i0, i1): the rounding of src/io/half.ts f32ToBf16Bits.
+ * patterns, over [i0, i1): the rounding of proto/half.ts f32ToBf16Bits.
  */
 export function f32_to_bf16(src: usize, dst: usize, i0: i32, i1: i32, scratch: usize): void {
   const magnitude = i32x4.splat(0x7fffffff);

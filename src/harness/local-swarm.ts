@@ -9,9 +9,9 @@ import { once } from 'node:events';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { JobSpec } from '../proto/index.ts';
+import type { JobSpec } from '../../proto/index.ts';
 
-const repoRoot = fileURLToPath(new URL('..', import.meta.url));
+const repoRoot = fileURLToPath(new URL('../..', import.meta.url));
 
 export type SwarmEvent = { event: string } & Record<string, any>;
 
