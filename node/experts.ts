@@ -31,8 +31,8 @@ export interface ExpertStats {
 }
 
 export interface SwarmRemoteExpertsComponents {
-  rpc: Rpc;
-  directory: ExpertDirectory;
+  rpc: Pick<Rpc, 'request'>;
+  directory: Pick<ExpertDirectory, 'holders' | 'address'>;
 }
 
 export interface SwarmRemoteExpertsOptions {
@@ -89,8 +89,8 @@ export class SwarmRemoteExperts implements RemoteExperts {
   private inFlight = 0;
   private waitStart = 0;
 
-  private readonly rpc: Rpc;
-  private readonly directory: ExpertDirectory;
+  private readonly rpc: SwarmRemoteExpertsComponents['rpc'];
+  private readonly directory: SwarmRemoteExpertsComponents['directory'];
 
   constructor(components: SwarmRemoteExpertsComponents, private readonly options: SwarmRemoteExpertsOptions) {
     this.rpc = components.rpc;

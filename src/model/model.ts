@@ -6,7 +6,8 @@
 //         LoRA A/B trainable on the chosen targets (A random, B zero: training starts from the
 //         base model exactly).
 // Gradient checkpointing keeps only each layer's input and recomputes the layer's forward in
-// backward; all layers then share one set of activation buffers.
+// backward; all layers then share one set of activation buffers. The weights held here and their
+// loading live in weights.ts; which experts run here and which go to a remote port, in hosted.ts.
 import { HeapGroup } from '../kernels/heap.ts';
 import type { Kernels } from '../kernels/index.ts';
 import type { RopeTable } from '../kernels/ops.ts';
