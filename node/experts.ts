@@ -152,11 +152,6 @@ export class SwarmRemoteExperts implements RemoteExperts {
   }
 }
 
-/**
- * Serves the expert protocols for the experts this node holds, to admitted peers only. A backward recomputes the
- * forward from the input it carries (holders keep no state between calls) and adds the
- * expert's weight gradients here.
- */
 export interface ExpertServerComponents {
   rpc: Rpc;
   kernels: Kernels;
@@ -167,6 +162,11 @@ export interface ExpertServerComponents {
   stats: ExpertStats;
 }
 
+/**
+ * Serves the expert protocols for the experts this node holds, to admitted peers only. A
+ * backward recomputes the forward from the input it carries (holders keep no state between
+ * calls) and adds the expert's weight gradients here.
+ */
 export async function serveExperts(
   components: ExpertServerComponents, { jobId, hidden }: { jobId: string; hidden: number },
 ): Promise<void> {
