@@ -16,8 +16,9 @@ import { createConfig, isLoraTarget, loraShapes, parameterShapes, type ModelConf
 import { uniform } from '../src/model/init.ts';
 import type { ActivationStorage } from '../src/model/expert.ts';
 import type { BasePath } from '../src/model/linear.ts';
-import { Model, type BaseFormat, type ModelOptions } from '../src/model/model.ts';
+import { Model, type ModelOptions } from '../src/model/model.ts';
 import { sizeOf } from '../src/model/params.ts';
+import type { BaseFormat } from '../src/model/weights.ts';
 import { loadCorpus } from '../src/train/corpus.ts';
 import { bitsPerByte, corpusLoaders, unigramEntropy } from '../src/train/data.ts';
 import { AdamW } from '../src/train/optimizer.ts';

@@ -1,14 +1,14 @@
 // Memory a node spends on the trunk and on each expert it hosts, from the canonical parameter
 // shapes and the job's precision, so the shard planner can bound placements by memory budgets.
-// Which tensors are stored quantized and which get LoRA adapters follows src/model/model.ts:
+// Which tensors are stored quantized and which get LoRA adapters follows src/model/weights.ts:
 // in lora mode with a q8/q4 base, LoRA's targets and the untied LM head (when the vocabulary is
 // whole 32-blocks) are quantized.
 import { QBLOCK } from '../src/kernels/quantized.ts';
-import { isLoraTarget, loraShapes, parameterShapes, type ModelConfig } from '../src/model/config.ts';
-import { expertOf, LORA_MODULES, type ModelOptions } from '../src/model/model.ts';
+import { expertOf, isLoraTarget, LORA_MODULES, loraShapes, parameterShapes, type ModelConfig } from '../src/model/config.ts';
 import { sizeOf } from '../src/model/params.ts';
+import type { WeightsOptions } from '../src/model/weights.ts';
 
-export type Precision = Pick<ModelOptions, 'mode' | 'lora' | 'baseFormat'>;
+export type Precision = Pick<WeightsOptions, 'mode' | 'lora' | 'baseFormat'>;
 
 /**
  * f32 words per trainable value: the value, its gradient, AdamW's m and v, and for averaging

@@ -5,7 +5,8 @@
 // copied from a surviving holder. Everything that happens is reported through onEvent.
 import { msgpackCodec, planSigningBytes, PROTOCOL_VERSION, type JobSpec, type Plan } from '../proto/index.ts';
 import { createKernels, type Kernels } from '../src/kernels/index.ts';
-import { expertOf, Model } from '../src/model/model.ts';
+import { expertOf } from '../src/model/config.ts';
+import { Model } from '../src/model/model.ts';
 import { createHost, Rpc, signedBy, type DialTarget, type Host, type Rejection } from '../src/p2p/index.ts';
 import type { CorpusLoaders } from '../src/train/data.ts';
 import { jobBatch, jobConfig, jobData, jobModelOptions } from '../src/train/job.ts';
@@ -15,7 +16,7 @@ import { BpeTokenizer } from '../src/train/tokenizer.ts';
 import { splitBatch } from '../src/train/trainer.ts';
 import { multiaddr } from '@multiformats/multiaddr';
 import { Averager, type AveragingFault } from './averaging.ts';
-import { serveExperts, SwarmExperts } from './experts.ts';
+import { serveExperts, SwarmRemoteExperts } from './experts.ts';
 import { expertGroup, fetchGroup, serveState, TRUNK } from './state.ts';
 import { countingCodec, type Traffic } from './traffic.ts';
 
@@ -76,7 +77,8 @@ export class NodeDaemon {
   private data!: CorpusLoaders;
   private optimizer!: AdamW;
   private averager!: Averager;
-  private experts!: SwarmExperts;
+  /** The transport to experts other nodes hold; the model runs the ones held here. */
+  private experts!: SwarmRemoteExperts;
   private heartbeatMs = 1000;
   private stopping = false;
   private done = false;
@@ -155,7 +157,7 @@ export class NodeDaemon {
       admitted: (peer: string) => this.newestPlan().peers.some((p) => p.peerId === peer),
       members: (group: string) => (group === TRUNK ? this.newestPlan().peers.map((p) => p.peerId) : this.groupHolders(group)),
     };
-    this.experts = new SwarmExperts(() => this.model!, this.rpc, directory, {
+    this.experts = new SwarmRemoteExperts({ rpc: this.rpc, directory }, {
       jobId: this.job.jobId, self: this.self, hidden: config.hiddenSize, timeoutMs: this.job.expertTimeoutMs,
       precision: this.job.expertPrecision ?? 'bf16', log: this.log,
     });
@@ -163,7 +165,7 @@ export class NodeDaemon {
     const model = new Model(this.kernels, config, {
       ...jobModelOptions(this.job),
       hosts: (layer, expert) => hosted.has(`${layer}.${expert}`),
-      experts: this.experts,
+      remote: this.experts,
     });
     this.model = model;
     this.optimizer = new AdamW(this.kernels, model.params.trainable(), DEFAULT_ADAMW);
@@ -173,11 +175,12 @@ export class NodeDaemon {
       ...(this.options.fault ? { fault: this.options.fault } : {}),
     });
     if (reply.completedBatches > 0) await this.catchUp(model, hosted);
-    await serveExperts(this.rpc, this.kernels, () => this.model!, directory, this.experts.stats, this.job.jobId);
+    const servers = { rpc: this.rpc, kernels: this.kernels, experts: model.experts, directory, stats: this.experts.stats };
+    await serveExperts(servers, { jobId: this.job.jobId, hidden: config.hiddenSize });
     await this.averager.serve();
     // A peer unknown to our plan may have joined since: one heartbeat brings the newer plan.
     const admittedNow = async (peer: string) => directory.admitted(peer) || (await this.beat(), directory.admitted(peer));
-    await serveState(this.rpc, () => this.model, admittedNow, this.job.jobId, () => this.step);
+    await serveState(this.rpc, model, admittedNow, this.job.jobId, () => this.step);
     this.emit({ event: 'joined', node: this.self, experts: [...hosted], planVersion: this.plan.version, gemmGflops: this.gemmGflops });
   }
 
@@ -268,15 +271,15 @@ export class NodeDaemon {
     for (const key of before) {
       if (after.has(key)) continue;
       const [layer, expert] = key.split('.').map(Number);
-      this.optimizer.remove(model.expertTensorNames(layer, expert));
+      this.optimizer.remove(model.experts.tensorNames(layer, expert));
       this.averager.resetGroup(expertGroup(layer, expert));
-      model.removeExpert(layer, expert);
+      model.experts.remove(layer, expert);
     }
     for (const key of after) {
       if (before.has(key)) continue;
       const [layer, expert] = key.split('.').map(Number);
       const state = await this.fetchFromAny(this.holders(layer, expert).filter((p) => p !== this.self), expertGroup(layer, expert));
-      this.optimizer.add(model.addExpert(layer, expert, state));
+      this.optimizer.add(model.experts.add(layer, expert, state));
       const group = expertGroup(layer, expert);
       this.averager.track(group, this.groups().get(group) ?? []);
       this.emit({ event: 'expert-added', layer, expert, copied: state !== undefined });
@@ -408,7 +411,7 @@ export class NodeDaemon {
     this.lastLoss = result.loss;
     this.emit({
       event: 'step', step: this.step, batch: index, loss: result.loss, crossEntropy: result.crossEntropy, tokens: result.tokens, seconds,
-      bytesSent: this.traffic.sent, bytesReceived: this.traffic.received, ...this.experts.stats,
+      bytesSent: this.traffic.sent, bytesReceived: this.traffic.received, localCalls: model.experts.localCalls, ...this.experts.stats,
       droppedAssignments: model.droppedAssignments(), averaging: { ...this.averager.stats, flagged: [...this.averager.stats.flagged] },
     });
   }

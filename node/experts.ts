@@ -1,14 +1,10 @@
-// Experts across the swarm. SwarmExperts is the model's ExpertCompute on a node: experts held
-// here run locally; the others go to a holder over the expert protocols, failing over to the
-// next holder when one does not answer in time (or answers garbage); when none answers, the
-// call resolves false and the MoE layer drops that expert for those tokens. serveExperts
-// answers other nodes' calls for the experts held here, from admitted peers only.
+// Experts across the swarm: SwarmRemoteExperts, a node's transport to the experts other nodes hold
+// (the model's RemoteExperts port), and serveExperts, which answers peers' calls for those held here.
 import { f32Tensor, tensorF32, type ExpertCall, type JobSpec, type Tensor } from '../proto/index.ts';
 import { decodeHalves, encodeHalves } from '../src/io/half.ts';
 import type { Kernels } from '../src/kernels/index.ts';
-import type { ExpertCompute } from '../src/model/expert.ts';
+import type { HostedExperts, RemoteExperts } from '../src/model/hosted.ts';
 import { GrowableBuffer } from '../src/model/linear.ts';
-import type { Model } from '../src/model/model.ts';
 import { RefusedError, type DialTarget, type Rpc } from '../src/p2p/index.ts';
 
 /** Who holds what, from the coordinator's current plan. */
@@ -21,8 +17,8 @@ export interface ExpertDirectory {
   admitted(peerId: string): boolean;
 }
 
+/** The transport's counters (the calls that ran locally are the model's: HostedExperts.localCalls). */
 export interface ExpertStats {
-  localCalls: number;
   remoteCalls: number;
   /** Calls that went to another holder after one failed. */
   failovers: number;
@@ -34,7 +30,12 @@ export interface ExpertStats {
   remoteWaitMs: number;
 }
 
-export interface SwarmExpertsOptions {
+export interface SwarmRemoteExpertsComponents {
+  rpc: Pick<Rpc, 'request'>;
+  directory: Pick<ExpertDirectory, 'holders' | 'address'>;
+}
+
+export interface SwarmRemoteExpertsOptions {
   jobId: string;
   self: string;
   hidden: number;
@@ -75,28 +76,28 @@ export function rowsOf(tensor: Tensor, rows: number, hidden: number): Float32Arr
 /** A holder answers in the precision it was called with. */
 const precisionOf = (tensor: Tensor): ExpertPrecision => (tensor.dtype === 'BF16' ? 'bf16' : 'f32');
 
-export class SwarmExperts implements ExpertCompute {
-  readonly stats: ExpertStats = { localCalls: 0, remoteCalls: 0, failovers: 0, unanswered: 0, served: 0, remoteWaitMs: 0 };
+/**
+ * Calls an expert's holders over the expert protocols, failing over to the next holder when one
+ * does not answer in time (or answers garbage); when none answers, the call resolves false and
+ * the MoE layer drops that expert for those tokens.
+ */
+export class SwarmRemoteExperts implements RemoteExperts {
+  readonly stats: ExpertStats = { remoteCalls: 0, failovers: 0, unanswered: 0, served: 0, remoteWaitMs: 0 };
   /** The step of the caller's training loop, carried in calls for the holder's logs. */
   step = 0;
   private calls = 0;
   private inFlight = 0;
   private waitStart = 0;
 
-  constructor(
-    private readonly model: () => Model,
-    private readonly rpc: Rpc,
-    private readonly directory: ExpertDirectory,
-    private readonly options: SwarmExpertsOptions,
-  ) {}
+  private readonly rpc: SwarmRemoteExpertsComponents['rpc'];
+  private readonly directory: SwarmRemoteExpertsComponents['directory'];
+
+  constructor(components: SwarmRemoteExpertsComponents, private readonly options: SwarmRemoteExpertsOptions) {
+    this.rpc = components.rpc;
+    this.directory = components.directory;
+  }
 
   async forward(layer: number, expert: number, x: Float32Array, y: Float32Array, rows: number): Promise<boolean> {
-    const local = this.model().localExperts[layer][expert];
-    if (local) {
-      this.stats.localCalls++;
-      local.forward(x, y, rows);
-      return true;
-    }
     const { hidden, precision } = this.options;
     const reply = await this.remote('expertForward', layer, expert, rows, { tensor: wireRows(rows, hidden, x, precision) });
     if (reply) y.set(reply);
@@ -104,14 +105,9 @@ export class SwarmExperts implements ExpertCompute {
   }
 
   async backward(layer: number, expert: number, x: Float32Array, dy: Float32Array, dx: Float32Array, rows: number): Promise<boolean> {
-    const local = this.model().localExperts[layer][expert];
-    if (local) {
-      this.stats.localCalls++;
-      local.backward(x, dy, dx, rows);
-      return true;
-    }
     const { hidden, precision } = this.options;
-    const reply = await this.remote('expertBackward', layer, expert, rows, { tensor: wireRows(rows, hidden, dy, precision), input: wireRows(rows, hidden, x, precision) });
+    const payload = { tensor: wireRows(rows, hidden, dy, precision), input: wireRows(rows, hidden, x, precision) };
+    const reply = await this.remote('expertBackward', layer, expert, rows, payload);
     if (reply) dx.set(reply);
     return reply !== undefined;
   }
@@ -156,22 +152,32 @@ export class SwarmExperts implements ExpertCompute {
   }
 }
 
+export interface ExpertServerComponents {
+  rpc: Rpc;
+  kernels: Kernels;
+  /** The experts hosted here (the model's), whose serving replicas answer the calls. */
+  experts: Pick<HostedExperts, 'servingExpert'>;
+  directory: ExpertDirectory;
+  /** Counts the calls served (`served`). */
+  stats: ExpertStats;
+}
+
 /**
- * Serves the expert protocols for the experts this node holds. A backward recomputes the
- * forward from the input it carries (holders keep no state between calls) and adds the
- * expert's weight gradients here.
+ * Serves the expert protocols for the experts this node holds, to admitted peers only. A
+ * backward recomputes the forward from the input it carries (holders keep no state between
+ * calls) and adds the expert's weight gradients here.
  */
 export async function serveExperts(
-  rpc: Rpc, kernels: Kernels, model: () => Model, directory: ExpertDirectory, stats: ExpertStats, jobId: string,
+  components: ExpertServerComponents, { jobId, hidden }: { jobId: string; hidden: number },
 ): Promise<void> {
-  const hidden = model().config.hiddenSize;
+  const { rpc, kernels, experts, directory, stats } = components;
   const x = new GrowableBuffer(kernels, hidden);
   const dy = new GrowableBuffer(kernels, hidden);
   const out = new GrowableBuffer(kernels, hidden);
   const check = (call: ExpertCall, peer: string) => {
     if (!directory.admitted(peer)) throw new RefusedError(`peer ${peer} is not admitted to job ${jobId}`);
     if (call.jobId !== jobId) throw new RefusedError(`this node trains job ${jobId}, not ${call.jobId}`);
-    const expert = model().servingExpert(call.layer, call.expert);
+    const expert = experts.servingExpert(call.layer, call.expert);
     if (!expert) throw new RefusedError(`expert ${call.layer}.${call.expert} is not held here`);
     const load = (buffer: GrowableBuffer, tensor: Tensor) => {
       const values = rowsOf(tensor, call.rows, hidden);

@@ -3,8 +3,8 @@
 // A group's state is what training changes: the trunk's trainable tensors, or an expert's
 // tensors (its frozen base included, which a new holder does not have).
 import { f32Tensor, tensorF32, type NamedTensor } from '../proto/index.ts';
-import type { F32Tensor } from '../src/model/config.ts';
-import { expertOf, type Model } from '../src/model/model.ts';
+import { expertOf, type F32Tensor } from '../src/model/config.ts';
+import type { Model } from '../src/model/model.ts';
 import { RefusedError, type DialTarget, type Rpc } from '../src/p2p/index.ts';
 
 /** Names fetched per request, keeping each reply well under the message cap. */
@@ -14,23 +14,23 @@ export const TRUNK = 'trunk';
 export const expertGroup = (layer: number, expert: number) => `expert.${layer}.${expert}`;
 
 /** The tensors of a group held here, or undefined when this node does not hold it. */
-export function groupState(model: Model, group: string): Map<string, F32Tensor> | undefined {
+export function groupState(model: Pick<Model, 'params' | 'experts'>, group: string): Map<string, F32Tensor> | undefined {
   if (group === TRUNK) return model.params.snapshot((p) => p.grad !== undefined && !expertOf(p.name));
   const match = /^expert\.(\d+)\.(\d+)$/.exec(group);
   if (!match) return undefined;
   const [layer, expert] = [Number(match[1]), Number(match[2])];
-  if (!model.localExperts[layer]?.[expert]) return undefined;
-  return model.expertState(layer, expert);
+  if (!model.experts.hosts(layer, expert)) return undefined;
+  return model.experts.state(layer, expert);
 }
 
 /** `admitted` may ask the coordinator first: a node that just joined is not in our plan yet. */
-export async function serveState(rpc: Rpc, model: () => Model | undefined, admitted: (peer: string) => Promise<boolean>, jobId: string, round: () => number): Promise<void> {
+export async function serveState(
+  rpc: Rpc, model: Pick<Model, 'params' | 'experts'>, admitted: (peer: string) => Promise<boolean>, jobId: string, round: () => number,
+): Promise<void> {
   await rpc.handle('state', async (request, { peer }) => {
     if (!(await admitted(peer.toString()))) throw new RefusedError(`peer ${peer} is not admitted to job ${jobId}`);
     if (request.jobId !== jobId) throw new RefusedError(`this node trains job ${jobId}, not ${request.jobId}`);
-    const current = model();
-    if (!current) throw new RefusedError('this node is still starting');
-    const state = groupState(current, request.group);
+    const state = groupState(model, request.group);
     if (!state) throw new RefusedError(`group ${request.group} is not held here`);
     const parts: NamedTensor[] = [];
     for (const name of request.names) {

@@ -177,6 +177,18 @@ export function parameterShapes(config: ModelConfig): Map<string, number[]> {
   return shapes;
 }
 
+const EXPERT_PARAM = /^layers\.(\d+)\.experts\.(\d+)\./;
+
+/** The (layer, expert) a canonical parameter name belongs to, or undefined for the trunk. */
+export function expertOf(name: string): { layer: number; expert: number } | undefined {
+  const m = EXPERT_PARAM.exec(name);
+  return m ? { layer: Number(m[1]), expert: Number(m[2]) } : undefined;
+}
+
+/** Short names of the matrices LoRA can adapt (attention projections; expert matrices). */
+export const LORA_MODULES = ['q', 'k', 'v', 'o', 'gate', 'up', 'down'] as const;
+export type LoraModule = (typeof LORA_MODULES)[number];
+
 /** Matrices LoRA may adapt: attention projections and expert (routed and shared) matrices. */
 const LORA_TARGET = /^layers\.\d+\.(attn\.[qkvo]|experts\.\d+\.(gate|up|down)|shared_expert\.(gate|up|down))$/;
 

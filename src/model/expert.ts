@@ -1,8 +1,8 @@
 // A SwiGLU expert, y = down(silu(gate·x) ⊙ up·x), and the narrow interface through which the
 // MoE layer reaches experts. The layer never touches an expert's weights: it hands an expert
 // the rows routed to it and gets outputs back (and, in backward, input gradients while the
-// expert accumulates its own weight gradients). A swarm node implements the same interface
-// with remote replicas, without touching the model code.
+// expert accumulates its own weight gradients). The model routes those calls to the experts it
+// hosts, or to a swarm node's remote replicas through the same interface (hosted.ts).
 import type { Kernels } from '../kernels/index.ts';
 import { GrowableBuffer, type Linear } from './linear.ts';
 
@@ -202,22 +202,5 @@ export class SwigluExpert {
     this.kernels.ops.swigluBackward({ gate: g, up: u, dh, dGate: g, dUp: u, rows, cols: this.hidden });
     this.gate.backward(x, g, dx, rows);
     this.up.backward(x, u, dx, rows, true);
-  }
-}
-
-/** Experts held in this process, indexed [layer][expert] (undefined: not held, unreachable). */
-export class LocalExperts implements ExpertCompute {
-  constructor(readonly experts: readonly (readonly (SwigluExpert | undefined)[])[]) {}
-
-  async forward(layer: number, expert: number, x: Float32Array, y: Float32Array, rows: number): Promise<boolean> {
-    const held = this.experts[layer][expert];
-    held?.forward(x, y, rows);
-    return held !== undefined;
-  }
-
-  async backward(layer: number, expert: number, x: Float32Array, dy: Float32Array, dx: Float32Array, rows: number): Promise<boolean> {
-    const held = this.experts[layer][expert];
-    held?.backward(x, dy, dx, rows);
-    return held !== undefined;
   }
 }

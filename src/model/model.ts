@@ -6,61 +6,28 @@
 //         LoRA A/B trainable on the chosen targets (A random, B zero: training starts from the
 //         base model exactly).
 // Gradient checkpointing keeps only each layer's input and recomputes the layer's forward in
-// backward; all layers then share one set of activation buffers.
+// backward; all layers then share one set of activation buffers. The weights held here and their
+// loading live in weights.ts; which experts run here and which go to a remote port, in hosted.ts.
 import { HeapGroup } from '../kernels/heap.ts';
-import type { Kernels, QuantizedTensor } from '../kernels/index.ts';
-import { QBLOCK } from '../kernels/quantized.ts';
+import type { Kernels } from '../kernels/index.ts';
 import type { RopeTable } from '../kernels/ops.ts';
 import { Attention, AttentionBuffers, type KvCacheLayer } from './attention.ts';
-import { isLoraTarget, loraShapes, parameterShapes, type F32Tensor, type ModelConfig } from './config.ts';
-import { ExpertCache, ExpertScratch, ExpertSlab, LocalExperts, SwigluExpert, type ActivationStorage, type ExpertCompute } from './expert.ts';
-import { initTensors, uniform } from './init.ts';
+import type { F32Tensor, ModelConfig } from './config.ts';
+import { ExpertCache, ExpertScratch, ExpertSlab, SwigluExpert, type ActivationStorage } from './expert.ts';
+import { HostedExperts, type RemoteExperts } from './hosted.ts';
 import { DenseLinear, LAYER_SCRATCH, LORA_SCRATCH, LoraLinear, QuantLinear, ScratchBuffers, type BasePath, type Linear } from './linear.ts';
 import { MoeBuffers, MoeLayer } from './moe.ts';
-import { ParamStore, sizeOf, type Param } from './params.ts';
+import type { Param, ParamStore } from './params.ts';
+import { ModelWeights, type WeightsOptions } from './weights.ts';
 
-export type TrainMode = 'full' | 'lora';
-export type BaseFormat = 'f32' | 'q8' | 'q4';
-
-/** Short names of the matrices LoRA can adapt (attention projections; expert matrices). */
-export const LORA_MODULES = ['q', 'k', 'v', 'o', 'gate', 'up', 'down'] as const;
-export type LoraModule = (typeof LORA_MODULES)[number];
-
-export interface LoraOptions {
-  rank: number;
-  alpha: number;
-  /** Which matrices get an adapter, by short name (default: all of LORA_MODULES). */
-  targets?: LoraModule[];
-}
-
-export interface ModelOptions {
-  mode: TrainMode;
-  /** Required in lora mode. */
-  lora?: LoraOptions;
-  /** lora mode: how the frozen attention and expert matrices are stored (default f32). */
-  baseFormat?: BaseFormat;
+export interface ModelOptions extends WeightsOptions {
   /** lora mode with q8/q4: the fp32 path (dequantize while packing) or the exact integer path. */
   basePath?: BasePath;
   checkpointing?: boolean;
   /** How the experts and attention keep their largest activations for the backward (default f32; bf16 halves that memory, see ActivationStorage). */
   activationStorage?: ActivationStorage;
-  /** Seed of the random initialization (weights in full mode, LoRA A in lora mode). */
-  seed?: number;
-  /** Where the MoE layers send expert work; default: every expert in this process. */
-  experts?: ExpertCompute;
-  /**
-   * Which experts this process holds (their parameters exist here); default all. A swarm node
-   * holds the trunk and only its share of the experts.
-   */
-  hosts?: (layer: number, expert: number) => boolean;
-}
-
-const EXPERT_PARAM = /^layers\.(\d+)\.experts\.(\d+)\./;
-
-/** The (layer, expert) a canonical parameter name belongs to, or undefined for the trunk. */
-export function expertOf(name: string): { layer: number; expert: number } | undefined {
-  const m = EXPERT_PARAM.exec(name);
-  return m ? { layer: Number(m[1]), expert: Number(m[2]) } : undefined;
+  /** Where the MoE layers send experts this process does not host; without it, their tokens drop them. */
+  remote?: RemoteExperts;
 }
 
 export interface StepLoss {
@@ -178,22 +145,17 @@ class Workspace {
 }
 
 export class Model {
+  readonly weights: ModelWeights;
+  /** The weights' parameters (the trunk's and the hosted experts'). */
   readonly params: ParamStore;
-  /** lora mode with q8/q4: the frozen matrices, by canonical name. */
-  readonly quantized = new Map<string, QuantizedTensor>();
-  /** The experts held in this process, [layer][expert]; undefined where another node holds it. */
-  readonly localExperts: (SwigluExpert | undefined)[][] = [];
+  /** The routed experts hosted here, and the routing of every expert call (local first, else remote). */
+  readonly experts: HostedExperts;
   private readonly blocks: Block[] = [];
-  private readonly shapes: Map<string, number[]>;
-  private loraShapes: Map<string, number[]>;
-  private readonly format: BaseFormat;
   /** Where each layer's experts keep their activations (one slab for all layers under checkpointing). */
   private readonly expertSlabs: ExpertSlab[];
   private readonly expertScratch: ExpertScratch;
   /** Temporaries of one layer's or one linear's forward or backward, shared by all of them. */
   private readonly scratch: ScratchBuffers;
-  private readonly transposed = new Map<string, QuantizedTensor>();
-  private readonly serving = new Map<string, SwigluExpert>();
   private readonly head: Linear;
   private readonly rope: RopeTable;
   private workspace?: Workspace;
@@ -207,45 +169,18 @@ export class Model {
     readonly options: ModelOptions,
     base?: Map<string, F32Tensor>,
   ) {
-    if (options.mode === 'lora' && !options.lora) throw new Error('model: lora mode needs lora options (rank, alpha)');
-    const format = options.mode === 'lora' ? (options.baseFormat ?? 'f32') : 'f32';
-    if (options.mode === 'full' && options.baseFormat && options.baseFormat !== 'f32') {
-      throw new Error('model: a quantized base needs lora mode (full mode trains every weight in fp32)');
-    }
-    const trainBase = options.mode === 'full';
-    const seed = options.seed ?? 1;
-    const hosts = options.hosts ?? (() => true);
-    const held = (name: string) => {
-      const owner = expertOf(name);
-      return !owner || hosts(owner.layer, owner.expert);
-    };
-    this.params = new ParamStore(kernels);
-    this.shapes = parameterShapes(config);
-    this.format = format;
-    for (const [name, shape] of this.shapes) {
-      if (held(name) && !this.quantizes(name)) this.params.add(name, shape, trainBase);
-    }
-    this.loadBase(base ?? initTensors(config, seed, { reuseBuffer: true }), held);
-
-    this.loraShapes = new Map();
-    if (options.mode === 'lora') {
-      const targets = new Set<string>(options.lora!.targets ?? LORA_MODULES);
-      const module = (name: string) => name.replace(/\.lora_[ab]$/, '').split('.').pop()!;
-      this.loraShapes = new Map([...loraShapes(config, options.lora!.rank)].filter(([name]) => targets.has(module(name))));
-      const adapters = new Map([...this.loraShapes].filter(([name]) => held(name)));
-      for (const [name, shape] of adapters) this.params.add(name, shape, true);
-      this.params.load(initLora(adapters, seed));
-    }
-
+    this.weights = new ModelWeights(kernels, config, options, base);
+    this.params = this.weights.params;
     this.rope = kernels.ops.ropeTable(config.headDim, config.maxSeqLen, config.ropeTheta);
     const scratch = (this.scratch = new ScratchBuffers(kernels));
     this.expertScratch = new ExpertScratch(kernels);
     const sharedSlab = options.checkpointing ? new ExpertSlab(kernels, config.expertHiddenSize, options.activationStorage) : undefined;
     this.expertSlabs = Array.from({ length: config.numLayers }, () => sharedSlab ?? new ExpertSlab(kernels, config.expertHiddenSize, options.activationStorage));
-    for (let l = 0; l < config.numLayers; l++) {
-      this.localExperts.push(Array.from({ length: config.numExperts }, (_, e) => (hosts(l, e) ? this.buildExpert(l, e) : undefined)));
-    }
-    const experts = options.experts ?? new LocalExperts(this.localExperts);
+    const prefix = (layer: number, expert: number) => `layers.${layer}.experts.${expert}`;
+    this.experts = new HostedExperts(config, this.weights, {
+      local: (layer, expert) => this.swiglu(prefix(layer, expert), this.expertSlabs[layer]),
+      serving: (layer, expert) => this.swiglu(prefix(layer, expert)),
+    }, options.remote);
     const sharedAttention = options.checkpointing ? new AttentionBuffers(options.activationStorage) : undefined;
     const sharedMoe = options.checkpointing ? new MoeBuffers(options.activationStorage) : undefined;
     const linear = (name: string) => this.linear(name);
@@ -259,49 +194,21 @@ export class Model {
         ffnNorm: this.params.get(`${p}.ffn_norm`),
         attention: new Attention(kernels, config, linear(`${p}.attn.q`), linear(`${p}.attn.k`), linear(`${p}.attn.v`), linear(`${p}.attn.o`), this.rope, scratch,
           sharedAttention ?? new AttentionBuffers(options.activationStorage)),
-        moe: new MoeLayer(kernels, config, l, linear(`${p}.router`), experts, scratch, sharedMoe ?? new MoeBuffers(options.activationStorage), shared),
+        moe: new MoeLayer(kernels, config, l, linear(`${p}.router`), this.experts, scratch, sharedMoe ?? new MoeBuffers(options.activationStorage), shared),
       });
     }
     this.head = config.tieEmbeddings ? new DenseLinear(kernels, this.params.get('embed')) : linear('lm_head');
   }
 
-  /**
-   * The frozen matrices stored quantized: LoRA's targets and the (untied) LM head. The head
-   * needs a vocabulary of whole 32-blocks (the integer path's backward quantizes Wᵀ along it).
-   */
-  private quantizes(name: string): boolean {
-    if (this.format === 'f32') return false;
-    return isLoraTarget(name) || (name === 'lm_head' && this.config.vocabSize % QBLOCK === 0);
-  }
-
   private linear(name: string): Linear {
     const bias = this.params.has(`${name}_bias`) ? this.params.get(`${name}_bias`) : undefined;
-    const q = this.quantized.get(name);
+    const q = this.weights.quantized.get(name);
     const path = this.options.basePath ?? 'fp32';
     const base: Linear = q
-      ? new QuantLinear(this.kernels, q, path, bias, path === 'int' ? this.transposedOf(name, q) : undefined)
+      ? new QuantLinear(this.kernels, q, path, bias, path === 'int' ? this.weights.transposedOf(name, q) : undefined)
       : new DenseLinear(this.kernels, this.params.get(name), bias);
     if (!this.params.has(`${name}.lora_a`)) return base;
     return new LoraLinear(this.kernels, base, this.params.get(`${name}.lora_a`), this.params.get(`${name}.lora_b`), this.options.lora!.alpha, this.scratch);
-  }
-
-  /** Wᵀ of a frozen quantized matrix for the integer path's backward; always q8 (a q4 copy would double the error). */
-  private transposedOf(name: string, w: QuantizedTensor): QuantizedTensor {
-    let t = this.transposed.get(name);
-    if (!t) this.transposed.set(name, (t = this.kernels.qint.transposeQuantized(w, { bits: 8 })));
-    return t;
-  }
-
-  /**
-   * A second instance of a held expert over the same parameters but with its own activation
-   * caches, to serve other nodes' calls while this node's own forward keeps its activations.
-   */
-  servingExpert(layer: number, expert: number): SwigluExpert | undefined {
-    if (!this.localExperts[layer][expert]) return undefined;
-    const key = `${layer}.${expert}`;
-    let serving = this.serving.get(key);
-    if (!serving) this.serving.set(key, (serving = this.swiglu(`layers.${layer}.experts.${expert}`)));
-    return serving;
   }
 
   /** An expert keeping its activations in `slab`, or in a slab of its own. */
@@ -311,73 +218,6 @@ export class Model {
       ? new ExpertCache(this.kernels, slab)
       : new ExpertCache(this.kernels, new ExpertSlab(this.kernels, gate.outDim, this.options.activationStorage), true);
     return new SwigluExpert(this.kernels, gate, this.linear(`${prefix}.up`), this.linear(`${prefix}.down`), this.expertScratch, cache);
-  }
-
-  private buildExpert(layer: number, expert: number): SwigluExpert {
-    return this.swiglu(`layers.${layer}.experts.${expert}`, this.expertSlabs[layer]);
-  }
-
-  /** Canonical names of an expert's tensors (base matrices, and LoRA A/B in lora mode). */
-  expertTensorNames(layer: number, expert: number): string[] {
-    const prefix = `layers.${layer}.experts.${expert}.`;
-    return [...this.shapes.keys(), ...this.loraShapes.keys()].filter((name) => name.startsWith(prefix));
-  }
-
-  /**
-   * Takes on an expert (a new replica): its tensors come from `state` (a holder's current
-   * values; base matrices in fp32) or, when absent, from the seeded initialization. Returns
-   * its trainable parameters, for the optimizer.
-   */
-  addExpert(layer: number, expert: number, state?: Map<string, F32Tensor>): Param[] {
-    if (this.localExperts[layer][expert]) throw new Error(`model: expert ${layer}.${expert} is already held here`);
-    const names = new Set(this.expertTensorNames(layer, expert));
-    const trainBase = this.options.mode === 'full';
-    for (const name of names) {
-      if (this.loraShapes.has(name)) this.params.add(name, this.loraShapes.get(name)!, true);
-      else if (!this.quantizes(name)) this.params.add(name, this.shapes.get(name)!, trainBase);
-    }
-    const baseNames = (name: string) => names.has(name) && !this.loraShapes.has(name);
-    this.loadBase(state ? [...state].filter(([name]) => baseNames(name)) : initTensors(this.config, this.options.seed ?? 1, { reuseBuffer: true }), baseNames);
-    const lora = new Map([...this.loraShapes].filter(([name]) => names.has(name)));
-    this.params.load(state ? new Map([...state].filter(([name]) => lora.has(name))) : initLora(lora, this.options.seed ?? 1));
-    this.localExperts[layer][expert] = this.buildExpert(layer, expert);
-    return [...names].filter((name) => this.params.has(name)).map((name) => this.params.get(name)).filter((p) => p.grad);
-  }
-
-  /** Gives up an expert held here; returns the names of the parameters released. */
-  removeExpert(layer: number, expert: number): string[] {
-    if (!this.localExperts[layer][expert]) throw new Error(`model: expert ${layer}.${expert} is not held here`);
-    this.localExperts[layer][expert] = undefined;
-    this.serving.delete(`${layer}.${expert}`);
-    const names = this.expertTensorNames(layer, expert);
-    for (const name of names) {
-      for (const store of [this.quantized, this.transposed]) {
-        const q = store.get(name);
-        if (!q) continue;
-        this.kernels.heap.release(q.q);
-        this.kernels.heap.release(q.scales);
-        store.delete(name);
-      }
-      if (this.params.has(name)) this.params.remove(name);
-    }
-    return names;
-  }
-
-  /** An expert's current tensors (base matrices dequantized to fp32), to seed a new replica. */
-  expertState(layer: number, expert: number): Map<string, F32Tensor> {
-    const out = new Map<string, F32Tensor>();
-    for (const name of this.expertTensorNames(layer, expert)) {
-      const q = this.quantized.get(name);
-      if (q) {
-        const data = this.kernels.quant.dequantize(q);
-        out.set(name, { shape: [q.rows, q.cols], data: Float32Array.from(data) });
-        this.kernels.heap.release(data);
-      } else {
-        const p = this.params.get(name);
-        out.set(name, { shape: [...p.shape], data: Float32Array.from(p.value) });
-      }
-    }
-    return out;
   }
 
   /** Token-to-expert assignments dropped so far because no holder of the expert answered. */
@@ -599,48 +439,4 @@ export class Model {
     if (!this.normScratch || this.normScratch.length < p.value.length) this.normScratch = this.kernels.heap.f32(p.value.length);
     return this.normScratch;
   }
-
-  /**
-   * Copies base weights in, one tensor at a time (a random init is generated tensor by tensor,
-   * never held whole), quantizing the matrices the format says. Tensors not `wanted` here
-   * (experts held elsewhere) are skipped; every wanted one must come exactly once, with its shape.
-   */
-  private loadBase(tensors: Iterable<[string, F32Tensor]>, wanted: (name: string) => boolean): void {
-    const { heap, quant } = this.kernels;
-    const seen = new Set<string>();
-    for (const [name, tensor] of tensors) {
-      const shape = this.shapes.get(name);
-      if (!shape) throw new Error(`model: base tensor ${name} is not a parameter of this config`);
-      if (!wanted(name)) continue;
-      if (tensor.shape.join('x') !== shape.join('x')) throw new Error(`model: base tensor ${name} has shape [${tensor.shape}], expected [${shape}]`);
-      seen.add(name);
-      if (!this.quantizes(name)) {
-        this.params.get(name).value.set(tensor.data);
-        continue;
-      }
-      const staging = heap.f32(tensor.data.length);
-      staging.set(tensor.data);
-      // The head is always q8: its error lands on the logits directly (q4: ~13% of their range).
-      const bits = this.format === 'q8' || name === 'lm_head' ? 8 : 4;
-      this.quantized.set(name, quant.quantize(staging, shape[0], shape[1], bits));
-      heap.release(staging);
-    }
-    const missing = [...this.shapes.keys()].filter((name) => wanted(name) && !seen.has(name));
-    if (missing.length) throw new Error(`model: base lacks ${missing.length} tensor(s), e.g. ${missing.slice(0, 3).join(', ')}`);
-  }
-}
-
-/** LoRA A ~ U(−1/√in, 1/√in) (PEFT's kaiming-uniform default), B = 0. */
-function initLora(shapes: Map<string, number[]>, seed: number): Map<string, F32Tensor> {
-  const out = new Map<string, F32Tensor>();
-  const random = uniform(seed ^ 0x9e3779b9);
-  for (const [name, shape] of shapes) {
-    const data = new Float32Array(sizeOf(shape));
-    if (name.endsWith('.lora_a')) {
-      const bound = 1 / Math.sqrt(shape[1]);
-      for (let i = 0; i < data.length; i++) data[i] = (random() * 2 - 1) * bound;
-    }
-    out.set(name, { shape, data });
-  }
-  return out;
 }

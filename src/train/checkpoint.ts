@@ -7,8 +7,8 @@
 import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { readSafetensors, writeSafetensors, type Tensor } from '../io/safetensors.ts';
-import { validateConfig, type F32Tensor, type ModelConfig } from '../model/config.ts';
-import { LORA_MODULES, type BaseFormat, type LoraModule, type TrainMode } from '../model/model.ts';
+import { LORA_MODULES, validateConfig, type F32Tensor, type LoraModule, type ModelConfig } from '../model/config.ts';
+import type { BaseFormat, TrainMode } from '../model/weights.ts';
 import type { Trainer } from './trainer.ts';
 
 export const CHECKPOINT_VERSION = 1;
@@ -49,7 +49,7 @@ const toTensors = (m: Map<string, F32Tensor>) => [...m].map(([name, t]) => [name
 export async function saveCheckpoint(dir: string, trainer: Trainer, base?: string): Promise<void> {
   const { model } = trainer;
   const trainable = model.options.mode === 'full' ? () => true : (p: { grad?: Float32Array }) => p.grad !== undefined;
-  const { experts: _placement, ...modelOptions } = model.options;
+  const { remote: _transport, ...modelOptions } = model.options;
   const state: CheckpointState = {
     version: CHECKPOINT_VERSION,
     step: trainer.step,

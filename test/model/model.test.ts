@@ -6,7 +6,8 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadHfModel, type HfModel } from '../../src/io/hf.ts';
 import { createKernels, type Kernels } from '../../src/kernels/index.ts';
-import { createConfig, type F32Tensor, type ModelConfig } from '../../src/model/config.ts';
+import { createConfig, expertOf, type F32Tensor, type ModelConfig } from '../../src/model/config.ts';
+import type { RemoteExperts } from '../../src/model/hosted.ts';
 import { initParameters } from '../../src/model/init.ts';
 import { Model, type ModelOptions } from '../../src/model/model.ts';
 import { generate } from '../../src/train/generate.ts';
@@ -97,16 +98,18 @@ describe.skipIf(!fixtures)(`Hugging Face fixtures${fixtures ? '' : ' (skipped: .
     expect(await generate(model, ref.input_ids, { maxNewTokens: ref.greedy_ids.length })).toEqual(ref.greedy_ids);
   });
 
-  it('an unreachable expert is dropped and the gates renormalized, with exact gradients, whatever its output rows hold', async () => {
+  it('an expert no remote holder answers is dropped and the gates renormalized, with exact gradients, whatever its rows hold', async () => {
     const hf = await load('atenia-tiny-mixtral-classic');
     const config = { ...hf.config, routerAuxLossCoef: 0.1, maxSeqLen: 64 };
     const dropped = new Set(['0.1', '1.3']);
-    const model: Model = new Model(kernels, config, {
+    const remoteCalls: string[] = [];
+    const model = new Model(kernels, config, {
       mode: 'full',
-      experts: {
+      hosts: (l, e) => !dropped.has(`${l}.${e}`),
+      remote: {
         // A failed call may leave anything in its output rows (here NaN): they must not count.
-        forward: async (l, e, x, y, rows) => (dropped.has(`${l}.${e}`) ? (y.fill(NaN), false) : (model.localExperts[l][e]!.forward(x, y, rows), true)),
-        backward: async (l, e, x, dy, dx, rows) => (model.localExperts[l][e]!.backward(x, dy, dx, rows), true),
+        forward: async (l, e, _x, y) => (remoteCalls.push(`${l}.${e}`), y.fill(NaN), false),
+        backward: async (l, e) => (remoteCalls.push(`backward ${l}.${e}`), false),
       },
     }, hf.params);
     const tokens = [22, 25, 29, 38, 36, 3, 17];
@@ -116,7 +119,10 @@ describe.skipIf(!fixtures)(`Hugging Face fixtures${fixtures ? '' : ' (skipped: .
     const ref = forward64(config, (n) => params64.get(n), tokens, targets, undefined, dropped);
     expect(Math.abs(result.loss - ref.loss)).toBeLessThan(1e-5);
     expect(model.droppedAssignments()).toBeGreaterThan(0);
-    expect(model.params.get('layers.0.experts.1.gate').grad!.every((g) => g === 0)).toBe(true);
+    // Only the experts not hosted went to the remote port, and a dropped expert gets no backward call.
+    expect(remoteCalls.length).toBeGreaterThan(0);
+    expect(remoteCalls.every((key) => dropped.has(key))).toBe(true);
+    expect(model.params.has('layers.0.experts.1.gate')).toBe(false);
     for (const name of ['layers.0.router', 'layers.1.router', 'layers.0.experts.2.down', 'layers.0.attn.q', 'embed']) {
       const { error, scale } = checkGradient(config, params64, model.params.get(name).grad!, name, tokens, targets, undefined, 4, dropped);
       expect(error, name).toBeLessThan(2e-4 * scale + 1e-7);
@@ -260,22 +266,58 @@ describe('model on a small random config', () => {
   ] as [string, ModelOptions][])('%s: a node holding some experts takes others on from a holder\'s state and gives them up', async (_, options) => {
     const full = new Model(kernels, SMALL, options, base);
     const partial = new Model(kernels, SMALL, { ...options, hosts: (_l, e) => e < 2 }, base);
-    expect(partial.params.has('layers.1.experts.3.up') || partial.quantized.has('layers.1.experts.3.up')).toBe(false);
+    expect(partial.params.has('layers.1.experts.3.up') || partial.weights.quantized.has('layers.1.experts.3.up')).toBe(false);
     expect(full.params.all().length).toBeGreaterThan(partial.params.all().length);
     for (let l = 0; l < SMALL.numLayers; l++) {
       for (const e of [2, 3]) {
-        const added = partial.addExpert(l, e, full.expertState(l, e));
+        const added = partial.experts.add(l, e, full.experts.state(l, e));
         expect(added.length).toBeGreaterThan(0);
         expect(added.every((p) => p.grad)).toBe(true);
       }
     }
     const want = Float32Array.from(await full.logits(tokens, 2, 16));
     expect(bitEqual(Float32Array.from(await partial.logits(tokens, 2, 16)), want)).toBe(true);
-    expect(partial.removeExpert(1, 3)).toContain('layers.1.experts.3.down');
+    expect(partial.experts.remove(1, 3)).toContain('layers.1.experts.3.down');
     await partial.logits(tokens, 2, 16);
     expect(partial.droppedAssignments()).toBeGreaterThan(0);
-    expect(() => partial.addExpert(0, 0)).toThrow(/already held/);
-    expect(() => partial.removeExpert(1, 3)).toThrow(/not held/);
+    expect(() => partial.experts.add(0, 0)).toThrow(/already held/);
+    expect(() => partial.experts.remove(1, 3)).toThrow(/not held/);
+  });
+
+  it('runs hosted experts locally and the others through the remote port, bit-identical to holding them all', async () => {
+    // Full mode: in lora mode a node's LoRA A init depends on which experts it holds (one random stream over the held adapters).
+    const options: ModelOptions = { mode: 'full' };
+    const full = new Model(kernels, SMALL, options, base);
+    // Another process's experts, called as an expert server does: stateless, the forward rerun before a backward.
+    const holder = new Model(kernels, SMALL, options, base);
+    const remoteCalls = { forward: 0, backward: 0 };
+    const remote: RemoteExperts = {
+      forward: async (l, e, x, y, rows) => {
+        remoteCalls.forward++;
+        holder.experts.servingExpert(l, e)!.forward(x, y, rows);
+        return true;
+      },
+      backward: async (l, e, x, dy, dx, rows) => {
+        remoteCalls.backward++;
+        const expert = holder.experts.servingExpert(l, e)!;
+        expert.forward(x, dx, rows);
+        expert.backward(x, dy, dx, rows);
+        return true;
+      },
+    };
+    const partial = new Model(kernels, SMALL, { ...options, hosts: (_l, e) => e < 2, remote }, base);
+    const want = await full.trainStep(tokens, targets, 2, 16);
+    const got = await partial.trainStep(tokens, targets, 2, 16);
+    expect(got).toEqual(want);
+    expect(partial.droppedAssignments()).toBe(0);
+    expect(remoteCalls.forward).toBeGreaterThan(0);
+    expect(partial.experts.localCalls + remoteCalls.forward + remoteCalls.backward).toBe(full.experts.localCalls);
+    // The trunk's and hosted experts' gradients here, the others' at the holder: each the full model's, bit for bit.
+    for (const p of full.params.trainable()) {
+      const owner = expertOf(p.name);
+      const where = owner && owner.expert >= 2 ? holder : partial;
+      expect(bitEqual(where.params.get(p.name).grad!, p.grad!), p.name).toBe(true);
+    }
   });
 
   it('a call with more rows than any before frees the row-sized buffers it outgrows', async () => {

@@ -1,7 +1,9 @@
-// Expert activations on the wire: f32 rows travel exactly; bf16 rows take half the bytes and
-// come back within bf16's rounding (half an ulp: 2^-8 relative, ties to even); what a peer sends is checked.
+// Expert calls between nodes: rows on the wire (f32 exact, bf16 within half an ulp: 2^-8 relative, ties
+// to even; what a peer sends is checked), and the transport's failover across holders with its counters.
 import { describe, expect, it } from 'vitest';
-import { MAX_ROW_MAGNITUDE, rowsOf, wireRows } from '../../node/experts.ts';
+import { MAX_ROW_MAGNITUDE, rowsOf, SwarmRemoteExperts, wireRows, type SwarmRemoteExpertsComponents } from '../../node/experts.ts';
+import type { ExpertCall } from '../../proto/index.ts';
+import type { DialTarget } from '../../src/p2p/index.ts';
 import { rng } from '../helpers.ts';
 
 const ROWS = 5;
@@ -63,5 +65,48 @@ describe('expert rows on the wire', () => {
     expect(rowsOf(wireRows(ROWS, HIDDEN, poisoned, 'f32'), ROWS, HIDDEN)).toMatch(/^out-of-range value 3\.0*\d*e\+38 at 7$/);
     poisoned[7] = MAX_ROW_MAGNITUDE;
     expect(rowsOf(wireRows(ROWS, HIDDEN, poisoned, 'f32'), ROWS, HIDDEN)).toBeInstanceOf(Float32Array);
+  });
+});
+
+describe('remote expert transport', () => {
+  const SELF = 'self';
+  /** Holders that answer y = 2x (backward: dx = 3·dy) unless they are down; every request is recorded. */
+  function swarm(down: Set<string>) {
+    const asked: string[] = [];
+    const rpc = {
+      request: async (target: DialTarget, protocol: string, call: ExpertCall) => {
+        const peer = target as unknown as string;
+        asked.push(`${protocol} ${peer}`);
+        if (down.has(peer)) throw new Error('timed out');
+        const rows = rowsOf(call.tensor, call.rows, HIDDEN) as Float32Array;
+        return { ...call, tensor: wireRows(call.rows, HIDDEN, rows.map((v) => v * (protocol === 'expertForward' ? 2 : 3)), 'f32') };
+      },
+    } as unknown as SwarmRemoteExpertsComponents['rpc'];
+    const directory = { holders: () => [SELF, 'a', 'b'], address: (peer: string) => peer as unknown as DialTarget };
+    const experts = new SwarmRemoteExperts({ rpc, directory }, { jobId: 'job', self: SELF, hidden: HIDDEN, timeoutMs: 1000, precision: 'f32' });
+    return { experts, asked };
+  }
+
+  it('answers from a live holder, failing over past one that does not answer, and never calls itself', async () => {
+    const { experts, asked } = swarm(new Set(['a']));
+    const x = randomRows(6);
+    for (let call = 0; call < 2; call++) {
+      const y = new Float32Array(ROWS * HIDDEN);
+      expect(await experts.forward(0, 1, x, y, ROWS)).toBe(true);
+      expect(y).toEqual(x.map((v) => v * 2));
+    }
+    const dx = new Float32Array(ROWS * HIDDEN);
+    expect(await experts.backward(0, 1, x, x, dx, ROWS)).toBe(true);
+    expect(dx).toEqual(x.map((v) => v * 3));
+    // Calls rotate over the holders: the second starts at the one that is down and fails over.
+    expect(asked).toEqual(['expertForward b', 'expertForward a', 'expertForward b', 'expertBackward b']);
+    expect(experts.stats).toMatchObject({ remoteCalls: 4, failovers: 1, unanswered: 0 });
+  });
+
+  it('resolves false when no holder answers, so the model drops the expert', async () => {
+    const { experts, asked } = swarm(new Set(['a', 'b']));
+    expect(await experts.forward(1, 0, randomRows(7), new Float32Array(ROWS * HIDDEN), ROWS)).toBe(false);
+    expect(asked).toEqual(['expertForward b', 'expertForward a']);
+    expect(experts.stats).toMatchObject({ remoteCalls: 2, failovers: 1, unanswered: 1 });
   });
 });

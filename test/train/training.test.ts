@@ -111,7 +111,7 @@ describe('LoRA from SOTU to TypeScript declarations', () => {
   it.each(['q8', 'q4'] as const)('%s base: held-out loss on the new domain falls; the frozen base stays bit-identical', async (baseFormat) => {
     const lora = new Model(kernels, config, { mode: 'lora', lora: { rank: 8, alpha: 16 }, baseFormat }, weights);
     const frozenBefore = lora.params.all().filter((p) => !p.grad).map((p) => Float32Array.from(p.value));
-    const quantBefore = [...lora.quantized.values()].map((q) => [Uint8Array.from(new Uint8Array(q.q.buffer, q.q.byteOffset, q.q.byteLength)), Float32Array.from(q.scales)] as const);
+    const quantBefore = [...lora.weights.quantized.values()].map((q) => [Uint8Array.from(new Uint8Array(q.q.buffer, q.q.byteOffset, q.q.byteLength)), Float32Array.from(q.scales)] as const);
     const run = trainer(lora, tsData, tokenizer, schedule(120, 5e-3));
     const before = await run.evaluate(6);
     for (let s = 0; s < 120; s++) await run.trainStep();
@@ -120,7 +120,7 @@ describe('LoRA from SOTU to TypeScript declarations', () => {
     expect(after.loss).toBeLessThan(before.loss - 0.3);
 
     lora.params.all().filter((p) => !p.grad).forEach((p, i) => expect(bitEqual(p.value, frozenBefore[i]), p.name).toBe(true));
-    [...lora.quantized.values()].forEach((q, i) => {
+    [...lora.weights.quantized.values()].forEach((q, i) => {
       expect(new Uint8Array(q.q.buffer, q.q.byteOffset, q.q.byteLength)).toEqual(quantBefore[i][0]);
       expect(bitEqual(q.scales, quantBefore[i][1])).toBe(true);
     });

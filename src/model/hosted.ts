@@ -1,0 +1,102 @@
+// The routed experts this process hosts, and local-first routing of the MoE layers' calls: a
+// hosted expert runs here, any other goes to the injected RemoteExperts port (a swarm node's).
+import type { F32Tensor, ModelConfig } from './config.ts';
+import type { ExpertCompute, SwigluExpert } from './expert.ts';
+import type { Param } from './params.ts';
+import type { ModelWeights } from './weights.ts';
+
+/**
+ * Experts held by other processes, reached the way the MoE layer reaches any expert: each call
+ * resolves false when no holder answered (after whatever failover the transport does), and the
+ * layer then drops that expert for those rows.
+ */
+export type RemoteExperts = ExpertCompute;
+
+/** Builds a hosted expert over the weights held here. */
+export interface ExpertBuilder {
+  /** The instance the model's own forward and backward run, keeping activations in its layer's slab. */
+  local(layer: number, expert: number): SwigluExpert;
+  /** A second instance over the same parameters, with its own activation caches, to serve peers' calls. */
+  serving(layer: number, expert: number): SwigluExpert;
+}
+
+export class HostedExperts implements ExpertCompute {
+  /** Calls of the MoE layers that ran here. */
+  localCalls = 0;
+  /** [layer][expert]; undefined where another process holds the expert. */
+  private readonly local: (SwigluExpert | undefined)[][];
+  private readonly servingReplicas = new Map<string, SwigluExpert>();
+
+  constructor(
+    config: ModelConfig,
+    private readonly weights: ModelWeights,
+    private readonly build: ExpertBuilder,
+    private readonly remote?: RemoteExperts,
+  ) {
+    const hosts = weights.options.hosts ?? (() => true);
+    this.local = Array.from({ length: config.numLayers }, (_, l) =>
+      Array.from({ length: config.numExperts }, (_, e) => (hosts(l, e) ? build.local(l, e) : undefined)));
+  }
+
+  hosts(layer: number, expert: number): boolean {
+    return this.local[layer]?.[expert] !== undefined;
+  }
+
+  async forward(layer: number, expert: number, x: Float32Array, y: Float32Array, rows: number): Promise<boolean> {
+    const held = this.local[layer][expert];
+    if (!held) return this.remote ? this.remote.forward(layer, expert, x, y, rows) : false;
+    this.localCalls++;
+    held.forward(x, y, rows);
+    return true;
+  }
+
+  async backward(layer: number, expert: number, x: Float32Array, dy: Float32Array, dx: Float32Array, rows: number): Promise<boolean> {
+    const held = this.local[layer][expert];
+    if (!held) return this.remote ? this.remote.backward(layer, expert, x, dy, dx, rows) : false;
+    this.localCalls++;
+    held.backward(x, dy, dx, rows);
+    return true;
+  }
+
+  /** The replica that serves peers' calls for a hosted expert (made on first use), or undefined when not hosted. */
+  servingExpert(layer: number, expert: number): SwigluExpert | undefined {
+    if (!this.hosts(layer, expert)) return undefined;
+    const key = `${layer}.${expert}`;
+    let serving = this.servingReplicas.get(key);
+    if (!serving) this.servingReplicas.set(key, (serving = this.build.serving(layer, expert)));
+    return serving;
+  }
+
+  /** Canonical names of an expert's tensors (base matrices, and LoRA A/B in lora mode). */
+  tensorNames(layer: number, expert: number): string[] {
+    const prefix = `layers.${layer}.experts.${expert}.`;
+    return [...this.weights.shapes.keys(), ...this.weights.loraShapes.keys()].filter((name) => name.startsWith(prefix));
+  }
+
+  /**
+   * Takes on an expert (a new replica): its tensors come from `state` (a holder's current
+   * values; base matrices in fp32) or, when absent, from the seeded initialization. Returns
+   * its trainable parameters, for the optimizer.
+   */
+  add(layer: number, expert: number, state?: Map<string, F32Tensor>): Param[] {
+    if (this.hosts(layer, expert)) throw new Error(`model: expert ${layer}.${expert} is already held here`);
+    const trainable = this.weights.add(new Set(this.tensorNames(layer, expert)), state);
+    this.local[layer][expert] = this.build.local(layer, expert);
+    return trainable;
+  }
+
+  /** Gives up an expert held here; returns the names of the parameters released. */
+  remove(layer: number, expert: number): string[] {
+    if (!this.hosts(layer, expert)) throw new Error(`model: expert ${layer}.${expert} is not held here`);
+    this.local[layer][expert] = undefined;
+    this.servingReplicas.delete(`${layer}.${expert}`);
+    const names = this.tensorNames(layer, expert);
+    this.weights.remove(names);
+    return names;
+  }
+
+  /** A hosted expert's current tensors (base matrices dequantized to fp32), to seed a new replica. */
+  state(layer: number, expert: number): Map<string, F32Tensor> {
+    return this.weights.snapshot(this.tensorNames(layer, expert));
+  }
+}
