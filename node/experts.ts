@@ -1,7 +1,7 @@
 // Experts across the swarm: SwarmRemoteExperts, a node's transport to the experts other nodes hold
 // (the model's RemoteExperts port), and serveExperts, which answers peers' calls for those held here.
 import { f32Tensor, tensorF32, type ExpertCall, type JobSpec, type Tensor } from '../proto/index.ts';
-import { decodeHalves, encodeHalves } from '../src/io/half.ts';
+import { decodeHalves, encodeHalves } from '../proto/half.ts';
 import type { Kernels } from '../src/kernels/index.ts';
 import type { HostedExperts, RemoteExperts } from '../src/model/hosted.ts';
 import { GrowableBuffer } from '../src/model/linear.ts';
