@@ -13,7 +13,7 @@ export const NODE_COMMAND = command({
   usage: '--join <multiaddr> [options]',
   options: {
     join: text('<multiaddr>', 'the coordinator, e.g. /ip4/127.0.0.1/tcp/4001/p2p/12D3Koo...', { required: true }),
-    token: text('<secret>', "the swarm's join token (default: none)", { env: 'SWARMTRAIN_TOKEN' }),
+    token: text('<secret>', "the swarm's join token; none by default", { env: 'SWARMTRAIN_TOKEN' }),
     'memory-budget': size('<size>', 'memory this node gives the job, e.g. 512MB, 2GB', { default: '2GB' }),
     threads: integer('<n>', 'kernel threads', { min: 1, max: 64 }, { default: '1' }),
     key: text('<file>', "keeps this node's identity across restarts (created if absent)"),

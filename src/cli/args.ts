@@ -57,13 +57,14 @@ interface ValueExtras extends FlagExtras {
   multiple?: boolean;
 }
 
-export function flag<const E extends FlagExtras = {}>(help: string, extras?: E): FlagOption & E {
+export function flag<const E extends FlagExtras = {}>(help: string, extras?: E): FlagOption & NoInfer<E> {
   return { kind: 'flag', help, ...extras } as FlagOption & E;
 }
 
+// NoInfer: without extras, E must stay {} rather than be inferred from where the option is put.
 export function custom<T, const E extends ValueExtras = {}>(
   placeholder: string, help: string, parse: (text: string, name: string) => T, extras?: E,
-): ValueOption<T> & E {
+): ValueOption<T> & NoInfer<E> {
   return { kind: 'value', placeholder, help, parse, ...extras } as ValueOption<T> & E;
 }
 
@@ -180,6 +181,7 @@ export function optionsHelp(options: OptionTable): string {
     `${option.short === undefined ? '' : `-${option.short}, `}--${name}${option.kind === 'value' ? ` ${option.placeholder}` : ''}`;
   const entries: [label: string, help: string, section?: string][] = Object.entries(options).map(([name, option]) => {
     const notes = option.kind === 'value' ? [
+      option.required ? ' (required)' : '',
       option.default === undefined ? '' : ` (default ${option.default})`,
       option.env === undefined ? '' : ` (env ${option.env})`,
     ].join('') : '';
