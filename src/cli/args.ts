@@ -170,6 +170,9 @@ function parseArgsProblem(err: Error & { code?: string }): string {
   if (err.code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION') return `unknown option ${quoted}`;
   if (err.code === 'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL') return `unexpected argument ${JSON.stringify(quoted)}`;
   if (err.code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE' && /argument missing/.test(err.message)) return `${quoted?.split(' ')[0]} needs a value`;
+  if (err.code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE' && /ambiguous/.test(err.message)) {
+    return `${quoted} needs a value; one that starts with a dash goes as ${quoted}=<value>`;
+  }
   return err.message;
 }
 

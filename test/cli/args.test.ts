@@ -61,7 +61,8 @@ describe('parseOptions', () => {
   it('says what a value must be', () => {
     expect(usageError(['--name', 'x', '--count', '1.5'])).toBe('--count must be an integer from 1 to 64, got "1.5"');
     expect(usageError(['--name', 'x', '--count', '65'])).toBe('--count must be an integer from 1 to 64, got "65"');
-    expect(usageError(['--name', 'x', '--count', '-1'])).toBe('--count must be an integer from 1 to 64, got "-1"');
+    expect(usageError(['--name', 'x', '--count', '-1'])).toBe('--count needs a value; one that starts with a dash goes as --count=<value> (see prog --help)');
+    expect(usageError(['--name', 'x', '--count=-1'])).toBe('--count must be an integer from 1 to 64, got "-1"');
     expect(usageError(['--name', 'x', '--ratio', '1'])).toBe('--ratio must be a fraction between 0 and 1, got "1"');
     expect(usageError(['--name', 'x', '--ratio', ''])).toBe('--ratio must be a fraction between 0 and 1, got ""');
     expect(usageError(['--name', 'x', '--mode', 'medium'])).toBe('--mode must be one of fast, slow, got "medium"');
@@ -103,7 +104,7 @@ describe('optionsHelp', () => {
     expect(help).toMatch(/--budget <size> +memory \(env TEST_BUDGET\)\n/);
     expect(help).toMatch(/--mode fast\|slow +speed\n/);
     expect(help).toMatch(/-v, --verbose +say more\n/);
-    expect(help.endsWith('  -h, --help            this text\n')).toBe(true);
+    expect(help).toMatch(/\n\n {2}-h, --help +this text\n$/);
     // Descriptions start in one column.
     const columns = lines.filter((l) => l.startsWith('  -')).map((l) => /^ {2}\S+(?: \S+)? +/.exec(l)![0].length);
     expect(new Set(columns).size).toBe(1);
