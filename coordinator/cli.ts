@@ -20,7 +20,8 @@ every event as one JSON line; the first, "listening", gives the multiaddrs to jo
   options: {
     job: text('<file>', "the job: JSON of proto's JobSpec", { required: true }),
     tokenizer: text('<file>', "the job's tokenizer.json (Hugging Face format), or"),
-    vocab: integer('<n>', "train a tokenizer of n tokens on the job's documents (default: the job's model.vocabSize, if it sets one)", positive),
+    vocab: integer('<n>', "train a tokenizer of n tokens on the job's documents (default: the job's model.vocabSize, if it sets one)",
+      positive),
     listen: text('<multiaddr>', 'where nodes reach the coordinator, repeatable (default /ip4/127.0.0.1/tcp/0)', { multiple: true }),
     token: text('<secret>', 'the join token nodes must present; none by default: an open swarm', { env: 'SWARMTRAIN_TOKEN' }),
     key: text('<file>', "keeps the coordinator's peer id across restarts (created if absent)"),

@@ -8,7 +8,9 @@ const SWARMTRAIN: Program = {
   name: 'swarmtrain',
   commands: {
     node: { command: NODE_COMMAND, synopsis: '--join <addr>', summary: "join a swarm and train on this machine's CPU" },
-    train: { command: TRAIN_COMMAND, synopsis: '--local', summary: 'train a model (or a LoRA adapter) in this process on a bundled corpus' },
+    train: {
+      command: TRAIN_COMMAND, synopsis: '--local', summary: 'train a model (or a LoRA adapter) in this process on a bundled corpus',
+    },
     generate: { command: GENERATE_COMMAND, summary: 'continue a prompt with a trained checkpoint' },
   },
 };

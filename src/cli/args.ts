@@ -72,12 +72,16 @@ export function text<const E extends ValueExtras = {}>(placeholder: string, help
   return custom(placeholder, help, (value) => value, extras);
 }
 
-export function integer<const E extends ValueExtras = {}>(placeholder: string, help: string, range: { min: number; max?: number }, extras?: E) {
+export function integer<const E extends ValueExtras = {}>(
+  placeholder: string, help: string, range: { min: number; max?: number }, extras?: E,
+) {
   return custom(placeholder, help, (value, name) => parseInteger(value, name, range.min, range.max), extras);
 }
 
 /** A number that `ok` accepts; `want` says which, e.g. 'a positive number'. */
-export function real<const E extends ValueExtras = {}>(placeholder: string, help: string, ok: (x: number) => boolean, want: string, extras?: E) {
+export function real<const E extends ValueExtras = {}>(
+  placeholder: string, help: string, ok: (x: number) => boolean, want: string, extras?: E,
+) {
   return custom(placeholder, help, (value, name) => parseReal(value, name, ok, want), extras);
 }
 
@@ -105,12 +109,16 @@ export function parseInteger(text: string, name: string, min: number, max?: numb
 
 export function parseReal(text: string, name: string, ok: (x: number) => boolean, want: string): number {
   const value = Number(text);
-  if (text.trim() === '' || !Number.isFinite(value) || !ok(value)) throw new UsageError(`${name} must be ${want}, got ${JSON.stringify(text)}`);
+  if (text.trim() === '' || !Number.isFinite(value) || !ok(value)) {
+    throw new UsageError(`${name} must be ${want}, got ${JSON.stringify(text)}`);
+  }
   return value;
 }
 
 export function parseChoice<const C extends string>(text: string, name: string, choices: readonly C[]): C {
-  if (!(choices as readonly string[]).includes(text)) throw new UsageError(`${name} must be one of ${choices.join(', ')}, got ${JSON.stringify(text)}`);
+  if (!(choices as readonly string[]).includes(text)) {
+    throw new UsageError(`${name} must be one of ${choices.join(', ')}, got ${JSON.stringify(text)}`);
+  }
   return text as C;
 }
 
@@ -138,14 +146,16 @@ export function parseOptions<O extends OptionTable>(options: O, argv: string[], 
   }]));
   let given: Record<string, string | boolean | (string | boolean)[] | undefined>;
   try {
-    given = parseArgs({ args: argv, options: { ...config, help: { type: 'boolean', short: 'h' } }, strict: true, allowPositionals: false }).values;
+    const all = { ...config, help: { type: 'boolean' as const, short: 'h' } };
+    given = parseArgs({ args: argv, options: all, strict: true, allowPositionals: false }).values;
   } catch (err) {
     throw new UsageError(`${parseArgsProblem(err as Error & { code?: string })} (see ${program} --help)`);
   }
   if (given.help) return { help: true };
   const values: Record<string, unknown> = {};
   for (const [name, option] of Object.entries(options)) {
-    values[name] = option.kind === 'flag' ? given[name] === true : valueOf(name, option, given[name] as string | string[] | undefined, env, program);
+    const text = given[name];
+    values[name] = option.kind === 'flag' ? text === true : valueOf(name, option, text as string | string[] | undefined, env, program);
   }
   return { help: false, values: values as OptionValues<O> };
 }
@@ -169,10 +179,9 @@ function parseArgsProblem(err: Error & { code?: string }): string {
   const quoted = /'([^']*)'/.exec(err.message)?.[1];
   if (err.code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION') return `unknown option ${quoted}`;
   if (err.code === 'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL') return `unexpected argument ${JSON.stringify(quoted)}`;
-  if (err.code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE' && /argument missing/.test(err.message)) return `${quoted?.split(' ')[0]} needs a value`;
-  if (err.code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE' && /ambiguous/.test(err.message)) {
-    return `${quoted} needs a value; one that starts with a dash goes as ${quoted}=<value>`;
-  }
+  const badValue = err.code === 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE';
+  if (badValue && /argument missing/.test(err.message)) return `${quoted?.split(' ')[0]} needs a value`;
+  if (badValue && /ambiguous/.test(err.message)) return `${quoted} needs a value; one that starts with a dash goes as ${quoted}=<value>`;
   return err.message;
 }
 

@@ -33,7 +33,7 @@ export interface Command<O extends OptionTable = OptionTable> {
 /** Defines a command; the identity, but it infers the option table's types for `run`. */
 export const command = <O extends OptionTable>(definition: Command<O>): Command<O> => definition;
 
-export function helpText(command: Command<OptionTable>): string {
+export function helpText<O extends OptionTable>(command: Command<O>): string {
   const about = command.about === undefined ? '' : `${command.about.trimEnd()}\n\n`;
   return `Usage: ${command.program} ${command.usage}\n\n${about}${optionsHelp(command.options)}`;
 }
@@ -47,7 +47,7 @@ export async function runCommand<O extends OptionTable>(command: Command<O>, arg
   try {
     const parsed = parseOptions(command.options, argv, env, command.program);
     if (parsed.help) {
-      io.stdout.write(helpText(command as unknown as Command<OptionTable>));
+      io.stdout.write(helpText(command));
       return EXIT.ok;
     }
     return await command.run(parsed.values, io);

@@ -38,9 +38,11 @@ const positive = (x: number) => x > 0;
 const nonNegative = (x: number) => x >= 0;
 
 const TRAIN_OPTIONS = {
-  corpus: custom('<name>', 'sotu | moby-dick | typescript-lib (required)', (value, name) => parseChoice(value, name, CORPUS_NAMES), { section: 'Data' }),
-  vocab: integer('<n>', 'tokenizer size, trained on the corpus (default 2048); a tokenizer.json already in --out or beside --base is used instead',
-    { min: 257 }), // 256 byte tokens and end-of-text
+  corpus: custom('<name>', `${CORPUS_NAMES.join(' | ')} (required)`, (value, name) => parseChoice(value, name, CORPUS_NAMES), {
+    section: 'Data',
+  }),
+  vocab: integer('<n>', 'tokenizer size, trained on the corpus (default 2048); ' +
+    'a tokenizer.json already in --out or beside --base is used instead', { min: 257 }), // 256 byte tokens and end-of-text
   seq: integer('<n>', 'tokens per sequence (default 128)', { min: 1 }),
   batch: integer('<n>', 'sequences per micro-batch (default 8)', { min: 1 }),
   'held-out': real('<fraction>', 'documents held out for evaluation (default 0.05)', (x) => x > 0 && x < 1, 'a fraction between 0 and 1'),
@@ -48,15 +50,15 @@ const TRAIN_OPTIONS = {
   config: custom('<file>', 'JSON object of ModelConfig overrides of the demo config (256 hidden, 4 layers, 8 experts top-2); ' +
     'with --base only maxSeqLen and routerAuxLossCoef may differ from the base', readConfigOverrides, { section: 'Model' }),
   mode: choice(['full', 'lora'], 'train every weight, or LoRA adapters on a frozen base (default full)'),
-  base: custom('<dir>', 'initial weights: a full checkpoint, a run folder (its newest checkpoint) or a Hugging Face model folder; required with lora',
-    (value) => modelDir(resolve(value))),
+  base: custom('<dir>', 'initial weights: a full checkpoint, a run folder (its newest checkpoint) ' +
+    'or a Hugging Face model folder; required with lora', (value) => modelDir(resolve(value))),
   rank: integer('<n>', 'LoRA rank (default 8)', { min: 1 }),
   alpha: real('<x>', 'LoRA scale numerator (default 16)', positive, 'a positive number'),
   'base-format': choice(['f32', 'q8', 'q4'], 'lora: storage of the frozen attention and expert matrices (default f32)'),
   'base-path': choice(['fp32', 'int'], 'q8/q4: dequantizing fp32 product or exact integer product (default fp32)'),
   checkpointing: flag('recompute activations in backward: less memory, more compute'),
-  activations: choice(['f32', 'bf16'], 'how the experts and attention keep their largest activations for backward: bf16 halves that memory, ' +
-    'gradients move by ~0.5% (default f32)'),
+  activations: choice(['f32', 'bf16'], 'how the experts and attention keep their largest activations for backward: ' +
+    'bf16 halves that memory, gradients move by ~0.5% (default f32)'),
   steps: integer('<n>', 'updates (default 1000)', { min: 1 }, { section: 'Optimization' }),
   accumulation: integer('<n>', 'micro-batches per update (default 1)', { min: 1 }),
   lr: real('<x>', `peak learning rate (default ${DEFAULT_TRAIN.lr})`, positive, 'a positive number'),
@@ -118,7 +120,9 @@ export const GENERATE_COMMAND = command({
     threads,
   },
   async run(values, io) {
-    if ((values.run === undefined) === (values.checkpoint === undefined)) throw new UsageError('give either --run <dir> or --checkpoint <dir>');
+    if ((values.run === undefined) === (values.checkpoint === undefined)) {
+      throw new UsageError('give either --run <dir> or --checkpoint <dir>');
+    }
     const sampling = {
       maxNewTokens: values.tokens ?? 100,
       temperature: values.temperature ?? SAMPLING.temperature,
@@ -130,12 +134,15 @@ export const GENERATE_COMMAND = command({
       const { model, tokenizer } = await asInput(async () => {
         const dir = values.run === undefined ? resolve(values.checkpoint!) : runCheckpoint(resolve(values.run));
         const tokenizerPath = values.tokenizer === undefined ? findTokenizer(dir) : resolve(values.tokenizer);
-        if (tokenizerPath === undefined) throw new UsageError(`no tokenizer.json beside ${dir} or in its run folder; pass --tokenizer <file>`);
+        if (tokenizerPath === undefined) {
+          throw new UsageError(`no tokenizer.json beside ${dir} or in its run folder; pass --tokenizer <file>`);
+        }
         const tokenizer = loadTokenizer(tokenizerPath);
         const source = await loadModelSource(dir);
         if (values.adapter !== undefined) {
           if (source.options.mode !== 'full') {
-            throw new UsageError(`--adapter: ${dir} is a LoRA checkpoint already; apply an adapter to a full checkpoint or a Hugging Face folder`);
+            throw new UsageError(`--adapter: ${dir} is a LoRA checkpoint already; ` +
+              'apply an adapter to a full checkpoint or a Hugging Face folder');
           }
           const adapter = await readPeftAdapter(resolve(values.adapter), source.config, source.family);
           source.options = { mode: 'lora', lora: { rank: adapter.rank, alpha: adapter.alpha } };
@@ -202,7 +209,9 @@ function readConfigOverrides(path: string): Partial<ModelConfig> {
   } catch (err) {
     throw new UsageError(`--config ${path}: cannot read (${messageOf(err)})`);
   }
-  if (typeof json !== 'object' || json === null || Array.isArray(json)) throw new UsageError(`--config ${path}: expected a JSON object of ModelConfig fields`);
+  if (typeof json !== 'object' || json === null || Array.isArray(json)) {
+    throw new UsageError(`--config ${path}: expected a JSON object of ModelConfig fields`);
+  }
   try {
     createConfig(json as Partial<ModelConfig>);
   } catch (err) {
@@ -211,7 +220,9 @@ function readConfigOverrides(path: string): Partial<ModelConfig> {
   return json as Partial<ModelConfig>;
 }
 
-async function train(out: string, spec: RunSpec, session: SessionOptions, vocabGiven: number | undefined, resume: boolean, io: CommandIO): Promise<number> {
+async function train(
+  out: string, spec: RunSpec, session: SessionOptions, vocabGiven: number | undefined, resume: boolean, io: CommandIO,
+): Promise<number> {
   const progress = new ProgressLine(io.stdout);
   const paths = runPaths(out);
   let kernels: Kernels | undefined;
@@ -221,10 +232,15 @@ async function train(out: string, spec: RunSpec, session: SessionOptions, vocabG
       const base = spec.base === null ? undefined : await loadBase(spec.base);
       const corpus = loadCorpus(spec.corpus);
       const tokenizer = runTokenizer(out, spec, base, vocabGiven, corpus.documents);
-      const config = base ? onBase(base.config, spec.config, '--config') : createConfig({ vocabSize: tokenizer.tokenizer.vocabSize, ...spec.config });
+      const config = base ? onBase(base.config, spec.config, '--config')
+        : createConfig({ vocabSize: tokenizer.tokenizer.vocabSize, ...spec.config });
       checkVocabulary(tokenizer.tokenizer, config);
-      if (spec.seq > config.maxSeqLen) throw new UsageError(`--seq ${spec.seq} exceeds the model's maxSeqLen ${config.maxSeqLen} (set maxSeqLen in --config)`);
-      const data = corpusLoaders(tokenizer.tokenizer, corpus, { batchSize: spec.batch, seqLen: spec.seq, heldOutFraction: spec.heldOut, seed: spec.seed });
+      if (spec.seq > config.maxSeqLen) {
+        throw new UsageError(`--seq ${spec.seq} exceeds the model's maxSeqLen ${config.maxSeqLen} (set maxSeqLen in --config)`);
+      }
+      const data = corpusLoaders(tokenizer.tokenizer, corpus, {
+        batchSize: spec.batch, seqLen: spec.seq, heldOutFraction: spec.heldOut, seed: spec.seed,
+      });
       const resumeFrom = resume ? newestCheckpoint(out) : undefined;
       const checkpoint = resumeFrom === undefined ? undefined : await loadCheckpoint(resumeFrom);
       kernels = await createKernels({ threads: session.threads });
@@ -246,10 +262,13 @@ async function train(out: string, spec: RunSpec, session: SessionOptions, vocabG
 
     const trainable = model.params.trainable().reduce((n, p) => n + p.value.length, 0);
     const total = [...parameterShapes(config).values()].reduce((n, shape) => n + sizeOf(shape), 0);
-    const what = spec.mode === 'lora' ? `LoRA rank ${spec.rank} on the ${spec.baseFormat} base ${base!.dir}` : `every weight, from ${base ? base.dir : 'scratch'}`;
+    const what = spec.mode === 'lora' ? `LoRA rank ${spec.rank} on the ${spec.baseFormat} base ${base!.dir}`
+      : `every weight, from ${base ? base.dir : 'scratch'}`;
     progress.print(`${resumeFrom ? `resuming from ${resumeFrom}` : `training into ${out}`}: ${what}`);
-    progress.print(`model: ${config.numLayers} layers × ${config.hiddenSize}, ${config.numExperts} experts top-${config.expertsPerToken}, vocab ${config.vocabSize}; ${count(total)} parameters, ${count(trainable)} trainable`);
-    progress.print(`data: ${spec.corpus}, ${count(data.train.windowCount)} training windows of ${spec.seq} tokens; tokenizer ${tokenizer.source}; kernels ${setup.kernels.info.build} × ${setup.kernels.info.threads} threads`);
+    progress.print(`model: ${config.numLayers} layers × ${config.hiddenSize}, ${config.numExperts} experts top-${config.expertsPerToken}, ` +
+      `vocab ${config.vocabSize}; ${count(total)} parameters, ${count(trainable)} trainable`);
+    progress.print(`data: ${spec.corpus}, ${count(data.train.windowCount)} training windows of ${spec.seq} tokens; ` +
+      `tokenizer ${tokenizer.source}; kernels ${setup.kernels.info.build} × ${setup.kernels.info.threads} threads`);
 
     let lastEval: EvalMetrics | undefined;
     const evaluate = async () => {

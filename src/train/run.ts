@@ -71,18 +71,24 @@ export function runPaths(out: string) {
 
 /** The spec of a new run in `out`: the options given (`explicit`) over the defaults. */
 export function newSpec(out: string, explicit: Partial<RunSpec>): RunSpec {
-  if (existsSync(runPaths(out).spec)) throw new UsageError(`${out} already holds a run (run.json): add --resume to continue it, or choose another --out`);
+  if (existsSync(runPaths(out).spec)) {
+    throw new UsageError(`${out} already holds a run (run.json): add --resume to continue it, or choose another --out`);
+  }
   if (explicit.corpus === undefined) throw new UsageError(`--corpus is required (${CORPUS_NAMES.join(', ')})`);
   const merged: RunSpec = { ...DEFAULT_SPEC, corpus: explicit.corpus, minLr: (explicit.lr ?? DEFAULT_SPEC.lr) / 10, ...explicit };
   // In RUN_FLAGS order, for a readable run.json.
   const spec = Object.fromEntries(RUN_FIELDS.map((field) => [field, merged[field]])) as unknown as RunSpec;
-  if (spec.mode === 'lora' && spec.base === null) throw new UsageError('--mode lora needs --base <dir>: the model whose weights stay frozen');
+  if (spec.mode === 'lora' && spec.base === null) {
+    throw new UsageError('--mode lora needs --base <dir>: the model whose weights stay frozen');
+  }
   if (spec.mode === 'full') {
     for (const field of ['rank', 'alpha', 'baseFormat', 'basePath'] as const) {
       if (explicit[field] !== undefined) throw new UsageError(`--${RUN_FLAGS[field]} applies to --mode lora only`);
     }
   }
-  if (explicit.basePath !== undefined && spec.baseFormat === 'f32') throw new UsageError('--base-path applies to a quantized base (--base-format q8 or q4)');
+  if (explicit.basePath !== undefined && spec.baseFormat === 'f32') {
+    throw new UsageError('--base-path applies to a quantized base (--base-format q8 or q4)');
+  }
   if (spec.minLr > spec.lr) throw new UsageError(`--min-lr ${spec.minLr} exceeds --lr ${spec.lr}`);
   return spec;
 }
@@ -106,7 +112,9 @@ export function resumedSpec(out: string, explicit: Partial<RunSpec>): RunSpec {
     if (!ok) throw new UsageError(`${path}: ${field} is missing or not a ${expected}`);
     const given = explicit[field];
     if (given !== undefined && JSON.stringify(given) !== JSON.stringify(spec[field])) {
-      throw new UsageError(`--${RUN_FLAGS[field]} ${JSON.stringify(given)} differs from the run's ${JSON.stringify(spec[field])} (${path}); a resumed run keeps its options`);
+      const recordedValue = JSON.stringify(spec[field]);
+      throw new UsageError(`--${RUN_FLAGS[field]} ${JSON.stringify(given)} differs from the run's ${recordedValue} (${path}); ` +
+        'a resumed run keeps its options');
     }
   }
   return spec as unknown as RunSpec;
@@ -130,7 +138,8 @@ export function onBase(baseConfig: ModelConfig, overrides: Partial<ModelConfig>,
   for (const [field, value] of Object.entries(overrides)) {
     const baseValue = baseConfig[field as keyof ModelConfig];
     if (!TRAINING_FIELDS.includes(field) && baseValue !== value) {
-      throw new UsageError(`${source} sets ${field} ${value}, but the base has ${baseValue}; only ${TRAINING_FIELDS.join(' and ')} may differ from the base`);
+      throw new UsageError(`${source} sets ${field} ${value}, but the base has ${baseValue}; ` +
+        `only ${TRAINING_FIELDS.join(' and ')} may differ from the base`);
     }
   }
   return validateConfig({ ...baseConfig, ...overrides });
@@ -160,7 +169,8 @@ export function modelDir(path: string): string {
   if (existsSync(join(path, 'state.json'))) return path;
   if (existsSync(join(path, 'run.json'))) return runCheckpoint(path);
   if (existsSync(join(path, 'config.json'))) return path;
-  throw new UsageError(`${path} is not a checkpoint (no state.json), a run folder (no run.json) or a Hugging Face model folder (no config.json)`);
+  throw new UsageError(`${path} is not a checkpoint (no state.json), a run folder (no run.json) ` +
+    'or a Hugging Face model folder (no config.json)');
 }
 
 export async function loadModelSource(path: string): Promise<ModelSource> {
@@ -174,7 +184,9 @@ export async function loadModelSource(path: string): Promise<ModelSource> {
     checkParams(state.config, params);
     return { dir, config: state.config, options: { mode: 'full' }, weights: params, trained: new Map(), family: 'mixtral' };
   }
-  if (state.base === undefined) throw new UsageError(`${dir}: a LoRA checkpoint that does not say where its base is (state.json has no "base")`);
+  if (state.base === undefined) {
+    throw new UsageError(`${dir}: a LoRA checkpoint that does not say where its base is (state.json has no "base")`);
+  }
   const base = await loadBase(state.base);
   const config = onBase(base.config, state.config, `checkpoint ${dir}`);
   return { ...base, dir, config, options: state.model, trained: params };
@@ -182,7 +194,9 @@ export async function loadModelSource(path: string): Promise<ModelSource> {
 
 export async function loadBase(path: string): Promise<ModelSource> {
   const source = await loadModelSource(path);
-  if (source.options.mode !== 'full') throw new UsageError(`base ${source.dir} is a LoRA checkpoint; a base holds every weight (a full checkpoint or a Hugging Face folder)`);
+  if (source.options.mode !== 'full') {
+    throw new UsageError(`base ${source.dir} is a LoRA checkpoint; a base holds every weight (a full checkpoint or a Hugging Face folder)`);
+  }
   return source;
 }
 
@@ -225,11 +239,15 @@ export function runTokenizer(
   if (found) {
     const tokenizer = loadTokenizer(found);
     if (vocabGiven !== undefined && vocabGiven !== tokenizer.vocabSize) {
-      throw new UsageError(`--vocab ${vocabGiven}: the run uses ${found}, which has ${tokenizer.vocabSize} tokens; drop --vocab or choose another --out`);
+      throw new UsageError(`--vocab ${vocabGiven}: the run uses ${found}, which has ${tokenizer.vocabSize} tokens; ` +
+        'drop --vocab or choose another --out');
     }
     return { tokenizer, source: `${found} (${tokenizer.vocabSize} tokens)`, fresh: found !== own };
   }
-  if (base) throw new UsageError(`base ${base.dir} has no tokenizer.json beside it or in its run folder; copy the tokenizer it was trained with to ${own}`);
+  if (base) {
+    throw new UsageError(`base ${base.dir} has no tokenizer.json beside it or in its run folder; ` +
+      `copy the tokenizer it was trained with to ${own}`);
+  }
   const tokenizer = BpeTokenizer.train(documents, { vocabSize: spec.vocab });
   return { tokenizer, source: `trained on ${spec.corpus} (${tokenizer.vocabSize} tokens)`, fresh: true };
 }

@@ -35,7 +35,9 @@ describe('parseOptions', () => {
   it('gives each option its typed value', () => {
     const v = values(['--name', 'x', '--count', '64', '--ratio', '0.25', '--budget', '1.5GB', '--mode', 'slow',
       '--tag', 'a', '--tag', 'b', '--upper', 'hi', '-v']);
-    expect(v).toEqual({ name: 'x', count: 64, ratio: 0.25, budget: 1.5 * 2 ** 30, mode: 'slow', tag: ['a', 'b'], upper: 'HI', verbose: true });
+    expect(v).toEqual({
+      name: 'x', count: 64, ratio: 0.25, budget: 1.5 * 2 ** 30, mode: 'slow', tag: ['a', 'b'], upper: 'HI', verbose: true,
+    });
   });
 
   it('leaves absent options undefined (flags false) and reads defaults through the same parser', () => {
@@ -61,13 +63,15 @@ describe('parseOptions', () => {
   it('says what a value must be', () => {
     expect(usageError(['--name', 'x', '--count', '1.5'])).toBe('--count must be an integer from 1 to 64, got "1.5"');
     expect(usageError(['--name', 'x', '--count', '65'])).toBe('--count must be an integer from 1 to 64, got "65"');
-    expect(usageError(['--name', 'x', '--count', '-1'])).toBe('--count needs a value; one that starts with a dash goes as --count=<value> (see prog --help)');
+    expect(usageError(['--name', 'x', '--count', '-1']))
+      .toBe('--count needs a value; one that starts with a dash goes as --count=<value> (see prog --help)');
     expect(usageError(['--name', 'x', '--count=-1'])).toBe('--count must be an integer from 1 to 64, got "-1"');
     expect(usageError(['--name', 'x', '--ratio', '1'])).toBe('--ratio must be a fraction between 0 and 1, got "1"');
     expect(usageError(['--name', 'x', '--ratio', ''])).toBe('--ratio must be a fraction between 0 and 1, got ""');
     expect(usageError(['--name', 'x', '--mode', 'medium'])).toBe('--mode must be one of fast, slow, got "medium"');
     expect(usageError(['--name', 'x', '--budget', '0MB'])).toBe('--budget must be a size like 512MB or 2GB, got "0MB"');
-    expect(() => parseOptions({ n: integer('<n>', 'n', { min: 0 }) }, ['--n', 'x'], {}, 'prog')).toThrow('--n must be an integer ≥ 0, got "x"');
+    const unbounded = { n: integer('<n>', 'n', { min: 0 }) };
+    expect(() => parseOptions(unbounded, ['--n', 'x'], {}, 'prog')).toThrow('--n must be an integer ≥ 0, got "x"');
   });
 
   it('--help and -h win over missing required options and bad values, but not over unknown options', () => {

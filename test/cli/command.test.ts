@@ -2,8 +2,11 @@
 // stderr for any error, a stack only for failures and only with SWARMTRAIN_DEBUG, and subcommands.
 import { describe, expect, it } from 'vitest';
 import { integer, text } from '../../src/cli/args.ts';
-import { command, helpText, programHelp, runCommand, runProgram, type Command, type CommandIO, type Program } from '../../src/cli/command.ts';
+import { command, helpText, programHelp, runCommand, runProgram, type CommandIO, type Program } from '../../src/cli/command.ts';
 import { asInput, EXIT, exitCodeOf, UsageError } from '../../src/cli/usage.ts';
+
+/** Exit code 2 with `stderr`, nothing on stdout. */
+const usage = (stderr: string) => ({ code: 2, stdout: '', stderr });
 
 function captured(env: Record<string, string> = {}) {
   const out = { stdout: '', stderr: '' };
@@ -58,15 +61,15 @@ describe('runCommand', () => {
 
   it('prints the help generated from the table and exits 0', async () => {
     const help = await run(['--help']);
-    expect(help).toEqual({ code: 0, stdout: helpText(ECHO as Command), stderr: '' });
+    expect(help).toEqual({ code: 0, stdout: helpText(ECHO), stderr: '' });
     expect(help.stdout).toMatch(/^Usage: test echo --do <what> \[options\]\n\nEchoes\.\n\n {2}--do <what> +ok \| usage/);
   });
 
   it('exits 2 with one line for bad input: from the parser or from the body', async () => {
-    expect(await run(['--do', 'ok', '--frob'])).toEqual({ code: 2, stdout: '', stderr: 'test echo: unknown option --frob (see test echo --help)\n' });
-    expect(await run(['--do', 'ok', '--times', '0'])).toEqual({ code: 2, stdout: '', stderr: 'test echo: --times must be an integer ≥ 1, got "0"\n' });
-    expect(await run([])).toEqual({ code: 2, stdout: '', stderr: 'test echo: --do <what> is required (see test echo --help)\n' });
-    expect(await run(['--do', 'usage'], { SWARMTRAIN_DEBUG: '1' })).toEqual({ code: 2, stdout: '', stderr: 'test echo: bad thing given\n' });
+    expect(await run(['--do', 'ok', '--frob'])).toEqual(usage('test echo: unknown option --frob (see test echo --help)\n'));
+    expect(await run(['--do', 'ok', '--times', '0'])).toEqual(usage('test echo: --times must be an integer ≥ 1, got "0"\n'));
+    expect(await run([])).toEqual(usage('test echo: --do <what> is required (see test echo --help)\n'));
+    expect(await run(['--do', 'usage'], { SWARMTRAIN_DEBUG: '1' })).toEqual(usage('test echo: bad thing given\n'));
   });
 
   it('exits 1 for a failure, on one line; SWARMTRAIN_DEBUG adds the stack', async () => {
@@ -102,7 +105,7 @@ describe('runProgram', () => {
   });
 
   it('exits 2 for an unknown command or none', async () => {
-    expect(await run(['frob'])).toEqual({ code: 2, stdout: '', stderr: 'test: unknown command "frob" (commands: echo, again; see test --help)\n' });
+    expect(await run(['frob'])).toEqual(usage('test: unknown command "frob" (commands: echo, again; see test --help)\n'));
     expect(await run(['toString'])).toMatchObject({ code: 2 });
     expect(await run([])).toEqual({ code: 2, stdout: '', stderr: programHelp(PROGRAM) });
   });

@@ -26,12 +26,12 @@ async function closedPort(): Promise<number> {
 
 describe('swarmtrain node', () => {
   it('exits 2 with one line for bad options', async () => {
+    const join = ['--join', `/ip4/127.0.0.1/tcp/1/p2p/${PEER_ID}`];
     const cases: [string[], string][] = [
       [[], 'swarmtrain node: --join <multiaddr> is required (see swarmtrain node --help)\n'],
-      [['--join', `/ip4/127.0.0.1/tcp/1/p2p/${PEER_ID}`, '--threads', '65'], 'swarmtrain node: --threads must be an integer from 1 to 64, got "65"\n'],
-      [['--join', `/ip4/127.0.0.1/tcp/1/p2p/${PEER_ID}`, '--memory-budget', 'lots'],
-        'swarmtrain node: --memory-budget must be a size like 512MB or 2GB, got "lots"\n'],
-      [['--join', `/ip4/127.0.0.1/tcp/1/p2p/${PEER_ID}`, '--fault', 'fire'], 'swarmtrain node: --fault must be one of nan, scale1000, got "fire"\n'],
+      [[...join, '--threads', '65'], 'swarmtrain node: --threads must be an integer from 1 to 64, got "65"\n'],
+      [[...join, '--memory-budget', 'lots'], 'swarmtrain node: --memory-budget must be a size like 512MB or 2GB, got "lots"\n'],
+      [[...join, '--fault', 'fire'], 'swarmtrain node: --fault must be one of nan, scale1000, got "fire"\n'],
     ];
     for (const [argv, stderr] of cases) expect(await run(argv), argv.join(' ')).toEqual({ code: 2, stdout: '', stderr });
   });
