@@ -1,94 +1,52 @@
 // `swarmtrain node --join <multiaddr>`: runs the volunteer daemon until the job is done, printing
 // every event as one JSON line on stdout. SIGINT/SIGTERM stop it after the current batch, handing
-// its leases back to the coordinator.
-import { parseArgs } from 'node:util';
-import type { CommandIO } from '../src/train/cli.ts';
-import type { AveragingFault } from './averaging.ts';
+// its leases back to the coordinator. A bad address, key file or refused join exits 2; a network
+// failure or a crash, 1.
+import { choice, integer, real, size, text } from '../src/cli/args.ts';
+import { command, helpText, runCommand, type CommandIO } from '../src/cli/command.ts';
+import { asInput, EXIT } from '../src/cli/usage.ts';
+import { RpcError } from '../src/p2p/errors.ts';
 import { NodeDaemon } from './daemon.ts';
 
-export const NODE_USAGE = `Usage: swarmtrain node --join <multiaddr> [options]
-
-  --join <multiaddr>       the coordinator, e.g. /ip4/127.0.0.1/tcp/4001/p2p/12D3Koo...
-  --token <secret>         the swarm's join token (default: none)
-  --memory-budget <size>   memory this node gives the job, e.g. 512MB, 2GB (default 2GB)
-  --threads <n>            kernel threads (default 1)
-  --key <file>             keeps this node's identity across restarts (created if absent)
-  --listen <multiaddr>     where peers reach this node (default /ip4/127.0.0.1/tcp/0)
-
-Test hooks (to check the swarm's defences, never for real work):
-  --step-delay-ms <ms>     sleep after every step (a slow node)
-  --fault nan|scale1000    send corrupted parameter updates (a bad node)
-`;
-
-const UNITS: Record<string, number> = { '': 1, B: 1, KB: 2 ** 10, MB: 2 ** 20, GB: 2 ** 30, TB: 2 ** 40 };
-
-/** "512MB", "2GB", "1.5GB" or plain bytes → bytes; undefined when unreadable. */
-export function parseSize(text: string): number | undefined {
-  const match = /^(\d+(?:\.\d+)?)\s*([KMGT]?B?)$/i.exec(text.trim());
-  if (!match) return undefined;
-  const unit = UNITS[match[2].toUpperCase()] ?? UNITS[`${match[2].toUpperCase()}B`];
-  return unit === undefined ? undefined : Math.round(Number(match[1]) * unit);
-}
-
-export async function nodeCommand(argv: string[], io: CommandIO): Promise<number> {
-  let values;
-  try {
-    ({ values } = parseArgs({
-      args: argv,
-      strict: true,
-      options: {
-        join: { type: 'string' }, token: { type: 'string' }, 'memory-budget': { type: 'string', default: '2GB' },
-        threads: { type: 'string', default: '1' }, key: { type: 'string' }, listen: { type: 'string' }, help: { type: 'boolean', short: 'h' },
-        'step-delay-ms': { type: 'string' }, fault: { type: 'string' },
-      },
-    }));
-  } catch (err) {
-    io.stderr.write(`swarmtrain node: ${(err as Error).message}\n`);
-    return 2;
-  }
-  if (values.help) {
-    io.stdout.write(NODE_USAGE);
-    return 0;
-  }
-  const memoryBytes = parseSize(values['memory-budget']);
-  const threads = Number(values.threads);
-  const stepDelayMs = values['step-delay-ms'] === undefined ? undefined : Number(values['step-delay-ms']);
-  const fault = values.fault as AveragingFault | undefined;
-  const problem = !values.join ? '--join <multiaddr> is required'
-    : stepDelayMs !== undefined && !(stepDelayMs >= 0) ? `--step-delay-ms must be a non-negative number, got ${JSON.stringify(values['step-delay-ms'])}`
-    : fault !== undefined && fault !== 'nan' && fault !== 'scale1000' ? `--fault must be nan or scale1000, got ${JSON.stringify(fault)}`
-    : memoryBytes === undefined || memoryBytes <= 0 ? `--memory-budget ${JSON.stringify(values['memory-budget'])} is not a size like 512MB or 2GB`
-      : !Number.isInteger(threads) || threads < 1 || threads > 64 ? `--threads must be an integer from 1 to 64, got ${JSON.stringify(values.threads)}`
-        : undefined;
-  if (problem) {
-    io.stderr.write(`swarmtrain node: ${problem}\n`);
-    return 2;
-  }
-  let daemon: NodeDaemon;
-  try {
-    daemon = await NodeDaemon.start({
-      join: values.join!, token: values.token, memoryBytes: memoryBytes!, threads, keyFile: values.key,
+export const NODE_COMMAND = command({
+  program: 'swarmtrain node',
+  usage: '--join <multiaddr> [options]',
+  options: {
+    join: text('<multiaddr>', 'the coordinator, e.g. /ip4/127.0.0.1/tcp/4001/p2p/12D3Koo...', { required: true }),
+    token: text('<secret>', "the swarm's join token; none by default", { env: 'SWARMTRAIN_TOKEN' }),
+    'memory-budget': size('<size>', 'memory this node gives the job, e.g. 512MB, 2GB', { default: '2GB' }),
+    threads: integer('<n>', 'kernel threads', { min: 1, max: 64 }, { default: '1' }),
+    key: text('<file>', "keeps this node's identity across restarts (created if absent)"),
+    listen: text('<multiaddr>', 'where peers reach this node (default /ip4/127.0.0.1/tcp/0)'),
+    'step-delay-ms': real('<ms>', 'sleep after every step (a slow node)', (x) => x >= 0, 'a non-negative number', {
+      section: "Test hooks (to check the swarm's defences, never for real work):",
+    }),
+    fault: choice(['nan', 'scale1000'], 'send corrupted parameter updates (a bad node)'),
+  },
+  async run(values, io) {
+    // Starting reads the user's input (address, key file) and asks to join: all of it is bad input
+    // when it fails, except the network (an unreachable or silent coordinator), which is a failure.
+    const daemon = await asInput(() => NodeDaemon.start({
+      join: values.join, token: values.token, memoryBytes: values['memory-budget'], threads: values.threads, keyFile: values.key,
       ...(values.listen ? { listen: [values.listen] } : {}),
-      ...(stepDelayMs ? { stepDelayMs } : {}),
-      ...(fault ? { fault } : {}),
+      ...(values['step-delay-ms'] ? { stepDelayMs: values['step-delay-ms'] } : {}),
+      ...(values.fault ? { fault: values.fault } : {}),
       onEvent: (event) => io.stdout.write(`${JSON.stringify(event)}\n`),
-    });
-  } catch (err) {
-    io.stderr.write(`swarmtrain node: ${(err as Error).message}\n`);
-    return 2;
-  }
-  const stop = () => daemon.stop();
-  process.once('SIGINT', stop);
-  process.once('SIGTERM', stop);
-  try {
-    await daemon.run();
-    return 0;
-  } catch (err) {
-    io.stderr.write(`swarmtrain node: ${(err as Error).message}\n`);
-    return 1;
-  } finally {
-    process.off('SIGINT', stop);
-    process.off('SIGTERM', stop);
-    await daemon.close();
-  }
-}
+    }), (err) => !(err instanceof RpcError));
+    const stop = () => daemon.stop();
+    process.once('SIGINT', stop);
+    process.once('SIGTERM', stop);
+    try {
+      await daemon.run();
+      return EXIT.ok;
+    } finally {
+      process.off('SIGINT', stop);
+      process.off('SIGTERM', stop);
+      await daemon.close();
+    }
+  },
+});
+
+export const NODE_USAGE = helpText(NODE_COMMAND);
+
+export const nodeCommand = (argv: string[], io?: CommandIO): Promise<number> => runCommand(NODE_COMMAND, argv, io);
