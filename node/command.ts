@@ -3,7 +3,7 @@
 // its leases back to the coordinator.
 import { parseArgs } from 'node:util';
 import type { CommandIO } from '../src/train/cli.ts';
-import type { AveragingFault } from './averaging.ts';
+import type { AveragingFault } from './averaging/index.ts';
 import { NodeDaemon } from './daemon.ts';
 
 export const NODE_USAGE = `Usage: swarmtrain node --join <multiaddr> [options]

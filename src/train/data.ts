@@ -182,6 +182,11 @@ export class BatchLoader {
     windows.forEach((w, r) => tokens.set(this.window(w), r * row));
     return { epoch, id, rows: windows.length, seqLen: this.seqLen, tokens, windows };
   }
+
+  /** Micro-batch number `index` counted across epochs (epoch = index / batchesPerEpoch). */
+  batchAt(index: number): MicroBatch {
+    return this.batch(Math.floor(index / this.batchesPerEpoch), index % this.batchesPerEpoch);
+  }
 }
 
 /** UTF-8 bytes of the text a batch's targets stand for (the last seqLen tokens of each row; special tokens count zero). */

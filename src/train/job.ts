@@ -5,7 +5,7 @@ import type { JobSpec } from '../../proto/index.ts';
 import { createConfig, type ModelConfig } from '../model/config.ts';
 import type { ModelOptions } from '../model/model.ts';
 import { CORPUS_NAMES, loadCorpus, type CorpusName } from './corpus.ts';
-import { corpusLoaders, type CorpusLoaders, type MicroBatch } from './data.ts';
+import { corpusLoaders, type CorpusLoaders } from './data.ts';
 import type { BpeTokenizer } from './tokenizer.ts';
 
 export class JobError extends Error {
@@ -45,10 +45,4 @@ export function jobData(spec: JobSpec, tokenizer: BpeTokenizer): CorpusLoaders {
   return corpusLoaders(tokenizer, jobDocuments(spec), {
     batchSize: spec.batchSize, seqLen: spec.seqLen, heldOutFraction: spec.heldOutFraction, seed: spec.seed,
   });
-}
-
-/** Global micro-batch index → the batch (epoch = index / batches per epoch). */
-export function jobBatch(data: CorpusLoaders, index: number): MicroBatch {
-  const perEpoch = data.train.batchesPerEpoch;
-  return data.train.batch(Math.floor(index / perEpoch), index % perEpoch);
 }
