@@ -389,6 +389,7 @@ export class NodeDaemon {
   }
 
   private async trainBatch(index: number): Promise<void> {
+    const model = this.model!;
     const t0 = performance.now();
     this.experts.step = this.step;
     const result = await this.trainer.trainStep([this.trainer.train.batchAt(index)]);
@@ -399,7 +400,7 @@ export class NodeDaemon {
     this.emit({
       event: 'step', step: this.step, batch: index, loss: result.loss, crossEntropy: result.crossEntropy, tokens: result.tokens, seconds,
       bytesSent: this.traffic.sent, bytesReceived: this.traffic.received, ...this.experts.stats,
-      droppedAssignments: this.model!.droppedAssignments(), averaging: { ...this.averager.stats, flagged: [...this.averager.stats.flagged] },
+      droppedAssignments: model.droppedAssignments(), averaging: { ...this.averager.stats, flagged: [...this.averager.stats.flagged] },
     });
   }
 

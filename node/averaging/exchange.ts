@@ -105,7 +105,9 @@ export class DeltaExchange {
     const params = groups().get(delta.group);
     if (!params) throw new RefusedError(`group ${delta.group} is not held here`);
     if (!directory.members(delta.group).includes(peer)) refuse(`peer ${peer} does not hold ${delta.group}`);
-    if (delta.round + KEEP_ROUNDS < this.round) throw new RefusedError(`round ${delta.round} of ${delta.group} is over (now ${this.round})`);
+    if (delta.round + KEEP_ROUNDS < this.round) {
+      throw new RefusedError(`round ${delta.round} of ${delta.group} is over (now ${this.round})`);
+    }
     const codec = this.inbox.codec(delta.group);
     if (delta.codec !== codec.spec) refuse(`${delta.group} travels as ${codec.spec}, got ${delta.codec}`);
     let values: Float32Array[] = [];

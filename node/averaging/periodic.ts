@@ -34,7 +34,8 @@ export class PeriodicAveraging implements Averager {
   private readonly codecStates = new Map<string, CodecState>();
 
   constructor(private readonly components: AveragingComponents, private readonly options: AveragingOptions) {
-    this.codecFor = codecsForGroups({ default: options.codec ?? 'f32', groups: options.expertCodec ? { expert: options.expertCodec } : {} });
+    const groups: Record<string, string> = options.expertCodec ? { expert: options.expertCodec } : {};
+    this.codecFor = codecsForGroups({ default: options.codec ?? 'f32', groups });
     this.exchange = new DeltaExchange(components, options, {
       codec: (group) => this.codecFor(group),
       accept: (group, sender, round, values) => this.accept(group, sender, round, values),
@@ -87,7 +88,8 @@ export class PeriodicAveraging implements Averager {
     this.exchange.send(group, round, this.options.every, codec.spec, parts);
 
     // Waited for: holders at most a round behind that keep pace with this node.
-    const awaited = this.exchange.others(group).filter((peer) => (this.exchange.peerRound(peer) ?? round) >= round - 1 && !this.slowPeers.has(peer));
+    const keepsPace = (peer: string) => (this.exchange.peerRound(peer) ?? round) >= round - 1 && !this.slowPeers.has(peer);
+    const awaited = this.exchange.others(group).filter(keepsPace);
     const has = (peer: string) => (this.pending.get(group) ?? []).some((c) => c.sender === peer && c.round >= round);
     await this.exchange.wait(group, round, () => awaited.every(has));
     const missed = awaited.filter((peer) => !has(peer));

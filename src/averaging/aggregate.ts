@@ -27,7 +27,9 @@ export function stalenessWeight(late: number): number {
  * same order give the same bits on every holder.
  */
 export function weightedMean(parts: readonly (readonly Float32Array[])[], weights: readonly number[]): Float32Array[] {
-  if (parts.length === 0 || parts.length !== weights.length) throw new RangeError(`weightedMean: ${parts.length} parts, ${weights.length} weights`);
+  if (parts.length === 0 || parts.length !== weights.length) {
+    throw new RangeError(`weightedMean: ${parts.length} parts, ${weights.length} weights`);
+  }
   const out = parts[0].map((v) => new Float32Array(v.length));
   let total = 0;
   parts.forEach((values, k) => {

@@ -37,7 +37,9 @@ export class NormScreen {
 
   constructor(private readonly maxRatio = DEFAULT_MAX_NORM_RATIO, private readonly historyLength = NORM_HISTORY) {}
 
-  screen<T extends { values: readonly Float32Array[] }>(mine: readonly Float32Array[], arrived: readonly T[]): { accepted: T[]; refused: Refusal<T>[] } {
+  screen<T extends { values: readonly Float32Array[] }>(
+    mine: readonly Float32Array[], arrived: readonly T[],
+  ): { accepted: T[]; refused: Refusal<T>[] } {
     const myNorm = l2Norm(mine);
     const norms = arrived.map((c) => l2Norm(c.values));
     const sorted = [...this.history, myNorm, ...norms].sort((a, b) => a - b);

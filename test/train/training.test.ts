@@ -81,7 +81,7 @@ describe('Moby-Dick', () => {
     for (const p of straight.model.params.all()) expect(bitEqual(resumed.model.params.get(p.name).value, p.value), p.name).toBe(true);
   });
 
-  it('a step on given batches (a swarm node\'s leased ones) runs the hooks in place and equals the hand-written step bit for bit', async () => {
+  it('a step on given batches (a node\'s leased ones) runs the hooks in place and equals the hand-written step bit for bit', async () => {
     const config = smallConfig(tokenizer.vocabSize);
     const options = schedule(10);
     const halveGrads = (model: Model) => model.params.trainable().forEach((p) => p.grad!.forEach((g, j, grad) => (grad[j] = g * 0.5)));
