@@ -23,7 +23,8 @@ interface Misbehaviour {
 }
 
 /** Holders of one group ("trunk"), each with a tensor of 6 and one of 3 random values. */
-async function holders(ids: string[], options: Partial<AveragingOptions>, { silent = [], faulty = {} }: Misbehaviour = {}): Promise<Holder[]> {
+async function holders(ids: string[], options: Partial<AveragingOptions>, misbehaviour: Misbehaviour = {}): Promise<Holder[]> {
+  const { silent = [], faulty = {} } = misbehaviour;
   const handlers = new Map<string, Handler>();
   const random = rng(11);
   const list = ids.map((id) => {
