@@ -8,14 +8,12 @@ import { createKernels, type Kernels } from '../src/kernels/index.ts';
 import { expertOf } from '../src/model/config.ts';
 import { Model } from '../src/model/model.ts';
 import { createHost, Rpc, signedBy, type DialTarget, type Host, type Rejection } from '../src/p2p/index.ts';
-import type { CorpusLoaders } from '../src/train/data.ts';
-import { jobBatch, jobConfig, jobData, jobModelOptions } from '../src/train/job.ts';
-import { AdamW, DEFAULT_ADAMW } from '../src/train/optimizer.ts';
-import { learningRate } from '../src/train/schedule.ts';
+import { jobConfig, jobData, jobModelOptions } from '../src/train/job.ts';
+import { DEFAULT_ADAMW } from '../src/train/optimizer.ts';
 import { BpeTokenizer } from '../src/train/tokenizer.ts';
-import { splitBatch } from '../src/train/trainer.ts';
+import { Trainer } from '../src/train/trainer.ts';
 import { multiaddr } from '@multiformats/multiaddr';
-import { Averager, type AveragingFault } from './averaging.ts';
+import { createAverager, type Averager, type AveragingFault } from './averaging/index.ts';
 import { serveExperts, SwarmRemoteExperts } from './experts.ts';
 import { expertGroup, fetchGroup, serveState, TRUNK } from './state.ts';
 import { countingCodec, type Traffic } from './traffic.ts';
@@ -68,14 +66,11 @@ function measureGemm(kernels: Kernels): number {
 
 export class NodeDaemon {
   readonly self: string;
-  /** Local optimizer steps taken. */
-  step = 0;
   private job!: JobSpec;
   private plan!: Plan;
   private pendingPlan?: Plan;
   private model?: Model;
-  private data!: CorpusLoaders;
-  private optimizer!: AdamW;
+  private trainer!: Trainer;
   private averager!: Averager;
   /** The transport to experts other nodes hold; the model runs the ones held here. */
   private experts!: SwarmRemoteExperts;
@@ -148,7 +143,6 @@ export class NodeDaemon {
     this.plan = reply.plan;
     const tokenizer = BpeTokenizer.fromHuggingFace(JSON.parse(reply.tokenizer));
     const config = jobConfig(this.job, tokenizer);
-    this.data = jobData(this.job, tokenizer);
     // Who may call us and whom we average with follow the newest plan we know; which experts
     // this node computes follows the applied plan (the model changes only between steps).
     const directory = {
@@ -168,12 +162,12 @@ export class NodeDaemon {
       remote: this.experts,
     });
     this.model = model;
-    this.optimizer = new AdamW(this.kernels, model.params.trainable(), DEFAULT_ADAMW);
-    this.averager = new Averager(this.rpc, directory, () => this.groups(), {
+    this.averager = createAverager({ rpc: this.rpc, directory, groups: () => this.groups() }, {
       ...this.job.averaging, jobId: this.job.jobId, self: this.self, log: this.log,
       fetchState: (group, peer) => this.fetchFromAny([peer], group),
       ...(this.options.fault ? { fault: this.options.fault } : {}),
     });
+    this.trainer = this.createTrainer(model, tokenizer);
     if (reply.completedBatches > 0) await this.catchUp(model, hosted);
     const servers = { rpc: this.rpc, kernels: this.kernels, experts: model.experts, directory, stats: this.experts.stats };
     await serveExperts(servers, { jobId: this.job.jobId, hidden: config.hiddenSize });
@@ -182,6 +176,26 @@ export class NodeDaemon {
     const admittedNow = async (peer: string) => directory.admitted(peer) || (await this.beat(), directory.admitted(peer));
     await serveState(this.rpc, model, admittedNow, this.job.jobId, () => this.step);
     this.emit({ event: 'joined', node: this.self, experts: [...hosted], planVersion: this.plan.version, gemmGflops: this.gemmGflops });
+  }
+
+  /**
+   * The trainer of this node's steps: one micro-batch per step on the job's schedule, whose
+   * steps span the job's share of one node; the averager joins each step through the hooks.
+   */
+  private createTrainer(model: Model, tokenizer: BpeTokenizer): Trainer {
+    const { lr, minLr, warmupSteps, totalBatches, expectedNodes } = this.job;
+    const data = jobData(this.job, tokenizer);
+    return new Trainer(this.kernels, model, data.train, data.heldOut, tokenizer, {
+      lr, minLr, warmupSteps, totalSteps: Math.ceil(totalBatches / expectedNodes), accumulation: 1, adamw: DEFAULT_ADAMW,
+    }, {
+      afterBackward: (step) => this.averager.afterBackward(step),
+      afterUpdate: (step) => this.averager.afterUpdate(step),
+    });
+  }
+
+  /** Local optimizer steps taken. */
+  get step(): number {
+    return this.trainer.step;
   }
 
   /** A node joining a running job: the trunk and its experts come from peers that hold them. */
@@ -271,7 +285,7 @@ export class NodeDaemon {
     for (const key of before) {
       if (after.has(key)) continue;
       const [layer, expert] = key.split('.').map(Number);
-      this.optimizer.remove(model.experts.tensorNames(layer, expert));
+      this.trainer.optimizer.remove(model.experts.tensorNames(layer, expert));
       this.averager.resetGroup(expertGroup(layer, expert));
       model.experts.remove(layer, expert);
     }
@@ -279,7 +293,7 @@ export class NodeDaemon {
       if (before.has(key)) continue;
       const [layer, expert] = key.split('.').map(Number);
       const state = await this.fetchFromAny(this.holders(layer, expert).filter((p) => p !== this.self), expertGroup(layer, expert));
-      this.optimizer.add(model.experts.add(layer, expert, state));
+      this.trainer.optimizer.add(model.experts.add(layer, expert, state));
       const group = expertGroup(layer, expert);
       this.averager.track(group, this.groups().get(group) ?? []);
       this.emit({ event: 'expert-added', layer, expert, copied: state !== undefined });
@@ -293,7 +307,7 @@ export class NodeDaemon {
       const reply = await this.rpc.request(this.coordinator, 'heartbeat', {
         jobId: this.job.jobId, step: this.step, ...(this.lastLoss === undefined ? {} : { loss: this.lastLoss }),
         tokensPerSecond: this.tokensPerSecond, bytesSent: this.traffic.sent, bytesReceived: this.traffic.received,
-        staleness: this.job.averaging.mode === 'sync' ? 0 : this.step % this.job.averaging.every,
+        staleness: this.averager.staleness(this.step),
         droppedExpertCalls: this.experts.stats.unanswered, planVersion: this.newestPlan().version,
         refusedUpdates: this.averager.stats.refused, flaggedPeers: [...this.averager.stats.flagged].slice(0, 256),
       }, { timeout: COORDINATOR_TIMEOUT_MS });
@@ -360,22 +374,8 @@ export class NodeDaemon {
     // declaring us dead a timeout later.
     await this.report(0, [], true);
     clearTimeout(this.heartbeat);
-    const heldOut = this.done ? await this.evaluate() : undefined;
+    const heldOut = this.done ? await this.trainer.evaluate(HELD_OUT_BATCHES) : undefined;
     this.emit({ event: 'finished', steps: this.step, bytesSent: this.traffic.sent, bytesReceived: this.traffic.received, heldOut });
-  }
-
-  /** Held-out loss of this node's model over the first HELD_OUT_BATCHES held-out micro-batches. */
-  private async evaluate(): Promise<{ loss: number; tokens: number }> {
-    let nats = 0;
-    let tokens = 0;
-    for (let id = 0; id < Math.min(HELD_OUT_BATCHES, this.data.heldOut.batchesPerEpoch); id++) {
-      const batch = this.data.heldOut.batch(0, id);
-      const { inputs, targets } = splitBatch(batch);
-      const result = await this.model!.evaluate(inputs, targets, batch.rows, batch.seqLen);
-      nats += result.crossEntropy * result.tokens;
-      tokens += result.tokens;
-    }
-    return { loss: nats / tokens, tokens };
   }
 
   /** Reports finished batches (and a departure); tried twice, since a lost report costs the batches a re-run. */
@@ -393,18 +393,9 @@ export class NodeDaemon {
 
   private async trainBatch(index: number): Promise<void> {
     const model = this.model!;
-    const batch = jobBatch(this.data, index);
-    const { inputs, targets } = splitBatch(batch);
     const t0 = performance.now();
     this.experts.step = this.step;
-    const result = await model.trainStep(inputs, targets, batch.rows, batch.seqLen, 1);
-    await this.averager.afterBackward(this.step);
-    const { lr, minLr, warmupSteps, totalBatches, expectedNodes } = this.job;
-    const rate = learningRate(this.step, { lr, minLr, warmupSteps, totalSteps: Math.ceil(totalBatches / expectedNodes) });
-    this.optimizer.update(rate);
-    model.params.zeroGrads();
-    await this.averager.afterUpdate(this.step);
-    this.step++;
+    const result = await this.trainer.trainStep([this.trainer.train.batchAt(index)]);
     if (this.options.stepDelayMs) await sleep(this.options.stepDelayMs);
     const seconds = (performance.now() - t0) / 1e3;
     this.tokensPerSecond = result.tokens / seconds;

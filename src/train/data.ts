@@ -192,6 +192,11 @@ export class BatchLoader {
     windows.forEach((w, r) => tokens.set(this.window(w), r * row));
     return { epoch, id, rows: windows.length, seqLen: this.seqLen, tokens, windows };
   }
+
+  /** Micro-batch number `index` counted across epochs (epoch = index / batchesPerEpoch). */
+  batchAt(index: number): MicroBatch {
+    return this.batch(Math.floor(index / this.batchesPerEpoch), index % this.batchesPerEpoch);
+  }
 }
 
 function checkLoaderOptions(batchSize: number, seqLen: number, seed: number): void {

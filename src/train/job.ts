@@ -5,7 +5,7 @@ import { JobError, type JobSpec } from '../../proto/index.ts';
 import { createConfig, type ModelConfig } from '../model/config.ts';
 import type { ModelOptions } from '../model/model.ts';
 import { CORPUS_NAMES, loadCorpus, type CorpusName } from './corpus.ts';
-import { corpusLoaders, trainBatchesPerEpoch, type CorpusLoaderOptions, type CorpusLoaders, type MicroBatch } from './data.ts';
+import { corpusLoaders, trainBatchesPerEpoch, type CorpusLoaderOptions, type CorpusLoaders } from './data.ts';
 import type { BpeTokenizer } from './tokenizer.ts';
 
 /** The model config of a job: its overrides on the demo config, validated; the vocabulary is the tokenizer's. */
@@ -49,9 +49,3 @@ export function jobBatchesPerEpoch(spec: JobSpec, tokenizer: BpeTokenizer): numb
 const loaderOptions = (spec: JobSpec): CorpusLoaderOptions => ({
   batchSize: spec.batchSize, seqLen: spec.seqLen, heldOutFraction: spec.heldOutFraction, seed: spec.seed,
 });
-
-/** Global micro-batch index → the batch (epoch = index / batches per epoch). */
-export function jobBatch(data: CorpusLoaders, index: number): MicroBatch {
-  const perEpoch = data.train.batchesPerEpoch;
-  return data.train.batch(Math.floor(index / perEpoch), index % perEpoch);
-}

@@ -1,7 +1,8 @@
 // The single-process training loop: micro-batches from a deterministic loader, gradient
 // accumulation, AdamW with warmup + cosine learning rate and gradient clipping, held-out
 // evaluation in nats and bits per byte. Its whole state is (parameters, optimizer moments,
-// step, next micro-batch index), which checkpoints save and restore exactly.
+// step, next micro-batch index), which checkpoints save and restore exactly. A swarm node runs
+// the same step on the batches it leased, with its averaging in the hooks.
 import type { Kernels } from '../kernels/index.ts';
 import type { Model } from '../model/model.ts';
 import { bitsPerByte, targetBytes, type BatchLoader, type MicroBatch } from './data.ts';
@@ -18,6 +19,14 @@ export interface TrainOptions extends ScheduleOptions {
 export const DEFAULT_TRAIN: Readonly<Omit<TrainOptions, 'totalSteps'>> = Object.freeze({
   lr: 3e-3, minLr: 3e-4, warmupSteps: 20, accumulation: 1, adamw: DEFAULT_ADAMW,
 });
+
+/** Where a swarm node joins the step; both get the 0-based number of the step under way. */
+export interface TrainerHooks {
+  /** After the backward of the step's micro-batches, before the optimizer (e.g. averaging gradients). */
+  afterBackward?(step: number): Promise<void>;
+  /** After the optimizer update (e.g. a periodic averaging round). */
+  afterUpdate?(step: number): Promise<void>;
+}
 
 export interface StepMetrics {
   step: number;
@@ -62,36 +71,40 @@ export class Trainer {
     readonly heldOut: BatchLoader,
     readonly tokenizer: BpeTokenizer,
     readonly options: TrainOptions,
+    private readonly hooks: TrainerHooks = {},
   ) {
     this.optimizer = new AdamW(kernels, model.params.trainable(), options.adamw);
+    model.params.zeroGrads();
   }
 
   nextBatch(): MicroBatch {
-    const perEpoch = this.train.batchesPerEpoch;
-    const batch = this.train.batch(Math.floor(this.microIndex / perEpoch), this.microIndex % perEpoch);
-    this.microIndex++;
-    return batch;
+    return this.train.batchAt(this.microIndex++);
   }
 
-  /** One update over `accumulation` micro-batches. */
-  async trainStep(): Promise<StepMetrics> {
-    const { accumulation } = this.options;
-    this.model.params.zeroGrads();
+  /**
+   * One update over `batches`, by default the next `accumulation` micro-batches; their gradients
+   * are averaged. Gradients are zeroed after the update rather than before the next step: a swarm
+   * node's hosted experts gather gradients from peers' backward passes between its own steps.
+   */
+  async trainStep(batches: MicroBatch[] = Array.from({ length: this.options.accumulation }, () => this.nextBatch())): Promise<StepMetrics> {
+    const count = batches.length;
     let loss = 0;
     let crossEntropy = 0;
     let aux = 0;
     let tokens = 0;
-    for (let a = 0; a < accumulation; a++) {
-      const batch = this.nextBatch();
+    for (const batch of batches) {
       const { inputs, targets } = splitBatch(batch);
-      const result = await this.model.trainStep(inputs, targets, batch.rows, batch.seqLen, 1 / accumulation);
-      loss += result.loss / accumulation;
-      crossEntropy += result.crossEntropy / accumulation;
-      aux += result.aux / accumulation;
+      const result = await this.model.trainStep(inputs, targets, batch.rows, batch.seqLen, 1 / count);
+      loss += result.loss / count;
+      crossEntropy += result.crossEntropy / count;
+      aux += result.aux / count;
       tokens += result.tokens;
     }
+    await this.hooks.afterBackward?.(this.step);
     const lr = learningRate(this.step, this.options);
     const gradNorm = this.optimizer.update(lr);
+    this.model.params.zeroGrads();
+    await this.hooks.afterUpdate?.(this.step);
     this.step++;
     return { step: this.step, loss, crossEntropy, aux, lr, gradNorm, tokens };
   }

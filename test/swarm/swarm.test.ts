@@ -16,7 +16,7 @@ import { createHost, Rpc } from '../../src/p2p/index.ts';
 import { JOIN_TOKEN, misbehaviours, sendRaw, serveToy } from '../p2p/peers.ts';
 import { createKernels } from '../../src/kernels/index.ts';
 import { Model } from '../../src/model/model.ts';
-import { jobBatch, jobConfig, jobData, jobDocuments, jobModelOptions } from '../../src/train/job.ts';
+import { jobConfig, jobData, jobDocuments, jobModelOptions } from '../../src/train/job.ts';
 import { AdamW, DEFAULT_ADAMW } from '../../src/train/optimizer.ts';
 import { learningRate } from '../../src/train/schedule.ts';
 import { BpeTokenizer } from '../../src/train/tokenizer.ts';
@@ -206,7 +206,7 @@ async function singleProcess(spec: JobSpec, tokenizer: BpeTokenizer, batchesPerS
     const stepLosses: number[] = [];
     for (const sum of sums) sum.fill(0);
     for (const index of batches) {
-      const batch = jobBatch(data, index);
+      const batch = data.train.batchAt(index);
       const { inputs, targets } = splitBatch(batch);
       model.params.zeroGrads();
       stepLosses.push((await model.trainStep(inputs, targets, batch.rows, batch.seqLen)).loss);

@@ -1,6 +1,7 @@
 // End-to-end training on the bundled corpora: a small model learns Moby-Dick beyond its unigram
 // statistics, LoRA adapts a SOTU-trained base to TypeScript declarations without touching the
-// base, and a run resumed from a checkpoint retraces the uninterrupted run bit for bit.
+// base, a run resumed from a checkpoint retraces the uninterrupted run bit for bit, and a swarm
+// node's step (given batches, averaging in hooks) is the hand-written step bit for bit.
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -11,8 +12,10 @@ import { Model, type ModelOptions } from '../../src/model/model.ts';
 import { CheckpointError, loadCheckpoint, restoreTrainer, saveCheckpoint } from '../../src/train/checkpoint.ts';
 import { loadCorpus } from '../../src/train/corpus.ts';
 import { corpusLoaders, unigramEntropy, type CorpusLoaders } from '../../src/train/data.ts';
+import { AdamW } from '../../src/train/optimizer.ts';
+import { learningRate } from '../../src/train/schedule.ts';
 import { BpeTokenizer } from '../../src/train/tokenizer.ts';
-import { DEFAULT_TRAIN, Trainer, type TrainOptions } from '../../src/train/trainer.ts';
+import { DEFAULT_TRAIN, splitBatch, Trainer, type TrainOptions } from '../../src/train/trainer.ts';
 import { bitEqual } from '../helpers.ts';
 
 let kernels: Kernels;
@@ -76,6 +79,41 @@ describe('Moby-Dick', () => {
 
     expect(losses).toEqual(straightLosses);
     for (const p of straight.model.params.all()) expect(bitEqual(resumed.model.params.get(p.name).value, p.value), p.name).toBe(true);
+  });
+
+  it('a step on given batches (a node\'s leased ones) runs the hooks in place and equals the hand-written step bit for bit', async () => {
+    const config = smallConfig(tokenizer.vocabSize);
+    const options = schedule(10);
+    const halveGrads = (model: Model) => model.params.trainable().forEach((p) => p.grad!.forEach((g, j, grad) => (grad[j] = g * 0.5)));
+    const model = new Model(kernels, config, { mode: 'full', seed: 5 });
+    const calls: string[] = [];
+    const run = new Trainer(kernels, model, data.train, data.heldOut, tokenizer, options, {
+      // Stands in for gradient averaging: it must act on this step's gradients, before the optimizer.
+      afterBackward: async (step) => (calls.push(`backward ${step}`), halveGrads(model)),
+      afterUpdate: async (step) => {
+        calls.push(`update ${step}`);
+        expect(model.params.trainable().every((p) => p.grad!.every((g) => g === 0))).toBe(true);
+      },
+    });
+    // The daemon's loop before it used the trainer: one batch per step, AdamW on the schedule, gradients zeroed after.
+    const reference = new Model(kernels, config, { mode: 'full', seed: 5 });
+    const optimizer = new AdamW(kernels, reference.params.trainable(), options.adamw);
+    const perEpoch = data.train.batchesPerEpoch;
+    for (const [step, index] of [17, 3, perEpoch + 2].entries()) {
+      const metrics = await run.trainStep([data.train.batchAt(index)]);
+      const batch = data.train.batch(Math.floor(index / perEpoch), index % perEpoch);
+      const { inputs, targets } = splitBatch(batch);
+      const expected = await reference.trainStep(inputs, targets, batch.rows, batch.seqLen, 1);
+      halveGrads(reference);
+      optimizer.update(learningRate(step, options));
+      reference.params.zeroGrads();
+      expect(metrics.loss).toBe(expected.loss);
+      expect(metrics.step).toBe(step + 1);
+    }
+    expect(calls).toEqual(['backward 0', 'update 0', 'backward 1', 'update 1', 'backward 2', 'update 2']);
+    expect(run.microIndex).toBe(0);
+    const want = reference.params.trainable();
+    model.params.trainable().forEach((p, i) => expect(bitEqual(p.value, want[i].value), p.name).toBe(true));
   });
 
   it('refuses a corrupt or truncated checkpoint with a clear error', async () => {

@@ -1,0 +1,158 @@
+// Periodic averaging (DiLoCo-style): every `every` local steps each holder sends its pseudo-gradient
+// (parameter delta since the last round) through the group's codec, error feedback kept here per
+// tensor, then applies an outer step with whatever arrived by the deadline: the mean (or trimmed
+// mean) of the deltas, late ones weighted by staleness. Only holders at most a round behind that
+// kept the last deadline are waited for (a slower one's deltas count when they come); a holder
+// that finds itself rounds behind fetches fresh state instead of sending. Arrivals whose norm is
+// far above the group's recent median are refused and their sender flagged.
+import { aggregate, NormScreen, OuterStep, type Contribution } from '../../src/averaging/index.ts';
+import { codecsForGroups, decodeTensors, encodeTensors, type Codec, type CodecState } from '../../src/compress/index.ts';
+import type { Param } from '../../src/model/params.ts';
+import { DeltaExchange, KEEP_ROUNDS } from './exchange.ts';
+import type { Averager, AveragingComponents, AveragingOptions, AveragingStats } from './index.ts';
+
+/** A holder this many rounds behind a peer reloads the group instead of sending. */
+const MAX_LAG = 3;
+
+export class PeriodicAveraging implements Averager {
+  readonly stats: AveragingStats;
+  private readonly exchange: DeltaExchange;
+  private readonly codecFor: (group: string) => Codec;
+  /** group → contributions not yet used. */
+  private readonly pending = new Map<string, Contribution[]>();
+  /** When this node started each recent round, to tell how far behind a peer delivers. */
+  private readonly roundStarts = new Map<number, number>();
+  /**
+   * Peers whose last contribution came later than the deadline after this node started that
+   * round, or not at all: slower than this node, so not waited for (what they send still counts
+   * when it comes, weighted by staleness) until they deliver in time again.
+   */
+  private readonly slowPeers = new Set<string>();
+  private readonly outer = new Map<string, OuterStep>();
+  private readonly screens = new Map<string, NormScreen>();
+  /** Error-feedback state, by `${group}/${tensor name}`. */
+  private readonly codecStates = new Map<string, CodecState>();
+
+  constructor(private readonly components: AveragingComponents, private readonly options: AveragingOptions) {
+    const groups: Record<string, string> = options.expertCodec ? { expert: options.expertCodec } : {};
+    this.codecFor = codecsForGroups({ default: options.codec ?? 'f32', groups });
+    this.exchange = new DeltaExchange(components, options, {
+      codec: (group) => this.codecFor(group),
+      accept: (group, sender, round, values) => this.accept(group, sender, round, values),
+    });
+    this.stats = this.exchange.stats;
+  }
+
+  serve(): Promise<void> {
+    return this.exchange.serve();
+  }
+
+  async afterBackward(): Promise<void> {}
+
+  async afterUpdate(step: number): Promise<void> {
+    if ((step + 1) % this.options.every !== 0) return;
+    const round = (step + 1) / this.options.every;
+    this.exchange.round = round;
+    this.roundStarts.set(round, performance.now());
+    this.roundStarts.delete(round - KEEP_ROUNDS - 1);
+    await Promise.all([...this.components.groups()].map(([group, params]) => this.outerRound(group, params, round)));
+  }
+
+  staleness(steps: number): number {
+    return steps % this.options.every;
+  }
+
+  track(group: string, params: Param[]): void {
+    this.resetGroup(group);
+    this.outerOf(group, params);
+  }
+
+  resetGroup(group: string): void {
+    this.outer.delete(group);
+    this.pending.delete(group);
+    this.screens.delete(group);
+    for (const key of this.codecStates.keys()) if (key.startsWith(`${group}/`)) this.codecStates.delete(key);
+  }
+
+  private async outerRound(group: string, params: Param[], round: number): Promise<void> {
+    const { self, log } = this.options;
+    const ahead = this.peerAhead(group, round);
+    if (ahead && (await this.resync(group, params, ahead))) return;
+    const outer = this.outerOf(group, params);
+    const codec = this.codecFor(group);
+    const deltas = outer.delta(params.map((p) => p.value));
+    const tensors = params.map((p, i) => ({ name: p.name, shape: p.shape, delta: deltas[i], state: this.codecState(group, p.name) }));
+    const parts = encodeTensors(codec, tensors);
+    // What the others will decode of ours is what we average with: everyone uses the same numbers.
+    const mine = decodeTensors(codec, tensors, parts);
+    this.exchange.send(group, round, this.options.every, codec.spec, parts);
+
+    // Waited for: holders at most a round behind that keep pace with this node.
+    const keepsPace = (peer: string) => (this.exchange.peerRound(peer) ?? round) >= round - 1 && !this.slowPeers.has(peer);
+    const awaited = this.exchange.others(group).filter(keepsPace);
+    const has = (peer: string) => (this.pending.get(group) ?? []).some((c) => c.sender === peer && c.round >= round);
+    await this.exchange.wait(group, round, () => awaited.every(has));
+    const missed = awaited.filter((peer) => !has(peer));
+    for (const peer of missed) this.slowPeers.add(peer);
+    const arrived = this.pending.get(group) ?? [];
+    this.pending.set(group, []);
+    this.stats.rounds++;
+    this.stats.missing += missed.length;
+
+    let screen = this.screens.get(group);
+    if (!screen) this.screens.set(group, (screen = new NormScreen(this.options.maxNormRatio)));
+    const { accepted, refused } = screen.screen(mine, arrived);
+    for (const { contribution: c, norm, limit } of refused) {
+      this.exchange.flag(c.sender);
+      log?.(`delta ${group}#${c.round} from ${c.sender} refused: norm ${norm.toExponential(2)} is over ${limit.toExponential(2)}`);
+    }
+    this.stats.received += accepted.length;
+    this.stats.late += accepted.filter((c) => c.round < round).length;
+    const mean = aggregate([{ sender: self, round, values: mine }, ...accepted], round, this.options);
+    outer.apply(params.map((p) => p.value), mean);
+  }
+
+  /** A peer of the group at least MAX_LAG rounds ahead of us, if any. */
+  private peerAhead(group: string, round: number): string | undefined {
+    return this.exchange.others(group).find((peer) => (this.exchange.peerRound(peer) ?? 0) >= round + MAX_LAG);
+  }
+
+  private async resync(group: string, params: Param[], peer: string): Promise<boolean> {
+    const state = await this.options.fetchState?.(group, peer);
+    if (!state) return false;
+    for (const p of params) {
+      const t = state.get(p.name);
+      if (t && t.data.length === p.value.length) p.value.set(t.data);
+    }
+    this.track(group, params);
+    this.stats.resyncs++;
+    this.options.log?.(`group ${group} was ${MAX_LAG}+ rounds behind ${peer}: reloaded its state`);
+    return true;
+  }
+
+  private outerOf(group: string, params: Param[]): OuterStep {
+    let outer = this.outer.get(group);
+    if (!outer) {
+      const { outerLr, outerMomentum } = this.options;
+      this.outer.set(group, (outer = new OuterStep(params.map((p) => p.value), { lr: outerLr, momentum: outerMomentum })));
+    }
+    return outer;
+  }
+
+  private codecState(group: string, name: string): CodecState {
+    const key = `${group}/${name}`;
+    let state = this.codecStates.get(key);
+    if (!state) this.codecStates.set(key, (state = {}));
+    return state;
+  }
+
+  private accept(group: string, sender: string, round: number, values: Float32Array[]): void {
+    const started = this.roundStarts.get(round);
+    if (started === undefined || performance.now() - started <= this.options.deadlineMs) this.slowPeers.delete(sender);
+    else this.slowPeers.add(sender);
+    const now = this.exchange.round;
+    const kept = (this.pending.get(group) ?? []).filter((c) => c.round + KEEP_ROUNDS >= now && !(c.sender === sender && c.round === round));
+    kept.push({ sender, round, values });
+    this.pending.set(group, kept);
+  }
+}

@@ -1,0 +1,81 @@
+// Combining the holders' contributions to a round into one update: the staleness-weighted mean
+// and the coordinate-wise trimmed mean. Pure arithmetic over lists of f32 tensors, no I/O.
+
+/** One holder's tensors for a round (gradients or parameter deltas, in the group's fixed order). */
+export interface Contribution {
+  sender: string;
+  round: number;
+  values: Float32Array[];
+}
+
+export interface AggregatorOptions {
+  /** mean (staleness-weighted), or the coordinate-wise trimmed mean against poisoned updates. */
+  aggregator?: 'mean' | 'trimmed-mean';
+  /** Fraction of the values dropped at each end by the trimmed mean (default 0.2). */
+  trim?: number;
+}
+
+const DEFAULT_TRIM = 0.2;
+
+/** A contribution `late` rounds behind the current one counts 1 / (1 + late); one from a later round counts fully. */
+export function stalenessWeight(late: number): number {
+  return 1 / (1 + Math.max(0, late));
+}
+
+/**
+ * Σ wₖ·xₖ / Σ wₖ per coordinate, accumulated in f32 in the order given: the same inputs in the
+ * same order give the same bits on every holder.
+ */
+export function weightedMean(parts: readonly (readonly Float32Array[])[], weights: readonly number[]): Float32Array[] {
+  if (parts.length === 0 || parts.length !== weights.length) {
+    throw new RangeError(`weightedMean: ${parts.length} parts, ${weights.length} weights`);
+  }
+  const out = parts[0].map((v) => new Float32Array(v.length));
+  let total = 0;
+  parts.forEach((values, k) => {
+    const weight = weights[k];
+    total += weight;
+    values.forEach((tensor, i) => {
+      const o = out[i];
+      for (let j = 0; j < o.length; j++) o[j] += weight * tensor[j];
+    });
+  });
+  for (const o of out) for (let j = 0; j < o.length; j++) o[j] /= total;
+  return out;
+}
+
+/**
+ * Per coordinate: sorts the n values, drops floor(trim·n) at each end and averages the rest in
+ * f64. With trim < 0.5 at least one value always remains; when floor(trim·n) is 0 (e.g. n < 5 at
+ * the default 0.2) nothing is dropped and this is the plain unweighted mean.
+ */
+export function trimmedMean(parts: readonly (readonly Float32Array[])[], trim: number): Float32Array[] {
+  if (parts.length === 0) throw new RangeError('trimmedMean: no parts');
+  if (!(trim >= 0 && trim < 0.5)) throw new RangeError(`trimmedMean: trim must be in [0, 0.5), got ${trim}`);
+  const cut = Math.floor(trim * parts.length);
+  const column = new Float64Array(parts.length);
+  return parts[0].map((first, i) => {
+    const out = new Float32Array(first.length);
+    for (let j = 0; j < out.length; j++) {
+      parts.forEach((values, k) => (column[k] = values[i][j]));
+      column.sort();
+      let sum = 0;
+      for (let k = cut; k < column.length - cut; k++) sum += column[k];
+      out[j] = sum / (column.length - 2 * cut);
+    }
+    return out;
+  });
+}
+
+/**
+ * The update of round `round` from its contributions, taken in (round, sender) order so every
+ * holder sums the same way: the staleness-weighted mean, or the trimmed mean (unweighted). The
+ * trimmed mean needs three contributions to tell an outlier from the rest: with two or fewer it
+ * falls back to the weighted mean.
+ */
+export function aggregate(contributions: readonly Contribution[], round: number, options: AggregatorOptions = {}): Float32Array[] {
+  const ordered = [...contributions].sort((a, b) => a.round - b.round || (a.sender < b.sender ? -1 : a.sender > b.sender ? 1 : 0));
+  const parts = ordered.map((c) => c.values);
+  if (options.aggregator === 'trimmed-mean' && ordered.length > 2) return trimmedMean(parts, options.trim ?? DEFAULT_TRIM);
+  return weightedMean(parts, ordered.map((c) => stalenessWeight(round - c.round)));
+}

@@ -1,0 +1,5 @@
+// The averaging arithmetic, apart from any transport (hivemind's accumulators are the model):
+// aggregation (aggregate.ts), outlier refusal (screen.ts), the outer step (outer.ts).
+export * from './aggregate.ts';
+export * from './screen.ts';
+export * from './outer.ts';

@@ -1,0 +1,44 @@
+// The outer optimizer of periodic (DiLoCo-style) averaging for one group: the pseudo-gradient
+// since the last round, and the Nesterov outer step that applies the round's mean of them.
+
+export interface OuterStepOptions {
+  /** Outer learning rate (default 1). */
+  lr?: number;
+  /** Nesterov momentum μ (default 0: with lr 1, plain averaging). */
+  momentum?: number;
+}
+
+export class OuterStep {
+  /** The group's values at its last round: deltas are measured from here. */
+  readonly anchor: Float32Array[];
+  readonly momentum: Float32Array[];
+  private readonly lr: number;
+  private readonly mu: number;
+
+  constructor(values: readonly Float32Array[], options: OuterStepOptions = {}) {
+    this.anchor = values.map((v) => Float32Array.from(v));
+    this.momentum = values.map((v) => new Float32Array(v.length));
+    this.lr = options.lr ?? 1;
+    this.mu = options.momentum ?? 0;
+  }
+
+  /** values − anchor, per tensor (in f32). */
+  delta(values: readonly Float32Array[]): Float32Array[] {
+    return values.map((v, i) => v.map((x, j) => x - this.anchor[i][j]));
+  }
+
+  /** m ← μ·m + Δ̄; values ← anchor + lr·(μ·m + Δ̄), in place; the anchor moves to the new values. */
+  apply(values: Float32Array[], meanDelta: readonly Float32Array[]): void {
+    const { lr, mu } = this;
+    values.forEach((v, i) => {
+      const m = this.momentum[i];
+      const anchor = this.anchor[i];
+      const mean = meanDelta[i];
+      for (let j = 0; j < v.length; j++) {
+        m[j] = mu * m[j] + mean[j];
+        v[j] = anchor[j] + lr * (mu * m[j] + mean[j]);
+      }
+      anchor.set(v);
+    });
+  }
+}

@@ -1,0 +1,63 @@
+// Outlier refusal for a group's contributions: non-finite values, and norms far above the
+// median of the group's recent norms. Pure bookkeeping over f32 tensors, no I/O.
+
+/** A contribution whose norm exceeds this many times the group's median recent norm is refused. */
+export const DEFAULT_MAX_NORM_RATIO = 10;
+/** Recent accepted norms kept per group. */
+export const NORM_HISTORY = 32;
+
+/** The L2 norm over all of a contribution's tensors (in f64). */
+export function l2Norm(values: readonly Float32Array[]): number {
+  return Math.sqrt(values.reduce((s, v) => s + v.reduce((t, x) => t + x * x, 0), 0));
+}
+
+/** Where the first NaN or ±Infinity is, if any. */
+export function firstNonFinite(values: readonly Float32Array[]): { tensor: number; index: number } | undefined {
+  for (const [tensor, v] of values.entries()) {
+    for (let index = 0; index < v.length; index++) if (!Number.isFinite(v[index])) return { tensor, index };
+  }
+  return undefined;
+}
+
+export interface Refusal<T> {
+  contribution: T;
+  norm: number;
+  /** The norm above which contributions were refused this round. */
+  limit: number;
+}
+
+/**
+ * One group's outlier test. Each round, the median is taken over the recent history, this
+ * holder's own norm and every arrival's (while most holders are honest, the median is theirs);
+ * an arrival with a non-finite value or a norm over maxRatio × median is refused. Accepted norms
+ * and our own join the history.
+ */
+export class NormScreen {
+  private history: number[] = [];
+
+  constructor(private readonly maxRatio = DEFAULT_MAX_NORM_RATIO, private readonly historyLength = NORM_HISTORY) {}
+
+  screen<T extends { values: readonly Float32Array[] }>(
+    mine: readonly Float32Array[], arrived: readonly T[],
+  ): { accepted: T[]; refused: Refusal<T>[] } {
+    const myNorm = l2Norm(mine);
+    const norms = arrived.map((c) => l2Norm(c.values));
+    const sorted = [...this.history, myNorm, ...norms].sort((a, b) => a - b);
+    const limit = this.maxRatio * sorted[Math.floor(sorted.length / 2)];
+    const accepted: T[] = [];
+    const refused: Refusal<T>[] = [];
+    arrived.forEach((contribution, k) => {
+      const norm = norms[k];
+      // A NaN or Infinity anywhere makes the norm non-finite (f32 squares cannot overflow f64).
+      if (!Number.isFinite(norm) || norm > limit) {
+        refused.push({ contribution, norm, limit });
+        return;
+      }
+      accepted.push(contribution);
+      this.history.push(norm);
+    });
+    this.history.push(myNorm);
+    this.history = this.history.slice(-this.historyLength);
+    return { accepted, refused };
+  }
+}

@@ -1,0 +1,55 @@
+// The outer step of periodic averaging (src/averaging/outer.ts): the pseudo-gradient since the
+// anchor, and Nesterov momentum over rounds against sequences computed by hand and in float64.
+import { describe, expect, it } from 'vitest';
+import { OuterStep } from '../../src/averaging/index.ts';
+import { bitEqual, rng } from '../helpers.ts';
+
+describe('outer step', () => {
+  it('the delta is the values minus the anchor (the values at the last round)', () => {
+    const outer = new OuterStep([Float32Array.from([1, 2, 3])]);
+    expect(Array.from(outer.delta([Float32Array.from([1.5, 2, 2])])[0])).toEqual([0.5, 0, -1]);
+  });
+
+  it('lr 1 and momentum 0 is plain averaging: the anchor plus the mean delta, whatever the local values were', () => {
+    const anchor = Float32Array.from([1, -2, 0.25]);
+    const outer = new OuterStep([anchor]);
+    const values = [Float32Array.from([9, 9, 9])];
+    const mean = Float32Array.from([0.5, 0.125, -1]);
+    outer.apply(values, [mean]);
+    expect(bitEqual(values[0], anchor.map((a, j) => a + mean[j]))).toBe(true);
+    expect(bitEqual(outer.anchor[0], values[0])).toBe(true);
+  });
+
+  it('Nesterov: m ← μ·m + Δ̄, θ ← θ + lr·(μ·m + Δ̄), by hand for lr 0.5, μ 0.9', () => {
+    const outer = new OuterStep([Float32Array.from([1])], { lr: 0.5, momentum: 0.9 });
+    const values = [Float32Array.from([1])];
+    // m = 0.1, θ = 1 + 0.5·(0.09 + 0.1); m = 0.19, θ += 0.5·(0.171 + 0.1); m = −0.029, θ += 0.5·(−0.0261 − 0.2)
+    const expected = [1.095, 1.2305, 1.11745];
+    [0.1, 0.1, -0.2].forEach((delta, round) => {
+      outer.apply(values, [Float32Array.from([delta])]);
+      expect(values[0][0], `round ${round}`).toBeCloseTo(expected[round], 6);
+    });
+  });
+
+  it('Nesterov over 20 rounds and several tensors follows a float64 run to f32 precision', () => {
+    const random = rng(9);
+    const lr = 0.7;
+    const mu = 0.8;
+    const start = [7, 3].map((n) => Float32Array.from({ length: n }, () => random()));
+    const outer = new OuterStep(start, { lr, momentum: mu });
+    const values = start.map((v) => Float32Array.from(v));
+    const theta64 = start.map((v) => Array.from(v));
+    const m64 = start.map((v) => new Array<number>(v.length).fill(0));
+    for (let round = 0; round < 20; round++) {
+      const mean = start.map((v) => Float32Array.from({ length: v.length }, () => random() * 0.1));
+      // Local steps moved the values; the outer step starts from the anchor regardless.
+      values.forEach((v) => v.forEach((_, j) => (v[j] += random())));
+      outer.apply(values, mean);
+      theta64.forEach((t, i) => t.forEach((_, j) => {
+        m64[i][j] = mu * m64[i][j] + mean[i][j];
+        t[j] += lr * (mu * m64[i][j] + mean[i][j]);
+      }));
+    }
+    theta64.forEach((t, i) => t.forEach((x, j) => expect(Math.abs(values[i][j] - x)).toBeLessThan(1e-5)));
+  });
+});

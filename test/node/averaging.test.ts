@@ -1,0 +1,119 @@
+// The averaging strategies (node/averaging) among holders in one process, their delta protocol
+// replaced by direct calls: sync averages gradients to the f32 mean on every holder, periodic
+// applies the mean delta, waits no longer than the deadline, and refuses and flags a bad sender.
+import { describe, expect, it } from 'vitest';
+import { createAverager, type Averager, type AveragingFault, type AveragingOptions } from '../../node/averaging/index.ts';
+import type { Param } from '../../src/model/params.ts';
+import type { DialTarget, Rpc } from '../../src/p2p/index.ts';
+import { bitEqual, rng } from '../helpers.ts';
+
+type Handler = (message: unknown, context: { peer: { toString(): string } }) => unknown;
+
+interface Holder {
+  id: string;
+  params: Param[];
+  averager: Averager;
+}
+
+interface Misbehaviour {
+  /** Holders that never send. */
+  silent?: string[];
+  /** Holders that corrupt what they send. */
+  faulty?: Record<string, AveragingFault>;
+}
+
+/** Holders of one group ("trunk"), each with a tensor of 6 and one of 3 random values. */
+async function holders(ids: string[], options: Partial<AveragingOptions>, misbehaviour: Misbehaviour = {}): Promise<Holder[]> {
+  const { silent = [], faulty = {} } = misbehaviour;
+  const handlers = new Map<string, Handler>();
+  const random = rng(11);
+  const list = ids.map((id) => {
+    const params: Param[] = [[2, 3], [3]].map((shape, i) => {
+      const n = shape.reduce((a, b) => a * b, 1);
+      const values = () => Float32Array.from({ length: n }, () => random());
+      return { name: `t${i}`, shape, value: values(), grad: values() };
+    });
+    const rpc = {
+      handle: async (_protocol: string, handler: Handler) => void handlers.set(id, handler),
+      request: async (target: string, _protocol: string, message: unknown) => {
+        if (silent.includes(id)) return new Promise(() => {});
+        return handlers.get(target)!(structuredClone(message), { peer: { toString: () => id } });
+      },
+    } as unknown as Rpc;
+    const directory = { members: () => ids, address: (peer: string) => peer as unknown as DialTarget, admitted: () => true };
+    const averager = createAverager({ rpc, directory, groups: () => new Map([['trunk', params]]) }, {
+      mode: 'sync', every: 1, deadlineMs: 300, jobId: 'job', self: id, ...options, ...(faulty[id] ? { fault: faulty[id] } : {}),
+    });
+    return { id, params, averager };
+  });
+  for (const h of list) {
+    await h.averager.serve();
+    h.averager.track('trunk', h.params);
+  }
+  return list;
+}
+
+/** The mean of each coordinate over `tensors` (one list per holder), in float64. */
+function mean64(tensors: Float32Array[][]): number[][] {
+  return tensors[0].map((t, i) => Array.from(t, (_, j) => tensors.reduce((s, h) => s + h[i][j], 0) / tensors.length));
+}
+
+describe('sync averaging', () => {
+  it('every holder ends the exchange with the f32 mean of all gradients, the same bits everywhere', async () => {
+    const list = await holders(['a', 'b', 'c'], { mode: 'sync' });
+    const expected = mean64(list.map((h) => h.params.map((p) => Float32Array.from(p.grad!))));
+    await Promise.all(list.map((h) => h.averager.afterBackward(0)));
+    for (const h of list) {
+      h.params.forEach((p, i) => p.grad!.forEach((g, j) => expect(g).toBeCloseTo(expected[i][j], 6)));
+      h.params.forEach((p, i) => expect(bitEqual(p.grad!, list[0].params[i].grad!)).toBe(true));
+      expect(h.averager.stats).toMatchObject({ rounds: 1, received: 2, missing: 0 });
+      expect(h.averager.staleness(7)).toBe(0);
+    }
+  });
+});
+
+describe('periodic averaging', () => {
+  it('each holder moves to the anchor plus the mean delta of all holders (lr 1, no momentum)', async () => {
+    const list = await holders(['a', 'b', 'c'], { mode: 'periodic', every: 2 });
+    const anchors = list.map((h) => h.params.map((p) => Float32Array.from(p.value)));
+    const random = rng(12);
+    for (const h of list) for (const p of h.params) p.value.forEach((_, j, v) => (v[j] += 0.1 * random()));
+    const deltas = list.map((h, k) => h.params.map((p, i) => p.value.map((v, j) => v - anchors[k][i][j])));
+    const mean = mean64(deltas);
+    await Promise.all(list.map((h) => h.averager.afterUpdate(0))); // step 1 of 2: no round yet
+    expect(list[0].averager.stats.rounds).toBe(0);
+    expect(list[0].averager.staleness(1)).toBe(1);
+    await Promise.all(list.map((h) => h.averager.afterUpdate(1)));
+    list.forEach((h, k) => h.params.forEach((p, i) => {
+      p.value.forEach((v, j) => expect(v).toBeCloseTo(anchors[k][i][j] + mean[i][j], 6));
+    }));
+  });
+
+  it('a holder that never delivers costs one deadline, counts as missing, and is not waited for again', async () => {
+    const list = await holders(['a', 'b', 'c'], { mode: 'periodic', every: 1, deadlineMs: 400 }, { silent: ['c'] });
+    const [a, b] = list;
+    const t0 = performance.now();
+    await Promise.all([a, b].map((h) => h.averager.afterUpdate(0)));
+    expect(performance.now() - t0).toBeGreaterThanOrEqual(390);
+    expect(a.averager.stats).toMatchObject({ rounds: 1, received: 1, missing: 1 });
+    const t1 = performance.now();
+    await Promise.all([a, b].map((h) => h.averager.afterUpdate(1)));
+    expect(performance.now() - t1).toBeLessThan(390);
+    expect(a.averager.stats).toMatchObject({ rounds: 2, received: 2, missing: 1 });
+  });
+
+  it.each(['nan', 'scale1000'] as const)('one sending %s deltas is refused and flagged; the others average without it', async (fault) => {
+    const list = await holders(['a', 'b', 'c', 'd'], { mode: 'periodic', every: 1 }, { faulty: { d: fault } });
+    const honest = list.slice(0, 3);
+    const anchors = honest.map((h) => h.params.map((p) => Float32Array.from(p.value)));
+    const random = rng(13);
+    for (const h of list) for (const p of h.params) p.value.forEach((_, j, v) => (v[j] += 0.1 * random()));
+    const mean = mean64(honest.map((h, k) => h.params.map((p, i) => p.value.map((v, j) => v - anchors[k][i][j]))));
+    await Promise.all(list.map((h) => h.averager.afterUpdate(0)));
+    honest.forEach((h, k) => {
+      h.params.forEach((p, i) => p.value.forEach((v, j) => expect(v).toBeCloseTo(anchors[k][i][j] + mean[i][j], 6)));
+      expect(h.averager.stats.refused).toBeGreaterThanOrEqual(1); // a refused send is tried once more
+      expect([...h.averager.stats.flagged]).toEqual(['d']);
+    });
+  });
+});
