@@ -3,7 +3,9 @@
 // its peers, and trains on leased micro-batches until the job is done. Plan changes (a node
 // joined, left or died) are applied between steps: experts given up are released, new ones
 // copied from a surviving holder. Everything that happens is reported through onEvent.
-import { msgpackCodec, planSigningBytes, PROTOCOL_VERSION, type JobSpec, type Plan } from '../proto/index.ts';
+import {
+  groupId, msgpackCodec, parseGroupId, planSigningBytes, PROTOCOL_VERSION, TRUNK_GROUP, type ExpertGroup, type JobSpec, type Plan,
+} from '../proto/index.ts';
 import { createKernels, type Kernels } from '../src/kernels/index.ts';
 import { expertOf } from '../src/model/config.ts';
 import { Model } from '../src/model/model.ts';
@@ -15,7 +17,7 @@ import { Trainer } from '../src/train/trainer.ts';
 import { multiaddr } from '@multiformats/multiaddr';
 import { createAverager, type Averager, type AveragingFault } from './averaging/index.ts';
 import { serveExperts, SwarmRemoteExperts } from './experts.ts';
-import { expertGroup, fetchGroup, serveState, TRUNK } from './state.ts';
+import { fetchGroup, serveState } from './state.ts';
 import { countingCodec, type Traffic } from './traffic.ts';
 
 export interface NodeOptions {
@@ -149,7 +151,7 @@ export class NodeDaemon {
       holders: (layer: number, expert: number) => this.holders(layer, expert),
       address: (peer: string) => this.address(peer),
       admitted: (peer: string) => this.newestPlan().peers.some((p) => p.peerId === peer),
-      members: (group: string) => (group === TRUNK ? this.newestPlan().peers.map((p) => p.peerId) : this.groupHolders(group)),
+      members: (group: string) => (group === TRUNK_GROUP ? this.newestPlan().peers.map((p) => p.peerId) : this.groupHolders(group)),
     };
     this.experts = new SwarmRemoteExperts({ rpc: this.rpc, directory }, {
       jobId: this.job.jobId, self: this.self, hidden: config.hiddenSize, timeoutMs: this.job.expertTimeoutMs,
@@ -158,7 +160,7 @@ export class NodeDaemon {
     const hosted = this.hostedExperts(this.plan);
     const model = new Model(this.kernels, config, {
       ...jobModelOptions(this.job),
-      hosts: (layer, expert) => hosted.has(`${layer}.${expert}`),
+      hosts: (layer, expert) => hosted.has(groupId({ kind: 'expert', layer, expert })),
       remote: this.experts,
     });
     this.model = model;
@@ -199,12 +201,11 @@ export class NodeDaemon {
   }
 
   /** A node joining a running job: the trunk and its experts come from peers that hold them. */
-  private async catchUp(model: Model, hosted: Set<string>): Promise<void> {
-    const trunk = await this.fetchWhileJoining(() => this.newestPlan().peers.map((p) => p.peerId), TRUNK);
+  private async catchUp(model: Model, hosted: Map<string, ExpertGroup>): Promise<void> {
+    const trunk = await this.fetchWhileJoining(() => this.newestPlan().peers.map((p) => p.peerId), TRUNK_GROUP);
     if (trunk) model.params.load(trunk);
-    for (const key of hosted) {
-      const [layer, expert] = key.split('.').map(Number);
-      const state = await this.fetchWhileJoining(() => this.holders(layer, expert, this.newestPlan()), expertGroup(layer, expert));
+    for (const [group, { layer, expert }] of hosted) {
+      const state = await this.fetchWhileJoining(() => this.holders(layer, expert, this.newestPlan()), group);
       if (state) model.params.load(new Map([...state].filter(([name]) => model.params.has(name))));
     }
     this.emit({ event: 'caught-up', trunk: trunk !== undefined });
@@ -251,8 +252,8 @@ export class NodeDaemon {
   }
 
   private groupHolders(group: string): string[] {
-    const [, layer, expert] = group.split('.').map(Number);
-    return this.holders(layer, expert, this.newestPlan());
+    const ref = parseGroupId(group);
+    return ref?.kind === 'expert' ? this.holders(ref.layer, ref.expert, this.newestPlan()) : [];
   }
 
   private address(peer: string): DialTarget | undefined {
@@ -260,16 +261,18 @@ export class NodeDaemon {
     return addrs?.length ? addrs.map((a) => multiaddr(a)) : undefined;
   }
 
-  private hostedExperts(plan: Plan): Set<string> {
-    return new Set(plan.experts.filter((x) => x.holders.includes(this.self)).map((x) => `${x.layer}.${x.expert}`));
+  /** The experts the plan gives this node, by group id. */
+  private hostedExperts(plan: Plan): Map<string, ExpertGroup> {
+    const held = plan.experts.filter((x) => x.holders.includes(this.self));
+    return new Map(held.map(({ layer, expert }) => [groupId({ kind: 'expert', layer, expert }), { kind: 'expert', layer, expert }]));
   }
 
   /** The trainable parameters of every group held here: the trunk, and each hosted expert. */
   private groups(): Map<string, ReturnType<Model['params']['trainable']>> {
-    const groups = new Map<string, ReturnType<Model['params']['trainable']>>([[TRUNK, []]]);
+    const groups = new Map<string, ReturnType<Model['params']['trainable']>>([[TRUNK_GROUP, []]]);
     for (const p of this.model!.params.trainable()) {
       const owner = expertOf(p.name);
-      const group = owner ? expertGroup(owner.layer, owner.expert) : TRUNK;
+      const group = owner ? groupId({ kind: 'expert', ...owner }) : TRUNK_GROUP;
       if (!groups.has(group)) groups.set(group, []);
       groups.get(group)!.push(p);
     }
@@ -282,19 +285,16 @@ export class NodeDaemon {
     const before = this.hostedExperts(this.plan);
     this.plan = plan;
     const after = this.hostedExperts(plan);
-    for (const key of before) {
-      if (after.has(key)) continue;
-      const [layer, expert] = key.split('.').map(Number);
+    for (const [group, { layer, expert }] of before) {
+      if (after.has(group)) continue;
       this.trainer.optimizer.remove(model.experts.tensorNames(layer, expert));
-      this.averager.resetGroup(expertGroup(layer, expert));
+      this.averager.resetGroup(group);
       model.experts.remove(layer, expert);
     }
-    for (const key of after) {
-      if (before.has(key)) continue;
-      const [layer, expert] = key.split('.').map(Number);
-      const state = await this.fetchFromAny(this.holders(layer, expert).filter((p) => p !== this.self), expertGroup(layer, expert));
+    for (const [group, { layer, expert }] of after) {
+      if (before.has(group)) continue;
+      const state = await this.fetchFromAny(this.holders(layer, expert).filter((p) => p !== this.self), group);
       this.trainer.optimizer.add(model.experts.add(layer, expert, state));
-      const group = expertGroup(layer, expert);
       this.averager.track(group, this.groups().get(group) ?? []);
       this.emit({ event: 'expert-added', layer, expert, copied: state !== undefined });
     }

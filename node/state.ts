@@ -2,7 +2,7 @@
 // new replica of an expert, or a node that (re)joins a running job, fetches them from a holder.
 // A group's state is what training changes: the trunk's trainable tensors, or an expert's
 // tensors (its frozen base included, which a new holder does not have).
-import { f32Tensor, tensorF32, type NamedTensor } from '../proto/index.ts';
+import { f32Tensor, parseGroupId, tensorF32, type NamedTensor } from '../proto/index.ts';
 import { expertOf, type F32Tensor } from '../src/model/config.ts';
 import type { Model } from '../src/model/model.ts';
 import { RefusedError, type DialTarget, type Rpc } from '../src/p2p/index.ts';
@@ -10,17 +10,12 @@ import { RefusedError, type DialTarget, type Rpc } from '../src/p2p/index.ts';
 /** Names fetched per request, keeping each reply well under the message cap. */
 const NAMES_PER_REQUEST = 16;
 
-export const TRUNK = 'trunk';
-export const expertGroup = (layer: number, expert: number) => `expert.${layer}.${expert}`;
-
 /** The tensors of a group held here, or undefined when this node does not hold it. */
 export function groupState(model: Pick<Model, 'params' | 'experts'>, group: string): Map<string, F32Tensor> | undefined {
-  if (group === TRUNK) return model.params.snapshot((p) => p.grad !== undefined && !expertOf(p.name));
-  const match = /^expert\.(\d+)\.(\d+)$/.exec(group);
-  if (!match) return undefined;
-  const [layer, expert] = [Number(match[1]), Number(match[2])];
-  if (!model.experts.hosts(layer, expert)) return undefined;
-  return model.experts.state(layer, expert);
+  const ref = parseGroupId(group);
+  if (ref?.kind === 'trunk') return model.params.snapshot((p) => p.grad !== undefined && !expertOf(p.name));
+  if (!ref || !model.experts.hosts(ref.layer, ref.expert)) return undefined;
+  return model.experts.state(ref.layer, ref.expert);
 }
 
 /** `admitted` may ask the coordinator first: a node that just joined is not in our plan yet. */

@@ -1,6 +1,9 @@
 // Parameter-group ids, as deltas and state requests carry them: "trunk" (held by every node) or
 // "expert.<layer>.<expert>" (one expert of one layer, held by its replicas). Built and parsed only here.
 export type GroupRef = { kind: 'trunk' } | { kind: 'expert'; layer: number; expert: number };
+export type ExpertGroup = Extract<GroupRef, { kind: 'expert' }>;
+
+export const TRUNK_GROUP = 'trunk';
 
 /** Layer and expert indices as the wire bounds them (proto's Index). */
 const MAX_INDEX = 2 ** 20;
@@ -8,7 +11,7 @@ const MAX_INDEX = 2 ** 20;
 const EXPERT_ID = /^expert\.(0|[1-9]\d{0,6})\.(0|[1-9]\d{0,6})$/;
 
 export function groupId(group: GroupRef): string {
-  if (group.kind === 'trunk') return 'trunk';
+  if (group.kind === 'trunk') return TRUNK_GROUP;
   const { layer, expert } = group;
   if (!isIndex(layer) || !isIndex(expert)) {
     throw new RangeError(`groupId: layer and expert must be integers in [0, ${MAX_INDEX}], got ${layer} and ${expert}`);
@@ -18,7 +21,7 @@ export function groupId(group: GroupRef): string {
 
 /** The group an id names, or undefined for anything groupId does not build (untrusted input). */
 export function parseGroupId(id: string): GroupRef | undefined {
-  if (id === 'trunk') return { kind: 'trunk' };
+  if (id === TRUNK_GROUP) return { kind: 'trunk' };
   const match = EXPERT_ID.exec(id);
   if (!match) return undefined;
   const [layer, expert] = [Number(match[1]), Number(match[2])];
