@@ -69,9 +69,9 @@ export class ModelWeights {
     this.loraShapes = options.mode === 'lora' ? adapterShapes(config, options.lora!) : new Map();
     this.allocate([...this.shapes.keys()].filter(held));
     this.loadBase(base ?? initTensors(config, this.seed, { reuseBuffer: true }), held);
-    const adapters = new Map([...this.loraShapes].filter(([name]) => held(name)));
-    this.allocate(adapters.keys());
-    this.params.load(initLora(adapters, this.seed));
+    const adapters = [...this.loraShapes.keys()].filter(held);
+    this.allocate(adapters);
+    this.params.load(initLora(this.loraShapes, this.seed, held));
   }
 
   /**
@@ -98,8 +98,8 @@ export class ModelWeights {
     this.allocate(names);
     const isBase = (name: string) => names.has(name) && !this.loraShapes.has(name);
     this.loadBase(state ? [...state].filter(([name]) => isBase(name)) : initTensors(this.config, this.seed, { reuseBuffer: true }), isBase);
-    const adapters = new Map([...this.loraShapes].filter(([name]) => names.has(name)));
-    this.params.load(state ? new Map([...state].filter(([name]) => adapters.has(name))) : initLora(adapters, this.seed));
+    const isAdapter = (name: string) => names.has(name) && this.loraShapes.has(name);
+    this.params.load(state ? new Map([...state].filter(([name]) => isAdapter(name))) : initLora(this.loraShapes, this.seed, isAdapter));
     return [...names].filter((name) => this.params.has(name)).map((name) => this.params.get(name)).filter((p) => p.grad);
   }
 
@@ -182,15 +182,25 @@ function adapterShapes(config: ModelConfig, lora: LoraOptions): Map<string, numb
   return new Map([...loraShapes(config, lora.rank)].filter(([name]) => targets.has(module(name))));
 }
 
-/** LoRA A ~ U(−1/√in, 1/√in) (PEFT's kaiming-uniform default), B = 0. */
-function initLora(shapes: Map<string, number[]>, seed: number): Map<string, F32Tensor> {
+/**
+ * LoRA A ~ U(−1/√in, 1/√in) (PEFT's kaiming-uniform default), B = 0, for the adapters `held` picks.
+ * One random sequence runs over every adapter of the model, held or not, so a tensor's initial values
+ * are the same on every node whatever else it holds (nodes average what they hold with each other).
+ */
+function initLora(shapes: Map<string, number[]>, seed: number, held: (name: string) => boolean): Map<string, F32Tensor> {
   const out = new Map<string, F32Tensor>();
   const random = uniform(seed ^ 0x9e3779b9);
   for (const [name, shape] of shapes) {
-    const data = new Float32Array(sizeOf(shape));
-    if (name.endsWith('.lora_a')) {
+    const size = sizeOf(shape);
+    const isA = name.endsWith('.lora_a');
+    if (!held(name)) {
+      if (isA) for (let i = 0; i < size; i++) random();
+      continue;
+    }
+    const data = new Float32Array(size);
+    if (isA) {
       const bound = 1 / Math.sqrt(shape[1]);
-      for (let i = 0; i < data.length; i++) data[i] = (random() * 2 - 1) * bound;
+      for (let i = 0; i < size; i++) data[i] = (random() * 2 - 1) * bound;
     }
     out.set(name, { shape, data });
   }

@@ -284,9 +284,10 @@ describe('model on a small random config', () => {
     expect(() => partial.experts.remove(1, 3)).toThrow(/not held/);
   });
 
-  it('runs hosted experts locally and the others through the remote port, bit-identical to holding them all', async () => {
-    // Full mode: in lora mode a node's LoRA A init depends on which experts it holds (one random stream over the held adapters).
-    const options: ModelOptions = { mode: 'full' };
+  it.each([
+    ['full', { mode: 'full' }],
+    ['lora q4', { mode: 'lora', lora: { rank: 4, alpha: 8 }, baseFormat: 'q4' }],
+  ] as [string, ModelOptions][])('%s: runs hosted experts locally and the others through the remote port, bit-identical to holding them all', async (_, options) => {
     const full = new Model(kernels, SMALL, options, base);
     // Another process's experts, called as an expert server does: stateless, the forward rerun before a backward.
     const holder = new Model(kernels, SMALL, options, base);
@@ -318,6 +319,20 @@ describe('model on a small random config', () => {
       const where = owner && owner.expert >= 2 ? holder : partial;
       expect(bitEqual(where.params.get(p.name).grad!, p.grad!), p.name).toBe(true);
     }
+  });
+
+  it('LoRA starts from the same values on every node, whatever experts each holds or takes on later', async () => {
+    const options: ModelOptions = { mode: 'lora', lora: { rank: 4, alpha: 8 }, baseFormat: 'q4' };
+    const full = new Model(kernels, SMALL, options, base);
+    const partial = new Model(kernels, SMALL, { ...options, hosts: (_l, e) => e === 1 }, base);
+    partial.experts.add(0, 3); // a new replica with no holder to copy from: seeded values
+    let compared = 0;
+    for (const p of partial.params.trainable()) {
+      expect(bitEqual(p.value, full.params.get(p.name).value), p.name).toBe(true);
+      if (p.name.endsWith('.lora_a')) compared++;
+    }
+    expect(partial.params.has('layers.0.experts.3.up.lora_a')).toBe(true);
+    expect(compared).toBeGreaterThan(10);
   });
 
   it('a call with more rows than any before frees the row-sized buffers it outgrows', async () => {
