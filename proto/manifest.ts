@@ -52,11 +52,17 @@ export function checkManifest(value: unknown): BaseManifest {
     const where = `manifest: tensor "${tensor.name}"`;
     if (names.has(tensor.name)) throw new ProtocolError('schema', `${where} appears twice`);
     names.add(tensor.name);
-    if (parseGroupId(tensor.group) === undefined) throw new ProtocolError('schema', `${where}: group ${JSON.stringify(tensor.group)} is not a group id`);
+    if (parseGroupId(tensor.group) === undefined) {
+      throw new ProtocolError('schema', `${where}: group ${JSON.stringify(tensor.group)} is not a group id`);
+    }
     const bytes = elementCount(tensor.shape) * DTYPE_BYTES[tensor.dtype];
-    if (bytes !== tensor.bytes) throw new ProtocolError('tensor', `${where}: ${tensor.dtype} [${tensor.shape.join(', ')}] is ${bytes} bytes, not ${tensor.bytes}`);
+    if (bytes !== tensor.bytes) {
+      throw new ProtocolError('tensor', `${where}: ${tensor.dtype} [${tensor.shape.join(', ')}] is ${bytes} bytes, not ${tensor.bytes}`);
+    }
     const chunks = Math.ceil(bytes / value.chunkBytes);
-    if (tensor.chunks.length !== chunks) throw new ProtocolError('schema', `${where}: ${bytes} bytes make ${chunks} chunks, ${tensor.chunks.length} listed`);
+    if (tensor.chunks.length !== chunks) {
+      throw new ProtocolError('schema', `${where}: ${bytes} bytes make ${chunks} chunks, ${tensor.chunks.length} listed`);
+    }
   }
   return value;
 }

@@ -395,7 +395,7 @@ async function readHfWeights(dir: string): Promise<Map<string, Tensor>> {
     if (keys === undefined) return contents;
     for (const key of keys) {
       const t = contents.get(key);
-      if (!t) throw new HfFormatError(`${join(dir, 'model.safetensors.index.json')}: ${key} is mapped to ${basename(path)}, which does not contain it`);
+      if (!t) throw new HfFormatError(`${dir}/model.safetensors.index.json: ${key} is mapped to ${basename(path)}, which does not contain it`);
       tensors.set(key, t);
     }
   }

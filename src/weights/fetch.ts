@@ -93,7 +93,9 @@ export class WeightFetcher {
     return this.fetchTensors(manifest, tensorsOfGroups(manifest, groups), sources, signal);
   }
 
-  async fetchTensors(manifest: BaseManifest, tensors: readonly ManifestTensor[], sources: readonly WeightSource[], signal?: AbortSignal): Promise<FetchResult> {
+  async fetchTensors(
+    manifest: BaseManifest, tensors: readonly ManifestTensor[], sources: readonly WeightSource[], signal?: AbortSignal,
+  ): Promise<FetchResult> {
     const report: FetchReport = { bytesBySource: new Map(), fetchedBytes: 0, cachedBlobs: 0, resumedBytes: 0, failures: [] };
     const state: FetchState = { sources, cutOff: new Map(), report, signal };
     // Identical tensors (norms all ones, say) are one blob.
@@ -106,7 +108,8 @@ export class WeightFetcher {
     const result = new Map<string, F32Tensor>();
     for (const t of tensors) {
       const bytes = await this.store.read(t.sha256, 0, t.bytes);
-      result.set(t.name, { shape: [...t.shape], data: decodeTensor({ dtype: t.dtype, shape: t.shape, begin: 0, end: t.bytes }, bytes).data as Float32Array });
+      const { data } = decodeTensor({ dtype: t.dtype, shape: t.shape, begin: 0, end: t.bytes }, bytes);
+      result.set(t.name, { shape: [...t.shape], data: data as Float32Array }); // F32, F16 and BF16 decode to f32
     }
     return { tensors: result, report };
   }
@@ -144,7 +147,8 @@ export class WeightFetcher {
     const blob = writer.spec.sha256;
     const { offset, length } = writer.nextRange();
     try {
-      const chunk = await this.rpc.request(dialTarget(source), 'blobChunk', { blob, offset, length }, { timeout: this.chunkTimeoutMs, signal: state.signal });
+      const request = { blob, offset, length };
+      const chunk = await this.rpc.request(dialTarget(source), 'blobChunk', request, { timeout: this.chunkTimeoutMs, signal: state.signal });
       if (chunk.blob !== blob || chunk.offset !== offset) {
         throw new ChunkMismatchError('hash', `asked for blob ${blob} at ${offset}, got ${chunk.blob} at ${chunk.offset}`);
       }

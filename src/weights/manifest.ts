@@ -34,7 +34,9 @@ export function signManifest(key: PrivateKey, manifest: BaseManifest): { id: str
  * Checks an untrusted manifest: its schema and sizes, that it is the base `expectedId` names
  * (when given), and that `coordinator` (a peer id) signed its id. Throws ManifestError.
  */
-export function openManifest(value: unknown, signature: Uint8Array, coordinator: string, expectedId?: string): { manifest: BaseManifest; id: string } {
+export function openManifest(
+  value: unknown, signature: Uint8Array, coordinator: string, expectedId?: string,
+): { manifest: BaseManifest; id: string } {
   let manifest: BaseManifest;
   try {
     manifest = checkManifest(value);
@@ -43,8 +45,12 @@ export function openManifest(value: unknown, signature: Uint8Array, coordinator:
     throw err;
   }
   const id = manifestId(manifest);
-  if (expectedId !== undefined && id !== expectedId) throw new ManifestError(`manifest: its id is ${id}, not the base ${expectedId} that was asked for`);
-  if (!signedBy(coordinator, manifestSigningBytes(id), signature)) throw new ManifestError(`manifest ${id}: not signed by the coordinator ${coordinator}`);
+  if (expectedId !== undefined && id !== expectedId) {
+    throw new ManifestError(`manifest: its id is ${id}, not the base ${expectedId} that was asked for`);
+  }
+  if (!signedBy(coordinator, manifestSigningBytes(id), signature)) {
+    throw new ManifestError(`manifest ${id}: not signed by the coordinator ${coordinator}`);
+  }
   return { manifest, id };
 }
 
@@ -97,7 +103,9 @@ async function readLocation(location: Location, offset: number, length: number):
  * one entry per canonical parameter, in parameterShapes order, hashed straight from the files
  * in chunks of `chunkBytes` (default 4 MiB). Returns the blobs to serve beside it.
  */
-export async function buildManifest(dir: string, chunkBytes = MAX_BLOB_CHUNK_BYTES): Promise<{ manifest: BaseManifest; id: string; blobs: CheckpointBlobs }> {
+export async function buildManifest(
+  dir: string, chunkBytes = MAX_BLOB_CHUNK_BYTES,
+): Promise<{ manifest: BaseManifest; id: string; blobs: CheckpointBlobs }> {
   const { config, family } = await readHfConfig(dir);
   const files = new Map<string, { path: string; dataStart: number; entry: { dtype: DType; shape: number[]; begin: number } }>();
   for (const [path, keys] of await hfWeightFiles(dir)) {
@@ -128,7 +136,8 @@ export async function buildManifest(dir: string, chunkBytes = MAX_BLOB_CHUNK_BYT
         throw new HfFormatError(`${dir}: tensor ${source.key} is ${entry.dtype}; quantized checkpoints are not supported`);
       }
       if (entry.shape.join() !== source.keyShape.join()) {
-        throw new HfFormatError(`${dir}: tensor ${source.key} has shape [${entry.shape.join(', ')}], the config implies [${source.keyShape.join(', ')}]`);
+        const [has, implied] = [entry.shape, source.keyShape].map((s) => `[${s.join(', ')}]`);
+        throw new HfFormatError(`${dir}: tensor ${source.key} has shape ${has}, the config implies ${implied}`);
       }
       dtype = entry.dtype;
       const width = DTYPE_BYTES[dtype];

@@ -34,7 +34,10 @@ export async function writeShardedCheckpoint(dir: string, params: Map<string, F3
   await mkdir(dir, { recursive: true });
   const tensors = [...toHfTensors(TINY, CLASSIC, params)];
   const half = Math.ceil(tensors.length / 2);
-  const shards: [string, [string, Tensor][]][] = [['model-00001-of-00002.safetensors', tensors.slice(0, half)], ['model-00002-of-00002.safetensors', tensors.slice(half)]];
+  const shards: [string, [string, Tensor][]][] = [
+    ['model-00001-of-00002.safetensors', tensors.slice(0, half)],
+    ['model-00002-of-00002.safetensors', tensors.slice(half)],
+  ];
   const weightMap: Record<string, string> = {};
   for (const [file, part] of shards) {
     await writeFile(join(dir, file), encodeSafetensors(part));

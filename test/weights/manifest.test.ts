@@ -39,7 +39,8 @@ describe('base manifest', () => {
       const chunks = [];
       for (let at = 0; at < bytes.length; at += CHUNK) chunks.push(sha(bytes.subarray(at, at + CHUNK)));
       expect(t.chunks).toEqual(chunks);
-      expect(t.group).toBe(/^layers\.(\d+)\.experts\.(\d+)\./.test(t.name) ? t.name.replace(/^layers\.(\d+)\.experts\.(\d+)\..*$/, 'expert.$1.$2') : 'trunk');
+      const expert = /^layers\.(\d+)\.experts\.(\d+)\./.exec(t.name);
+      expect(t.group).toBe(expert ? `expert.${expert[1]}.${expert[2]}` : 'trunk');
     }
     expect(built.id).toBe(sha(manifestCanonicalBytes(manifest)));
   });

@@ -125,9 +125,11 @@ describe('weights over the swarm', () => {
   });
 
   for (const [mode, reasons] of [['corrupt', ['hash']], ['truncate', ['truncated']], ['stall', ['deadline', 'stalled']]] as const) {
-    it(`refuses a source that sends a ${mode === 'corrupt' ? 'corrupted' : mode === 'truncate' ? 'truncated' : 'stalled'} chunk mid-transfer and takes the chunk from the next`, async () => {
+    const what = { corrupt: 'corrupted', truncate: 'truncated', stall: 'stalled' }[mode];
+    it(`refuses a source that sends a ${what} chunk mid-transfer and takes the chunk from the next`, async () => {
       begin(mode);
-      const { tensors, report } = await fetcherFor(nodeB, join(root, `node-${mode}`)).fetchGroups(manifest, GROUPS, [faulty.source, coordinator.source]);
+      const fetcher = fetcherFor(nodeB, join(root, `node-${mode}`));
+      const { tensors, report } = await fetcher.fetchGroups(manifest, GROUPS, [faulty.source, coordinator.source]);
       expectSameTensors(tensors, checkpoint, namesOf(GROUPS));
       expect(report.failures).toHaveLength(1);
       expect(report.failures[0].peer).toBe(faulty.source.peer);
@@ -138,7 +140,8 @@ describe('weights over the swarm', () => {
   }
 
   it('a restarted node (a new store and fetcher on the same directory) fetches nothing', async () => {
-    const { tensors, report } = await new WeightFetcher({ rpc: nodeA.rpc, store: new BlobStore(join(root, 'node-a')) }).fetchGroups(manifest, GROUPS, []);
+    const restarted = new WeightFetcher({ rpc: nodeA.rpc, store: new BlobStore(join(root, 'node-a')) });
+    const { tensors, report } = await restarted.fetchGroups(manifest, GROUPS, []);
     expectSameTensors(tensors, checkpoint, namesOf(GROUPS));
     expect(report.fetchedBytes).toBe(0);
     expect(report.bytesBySource.size).toBe(0);
