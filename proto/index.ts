@@ -3,6 +3,7 @@
 export * from './codec.ts';
 export * from './errors.ts';
 export * from './group.ts';
+export * from './manifest.ts';
 export * from './messages.ts';
 export * from './plan.ts';
 export * from './protocols.ts';

@@ -5,6 +5,7 @@
 import { Type, type Static } from '@sinclair/typebox';
 import { TypeCompiler } from '@sinclair/typebox/compiler';
 import { JobError } from './errors.ts';
+import { MAX_BLOB_CHUNK_BYTES, Sha256Hex } from './manifest.ts';
 import { TensorSchema } from './tensor.ts';
 
 const Count = Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER });
@@ -265,6 +266,24 @@ export const StateResponseSchema = Type.Object({
   parts: Parts,
 });
 export type StateResponse = Static<typeof StateResponseSchema>;
+
+// --- blobs: a base checkpoint's tensors by sha256, a chunk at a time ---------------------------
+
+/** Bytes [offset, offset + length) of the blob named by its sha256 (a tensor of a signed base manifest). */
+export const BlobChunkRequestSchema = Type.Object({
+  blob: Sha256Hex,
+  offset: Count,
+  length: Type.Integer({ minimum: 1, maximum: MAX_BLOB_CHUNK_BYTES }),
+});
+export type BlobChunkRequest = Static<typeof BlobChunkRequestSchema>;
+
+/** The bytes asked for; the requester checks their length and sha256 against the manifest. */
+export const BlobChunkSchema = Type.Object({
+  blob: Sha256Hex,
+  offset: Count,
+  data: Type.Uint8Array({ maxByteLength: MAX_BLOB_CHUNK_BYTES }),
+});
+export type BlobChunk = Static<typeof BlobChunkSchema>;
 
 // --- error replies --------------------------------------------------------------------------
 

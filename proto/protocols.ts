@@ -4,6 +4,8 @@ import type { Static, TSchema } from '@sinclair/typebox';
 import { ProtocolError } from './errors.ts';
 import {
   AckSchema,
+  BlobChunkRequestSchema,
+  BlobChunkSchema,
   ExpertCallSchema,
   HeartbeatReplySchema,
   HeartbeatSchema,
@@ -18,6 +20,7 @@ import {
   type ExpertCall,
   type NamedTensor,
 } from './messages.ts';
+import { MAX_BLOB_CHUNK_BYTES } from './manifest.ts';
 import { tensorMismatch, type Tensor } from './tensor.ts';
 import { PROTOCOL_VERSION, parseVersion } from './version.ts';
 
@@ -145,6 +148,14 @@ export const PROTOCOLS = {
     maxRequestBytes: 2 * MiB,
     maxResponseBytes: TENSOR_MESSAGE_CAP,
     checkResponse: (state) => checkParts(state.parts),
+  }),
+  /** A chunk of a base checkpoint's tensor, from the coordinator or any peer that holds it. */
+  blobChunk: define({
+    id: idOf('blob-chunk'),
+    request: BlobChunkRequestSchema,
+    response: BlobChunkSchema,
+    maxRequestBytes: 1 * KiB,
+    maxResponseBytes: MAX_BLOB_CHUNK_BYTES + 1 * KiB,
   }),
 };
 

@@ -251,6 +251,31 @@ function packedNames(l: number): { gateUp: string; down: string } {
   return { gateUp: `model.layers.${l}.mlp.experts.gate_up_proj`, down: `model.layers.${l}.mlp.experts.down_proj` };
 }
 
+/** Where a canonical parameter lies among the HF tensors: elements [from, to) of tensor `key`. */
+export interface HfSource {
+  key: string;
+  keyShape: number[];
+  from: number;
+  to: number;
+}
+
+/**
+ * The HF tensor elements holding canonical parameter `name` of `shape` (a whole tensor, or one expert's
+ * slice of a packed one), or undefined where the layout stores nothing (a dense Llama's router: zeros).
+ */
+export function hfSource(config: ModelConfig, layout: HfLayout, name: string, shape: number[]): HfSource | undefined {
+  const key = hfTensorName(layout, name);
+  if (key !== undefined) return { key, keyShape: shape, from: 0, to: shape.reduce((a, b) => a * b, 1) };
+  if (name.endsWith('.router')) return undefined;
+  const { numExperts: E, expertHiddenSize: F, hiddenSize: H } = config;
+  const [, l, e, kind] = EXPERT_PARAM.exec(name)!;
+  const { gateUp, down } = packedNames(Number(l));
+  const expert = Number(e);
+  if (kind === 'down') return { key: down, keyShape: [E, H, F], from: expert * H * F, to: (expert + 1) * H * F };
+  const from = (2 * expert + (kind === 'up' ? 1 : 0)) * F * H;
+  return { key: gateUp, keyShape: [E, 2 * F, H], from, to: from + F * H };
+}
+
 export function detectLayout(family: HfFamily, tensorNames: Iterable<string>): HfLayout {
   for (const name of tensorNames) if (name.endsWith('.mlp.experts.gate_up_proj')) return { family, packedExperts: true };
   return { family, packedExperts: false };
@@ -275,24 +300,15 @@ export function fromHfTensors(config: ModelConfig, layout: HfLayout, tensors: Ma
     used.add(key);
     return t.data;
   };
-  const { numExperts: E, expertHiddenSize: F, hiddenSize: H } = config;
   const params = new Map<string, F32Tensor>();
   for (const [name, shape] of parameterShapes(config)) {
-    const key = hfTensorName(layout, name);
-    if (key !== undefined) {
-      params.set(name, { shape, data: take(key, shape) });
-    } else if (name.endsWith('.router')) {
-      params.set(name, { shape, data: new Float32Array(H) });
-    } else {
-      const [, l, e, kind] = EXPERT_PARAM.exec(name)!;
-      const { gateUp, down } = packedNames(Number(l));
-      const expert = Number(e);
-      const data =
-        kind === 'down'
-          ? take(down, [E, H, F]).slice(expert * H * F, (expert + 1) * H * F)
-          : take(gateUp, [E, 2 * F, H]).slice((2 * expert + (kind === 'up' ? 1 : 0)) * F * H, (2 * expert + (kind === 'up' ? 2 : 1)) * F * H);
-      params.set(name, { shape, data });
+    const source = hfSource(config, layout, name, shape);
+    if (source === undefined) {
+      params.set(name, { shape, data: new Float32Array(shape.reduce((a, b) => a * b, 1)) });
+      continue;
     }
+    const whole = take(source.key, source.keyShape);
+    params.set(name, { shape, data: source.from === 0 && source.to === whole.length ? whole : whole.slice(source.from, source.to) });
   }
   const ignorable = (key: string) => key.endsWith('.rotary_emb.inv_freq') || (config.tieEmbeddings && key === 'lm_head.weight');
   const left = [...tensors.keys()].filter((key) => !used.has(key) && !ignorable(key));
@@ -342,11 +358,14 @@ export function toHfTensors(config: ModelConfig, layout: HfLayout, params: Map<s
   return out;
 }
 
-/** Reads the tensors of `dir`: model.safetensors, or the shards listed in model.safetensors.index.json. */
-async function readHfWeights(dir: string): Promise<Map<string, Tensor>> {
+/**
+ * The safetensors files of `dir` and the tensors to take from each: model.safetensors (every
+ * tensor: undefined), or the shards listed in model.safetensors.index.json.
+ */
+export async function hfWeightFiles(dir: string): Promise<Map<string, string[] | undefined>> {
   const single = join(dir, 'model.safetensors');
   const indexPath = join(dir, 'model.safetensors.index.json');
-  if (existsSync(single)) return (await readSafetensors(single)).tensors;
+  if (existsSync(single)) return new Map([[single, undefined]]);
   if (!existsSync(indexPath)) {
     throw new HfFormatError(`${dir}: no model.safetensors or model.safetensors.index.json (only safetensors checkpoints are supported)`);
   }
@@ -362,18 +381,37 @@ async function readHfWeights(dir: string): Promise<Map<string, Tensor>> {
     if (typeof shard !== 'string' || basename(shard) !== shard || shard.startsWith('.')) {
       throw new HfFormatError(`${indexPath}: shard for ${key} must be a file name in the same folder, got ${JSON.stringify(shard)}`);
     }
-    byShard.set(shard, [...(byShard.get(shard) ?? []), key]);
+    const path = join(dir, shard);
+    byShard.set(path, [...(byShard.get(path) ?? []), key]);
   }
+  return byShard;
+}
+
+/** Reads the tensors of `dir` (see hfWeightFiles). */
+async function readHfWeights(dir: string): Promise<Map<string, Tensor>> {
   const tensors = new Map<string, Tensor>();
-  for (const [shard, keys] of byShard) {
-    const contents = (await readSafetensors(join(dir, shard))).tensors;
+  for (const [path, keys] of await hfWeightFiles(dir)) {
+    const contents = (await readSafetensors(path)).tensors;
+    if (keys === undefined) return contents;
     for (const key of keys) {
       const t = contents.get(key);
-      if (!t) throw new HfFormatError(`${indexPath}: ${key} is mapped to ${shard}, which does not contain it`);
+      if (!t) throw new HfFormatError(`${dir}/model.safetensors.index.json: ${key} is mapped to ${basename(path)}, which does not contain it`);
       tensors.set(key, t);
     }
   }
   return tensors;
+}
+
+/** Reads and maps config.json of a Hugging Face model folder. */
+export async function readHfConfig(dir: string): Promise<{ config: ModelConfig; family: HfFamily }> {
+  const configPath = join(dir, 'config.json');
+  let json: unknown;
+  try {
+    json = JSON.parse(await readFile(configPath, 'utf8'));
+  } catch (err) {
+    throw new HfFormatError(`${configPath}: cannot read config (${(err as Error).message})`);
+  }
+  return configFromHf(json);
 }
 
 export interface HfModel {
@@ -384,14 +422,7 @@ export interface HfModel {
 
 /** Loads a Hugging Face model folder (config.json + safetensors) into canonical f32 parameters. */
 export async function loadHfModel(dir: string): Promise<HfModel> {
-  const configPath = join(dir, 'config.json');
-  let json: unknown;
-  try {
-    json = JSON.parse(await readFile(configPath, 'utf8'));
-  } catch (err) {
-    throw new HfFormatError(`${configPath}: cannot read config (${(err as Error).message})`);
-  }
-  const { config, family } = configFromHf(json);
+  const { config, family } = await readHfConfig(dir);
   const tensors = await readHfWeights(dir);
   const layout = detectLayout(family, tensors.keys());
   return { config, layout, params: fromHfTensors(config, layout, tensors, dir) };

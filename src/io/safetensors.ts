@@ -178,23 +178,39 @@ export function decodeSafetensors(bytes: Uint8Array, source = 'safetensors buffe
   return { metadata: header.metadata, tensors };
 }
 
+type FileHandle = Awaited<ReturnType<typeof open>>;
+
+async function readExactly(file: FileHandle, path: string, length: number, position: number): Promise<Uint8Array> {
+  const buf = new Uint8Array(length);
+  const { bytesRead } = await file.read(buf, 0, length, position);
+  if (bytesRead !== length) throw new SafetensorsError(`${path}: truncated while reading (file changed size?)`);
+  return buf;
+}
+
+async function readHeaderOf(file: FileHandle, path: string): Promise<SafetensorsHeader> {
+  const { size } = await file.stat();
+  const first = await readExactly(file, path, Math.min(8, size), 0);
+  return parseSafetensorsHeader(await readExactly(file, path, 8 + headerLength(first, size, path), 0), size, path);
+}
+
+/** Reads and checks only the header of a safetensors file (where each tensor's bytes lie). */
+export async function readSafetensorsHeader(path: string): Promise<SafetensorsHeader> {
+  const file = await open(path, 'r');
+  try {
+    return await readHeaderOf(file, path);
+  } finally {
+    await file.close();
+  }
+}
+
 /** Reads a safetensors file tensor by tensor (no whole-file buffer, so files over 2 GiB work). */
 export async function readSafetensors(path: string): Promise<SafetensorsContents> {
   const file = await open(path, 'r');
   try {
-    const { size } = await file.stat();
-    const readExactly = async (length: number, position: number): Promise<Uint8Array> => {
-      const buf = new Uint8Array(length);
-      const { bytesRead } = await file.read(buf, 0, length, position);
-      if (bytesRead !== length) throw new SafetensorsError(`${path}: truncated while reading (file changed size?)`);
-      return buf;
-    };
-    const first = await readExactly(Math.min(8, size), 0);
-    const start = await readExactly(8 + headerLength(first, size, path), 0);
-    const header = parseSafetensorsHeader(start, size, path);
+    const header = await readHeaderOf(file, path);
     const tensors = new Map<string, Tensor>();
     for (const [name, entry] of header.entries) {
-      tensors.set(name, decodeTensor(entry, await readExactly(entry.end - entry.begin, header.dataStart + entry.begin)));
+      tensors.set(name, decodeTensor(entry, await readExactly(file, path, entry.end - entry.begin, header.dataStart + entry.begin)));
     }
     return { metadata: header.metadata, tensors };
   } finally {

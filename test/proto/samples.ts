@@ -78,5 +78,9 @@ export function samples(): Samples {
         parts: [{ name: 'embed', tensor: randomF32([4, 2], 6) }],
       },
     },
+    blobChunk: {
+      request: { blob: 'ab'.repeat(32), offset: 4096, length: 3 },
+      response: { blob: 'ab'.repeat(32), offset: 4096, data: new Uint8Array([1, 2, 3]) },
+    },
   };
 }
