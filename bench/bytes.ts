@@ -14,7 +14,8 @@ import type { ExpertPrecision, JobSpec } from '../proto/index.ts';
 import { blockCount, dequantizeBlocks, quantizeBlocks } from '../src/compress/int8-block.ts';
 import { startSwarm } from '../src/harness/local-swarm.ts';
 import { createKernels, type Kernels } from '../src/kernels/index.ts';
-import type { RemoteExperts } from '../src/model/hosted.ts';
+import type { HostedExperts, RemoteExperts } from '../src/model/hosted.ts';
+import { GrowableBuffer } from '../src/model/linear.ts';
 import { Model } from '../src/model/model.ts';
 import { jobConfig, jobData, jobDocuments, jobModelOptions } from '../src/train/job.ts';
 import { AdamW, DEFAULT_ADAMW } from '../src/train/optimizer.ts';
@@ -119,28 +120,35 @@ interface LocalRun {
  * The experts of `holder`, reached as a remote holder would be: each call's rows encoded for the
  * wire and decoded again on both ways, their bytes counted; `errors` (when given) sees the exact rows.
  */
-function loopback(holder: RemoteExperts, hidden: number, setting: Setting, count: (bytes: number) => void, errors?: RowErrors): RemoteExperts {
-  const travel = (values: Float32Array, rows: number, precision: ExpertPrecision, kind: RowKind) => {
+function loopback(
+  kernels: Kernels, holder: Pick<HostedExperts, 'servingExpert'>, hidden: number, setting: Setting, count: (bytes: number) => void, errors?: RowErrors,
+): RemoteExperts {
+  // The holder computes on kernel-heap rows with its serving replicas, as serveExperts does.
+  const serving = (layer: number, expert: number) => holder.servingExpert(layer, expert)!;
+  const [input, grad, out] = Array.from({ length: 3 }, () => new GrowableBuffer(kernels, hidden));
+  const travel = (values: Float32Array, rows: number, precision: ExpertPrecision, kind: RowKind, into?: GrowableBuffer) => {
     errors?.add(kind, values, rows, hidden);
     const wire = wireRows(rows, hidden, values, precision);
     count(wire.tensor.data.byteLength + (wire.scales?.data.byteLength ?? 0));
     const back = rowsOf(wire, rows, hidden);
     if (typeof back === 'string') throw new Error(back);
-    return back;
+    const target = into ? into.rows(rows) : values;
+    target.set(back);
+    return target;
   };
   return {
     async forward(layer, expert, x, y, rows) {
-      await holder.forward(layer, expert, travel(x, rows, setting.precision, 'x'), y, rows);
-      y.set(travel(y, rows, setting.precision, 'y'));
+      serving(layer, expert).forward(travel(x, rows, setting.precision, 'x', input), y, rows);
+      travel(y, rows, setting.precision, 'y');
       return true;
     },
     async backward(layer, expert, x, dy, dx, rows) {
-      const input = travel(x, rows, setting.precision, 'x');
-      const grad = travel(dy, rows, setting.gradientPrecision, 'dy');
-      const y = new Float32Array(rows * hidden);
-      await holder.forward(layer, expert, input, y, rows); // as a holder does: the backward reads the forward's activations
-      await holder.backward(layer, expert, input, grad, dx, rows);
-      dx.set(travel(dx, rows, setting.gradientPrecision, 'dx'));
+      const held = travel(x, rows, setting.precision, 'x', input);
+      const gradient = travel(dy, rows, setting.gradientPrecision, 'dy', grad);
+      const replica = serving(layer, expert);
+      replica.forward(held, out.rows(rows), rows); // as a holder does: the backward reads the forward's activations
+      replica.backward(held, gradient, dx, rows);
+      travel(dx, rows, setting.gradientPrecision, 'dx');
       return true;
     },
   };
@@ -157,7 +165,7 @@ async function runLocal(kernels: Kernels, setting: Setting, errors?: RowErrors):
   let payload = 0;
   const model = new Model(kernels, config, {
     ...jobModelOptions(spec), hosts: () => false,
-    remote: loopback(holder.experts, config.hiddenSize, setting, (bytes) => (payload += bytes), errors),
+    remote: loopback(kernels, holder.experts, config.hiddenSize, setting, (bytes) => (payload += bytes), errors),
   });
   const { lr, minLr, warmupSteps } = spec;
   const schedule = { lr, minLr, warmupSteps, totalSteps: LOCAL_STEPS };
