@@ -39,10 +39,10 @@ interface Setting {
   gradientPrecision: ExpertPrecision;
 }
 const SETTINGS: Setting[] = [
-  { label: 'bf16 (today\'s default)', precision: 'bf16', gradientPrecision: 'bf16' },
+  { label: 'bf16 (the default before int8)', precision: 'bf16', gradientPrecision: 'bf16' },
   { label: 'f32', precision: 'f32', gradientPrecision: 'f32' },
   { label: 'int8 rows, bf16 gradients', precision: 'int8', gradientPrecision: 'bf16' },
-  { label: 'int8 rows and gradients', precision: 'int8', gradientPrecision: 'int8' },
+  { label: 'int8 rows and gradients (the default)', precision: 'int8', gradientPrecision: 'int8' },
 ];
 const BASELINE = SETTINGS[0];
 
@@ -79,7 +79,7 @@ class RowErrors {
   add(kind: RowKind, values: Float32Array, rows: number, hidden: number): void {
     const back = {
       bf16: rowsOf(wireRows(rows, hidden, values, 'bf16'), rows, hidden) as Float32Array,
-      'int8 per row': int8RoundTrip(values.subarray(0, rows * hidden), hidden),
+      'int8 per row': rowsOf(wireRows(rows, hidden, values, 'int8'), rows, hidden) as Float32Array,
       'int8 per 32': int8RoundTrip(values.subarray(0, rows * hidden), 32),
     };
     for (const encoding of ENCODINGS) {
@@ -99,6 +99,7 @@ class RowErrors {
   }
 }
 
+/** A scale per `block` values, with the quantizer int8 rows use. */
 function int8RoundTrip(values: Float32Array, block: number): Float32Array {
   const codes = new Int8Array(values.length);
   const scales = new Float32Array(blockCount(values.length, block));

@@ -96,8 +96,8 @@ export const JobSpecSchema = Type.Object({
   /** Deadline of one expert call before the caller fails over to another holder. */
   expertTimeoutMs: Type.Integer({ minimum: 1, maximum: 3_600_000 }),
   /**
-   * How expert activations travel to and from remote holders: bf16 (the default) halves the
-   * bytes of expert calls, int8 (a scale per row) quarters them, f32 keeps remote experts bit-faithful.
+   * How expert activations travel to and from remote holders: int8 with an f32 scale per row (the
+   * default) sends ~0.52× bf16's bytes, bf16 half of f32's, f32 keeps remote experts bit-faithful.
    */
   expertPrecision: Type.Optional(ExpertPrecisionSchema),
   /** How the gradients of expert calls (a backward's output gradient and its reply) travel; default: expertPrecision. */

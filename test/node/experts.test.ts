@@ -175,8 +175,8 @@ describe('remote expert transport', () => {
   });
 
   it('sends forward rows and gradients in the job\'s precisions; a backward\'s input goes as its forward did', async () => {
-    expect(expertPrecisions({})).toEqual({ precision: 'bf16', gradientPrecision: 'bf16' });
-    expect(expertPrecisions({ expertPrecision: 'int8' })).toEqual({ precision: 'int8', gradientPrecision: 'int8' });
+    expect(expertPrecisions({})).toEqual({ precision: 'int8', gradientPrecision: 'int8' });
+    expect(expertPrecisions({ expertPrecision: 'bf16' })).toEqual({ precision: 'bf16', gradientPrecision: 'bf16' });
     const precisions = expertPrecisions({ expertPrecision: 'int8', expertGradientPrecision: 'bf16' });
     const calls: ExpertCall[] = [];
     const rpc = {
