@@ -16,7 +16,7 @@ import { BpeTokenizer } from '../src/train/tokenizer.ts';
 import { Trainer } from '../src/train/trainer.ts';
 import { multiaddr } from '@multiformats/multiaddr';
 import { createAverager, type Averager, type AveragingFault } from './averaging/index.ts';
-import { serveExperts, SwarmRemoteExperts } from './experts.ts';
+import { expertPrecisions, serveExperts, SwarmRemoteExperts } from './experts.ts';
 import { fetchGroup, serveState } from './state.ts';
 import { countingCodec, type Traffic } from './traffic.ts';
 
@@ -155,7 +155,7 @@ export class NodeDaemon {
     };
     this.experts = new SwarmRemoteExperts({ rpc: this.rpc, directory }, {
       jobId: this.job.jobId, self: this.self, hidden: config.hiddenSize, timeoutMs: this.job.expertTimeoutMs,
-      precision: this.job.expertPrecision ?? 'bf16', log: this.log,
+      ...expertPrecisions(this.job), log: this.log,
     });
     const hosted = this.hostedExperts(this.plan);
     const model = new Model(this.kernels, config, {

@@ -45,6 +45,10 @@ export type JoinRequest = Static<typeof JoinRequestSchema>;
 export const ExpertRefSchema = Type.Object({ layer: Index, expert: Index });
 export type ExpertRef = Static<typeof ExpertRefSchema>;
 
+/** How an expert call's rows travel: f32, bf16, or int8 codes with a scale per block of each row. */
+export const ExpertPrecisionSchema = Type.Union([Type.Literal('f32'), Type.Literal('bf16'), Type.Literal('int8')]);
+export type ExpertPrecision = Static<typeof ExpertPrecisionSchema>;
+
 /**
  * What a job trains and how: the model (a ModelConfig, checked by the node with its own
  * validation), the data, the schedule and the averaging. Every node builds the same model and
@@ -93,10 +97,12 @@ export const JobSpecSchema = Type.Object({
   /** Deadline of one expert call before the caller fails over to another holder. */
   expertTimeoutMs: Type.Integer({ minimum: 1, maximum: 3_600_000 }),
   /**
-   * How expert activations and their gradients travel to and from remote holders: bf16 (the
-   * default) halves the bytes of expert calls, f32 keeps remote experts bit-faithful.
+   * How expert activations travel to and from remote holders: int8 with an f32 scale per row (the
+   * default) sends ~0.52× bf16's bytes, bf16 half of f32's, f32 keeps remote experts bit-faithful.
    */
-  expertPrecision: Type.Optional(Type.Union([Type.Literal('bf16'), Type.Literal('f32')])),
+  expertPrecision: Type.Optional(ExpertPrecisionSchema),
+  /** How the gradients of expert calls (a backward's output gradient and its reply) travel; default: expertPrecision. */
+  expertGradientPrecision: Type.Optional(ExpertPrecisionSchema),
 });
 export type JobSpec = Static<typeof JobSpecSchema>;
 export type Averaging = JobSpec['averaging'];
@@ -227,8 +233,12 @@ export const ExpertCallSchema = Type.Object({
   expert: Index,
   rows: Type.Integer({ minimum: 0, maximum: 2 ** 24 }),
   tensor: TensorSchema,
+  /** I8 `tensor`: its F32 scales, [rows, blocks per row]; a value is its code × its block's scale. */
+  scales: Type.Optional(TensorSchema),
   /** Backward requests: the forward's input rows, shaped like `tensor`. */
   input: Type.Optional(TensorSchema),
+  /** I8 `input`: its scales, as `scales`. */
+  inputScales: Type.Optional(TensorSchema),
 });
 export type ExpertCall = Static<typeof ExpertCallSchema>;
 

@@ -67,21 +67,37 @@ function checkParts(parts: NamedTensor[]): void {
   }
 }
 
-function checkExpertCall(call: ExpertCall): void {
-  const { tensor, rows } = call;
-  if (tensor.dtype !== 'F32' && tensor.dtype !== 'F16' && tensor.dtype !== 'BF16') {
-    throw new ProtocolError('tensor', `tensor: expert activations are F32, F16 or BF16, got ${tensor.dtype}`);
+/** Checks one tensor of rows of an expert call and, for I8 rows, its scales' shape. */
+function checkRows(tensor: Tensor, scales: Tensor | undefined, rows: number, where: string): void {
+  if (tensor.dtype !== 'F32' && tensor.dtype !== 'F16' && tensor.dtype !== 'BF16' && tensor.dtype !== 'I8') {
+    throw new ProtocolError('tensor', `${where}: expert rows are F32, F16, BF16 or I8, got ${tensor.dtype}`);
   }
   if (tensor.shape.length !== 2 || tensor.shape[0] !== rows) {
-    throw new ProtocolError('tensor', `tensor: shape must be [rows=${rows}, hidden], got [${tensor.shape.join(', ')}]`);
+    throw new ProtocolError('tensor', `${where}: shape must be [rows=${rows}, hidden], got [${tensor.shape.join(', ')}]`);
   }
-  checkTensor(tensor, 'tensor');
+  checkTensor(tensor, where);
+  if (tensor.dtype !== 'I8') {
+    if (scales) throw new ProtocolError('tensor', `${where}: only I8 rows carry scales`);
+    return;
+  }
+  if (!scales) throw new ProtocolError('tensor', `${where}: I8 rows need their scales`);
+  const hidden = tensor.shape[1];
+  const blocks = scales.shape[1];
+  if (scales.dtype !== 'F32' || scales.shape.length !== 2 || scales.shape[0] !== rows || !(blocks > 0 && hidden % blocks === 0)) {
+    throw new ProtocolError('tensor', `${where}: scales of [${rows}, ${hidden}] I8 rows are F32 [${rows}, a divisor of ${hidden}], `
+      + `got ${scales.dtype} [${scales.shape.join(', ')}]`);
+  }
+  checkTensor(scales, `${where} scales`);
+}
+
+function checkExpertCall(call: ExpertCall): void {
+  checkRows(call.tensor, call.scales, call.rows, 'tensor');
 }
 
 function checkExpertBackward(call: ExpertCall): void {
   checkExpertCall(call);
   if (!call.input) throw new ProtocolError('schema', 'input: an expert backward request carries the forward input');
-  checkExpertCall({ ...call, tensor: call.input });
+  checkRows(call.input, call.inputScales, call.rows, 'input');
 }
 
 export const PROTOCOLS = {

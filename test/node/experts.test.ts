@@ -1,7 +1,9 @@
-// Expert calls between nodes: rows on the wire (f32 exact, bf16 within half an ulp: 2^-8 relative, ties
-// to even; what a peer sends is checked), and the transport's failover across holders with its counters.
+// Expert calls between nodes: rows on the wire (f32 exact, bf16 within half an ulp: 2^-8 relative, ties to even,
+// int8 within half a step of its row's scale; what a peer sends is checked), and the transport's failover and precisions.
 import { describe, expect, it } from 'vitest';
-import { MAX_ROW_MAGNITUDE, rowsOf, SwarmRemoteExperts, wireRows, type SwarmRemoteExpertsComponents } from '../../node/experts.ts';
+import {
+  expertPrecisions, MAX_ROW_MAGNITUDE, rowsOf, SwarmRemoteExperts, wireRows, type SwarmRemoteExpertsComponents, type WireRows,
+} from '../../node/experts.ts';
 import type { ExpertCall } from '../../proto/index.ts';
 import type { DialTarget } from '../../src/p2p/index.ts';
 import { rng } from '../helpers.ts';
@@ -18,21 +20,21 @@ function randomRows(seed: number): Float32Array {
 describe('expert rows on the wire', () => {
   it('f32: exact, copied out of the caller\'s buffer', () => {
     const values = randomRows(1);
-    const tensor = wireRows(ROWS, HIDDEN, values, 'f32');
+    const { tensor } = wireRows(ROWS, HIDDEN, values, 'f32');
     expect(tensor).toMatchObject({ dtype: 'F32', shape: [ROWS, HIDDEN] });
     expect(tensor.data.byteLength).toBe(4 * ROWS * HIDDEN);
     values[0] += 1; // the tensor does not alias the source (heap views sit on shared memory)
-    expect(rowsOf(tensor, ROWS, HIDDEN)).toEqual(Float32Array.from(randomRows(1)));
+    expect(rowsOf({ tensor }, ROWS, HIDDEN)).toEqual(Float32Array.from(randomRows(1)));
   });
 
   it('bf16: half the bytes, each value within 2^-8 of its magnitude, zero and signs kept', () => {
     const values = randomRows(2);
     values[3] = 0;
     values[4] = -0;
-    const tensor = wireRows(ROWS, HIDDEN, values, 'bf16');
-    expect(tensor).toMatchObject({ dtype: 'BF16', shape: [ROWS, HIDDEN] });
-    expect(tensor.data.byteLength).toBe(2 * ROWS * HIDDEN);
-    const back = rowsOf(tensor, ROWS, HIDDEN) as Float32Array;
+    const wire = wireRows(ROWS, HIDDEN, values, 'bf16');
+    expect(wire).toEqual({ tensor: expect.objectContaining({ dtype: 'BF16', shape: [ROWS, HIDDEN] }) });
+    expect(wire.tensor.data.byteLength).toBe(2 * ROWS * HIDDEN);
+    const back = rowsOf(wire, ROWS, HIDDEN) as Float32Array;
     for (let i = 0; i < values.length; i++) {
       expect(Math.abs(back[i] - values[i]), `value ${i}`).toBeLessThanOrEqual(Math.abs(values[i]) * 2 ** -8);
       expect(Math.sign(back[i])).toBe(Math.sign(values[i]));
@@ -44,16 +46,16 @@ describe('expert rows on the wire', () => {
   });
 
   it('decodes bf16 rows at an odd offset in a larger Node Buffer, as decoded messages hold them', () => {
-    const tensor = wireRows(ROWS, HIDDEN, randomRows(5), 'bf16');
+    const { tensor } = wireRows(ROWS, HIDDEN, randomRows(5), 'bf16');
     const pool = Buffer.alloc(tensor.data.byteLength + 3); // odd length: a view of it cannot be read as 16-bit words
     pool.set(tensor.data, 1);
     const odd = pool.subarray(1, 1 + tensor.data.byteLength);
-    expect(rowsOf({ ...tensor, data: odd }, ROWS, HIDDEN)).toEqual(rowsOf(tensor, ROWS, HIDDEN));
+    expect(rowsOf({ tensor: { ...tensor, data: odd } }, ROWS, HIDDEN)).toEqual(rowsOf({ tensor }, ROWS, HIDDEN));
   });
 
   it('refuses another dtype, another shape, non-finite and huge values, saying why', () => {
     const good = wireRows(ROWS, HIDDEN, randomRows(3), 'bf16');
-    expect(rowsOf({ ...good, dtype: 'F16' }, ROWS, HIDDEN)).toBe('expected F32 or BF16 rows, got F16');
+    expect(rowsOf({ tensor: { ...good.tensor, dtype: 'F16' } }, ROWS, HIDDEN)).toBe('expected F32, BF16 or I8 rows, got F16');
     expect(rowsOf(good, ROWS + 1, HIDDEN)).toBe(`expected shape [${ROWS + 1}, ${HIDDEN}], got [${ROWS}, ${HIDDEN}]`);
     const poisoned = randomRows(4);
     poisoned[7] = NaN;
@@ -68,6 +70,75 @@ describe('expert rows on the wire', () => {
   });
 });
 
+describe('int8 expert rows', () => {
+  /** Rows of different magnitudes (each row's scale differs), one of them all zeros. */
+  function scaledRows(seed: number): Float32Array {
+    const random = rng(seed);
+    const values = Float32Array.from({ length: ROWS * HIDDEN }, (_, i) => (2 * random() - 1) * 10 ** (Math.floor(i / HIDDEN) - 2));
+    values.fill(0, 3 * HIDDEN, 4 * HIDDEN);
+    return values;
+  }
+  const i8 = (codes: number[]) => new Uint8Array(Int8Array.from(codes).buffer);
+  const f32 = (values: number[]) => new Uint8Array(Float32Array.from(values).buffer);
+
+  it('a byte per value and an f32 scale per row; each value within half a step of its row (float64 reference)', () => {
+    const values = scaledRows(9);
+    const wire = wireRows(ROWS, HIDDEN, values, 'int8');
+    expect(wire.tensor).toMatchObject({ dtype: 'I8', shape: [ROWS, HIDDEN] });
+    expect(wire.scales).toMatchObject({ dtype: 'F32', shape: [ROWS, 1] });
+    expect(wire.tensor.data.byteLength + wire.scales!.data.byteLength).toBe(ROWS * HIDDEN + 4 * ROWS);
+    const back = rowsOf(wire, ROWS, HIDDEN) as Float32Array;
+    for (let r = 0; r < ROWS; r++) {
+      const row = Array.from(values.subarray(r * HIDDEN, (r + 1) * HIDDEN));
+      const step = Math.max(...row.map(Math.abs)) / 127; // float64
+      for (let j = 0; j < HIDDEN; j++) {
+        const i = r * HIDDEN + j;
+        // Half a step, plus the f32 roundings of the scale and of code × scale.
+        expect(Math.abs(back[i] - values[i]), `row ${r} value ${j}`).toBeLessThanOrEqual(step * (0.5 + 2 ** -23) + Math.abs(values[i]) * 2 ** -23);
+      }
+    }
+    expect(Array.from(back.subarray(3 * HIDDEN, 4 * HIDDEN))).toEqual(new Array(HIDDEN).fill(0));
+  });
+
+  it('decodes a peer\'s scales per block of any divisor of the row, hand-computed', () => {
+    const codes = Array.from({ length: ROWS * HIDDEN }, (_, i) => (i % 255) - 127);
+    const scales = Array.from({ length: ROWS * 3 }, (_, b) => 0.5 * (b + 1)); // blocks of 8
+    const back = rowsOf({ tensor: { dtype: 'I8', shape: [ROWS, HIDDEN], data: i8(codes) }, scales: { dtype: 'F32', shape: [ROWS, 3], data: f32(scales) } }, ROWS, HIDDEN);
+    expect(back).toEqual(Float32Array.from(codes, (code, i) => code * scales[Math.floor(i / 8)]));
+  });
+
+  it('refuses malformed int8 rows, saying why', () => {
+    const good = wireRows(ROWS, HIDDEN, scaledRows(10), 'int8');
+    const scales = (shape: number[], values: number[], dtype: 'F32' | 'BF16' = 'F32') => ({ ...good, scales: { dtype, shape, data: f32(values) } });
+    const withScale = (at: number, value: number) => {
+      const values = Array.from(new Float32Array(good.scales!.data.slice().buffer));
+      values[at] = value;
+      return scales([ROWS, 1], values);
+    };
+    const refusals: [WireRows, string | RegExp][] = [
+      [{ tensor: good.tensor }, 'I8 rows need their scales'],
+      [scales([ROWS, 1], new Array(ROWS).fill(1), 'BF16'), `expected F32 scales [${ROWS}, a divisor of ${HIDDEN}], got BF16 [${ROWS}, 1]`],
+      [scales([ROWS, 5], new Array(ROWS * 5).fill(1)), `expected F32 scales [${ROWS}, a divisor of ${HIDDEN}], got F32 [${ROWS}, 5]`],
+      [scales([ROWS + 1, 1], new Array(ROWS + 1).fill(1)), /got F32 \[6, 1\]/],
+      [scales([ROWS], new Array(ROWS).fill(1)), /got F32 \[5\]/],
+      [scales([ROWS, 1], new Array(ROWS - 1).fill(1)), 'scales: F32 tensor of shape [5, 1] needs 20 bytes, got 16'],
+      [withScale(2, NaN), /scale 2 is NaN/],
+      [withScale(2, -1), /scale 2 is -1/],
+      [withScale(2, Infinity), /scale 2 is Infinity/],
+      // Finite, but code × scale beyond what any activation or gradient reaches.
+      [withScale(0, MAX_ROW_MAGNITUDE), /^out-of-range value/],
+      [{ ...good, tensor: { ...good.tensor, data: good.tensor.data.subarray(1) } }, `I8 tensor of shape [${ROWS}, ${HIDDEN}] needs 120 bytes, got 119`],
+      [{ ...good, tensor: { ...good.tensor, data: i8(new Array(ROWS * HIDDEN).fill(-128)) } }, /code -128 at 0/],
+      [{ ...wireRows(ROWS, HIDDEN, scaledRows(11), 'bf16'), scales: good.scales }, 'BF16 rows carry no scales'],
+    ];
+    for (const [rows, reason] of refusals) {
+      const result = rowsOf(rows, ROWS, HIDDEN);
+      expect(typeof result, String(reason)).toBe('string');
+      expect(result).toMatch(reason);
+    }
+  });
+});
+
 describe('remote expert transport', () => {
   const SELF = 'self';
   /** Holders that answer y = 2x (backward: dx = 3·dy) unless they are down; every request is recorded. */
@@ -78,12 +149,12 @@ describe('remote expert transport', () => {
         const peer = target as unknown as string;
         asked.push(`${protocol} ${peer}`);
         if (down.has(peer)) throw new Error('timed out');
-        const rows = rowsOf(call.tensor, call.rows, HIDDEN) as Float32Array;
-        return { ...call, tensor: wireRows(call.rows, HIDDEN, rows.map((v) => v * (protocol === 'expertForward' ? 2 : 3)), 'f32') };
+        const rows = rowsOf(call, call.rows, HIDDEN) as Float32Array;
+        return { ...call, ...wireRows(call.rows, HIDDEN, rows.map((v) => v * (protocol === 'expertForward' ? 2 : 3)), 'f32') };
       },
     } as unknown as SwarmRemoteExpertsComponents['rpc'];
     const directory = { holders: () => [SELF, 'a', 'b'], address: (peer: string) => peer as unknown as DialTarget };
-    const experts = new SwarmRemoteExperts({ rpc, directory }, { jobId: 'job', self: SELF, hidden: HIDDEN, timeoutMs: 1000, precision: 'f32' });
+    const experts = new SwarmRemoteExperts({ rpc, directory }, { jobId: 'job', self: SELF, hidden: HIDDEN, timeoutMs: 1000, precision: 'f32', gradientPrecision: 'f32' });
     return { experts, asked };
   }
 
@@ -101,6 +172,35 @@ describe('remote expert transport', () => {
     // Calls rotate over the holders: the second starts at the one that is down and fails over.
     expect(asked).toEqual(['expertForward b', 'expertForward a', 'expertForward b', 'expertBackward b']);
     expect(experts.stats).toMatchObject({ remoteCalls: 4, failovers: 1, unanswered: 0 });
+  });
+
+  it('sends forward rows and gradients in the job\'s precisions; a backward\'s input goes as its forward did', async () => {
+    expect(expertPrecisions({})).toEqual({ precision: 'int8', gradientPrecision: 'int8' });
+    expect(expertPrecisions({ expertPrecision: 'bf16' })).toEqual({ precision: 'bf16', gradientPrecision: 'bf16' });
+    const precisions = expertPrecisions({ expertPrecision: 'int8', expertGradientPrecision: 'bf16' });
+    const calls: ExpertCall[] = [];
+    const rpc = {
+      request: async (_: DialTarget, protocol: string, call: ExpertCall) => {
+        calls.push(call);
+        const rows = rowsOf(call, call.rows, HIDDEN) as Float32Array;
+        return { ...call, ...wireRows(call.rows, HIDDEN, rows, protocol === 'expertForward' ? precisions.precision : precisions.gradientPrecision) };
+      },
+    } as unknown as SwarmRemoteExpertsComponents['rpc'];
+    const directory = { holders: () => ['a'], address: (peer: string) => peer as unknown as DialTarget };
+    const experts = new SwarmRemoteExperts({ rpc, directory }, { jobId: 'job', self: SELF, hidden: HIDDEN, timeoutMs: 1000, ...precisions });
+    const x = randomRows(12);
+    const y = new Float32Array(ROWS * HIDDEN);
+    expect(await experts.forward(0, 0, x, y, ROWS)).toBe(true);
+    expect(await experts.backward(0, 0, x, x, new Float32Array(ROWS * HIDDEN), ROWS)).toBe(true);
+    const [forward, backward] = calls;
+    expect([forward.tensor.dtype, forward.scales?.shape]).toEqual(['I8', [ROWS, 1]]);
+    expect([backward.tensor.dtype, backward.scales, backward.input?.dtype, backward.inputScales?.shape]).toEqual(['BF16', undefined, 'I8', [ROWS, 1]]);
+    expect(backward.input!.data).toEqual(forward.tensor.data);
+    // The reply went int8 twice (there and back): each value within a step of its row's largest.
+    for (let r = 0; r < ROWS; r++) {
+      const step = Math.max(...Array.from(x.subarray(r * HIDDEN, (r + 1) * HIDDEN), Math.abs)) / 127;
+      for (let j = r * HIDDEN; j < (r + 1) * HIDDEN; j++) expect(Math.abs(y[j] - x[j])).toBeLessThanOrEqual(step * 1.0001);
+    }
   });
 
   it('resolves false when no holder answers, so the model drops the expert', async () => {

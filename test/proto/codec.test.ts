@@ -170,6 +170,28 @@ describe('proto: rejections', () => {
     expectRefused(() => decodeRequest('delta', pack(edited(all.delta.request, (m) => (m.parts[1].name = 'w1.q')))), 'schema', /appears twice/);
   });
 
+  it('carries I8 expert rows with their scales, and refuses scales that do not fit the rows', () => {
+    const request = all.expertForward.request; // rows 3, hidden 8
+    const codes = { dtype: 'I8', shape: [3, 8], data: new Uint8Array(24).fill(5) };
+    const scales = (shape: number[]) => ({ dtype: 'F32', shape, data: new Uint8Array(4 * shape.reduce((a, b) => a * b, 1)) });
+    for (const shape of [[3, 1], [3, 2], [3, 8]]) {
+      const call = edited(request, (m) => Object.assign(m, { tensor: codes, scales: scales(shape) }));
+      expect(decodeRequest('expertForward', pack(call))).toMatchObject({ tensor: { dtype: 'I8' }, scales: { shape } });
+    }
+    const backward = edited(request, (m) => Object.assign(m, { input: codes, inputScales: scales([3, 1]) }));
+    expect(decodeRequest('expertBackward', pack(backward))).toMatchObject({ input: { dtype: 'I8' }, inputScales: { shape: [3, 1] } });
+    const cases: [ProtocolName, Record<string, any>, RegExp][] = [
+      ['expertForward', edited(request, (m) => (m.tensor = codes)), /tensor: I8 rows need their scales/],
+      ['expertForward', edited(request, (m) => (m.scales = scales([3, 1]))), /tensor: only I8 rows carry scales/],
+      ['expertForward', edited(request, (m) => Object.assign(m, { tensor: codes, scales: scales([3, 3]) })), /a divisor of 8\], got F32 \[3, 3\]/],
+      ['expertForward', edited(request, (m) => Object.assign(m, { tensor: codes, scales: scales([2, 1]) })), /got F32 \[2, 1\]/],
+      ['expertForward', edited(request, (m) => Object.assign(m, { tensor: codes, scales: { ...scales([3, 1]), dtype: 'F16' } })), /got F16/],
+      ['expertForward', edited(request, (m) => Object.assign(m, { tensor: codes, scales: { ...scales([3, 1]), data: new Uint8Array(8) } })), /scales: .*needs 12 bytes/],
+      ['expertBackward', edited(request, (m) => (m.input = codes)), /input: I8 rows need their scales/],
+    ];
+    for (const [name, message, reason] of cases) expectRefused(() => decodeRequest(name, pack(message)), 'tensor', reason);
+  });
+
   it('refuses oversized messages by their length alone, and will not encode one', () => {
     for (const name of PROTOCOL_NAMES) {
       const { maxRequestBytes, maxResponseBytes } = PROTOCOLS[name];
