@@ -105,6 +105,8 @@ export class BpeTokenizer {
   }
 
   get vocabSize(): number { return this.bytes.length; }
+  /** The token placed between documents. */
+  get endOfText(): number | undefined { return this.special.get(END_OF_TEXT); }
   get mergeCount(): number { return this.mergeResult.length; }
   /** The merges in rank order, as pairs of token ids. */
   merges(): [number, number][] {
