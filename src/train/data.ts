@@ -36,7 +36,7 @@ export function tokenizeCorpus(tokenizer: Tokenizer, corpus: Pick<Corpus, 'docum
 
 function endOfText(tokenizer: Tokenizer): number {
   const eot = tokenizer.endOfText;
-  if (eot === undefined) throw new Error('tokenizeCorpus: the tokenizer has no end-of-text token (<|endoftext|>, </s>, ...) to separate documents');
+  if (eot === undefined) throw new Error('tokenizeCorpus: the tokenizer has no <|endoftext|> token (nor </s> or another family\'s end-of-text) to separate documents');
   return eot;
 }
 
