@@ -9,6 +9,7 @@ import { asInput, EXIT, UsageError } from '../src/cli/usage.ts';
 import { JobError, validateJob } from '../proto/index.ts';
 import { jobDocuments } from '../src/train/job.ts';
 import { BpeTokenizer } from '../src/train/tokenizer.ts';
+import { tokenizerFromJson, type Tokenizer } from '../src/train/tokenizers/index.ts';
 import { CoordinatorServer } from './server.ts';
 
 const positive = { min: 1 };
@@ -75,11 +76,11 @@ function readJson(what: string, path: string): unknown {
 }
 
 /** The job's tokenizer: from a file, or trained on the job's documents. */
-function tokenizerOf(job: ReturnType<typeof validateJob>, file: string | undefined, vocab: number | undefined): BpeTokenizer {
+function tokenizerOf(job: ReturnType<typeof validateJob>, file: string | undefined, vocab: number | undefined): Tokenizer {
   if (file !== undefined && vocab !== undefined) throw new UsageError('give --tokenizer or --vocab, not both');
   if (file !== undefined) {
     try {
-      return BpeTokenizer.fromHuggingFace(readJson('tokenizer', file));
+      return tokenizerFromJson(readJson('tokenizer', file));
     } catch (err) {
       throw err instanceof UsageError ? err : new UsageError(`tokenizer ${file}: ${(err as Error).message}`);
     }

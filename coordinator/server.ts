@@ -25,14 +25,14 @@ import {
 import type { PrivateKey } from '@libp2p/interface';
 import { createHost, identityKey, RefusedError, Rpc, signSync, type Host, type Rejection } from '../src/p2p/index.ts';
 import { jobBatchesPerEpoch, jobConfig, jobModelOptions } from '../src/train/job.ts';
-import type { BpeTokenizer } from '../src/train/tokenizer.ts';
+import type { Tokenizer } from '../src/train/tokenizers/index.ts';
 import { JobLeases, type LeaseCounters } from './leases.ts';
 import { Membership, type NodeRecord } from './membership.ts';
 import { planShards, ShardPlanner, type DroppedReplica, type ExpertHolders, type NewReplica, type PlannerNode, type PlannerOptions, type ShardPlan } from './planner.ts';
 
 export interface CoordinatorOptions {
   job: JobSpec;
-  tokenizer: BpeTokenizer;
+  tokenizer: Tokenizer;
   /** Multiaddrs to listen on (default: an ephemeral TCP port on 127.0.0.1). */
   listen?: string[];
   /** The coordinator's libp2p identity, created on first use. */
@@ -111,7 +111,7 @@ function bounded(name: string, value: number, min: number, max: number): number 
  * The job turned into a planner, the epoch size and the tokenizer's wire form; any problem is a
  * JobError. These checks need the tokenizer and the corpus, so they live here, not in validateJob.
  */
-function prepareJob(job: JobSpec, tokenizer: BpeTokenizer, replication: number) {
+function prepareJob(job: JobSpec, tokenizer: Tokenizer, replication: number) {
   try {
     const config = jobConfig(job, tokenizer);
     const plannerOptions: PlannerOptions = { config, precision: jobModelOptions(job), replication };

@@ -12,7 +12,7 @@ import { Model } from '../src/model/model.ts';
 import { createHost, Rpc, signedBy, type DialTarget, type Host, type Rejection } from '../src/p2p/index.ts';
 import { jobConfig, jobData, jobModelOptions } from '../src/train/job.ts';
 import { DEFAULT_ADAMW } from '../src/train/optimizer.ts';
-import { BpeTokenizer } from '../src/train/tokenizer.ts';
+import { tokenizerFromJson, type Tokenizer } from '../src/train/tokenizers/index.ts';
 import { Trainer } from '../src/train/trainer.ts';
 import { multiaddr } from '@multiformats/multiaddr';
 import { createAverager, type Averager, type AveragingFault } from './averaging/index.ts';
@@ -143,7 +143,7 @@ export class NodeDaemon {
     }
     this.job = reply.job;
     this.plan = reply.plan;
-    const tokenizer = BpeTokenizer.fromHuggingFace(JSON.parse(reply.tokenizer));
+    const tokenizer = tokenizerFromJson(JSON.parse(reply.tokenizer));
     const config = jobConfig(this.job, tokenizer);
     // Who may call us and whom we average with follow the newest plan we know; which experts
     // this node computes follows the applied plan (the model changes only between steps).
@@ -184,7 +184,7 @@ export class NodeDaemon {
    * The trainer of this node's steps: one micro-batch per step on the job's schedule, whose
    * steps span the job's share of one node; the averager joins each step through the hooks.
    */
-  private createTrainer(model: Model, tokenizer: BpeTokenizer): Trainer {
+  private createTrainer(model: Model, tokenizer: Tokenizer): Trainer {
     const { lr, minLr, warmupSteps, totalBatches, expectedNodes } = this.job;
     const data = jobData(this.job, tokenizer);
     return new Trainer(this.kernels, model, data.train, data.heldOut, tokenizer, {

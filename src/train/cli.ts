@@ -25,7 +25,7 @@ import {
   appendMetrics, checkVocabulary, findTokenizer, keepMetricsUpTo, loadBase, loadModelSource, loadTokenizer, modelDir, modelOptions,
   newestCheckpoint, newSpec, onBase, resumedSpec, RUN_FLAGS, runCheckpoint, runPaths, runTokenizer, writeRunSpec, type RunSpec,
 } from './run.ts';
-import { BpeTokenizer, END_OF_TEXT } from './tokenizer.ts';
+import type { Tokenizer } from './tokenizers/index.ts';
 import { DEFAULT_TRAIN, Trainer, type EvalMetrics } from './trainer.ts';
 
 const SAMPLING = { temperature: 0.8, topP: 0.95 };
@@ -322,11 +322,11 @@ async function train(
 
 /** Samples a continuation of `prompt` (empty: the start of a new document); stops at end-of-text. */
 async function continuation(
-  model: Model, tokenizer: BpeTokenizer, prompt: string, options: { maxNewTokens: number; temperature: number; topP: number; seed: number },
+  model: Model, tokenizer: Tokenizer, prompt: string, options: { maxNewTokens: number; temperature: number; topP: number; seed: number },
 ): Promise<string> {
-  const eot = tokenizer.specialId(END_OF_TEXT);
+  const eot = tokenizer.endOfText;
   const ids = prompt === '' ? (eot === undefined ? [] : [eot]) : tokenizer.encode(prompt);
-  if (ids.length === 0) throw new UsageError(`the tokenizer has no ${END_OF_TEXT} token to start a document from: give a prompt`);
+  if (ids.length === 0) throw new UsageError('the tokenizer has no end-of-text token to start a document from: give a prompt');
   const generated = await generate(model, ids, { ...options, eosId: eot });
   return tokenizer.decode(generated.at(-1) === eot ? generated.slice(0, -1) : generated);
 }

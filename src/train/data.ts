@@ -4,7 +4,7 @@
 // order of an epoch is a permutation seeded by (seed, epoch), so a coordinator can lease batch
 // ids and any node materializes the same batch from the same corpus and tokenizer.
 import type { Corpus } from './corpus.ts';
-import { END_OF_TEXT, type BpeTokenizer } from './tokenizer.ts';
+import type { Tokenizer } from './tokenizers/index.ts';
 import { checkDims } from '../kernels/check.ts';
 
 export interface TokenizedCorpus {
@@ -14,10 +14,10 @@ export interface TokenizedCorpus {
   docStarts: Int32Array;
 }
 
-const tokenized = new WeakMap<BpeTokenizer, WeakMap<readonly string[], TokenizedCorpus>>();
+const tokenized = new WeakMap<Tokenizer, WeakMap<readonly string[], TokenizedCorpus>>();
 
 /** Tokenizes a corpus, once per (tokenizer, documents array): later calls return the cached result. */
-export function tokenizeCorpus(tokenizer: BpeTokenizer, corpus: Pick<Corpus, 'documents'>): TokenizedCorpus {
+export function tokenizeCorpus(tokenizer: Tokenizer, corpus: Pick<Corpus, 'documents'>): TokenizedCorpus {
   let byDocs = tokenized.get(tokenizer);
   if (byDocs === undefined) tokenized.set(tokenizer, byDocs = new WeakMap());
   let result = byDocs.get(corpus.documents);
@@ -34,9 +34,9 @@ export function tokenizeCorpus(tokenizer: BpeTokenizer, corpus: Pick<Corpus, 'do
   return result;
 }
 
-function endOfText(tokenizer: BpeTokenizer): number {
-  const eot = tokenizer.specialId(END_OF_TEXT);
-  if (eot === undefined) throw new Error(`tokenizeCorpus: the tokenizer has no ${END_OF_TEXT} token to separate documents`);
+function endOfText(tokenizer: Tokenizer): number {
+  const eot = tokenizer.endOfText;
+  if (eot === undefined) throw new Error('tokenizeCorpus: the tokenizer has no <|endoftext|> token (nor </s> or another family\'s end-of-text) to separate documents');
   return eot;
 }
 
@@ -214,7 +214,7 @@ function windowsPerSegment(lengths: number[], seqLen: number): number[] {
 const sum = (values: number[]) => values.reduce((a, b) => a + b, 0);
 
 /** UTF-8 bytes of the text a batch's targets stand for (the last seqLen tokens of each row; special tokens count zero). */
-export function targetBytes(tokenizer: BpeTokenizer, batch: MicroBatch): number {
+export function targetBytes(tokenizer: Tokenizer, batch: MicroBatch): number {
   const row = batch.seqLen + 1;
   let bytes = 0;
   for (let r = 0; r < batch.rows; r++) bytes += tokenizer.textBytes(batch.tokens, r * row + 1, (r + 1) * row);
@@ -278,7 +278,7 @@ export interface CorpusLoaderOptions {
 
 /** Tokenizes `corpus`, holds out whole documents and returns the train and held-out loaders. */
 export function corpusLoaders(
-  tokenizer: BpeTokenizer, corpus: Pick<Corpus, 'documents'>, { batchSize, seqLen, heldOutFraction = 0.05, seed = 0 }: CorpusLoaderOptions,
+  tokenizer: Tokenizer, corpus: Pick<Corpus, 'documents'>, { batchSize, seqLen, heldOutFraction = 0.05, seed = 0 }: CorpusLoaderOptions,
 ): CorpusLoaders {
   const split = splitCorpus(tokenizeCorpus(tokenizer, corpus), { by: 'documents', heldOutFraction, seed });
   return {
@@ -293,7 +293,7 @@ export function corpusLoaders(
  * alone: no token arrays, window tables or loaders (what a coordinator needs to lease batch ids).
  */
 export function trainBatchesPerEpoch(
-  tokenizer: BpeTokenizer, corpus: Pick<Corpus, 'documents'>, { batchSize, seqLen, heldOutFraction = 0.05, seed = 0 }: CorpusLoaderOptions,
+  tokenizer: Tokenizer, corpus: Pick<Corpus, 'documents'>, { batchSize, seqLen, heldOutFraction = 0.05, seed = 0 }: CorpusLoaderOptions,
 ): number {
   endOfText(tokenizer);
   const docStarts = new Int32Array(corpus.documents.length + 1);

@@ -6,10 +6,10 @@ import { createConfig, type ModelConfig } from '../model/config.ts';
 import type { ModelOptions } from '../model/model.ts';
 import { CORPUS_NAMES, loadCorpus, type CorpusName } from './corpus.ts';
 import { corpusLoaders, trainBatchesPerEpoch, type CorpusLoaderOptions, type CorpusLoaders } from './data.ts';
-import type { BpeTokenizer } from './tokenizer.ts';
+import type { Tokenizer } from './tokenizers/index.ts';
 
 /** The model config of a job: its overrides on the demo config, validated; the vocabulary is the tokenizer's. */
-export function jobConfig(spec: JobSpec, tokenizer: BpeTokenizer): ModelConfig {
+export function jobConfig(spec: JobSpec, tokenizer: Tokenizer): ModelConfig {
   if (spec.model.vocabSize !== undefined && spec.model.vocabSize !== tokenizer.vocabSize) {
     throw new JobError(`job ${spec.jobId}: model vocabSize ${String(spec.model.vocabSize)} differs from the tokenizer's ${tokenizer.vocabSize}`);
   }
@@ -37,12 +37,12 @@ export function jobDocuments(spec: JobSpec): { documents: string[] } {
   return { documents: documents.slice(from, to) };
 }
 
-export function jobData(spec: JobSpec, tokenizer: BpeTokenizer): CorpusLoaders {
+export function jobData(spec: JobSpec, tokenizer: Tokenizer): CorpusLoaders {
   return corpusLoaders(tokenizer, jobDocuments(spec), loaderOptions(spec));
 }
 
 /** jobData(spec, tokenizer).train.batchesPerEpoch, without tokenizing the corpus into arrays. */
-export function jobBatchesPerEpoch(spec: JobSpec, tokenizer: BpeTokenizer): number {
+export function jobBatchesPerEpoch(spec: JobSpec, tokenizer: Tokenizer): number {
   return trainBatchesPerEpoch(tokenizer, jobDocuments(spec), loaderOptions(spec));
 }
 

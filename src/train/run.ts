@@ -12,6 +12,7 @@ import type { BaseFormat, TrainMode } from '../model/weights.ts';
 import { loadCheckpoint } from './checkpoint.ts';
 import { CORPUS_NAMES, type CorpusName } from './corpus.ts';
 import { BpeTokenizer } from './tokenizer.ts';
+import { readTokenizerFile, type Tokenizer } from './tokenizers/index.ts';
 import { DEFAULT_TRAIN } from './trainer.ts';
 
 /** The options that determine a run's results, recorded in run.json and kept by a resumed run. */
@@ -146,7 +147,7 @@ export function onBase(baseConfig: ModelConfig, overrides: Partial<ModelConfig>,
   return validateConfig({ ...baseConfig, ...overrides });
 }
 
-export function checkVocabulary(tokenizer: BpeTokenizer, config: ModelConfig): void {
+export function checkVocabulary(tokenizer: Tokenizer, config: ModelConfig): void {
   if (tokenizer.vocabSize > config.vocabSize) {
     throw new UsageError(`the tokenizer has ${tokenizer.vocabSize} tokens but the model's vocabulary holds ${config.vocabSize}`);
   }
@@ -223,9 +224,9 @@ export function findTokenizer(dir: string): string | undefined {
   return folders.map((folder) => join(folder, 'tokenizer.json')).find((path) => existsSync(path));
 }
 
-export function loadTokenizer(path: string): BpeTokenizer {
+export function loadTokenizer(path: string): Tokenizer {
   try {
-    return BpeTokenizer.load(path);
+    return readTokenizerFile(path);
   } catch (err) {
     throw new UsageError(`${path}: ${messageOf(err)}`);
   }
@@ -234,7 +235,7 @@ export function loadTokenizer(path: string): BpeTokenizer {
 /** The run's tokenizer: the run folder's, else the base's, else trained on the corpus (fresh: to be saved). */
 export function runTokenizer(
   out: string, spec: RunSpec, base: ModelSource | undefined, vocabGiven: number | undefined, documents: string[],
-): { tokenizer: BpeTokenizer; source: string; fresh: boolean } {
+): { tokenizer: Tokenizer; source: string; fresh: boolean } {
   const own = runPaths(out).tokenizer;
   const found = existsSync(own) ? own : base && findTokenizer(base.dir);
   if (found) {

@@ -3,15 +3,12 @@
 // (never across pieces). Saved and loaded as a Hugging Face `tokenizer.json` (BPE model with
 // a ByteLevel pre-tokenizer and decoder), so other tools read the same vocabulary.
 import { readFileSync, writeFileSync } from 'node:fs';
+import { applyMerges, PAIR_BASE, type MergeTable } from './tokenizers/merge.ts';
 
 /** GPT-2's pre-tokenizer: contractions, letters, digits, other symbols, each with an optional leading space; whitespace runs. */
 export const GPT2_SPLIT_PATTERN = /'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+/gu;
 export const END_OF_TEXT = '<|endoftext|>';
 
-/** Pair keys are left * PAIR_BASE + right: exact in a double for ids below 2^21. */
-const PAIR_BASE = 2 ** 21;
-/** Heap keys in encode are rank * RANK_SCALE + position. */
-const RANK_SCALE = 2 ** 32;
 /** Encoded pieces shorter than this are cached; the cache is dropped when it grows past CACHE_LIMIT. */
 const CACHE_PIECE_CHARS = 64;
 const CACHE_LIMIT = 200_000;
@@ -53,6 +50,7 @@ export class BpeTokenizer {
   private readonly specialIds: Set<number>;
   private readonly byteToId: Int32Array;
   /** Merge rank by pair key, and the token each merge produces. */
+  private readonly merged: MergeTable;
   private readonly rankOf = new Map<number, number>();
   private readonly mergePairs: [number, number][];
   private readonly mergeResult: Int32Array;
@@ -96,6 +94,7 @@ export class BpeTokenizer {
       this.rankOf.set(left * PAIR_BASE + right, rank);
       this.mergeResult[rank] = result;
     });
+    this.merged = { rankOf: this.rankOf, mergeResult: this.mergeResult };
     this.specialPattern = special.size === 0 ? null
       : new RegExp([...special.keys()].sort((a, b) => b.length - a.length).map(escapeRegExp).join('|'), 'g');
   }
@@ -106,6 +105,8 @@ export class BpeTokenizer {
   }
 
   get vocabSize(): number { return this.bytes.length; }
+  /** The token placed between documents. */
+  get endOfText(): number | undefined { return this.special.get(END_OF_TEXT); }
   get mergeCount(): number { return this.mergeResult.length; }
   /** The merges in rank order, as pairs of token ids. */
   merges(): [number, number][] {
@@ -270,39 +271,11 @@ export class BpeTokenizer {
     return pieceIds;
   }
 
-  /**
-   * Applies merges to one piece, lowest rank first and leftmost first among equal ranks (as
-   * Hugging Face does): a linked list of tokens and a heap of candidate pairs, O(n log n).
-   */
+  /** Applies merges to one piece's bytes. */
   private encodePiece(bytes: Uint8Array): number[] {
-    const n = bytes.length;
-    const ids = new Int32Array(n);
-    const next = new Int32Array(n);
-    const prev = new Int32Array(n);
-    for (let i = 0; i < n; i++) { ids[i] = this.byteToId[bytes[i]]; next[i] = i + 1; prev[i] = i - 1; }
-    next[n - 1] = -1;
-    const heap = new MinHeap();
-    const consider = (i: number): void => {
-      const rank = this.rankOf.get(ids[i] * PAIR_BASE + ids[next[i]]);
-      if (rank !== undefined) heap.push(rank * RANK_SCALE + i);
-    };
-    for (let i = 0; i + 1 < n; i++) consider(i);
-    while (heap.size > 0) {
-      const key = heap.pop();
-      const rank = Math.floor(key / RANK_SCALE);
-      const i = key - rank * RANK_SCALE;
-      const j = next[i];
-      // Stale entry: the left token was merged away, or the pair at i changed since it was pushed.
-      if (ids[i] < 0 || j < 0 || this.rankOf.get(ids[i] * PAIR_BASE + ids[j]) !== rank) continue;
-      ids[i] = this.mergeResult[rank];
-      ids[j] = -1;
-      next[i] = next[j];
-      if (next[i] >= 0) { prev[next[i]] = i; consider(i); }
-      if (prev[i] >= 0) consider(prev[i]);
-    }
-    const out: number[] = [];
-    for (let i = 0; i >= 0; i = next[i]) out.push(ids[i]);
-    return out;
+    const ids = new Int32Array(bytes.length);
+    for (let i = 0; i < bytes.length; i++) ids[i] = this.byteToId[bytes[i]];
+    return applyMerges(ids, this.merged);
   }
 }
 
@@ -473,42 +446,6 @@ class PairHeap {
       this.swap(i, best);
       i = best;
     }
-    return top;
-  }
-}
-
-/** Min-heap of numbers. */
-class MinHeap {
-  private readonly items: number[] = [];
-  get size(): number { return this.items.length; }
-  push(value: number): void {
-    const items = this.items;
-    let i = items.length;
-    items.push(value);
-    while (i > 0) {
-      const parent = (i - 1) >> 1;
-      if (items[parent] <= value) break;
-      items[i] = items[parent];
-      i = parent;
-    }
-    items[i] = value;
-  }
-  pop(): number {
-    const items = this.items;
-    const top = items[0];
-    const last = items.pop()!;
-    const n = items.length;
-    if (n === 0) return top;
-    let i = 0;
-    for (;;) {
-      let child = 2 * i + 1;
-      if (child >= n) break;
-      if (child + 1 < n && items[child + 1] < items[child]) child++;
-      if (items[child] >= last) break;
-      items[i] = items[child];
-      i = child;
-    }
-    items[i] = last;
     return top;
   }
 }

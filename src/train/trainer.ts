@@ -8,7 +8,7 @@ import type { Model } from '../model/model.ts';
 import { bitsPerByte, targetBytes, type BatchLoader, type MicroBatch } from './data.ts';
 import { AdamW, DEFAULT_ADAMW, type AdamWOptions } from './optimizer.ts';
 import { learningRate, type ScheduleOptions } from './schedule.ts';
-import type { BpeTokenizer } from './tokenizer.ts';
+import type { Tokenizer } from './tokenizers/index.ts';
 
 export interface TrainOptions extends ScheduleOptions {
   /** Micro-batches whose gradients are summed (averaged) into one update. */
@@ -69,7 +69,7 @@ export class Trainer {
     readonly model: Model,
     readonly train: BatchLoader,
     readonly heldOut: BatchLoader,
-    readonly tokenizer: BpeTokenizer,
+    readonly tokenizer: Tokenizer,
     readonly options: TrainOptions,
     private readonly hooks: TrainerHooks = {},
   ) {
