@@ -88,9 +88,10 @@ for (const codec of CODECS) {
     for (const n of SIZES) {
       const { bytes, seconds } = await measure(n, { codec, topology });
       baseline ||= bytes;
-      rows.push([codec, topology, String(n), (bytes / 2 ** 20).toFixed(2), (bytes / deltaBytes).toFixed(2), (bytes / baseline).toFixed(2), seconds.toFixed(2)]);
+      const ratios = [bytes / deltaBytes, bytes / baseline].map((r) => r.toFixed(2));
+      rows.push([codec, topology, String(n), (bytes / 2 ** 20).toFixed(2), ...ratios, seconds.toFixed(2)]);
     }
   }
 }
-console.log(`trunk group of ${VALUES.toLocaleString('en')} values, ${ROUNDS} rounds per row; bytes counted at the codec (requests and replies)`);
+console.log(`trunk group of ${VALUES.toLocaleString('en')} values, ${ROUNDS} rounds per row; bytes at the codec (requests and replies)`);
 printTable(['codec', 'topology', 'nodes', 'MiB sent / node / round', '× one delta', '× at 2 nodes', 's / round (noisy)'], rows);

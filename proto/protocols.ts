@@ -71,7 +71,9 @@ function checkDelta(delta: ParameterDelta): void {
     throw new ProtocolError('schema', `part: index ${delta.part.index} is not below count ${delta.part.count}`);
   }
   if (delta.phase && !delta.part) throw new ProtocolError('schema', `part: a ${delta.phase} message names its part`);
-  if (delta.phase === 'reduce' && delta.norm === undefined) throw new ProtocolError('schema', 'norm: a reduce message states its delta\'s norm');
+  if (delta.phase === 'reduce' && delta.norm === undefined) {
+    throw new ProtocolError('schema', 'norm: a reduce message states its delta\'s norm');
+  }
 }
 
 function checkExpertCall(call: ExpertCall): void {

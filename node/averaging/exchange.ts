@@ -58,7 +58,9 @@ interface Assembly {
 }
 
 export class DeltaExchange {
-  readonly stats: AveragingStats = { rounds: 0, received: 0, late: 0, missing: 0, refused: 0, flagged: new Set(), resyncs: 0, fallbacks: 0, unaveraged: 0 };
+  readonly stats: AveragingStats = {
+    rounds: 0, received: 0, late: 0, missing: 0, refused: 0, flagged: new Set(), resyncs: 0, fallbacks: 0, unaveraged: 0,
+  };
   /** The round under way here. */
   round = 0;
   /** Rounds waiting for contributions, by `${group}#${round}`. */
@@ -114,7 +116,9 @@ export class DeltaExchange {
    * Encodes the group's values part by part (`state` gives each segment's codec state), and
    * decodes them back: what receivers will decode is what this node averages with.
    */
-  encodeGroup(group: string, codec: Codec, values: readonly Float32Array[], count: number, state: (key: string) => CodecState): EncodedGroup {
+  encodeGroup(
+    group: string, codec: Codec, values: readonly Float32Array[], count: number, state: (key: string) => CodecState,
+  ): EncodedGroup {
     const layout = this.layout(group, count);
     const decoded = values.map((v) => new Float32Array(v.length));
     const messages = layout.map((part) => {
@@ -232,7 +236,9 @@ export class DeltaExchange {
   }
 
   /** The whole contribution once its last part is in; undefined before. */
-  private assemble(group: string, sender: string, round: number, part: Part, count: number, values: Float32Array[]): Float32Array[] | undefined {
+  private assemble(
+    group: string, sender: string, round: number, part: Part, count: number, values: Float32Array[],
+  ): Float32Array[] | undefined {
     const params = this.params(group);
     const whole = () => params.map((p) => new Float32Array(p.value.length));
     if (count === 1) {
@@ -260,7 +266,9 @@ export class DeltaExchange {
 export function encodePart(
   codec: Codec, part: Part, values: readonly Float32Array[], state: (key: string) => CodecState,
 ): { message: NamedTensor[]; decoded: Float32Array[] } {
-  const tensors = part.segments.map((s, i) => ({ name: s.name, shape: s.shape, delta: values[i], state: state(`${s.name}@${s.rowStart}-${s.rowEnd}`) }));
+  const tensors = part.segments.map((s, i) => ({
+    name: s.name, shape: s.shape, delta: values[i], state: state(`${s.name}@${s.rowStart}-${s.rowEnd}`),
+  }));
   const message = encodeTensors(codec, tensors);
   return { message, decoded: decodeTensors(codec, tensors, message) };
 }

@@ -100,7 +100,9 @@ export class PeriodicAveraging implements Averager {
     // Waited for: holders at most a round behind that keep pace with this node.
     const keepsPace = (peer: string) => (this.exchange.peerRound(peer) ?? round) >= round - 1 && !this.slowPeers.has(peer);
     const awaited = this.exchange.others(group).filter(keepsPace);
-    const mean = this.scatter ? await this.scatter.average(group, round, deltas, awaited) : await this.allToAll(group, round, deltas, awaited);
+    const mean = this.scatter
+      ? await this.scatter.average(group, round, deltas, awaited)
+      : await this.allToAll(group, round, deltas, awaited);
     this.stats.rounds++;
     outer.apply(params.map((p) => p.value), mean);
   }

@@ -71,7 +71,8 @@ export class ReduceScatter {
     const forget = (r: number) => r + KEEP_ROUNDS < exchange.round;
     if (arrival.phase === 'reduce') {
       if (!roles.includes(options.self)) return `part ${index} is neither owned here nor fallen back on here`;
-      const kept = (this.reduces.get(group) ?? []).filter((a) => !forget(a.round) && !(a.sender === sender && a.round === round && a.index === index));
+      const same = (a: PartArrival) => a.sender === sender && a.round === round && a.index === index;
+      const kept = (this.reduces.get(group) ?? []).filter((a) => !forget(a.round) && !same(a));
       kept.push(arrival);
       this.reduces.set(group, kept);
       this.context.heard(sender, round);
@@ -175,7 +176,8 @@ export class ReduceScatter {
       // The result travels in the group's codec; what the owner applies is what the others decode.
       const { message, decoded } = encodePart(codec, part, aggregate(contributions, round, options), (key) => states(`gather/${key}`));
       r.results.set(k, decoded);
-      exchange.post(group, exchange.others(group), { round, steps: options.every, codec: codec.spec, part: { index: k, count }, phase: 'gather', parts: message });
+      const gather = { round, steps: options.every, codec: codec.spec, part: { index: k, count }, phase: 'gather' as const, parts: message };
+      exchange.post(group, exchange.others(group), gather);
     }
   }
 
@@ -194,7 +196,8 @@ export class ReduceScatter {
       const norm = l2Norm(arrival.values);
       if (norm > limit) {
         exchange.flag(arrival.sender);
-        this.context.options.log?.(`result of ${group}#${round} part ${part.index} from ${arrival.sender} refused: norm ${norm.toExponential(2)} is over ${limit.toExponential(2)}`);
+        const why = `norm ${norm.toExponential(2)} is over ${limit.toExponential(2)}`;
+        this.context.options.log?.(`result of ${group}#${round} part ${part.index} from ${arrival.sender} refused: ${why}`);
         continue;
       }
       r.results.set(part.index, arrival.values);

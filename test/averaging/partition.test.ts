@@ -18,7 +18,8 @@ function randomValues(tensors: PartTensor[], seed: number): Float32Array[] {
 }
 
 describe('partition', () => {
-  it.each([1, 2, 3, 5, 8, 40, 700])('into %i parts: every value once, in order, at row boundaries, segment shapes that hold them', (count) => {
+  const covers = 'into %i parts: every value once, in order, at row boundaries, segment shapes that hold them';
+  it.each([1, 2, 3, 5, 8, 40, 700])(covers, (count) => {
     const parts = partition(GROUP, count);
     expect(parts.map((p) => p.index)).toEqual([...Array(count).keys()]);
     // Walking the parts in order walks each tensor's rows in order, without gaps or overlaps.
@@ -86,7 +87,9 @@ describe('owners', () => {
 
 describe('aggregation part by part', () => {
   const rounds = { a: 4, b: 3, c: 4, d: 2, e: 4, f: 4 };
-  const contributions: Contribution[] = Object.entries(rounds).map(([sender, round], k) => ({ sender, round, values: randomValues(GROUP, 10 + k) }));
+  const contributions: Contribution[] = Object.entries(rounds).map(([sender, round], k) => ({
+    sender, round, values: randomValues(GROUP, 10 + k),
+  }));
   const parts = partition(GROUP, 6);
 
   function byParts(options: Parameters<typeof aggregate>[2]): Float32Array[] {

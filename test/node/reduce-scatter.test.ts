@@ -41,7 +41,9 @@ async function network(ids: string[], options: Partial<AveragingOptions>, faulty
   };
   net.holders = ids.map((id) => {
     const random = rng(21);
-    const params: Param[] = SHAPES.map((shape, i) => ({ name: `t${i}`, shape, value: Float32Array.from({ length: shape.reduce((a, b) => a * b, 1) }, () => random()) }));
+    const params: Param[] = SHAPES.map((shape, i) => ({
+      name: `t${i}`, shape, value: Float32Array.from({ length: shape.reduce((a, b) => a * b, 1) }, () => random()),
+    }));
     const sent: number[] = [];
     const rpc = {
       handle: async (_protocol: string, handler: Handler) => void handlers.set(id, handler),
@@ -82,7 +84,9 @@ function expectedMean(deltas: Float32Array[][], parts: Part[], which: (part: Par
   for (const part of parts) {
     const holders = which(part);
     for (const s of part.segments) {
-      for (let j = s.offset; j < s.offset + s.length; j++) out[s.tensor][j] = holders.reduce((sum, k) => sum + deltas[k][s.tensor][j], 0) / holders.length;
+      for (let j = s.offset; j < s.offset + s.length; j++) {
+        out[s.tensor][j] = holders.reduce((sum, k) => sum + deltas[k][s.tensor][j], 0) / holders.length;
+      }
     }
   }
   return out;
@@ -109,7 +113,8 @@ describe('reduce-scatter averaging', () => {
     });
   });
 
-  it.each([2, 3, 4, 6])('%i holders, one drops after sending its parts: its own parts go to the fallback owner, the survivors agree', async (n) => {
+  const dropping = '%i holders, one drops after sending its parts: its own parts go to the fallback owner, the survivors agree';
+  it.each([2, 3, 4, 6])(dropping, async (n) => {
     const ids = ['p1', 'p2', 'p3', 'p4', 'p5', 'p6'].slice(0, n);
     const net = await network(ids, { deadlineMs: 200 });
     const dropped = ids[1];
@@ -154,7 +159,8 @@ describe('reduce-scatter averaging', () => {
     })));
   });
 
-  it.each(['nan', 'scale1000'] as const)('a holder sending %s deltas and results is refused and flagged; the others average without it', async (fault) => {
+  const faulty = 'a holder sending %s deltas and results is refused and flagged; the others average without it';
+  it.each(['nan', 'scale1000'] as const)(faulty, async (fault) => {
     const ids = ['p1', 'p2', 'p3', 'p4'];
     const net = await network(ids, { deadlineMs: 200 }, { p2: fault });
     const { anchors, deltas } = step(net.holders, 60);
@@ -207,7 +213,8 @@ describe('bytes per round', () => {
 describe('deltas larger than one message', () => {
   const CAP = 4096; // 512 values per part: the group's 2760 values travel in parts
 
-  it.each(['all-to-all', 'reduce-scatter'] as const)('%s: every message fits the cap and the result is still the mean', async (topology) => {
+  const fits = '%s: every message fits the cap and the result is still the mean';
+  it.each(['all-to-all', 'reduce-scatter'] as const)(fits, async (topology) => {
     const ids = ['p1', 'p2', 'p3'];
     const net = await network(ids, { topology, messageCap: CAP });
     const counts: number[] = [];
@@ -236,15 +243,23 @@ describe('deltas larger than one message', () => {
 
 describe('bad reduce-scatter messages', () => {
   const parts = partsOf(3); // holders p1, p2, p3 own parts 0, 1, 2; the fallbacks are p2, p3, p1
-  const partTensors = (index: number, value = 0.01) => parts[index].segments.map((s) => ({ name: s.name, tensor: f32Tensor(s.shape, new Float32Array(s.length).fill(value)) }));
+  const partTensors = (index: number) => parts[index].segments.map((s) => ({
+    name: s.name, tensor: f32Tensor(s.shape, new Float32Array(s.length).fill(0.01)),
+  }));
   const message = (index: number, extra: Partial<ParameterDelta> = {}): ParameterDelta => ({
-    jobId: 'job', group: 'trunk', round: 1, steps: 1, codec: 'f32', parts: partTensors(index), part: { index, count: 3 }, phase: 'reduce', norm: 100, ...extra,
+    jobId: 'job', group: 'trunk', round: 1, steps: 1, codec: 'f32', parts: partTensors(index), part: { index, count: 3 },
+    phase: 'reduce', norm: 100, ...extra,
   });
 
   it('the wire refuses a part index not below its count, a phase without a part, a reduce without a norm', () => {
     const { norm: _, ...noNorm } = message(1);
     const { part: __, ...noPart } = message(1);
-    for (const [bad, why] of [[message(1, { part: { index: 3, count: 3 } }), /index 3 is not below count 3/], [noPart, /names its part/], [noNorm, /states its delta's norm/]] as const) {
+    const cases = [
+      [message(1, { part: { index: 3, count: 3 } }), /index 3 is not below count 3/],
+      [noPart, /names its part/],
+      [noNorm, /states its delta's norm/],
+    ] as const;
+    for (const [bad, why] of cases) {
       expect(() => msgpackCodec.encodeRequest('delta', bad as ParameterDelta)).toThrow(ProtocolError);
       expect(() => msgpackCodec.encodeRequest('delta', bad as ParameterDelta)).toThrow(why);
     }
@@ -259,7 +274,7 @@ describe('bad reduce-scatter messages', () => {
       [message(2), /neither owned here nor fallen back on here/, false],
       [message(1, { phase: 'gather', norm: undefined }), /p1 neither owns part 1/, false],
       [message(1, { norm: 0.01 }), /over the delta's stated norm/, true],
-      [message(1, { parts: [{ name: 't0', tensor: f32Tensor([1, 32], new Float32Array(32)) }, ...partTensors(1).slice(1)] }), /must have shape/, true],
+      [message(1, { parts: [{ name: 't0', tensor: f32Tensor([1, 32], new Float32Array(32)) }, ...partTensors(1).slice(1)] }), /shape/, true],
     ];
     for (const [bad, why, flags] of refusals) {
       expect(() => net.deliver('p1', 'p2', bad), String(why)).toThrow(why);
