@@ -66,9 +66,12 @@ export class NormScreen {
     return { accepted, refused };
   }
 
-  /** maxRatio × the median of the recent history, our norm and the arrivals' norms. */
+  /**
+   * maxRatio × the median of the recent history, our norm and the arrivals' norms. Of an even
+   * count the lower median: with no history, our norm and one arrival judge that arrival by ours.
+   */
   limit(myNorm: number, norms: readonly number[] = []): number {
     const sorted = [...this.history, myNorm, ...norms].sort((a, b) => a - b);
-    return this.maxRatio * sorted[Math.floor(sorted.length / 2)];
+    return this.maxRatio * sorted[(sorted.length - 1) >> 1];
   }
 }
