@@ -93,6 +93,12 @@ export const JobSpecSchema = Type.Object({
     trim: Type.Optional(Type.Number({ minimum: 0, exclusiveMaximum: 0.5 })),
     /** A delta whose norm exceeds this many times the group's median recent norm is dropped and its sender flagged (default 10). */
     maxNormRatio: Type.Optional(Type.Number({ exclusiveMinimum: 1, maximum: 1e6 })),
+    /**
+     * periodic: how holders exchange deltas. all-to-all (the default): each sends its whole delta
+     * to every other holder, (N−1)× the delta per round. reduce-scatter: holder i aggregates part i
+     * of everyone's delta and sends the result back to all, ≈ 2× the delta per round whatever N.
+     */
+    topology: Type.Optional(Type.Union([Type.Literal('all-to-all'), Type.Literal('reduce-scatter')])),
   }),
   /** Deadline of one expert call before the caller fails over to another holder. */
   expertTimeoutMs: Type.Integer({ minimum: 1, maximum: 3_600_000 }),
@@ -254,6 +260,15 @@ export const ParameterDeltaSchema = Type.Object({
   /** How the parts encode the delta (a codec of src/compress, e.g. "f32" or "int8-block32"). */
   codec: Id,
   parts: Parts,
+  /** Which part of the group's delta this is (src/averaging/partition.ts); absent: all of it. */
+  part: Type.Optional(Type.Object({ index: Index, count: Type.Integer({ minimum: 1, maximum: 2 ** 20 }) })),
+  /**
+   * reduce-scatter: "reduce", a holder's part of its delta for the part's owner; "gather", the
+   * owner's aggregate of the part for every holder. Absent: all-to-all.
+   */
+  phase: Type.Optional(Type.Union([Type.Literal('reduce'), Type.Literal('gather')])),
+  /** reduce: the L2 norm of the sender's whole delta, what the owner's outlier screen judges. */
+  norm: Type.Optional(NonNegative),
 });
 export type ParameterDelta = Static<typeof ParameterDeltaSchema>;
 

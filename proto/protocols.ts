@@ -18,6 +18,7 @@ import {
   StateRequestSchema,
   StateResponseSchema,
   type ExpertCall,
+  type ParameterDelta,
   type NamedTensor,
 } from './messages.ts';
 import { MAX_BLOB_CHUNK_BYTES } from './manifest.ts';
@@ -28,7 +29,7 @@ const KiB = 1024;
 const MiB = 1024 * KiB;
 /**
  * Tensor-carrying messages. A group's state is fetched a few tensors at a time (StateRequest.names);
- * a parameter delta travels as one message, so a group's encoded delta must fit in this.
+ * a parameter delta larger than this travels in parts (ParameterDelta.part, cut by rows).
  */
 export const TENSOR_MESSAGE_CAP = 64 * MiB;
 /** Room for an error reply (message up to 1024 characters of UTF-8) in every response. */
@@ -64,6 +65,17 @@ function checkParts(parts: NamedTensor[]): void {
     if (seen.has(name)) throw new ProtocolError('schema', `parts: "${name}" appears twice`);
     seen.add(name);
     checkTensor(tensor, `parts: "${name}"`);
+  }
+}
+
+function checkDelta(delta: ParameterDelta): void {
+  checkParts(delta.parts);
+  if (delta.part && delta.part.index >= delta.part.count) {
+    throw new ProtocolError('schema', `part: index ${delta.part.index} is not below count ${delta.part.count}`);
+  }
+  if (delta.phase && !delta.part) throw new ProtocolError('schema', `part: a ${delta.phase} message names its part`);
+  if (delta.phase === 'reduce' && delta.norm === undefined) {
+    throw new ProtocolError('schema', 'norm: a reduce message states its delta\'s norm');
   }
 }
 
@@ -155,7 +167,7 @@ export const PROTOCOLS = {
     response: AckSchema,
     maxRequestBytes: TENSOR_MESSAGE_CAP,
     maxResponseBytes: SMALL_REPLY_CAP,
-    checkRequest: (delta) => checkParts(delta.parts),
+    checkRequest: checkDelta,
   }),
   state: define({
     id: idOf('state'),

@@ -1,36 +1,86 @@
-// The delta protocol under both averaging strategies: sends a group's contribution to its other
-// holders, checks every contribution that arrives, and lets a round wait for them until a deadline.
-// Every contribution is untrusted: an unadmitted sender, a wrong job, group or codec, parts that do
-// not decode to the group's shapes, or non-finite values are refused (the last three flag the sender).
-import { f32Tensor, tensorF32, type NamedTensor, type ParameterDelta } from '../../proto/index.ts';
-import { firstNonFinite } from '../../src/averaging/index.ts';
-import { decodeTensors, type Codec } from '../../src/compress/index.ts';
+// The delta protocol under every averaging strategy: cuts a group's delta into parts that fit a
+// message, sends them, reassembles what arrives, checks every message, and lets a round wait for
+// them until a deadline. Every message is untrusted: an unadmitted sender, a wrong job, group or
+// codec, a part count other than ours, parts that do not decode to the part's shapes, non-finite
+// values, or a reduce part larger than the norm its sender states are refused (all but the job,
+// group and count flag the sender: those can be a plan change we have not seen yet).
+import { f32Tensor, tensorF32, TENSOR_MESSAGE_CAP, type NamedTensor, type ParameterDelta } from '../../proto/index.ts';
+import { firstNonFinite, l2Norm, partCount, partition, slicePart, writePart, type Part } from '../../src/averaging/index.ts';
+import { decodeTensors, encodeTensors, type Codec, type CodecState } from '../../src/compress/index.ts';
+import type { Param } from '../../src/model/params.ts';
 import { RefusedError } from '../../src/p2p/index.ts';
 import type { AveragingComponents, AveragingOptions, AveragingStats } from './index.ts';
 
 /** Contributions older than this many rounds are refused (and dropped from the inbox). */
 export const KEEP_ROUNDS = 4;
 
+/** A reduce-scatter message, checked, with its part decoded (one array per segment). */
+export interface PartArrival {
+  sender: string;
+  round: number;
+  phase: 'reduce' | 'gather';
+  index: number;
+  count: number;
+  /** reduce: the sender's whole-delta norm. */
+  norm: number;
+  values: Float32Array[];
+}
+
 /** A strategy's side of the exchange: how a group travels, and where checked contributions go. */
 export interface DeltaInbox {
   codec(group: string): Codec;
+  /** A whole contribution (reassembled first when it came in parts). */
   accept(group: string, sender: string, round: number, values: Float32Array[]): void;
+  /** reduce-scatter: parts each holder owns or gathers back; absent, such messages are refused. */
+  parts?: {
+    /** Parts the group is cut into under reduce-scatter: a message of another count is refused. */
+    count(group: string): number;
+    /** Takes a part, or returns why it is not ours to take (refused without flagging the sender). */
+    accept(group: string, arrival: PartArrival): string | undefined;
+  };
+}
+
+/** What encodeGroup gives: each part's wire tensors, and the values receivers will decode from them. */
+export interface EncodedGroup {
+  layout: Part[];
+  messages: NamedTensor[][];
+  decoded: Float32Array[];
+}
+
+/** A stated norm may exceed the norm a receiver computes by f64 rounding, no more. */
+const NORM_SLACK = 1 + 1e-9;
+
+/** A contribution arriving in parts: the parts so far, by index. */
+interface Assembly {
+  round: number;
+  count: number;
+  parts: Map<number, Float32Array[]>;
 }
 
 export class DeltaExchange {
-  readonly stats: AveragingStats = { rounds: 0, received: 0, late: 0, missing: 0, refused: 0, flagged: new Set(), resyncs: 0 };
+  readonly stats: AveragingStats = {
+    rounds: 0, received: 0, late: 0, missing: 0, refused: 0, flagged: new Set(), resyncs: 0, fallbacks: 0, unaveraged: 0,
+  };
   /** The round under way here. */
   round = 0;
   /** Rounds waiting for contributions, by `${group}#${round}`. */
   private readonly waiting = new Map<string, () => void>();
   /** The newest round heard from each peer. */
   private readonly peerRounds = new Map<string, number>();
+  /** Parts of contributions not yet complete, by `${group}#${round}#${sender}`. */
+  private readonly assemblies = new Map<string, Assembly>();
+  /** Each group's layouts, by `${group}/${count}`. */
+  private readonly layouts = new Map<string, Part[]>();
+  /** Values in one part: half the message cap at 4 bytes a value, the rest room for names and framing. */
+  readonly maxPartValues: number;
 
   constructor(
     private readonly components: AveragingComponents,
     private readonly options: AveragingOptions,
     private readonly inbox: DeltaInbox,
-  ) {}
+  ) {
+    this.maxPartValues = Math.floor((options.messageCap ?? TENSOR_MESSAGE_CAP) / 8);
+  }
 
   async serve(): Promise<void> {
     await this.components.rpc.handle('delta', (delta, { peer }) => {
@@ -49,25 +99,64 @@ export class DeltaExchange {
     return this.peerRounds.get(peer);
   }
 
-  /** Sends a contribution to the group's other holders, without waiting for them. */
-  send(group: string, round: number, steps: number, codec: string, parts: NamedTensor[]): void {
+  /** Parts the group's delta is cut into when `owners` holders each own as many of them. */
+  partCount(group: string, owners: number): number {
+    return partCount(this.params(group), owners, this.maxPartValues);
+  }
+
+  /** The group's parts at `count` (cached: shapes do not change while a group is held). */
+  layout(group: string, count: number): Part[] {
+    const key = `${group}/${count}`;
+    let parts = this.layouts.get(key);
+    if (!parts) this.layouts.set(key, (parts = partition(this.params(group), count)));
+    return parts;
+  }
+
+  /**
+   * Encodes the group's values part by part (`state` gives each segment's codec state), and
+   * decodes them back: what receivers will decode is what this node averages with.
+   */
+  encodeGroup(
+    group: string, codec: Codec, values: readonly Float32Array[], count: number, state: (key: string) => CodecState,
+  ): EncodedGroup {
+    const layout = this.layout(group, count);
+    const decoded = values.map((v) => new Float32Array(v.length));
+    const messages = layout.map((part) => {
+      const encoded = encodePart(codec, part, slicePart(values, part), state);
+      writePart(decoded, part, encoded.decoded);
+      return encoded.message;
+    });
+    return { layout, messages, decoded };
+  }
+
+  /** Sends a whole contribution to the group's other holders, a message per part, without waiting for them. */
+  sendAll(group: string, round: number, steps: number, codec: string, messages: NamedTensor[][]): void {
+    const count = messages.length;
+    messages.forEach((parts, index) => {
+      this.post(group, this.others(group), { round, steps, codec, parts, ...(count > 1 ? { part: { index, count } } : {}) });
+    });
+  }
+
+  /** Sends one message to each of `peers`, without waiting for them. */
+  post(group: string, peers: readonly string[], body: Omit<ParameterDelta, 'jobId' | 'group'>): void {
     const { jobId, deadlineMs, log } = this.options;
-    const message: ParameterDelta = { jobId, group, round, steps, codec, parts: this.corrupt(parts) };
-    for (const peer of this.others(group)) {
+    const message: ParameterDelta = { jobId, group, ...body, parts: this.corrupt(body.parts) };
+    const what = `${body.phase ?? 'delta'} ${group}#${body.round}${body.part ? ` part ${body.part.index}/${body.part.count}` : ''}`;
+    for (const peer of peers) {
       const target = this.components.directory.address(peer);
       if (!target) continue;
       // Once more on failure: two nodes dialing each other at the same moment can reset the first streams.
       const attempt = () => this.components.rpc.request(target, 'delta', message, { timeout: deadlineMs });
-      attempt().catch(attempt).catch((err: Error) => log?.(`delta ${group}#${round} to ${peer} failed: ${err.message}`));
+      attempt().catch(attempt).catch((err: Error) => log?.(`${what} to ${peer} failed: ${err.message}`));
     }
   }
 
-  /** Resolves when `complete()` holds (checked again at each arrival for the group) or at the deadline. */
-  async wait(group: string, round: number, complete: () => boolean): Promise<void> {
+  /** Resolves when `complete()` holds (checked again at each arrival for the group) or after `ms` (default: the deadline). */
+  async wait(group: string, round: number, complete: () => boolean, ms = this.options.deadlineMs): Promise<void> {
     if (complete()) return;
     const key = `${group}#${round}`;
     await new Promise<void>((resolve) => {
-      const timer = setTimeout(resolve, this.options.deadlineMs);
+      const timer = setTimeout(resolve, ms);
       this.waiting.set(key, () => {
         if (!complete()) return;
         clearTimeout(timer);
@@ -93,6 +182,12 @@ export class DeltaExchange {
     });
   }
 
+  private params(group: string): Param[] {
+    const params = this.components.groups().get(group);
+    if (!params) throw new RangeError(`group ${group} is not held here`);
+    return params;
+  }
+
   private receive(delta: ParameterDelta, peer: string): void {
     const refuse = (reason: string): never => {
       this.flag(peer);
@@ -102,25 +197,78 @@ export class DeltaExchange {
     const { directory, groups } = this.components;
     if (!directory.admitted(peer)) throw new RefusedError(`peer ${peer} is not admitted to job ${jobId}`);
     if (delta.jobId !== jobId) throw new RefusedError(`this node trains job ${jobId}, not ${delta.jobId}`);
-    const params = groups().get(delta.group);
-    if (!params) throw new RefusedError(`group ${delta.group} is not held here`);
-    if (!directory.members(delta.group).includes(peer)) refuse(`peer ${peer} does not hold ${delta.group}`);
-    if (delta.round + KEEP_ROUNDS < this.round) {
-      throw new RefusedError(`round ${delta.round} of ${delta.group} is over (now ${this.round})`);
+    const { group, round, phase } = delta;
+    if (!groups().has(group)) throw new RefusedError(`group ${group} is not held here`);
+    if (!directory.members(group).includes(peer)) refuse(`peer ${peer} does not hold ${group}`);
+    if (round + KEEP_ROUNDS < this.round) throw new RefusedError(`round ${round} of ${group} is over (now ${this.round})`);
+    const codec = this.inbox.codec(group);
+    if (delta.codec !== codec.spec) refuse(`${group} travels as ${codec.spec}, got ${delta.codec}`);
+    const { parts } = this.inbox;
+    if (phase && !parts) throw new RefusedError(`${group} is averaged all-to-all here, not by reduce-scatter`);
+    const count = phase ? parts!.count(group) : this.partCount(group, 1);
+    const { index } = delta.part ?? { index: 0 };
+    if ((delta.part?.count ?? 1) !== count) {
+      throw new RefusedError(`${group}${phase ? ` (${phase})` : ''} is cut into ${count} parts here, got ${delta.part?.count ?? 1}`);
     }
-    const codec = this.inbox.codec(delta.group);
-    if (delta.codec !== codec.spec) refuse(`${delta.group} travels as ${codec.spec}, got ${delta.codec}`);
+    const part = this.layout(group, count)[index];
     let values: Float32Array[] = [];
     try {
-      values = decodeTensors(codec, params.map((p) => ({ name: p.name, shape: p.shape })), delta.parts);
+      values = decodeTensors(codec, part.segments, delta.parts);
     } catch (err) {
-      refuse(`${delta.group}: ${(err as Error).message}`);
+      refuse(`${group}: ${(err as Error).message}`);
     }
     const bad = firstNonFinite(values);
-    if (bad) refuse(`${delta.group}: ${params[bad.tensor].name} has a non-finite value at ${bad.index}`);
-    this.peerRounds.set(peer, Math.max(this.peerRounds.get(peer) ?? 0, delta.round));
-    this.inbox.accept(delta.group, peer, delta.round, values);
+    if (bad) refuse(`${group}: ${part.segments[bad.tensor].name} has a non-finite value at ${bad.index}`);
+    const norm = delta.norm ?? 0;
+    if (phase === 'reduce' && l2Norm(values) > norm * NORM_SLACK) {
+      refuse(`${group}: part ${index} has norm ${l2Norm(values).toExponential(3)}, over the delta's stated norm ${norm.toExponential(3)}`);
+    }
+    if (phase) {
+      const reason = parts!.accept(group, { sender: peer, round, phase, index, count, norm, values });
+      if (reason) throw new RefusedError(`${group}: ${reason}`);
+    } else {
+      const whole = this.assemble(group, peer, round, part, count, values);
+      if (whole) this.inbox.accept(group, peer, round, whole);
+    }
+    this.peerRounds.set(peer, Math.max(this.peerRounds.get(peer) ?? 0, round));
     // Each waiting round of the group checks whether it now has what it waits for.
-    for (const [key, wake] of this.waiting) if (key.startsWith(`${delta.group}#`)) wake();
+    for (const [key, wake] of this.waiting) if (key.startsWith(`${group}#`)) wake();
   }
+
+  /** The whole contribution once its last part is in; undefined before. */
+  private assemble(
+    group: string, sender: string, round: number, part: Part, count: number, values: Float32Array[],
+  ): Float32Array[] | undefined {
+    const params = this.params(group);
+    const whole = () => params.map((p) => new Float32Array(p.value.length));
+    if (count === 1) {
+      const assembled = whole();
+      writePart(assembled, part, values);
+      return assembled;
+    }
+    for (const [key, old] of this.assemblies) if (old.round + KEEP_ROUNDS < this.round) this.assemblies.delete(key);
+    const key = `${group}#${round}#${sender}`;
+    let assembly = this.assemblies.get(key);
+    if (!assembly || assembly.count !== count) this.assemblies.set(key, (assembly = { round, count, parts: new Map() }));
+    assembly.parts.set(part.index, values);
+    if (assembly.parts.size < count) return undefined;
+    this.assemblies.delete(key);
+    const assembled = whole();
+    for (const [index, partValues] of assembly.parts) writePart(assembled, this.layout(group, count)[index], partValues);
+    return assembled;
+  }
+}
+
+/**
+ * A part's values (one array per segment) as wire tensors, and what a receiver decodes of them.
+ * `state` gives each segment's codec state by its tensor's name and rows, so a new layout starts new states.
+ */
+export function encodePart(
+  codec: Codec, part: Part, values: readonly Float32Array[], state: (key: string) => CodecState,
+): { message: NamedTensor[]; decoded: Float32Array[] } {
+  const tensors = part.segments.map((s, i) => ({
+    name: s.name, shape: s.shape, delta: values[i], state: state(`${s.name}@${s.rowStart}-${s.rowEnd}`),
+  }));
+  const message = encodeTensors(codec, tensors);
+  return { message, decoded: decodeTensors(codec, tensors, message) };
 }

@@ -37,6 +37,8 @@ export interface AveragingOptions extends Averaging {
   /** Fetches a group's current state from a peer (for a holder that fell behind). */
   fetchState?: (group: string, peer: string) => Promise<Map<string, F32Tensor> | undefined>;
   fault?: AveragingFault;
+  /** Largest message a part of a delta may take (default TENSOR_MESSAGE_CAP; tests lower it). */
+  messageCap?: number;
   log?: (message: string) => void;
 }
 
@@ -53,6 +55,10 @@ export interface AveragingStats {
   flagged: Set<string>;
   /** Groups reloaded from a peer after falling behind. */
   resyncs: number;
+  /** reduce-scatter: parts whose owner's result did not come, aggregated by the fallback owner instead. */
+  fallbacks: number;
+  /** reduce-scatter: parts no result came for: this node kept its own delta there for the round. */
+  unaveraged: number;
 }
 
 /** What the daemon calls; sync and periodic averaging are its two strategies. */

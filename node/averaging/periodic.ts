@@ -4,12 +4,14 @@
 // mean) of the deltas, late ones weighted by staleness. Only holders at most a round behind that
 // kept the last deadline are waited for (a slower one's deltas count when they come); a holder
 // that finds itself rounds behind fetches fresh state instead of sending. Arrivals whose norm is
-// far above the group's recent median are refused and their sender flagged.
+// far above the group's recent median are refused and their sender flagged. How the deltas travel
+// is the job's `topology`: all-to-all (here), or reduce-scatter (reduce-scatter.ts).
 import { aggregate, NormScreen, OuterStep, type Contribution } from '../../src/averaging/index.ts';
-import { codecsForGroups, decodeTensors, encodeTensors, type Codec, type CodecState } from '../../src/compress/index.ts';
+import { codecsForGroups, type Codec, type CodecState } from '../../src/compress/index.ts';
 import type { Param } from '../../src/model/params.ts';
 import { DeltaExchange, KEEP_ROUNDS } from './exchange.ts';
 import type { Averager, AveragingComponents, AveragingOptions, AveragingStats } from './index.ts';
+import { ReduceScatter } from './reduce-scatter.ts';
 
 /** A holder this many rounds behind a peer reloads the group instead of sending. */
 const MAX_LAG = 3;
@@ -30,17 +32,31 @@ export class PeriodicAveraging implements Averager {
   private readonly slowPeers = new Set<string>();
   private readonly outer = new Map<string, OuterStep>();
   private readonly screens = new Map<string, NormScreen>();
-  /** Error-feedback state, by `${group}/${tensor name}`. */
+  /** Error-feedback state, by `${group}/${segment}` (see exchange.ts's encodePart). */
   private readonly codecStates = new Map<string, CodecState>();
+  /** The part count each group's codec states belong to: another count drops them. */
+  private readonly stateCounts = new Map<string, number>();
+  private readonly scatter?: ReduceScatter;
 
   constructor(private readonly components: AveragingComponents, private readonly options: AveragingOptions) {
     const groups: Record<string, string> = options.expertCodec ? { expert: options.expertCodec } : {};
     this.codecFor = codecsForGroups({ default: options.codec ?? 'f32', groups });
+    const scatter = options.topology === 'reduce-scatter';
     this.exchange = new DeltaExchange(components, options, {
       codec: (group) => this.codecFor(group),
       accept: (group, sender, round, values) => this.accept(group, sender, round, values),
+      ...(scatter ? { parts: { count: (group) => this.scatter!.count(group), accept: (group, a) => this.scatter!.accept(group, a) } } : {}),
     });
     this.stats = this.exchange.stats;
+    if (scatter) {
+      this.scatter = new ReduceScatter({
+        exchange: this.exchange, options, stats: this.stats, codecFor: this.codecFor,
+        codecStates: (group, count) => this.codecStatesOf(group, count),
+        screen: (group) => this.screenOf(group),
+        heard: (peer, round) => this.heard(peer, round),
+        missed: (peers) => peers.forEach((peer) => this.slowPeers.add(peer)),
+      });
+    }
   }
 
   serve(): Promise<void> {
@@ -72,44 +88,49 @@ export class PeriodicAveraging implements Averager {
     this.pending.delete(group);
     this.screens.delete(group);
     for (const key of this.codecStates.keys()) if (key.startsWith(`${group}/`)) this.codecStates.delete(key);
+    this.stateCounts.delete(group);
+    this.scatter?.resetGroup(group);
   }
 
   private async outerRound(group: string, params: Param[], round: number): Promise<void> {
-    const { self, log } = this.options;
     const ahead = this.peerAhead(group, round);
     if (ahead && (await this.resync(group, params, ahead))) return;
     const outer = this.outerOf(group, params);
-    const codec = this.codecFor(group);
     const deltas = outer.delta(params.map((p) => p.value));
-    const tensors = params.map((p, i) => ({ name: p.name, shape: p.shape, delta: deltas[i], state: this.codecState(group, p.name) }));
-    const parts = encodeTensors(codec, tensors);
-    // What the others will decode of ours is what we average with: everyone uses the same numbers.
-    const mine = decodeTensors(codec, tensors, parts);
-    this.exchange.send(group, round, this.options.every, codec.spec, parts);
-
     // Waited for: holders at most a round behind that keep pace with this node.
     const keepsPace = (peer: string) => (this.exchange.peerRound(peer) ?? round) >= round - 1 && !this.slowPeers.has(peer);
     const awaited = this.exchange.others(group).filter(keepsPace);
+    const mean = this.scatter
+      ? await this.scatter.average(group, round, deltas, awaited)
+      : await this.allToAll(group, round, deltas, awaited);
+    this.stats.rounds++;
+    outer.apply(params.map((p) => p.value), mean);
+  }
+
+  /** Every holder sends its whole delta to every other and averages what it receives. */
+  private async allToAll(group: string, round: number, deltas: Float32Array[], awaited: string[]): Promise<Float32Array[]> {
+    const { self, log } = this.options;
+    const codec = this.codecFor(group);
+    const count = this.exchange.partCount(group, 1);
+    // What the others will decode of ours is what we average with: everyone uses the same numbers.
+    const { messages, decoded: mine } = this.exchange.encodeGroup(group, codec, deltas, count, this.codecStatesOf(group, count));
+    this.exchange.sendAll(group, round, this.options.every, codec.spec, messages);
     const has = (peer: string) => (this.pending.get(group) ?? []).some((c) => c.sender === peer && c.round >= round);
     await this.exchange.wait(group, round, () => awaited.every(has));
     const missed = awaited.filter((peer) => !has(peer));
     for (const peer of missed) this.slowPeers.add(peer);
     const arrived = this.pending.get(group) ?? [];
     this.pending.set(group, []);
-    this.stats.rounds++;
     this.stats.missing += missed.length;
 
-    let screen = this.screens.get(group);
-    if (!screen) this.screens.set(group, (screen = new NormScreen(this.options.maxNormRatio)));
-    const { accepted, refused } = screen.screen(mine, arrived);
+    const { accepted, refused } = this.screenOf(group).screen(mine, arrived);
     for (const { contribution: c, norm, limit } of refused) {
       this.exchange.flag(c.sender);
       log?.(`delta ${group}#${c.round} from ${c.sender} refused: norm ${norm.toExponential(2)} is over ${limit.toExponential(2)}`);
     }
     this.stats.received += accepted.length;
     this.stats.late += accepted.filter((c) => c.round < round).length;
-    const mean = aggregate([{ sender: self, round, values: mine }, ...accepted], round, this.options);
-    outer.apply(params.map((p) => p.value), mean);
+    return aggregate([{ sender: self, round, values: mine }, ...accepted], round, this.options);
   }
 
   /** A peer of the group at least MAX_LAG rounds ahead of us, if any. */
@@ -139,17 +160,34 @@ export class PeriodicAveraging implements Averager {
     return outer;
   }
 
-  private codecState(group: string, name: string): CodecState {
-    const key = `${group}/${name}`;
-    let state = this.codecStates.get(key);
-    if (!state) this.codecStates.set(key, (state = {}));
-    return state;
+  private screenOf(group: string): NormScreen {
+    let screen = this.screens.get(group);
+    if (!screen) this.screens.set(group, (screen = new NormScreen(this.options.maxNormRatio)));
+    return screen;
   }
 
-  private accept(group: string, sender: string, round: number, values: Float32Array[]): void {
+  private codecStatesOf(group: string, count: number): (key: string) => CodecState {
+    if (this.stateCounts.get(group) !== count) {
+      for (const key of this.codecStates.keys()) if (key.startsWith(`${group}/`)) this.codecStates.delete(key);
+      this.stateCounts.set(group, count);
+    }
+    return (name) => {
+      const key = `${group}/${name}`;
+      let state = this.codecStates.get(key);
+      if (!state) this.codecStates.set(key, (state = {}));
+      return state;
+    };
+  }
+
+  /** A peer's contribution to round `round` arrived now: it keeps pace if within the deadline of our start of that round. */
+  private heard(sender: string, round: number): void {
     const started = this.roundStarts.get(round);
     if (started === undefined || performance.now() - started <= this.options.deadlineMs) this.slowPeers.delete(sender);
     else this.slowPeers.add(sender);
+  }
+
+  private accept(group: string, sender: string, round: number, values: Float32Array[]): void {
+    this.heard(sender, round);
     const now = this.exchange.round;
     const kept = (this.pending.get(group) ?? []).filter((c) => c.round + KEEP_ROUNDS >= now && !(c.sender === sender && c.round === round));
     kept.push({ sender, round, values });

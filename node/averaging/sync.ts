@@ -1,6 +1,5 @@
 // Synchronous averaging: every step, before the optimizer, each group's gradients are averaged
 // over its holders in f32, summed in peer-id order, so holders that start equal stay equal.
-import { f32Tensor } from '../../proto/index.ts';
 import { aggregate } from '../../src/averaging/index.ts';
 import { f32Codec } from '../../src/compress/index.ts';
 import type { Param } from '../../src/model/params.ts';
@@ -51,7 +50,8 @@ export class SyncAveraging implements Averager {
   private async averageGradients(group: string, round: number, params: Param[]): Promise<Float32Array[]> {
     const { self } = this.options;
     const mine = params.map((p) => Float32Array.from(p.grad!));
-    this.exchange.send(group, round, 1, f32Codec.spec, params.map((p, i) => ({ name: p.name, tensor: f32Tensor([...p.shape], mine[i]) })));
+    const { messages } = this.exchange.encodeGroup(group, f32Codec, mine, this.exchange.partCount(group, 1), () => ({}));
+    this.exchange.sendAll(group, round, 1, f32Codec.spec, messages);
     const others = this.exchange.others(group);
     const inRound = () => this.inbox.get(group)?.get(round) ?? new Map<string, Float32Array[]>();
     await this.exchange.wait(group, round, () => others.every((peer) => inRound().has(peer)));

@@ -1,5 +1,6 @@
 // The averaging arithmetic, apart from any transport (hivemind's accumulators are the model):
-// aggregation (aggregate.ts), outlier refusal (screen.ts), the outer step (outer.ts).
+// aggregation (aggregate.ts), outlier refusal (screen.ts), the outer step (outer.ts), parts and owners (partition.ts).
 export * from './aggregate.ts';
 export * from './screen.ts';
 export * from './outer.ts';
+export * from './partition.ts';

@@ -40,10 +40,15 @@ export class NormScreen {
   screen<T extends { values: readonly Float32Array[] }>(
     mine: readonly Float32Array[], arrived: readonly T[],
   ): { accepted: T[]; refused: Refusal<T>[] } {
-    const myNorm = l2Norm(mine);
-    const norms = arrived.map((c) => l2Norm(c.values));
-    const sorted = [...this.history, myNorm, ...norms].sort((a, b) => a - b);
-    const limit = this.maxRatio * sorted[Math.floor(sorted.length / 2)];
+    return this.screenNorms(l2Norm(mine), arrived, arrived.map((c) => l2Norm(c.values)));
+  }
+
+  /**
+   * screen() with the norms given: under reduce-scatter an owner sees only a part of each delta
+   * and screens it by the norm of the whole delta its sender states (see node/averaging).
+   */
+  screenNorms<T>(myNorm: number, arrived: readonly T[], norms: readonly number[]): { accepted: T[]; refused: Refusal<T>[] } {
+    const limit = this.limit(myNorm, norms);
     const accepted: T[] = [];
     const refused: Refusal<T>[] = [];
     arrived.forEach((contribution, k) => {
@@ -59,5 +64,14 @@ export class NormScreen {
     this.history.push(myNorm);
     this.history = this.history.slice(-this.historyLength);
     return { accepted, refused };
+  }
+
+  /**
+   * maxRatio × the median of the recent history, our norm and the arrivals' norms. Of an even
+   * count the lower median: with no history, our norm and one arrival judge that arrival by ours.
+   */
+  limit(myNorm: number, norms: readonly number[] = []): number {
+    const sorted = [...this.history, myNorm, ...norms].sort((a, b) => a - b);
+    return this.maxRatio * sorted[(sorted.length - 1) >> 1];
   }
 }

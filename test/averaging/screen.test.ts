@@ -53,9 +53,29 @@ describe('outlier refusal', () => {
   it('keeps only the last historyLength norms: an old regime is forgotten', () => {
     const screen = new NormScreen(10, 4);
     for (let round = 0; round < 3; round++) screen.screen(ofNorm('me', 1).values, [ofNorm('a', 1)]);
-    // Three rounds at norm 100 (the first one's arrival is refused: the median is still 1) leave a history of four 100s...
+    // Three rounds at norm 100 (the first two arrivals are refused: the lower median is still 1) leave a history of four 100s...
     for (let round = 0; round < 3; round++) screen.screen(ofNorm('me', 100).values, [ofNorm('a', 100)]);
     // ...so a norm of 500 is within 10 × the median now, though 500 × the old one.
     expect(senders(screen.screen(ofNorm('me', 100).values, [ofNorm('b', 500)]).accepted)).toEqual(['b']);
+  });
+
+  it('screenNorms judges by stated norms as screen does by computed ones, and limit() is maxRatio × the median', () => {
+    const arrived = [ofNorm('a', 1), ofNorm('b', 1.5), ofNorm('c', 40), ofNorm('d', 0.8)];
+    const computed = new NormScreen(10).screen(ofNorm('me', 1.1).values, arrived);
+    const stated = new NormScreen(10).screenNorms(1.1, arrived, [1, 1.5, 40, 0.8]);
+    expect(senders(stated.accepted)).toEqual(senders(computed.accepted));
+    expect(senders(stated.refused.map((r) => r.contribution))).toEqual(['c']);
+    // The median of [0.8, 1, 1.1, 1.5, 40] is 1.1: the limit is 11.
+    expect(stated.refused[0].limit).toBeCloseTo(11, 12);
+    const screen = new NormScreen(10);
+    screen.screenNorms(2, [], []);
+    screen.screenNorms(4, [], []);
+    expect(screen.limit(3)).toBe(30); // median of [2, 4, 3]
+  });
+
+  it('with no history, our norm and one arrival 1000× larger: the arrival is refused (the lower median is ours)', () => {
+    const { refused } = new NormScreen(10).screen(ofNorm('me', 1).values, [ofNorm('bad', 1000)]);
+    expect(senders(refused.map((r) => r.contribution))).toEqual(['bad']);
+    expect(refused[0].limit).toBeCloseTo(10, 5);
   });
 });
