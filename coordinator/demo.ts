@@ -8,7 +8,7 @@
 import { cpus } from 'node:os';
 import { relative, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
-import type { JobSpec } from '../proto/index.ts';
+import { AVERAGE_EVERY, demoJob } from '../src/harness/demo-job.ts';
 import { startSwarm, type Proc, type Swarm, type SwarmEvent } from '../src/harness/local-swarm.ts';
 
 const USAGE = `Usage: npm start [-- --nodes <n>] [-- --batches <n>] [-- --out <dir>]
@@ -17,28 +17,12 @@ Runs a coordinator and <n> nodes (default 3) on this machine, training a small M
 Moby-Dick for <n> micro-batches in all (default 150 per node). Ctrl-C stops it cleanly.
 `;
 const VOCAB = 1024;
-const AVERAGE_EVERY = 8;
 const SUMMARY_SECONDS = 5;
 /** A node still running this long after the job is done is stopped. */
 const FINISH_GRACE_MS = 60_000;
 /** A second Ctrl-C this long after the first kills everything at once (sooner, it is the same keypress relayed). */
 const FORCE_AFTER_MS = 1000;
 
-export function demoJob(totalBatches: number, nodes: number): JobSpec {
-  return {
-    jobId: 'demo',
-    // The demo config shrunk so 3 processes train visibly on 2 cores.
-    model: {
-      hiddenSize: 128, numLayers: 4, numHeads: 4, numKvHeads: 2, headDim: 32, numExperts: 8, expertsPerToken: 2,
-      expertHiddenSize: 256, maxSeqLen: 128,
-    },
-    mode: 'full', baseFormat: 'f32', basePath: 'fp32', seed: 1, corpus: 'moby-dick',
-    batchSize: 8, seqLen: 128, heldOutFraction: 0.02, totalBatches, expectedNodes: nodes,
-    lr: 3e-3, minLr: 3e-4, warmupSteps: 10,
-    averaging: { mode: 'periodic', every: AVERAGE_EVERY, deadlineMs: 10_000, codec: 'int8-block' },
-    expertTimeoutMs: 10_000,
-  };
-}
 
 function options() {
   const { values } = parseArgs({
