@@ -45,6 +45,7 @@ export class HostedExperts implements ExpertCompute {
   async forward(layer: number, expert: number, x: Float32Array, y: Float32Array, rows: number): Promise<boolean> {
     const held = this.local[layer][expert];
     if (!held) return this.remote ? this.remote.forward(layer, expert, x, y, rows) : false;
+    await this.letPeersIn();
     this.localCalls++;
     held.forward(x, y, rows);
     return true;
@@ -53,9 +54,20 @@ export class HostedExperts implements ExpertCompute {
   async backward(layer: number, expert: number, x: Float32Array, dy: Float32Array, dx: Float32Array, rows: number): Promise<boolean> {
     const held = this.local[layer][expert];
     if (!held) return this.remote ? this.remote.backward(layer, expert, x, dy, dx, rows) : false;
+    await this.letPeersIn();
     this.localCalls++;
     held.backward(x, dy, dx, rows);
     return true;
+  }
+
+  /**
+   * In a swarm, a local expert runs only after a turn of the event loop. The MoE layer starts all of a
+   * layer's expert calls at once: this lets the remote ones go out before the kernels hold the thread,
+   * so they compute on their holders while the local ones compute here, and lets the peers' calls for
+   * experts held here be served between local experts rather than after this node's whole step.
+   */
+  private async letPeersIn(): Promise<void> {
+    if (this.remote) await new Promise((resolve) => setImmediate(resolve));
   }
 
   /** The replica that serves peers' calls for a hosted expert (made on first use), or undefined when not hosted. */
