@@ -201,6 +201,11 @@ export class DeltaExchange {
     if (!groups().has(group)) throw new RefusedError(`group ${group} is not held here`);
     if (!directory.members(group).includes(peer)) refuse(`peer ${peer} does not hold ${group}`);
     if (round + KEEP_ROUNDS < this.round) throw new RefusedError(`round ${round} of ${group} is over (now ${this.round})`);
+    if (round > this.round + KEEP_ROUNDS) {
+      // Kept only as the peer's progress (a holder this far behind reloads state): buffering it would let a peer grow our memory.
+      this.peerRounds.set(peer, Math.max(this.peerRounds.get(peer) ?? 0, round));
+      throw new RefusedError(`round ${round} of ${group} is more than ${KEEP_ROUNDS} rounds ahead of this holder's ${this.round}`);
+    }
     const codec = this.inbox.codec(group);
     if (delta.codec !== codec.spec) refuse(`${group} travels as ${codec.spec}, got ${delta.codec}`);
     const { parts } = this.inbox;

@@ -273,6 +273,8 @@ describe('bad reduce-scatter messages', () => {
       [message(1, { part: { index: 1, count: 5 } }), /cut into 3 parts here, got 5/, false],
       [message(2), /neither owned here nor fallen back on here/, false],
       [message(1, { phase: 'gather', norm: undefined }), /p1 neither owns part 1/, false],
+      // A round far ahead is not buffered (a peer could grow our memory with made-up rounds), and not a fault by itself.
+      [message(1, { round: 1_000_000 }), /more than 4 rounds ahead/, false],
       [message(1, { norm: 0.01 }), /over the delta's stated norm/, true],
       [message(1, { parts: [{ name: 't0', tensor: f32Tensor([1, 32], new Float32Array(32)) }, ...partTensors(1).slice(1)] }), /shape/, true],
     ];
