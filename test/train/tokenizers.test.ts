@@ -175,6 +175,7 @@ describe('Oniguruma split patterns in JavaScript', () => {
     expect(pieces('a++b|a++', 'aaab aaa')).toEqual(['aaab', 'aaa']);
     expect(pieces('x*+x', 'xxx')).toEqual([]); // Oniguruma: x*+ takes every x, none left for the last
     expect(pieces('(?>a|ab)c', 'abc ac')).toEqual(['ac']); // the group keeps 'a' and never retries 'ab'
+    expect(pieces('(?>a|b)+', 'abba c')).toEqual(['abba']); // a quantifier repeats the whole atomic group
   });
   it('\\s is Unicode White_Space as in Oniguruma (U+0085 yes, U+FEFF no), and . stops only at \\n', () => {
     expect(pieces('\\s+', 'a\u0085\u00a0b\uFEFFc')).toEqual(['\u0085\u00a0']);

@@ -72,7 +72,8 @@ export function translatePattern(source: string): RegExp {
       } else if (rest.startsWith('>')) {
         const name = `atomic${fresh++}`;
         groups.push({ kind: 'atomic', start: out.length, caseless, name });
-        out += `(?=(?<${name}>`;
+        // Wrapped in (?:...) so a quantifier after the group repeats the whole atomic match.
+        out += `(?:(?=(?<${name}>`;
         i += 2;
       } else if (/^(:|=|!|<=|<!)/.test(rest)) {
         const opener = rest.match(/^(:|=|!|<=|<!)/)![0];
@@ -84,7 +85,7 @@ export function translatePattern(source: string): RegExp {
     } else if (c === ')') {
       const group = groups.pop() ?? fail('unbalanced )');
       caseless = group.caseless;
-      out += group.kind === 'atomic' ? `))\\k<${group.name}>` : ')';
+      out += group.kind === 'atomic' ? `))\\k<${group.name}>)` : ')';
       lastAtom = group.start;
       continue;
     } else if (c === '.') out += '[^\\n]';
