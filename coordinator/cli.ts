@@ -49,8 +49,13 @@ every event as one JSON line; the first, "listening", gives the multiaddrs to jo
       });
     }, (err) => err instanceof JobError || err instanceof RangeError);
     await new Promise<void>((resolve) => {
-      process.once('SIGINT', resolve);
-      process.once('SIGTERM', resolve);
+      const stop = () => {
+        process.off('SIGINT', stop);
+        process.off('SIGTERM', stop);
+        resolve();
+      };
+      process.once('SIGINT', stop);
+      process.once('SIGTERM', stop);
     });
     await server.stop();
     return EXIT.ok;

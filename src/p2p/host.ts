@@ -64,7 +64,8 @@ export const DEFAULT_LISTEN = ['/ip4/127.0.0.1/tcp/0'];
 export async function createHost(options: HostOptions = {}): Promise<Host> {
   const privateKey = options.privateKey ?? await identityKey(options.keyFile);
   const { relayServer, relayClient } = options;
-  const gater: ConnectionGater = { ...options.connectionGater };
+  // The caller's gater stays the prototype, so a class instance keeps its methods.
+  const gater: ConnectionGater = Object.create(options.connectionGater ?? null);
   if (relayServer) gater.denyInboundRelayReservation = (peer) => !relayServer.mayReserve(peer.toString());
   const transports = options.transports ?? [tcp()];
   return createLibp2p({
