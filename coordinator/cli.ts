@@ -14,7 +14,7 @@ import { CoordinatorServer } from './server.ts';
 
 const positive = { min: 1 };
 
-export const COORDINATOR_COMMAND = command({
+const COORDINATOR_COMMAND = command({
   program: 'swarmtrain-coordinator',
   usage: '--job <job.json> [options]',
   about: `Serves a training job to the swarm's nodes (\`swarmtrain node --join <multiaddr>\`) and prints

@@ -55,7 +55,7 @@ export type { ExpertPrecision };
  * Rows travel in this precision when a job names none: int8 sends 0.52× bf16's bytes, and
  * bench/bytes.ts saw no held-out loss difference beyond the runs' noise (within 0.3% of bf16's).
  */
-export const DEFAULT_EXPERT_PRECISION: ExpertPrecision = 'int8';
+const DEFAULT_EXPERT_PRECISION: ExpertPrecision = 'int8';
 
 /** A job's precisions of expert calls: forward rows, and gradients (those of the forward unless named). */
 export function expertPrecisions(

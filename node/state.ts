@@ -11,7 +11,7 @@ import { RefusedError, type DialTarget, type Rpc } from '../src/p2p/index.ts';
 const NAMES_PER_REQUEST = 16;
 
 /** The tensors of a group held here, or undefined when this node does not hold it. */
-export function groupState(model: Pick<Model, 'params' | 'experts'>, group: string): Map<string, F32Tensor> | undefined {
+function groupState(model: Pick<Model, 'params' | 'experts'>, group: string): Map<string, F32Tensor> | undefined {
   const ref = parseGroupId(group);
   if (ref?.kind === 'trunk') return model.params.snapshot((p) => p.grad !== undefined && !expertOf(p.name));
   if (!ref || !model.experts.hosts(ref.layer, ref.expert)) return undefined;

@@ -2,9 +2,9 @@
 // median of the group's recent norms. Pure bookkeeping over f32 tensors, no I/O.
 
 /** A contribution whose norm exceeds this many times the group's median recent norm is refused. */
-export const DEFAULT_MAX_NORM_RATIO = 10;
+const DEFAULT_MAX_NORM_RATIO = 10;
 /** Recent accepted norms kept per group. */
-export const NORM_HISTORY = 32;
+const NORM_HISTORY = 32;
 
 /** The L2 norm over all of a contribution's tensors (in f64). */
 export function l2Norm(values: readonly Float32Array[]): number {

@@ -98,7 +98,7 @@ export function size<const E extends ValueExtras = {}>(placeholder: string, help
   }, extras);
 }
 
-export function parseInteger(text: string, name: string, min: number, max?: number): number {
+function parseInteger(text: string, name: string, min: number, max?: number): number {
   const value = Number(text);
   if (!/^\d+$/.test(text) || !Number.isSafeInteger(value) || value < min || (max !== undefined && value > max)) {
     const range = max === undefined ? `≥ ${min}` : `from ${min} to ${max}`;
@@ -107,7 +107,7 @@ export function parseInteger(text: string, name: string, min: number, max?: numb
   return value;
 }
 
-export function parseReal(text: string, name: string, ok: (x: number) => boolean, want: string): number {
+function parseReal(text: string, name: string, ok: (x: number) => boolean, want: string): number {
   const value = Number(text);
   if (text.trim() === '' || !Number.isFinite(value) || !ok(value)) {
     throw new UsageError(`${name} must be ${want}, got ${JSON.stringify(text)}`);

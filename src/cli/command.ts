@@ -16,7 +16,7 @@ export interface CommandIO {
   env?: Env;
 }
 
-export const processIO = (): CommandIO => ({ stdout: process.stdout, stderr: process.stderr, env: process.env });
+const processIO = (): CommandIO => ({ stdout: process.stdout, stderr: process.stderr, env: process.env });
 
 export interface Command<O extends OptionTable = OptionTable> {
   /** How users call it, e.g. 'swarmtrain train': the start of its usage line and of its error lines. */
