@@ -52,7 +52,7 @@ export interface SwarmRemoteExpertsOptions {
 export type { ExpertPrecision };
 
 /**
- * Rows travel in this precision when a job names none: int8 sends 0.52× bf16's bytes, and
+ * Rows travel in this precision when a job names none: int8 rows are 0.52× bf16's bytes (0.53× of a node's traffic), and
  * bench/bytes.ts saw no held-out loss difference beyond the runs' noise (within 0.3% of bf16's).
  */
 const DEFAULT_EXPERT_PRECISION: ExpertPrecision = 'int8';
