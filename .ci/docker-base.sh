@@ -2,15 +2,26 @@
 # Makes the Dockerfile's base image, node:22-bookworm-slim, without Docker Hub (unreachable here): a
 # Debian bookworm minbase root (debootstrap), Node 22 and npm 10 from the npm registry, a uid-1000
 # `node` user and this machine's CA file (NODE_EXTRA_CA_CERTS: registry TLS goes through it).
-# Writes the root file system as a tarball, cached between runs; the caller `docker import`s it.
-#   usage: .ci/docker-base.sh <tarball>     (prints the tarball's path; reuses it when present)
+# The root file system is a tarball cached between runs; it is imported into the engine at DOCKER_HOST.
+#   usage: .ci/docker-base.sh <tarball>     (made when absent, reused when present)
 set -euo pipefail
 trap 'echo "base: failed at line $LINENO: $BASH_COMMAND" >&2' ERR
 tarball="${1:?usage: $0 <tarball>}"
 # Where the image keeps the CA file; the importer sets NODE_EXTRA_CA_CERTS to it.
 BASE_CA_FILE=/usr/local/share/ca-certificates/extra-ca.crt
+IMAGE=node:22-bookworm-slim
+
+import_base() {
+  local changes=(--change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' --change 'CMD ["node"]')
+  if [[ -n "${NODE_EXTRA_CA_CERTS:-}" ]]; then changes+=(--change "ENV NODE_EXTRA_CA_CERTS=$BASE_CA_FILE"); fi
+  SECONDS=0
+  docker import "${changes[@]}" "$tarball" "$IMAGE" >/dev/null
+  echo "base: imported $IMAGE ${SECONDS}s"
+}
+
 if [[ -s "$tarball" ]]; then
   echo "base: reusing $tarball"
+  import_base
   exit 0
 fi
 command -v debootstrap >/dev/null || {
@@ -51,3 +62,4 @@ mkdir -p "$(dirname "$tarball")"
 tar -C "$root" --numeric-owner -cf "$tarball.tmp" .
 mv "$tarball.tmp" "$tarball"
 echo "base: wrote $tarball ($(du -h "$tarball" | cut -f1))"
+import_base
