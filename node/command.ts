@@ -34,9 +34,10 @@ export const NODE_COMMAND = command({
       ...(values.listen ? { listen: [values.listen] } : {}),
       ...(values['step-delay-ms'] ? { stepDelayMs: values['step-delay-ms'] } : {}),
       ...(values.fault ? { fault: values.fault } : {}),
+      // The status file first: a reader who saw an event finds the file at least that new.
       onEvent: (event) => {
-        io.stdout.write(`${JSON.stringify(event)}\n`);
         status.onEvent(event);
+        io.stdout.write(`${JSON.stringify(event)}\n`);
       },
       onHeartbeat: status.onHeartbeat,
     }), (err) => !(err instanceof RpcError));
