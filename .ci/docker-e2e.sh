@@ -20,13 +20,16 @@ run() { "$@" & wait $!; }
 fail() { echo "docker e2e: FAILED: $*" >&2; exit 1; }
 stage() { echo "docker e2e: $1 ($((SECONDS - stage_started))s)"; stage_started=$SECONDS; }
 
+# The script's own stdout and stderr, for cleanup: a signal's trap runs inside whatever redirection was active.
+exec 3>&1 4>&2
 cleanup() {
   local status=$?
+  exec 1>&3 2>&4
   trap - EXIT TERM INT
   set +e
-  if ((status != 0)) && [[ -S "$work/docker.sock" ]]; then
+  if ((status != 0)) && [[ -S "$work/docker.sock" && -n "$(compose ps -q 2>/dev/null)" ]]; then
     echo "--- logs of the failed run (last 30 lines per container)"
-    compose logs --no-color --tail=30 2>&1 || true
+    compose logs --no-color --tail=30 2>&1
   fi
   [[ -S "$work/docker.sock" ]] && compose down -v --timeout 10 >/dev/null 2>&1
   kill $(jobs -p) 2>/dev/null
