@@ -105,7 +105,9 @@ wait_for 300 trained || fail "not every node took 3 steps: $(for id in "${nodes[
 declare -A peers=()
 for id in "${nodes[@]}"; do peers[$(peer_of "$id")]=$id; done
 ((${#peers[@]} == 3)) || fail "the 3 replicas have ${#peers[@]} distinct peer ids: ${!peers[*]}"
-for peer in "${!peers[@]}"; do grep -q "\"event\":\"joined\",\"node\":\"$peer\"" "$work/coordinator.log" || fail "the coordinator saw no join of $peer"; done
+for peer in "${!peers[@]}"; do
+  grep -q "\"event\":\"joined\",\"node\":\"$peer\"" "$work/coordinator.log" || fail "the coordinator saw no join of $peer"
+done
 keys="$(docker exec "${nodes[0]}" sh -c 'ls /data/keys/*.key' | tr '\n' ' ')"
 stage "3 distinct nodes joined and train: ${!peers[*]}; keys: $keys"
 

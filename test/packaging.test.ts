@@ -165,7 +165,8 @@ describe('Dockerfile', () => {
     for (const script of ['node/docker-entry.sh', 'coordinator/docker-entry.sh']) expect(statusFileOf(script), script).toBe(statusFile);
 
     // The same command, from the TypeScript CLI: --help is its real help; on a fresh and a stale file, 0 and 1.
-    const cli = (...extra: string[]) => spawnSync(process.execPath, [join(root, 'node/bin.mjs'), ...extra], { encoding: 'utf8', timeout: 60_000 });
+    const cli = (...extra: string[]) =>
+      spawnSync(process.execPath, [join(root, 'node/bin.mjs'), ...extra], { encoding: 'utf8', timeout: 60_000 });
     const help = cli('health', '--help');
     expect(help.status).toBe(0);
     expect(help.stdout).toBe(helpText(HEALTH_COMMAND));
@@ -230,7 +231,9 @@ describe('entry scripts', () => {
   afterEach(() => rmSync(keys, { recursive: true, force: true }));
 
   it('node/docker-entry.sh passes only flags `swarmtrain node` accepts', () => {
-    const env = { SWARMTRAIN_JOIN: JOIN, SWARMTRAIN_TOKEN: 'secret', SWARMTRAIN_MEMORY: '1GB', SWARMTRAIN_THREADS: '2', SWARMTRAIN_KEYS: keys };
+    const env = {
+      SWARMTRAIN_JOIN: JOIN, SWARMTRAIN_TOKEN: 'secret', SWARMTRAIN_MEMORY: '1GB', SWARMTRAIN_THREADS: '2', SWARMTRAIN_KEYS: keys,
+    };
     // The CLI parses strictly before it looks at --help: an unknown flag would exit 2.
     const run = runScript('node/docker-entry.sh', env, ['--help']);
     expect(run.stderr).toBe('');
@@ -243,7 +246,9 @@ describe('entry scripts', () => {
     const bin = join(keys, 'bin');
     mkdirSync(bin);
     writeFileSync(join(bin, 'node'), '#!/bin/sh\necho "$@"\nexec sleep 60\n', { mode: 0o755 });
-    const env = { PATH: `${bin}:${process.env.PATH}`, HOME: process.env.HOME, SWARMTRAIN_JOIN: JOIN, SWARMTRAIN_KEYS: join(keys, 'shared') };
+    const env = {
+      PATH: `${bin}:${process.env.PATH}`, HOME: process.env.HOME, SWARMTRAIN_JOIN: JOIN, SWARMTRAIN_KEYS: join(keys, 'shared'),
+    };
     const replicas: ChildProcess[] = [];
     const startReplica = async () => {
       const child = spawn(join(root, 'node/docker-entry.sh'), [], { env, stdio: ['ignore', 'pipe', 'inherit'] });
@@ -287,7 +292,9 @@ describe('entry scripts', () => {
 // Never skipped: where docker-compose is missing these tests fail and say how to install it (.ci/run does).
 const composeMissing = spawnSync('docker-compose', ['version'], { encoding: 'utf8' }).status !== 0
   ? 'docker-compose is not installed (apt-get install docker-compose)'
-  : spawnSync('python3', ['-c', 'import yaml'], { encoding: 'utf8' }).status !== 0 ? 'python3 with yaml (to read docker-compose config) is missing' : undefined;
+  : spawnSync('python3', ['-c', 'import yaml'], { encoding: 'utf8' }).status !== 0
+    ? 'python3 with yaml (to read docker-compose config) is missing'
+    : undefined;
 
 interface Service {
   entrypoint?: string[];
@@ -308,7 +315,9 @@ function portMapping(mapping: string): { hostIp?: string; target: number } {
 }
 
 /** `docker-compose config` (validated, variables at their defaults) as an object, for the base file and `overrides`. */
-function composeConfig(profiles: string[], overrides: string[] = []): { services: Record<string, Service>; volumes?: Record<string, unknown> } {
+interface ComposeConfig { services: Record<string, Service>; volumes?: Record<string, unknown> }
+
+function composeConfig(profiles: string[], overrides: string[] = []): ComposeConfig {
   expect(composeMissing, 'what the docker-compose.yml checks need').toBeUndefined();
   // No .env and no SWARMTRAIN_* from this shell: the defaults are what is checked.
   const dir = mkdtempSync(join(tmpdir(), 'swarmtrain-compose-'));
@@ -321,7 +330,7 @@ function composeConfig(profiles: string[], overrides: string[] = []): { services
   expect(config.status).toBe(0);
   const json = spawnSync('python3', ['-c', 'import json, sys, yaml; json.dump(yaml.safe_load(sys.stdin), sys.stdout)'], { input: config.stdout, encoding: 'utf8' });
   expect(json.status, json.stderr).toBe(0);
-  return JSON.parse(json.stdout) as ReturnType<typeof composeConfig>;
+  return JSON.parse(json.stdout) as ComposeConfig;
 }
 
 describe('docker-compose.yml', () => {

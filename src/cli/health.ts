@@ -60,7 +60,9 @@ export function checkHealth(path: string, maxAgeMs: number, now = Date.now()): H
     return { healthy: false, reason: `${path}: no updatedAt or peerId` };
   }
   const age = now - status.updatedAt;
-  if (age > maxAgeMs) return { healthy: false, reason: `${status.role} ${status.peerId}: last sign of work ${Math.round(age / 1000)} s ago` };
+  if (age > maxAgeMs) {
+    return { healthy: false, reason: `${status.role} ${status.peerId}: last sign of work ${Math.round(age / 1000)} s ago` };
+  }
   return { healthy: true, status: status as Status };
 }
 

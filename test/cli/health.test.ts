@@ -86,7 +86,10 @@ describe('status files of running processes', () => {
     const demo = JSON.parse(readFileSync(fileURLToPath(new URL('../../coordinator/jobs/demo.json', import.meta.url)), 'utf8')) as JobSpec;
     const job = validateJob({
       ...demo, jobId: 'health', totalBatches: 100_000, batchSize: 2, seqLen: 16,
-      model: { ...demo.model, vocabSize: 300, hiddenSize: 32, numLayers: 1, numHeads: 2, numKvHeads: 1, headDim: 16, expertHiddenSize: 32, maxSeqLen: 16 },
+      model: {
+        ...demo.model, vocabSize: 300, hiddenSize: 32, numLayers: 1, numHeads: 2, numKvHeads: 1, headDim: 16,
+        expertHiddenSize: 32, maxSeqLen: 16,
+      },
     });
     const coordinatorStatus = join(dir, 'coordinator.json');
     const nodeStatus = join(dir, 'node.json');
@@ -96,7 +99,12 @@ describe('status files of running processes', () => {
       const joined = await node.waitFor((e) => e.event === 'joined', 120_000, 'joined');
       await node.waitFor((e) => e.event === 'step' && e.step >= 2, 120_000, 'step 2');
       // The coordinator rewrites its file every 5 s: the first one may predate the join.
-      await expect.poll(() => { const h = checkHealth(coordinatorStatus, 10_000); return h.healthy && h.status; }, { timeout: 15_000 }).toMatchObject({ role: 'coordinator', peerId: swarm.address.split('/p2p/')[1], alive: 1 });
+      const coordinatorHealth = () => {
+        const health = checkHealth(coordinatorStatus, 10_000);
+        return health.healthy && health.status;
+      };
+      const coordinatorPeer = swarm.address.split('/p2p/')[1];
+      await expect.poll(coordinatorHealth, { timeout: 15_000 }).toMatchObject({ role: 'coordinator', peerId: coordinatorPeer, alive: 1 });
       const healthy = checkHealth(nodeStatus, 10_000);
       expect(healthy.healthy && healthy.status).toMatchObject({ role: 'node', peerId: joined.node });
       expect((healthy.healthy && healthy.status.step) as number).toBeGreaterThanOrEqual(2);
