@@ -5,6 +5,7 @@
 import { readFileSync } from 'node:fs';
 import { integer, text } from '../src/cli/args.ts';
 import { command, helpText, runCommand, type CommandIO } from '../src/cli/command.ts';
+import { statusWriter, type Status } from '../src/cli/health.ts';
 import { asInput, EXIT, UsageError } from '../src/cli/usage.ts';
 import { JobError, validateJob } from '../proto/index.ts';
 import { jobDocuments } from '../src/train/job.ts';
@@ -13,6 +14,8 @@ import { tokenizerFromJson, type Tokenizer } from '../src/train/tokenizers/index
 import { CoordinatorServer } from './server.ts';
 
 const positive = { min: 1 };
+/** How often the status file is rewritten; `swarmtrain health` allows 60 s by default. */
+const STATUS_INTERVAL_MS = 5_000;
 
 const COORDINATOR_COMMAND = command({
   program: 'swarmtrain-coordinator',
@@ -31,6 +34,7 @@ every event as one JSON line; the first, "listening", gives the multiaddrs to jo
     'node-timeout-ms': integer('<n>', 'a node silent this long is dead (default 15000)', positive),
     'lease-ms': integer('<n>', 'deadline of a lease of micro-batches (default 30000)', positive),
     replication: integer('<n>', 'nodes per expert (default 2)', positive),
+    'status-file': text('<file>', 'rewritten every few seconds while serving (see `swarmtrain health`)'),
   },
   async run(values, io) {
     // A job or option the server refuses (JobError, RangeError) is bad input; anything else, a failure.
@@ -48,6 +52,9 @@ every event as one JSON line; the first, "listening", gives the multiaddrs to jo
         onEvent: (event) => io.stdout.write(`${JSON.stringify(event)}\n`),
       });
     }, (err) => err instanceof JobError || err instanceof RangeError);
+    const statusPath = values['status-file'];
+    const statusTimer = statusPath === undefined ? undefined
+      : reportStatus(server, statusWriter(statusPath, (message) => io.stderr.write(`swarmtrain-coordinator: ${message}\n`)));
     await new Promise<void>((resolve) => {
       const stop = () => {
         process.off('SIGINT', stop);
@@ -57,6 +64,7 @@ every event as one JSON line; the first, "listening", gives the multiaddrs to jo
       process.once('SIGINT', stop);
       process.once('SIGTERM', stop);
     });
+    clearInterval(statusTimer);
     await server.stop();
     return EXIT.ok;
   },
@@ -65,6 +73,17 @@ every event as one JSON line; the first, "listening", gives the multiaddrs to jo
 export const COORDINATOR_USAGE = helpText(COORDINATOR_COMMAND);
 
 export const runCoordinator = (argv: string[], io?: CommandIO): Promise<number> => runCommand(COORDINATOR_COMMAND, argv, io);
+
+/** Writes the server's status now and every STATUS_INTERVAL_MS: the timer firing is the sign the process still serves. */
+function reportStatus(server: CoordinatorServer, write: (status: Status) => void): NodeJS.Timeout {
+  const report = () => {
+    const { peerId, addrs, nodes, completed, total, done } = server.status();
+    const alive = nodes.filter((node) => node.status === 'alive').length;
+    write({ role: 'coordinator', peerId, updatedAt: Date.now(), addrs, alive, completed, total, done });
+  };
+  report();
+  return setInterval(report, STATUS_INTERVAL_MS);
+}
 
 function readJson(what: string, path: string): unknown {
   let json: string;

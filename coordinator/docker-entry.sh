@@ -2,6 +2,7 @@
 # Entry point of the coordinator service (docker-compose.yml, profile `coordinator`): runs
 # `swarmtrain-coordinator`, configured by SWARMTRAIN_* variables; arguments given to the container
 # come last, so they override. exec, so SIGTERM from `docker stop` reaches Node and stops it cleanly.
+# The status file (this container's own) is what the image's HEALTHCHECK reads.
 set -eu
 cd "$(dirname "$0")/.."
 
@@ -16,4 +17,5 @@ exec node "$cli" \
   --job "${SWARMTRAIN_JOB:-coordinator/jobs/demo.json}" \
   --listen "${SWARMTRAIN_LISTEN:-/ip4/0.0.0.0/tcp/4001}" \
   --key "${SWARMTRAIN_KEY:-/data/coordinator.key}" \
+  --status-file /tmp/swarmtrain-status.json \
   "$@"

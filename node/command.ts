@@ -4,9 +4,10 @@
 // failure or a crash, 1.
 import { choice, integer, real, size, text } from '../src/cli/args.ts';
 import { command, helpText, runCommand, type CommandIO } from '../src/cli/command.ts';
+import { statusWriter, type Status } from '../src/cli/health.ts';
 import { asInput, EXIT } from '../src/cli/usage.ts';
 import { RpcError } from '../src/p2p/errors.ts';
-import { NodeDaemon } from './daemon.ts';
+import { NodeDaemon, type NodeEvent } from './daemon.ts';
 
 export const NODE_COMMAND = command({
   program: 'swarmtrain node',
@@ -18,12 +19,14 @@ export const NODE_COMMAND = command({
     threads: integer('<n>', 'kernel threads', { min: 1, max: 64 }, { default: '1' }),
     key: text('<file>', "keeps this node's identity across restarts (created if absent)"),
     listen: text('<multiaddr>', 'where peers reach this node (default /ip4/127.0.0.1/tcp/0)'),
+    'status-file': text('<file>', 'rewritten on joining, on every heartbeat answered and every step (see `swarmtrain health`)'),
     'step-delay-ms': real('<ms>', 'sleep after every step (a slow node)', (x) => x >= 0, 'a non-negative number', {
       section: "Test hooks (to check the swarm's defences, never for real work):",
     }),
     fault: choice(['nan', 'scale1000'], 'send corrupted parameter updates (a bad node)'),
   },
   async run(values, io) {
+    const status = nodeStatus(values['status-file'], io);
     // Starting reads the user's input (address, key file) and asks to join: all of it is bad input
     // when it fails, except the network (an unreachable or silent coordinator), which is a failure.
     const daemon = await asInput(() => NodeDaemon.start({
@@ -31,7 +34,12 @@ export const NODE_COMMAND = command({
       ...(values.listen ? { listen: [values.listen] } : {}),
       ...(values['step-delay-ms'] ? { stepDelayMs: values['step-delay-ms'] } : {}),
       ...(values.fault ? { fault: values.fault } : {}),
-      onEvent: (event) => io.stdout.write(`${JSON.stringify(event)}\n`),
+      // The status file first: a reader who saw an event finds the file at least that new.
+      onEvent: (event) => {
+        status.onEvent(event);
+        io.stdout.write(`${JSON.stringify(event)}\n`);
+      },
+      onHeartbeat: status.onHeartbeat,
     }), (err) => !(err instanceof RpcError));
     const stop = () => daemon.stop();
     process.once('SIGINT', stop);
@@ -46,6 +54,28 @@ export const NODE_COMMAND = command({
     }
   },
 });
+
+/** Keeps the status file (if any) current: written on joining, then after every answered heartbeat and every step. */
+function nodeStatus(path: string | undefined, io: CommandIO) {
+  const write = path === undefined ? undefined : statusWriter(path, (message) => io.stderr.write(`swarmtrain node: ${message}\n`));
+  let status: Status | undefined;
+  const touch = (details: Record<string, unknown> = {}) => {
+    if (write === undefined || status === undefined) return;
+    status = { ...status, ...details, updatedAt: Date.now() };
+    write(status);
+  };
+  return {
+    onEvent(event: NodeEvent) {
+      if (event.event === 'joined') {
+        status = { role: 'node', peerId: String(event.node), updatedAt: 0, step: 0 };
+        touch();
+      } else if (event.event === 'step') {
+        touch({ step: event.step, loss: event.loss });
+      }
+    },
+    onHeartbeat: () => touch(),
+  };
+}
 
 export const NODE_USAGE = helpText(NODE_COMMAND);
 

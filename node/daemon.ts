@@ -31,6 +31,8 @@ export interface NodeOptions {
   keyFile?: string;
   listen?: string[];
   onEvent?: (event: NodeEvent) => void;
+  /** Called after each heartbeat the coordinator answered (a sign of life too frequent for onEvent). */
+  onHeartbeat?: () => void;
   /** Test hooks: sleep this long after every step (a slow node), or send corrupted updates (a bad node). */
   stepDelayMs?: number;
   fault?: AveragingFault;
@@ -311,6 +313,7 @@ export class NodeDaemon {
         droppedExpertCalls: this.experts.stats.unanswered, planVersion: this.newestPlan().version,
         refusedUpdates: this.averager.stats.refused, flaggedPeers: [...this.averager.stats.flagged].slice(0, 256),
       }, { timeout: COORDINATOR_TIMEOUT_MS });
+      this.options.onHeartbeat?.();
       if (reply.plan && reply.plan.version > this.newestPlan().version) {
         if (this.signedPlan(this.job.jobId, reply.plan, reply.planSignature)) this.pendingPlan = reply.plan;
         else this.log(`heartbeat: ignored plan v${reply.plan.version}, not signed by ${this.coordinatorId}`);

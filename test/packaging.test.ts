@@ -1,17 +1,22 @@
 // Packaging, checked without a Docker engine: what the Dockerfile copies exists in the repo and
 // survives .dockerignore; the runtime stage gets every kernel the build produces; the entry
 // scripts exist, are executable and reach their CLI with every flag they pass accepted; and,
-// where docker-compose (1.29, `apt-get install docker-compose`) is installed, the compose file
-// validates with and without its profile, and each service's variables are the ones its entry
-// script reads, its key file lies on a volume, and the coordinator's demo job is a valid job.
+// the node's gives each running replica its own key and port; the HEALTHCHECK runs a real command
+// on the status file both entry scripts write; and (docker-compose 1.29, `apt-get install
+// docker-compose`, required under CI=true) the compose file validates with and without its profile,
+// uses no host networking unless docker-compose.host.yml opts in, publishes only on 127.0.0.1, sets
+// the variables each entry script reads, keeps keys on volumes, and its demo job is a valid job.
 // The compiled bundle the image runs (src/bundle.ts) is built and run here too.
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
 import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, posix } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { beforeAll, describe, expect, it } from 'vitest';
+import { afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { COORDINATOR_USAGE } from '../coordinator/cli.ts';
+import { helpText } from '../src/cli/command.ts';
+import { HEALTH_COMMAND, writeStatus } from '../src/cli/health.ts';
 import { validateJob } from '../proto/index.ts';
 import { bundle, bundleClis } from '../src/bundle.ts';
 import { NODE_USAGE } from '../node/command.ts';
@@ -70,8 +75,10 @@ function dockerignored(path: string, patterns: string[]): boolean {
 
 /** The repo file an absolute path of the image stands for: the runtime copies the repo to its WORKDIR. */
 function repoPath(imagePath: string, workdir: string): string {
-  expect(imagePath.startsWith(`${workdir}/`), `${imagePath} is outside the image's ${workdir}`).toBe(true);
-  return imagePath.slice(workdir.length + 1);
+  const path = posix.normalize(imagePath).replace(/\/$/, '');
+  if (path === workdir) return '';
+  expect(path.startsWith(`${workdir}/`), `${imagePath} is outside the image's ${workdir}`).toBe(true);
+  return path.slice(workdir.length + 1);
 }
 
 function expectExecutableScript(path: string): void {
@@ -89,13 +96,21 @@ function runScript(path: string, env: Record<string, string>, args: string[] = [
   return { status: result.status, stdout: result.stdout, stderr: result.stderr };
 }
 
+/** The value after `flag` in an argument list. */
+const flagValue = (args: string[], flag: string) => args[args.indexOf(flag) + 1];
+
+/** The --status-file an entry script passes (the same literal path in every container). */
+const statusFileOf = (script: string) => /--status-file (\S+)/.exec(read(script))?.[1];
+
 const stages = dockerfileStages(read('Dockerfile'));
 const runtime = stages.at(-1)!;
 const build = stages.find((s) => s.name === 'build');
 const ignorePatterns = read('.dockerignore').split('\n').map((l) => l.trim()).filter((l) => l !== '' && !l.startsWith('#'));
-/** The repo paths the runtime stage copies out of the build stage. */
+/** The repo paths the runtime stage copies out of the build stage ('' for the whole of it). */
 const fromBuildStage = (): string[] =>
   copiesOf(runtime).filter((c) => c.from === 'build').flatMap((c) => c.sources.map((s) => repoPath(s, build!.workdir)));
+/** Whether the runtime gets `path` of the build stage: it copies that path or a folder holding it. */
+const runtimeGets = (path: string): boolean => fromBuildStage().some((copied) => copied === '' || path === copied || path.startsWith(`${copied}/`));
 const entrypointOf = (stage: Stage): string[] => JSON.parse(stage.instructions.findLast((i) => i.keyword === 'ENTRYPOINT')!.args) as string[];
 
 describe('Dockerfile', () => {
@@ -121,12 +136,10 @@ describe('Dockerfile', () => {
     expect(npmCi).toBeGreaterThan(0);
     expect(copiedBefore).toContain(script);
 
-    // The runtime copies the build stage's .wasm files by name: they must be every build there is
-    // (src/kernels/build/ exists after `npm install`, which runs the same script).
-    const kernels = fromBuildStage().filter((path) => path.startsWith('src/kernels/'));
+    // Every build there is (src/kernels/build/ exists after `npm install`, which runs the same script).
     const built = readdirSync(join(root, 'src/kernels/build')).filter((f) => f.endsWith('.wasm')).map((f) => `src/kernels/build/${f}`);
     expect(built.length).toBeGreaterThan(0);
-    expect(kernels.sort()).toEqual(built.sort());
+    for (const kernel of built) expect(runtimeGets(kernel), kernel).toBe(true);
   });
 
   it('runs on Node 22 or newer as a non-root user, from an executable entry script', () => {
@@ -140,12 +153,43 @@ describe('Dockerfile', () => {
     const [script] = entrypointOf(runtime);
     expectExecutableScript(repoPath(script, runtime.workdir));
   });
+
+  it('checks health with `swarmtrain health` on the status file both entry scripts write', () => {
+    const healthcheck = runtime.instructions.findLast((i) => i.keyword === 'HEALTHCHECK')?.args;
+    expect(healthcheck, 'a HEALTHCHECK in the runtime stage').toBeDefined();
+    const [, options, cmd] = /^(.*?)\s*CMD\s+(\[.*\])$/.exec(healthcheck!)!;
+    expect(options).toMatch(/--interval=\d+s/);
+    const [program, bundleName, ...args] = JSON.parse(cmd) as string[];
+    expect([program, bundleName, args[0]]).toEqual(['node', 'dist/swarmtrain.mjs', 'health']);
+    const statusFile = flagValue(args, '--status');
+    for (const script of ['node/docker-entry.sh', 'coordinator/docker-entry.sh']) expect(statusFileOf(script), script).toBe(statusFile);
+
+    // The same command, from the TypeScript CLI: --help is its real help; on a fresh and a stale file, 0 and 1.
+    const cli = (...extra: string[]) =>
+      spawnSync(process.execPath, [join(root, 'node/bin.mjs'), ...extra], { encoding: 'utf8', timeout: 60_000 });
+    const help = cli('health', '--help');
+    expect(help.status).toBe(0);
+    expect(help.stdout).toBe(helpText(HEALTH_COMMAND));
+    const dir = mkdtempSync(join(tmpdir(), 'swarmtrain-healthcheck-'));
+    try {
+      const file = join(dir, 'status.json');
+      const withFile = args.map((arg) => (arg === statusFile ? file : arg));
+      writeStatus(file, { role: 'node', peerId: '12D3KooWExample', updatedAt: Date.now() });
+      expect(cli(...withFile).status).toBe(0);
+      writeStatus(file, { role: 'node', peerId: '12D3KooWExample', updatedAt: Date.now() - 3_600_000 });
+      const stale = cli(...withFile);
+      expect(stale.status).toBe(1);
+      expect(stale.stderr).toMatch(/^unhealthy: node 12D3KooWExample: last sign of work 36\d\d s ago$/m);
+    } finally {
+      rmSync(dir, { recursive: true });
+    }
+  });
 });
 
 describe('compiled bundle (npm run build)', () => {
   it('the image builds it and runs it', () => {
     expect(build!.instructions.some((i) => i.keyword === 'RUN' && /\bnpm run build\b/.test(i.args))).toBe(true);
-    expect(fromBuildStage()).toContain('dist/');
+    expect(runtimeGets('dist/swarmtrain.mjs') && runtimeGets('dist/coordinator.mjs')).toBe(true);
     for (const [script, bundleName] of [['node/docker-entry.sh', 'swarmtrain'], ['coordinator/docker-entry.sh', 'coordinator']]) {
       expect(read(script)).toContain(`dist/${bundleName}.mjs`);
     }
@@ -177,14 +221,55 @@ describe('compiled bundle (npm run build)', () => {
   });
 });
 
+const JOIN = '/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWDvPbw4wevnX5Bv2VPJix9iQHA3oZDeXt8EjonUiaPFN2';
+
 describe('entry scripts', () => {
+  let keys: string;
+  beforeEach(() => {
+    keys = mkdtempSync(join(tmpdir(), 'swarmtrain-keys-'));
+  });
+  afterEach(() => rmSync(keys, { recursive: true, force: true }));
+
   it('node/docker-entry.sh passes only flags `swarmtrain node` accepts', () => {
-    const env = { SWARMTRAIN_JOIN: '/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWDvPbw4wevnX5Bv2VPJix9iQHA3oZDeXt8EjonUiaPFN2', SWARMTRAIN_TOKEN: 'secret', SWARMTRAIN_MEMORY: '1GB', SWARMTRAIN_THREADS: '2' };
+    const env = {
+      SWARMTRAIN_JOIN: JOIN, SWARMTRAIN_TOKEN: 'secret', SWARMTRAIN_MEMORY: '1GB', SWARMTRAIN_THREADS: '2', SWARMTRAIN_KEYS: keys,
+    };
     // The CLI parses strictly before it looks at --help: an unknown flag would exit 2.
     const run = runScript('node/docker-entry.sh', env, ['--help']);
     expect(run.stderr).toBe('');
     expect(run.status).toBe(0);
     expect(run.stdout).toBe(NODE_USAGE);
+  });
+
+  it('node/docker-entry.sh gives each running replica its own key and port, and a restarted replica its own back', async () => {
+    // A stand-in for `node` on PATH: prints the arguments the script execs it with, then runs until killed.
+    const bin = join(keys, 'bin');
+    mkdirSync(bin);
+    writeFileSync(join(bin, 'node'), '#!/bin/sh\necho "$@"\nexec sleep 60\n', { mode: 0o755 });
+    const env = {
+      PATH: `${bin}:${process.env.PATH}`, HOME: process.env.HOME, SWARMTRAIN_JOIN: JOIN, SWARMTRAIN_KEYS: join(keys, 'shared'),
+    };
+    const replicas: ChildProcess[] = [];
+    const startReplica = async () => {
+      const child = spawn(join(root, 'node/docker-entry.sh'), [], { env, stdio: ['ignore', 'pipe', 'inherit'] });
+      replicas.push(child);
+      const [line] = await once(child.stdout!, 'data') as [Buffer];
+      const args = line.toString().trim().split(' ');
+      return { child, key: flagValue(args, '--key'), listen: flagValue(args, '--listen') };
+    };
+    try {
+      const first = await startReplica();
+      const second = await startReplica();
+      const third = await startReplica();
+      expect([first, second, third].map((r) => [r.key, r.listen])).toEqual([1, 2, 3].map((slot) =>
+        [join(keys, 'shared', `node-${slot}.key`), `/ip4/0.0.0.0/tcp/${4001 + slot}`]));
+      // The second stops (its process, holding the lock, exits); the next start takes its slot, not a fourth.
+      second.child.kill('SIGKILL');
+      await once(second.child, 'close');
+      expect((await startReplica()).key).toBe(second.key);
+    } finally {
+      for (const child of replicas) child.kill('SIGKILL');
+    }
   });
 
   it('node/docker-entry.sh without SWARMTRAIN_JOIN says what to set and exits 2', () => {
@@ -204,41 +289,51 @@ describe('entry scripts', () => {
 
 // --- docker-compose.yml, through docker-compose's own parser and validator ---------------------
 
-const composeMissing = spawnSync('docker-compose', ['version'], { encoding: 'utf8' }).status !== 0 ? 'docker-compose is not installed'
-  : spawnSync('python3', ['-c', 'import yaml'], { encoding: 'utf8' }).status !== 0 ? 'python3 with yaml (to read docker-compose config) is missing'
+// Never skipped: where docker-compose is missing these tests fail and say how to install it (.ci/run does).
+const composeMissing = spawnSync('docker-compose', ['version'], { encoding: 'utf8' }).status !== 0
+  ? 'docker-compose is not installed (apt-get install docker-compose)'
+  : spawnSync('python3', ['-c', 'import yaml'], { encoding: 'utf8' }).status !== 0
+    ? 'python3 with yaml (to read docker-compose config) is missing'
     : undefined;
-if (composeMissing && process.env.CI !== 'true') {
-  console.warn(`test/packaging.test.ts: ${composeMissing} (apt-get install docker-compose); skipping the docker-compose.yml checks`);
-}
-
-it.runIf(composeMissing !== undefined && process.env.CI === 'true')('CI has docker-compose, which .ci/run installs', () => {
-  expect.fail(`${composeMissing}: the docker-compose.yml checks must run in CI`);
-});
 
 interface Service {
   entrypoint?: string[];
   environment?: Record<string, string>;
   profiles?: string[];
   volumes?: string[];
-  ports?: { target: number; published: number }[];
+  /** docker-compose 1.29 writes short syntax, [host_ip:][published:]target[/protocol]. */
+  ports?: string[];
+  network_mode?: string;
+  container_name?: string;
+  healthcheck?: { disable?: boolean; test?: string[] };
 }
 
-/** `docker-compose config` (validated, variables at their defaults) as an object. */
-function composeConfig(profiles: string[]): { services: Record<string, Service>; volumes?: Record<string, unknown> } {
+/** A port mapping's parts: the host address it binds (all of them when absent) and the container's port. */
+function portMapping(mapping: string): { hostIp?: string; target: number } {
+  const parts = mapping.replace(/\/(tcp|udp)$/, '').split(':');
+  return { hostIp: parts.length === 3 ? parts[0] : undefined, target: Number(parts.at(-1)) };
+}
+
+/** `docker-compose config` (validated, variables at their defaults) as an object, for the base file and `overrides`. */
+interface ComposeConfig { services: Record<string, Service>; volumes?: Record<string, unknown> }
+
+function composeConfig(profiles: string[], overrides: string[] = []): ComposeConfig {
+  expect(composeMissing, 'what the docker-compose.yml checks need').toBeUndefined();
   // No .env and no SWARMTRAIN_* from this shell: the defaults are what is checked.
   const dir = mkdtempSync(join(tmpdir(), 'swarmtrain-compose-'));
   writeFileSync(join(dir, '.env'), '');
-  const args = ['-f', join(root, 'docker-compose.yml'), '--env-file', join(dir, '.env'), ...profiles.flatMap((p) => ['--profile', p]), 'config'];
+  const files = ['docker-compose.yml', ...overrides].flatMap((file) => ['-f', join(root, file)]);
+  const args = [...files, '--env-file', join(dir, '.env'), ...profiles.flatMap((p) => ['--profile', p]), 'config'];
   const config = spawnSync('docker-compose', args, { env: { PATH: process.env.PATH, HOME: process.env.HOME }, encoding: 'utf8' });
   rmSync(dir, { recursive: true });
   expect(config.stderr, `docker-compose ${args.join(' ')}`).toBe('');
   expect(config.status).toBe(0);
   const json = spawnSync('python3', ['-c', 'import json, sys, yaml; json.dump(yaml.safe_load(sys.stdin), sys.stdout)'], { input: config.stdout, encoding: 'utf8' });
   expect(json.status, json.stderr).toBe(0);
-  return JSON.parse(json.stdout) as ReturnType<typeof composeConfig>;
+  return JSON.parse(json.stdout) as ComposeConfig;
 }
 
-describe.skipIf(composeMissing !== undefined)('docker-compose.yml', () => {
+describe('docker-compose.yml', () => {
   let withProfile: ReturnType<typeof composeConfig> | undefined;
   beforeAll(() => {
     withProfile = composeConfig(['coordinator']);
@@ -251,16 +346,36 @@ describe.skipIf(composeMissing !== undefined)('docker-compose.yml', () => {
     expect(withProfile!.services.coordinator.profiles).toEqual(['coordinator']);
   });
 
-  it("sets exactly the variables each service's entry script reads, and keeps its key on a volume", () => {
+  it("sets exactly the variables each service's entry script reads, and keeps keys on a volume", () => {
     for (const [name, service] of Object.entries(withProfile!.services)) {
       const script = repoPath((service.entrypoint ?? entrypointOf(runtime))[0], runtime.workdir);
       expectExecutableScript(script);
       expect(new Set(Object.keys(service.environment ?? {})), `${name}: environment vs ${script}`).toEqual(variablesRead(read(script)));
-      const key = service.environment!.SWARMTRAIN_KEY;
+      // The coordinator's one key file; the node's folder of per-replica keys.
+      const key = service.environment!.SWARMTRAIN_KEY ?? service.environment!.SWARMTRAIN_KEYS;
       const mounts = (service.volumes ?? []).map((v) => v.split(':'));
-      const volume = mounts.find(([source, target]) => key.startsWith(`${target}/`) && withProfile!.volumes?.[source] !== undefined);
+      const volume = mounts.find(([source, target]) => `${key}/`.startsWith(`${target}/`) && withProfile!.volumes?.[source] !== undefined);
       expect(volume, `${name}: its key ${key} is on no named volume`).toBeDefined();
     }
+  });
+
+  it('scales nodes: no fixed key, container name or published port shared by replicas', () => {
+    const node = withProfile!.services.node;
+    expect(node.environment!.SWARMTRAIN_KEY).toBeUndefined();
+    expect(node.environment!.SWARMTRAIN_KEYS).toBeDefined();
+    expect(node.container_name).toBeUndefined();
+    expect(node.ports).toBeUndefined();
+  });
+
+  it('uses bridge networking and publishes on 127.0.0.1 only, unless told otherwise; host networking is an opt-in file', () => {
+    for (const [name, service] of Object.entries(withProfile!.services)) {
+      expect(service.network_mode, name).toBeUndefined();
+      expect(service.healthcheck?.disable, `${name} turns the image's HEALTHCHECK off`).toBeFalsy();
+      for (const port of service.ports ?? []) expect(portMapping(port).hostIp, `${name} publishes ${port}`).toBe('127.0.0.1');
+    }
+    const host = composeConfig(['coordinator'], ['docker-compose.host.yml']);
+    expect(host.services.node.network_mode).toBe('host');
+    expect(host.services.coordinator.network_mode).toBeUndefined();
   });
 
   it('the coordinator serves a valid demo job from the repo on its published port', () => {
@@ -271,6 +386,6 @@ describe.skipIf(composeMissing !== undefined)('docker-compose.yml', () => {
     // Given neither SWARMTRAIN_VOCAB nor a tokenizer, the coordinator trains one of the model's vocabSize.
     if (env.SWARMTRAIN_VOCAB === '' && env.SWARMTRAIN_TOKENIZER === '') expect(job.model.vocabSize).toBeGreaterThan(0);
     const port = Number(/\/tcp\/(\d+)$/.exec(env.SWARMTRAIN_LISTEN)?.[1]);
-    expect(coordinator.ports?.map((p) => p.target)).toEqual([port]);
+    expect(coordinator.ports?.map((p) => portMapping(p).target)).toEqual([port]);
   });
 });

