@@ -2,21 +2,26 @@
 // experts the plan gives this node, serves those experts (and its state, and averaging) to
 // its peers, and trains on leased micro-batches until the job is done. Plan changes (a node
 // joined, left or died) are applied between steps: experts given up are released, new ones
-// copied from a surviving holder. Everything that happens is reported through onEvent.
+// copied from a surviving holder. A job with a base checkpoint: the frozen base of the groups held
+// here comes from the blob store (fetched from peers or the coordinator, verified); only what training
+// changes comes from holders. Everything that happens is reported through onEvent.
+import { dirname, join } from 'node:path';
 import {
-  groupId, msgpackCodec, parseGroupId, planSigningBytes, PROTOCOL_VERSION, TRUNK_GROUP, type ExpertGroup, type JobSpec, type Plan,
+  groupId, msgpackCodec, parseGroupId, planSigningBytes, PROTOCOL_VERSION, TRUNK_GROUP, type ExpertGroup, type JobBase, type JobSpec, type Plan,
 } from '../proto/index.ts';
 import { createKernels, type Kernels } from '../src/kernels/index.ts';
-import { expertOf } from '../src/model/config.ts';
+import { expertOf, type F32Tensor } from '../src/model/config.ts';
 import { Model } from '../src/model/model.ts';
 import { createHost, Rpc, signedBy, type DialTarget, type Host, type Rejection } from '../src/p2p/index.ts';
 import { jobConfig, jobData, jobModelOptions } from '../src/train/job.ts';
 import { DEFAULT_ADAMW } from '../src/train/optimizer.ts';
 import { BpeTokenizer } from '../src/train/tokenizer.ts';
 import { Trainer } from '../src/train/trainer.ts';
+import { ManifestError, type WeightSource } from '../src/weights/index.ts';
 import { multiaddr } from '@multiformats/multiaddr';
 import { createAverager, type Averager, type AveragingFault } from './averaging/index.ts';
 import { serveExperts, SwarmRemoteExperts } from './experts.ts';
+import { NodeBase } from './base.ts';
 import { fetchGroup, serveState } from './state.ts';
 import { countingCodec, type Traffic } from './traffic.ts';
 
@@ -29,6 +34,8 @@ export interface NodeOptions {
   threads?: number;
   /** Keeps the node's identity across restarts. */
   keyFile?: string;
+  /** Where base checkpoints' blobs are kept (default: swarmtrain-data beside the key file, else in the working directory). */
+  dataDir?: string;
   listen?: string[];
   onEvent?: (event: NodeEvent) => void;
   /** Test hooks: sleep this long after every step (a slow node), or send corrupted updates (a bad node). */
@@ -72,6 +79,8 @@ export class NodeDaemon {
   private plan!: Plan;
   private pendingPlan?: Plan;
   private model?: Model;
+  /** The job's base checkpoint, when it has one. */
+  private base?: NodeBase;
   private trainer!: Trainer;
   private averager!: Averager;
   /** The transport to experts other nodes hold; the model runs the ones held here. */
@@ -144,7 +153,8 @@ export class NodeDaemon {
     this.job = reply.job;
     this.plan = reply.plan;
     const tokenizer = BpeTokenizer.fromHuggingFace(JSON.parse(reply.tokenizer));
-    const config = jobConfig(this.job, tokenizer);
+    if (reply.base) await this.openBase(reply.base);
+    const config = jobConfig(this.job, tokenizer, this.base?.config);
     // Who may call us and whom we average with follow the newest plan we know; which experts
     // this node computes follows the applied plan (the model changes only between steps).
     const directory = {
@@ -158,11 +168,12 @@ export class NodeDaemon {
       precision: this.job.expertPrecision ?? 'bf16', log: this.log,
     });
     const hosted = this.hostedExperts(this.plan);
+    const base = this.base ? await this.fetchBase([TRUNK_GROUP, ...hosted.keys()]) : undefined;
     const model = new Model(this.kernels, config, {
       ...jobModelOptions(this.job),
       hosts: (layer, expert) => hosted.has(groupId({ kind: 'expert', layer, expert })),
       remote: this.experts,
-    });
+    }, base);
     this.model = model;
     this.averager = createAverager({ rpc: this.rpc, directory, groups: () => this.groups() }, {
       ...this.job.averaging, jobId: this.job.jobId, self: this.self, log: this.log,
@@ -194,6 +205,37 @@ export class NodeDaemon {
       afterUpdate: (step) => this.averager.afterUpdate(step),
     });
   }
+
+  /** Checks the join reply's base against the coordinator's key and serves the blob store to admitted peers. */
+  private async openBase(base: JobBase): Promise<void> {
+    const { keyFile } = this.options;
+    const dataDir = this.options.dataDir ?? (keyFile ? join(dirname(keyFile), 'swarmtrain-data') : 'swarmtrain-data');
+    const admitted = (peer: string) => this.newestPlan().peers.some((p) => p.peerId === peer);
+    try {
+      this.base = await NodeBase.open(base, this.coordinatorId, { rpc: this.rpc, dataDir, admitted });
+    } catch (err) {
+      if (err instanceof ManifestError) throw new JoinRefusedError(`the job's base: ${err.message}`);
+      throw err;
+    }
+  }
+
+  /** The base tensors of `groups`, from the store or fetched into it; reported as a `weights` event. */
+  private async fetchBase(groups: string[]): Promise<Map<string, F32Tensor>> {
+    const { tensors, summary } = await this.base!.fetch(groups, (group) => this.weightSources(group));
+    this.emit({ event: 'weights', ...summary });
+    return tensors;
+  }
+
+  /** Where a group's blobs may be: the other nodes that hold it (the trunk: every node), then the coordinator. */
+  private weightSources(group: string): WeightSource[] {
+    const plan = this.newestPlan();
+    const holders = group === TRUNK_GROUP ? plan.peers.map((p) => p.peerId) : this.groupHolders(group);
+    const peers = plan.peers.filter((p) => p.peerId !== this.self && p.addrs.length > 0 && holders.includes(p.peerId));
+    return [...peers.map((p) => ({ peer: p.peerId, addrs: p.addrs })), { peer: this.coordinatorId, addrs: [this.options.join] }];
+  }
+
+  /** What a node takes from a holder's state: with a base, only what training changes (the frozen base comes from the store). */
+  private fromHolder = (name: string): boolean => !this.base || this.job.mode === 'full' || this.model!.weights.loraShapes.has(name);
 
   /** Local optimizer steps taken. */
   get step(): number {
@@ -231,7 +273,7 @@ export class NodeDaemon {
       const target = this.address(peer);
       if (!target) continue;
       try {
-        return await fetchGroup(this.rpc, target, this.job.jobId, group, STATE_TIMEOUT_MS);
+        return await fetchGroup(this.rpc, target, this.job.jobId, group, STATE_TIMEOUT_MS, this.fromHolder);
       } catch (err) {
         this.log(`state ${group} from ${peer}: ${(err as Error).message}`);
       }
@@ -294,7 +336,8 @@ export class NodeDaemon {
     for (const [group, { layer, expert }] of after) {
       if (before.has(group)) continue;
       const state = await this.fetchFromAny(this.holders(layer, expert).filter((p) => p !== this.self), group);
-      this.trainer.optimizer.add(model.experts.add(layer, expert, state));
+      const base = this.base ? await this.fetchBase([group]) : undefined;
+      this.trainer.optimizer.add(model.experts.add(layer, expert, base ? new Map([...base, ...(state ?? [])]) : state));
       this.averager.track(group, this.groups().get(group) ?? []);
       this.emit({ event: 'expert-added', layer, expert, copied: state !== undefined });
     }
@@ -375,7 +418,9 @@ export class NodeDaemon {
     await this.report(0, [], true);
     clearTimeout(this.heartbeat);
     const heldOut = this.done ? await this.trainer.evaluate(HELD_OUT_BATCHES) : undefined;
-    this.emit({ event: 'finished', steps: this.step, bytesSent: this.traffic.sent, bytesReceived: this.traffic.received, heldOut });
+    // Every node's frozen base must be the checkpoint's, quantized the same way, bit for bit.
+    const baseDigests = this.base ? { baseDigests: Object.fromEntries(this.model!.weights.baseDigests()) } : {};
+    this.emit({ event: 'finished', steps: this.step, bytesSent: this.traffic.sent, bytesReceived: this.traffic.received, heldOut, ...baseDigests });
   }
 
   /** Reports finished batches (and a departure); tried twice, since a lost report costs the batches a re-run. */
