@@ -91,6 +91,7 @@ export class NodeDaemon {
   private lastLoss?: number;
   private tokensPerSecond = 0;
   private heartbeat?: NodeJS.Timeout;
+  private evaluatedBase = false;
 
   private constructor(
     private readonly options: NodeOptions,
@@ -405,6 +406,11 @@ export class NodeDaemon {
         continue;
       }
       await this.catchUpPlan(grant.planVersion);
+      if (this.base && this.step === 0 && !this.evaluatedBase) {
+        // The held-out loss of the pretrained base (LoRA starts as the identity), what training is measured against.
+        this.evaluatedBase = true;
+        this.emit({ event: 'evaluated', step: 0, heldOut: await this.trainer.evaluate(HELD_OUT_BATCHES) });
+      }
       const completed: number[] = [];
       for (const index of grant.batchIds) {
         if (this.stopping) break;
