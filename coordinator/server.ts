@@ -253,7 +253,8 @@ export class CoordinatorServer {
     await rpc.handle('lease', (request, { peer }) => this.lease(request, peer.toString()), { maxConcurrent: 64 });
     await rpc.handle('leaseReport', (report, { peer }) => this.report(report, peer.toString()), { maxConcurrent: 64 });
     if (this.options.base) {
-      const admitted = (peer: string) => this.membership.get(peer)?.status === 'alive';
+      // Any node admitted once (alive, or silent while fetching, or gone and coming back) may fetch the base.
+      const admitted = (peer: string) => this.membership.get(peer) !== undefined;
       await serveBlobs({ rpc, source: this.options.base.blobs, admitted });
     }
     this.timers.push(setInterval(() => this.sweep(), this.sweepIntervalMs));

@@ -17,7 +17,7 @@ import { jobConfig, jobData, jobModelOptions } from '../src/train/job.ts';
 import { DEFAULT_ADAMW } from '../src/train/optimizer.ts';
 import { BpeTokenizer } from '../src/train/tokenizer.ts';
 import { Trainer } from '../src/train/trainer.ts';
-import { ManifestError, type WeightSource } from '../src/weights/index.ts';
+import { FetchError, ManifestError, type WeightSource } from '../src/weights/index.ts';
 import { multiaddr } from '@multiformats/multiaddr';
 import { createAverager, type Averager, type AveragingFault } from './averaging/index.ts';
 import { serveExperts, SwarmRemoteExperts } from './experts.ts';
@@ -92,6 +92,7 @@ export class NodeDaemon {
   private tokensPerSecond = 0;
   private heartbeat?: NodeJS.Timeout;
   private evaluatedBase = false;
+  private heartbeating = false;
 
   private constructor(
     private readonly options: NodeOptions,
@@ -153,7 +154,7 @@ export class NodeDaemon {
     }
     this.job = reply.job;
     this.plan = reply.plan;
-    const tokenizer = BpeTokenizer.fromHuggingFace(JSON.parse(reply.tokenizer));
+    const tokenizer = (await import('../src/train/tokenizers/index.ts')).tokenizerFromJson(JSON.parse(reply.tokenizer)) as any;
     if (reply.base) await this.openBase(reply.base);
     const config = jobConfig(this.job, tokenizer, this.base?.config);
     // Who may call us and whom we average with follow the newest plan we know; which experts
@@ -169,6 +170,7 @@ export class NodeDaemon {
       precision: this.job.expertPrecision ?? 'bf16', log: this.log,
     });
     const hosted = this.hostedExperts(this.plan);
+    if (this.base) this.startHeartbeat(); // the fetch may outlast the coordinator's patience
     const base = this.base ? await this.fetchBase([TRUNK_GROUP, ...hosted.keys()]) : undefined;
     const model = new Model(this.kernels, config, {
       ...jobModelOptions(this.job),
@@ -220,11 +222,24 @@ export class NodeDaemon {
     }
   }
 
-  /** The base tensors of `groups`, from the store or fetched into it; reported as a `weights` event. */
+  /**
+   * The base tensors of `groups`, from the store or fetched into it; reported as a `weights` event. Sources
+   * may refuse for a while (the coordinator just declared us dead, a holder left): a few rounds are tried,
+   * each from the newest plan, and what was verified stays in the store for the next one.
+   */
   private async fetchBase(groups: string[]): Promise<Map<string, F32Tensor>> {
-    const { tensors, summary } = await this.base!.fetch(groups, (group) => this.weightSources(group));
-    this.emit({ event: 'weights', ...summary });
-    return tensors;
+    for (let round = 1; ; round++) {
+      try {
+        const { tensors, summary } = await this.base!.fetch(groups, (group) => this.weightSources(group));
+        this.emit({ event: 'weights', ...summary });
+        return tensors;
+      } catch (err) {
+        if (!(err instanceof FetchError) || round === CATCH_UP_ROUNDS) throw err;
+        this.log(`base weights of ${groups.join(', ')} (attempt ${round}): ${err.message}`);
+        await sleep(CATCH_UP_BACKOFF_MS * round);
+        await this.beat();
+      }
+    }
   }
 
   /** Where a group's blobs may be: the other nodes that hold it (the trunk: every node), then the coordinator. */
@@ -329,15 +344,22 @@ export class NodeDaemon {
     this.plan = plan;
     const after = this.hostedExperts(plan);
     for (const [group, { layer, expert }] of before) {
-      if (after.has(group)) continue;
+      if (after.has(group) || !model.experts.hosts(layer, expert)) continue;
       this.trainer.optimizer.remove(model.experts.tensorNames(layer, expert));
       this.averager.resetGroup(group);
       model.experts.remove(layer, expert);
     }
     for (const [group, { layer, expert }] of after) {
-      if (before.has(group)) continue;
+      if (model.experts.hosts(layer, expert)) continue;
       const state = await this.fetchFromAny(this.holders(layer, expert).filter((p) => p !== this.self), group);
-      const base = this.base ? await this.fetchBase([group]) : undefined;
+      let base: Map<string, F32Tensor> | undefined;
+      try {
+        base = this.base ? await this.fetchBase([group]) : undefined;
+      } catch (err) {
+        // Not hosted after all: callers fail over to its other holders, and the next plan tries again.
+        this.emit({ event: 'expert-skipped', layer, expert, reason: (err as Error).message });
+        continue;
+      }
       this.trainer.optimizer.add(model.experts.add(layer, expert, base ? new Map([...base, ...(state ?? [])]) : state));
       this.averager.track(group, this.groups().get(group) ?? []);
       this.emit({ event: 'expert-added', layer, expert, copied: state !== undefined });
@@ -347,26 +369,31 @@ export class NodeDaemon {
 
   /** Reports progress to the coordinator; its reply may carry a newer plan or the end of the job. */
   private async beat(): Promise<void> {
+    // While joining (fetching a base can take minutes) there is no trainer or averager yet: nothing to report but life.
+    const averaging = this.averager
+      ? { staleness: this.averager.staleness(this.step), refusedUpdates: this.averager.stats.refused, flaggedPeers: [...this.averager.stats.flagged].slice(0, 256) }
+      : { staleness: 0 };
     try {
       const reply = await this.rpc.request(this.coordinator, 'heartbeat', {
-        jobId: this.job.jobId, step: this.step, ...(this.lastLoss === undefined ? {} : { loss: this.lastLoss }),
+        jobId: this.job.jobId, step: this.trainer ? this.step : 0, ...(this.lastLoss === undefined ? {} : { loss: this.lastLoss }),
         tokensPerSecond: this.tokensPerSecond, bytesSent: this.traffic.sent, bytesReceived: this.traffic.received,
-        staleness: this.averager.staleness(this.step),
-        droppedExpertCalls: this.experts.stats.unanswered, planVersion: this.newestPlan().version,
-        refusedUpdates: this.averager.stats.refused, flaggedPeers: [...this.averager.stats.flagged].slice(0, 256),
+        droppedExpertCalls: this.experts.stats.unanswered, planVersion: this.newestPlan().version, ...averaging,
       }, { timeout: COORDINATOR_TIMEOUT_MS });
       if (reply.plan && reply.plan.version > this.newestPlan().version) {
         if (this.signedPlan(this.job.jobId, reply.plan, reply.planSignature)) this.pendingPlan = reply.plan;
         else this.log(`heartbeat: ignored plan v${reply.plan.version}, not signed by ${this.coordinatorId}`);
       }
       if (reply.stop) this.done = true;
-      if (!reply.accepted && reply.reason === 'rejoin') await this.joinJob();
+      // Declared dead mid-join: the join under way ends first, and the next heartbeat rejoins.
+      if (!reply.accepted && reply.reason === 'rejoin' && this.model) await this.joinJob();
     } catch (err) {
       this.log(`heartbeat: ${(err as Error).message}`);
     }
   }
 
   private startHeartbeat(): void {
+    if (this.heartbeating) return;
+    this.heartbeating = true;
     const loop = async () => {
       await this.beat();
       if (!this.stopping && !this.done) this.heartbeat = setTimeout(loop, this.heartbeatMs);
