@@ -12,7 +12,6 @@ import { buildManifest } from '../src/weights/index.ts';
 import { jobDocuments } from '../src/train/job.ts';
 import { BpeTokenizer } from '../src/train/tokenizer.ts';
 import { CoordinatorServer } from './server.ts';
-import { tokenizerFromJson } from '../src/train/tokenizers/index.ts';
 
 const positive = { min: 1 };
 
@@ -101,7 +100,7 @@ function tokenizerOf(job: ReturnType<typeof validateJob>, file: string | undefin
   if (file !== undefined && vocab !== undefined) throw new UsageError('give --tokenizer or --vocab, not both');
   if (file !== undefined) {
     try {
-      return tokenizerFromJson(readJson('tokenizer', file)) as any;
+      return BpeTokenizer.fromHuggingFace(readJson('tokenizer', file));
     } catch (err) {
       throw err instanceof UsageError ? err : new UsageError(`tokenizer ${file}: ${(err as Error).message}`);
     }

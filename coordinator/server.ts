@@ -183,7 +183,9 @@ export class CoordinatorServer {
     const leaseMs = bounded('leaseMs', options.leaseMs ?? 30_000, 4, Number.MAX_SAFE_INTEGER);
     const replication = bounded('replication', options.replication ?? 2, 1, 256);
     if (typeof options.joinToken !== 'string') throw new TypeError('coordinator: joinToken must be a string (empty: an open swarm)');
-    const { planner, plannerOptions, batchesPerEpoch, tokenizerJson } = prepareJob(options.job, options.tokenizer, replication, options.base?.manifest);
+    const { planner, plannerOptions, batchesPerEpoch, tokenizerJson } = prepareJob(
+      options.job, options.tokenizer, replication, options.base?.manifest,
+    );
     const now = options.now ?? Date.now;
     const leases = new JobLeases({ batchesPerEpoch, totalBatches: options.job.totalBatches, leaseMs, now });
     // The identity key also signs every plan nodes receive.

@@ -51,7 +51,9 @@ export class NodeBase {
   }
 
   /** The base tensors of `groups` ("trunk", "expert.L.E"), each group asked of its own sources in order. */
-  async fetch(groups: readonly string[], sourcesOf: (group: string) => WeightSource[]): Promise<{ tensors: Map<string, F32Tensor>; summary: WeightsSummary }> {
+  async fetch(
+    groups: readonly string[], sourcesOf: (group: string) => WeightSource[],
+  ): Promise<{ tensors: Map<string, F32Tensor>; summary: WeightsSummary }> {
     const t0 = performance.now();
     const tensors = new Map<string, F32Tensor>();
     const reports: FetchReport[] = [];
@@ -61,11 +63,14 @@ export class NodeBase {
       reports.push(result.report);
     }
     const bytesBySource: Record<string, number> = {};
-    for (const report of reports) for (const [peer, bytes] of report.bytesBySource) bytesBySource[peer] = (bytesBySource[peer] ?? 0) + bytes;
+    for (const report of reports) {
+      for (const [peer, bytes] of report.bytesBySource) bytesBySource[peer] = (bytesBySource[peer] ?? 0) + bytes;
+    }
     const total = (pick: (r: FetchReport) => number) => reports.reduce((sum, r) => sum + pick(r), 0);
     const summary: WeightsSummary = {
-      base: this.id, groups: [...groups], fetchedBytes: total((r) => r.fetchedBytes), bytesBySource, cachedBlobs: total((r) => r.cachedBlobs),
-      resumedBytes: total((r) => r.resumedBytes), sourceFailures: total((r) => r.failures.length), seconds: (performance.now() - t0) / 1e3,
+      base: this.id, groups: [...groups], fetchedBytes: total((r) => r.fetchedBytes), bytesBySource,
+      cachedBlobs: total((r) => r.cachedBlobs), resumedBytes: total((r) => r.resumedBytes),
+      sourceFailures: total((r) => r.failures.length), seconds: (performance.now() - t0) / 1e3,
     };
     return { tensors, summary };
   }

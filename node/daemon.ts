@@ -7,7 +7,8 @@
 // changes comes from holders. Everything that happens is reported through onEvent.
 import { dirname, join } from 'node:path';
 import {
-  groupId, msgpackCodec, parseGroupId, planSigningBytes, PROTOCOL_VERSION, TRUNK_GROUP, type ExpertGroup, type JobBase, type JobSpec, type Plan,
+  groupId, msgpackCodec, parseGroupId, planSigningBytes, PROTOCOL_VERSION, TRUNK_GROUP,
+  type ExpertGroup, type JobBase, type JobSpec, type Plan,
 } from '../proto/index.ts';
 import { createKernels, type Kernels } from '../src/kernels/index.ts';
 import { expertOf, type F32Tensor } from '../src/model/config.ts';
@@ -154,7 +155,7 @@ export class NodeDaemon {
     }
     this.job = reply.job;
     this.plan = reply.plan;
-    const tokenizer = (await import('../src/train/tokenizers/index.ts')).tokenizerFromJson(JSON.parse(reply.tokenizer)) as any;
+    const tokenizer = BpeTokenizer.fromHuggingFace(JSON.parse(reply.tokenizer));
     if (reply.base) await this.openBase(reply.base);
     const config = jobConfig(this.job, tokenizer, this.base?.config);
     // Who may call us and whom we average with follow the newest plan we know; which experts
@@ -370,9 +371,10 @@ export class NodeDaemon {
   /** Reports progress to the coordinator; its reply may carry a newer plan or the end of the job. */
   private async beat(): Promise<void> {
     // While joining (fetching a base can take minutes) there is no trainer or averager yet: nothing to report but life.
-    const averaging = this.averager
-      ? { staleness: this.averager.staleness(this.step), refusedUpdates: this.averager.stats.refused, flaggedPeers: [...this.averager.stats.flagged].slice(0, 256) }
-      : { staleness: 0 };
+    const { averager } = this;
+    const averaging = averager ? {
+      staleness: averager.staleness(this.step), refusedUpdates: averager.stats.refused, flaggedPeers: [...averager.stats.flagged].slice(0, 256),
+    } : { staleness: 0 };
     try {
       const reply = await this.rpc.request(this.coordinator, 'heartbeat', {
         jobId: this.job.jobId, step: this.trainer ? this.step : 0, ...(this.lastLoss === undefined ? {} : { loss: this.lastLoss }),
@@ -453,7 +455,8 @@ export class NodeDaemon {
     const heldOut = this.done ? await this.trainer.evaluate(HELD_OUT_BATCHES) : undefined;
     // Every node's frozen base must be the checkpoint's, quantized the same way, bit for bit.
     const baseDigests = this.base ? { baseDigests: Object.fromEntries(this.model!.weights.baseDigests()) } : {};
-    this.emit({ event: 'finished', steps: this.step, bytesSent: this.traffic.sent, bytesReceived: this.traffic.received, heldOut, ...baseDigests });
+    const { sent: bytesSent, received: bytesReceived } = this.traffic;
+    this.emit({ event: 'finished', steps: this.step, bytesSent, bytesReceived, heldOut, ...baseDigests });
   }
 
   /** Reports finished batches (and a departure); tried twice, since a lost report costs the batches a re-run. */

@@ -145,7 +145,8 @@ export class ModelWeights {
    */
   baseDigests(): Map<string, string> {
     const hashes = new Map<string, Hash>();
-    const frozen = [...this.shapes.keys()].filter((name) => this.quantized.has(name) || (this.params.has(name) && !this.params.get(name).grad));
+    const frozenParam = (name: string) => this.params.has(name) && !this.params.get(name).grad;
+    const frozen = [...this.shapes.keys()].filter((name) => this.quantized.has(name) || frozenParam(name));
     for (const name of frozen.sort()) {
       const owner = expertOf(name);
       const group = groupId(owner ? { kind: 'expert', ...owner } : { kind: 'trunk' });

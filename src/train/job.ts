@@ -31,7 +31,9 @@ function baseJobConfig(spec: JobSpec, tokenizer: BpeTokenizer, base: Readonly<Mo
     const field = key as keyof ModelConfig;
     const settable = field === 'routerAuxLossCoef' || (field === 'maxSeqLen' && typeof value === 'number' && value <= base.maxSeqLen);
     if (settable) Object.assign(overrides, { [field]: value });
-    else if (value !== base[field]) refuse(`model.${key} is ${String(value)} but the base checkpoint's is ${String(base[field])}; drop it from the job`);
+    else if (value !== base[field]) {
+      refuse(`model.${key} is ${String(value)} but the base checkpoint's is ${String(base[field])}; drop it from the job`);
+    }
   }
   if (tokenizer.vocabSize > base.vocabSize) {
     refuse(`the tokenizer has ${tokenizer.vocabSize} tokens, more than the base checkpoint's vocabulary of ${base.vocabSize}`);

@@ -102,7 +102,8 @@ describe('a node given a base', () => {
     const otherKey = await generateKeyPair('Ed25519');
     const { peerIdFromPrivateKey } = await import('@libp2p/peer-id');
     const coordinator = peerIdFromPrivateKey(coordinatorKey).toString();
-    const components = { rpc: { request: async () => { throw new Error('unused'); }, handle: async () => {} }, dataDir: dir, admitted: () => true };
+    const rpc = { request: async () => { throw new Error('unused'); }, handle: async () => {} };
+    const components = { rpc, dataDir: dir, admitted: () => true };
     const forged = { id, manifest, signature: signManifest(otherKey, manifest).signature };
     await expect(NodeBase.open(forged, coordinator, components as never)).rejects.toThrow(ManifestError);
     const signed = { id, manifest, signature: signManifest(coordinatorKey, manifest).signature };
