@@ -1,13 +1,15 @@
 // The `swarmtrain-coordinator` command: serves one job to a swarm of nodes and prints every
 // coordinator event as one JSON line on stdout, the first being {"event":"listening","addrs":
 // [".../p2p/<peerId>"]}. SIGINT/SIGTERM stop it cleanly (exit 0). Bad input (options, the job
-// file, the tokenizer) ends with one line on stderr and exit code 2; a failure to start, 1.
-import { readFileSync } from 'node:fs';
+// file, the tokenizer, the base checkpoint) ends with one line on stderr and exit code 2; a failure to start, 1.
+import { existsSync, readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { integer, text } from '../src/cli/args.ts';
 import { command, helpText, runCommand, type CommandIO } from '../src/cli/command.ts';
 import { statusWriter, type Status } from '../src/cli/health.ts';
-import { asInput, EXIT, UsageError } from '../src/cli/usage.ts';
+import { asInput, EXIT, messageOf, UsageError } from '../src/cli/usage.ts';
 import { JobError, validateJob } from '../proto/index.ts';
+import { buildManifest } from '../src/weights/index.ts';
 import { jobDocuments } from '../src/train/job.ts';
 import { BpeTokenizer } from '../src/train/tokenizer.ts';
 import { tokenizerFromJson, type Tokenizer } from '../src/train/tokenizers/index.ts';
@@ -24,7 +26,9 @@ const COORDINATOR_COMMAND = command({
 every event as one JSON line; the first, "listening", gives the multiaddrs to join.`,
   options: {
     job: text('<file>', "the job: JSON of proto's JobSpec", { required: true }),
-    tokenizer: text('<file>', "the job's tokenizer.json (Hugging Face format), or"),
+    base: text('<dir>', 'a Hugging Face checkpoint folder the job starts from (config.json, model.safetensors or its index, '
+      + 'tokenizer.json); its config is the model\'s; nodes fetch its tensors from here and from each other'),
+    tokenizer: text('<file>', "the job's tokenizer.json (Hugging Face format; default: the base's), or"),
     vocab: integer('<n>', "train a tokenizer of n tokens on the job's documents (default: the job's model.vocabSize, if it sets one)",
       positive),
     listen: text('<multiaddr>', 'where nodes reach the coordinator, repeatable (default /ip4/127.0.0.1/tcp/0)', { multiple: true }),
@@ -40,9 +44,14 @@ every event as one JSON line; the first, "listening", gives the multiaddrs to jo
     // A job or option the server refuses (JobError, RangeError) is bad input; anything else, a failure.
     const server = await asInput(async () => {
       const job = validateJob(readJson('job', values.job), `job ${values.job}`);
-      const tokenizer = tokenizerOf(job, values.tokenizer, values.vocab);
+      const base = values.base === undefined ? undefined : await readBase(values.base);
+      if (base && (values.vocab !== undefined || (values.tokenizer ?? base.tokenizer) === undefined)) {
+        throw new UsageError(`base ${values.base}: a pretrained base needs its own tokenizer: put tokenizer.json in the folder or give `
+          + '--tokenizer (--vocab would train a new one, which the base cannot read)');
+      }
+      const tokenizer = tokenizerOf(job, values.tokenizer ?? base?.tokenizer, values.vocab);
       return CoordinatorServer.start({
-        job, tokenizer, joinToken: values.token ?? '',
+        job, tokenizer, joinToken: values.token ?? '', ...(base ? { base } : {}),
         heartbeatMs: values['heartbeat-ms'],
         nodeTimeoutMs: values['node-timeout-ms'],
         leaseMs: values['lease-ms'],
@@ -99,7 +108,19 @@ function readJson(what: string, path: string): unknown {
   }
 }
 
-/** The job's tokenizer: from a file, or trained on the job's documents. */
+/** A base checkpoint folder: its manifest and blobs (every tensor hashed here), and its tokenizer.json if it has one. */
+async function readBase(dir: string) {
+  try {
+    const { manifest, blobs } = await buildManifest(dir);
+    const tokenizer = join(dir, 'tokenizer.json');
+    return { manifest, blobs, ...(existsSync(tokenizer) ? { tokenizer } : {}) };
+  } catch (err) {
+    // A missing file, a bad config or safetensors header, a tensor the model lacks: all say the folder is not a usable base.
+    throw new UsageError(`base ${dir}: ${messageOf(err)}`);
+  }
+}
+
+/** The job's tokenizer: from a file (--tokenizer, or the base's tokenizer.json), or trained on the job's documents. */
 function tokenizerOf(job: ReturnType<typeof validateJob>, file: string | undefined, vocab: number | undefined): Tokenizer {
   if (file !== undefined && vocab !== undefined) throw new UsageError('give --tokenizer or --vocab, not both');
   if (file !== undefined) {

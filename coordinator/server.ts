@@ -21,11 +21,15 @@ import {
   type Plan,
   type ProtocolName,
   planSigningBytes,
+  type BaseManifest,
+  type JobBase,
 } from '../proto/index.ts';
+import type { ModelConfig } from '../src/model/config.ts';
 import type { PrivateKey } from '@libp2p/interface';
 import { createHost, identityKey, RefusedError, Rpc, signSync, type Host, type Rejection } from '../src/p2p/index.ts';
 import { jobBatchesPerEpoch, jobConfig, jobModelOptions } from '../src/train/job.ts';
 import type { Tokenizer } from '../src/train/tokenizers/index.ts';
+import { serveBlobs, signManifest, type BlobSource } from '../src/weights/index.ts';
 import { JobLeases, type LeaseCounters } from './leases.ts';
 import { Membership, type NodeRecord } from './membership.ts';
 import { planShards, ShardPlanner, type DroppedReplica, type ExpertHolders, type NewReplica, type PlannerNode, type PlannerOptions, type ShardPlan } from './planner.ts';
@@ -33,6 +37,11 @@ import { planShards, ShardPlanner, type DroppedReplica, type ExpertHolders, type
 export interface CoordinatorOptions {
   job: JobSpec;
   tokenizer: Tokenizer;
+  /**
+   * The checkpoint the job starts from (src/weights buildManifest of a Hugging Face folder): the job's
+   * model config is the base's, nodes get the manifest signed, and admitted nodes fetch its blobs from here.
+   */
+  base?: { manifest: BaseManifest; blobs: BlobSource };
   /** Multiaddrs to listen on (default: an ephemeral TCP port on 127.0.0.1). */
   listen?: string[];
   /** The coordinator's libp2p identity, created on first use. */
@@ -111,9 +120,9 @@ function bounded(name: string, value: number, min: number, max: number): number 
  * The job turned into a planner, the epoch size and the tokenizer's wire form; any problem is a
  * JobError. These checks need the tokenizer and the corpus, so they live here, not in validateJob.
  */
-function prepareJob(job: JobSpec, tokenizer: Tokenizer, replication: number) {
+function prepareJob(job: JobSpec, tokenizer: Tokenizer, replication: number, base?: BaseManifest) {
   try {
-    const config = jobConfig(job, tokenizer);
+    const config = jobConfig(job, tokenizer, base?.config as ModelConfig | undefined);
     const plannerOptions: PlannerOptions = { config, precision: jobModelOptions(job), replication };
     const planner = new ShardPlanner(plannerOptions);
     const batchesPerEpoch = jobBatchesPerEpoch(job, tokenizer);
@@ -155,6 +164,8 @@ export class CoordinatorServer {
     private readonly plannerOptions: PlannerOptions,
     private readonly leases: JobLeases,
     private readonly tokenizerJson: string,
+    /** The signed base sent in every join reply, if the job has one. */
+    private readonly base: JobBase | undefined,
   ) {
     this.membership = new Membership({ timeoutMs: options.nodeTimeoutMs, now: options.now });
   }
@@ -172,14 +183,17 @@ export class CoordinatorServer {
     const leaseMs = bounded('leaseMs', options.leaseMs ?? 30_000, 4, Number.MAX_SAFE_INTEGER);
     const replication = bounded('replication', options.replication ?? 2, 1, 256);
     if (typeof options.joinToken !== 'string') throw new TypeError('coordinator: joinToken must be a string (empty: an open swarm)');
-    const { planner, plannerOptions, batchesPerEpoch, tokenizerJson } = prepareJob(options.job, options.tokenizer, replication);
+    const { planner, plannerOptions, batchesPerEpoch, tokenizerJson } = prepareJob(
+      options.job, options.tokenizer, replication, options.base?.manifest,
+    );
     const now = options.now ?? Date.now;
     const leases = new JobLeases({ batchesPerEpoch, totalBatches: options.job.totalBatches, leaseMs, now });
     // The identity key also signs every plan nodes receive.
     const privateKey = await identityKey(options.keyFile);
     const host = await createHost({ listen: options.listen, privateKey });
     const settings = { ...options, heartbeatMs, nodeTimeoutMs, leaseMs, now };
-    const server = new CoordinatorServer(host, privateKey, settings, planner, plannerOptions, leases, tokenizerJson);
+    const base = options.base && { manifest: options.base.manifest, ...signManifest(privateKey, options.base.manifest) };
+    const server = new CoordinatorServer(host, privateKey, settings, planner, plannerOptions, leases, tokenizerJson, base);
     try {
       await server.serve();
     } catch (err) {
@@ -240,6 +254,11 @@ export class CoordinatorServer {
     await rpc.handle('heartbeat', (beat, { peer }) => this.heartbeat(beat, peer.toString()), { maxConcurrent: 64 });
     await rpc.handle('lease', (request, { peer }) => this.lease(request, peer.toString()), { maxConcurrent: 64 });
     await rpc.handle('leaseReport', (report, { peer }) => this.report(report, peer.toString()), { maxConcurrent: 64 });
+    if (this.options.base) {
+      // Any node admitted once (alive, or silent while fetching, or gone and coming back) may fetch the base.
+      const admitted = (peer: string) => this.membership.get(peer) !== undefined;
+      await serveBlobs({ rpc, source: this.options.base.blobs, admitted });
+    }
     this.timers.push(setInterval(() => this.sweep(), this.sweepIntervalMs));
     this.timers.push(setInterval(() => this.expire(), this.options.leaseMs / 4));
     this.emit({ event: 'listening', peerId: this.peerId, addrs: this.addrs });
@@ -280,7 +299,7 @@ export class CoordinatorServer {
     }
     return {
       admitted: true, version: PROTOCOL_VERSION, job: this.options.job, tokenizer: this.tokenizerJson, ...this.signedPlan(plan),
-      heartbeatMs: this.options.heartbeatMs, completedBatches: this.leases.completed,
+      heartbeatMs: this.options.heartbeatMs, completedBatches: this.leases.completed, ...(this.base ? { base: this.base } : {}),
     };
   }
 

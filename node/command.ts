@@ -1,12 +1,13 @@
 // `swarmtrain node --join <multiaddr>`: runs the volunteer daemon until the job is done, printing
 // every event as one JSON line on stdout. SIGINT/SIGTERM stop it after the current batch, handing
 // its leases back to the coordinator. A bad address, key file or refused join exits 2; a network
-// failure or a crash, 1.
+// failure (the base's blobs unreachable included) or a crash, 1.
 import { choice, integer, real, size, text } from '../src/cli/args.ts';
 import { command, helpText, runCommand, type CommandIO } from '../src/cli/command.ts';
 import { statusWriter, type Status } from '../src/cli/health.ts';
 import { asInput, EXIT } from '../src/cli/usage.ts';
 import { RpcError } from '../src/p2p/errors.ts';
+import { FetchError } from '../src/weights/index.ts';
 import { NodeDaemon, type NodeEvent } from './daemon.ts';
 
 export const NODE_COMMAND = command({
@@ -18,6 +19,7 @@ export const NODE_COMMAND = command({
     'memory-budget': size('<size>', 'memory this node gives the job, e.g. 512MB, 2GB', { default: '2GB' }),
     threads: integer('<n>', 'kernel threads', { min: 1, max: 64 }, { default: '1' }),
     key: text('<file>', "keeps this node's identity across restarts (created if absent)"),
+    data: text('<dir>', "keeps base checkpoints' verified tensors (default: swarmtrain-data beside --key, else in the working directory)"),
     listen: text('<multiaddr>', 'where peers reach this node (default /ip4/127.0.0.1/tcp/0)'),
     'status-file': text('<file>', 'rewritten on joining, on every heartbeat answered and every step (see `swarmtrain health`)'),
     'step-delay-ms': real('<ms>', 'sleep after every step (a slow node)', (x) => x >= 0, 'a non-negative number', {
@@ -31,6 +33,7 @@ export const NODE_COMMAND = command({
     // when it fails, except the network (an unreachable or silent coordinator), which is a failure.
     const daemon = await asInput(() => NodeDaemon.start({
       join: values.join, token: values.token, memoryBytes: values['memory-budget'], threads: values.threads, keyFile: values.key,
+      ...(values.data ? { dataDir: values.data } : {}),
       ...(values.listen ? { listen: [values.listen] } : {}),
       ...(values['step-delay-ms'] ? { stepDelayMs: values['step-delay-ms'] } : {}),
       ...(values.fault ? { fault: values.fault } : {}),
@@ -40,7 +43,7 @@ export const NODE_COMMAND = command({
         io.stdout.write(`${JSON.stringify(event)}\n`);
       },
       onHeartbeat: status.onHeartbeat,
-    }), (err) => !(err instanceof RpcError));
+    }), (err) => !(err instanceof RpcError) && !(err instanceof FetchError));
     const stop = () => daemon.stop();
     process.once('SIGINT', stop);
     process.once('SIGTERM', stop);

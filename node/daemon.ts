@@ -2,21 +2,27 @@
 // experts the plan gives this node, serves those experts (and its state, and averaging) to
 // its peers, and trains on leased micro-batches until the job is done. Plan changes (a node
 // joined, left or died) are applied between steps: experts given up are released, new ones
-// copied from a surviving holder. Everything that happens is reported through onEvent.
+// copied from a surviving holder. A job with a base checkpoint: the frozen base of the groups held
+// here comes from the blob store (fetched from peers or the coordinator, verified); only what training
+// changes comes from holders. Everything that happens is reported through onEvent.
+import { dirname, join } from 'node:path';
 import {
-  groupId, msgpackCodec, parseGroupId, planSigningBytes, PROTOCOL_VERSION, TRUNK_GROUP, type ExpertGroup, type JobSpec, type Plan,
+  groupId, msgpackCodec, parseGroupId, planSigningBytes, PROTOCOL_VERSION, TRUNK_GROUP,
+  type ExpertGroup, type JobBase, type JobSpec, type Plan,
 } from '../proto/index.ts';
 import { createKernels, type Kernels } from '../src/kernels/index.ts';
-import { expertOf } from '../src/model/config.ts';
+import { expertOf, type F32Tensor } from '../src/model/config.ts';
 import { Model } from '../src/model/model.ts';
 import { createHost, Rpc, signedBy, type DialTarget, type Host, type Rejection } from '../src/p2p/index.ts';
 import { jobConfig, jobData, jobModelOptions } from '../src/train/job.ts';
 import { DEFAULT_ADAMW } from '../src/train/optimizer.ts';
 import { tokenizerFromJson, type Tokenizer } from '../src/train/tokenizers/index.ts';
 import { Trainer } from '../src/train/trainer.ts';
+import { FetchError, ManifestError, type WeightSource } from '../src/weights/index.ts';
 import { multiaddr } from '@multiformats/multiaddr';
 import { createAverager, type Averager, type AveragingFault } from './averaging/index.ts';
 import { expertPrecisions, serveExperts, SwarmRemoteExperts } from './experts.ts';
+import { NodeBase } from './base.ts';
 import { fetchGroup, serveState } from './state.ts';
 import { countingCodec, type Traffic } from './traffic.ts';
 
@@ -29,6 +35,8 @@ export interface NodeOptions {
   threads?: number;
   /** Keeps the node's identity across restarts. */
   keyFile?: string;
+  /** Where base checkpoints' blobs are kept (default: swarmtrain-data beside the key file, else in the working directory). */
+  dataDir?: string;
   listen?: string[];
   onEvent?: (event: NodeEvent) => void;
   /** Called after each heartbeat the coordinator answered (a sign of life too frequent for onEvent). */
@@ -74,6 +82,8 @@ export class NodeDaemon {
   private plan!: Plan;
   private pendingPlan?: Plan;
   private model?: Model;
+  /** The job's base checkpoint, when it has one. */
+  private base?: NodeBase;
   private trainer!: Trainer;
   private averager!: Averager;
   /** The transport to experts other nodes hold; the model runs the ones held here. */
@@ -84,6 +94,8 @@ export class NodeDaemon {
   private lastLoss?: number;
   private tokensPerSecond = 0;
   private heartbeat?: NodeJS.Timeout;
+  private evaluatedBase = false;
+  private heartbeating = false;
 
   private constructor(
     private readonly options: NodeOptions,
@@ -146,7 +158,8 @@ export class NodeDaemon {
     this.job = reply.job;
     this.plan = reply.plan;
     const tokenizer = tokenizerFromJson(JSON.parse(reply.tokenizer));
-    const config = jobConfig(this.job, tokenizer);
+    if (reply.base) await this.openBase(reply.base);
+    const config = jobConfig(this.job, tokenizer, this.base?.config);
     // Who may call us and whom we average with follow the newest plan we know; which experts
     // this node computes follows the applied plan (the model changes only between steps).
     const directory = {
@@ -160,11 +173,13 @@ export class NodeDaemon {
       ...expertPrecisions(this.job), log: this.log,
     });
     const hosted = this.hostedExperts(this.plan);
+    if (this.base) this.startHeartbeat(); // the fetch may outlast the coordinator's patience
+    const base = this.base ? await this.fetchBase([TRUNK_GROUP, ...hosted.keys()]) : undefined;
     const model = new Model(this.kernels, config, {
       ...jobModelOptions(this.job),
       hosts: (layer, expert) => hosted.has(groupId({ kind: 'expert', layer, expert })),
       remote: this.experts,
-    });
+    }, base);
     this.model = model;
     this.averager = createAverager({ rpc: this.rpc, directory, groups: () => this.groups() }, {
       ...this.job.averaging, jobId: this.job.jobId, self: this.self, log: this.log,
@@ -196,6 +211,50 @@ export class NodeDaemon {
       afterUpdate: (step) => this.averager.afterUpdate(step),
     });
   }
+
+  /** Checks the join reply's base against the coordinator's key and serves the blob store to admitted peers. */
+  private async openBase(base: JobBase): Promise<void> {
+    const { keyFile } = this.options;
+    const dataDir = this.options.dataDir ?? (keyFile ? join(dirname(keyFile), 'swarmtrain-data') : 'swarmtrain-data');
+    const admitted = (peer: string) => this.newestPlan().peers.some((p) => p.peerId === peer);
+    try {
+      this.base = await NodeBase.open(base, this.coordinatorId, { rpc: this.rpc, dataDir, admitted });
+    } catch (err) {
+      if (err instanceof ManifestError) throw new JoinRefusedError(`the job's base: ${err.message}`);
+      throw err;
+    }
+  }
+
+  /**
+   * The base tensors of `groups`, from the store or fetched into it; reported as a `weights` event. Sources
+   * may refuse for a while (the coordinator just declared us dead, a holder left): a few rounds are tried,
+   * each from the newest plan, and what was verified stays in the store for the next one.
+   */
+  private async fetchBase(groups: string[]): Promise<Map<string, F32Tensor>> {
+    for (let round = 1; ; round++) {
+      try {
+        const { tensors, summary } = await this.base!.fetch(groups, (group) => this.weightSources(group));
+        this.emit({ event: 'weights', ...summary });
+        return tensors;
+      } catch (err) {
+        if (!(err instanceof FetchError) || round === CATCH_UP_ROUNDS) throw err;
+        this.log(`base weights of ${groups.join(', ')} (attempt ${round}): ${err.message}`);
+        await sleep(CATCH_UP_BACKOFF_MS * round);
+        await this.beat();
+      }
+    }
+  }
+
+  /** Where a group's blobs may be: the other nodes that hold it (the trunk: every node), then the coordinator. */
+  private weightSources(group: string): WeightSource[] {
+    const plan = this.newestPlan();
+    const holders = group === TRUNK_GROUP ? plan.peers.map((p) => p.peerId) : this.groupHolders(group);
+    const peers = plan.peers.filter((p) => p.peerId !== this.self && p.addrs.length > 0 && holders.includes(p.peerId));
+    return [...peers.map((p) => ({ peer: p.peerId, addrs: p.addrs })), { peer: this.coordinatorId, addrs: [this.options.join] }];
+  }
+
+  /** What a node takes from a holder's state: with a base, only what training changes (the frozen base comes from the store). */
+  private fromHolder = (name: string): boolean => !this.base || this.job.mode === 'full' || this.model!.weights.loraShapes.has(name);
 
   /** Local optimizer steps taken. */
   get step(): number {
@@ -233,7 +292,7 @@ export class NodeDaemon {
       const target = this.address(peer);
       if (!target) continue;
       try {
-        return await fetchGroup(this.rpc, target, this.job.jobId, group, STATE_TIMEOUT_MS);
+        return await fetchGroup(this.rpc, target, this.job.jobId, group, STATE_TIMEOUT_MS, this.fromHolder);
       } catch (err) {
         this.log(`state ${group} from ${peer}: ${(err as Error).message}`);
       }
@@ -288,15 +347,23 @@ export class NodeDaemon {
     this.plan = plan;
     const after = this.hostedExperts(plan);
     for (const [group, { layer, expert }] of before) {
-      if (after.has(group)) continue;
+      if (after.has(group) || !model.experts.hosts(layer, expert)) continue;
       this.trainer.optimizer.remove(model.experts.tensorNames(layer, expert));
       this.averager.resetGroup(group);
       model.experts.remove(layer, expert);
     }
     for (const [group, { layer, expert }] of after) {
-      if (before.has(group)) continue;
+      if (model.experts.hosts(layer, expert)) continue;
       const state = await this.fetchFromAny(this.holders(layer, expert).filter((p) => p !== this.self), group);
-      this.trainer.optimizer.add(model.experts.add(layer, expert, state));
+      let base: Map<string, F32Tensor> | undefined;
+      try {
+        base = this.base ? await this.fetchBase([group]) : undefined;
+      } catch (err) {
+        // Not hosted after all: callers fail over to its other holders, and the next plan tries again.
+        this.emit({ event: 'expert-skipped', layer, expert, reason: (err as Error).message });
+        continue;
+      }
+      this.trainer.optimizer.add(model.experts.add(layer, expert, base ? new Map([...base, ...(state ?? [])]) : state));
       this.averager.track(group, this.groups().get(group) ?? []);
       this.emit({ event: 'expert-added', layer, expert, copied: state !== undefined });
     }
@@ -305,13 +372,16 @@ export class NodeDaemon {
 
   /** Reports progress to the coordinator; its reply may carry a newer plan or the end of the job. */
   private async beat(): Promise<void> {
+    // While joining (fetching a base can take minutes) there is no trainer or averager yet: nothing to report but life.
+    const { averager } = this;
+    const averaging = averager ? {
+      staleness: averager.staleness(this.step), refusedUpdates: averager.stats.refused, flaggedPeers: [...averager.stats.flagged].slice(0, 256),
+    } : { staleness: 0 };
     try {
       const reply = await this.rpc.request(this.coordinator, 'heartbeat', {
-        jobId: this.job.jobId, step: this.step, ...(this.lastLoss === undefined ? {} : { loss: this.lastLoss }),
+        jobId: this.job.jobId, step: this.trainer ? this.step : 0, ...(this.lastLoss === undefined ? {} : { loss: this.lastLoss }),
         tokensPerSecond: this.tokensPerSecond, bytesSent: this.traffic.sent, bytesReceived: this.traffic.received,
-        staleness: this.averager.staleness(this.step),
-        droppedExpertCalls: this.experts.stats.unanswered, planVersion: this.newestPlan().version,
-        refusedUpdates: this.averager.stats.refused, flaggedPeers: [...this.averager.stats.flagged].slice(0, 256),
+        droppedExpertCalls: this.experts.stats.unanswered, planVersion: this.newestPlan().version, ...averaging,
       }, { timeout: COORDINATOR_TIMEOUT_MS });
       this.options.onHeartbeat?.();
       if (reply.plan && reply.plan.version > this.newestPlan().version) {
@@ -319,13 +389,16 @@ export class NodeDaemon {
         else this.log(`heartbeat: ignored plan v${reply.plan.version}, not signed by ${this.coordinatorId}`);
       }
       if (reply.stop) this.done = true;
-      if (!reply.accepted && reply.reason === 'rejoin') await this.joinJob();
+      // Declared dead mid-join: the join under way ends first, and the next heartbeat rejoins.
+      if (!reply.accepted && reply.reason === 'rejoin' && this.model) await this.joinJob();
     } catch (err) {
       this.log(`heartbeat: ${(err as Error).message}`);
     }
   }
 
   private startHeartbeat(): void {
+    if (this.heartbeating) return;
+    this.heartbeating = true;
     const loop = async () => {
       await this.beat();
       if (!this.stopping && !this.done) this.heartbeat = setTimeout(loop, this.heartbeatMs);
@@ -365,6 +438,11 @@ export class NodeDaemon {
         continue;
       }
       await this.catchUpPlan(grant.planVersion);
+      if (this.base && this.step === 0 && !this.evaluatedBase) {
+        // The held-out loss of the pretrained base (LoRA starts as the identity), what training is measured against.
+        this.evaluatedBase = true;
+        this.emit({ event: 'evaluated', step: 0, heldOut: await this.trainer.evaluate(HELD_OUT_BATCHES) });
+      }
       const completed: number[] = [];
       for (const index of grant.batchIds) {
         if (this.stopping) break;
@@ -378,7 +456,10 @@ export class NodeDaemon {
     await this.report(0, [], true);
     clearTimeout(this.heartbeat);
     const heldOut = this.done ? await this.trainer.evaluate(HELD_OUT_BATCHES) : undefined;
-    this.emit({ event: 'finished', steps: this.step, bytesSent: this.traffic.sent, bytesReceived: this.traffic.received, heldOut });
+    // Every node's frozen base must be the checkpoint's, quantized the same way, bit for bit.
+    const baseDigests = this.base ? { baseDigests: Object.fromEntries(this.model!.weights.baseDigests()) } : {};
+    const { sent: bytesSent, received: bytesReceived } = this.traffic;
+    this.emit({ event: 'finished', steps: this.step, bytesSent, bytesReceived, heldOut, ...baseDigests });
   }
 
   /** Reports finished batches (and a departure); tried twice, since a lost report costs the batches a re-run. */

@@ -37,9 +37,11 @@ export async function serveState(
   }, { maxConcurrent: 8 });
 }
 
-/** Fetches a whole group from a holder, a few tensors per request. */
-export async function fetchGroup(rpc: Rpc, target: DialTarget, jobId: string, group: string, timeoutMs: number): Promise<Map<string, F32Tensor>> {
-  const { available } = await rpc.request(target, 'state', { jobId, group, names: [] }, { timeout: timeoutMs });
+/** Fetches a group from a holder, a few tensors per request: all of it, or the tensors `wanted` picks. */
+export async function fetchGroup(
+  rpc: Rpc, target: DialTarget, jobId: string, group: string, timeoutMs: number, wanted: (name: string) => boolean = () => true,
+): Promise<Map<string, F32Tensor>> {
+  const available = (await rpc.request(target, 'state', { jobId, group, names: [] }, { timeout: timeoutMs })).available.filter(wanted);
   const out = new Map<string, F32Tensor>();
   for (let i = 0; i < available.length; i += NAMES_PER_REQUEST) {
     const names = available.slice(i, i + NAMES_PER_REQUEST);

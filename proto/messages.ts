@@ -5,7 +5,7 @@
 import { Type, type Static } from '@sinclair/typebox';
 import { TypeCompiler } from '@sinclair/typebox/compiler';
 import { JobError } from './errors.ts';
-import { MAX_BLOB_CHUNK_BYTES, Sha256Hex } from './manifest.ts';
+import { BaseManifestSchema, MAX_BLOB_CHUNK_BYTES, Sha256Hex } from './manifest.ts';
 import { TensorSchema } from './tensor.ts';
 
 const Count = Type.Integer({ minimum: 0, maximum: Number.MAX_SAFE_INTEGER });
@@ -140,6 +140,14 @@ export type Plan = Static<typeof PlanSchema>;
 /** The coordinator's Ed25519 signature of planSigningBytes(jobId, plan), checked by nodes against its peer id. */
 const PlanSignature = Type.Uint8Array({ maxByteLength: 256 });
 
+/** A job's pretrained base: its manifest, the manifest's id and the coordinator's signature of that id (manifestSigningBytes). */
+export const JobBaseSchema = Type.Object({
+  id: Sha256Hex,
+  manifest: BaseManifestSchema,
+  signature: Type.Uint8Array({ maxByteLength: 256 }),
+});
+export type JobBase = Static<typeof JobBaseSchema>;
+
 export const JoinResponseSchema = Type.Union([
   Type.Object({
     admitted: Type.Literal(true),
@@ -152,6 +160,8 @@ export const JoinResponseSchema = Type.Union([
     heartbeatMs: Type.Integer({ minimum: 100, maximum: 3_600_000 }),
     /** Micro-batches the job has trained so far: above 0, a joining node fetches current state from its peers. */
     completedBatches: Count,
+    /** The checkpoint the job starts from (its tensors travel as blobs); absent: the job trains from the seeded init. */
+    base: Type.Optional(JobBaseSchema),
   }),
   Type.Object({ admitted: Type.Literal(false), version: Type.String({ maxLength: 32 }), reason: Reason }),
 ]);

@@ -1,5 +1,7 @@
 // The model's weights as held in this process: which canonical tensors exist here (the trunk and
 // the hosted experts), the base loaded and quantized to q8/q4 where the format says, LoRA's init.
+import { createHash, type Hash } from 'node:crypto';
+import { groupId } from '../../proto/index.ts';
 import type { Kernels, QuantizedTensor } from '../kernels/index.ts';
 import { QBLOCK, releaseQuantized } from '../kernels/quantized.ts';
 import {
@@ -92,14 +94,17 @@ export class ModelWeights {
 
   /**
    * Takes on tensors not held here yet (a new replica's): values from `state` (a holder's, base
-   * matrices in fp32) or, when absent, from the seeded initialization. Returns the trainable ones.
+   * matrices in fp32; or a checkpoint's base alone) or, when absent, from the seeded initialization;
+   * adapters `state` lacks start from their seeded init. Returns the trainable ones.
    */
   add(names: ReadonlySet<string>, state?: Map<string, F32Tensor>): Param[] {
     this.allocate(names);
     const isBase = (name: string) => names.has(name) && !this.loraShapes.has(name);
     this.loadBase(state ? [...state].filter(([name]) => isBase(name)) : initTensors(this.config, this.seed, { reuseBuffer: true }), isBase);
     const isAdapter = (name: string) => names.has(name) && this.loraShapes.has(name);
-    this.params.load(state ? new Map([...state].filter(([name]) => isAdapter(name))) : initLora(this.loraShapes, this.seed, isAdapter));
+    const adapters = new Map([...(state ?? [])].filter(([name]) => isAdapter(name)));
+    this.params.load(adapters);
+    this.params.load(initLora(this.loraShapes, this.seed, (name) => isAdapter(name) && !adapters.has(name)));
     return [...names].filter((name) => this.params.has(name)).map((name) => this.params.get(name)).filter((p) => p.grad);
   }
 
@@ -131,6 +136,28 @@ export class ModelWeights {
       }
     }
     return out;
+  }
+
+  /**
+   * sha256 of the frozen base held here, by group ("trunk", "expert.L.E"): over the names in sorted
+   * order, each followed by its bytes (a quantized matrix's values then scales; an fp32 tensor's values).
+   * Two processes agree only when every bit of the base they hold agrees.
+   */
+  baseDigests(): Map<string, string> {
+    const hashes = new Map<string, Hash>();
+    const frozenParam = (name: string) => this.params.has(name) && !this.params.get(name).grad;
+    const frozen = [...this.shapes.keys()].filter((name) => this.quantized.has(name) || frozenParam(name));
+    for (const name of frozen.sort()) {
+      const owner = expertOf(name);
+      const group = groupId(owner ? { kind: 'expert', ...owner } : { kind: 'trunk' });
+      let hash = hashes.get(group);
+      if (!hash) hashes.set(group, (hash = createHash('sha256')));
+      hash.update(`${name}\0`);
+      const q = this.quantized.get(name);
+      const arrays = q ? [q.q, q.scales] : [this.params.get(name).value];
+      for (const a of arrays) hash.update(new Uint8Array(a.buffer, a.byteOffset, a.byteLength));
+    }
+    return new Map([...hashes].map(([group, hash]) => [group, hash.digest('hex')]));
   }
 
   /** Parameters for the named tensors: LoRA always trainable, base ones in full mode (quantized ones live in `quantized`). */

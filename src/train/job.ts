@@ -8,12 +8,37 @@ import { CORPUS_NAMES, loadCorpus, type CorpusName } from './corpus.ts';
 import { corpusLoaders, trainBatchesPerEpoch, type CorpusLoaderOptions, type CorpusLoaders } from './data.ts';
 import type { Tokenizer } from './tokenizers/index.ts';
 
-/** The model config of a job: its overrides on the demo config, validated; the vocabulary is the tokenizer's. */
-export function jobConfig(spec: JobSpec, tokenizer: Tokenizer): ModelConfig {
+/**
+ * The model config of a job: its overrides on the demo config, validated; the vocabulary is the tokenizer's.
+ * With a base (the checkpoint's config), the config is the base's: an override may only repeat it, except
+ * the training-only routerAuxLossCoef and a shorter maxSeqLen; the tokenizer must fit the base's vocabulary.
+ */
+export function jobConfig(spec: JobSpec, tokenizer: Tokenizer, base?: Readonly<ModelConfig>): ModelConfig {
+  if (base !== undefined) return baseJobConfig(spec, tokenizer, base);
   if (spec.model.vocabSize !== undefined && spec.model.vocabSize !== tokenizer.vocabSize) {
     throw new JobError(`job ${spec.jobId}: model vocabSize ${String(spec.model.vocabSize)} differs from the tokenizer's ${tokenizer.vocabSize}`);
   }
   return createConfig({ ...(spec.model as Partial<ModelConfig>), vocabSize: tokenizer.vocabSize });
+}
+
+function baseJobConfig(spec: JobSpec, tokenizer: Tokenizer, base: Readonly<ModelConfig>): ModelConfig {
+  const refuse = (why: string): never => {
+    throw new JobError(`job ${spec.jobId}: ${why}`);
+  };
+  const overrides: Partial<ModelConfig> = {};
+  for (const [key, value] of Object.entries(spec.model)) {
+    if (!(key in base)) refuse(`model.${key} is not a model setting`);
+    const field = key as keyof ModelConfig;
+    const settable = field === 'routerAuxLossCoef' || (field === 'maxSeqLen' && typeof value === 'number' && value <= base.maxSeqLen);
+    if (settable) Object.assign(overrides, { [field]: value });
+    else if (value !== base[field]) {
+      refuse(`model.${key} is ${String(value)} but the base checkpoint's is ${String(base[field])}; drop it from the job`);
+    }
+  }
+  if (tokenizer.vocabSize > base.vocabSize) {
+    refuse(`the tokenizer has ${tokenizer.vocabSize} tokens, more than the base checkpoint's vocabulary of ${base.vocabSize}`);
+  }
+  return createConfig({ ...base, ...overrides });
 }
 
 export function jobModelOptions(spec: JobSpec): ModelOptions {

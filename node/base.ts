@@ -1,0 +1,77 @@
+// A node's side of a job's base checkpoint: the manifest from the join reply checked against the
+// coordinator's peer id, the groups this node holds fetched into its blob store, the store served to peers.
+import type { BaseManifest, JobBase } from '../proto/index.ts';
+import type { F32Tensor, ModelConfig } from '../src/model/config.ts';
+import type { Rpc } from '../src/p2p/index.ts';
+import { BlobStore, openManifest, serveBlobs, WeightFetcher, type FetchReport, type WeightSource } from '../src/weights/index.ts';
+
+export interface NodeBaseComponents {
+  rpc: Pick<Rpc, 'request' | 'handle'>;
+  /** The node's data directory: blobs live in <dataDir>/blobs/ (see BlobStore). */
+  dataDir: string;
+  /** Whether a peer may fetch blobs from this node (admitted to the swarm). */
+  admitted(peer: string): boolean;
+}
+
+/** What one fetch did, as the node's `weights` event reports it. */
+export interface WeightsSummary {
+  base: string;
+  groups: string[];
+  fetchedBytes: number;
+  /** Verified bytes by source peer id. */
+  bytesBySource: Record<string, number>;
+  cachedBlobs: number;
+  resumedBytes: number;
+  /** Chunks a source failed (refused, bad bytes, stalled), each followed by another source. */
+  sourceFailures: number;
+  seconds: number;
+}
+
+export class NodeBase {
+  private constructor(
+    readonly id: string,
+    readonly manifest: BaseManifest,
+    private readonly fetcher: WeightFetcher,
+  ) {}
+
+  /**
+   * Checks the join reply's base (a ManifestError when it is malformed or `coordinator` did not sign it),
+   * then serves this node's blob store to admitted peers: every blob verified here can help another node.
+   */
+  static async open(base: JobBase, coordinator: string, components: NodeBaseComponents): Promise<NodeBase> {
+    const { manifest, id } = openManifest(base.manifest, base.signature, coordinator, base.id);
+    const store = new BlobStore(components.dataDir);
+    await serveBlobs({ rpc: components.rpc, source: store, admitted: components.admitted });
+    return new NodeBase(id, manifest, new WeightFetcher({ rpc: components.rpc, store }));
+  }
+
+  /** The model config the base was built for (checked by jobConfig). */
+  get config(): ModelConfig {
+    return this.manifest.config as unknown as ModelConfig;
+  }
+
+  /** The base tensors of `groups` ("trunk", "expert.L.E"), each group asked of its own sources in order. */
+  async fetch(
+    groups: readonly string[], sourcesOf: (group: string) => WeightSource[],
+  ): Promise<{ tensors: Map<string, F32Tensor>; summary: WeightsSummary }> {
+    const t0 = performance.now();
+    const tensors = new Map<string, F32Tensor>();
+    const reports: FetchReport[] = [];
+    for (const group of groups) {
+      const result = await this.fetcher.fetchGroups(this.manifest, [group], sourcesOf(group));
+      for (const [name, tensor] of result.tensors) tensors.set(name, tensor);
+      reports.push(result.report);
+    }
+    const bytesBySource: Record<string, number> = {};
+    for (const report of reports) {
+      for (const [peer, bytes] of report.bytesBySource) bytesBySource[peer] = (bytesBySource[peer] ?? 0) + bytes;
+    }
+    const total = (pick: (r: FetchReport) => number) => reports.reduce((sum, r) => sum + pick(r), 0);
+    const summary: WeightsSummary = {
+      base: this.id, groups: [...groups], fetchedBytes: total((r) => r.fetchedBytes), bytesBySource,
+      cachedBlobs: total((r) => r.cachedBlobs), resumedBytes: total((r) => r.resumedBytes),
+      sourceFailures: total((r) => r.failures.length), seconds: (performance.now() - t0) / 1e3,
+    };
+    return { tensors, summary };
+  }
+}
