@@ -30,8 +30,14 @@ every event as one JSON line; the first, "listening", gives the multiaddrs to jo
     'node-timeout-ms': integer('<n>', 'a node silent this long is dead (default 15000)', positive),
     'lease-ms': integer('<n>', 'deadline of a lease of micro-batches (default 30000)', positive),
     replication: integer('<n>', 'nodes per expert (default 2)', positive),
+    data: text('<dir>', "the coordinator's data directory: checkpoints and the result go to <dir>/jobs/<jobId>/"),
+    'checkpoint-every': integer('<rounds>', 'with --data: checkpoint every n averaging rounds and at the end (default 10)', positive),
+    'keep-checkpoints': integer('<n>', 'with --data: checkpoints kept (default 3)', positive),
   },
   async run(values, io) {
+    if (values.data === undefined && (values['checkpoint-every'] ?? values['keep-checkpoints']) !== undefined) {
+      throw new UsageError('--checkpoint-every and --keep-checkpoints need --data <dir> (where checkpoints are written)');
+    }
     // A job or option the server refuses (JobError, RangeError) is bad input; anything else, a failure.
     const server = await asInput(async () => {
       const job = validateJob(readJson('job', values.job), `job ${values.job}`);
@@ -42,11 +48,15 @@ every event as one JSON line; the first, "listening", gives the multiaddrs to jo
         nodeTimeoutMs: values['node-timeout-ms'],
         leaseMs: values['lease-ms'],
         replication: values.replication,
+        ...(values.data === undefined ? {} : { dataDir: values.data }),
+        checkpointEvery: values['checkpoint-every'],
+        keepCheckpoints: values['keep-checkpoints'],
         ...(values.listen ? { listen: values.listen } : {}),
         ...(values.key === undefined ? {} : { keyFile: values.key }),
         onEvent: (event) => io.stdout.write(`${JSON.stringify(event)}\n`),
       });
     }, (err) => err instanceof JobError || err instanceof RangeError);
+
     await new Promise<void>((resolve) => {
       process.once('SIGINT', resolve);
       process.once('SIGTERM', resolve);
