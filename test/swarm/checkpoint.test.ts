@@ -12,6 +12,8 @@ import { mergeGroups } from '../../coordinator/result.ts';
 import { loadHfModel } from '../../src/io/hf.ts';
 import { createKernels } from '../../src/kernels/index.ts';
 import { Model } from '../../src/model/model.ts';
+import type { CommandIO } from '../../src/cli/command.ts';
+import { generateCommand } from '../../src/train/cli.ts';
 import { jobConfig } from '../../src/train/job.ts';
 import { BpeTokenizer } from '../../src/train/tokenizer.ts';
 import { startSwarm, type Swarm, type SwarmEvent } from '../../src/harness/local-swarm.ts';
@@ -33,6 +35,13 @@ function job(overrides: Partial<JobSpec> = {}): JobSpec {
 
 const COORDINATOR = ['--vocab', '280', '--heartbeat-ms', '300', '--node-timeout-ms', '2500', '--lease-ms', '20000', '--checkpoint-every', '1'];
 const steps = (events: SwarmEvent[]) => events.filter((e) => e.event === 'step');
+
+async function captured(command: (argv: string[], io: CommandIO) => Promise<number>, argv: string[]) {
+  let stdout = '';
+  let stderr = '';
+  const code = await command(argv, { stdout: { write: (s: string) => (stdout += s) }, stderr: { write: (s: string) => (stderr += s) } });
+  return { code, stdout, stderr };
+}
 
 let swarm: Swarm | undefined;
 let data: string | undefined;
@@ -81,6 +90,12 @@ describe('the coordinator keeps a swarm job', () => {
     } finally {
       await kernels.close();
     }
+    // `swarmtrain generate --base <result>` samples from it: greedily, the same text as its own checkpoint path.
+    const greedy = ['--prompt', 'Call me', '--tokens', '5', '--temperature', '0'];
+    const fromBase = await captured(generateCommand, ['--base', result.dir, ...greedy]);
+    expect(fromBase.code, fromBase.stderr).toBe(0);
+    expect(fromBase.stdout.length).toBeGreaterThan(1); // some text, then the newline
+    expect(fromBase.stdout).toBe((await captured(generateCommand, ['--checkpoint', result.dir, ...greedy])).stdout);
   });
 
   it('kill -9 of the only holder of an expert: it comes back from the last checkpoint, and every batch is completed once', async () => {
