@@ -1,6 +1,7 @@
 // The coordinator's keeping of a job's state: every N averaging rounds and at the end it gathers
 // each parameter group from one holder over the `state` protocol, writes a checkpoint, and serves
 // the newest one back to nodes left with an expert nobody alive holds; the end also writes result/.
+import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { JobSpec } from '../proto/index.ts';
 import type { ModelConfig } from '../src/model/config.ts';
@@ -51,6 +52,8 @@ export class JobCheckpoints {
   /** Opens the job's checkpoint folder; a checkpoint already there (a restarted coordinator) is the one served. */
   static async open(options: CheckpointerOptions): Promise<JobCheckpoints> {
     const checkpoints = new JobCheckpoints(options);
+    // A data directory that cannot be written fails now, not at the first checkpoint.
+    await mkdir(checkpoints.dir, { recursive: true });
     const { checkpoint, skipped } = await latestCheckpoint(checkpoints.dir);
     for (const reason of skipped) options.emit({ event: 'checkpoint-skipped', reason });
     checkpoints.latest = checkpoint;

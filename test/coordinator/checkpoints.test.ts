@@ -1,10 +1,12 @@
 // The coordinator's checkpoint files and the job's result, without a swarm: the manifest's
 // checksums hold, a damaged or incomplete newest checkpoint is passed over for the previous one,
 // old ones are pruned, and result/ reads back through the HF loader and the PEFT reader.
+import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { JobSpec } from '../../proto/index.ts';
 import { latestCheckpoint, pruneCheckpoints, readCheckpoint, writeCheckpoint, CheckpointCorruptError, type GroupStates } from '../../coordinator/checkpoints.ts';
@@ -133,5 +135,25 @@ describe('job result', () => {
     for (const [name, t] of lora) expect(adapter.tensors.get(name)!.data).toEqual(t.data);
     const peftConfig = JSON.parse(await readFile(join(out, 'adapter_config.json'), 'utf8'));
     expect(peftConfig.target_modules).toEqual(['k_proj', 'o_proj', 'q_proj', 'v_proj', 'w1', 'w2', 'w3']);
+  });
+});
+
+describe('swarmtrain-coordinator --data', () => {
+  const coordinator = (args: string[]) => spawnSync(process.execPath, ['coordinator/bin.mjs', ...args], {
+    cwd: fileURLToPath(new URL('../..', import.meta.url)), encoding: 'utf8', timeout: 60_000,
+  });
+
+  it('--checkpoint-every without --data is bad input: exit 2 and one line saying what to add', () => {
+    const result = coordinator(['--job', join(dir, 'job.json'), '--vocab', '300', '--checkpoint-every', '2']);
+    expect(result.status).toBe(2);
+    expect(result.stderr).toBe('swarmtrain-coordinator: --checkpoint-every and --keep-checkpoints need --data <dir> (where checkpoints are written)\n');
+  });
+
+  it('a --data that is a file fails at start, naming the path', async () => {
+    await writeFile(join(dir, 'job.json'), JSON.stringify({ ...job('full'), model: { hiddenSize: 16, numHeads: 2, numKvHeads: 1, headDim: 8 } }));
+    await writeFile(join(dir, 'file'), 'not a folder');
+    const result = coordinator(['--job', join(dir, 'job.json'), '--vocab', '300', '--data', join(dir, 'file')]);
+    expect(result.status).toBe(1);
+    expect(result.stderr).toContain(join(dir, 'file'));
   });
 });
