@@ -1,10 +1,13 @@
 // What a finished job leaves in <data>/jobs/<jobId>/result/: a Hugging Face checkpoint (config.json
-// + model.safetensors, full jobs) or a PEFT adapter (LoRA jobs), plus the job's tokenizer.json.
+// + model.safetensors, full jobs) or a PEFT adapter (LoRA jobs; with base/, the seeded base it adapts
+// when the job named none), plus the job's tokenizer.json.
 import { rename, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import type { JobSpec } from '../proto/index.ts';
 import { saveHfModel, type HfLayout } from '../src/io/hf.ts';
 import { writePeftAdapter } from '../src/io/peft.ts';
 import type { F32Tensor, ModelConfig } from '../src/model/config.ts';
+import { initTensors } from '../src/model/init.ts';
 import type { GroupStates } from './checkpoints.ts';
 
 /** Jobs train the Mixtral layout; its HF names are what this project's loader and transformers read. */
@@ -16,7 +19,7 @@ export interface ResultInput {
   config: ModelConfig;
   groups: GroupStates;
   tokenizerJson: string;
-  /** Written as the adapter's base_model_name_or_path (default: the job id). */
+  /** The pretrained base a LoRA job adapts, written as base_model_name_or_path; without one, base/ holds the seeded base. */
   baseModel?: string;
 }
 
@@ -38,8 +41,13 @@ export async function writeResult(dir: string, input: ResultInput): Promise<void
     await writePeftAdapter(temporary, config, RESULT_LAYOUT.family, {
       rank: job.lora!.rank, alpha: job.lora!.alpha, baseModel: input.baseModel ?? job.jobId, tensors,
     });
+    if (input.baseModel === undefined) {
+      // The frozen base every node built from the job's seed (in fp32: a q8/q4 job trained against its quantization).
+      await saveHfModel(join(temporary, 'base'), { config, layout: RESULT_LAYOUT, params: new Map(initTensors(config, job.seed)) });
+      await writeFile(join(temporary, 'base', 'tokenizer.json'), input.tokenizerJson);
+    }
   }
-  await writeFile(`${temporary}/tokenizer.json`, input.tokenizerJson);
+  await writeFile(join(temporary, 'tokenizer.json'), input.tokenizerJson);
   await rm(dir, { recursive: true, force: true });
   await rename(temporary, dir);
 }

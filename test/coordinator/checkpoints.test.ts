@@ -14,6 +14,7 @@ import { writeResult } from '../../coordinator/result.ts';
 import { loadHfModel } from '../../src/io/hf.ts';
 import { readPeftAdapter } from '../../src/io/peft.ts';
 import { createConfig, expertOf, loraShapes, parameterShapes, type F32Tensor } from '../../src/model/config.ts';
+import { initTensors } from '../../src/model/init.ts';
 import { rng } from '../helpers.ts';
 
 const config = createConfig({
@@ -135,6 +136,16 @@ describe('job result', () => {
     for (const [name, t] of lora) expect(adapter.tensors.get(name)!.data).toEqual(t.data);
     const peftConfig = JSON.parse(await readFile(join(out, 'adapter_config.json'), 'utf8'));
     expect(peftConfig.target_modules).toEqual(['k_proj', 'o_proj', 'q_proj', 'v_proj', 'w1', 'w2', 'w3']);
+  });
+
+  it('LoRA job without a pretrained base: base/ holds the seeded base (and the tokenizer) for generate --base', async () => {
+    const out = join(dir, 'result');
+    const loraJob = { ...job('lora'), seed: 9 };
+    await writeResult(out, { job: loraJob, config, groups: asGroups(randomTensors(loraShapes(config, 2), 4)), tokenizerJson: '{}' });
+    expect((await readPeftAdapter(out, config, 'mixtral')).baseModel).toBe('unit-job');
+    const base = await loadHfModel(join(out, 'base'));
+    for (const [name, t] of initTensors(config, 9)) expect(base.params.get(name)!.data, name).toEqual(t.data);
+    expect(await readFile(join(out, 'base', 'tokenizer.json'), 'utf8')).toBe('{}');
   });
 });
 

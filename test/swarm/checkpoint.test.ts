@@ -1,6 +1,6 @@
 // A swarm job's state kept by the coordinator (real processes on 127.0.0.1): checkpoints gathered
-// from the holders, the result a finished job leaves (an HF checkpoint that loads and gives the
-// gathered model's logits), and an expert whose only holder is killed coming back from a checkpoint.
+// from the holders; the result a finished job leaves (an HF checkpoint, or a PEFT adapter and its
+// base, giving the gathered model's logits); an expert whose only holder is killed, restored.
 import { createHash } from 'node:crypto';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -14,7 +14,8 @@ import { createKernels } from '../../src/kernels/index.ts';
 import { Model } from '../../src/model/model.ts';
 import type { CommandIO } from '../../src/cli/command.ts';
 import { generateCommand } from '../../src/train/cli.ts';
-import { jobConfig } from '../../src/train/job.ts';
+import { readPeftAdapter } from '../../src/io/peft.ts';
+import { jobConfig, jobModelOptions } from '../../src/train/job.ts';
 import { BpeTokenizer } from '../../src/train/tokenizer.ts';
 import { startSwarm, type Swarm, type SwarmEvent } from '../../src/harness/local-swarm.ts';
 import { maxRelError } from '../helpers.ts';
@@ -96,6 +97,40 @@ describe('the coordinator keeps a swarm job', () => {
     expect(fromBase.code, fromBase.stderr).toBe(0);
     expect(fromBase.stdout.length).toBeGreaterThan(1); // some text, then the newline
     expect(fromBase.stdout).toBe((await captured(generateCommand, ['--checkpoint', result.dir, ...greedy])).stdout);
+  });
+
+  it('a LoRA job: the PEFT adapter applied to its base gives the logits of the gathered state; generate --base --adapter samples', async () => {
+    data = await mkdtemp(join(tmpdir(), 'swarmtrain-data-'));
+    const loraJob = job({ mode: 'lora', lora: { rank: 4, alpha: 8 }, lr: 3e-2 });
+    swarm = await startSwarm(loraJob, [...COORDINATOR, '--replication', '2', '--data', data]);
+    [0, 1, 2].forEach(() => swarm!.startNode());
+    const result = await swarm.coordinator.waitFor((e) => e.event === 'result', 150_000, 'result');
+    const { checkpoint } = await latestCheckpoint(join(data, 'jobs', 'ckpt-job', 'checkpoints'));
+    expect(checkpoint!.manifest.round).toBe(result.round);
+
+    const tokenizer = BpeTokenizer.fromHuggingFace(JSON.parse(await readFile(join(result.dir, 'tokenizer.json'), 'utf8')));
+    const config = jobConfig(loraJob, tokenizer);
+    const adapter = await readPeftAdapter(result.dir, config, 'mixtral');
+    expect([adapter.rank, adapter.alpha, adapter.baseModel]).toEqual([4, 8, 'ckpt-job']);
+    expect(adapter.tensors.get('layers.1.experts.3.down.lora_b')!.data.some((x) => x !== 0)).toBe(true); // trained, not the zero init
+    const base = await loadHfModel(join(result.dir, 'base'));
+    const kernels = await createKernels({ threads: 1 });
+    try {
+      // The gathered state on the job's own seeded base, against the exported base with the adapter.
+      const gathered = new Model(kernels, config, jobModelOptions(loraJob));
+      const state = mergeGroups(checkpoint!.groups);
+      gathered.params.load(new Map([...state].filter(([name]) => gathered.params.has(name))));
+      const adapted = new Model(kernels, base.config, { mode: 'lora', lora: { rank: adapter.rank, alpha: adapter.alpha } }, base.params);
+      adapted.params.load(adapter.tensors);
+      const tokens = tokenizer.encode('Call me Ishmael. Some years ago, never mind how long').slice(0, 16);
+      const want = Float32Array.from(await gathered.logits(tokens, 1, tokens.length));
+      expect(maxRelError(await adapted.logits(tokens, 1, tokens.length), want)).toBeLessThan(1e-5);
+    } finally {
+      await kernels.close();
+    }
+    const sampled = await captured(generateCommand, ['--base', join(result.dir, 'base'), '--adapter', result.dir, '--prompt', 'Call me', '--tokens', '5']);
+    expect(sampled.code, sampled.stderr).toBe(0);
+    expect(sampled.stdout.length).toBeGreaterThan(1);
   });
 
   it('kill -9 of the only holder of an expert: it comes back from the last checkpoint, and every batch is completed once', async () => {
