@@ -24,7 +24,7 @@ export async function serveGroups(rpc: Rpc, source: GroupSource): Promise<void> 
   const { jobId } = source;
   await rpc.handle('state', async (request, { peer }) => {
     if (!(await source.admitted(peer.toString()))) throw new RefusedError(`peer ${peer} is not admitted to job ${jobId}`);
-    if (request.jobId !== jobId) throw new RefusedError(`this node trains job ${jobId}, not ${request.jobId}`);
+    if (request.jobId !== jobId) throw new RefusedError(`this peer serves job ${jobId}, not ${request.jobId}`);
     const state = source.lookup(request.group);
     if (!state) throw new RefusedError(`group ${request.group} is not held here`);
     const parts: NamedTensor[] = [];
