@@ -69,8 +69,11 @@ export async function readCheckpoint(dir: string): Promise<StoredCheckpoint> {
   } catch (err) {
     return fail(`no readable ${MANIFEST} (${(err as Error).message}): incomplete`);
   }
-  if (manifest?.version !== CHECKPOINT_MANIFEST_VERSION) fail(`${MANIFEST} version ${String(manifest?.version)} is not ${CHECKPOINT_MANIFEST_VERSION}`);
-  if (!Number.isSafeInteger(manifest.round) || typeof manifest.files !== 'object' || manifest.files === null) fail(`${MANIFEST} lacks round or files`);
+  if (manifest?.version !== CHECKPOINT_MANIFEST_VERSION) {
+    fail(`${MANIFEST} version ${String(manifest?.version)} is not ${CHECKPOINT_MANIFEST_VERSION}`);
+  }
+  const { round, files } = manifest;
+  if (!Number.isSafeInteger(round) || typeof files !== 'object' || files === null) fail(`${MANIFEST} lacks round or files`);
   const groups: GroupStates = new Map();
   for (const [file, { group, sha256: expected }] of Object.entries(manifest.files)) {
     if (file !== `${group}.safetensors` || !parseGroupId(group)) fail(`${MANIFEST} lists ${file} for group ${group}`);

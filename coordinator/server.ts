@@ -424,7 +424,9 @@ export class CoordinatorServer {
       holders: () => {
         const plan = this.planner.current;
         if (!plan) return [];
-        const experts = plan.experts.map(({ layer, expert, holders }) => ({ group: groupId({ kind: 'expert', layer, expert }), holders: holders.filter(alive) }));
+        const experts = plan.experts.map(({ layer, expert, holders }) => ({
+          group: groupId({ kind: 'expert', layer, expert }), holders: holders.filter(alive),
+        }));
         return [{ group: TRUNK_GROUP, holders: [...plan.nodes.keys()].filter(alive) }, ...experts];
       },
       address: (peer) => this.addrsOf.get(peer)?.map((addr) => multiaddr(addr)),

@@ -18,7 +18,8 @@ import { jobConfig, jobDocuments } from '../../src/train/job.ts';
 import { BpeTokenizer } from '../../src/train/tokenizer.ts';
 
 const JOB: JobSpec = {
-  jobId: 'ckpt-unit', model: { hiddenSize: 32, numLayers: 2, numHeads: 2, numKvHeads: 1, headDim: 16, numExperts: 2, expertsPerToken: 1, expertHiddenSize: 32, maxSeqLen: 16 },
+  jobId: 'ckpt-unit',
+  model: { hiddenSize: 32, numLayers: 2, numHeads: 2, numKvHeads: 1, headDim: 16, numExperts: 2, expertsPerToken: 1, expertHiddenSize: 32, maxSeqLen: 16 },
   mode: 'full', baseFormat: 'f32', basePath: 'fp32', seed: 3, corpus: 'moby-dick', documents: { from: 0, to: 2 }, batchSize: 2, seqLen: 16,
   heldOutFraction: 0.05, totalBatches: 3, expectedNodes: 1, lr: 0.01, minLr: 0.001, warmupSteps: 0,
   averaging: { mode: 'sync', every: 1, deadlineMs: 1000 }, expertTimeoutMs: 1000,
@@ -97,7 +98,9 @@ describe('coordinator checkpoints of a job', () => {
       hidden = undefined;
       await trainBatch();
       await waitFor('done');
-      const beat = { jobId: JOB.jobId, step: 3, tokensPerSecond: 1, bytesSent: 0, bytesReceived: 0, staleness: 0, droppedExpertCalls: 0, planVersion: 1 };
+      const beat = {
+        jobId: JOB.jobId, step: 3, tokensPerSecond: 1, bytesSent: 0, bytesReceived: 0, staleness: 0, droppedExpertCalls: 0, planVersion: 1,
+      };
       expect((await rpc.request(to, 'heartbeat', beat)).stop).toBe(false);
       expect((await rpc.request(to, 'lease', { jobId: JOB.jobId, maxBatches: 1 })).done).toBe(false);
       release();

@@ -9,7 +9,9 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import type { JobSpec } from '../../proto/index.ts';
-import { latestCheckpoint, pruneCheckpoints, readCheckpoint, writeCheckpoint, CheckpointCorruptError, type GroupStates } from '../../coordinator/checkpoints.ts';
+import {
+  CheckpointCorruptError, latestCheckpoint, pruneCheckpoints, readCheckpoint, writeCheckpoint, type GroupStates,
+} from '../../coordinator/checkpoints.ts';
 import { writeResult } from '../../coordinator/result.ts';
 import { loadHfModel } from '../../src/io/hf.ts';
 import { readPeftAdapter } from '../../src/io/peft.ts';
@@ -157,7 +159,8 @@ describe('swarmtrain-coordinator --data', () => {
   it('--checkpoint-every without --data is bad input: exit 2 and one line saying what to add', () => {
     const result = coordinator(['--job', join(dir, 'job.json'), '--vocab', '300', '--checkpoint-every', '2']);
     expect(result.status).toBe(2);
-    expect(result.stderr).toBe('swarmtrain-coordinator: --checkpoint-every and --keep-checkpoints need --data <dir> (where checkpoints are written)\n');
+    expect(result.stderr).toBe(
+      'swarmtrain-coordinator: --checkpoint-every and --keep-checkpoints need --data <dir> (where checkpoints are written)\n');
   });
 
   it('a --data that is a file fails at start, naming the path', async () => {

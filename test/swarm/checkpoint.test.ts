@@ -128,7 +128,8 @@ describe('the coordinator keeps a swarm job', () => {
     } finally {
       await kernels.close();
     }
-    const sampled = await captured(generateCommand, ['--base', join(result.dir, 'base'), '--adapter', result.dir, '--prompt', 'Call me', '--tokens', '5']);
+    const sampling = ['--prompt', 'Call me', '--tokens', '5'];
+    const sampled = await captured(generateCommand, ['--base', join(result.dir, 'base'), '--adapter', result.dir, ...sampling]);
     expect(sampled.code, sampled.stderr).toBe(0);
     expect(sampled.stdout.length).toBeGreaterThan(1);
   });
