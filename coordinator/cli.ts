@@ -39,8 +39,14 @@ every event as one JSON line; the first, "listening", gives the multiaddrs to jo
     'lease-ms': integer('<n>', 'deadline of a lease of micro-batches (default 30000)', positive),
     replication: integer('<n>', 'nodes per expert (default 2)', positive),
     'status-file': text('<file>', 'rewritten every few seconds while serving (see `swarmtrain health`)'),
+    data: text('<dir>', "the coordinator's data directory: checkpoints and the result go to <dir>/jobs/<jobId>/"),
+    'checkpoint-every': integer('<rounds>', 'with --data: checkpoint every n averaging rounds and at the end (default 10)', positive),
+    'keep-checkpoints': integer('<n>', 'with --data: checkpoints kept (default 3)', positive),
   },
   async run(values, io) {
+    if (values.data === undefined && (values['checkpoint-every'] ?? values['keep-checkpoints']) !== undefined) {
+      throw new UsageError('--checkpoint-every and --keep-checkpoints need --data <dir> (where checkpoints are written)');
+    }
     // A job or option the server refuses (JobError, RangeError) is bad input; anything else, a failure.
     const server = await asInput(async () => {
       const job = validateJob(readJson('job', values.job), `job ${values.job}`);
@@ -56,6 +62,9 @@ every event as one JSON line; the first, "listening", gives the multiaddrs to jo
         nodeTimeoutMs: values['node-timeout-ms'],
         leaseMs: values['lease-ms'],
         replication: values.replication,
+        ...(values.data === undefined ? {} : { dataDir: values.data }),
+        checkpointEvery: values['checkpoint-every'],
+        keepCheckpoints: values['keep-checkpoints'],
         ...(values.listen ? { listen: values.listen } : {}),
         ...(values.key === undefined ? {} : { keyFile: values.key }),
         onEvent: (event) => io.stdout.write(`${JSON.stringify(event)}\n`),
@@ -64,6 +73,7 @@ every event as one JSON line; the first, "listening", gives the multiaddrs to jo
     const statusPath = values['status-file'];
     const statusTimer = statusPath === undefined ? undefined
       : reportStatus(server, statusWriter(statusPath, (message) => io.stderr.write(`swarmtrain-coordinator: ${message}\n`)));
+
     await new Promise<void>((resolve) => {
       const stop = () => {
         process.off('SIGINT', stop);

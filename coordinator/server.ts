@@ -6,6 +6,7 @@
 import '../src/p2p/polyfill.ts'; // before any libp2p import
 import { multiaddr } from '@multiformats/multiaddr';
 import {
+  groupId,
   JobError,
   msgpackCodec,
   PROTOCOL_VERSION,
@@ -23,13 +24,15 @@ import {
   planSigningBytes,
   type BaseManifest,
   type JobBase,
+  TRUNK_GROUP,
 } from '../proto/index.ts';
 import type { ModelConfig } from '../src/model/config.ts';
 import type { PrivateKey } from '@libp2p/interface';
-import { createHost, identityKey, RefusedError, Rpc, signSync, type Host, type Rejection } from '../src/p2p/index.ts';
+import { createHost, identityKey, RefusedError, Rpc, serveGroups, signSync, type Host, type Rejection } from '../src/p2p/index.ts';
 import { jobBatchesPerEpoch, jobConfig, jobModelOptions } from '../src/train/job.ts';
 import type { Tokenizer } from '../src/train/tokenizers/index.ts';
 import { serveBlobs, signManifest, type BlobSource } from '../src/weights/index.ts';
+import { JobCheckpoints, type CheckpointEvent } from './checkpointer.ts';
 import { JobLeases, type LeaseCounters } from './leases.ts';
 import { Membership, type NodeRecord } from './membership.ts';
 import { planShards, ShardPlanner, type DroppedReplica, type ExpertHolders, type NewReplica, type PlannerNode, type PlannerOptions, type ShardPlan } from './planner.ts';
@@ -56,6 +59,12 @@ export interface CoordinatorOptions {
   leaseMs?: number;
   /** Nodes per expert. Default 2. */
   replication?: number;
+  /** The coordinator's data directory: with it, the job is checkpointed and its result written under <dataDir>/jobs/<jobId>/. */
+  dataDir?: string;
+  /** Checkpoint every this many averaging rounds (and at the end). Default 10. */
+  checkpointEvery?: number;
+  /** Checkpoints kept on disk. Default 3. */
+  keepCheckpoints?: number;
   onEvent?: (event: CoordinatorEvent) => void;
   /** The clock (ms since the Unix epoch) for liveness and lease deadlines; tests drive it by hand. */
   now?: () => number;
@@ -82,6 +91,7 @@ export type CoordinatorEvent = { at: number } & (
   | { event: 'done'; completed: number; total: number }
   /** A peer message refused by the transport (too large, malformed, stalled, ...). */
   | ({ event: 'rejected' } & Rejection)
+  | CheckpointEvent
 );
 
 interface JoinedNode {
@@ -155,6 +165,9 @@ export class CoordinatorServer {
   private announcedVersion = 0;
   private started = false;
   private stopped = false;
+  /** With a data directory: the job's checkpoints, and whether the end's result is written (nodes are let go after it). */
+  private checkpoints?: JobCheckpoints;
+  private resultWritten = false;
 
   private constructor(
     private readonly host: Host,
@@ -215,8 +228,9 @@ export class CoordinatorServer {
     });
   }
 
+  /** Every batch is trained and, with a data directory, the final checkpoint and result are written. */
   get done(): boolean {
-    return this.leases.done;
+    return this.leases.done && (this.checkpoints === undefined || this.resultWritten);
   }
 
   status(): CoordinatorStatus {
@@ -226,7 +240,7 @@ export class CoordinatorServer {
       addrs: this.addrs,
       jobId: this.options.job.jobId,
       started: this.started,
-      done: this.leases.done,
+      done: this.done,
       nodes: this.membership.all().map((record) => ({
         ...record,
         addrs: this.addrsOf.get(record.nodeId) ?? [],
@@ -245,6 +259,7 @@ export class CoordinatorServer {
     if (this.stopped) return;
     this.stopped = true;
     for (const timer of this.timers) clearInterval(timer);
+    await this.checkpoints?.idle();
     await this.host.stop();
   }
 
@@ -259,6 +274,7 @@ export class CoordinatorServer {
       const admitted = (peer: string) => this.membership.get(peer) !== undefined;
       await serveBlobs({ rpc, source: this.options.base.blobs, admitted });
     }
+    if (this.options.dataDir !== undefined) await this.keepCheckpoints(rpc, this.options.dataDir);
     this.timers.push(setInterval(() => this.sweep(), this.sweepIntervalMs));
     this.timers.push(setInterval(() => this.expire(), this.options.leaseMs / 4));
     this.emit({ event: 'listening', peerId: this.peerId, addrs: this.addrs });
@@ -312,9 +328,9 @@ export class CoordinatorServer {
     } catch (err) {
       throw this.refusal(peer, 'heartbeat', (err as Error).message);
     }
-    if (!alive) return { accepted: false, reason: 'rejoin', stop: this.leases.done };
+    if (!alive) return { accepted: false, reason: 'rejoin', stop: this.done };
     const plan = this.planner.current!;
-    return { accepted: true, ...(plan.version > beat.planVersion ? this.signedPlan(plan) : {}), stop: this.leases.done };
+    return { accepted: true, ...(plan.version > beat.planVersion ? this.signedPlan(plan) : {}), stop: this.done };
   }
 
   private lease(request: LeaseRequest, peer: string): LeaseGrant {
@@ -323,7 +339,7 @@ export class CoordinatorServer {
     const planVersion = this.planner.current?.version ?? 0;
     const grant = this.started ? this.leases.lease(peer, request.maxBatches) : undefined;
     if (grant === undefined) {
-      return { jobId: request.jobId, leaseId: 0, batchIds: [], deadline: this.options.now(), done: this.leases.done, planVersion };
+      return { jobId: request.jobId, leaseId: 0, batchIds: [], deadline: this.options.now(), done: this.done, planVersion };
     }
     return { jobId: request.jobId, ...grant, done: false, planVersion };
   }
@@ -404,7 +420,42 @@ export class CoordinatorServer {
   private progressed(epoch: number): void {
     const { completed, totalBatches: total } = this.leases;
     this.emit({ event: 'progress', completed, total, epoch, counters: this.leases.stats });
-    if (this.leases.done) this.emit({ event: 'done', completed, total });
+    if (!this.leases.done) {
+      this.checkpoints?.progressed(completed);
+      return;
+    }
+    this.emit({ event: 'done', completed, total });
+    // Nodes keep serving their state until the final checkpoint is gathered: only then does done reach them.
+    void this.checkpoints?.finish(completed).then(() => { this.resultWritten = true; });
+  }
+
+  /**
+   * Checkpoints under dataDir: gathered from one live holder per group, and served back over the
+   * `state` protocol to admitted nodes, the last source a node tries for an expert nobody alive holds.
+   */
+  private async keepCheckpoints(rpc: Rpc, dataDir: string): Promise<void> {
+    const { job } = this.options;
+    const alive = (peer: string) => this.membership.get(peer)?.status === 'alive';
+    const checkpoints = await JobCheckpoints.open({
+      rpc, dataDir, job, config: this.plannerOptions.config, tokenizerJson: this.tokenizerJson,
+      every: bounded('checkpointEvery', this.options.checkpointEvery ?? 10, 1, 1_000_000),
+      keep: bounded('keepCheckpoints', this.options.keepCheckpoints ?? 3, 1, 1000),
+      holders: () => {
+        const plan = this.planner.current;
+        if (!plan) return [];
+        const experts = plan.experts.map(({ layer, expert, holders }) => ({
+          group: groupId({ kind: 'expert', layer, expert }), holders: holders.filter(alive),
+        }));
+        return [{ group: TRUNK_GROUP, holders: [...plan.nodes.keys()].filter(alive) }, ...experts];
+      },
+      address: (peer) => this.addrsOf.get(peer)?.map((addr) => multiaddr(addr)),
+      emit: (event) => this.emit(event),
+    });
+    await serveGroups(rpc, {
+      jobId: job.jobId, admitted: async (peer) => alive(peer), lookup: (group) => checkpoints.lookup(group), round: () => checkpoints.round,
+      onServe: (group, node) => this.emit({ event: 'restored', group, node, round: checkpoints.round }),
+    });
+    this.checkpoints = checkpoints;
   }
 
   private checkJob(jobId: string, peer: string, request: RequestName): void {

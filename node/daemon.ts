@@ -191,8 +191,10 @@ export class NodeDaemon {
     const servers = { rpc: this.rpc, kernels: this.kernels, experts: model.experts, directory, stats: this.experts.stats };
     await serveExperts(servers, { jobId: this.job.jobId, hidden: config.hiddenSize });
     await this.averager.serve();
-    // A peer unknown to our plan may have joined since: one heartbeat brings the newer plan.
-    const admittedNow = async (peer: string) => directory.admitted(peer) || (await this.beat(), directory.admitted(peer));
+    // A peer unknown to our plan may have joined since: one heartbeat brings the newer plan. The
+    // coordinator may ask too: it gathers checkpoints of the groups held here.
+    const admittedNow = async (peer: string) =>
+      peer === this.coordinatorId || directory.admitted(peer) || (await this.beat(), directory.admitted(peer));
     await serveState(this.rpc, model, admittedNow, this.job.jobId, () => this.step);
     this.emit({ event: 'joined', node: this.self, experts: [...hosted], planVersion: this.plan.version, gemmGflops: this.gemmGflops });
   }
@@ -266,7 +268,7 @@ export class NodeDaemon {
     const trunk = await this.fetchWhileJoining(() => this.newestPlan().peers.map((p) => p.peerId), TRUNK_GROUP);
     if (trunk) model.params.load(trunk);
     for (const [group, { layer, expert }] of hosted) {
-      const state = await this.fetchWhileJoining(() => this.holders(layer, expert, this.newestPlan()), group);
+      const state = await this.fetchWhileJoining(() => this.holders(layer, expert, this.newestPlan()), group, true);
       if (state) model.params.load(new Map([...state].filter(([name]) => model.params.has(name))));
     }
     this.emit({ event: 'caught-up', trunk: trunk !== undefined });
@@ -277,19 +279,26 @@ export class NodeDaemon {
    * untrained values would throw away the swarm's work, so a busy or briefly unreachable holder
    * (or one just declared dead and rejoining) is worth waiting for. Each round starts from the newest plan.
    */
-  private async fetchWhileJoining(holders: () => string[], group: string) {
+  private async fetchWhileJoining(holders: () => string[], group: string, checkpointed = false) {
     for (let round = 1; ; round++) {
-      const state = await this.fetchFromAny(holders().filter((peer) => peer !== this.self), group);
+      const peers = holders().filter((peer) => peer !== this.self);
+      // The coordinator's checkpoint is older than any live holder's state: asked last, when none is left.
+      const lastResort = checkpointed && (peers.length === 0 || round === CATCH_UP_ROUNDS);
+      const state = await this.fetchFromAny(peers, group, lastResort);
       if (state || round === CATCH_UP_ROUNDS) return state;
       await sleep(CATCH_UP_BACKOFF_MS * round);
       await this.beat();
     }
   }
 
-  /** A group's state from the first of `peers` that serves it (each tried twice: a fresh connection may be reset). */
-  private async fetchFromAny(peers: string[], group: string) {
-    for (const peer of [...peers, ...peers]) {
-      const target = this.address(peer);
+  /**
+   * A group's state from the first of `peers` that serves it (each tried twice: a fresh connection may
+   * be reset), then, with `fromCheckpoint`, from the coordinator's newest checkpoint of it.
+   */
+  private async fetchFromAny(peers: string[], group: string, fromCheckpoint = false) {
+    const sources = [...peers, ...peers, ...(fromCheckpoint ? [this.coordinatorId] : [])];
+    for (const peer of sources) {
+      const target = peer === this.coordinatorId ? this.coordinator : this.address(peer);
       if (!target) continue;
       try {
         return await fetchGroup(this.rpc, target, this.job.jobId, group, STATE_TIMEOUT_MS, this.fromHolder);
@@ -354,7 +363,7 @@ export class NodeDaemon {
     }
     for (const [group, { layer, expert }] of after) {
       if (model.experts.hosts(layer, expert)) continue;
-      const state = await this.fetchFromAny(this.holders(layer, expert).filter((p) => p !== this.self), group);
+      const state = await this.fetchFromAny(this.holders(layer, expert).filter((p) => p !== this.self), group, true);
       let base: Map<string, F32Tensor> | undefined;
       try {
         base = this.base ? await this.fetchBase([group]) : undefined;

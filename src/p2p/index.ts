@@ -5,3 +5,4 @@ export { cappedLengthDecoder, frameStream, varintLength } from './framing.ts';
 export * from './host.ts';
 export * from './rpc.ts';
 export * from './signing.ts';
+export * from './state.ts';

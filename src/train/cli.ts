@@ -105,11 +105,12 @@ export const TRAIN_COMMAND = command({
 
 export const GENERATE_COMMAND = command({
   program: 'swarmtrain generate',
-  usage: '(--run <dir> | --checkpoint <dir>) [options]',
+  usage: '(--run <dir> | --checkpoint <dir> | --base <hf dir>) [options]',
   about: 'Continues a prompt with a trained model and prints the continuation.',
   options: {
     run: text('<dir>', 'a train run folder: its newest checkpoint and its tokenizer.json'),
     checkpoint: text('<dir>', 'a checkpoint folder, or a Hugging Face model folder'),
+    base: text('<hf dir>', "the base an --adapter applies to: a Hugging Face model folder (a swarm job's result/, or any)"),
     tokenizer: text('<file>', 'tokenizer.json (default: beside the checkpoint or in its run folder)'),
     adapter: text('<dir>', 'a PEFT LoRA adapter to apply to a full checkpoint (e.g. <run>/adapter)'),
     prompt: text('<text>', 'text to continue (default: the start of a new document)'),
@@ -121,9 +122,8 @@ export const GENERATE_COMMAND = command({
     threads,
   },
   async run(values, io) {
-    if ((values.run === undefined) === (values.checkpoint === undefined)) {
-      throw new UsageError('give either --run <dir> or --checkpoint <dir>');
-    }
+    const given = [values.run, values.checkpoint, values.base].filter((value) => value !== undefined);
+    if (given.length !== 1) throw new UsageError('give one of --run <dir>, --checkpoint <dir> or --base <hf dir>');
     const sampling = {
       maxNewTokens: values.tokens ?? 100,
       temperature: values.temperature ?? SAMPLING.temperature,
@@ -133,7 +133,7 @@ export const GENERATE_COMMAND = command({
     let kernels: Kernels | undefined;
     try {
       const { model, tokenizer } = await asInput(async () => {
-        const dir = values.run === undefined ? resolve(values.checkpoint!) : runCheckpoint(resolve(values.run));
+        const dir = values.run === undefined ? resolve((values.checkpoint ?? values.base)!) : runCheckpoint(resolve(values.run));
         const tokenizerPath = values.tokenizer === undefined ? findTokenizer(dir) : resolve(values.tokenizer);
         if (tokenizerPath === undefined) {
           throw new UsageError(`no tokenizer.json beside ${dir} or in its run folder; pass --tokenizer <file>`);
