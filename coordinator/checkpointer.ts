@@ -30,6 +30,8 @@ export interface CheckpointerOptions {
   every: number;
   /** Checkpoints kept on disk. */
   keep: number;
+  /** The pretrained base a LoRA job adapts (its folder), named in the adapter instead of writing a seeded base/. */
+  baseModel?: string;
   /** Every group of the current plan with the live nodes holding it. */
   holders: () => { group: string; holders: string[] }[];
   address: (peer: string) => DialTarget | undefined;
@@ -95,7 +97,8 @@ export class JobCheckpoints {
       if (!(await this.checkpoint(round, completed))) return;
       const { job, config, tokenizerJson } = this.options;
       try {
-        await writeResult(this.resultDir, { job, config, groups: this.latest!.groups, tokenizerJson });
+        const { baseModel } = this.options;
+        await writeResult(this.resultDir, { job, config, groups: this.latest!.groups, tokenizerJson, ...(baseModel ? { baseModel } : {}) });
         this.options.emit({ event: 'result', dir: this.resultDir, round, mode: job.mode });
       } catch (err) {
         this.options.emit({ event: 'checkpoint-failed', round, reason: `result: ${(err as Error).message}` });

@@ -3,7 +3,7 @@
 // [".../p2p/<peerId>"]}. SIGINT/SIGTERM stop it cleanly (exit 0). Bad input (options, the job
 // file, the tokenizer, the base checkpoint) ends with one line on stderr and exit code 2; a failure to start, 1.
 import { existsSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { integer, text } from '../src/cli/args.ts';
 import { command, helpText, runCommand, type CommandIO } from '../src/cli/command.ts';
 import { statusWriter, type Status } from '../src/cli/health.ts';
@@ -123,7 +123,7 @@ async function readBase(dir: string) {
   try {
     const { manifest, blobs } = await buildManifest(dir);
     const tokenizer = join(dir, 'tokenizer.json');
-    return { manifest, blobs, ...(existsSync(tokenizer) ? { tokenizer } : {}) };
+    return { manifest, blobs, name: resolve(dir), ...(existsSync(tokenizer) ? { tokenizer } : {}) };
   } catch (err) {
     // A missing file, a bad config or safetensors header, a tensor the model lacks: all say the folder is not a usable base.
     throw new UsageError(`base ${dir}: ${messageOf(err)}`);

@@ -44,7 +44,7 @@ export interface CoordinatorOptions {
    * The checkpoint the job starts from (src/weights buildManifest of a Hugging Face folder): the job's
    * model config is the base's, nodes get the manifest signed, and admitted nodes fetch its blobs from here.
    */
-  base?: { manifest: BaseManifest; blobs: BlobSource };
+  base?: { manifest: BaseManifest; blobs: BlobSource; name: string };
   /** Multiaddrs to listen on (default: an ephemeral TCP port on 127.0.0.1). */
   listen?: string[];
   /** The coordinator's libp2p identity, created on first use. */
@@ -438,6 +438,7 @@ export class CoordinatorServer {
     const alive = (peer: string) => this.membership.get(peer)?.status === 'alive';
     const checkpoints = await JobCheckpoints.open({
       rpc, dataDir, job, config: this.plannerOptions.config, tokenizerJson: this.tokenizerJson,
+      ...(this.options.base ? { baseModel: this.options.base.name } : {}),
       every: bounded('checkpointEvery', this.options.checkpointEvery ?? 10, 1, 1_000_000),
       keep: bounded('keepCheckpoints', this.options.keepCheckpoints ?? 3, 1, 1000),
       holders: () => {

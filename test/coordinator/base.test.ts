@@ -56,7 +56,7 @@ const joinRequest = (host: Host) => ({
 
 async function startWithBase(job: Partial<JobSpec> = {}, tok = tokenizer) {
   const { manifest, blobs } = await buildManifest(join(dir, 'base'));
-  return CoordinatorServer.start({ job: { ...JOB, ...job }, tokenizer: tok, joinToken: '', base: { manifest, blobs } });
+  return CoordinatorServer.start({ job: { ...JOB, ...job }, tokenizer: tok, joinToken: '', base: { manifest, blobs, name: join(dir, 'base') } });
 }
 
 describe('the coordinator of a job with a base', () => {
