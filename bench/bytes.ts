@@ -11,6 +11,7 @@
 import { cpus, loadavg } from 'node:os';
 import { rowsOf, wireRows } from '../node/experts.ts';
 import type { ExpertPrecision, JobSpec } from '../proto/index.ts';
+import { demoJob } from '../src/harness/demo-job.ts';
 import { blockCount, dequantizeBlocks, quantizeBlocks } from '../src/compress/int8-block.ts';
 import { startSwarm } from '../src/harness/local-swarm.ts';
 import { createKernels, type Kernels } from '../src/kernels/index.ts';
@@ -46,19 +47,10 @@ const SETTINGS: Setting[] = [
 ];
 const BASELINE = SETTINGS[0];
 
-const DEMO_MODEL = {
-  hiddenSize: 128, numLayers: 4, numHeads: 4, numKvHeads: 2, headDim: 32, numExperts: 8, expertsPerToken: 2, expertHiddenSize: 256, maxSeqLen: 128,
-};
-
-/** The demo job (coordinator/demo.ts's demoJob) with every expert call's precision set. */
+/** The demo job (src/harness/demo-job.ts) with every expert call's precision set. */
 function benchJob(setting: Setting, totalBatches: number): JobSpec {
   return {
-    jobId: 'bench-bytes',
-    model: DEMO_MODEL,
-    mode: 'full', baseFormat: 'f32', basePath: 'fp32', seed: 1, corpus: 'moby-dick',
-    batchSize: 8, seqLen: 128, heldOutFraction: 0.02, totalBatches, expectedNodes: NODES,
-    lr: 3e-3, minLr: 3e-4, warmupSteps: 10,
-    averaging: { mode: 'periodic', every: 8, deadlineMs: 10_000, codec: 'int8-block' },
+    ...demoJob(totalBatches, NODES), jobId: 'bench-bytes',
     expertTimeoutMs: 30_000, expertPrecision: setting.precision, expertGradientPrecision: setting.gradientPrecision,
   };
 }
@@ -231,7 +223,7 @@ for (const setting of SETTINGS) {
   console.log(`  one process, ${setting.label}: ${((performance.now() - t0) / 1e3).toFixed(0)} s`);
 }
 
-const HIDDEN = DEMO_MODEL.hiddenSize;
+const HIDDEN = Number(demoJob(1, NODES).model.hiddenSize);
 console.log(`\n1. round-trip error of expert rows, ‖decoded − sent‖ / ‖sent‖ over all rows of the f32 run; bytes per value at hidden ${HIDDEN}`);
 const perValue = (block: number) => `${(1 + 4 / block).toFixed(3)} B`;
 printTable(['rows', 'bf16 (2 B)', `int8 per row (${perValue(HIDDEN)})`, `int8 per 32 (${perValue(32)})`],
