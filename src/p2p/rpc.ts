@@ -146,13 +146,27 @@ export class Rpc {
     const deadlines: Deadlines = { caller: options.signal, request: { signal: AbortSignal.timeout(ms), ms }, ioMs: ms };
 
     const dialing = `${what}: could not open a stream`;
-    const stream = await withDeadlines(dialing, deadlines, async (signal) => {
+    const openStream = async (signal: AbortSignal) => {
       const connection = await this.transport.dial(peer, { signal });
       const room = connection.limits?.bytes;
       if (room !== undefined && BigInt(bytes.length) > room) {
         throw new RefusedError(`${what}: ${bytes.length} bytes do not fit the ${room} bytes the relay allows this connection`, 'relay-limit');
       }
-      return connection.newStream(spec.id, { signal, runOnLimitedConnection: true });
+      try {
+        return await connection.newStream(spec.id, { signal, runOnLimitedConnection: true });
+      } catch (err) {
+        // A connection whose muxer has closed can still be the one dial() hands out: drop it so the retry dials anew.
+        if (connection.status !== 'open' || /muxer/i.test((err as Error).message)) connection.abort(err as Error);
+        throw err;
+      }
+    };
+    const stream = await withDeadlines(dialing, deadlines, async (signal) => {
+      try {
+        return await openStream(signal);
+      } catch (err) {
+        if (err instanceof RefusedError || signal.aborted) throw err;
+        return openStream(signal);
+      }
     }).catch((err: RpcError) => {
       throw err instanceof RemoteError ? new RefusedError(err.message, 'unreachable') : err;
     });
