@@ -2,7 +2,6 @@
 // tiny Mixtral fixture, which they fetch from the coordinator and each other. Checked: held-out loss falls,
 // remote expert calls happen, every node's frozen base is bit-identical to the fixture quantized in this
 // process, and a node restarted on the same data directory fetches nothing.
-import { existsSync } from 'node:fs';
 import { copyFile, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -17,14 +16,10 @@ import { hfFixturesDir } from '../fixtures.ts';
 
 const fixtures = hfFixturesDir();
 const FIXTURE = fixtures && join(fixtures, 'atenia-tiny-mixtral-classic');
-// The fixture's 48-token vocabulary needs a SentencePiece-style tokenizer.json without byte fallback,
-// which only the tokenizer.json loader of src/train/tokenizers reads (a byte-level one needs 256 tokens).
-const CHAR_TOKENIZERS = existsSync(new URL('../../src/train/tokenizers/index.ts', import.meta.url));
-if (!CHAR_TOKENIZERS) {
-  console.warn('Skipping the base-checkpoint swarm test: src/train/tokenizers (SentencePiece-style tokenizer.json) is absent');
-}
-
-/** 48 tokens, as the fixture's embedding has: specials, the word boundary, a lowercase alphabet, digits, punctuation. */
+/**
+ * 48 tokens, as the fixture's embedding has: specials, the word boundary, a lowercase alphabet, digits,
+ * punctuation (SentencePiece-style without byte fallback: a byte-level tokenizer needs 256 tokens).
+ */
 function charTokenizerJson(): unknown {
   const specials = ['<unk>', '<s>', '</s>'];
   const chars = ['▁', ...'abcdefghijklmnopqrstuvwxyz0123456789', ...".,;:!?'-"];
@@ -87,7 +82,7 @@ afterEach(async () => {
 
 vi.setConfig({ testTimeout: 240_000 });
 
-describe.skipIf(!FIXTURE || !CHAR_TOKENIZERS)('a swarm job on a pretrained base (the tiny Mixtral fixture)', () => {
+describe.skipIf(!FIXTURE)('a swarm job on a pretrained base (the tiny Mixtral fixture)', () => {
   it('3 nodes fetch the base over the swarm and train LoRA on its q4 quantization; a restarted node fetches nothing', async () => {
     scratch = await mkdtemp(join(tmpdir(), 'swarmtrain-base-'));
     const base = join(scratch, 'base');
