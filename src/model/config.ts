@@ -161,9 +161,10 @@ export function parameterShapes(config: ModelConfig): Map<string, number[]> {
     shapes.set(`${p}.ffn_norm`, [H]);
     shapes.set(`${p}.router`, [config.numExperts, H]);
     for (let e = 0; e < config.numExperts; e++) {
-      shapes.set(`${p}.experts.${e}.gate`, [F, H]);
-      shapes.set(`${p}.experts.${e}.up`, [F, H]);
-      shapes.set(`${p}.experts.${e}.down`, [H, F]);
+      const expert = expertPrefix(l, e);
+      shapes.set(`${expert}.gate`, [F, H]);
+      shapes.set(`${expert}.up`, [F, H]);
+      shapes.set(`${expert}.down`, [H, F]);
     }
     if (S > 0) {
       shapes.set(`${p}.shared_expert.gate`, [S, H]);
@@ -180,6 +181,11 @@ export function parameterShapes(config: ModelConfig): Map<string, number[]> {
 const EXPERT_PARAM = /^layers\.(\d+)\.experts\.(\d+)\./;
 
 /** The (layer, expert) a canonical parameter name belongs to, or undefined for the trunk. */
+/** The name every tensor of a routed expert starts with (expertOf parses it back). */
+export function expertPrefix(layer: number, expert: number): string {
+  return `layers.${layer}.experts.${expert}`;
+}
+
 export function expertOf(name: string): { layer: number; expert: number } | undefined {
   const m = EXPERT_PARAM.exec(name);
   return m ? { layer: Number(m[1]), expert: Number(m[2]) } : undefined;

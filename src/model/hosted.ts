@@ -1,6 +1,6 @@
 // The routed experts this process hosts, and local-first routing of the MoE layers' calls: a
 // hosted expert runs here, any other goes to the injected RemoteExperts port (a swarm node's).
-import type { F32Tensor, ModelConfig } from './config.ts';
+import { expertPrefix, type F32Tensor, type ModelConfig } from './config.ts';
 import type { ExpertCompute, SwigluExpert } from './expert.ts';
 import type { Param } from './params.ts';
 import type { ModelWeights } from './weights.ts';
@@ -81,7 +81,7 @@ export class HostedExperts implements ExpertCompute {
 
   /** Canonical names of an expert's tensors (base matrices, and LoRA A/B in lora mode). */
   tensorNames(layer: number, expert: number): string[] {
-    const prefix = `layers.${layer}.experts.${expert}.`;
+    const prefix = `${expertPrefix(layer, expert)}.`;
     return [...this.weights.shapes.keys(), ...this.weights.loraShapes.keys()].filter((name) => name.startsWith(prefix));
   }
 

@@ -12,7 +12,7 @@ import { HeapGroup } from '../kernels/heap.ts';
 import type { Kernels } from '../kernels/index.ts';
 import type { RopeTable } from '../kernels/ops.ts';
 import { Attention, AttentionBuffers, type KvCacheLayer } from './attention.ts';
-import type { F32Tensor, ModelConfig } from './config.ts';
+import { expertPrefix, type F32Tensor, type ModelConfig } from './config.ts';
 import { ExpertCache, ExpertScratch, ExpertSlab, SwigluExpert, type ActivationStorage } from './expert.ts';
 import { HostedExperts, type RemoteExperts } from './hosted.ts';
 import { DenseLinear, LAYER_SCRATCH, LORA_SCRATCH, LoraLinear, QuantLinear, ScratchBuffers, type BasePath, type Linear } from './linear.ts';
@@ -176,10 +176,9 @@ export class Model {
     this.expertScratch = new ExpertScratch(kernels);
     const sharedSlab = options.checkpointing ? new ExpertSlab(kernels, config.expertHiddenSize, options.activationStorage) : undefined;
     this.expertSlabs = Array.from({ length: config.numLayers }, () => sharedSlab ?? new ExpertSlab(kernels, config.expertHiddenSize, options.activationStorage));
-    const prefix = (layer: number, expert: number) => `layers.${layer}.experts.${expert}`;
     this.experts = new HostedExperts(config, this.weights, {
-      local: (layer, expert) => this.swiglu(prefix(layer, expert), this.expertSlabs[layer]),
-      serving: (layer, expert) => this.swiglu(prefix(layer, expert)),
+      local: (layer, expert) => this.swiglu(expertPrefix(layer, expert), this.expertSlabs[layer]),
+      serving: (layer, expert) => this.swiglu(expertPrefix(layer, expert)),
     }, options.remote);
     const sharedAttention = options.checkpointing ? new AttentionBuffers(options.activationStorage) : undefined;
     const sharedMoe = options.checkpointing ? new MoeBuffers(options.activationStorage) : undefined;
