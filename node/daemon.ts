@@ -13,7 +13,7 @@ import {
 import { createKernels, type Kernels } from '../src/kernels/index.ts';
 import { expertOf, type F32Tensor } from '../src/model/config.ts';
 import { Model } from '../src/model/model.ts';
-import { createHost, Rpc, signedBy, type DialTarget, type Host, type Rejection } from '../src/p2p/index.ts';
+import { createHost, fetchGroup, Rpc, signedBy, type DialTarget, type Host, type Rejection } from '../src/p2p/index.ts';
 import { jobConfig, jobData, jobModelOptions } from '../src/train/job.ts';
 import { DEFAULT_ADAMW } from '../src/train/optimizer.ts';
 import { tokenizerFromJson, type Tokenizer } from '../src/train/tokenizers/index.ts';
@@ -23,7 +23,7 @@ import { multiaddr } from '@multiformats/multiaddr';
 import { createAverager, type Averager, type AveragingFault } from './averaging/index.ts';
 import { expertPrecisions, serveExperts, SwarmRemoteExperts } from './experts.ts';
 import { NodeBase } from './base.ts';
-import { fetchGroup, serveState } from './state.ts';
+import { serveState } from './state.ts';
 import { countingCodec, type Traffic } from './traffic.ts';
 
 export interface NodeOptions {

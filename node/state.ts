@@ -1,13 +1,10 @@
-// Parameter state between nodes: a node serves the current values of the groups it holds, and a
-// new replica of an expert, or a node that (re)joins a running job, fetches them from a holder.
-// A group's state is what training changes: the trunk's trainable tensors, or an expert's
-// tensors (its frozen base included, which a new holder does not have).
+// What a node serves of the `state` protocol (src/p2p/state.ts): the current values of the groups it
+// holds, for a new replica of an expert or a node that (re)joins a running job. A group's state is what
+// training changes: the trunk's trainable tensors, or an expert's tensors (its frozen base included).
 import { parseGroupId } from '../proto/index.ts';
 import { expertOf, type F32Tensor } from '../src/model/config.ts';
 import type { Model } from '../src/model/model.ts';
 import { serveGroups, type Rpc } from '../src/p2p/index.ts';
-
-export { fetchGroup } from '../src/p2p/index.ts';
 
 /** The tensors of a group held here, or undefined when this node does not hold it. */
 function groupState(model: Pick<Model, 'params' | 'experts'>, group: string): Map<string, F32Tensor> | undefined {
