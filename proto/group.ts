@@ -5,8 +5,8 @@ export type ExpertGroup = Extract<GroupRef, { kind: 'expert' }>;
 
 export const TRUNK_GROUP = 'trunk';
 
-/** Layer and expert indices as the wire bounds them (proto's Index). */
-const MAX_INDEX = 2 ** 20;
+/** The largest layer or expert index, here and in every message that carries one (messages.ts's Index). */
+export const MAX_INDEX = 2 ** 20;
 /** Canonical decimal only (no sign, no leading zero), so parse and build round-trip. */
 const EXPERT_ID = /^expert\.(0|[1-9]\d{0,6})\.(0|[1-9]\d{0,6})$/;
 

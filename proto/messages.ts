@@ -5,6 +5,7 @@
 import { Type, type Static } from '@sinclair/typebox';
 import { TypeCompiler } from '@sinclair/typebox/compiler';
 import { JobError } from './errors.ts';
+import { MAX_INDEX } from './group.ts';
 import { BaseManifestSchema, MAX_BLOB_CHUNK_BYTES, Sha256Hex } from './manifest.ts';
 import { TensorSchema } from './tensor.ts';
 
@@ -18,7 +19,7 @@ const TensorName = Type.String({ minLength: 1, maxLength: 256, pattern: '^[A-Za-
 const Reason = Type.String({ maxLength: 1024 });
 /** Milliseconds since the Unix epoch. */
 const Timestamp = Count;
-const Index = Type.Integer({ minimum: 0, maximum: 2 ** 20 });
+const Index = Type.Integer({ minimum: 0, maximum: MAX_INDEX });
 
 export const NamedTensorSchema = Type.Object({ name: TensorName, tensor: TensorSchema });
 export type NamedTensor = Static<typeof NamedTensorSchema>;
