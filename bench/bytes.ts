@@ -9,6 +9,7 @@
 //    remote): all bytes each node sent per 1k tokens it trained on, and the held-out loss of its model.
 // Run: npm run bench:bytes [-- --quick]
 import { cpus, loadavg } from 'node:os';
+import { HELD_OUT_BATCHES } from '../node/daemon.ts';
 import { rowsOf, wireRows } from '../node/experts.ts';
 import type { ExpertPrecision, JobSpec } from '../proto/index.ts';
 import { demoJob } from '../src/harness/demo-job.ts';
@@ -31,8 +32,6 @@ const STEPS_PER_NODE = quick ? 24 : 80;
 /** One process trains as many micro-batches as the swarm does in all. */
 const LOCAL_STEPS = STEPS_PER_NODE * NODES;
 const VOCAB = 1024;
-/** Held-out micro-batches evaluated at the end (HELD_OUT_BATCHES in node/daemon.ts). */
-const HELD_OUT_BATCHES = 8;
 
 interface Setting {
   label: string;

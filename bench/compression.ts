@@ -11,6 +11,7 @@
 // bits per byte of the held-out text (its bytes counted from the same batches, rebuilt here).
 // Run: npm run bench:compression [-- --quick] [-- --repeats N]
 import { cpus, loadavg } from 'node:os';
+import { HELD_OUT_BATCHES } from '../node/daemon.ts';
 import { startSwarm, type Proc } from '../src/harness/local-swarm.ts';
 import type { Averaging, JobSpec } from '../proto/index.ts';
 import { bitsPerByte, targetBytes, unigramEntropy } from '../src/train/data.ts';
@@ -36,8 +37,6 @@ function repeatsArgument(): number | undefined {
   if (!Number.isInteger(value) || value < 1) throw new RangeError(`--repeats must be a positive integer, got ${process.argv[at + 1]}`);
   return value;
 }
-/** Held-out micro-batches a node evaluates when it finishes (HELD_OUT_BATCHES in node/daemon.ts; checked against its token count). */
-const HELD_OUT_BATCHES = 8;
 /** The corpus has 233 speeches; the last 40 are 1.4 MB of text. */
 const DOCUMENTS = { from: 193, to: 233 };
 

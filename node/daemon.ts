@@ -57,7 +57,8 @@ const COORDINATOR_TIMEOUT_MS = 10_000;
 const STATE_TIMEOUT_MS = 30_000;
 const CATCH_UP_ROUNDS = 4;
 const CATCH_UP_BACKOFF_MS = 1_000;
-const HELD_OUT_BATCHES = 8;
+/** Held-out micro-batches a node evaluates before its first step and when it finishes. */
+export const HELD_OUT_BATCHES = 8;
 
 /** GEMM speed of this node (all its threads), for the shard planner's weighting. */
 function measureGemm(kernels: Kernels): number {
