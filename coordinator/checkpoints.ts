@@ -1,12 +1,12 @@
 // A job's checkpoints on the coordinator's disk: <dir>/<round>/ holds one safetensors file per
 // parameter group and manifest.json (each file's sha256), written last: a folder without a manifest
 // whose checksums hold is incomplete or damaged, and readers fall back to the previous one.
-import { createHash } from 'node:crypto';
 import { mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseGroupId } from '../proto/index.ts';
 import { decodeSafetensors, writeSafetensors } from '../src/io/safetensors.ts';
 import type { F32Tensor } from '../src/model/config.ts';
+import { sha256Hex } from '../src/weights/index.ts';
 
 export const CHECKPOINT_MANIFEST_VERSION = 1;
 
@@ -34,7 +34,6 @@ export class CheckpointCorruptError extends Error {
 }
 
 const MANIFEST = 'manifest.json';
-const sha256 = (bytes: Uint8Array) => createHash('sha256').update(bytes).digest('hex');
 
 /** Writes `groups` as <checkpoints>/<round>/ (replacing an older folder of that round); returns the bytes written. */
 export async function writeCheckpoint(
@@ -50,7 +49,7 @@ export async function writeCheckpoint(
     await writeSafetensors(join(dir, file), [...tensors].map(([name, t]) => [name, { dtype: 'F32', shape: t.shape, data: t.data }]));
     // Hashed as read back: the checksum vouches for what is on disk.
     const written = await readFile(join(dir, file));
-    files[file] = { group, bytes: written.length, sha256: sha256(written) };
+    files[file] = { group, bytes: written.length, sha256: sha256Hex(written) };
     bytes += written.length;
   }
   const manifest: CheckpointManifest = { version: CHECKPOINT_MANIFEST_VERSION, ...info, files };
@@ -83,7 +82,8 @@ export async function readCheckpoint(dir: string): Promise<StoredCheckpoint> {
     } catch (err) {
       return fail(`${file}: ${(err as Error).message}`);
     }
-    if (sha256(bytes) !== expected) fail(`${file}: sha256 ${sha256(bytes)} is not the manifest's ${expected}`);
+    const actual = sha256Hex(bytes);
+    if (actual !== expected) fail(`${file}: sha256 ${actual} is not the manifest's ${expected}`);
     const tensors = new Map<string, F32Tensor>();
     for (const [name, t] of decodeSafetensors(bytes, join(dir, file)).tensors) {
       if (!(t.data instanceof Float32Array)) fail(`${file}: tensor ${name} is ${t.dtype}, expected F32`);
