@@ -3,7 +3,6 @@
 import swagger from '@fastify/swagger';
 import type { TSchema } from '@sinclair/typebox';
 import { TypeCompiler } from '@sinclair/typebox/compiler';
-import { Value } from '@sinclair/typebox/value';
 import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifySchemaCompiler } from 'fastify';
 import { PROTOCOL_VERSION } from '../../proto/index.ts';
 import type { SwarmService } from '../api/service.ts';
@@ -36,14 +35,29 @@ const DEFAULT_MAX_UPLOAD_BYTES = 2 * 2 ** 30;
 const DEFAULT_MAX_BODY_BYTES = 2 ** 20;
 const DEFAULT_HEARTBEAT_MS = 15_000;
 
+const NUMBER_TEXT = /^-?\d+(\.\d+)?(e[-+]?\d+)?$/i;
+
+/** Query-string and path values arrive as text: numbers and booleans are read where the schema wants them (only exact ones: "2.5" stays text for an integer check to refuse). */
+function fromText(schema: TSchema, input: unknown): unknown {
+  if (typeof input !== 'object' || input === null || schema.properties === undefined) return input;
+  const properties = schema.properties as Record<string, TSchema>;
+  return Object.fromEntries(Object.entries(input).map(([key, value]) => {
+    const type = properties[key]?.type;
+    if (typeof value !== 'string') return [key, value];
+    if ((type === 'number' || type === 'integer') && NUMBER_TEXT.test(value)) return [key, Number(value)];
+    if (type === 'boolean' && (value === 'true' || value === 'false')) return [key, value === 'true'];
+    return [key, value];
+  }));
+}
+
 /**
  * Checks each route part with TypeBox's compiled checker (proto's checker too): bodies as sent, so
- * "0.1" is not a number; query strings and params converted from text first.
+ * "0.1" is not a number; query strings and params read from text first.
  */
 const typeBoxValidator: FastifySchemaCompiler<TSchema> = ({ schema, httpPart }) => {
   const checker = TypeCompiler.Compile(schema);
   return (input) => {
-    const value = httpPart === 'body' ? input : Value.Convert(schema, input);
+    const value = httpPart === 'body' ? input : fromText(schema, input);
     if (checker.Check(value)) return { value };
     const first = checker.Errors(value).First();
     return { error: [{ keyword: 'type', instancePath: first?.path ?? '', schemaPath: '', params: {}, message: first?.message ?? 'invalid' }] };

@@ -56,7 +56,7 @@ async function readUpload(request: FastifyRequest, dir: string, acceptFile: (fie
   return { name, files };
 }
 
-/** Runs `use` on the request's upload in a temp folder removed afterwards (the service has moved what it keeps). */
+/** Runs `use` on the request's upload in a temp folder, removed before the answer goes (the service has moved what it keeps). */
 async function withUpload<T>(request: FastifyRequest, acceptFile: (field: string, name: string) => void, use: (upload: Upload) => Promise<T>): Promise<T> {
   const dir = await mkdtemp(join(tmpdir(), 'swarmtrain-upload-'));
   try {
@@ -80,12 +80,15 @@ export const uploadRoutes: FastifyPluginAsyncTypebox<{ service: SwarmService; ma
       summary: 'upload a corpus: field `name`, file `file` (.txt, or .jsonl with a text field per line)', tags: ['data'], consumes,
       response: { 201: CorpusSchema },
     },
-  }, async (request, reply) => withUpload(request, (field) => {
-    if (field !== 'file') throw new HttpError(400, `unknown file field ${JSON.stringify(field)} (expected file)`, field);
-  }, async ({ name, files }) => {
-    if (files.length !== 1) throw new ServiceError('invalid', 'send exactly one file, in field `file`', 'file');
-    return reply.code(201).send(await service.addCorpus(name, files[0].path));
-  }));
+  }, async (request, reply) => {
+    reply.code(201);
+    return withUpload(request, (field) => {
+      if (field !== 'file') throw new HttpError(400, `unknown file field ${JSON.stringify(field)} (expected file)`, field);
+    }, async ({ name, files }) => {
+      if (files.length !== 1) throw new ServiceError('invalid', 'send exactly one file, in field `file`', 'file');
+      return service.addCorpus(name, files[0].path);
+    });
+  });
 
   app.get('/api/models', {
     schema: { summary: 'base model folders', tags: ['data'], response: { 200: Type.Array(ModelSchema) } },
@@ -96,9 +99,12 @@ export const uploadRoutes: FastifyPluginAsyncTypebox<{ service: SwarmService; ma
       summary: 'upload a base model: field `name`, files config.json, tokenizer.json, *.safetensors (and model.safetensors.index.json)',
       tags: ['data'], consumes, response: { 201: ModelSchema },
     },
-  }, async (request, reply) => withUpload(request, (field, name) => {
-    if (!MODEL_FILE.test(name)) {
-      throw new HttpError(400, `unexpected file ${JSON.stringify(name)}: a model is config.json, tokenizer.json, *.safetensors and model.safetensors.index.json`, field);
-    }
-  }, async ({ name, files }) => reply.code(201).send(await service.addModel(name, files.map(({ name: file, path }) => ({ name: file, path }))))));
+  }, async (request, reply) => {
+    reply.code(201);
+    return withUpload(request, (field, name) => {
+      if (!MODEL_FILE.test(name)) {
+        throw new HttpError(400, `unexpected file ${JSON.stringify(name)}: a model is config.json, tokenizer.json, *.safetensors and model.safetensors.index.json`, field);
+      }
+    }, ({ name, files }) => service.addModel(name, files.map(({ name: file, path }) => ({ name: file, path }))));
+  });
 };
