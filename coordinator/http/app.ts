@@ -3,12 +3,12 @@
 import swagger from '@fastify/swagger';
 import type { TSchema } from '@sinclair/typebox';
 import { TypeCompiler } from '@sinclair/typebox/compiler';
-import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifySchemaCompiler } from 'fastify';
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifySchemaCompiler } from 'fastify';
 import { PROTOCOL_VERSION } from '../../proto/index.ts';
 import type { SwarmService } from '../api/service.ts';
 import { installAuth } from './auth.ts';
 import { downloadRoutes } from './downloads.ts';
-import { installErrorHandlers } from './errors.ts';
+import { errorBody, installErrorHandlers } from './errors.ts';
 import { eventRoutes } from './events.ts';
 import { jobRoutes } from './jobs.ts';
 import { metricRoutes } from './metrics.ts';
@@ -67,11 +67,19 @@ const typeBoxValidator: FastifySchemaCompiler<TSchema> = ({ schema, httpPart }) 
 export function buildApi(options: ApiOptions): FastifyInstance {
   const { service } = options;
   const maxUploadBytes = options.maxUploadBytes ?? DEFAULT_MAX_UPLOAD_BYTES;
+  const logger = options.logger ?? false;
   const app = Fastify({
-    logger: options.logger ?? false,
+    ...(typeof logger === 'boolean' ? { logger } : { loggerInstance: logger }),
     bodyLimit: options.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES,
     // The event streams stay open: closing must not wait for their clients.
     forceCloseConnections: true,
+    // The router's own refusals (a malformed %-escape, an over-long path segment) in the one error shape too.
+    frameworkErrors: (error, _request, reply) => {
+      const status = error.statusCode ?? 400;
+      (reply as FastifyReply).code(status).send(errorBody(status, error.message));
+    },
+    // Room for ids up to proto's 128 characters, so the schema (not the router) refuses longer ones.
+    maxParamLength: 256,
   });
   app.setValidatorCompiler(typeBoxValidator);
   installErrorHandlers(app);

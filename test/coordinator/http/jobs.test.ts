@@ -88,6 +88,16 @@ describe('POST /api/jobs', () => {
     expect(xml.json()).toMatchObject({ statusCode: 415, error: 'Unsupported Media Type' });
   });
 
+  it('answers malformed paths in the one error shape: a bad %-escape (400), an over-long id (414)', async () => {
+    const badEscape = await api.app.inject({ url: '/api/jobs/%E0%A4%A' });
+    expect(badEscape.statusCode).toBe(400);
+    expect(badEscape.json()).toEqual({ statusCode: 400, error: 'Bad Request', message: "'/api/jobs/%E0%A4%A' is not a valid url component" });
+    const long = await api.app.inject({ url: `/api/jobs/${'x'.repeat(300)}` });
+    expect(long.statusCode).toBe(414);
+    expect(Object.keys(long.json()).sort()).toEqual(['error', 'message', 'statusCode']);
+    expect((await api.app.inject({ url: `/api/jobs/${'x'.repeat(129)}` })).json()).toMatchObject({ statusCode: 400, field: 'params/id' });
+  });
+
   it('answers 413 for a body over the limit', async () => {
     const small = testApi({ maxBodyBytes: 1024 });
     try {
