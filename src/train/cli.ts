@@ -370,7 +370,7 @@ function progressText(step: number, total: number, loss: number, lastEval: EvalM
 
 const count = (n: number) => n.toLocaleString('en-US');
 
-function duration(seconds: number): string {
+export function duration(seconds: number): string {
   const s = Math.round(seconds);
   if (s < 60) return `${s}s`;
   if (s < 3600) return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, '0')}s`;
@@ -378,7 +378,7 @@ function duration(seconds: number): string {
 }
 
 /** One progress line, rewritten in place on a terminal; elsewhere printed as plain lines when asked. */
-class ProgressLine {
+export class ProgressLine {
   private shown = '';
 
   constructor(private readonly out: CommandOutput) {}

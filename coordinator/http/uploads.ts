@@ -1,0 +1,110 @@
+// Corpora and base models: GET lists them; POST takes a multipart upload (field `name`, then the
+// files), writes each file to a temp folder and hands the paths to the service, which moves them.
+import multipart, { type Multipart } from '@fastify/multipart';
+import { Type, type FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
+import { TypeCompiler } from '@sinclair/typebox/compiler';
+import type { FastifyRequest } from 'fastify';
+import { createWriteStream } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { basename, join } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import { CorpusSchema, ModelSchema, UploadNameSchema } from '../api/schemas.ts';
+import { ServiceError, type SwarmService } from '../api/service.ts';
+import { HttpError } from './errors.ts';
+
+/** The files a model folder may hold. */
+const MODEL_FILE = /^(config\.json|tokenizer\.json|model\.safetensors\.index\.json|[A-Za-z0-9._-]+\.safetensors)$/;
+const MAX_MODEL_FILES = 256;
+
+interface Upload {
+  name: string;
+  files: { field: string; name: string; path: string }[];
+}
+
+const nameChecker = TypeCompiler.Compile(UploadNameSchema);
+
+/**
+ * Reads the multipart body into `dir`: the `name` field and every file part (their own file names,
+ * which `acceptFile` may refuse). Bad or oversized multipart bodies become 4xx errors.
+ */
+async function readUpload(request: FastifyRequest, dir: string, acceptFile: (field: string, name: string) => void): Promise<Upload> {
+  if (!request.isMultipart()) throw new HttpError(415, 'send multipart/form-data: a `name` field and the file(s)');
+  let name: string | undefined;
+  const files: Upload['files'] = [];
+  try {
+    for await (const part of request.parts() as AsyncIterableIterator<Multipart>) {
+      if (part.type === 'field') {
+        if (part.fieldname !== 'name') throw new HttpError(400, `unknown field ${JSON.stringify(part.fieldname)} (expected name)`, part.fieldname);
+        name = String(part.value);
+        continue;
+      }
+      const fileName = basename(part.filename ?? '');
+      acceptFile(part.fieldname, fileName);
+      if (files.some((file) => file.name === fileName)) throw new HttpError(400, `file ${fileName} sent twice`, part.fieldname);
+      const path = join(dir, `${files.length}-${fileName}`);
+      await pipeline(part.file, createWriteStream(path));
+      files.push({ field: part.fieldname, name: fileName, path });
+    }
+  } catch (err) {
+    if (err instanceof HttpError || (err as { statusCode?: number }).statusCode !== undefined) throw err;
+    throw new HttpError(400, `malformed multipart body: ${(err as Error).message}`);
+  }
+  if (name === undefined || !nameChecker.Check(name)) {
+    throw new HttpError(400, 'field `name` is required: 1-64 letters, digits, dots, dashes or underscores', 'name');
+  }
+  return { name, files };
+}
+
+/** Runs `use` on the request's upload in a temp folder, removed before the answer goes (the service has moved what it keeps). */
+async function withUpload<T>(request: FastifyRequest, acceptFile: (field: string, name: string) => void, use: (upload: Upload) => Promise<T>): Promise<T> {
+  const dir = await mkdtemp(join(tmpdir(), 'swarmtrain-upload-'));
+  try {
+    return await use(await readUpload(request, dir, acceptFile));
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+export const uploadRoutes: FastifyPluginAsyncTypebox<{ service: SwarmService; maxUploadBytes: number }> = async (app, options) => {
+  const { service, maxUploadBytes } = options;
+  await app.register(multipart, { limits: { fileSize: maxUploadBytes, files: MAX_MODEL_FILES, fields: 4, fieldSize: 1024, parts: MAX_MODEL_FILES + 4 } });
+  const consumes = ['multipart/form-data'];
+
+  app.get('/api/corpora', {
+    schema: { summary: 'bundled and uploaded corpora', tags: ['data'], response: { 200: Type.Array(CorpusSchema) } },
+  }, async () => service.corpora());
+
+  app.post('/api/corpora', {
+    schema: {
+      summary: 'upload a corpus: field `name`, file `file` (.txt, or .jsonl with a text field per line)', tags: ['data'], consumes,
+      response: { 201: CorpusSchema },
+    },
+  }, async (request, reply) => {
+    reply.code(201);
+    return withUpload(request, (field) => {
+      if (field !== 'file') throw new HttpError(400, `unknown file field ${JSON.stringify(field)} (expected file)`, field);
+    }, async ({ name, files }) => {
+      if (files.length !== 1) throw new ServiceError('invalid', 'send exactly one file, in field `file`', 'file');
+      return service.addCorpus(name, files[0].path);
+    });
+  });
+
+  app.get('/api/models', {
+    schema: { summary: 'base model folders', tags: ['data'], response: { 200: Type.Array(ModelSchema) } },
+  }, async () => service.models());
+
+  app.post('/api/models', {
+    schema: {
+      summary: 'upload a base model: field `name`, files config.json, tokenizer.json, *.safetensors (and model.safetensors.index.json)',
+      tags: ['data'], consumes, response: { 201: ModelSchema },
+    },
+  }, async (request, reply) => {
+    reply.code(201);
+    return withUpload(request, (field, name) => {
+      if (!MODEL_FILE.test(name)) {
+        throw new HttpError(400, `unexpected file ${JSON.stringify(name)}: a model is config.json, tokenizer.json, *.safetensors and model.safetensors.index.json`, field);
+      }
+    }, ({ name, files }) => service.addModel(name, files.map(({ name: file, path }) => ({ name: file, path }))));
+  });
+};
