@@ -447,7 +447,7 @@ describe('swarmtrain-coordinator', () => {
     await writeFile(badFile, JSON.stringify({ ...JOB, averaging: { mode: 'sync', every: 0, deadlineMs: 1000 } }));
     const bad = run(['--job', badFile, '--vocab', '300']);
     expect(await bad.exited).toBe(2);
-    expect(bad.stderr()).toBe(`swarmtrain-coordinator: job ${badFile}: /averaging/every: Expected integer to be greater or equal to 1\n`);
+    expect(bad.stderr()).toBe(`swarmtrain coordinator: job ${badFile}: /averaging/every: Expected integer to be greater or equal to 1\n`);
 
     const missing = run(['--job', join(dir, 'absent.json'), '--vocab', '300']);
     expect(await missing.exited).toBe(2);
