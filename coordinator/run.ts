@@ -304,7 +304,8 @@ export class JobRun {
     const plan = this.planner.current;
     if (!plan || plan.version === this.announcedVersion) return;
     this.announcedVersion = plan.version;
-    this.components.store.savePlan(this.id, { version: plan.version, plan: storedPlan(plan), members: [...plan.nodes.keys()] });
+    // Once every batch is trained, nodes leaving do not change where the job's experts were: the store keeps that.
+    if (!this.leases.done) this.components.store.savePlan(this.id, { version: plan.version, plan: storedPlan(plan), members: [...plan.nodes.keys()] });
     this.components.emit({
       event: 'plan',
       version: plan.version,

@@ -10,9 +10,8 @@ import {
 } from '../proto/index.ts';
 import { createKernels, type Kernels } from '../src/kernels/index.ts';
 import { createHost, Rpc, type DialTarget, type Host, type Rejection, type RequestOptions } from '../src/p2p/index.ts';
-import { RefusedError, RpcError } from '../src/p2p/errors.ts';
 import type { AveragingFault } from './averaging/index.ts';
-import { CoordinatorUnreachableError, JobSession, JoinRefusedError, type Volunteer } from './session.ts';
+import { CoordinatorUnreachableError, JobSession, JoinRefusedError, unanswered, type Volunteer } from './session.ts';
 import { countingCodec, type Traffic } from './traffic.ts';
 
 export { CoordinatorUnreachableError, HELD_OUT_BATCHES, JoinRefusedError } from './session.ts';
@@ -43,10 +42,6 @@ export type NodeEvent = { event: string } & Record<string, unknown>;
 
 const JOIN_TIMEOUT_MS = 10_000;
 const MAX_BACKOFF_MS = 30_000;
-
-/** A request the coordinator did not answer (down, restarting, the network), as opposed to one it refused. */
-const unanswered = (err: unknown): err is RpcError => err instanceof RpcError && !(err instanceof CoordinatorUnreachableError)
-  && (!(err instanceof RefusedError) || err.reason === 'unreachable');
 
 /** GEMM speed of this node (all its threads), for the shard planner's weighting. */
 function measureGemm(kernels: Kernels): number {
@@ -151,6 +146,7 @@ export class NodeDaemon implements Volunteer {
 
   /** Runs job after job until stop(), a closed swarm, or a coordinator gone for good. */
   async run(): Promise<void> {
+    let idle = false;
     while (!this.stopping) {
       if (!this.session) {
         const reply = this.pending ?? await this.join();
@@ -158,10 +154,12 @@ export class NodeDaemon implements Volunteer {
         if (this.stopping) break;
         if (!reply.admitted) {
           if (reply.closed) break;
-          this.emit({ event: 'idle', reason: reply.reason, retryMs: reply.retryMs });
+          if (!idle) this.emit({ event: 'idle', reason: reply.reason });
+          idle = true;
           await this.pause(reply.retryMs ?? 1000);
           continue;
         }
+        idle = false;
         this.session = await JobSession.open(this, reply);
       }
       try {

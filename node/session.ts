@@ -14,7 +14,7 @@ import { createKernels, type Kernels } from '../src/kernels/index.ts';
 import { expertOf, type F32Tensor } from '../src/model/config.ts';
 import { Model } from '../src/model/model.ts';
 import { fetchGroup, signedBy, type DialTarget, type Host, type Rpc } from '../src/p2p/index.ts';
-import { RpcError } from '../src/p2p/errors.ts';
+import { RefusedError, RpcError } from '../src/p2p/errors.ts';
 import { jobConfig, jobData, jobModelOptions } from '../src/train/job.ts';
 import { DEFAULT_ADAMW } from '../src/train/optimizer.ts';
 import { tokenizerFromJson, type Tokenizer } from '../src/train/tokenizers/index.ts';
@@ -36,6 +36,10 @@ export class JoinRefusedError extends Error {
 export class CoordinatorUnreachableError extends RpcError {
   override name = 'CoordinatorUnreachableError';
 }
+
+/** A request the coordinator did not answer (down, restarting, the network), as opposed to one it refused. */
+export const unanswered = (err: unknown): err is RpcError => err instanceof RpcError && !(err instanceof CoordinatorUnreachableError)
+  && (!(err instanceof RefusedError) || err.reason === 'unreachable');
 
 /** What every session of a node shares: its host, identity, transport and the coordinator. */
 export interface Volunteer {
@@ -463,15 +467,22 @@ export class JobSession {
     this.emit({ event: 'evaluated', step: this.step, heldOut });
   }
 
-  /** Reports finished batches (and a departure); tried twice, since a lost report costs the batches a re-run. */
+  /**
+   * Reports finished batches (and a departure). A lost report costs the batches a second training, so
+   * while the coordinator does not answer (restarting, say) it is sent again with backoff, as long as the
+   * node's patience lasts; one the coordinator refused, or a departure, is tried twice.
+   */
   private async report(leaseId: number, completedBatchIds: number[], leaving: boolean): Promise<void> {
     const message = { jobId: this.job.jobId, leaseId, completedBatchIds, leaving };
-    for (let attempt = 1; attempt <= 2; attempt++) {
+    for (let attempt = 1; ; attempt++) {
       try {
         await this.volunteer.ask(this.coordinator, 'leaseReport', message, { timeout: COORDINATOR_TIMEOUT_MS });
         return;
       } catch (err) {
         this.log(`lease report (attempt ${attempt}): ${(err as Error).message}`);
+        const worthWaiting = completedBatchIds.length > 0 && !leaving && unanswered(err);
+        if (err instanceof CoordinatorUnreachableError || (!worthWaiting && attempt >= 2)) return;
+        if (worthWaiting) await sleep(Math.min(5_000, 500 * 2 ** Math.min(attempt, 4)));
       }
     }
   }

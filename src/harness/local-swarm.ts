@@ -3,7 +3,8 @@
 // waits on. Used by the integration tests, `npm run bench:swarm` and the demo (`npm start`).
 // Each process's stdout and stderr are also written to <dir>/<name>.jsonl and <name>.stderr.
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
-import { createWriteStream } from 'node:fs';
+import { createWriteStream, readFileSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { once } from 'node:events';
 import { tmpdir } from 'node:os';
@@ -159,6 +160,74 @@ export async function startSwarm(job: JobSpec, coordinatorArgs: string[] = [], o
       await Promise.all(swarm.nodes.map((n) => n.interrupt(graceMs)));
       await coordinator.interrupt(graceMs);
       await removeTemporary();
+    },
+  };
+  return swarm;
+}
+
+/** A coordinator service (`swarmtrain coordinator --data`) and its nodes; the coordinator can be killed and started again. */
+export interface ServiceSwarm {
+  dir: string;
+  dataDir: string;
+  coordinator: Proc;
+  /** The coordinator's multiaddr: the same after a restart (fixed port, key in the data directory). */
+  address: string;
+  /** The HTTP API's base URL, and its token. */
+  url: string;
+  token: string;
+  nodes: Proc[];
+  startNode(extra?: string[]): Proc;
+  /** Starts the coordinator again on the same data directory and port (after a kill); waits until its API answers. */
+  restartCoordinator(): Promise<Proc>;
+  /** Kills every process (SIGKILL); removes a temporary dir. */
+  stop(): Promise<void>;
+}
+
+/** A free TCP port on 127.0.0.1 (bound, then released). */
+export async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as { port: number };
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+/** Starts a coordinator service with its data in <dir>/data and waits until its API listens. */
+export async function startService(coordinatorArgs: string[] = [], options: SwarmOptions = {}): Promise<ServiceSwarm> {
+  const dir = options.dir ?? await mkdtemp(join(tmpdir(), 'swarmtrain-service-'));
+  await mkdir(dir, { recursive: true });
+  const dataDir = join(dir, 'data');
+  const port = await freePort();
+  const startOptions = { logDir: dir, detached: options.detached };
+  let starts = 0;
+  const launch = async () => {
+    const name = starts++ === 0 ? 'coordinator' : `coordinator-${starts}`;
+    const proc = start(name, 'coordinator/bin.mjs', [
+      '--data', dataDir, '--http', '127.0.0.1:0', '--listen', `/ip4/127.0.0.1/tcp/${port}`, ...coordinatorArgs,
+    ], startOptions);
+    const listening = await proc.waitFor((e) => e.event === 'listening', 120_000, 'listening');
+    const http = await proc.waitFor((e) => e.event === 'http', 60_000, 'http');
+    return { proc, address: (listening.addrs as string[])[0], url: http.url as string };
+  };
+  const first = await launch();
+  const token = (first.proc.events.find((e) => e.event === 'api-token')?.token as string | undefined)
+    ?? readFileSync(join(dataDir, 'api-token'), 'utf8').trim();
+  const swarm: ServiceSwarm = {
+    dir, dataDir, coordinator: first.proc, address: first.address, url: first.url, token, nodes: [],
+    startNode(extra: string[] = []) {
+      const node = start(`node${swarm.nodes.length}`, 'node/bin.mjs', ['node', '--join', swarm.address, ...extra], startOptions);
+      swarm.nodes.push(node);
+      return node;
+    },
+    async restartCoordinator() {
+      const next = await launch();
+      Object.assign(swarm, { coordinator: next.proc, url: next.url });
+      return next.proc;
+    },
+    async stop() {
+      for (const p of [...swarm.nodes, swarm.coordinator]) p.kill('SIGKILL');
+      await Promise.all([...swarm.nodes, swarm.coordinator].map((p) => p.exited));
+      if (options.dir === undefined) await rm(dir, { recursive: true, force: true });
     },
   };
   return swarm;

@@ -1,0 +1,132 @@
+// The coordinator as a service, with real processes: `swarmtrain coordinator --data` and nodes that
+// stay in the swarm across jobs; jobs created over the HTTP API. Two queued jobs run one after the
+// other on the same node processes; a coordinator killed with SIGKILL mid-job and started again on
+// its data directory finishes the job with every micro-batch trained exactly once (counted from the
+// nodes' own step events, and from the store) and the loss carrying on from where it was.
+import Database from 'better-sqlite3';
+import { join } from 'node:path';
+import { afterEach, describe, expect, it } from 'vitest';
+import type { JobRequest, JobView } from '../../coordinator/api/service.ts';
+import { CoordinatorClient } from '../../coordinator/client.ts';
+import { startService, type Proc, type ServiceSwarm } from '../../src/harness/local-swarm.ts';
+
+const TINY: JobRequest = {
+  model: {
+    hiddenSize: 64, numLayers: 2, numHeads: 2, numKvHeads: 1, headDim: 32, numExperts: 4, expertsPerToken: 2, expertHiddenSize: 64,
+    maxSeqLen: 32, vocabSize: 300,
+  },
+  corpus: 'moby-dick', documents: { from: 0, to: 60 }, batchSize: 4, seqLen: 32, lr: 3e-3, minLr: 3e-4, warmupSteps: 2,
+  averaging: { mode: 'periodic', every: 4, deadlineMs: 10_000, codec: 'int8-block' },
+};
+
+let swarm: ServiceSwarm | undefined;
+
+afterEach(async () => {
+  await swarm?.stop();
+  swarm = undefined;
+});
+
+const client = (s: ServiceSwarm) => new CoordinatorClient({ url: s.url, token: s.token });
+
+async function until<T>(what: string, probe: () => Promise<T | undefined>, timeoutMs = 240_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await probe().catch(() => undefined);
+    if (value !== undefined) return value;
+    if (Date.now() > deadline) throw new Error(`no ${what} within ${timeoutMs} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 250));
+  }
+}
+
+const ended = (s: ServiceSwarm, id: string) =>
+  until(`end of ${id}`, async () => {
+    const job = await client(s).job(id);
+    return ['done', 'failed', 'cancelled'].includes(job.state) ? job : undefined;
+  });
+
+/** Every batch each node trained for `jobId`, from its step events (after the session of that job joined). */
+function trainedBatches(nodes: Proc[], jobId: string): number[] {
+  return nodes.flatMap((node) => {
+    let inJob = false;
+    const batches: number[] = [];
+    for (const e of node.events) {
+      if (e.event === 'joined') inJob = e.jobId === jobId;
+      else if (e.event === 'step' && inJob) batches.push(e.batch as number);
+    }
+    return batches;
+  });
+}
+
+const range = (n: number) => Array.from({ length: n }, (_, i) => i);
+const sorted = (xs: number[]) => [...xs].sort((a, b) => a - b);
+
+describe('the coordinator service', () => {
+  it('runs two queued jobs one after the other on the same nodes, which stay joined in between', async () => {
+    swarm = await startService(['--heartbeat-ms', '500']);
+    for (let i = 0; i < 2; i++) swarm.startNode(['--memory-budget', '1GB']);
+    const api = client(swarm);
+    const first = await api.createJob({ ...TINY, name: 'first', totalBatches: 16, expectedNodes: 2 });
+    const second = await api.createJob({ ...TINY, name: 'second', totalBatches: 12, expectedNodes: 2, seed: 5 });
+    expect(second.state).toBe('queued');
+
+    const [a, b]: JobView[] = [await ended(swarm, first.id), await ended(swarm, second.id)];
+    expect([a.state, b.state]).toEqual(['done', 'done']);
+    expect(b.startedAt!).toBeGreaterThanOrEqual(a.endedAt!);
+    for (const [job, total] of [[first.id, 16], [second.id, 12]] as const) {
+      expect(sorted(trainedBatches(swarm.nodes, job))).toEqual(range(total));
+    }
+    // The same two processes trained both jobs, and are still there, idle.
+    for (const node of swarm.nodes) {
+      expect(node.exitCode).toBeNull();
+      expect(node.events.filter((e) => e.event === 'joined').map((e) => e.jobId)).toEqual([first.id, second.id]);
+    }
+    const nodes = await until('idle nodes', async () => {
+      const list = await api.nodes();
+      return list.length === 2 && list.every((n) => n.status === 'idle') ? list : undefined;
+    }, 30_000);
+    expect(nodes.map((n) => n.nodeId).sort()).toEqual(swarm.nodes.map((n) => n.events.find((e) => e.event === 'joined')!.node).sort());
+    expect(b.hasResult).toBe(true);
+  }, 600_000);
+
+  it('a coordinator killed mid-job and started again on its data finishes the job: every batch once, the loss carried on', async () => {
+    swarm = await startService(['--heartbeat-ms', '500', '--lease-ms', '20000']);
+    for (let i = 0; i < 3; i++) swarm.startNode(['--memory-budget', '1GB', '--give-up-after', '180']);
+    const api = client(swarm);
+    const total = 60;
+    const job = await api.createJob({ ...TINY, name: 'crash', totalBatches: total, expectedNodes: 3 });
+    // A random point of the job, past its first averaging rounds.
+    const killAt = 12 + Math.floor(Math.random() * 24);
+    await swarm.coordinator.waitFor((e) => e.event === 'progress' && e.completed >= killAt, 240_000, `progress ${killAt}`);
+    const before = await api.metrics(job.id, 10_000);
+    const firstLoss = swarm.nodes.map((n) => n.events.find((e) => e.event === 'step')?.loss as number);
+    swarm.coordinator.kill('SIGKILL');
+    await swarm.coordinator.exited;
+    const stepsAtKill = swarm.nodes.map((n) => n.count((e) => e.event === 'step'));
+    await new Promise((resolve) => setTimeout(resolve, 2_000));
+
+    await swarm.restartCoordinator();
+    const end = await ended(swarm, job.id);
+    expect(end.state, end.error).toBe('done');
+    expect(end.completed).toBe(total);
+
+    // Exactly once: by the nodes' own account of what they trained, and in the store.
+    expect(sorted(trainedBatches(swarm.nodes, job.id))).toEqual(range(total));
+    const db = new Database(join(swarm.dataDir, 'coordinator.db'), { readonly: true });
+    try {
+      const ids = db.prepare('SELECT batch_id FROM completed WHERE job_id = ? ORDER BY batch_id').pluck().all(job.id);
+      expect(ids).toEqual(range(total));
+    } finally {
+      db.close();
+    }
+    // The nodes carried on with their weights: the loss after the restart is below the untrained model's, where the job began.
+    const mean = (xs: number[]) => xs.reduce((x, y) => x + y, 0) / xs.length;
+    const resumed = swarm.nodes.flatMap((node, i) => node.events.filter((e) => e.event === 'step').slice(stepsAtKill[i], stepsAtKill[i] + 3));
+    expect(resumed.length).toBeGreaterThan(0);
+    expect(mean(resumed.map((e) => e.loss as number))).toBeLessThan(mean(firstLoss) - 0.05);
+    // The metrics kept before the kill are still there, and new ones follow.
+    const history = await api.metrics(job.id, 10_000);
+    expect(history.slice(0, before.length)).toEqual(before);
+    expect(history.length).toBeGreaterThan(before.length);
+    expect(swarm.nodes.every((n) => n.events.some((e) => e.event === 'coordinator-unreachable'))).toBe(true);
+  }, 600_000);
+});
