@@ -124,7 +124,7 @@ describe('the coordinator service', () => {
     expect(resumed.length).toBeGreaterThan(0);
     expect(mean(resumed.map((e) => e.loss as number))).toBeLessThan(mean(firstLoss) - 0.05);
     // The metrics kept before the kill are still there, and new ones follow.
-    const history = await api.metrics(job.id, 10_000);
+    const history = await client(swarm).metrics(job.id, 10_000);
     expect(history.slice(0, before.length)).toEqual(before);
     expect(history.length).toBeGreaterThan(before.length);
     expect(swarm.nodes.every((n) => n.events.some((e) => e.event === 'coordinator-unreachable'))).toBe(true);
