@@ -89,6 +89,13 @@ export class JobCheckpoints {
     this.enqueue(() => this.checkpoint(round, completed));
   }
 
+  /** A checkpoint now, whatever the round (the job is being paused); resolves once it is written or has failed. */
+  now(completed: number): Promise<void> {
+    const round = Math.max(this.lastRound, Math.ceil(completed / batchesPerRound(this.options.job)));
+    this.lastRound = round;
+    return this.enqueue(() => this.checkpoint(round, completed));
+  }
+
   /** At the end of the job: a last checkpoint, then result/ from it. */
   finish(completed: number): Promise<void> {
     const round = Math.ceil(completed / batchesPerRound(this.options.job));

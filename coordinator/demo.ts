@@ -1,25 +1,30 @@
-// `npm start`: a demo swarm on this machine. Writes a small job (a shrunk demo model on
-// Moby-Dick, every expert on 2 of the 3 nodes, int8 deltas averaged every 8 steps) to
-// tmp/demo/job.json, starts a coordinator and 3 nodes as child processes on 127.0.0.1, prints
-// what happens (nodes joining, the plan, then every few seconds each node's step, loss, tokens/s
-// and traffic) and stops everything cleanly when the job is done or on Ctrl-C: the nodes first
-// (they hand their unfinished batches back), then the coordinator. Every process's JSON events
-// stay in tmp/demo/<name>.jsonl. Options: --nodes <n>, --batches <n> (a shorter job), --out <dir>.
+// `npm start`: a demo swarm on this machine. Starts the coordinator service (its data in ./data,
+// its HTTP API and web UI on 127.0.0.1:8080) and 3 nodes as child processes on 127.0.0.1, queues a
+// small job (a shrunk demo model on Moby-Dick, every expert on 2 of the 3 nodes, int8 deltas
+// averaged every 8 steps) over the API, prints what happens (nodes joining, the plan, then every few
+// seconds each node's step, loss, tokens/s and traffic) and stops everything cleanly when the job is
+// done or on Ctrl-C: the job is paused (a checkpoint is written), then the nodes stop (they hand
+// their unfinished batches back), then the coordinator. Run again, it resumes the paused job where it
+// stopped. Every process's JSON events stay in tmp/demo/<name>.jsonl.
 import { cpus } from 'node:os';
-import { relative, resolve } from 'node:path';
+import { join, relative, resolve } from 'node:path';
 import { parseArgs } from 'node:util';
+import { CoordinatorClient } from './client.ts';
+import type { JobView } from './api/service.ts';
 import { AVERAGE_EVERY, demoJob } from '../src/harness/demo-job.ts';
-import { startSwarm, type Proc, type Swarm, type SwarmEvent } from '../src/harness/local-swarm.ts';
+import { startService, type Proc, type ServiceSwarm, type SwarmEvent } from '../src/harness/local-swarm.ts';
 
-const USAGE = `Usage: npm start [-- --nodes <n>] [-- --batches <n>] [-- --out <dir>]
+const USAGE = `Usage: npm start [-- --nodes <n>] [-- --batches <n>] [-- --data <dir>] [-- --http <host:port>] [-- --out <dir>]
 
-Runs a coordinator and <n> nodes (default 3) on this machine, training a small MoE model on
-Moby-Dick for <n> micro-batches in all (default 150 per node). Ctrl-C stops it cleanly.
+Runs the coordinator service (data in --data, default ./data; HTTP API and web UI on --http, default
+127.0.0.1:8080) and <n> nodes (default 3) on this machine, training a small MoE model on Moby-Dick for
+<n> micro-batches in all (default 150 per node). Ctrl-C pauses the job and stops everything cleanly;
+running it again resumes the job. Logs go to --out (default tmp/demo).
 `;
 const VOCAB = 1024;
 const SUMMARY_SECONDS = 5;
-/** A node still running this long after the job is done is stopped. */
-const FINISH_GRACE_MS = 60_000;
+/** How long a Ctrl-C waits for the pause's checkpoint before stopping the nodes anyway. */
+const PAUSE_CHECKPOINT_MS = 30_000;
 /** A second Ctrl-C this long after the first kills everything at once (sooner, it is the same keypress relayed). */
 const FORCE_AFTER_MS = 1000;
 
@@ -28,13 +33,16 @@ function options() {
   const { values } = parseArgs({
     args: process.argv.slice(2),
     strict: true,
-    options: { nodes: { type: 'string', default: '3' }, batches: { type: 'string' }, out: { type: 'string', default: 'tmp/demo' }, help: { type: 'boolean', short: 'h' } },
+    options: {
+      nodes: { type: 'string', default: '3' }, batches: { type: 'string' }, out: { type: 'string', default: 'tmp/demo' },
+      data: { type: 'string', default: 'data' }, http: { type: 'string', default: '127.0.0.1:8080' }, help: { type: 'boolean', short: 'h' },
+    },
   });
   const nodes = Number(values.nodes);
   if (!Number.isInteger(nodes) || nodes < 1 || nodes > 8) throw new Error(`--nodes must be an integer from 1 to 8, got ${JSON.stringify(values.nodes)}`);
   const batches = values.batches === undefined ? 150 * nodes : Number(values.batches);
   if (!Number.isInteger(batches) || batches < 1) throw new Error(`--batches must be a positive integer, got ${JSON.stringify(values.batches)}`);
-  return { help: values.help ?? false, nodes, batches, out: resolve(values.out) };
+  return { help: values.help ?? false, nodes, batches, out: resolve(values.out), data: resolve(values.data), http: values.http };
 }
 
 const shortId = (id: string) => `…${id.slice(-6)}`;
@@ -67,7 +75,7 @@ class Monitor {
   private over = false;
   private readonly started = performance.now();
 
-  constructor(private readonly swarm: Swarm) {}
+  constructor(private readonly swarm: { coordinator: Proc; nodes: Proc[] }) {}
 
   /** Node processes by their peer id, once they have said it. */
   names(): Map<string, string> {
@@ -117,17 +125,23 @@ class Monitor {
   }
 }
 
+/** The demo job to run: the one a Ctrl-C paused (resumed), one still running, or a new one. */
+async function demoJobOf(api: CoordinatorClient, batches: number, nodes: number): Promise<{ job: JobView; resumed: boolean }> {
+  const unfinished = (await api.jobs()).find((job) => job.name === 'demo' && (job.state === 'paused' || job.state === 'running'));
+  if (unfinished?.state === 'paused') return { job: await api.resumeJob(unfinished.id), resumed: true };
+  if (unfinished) return { job: unfinished, resumed: true };
+  const { jobId: _, ...spec } = demoJob(batches, nodes);
+  return { job: await api.createJob({ ...spec, name: 'demo', model: { ...spec.model, vocabSize: VOCAB } }), resumed: false };
+}
+
 async function main(): Promise<number> {
-  const { help, nodes, batches, out } = options();
+  const { help, nodes, batches, out, data, http } = options();
   if (help) {
     process.stdout.write(USAGE);
     return 0;
   }
-  const job = demoJob(batches, nodes);
   const where = relative(process.cwd(), out) || '.';
-  console.log(`swarmtrain demo: a coordinator and ${nodes} nodes on 127.0.0.1 (${cpus().length} cores here), ${batches} micro-batches of `
-    + `${job.batchSize} × ${job.seqLen} tokens of ${job.corpus}; job and logs in ${where}/. Ctrl-C stops everything cleanly.`);
-  let swarm: Swarm | undefined;
+  let swarm: ServiceSwarm | undefined;
   const killAll = () => {
     for (const p of swarm ? [...swarm.nodes, swarm.coordinator] : []) p.kill('SIGKILL');
   };
@@ -147,25 +161,37 @@ async function main(): Promise<number> {
     for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) process.on(signal, onSignal);
   });
   // Own process groups: a Ctrl-C reaches this process only, which stops the others in order.
-  swarm = await startSwarm(job, ['--vocab', String(VOCAB), '--replication', '2'], { dir: out, detached: true });
+  swarm = await startService(['--replication', '2', '--checkpoint-every', '2'], { dir: out, dataDir: data, http, detached: true });
+  const api = new CoordinatorClient({ url: swarm.url, token: swarm.token });
+  const { job, resumed } = await demoJobOf(api, batches, nodes);
   const monitor = new Monitor(swarm);
-  monitor.print(`coordinator listening on ${swarm.address}`);
-  if (interruptedAt === undefined) for (let i = 0; i < nodes; i++) swarm.startNode(['--threads', '1']);
-  const done = swarm.coordinator.waitFor((e) => e.event === 'done', 2 ** 31 - 1, 'done');
-  done.catch(() => {}); // a coordinator that exits early is reported below
+  console.log(`swarmtrain demo: the coordinator and ${nodes} nodes on 127.0.0.1 (${cpus().length} cores here); data in `
+    + `${relative(process.cwd(), data) || '.'}/, logs in ${where}/. Ctrl-C pauses the job and stops everything cleanly.`);
+  monitor.print(`${resumed ? 'resuming' : 'queued'} job ${job.id}: ${job.completed}/${job.total} micro-batches of `
+    + `${job.spec.batchSize} × ${job.spec.seqLen} tokens of ${job.spec.corpus} done`);
+  monitor.print(`web UI and API: ${swarm.url} (API token: ${swarm.token}); nodes join ${swarm.address}`);
+  if (interruptedAt === undefined) {
+    for (let i = 0; i < nodes; i++) swarm.startNode(['--threads', '1', '--key', join(data, 'nodes', `node-${i}.key`)]);
+  }
+  const ended = swarm.coordinator.waitFor(
+    (e) => e.event === 'job' && e.jobId === job.id && ['done', 'failed', 'cancelled'].includes(e.state), 2 ** 31 - 1, 'the job to end',
+  );
+  ended.catch(() => {}); // a coordinator that exits early is reported below
   const ticker = setInterval(() => monitor.news(), 250);
   const summaries = setInterval(() => monitor.summary(), SUMMARY_SECONDS * 1000);
   const outcome = await Promise.race([
-    done.then(() => 'done' as const, () => 'coordinator exited' as const),
+    ended.then((e) => (e.state === 'done' ? 'done' as const : 'ended' as const), () => 'coordinator exited' as const),
     interrupted.then(() => 'interrupted' as const),
   ]);
   monitor.news();
-  if (outcome === 'done') {
-    monitor.print('job done; waiting for the nodes to finish (held-out loss)');
-    const finished = Promise.all(swarm.nodes.map((n) => n.exited));
-    await Promise.race([finished, interrupted, new Promise((resolve) => setTimeout(resolve, FINISH_GRACE_MS).unref())]);
-  } else {
-    monitor.print(outcome === 'interrupted' ? 'stopping: nodes first (they hand their batches back), then the coordinator' : 'the coordinator exited');
+  if (outcome === 'interrupted') {
+    monitor.print('stopping: the job is paused (a checkpoint is written), the nodes stop (they hand their batches back), then the coordinator');
+    const paused = swarm.coordinator.events.length;
+    await api.pauseJob(job.id).catch((err: Error) => monitor.print(`could not pause the job: ${err.message}`));
+    await swarm.coordinator.waitFor((e) => swarm!.coordinator.events.indexOf(e) >= paused && e.event.startsWith('checkpoint'), PAUSE_CHECKPOINT_MS)
+      .catch(() => monitor.print('no checkpoint came: stopping anyway'));
+  } else if (outcome !== 'coordinator exited') {
+    monitor.print(`job ${outcome}; stopping the nodes (they are idle, waiting for another job), then the coordinator`);
   }
   await swarm.shutdown();
   clearInterval(ticker);
@@ -181,10 +207,11 @@ async function main(): Promise<number> {
       + (heldOut.length ? `, held-out loss ${mean(heldOut).toFixed(3)}` : ''));
   }
   const exits = [swarm.coordinator, ...swarm.nodes].map((p) => `${p.name} ${p.exitCode}`).join(', ');
-  monitor.print(`stopped (exit codes: ${exits}). Job: ${where}/job.json; events: ${where}/<process>.jsonl, errors: ${where}/<process>.stderr`);
-  monitor.print(`run the same swarm by hand: npx swarmtrain-coordinator --job ${where}/job.json --vocab ${VOCAB}, then npx swarmtrain node --join <its address>`);
+  monitor.print(`stopped (exit codes: ${exits}). Events: ${where}/<process>.jsonl, errors: ${where}/<process>.stderr`);
+  monitor.print(outcome === 'interrupted' ? 'run `npm start` again to resume the job'
+    : `the result: npx swarmtrain job download ${job.id} -o result (with the coordinator running: npx swarmtrain coordinator --data ${relative(process.cwd(), data) || '.'})`);
   const clean = [swarm.coordinator, ...swarm.nodes].every((p) => p.exitCode === 0);
-  return outcome !== 'coordinator exited' && clean ? 0 : 1;
+  return outcome !== 'coordinator exited' && outcome !== 'ended' && clean ? 0 : 1;
 }
 
 process.exitCode = await main().catch((err: Error) => {

@@ -94,7 +94,7 @@ export class JobRun {
   private persistedLeases = new Set<number>();
   started = false;
   /** No leases are granted while paused; members keep their state and heartbeats. */
-  paused = false;
+  private paused = false;
   private finished = false;
 
   private constructor(
@@ -136,6 +136,23 @@ export class JobRun {
   /** Every batch is trained and, with a data directory, the final checkpoint and result are written. */
   get done(): boolean {
     return this.finished;
+  }
+
+  /**
+   * Stops granting leases (batches under way are still reported) and, with a data directory, writes a
+   * checkpoint: members keep their state, and if they are gone when the job resumes, it comes from there.
+   */
+  pause(): void {
+    this.paused = true;
+    void this.checkpoints?.now(this.leases.completed);
+  }
+
+  resume(): void {
+    this.paused = false;
+  }
+
+  get isPaused(): boolean {
+    return this.paused;
   }
 
   /** The job is over before its end (cancelled): its nodes are told so at their next request. */

@@ -271,13 +271,13 @@ export class CoordinatorServer {
   /** Stops granting the running job's leases; its nodes keep their state (and heartbeats) until it resumes. */
   pause(jobId: string): JobRow {
     const row = this.changeState(jobId, 'paused');
-    if (this.run?.id === jobId) this.run.paused = true;
+    if (this.run?.id === jobId) this.run.pause();
     return row;
   }
 
   resume(jobId: string): JobRow {
     const row = this.changeState(jobId, 'running');
-    if (this.run?.id === jobId) this.run.paused = false;
+    if (this.run?.id === jobId) this.run.resume();
     return row;
   }
 
@@ -300,7 +300,7 @@ export class CoordinatorServer {
         emit: (event) => this.emit(event),
         onDone: () => void this.finished(row.id),
       });
-      this.run.paused = row.state === 'paused';
+      if (row.state === 'paused') this.run.pause();
     } catch (err) {
       this.changeState(row.id, 'failed', (err as Error).message);
       if (this.options.job) throw err; // the one job cannot run: the coordinator cannot start

@@ -250,7 +250,7 @@ export class JobSession {
     const trunk = await this.fetchWhileJoining(() => this.newestPlan().peers.map((p) => p.peerId), TRUNK_GROUP);
     if (trunk) model.params.load(trunk);
     for (const [group, { layer, expert }] of hosted) {
-      const state = await this.fetchWhileJoining(() => this.holders(layer, expert, this.newestPlan()), group, true);
+      const state = await this.fetchWhileJoining(() => this.holders(layer, expert, this.newestPlan()), group);
       if (state) model.params.load(new Map([...state].filter(([name]) => model.params.has(name))));
     }
     this.emit({ event: 'caught-up', trunk: trunk !== undefined });
@@ -261,11 +261,11 @@ export class JobSession {
    * untrained values would throw away the swarm's work, so a busy or briefly unreachable holder
    * (or one just declared dead and rejoining) is worth waiting for. Each round starts from the newest plan.
    */
-  private async fetchWhileJoining(holders: () => string[], group: string, checkpointed = false) {
+  private async fetchWhileJoining(holders: () => string[], group: string) {
     for (let round = 1; ; round++) {
       const peers = holders().filter((peer) => peer !== this.self);
       // The coordinator's checkpoint is older than any live holder's state: asked last, when none is left.
-      const lastResort = checkpointed && (peers.length === 0 || round === CATCH_UP_ROUNDS);
+      const lastResort = peers.length === 0 || round === CATCH_UP_ROUNDS;
       const state = await this.fetchFromAny(peers, group, lastResort);
       if (state || round === CATCH_UP_ROUNDS) return state;
       await sleep(CATCH_UP_BACKOFF_MS * round);

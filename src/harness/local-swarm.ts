@@ -181,6 +181,8 @@ export interface ServiceSwarm {
   restartCoordinator(): Promise<Proc>;
   /** Kills every process (SIGKILL); removes a temporary dir. */
   stop(): Promise<void>;
+  /** Stops cleanly: SIGINT to the nodes (they hand their leases back and leave), then to the coordinator. */
+  shutdown(graceMs?: number): Promise<void>;
 }
 
 /** A free TCP port on 127.0.0.1 (bound, then released). */
@@ -192,18 +194,25 @@ export async function freePort(): Promise<number> {
   return port;
 }
 
-/** Starts a coordinator service with its data in <dir>/data and waits until its API listens. */
-export async function startService(coordinatorArgs: string[] = [], options: SwarmOptions = {}): Promise<ServiceSwarm> {
+export interface ServiceOptions extends SwarmOptions {
+  /** The coordinator's data directory (default <dir>/data). */
+  dataDir?: string;
+  /** Where its HTTP API listens (default 127.0.0.1 on a free port). */
+  http?: string;
+}
+
+/** Starts a coordinator service and waits until its API listens. */
+export async function startService(coordinatorArgs: string[] = [], options: ServiceOptions = {}): Promise<ServiceSwarm> {
   const dir = options.dir ?? await mkdtemp(join(tmpdir(), 'swarmtrain-service-'));
   await mkdir(dir, { recursive: true });
-  const dataDir = join(dir, 'data');
+  const dataDir = options.dataDir ?? join(dir, 'data');
   const port = await freePort();
   const startOptions = { logDir: dir, detached: options.detached };
   let starts = 0;
   const launch = async () => {
     const name = starts++ === 0 ? 'coordinator' : `coordinator-${starts}`;
     const proc = start(name, 'coordinator/bin.mjs', [
-      '--data', dataDir, '--http', '127.0.0.1:0', '--listen', `/ip4/127.0.0.1/tcp/${port}`, ...coordinatorArgs,
+      '--data', dataDir, '--http', options.http ?? '127.0.0.1:0', '--listen', `/ip4/127.0.0.1/tcp/${port}`, ...coordinatorArgs,
     ], startOptions);
     const listening = await proc.waitFor((e) => e.event === 'listening', 120_000, 'listening');
     const http = await proc.waitFor((e) => e.event === 'http', 60_000, 'http');
@@ -227,6 +236,11 @@ export async function startService(coordinatorArgs: string[] = [], options: Swar
     async stop() {
       for (const p of [...swarm.nodes, swarm.coordinator]) p.kill('SIGKILL');
       await Promise.all([...swarm.nodes, swarm.coordinator].map((p) => p.exited));
+      if (options.dir === undefined) await rm(dir, { recursive: true, force: true });
+    },
+    async shutdown(graceMs) {
+      await Promise.all(swarm.nodes.map((n) => n.interrupt(graceMs)));
+      await swarm.coordinator.interrupt(graceMs);
       if (options.dir === undefined) await rm(dir, { recursive: true, force: true });
     },
   };
