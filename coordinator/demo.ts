@@ -23,6 +23,8 @@ running it again resumes the job. Logs go to --out (default tmp/demo).
 `;
 const VOCAB = 1024;
 const SUMMARY_SECONDS = 5;
+/** How long the nodes have to finish a job that is done (their held-out loss) before they are stopped. */
+const FINISH_GRACE_MS = 60_000;
 /** How long a Ctrl-C waits for the pause's checkpoint before stopping the nodes anyway. */
 const PAUSE_CHECKPOINT_MS = 30_000;
 /** A second Ctrl-C this long after the first kills everything at once (sooner, it is the same keypress relayed). */
@@ -191,7 +193,9 @@ async function main(): Promise<number> {
     await swarm.coordinator.waitFor((e) => swarm!.coordinator.events.indexOf(e) >= paused && e.event.startsWith('checkpoint'), PAUSE_CHECKPOINT_MS)
       .catch(() => monitor.print('no checkpoint came: stopping anyway'));
   } else if (outcome !== 'coordinator exited') {
-    monitor.print(`job ${outcome}; stopping the nodes (they are idle, waiting for another job), then the coordinator`);
+    monitor.print(`job ${outcome}; waiting for the nodes to finish it (held-out loss), then stopping them and the coordinator`);
+    const finished = swarm.nodes.map((n) => n.waitFor((e) => e.event === 'finished', FINISH_GRACE_MS, 'finished').catch(() => {}));
+    await Promise.race([Promise.all(finished), interrupted]);
   }
   await swarm.shutdown();
   clearInterval(ticker);
