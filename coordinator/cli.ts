@@ -8,11 +8,13 @@ import { integer, text } from '../src/cli/args.ts';
 import { command, helpText, runCommand, type CommandIO } from '../src/cli/command.ts';
 import { statusWriter, type Status } from '../src/cli/health.ts';
 import { asInput, EXIT, messageOf, UsageError } from '../src/cli/usage.ts';
-import { JobError, validateJob } from '../proto/index.ts';
+import { JobError, validateJob, type JobSpec } from '../proto/index.ts';
 import { buildManifest } from '../src/weights/index.ts';
 import { jobDocuments } from '../src/train/job.ts';
+import { CorpusError, loadTextCorpus, type TextCorpus } from '../src/train/text-corpus.ts';
 import { BpeTokenizer } from '../src/train/tokenizer.ts';
 import { tokenizerFromJson, type Tokenizer } from '../src/train/tokenizers/index.ts';
+import { jobOnText } from './corpus.ts';
 import { CoordinatorServer } from './server.ts';
 
 const positive = { min: 1 };
@@ -28,6 +30,9 @@ every event as one JSON line; the first, "listening", gives the multiaddrs to jo
     job: text('<file>', "the job: JSON of proto's JobSpec", { required: true }),
     base: text('<dir>', 'a Hugging Face checkpoint folder the job starts from (config.json, model.safetensors or its index, '
       + 'tokenizer.json); its config is the model\'s; nodes fetch its tensors from here and from each other'),
+    corpus: text('<path>', "the job's documents from your own text (instead of the job's bundled corpus, which stays its label): "
+      + 'a .txt file (paragraphs separated by blank lines are documents), a folder of .txt files (one document each) or '
+      + 'a .jsonl file (a "text" field per line); nodes fetch it from here and from each other, checked by sha256'),
     tokenizer: text('<file>', "the job's tokenizer.json (Hugging Face format; default: the base's), or"),
     vocab: integer('<n>', "train a tokenizer of n tokens on the job's documents (default: the job's model.vocabSize, if it sets one)",
       positive),
@@ -55,9 +60,10 @@ every event as one JSON line; the first, "listening", gives the multiaddrs to jo
         throw new UsageError(`base ${values.base}: a pretrained base needs its own tokenizer: put tokenizer.json in the folder or give `
           + '--tokenizer (--vocab would train a new one, which the base cannot read)');
       }
-      const tokenizer = tokenizerOf(job, values.tokenizer ?? base?.tokenizer, values.vocab);
+      const corpus = values.corpus === undefined ? undefined : readCorpus(values.corpus);
+      const tokenizer = tokenizerOf(job, values.tokenizer ?? base?.tokenizer, values.vocab, corpus);
       return CoordinatorServer.start({
-        job, tokenizer, joinToken: values.token ?? '', ...(base ? { base } : {}),
+        job, tokenizer, joinToken: values.token ?? '', ...(base ? { base } : {}), ...(corpus ? { corpus } : {}),
         heartbeatMs: values['heartbeat-ms'],
         nodeTimeoutMs: values['node-timeout-ms'],
         leaseMs: values['lease-ms'],
@@ -130,8 +136,16 @@ async function readBase(dir: string) {
   }
 }
 
+function readCorpus(path: string): TextCorpus {
+  try {
+    return loadTextCorpus(path);
+  } catch (err) {
+    throw err instanceof CorpusError ? new UsageError(err.message) : err;
+  }
+}
+
 /** The job's tokenizer: from a file (--tokenizer, or the base's tokenizer.json), or trained on the job's documents. */
-function tokenizerOf(job: ReturnType<typeof validateJob>, file: string | undefined, vocab: number | undefined): Tokenizer {
+function tokenizerOf(job: JobSpec, file: string | undefined, vocab: number | undefined, corpus: TextCorpus | undefined): Tokenizer {
   if (file !== undefined && vocab !== undefined) throw new UsageError('give --tokenizer or --vocab, not both');
   if (file !== undefined) {
     try {
@@ -143,5 +157,6 @@ function tokenizerOf(job: ReturnType<typeof validateJob>, file: string | undefin
   const modelVocab = job.model.vocabSize;
   const vocabSize = vocab ?? (typeof modelVocab === 'number' ? modelVocab : undefined);
   if (vocabSize === undefined) throw new UsageError('give --tokenizer <file> or --vocab <n> (the job sets no model.vocabSize)');
-  return BpeTokenizer.train(jobDocuments(job).documents, { vocabSize });
+  const own = corpus && jobOnText(job, corpus);
+  return BpeTokenizer.train(jobDocuments(own?.job ?? job, own?.text).documents, { vocabSize });
 }

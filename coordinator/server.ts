@@ -29,9 +29,11 @@ import {
 import type { ModelConfig } from '../src/model/config.ts';
 import type { PrivateKey } from '@libp2p/interface';
 import { createHost, identityKey, RefusedError, Rpc, serveGroups, signSync, type Host, type Rejection } from '../src/p2p/index.ts';
-import { jobBatchesPerEpoch, jobConfig, jobModelOptions } from '../src/train/job.ts';
+import { jobBatchesPerEpoch, jobConfig, jobModelOptions, type JobText } from '../src/train/job.ts';
+import type { TextCorpus } from '../src/train/text-corpus.ts';
 import type { Tokenizer } from '../src/train/tokenizers/index.ts';
-import { serveBlobs, signManifest, type BlobSource } from '../src/weights/index.ts';
+import { joinBlobSources, serveBlobs, signManifest, type BlobSource } from '../src/weights/index.ts';
+import { jobOnText } from './corpus.ts';
 import { JobCheckpoints, type CheckpointEvent } from './checkpointer.ts';
 import { JobLeases, type LeaseCounters } from './leases.ts';
 import { Membership, type NodeRecord } from './membership.ts';
@@ -45,6 +47,8 @@ export interface CoordinatorOptions {
    * model config is the base's, nodes get the manifest signed, and admitted nodes fetch its blobs from here.
    */
   base?: { manifest: BaseManifest; blobs: BlobSource; name: string };
+  /** The operator's own text (src/train/text-corpus.ts): the job's documents, sent to nodes as a verified blob (issue 10). */
+  corpus?: TextCorpus;
   /** Multiaddrs to listen on (default: an ephemeral TCP port on 127.0.0.1). */
   listen?: string[];
   /** The coordinator's libp2p identity, created on first use. */
@@ -130,12 +134,12 @@ function bounded(name: string, value: number, min: number, max: number): number 
  * The job turned into a planner, the epoch size and the tokenizer's wire form; any problem is a
  * JobError. These checks need the tokenizer and the corpus, so they live here, not in validateJob.
  */
-function prepareJob(job: JobSpec, tokenizer: Tokenizer, replication: number, base?: BaseManifest) {
+function prepareJob(job: JobSpec, tokenizer: Tokenizer, replication: number, base?: BaseManifest, text?: JobText) {
   try {
     const config = jobConfig(job, tokenizer, base?.config as ModelConfig | undefined);
     const plannerOptions: PlannerOptions = { config, precision: jobModelOptions(job), replication };
     const planner = new ShardPlanner(plannerOptions);
-    const batchesPerEpoch = jobBatchesPerEpoch(job, tokenizer);
+    const batchesPerEpoch = jobBatchesPerEpoch(job, tokenizer, text);
     if (batchesPerEpoch < 1) throw new Error('the training split has no micro-batch (too few tokens for batchSize × seqLen)');
     const tokenizerJson = JSON.stringify(tokenizer.toHuggingFace());
     if (tokenizerJson.length > 16 * 1024 * 1024) throw new Error(`the tokenizer's JSON (${tokenizerJson.length} characters) exceeds the 16 MiB a join reply carries`);
@@ -179,6 +183,8 @@ export class CoordinatorServer {
     private readonly tokenizerJson: string,
     /** The signed base sent in every join reply, if the job has one. */
     private readonly base: JobBase | undefined,
+    /** What admitted nodes may fetch: the base's tensors and the job's own text. */
+    private readonly blobs: BlobSource | undefined,
   ) {
     this.membership = new Membership({ timeoutMs: options.nodeTimeoutMs, now: options.now });
   }
@@ -196,17 +202,22 @@ export class CoordinatorServer {
     const leaseMs = bounded('leaseMs', options.leaseMs ?? 30_000, 4, Number.MAX_SAFE_INTEGER);
     const replication = bounded('replication', options.replication ?? 2, 1, 256);
     if (typeof options.joinToken !== 'string') throw new TypeError('coordinator: joinToken must be a string (empty: an open swarm)');
+    // issue 10: a job on the operator's text names its blob; nodes fetch it like the base's tensors.
+    const own = options.corpus && jobOnText(options.job, options.corpus);
+    const job = own?.job ?? options.job;
     const { planner, plannerOptions, batchesPerEpoch, tokenizerJson } = prepareJob(
-      options.job, options.tokenizer, replication, options.base?.manifest,
+      job, options.tokenizer, replication, options.base?.manifest, own?.text,
     );
     const now = options.now ?? Date.now;
-    const leases = new JobLeases({ batchesPerEpoch, totalBatches: options.job.totalBatches, leaseMs, now });
+    const leases = new JobLeases({ batchesPerEpoch, totalBatches: job.totalBatches, leaseMs, now });
     // The identity key also signs every plan nodes receive.
     const privateKey = await identityKey(options.keyFile);
     const host = await createHost({ listen: options.listen, privateKey });
-    const settings = { ...options, heartbeatMs, nodeTimeoutMs, leaseMs, now };
+    const settings = { ...options, job, heartbeatMs, nodeTimeoutMs, leaseMs, now };
     const base = options.base && { manifest: options.base.manifest, ...signManifest(privateKey, options.base.manifest) };
-    const server = new CoordinatorServer(host, privateKey, settings, planner, plannerOptions, leases, tokenizerJson, base);
+    const blobSources = [options.base?.blobs, own?.blobs].filter((source) => source !== undefined);
+    const blobs = blobSources.length > 0 ? joinBlobSources(blobSources) : undefined;
+    const server = new CoordinatorServer(host, privateKey, settings, planner, plannerOptions, leases, tokenizerJson, base, blobs);
     try {
       await server.serve();
     } catch (err) {
@@ -269,10 +280,10 @@ export class CoordinatorServer {
     await rpc.handle('heartbeat', (beat, { peer }) => this.heartbeat(beat, peer.toString()), { maxConcurrent: 64 });
     await rpc.handle('lease', (request, { peer }) => this.lease(request, peer.toString()), { maxConcurrent: 64 });
     await rpc.handle('leaseReport', (report, { peer }) => this.report(report, peer.toString()), { maxConcurrent: 64 });
-    if (this.options.base) {
-      // Any node admitted once (alive, or silent while fetching, or gone and coming back) may fetch the base.
+    if (this.blobs) {
+      // Any node admitted once (alive, or silent while fetching, or gone and coming back) may fetch the base and the corpus.
       const admitted = (peer: string) => this.membership.get(peer) !== undefined;
-      await serveBlobs({ rpc, source: this.options.base.blobs, admitted });
+      await serveBlobs({ rpc, source: this.blobs, admitted });
     }
     if (this.options.dataDir !== undefined) await this.keepCheckpoints(rpc, this.options.dataDir);
     this.timers.push(setInterval(() => this.sweep(), this.sweepIntervalMs));

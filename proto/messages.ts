@@ -64,7 +64,13 @@ export const JobSpecSchema = Type.Object({
   basePath: Type.Union([Type.Literal('fp32'), Type.Literal('int')]),
   /** Seed of the initial weights, the data order and the held-out split. */
   seed: Count,
+  /** A bundled corpus (src/train/corpus.ts); with corpusBlob, a label of the operator's text. */
   corpus: Type.String({ minLength: 1, maxLength: 64 }),
+  /**
+   * The operator's own text, set by the coordinator (--corpus): a blob of its documents (src/train/text-corpus.ts)
+   * that nodes fetch in MAX_BLOB_CHUNK_BYTES chunks from the coordinator or peers, each chunk checked against `chunks`.
+   */
+  corpusBlob: Type.Optional(Type.Object({ sha256: Sha256Hex, bytes: Count, chunks: Type.Array(Sha256Hex, { maxItems: 4096 }) })),
   /** Use only documents [from, to) of the corpus (small jobs and tests). */
   documents: Type.Optional(Type.Object({ from: Count, to: Count })),
   batchSize: Type.Integer({ minimum: 1, maximum: 65536 }),
