@@ -7,16 +7,18 @@ import type { Model } from '../src/model/model.ts';
 import { serveGroups, type Rpc } from '../src/p2p/index.ts';
 
 /** The tensors of a group held here, or undefined when this node does not hold it. */
-function groupState(model: Pick<Model, 'params' | 'experts'>, group: string): Map<string, F32Tensor> | undefined {
+function groupState(model: Pick<Model, 'params' | 'experts' | 'weights'>, group: string): Map<string, F32Tensor> | undefined {
   const ref = parseGroupId(group);
-  if (ref?.kind === 'trunk') return model.params.snapshot((p) => p.grad !== undefined && !expertOf(p.name));
+  // The trunk's adapters whole: a frozen LoRA A (LoRA-FA) is part of the result too.
+  const changes = (name: string) => model.weights.loraShapes.has(name);
+  if (ref?.kind === 'trunk') return model.params.snapshot((p) => (p.grad !== undefined || changes(p.name)) && !expertOf(p.name));
   if (!ref || !model.experts.hosts(ref.layer, ref.expert)) return undefined;
   return model.experts.state(ref.layer, ref.expert);
 }
 
 /** `admitted` may ask the coordinator first: a node that just joined is not in our plan yet. */
 export async function serveState(
-  rpc: Rpc, model: Pick<Model, 'params' | 'experts'>, admitted: (peer: string) => Promise<boolean>, jobId: string, round: () => number,
+  rpc: Rpc, model: Pick<Model, 'params' | 'experts' | 'weights'>, admitted: (peer: string) => Promise<boolean>, jobId: string, round: () => number,
 ): Promise<void> {
   await serveGroups(rpc, { jobId, admitted, round, lookup: (group) => groupState(model, group) });
 }

@@ -59,9 +59,19 @@ export const JobSpecSchema = Type.Object({
   jobId: Id,
   model: Type.Record(Type.String({ maxLength: 64 }), Type.Union([Type.Number(), Type.Boolean()]), { maxProperties: 64 }),
   mode: Type.Union([Type.Literal('full'), Type.Literal('lora')]),
-  lora: Type.Optional(Type.Object({ rank: Type.Integer({ minimum: 1, maximum: 4096 }), alpha: Type.Number({ exclusiveMinimum: 0, maximum: 1e6 }) })),
+  lora: Type.Optional(Type.Object({
+    rank: Type.Integer({ minimum: 1, maximum: 4096 }),
+    alpha: Type.Number({ exclusiveMinimum: 0, maximum: 1e6 }),
+    /**
+     * A stays at its seeded init (the same on every node) and only B trains (LoRA-FA): averaging B then averages
+     * the update B·A exactly. Default true; false trains both and averages A and B apart (bench/lora-averaging.ts).
+     */
+    freezeA: Type.Optional(Type.Boolean()),
+  })),
   baseFormat: Type.Union([Type.Literal('f32'), Type.Literal('q8'), Type.Literal('q4')]),
   basePath: Type.Union([Type.Literal('fp32'), Type.Literal('int')]),
+  /** How experts and attention keep their largest activations for the backward: f32 (default), or bf16 (half the memory). */
+  activations: Type.Optional(Type.Union([Type.Literal('f32'), Type.Literal('bf16')])),
   /** Seed of the initial weights, the data order and the held-out split. */
   seed: Count,
   /** A bundled corpus (src/train/corpus.ts); with corpusBlob, a label of the operator's text. */

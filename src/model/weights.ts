@@ -18,6 +18,8 @@ export interface LoraOptions {
   alpha: number;
   /** Which matrices get an adapter, by short name (default: all of LORA_MODULES). */
   targets?: LoraModule[];
+  /** Keep every A at its seeded init and train only B (LoRA-FA): across replicas, the mean of B·A is then mean(B)·A. */
+  freezeA?: boolean;
 }
 
 export interface WeightsOptions {
@@ -160,12 +162,13 @@ export class ModelWeights {
     return new Map([...hashes].map(([group, hash]) => [group, hash.digest('hex')]));
   }
 
-  /** Parameters for the named tensors: LoRA always trainable, base ones in full mode (quantized ones live in `quantized`). */
+  /** Parameters for the named tensors: LoRA trainable (A unless frozen), base ones in full mode (quantized ones live in `quantized`). */
   private allocate(names: Iterable<string>): void {
     const trainBase = this.options.mode === 'full';
+    const frozenA = this.options.lora?.freezeA === true;
     for (const name of names) {
       const lora = this.loraShapes.get(name);
-      if (lora) this.params.add(name, lora, true);
+      if (lora) this.params.add(name, lora, !(frozenA && name.endsWith('.lora_a')));
       else if (!this.quantizes(name)) this.params.add(name, this.shapes.get(name)!, trainBase);
     }
   }
