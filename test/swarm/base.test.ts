@@ -174,6 +174,10 @@ describe.skipIf(!FIXTURE)('a swarm job on a pretrained base (the tiny Mixtral fi
     const result = await swarm.coordinator.waitFor((e) => e.event === 'result', 60_000, 'result');
     const { checkpoint } = await latestCheckpoint(join(coordinatorData, 'jobs', JOB.jobId, 'checkpoints'));
     expect(checkpoint!.manifest.round).toBe(result.round);
+    // Checkpoints carry what training changes: an expert's adapters, not its frozen base (every node has that from the blobs).
+    for (const [group, tensors] of checkpoint!.groups) {
+      if (group !== 'trunk') expect([...tensors.keys()].every((name) => /\.lora_[ab]$/.test(name)), group).toBe(true);
+    }
     await expectAdapterLogits(result.dir as string, mergeGroups(checkpoint!.groups));
   });
 });
