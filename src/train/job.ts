@@ -42,18 +42,11 @@ function baseJobConfig(spec: JobSpec, tokenizer: Tokenizer, base: Readonly<Model
   return createConfig({ ...base, ...overrides });
 }
 
-/**
- * A swarm LoRA job keeps A at its seeded init unless it says otherwise (lora.freezeA): averaging B alone is then
- * exactly averaging the update B·A, and a periodic run stays next to its synchronous run. Measured with
- * bench/lora-averaging.ts (3 replicas, rank 8, 64 steps, averaging every 4): see the closing note of issue 10.
- */
-const FREEZE_A_BY_DEFAULT = true;
-
 export function jobModelOptions(spec: JobSpec): ModelOptions {
   if (spec.mode === 'lora' && !spec.lora) throw new JobError(`job ${spec.jobId}: lora mode needs lora { rank, alpha }`);
   return {
     mode: spec.mode,
-    ...(spec.lora ? { lora: { ...spec.lora, freezeA: spec.lora.freezeA ?? FREEZE_A_BY_DEFAULT } } : {}),
+    ...(spec.lora ? { lora: spec.lora } : {}),
     ...(spec.mode === 'lora' ? { baseFormat: spec.baseFormat, basePath: spec.basePath } : {}),
     ...(spec.activations ? { activationStorage: spec.activations } : {}),
     seed: spec.seed,
