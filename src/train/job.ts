@@ -75,9 +75,11 @@ function bundled(spec: JobSpec): { documents: string[] } {
 }
 
 function ownText(spec: JobSpec, text: JobText | undefined): JobText {
-  if (text?.sha256 !== spec.corpusBlob!.sha256) {
-    throw new JobError(`job ${spec.jobId}: its corpus is the blob ${spec.corpusBlob!.sha256}, ${text ? `not ${text.sha256}` : 'not given'}`);
+  const { sha256 } = spec.corpusBlob!;
+  if (text === undefined) {
+    throw new JobError(`job ${spec.jobId}: its corpus is the blob ${sha256}, whose text is not given (the coordinator's --corpus <path> sets it)`);
   }
+  if (text.sha256 !== sha256) throw new JobError(`job ${spec.jobId}: its corpus is the blob ${sha256}, not ${text.sha256}`);
   return text;
 }
 

@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { JobSpec } from '../../proto/index.ts';
+import { runCoordinator } from '../../coordinator/cli.ts';
 import { jobOnText } from '../../coordinator/corpus.ts';
 import type { CommandIO } from '../../src/cli/command.ts';
 import { trainCommand } from '../../src/train/cli.ts';
@@ -81,9 +82,28 @@ describe('a job on the operator\'s text', () => {
     expect(job.corpus).toBe('my-notes'); // the label stays
     expect(decodeCorpus(bytes)).toEqual(documents);
     expect(jobDocuments(job, text).documents).toEqual(['one 🙂', 'two\n\nparagraphs']);
-    expect(() => jobDocuments(job)).toThrow(/its corpus is the blob [0-9a-f]{64}, not given/);
+    expect(() => jobDocuments(job)).toThrow(/its corpus is the blob [0-9a-f]{64}, whose text is not given \(the coordinator's --corpus <path> sets it\)/);
     expect(() => jobDocuments(job, { sha256: '0'.repeat(64), documents })).toThrow(/not 0{64}/);
     return expect(blobs.size(job.corpusBlob!.sha256)).resolves.toBe(bytes.byteLength);
+  });
+});
+
+describe('swarmtrain-coordinator --corpus', () => {
+  it('exits 2 naming the file and line of a bad JSONL line, before serving anything', async () => {
+    const jobFile = join(dir, 'job.json');
+    await writeFile(jobFile, JSON.stringify({
+      jobId: 'j', model: {}, mode: 'full', baseFormat: 'f32', basePath: 'fp32', seed: 1, corpus: 'mine', batchSize: 2, seqLen: 8,
+      heldOutFraction: 0.1, totalBatches: 4, expectedNodes: 1, lr: 1e-3, minLr: 1e-4, warmupSteps: 0,
+      averaging: { mode: 'periodic', every: 2, deadlineMs: 1000 }, expertTimeoutMs: 1000,
+    }));
+    const corpus = join(dir, 'broken.jsonl');
+    await writeFile(corpus, '{"text": "fine"}\n{"body": "no text field"}\n');
+    let stderr = '';
+    const code = await runCoordinator(['--job', jobFile, '--corpus', corpus, '--vocab', '300'], {
+      stdout: { write: () => {} }, stderr: { write: (text: string) => (stderr += text) },
+    });
+    expect(code).toBe(2);
+    expect(stderr).toBe(`swarmtrain-coordinator: corpus ${corpus} line 2: expected an object with a string field "text"\n`);
   });
 });
 
