@@ -6,13 +6,15 @@
 // per node per step, the share of step time spent waiting on remote experts, remote expert calls
 // per step; the job's tokens/s over wall time from start to done (warm-up included); the loss
 // at the end. The 3-node run is repeated with expert rows in f32 instead of bf16 (the job's
-// expertPrecision), to show what the expert calls' precision does to the bytes and the loss.
+// expertPrecision), to show what the expert calls' precision does to the bytes and the loss. Last, a
+// LoRA-q4 job on a base checkpoint fetched over the swarm (bench/swarm-lora.ts).
 // Run: npm run bench:swarm [-- --quick]
 import { cpus, loadavg } from 'node:os';
 import { startSwarm, type Proc, type SwarmEvent } from '../src/harness/local-swarm.ts';
 import type { ExpertPrecision } from '../node/experts.ts';
 import type { JobSpec } from '../proto/index.ts';
 import { printTable } from './table.ts';
+import { benchLoraSwarm } from './swarm-lora.ts';
 
 const quick = process.argv.includes('--quick');
 const RUNS: { nodes: number; precision: ExpertPrecision }[] = [
@@ -118,3 +120,6 @@ printTable([
 console.log(`tokens/s: steady-state steps' tokens over their own seconds (averaging included), summed over nodes; job tokens/s: all tokens over the `
   + `coordinator's started→done time; remote-expert wait: wall time with a remote expert call in flight / step time; experts/node: of `
   + `${2 * 8} (2 layers × 8); deltas missed: averaging contributions not there by the deadline; final loss: mean over each node's last ${AVERAGE_EVERY} steps`);
+
+// Then a LoRA job on a q4 base fetched over the swarm (bench/swarm-lora.ts).
+await benchLoraSwarm(quick);

@@ -11,11 +11,13 @@ import { flag, integer, text } from '../src/cli/args.ts';
 import { command, helpText, runCommand, type CommandIO } from '../src/cli/command.ts';
 import { statusWriter, type Status } from '../src/cli/health.ts';
 import { asInput, EXIT, messageOf, UsageError } from '../src/cli/usage.ts';
-import { JobError, validateJob } from '../proto/index.ts';
+import { JobError, validateJob, type JobSpec } from '../proto/index.ts';
 import { buildManifest } from '../src/weights/index.ts';
 import { jobDocuments } from '../src/train/job.ts';
+import { CorpusError, loadTextCorpus, type TextCorpus } from '../src/train/text-corpus.ts';
 import { BpeTokenizer } from '../src/train/tokenizer.ts';
 import { tokenizerFromJson, type Tokenizer } from '../src/train/tokenizers/index.ts';
+import { jobOnText } from './corpus.ts';
 import { buildApi, listenApi } from './http/app.ts';
 import { CoordinatorServer } from './server.ts';
 import { CoordinatorService } from './service.ts';
@@ -42,6 +44,9 @@ the multiaddrs to join.`,
     'protect-reads': flag("the API's read-only routes need the token too"),
     base: text('<dir>', 'a Hugging Face checkpoint folder the job starts from (config.json, model.safetensors or its index, '
       + 'tokenizer.json); its config is the model\'s; nodes fetch its tensors from here and from each other'),
+    corpus: text('<path>', "the job's documents from your own text (instead of the job's bundled corpus, which stays its label): "
+      + 'a .txt file (paragraphs separated by blank lines are documents), a folder of .txt files (one document each) or '
+      + 'a .jsonl file (a "text" field per line); nodes fetch it from here and from each other, checked by sha256'),
     tokenizer: text('<file>', "the job's tokenizer.json (Hugging Face format; default: the base's), or"),
     vocab: integer('<n>', "train a tokenizer of n tokens on the job's documents (default: the job's model.vocabSize, if it sets one)",
       positive),
@@ -74,8 +79,8 @@ the multiaddrs to join.`,
     let stopService: () => Promise<unknown>;
     let server: CoordinatorServer;
     if (values.job === undefined) {
-      for (const option of ['base', 'tokenizer', 'vocab', 'key'] as const) {
-        if (values[option] !== undefined) throw new UsageError(`--${option} belongs with --job (a service's jobs name their base over the API)`);
+      for (const option of ['base', 'corpus', 'tokenizer', 'vocab', 'key'] as const) {
+        if (values[option] !== undefined) throw new UsageError(`--${option} belongs with --job (a service's jobs name their base and corpus over the API)`);
       }
       const dataDir = resolve(values.data ?? 'swarmtrain-data');
       const apiToken = values['api-token'] ?? apiTokenOf(dataDir, print);
@@ -109,9 +114,10 @@ the multiaddrs to join.`,
           throw new UsageError(`base ${values.base}: a pretrained base needs its own tokenizer: put tokenizer.json in the folder or give `
             + '--tokenizer (--vocab would train a new one, which the base cannot read)');
         }
-        const tokenizer = tokenizerOf(job, values.tokenizer ?? base?.tokenizer, values.vocab);
+        const corpus = values.corpus === undefined ? undefined : readCorpus(values.corpus);
+        const tokenizer = tokenizerOf(job, values.tokenizer ?? base?.tokenizer, values.vocab, corpus);
         return CoordinatorServer.start({
-          ...swarm, job, tokenizer, ...(base ? { base } : {}),
+          ...swarm, job, tokenizer, ...(base ? { base } : {}), ...(corpus ? { corpus } : {}),
           ...(values.data === undefined ? {} : { dataDir: values.data }),
           ...(values.key === undefined ? {} : { keyFile: values.key }),
         });
@@ -195,8 +201,16 @@ async function readBase(dir: string) {
   }
 }
 
+function readCorpus(path: string): TextCorpus {
+  try {
+    return loadTextCorpus(path);
+  } catch (err) {
+    throw err instanceof CorpusError ? new UsageError(err.message) : err;
+  }
+}
+
 /** The job's tokenizer: from a file (--tokenizer, or the base's tokenizer.json), or trained on the job's documents. */
-function tokenizerOf(job: ReturnType<typeof validateJob>, file: string | undefined, vocab: number | undefined): Tokenizer {
+function tokenizerOf(job: JobSpec, file: string | undefined, vocab: number | undefined, corpus: TextCorpus | undefined): Tokenizer {
   if (file !== undefined && vocab !== undefined) throw new UsageError('give --tokenizer or --vocab, not both');
   if (file !== undefined) {
     try {
@@ -208,5 +222,6 @@ function tokenizerOf(job: ReturnType<typeof validateJob>, file: string | undefin
   const modelVocab = job.model.vocabSize;
   const vocabSize = vocab ?? (typeof modelVocab === 'number' ? modelVocab : undefined);
   if (vocabSize === undefined) throw new UsageError('give --tokenizer <file> or --vocab <n> (the job sets no model.vocabSize)');
-  return BpeTokenizer.train(jobDocuments(job).documents, { vocabSize });
+  const own = corpus && jobOnText(job, corpus);
+  return BpeTokenizer.train(jobDocuments(own?.job ?? job, own?.text).documents, { vocabSize });
 }

@@ -13,10 +13,12 @@ import {
 import type { ModelConfig } from '../src/model/config.ts';
 import type { PrivateKey } from '@libp2p/interface';
 import { RefusedError, serveGroups, signSync, type Rpc } from '../src/p2p/index.ts';
-import { jobBatchesPerEpoch, jobConfig, jobModelOptions } from '../src/train/job.ts';
+import { jobBatchesPerEpoch, jobConfig, jobModelOptions, type JobText } from '../src/train/job.ts';
+import type { TextCorpus } from '../src/train/text-corpus.ts';
 import type { Tokenizer } from '../src/train/tokenizers/index.ts';
-import { serveBlobs, signManifest, type BlobSource } from '../src/weights/index.ts';
+import { joinBlobSources, serveBlobs, signManifest, type BlobSource } from '../src/weights/index.ts';
 import { JobCheckpoints } from './checkpointer.ts';
+import { jobOnText } from './corpus.ts';
 import { JobLeases } from './leases.ts';
 import { Membership, type NodeRecord } from './membership.ts';
 import {
@@ -30,6 +32,8 @@ export interface JobAssets {
   tokenizer: Tokenizer;
   /** The base's manifest (its config is the model's), where its blobs are read, and its name (for the adapter). */
   base?: { manifest: BaseManifest; blobs: BlobSource; name: string };
+  /** The operator's own text, the job's documents: nodes fetch it as a verified blob (the spec's corpus stays its label). */
+  corpus?: TextCorpus;
 }
 
 export interface RunSettings {
@@ -63,11 +67,11 @@ export const truncate = (text: string) => (text.length <= MAX_REASON ? text : `$
  * The job turned into a planner, the epoch size and the tokenizer's wire form; any problem is a
  * JobError. These checks need the tokenizer and the corpus, so they live here, not in validateJob.
  */
-export function prepareJob(job: JobSpec, tokenizer: Tokenizer, replication: number, base?: BaseManifest) {
+export function prepareJob(job: JobSpec, tokenizer: Tokenizer, replication: number, base?: BaseManifest, text?: JobText) {
   try {
     const config = jobConfig(job, tokenizer, base?.config as ModelConfig | undefined);
     const plannerOptions: PlannerOptions = { config, precision: jobModelOptions(job), replication };
-    const batchesPerEpoch = jobBatchesPerEpoch(job, tokenizer);
+    const batchesPerEpoch = jobBatchesPerEpoch(job, tokenizer, text);
     if (batchesPerEpoch < 1) throw new Error('the training split has no micro-batch (too few tokens for batchSize × seqLen)');
     const tokenizerJson = JSON.stringify(tokenizer.toHuggingFace());
     if (tokenizerJson.length > 16 * 1024 * 1024) throw new Error(`the tokenizer's JSON (${tokenizerJson.length} characters) exceeds the 16 MiB a join reply carries`);
@@ -89,6 +93,8 @@ export class JobRun {
   private readonly tokenizerJson: string;
   /** The signed base sent in every join reply, if the job has one. */
   private readonly base?: JobBase;
+  /** What admitted nodes may fetch from here: the base's tensors and the job's own text. */
+  private readonly blobs?: BlobSource;
   private checkpoints?: JobCheckpoints;
   private announcedVersion = 0;
   private persistedLeases = new Set<number>();
@@ -103,8 +109,13 @@ export class JobRun {
     private readonly settings: RunSettings,
     private readonly components: RunComponents,
   ) {
-    this.job = row.spec;
-    const { plannerOptions, batchesPerEpoch, tokenizerJson } = prepareJob(this.job, assets.tokenizer, settings.replication, assets.base?.manifest);
+    const own = assets.corpus && jobOnText(row.spec, assets.corpus);
+    this.job = own?.job ?? row.spec;
+    const { plannerOptions, batchesPerEpoch, tokenizerJson } = prepareJob(
+      this.job, assets.tokenizer, settings.replication, assets.base?.manifest, own?.text,
+    );
+    const blobSources = [assets.base?.blobs, own?.blobs].filter((source) => source !== undefined);
+    if (blobSources.length > 0) this.blobs = joinBlobSources(blobSources);
     this.plannerOptions = plannerOptions;
     this.planner = new ShardPlanner(plannerOptions);
     this.tokenizerJson = tokenizerJson;
@@ -164,7 +175,7 @@ export class JobRun {
   async close(): Promise<void> {
     await this.checkpoints?.idle();
     if (this.checkpoints) await this.components.rpc.unhandle('state');
-    if (this.assets.base) await this.components.rpc.unhandle('blobChunk');
+    if (this.blobs) await this.components.rpc.unhandle('blobChunk');
   }
 
   // --- requests (synchronous: each runs to completion before the next) --------------------------
@@ -280,10 +291,10 @@ export class JobRun {
 
   private async serve(): Promise<void> {
     const { rpc } = this.components;
-    if (this.assets.base) {
-      // Any node admitted once (alive, or silent while fetching, or gone and coming back) may fetch the base.
+    if (this.blobs) {
+      // Any node admitted once (alive, or silent while fetching, or gone and coming back) may fetch the base and the text.
       const admitted = (peer: string) => this.membership.get(peer) !== undefined;
-      await serveBlobs({ rpc, source: this.assets.base.blobs, admitted });
+      await serveBlobs({ rpc, source: this.blobs, admitted });
     }
     if (this.settings.dataDir !== undefined) await this.keepCheckpoints(this.settings.dataDir);
     if (this.leases.done) this.progressed(this.leases.epoch); // stopped between the last report and the result

@@ -14,6 +14,7 @@ import {
 } from '../proto/index.ts';
 import type { PrivateKey } from '@libp2p/interface';
 import { createHost, identityKey, RefusedError, Rpc, type Host, type Rejection } from '../src/p2p/index.ts';
+import type { TextCorpus } from '../src/train/text-corpus.ts';
 import type { Tokenizer } from '../src/train/tokenizers/index.ts';
 import type { BlobSource } from '../src/weights/index.ts';
 import type { MetricPoint } from './api/service.ts';
@@ -21,6 +22,7 @@ import type { CheckpointEvent } from './checkpointer.ts';
 import type { LeaseCounters } from './leases.ts';
 import type { NodeRecord, NodeStats } from './membership.ts';
 import type { DroppedReplica, ExpertHolders, NewReplica } from './planner.ts';
+import { jobOnText } from './corpus.ts';
 import { JobRun, prepareJob, truncate, type DistributiveOmit, type JobAssets, type RunSettings } from './run.ts';
 import { JobStore, type JobRow } from './store.ts';
 
@@ -34,6 +36,8 @@ export interface CoordinatorOptions {
    * model config is the base's, nodes get the manifest signed, and admitted nodes fetch its blobs from here.
    */
   base?: { manifest: BaseManifest; blobs: BlobSource; name: string };
+  /** With `job`: the operator's own text as its documents (src/train/text-corpus.ts), sent to nodes as a verified blob. */
+  corpus?: TextCorpus;
   /** Without `job`: the tokenizer and base of a queued job, read when it starts (a JobError fails the job). */
   assets?: (job: JobRow) => Promise<JobAssets>;
   /** The job queue and every job's progress (default: in memory, gone with the process). */
@@ -186,7 +190,8 @@ export class CoordinatorServer {
     if (typeof options.joinToken !== 'string') throw new TypeError('coordinator: joinToken must be a string (empty: an open swarm)');
     if (options.job) {
       if (!options.tokenizer) throw new TypeError('coordinator: a job needs its tokenizer');
-      prepareJob(options.job, options.tokenizer, settings.replication, options.base?.manifest); // a bad job fails the start
+      const own = options.corpus && jobOnText(options.job, options.corpus);
+      prepareJob(own?.job ?? options.job, options.tokenizer, settings.replication, options.base?.manifest, own?.text); // a bad job fails the start
     } else if (!options.assets) {
       throw new TypeError('coordinator: give a job, or the assets of queued jobs');
     }
@@ -292,7 +297,7 @@ export class CoordinatorServer {
     const { settings } = this.options;
     try {
       const assets = this.options.job
-        ? { tokenizer: this.options.tokenizer!, ...(this.options.base ? { base: this.options.base } : {}) }
+        ? { tokenizer: this.options.tokenizer!, ...(this.options.base ? { base: this.options.base } : {}), ...(this.options.corpus ? { corpus: this.options.corpus } : {}) }
         : await this.options.assets!(row);
       if (row.state === 'queued') this.changeState(row.id, 'running');
       this.run = await JobRun.open(this.store.job(row.id)!, assets, settings, {

@@ -12,7 +12,9 @@ import { JobError, PROTOCOL_VERSION, validateJob, type JobSpec } from '../proto/
 import { demoJob } from '../src/harness/demo-job.ts';
 import { CORPUS_NAMES } from '../src/train/corpus.ts';
 import { continuation, loadGenerator } from '../src/train/cli.ts';
-import { jobDocuments } from '../src/train/job.ts';
+import type { ModelConfig } from '../src/model/config.ts';
+import { jobConfig, jobDocuments } from '../src/train/job.ts';
+import { CorpusError, loadTextCorpus, type TextCorpus } from '../src/train/text-corpus.ts';
 import { BpeTokenizer } from '../src/train/tokenizer.ts';
 import { tokenizerFromJson, type Tokenizer } from '../src/train/tokenizers/index.ts';
 import { buildManifest } from '../src/weights/index.ts';
@@ -21,6 +23,7 @@ import {
   type NodeView, type Placement, type SwarmCounters, type SwarmEvent, type SwarmInfo, type SwarmService,
 } from './api/service.ts';
 import { latestCheckpoint } from './checkpoints.ts';
+import { jobOnText } from './corpus.ts';
 import { writeResult } from './result.ts';
 import { prepareJob, type DistributiveOmit, type JobAssets } from './run.ts';
 import { CoordinatorServer, type CoordinatorEvent, type CoordinatorOptions } from './server.ts';
@@ -124,15 +127,15 @@ export class CoordinatorService implements SwarmService {
       const field = /^job: \/([^:]+):/.exec((err as Error).message)?.[1];
       return fail('invalid', (err as Error).message, field);
     }
-    if (!(CORPUS_NAMES as readonly string[]).includes(spec.corpus)) {
-      fail('invalid', `unknown corpus "${spec.corpus}" (known: ${this.corpora().map((c) => c.name).join(', ')})`, 'corpus');
-    }
     const baseDir = base === undefined ? undefined : this.modelDir(base);
     const jobDir = join(this.dataDir, 'jobs', id);
     try {
-      const tokenizer = baseDir ? this.baseTokenizer(baseDir, base!) : BpeTokenizer.train(jobDocuments(spec).documents, { vocabSize: Number(spec.model.vocabSize) });
+      const text = this.uploadedCorpus(spec.corpus);
+      const own = text && jobOnText(spec, text);
+      const tokenizer = baseDir ? this.baseTokenizer(baseDir, base!)
+        : BpeTokenizer.train(jobDocuments(own?.job ?? spec, own?.text).documents, { vocabSize: Number(spec.model.vocabSize) });
       const manifest = baseDir ? (await buildManifest(baseDir)).manifest : undefined;
-      prepareJob(spec, tokenizer, this.options.replication ?? 2, manifest);
+      prepareJob(own?.job ?? spec, tokenizer, this.options.replication ?? 2, manifest, own?.text);
       await mkdir(jobDir, { recursive: true });
       await writeFile(join(jobDir, 'tokenizer.json'), JSON.stringify(tokenizer.toHuggingFace()));
     } catch (err) {
@@ -211,9 +214,10 @@ export class CoordinatorService implements SwarmService {
       if (!checkpoint) return fail('conflict', `job ${id} has no checkpoint yet to sample from`);
       temporary = dir = await mkdtemp(join(tmpdir(), 'swarmtrain-sample-'));
       const assets = await this.assets(row);
-      const { plannerOptions, tokenizerJson } = prepareJob(row.spec, assets.tokenizer, 1, assets.base?.manifest);
       await writeResult(dir, {
-        job: row.spec, config: plannerOptions.config, groups: checkpoint.groups, tokenizerJson, ...(assets.base ? { baseModel: assets.base.name } : {}),
+        job: row.spec, config: jobConfig(row.spec, assets.tokenizer, assets.base?.manifest.config as ModelConfig | undefined),
+        groups: checkpoint.groups, tokenizerJson: JSON.stringify(assets.tokenizer.toHuggingFace()),
+        ...(assets.base ? { baseModel: assets.base.name } : {}),
       });
     }
     const lora = row.spec.mode === 'lora';
@@ -343,13 +347,27 @@ export class CoordinatorService implements SwarmService {
     return tokenizerFromJson(JSON.parse(readFileSync(path, 'utf8')));
   }
 
-  /** A queued job's tokenizer (made when it was created) and base checkpoint. */
+  /** The text of an uploaded corpus; undefined for a bundled one (the job names it, every node has it). */
+  private uploadedCorpus(name: string): TextCorpus | undefined {
+    if ((CORPUS_NAMES as readonly string[]).includes(name)) return undefined;
+    const file = ['.txt', '.jsonl'].map((ext) => join(this.dataDir, 'corpora', `${name}${ext}`)).find((path) => existsSync(path));
+    if (!NAME.test(name) || file === undefined) return fail('invalid', `unknown corpus "${name}" (known: ${this.corpora().map((c) => c.name).join(', ')})`, 'corpus');
+    try {
+      return loadTextCorpus(file);
+    } catch (err) {
+      return fail('invalid', err instanceof CorpusError ? err.message : `corpus ${name}: ${(err as Error).message}`, 'corpus');
+    }
+  }
+
+  /** A queued job's tokenizer (made when it was created), base checkpoint and uploaded text. */
   private async assets(row: JobRow): Promise<JobAssets> {
     const tokenizer = tokenizerFromJson(JSON.parse(readFileSync(join(this.dataDir, 'jobs', row.id, 'tokenizer.json'), 'utf8')));
-    if (row.base === undefined) return { tokenizer };
+    const corpus = this.uploadedCorpus(row.spec.corpus);
+    const withCorpus = corpus ? { corpus } : {};
+    if (row.base === undefined) return { tokenizer, ...withCorpus };
     const dir = this.modelDir(row.base);
     const { manifest, blobs } = await buildManifest(dir);
-    return { tokenizer, base: { manifest, blobs, name: dir } };
+    return { tokenizer, base: { manifest, blobs, name: dir }, ...withCorpus };
   }
 
   private view(row: JobRow): JobView {

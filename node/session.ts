@@ -15,7 +15,7 @@ import { expertOf, type F32Tensor } from '../src/model/config.ts';
 import { Model } from '../src/model/model.ts';
 import { fetchGroup, signedBy, type DialTarget, type Host, type Rpc } from '../src/p2p/index.ts';
 import { RefusedError, RpcError } from '../src/p2p/errors.ts';
-import { jobConfig, jobData, jobModelOptions } from '../src/train/job.ts';
+import { jobConfig, jobData, jobModelOptions, type JobText } from '../src/train/job.ts';
 import { DEFAULT_ADAMW } from '../src/train/optimizer.ts';
 import { tokenizerFromJson, type Tokenizer } from '../src/train/tokenizers/index.ts';
 import { Trainer } from '../src/train/trainer.ts';
@@ -25,6 +25,7 @@ import type { NodeEvent, NodeOptions } from './daemon.ts';
 import { createAverager, type Averager, type AveragingFault } from './averaging/index.ts';
 import { expertPrecisions, serveExperts, SwarmRemoteExperts } from './experts.ts';
 import { NodeBase } from './base.ts';
+import { fetchJobText } from './corpus.ts';
 import { serveState } from './state.ts';
 import type { Traffic } from './traffic.ts';
 
@@ -153,7 +154,8 @@ export class JobSession {
       ...expertPrecisions(this.job), log: this.log,
     });
     const hosted = this.hostedExperts(this.plan);
-    if (this.base) this.startHeartbeat(); // the fetch may outlast the coordinator's patience
+    if (this.base || this.job.corpusBlob) this.startHeartbeat(); // the fetch may outlast the coordinator's patience
+    const text = this.job.corpusBlob ? await this.fetchText() : undefined; // the operator's own text
     const base = this.base ? await this.fetchBase([TRUNK_GROUP, ...hosted.keys()]) : undefined;
     const model = new Model(this.kernels, config, {
       ...jobModelOptions(this.job),
@@ -166,7 +168,7 @@ export class JobSession {
       fetchState: (group, peer) => this.fetchFromAny([peer], group),
       ...(this.options.fault ? { fault: this.options.fault } : {}),
     });
-    this.trainer = this.createTrainer(model, tokenizer);
+    this.trainer = this.createTrainer(model, tokenizer, text);
     if (reply.completedBatches > 0) await this.catchUp(model, hosted);
     const servers = { rpc: this.rpc, kernels: this.kernels, experts: model.experts, directory, stats: this.experts.stats };
     await serveExperts(servers, { jobId: this.job.jobId, hidden: config.hiddenSize });
@@ -185,9 +187,9 @@ export class JobSession {
    * The trainer of this node's steps: one micro-batch per step on the job's schedule, whose
    * steps span the job's share of one node; the averager joins each step through the hooks.
    */
-  private createTrainer(model: Model, tokenizer: Tokenizer): Trainer {
+  private createTrainer(model: Model, tokenizer: Tokenizer, text?: JobText): Trainer {
     const { lr, minLr, warmupSteps, totalBatches, expectedNodes } = this.job;
-    const data = jobData(this.job, tokenizer);
+    const data = jobData(this.job, tokenizer, text);
     return new Trainer(this.kernels, model, data.train, data.heldOut, tokenizer, {
       lr, minLr, warmupSteps, totalSteps: Math.ceil(totalBatches / expectedNodes), accumulation: 1, adamw: DEFAULT_ADAMW,
     }, {
@@ -196,13 +198,25 @@ export class JobSession {
     });
   }
 
+  private get dataDir(): string {
+    const { keyFile } = this.options;
+    return this.options.dataDir ?? (keyFile ? join(dirname(keyFile), 'swarmtrain-data') : 'swarmtrain-data');
+  }
+
+  private admittedPeer = (peer: string): boolean => this.newestPlan().peers.some((p) => p.peerId === peer);
+
+  /** The job's corpus blob from peers or the coordinator (with a base, the base's server already serves the same store). */
+  private async fetchText(): Promise<JobText> {
+    const components = { rpc: this.rpc, dataDir: this.dataDir, admitted: this.admittedPeer, serve: !this.base };
+    const { text, summary } = await fetchJobText(this.job, this.weightSources(TRUNK_GROUP), components);
+    this.emit({ event: 'corpus', ...summary });
+    return text;
+  }
+
   /** Checks the join reply's base against the coordinator's key and serves the blob store to admitted peers. */
   private async openBase(base: JobBase): Promise<void> {
-    const { keyFile } = this.options;
-    const dataDir = this.options.dataDir ?? (keyFile ? join(dirname(keyFile), 'swarmtrain-data') : 'swarmtrain-data');
-    const admitted = (peer: string) => this.newestPlan().peers.some((p) => p.peerId === peer);
     try {
-      this.base = await NodeBase.open(base, this.coordinatorId, { rpc: this.rpc, dataDir, admitted });
+      this.base = await NodeBase.open(base, this.coordinatorId, { rpc: this.rpc, dataDir: this.dataDir, admitted: this.admittedPeer });
     } catch (err) {
       if (err instanceof ManifestError) throw new JoinRefusedError(`the job's base: ${err.message}`);
       throw err;

@@ -59,12 +59,29 @@ export const JobSpecSchema = Type.Object({
   jobId: Id,
   model: Type.Record(Type.String({ maxLength: 64 }), Type.Union([Type.Number(), Type.Boolean()]), { maxProperties: 64 }),
   mode: Type.Union([Type.Literal('full'), Type.Literal('lora')]),
-  lora: Type.Optional(Type.Object({ rank: Type.Integer({ minimum: 1, maximum: 4096 }), alpha: Type.Number({ exclusiveMinimum: 0, maximum: 1e6 }) })),
+  lora: Type.Optional(Type.Object({
+    rank: Type.Integer({ minimum: 1, maximum: 4096 }),
+    alpha: Type.Number({ exclusiveMinimum: 0, maximum: 1e6 }),
+    /**
+     * true: A stays at its seeded init (the same on every node) and only B trains (LoRA-FA), so averaging B averages the
+     * update B·A exactly. Default false: A and B train and are averaged apart; bench/lora-averaging.ts measures the gap
+     * ‖mean(BᵢAᵢ) − mean(Bᵢ)·mean(Aᵢ)‖/‖mean(BᵢAᵢ)‖ at ~1% (vanishing over rounds), while a frozen A costs more held-out loss.
+     */
+    freezeA: Type.Optional(Type.Boolean()),
+  })),
   baseFormat: Type.Union([Type.Literal('f32'), Type.Literal('q8'), Type.Literal('q4')]),
   basePath: Type.Union([Type.Literal('fp32'), Type.Literal('int')]),
+  /** How experts and attention keep their largest activations for the backward: f32 (default), or bf16 (half the memory). */
+  activations: Type.Optional(Type.Union([Type.Literal('f32'), Type.Literal('bf16')])),
   /** Seed of the initial weights, the data order and the held-out split. */
   seed: Count,
+  /** A bundled corpus (src/train/corpus.ts); with corpusBlob, a label of the operator's text. */
   corpus: Type.String({ minLength: 1, maxLength: 64 }),
+  /**
+   * The operator's own text, set by the coordinator (--corpus): a blob of its documents (src/train/text-corpus.ts)
+   * that nodes fetch in MAX_BLOB_CHUNK_BYTES chunks from the coordinator or peers, each chunk checked against `chunks`.
+   */
+  corpusBlob: Type.Optional(Type.Object({ sha256: Sha256Hex, bytes: Count, chunks: Type.Array(Sha256Hex, { maxItems: 4096 }) })),
   /** Use only documents [from, to) of the corpus (small jobs and tests). */
   documents: Type.Optional(Type.Object({ from: Count, to: Count })),
   batchSize: Type.Integer({ minimum: 1, maximum: 65536 }),

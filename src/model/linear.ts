@@ -186,7 +186,8 @@ export class LoraLinear implements Linear {
     gemm.gemm({ a: dy, b: xa, c: this.b.grad!, m: this.outDim, n: r, k: rows, transA: true, accumulate: true });
     gemm.gemm({ a: dy, b: this.b.value, c: dxa, m: rows, n: r, k: this.outDim });
     ops.scale(dxa, this.scale, rows * r);
-    gemm.gemm({ a: dxa, b: x, c: this.a.grad!, m: r, n: this.inDim, k: rows, transA: true, accumulate: true });
+    // A frozen (LoRA-FA) has no gradient to accumulate.
+    if (this.a.grad) gemm.gemm({ a: dxa, b: x, c: this.a.grad, m: r, n: this.inDim, k: rows, transA: true, accumulate: true });
     if (dx) gemm.gemm({ a: dxa, b: this.a.value, c: dx, m: rows, n: this.inDim, k: r, accumulate: true });
   }
 }

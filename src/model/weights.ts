@@ -18,6 +18,8 @@ export interface LoraOptions {
   alpha: number;
   /** Which matrices get an adapter, by short name (default: all of LORA_MODULES). */
   targets?: LoraModule[];
+  /** Keep every A at its seeded init and train only B (LoRA-FA): across replicas, the mean of B·A is then mean(B)·A. */
+  freezeA?: boolean;
 }
 
 export interface WeightsOptions {
@@ -94,13 +96,15 @@ export class ModelWeights {
 
   /**
    * Takes on tensors not held here yet (a new replica's): values from `state` (a holder's, base
-   * matrices in fp32; or a checkpoint's base alone) or, when absent, from the seeded initialization;
-   * adapters `state` lacks start from their seeded init. Returns the trainable ones.
+   * matrices in fp32; or a checkpoint's base alone); base tensors and adapters `state` lacks (a LoRA
+   * holder sends only its adapters) start from the seeded initialization. Returns the trainable ones.
    */
   add(names: ReadonlySet<string>, state?: Map<string, F32Tensor>): Param[] {
     this.allocate(names);
     const isBase = (name: string) => names.has(name) && !this.loraShapes.has(name);
-    this.loadBase(state ? [...state].filter(([name]) => isBase(name)) : initTensors(this.config, this.seed, { reuseBuffer: true }), isBase);
+    const given = new Map([...(state ?? [])].filter(([name]) => isBase(name)));
+    const seeded = [...names].some((name) => isBase(name) && !given.has(name));
+    this.loadBase(seeded ? withSeededRest(given, this.config, this.seed) : given, isBase);
     const isAdapter = (name: string) => names.has(name) && this.loraShapes.has(name);
     const adapters = new Map([...(state ?? [])].filter(([name]) => isAdapter(name)));
     this.params.load(adapters);
@@ -160,12 +164,13 @@ export class ModelWeights {
     return new Map([...hashes].map(([group, hash]) => [group, hash.digest('hex')]));
   }
 
-  /** Parameters for the named tensors: LoRA always trainable, base ones in full mode (quantized ones live in `quantized`). */
+  /** Parameters for the named tensors: LoRA trainable (A unless frozen), base ones in full mode (quantized ones live in `quantized`). */
   private allocate(names: Iterable<string>): void {
     const trainBase = this.options.mode === 'full';
+    const frozenA = this.options.lora?.freezeA === true;
     for (const name of names) {
       const lora = this.loraShapes.get(name);
-      if (lora) this.params.add(name, lora, true);
+      if (lora) this.params.add(name, lora, !(frozenA && name.endsWith('.lora_a')));
       else if (!this.quantizes(name)) this.params.add(name, this.shapes.get(name)!, trainBase);
     }
   }
@@ -200,6 +205,12 @@ export class ModelWeights {
     const missing = [...this.shapes.keys()].filter((name) => wanted(name) && !seen.has(name));
     if (missing.length) throw new Error(`model: base lacks ${missing.length} tensor(s), e.g. ${missing.slice(0, 3).join(', ')}`);
   }
+}
+
+/** `given`, then the seeded init of every other tensor of the config (generated one at a time). */
+function* withSeededRest(given: Map<string, F32Tensor>, config: ModelConfig, seed: number): Generator<[string, F32Tensor]> {
+  yield* given;
+  for (const entry of initTensors(config, seed, { reuseBuffer: true })) if (!given.has(entry[0])) yield entry;
 }
 
 /** The config's LoRA shapes restricted to the chosen target modules. */

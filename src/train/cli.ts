@@ -1,14 +1,14 @@
 // The command-line interface of the single-process engine:
 //   swarmtrain train --local   trains a model (every weight, or LoRA adapters on a frozen base)
-//                              on a bundled corpus into a run folder (src/train/run.ts), with a
+//                              on a bundled corpus or your own text into a run folder (src/train/run.ts), with a
 //                              progress line, metrics, checkpoints and samples;
 //   swarmtrain generate        continues a prompt with a checkpoint (plus a PEFT adapter).
 // --resume reads run.json and the newest checkpoint and retraces the uninterrupted run bit for bit.
 // Bad input (options, files, checkpoints, bases) ends with one line on stderr and exit code 2.
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { resolve } from 'node:path';
-import { choice, custom, flag, integer, parseChoice, real, text, type OptionValues } from '../cli/args.ts';
+import { choice, custom, flag, integer, real, text, type OptionValues } from '../cli/args.ts';
 import { command, runCommand, type CommandIO, type CommandOutput } from '../cli/command.ts';
 import { asInput, EXIT, messageOf, UsageError } from '../cli/usage.ts';
 import { readPeftAdapter, writePeftAdapter } from '../io/peft.ts';
@@ -18,8 +18,9 @@ import { Model } from '../model/model.ts';
 import { sizeOf } from '../model/params.ts';
 import type { BaseFormat, TrainMode } from '../model/weights.ts';
 import { loadCheckpoint, restoreTrainer, saveCheckpoint } from './checkpoint.ts';
-import { CORPUS_NAMES, loadCorpus } from './corpus.ts';
+import { CORPUS_NAMES } from './corpus.ts';
 import { corpusLoaders } from './data.ts';
+import { isBundledCorpus, loadNamedCorpus } from './text-corpus.ts';
 import { generate } from './generate.ts';
 import {
   appendMetrics, checkVocabulary, findTokenizer, keepMetricsUpTo, loadBase, loadModelSource, loadTokenizer, modelDir, modelOptions,
@@ -39,9 +40,9 @@ const positive = (x: number) => x > 0;
 const nonNegative = (x: number) => x >= 0;
 
 const TRAIN_OPTIONS = {
-  corpus: custom('<name>', `${CORPUS_NAMES.join(' | ')} (required)`, (value, name) => parseChoice(value, name, CORPUS_NAMES), {
-    section: 'Data',
-  }),
+  corpus: custom('<name|path>', `${CORPUS_NAMES.join(' | ')}, or your text: a .txt file (paragraphs separated by blank lines `
+    + 'are documents), a folder of .txt files (one document each) or a .jsonl file (a "text" field per line) (required)',
+  parseCorpus, { section: 'Data' }),
   vocab: integer('<n>', 'tokenizer size, trained on the corpus (default 2048); ' +
     'a tokenizer.json already in --out or beside --base is used instead', { min: 257 }), // 256 byte tokens and end-of-text
   seq: integer('<n>', 'tokens per sequence (default 128)', { min: 1 }),
@@ -83,10 +84,17 @@ const TRAIN_OPTIONS = {
 
 type TrainValues = OptionValues<typeof TRAIN_OPTIONS>;
 
+/** A bundled corpus's name, or the absolute path of an existing file or folder. */
+function parseCorpus(value: string, name: string): string {
+  if (isBundledCorpus(value)) return value;
+  if (!existsSync(value)) throw new UsageError(`${name} must be one of ${CORPUS_NAMES.join(', ')} or a file or folder of your text, got ${JSON.stringify(value)}`);
+  return resolve(value);
+}
+
 export const TRAIN_COMMAND = command({
   program: 'swarmtrain train',
-  usage: '--local --corpus <name> --out <dir> [options]',
-  about: `Trains a model in this process on a bundled corpus. The run folder (--out) gets
+  usage: '--local --corpus <name|path> --out <dir> [options]',
+  about: `Trains a model in this process on a bundled corpus or your text. The run folder (--out) gets
   run.json              the options below that determine the results (--resume reads them)
   tokenizer.json        the byte-level BPE tokenizer (Hugging Face format)
   metrics.jsonl         one JSON object per step ("train") and per evaluation ("eval")
@@ -218,7 +226,7 @@ async function train(
     // Setup only reads; whatever fails here is bad input. The run folder is written after.
     const setup = await asInput(async () => {
       const base = spec.base === null ? undefined : await loadBase(spec.base);
-      const corpus = loadCorpus(spec.corpus);
+      const corpus = loadNamedCorpus(spec.corpus);
       const tokenizer = runTokenizer(out, spec, base, vocabGiven, corpus.documents);
       const config = base ? onBase(base.config, spec.config, '--config')
         : createConfig({ vocabSize: tokenizer.tokenizer.vocabSize, ...spec.config });

@@ -7,6 +7,7 @@ import type { ModelOptions } from '../model/model.ts';
 import { CORPUS_NAMES, loadCorpus, type CorpusName } from './corpus.ts';
 import { corpusLoaders, trainBatchesPerEpoch, type CorpusLoaderOptions, type CorpusLoaders } from './data.ts';
 import type { Tokenizer } from './tokenizers/index.ts';
+import type { BlobSpec } from '../weights/store.ts';
 
 /**
  * The model config of a job: its overrides on the demo config, validated; the vocabulary is the tokenizer's.
@@ -47,28 +48,53 @@ export function jobModelOptions(spec: JobSpec): ModelOptions {
     mode: spec.mode,
     ...(spec.lora ? { lora: spec.lora } : {}),
     ...(spec.mode === 'lora' ? { baseFormat: spec.baseFormat, basePath: spec.basePath } : {}),
+    ...(spec.activations ? { activationStorage: spec.activations } : {}),
     seed: spec.seed,
   };
 }
 
-/** The job's documents. */
-export function jobDocuments(spec: JobSpec): { documents: string[] } {
-  if (!(CORPUS_NAMES as readonly string[]).includes(spec.corpus)) {
-    throw new JobError(`job ${spec.jobId}: unknown corpus "${spec.corpus}" (known: ${CORPUS_NAMES.join(', ')})`);
-  }
-  const { documents } = loadCorpus(spec.corpus as CorpusName);
+/** A job's own text, decoded from its corpus blob (the blob's sha256 names it). */
+export interface JobText {
+  sha256: string;
+  documents: string[];
+}
+
+/** The job's documents: its bundled corpus, or `text` when the job has a corpus blob (which `text` must be). */
+export function jobDocuments(spec: JobSpec, text?: JobText): { documents: string[] } {
+  const { documents } = spec.corpusBlob ? ownText(spec, text) : bundled(spec);
   const { from = 0, to = documents.length } = spec.documents ?? {};
   if (from >= to || to > documents.length) throw new JobError(`job ${spec.jobId}: documents [${from}, ${to}) outside the corpus's ${documents.length}`);
   return { documents: documents.slice(from, to) };
 }
 
-export function jobData(spec: JobSpec, tokenizer: Tokenizer): CorpusLoaders {
-  return corpusLoaders(tokenizer, jobDocuments(spec), loaderOptions(spec));
+function bundled(spec: JobSpec): { documents: string[] } {
+  if (!(CORPUS_NAMES as readonly string[]).includes(spec.corpus)) {
+    throw new JobError(`job ${spec.jobId}: unknown corpus "${spec.corpus}" (known: ${CORPUS_NAMES.join(', ')}; or give the coordinator --corpus <path>)`);
+  }
+  return loadCorpus(spec.corpus as CorpusName);
+}
+
+function ownText(spec: JobSpec, text: JobText | undefined): JobText {
+  const { sha256 } = spec.corpusBlob!;
+  if (text === undefined) {
+    throw new JobError(`job ${spec.jobId}: its corpus is the blob ${sha256}, whose text is not given (the coordinator's --corpus <path> sets it)`);
+  }
+  if (text.sha256 !== sha256) throw new JobError(`job ${spec.jobId}: its corpus is the blob ${sha256}, not ${text.sha256}`);
+  return text;
+}
+
+/** The job naming `text` (its sha256 and chunk hashes) as its corpus. */
+export function jobWithText(spec: JobSpec, blob: BlobSpec): JobSpec {
+  return { ...spec, corpusBlob: { sha256: blob.sha256, bytes: blob.bytes, chunks: [...blob.chunks] } };
+}
+
+export function jobData(spec: JobSpec, tokenizer: Tokenizer, text?: JobText): CorpusLoaders {
+  return corpusLoaders(tokenizer, jobDocuments(spec, text), loaderOptions(spec));
 }
 
 /** jobData(spec, tokenizer).train.batchesPerEpoch, without tokenizing the corpus into arrays. */
-export function jobBatchesPerEpoch(spec: JobSpec, tokenizer: Tokenizer): number {
-  return trainBatchesPerEpoch(tokenizer, jobDocuments(spec), loaderOptions(spec));
+export function jobBatchesPerEpoch(spec: JobSpec, tokenizer: Tokenizer, text?: JobText): number {
+  return trainBatchesPerEpoch(tokenizer, jobDocuments(spec, text), loaderOptions(spec));
 }
 
 const loaderOptions = (spec: JobSpec): CorpusLoaderOptions => ({

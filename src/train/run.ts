@@ -10,14 +10,15 @@ import type { BasePath } from '../model/linear.ts';
 import type { ModelOptions } from '../model/model.ts';
 import type { BaseFormat, TrainMode } from '../model/weights.ts';
 import { loadCheckpoint } from './checkpoint.ts';
-import { CORPUS_NAMES, type CorpusName } from './corpus.ts';
+import { CORPUS_NAMES } from './corpus.ts';
 import { BpeTokenizer } from './tokenizer.ts';
 import { readTokenizerFile, type Tokenizer } from './tokenizers/index.ts';
 import { DEFAULT_TRAIN } from './trainer.ts';
 
 /** The options that determine a run's results, recorded in run.json and kept by a resumed run. */
 export interface RunSpec {
-  corpus: CorpusName;
+  /** A bundled corpus's name, or the absolute path of the operator's text (src/train/text-corpus.ts). */
+  corpus: string;
   vocab: number;
   seq: number;
   batch: number;
@@ -76,7 +77,7 @@ export function newSpec(out: string, explicit: Partial<RunSpec>): RunSpec {
   if (existsSync(runPaths(out).spec)) {
     throw new UsageError(`${out} already holds a run (run.json): add --resume to continue it, or choose another --out`);
   }
-  if (explicit.corpus === undefined) throw new UsageError(`--corpus is required (${CORPUS_NAMES.join(', ')})`);
+  if (explicit.corpus === undefined) throw new UsageError(`--corpus is required (${CORPUS_NAMES.join(', ')}, or a path to your text)`);
   const merged: RunSpec = { ...DEFAULT_SPEC, corpus: explicit.corpus, minLr: (explicit.lr ?? DEFAULT_SPEC.lr) / 10, ...explicit };
   // In RUN_FLAGS order, for a readable run.json.
   const spec = Object.fromEntries(RUN_FIELDS.map((field) => [field, merged[field]])) as unknown as RunSpec;

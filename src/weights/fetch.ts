@@ -96,15 +96,7 @@ export class WeightFetcher {
   async fetchTensors(
     manifest: BaseManifest, tensors: readonly ManifestTensor[], sources: readonly WeightSource[], signal?: AbortSignal,
   ): Promise<FetchResult> {
-    const report: FetchReport = { bytesBySource: new Map(), fetchedBytes: 0, cachedBlobs: 0, resumedBytes: 0, failures: [] };
-    const state: FetchState = { sources, cutOff: new Map(), report, signal };
-    // Identical tensors (norms all ones, say) are one blob.
-    const blobs = [...new Map(tensors.map((t) => [t.sha256, t])).values()];
-    const queue = [...blobs];
-    const worker = async () => {
-      for (let blob = queue.shift(); blob !== undefined; blob = queue.shift()) await this.downloadOnce(blob, manifest.chunkBytes, state);
-    };
-    await Promise.all(Array.from({ length: Math.min(this.concurrency, blobs.length) }, worker));
+    const report = await this.fetchBlobs(tensors, manifest.chunkBytes, sources, signal);
     const result = new Map<string, F32Tensor>();
     for (const t of tensors) {
       const bytes = await this.store.read(t.sha256, 0, t.bytes);
@@ -112,6 +104,24 @@ export class WeightFetcher {
       result.set(t.name, { shape: [...t.shape], data: data as Float32Array }); // F32, F16 and BF16 decode to f32
     }
     return { tensors: result, report };
+  }
+
+  /**
+   * Brings blobs (checked chunk by chunk against their specs) into the store from the first source that
+   * serves each chunk; read them with the store after. Throws FetchError when every source fails one.
+   */
+  async fetchBlobs(
+    specs: readonly BlobSpec[], chunkBytes: number, sources: readonly WeightSource[], signal?: AbortSignal,
+  ): Promise<FetchReport> {
+    const report: FetchReport = { bytesBySource: new Map(), fetchedBytes: 0, cachedBlobs: 0, resumedBytes: 0, failures: [] };
+    const state: FetchState = { sources, cutOff: new Map(), report, signal };
+    // Identical tensors (norms all ones, say) are one blob.
+    const queue = [...new Map(specs.map((spec) => [spec.sha256, spec])).values()];
+    const worker = async () => {
+      for (let blob = queue.shift(); blob !== undefined; blob = queue.shift()) await this.downloadOnce(blob, chunkBytes, state);
+    };
+    await Promise.all(Array.from({ length: Math.min(this.concurrency, queue.length) }, worker));
+    return report;
   }
 
   private async downloadOnce(spec: BlobSpec, chunkBytes: number, state: FetchState): Promise<void> {

@@ -284,6 +284,19 @@ describe('model on a small random config', () => {
     expect(() => partial.experts.remove(1, 3)).toThrow(/not held/);
   });
 
+  it('lora q4 on the seeded base: an expert taken on from its adapters alone gets its frozen base from the seed', async () => {
+    const options: ModelOptions = { mode: 'lora', lora: { rank: 4, alpha: 8, freezeA: true }, baseFormat: 'q4', seed: 7 };
+    const full = new Model(kernels, SMALL, options);
+    for (const p of full.params.trainable()) if (/\.experts\.[23]\./.test(p.name)) p.value.fill(0.01); // trained B of the experts taken on
+    const partial = new Model(kernels, SMALL, { ...options, hosts: (_l, e) => e < 2 });
+    const adapters = (l: number, e: number) => new Map([...full.experts.state(l, e)].filter(([name]) => name.includes('.lora_')));
+    for (let l = 0; l < SMALL.numLayers; l++) for (const e of [2, 3]) expect(partial.experts.add(l, e, adapters(l, e)).length).toBe(3);
+    for (const name of partial.params.all().map((p) => p.name)) expect(bitEqual(partial.params.get(name).value, full.params.get(name).value), name).toBe(true);
+    const want = Float32Array.from(await full.logits(tokens, 2, 16));
+    expect(bitEqual(Float32Array.from(await partial.logits(tokens, 2, 16)), want)).toBe(true);
+    expect(full.weights.baseDigests()).toEqual(partial.weights.baseDigests());
+  });
+
   it.each([
     ['full', { mode: 'full' }],
     ['lora q4', { mode: 'lora', lora: { rank: 4, alpha: 8 }, baseFormat: 'q4' }],

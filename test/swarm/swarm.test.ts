@@ -14,14 +14,10 @@ import { f32Tensor, groupId, msgpackCodec, type JobSpec } from '../../proto/inde
 import { footprint } from '../../coordinator/footprint.ts';
 import { createHost, Rpc } from '../../src/p2p/index.ts';
 import { JOIN_TOKEN, misbehaviours, sendRaw, serveToy } from '../p2p/peers.ts';
-import { createKernels } from '../../src/kernels/index.ts';
-import { Model } from '../../src/model/model.ts';
-import { jobConfig, jobData, jobDocuments, jobModelOptions } from '../../src/train/job.ts';
-import { AdamW, DEFAULT_ADAMW } from '../../src/train/optimizer.ts';
-import { learningRate } from '../../src/train/schedule.ts';
+import { jobConfig, jobDocuments, jobModelOptions } from '../../src/train/job.ts';
 import { BpeTokenizer } from '../../src/train/tokenizer.ts';
-import { splitBatch } from '../../src/train/trainer.ts';
 import { start, startSwarm, type Swarm, type SwarmEvent } from '../../src/harness/local-swarm.ts';
+import { replaySync, stepsByNode } from './replay.ts';
 
 const MODEL = {
   hiddenSize: 64, numLayers: 2, numHeads: 4, numKvHeads: 2, headDim: 16, numExperts: 4, expertsPerToken: 2,
@@ -188,53 +184,16 @@ describe('bad peers', () => {
   });
 });
 
-/**
- * Replays the swarm's batches in one process: step s computes the gradient of each node's step-s
- * batch on the same parameters and averages them in f32 in node-id order (the data-parallel step
- * the swarm's synchronous averaging performs), then takes the same AdamW step.
- */
-async function singleProcess(spec: JobSpec, tokenizer: BpeTokenizer, batchesPerStep: number[][]): Promise<number[][]> {
-  const kernels = await createKernels({ threads: 1 });
-  const config = jobConfig(spec, tokenizer);
-  const data = jobData(spec, tokenizer);
-  const model = new Model(kernels, config, jobModelOptions(spec));
-  const params = model.params.trainable();
-  const optimizer = new AdamW(kernels, params, DEFAULT_ADAMW);
-  const sums = params.map((p) => new Float32Array(p.value.length));
-  const losses: number[][] = [];
-  for (const [step, batches] of batchesPerStep.entries()) {
-    const stepLosses: number[] = [];
-    for (const sum of sums) sum.fill(0);
-    for (const index of batches) {
-      const batch = data.train.batchAt(index);
-      const { inputs, targets } = splitBatch(batch);
-      model.params.zeroGrads();
-      stepLosses.push((await model.trainStep(inputs, targets, batch.rows, batch.seqLen)).loss);
-      params.forEach((p, i) => sums[i].forEach((_, j, sum) => (sum[j] += p.grad![j])));
-    }
-    params.forEach((p, i) => p.grad!.set(sums[i].map((v) => v / batches.length)));
-    const { lr, minLr, warmupSteps, totalBatches, expectedNodes } = spec;
-    optimizer.update(learningRate(step, { lr, minLr, warmupSteps, totalSteps: Math.ceil(totalBatches / expectedNodes) }));
-    losses.push(stepLosses);
-  }
-  await kernels.close();
-  return losses;
-}
-
 describe('equivalence', () => {
   it('with synchronous averaging every step and every expert on every node, 20 steps match one process to 1e-4', async () => {
     const spec = job({ totalBatches: 60, averaging: { mode: 'sync', every: 1, deadlineMs: 30_000 } });
     swarm = await startSwarm(spec, [...COORDINATOR, '--replication', '3']);
     const nodes = [0, 1, 2].map(() => swarm!.startNode());
     await Promise.all(nodes.map((n) => n.waitFor((e) => e.event === 'step' && e.step === 20, 240_000, 'step 20')));
-    // In node-id order, the order in which the nodes sum their gradients.
-    const ids = await Promise.all(nodes.map(async (n) => (await n.waitFor((e) => e.event === 'joined')).node as string));
-    const perNode = nodes.map((n) => steps(n.events).slice(0, 20)).map((events, i) => ({ id: ids[i], events }))
-      .sort((a, b) => (a.id < b.id ? -1 : 1)).map((x) => x.events);
-    const batchesPerStep = Array.from({ length: 20 }, (_, s) => perNode.map((events) => events[s].batch as number));
+    const { perNode, batchesPerStep } = await stepsByNode(nodes, 20);
     // The coordinator trained its tokenizer the same deterministic way (--vocab 300 on the job's documents).
     const tokenizer = BpeTokenizer.train(jobDocuments(spec).documents, { vocabSize: 300 });
-    const reference = await singleProcess(spec, tokenizer, batchesPerStep);
+    const reference = await replaySync(spec, tokenizer, batchesPerStep);
     for (let s = 0; s < 20; s++) {
       const swarmLoss = mean(perNode.map((events) => events[s].loss));
       const oneProcess = mean(reference[s]);

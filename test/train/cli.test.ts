@@ -211,7 +211,7 @@ describe('train --local', () => {
     const base = ['--local', '--corpus', 'moby-dick', '--out', out];
     const cases: [typeof trainCommand, string[], RegExp][] = [
       [trainCommand, ['--corpus', 'moby-dick', '--out', out], /pass --local/],
-      [trainCommand, ['--local', '--corpus', 'moby-dik', '--out', out], /--corpus must be one of sotu, moby-dick, typescript-lib, got "moby-dik"/],
+      [trainCommand, ['--local', '--corpus', 'moby-dik', '--out', out], /--corpus must be one of sotu, moby-dick, typescript-lib or a file or folder of your text, got "moby-dik"/],
       [trainCommand, [...base, '--steps', '1.5'], /--steps must be an integer ≥ 1, got "1\.5"/],
       [trainCommand, [...base, '--lr', 'fast'], /--lr must be a positive number, got "fast"/],
       [trainCommand, [...base, '--lr'], /--lr needs a value/],
