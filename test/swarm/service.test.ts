@@ -4,11 +4,26 @@
 // its data directory finishes the job with every micro-batch trained exactly once (counted from the
 // nodes' own step events, and from the store) and the loss carrying on from where it was.
 import Database from 'better-sqlite3';
+import { spawn } from 'node:child_process';
+import { mkdir, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { JobRequest, JobView } from '../../coordinator/api/service.ts';
 import { CoordinatorClient } from '../../coordinator/client.ts';
 import { startService, type Proc, type ServiceSwarm } from '../../src/harness/local-swarm.ts';
+import { continuation, loadGenerator } from '../../src/train/cli.ts';
+
+/** `swarmtrain job ...` against the service, as a user runs it: its exit code and output. */
+function jobCommand(s: ServiceSwarm, args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const child = spawn(process.execPath, ['node/bin.mjs', 'job', ...args], {
+    env: { ...process.env, SWARMTRAIN_URL: s.url, SWARMTRAIN_API_TOKEN: s.token, FORCE_COLOR: '0' },
+  });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.on('data', (chunk) => (stdout += chunk));
+  child.stderr.on('data', (chunk) => (stderr += chunk));
+  return new Promise((resolve) => child.on('close', (code) => resolve({ code, stdout, stderr })));
+}
 
 const TINY: JobRequest = {
   model: {
@@ -128,5 +143,42 @@ describe('the coordinator service', () => {
     expect(history.slice(0, before.length)).toEqual(before);
     expect(history.length).toBeGreaterThan(before.length);
     expect(swarm.nodes.every((n) => n.events.some((e) => e.event === 'coordinator-unreachable'))).toBe(true);
+  }, 600_000);
+
+  it('swarmtrain job: create a LoRA job on an uploaded text, watch it to the end, download the adapter, which loads and generates', async () => {
+    swarm = await startService(['--heartbeat-ms', '500']);
+    for (let i = 0; i < 2; i++) swarm.startNode(['--memory-budget', '1GB']);
+    const text = join(swarm.dir, 'poems.txt');
+    const paragraph = (i: number) => `Verse ${i}: the swarm hums along the wire, and every node adds a line of its own to the song. `.repeat(3);
+    await writeFile(text, Array.from({ length: 40 }, (_, i) => paragraph(i)).join('\n\n'));
+    const spec = join(swarm.dir, 'lora.json');
+    const { corpus: _, documents: __, ...rest } = TINY;
+    await writeFile(spec, JSON.stringify({ ...rest, mode: 'lora', lora: { rank: 4, alpha: 8 }, baseFormat: 'q8', basePath: 'int', totalBatches: 16, expectedNodes: 2 }));
+
+    const created = await jobCommand(swarm, ['create', spec, '--corpus', text, '--name', 'poems']);
+    expect(created.code, created.stderr).toBe(0);
+    const id = created.stdout.trim().split('\n').at(-1)!;
+    expect(id).toMatch(/^job-/);
+    const watched = await jobCommand(swarm, ['watch', id]);
+    expect(watched.code, watched.stderr + watched.stdout).toBe(0);
+    expect(watched.stdout + watched.stderr).toMatch(/16\/16/);
+    const job = await client(swarm).job(id);
+    // The upload is named by its file and content, so the same text is uploaded once.
+    expect(job).toMatchObject({ state: 'done', completed: 16, hasResult: true, spec: { corpus: expect.stringMatching(/^poems-[0-9a-f]+$/), mode: 'lora' } });
+
+    const out = join(swarm.dir, 'downloaded');
+    await mkdir(out);
+    const downloaded = await jobCommand(swarm, ['download', id, '-o', out]);
+    expect(downloaded.code, downloaded.stderr).toBe(0);
+    const files = await readdir(out);
+    expect(files).toEqual(expect.arrayContaining(['adapter_config.json', 'adapter_model.safetensors', 'tokenizer.json', 'base']));
+    // The adapter on its (seeded) base: this project's loader takes it, and the model writes text.
+    const { model, tokenizer, kernels } = await loadGenerator(join(out, 'base'), join(out, 'tokenizer.json'), out, 1);
+    try {
+      const words = await continuation(model, tokenizer, 'Verse', { maxNewTokens: 8, temperature: 0, topP: 1, seed: 1 });
+      expect(words.length).toBeGreaterThan(0);
+    } finally {
+      await kernels.close();
+    }
   }, 600_000);
 });
