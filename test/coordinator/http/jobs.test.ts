@@ -44,6 +44,8 @@ describe('POST /api/jobs', () => {
       [{ colour: 'blue' }, 'body/colour', /Unexpected property/],
       [{ averaging: { mode: 'sync', every: 0, deadlineMs: 10 } }, 'body/averaging/every', /greater or equal to 1/],
       [{ averaging: { mode: 'sync' } }, 'body/averaging/every', /required property/],
+      [{ averaging: { mode: 'sync', every: 1, deadlineMs: 10, evry: 2 } }, 'body/averaging/evry', /Unexpected property/],
+      [{ documents: { from: 0, to: 5, step: 1 } }, 'body/documents/step', /Unexpected property/],
       [{ lora: { rank: 8, alpha: 0 } }, 'body/lora/alpha', /greater than 0/],
       [{ name: '' }, 'body/name', /length greater or equal to 1/],
       [{ corpus: 42 }, 'body/corpus', /Expected string/],
