@@ -121,7 +121,8 @@ export async function measureApi(options: ApiBenchOptions): Promise<ApiBenchRow[
   const rows: ApiBenchRow[] = [];
   for (const route of routes) {
     await loadRoute(`${client.url}${route}`, headers, 200, seconds, concurrency); // warm-up: connections, JIT
-    const [{ latencies, seconds: took }, cpu] = await withCpu(pid, () => loadRoute(`${client.url}${route}`, headers, requests, seconds, concurrency));
+    const load = () => loadRoute(`${client.url}${route}`, headers, requests, seconds, concurrency);
+    const [{ latencies, seconds: took }, cpu] = await withCpu(pid, load);
     rows.push({
       what: `GET ${route}`, count: latencies.length, perSecond: latencies.length / took,
       p50Ms: quantile(latencies, 0.5), p99Ms: quantile(latencies, 0.99), extraCpuPercent: extra(cpu),
@@ -168,7 +169,8 @@ async function main(): Promise<void> {
     sseClients: values.clients ? Number(values.clients) : undefined,
   };
   if (values.fake) {
-    const child = spawn(process.execPath, ['--import', 'tsx', new URL(import.meta.url).pathname, '--serve-fake'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const args = ['--import', 'tsx', new URL(import.meta.url).pathname, '--serve-fake'];
+    const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'] });
     try {
       const [line] = await createInterface({ input: child.stdout })[Symbol.asyncIterator]().next().then((r) => [r.value as string]);
       const { url, pid } = JSON.parse(line) as { url: string; pid: number };

@@ -52,8 +52,9 @@ function jobProgram(args: string[]): Program {
       about: definition.about ?? definition.summary,
       options: { ...definition.options, ...CONNECTION },
       async run(values, io) {
-        if (args.length < definition.args.length) throw new UsageError(`missing ${definition.args[args.length]} (see ${program} --help)`);
-        if (args.length > definition.args.length) throw new UsageError(`unexpected argument ${JSON.stringify(args[definition.args.length])} (see ${program} --help)`);
+        const expected = definition.args.length;
+        if (args.length < expected) throw new UsageError(`missing ${definition.args[args.length]} (see ${program} --help)`);
+        if (args.length > expected) throw new UsageError(`unexpected argument ${JSON.stringify(args[expected])} (see ${program} --help)`);
         const env = io.env ?? process.env;
         const token = values.token ?? (env.SWARMTRAIN_API_TOKEN || env.SWARMTRAIN_TOKEN || undefined);
         const client = new CoordinatorClient({ url: values.url, token });

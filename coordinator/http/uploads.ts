@@ -57,7 +57,9 @@ async function readUpload(request: FastifyRequest, dir: string, acceptFile: (fie
 }
 
 /** Runs `use` on the request's upload in a temp folder, removed before the answer goes (the service has moved what it keeps). */
-async function withUpload<T>(request: FastifyRequest, acceptFile: (field: string, name: string) => void, use: (upload: Upload) => Promise<T>): Promise<T> {
+async function withUpload<T>(
+  request: FastifyRequest, acceptFile: (field: string, name: string) => void, use: (upload: Upload) => Promise<T>,
+): Promise<T> {
   const dir = await mkdtemp(join(tmpdir(), 'swarmtrain-upload-'));
   try {
     return await use(await readUpload(request, dir, acceptFile));
@@ -68,7 +70,9 @@ async function withUpload<T>(request: FastifyRequest, acceptFile: (field: string
 
 export const uploadRoutes: FastifyPluginAsyncTypebox<{ service: SwarmService; maxUploadBytes: number }> = async (app, options) => {
   const { service, maxUploadBytes } = options;
-  await app.register(multipart, { limits: { fileSize: maxUploadBytes, files: MAX_MODEL_FILES, fields: 4, fieldSize: 1024, parts: MAX_MODEL_FILES + 4 } });
+  await app.register(multipart, {
+    limits: { fileSize: maxUploadBytes, files: MAX_MODEL_FILES, fields: 4, fieldSize: 1024, parts: MAX_MODEL_FILES + 4 },
+  });
   const consumes = ['multipart/form-data'];
 
   app.get('/api/corpora', {
@@ -103,7 +107,8 @@ export const uploadRoutes: FastifyPluginAsyncTypebox<{ service: SwarmService; ma
     reply.code(201);
     return withUpload(request, (field, name) => {
       if (!MODEL_FILE.test(name)) {
-        throw new HttpError(400, `unexpected file ${JSON.stringify(name)}: a model is config.json, tokenizer.json, *.safetensors and model.safetensors.index.json`, field);
+        const expected = 'a model is config.json, tokenizer.json, *.safetensors and model.safetensors.index.json';
+        throw new HttpError(400, `unexpected file ${JSON.stringify(name)}: ${expected}`, field);
       }
     }, ({ name, files }) => service.addModel(name, files.map(({ name: file, path }) => ({ name: file, path }))));
   });

@@ -65,7 +65,9 @@ describe('swarmtrain job', () => {
 
   it('uploads a base model folder once and names it in the job', async () => {
     const base = join(dir, 'tiny-base');
-    const files = { 'config.json': '{"model_type":"mixtral"}', 'tokenizer.json': '{}', 'model.safetensors': randomBytes(3000), 'README.md': 'skipped' };
+    const files = {
+      'config.json': '{"model_type":"mixtral"}', 'tokenizer.json': '{}', 'model.safetensors': randomBytes(3000), 'README.md': 'skipped',
+    };
     mkdirSync(base);
     for (const [name, content] of Object.entries(files)) writeFileSync(join(base, name), content);
     const spec = join(dir, 'lora.json');
@@ -155,8 +157,11 @@ describe('swarmtrain job', () => {
     expect((await job(['create', join(dir, 'bad.json')])).stderr).toBe(
       `swarmtrain job create: ${api.url} answered 400: body/lr: Expected number to be less or equal to 10\n`);
     expect((await job(['create', join(dir, 'missing.json')])).code).toBe(2);
-    expect(await job(['show', 'a', 'b'])).toMatchObject({ code: 2, stderr: 'swarmtrain job show: unexpected argument "b" (see swarmtrain job show --help)\n' });
-    expect((await job(['download', 'job-1'])).stderr).toBe('swarmtrain job download: --output <dir> is required (see swarmtrain job download --help)\n');
+    expect(await job(['show', 'a', 'b'])).toMatchObject({
+      code: 2, stderr: 'swarmtrain job show: unexpected argument "b" (see swarmtrain job show --help)\n',
+    });
+    expect((await job(['download', 'job-1'])).stderr)
+      .toBe('swarmtrain job download: --output <dir> is required (see swarmtrain job download --help)\n');
   });
 
   it('is listed in swarmtrain --help, and `swarmtrain job` alone lists its commands', async () => {
@@ -166,9 +171,8 @@ describe('swarmtrain job', () => {
     expect(out.stdout).toMatch(/^ {2}job <create\|list\|show\|watch\|\.\.\.> +create, follow and fetch/m);
     const bare = await job([]);
     expect(bare.code).toBe(2);
-    for (const name of ['create <spec.json>', 'list', 'show <id>', 'watch <id>', 'pause <id>', 'resume <id>', 'cancel <id>', 'delete <id>', 'download <id>']) {
-      expect(bare.stderr).toContain(`  ${name}`);
-    }
+    const listed = ['create <spec.json>', 'list', 'show <id>', 'watch <id>', 'pause <id>', 'resume <id>', 'cancel <id>', 'delete <id>', 'download <id>'];
+    for (const name of listed) expect(bare.stderr).toContain(`  ${name}`);
     expect((await job(['watch', '--help'])).stdout).toMatch(/^Usage: swarmtrain job watch <id> \[options\]/);
   });
 });
