@@ -41,7 +41,9 @@ describe('POST /api/corpora', () => {
     const before = uploadDirs();
     const response = await upload('/api/corpora', form({ name: 'big' }, [['file', 'big.txt', Buffer.alloc(MAX_UPLOAD + 1, 97)]]));
     expect(response.statusCode).toBe(413);
-    expect(response.json()).toMatchObject({ statusCode: 413, error: 'Payload Too Large' });
+    expect(response.json()).toEqual({
+      statusCode: 413, error: 'Payload Too Large', message: `a file is larger than the coordinator's upload limit of ${MAX_UPLOAD} bytes`,
+    });
     expect(api.service.corpora().map((c) => c.name)).not.toContain('big');
     expect(uploadDirs()).toBe(before);
   });
