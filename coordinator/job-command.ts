@@ -167,7 +167,14 @@ async function watch(client: CoordinatorClient, id: string, io: CommandIO): Prom
     let latest = history.at(-1);
     let heldOut = history.findLast((point) => point.heldOut !== undefined)?.heldOut;
     const line = new ProgressLine(io.stdout);
-    line.update(progressText(job, latest, heldOut), true);
+    // Off a terminal, a line per state or whole percent: a log of a long job stays short.
+    let printed = '';
+    const show = () => {
+      const key = `${job.state} ${percent(job)}`;
+      line.update(progressText(job, latest, heldOut), key !== printed);
+      printed = key;
+    };
+    show();
     if (!ENDED.has(job.state)) {
       for await (const event of events) {
         if (event.type === 'job-deleted' && event.jobId === id) throw new Error(`job ${id} was deleted`);
@@ -179,7 +186,7 @@ async function watch(client: CoordinatorClient, id: string, io: CommandIO): Prom
         } else {
           continue;
         }
-        line.update(progressText(job, latest, heldOut), event.type === 'job');
+        show();
         if (ENDED.has(job.state)) break;
       }
       line.end();

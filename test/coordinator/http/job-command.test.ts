@@ -99,11 +99,17 @@ describe('swarmtrain job', () => {
     expect(lines.at(-1)).toMatch(new RegExp(`^${id} done  10/10 batches \\(100%\\)`));
     await eventually(() => api.service.subscriberCount === 0); // the watcher hung up
 
-    const second = await api.service.createJob({});
+    // Off a terminal, one line per whole percent or state: 8 batches of 400 print 0%, 1%, 2%, then the end.
+    const second = await api.service.createJob({ totalBatches: 400 });
     const cancelled = start(['watch', second.id]);
     await eventually(() => cancelled.out.stdout !== '');
+    for (let i = 0; i < 8; i++) api.service.advance(second.id, 1);
     api.service.cancelJob(second.id);
-    expect(await cancelled.done).toMatchObject({ code: 1, stderr: `swarmtrain job watch: job ${second.id} cancelled\n` });
+    const ended = await cancelled.done;
+    expect(ended).toMatchObject({ code: 1, stderr: `swarmtrain job watch: job ${second.id} cancelled\n` });
+    expect(ended.stdout.trimEnd().split('\n').map((l) => /^\S+ (\w+) +(\d+)\/400/.exec(l)?.slice(1).join(' '))).toEqual([
+      'running 0', 'running 4', 'running 8', 'cancelled 8',
+    ]);
     // An ended job: the line and the verdict at once.
     expect((await job(['watch', id])).code).toBe(0);
   });
