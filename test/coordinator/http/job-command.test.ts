@@ -2,7 +2,7 @@
 // upload, list, show, watch to the end, pause/resume/cancel/delete, download of the result and of a
 // checkpoint (compared byte for byte), and the errors: unreachable (1), 401, 404 and 409 (2).
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
@@ -142,6 +142,18 @@ describe('swarmtrain job', () => {
     const ckpt = join(dir, 'ckpt');
     expect((await job(['download', id, '--checkpoint', '1', '-o', ckpt])).code).toBe(0);
     expect(readFileSync(join(ckpt, 'model.safetensors')).equals(weights)).toBe(true);
+  });
+
+  it('refuses an archive entry that would land outside the folder', async () => {
+    const { id } = await api.service.createJob({});
+    const source = join(dir, 'escape-source.txt');
+    writeFileSync(source, 'outside');
+    api.service.result = () => ({ name: id, files: [{ name: '../escaped.txt', path: source, bytes: 7 }] });
+    const out = join(dir, 'inside', 'out');
+    const refused = await job(['download', id, '-o', out]);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toBe(`swarmtrain job download: the archive holds a path outside its folder: ${id}/../escaped.txt\n`);
+    expect(existsSync(join(dir, 'inside', 'escaped.txt'))).toBe(false);
   });
 
   it('says what is wrong: no coordinator (exit 1), no or a wrong token (2), bad arguments (2)', async () => {
