@@ -47,8 +47,10 @@ describe('the API over CoordinatorService', () => {
     const created = await post('/api/jobs', { ...TINY, name: 'contract' });
     expect(created.statusCode, created.body).toBe(201);
     const job = created.json();
-    // The only job starts at once; without nodes it waits in `running` for them.
-    expect(job).toMatchObject({ name: 'contract', state: 'running', total: 8, completed: 0, hasResult: false });
+    expect(job).toMatchObject({ name: 'contract', state: 'queued', total: 8, completed: 0, hasResult: false });
+    // The only job starts soon after; without nodes it waits in `running` for them.
+    for (let i = 0; i < 500 && service.getJob(job.id)?.state !== 'running'; i++) await new Promise((resolve) => setTimeout(resolve, 10));
+    expect((await app.inject({ url: `/api/jobs/${job.id}` })).json().state).toBe('running');
     expect((await app.inject({ url: '/api/jobs' })).json().map((j: { id: string }) => j.id)).toContain(job.id);
     expect((await post(`/api/jobs/${job.id}/resume`)).statusCode).toBe(409);
     const del = () => app.inject({ method: 'DELETE', url: `/api/jobs/${job.id}`, headers: AUTH });
