@@ -114,13 +114,14 @@ export async function measureApi(options: ApiBenchOptions): Promise<ApiBenchRow[
   const headers: Record<string, string> = token === undefined ? {} : { authorization: `Bearer ${token}` };
   const jobs = await client.jobs();
   const job = jobs.find((j) => j.state === 'running') ?? jobs.at(-1);
-  const [, idleCpu] = await withCpu(pid, () => new Promise((resolve) => setTimeout(resolve, 1000)));
+  // The coordinator's own CPU while nobody asks anything, subtracted from each phase's.
+  const [, idleCpu] = await withCpu(pid, () => new Promise((resolve) => setTimeout(resolve, pid === undefined ? 0 : 1000)));
   const extra = (cpu: number | undefined) => (cpu === undefined || idleCpu === undefined ? undefined : cpu - idleCpu);
 
   const routes = ['/api/jobs', '/api/nodes', '/api/swarm', ...(job ? [`/api/jobs/${job.id}/metrics?points=500`] : [])];
   const rows: ApiBenchRow[] = [];
   for (const route of routes) {
-    await loadRoute(`${client.url}${route}`, headers, 200, seconds, concurrency); // warm-up: connections, JIT
+    await loadRoute(`${client.url}${route}`, headers, Math.min(200, requests), seconds, concurrency); // warm-up: connections, JIT
     const load = () => loadRoute(`${client.url}${route}`, headers, requests, seconds, concurrency);
     const [{ latencies, seconds: took }, cpu] = await withCpu(pid, load);
     rows.push({
