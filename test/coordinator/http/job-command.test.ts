@@ -189,7 +189,7 @@ describe('swarmtrain job', () => {
     expect(out.stdout).toMatch(/^ {2}job <create\|list\|show\|watch\|\.\.\.> +create, follow and fetch/m);
     const bare = await job([]);
     expect(bare.code).toBe(2);
-    const listed = ['create <spec.json>', 'list', 'show <id>', 'watch <id>', 'pause <id>', 'resume <id>', 'cancel <id>', 'delete <id>', 'download <id>'];
+    const listed = ['create <spec.json>', 'list', ...['show', 'watch', 'pause', 'resume', 'cancel', 'delete', 'download'].map((c) => `${c} <id>`)];
     for (const name of listed) expect(bare.stderr).toContain(`  ${name}`);
     expect((await job(['watch', '--help'])).stdout).toMatch(/^Usage: swarmtrain job watch <id> \[options\]/);
   });
