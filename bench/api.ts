@@ -114,14 +114,16 @@ export async function measureApi(options: ApiBenchOptions): Promise<ApiBenchRow[
   const headers: Record<string, string> = token === undefined ? {} : { authorization: `Bearer ${token}` };
   const jobs = await client.jobs();
   const job = jobs.find((j) => j.state === 'running') ?? jobs.at(-1);
-  const [, idleCpu] = await withCpu(pid, () => new Promise((resolve) => setTimeout(resolve, 1000)));
+  // The coordinator's own CPU while nobody asks anything, subtracted from each phase's.
+  const [, idleCpu] = await withCpu(pid, () => new Promise((resolve) => setTimeout(resolve, pid === undefined ? 0 : 1000)));
   const extra = (cpu: number | undefined) => (cpu === undefined || idleCpu === undefined ? undefined : cpu - idleCpu);
 
   const routes = ['/api/jobs', '/api/nodes', '/api/swarm', ...(job ? [`/api/jobs/${job.id}/metrics?points=500`] : [])];
   const rows: ApiBenchRow[] = [];
   for (const route of routes) {
-    await loadRoute(`${client.url}${route}`, headers, 200, seconds, concurrency); // warm-up: connections, JIT
-    const [{ latencies, seconds: took }, cpu] = await withCpu(pid, () => loadRoute(`${client.url}${route}`, headers, requests, seconds, concurrency));
+    await loadRoute(`${client.url}${route}`, headers, Math.min(200, requests), seconds, concurrency); // warm-up: connections, JIT
+    const load = () => loadRoute(`${client.url}${route}`, headers, requests, seconds, concurrency);
+    const [{ latencies, seconds: took }, cpu] = await withCpu(pid, load);
     rows.push({
       what: `GET ${route}`, count: latencies.length, perSecond: latencies.length / took,
       p50Ms: quantile(latencies, 0.5), p99Ms: quantile(latencies, 0.99), extraCpuPercent: extra(cpu),
@@ -168,7 +170,8 @@ async function main(): Promise<void> {
     sseClients: values.clients ? Number(values.clients) : undefined,
   };
   if (values.fake) {
-    const child = spawn(process.execPath, ['--import', 'tsx', new URL(import.meta.url).pathname, '--serve-fake'], { stdio: ['ignore', 'pipe', 'inherit'] });
+    const args = ['--import', 'tsx', new URL(import.meta.url).pathname, '--serve-fake'];
+    const child = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'inherit'] });
     try {
       const [line] = await createInterface({ input: child.stdout })[Symbol.asyncIterator]().next().then((r) => [r.value as string]);
       const { url, pid } = JSON.parse(line) as { url: string; pid: number };

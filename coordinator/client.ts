@@ -48,8 +48,10 @@ export class CoordinatorClient {
   deleteJob = async (id: string): Promise<void> => {
     await this.request('DELETE', `/api/jobs/${encodeURIComponent(id)}`);
   };
-  metrics = async (id: string, points?: number): Promise<MetricPoint[]> =>
-    (await this.json<{ points: MetricPoint[] }>('GET', `/api/jobs/${encodeURIComponent(id)}/metrics${points === undefined ? '' : `?points=${points}`}`)).points;
+  metrics = async (id: string, points?: number): Promise<MetricPoint[]> => {
+    const query = points === undefined ? '' : `?points=${points}`;
+    return (await this.json<{ points: MetricPoint[] }>('GET', `/api/jobs/${encodeURIComponent(id)}/metrics${query}`)).points;
+  };
   placement = (id: string) => this.json<Placement>('GET', `/api/jobs/${encodeURIComponent(id)}/placement`);
   checkpoints = (id: string) => this.json<CheckpointView[]>('GET', `/api/jobs/${encodeURIComponent(id)}/checkpoints`);
   sample = (id: string, request: { prompt: string; maxTokens?: number; temperature?: number }) =>
@@ -115,7 +117,8 @@ export class CoordinatorClient {
     } catch {
       // not our error shape: the status and the text say it
     }
-    const message = typeof parsed.message === 'string' ? parsed.message : `${response.status} ${response.statusText}${text ? `: ${text.slice(0, 200)}` : ''}`;
+    const message = typeof parsed.message === 'string' ? parsed.message
+      : `${response.status} ${response.statusText}${text ? `: ${text.slice(0, 200)}` : ''}`;
     throw new ApiError(response.status, message, typeof parsed.field === 'string' ? parsed.field : undefined);
   }
 }

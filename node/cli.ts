@@ -19,9 +19,7 @@ const SWARMTRAIN: Program = {
       command: TRAIN_COMMAND, synopsis: '--local', summary: 'train a model (or a LoRA adapter) in this process on a bundled corpus',
     },
     generate: { command: GENERATE_COMMAND, summary: 'continue a prompt with a trained checkpoint' },
-    job: {
-      command: JOB_HELP_COMMAND, synopsis: '<create|list|show|watch|...>', summary: "create, follow and fetch a coordinator's jobs over its HTTP API",
-    },
+    job: { command: JOB_HELP_COMMAND, synopsis: '<create|list|show|watch|...>', summary: "create, follow and fetch a coordinator's jobs" },
     health: { command: HEALTH_COMMAND, synopsis: '--status <file>', summary: 'whether a node or coordinator worked recently (HEALTHCHECK)' },
   },
 };

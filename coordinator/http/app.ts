@@ -37,7 +37,10 @@ const DEFAULT_HEARTBEAT_MS = 15_000;
 
 const NUMBER_TEXT = /^-?\d+(\.\d+)?(e[-+]?\d+)?$/i;
 
-/** Query-string and path values arrive as text: numbers and booleans are read where the schema wants them (only exact ones: "2.5" stays text for an integer check to refuse). */
+/**
+ * Query-string and path values arrive as text: numbers and booleans are read where the schema wants
+ * them, only exact ones ("2.5" stays text for an integer check to refuse).
+ */
 function fromText(schema: TSchema, input: unknown): unknown {
   if (typeof input !== 'object' || input === null || schema.properties === undefined) return input;
   const properties = schema.properties as Record<string, TSchema>;
@@ -79,7 +82,7 @@ export function buildApi(options: ApiOptions): FastifyInstance {
       (reply as FastifyReply).code(status).send(errorBody(status, error.message));
     },
     // Room for ids up to proto's 128 characters, so the schema (not the router) refuses longer ones.
-    maxParamLength: 256,
+    routerOptions: { maxParamLength: 256 },
   });
   app.setValidatorCompiler(typeBoxValidator);
   installErrorHandlers(app);
@@ -89,7 +92,8 @@ export function buildApi(options: ApiOptions): FastifyInstance {
       info: { title: 'swarmtrain coordinator', version: PROTOCOL_VERSION, description: 'Jobs, nodes, live events and results of a swarm.' },
       components: {
         securitySchemes: {
-          bearer: { type: 'http', scheme: 'bearer', description: 'the coordinator\'s API token; GET routes also take ?token=<token>' },
+          bearer: { type: 'http', scheme: 'bearer', description: "the coordinator's API token" },
+          token: { type: 'apiKey', in: 'query', name: 'token', description: "the API token as ?token= (GET routes: EventSource, download links)" },
         },
       },
     },

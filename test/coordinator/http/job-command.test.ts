@@ -2,7 +2,7 @@
 // upload, list, show, watch to the end, pause/resume/cancel/delete, download of the result and of a
 // checkpoint (compared byte for byte), and the errors: unreachable (1), 401, 404 and 409 (2).
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
@@ -65,7 +65,9 @@ describe('swarmtrain job', () => {
 
   it('uploads a base model folder once and names it in the job', async () => {
     const base = join(dir, 'tiny-base');
-    const files = { 'config.json': '{"model_type":"mixtral"}', 'tokenizer.json': '{}', 'model.safetensors': randomBytes(3000), 'README.md': 'skipped' };
+    const files = {
+      'config.json': '{"model_type":"mixtral"}', 'tokenizer.json': '{}', 'model.safetensors': randomBytes(3000), 'README.md': 'skipped',
+    };
     mkdirSync(base);
     for (const [name, content] of Object.entries(files)) writeFileSync(join(base, name), content);
     const spec = join(dir, 'lora.json');
@@ -97,11 +99,17 @@ describe('swarmtrain job', () => {
     expect(lines.at(-1)).toMatch(new RegExp(`^${id} done  10/10 batches \\(100%\\)`));
     await eventually(() => api.service.subscriberCount === 0); // the watcher hung up
 
-    const second = await api.service.createJob({});
+    // Off a terminal, one line per whole percent or state: 8 batches of 400 print 0%, 1%, 2%, then the end.
+    const second = await api.service.createJob({ totalBatches: 400 });
     const cancelled = start(['watch', second.id]);
     await eventually(() => cancelled.out.stdout !== '');
+    for (let i = 0; i < 8; i++) api.service.advance(second.id, 1);
     api.service.cancelJob(second.id);
-    expect(await cancelled.done).toMatchObject({ code: 1, stderr: `swarmtrain job watch: job ${second.id} cancelled\n` });
+    const ended = await cancelled.done;
+    expect(ended).toMatchObject({ code: 1, stderr: `swarmtrain job watch: job ${second.id} cancelled\n` });
+    expect(ended.stdout.trimEnd().split('\n').map((l) => /^\S+ (\w+) +(\d+)\/400/.exec(l)?.slice(1).join(' '))).toEqual([
+      'running 0', 'running 4', 'running 8', 'cancelled 8',
+    ]);
     // An ended job: the line and the verdict at once.
     expect((await job(['watch', id])).code).toBe(0);
   });
@@ -136,6 +144,18 @@ describe('swarmtrain job', () => {
     expect(readFileSync(join(ckpt, 'model.safetensors')).equals(weights)).toBe(true);
   });
 
+  it('refuses an archive entry that would land outside the folder', async () => {
+    const { id } = await api.service.createJob({});
+    const source = join(dir, 'escape-source.txt');
+    writeFileSync(source, 'outside');
+    api.service.result = () => ({ name: id, files: [{ name: '../escaped.txt', path: source, bytes: 7 }] });
+    const out = join(dir, 'inside', 'out');
+    const refused = await job(['download', id, '-o', out]);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toBe(`swarmtrain job download: the archive holds a path outside its folder: ${id}/../escaped.txt\n`);
+    expect(existsSync(join(dir, 'inside', 'escaped.txt'))).toBe(false);
+  });
+
   it('says what is wrong: no coordinator (exit 1), no or a wrong token (2), bad arguments (2)', async () => {
     const spec = join(dir, 'empty-spec.json');
     writeFileSync(spec, '{}');
@@ -155,8 +175,11 @@ describe('swarmtrain job', () => {
     expect((await job(['create', join(dir, 'bad.json')])).stderr).toBe(
       `swarmtrain job create: ${api.url} answered 400: body/lr: Expected number to be less or equal to 10\n`);
     expect((await job(['create', join(dir, 'missing.json')])).code).toBe(2);
-    expect(await job(['show', 'a', 'b'])).toMatchObject({ code: 2, stderr: 'swarmtrain job show: unexpected argument "b" (see swarmtrain job show --help)\n' });
-    expect((await job(['download', 'job-1'])).stderr).toBe('swarmtrain job download: --output <dir> is required (see swarmtrain job download --help)\n');
+    expect(await job(['show', 'a', 'b'])).toMatchObject({
+      code: 2, stderr: 'swarmtrain job show: unexpected argument "b" (see swarmtrain job show --help)\n',
+    });
+    expect((await job(['download', 'job-1'])).stderr)
+      .toBe('swarmtrain job download: --output <dir> is required (see swarmtrain job download --help)\n');
   });
 
   it('is listed in swarmtrain --help, and `swarmtrain job` alone lists its commands', async () => {
@@ -166,9 +189,8 @@ describe('swarmtrain job', () => {
     expect(out.stdout).toMatch(/^ {2}job <create\|list\|show\|watch\|\.\.\.> +create, follow and fetch/m);
     const bare = await job([]);
     expect(bare.code).toBe(2);
-    for (const name of ['create <spec.json>', 'list', 'show <id>', 'watch <id>', 'pause <id>', 'resume <id>', 'cancel <id>', 'delete <id>', 'download <id>']) {
-      expect(bare.stderr).toContain(`  ${name}`);
-    }
+    const listed = ['create <spec.json>', 'list', ...['show', 'watch', 'pause', 'resume', 'cancel', 'delete', 'download'].map((c) => `${c} <id>`)];
+    for (const name of listed) expect(bare.stderr).toContain(`  ${name}`);
     expect((await job(['watch', '--help'])).stdout).toMatch(/^Usage: swarmtrain job watch <id> \[options\]/);
   });
 });

@@ -41,7 +41,9 @@ describe('POST /api/corpora', () => {
     const before = uploadDirs();
     const response = await upload('/api/corpora', form({ name: 'big' }, [['file', 'big.txt', Buffer.alloc(MAX_UPLOAD + 1, 97)]]));
     expect(response.statusCode).toBe(413);
-    expect(response.json()).toMatchObject({ statusCode: 413, error: 'Payload Too Large' });
+    expect(response.json()).toEqual({
+      statusCode: 413, error: 'Payload Too Large', message: `a file is larger than the coordinator's upload limit of ${MAX_UPLOAD} bytes`,
+    });
     expect(api.service.corpora().map((c) => c.name)).not.toContain('big');
     expect(uploadDirs()).toBe(before);
   });
@@ -69,11 +71,14 @@ describe('POST /api/corpora', () => {
     expect(json.json().message).toMatch(/multipart\/form-data/);
     const cut = await api.app.inject({
       method: 'POST', url: '/api/corpora', headers: { ...AUTH, 'content-type': 'multipart/form-data; boundary=XYZ' },
-      payload: '--XYZ\r\nContent-Disposition: form-data; name="name"\r\n\r\nx\r\n--XYZ\r\nContent-Disposition: form-data; name="file"; filename="a.txt"\r\n\r\nabc',
+      payload: '--XYZ\r\nContent-Disposition: form-data; name="name"\r\n\r\nx\r\n' +
+        '--XYZ\r\nContent-Disposition: form-data; name="file"; filename="a.txt"\r\n\r\nabc',
     });
     expect(cut.statusCode).toBe(400);
     expect(cut.json()).toMatchObject({ statusCode: 400, error: 'Bad Request' });
-    const noBoundary = await api.app.inject({ method: 'POST', url: '/api/corpora', headers: { ...AUTH, 'content-type': 'multipart/form-data' }, payload: 'x' });
+    const noBoundary = await api.app.inject({
+      method: 'POST', url: '/api/corpora', headers: { ...AUTH, 'content-type': 'multipart/form-data' }, payload: 'x',
+    });
     expect(noBoundary.statusCode).toBe(400);
   });
 });
@@ -103,7 +108,8 @@ describe('POST /api/models', () => {
     const noConfig = await upload('/api/models', form({ name: 'm' }, modelFiles.slice(1)));
     expect(noConfig.statusCode).toBe(400);
     expect(noConfig.json()).toMatchObject({ field: 'files', message: 'a model needs config.json' });
-    const huge = await upload('/api/models', form({ name: 'm' }, [...modelFiles.slice(0, 2), ['files', 'model.safetensors', Buffer.alloc(MAX_UPLOAD + 10)]]));
+    const oversized: [string, string, Buffer] = ['files', 'model.safetensors', Buffer.alloc(MAX_UPLOAD + 10)];
+    const huge = await upload('/api/models', form({ name: 'm' }, [...modelFiles.slice(0, 2), oversized]));
     expect(huge.statusCode).toBe(413);
     expect(api.service.models()).toEqual([]);
   });
