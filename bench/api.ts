@@ -1,6 +1,7 @@
 // The coordinator's HTTP API under load: requests/s and latency of the read routes (bounded in
 // requests and time), SSE fan-out (server event to all N clients), and the server's CPU from /proc.
 // Run: npm run bench:api -- --url http://127.0.0.1:8080 [--token t] [--pid <coordinator pid>]
+//      npm run bench:api -- --local  (a coordinator service and 2 nodes on this machine, the demo job running)
 //      npm run bench:api -- --fake   (serves the API over the test FakeSwarmService in a child process)
 import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
@@ -8,6 +9,8 @@ import { createInterface } from 'node:readline';
 import { parseArgs } from 'node:util';
 import type { SwarmEvent } from '../coordinator/api/service.ts';
 import { CoordinatorClient } from '../coordinator/client.ts';
+import { demoJob } from '../src/harness/demo-job.ts';
+import { startService } from '../src/harness/local-swarm.ts';
 import { printTable } from './table.ts';
 
 export interface ApiBenchOptions {
@@ -157,10 +160,27 @@ async function serveFake(): Promise<void> {
   console.log(JSON.stringify({ url, pid: process.pid }));
 }
 
+/** The API of a real coordinator service on this machine while 2 nodes train the demo job (its metrics and progress are the events). */
+async function measureLocal(common: Partial<ApiBenchOptions>): Promise<ApiBenchRow[]> {
+  const swarm = await startService(['--heartbeat-ms', '500']);
+  try {
+    for (let i = 0; i < 2; i++) swarm.startNode(['--threads', '1']);
+    const client = new CoordinatorClient({ url: swarm.url, token: swarm.token });
+    const { jobId: _, ...job } = demoJob(100_000, 2);
+    const { id } = await client.createJob({ ...job, name: 'bench', model: { ...job.model, vocabSize: 1024 } });
+    await swarm.coordinator.waitFor((e) => e.event === 'progress', 300_000, 'training');
+    console.log(`job ${id} training on 2 nodes; measuring the API at ${swarm.url}`);
+    return await measureApi({ url: swarm.url, token: swarm.token, pid: swarm.coordinator.child.pid, ...common });
+  } finally {
+    await swarm.stop();
+  }
+}
+
 async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
       url: { type: 'string' }, token: { type: 'string' }, pid: { type: 'string' }, fake: { type: 'boolean' }, 'serve-fake': { type: 'boolean' },
+      local: { type: 'boolean' },
       requests: { type: 'string' }, seconds: { type: 'string' }, clients: { type: 'string' },
     },
   });
@@ -181,7 +201,8 @@ async function main(): Promise<void> {
     }
     return;
   }
-  if (values.url === undefined) throw new Error('give --url <coordinator API> (and --token, --pid), or --fake');
+  if (values.local) return printApiBench(await measureLocal(common));
+  if (values.url === undefined) throw new Error('give --url <coordinator API> (and --token, --pid), --local or --fake');
   printApiBench(await measureApi({ url: values.url, token: values.token, pid: values.pid ? Number(values.pid) : undefined, ...common }));
 }
 
