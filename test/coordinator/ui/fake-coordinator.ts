@@ -9,23 +9,16 @@ import { uiPlugin } from '../../../coordinator/ui/plugin.ts';
 import { FakeSwarmService } from '../fake-service.ts';
 
 export interface FakeCoordinator {
-  service: FakeSwarmService;
   url: string;
   close(): Promise<void>;
 }
 
-export async function startFakeCoordinator(options: { apiToken: string; protectReads?: boolean; port?: number }): Promise<FakeCoordinator> {
-  const service = new FakeSwarmService();
+/** Serves `service` through the API and the UI on 127.0.0.1:`port` (0: any free port). */
+export async function serveFake(service: FakeSwarmService, options: { apiToken: string; protectReads?: boolean; port?: number }): Promise<FakeCoordinator> {
   const app = buildApi({ service, apiToken: options.apiToken, protectReads: options.protectReads, heartbeatMs: 2000 });
   await app.register(uiPlugin);
   const url = await listenApi(app, `127.0.0.1:${options.port ?? 0}`);
-  return {
-    service, url,
-    async close() {
-      await app.close();
-      service.close();
-    },
-  };
+  return { url, close: () => app.close() };
 }
 
 const PEERS = ['12D3KooWAlphaNodeTrains1111', '12D3KooWBravoNodeTrains2222', '12D3KooWCharlieSlow333333', '12D3KooWDeltaGone44444444'];
@@ -74,22 +67,23 @@ export async function seedSwarm(service: FakeSwarmService, { totalBatches = 2000
   return job.id;
 }
 
-/** The job trains `batches` more micro-batches, one sample each, a second apart, the last one now. */
+/** The job trains `batches` more micro-batches, one sample each, a second after its last one (seeded runs end now). */
 export function trainFor(service: FakeSwarmService, jobId: string, batches: number): void {
   const from = service.getJob(jobId)!.completed;
-  const end = Date.now();
+  const last = service.metrics(jobId, 1)[0]?.at ?? Date.now() - batches * 1000;
   for (let i = 1; i <= batches; i++) {
-    service.now = () => end - (batches - i) * 1000;
+    service.now = () => last + i * 1000;
     service.advance(jobId, 1, sampleAt(from + i));
   }
   service.now = Date.now;
 }
 
 if (process.argv[1]?.endsWith('fake-coordinator.ts')) {
-  const coordinator = await startFakeCoordinator({ apiToken: 'dev-token', port: Number(process.argv[2] ?? 8080) });
-  const jobId = await seedSwarm(coordinator.service);
+  const service = new FakeSwarmService();
+  const jobId = await seedSwarm(service);
+  const coordinator = await serveFake(service, { apiToken: 'dev-token', port: Number(process.argv[2] ?? 8080) });
   setInterval(() => {
-    if (coordinator.service.getJob(jobId)?.state === 'running') trainFor(coordinator.service, jobId, 1);
+    if (service.getJob(jobId)?.state === 'running') trainFor(service, jobId, 1);
   }, 1000);
   console.log(`fake coordinator with the UI at ${coordinator.url}/ (token dev-token)`);
 }

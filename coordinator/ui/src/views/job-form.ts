@@ -67,7 +67,7 @@ function Upload({ what, onDone }: { what: 'model' | 'corpus'; onDone: (name: str
   const accept = what === 'model' ? '.json,.safetensors' : '.txt,.jsonl';
   return html`<details class="upload"><summary>Upload a ${what}</summary>
     <div class="row">
-      <label>Name <input value=${name} onInput=${(e: Event) => setName((e.target as HTMLInputElement).value)} /></label>
+      <label>${what === 'model' ? 'Model' : 'Corpus'} name <input value=${name} onInput=${(e: Event) => setName((e.target as HTMLInputElement).value)} /></label>
       <label>${what === 'model' ? 'config.json, tokenizer.json, *.safetensors' : 'A .txt, or .jsonl with a "text" field'}
         <input type="file" accept=${accept} multiple=${what === 'model'}
           onChange=${(e: Event) => setFiles(Array.from((e.target as HTMLInputElement).files ?? []))} /></label>
@@ -132,7 +132,7 @@ export function JobForm({ schema }: { schema: JsonSchema }) {
     </fieldset>
     <fieldset><legend>Training</legend>
       <div class="fields">
-        <${Field} field="mode" label="Mode" ...${props} choices=${literal('mode')} hint="lora: adapters over a frozen base" />
+        <${Field} field="mode" label="Training mode" ...${props} choices=${literal('mode')} hint="lora: adapters over a frozen base" />
         <${Field} field="baseFormat" label="Base format" ...${props} choices=${literal('baseFormat')} hint="q8/q4: quantized frozen base" />
         <${Field} field="basePath" label="Base path" ...${props} choices=${literal('basePath')} hint="int: int8 kernels on q8/q4" />
         ${values.mode === 'lora' && html`
@@ -152,7 +152,7 @@ export function JobForm({ schema }: { schema: JsonSchema }) {
     </fieldset>
     <fieldset><legend>Averaging</legend>
       <div class="fields">
-        <${Field} field="averaging.mode" label="Mode" ...${props} choices=${literal('averaging.mode')} />
+        <${Field} field="averaging.mode" label="Averaging mode" ...${props} choices=${literal('averaging.mode')} />
         <${Field} field="averaging.every" label="Every (local steps)" inputMode="numeric" ...${props} />
         <${Field} field="averaging.deadlineMs" label="Deadline (ms)" inputMode="numeric" ...${props} />
         <${Field} field="averaging.codec" label="Codec" hint='f32, f16, int8-block, topk-int8:0.01, powersgd:4' ...${props} />
