@@ -80,8 +80,8 @@ function JobsTable({ jobs }: { jobs: JobView[] }) {
 function SwarmPage() {
   const state = useLiveState();
   const jobs = [...state.jobs].sort((a, b) => b.createdAt - a.createdAt);
-  // The job to show: the running one, else the latest that ran.
-  const current = jobs.find((job) => job.id === state.swarm?.runningJob) ?? jobs.find((job) => job.state !== 'queued');
+  // The job to show: the running one, else the latest that ran (job events keep states current).
+  const current = jobs.find((job) => job.state === 'running') ?? jobs.find((job) => job.state !== 'queued');
   const { live } = useSession();
   useEffect(() => { if (current) live.watch(current.id); }, [live, current?.id]);
   return html`<div class="page">

@@ -20,7 +20,8 @@ function chartOptions(width: number, scale: Scale): uPlot.Options {
     width, height: HEIGHT,
     scales: { x: { time: false, distr: scale === 'log' ? 3 : 1 } },
     axes: [
-      { ...axis, label: 'micro-batches', values: (_plot, ticks) => ticks.map((tick) => formatNumber(tick)) },
+      { ...axis, label: 'micro-batches', // On a log axis uPlot passes null for the unlabelled minor ticks.
+        values: (_plot, ticks) => ticks.map((tick) => (tick === null ? '' : formatNumber(tick))) },
       { ...axis, label: 'loss' },
     ],
     series: [

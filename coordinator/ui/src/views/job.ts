@@ -124,7 +124,7 @@ function SamplePanel({ job }: { job: JobView }) {
     <div class="row"><input id="sample-prompt" value=${prompt} onInput=${(e: Event) => setPrompt((e.target as HTMLInputElement).value)} />
       <button type="submit" disabled=${busy}>${busy ? 'Sampling…' : 'Sample'}</button></div>
     ${error && html`<p class="error" role="alert">${error}</p>`}
-    ${sample && html`<blockquote data-testid="sample-text"><strong>${prompt}</strong>${sample.text}
+    ${sample && html`<blockquote data-testid="sample-text">${sample.text}
       <footer class="muted">from round ${sample.round}</footer></blockquote>`}
   </form>`;
 }
@@ -143,9 +143,10 @@ export function JobPage({ jobId }: { jobId: string }) {
         <${JobControls} job=${job} />
       </div>
       ${job.error && html`<p class=${job.state === 'failed' ? 'error' : 'muted'}>${job.error}</p>`}
-      <p class="muted">${job.spec.mode === 'lora' ? `LoRA r=${job.spec.lora?.rank} α=${job.spec.lora?.alpha}` : 'full'}
-        · base ${job.base ?? 'none (from scratch)'} (${job.spec.baseFormat}) · corpus ${job.spec.corpus}
-        · created ${formatTime(job.createdAt)}</p>
+      <p class="muted">${[
+        job.spec.mode === 'lora' ? `LoRA r=${job.spec.lora?.rank} α=${job.spec.lora?.alpha}` : 'full training',
+        `base ${job.base ?? 'none (from scratch)'} (${job.spec.baseFormat})`, `corpus ${job.spec.corpus}`, `created ${formatTime(job.createdAt)}`,
+      ].join(' · ')}</p>
       <${JobTiles} job=${job} points=${points} nodes=${state.nodes} />
       <${LossChart} points=${points} />
     </section>
