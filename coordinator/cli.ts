@@ -1,10 +1,13 @@
-// The `swarmtrain-coordinator` command: serves one job to a swarm of nodes and prints every
-// coordinator event as one JSON line on stdout, the first being {"event":"listening","addrs":
-// [".../p2p/<peerId>"]}. SIGINT/SIGTERM stop it cleanly (exit 0). Bad input (options, the job
-// file, the tokenizer, the base checkpoint) ends with one line on stderr and exit code 2; a failure to start, 1.
-import { existsSync, readFileSync } from 'node:fs';
+// `swarmtrain coordinator` (alias `swarmtrain-coordinator`): without --job, the service: a job queue in
+// --data (SQLite), the HTTP API on --http, nodes staying in the swarm across jobs, and after a restart
+// on the same --data the running job goes on. With --job, one job: served, then the swarm closes (its
+// nodes leave). Prints every coordinator event as one JSON line on stdout, the first being
+// {"event":"listening","addrs":[".../p2p/<peerId>"]}. SIGINT/SIGTERM stop it cleanly (exit 0). Bad input
+// (options, the job file, the tokenizer, the base checkpoint) ends with one line on stderr and exit code 2; a failure to start, 1.
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { integer, text } from '../src/cli/args.ts';
+import { flag, integer, text } from '../src/cli/args.ts';
 import { command, helpText, runCommand, type CommandIO } from '../src/cli/command.ts';
 import { statusWriter, type Status } from '../src/cli/health.ts';
 import { asInput, EXIT, messageOf, UsageError } from '../src/cli/usage.ts';
@@ -13,19 +16,30 @@ import { buildManifest } from '../src/weights/index.ts';
 import { jobDocuments } from '../src/train/job.ts';
 import { BpeTokenizer } from '../src/train/tokenizer.ts';
 import { tokenizerFromJson, type Tokenizer } from '../src/train/tokenizers/index.ts';
+import { buildApi, listenApi } from './http/app.ts';
 import { CoordinatorServer } from './server.ts';
+import { CoordinatorService } from './service.ts';
 
 const positive = { min: 1 };
 /** How often the status file is rewritten; `swarmtrain health` allows 60 s by default. */
 const STATUS_INTERVAL_MS = 5_000;
 
-const COORDINATOR_COMMAND = command({
-  program: 'swarmtrain-coordinator',
-  usage: '--job <job.json> [options]',
-  about: `Serves a training job to the swarm's nodes (\`swarmtrain node --join <multiaddr>\`) and prints
-every event as one JSON line; the first, "listening", gives the multiaddrs to join.`,
+export const COORDINATOR_COMMAND = command({
+  program: 'swarmtrain coordinator',
+  usage: '[--data <dir>] [--http <host:port>] [options]  |  --job <job.json> [options]',
+  about: `Runs a swarm's coordinator: nodes join it (\`swarmtrain node --join <multiaddr>\`) and train its jobs.
+Without --job it is a service: jobs are created, watched and fetched over the HTTP API (\`swarmtrain job\`,
+or the web UI at the --http address) and queued in --data, which also holds checkpoints and results; a
+restart on the same --data carries on with the running job. With --job it serves that one job, and
+its nodes leave when it is done. Every event is printed as one JSON line; the first, "listening", gives
+the multiaddrs to join.`,
   options: {
-    job: text('<file>', "the job: JSON of proto's JobSpec", { required: true }),
+    job: text('<file>', "serve this one job (JSON of proto's JobSpec), then close the swarm"),
+    http: text('<host:port>', 'the HTTP API and web UI (service mode; default 127.0.0.1:8080)', { section: 'Service (without --job):' }),
+    public: flag('serve the HTTP API on every interface (0.0.0.0, same port) instead of --http\'s host'),
+    'api-token': text('<secret>', 'the bearer token of the API\'s state-changing routes (default: <data>/api-token, created and '
+      + 'printed on first start)', { env: 'SWARMTRAIN_API_TOKEN' }),
+    'protect-reads': flag("the API's read-only routes need the token too"),
     base: text('<dir>', 'a Hugging Face checkpoint folder the job starts from (config.json, model.safetensors or its index, '
       + 'tokenizer.json); its config is the model\'s; nodes fetch its tensors from here and from each other'),
     tokenizer: text('<file>', "the job's tokenizer.json (Hugging Face format; default: the base's), or"),
@@ -39,40 +53,74 @@ every event as one JSON line; the first, "listening", gives the multiaddrs to jo
     'lease-ms': integer('<n>', 'deadline of a lease of micro-batches (default 30000)', positive),
     replication: integer('<n>', 'nodes per expert (default 2)', positive),
     'status-file': text('<file>', 'rewritten every few seconds while serving (see `swarmtrain health`)'),
-    data: text('<dir>', "the coordinator's data directory: checkpoints and the result go to <dir>/jobs/<jobId>/"),
+    data: text('<dir>', "the coordinator's data directory: its job store, key, models/, corpora/, and each job's checkpoints and "
+      + 'result under jobs/<jobId>/ (default ./swarmtrain-data without --job)'),
     'checkpoint-every': integer('<rounds>', 'with --data: checkpoint every n averaging rounds and at the end (default 10)', positive),
     'keep-checkpoints': integer('<n>', 'with --data: checkpoints kept (default 3)', positive),
   },
   async run(values, io) {
-    if (values.data === undefined && (values['checkpoint-every'] ?? values['keep-checkpoints']) !== undefined) {
-      throw new UsageError('--checkpoint-every and --keep-checkpoints need --data <dir> (where checkpoints are written)');
-    }
-    // A job or option the server refuses (JobError, RangeError) is bad input; anything else, a failure.
-    const server = await asInput(async () => {
-      const job = validateJob(readJson('job', values.job), `job ${values.job}`);
-      const base = values.base === undefined ? undefined : await readBase(values.base);
-      if (base && (values.vocab !== undefined || (values.tokenizer ?? base.tokenizer) === undefined)) {
-        throw new UsageError(`base ${values.base}: a pretrained base needs its own tokenizer: put tokenizer.json in the folder or give `
-          + '--tokenizer (--vocab would train a new one, which the base cannot read)');
+    const print = (event: object) => io.stdout.write(`${JSON.stringify(event)}\n`);
+    const swarm = {
+      joinToken: values.token ?? '',
+      heartbeatMs: values['heartbeat-ms'],
+      nodeTimeoutMs: values['node-timeout-ms'],
+      leaseMs: values['lease-ms'],
+      replication: values.replication,
+      checkpointEvery: values['checkpoint-every'],
+      keepCheckpoints: values['keep-checkpoints'],
+      ...(values.listen ? { listen: values.listen } : {}),
+      onEvent: print,
+    };
+    let stopService: () => Promise<unknown>;
+    let server: CoordinatorServer;
+    if (values.job === undefined) {
+      for (const option of ['base', 'tokenizer', 'vocab', 'key'] as const) {
+        if (values[option] !== undefined) throw new UsageError(`--${option} belongs with --job (a service's jobs name their base over the API)`);
       }
-      const tokenizer = tokenizerOf(job, values.tokenizer ?? base?.tokenizer, values.vocab);
-      return CoordinatorServer.start({
-        job, tokenizer, joinToken: values.token ?? '', ...(base ? { base } : {}),
-        heartbeatMs: values['heartbeat-ms'],
-        nodeTimeoutMs: values['node-timeout-ms'],
-        leaseMs: values['lease-ms'],
-        replication: values.replication,
-        ...(values.data === undefined ? {} : { dataDir: values.data }),
-        checkpointEvery: values['checkpoint-every'],
-        keepCheckpoints: values['keep-checkpoints'],
-        ...(values.listen ? { listen: values.listen } : {}),
-        ...(values.key === undefined ? {} : { keyFile: values.key }),
-        onEvent: (event) => io.stdout.write(`${JSON.stringify(event)}\n`),
-      });
-    }, (err) => err instanceof JobError || err instanceof RangeError);
+      const dataDir = resolve(values.data ?? 'swarmtrain-data');
+      const apiToken = values['api-token'] ?? apiTokenOf(dataDir, print);
+      const service = await asInput(() => CoordinatorService.start({ ...swarm, dataDir }), (err) => err instanceof RangeError);
+      const app = buildApi({ service, apiToken, protectReads: values['protect-reads'] ?? false });
+      try {
+        const address = values.public ? `0.0.0.0:${portOf(values.http ?? '127.0.0.1:8080')}` : values.http ?? '127.0.0.1:8080';
+        print({ event: 'http', url: await listenApi(app, address), at: Date.now() });
+      } catch (err) {
+        await service.stop();
+        throw new UsageError(`--http: ${messageOf(err)}`);
+      }
+      server = service.coordinator;
+      stopService = async () => {
+        await app.close();
+        await service.stop();
+      };
+    } else {
+      for (const option of ['http', 'public', 'protect-reads'] as const) {
+        if (values[option]) throw new UsageError(`--${option} is for the service (without --job)`);
+      }
+      if (values.data === undefined && (values['checkpoint-every'] ?? values['keep-checkpoints']) !== undefined) {
+        throw new UsageError('--checkpoint-every and --keep-checkpoints need --data <dir> (where checkpoints are written)');
+      }
+      const jobFile = values.job;
+      // A job or option the server refuses (JobError, RangeError) is bad input; anything else, a failure.
+      server = await asInput(async () => {
+        const job = validateJob(readJson('job', jobFile), `job ${jobFile}`);
+        const base = values.base === undefined ? undefined : await readBase(values.base);
+        if (base && (values.vocab !== undefined || (values.tokenizer ?? base.tokenizer) === undefined)) {
+          throw new UsageError(`base ${values.base}: a pretrained base needs its own tokenizer: put tokenizer.json in the folder or give `
+            + '--tokenizer (--vocab would train a new one, which the base cannot read)');
+        }
+        const tokenizer = tokenizerOf(job, values.tokenizer ?? base?.tokenizer, values.vocab);
+        return CoordinatorServer.start({
+          ...swarm, job, tokenizer, ...(base ? { base } : {}),
+          ...(values.data === undefined ? {} : { dataDir: values.data }),
+          ...(values.key === undefined ? {} : { keyFile: values.key }),
+        });
+      }, (err) => err instanceof JobError || err instanceof RangeError);
+      stopService = () => server.stop();
+    }
     const statusPath = values['status-file'];
     const statusTimer = statusPath === undefined ? undefined
-      : reportStatus(server, statusWriter(statusPath, (message) => io.stderr.write(`swarmtrain-coordinator: ${message}\n`)));
+      : reportStatus(server, statusWriter(statusPath, (message) => io.stderr.write(`swarmtrain coordinator: ${message}\n`)));
 
     await new Promise<void>((resolve) => {
       const stop = () => {
@@ -84,10 +132,27 @@ every event as one JSON line; the first, "listening", gives the multiaddrs to jo
       process.once('SIGTERM', stop);
     });
     clearInterval(statusTimer);
-    await server.stop();
+    await stopService();
     return EXIT.ok;
   },
 });
+
+/** The API token kept in the data directory: made on first start (and printed once, as the `api-token` event). */
+function apiTokenOf(dataDir: string, print: (event: object) => void): string {
+  const file = join(dataDir, 'api-token');
+  if (existsSync(file)) return readFileSync(file, 'utf8').trim();
+  mkdirSync(dataDir, { recursive: true });
+  const token = randomBytes(24).toString('base64url');
+  writeFileSync(file, `${token}\n`, { mode: 0o600 });
+  print({ event: 'api-token', token, file, at: Date.now() });
+  return token;
+}
+
+function portOf(address: string): string {
+  const port = /:(\d{1,5})$/.exec(address)?.[1];
+  if (port === undefined) throw new UsageError(`--http must be host:port, e.g. 127.0.0.1:8080, got "${address}"`);
+  return port;
+}
 
 export const COORDINATOR_USAGE = helpText(COORDINATOR_COMMAND);
 

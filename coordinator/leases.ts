@@ -162,6 +162,43 @@ export class DataLeases {
     return ids.sort((a, b) => a - b);
   }
 
+  /**
+   * Takes back a state saved before a restart: epoch `epoch` with batches `reported` done and `leases`
+   * live again, each due a full lease from now (their nodes could not report while the coordinator
+   * was away); every other batch is free. Only on a fresh pool.
+   */
+  restore(state: { epoch: number; reported: number[]; leases: { leaseId: number; nodeId: string; ids: number[] }[]; nextLeaseId: number }): void {
+    if (this.counters.issued > 0 || this.epochNumber > 0) throw new Error('leases: restore() needs a fresh pool');
+    this.epochNumber = state.epoch;
+    for (const id of state.reported) {
+      if (!this.reported[id]) this.completedInEpoch++;
+      this.reported[id] = 1;
+    }
+    const deadline = this.now() + this.leaseMs;
+    for (const { leaseId, nodeId, ids } of state.leases) {
+      const live = ids.filter((id) => !this.reported[id] && this.leaseOf[id] === NO_LEASE);
+      if (live.length === 0) continue;
+      this.leases.set(leaseId, { nodeId, deadline, ids: new Set(live) });
+      for (const id of live) {
+        this.leaseOf[id] = leaseId;
+        this.lastHolder[id] = nodeId;
+      }
+    }
+    this.nextFresh = this.batches;
+    for (let id = 0; id < this.batches; id++) if (!this.reported[id] && this.leaseOf[id] === NO_LEASE) this.returned.push(id);
+    this.nextLeaseId = Math.max(this.nextLeaseId, state.nextLeaseId);
+  }
+
+  /** The next grant's lease id. */
+  get nextLease(): number {
+    return this.nextLeaseId;
+  }
+
+  /** Live leases: each with the batches not reported yet. */
+  live(): { leaseId: number; nodeId: string; ids: number[] }[] {
+    return [...this.leases].map(([leaseId, lease]) => ({ leaseId, nodeId: lease.nodeId, ids: [...lease.ids].sort((a, b) => a - b) }));
+  }
+
   /** Starts the next epoch; the current one must be done. */
   nextEpoch(): number {
     if (!this.done) throw new Error(`leases: epoch ${this.epochNumber} is not done (${this.remaining} of ${this.batches} batches unreported)`);
@@ -229,6 +266,8 @@ export interface BatchGrant {
 /** What a report did: `completed` batches counted (in `epoch`, the one they belonged to), and why the others did not. */
 export interface ReportOutcome {
   completed: number;
+  /** The batches this report completed, ascending as reported. */
+  completedIds: number[];
   epoch: number;
   problems: string[];
 }
@@ -285,10 +324,10 @@ export class JobLeases {
   report(nodeId: string, leaseId: number, batchIds: readonly number[]): ReportOutcome {
     const epoch = this.pool.epoch;
     const problems: string[] = [];
-    let completed = 0;
+    const completedIds: number[] = [];
     if (!this.epochLeases.has(leaseId)) {
       if (batchIds.length > 0) problems.push(`lease ${leaseId} is unknown or of a finished epoch`);
-      return { completed, epoch, problems };
+      return { completed: 0, completedIds, epoch, problems };
     }
     const base = epoch * this.batchesPerEpoch;
     for (const batchId of batchIds) {
@@ -296,14 +335,38 @@ export class JobLeases {
       const result = id >= 0 && id < this.batchesPerEpoch
         ? this.pool.report(nodeId, epoch, id)
         : { accepted: false as const, reason: `not in epoch ${epoch} of lease ${leaseId}` };
-      if (result.accepted) completed++;
+      if (result.accepted) completedIds.push(batchId);
       else problems.push(`batch ${batchId}: ${result.reason}`);
     }
+    const completed = completedIds.length;
     if (completed > 0 && !this.done && this.pool.done) {
       this.pool.nextEpoch();
       this.epochLeases.clear(); // reports of finished epochs can complete nothing
     }
-    return { completed, epoch, problems };
+    return { completed, completedIds, epoch, problems };
+  }
+
+  /**
+   * Takes back the state of a job that ran before a restart: its completed batches (global ids; every
+   * epoch before the last is complete) and its live leases. Only on fresh leases.
+   */
+  restore(completed: readonly number[], leases: readonly { leaseId: number; nodeId: string; batchIds: number[] }[], nextLeaseId: number): void {
+    const epoch = Math.floor(completed.length / this.batchesPerEpoch);
+    const base = epoch * this.batchesPerEpoch;
+    const local = (ids: readonly number[]) => ids.filter((id) => id >= base && id < base + this.batchesPerEpoch).map((id) => id - base);
+    this.pool.restore({
+      epoch, reported: local(completed), nextLeaseId, leases: leases.map(({ leaseId, nodeId, batchIds }) => ({ leaseId, nodeId, ids: local(batchIds) })),
+    });
+    for (const { leaseId } of this.pool.live()) this.epochLeases.add(leaseId);
+  }
+
+  /** Live leases in global batch ids (what a restart needs to take them back). */
+  live(): { leaseId: number; nodeId: string; batchIds: number[] }[] {
+    return this.pool.live().map(({ leaseId, nodeId, ids }) => ({ leaseId, nodeId, batchIds: this.global(ids) }));
+  }
+
+  get nextLeaseId(): number {
+    return this.pool.nextLease;
   }
 
   /** Returns every lease past its deadline to the pool; returns them. */

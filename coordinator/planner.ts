@@ -81,7 +81,19 @@ export class ShardPlanner {
     this.last = planShards(nodes, this.options, this.last);
     return this.last;
   }
+
+  /** Continues from a plan made before a restart (re-plans start from it; versions go on from its). */
+  restore(plan: ShardPlan): void {
+    if (this.last) throw new Error('planner: restore() comes before the first plan');
+    this.last = plan;
+  }
 }
+
+/** A plan as JSON (its node map as entries), for the job store. */
+export type StoredShardPlan = Omit<ShardPlan, 'nodes'> & { nodes: [string, ExpertRef[]][] };
+
+export const storedPlan = (plan: ShardPlan): StoredShardPlan => ({ ...plan, nodes: [...plan.nodes] });
+export const shardPlan = (stored: StoredShardPlan): ShardPlan => ({ ...stored, nodes: new Map(stored.nodes) });
 
 /** A plan for `nodes` (the live ones), starting from `previous` when there is one. */
 export function planShards(nodes: PlannerNode[], options: PlannerOptions, previous?: ShardPlan): ShardPlan {

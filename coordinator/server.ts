@@ -1,50 +1,43 @@
 // The coordinator process's swarm side: a libp2p host serving join, heartbeat, lease and
-// lease-report to the job's nodes, built on the pure pieces (membership, shard planner, the job's
-// data leases in global batch ids). Nodes are identified by the libp2p peer id of their connection,
-// never by what a message says. The job comes in checked (proto's validateJob, where it was read).
-// Everything that happens is reported as a structured event (the CLI prints them as JSON lines).
+// lease-report, and the job queue. One job runs at a time (run.ts); nodes stay in the swarm across
+// jobs: a node of no job is idle and asks to join again until the next one starts. The queue and
+// each job's progress live in the job store (store.ts), so a restarted coordinator carries on with
+// the job it was running. Given one `job`, the coordinator serves just that one and then closes the
+// swarm (its nodes leave). Nodes are identified by the libp2p peer id of their connection, never
+// by what a message says. Everything that happens is reported as a structured event.
 import '../src/p2p/polyfill.ts'; // before any libp2p import
 import { multiaddr } from '@multiformats/multiaddr';
 import {
-  groupId,
-  JobError,
-  msgpackCodec,
-  PROTOCOL_VERSION,
-  type JobSpec,
-  type JoinRequest,
-  type JoinResponse,
-  type Heartbeat,
-  type HeartbeatReply,
-  type LeaseGrant,
-  type LeaseReport,
-  type LeaseRequest,
-  type Ack,
-  type Plan,
-  type ProtocolName,
-  planSigningBytes,
-  type BaseManifest,
-  type JobBase,
-  TRUNK_GROUP,
+  msgpackCodec, PROTOCOL_VERSION,
+  type Ack, type BaseManifest, type Heartbeat, type HeartbeatReply, type JobSpec, type JoinRequest, type JoinResponse,
+  type LeaseGrant, type LeaseReport, type LeaseRequest, type Plan, type ProtocolName,
 } from '../proto/index.ts';
-import type { ModelConfig } from '../src/model/config.ts';
 import type { PrivateKey } from '@libp2p/interface';
-import { createHost, identityKey, RefusedError, Rpc, serveGroups, signSync, type Host, type Rejection } from '../src/p2p/index.ts';
-import { jobBatchesPerEpoch, jobConfig, jobModelOptions } from '../src/train/job.ts';
+import { createHost, identityKey, RefusedError, Rpc, type Host, type Rejection } from '../src/p2p/index.ts';
 import type { Tokenizer } from '../src/train/tokenizers/index.ts';
-import { serveBlobs, signManifest, type BlobSource } from '../src/weights/index.ts';
-import { JobCheckpoints, type CheckpointEvent } from './checkpointer.ts';
-import { JobLeases, type LeaseCounters } from './leases.ts';
-import { Membership, type NodeRecord } from './membership.ts';
-import { planShards, ShardPlanner, type DroppedReplica, type ExpertHolders, type NewReplica, type PlannerNode, type PlannerOptions, type ShardPlan } from './planner.ts';
+import type { BlobSource } from '../src/weights/index.ts';
+import type { MetricPoint } from './api/service.ts';
+import type { CheckpointEvent } from './checkpointer.ts';
+import type { LeaseCounters } from './leases.ts';
+import type { NodeRecord, NodeStats } from './membership.ts';
+import type { DroppedReplica, ExpertHolders, NewReplica } from './planner.ts';
+import { JobRun, prepareJob, truncate, type DistributiveOmit, type JobAssets, type RunSettings } from './run.ts';
+import { JobStore, type JobRow } from './store.ts';
 
 export interface CoordinatorOptions {
-  job: JobSpec;
-  tokenizer: Tokenizer;
+  /** Serve this one job, then close the swarm (its nodes leave); without it the coordinator runs the store's queue. */
+  job?: JobSpec;
+  /** With `job`: its tokenizer. */
+  tokenizer?: Tokenizer;
   /**
-   * The checkpoint the job starts from (src/weights buildManifest of a Hugging Face folder): the job's
+   * With `job`: the checkpoint it starts from (src/weights buildManifest of a Hugging Face folder): the job's
    * model config is the base's, nodes get the manifest signed, and admitted nodes fetch its blobs from here.
    */
   base?: { manifest: BaseManifest; blobs: BlobSource; name: string };
+  /** Without `job`: the tokenizer and base of a queued job, read when it starts (a JobError fails the job). */
+  assets?: (job: JobRow) => Promise<JobAssets>;
+  /** The job queue and every job's progress (default: in memory, gone with the process). */
+  store?: JobStore;
   /** Multiaddrs to listen on (default: an ephemeral TCP port on 127.0.0.1). */
   listen?: string[];
   /** The coordinator's libp2p identity, created on first use. */
@@ -59,12 +52,14 @@ export interface CoordinatorOptions {
   leaseMs?: number;
   /** Nodes per expert. Default 2. */
   replication?: number;
-  /** The coordinator's data directory: with it, the job is checkpointed and its result written under <dataDir>/jobs/<jobId>/. */
+  /** The coordinator's data directory: with it, jobs are checkpointed and their results written under <dataDir>/jobs/<jobId>/. */
   dataDir?: string;
   /** Checkpoint every this many averaging rounds (and at the end). Default 10. */
   checkpointEvery?: number;
   /** Checkpoints kept on disk. Default 3. */
   keepCheckpoints?: number;
+  /** How often the running job's metrics are sampled into the store. Default 2000. */
+  metricsMs?: number;
   onEvent?: (event: CoordinatorEvent) => void;
   /** The clock (ms since the Unix epoch) for liveness and lease deadlines; tests drive it by hand. */
   now?: () => number;
@@ -75,6 +70,8 @@ export type RequestName = Extract<ProtocolName, 'join' | 'heartbeat' | 'lease' |
 /** Everything the coordinator reports, told apart by `event`. Batch ids are global; `at` is the coordinator's clock. */
 export type CoordinatorEvent = { at: number } & (
   | { event: 'listening'; peerId: string; addrs: string[] }
+  /** A job changed state (queued, running, paused, done, failed, cancelled). */
+  | { event: 'job'; jobId: string; state: JobRow['state']; reason?: string }
   | ({ event: 'joined' } & JoinedNode)
   /** Joined again (restarted, or back after being declared dead): batches it held went back to the pool. */
   | ({ event: 'rejoined' } & JoinedNode)
@@ -89,6 +86,7 @@ export type CoordinatorEvent = { at: number } & (
   | { event: 'expired'; node: string; leaseId: number; batchIds: number[] }
   | { event: 'progress'; completed: number; total: number; epoch: number; counters: LeaseCounters }
   | { event: 'done'; completed: number; total: number }
+  | { event: 'metrics'; jobId: string; point: MetricPoint }
   /** A peer message refused by the transport (too large, malformed, stalled, ...). */
   | ({ event: 'rejected' } & Rejection)
   | CheckpointEvent
@@ -103,13 +101,28 @@ interface JoinedNode {
   releasedBatchIds: number[];
 }
 
+/** A node of the swarm as last heard from, whether or not it is in a job. */
+export interface SwarmNode {
+  nodeId: string;
+  cores: number;
+  gemmGflops: number;
+  memoryBytes: number;
+  addrs: string[];
+  firstSeen: number;
+  lastSeen: number;
+  /** The last heartbeat's stats, and the job it was for. */
+  stats?: NodeStats;
+  jobId?: string;
+}
+
 export interface CoordinatorStatus {
   peerId: string;
   addrs: string[];
+  /** The job running, or the last one ('' before any). */
   jobId: string;
   started: boolean;
   done: boolean;
-  /** Every node ever seen (status alive, dead or left), with its last heartbeat stats and experts held. */
+  /** Every member of that job (status alive, dead or left), with its last heartbeat stats and experts held. */
   nodes: (NodeRecord & { addrs: string[]; experts: number })[];
   plan: Plan | null;
   leases: { epoch: number; batchesPerEpoch: number; outstanding: number; counters: LeaseCounters };
@@ -117,33 +130,9 @@ export interface CoordinatorStatus {
   total: number;
 }
 
-/** The proto Plan's bound on peers; beyond it the plan could not be sent. */
-const MAX_NODES = 4096;
-const MAX_REASON = 1024;
-
 function bounded(name: string, value: number, min: number, max: number): number {
   if (!Number.isSafeInteger(value) || value < min || value > max) throw new RangeError(`coordinator: ${name} must be an integer in [${min}, ${max}], got ${value}`);
   return value;
-}
-
-/**
- * The job turned into a planner, the epoch size and the tokenizer's wire form; any problem is a
- * JobError. These checks need the tokenizer and the corpus, so they live here, not in validateJob.
- */
-function prepareJob(job: JobSpec, tokenizer: Tokenizer, replication: number, base?: BaseManifest) {
-  try {
-    const config = jobConfig(job, tokenizer, base?.config as ModelConfig | undefined);
-    const plannerOptions: PlannerOptions = { config, precision: jobModelOptions(job), replication };
-    const planner = new ShardPlanner(plannerOptions);
-    const batchesPerEpoch = jobBatchesPerEpoch(job, tokenizer);
-    if (batchesPerEpoch < 1) throw new Error('the training split has no micro-batch (too few tokens for batchSize × seqLen)');
-    const tokenizerJson = JSON.stringify(tokenizer.toHuggingFace());
-    if (tokenizerJson.length > 16 * 1024 * 1024) throw new Error(`the tokenizer's JSON (${tokenizerJson.length} characters) exceeds the 16 MiB a join reply carries`);
-    return { planner, plannerOptions, batchesPerEpoch, tokenizerJson };
-  } catch (err) {
-    if (err instanceof JobError) throw err;
-    throw new JobError(`job ${job.jobId}: ${err instanceof Error ? err.message : String(err)}`);
-  }
 }
 
 /** A multiaddr that parses and ends in /p2p/<peer>: a node may only advertise itself. */
@@ -156,57 +145,61 @@ function advertises(addr: string, peer: string): boolean {
   }
 }
 
-const truncate = (text: string) => (text.length <= MAX_REASON ? text : `${text.slice(0, MAX_REASON - 3)}...`);
+const mean = (values: number[]) => (values.length === 0 ? undefined : values.reduce((a, b) => a + b, 0) / values.length);
+const sum = (values: number[]) => values.reduce((a, b) => a + b, 0);
 
 export class CoordinatorServer {
-  private readonly membership: Membership;
-  private readonly addrsOf = new Map<string, string[]>();
   private readonly timers: NodeJS.Timeout[] = [];
-  private announcedVersion = 0;
-  private started = false;
+  private readonly seen = new Map<string, SwarmNode>();
+  private run?: JobRun;
+  /** A job being opened: no second one starts meanwhile. */
+  private scheduling?: Promise<void>;
   private stopped = false;
-  /** With a data directory: the job's checkpoints, and whether the end's result is written (nodes are let go after it). */
-  private checkpoints?: JobCheckpoints;
-  private resultWritten = false;
 
   private constructor(
     private readonly host: Host,
+    private readonly rpc: Rpc,
+    readonly store: JobStore,
     private readonly privateKey: PrivateKey,
-    private readonly options: CoordinatorOptions & Required<Pick<CoordinatorOptions, 'heartbeatMs' | 'nodeTimeoutMs' | 'leaseMs' | 'now'>>,
-    private readonly planner: ShardPlanner,
-    private readonly plannerOptions: PlannerOptions,
-    private readonly leases: JobLeases,
-    private readonly tokenizerJson: string,
-    /** The signed base sent in every join reply, if the job has one. */
-    private readonly base: JobBase | undefined,
-  ) {
-    this.membership = new Membership({ timeoutMs: options.nodeTimeoutMs, now: options.now });
-  }
+    private readonly options: CoordinatorOptions & { settings: RunSettings; metricsMs: number },
+  ) {}
 
   /** How often liveness is checked: twice per heartbeat period. */
   private get sweepIntervalMs(): number {
-    return this.options.heartbeatMs / 2;
+    return this.options.settings.heartbeatMs / 2;
   }
 
-  /** Checks the job against its tokenizer and corpus, starts the host, serves the swarm protocols and starts the timers. */
+  /** Checks the settings (and a given job against its tokenizer and corpus), starts the host, serves the swarm and starts the queue. */
   static async start(options: CoordinatorOptions): Promise<CoordinatorServer> {
     const heartbeatMs = bounded('heartbeatMs', options.heartbeatMs ?? 1000, 100, 3_600_000);
     const nodeTimeoutMs = bounded('nodeTimeoutMs', options.nodeTimeoutMs ?? Math.max(15_000, 5 * heartbeatMs), 1, Number.MAX_SAFE_INTEGER);
     if (nodeTimeoutMs <= heartbeatMs) throw new RangeError(`coordinator: nodeTimeoutMs (${nodeTimeoutMs}) must exceed heartbeatMs (${heartbeatMs}), or every node dies between heartbeats`);
-    const leaseMs = bounded('leaseMs', options.leaseMs ?? 30_000, 4, Number.MAX_SAFE_INTEGER);
-    const replication = bounded('replication', options.replication ?? 2, 1, 256);
+    const settings: RunSettings = {
+      heartbeatMs, nodeTimeoutMs, now: options.now ?? Date.now,
+      leaseMs: bounded('leaseMs', options.leaseMs ?? 30_000, 4, Number.MAX_SAFE_INTEGER),
+      replication: bounded('replication', options.replication ?? 2, 1, 256),
+      checkpointEvery: bounded('checkpointEvery', options.checkpointEvery ?? 10, 1, 1_000_000),
+      keepCheckpoints: bounded('keepCheckpoints', options.keepCheckpoints ?? 3, 1, 1000),
+      ...(options.dataDir === undefined ? {} : { dataDir: options.dataDir }),
+    };
+    const metricsMs = bounded('metricsMs', options.metricsMs ?? 2000, 10, 3_600_000);
     if (typeof options.joinToken !== 'string') throw new TypeError('coordinator: joinToken must be a string (empty: an open swarm)');
-    const { planner, plannerOptions, batchesPerEpoch, tokenizerJson } = prepareJob(
-      options.job, options.tokenizer, replication, options.base?.manifest,
-    );
-    const now = options.now ?? Date.now;
-    const leases = new JobLeases({ batchesPerEpoch, totalBatches: options.job.totalBatches, leaseMs, now });
+    if (options.job) {
+      if (!options.tokenizer) throw new TypeError('coordinator: a job needs its tokenizer');
+      prepareJob(options.job, options.tokenizer, settings.replication, options.base?.manifest); // a bad job fails the start
+    } else if (!options.assets) {
+      throw new TypeError('coordinator: give a job, or the assets of queued jobs');
+    }
+    const store = options.store ?? JobStore.open(':memory:');
+    if (options.job && !store.job(options.job.jobId)) {
+      store.addJob({ id: options.job.jobId, name: options.job.jobId, spec: options.job, createdAt: settings.now() });
+    }
     // The identity key also signs every plan nodes receive.
     const privateKey = await identityKey(options.keyFile);
     const host = await createHost({ listen: options.listen, privateKey });
-    const settings = { ...options, heartbeatMs, nodeTimeoutMs, leaseMs, now };
-    const base = options.base && { manifest: options.base.manifest, ...signManifest(privateKey, options.base.manifest) };
-    const server = new CoordinatorServer(host, privateKey, settings, planner, plannerOptions, leases, tokenizerJson, base);
+    const server = new CoordinatorServer(host, new Rpc({
+      transport: host, codec: msgpackCodec, onReject: (rejection) => server.emit({ event: 'rejected', ...rejection }),
+    }), store, privateKey, { ...options, settings, metricsMs });
     try {
       await server.serve();
     } catch (err) {
@@ -228,239 +221,212 @@ export class CoordinatorServer {
     });
   }
 
-  /** Every batch is trained and, with a data directory, the final checkpoint and result are written. */
+  /** The one job of a one-job coordinator is over (trained, and with a data directory, its result written). */
   get done(): boolean {
-    return this.leases.done && (this.checkpoints === undefined || this.resultWritten);
+    return this.options.job !== undefined && this.store.job(this.options.job.jobId)?.state !== 'running';
+  }
+
+  /** The job holding the swarm, if any. */
+  get current(): JobRun | undefined {
+    return this.run && !this.run.done ? this.run : undefined;
+  }
+
+  /** Every node heard from since the start, newest first. */
+  swarmNodes(): SwarmNode[] {
+    return [...this.seen.values()].sort((a, b) => b.lastSeen - a.lastSeen).map((node) => ({ ...node }));
   }
 
   status(): CoordinatorStatus {
-    const plan = this.planner.current;
+    const run = this.run;
+    const plan = run?.plan;
     return {
       peerId: this.peerId,
       addrs: this.addrs,
-      jobId: this.options.job.jobId,
-      started: this.started,
-      done: this.done,
-      nodes: this.membership.all().map((record) => ({
-        ...record,
-        addrs: this.addrsOf.get(record.nodeId) ?? [],
-        experts: plan?.nodes.get(record.nodeId)?.length ?? 0,
-      })),
-      plan: plan ? this.wirePlan(plan) : null,
-      leases: {
-        epoch: this.leases.epoch, batchesPerEpoch: this.leases.batchesPerEpoch, outstanding: this.leases.leased, counters: this.leases.stats,
-      },
-      completed: this.leases.completed,
-      total: this.options.job.totalBatches,
+      jobId: run?.id ?? '',
+      started: run?.started ?? false,
+      done: run?.done ?? false,
+      nodes: run?.members() ?? [],
+      plan: plan && run ? run.wirePlan(plan) : null,
+      leases: run
+        ? { epoch: run.leases.epoch, batchesPerEpoch: run.leases.batchesPerEpoch, outstanding: run.leases.leased, counters: run.leases.stats }
+        : { epoch: 0, batchesPerEpoch: 0, outstanding: 0, counters: { issued: 0, reissued: 0, completed: 0, rejected: 0, expired: 0, released: 0 } },
+      completed: run?.leases.completed ?? 0,
+      total: run?.job.totalBatches ?? 0,
     };
+  }
+
+  // --- the queue ------------------------------------------------------------------------------
+
+  /** Starts the next job when none holds the swarm: the one a restart interrupted first, then the oldest queued. */
+  schedule(): Promise<void> {
+    if (this.scheduling || this.stopped || this.current) return this.scheduling ?? Promise.resolve();
+    const next = this.store.activeJob() ?? this.store.nextQueued();
+    if (!next || (this.options.job && next.id !== this.options.job.jobId)) return Promise.resolve();
+    this.scheduling = this.open(next).finally(() => {
+      this.scheduling = undefined;
+    });
+    return this.scheduling;
+  }
+
+  /** Stops granting the running job's leases; its nodes keep their state (and heartbeats) until it resumes. */
+  pause(jobId: string): JobRow {
+    const row = this.changeState(jobId, 'paused');
+    if (this.run?.id === jobId) this.run.paused = true;
+    return row;
+  }
+
+  resume(jobId: string): JobRow {
+    const row = this.changeState(jobId, 'running');
+    if (this.run?.id === jobId) this.run.paused = false;
+    return row;
+  }
+
+  /** Ends a job early; its checkpoints stay. Its nodes are told it is over and look for the next job. */
+  async cancel(jobId: string): Promise<JobRow> {
+    const row = this.changeState(jobId, 'cancelled');
+    if (this.run?.id === jobId) await this.endRun();
+    return row;
+  }
+
+  private async open(row: JobRow): Promise<void> {
+    const { settings } = this.options;
+    try {
+      const assets = this.options.job
+        ? { tokenizer: this.options.tokenizer!, ...(this.options.base ? { base: this.options.base } : {}) }
+        : await this.options.assets!(row);
+      if (row.state === 'queued') this.changeState(row.id, 'running');
+      this.run = await JobRun.open(this.store.job(row.id)!, assets, settings, {
+        rpc: this.rpc, store: this.store, privateKey: this.privateKey,
+        emit: (event) => this.emit(event),
+        onDone: () => void this.finished(row.id),
+      });
+      this.run.paused = row.state === 'paused';
+    } catch (err) {
+      this.changeState(row.id, 'failed', (err as Error).message);
+      if (this.options.job) throw err; // the one job cannot run: the coordinator cannot start
+      void this.schedule();
+    }
+  }
+
+  private async finished(jobId: string): Promise<void> {
+    if (this.store.job(jobId)?.state === 'running') this.changeState(jobId, 'done');
+    if (this.options.job) return; // one-job mode: the run stays to tell late nodes the job is over
+    await this.endRun();
+  }
+
+  /** Closes the current run (its protocols, its checkpoints under way) and starts the next job. */
+  private async endRun(): Promise<void> {
+    const run = this.run;
+    if (!run) return;
+    run.end();
+    await run.close();
+    await this.schedule();
+  }
+
+  private changeState(jobId: string, to: JobRow['state'], reason?: string): JobRow {
+    const row = this.store.transition(jobId, to, this.options.settings.now(), reason);
+    this.emit({ event: 'job', jobId, state: to, ...(reason ? { reason: truncate(reason) } : {}) });
+    return row;
   }
 
   async stop(): Promise<void> {
     if (this.stopped) return;
     this.stopped = true;
     for (const timer of this.timers) clearInterval(timer);
-    await this.checkpoints?.idle();
+    await this.scheduling;
+    if (this.run) await this.run.close();
     await this.host.stop();
   }
 
   private async serve(): Promise<void> {
-    const rpc = new Rpc({ transport: this.host, codec: msgpackCodec, onReject: (rejection) => this.emit({ event: 'rejected', ...rejection }) });
+    const { rpc } = this;
     await rpc.handle('join', (request, { peer }) => this.join(request, peer.toString()));
     await rpc.handle('heartbeat', (beat, { peer }) => this.heartbeat(beat, peer.toString()), { maxConcurrent: 64 });
     await rpc.handle('lease', (request, { peer }) => this.lease(request, peer.toString()), { maxConcurrent: 64 });
     await rpc.handle('leaseReport', (report, { peer }) => this.report(report, peer.toString()), { maxConcurrent: 64 });
-    if (this.options.base) {
-      // Any node admitted once (alive, or silent while fetching, or gone and coming back) may fetch the base.
-      const admitted = (peer: string) => this.membership.get(peer) !== undefined;
-      await serveBlobs({ rpc, source: this.options.base.blobs, admitted });
-    }
-    if (this.options.dataDir !== undefined) await this.keepCheckpoints(rpc, this.options.dataDir);
-    this.timers.push(setInterval(() => this.sweep(), this.sweepIntervalMs));
-    this.timers.push(setInterval(() => this.expire(), this.options.leaseMs / 4));
+    for (const node of this.store.nodes()) this.seen.set(node.nodeId, { ...node });
     this.emit({ event: 'listening', peerId: this.peerId, addrs: this.addrs });
+    await this.schedule();
+    this.timers.push(setInterval(() => this.current?.sweep(this.sweepIntervalMs), this.sweepIntervalMs));
+    this.timers.push(setInterval(() => this.current?.expire(), this.options.settings.leaseMs / 4));
+    this.timers.push(setInterval(() => this.sampleMetrics(), this.options.metricsMs));
   }
 
   // --- handlers (synchronous: each runs to completion before the next) ------------------------
 
   private join(request: JoinRequest, peer: string): JoinResponse {
-    const refuse = (reason: string): JoinResponse => {
+    const refuse = (reason: string, more: { retryMs?: number; closed?: boolean } = {}): JoinResponse => {
       this.emit({ event: 'refused', node: peer, request: 'join', reason });
-      return { admitted: false, version: PROTOCOL_VERSION, reason: truncate(reason) };
+      return { admitted: false, version: PROTOCOL_VERSION, reason: truncate(reason), ...more };
     };
     if (this.options.joinToken !== '' && request.token !== this.options.joinToken) return refuse('wrong join token');
     if (request.nodeId !== peer) return refuse(`nodeId ${request.nodeId} is not the peer id of the connection (${peer})`);
     const foreign = request.addrs.find((addr) => !advertises(addr, peer));
     if (foreign !== undefined) return refuse(`address ${foreign} is not a multiaddr ending in /p2p/${peer}`);
-    const wasAlive = this.membership.get(peer)?.status === 'alive';
-    if (!wasAlive && this.membership.alive().length >= MAX_NODES) return refuse(`the swarm is full (${MAX_NODES} nodes)`);
+    const at = this.options.settings.now();
+    const node = { nodeId: peer, cores: request.cores, gemmGflops: request.gemmGflops, memoryBytes: request.memoryBytes, addrs: [...request.addrs] };
+    this.seen.set(peer, { ...node, firstSeen: this.seen.get(peer)?.firstSeen ?? at, lastSeen: at });
+    this.store.saveNode({ ...node, lastSeen: at });
+    const run = this.current;
+    if (run) {
+      const reply = run.join(request, peer);
+      // A node too small for this job may fit the next one: a swarm with a queue keeps it waiting.
+      return reply.admitted || this.options.job ? reply : { ...reply, retryMs: this.idleRetryMs };
+    }
+    if (this.options.job && this.done) return refuse(`job ${this.options.job.jobId} is over: the swarm is closed`, { closed: true });
+    return { admitted: false, version: PROTOCOL_VERSION, reason: 'no job is running: waiting for the next one', retryMs: this.idleRetryMs };
+  }
 
-    const candidate: PlannerNode = { nodeId: peer, gemmGflops: request.gemmGflops, memoryBytes: request.memoryBytes };
-    // Whether the planner admits a node depends on that node alone: ask it about this one.
-    const refusal = planShards([candidate], this.plannerOptions).refused[0];
-    if (refusal) {
-      if (wasAlive && this.membership.leave(peer)) this.removed([peer], 'left'); // came back with too small a budget
-      return refuse(refusal.reason);
-    }
-    const plan = this.replan(candidate);
-    const type = this.membership.join({ nodeId: peer, cores: request.cores, gemmGflops: request.gemmGflops, memoryBytes: request.memoryBytes });
-    this.addrsOf.set(peer, [...request.addrs]);
-    // A node joining again restarted or was declared dead: whatever it held is not coming back.
-    const released = this.leases.release(peer);
-    this.emit({ event: type, node: peer, cores: request.cores, gemmGflops: request.gemmGflops, memoryBytes: request.memoryBytes, addrs: [...request.addrs], releasedBatchIds: released });
-    this.announcePlan();
-    const alive = this.membership.alive().length;
-    if (!this.started && alive >= this.options.job.expectedNodes) {
-      this.started = true;
-      this.emit({ event: 'started', nodes: alive });
-    }
-    return {
-      admitted: true, version: PROTOCOL_VERSION, job: this.options.job, tokenizer: this.tokenizerJson, ...this.signedPlan(plan),
-      heartbeatMs: this.options.heartbeatMs, completedBatches: this.leases.completed, ...(this.base ? { base: this.base } : {}),
-    };
+  /** How long an idle node waits before asking again: two heartbeats. */
+  private get idleRetryMs(): number {
+    return 2 * this.options.settings.heartbeatMs;
   }
 
   private heartbeat(beat: Heartbeat, peer: string): HeartbeatReply {
-    this.checkJob(beat.jobId, peer, 'heartbeat');
-    const { jobId: _, ...stats } = beat;
-    let alive: boolean;
-    try {
-      alive = this.membership.heartbeat(peer, stats);
-    } catch (err) {
-      throw this.refusal(peer, 'heartbeat', (err as Error).message);
+    const known = this.seen.get(peer);
+    const run = this.run?.id === beat.jobId ? this.run : undefined;
+    if (!run) return { accepted: false, reason: `job ${beat.jobId} is not running here`, stop: true };
+    const reply = run.heartbeat(beat, peer);
+    if (known && reply.accepted) {
+      const { jobId, ...stats } = beat;
+      Object.assign(known, { lastSeen: this.options.settings.now(), stats, jobId });
     }
-    if (!alive) return { accepted: false, reason: 'rejoin', stop: this.done };
-    const plan = this.planner.current!;
-    return { accepted: true, ...(plan.version > beat.planVersion ? this.signedPlan(plan) : {}), stop: this.done };
+    return reply;
   }
 
   private lease(request: LeaseRequest, peer: string): LeaseGrant {
-    this.checkJob(request.jobId, peer, 'lease');
-    if (this.membership.get(peer)?.status !== 'alive') throw this.refusal(peer, 'lease', 'not an admitted live node of the job: join first');
-    const planVersion = this.planner.current?.version ?? 0;
-    const grant = this.started ? this.leases.lease(peer, request.maxBatches) : undefined;
-    if (grant === undefined) {
-      return { jobId: request.jobId, leaseId: 0, batchIds: [], deadline: this.options.now(), done: this.done, planVersion };
-    }
-    return { jobId: request.jobId, ...grant, done: false, planVersion };
+    const run = this.run?.id === request.jobId ? this.run : undefined;
+    // A job that ended (cancelled, or finished and replaced): nothing more, and the node moves on.
+    if (!run) return { jobId: request.jobId, leaseId: 0, batchIds: [], deadline: this.options.settings.now(), done: true, planVersion: 0 };
+    return run.lease(request, peer);
   }
 
   private report(report: LeaseReport, peer: string): Ack {
-    this.checkJob(report.jobId, peer, 'leaseReport');
-    if (this.membership.get(peer) === undefined) throw this.refusal(peer, 'leaseReport', 'not a node of the job: join first');
-    const { completed, epoch, problems } = this.leases.report(peer, report.leaseId, report.completedBatchIds);
-    if (completed > 0) this.progressed(epoch);
-    if (report.leaving) {
-      if (this.membership.leave(peer)) this.removed([peer], 'left');
-      else this.leases.release(peer);
+    const run = this.run?.id === report.jobId ? this.run : undefined;
+    if (!run) {
+      if (report.completedBatchIds.length === 0) return { accepted: true };
+      throw this.refusal(peer, 'leaseReport', `job ${report.jobId} is not running here: its batches are not counted`);
     }
-    if (problems.length === 0) return { accepted: true };
-    const reason = truncate(problems.join('; '));
-    this.emit({ event: 'refused', node: peer, request: 'leaseReport', reason });
-    return { accepted: false, reason };
+    return run.report(report, peer);
   }
 
-  // --- timers ---------------------------------------------------------------------------------
-
-  private sweep(): void {
-    this.removed(this.membership.sweep(this.sweepIntervalMs).map((node) => node.nodeId), 'died');
-  }
-
-  private expire(): void {
-    for (const { nodeId, leaseId, batchIds } of this.leases.expire()) this.emit({ event: 'expired', node: nodeId, leaseId, batchIds });
-  }
-
-  // --- helpers --------------------------------------------------------------------------------
-
-  /** Plans for the live nodes, with `candidate` (a joiner) in place of its old record. */
-  private replan(candidate?: PlannerNode): ShardPlan {
-    const nodes: PlannerNode[] = this.membership
-      .alive()
-      .filter((n) => n.nodeId !== candidate?.nodeId)
-      .map(({ nodeId, gemmGflops, memoryBytes }) => ({ nodeId, gemmGflops, memoryBytes }));
-    return this.planner.plan(candidate ? [...nodes, candidate] : nodes);
-  }
-
-  private announcePlan(): void {
-    const plan = this.planner.current;
-    if (!plan || plan.version === this.announcedVersion) return;
-    this.announcedVersion = plan.version;
-    this.emit({
-      event: 'plan',
-      version: plan.version,
-      holders: plan.experts.map(({ layer, expert, holders }) => ({ layer, expert, holders: [...holders] })),
-      ...(plan.degraded ? { degraded: plan.degraded.reason } : {}),
-      moves: { added: plan.diff.added.map((m) => ({ ...m })), removed: plan.diff.removed.map((m) => ({ ...m })) },
-    });
-  }
-
-  private wirePlan(plan: ShardPlan): Plan {
-    return {
-      version: plan.version,
-      experts: plan.experts.map(({ layer, expert, holders }) => ({ layer, expert, holders: [...holders] })),
-      peers: [...plan.nodes.keys()].map((peerId) => ({ peerId, addrs: this.addrsOf.get(peerId) ?? [] })),
-      ...(plan.degraded ? { degraded: truncate(plan.degraded.reason) } : {}),
+  /** One sample of the running job's metrics over its live members, kept in the store. */
+  private sampleMetrics(): void {
+    const run = this.current;
+    if (!run || !run.started) return;
+    const stats = run.membership.alive().flatMap((node) => (node.stats ? [node.stats] : []));
+    const loss = mean(stats.flatMap((s) => (s.loss === undefined ? [] : [s.loss])));
+    const heldOut = mean(stats.flatMap((s) => (s.heldOut === undefined ? [] : [s.heldOut])));
+    const point: MetricPoint = {
+      at: this.options.settings.now(), completed: run.leases.completed, ...(loss === undefined ? {} : { loss }),
+      ...(heldOut === undefined ? {} : { heldOut }),
+      tokensPerSecond: sum(stats.map((s) => s.tokensPerSecond)), nodes: stats.length,
+      bytesSent: sum(stats.map((s) => s.bytesSent)), bytesReceived: sum(stats.map((s) => s.bytesReceived)),
+      refusedUpdates: sum(stats.map((s) => s.refusedUpdates ?? 0)), droppedExpertCalls: sum(stats.map((s) => s.droppedExpertCalls)),
+      staleness: mean(stats.map((s) => s.staleness)) ?? 0,
     };
-  }
-
-  /** Signed afresh each time: a node's addresses may change without a new plan version (it rejoined from elsewhere). */
-  private signedPlan(shards: ShardPlan): { plan: Plan; planSignature: Uint8Array } {
-    const plan = this.wirePlan(shards);
-    return { plan, planSignature: signSync(this.privateKey, planSigningBytes(this.options.job.jobId, plan)) };
-  }
-
-  /** Nodes that left or died: their batches go back to the pool, and one re-plan moves their experts. */
-  private removed(nodeIds: string[], type: 'left' | 'died'): void {
-    if (nodeIds.length === 0) return;
-    for (const nodeId of nodeIds) this.emit({ event: type, node: nodeId, releasedBatchIds: this.leases.release(nodeId) });
-    this.replan();
-    this.announcePlan();
-  }
-
-  /** After completions in `epoch`: progress, and the end of the job (completions stop once it is done, so this comes once). */
-  private progressed(epoch: number): void {
-    const { completed, totalBatches: total } = this.leases;
-    this.emit({ event: 'progress', completed, total, epoch, counters: this.leases.stats });
-    if (!this.leases.done) {
-      this.checkpoints?.progressed(completed);
-      return;
-    }
-    this.emit({ event: 'done', completed, total });
-    // Nodes keep serving their state until the final checkpoint is gathered: only then does done reach them.
-    void this.checkpoints?.finish(completed).then(() => { this.resultWritten = true; });
-  }
-
-  /**
-   * Checkpoints under dataDir: gathered from one live holder per group, and served back over the
-   * `state` protocol to admitted nodes, the last source a node tries for an expert nobody alive holds.
-   */
-  private async keepCheckpoints(rpc: Rpc, dataDir: string): Promise<void> {
-    const { job } = this.options;
-    const alive = (peer: string) => this.membership.get(peer)?.status === 'alive';
-    const checkpoints = await JobCheckpoints.open({
-      rpc, dataDir, job, config: this.plannerOptions.config, tokenizerJson: this.tokenizerJson,
-      ...(this.options.base ? { baseModel: this.options.base.name } : {}),
-      every: bounded('checkpointEvery', this.options.checkpointEvery ?? 10, 1, 1_000_000),
-      keep: bounded('keepCheckpoints', this.options.keepCheckpoints ?? 3, 1, 1000),
-      holders: () => {
-        const plan = this.planner.current;
-        if (!plan) return [];
-        const experts = plan.experts.map(({ layer, expert, holders }) => ({
-          group: groupId({ kind: 'expert', layer, expert }), holders: holders.filter(alive),
-        }));
-        return [{ group: TRUNK_GROUP, holders: [...plan.nodes.keys()].filter(alive) }, ...experts];
-      },
-      address: (peer) => this.addrsOf.get(peer)?.map((addr) => multiaddr(addr)),
-      emit: (event) => this.emit(event),
-    });
-    await serveGroups(rpc, {
-      jobId: job.jobId, admitted: async (peer) => alive(peer), lookup: (group) => checkpoints.lookup(group), round: () => checkpoints.round,
-      onServe: (group, node) => this.emit({ event: 'restored', group, node, round: checkpoints.round }),
-    });
-    this.checkpoints = checkpoints;
-  }
-
-  private checkJob(jobId: string, peer: string, request: RequestName): void {
-    if (jobId !== this.options.job.jobId) throw this.refusal(peer, request, `job ${jobId} is not this coordinator's job (${this.options.job.jobId})`);
+    this.store.addMetric(run.id, point);
+    this.emit({ event: 'metrics', jobId: run.id, point });
   }
 
   private refusal(peer: string, request: RequestName, reason: string): RefusedError {
@@ -470,11 +436,9 @@ export class CoordinatorServer {
 
   private emit(event: DistributiveOmit<CoordinatorEvent, 'at'>): void {
     try {
-      this.options.onEvent?.({ ...event, at: this.options.now() } as CoordinatorEvent);
+      this.options.onEvent?.({ ...event, at: this.options.settings.now() } as CoordinatorEvent);
     } catch (err) {
       console.error('[coordinator] event listener failed:', err);
     }
   }
 }
-
-type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;

@@ -1,5 +1,5 @@
-// `swarmtrain node --join <multiaddr>`: runs the volunteer daemon until the job is done, printing
-// every event as one JSON line on stdout. SIGINT/SIGTERM stop it after the current batch, handing
+// `swarmtrain node --join <multiaddr>`: runs the volunteer daemon, job after job, until stopped or the
+// swarm closes, printing every event as one JSON line on stdout. SIGINT/SIGTERM stop it after the current batch, handing
 // its leases back to the coordinator. A bad address, key file or refused join exits 2; a network
 // failure (the base's blobs unreachable included) or a crash, 1.
 import { choice, integer, real, size, text } from '../src/cli/args.ts';
@@ -21,6 +21,8 @@ export const NODE_COMMAND = command({
     key: text('<file>', "keeps this node's identity across restarts (created if absent)"),
     data: text('<dir>', "keeps base checkpoints' verified tensors (default: swarmtrain-data beside --key, else in the working directory)"),
     listen: text('<multiaddr>', 'where peers reach this node (default /ip4/127.0.0.1/tcp/0)'),
+    'give-up-after': real('<seconds>', 'exit (code 1) after this long without an answer from the coordinator (default 600)',
+      (x) => x > 0, 'a positive number'),
     'status-file': text('<file>', 'rewritten on joining, on every heartbeat answered and every step (see `swarmtrain health`)'),
     'step-delay-ms': real('<ms>', 'sleep after every step (a slow node)', (x) => x >= 0, 'a non-negative number', {
       section: "Test hooks (to check the swarm's defences, never for real work):",
@@ -35,6 +37,7 @@ export const NODE_COMMAND = command({
       join: values.join, token: values.token, memoryBytes: values['memory-budget'], threads: values.threads, keyFile: values.key,
       ...(values.data ? { dataDir: values.data } : {}),
       ...(values.listen ? { listen: [values.listen] } : {}),
+      ...(values['give-up-after'] ? { giveUpAfterMs: values['give-up-after'] * 1000 } : {}),
       ...(values['step-delay-ms'] ? { stepDelayMs: values['step-delay-ms'] } : {}),
       ...(values.fault ? { fault: values.fault } : {}),
       // The status file first: a reader who saw an event finds the file at least that new.

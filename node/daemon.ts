@@ -1,30 +1,21 @@
-// The volunteer daemon: joins a coordinator, builds the job's model with the trunk and the
-// experts the plan gives this node, serves those experts (and its state, and averaging) to
-// its peers, and trains on leased micro-batches until the job is done. Plan changes (a node
-// joined, left or died) are applied between steps: experts given up are released, new ones
-// copied from a surviving holder. A job with a base checkpoint: the frozen base of the groups held
-// here comes from the blob store (fetched from peers or the coordinator, verified); only what training
-// changes comes from holders. Everything that happens is reported through onEvent.
-import { dirname, join } from 'node:path';
+// The volunteer daemon: one libp2p host and identity for the node's whole life, in a swarm across
+// jobs. It asks the coordinator to join; admitted to a job, it runs that job's session (session.ts)
+// to its end and asks again; with no job running it waits, as long as the coordinator says, and asks
+// again. A coordinator that cannot be reached (restarting, or the network) is asked again with
+// backoff, each failure reported, until `giveUpAfterMs` without an answer. Everything that happens is
+// reported through onEvent.
+import { multiaddr } from '@multiformats/multiaddr';
 import {
-  groupId, msgpackCodec, parseGroupId, planSigningBytes, PROTOCOL_VERSION, TRUNK_GROUP,
-  type ExpertGroup, type JobBase, type JobSpec, type Plan,
+  msgpackCodec, PROTOCOL_VERSION, type JoinRequest, type JoinResponse, type ProtocolName, type RequestOf, type ResponseOf,
 } from '../proto/index.ts';
 import { createKernels, type Kernels } from '../src/kernels/index.ts';
-import { expertOf, type F32Tensor } from '../src/model/config.ts';
-import { Model } from '../src/model/model.ts';
-import { createHost, fetchGroup, Rpc, signedBy, type DialTarget, type Host, type Rejection } from '../src/p2p/index.ts';
-import { jobConfig, jobData, jobModelOptions } from '../src/train/job.ts';
-import { DEFAULT_ADAMW } from '../src/train/optimizer.ts';
-import { tokenizerFromJson, type Tokenizer } from '../src/train/tokenizers/index.ts';
-import { Trainer } from '../src/train/trainer.ts';
-import { FetchError, ManifestError, type WeightSource } from '../src/weights/index.ts';
-import { multiaddr } from '@multiformats/multiaddr';
-import { createAverager, type Averager, type AveragingFault } from './averaging/index.ts';
-import { expertPrecisions, serveExperts, SwarmRemoteExperts } from './experts.ts';
-import { NodeBase } from './base.ts';
-import { serveState } from './state.ts';
+import { createHost, Rpc, type DialTarget, type Host, type Rejection, type RequestOptions } from '../src/p2p/index.ts';
+import { RefusedError, RpcError } from '../src/p2p/errors.ts';
+import type { AveragingFault } from './averaging/index.ts';
+import { CoordinatorUnreachableError, JobSession, JoinRefusedError, type Volunteer } from './session.ts';
 import { countingCodec, type Traffic } from './traffic.ts';
+
+export { CoordinatorUnreachableError, HELD_OUT_BATCHES, JoinRefusedError } from './session.ts';
 
 export interface NodeOptions {
   /** The coordinator's multiaddr, ending in /p2p/<peerId>. */
@@ -38,6 +29,8 @@ export interface NodeOptions {
   /** Where base checkpoints' blobs are kept (default: swarmtrain-data beside the key file, else in the working directory). */
   dataDir?: string;
   listen?: string[];
+  /** Give up (CoordinatorUnreachableError) after this long without an answer from the coordinator. Default 600000. */
+  giveUpAfterMs?: number;
   onEvent?: (event: NodeEvent) => void;
   /** Called after each heartbeat the coordinator answered (a sign of life too frequent for onEvent). */
   onHeartbeat?: () => void;
@@ -48,17 +41,12 @@ export interface NodeOptions {
 
 export type NodeEvent = { event: string } & Record<string, unknown>;
 
-export class JoinRefusedError extends Error {
-  override name = 'JoinRefusedError';
-}
+const JOIN_TIMEOUT_MS = 10_000;
+const MAX_BACKOFF_MS = 30_000;
 
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
-const COORDINATOR_TIMEOUT_MS = 10_000;
-const STATE_TIMEOUT_MS = 30_000;
-const CATCH_UP_ROUNDS = 4;
-const CATCH_UP_BACKOFF_MS = 1_000;
-/** Held-out micro-batches a node evaluates before its first step and when it finishes. */
-export const HELD_OUT_BATCHES = 8;
+/** A request the coordinator did not answer (down, restarting, the network), as opposed to one it refused. */
+const unanswered = (err: unknown): err is RpcError => err instanceof RpcError && !(err instanceof CoordinatorUnreachableError)
+  && (!(err instanceof RefusedError) || err.reason === 'unreachable');
 
 /** GEMM speed of this node (all its threads), for the shard planner's weighting. */
 function measureGemm(kernels: Kernels): number {
@@ -77,47 +65,38 @@ function measureGemm(kernels: Kernels): number {
   return (2 * n ** 3) / (best / 1e3) / 1e9;
 }
 
-export class NodeDaemon {
+export class NodeDaemon implements Volunteer {
   readonly self: string;
-  private job!: JobSpec;
-  private plan!: Plan;
-  private pendingPlan?: Plan;
-  private model?: Model;
-  /** The job's base checkpoint, when it has one. */
-  private base?: NodeBase;
-  private trainer!: Trainer;
-  private averager!: Averager;
-  /** The transport to experts other nodes hold; the model runs the ones held here. */
-  private experts!: SwarmRemoteExperts;
-  private heartbeatMs = 1000;
+  private session?: JobSession;
   private stopping = false;
-  private done = false;
-  private lastLoss?: number;
-  private tokensPerSecond = 0;
-  private heartbeat?: NodeJS.Timeout;
-  private evaluatedBase = false;
-  private heartbeating = false;
+  /** Wakes a wait between joins when the node is stopped. */
+  private wake?: () => void;
+  /** When the coordinator last answered, and whether the node said it could not reach it. */
+  private lastAnswer = Date.now();
+  private unreachable = false;
+  /** The first join's reply when it said to wait (start() turns other refusals into errors). */
+  private pending?: JoinResponse;
 
   private constructor(
-    private readonly options: NodeOptions,
-    private readonly kernels: Kernels,
-    private readonly host: Host,
-    private readonly rpc: Rpc,
-    private readonly coordinator: DialTarget,
-    /** Signs every plan (who is admitted, who holds what); a plan it did not sign is ignored. */
-    private readonly coordinatorId: string,
-    private readonly gemmGflops: number,
+    readonly options: NodeOptions,
+    readonly host: Host,
+    readonly rpc: Rpc,
+    readonly coordinator: DialTarget,
+    readonly coordinatorId: string,
+    readonly gemmGflops: number,
     readonly traffic: Traffic,
   ) {
     this.self = host.peerId.toString();
   }
 
+  /** Starts the host and asks to join: a refusal (other than "wait") is a JoinRefusedError, a coordinator never reached a CoordinatorUnreachableError. */
   static async start(options: NodeOptions): Promise<NodeDaemon> {
     const coordinator = multiaddr(options.join);
     const coordinatorId = coordinator.getComponents().findLast((c) => c.name === 'p2p')?.value;
     if (coordinatorId === undefined) throw new Error(`${options.join} does not end in /p2p/<the coordinator's peer id>, which checks the plans it signs`);
     const kernels = await createKernels({ threads: options.threads ?? 1 });
     const gemmGflops = measureGemm(kernels);
+    await kernels.close();
     const host = await createHost({ ...(options.listen ? { listen: options.listen } : {}), ...(options.keyFile ? { keyFile: options.keyFile } : {}) });
     const traffic: Traffic = { sent: 0, received: 0 };
     const emit = options.onEvent ?? (() => {});
@@ -126,9 +105,12 @@ export class NodeDaemon {
       codec: countingCodec(msgpackCodec, traffic),
       onReject: (rejection: Rejection) => emit({ event: 'rejected', ...rejection }),
     });
-    const daemon = new NodeDaemon(options, kernels, host, rpc, coordinator, coordinatorId, gemmGflops, traffic);
+    const daemon = new NodeDaemon(options, host, rpc, coordinator, coordinatorId, gemmGflops, traffic);
     try {
-      await daemon.joinJob();
+      // The first job's set-up counts as starting: a plan its coordinator did not sign, a bad base, are refusals.
+      const reply = await daemon.join();
+      if (reply.admitted) daemon.session = await JobSession.open(daemon, reply);
+      else daemon.pending = reply;
     } catch (err) {
       await daemon.close();
       throw err;
@@ -136,379 +118,101 @@ export class NodeDaemon {
     return daemon;
   }
 
-  private emit(event: NodeEvent): void {
-    this.options.onEvent?.(event);
-  }
-
-  private log = (message: string) => this.emit({ event: 'log', message });
-
-  private async joinJob(): Promise<void> {
-    const reply = await this.rpc.request(this.coordinator, 'join', {
+  joinRequest(): JoinRequest {
+    return {
       version: PROTOCOL_VERSION, nodeId: this.self, token: this.options.token ?? '', cores: this.options.threads ?? 1,
-      gemmGflops: this.gemmGflops, memoryBytes: this.options.memoryBytes,
-      addrs: this.host.getMultiaddrs().map(String),
-    }, { timeout: COORDINATOR_TIMEOUT_MS });
-    if (!reply.admitted) throw new JoinRefusedError(`the coordinator refused this node: ${reply.reason}`);
-    if (!this.signedPlan(reply.job.jobId, reply.plan, reply.planSignature)) throw new JoinRefusedError(`the plan in the join reply is not signed by ${this.coordinatorId}`);
-    this.heartbeatMs = reply.heartbeatMs;
-    if (this.model) {
-      // Re-admitted after being declared dead: carry on with the new plan.
-      this.pendingPlan = reply.plan;
-      return;
-    }
-    this.job = reply.job;
-    this.plan = reply.plan;
-    const tokenizer = tokenizerFromJson(JSON.parse(reply.tokenizer));
-    if (reply.base) await this.openBase(reply.base);
-    const config = jobConfig(this.job, tokenizer, this.base?.config);
-    // Who may call us and whom we average with follow the newest plan we know; which experts
-    // this node computes follows the applied plan (the model changes only between steps).
-    const directory = {
-      holders: (layer: number, expert: number) => this.holders(layer, expert),
-      address: (peer: string) => this.address(peer),
-      admitted: (peer: string) => this.newestPlan().peers.some((p) => p.peerId === peer),
-      members: (group: string) => (group === TRUNK_GROUP ? this.newestPlan().peers.map((p) => p.peerId) : this.groupHolders(group)),
+      gemmGflops: this.gemmGflops, memoryBytes: this.options.memoryBytes, addrs: this.host.getMultiaddrs().map(String),
     };
-    this.experts = new SwarmRemoteExperts({ rpc: this.rpc, directory }, {
-      jobId: this.job.jobId, self: this.self, hidden: config.hiddenSize, timeoutMs: this.job.expertTimeoutMs,
-      ...expertPrecisions(this.job), log: this.log,
-    });
-    const hosted = this.hostedExperts(this.plan);
-    if (this.base) this.startHeartbeat(); // the fetch may outlast the coordinator's patience
-    const base = this.base ? await this.fetchBase([TRUNK_GROUP, ...hosted.keys()]) : undefined;
-    const model = new Model(this.kernels, config, {
-      ...jobModelOptions(this.job),
-      hosts: (layer, expert) => hosted.has(groupId({ kind: 'expert', layer, expert })),
-      remote: this.experts,
-    }, base);
-    this.model = model;
-    this.averager = createAverager({ rpc: this.rpc, directory, groups: () => this.groups() }, {
-      ...this.job.averaging, jobId: this.job.jobId, self: this.self, log: this.log,
-      fetchState: (group, peer) => this.fetchFromAny([peer], group),
-      ...(this.options.fault ? { fault: this.options.fault } : {}),
-    });
-    this.trainer = this.createTrainer(model, tokenizer);
-    if (reply.completedBatches > 0) await this.catchUp(model, hosted);
-    const servers = { rpc: this.rpc, kernels: this.kernels, experts: model.experts, directory, stats: this.experts.stats };
-    await serveExperts(servers, { jobId: this.job.jobId, hidden: config.hiddenSize });
-    await this.averager.serve();
-    // A peer unknown to our plan may have joined since: one heartbeat brings the newer plan. The
-    // coordinator may ask too: it gathers checkpoints of the groups held here.
-    const admittedNow = async (peer: string) =>
-      peer === this.coordinatorId || directory.admitted(peer) || (await this.beat(), directory.admitted(peer));
-    await serveState(this.rpc, model, admittedNow, this.job.jobId, () => this.step);
-    this.emit({ event: 'joined', node: this.self, experts: [...hosted], planVersion: this.plan.version, gemmGflops: this.gemmGflops });
   }
 
   /**
-   * The trainer of this node's steps: one micro-batch per step on the job's schedule, whose
-   * steps span the job's share of one node; the averager joins each step through the hooks.
+   * A request to the coordinator. A failure to reach it is reported once (then its return), and past
+   * `giveUpAfterMs` without any answer it becomes a CoordinatorUnreachableError, which ends the node.
    */
-  private createTrainer(model: Model, tokenizer: Tokenizer): Trainer {
-    const { lr, minLr, warmupSteps, totalBatches, expectedNodes } = this.job;
-    const data = jobData(this.job, tokenizer);
-    return new Trainer(this.kernels, model, data.train, data.heldOut, tokenizer, {
-      lr, minLr, warmupSteps, totalSteps: Math.ceil(totalBatches / expectedNodes), accumulation: 1, adamw: DEFAULT_ADAMW,
-    }, {
-      afterBackward: (step) => this.averager.afterBackward(step),
-      afterUpdate: (step) => this.averager.afterUpdate(step),
-    });
-  }
-
-  /** Checks the join reply's base against the coordinator's key and serves the blob store to admitted peers. */
-  private async openBase(base: JobBase): Promise<void> {
-    const { keyFile } = this.options;
-    const dataDir = this.options.dataDir ?? (keyFile ? join(dirname(keyFile), 'swarmtrain-data') : 'swarmtrain-data');
-    const admitted = (peer: string) => this.newestPlan().peers.some((p) => p.peerId === peer);
+  async ask<P extends ProtocolName>(target: DialTarget, protocol: P, message: RequestOf<P>, options?: RequestOptions): Promise<ResponseOf<P>> {
     try {
-      this.base = await NodeBase.open(base, this.coordinatorId, { rpc: this.rpc, dataDir, admitted });
+      const reply = await this.rpc.request(target, protocol, message, options);
+      this.lastAnswer = Date.now();
+      if (this.unreachable) this.emit({ event: 'coordinator-back' });
+      this.unreachable = false;
+      return reply;
     } catch (err) {
-      if (err instanceof ManifestError) throw new JoinRefusedError(`the job's base: ${err.message}`);
+      if (!unanswered(err)) throw err;
+      const silentMs = Date.now() - this.lastAnswer;
+      const giveUpAfterMs = this.options.giveUpAfterMs ?? 600_000;
+      if (silentMs > giveUpAfterMs) {
+        throw new CoordinatorUnreachableError('timeout', `the coordinator did not answer for ${Math.round(silentMs / 1000)} s (${err.message}); giving up`);
+      }
+      if (!this.unreachable) this.emit({ event: 'coordinator-unreachable', reason: err.message, giveUpInMs: giveUpAfterMs - silentMs });
+      this.unreachable = true;
       throw err;
     }
   }
 
-  /**
-   * The base tensors of `groups`, from the store or fetched into it; reported as a `weights` event. Sources
-   * may refuse for a while (the coordinator just declared us dead, a holder left): a few rounds are tried,
-   * each from the newest plan, and what was verified stays in the store for the next one.
-   */
-  private async fetchBase(groups: string[]): Promise<Map<string, F32Tensor>> {
-    for (let round = 1; ; round++) {
-      try {
-        const { tensors, summary } = await this.base!.fetch(groups, (group) => this.weightSources(group));
-        this.emit({ event: 'weights', ...summary });
-        return tensors;
-      } catch (err) {
-        if (!(err instanceof FetchError) || round === CATCH_UP_ROUNDS) throw err;
-        this.log(`base weights of ${groups.join(', ')} (attempt ${round}): ${err.message}`);
-        await sleep(CATCH_UP_BACKOFF_MS * round);
-        await this.beat();
-      }
-    }
-  }
-
-  /** Where a group's blobs may be: the other nodes that hold it (the trunk: every node), then the coordinator. */
-  private weightSources(group: string): WeightSource[] {
-    const plan = this.newestPlan();
-    const holders = group === TRUNK_GROUP ? plan.peers.map((p) => p.peerId) : this.groupHolders(group);
-    const peers = plan.peers.filter((p) => p.peerId !== this.self && p.addrs.length > 0 && holders.includes(p.peerId));
-    return [...peers.map((p) => ({ peer: p.peerId, addrs: p.addrs })), { peer: this.coordinatorId, addrs: [this.options.join] }];
-  }
-
-  /** What a node takes from a holder's state: with a base, only what training changes (the frozen base comes from the store). */
-  private fromHolder = (name: string): boolean => !this.base || this.job.mode === 'full' || this.model!.weights.loraShapes.has(name);
-
-  /** Local optimizer steps taken. */
-  get step(): number {
-    return this.trainer.step;
-  }
-
-  /** A node joining a running job: the trunk and its experts come from peers that hold them. */
-  private async catchUp(model: Model, hosted: Map<string, ExpertGroup>): Promise<void> {
-    const trunk = await this.fetchWhileJoining(() => this.newestPlan().peers.map((p) => p.peerId), TRUNK_GROUP);
-    if (trunk) model.params.load(trunk);
-    for (const [group, { layer, expert }] of hosted) {
-      const state = await this.fetchWhileJoining(() => this.holders(layer, expert, this.newestPlan()), group, true);
-      if (state) model.params.load(new Map([...state].filter(([name]) => model.params.has(name))));
-    }
-    this.emit({ event: 'caught-up', trunk: trunk !== undefined });
-  }
-
-  /**
-   * A group's state for a joining node, asked of every other holder in a few rounds: starting from
-   * untrained values would throw away the swarm's work, so a busy or briefly unreachable holder
-   * (or one just declared dead and rejoining) is worth waiting for. Each round starts from the newest plan.
-   */
-  private async fetchWhileJoining(holders: () => string[], group: string, checkpointed = false) {
-    for (let round = 1; ; round++) {
-      const peers = holders().filter((peer) => peer !== this.self);
-      // The coordinator's checkpoint is older than any live holder's state: asked last, when none is left.
-      const lastResort = checkpointed && (peers.length === 0 || round === CATCH_UP_ROUNDS);
-      const state = await this.fetchFromAny(peers, group, lastResort);
-      if (state || round === CATCH_UP_ROUNDS) return state;
-      await sleep(CATCH_UP_BACKOFF_MS * round);
-      await this.beat();
-    }
-  }
-
-  /**
-   * A group's state from the first of `peers` that serves it (each tried twice: a fresh connection may
-   * be reset), then, with `fromCheckpoint`, from the coordinator's newest checkpoint of it.
-   */
-  private async fetchFromAny(peers: string[], group: string, fromCheckpoint = false) {
-    const sources = [...peers, ...peers, ...(fromCheckpoint ? [this.coordinatorId] : [])];
-    for (const peer of sources) {
-      const target = peer === this.coordinatorId ? this.coordinator : this.address(peer);
-      if (!target) continue;
-      try {
-        return await fetchGroup(this.rpc, target, this.job.jobId, group, STATE_TIMEOUT_MS, this.fromHolder);
-      } catch (err) {
-        this.log(`state ${group} from ${peer}: ${(err as Error).message}`);
-      }
-    }
-    return undefined;
-  }
-
-  private signedPlan(jobId: string, plan: Plan, signature: Uint8Array | undefined): boolean {
-    return signature !== undefined && signedBy(this.coordinatorId, planSigningBytes(jobId, plan), signature);
-  }
-
-  private newestPlan(): Plan {
-    return this.pendingPlan && this.pendingPlan.version > this.plan.version ? this.pendingPlan : this.plan;
-  }
-
-  private holders(layer: number, expert: number, plan = this.plan): string[] {
-    return plan.experts.find((x) => x.layer === layer && x.expert === expert)?.holders ?? [];
-  }
-
-  private groupHolders(group: string): string[] {
-    const ref = parseGroupId(group);
-    return ref?.kind === 'expert' ? this.holders(ref.layer, ref.expert, this.newestPlan()) : [];
-  }
-
-  private address(peer: string): DialTarget | undefined {
-    const addrs = (this.newestPlan().peers.find((p) => p.peerId === peer) ?? this.plan.peers.find((p) => p.peerId === peer))?.addrs;
-    return addrs?.length ? addrs.map((a) => multiaddr(a)) : undefined;
-  }
-
-  /** The experts the plan gives this node, by group id. */
-  private hostedExperts(plan: Plan): Map<string, ExpertGroup> {
-    const held = plan.experts.filter((x) => x.holders.includes(this.self));
-    return new Map(held.map(({ layer, expert }) => [groupId({ kind: 'expert', layer, expert }), { kind: 'expert', layer, expert }]));
-  }
-
-  /** The trainable parameters of every group held here: the trunk, and each hosted expert. */
-  private groups(): Map<string, ReturnType<Model['params']['trainable']>> {
-    const groups = new Map<string, ReturnType<Model['params']['trainable']>>([[TRUNK_GROUP, []]]);
-    for (const p of this.model!.params.trainable()) {
-      const owner = expertOf(p.name);
-      const group = owner ? groupId({ kind: 'expert', ...owner }) : TRUNK_GROUP;
-      if (!groups.has(group)) groups.set(group, []);
-      groups.get(group)!.push(p);
-    }
-    return groups;
-  }
-
-  /** Between steps: give up experts no longer ours, take on new ones from a surviving holder. */
-  private async applyPlan(plan: Plan): Promise<void> {
-    const model = this.model!;
-    const before = this.hostedExperts(this.plan);
-    this.plan = plan;
-    const after = this.hostedExperts(plan);
-    for (const [group, { layer, expert }] of before) {
-      if (after.has(group) || !model.experts.hosts(layer, expert)) continue;
-      this.trainer.optimizer.remove(model.experts.tensorNames(layer, expert));
-      this.averager.resetGroup(group);
-      model.experts.remove(layer, expert);
-    }
-    for (const [group, { layer, expert }] of after) {
-      if (model.experts.hosts(layer, expert)) continue;
-      const state = await this.fetchFromAny(this.holders(layer, expert).filter((p) => p !== this.self), group, true);
-      let base: Map<string, F32Tensor> | undefined;
-      try {
-        base = this.base ? await this.fetchBase([group]) : undefined;
-      } catch (err) {
-        // Not hosted after all: callers fail over to its other holders, and the next plan tries again.
-        this.emit({ event: 'expert-skipped', layer, expert, reason: (err as Error).message });
-        continue;
-      }
-      this.trainer.optimizer.add(model.experts.add(layer, expert, base ? new Map([...base, ...(state ?? [])]) : state));
-      this.averager.track(group, this.groups().get(group) ?? []);
-      this.emit({ event: 'expert-added', layer, expert, copied: state !== undefined });
-    }
-    this.emit({ event: 'plan', version: plan.version, experts: [...after] });
-  }
-
-  /** Reports progress to the coordinator; its reply may carry a newer plan or the end of the job. */
-  private async beat(): Promise<void> {
-    // While joining (fetching a base can take minutes) there is no trainer or averager yet: nothing to report but life.
-    const { averager } = this;
-    const averaging = averager ? {
-      staleness: averager.staleness(this.step), refusedUpdates: averager.stats.refused, flaggedPeers: [...averager.stats.flagged].slice(0, 256),
-    } : { staleness: 0 };
-    try {
-      const reply = await this.rpc.request(this.coordinator, 'heartbeat', {
-        jobId: this.job.jobId, step: this.trainer ? this.step : 0, ...(this.lastLoss === undefined ? {} : { loss: this.lastLoss }),
-        tokensPerSecond: this.tokensPerSecond, bytesSent: this.traffic.sent, bytesReceived: this.traffic.received,
-        droppedExpertCalls: this.experts.stats.unanswered, planVersion: this.newestPlan().version, ...averaging,
-      }, { timeout: COORDINATOR_TIMEOUT_MS });
-      this.options.onHeartbeat?.();
-      if (reply.plan && reply.plan.version > this.newestPlan().version) {
-        if (this.signedPlan(this.job.jobId, reply.plan, reply.planSignature)) this.pendingPlan = reply.plan;
-        else this.log(`heartbeat: ignored plan v${reply.plan.version}, not signed by ${this.coordinatorId}`);
-      }
-      if (reply.stop) this.done = true;
-      // Declared dead mid-join: the join under way ends first, and the next heartbeat rejoins.
-      if (!reply.accepted && reply.reason === 'rejoin' && this.model) await this.joinJob();
-    } catch (err) {
-      this.log(`heartbeat: ${(err as Error).message}`);
-    }
-  }
-
-  private startHeartbeat(): void {
-    if (this.heartbeating) return;
-    this.heartbeating = true;
-    const loop = async () => {
-      await this.beat();
-      if (!this.stopping && !this.done) this.heartbeat = setTimeout(loop, this.heartbeatMs);
-    };
-    this.heartbeat = setTimeout(loop, 0);
-  }
-
-  /** Applies the newest known plan, first fetching it when the coordinator has a newer one. */
-  private async catchUpPlan(coordinatorVersion: number): Promise<void> {
-    if (coordinatorVersion > this.newestPlan().version) await this.beat();
-    const plan = this.pendingPlan;
-    this.pendingPlan = undefined;
-    if (plan && plan.version > this.plan.version) await this.applyPlan(plan);
-  }
-
-  /** Trains leased micro-batches until the job is done or stop() is called. */
+  /** Runs job after job until stop(), a closed swarm, or a coordinator gone for good. */
   async run(): Promise<void> {
-    for (const [group, params] of this.groups()) this.averager.track(group, params);
-    this.startHeartbeat();
-    const { jobId } = this.job;
-    while (!this.stopping && !this.done) {
-      await this.catchUpPlan(0);
-      let grant;
-      try {
-        grant = await this.rpc.request(this.coordinator, 'lease', { jobId, maxBatches: 1 }, { timeout: COORDINATOR_TIMEOUT_MS });
-      } catch (err) {
-        this.log(`lease: ${(err as Error).message}`);
-        await sleep(500);
-        continue;
-      }
-      if (grant.done) {
-        this.done = true;
-        break;
-      }
-      if (grant.batchIds.length === 0) {
-        await sleep(100);
-        continue;
-      }
-      await this.catchUpPlan(grant.planVersion);
-      if (this.base && this.step === 0 && !this.evaluatedBase) {
-        // The held-out loss of the pretrained base (LoRA starts as the identity), what training is measured against.
-        this.evaluatedBase = true;
-        this.emit({ event: 'evaluated', step: 0, heldOut: await this.trainer.evaluate(HELD_OUT_BATCHES) });
-      }
-      const completed: number[] = [];
-      for (const index of grant.batchIds) {
+    while (!this.stopping) {
+      if (!this.session) {
+        const reply = this.pending ?? await this.join();
+        this.pending = undefined;
         if (this.stopping) break;
-        await this.trainBatch(index);
-        completed.push(index);
+        if (!reply.admitted) {
+          if (reply.closed) break;
+          this.emit({ event: 'idle', reason: reply.reason, retryMs: reply.retryMs });
+          await this.pause(reply.retryMs ?? 1000);
+          continue;
+        }
+        this.session = await JobSession.open(this, reply);
       }
-      await this.report(grant.leaseId, completed, false);
-    }
-    // Leaving, whether stopped or done: the coordinator hands back our leases now instead of
-    // declaring us dead a timeout later.
-    await this.report(0, [], true);
-    clearTimeout(this.heartbeat);
-    const heldOut = this.done ? await this.trainer.evaluate(HELD_OUT_BATCHES) : undefined;
-    // Every node's frozen base must be the checkpoint's, quantized the same way, bit for bit.
-    const baseDigests = this.base ? { baseDigests: Object.fromEntries(this.model!.weights.baseDigests()) } : {};
-    const { sent: bytesSent, received: bytesReceived } = this.traffic;
-    this.emit({ event: 'finished', steps: this.step, bytesSent, bytesReceived, heldOut, ...baseDigests });
-  }
-
-  /** Reports finished batches (and a departure); tried twice, since a lost report costs the batches a re-run. */
-  private async report(leaseId: number, completedBatchIds: number[], leaving: boolean): Promise<void> {
-    const message = { jobId: this.job.jobId, leaseId, completedBatchIds, leaving };
-    for (let attempt = 1; attempt <= 2; attempt++) {
       try {
-        await this.rpc.request(this.coordinator, 'leaseReport', message, { timeout: COORDINATOR_TIMEOUT_MS });
-        return;
-      } catch (err) {
-        this.log(`lease report (attempt ${attempt}): ${(err as Error).message}`);
+        await this.session.run();
+      } finally {
+        await this.session.close();
+        this.session = undefined;
       }
     }
   }
 
-  private async trainBatch(index: number): Promise<void> {
-    const model = this.model!;
-    const t0 = performance.now();
-    this.experts.step = this.step;
-    const result = await this.trainer.trainStep([this.trainer.train.batchAt(index)]);
-    if (this.options.stepDelayMs) await sleep(this.options.stepDelayMs);
-    const seconds = (performance.now() - t0) / 1e3;
-    this.tokensPerSecond = result.tokens / seconds;
-    this.lastLoss = result.loss;
-    this.emit({
-      event: 'step', step: this.step, batch: index, loss: result.loss, crossEntropy: result.crossEntropy, tokens: result.tokens, seconds,
-      bytesSent: this.traffic.sent, bytesReceived: this.traffic.received, localCalls: model.experts.localCalls, ...this.experts.stats,
-      droppedAssignments: model.droppedAssignments(), averaging: { ...this.averager.stats, flagged: [...this.averager.stats.flagged] },
+  /** Asks to join until the coordinator answers: admitted, told to wait, or refused (a JoinRefusedError). */
+  private async join(): Promise<JoinResponse> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        const reply = await this.ask(this.coordinator, 'join', this.joinRequest(), { timeout: JOIN_TIMEOUT_MS });
+        if (!reply.admitted && reply.retryMs === undefined && !reply.closed) {
+          throw new JoinRefusedError(`the coordinator refused this node: ${reply.reason}`);
+        }
+        return reply;
+      } catch (err) {
+        if (!unanswered(err)) throw err;
+        await this.pause(Math.min(MAX_BACKOFF_MS, 1000 * 2 ** attempt));
+      }
+    }
+  }
+
+  private pause(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const timer = setTimeout(resolve, ms);
+      this.wake = () => {
+        clearTimeout(timer);
+        resolve();
+      };
     });
   }
 
-  /** Asks the training loop to stop after the current batch; run() then hands its leases back. */
+  private emit(event: NodeEvent): void {
+    this.options.onEvent?.(event);
+  }
+
+  /** Asks the current session to stop after its batch (it hands its leases back), and the node to leave. */
   stop(): void {
     this.stopping = true;
+    this.session?.stop();
+    this.wake?.();
   }
 
   async close(): Promise<void> {
-    clearTimeout(this.heartbeat);
+    this.stop();
+    await this.session?.close();
     await this.host.stop();
-    await this.kernels.close();
   }
 }

@@ -164,7 +164,15 @@ export const JoinResponseSchema = Type.Union([
     /** The checkpoint the job starts from (its tensors travel as blobs); absent: the job trains from the seeded init. */
     base: Type.Optional(JobBaseSchema),
   }),
-  Type.Object({ admitted: Type.Literal(false), version: Type.String({ maxLength: 32 }), reason: Reason }),
+  Type.Object({
+    admitted: Type.Literal(false),
+    version: Type.String({ maxLength: 32 }),
+    reason: Reason,
+    /** Not now (no job is running, or this one has no room for the node): ask again after this long. */
+    retryMs: Type.Optional(Type.Integer({ minimum: 1, maximum: 3_600_000 })),
+    /** The swarm is over (a one-job coordinator whose job ended): leave. */
+    closed: Type.Optional(Type.Boolean()),
+  }),
 ]);
 export type JoinResponse = Static<typeof JoinResponseSchema>;
 
@@ -175,6 +183,8 @@ export const HeartbeatSchema = Type.Object({
   step: Count,
   /** Training loss of the last step; absent before the first one. */
   loss: Type.Optional(Type.Number()),
+  /** The node's latest held-out loss, when it has evaluated one. */
+  heldOut: Type.Optional(Type.Number()),
   tokensPerSecond: NonNegative,
   bytesSent: Count,
   bytesReceived: Count,

@@ -1,6 +1,6 @@
 // TypeBox schemas of the HTTP API: the job request (derived from proto's JobSpecSchema) and the views
 // the routes answer with. Each is proved at compile time to match the port's type in service.ts.
-import { Type, type Static } from '@sinclair/typebox';
+import { Type, type Static, type TSchema } from '@sinclair/typebox';
 import { JobSpecSchema } from '../../proto/index.ts';
 import type {
   CheckpointView, JobRequest, JobView, MetricPoint, NodeView, Placement, SwarmInfo,
@@ -11,15 +11,26 @@ const Count = Type.Integer({ minimum: 0 });
 const Timestamp = Type.Number({ minimum: 0, description: 'milliseconds since the Unix epoch' });
 const Bytes = Type.Number({ minimum: 0 });
 
-/** POST /api/jobs: any JobSpec field but jobId and corpus, each optional, plus name, base and corpus; nothing else. */
-export const JobRequestSchema = Type.Composite([
+/** The schema with every object in it closed to unknown properties (records, which list none, stay open). */
+function closed<T extends TSchema>(schema: T): T {
+  const properties = schema.properties as Record<string, TSchema> | undefined;
+  if (properties !== undefined) {
+    const inner = Object.fromEntries(Object.entries(properties).map(([key, property]) => [key, closed(property)]));
+    return { ...schema, properties: inner, additionalProperties: false };
+  }
+  if (Array.isArray(schema.anyOf)) return { ...schema, anyOf: schema.anyOf.map((option: TSchema) => closed(option)) };
+  return schema;
+}
+
+/** POST /api/jobs: any JobSpec field but jobId and corpus, each optional, plus name, base and corpus; nothing else, at any depth. */
+export const JobRequestSchema = closed(Type.Composite([
   Type.Partial(Type.Omit(JobSpecSchema, ['jobId', 'corpus'])),
   Type.Object({
     name: Type.Optional(Type.String({ minLength: 1, maxLength: 128, description: 'shown in lists; default: the job id' })),
     base: Type.Optional(Type.String({ minLength: 1, maxLength: 256, description: 'a model folder (GET /api/models)' })),
     corpus: Type.Optional(Type.String({ minLength: 1, maxLength: 64, description: 'a corpus (GET /api/corpora)' })),
   }),
-], { additionalProperties: false });
+]));
 
 export const JobStateSchema = Type.Union([
   Type.Literal('queued'), Type.Literal('running'), Type.Literal('paused'), Type.Literal('done'), Type.Literal('failed'), Type.Literal('cancelled'),

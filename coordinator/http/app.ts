@@ -3,13 +3,12 @@
 import swagger from '@fastify/swagger';
 import type { TSchema } from '@sinclair/typebox';
 import { TypeCompiler } from '@sinclair/typebox/compiler';
-import { Value } from '@sinclair/typebox/value';
-import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifySchemaCompiler } from 'fastify';
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, type FastifyReply, type FastifySchemaCompiler } from 'fastify';
 import { PROTOCOL_VERSION } from '../../proto/index.ts';
 import type { SwarmService } from '../api/service.ts';
 import { installAuth } from './auth.ts';
 import { downloadRoutes } from './downloads.ts';
-import { installErrorHandlers } from './errors.ts';
+import { errorBody, installErrorHandlers } from './errors.ts';
 import { eventRoutes } from './events.ts';
 import { jobRoutes } from './jobs.ts';
 import { metricRoutes } from './metrics.ts';
@@ -36,14 +35,32 @@ const DEFAULT_MAX_UPLOAD_BYTES = 2 * 2 ** 30;
 const DEFAULT_MAX_BODY_BYTES = 2 ** 20;
 const DEFAULT_HEARTBEAT_MS = 15_000;
 
+const NUMBER_TEXT = /^-?\d+(\.\d+)?(e[-+]?\d+)?$/i;
+
+/**
+ * Query-string and path values arrive as text: numbers and booleans are read where the schema wants
+ * them, only exact ones ("2.5" stays text for an integer check to refuse).
+ */
+function fromText(schema: TSchema, input: unknown): unknown {
+  if (typeof input !== 'object' || input === null || schema.properties === undefined) return input;
+  const properties = schema.properties as Record<string, TSchema>;
+  return Object.fromEntries(Object.entries(input).map(([key, value]) => {
+    const type = properties[key]?.type;
+    if (typeof value !== 'string') return [key, value];
+    if ((type === 'number' || type === 'integer') && NUMBER_TEXT.test(value)) return [key, Number(value)];
+    if (type === 'boolean' && (value === 'true' || value === 'false')) return [key, value === 'true'];
+    return [key, value];
+  }));
+}
+
 /**
  * Checks each route part with TypeBox's compiled checker (proto's checker too): bodies as sent, so
- * "0.1" is not a number; query strings and params converted from text first.
+ * "0.1" is not a number; query strings and params read from text first.
  */
 const typeBoxValidator: FastifySchemaCompiler<TSchema> = ({ schema, httpPart }) => {
   const checker = TypeCompiler.Compile(schema);
   return (input) => {
-    const value = httpPart === 'body' ? input : Value.Convert(schema, input);
+    const value = httpPart === 'body' ? input : fromText(schema, input);
     if (checker.Check(value)) return { value };
     const first = checker.Errors(value).First();
     return { error: [{ keyword: 'type', instancePath: first?.path ?? '', schemaPath: '', params: {}, message: first?.message ?? 'invalid' }] };
@@ -53,11 +70,19 @@ const typeBoxValidator: FastifySchemaCompiler<TSchema> = ({ schema, httpPart }) 
 export function buildApi(options: ApiOptions): FastifyInstance {
   const { service } = options;
   const maxUploadBytes = options.maxUploadBytes ?? DEFAULT_MAX_UPLOAD_BYTES;
+  const logger = options.logger ?? false;
   const app = Fastify({
-    logger: options.logger ?? false,
+    ...(typeof logger === 'boolean' ? { logger } : { loggerInstance: logger }),
     bodyLimit: options.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES,
     // The event streams stay open: closing must not wait for their clients.
     forceCloseConnections: true,
+    // The router's own refusals (a malformed %-escape, an over-long path segment) in the one error shape too.
+    frameworkErrors: (error, _request, reply) => {
+      const status = error.statusCode ?? 400;
+      (reply as FastifyReply).code(status).send(errorBody(status, error.message));
+    },
+    // Room for ids up to proto's 128 characters, so the schema (not the router) refuses longer ones.
+    routerOptions: { maxParamLength: 256 },
   });
   app.setValidatorCompiler(typeBoxValidator);
   installErrorHandlers(app);

@@ -38,7 +38,10 @@ export const jobRoutes: FastifyPluginAsyncTypebox<{ service: SwarmService }> = a
   change('cancel', 'end a queued, running or paused job, keeping its checkpoints', (id) => service.cancelJob(id));
 
   app.delete('/api/jobs/:id', {
-    schema: { summary: 'remove a job that is not running or paused, with its files', tags, params: JobIdParams, response: { 204: Type.Null({ description: 'deleted' }) } },
+    schema: {
+      summary: 'remove a job that is not running or paused, with its files', tags, params: JobIdParams,
+      response: { 204: Type.Null({ description: 'deleted' }) },
+    },
   }, async (request, reply) => {
     service.deleteJob(request.params.id);
     return reply.code(204).send(null);

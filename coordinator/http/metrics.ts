@@ -31,7 +31,9 @@ export const metricRoutes: FastifyPluginAsyncTypebox<{ service: SwarmService }> 
     config: { public: true },
     schema: {
       summary: 'liveness: 200 while the API answers', tags: ['meta'],
-      response: { 200: Type.Object({ ok: Type.Literal(true), version: Type.String(), uptimeSeconds: Type.Number(), runningJob: Type.Optional(Type.String()) }) },
+      response: {
+        200: Type.Object({ ok: Type.Literal(true), version: Type.String(), uptimeSeconds: Type.Number(), runningJob: Type.Optional(Type.String()) }),
+      },
     },
   }, async () => {
     const { runningJob } = service.swarm();

@@ -17,18 +17,24 @@ import { HttpError } from './errors.ts';
 const MODEL_FILE = /^(config\.json|tokenizer\.json|model\.safetensors\.index\.json|[A-Za-z0-9._-]+\.safetensors)$/;
 const MAX_MODEL_FILES = 256;
 
+/** What a route accepts: each file's size, and (by throwing HttpError) which fields and names. */
+interface UploadRules {
+  maxBytes: number;
+  acceptFile(field: string, name: string): void;
+}
+
 interface Upload {
   name: string;
-  files: { field: string; name: string; path: string }[];
+  files: { name: string; path: string }[];
 }
 
 const nameChecker = TypeCompiler.Compile(UploadNameSchema);
 
 /**
- * Reads the multipart body into `dir`: the `name` field and every file part (their own file names,
- * which `acceptFile` may refuse). Bad or oversized multipart bodies become 4xx errors.
+ * Reads the multipart body into `dir`: the `name` field and every file part under its own file name,
+ * as the rules allow. Bad or oversized multipart bodies become 4xx errors.
  */
-async function readUpload(request: FastifyRequest, dir: string, acceptFile: (field: string, name: string) => void): Promise<Upload> {
+async function readUpload(request: FastifyRequest, dir: string, rules: UploadRules): Promise<Upload> {
   if (!request.isMultipart()) throw new HttpError(415, 'send multipart/form-data: a `name` field and the file(s)');
   let name: string | undefined;
   const files: Upload['files'] = [];
@@ -40,13 +46,16 @@ async function readUpload(request: FastifyRequest, dir: string, acceptFile: (fie
         continue;
       }
       const fileName = basename(part.filename ?? '');
-      acceptFile(part.fieldname, fileName);
+      rules.acceptFile(part.fieldname, fileName);
       if (files.some((file) => file.name === fileName)) throw new HttpError(400, `file ${fileName} sent twice`, part.fieldname);
       const path = join(dir, `${files.length}-${fileName}`);
       await pipeline(part.file, createWriteStream(path));
-      files.push({ field: part.fieldname, name: fileName, path });
+      files.push({ name: fileName, path });
     }
   } catch (err) {
+    if ((err as { code?: string }).code === 'FST_REQ_FILE_TOO_LARGE') {
+      throw new HttpError(413, `a file is larger than the coordinator's upload limit of ${rules.maxBytes} bytes`);
+    }
     if (err instanceof HttpError || (err as { statusCode?: number }).statusCode !== undefined) throw err;
     throw new HttpError(400, `malformed multipart body: ${(err as Error).message}`);
   }
@@ -56,11 +65,11 @@ async function readUpload(request: FastifyRequest, dir: string, acceptFile: (fie
   return { name, files };
 }
 
-/** Runs `use` on the request's upload in a temp folder removed afterwards (the service has moved what it keeps). */
-async function withUpload<T>(request: FastifyRequest, acceptFile: (field: string, name: string) => void, use: (upload: Upload) => Promise<T>): Promise<T> {
+/** Runs `use` on the request's upload in a temp folder, removed before the answer goes (the service has moved what it keeps). */
+async function withUpload<T>(request: FastifyRequest, rules: UploadRules, use: (upload: Upload) => Promise<T>): Promise<T> {
   const dir = await mkdtemp(join(tmpdir(), 'swarmtrain-upload-'));
   try {
-    return await use(await readUpload(request, dir, acceptFile));
+    return await use(await readUpload(request, dir, rules));
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
@@ -68,7 +77,9 @@ async function withUpload<T>(request: FastifyRequest, acceptFile: (field: string
 
 export const uploadRoutes: FastifyPluginAsyncTypebox<{ service: SwarmService; maxUploadBytes: number }> = async (app, options) => {
   const { service, maxUploadBytes } = options;
-  await app.register(multipart, { limits: { fileSize: maxUploadBytes, files: MAX_MODEL_FILES, fields: 4, fieldSize: 1024, parts: MAX_MODEL_FILES + 4 } });
+  await app.register(multipart, {
+    limits: { fileSize: maxUploadBytes, files: MAX_MODEL_FILES, fields: 4, fieldSize: 1024, parts: MAX_MODEL_FILES + 4 },
+  });
   const consumes = ['multipart/form-data'];
 
   app.get('/api/corpora', {
@@ -80,12 +91,18 @@ export const uploadRoutes: FastifyPluginAsyncTypebox<{ service: SwarmService; ma
       summary: 'upload a corpus: field `name`, file `file` (.txt, or .jsonl with a text field per line)', tags: ['data'], consumes,
       response: { 201: CorpusSchema },
     },
-  }, async (request, reply) => withUpload(request, (field) => {
-    if (field !== 'file') throw new HttpError(400, `unknown file field ${JSON.stringify(field)} (expected file)`, field);
-  }, async ({ name, files }) => {
-    if (files.length !== 1) throw new ServiceError('invalid', 'send exactly one file, in field `file`', 'file');
-    return reply.code(201).send(await service.addCorpus(name, files[0].path));
-  }));
+  }, async (request, reply) => {
+    reply.code(201);
+    return withUpload(request, {
+      maxBytes: maxUploadBytes,
+      acceptFile(field) {
+        if (field !== 'file') throw new HttpError(400, `unknown file field ${JSON.stringify(field)} (expected file)`, field);
+      },
+    }, async ({ name, files }) => {
+      if (files.length !== 1) throw new ServiceError('invalid', 'send exactly one file, in field `file`', 'file');
+      return service.addCorpus(name, files[0].path);
+    });
+  });
 
   app.get('/api/models', {
     schema: { summary: 'base model folders', tags: ['data'], response: { 200: Type.Array(ModelSchema) } },
@@ -96,9 +113,15 @@ export const uploadRoutes: FastifyPluginAsyncTypebox<{ service: SwarmService; ma
       summary: 'upload a base model: field `name`, files config.json, tokenizer.json, *.safetensors (and model.safetensors.index.json)',
       tags: ['data'], consumes, response: { 201: ModelSchema },
     },
-  }, async (request, reply) => withUpload(request, (field, name) => {
-    if (!MODEL_FILE.test(name)) {
-      throw new HttpError(400, `unexpected file ${JSON.stringify(name)}: a model is config.json, tokenizer.json, *.safetensors and model.safetensors.index.json`, field);
-    }
-  }, async ({ name, files }) => reply.code(201).send(await service.addModel(name, files.map(({ name: file, path }) => ({ name: file, path }))))));
+  }, async (request, reply) => {
+    reply.code(201);
+    return withUpload(request, {
+      maxBytes: maxUploadBytes,
+      acceptFile(field, name) {
+        if (MODEL_FILE.test(name)) return;
+        const expected = 'a model is config.json, tokenizer.json, *.safetensors and model.safetensors.index.json';
+        throw new HttpError(400, `unexpected file ${JSON.stringify(name)}: ${expected}`, field);
+      },
+    }, ({ name, files }) => service.addModel(name, files));
+  });
 };

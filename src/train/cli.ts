@@ -138,22 +138,9 @@ export const GENERATE_COMMAND = command({
         if (tokenizerPath === undefined) {
           throw new UsageError(`no tokenizer.json beside ${dir} or in its run folder; pass --tokenizer <file>`);
         }
-        const tokenizer = loadTokenizer(tokenizerPath);
-        const source = await loadModelSource(dir);
-        if (values.adapter !== undefined) {
-          if (source.options.mode !== 'full') {
-            throw new UsageError(`--adapter: ${dir} is a LoRA checkpoint already; ` +
-              'apply an adapter to a full checkpoint or a Hugging Face folder');
-          }
-          const adapter = await readPeftAdapter(resolve(values.adapter), source.config, source.family);
-          source.options = { mode: 'lora', lora: { rank: adapter.rank, alpha: adapter.alpha } };
-          source.trained = adapter.tensors;
-        }
-        checkVocabulary(tokenizer, source.config);
-        kernels = await createKernels({ threads: threadsOf(values.threads) });
-        const model = new Model(kernels, source.config, source.options, source.weights);
-        model.params.load(source.trained);
-        return { model, tokenizer };
+        const loaded = await loadGenerator(dir, tokenizerPath, values.adapter === undefined ? undefined : resolve(values.adapter), threadsOf(values.threads));
+        kernels = loaded.kernels;
+        return loaded;
       });
       io.stdout.write(`${await continuation(model, tokenizer, values.prompt ?? '', sampling)}\n`);
       return EXIT.ok;
@@ -320,8 +307,30 @@ async function train(
   }
 }
 
+/**
+ * A model to sample from: a checkpoint or Hugging Face folder, with a PEFT adapter applied when given, and
+ * its tokenizer. The caller closes the kernels.
+ */
+export async function loadGenerator(dir: string, tokenizerPath: string, adapterDir: string | undefined, threads: number) {
+  const tokenizer = loadTokenizer(tokenizerPath);
+  const source = await loadModelSource(dir);
+  if (adapterDir !== undefined) {
+    if (source.options.mode !== 'full') {
+      throw new UsageError(`--adapter: ${dir} is a LoRA checkpoint already; apply an adapter to a full checkpoint or a Hugging Face folder`);
+    }
+    const adapter = await readPeftAdapter(adapterDir, source.config, source.family);
+    source.options = { mode: 'lora', lora: { rank: adapter.rank, alpha: adapter.alpha } };
+    source.trained = adapter.tensors;
+  }
+  checkVocabulary(tokenizer, source.config);
+  const kernels = await createKernels({ threads });
+  const model = new Model(kernels, source.config, source.options, source.weights);
+  model.params.load(source.trained);
+  return { model, tokenizer, kernels };
+}
+
 /** Samples a continuation of `prompt` (empty: the start of a new document); stops at end-of-text. */
-async function continuation(
+export async function continuation(
   model: Model, tokenizer: Tokenizer, prompt: string, options: { maxNewTokens: number; temperature: number; topP: number; seed: number },
 ): Promise<string> {
   const eot = tokenizer.endOfText;
@@ -361,7 +370,7 @@ function progressText(step: number, total: number, loss: number, lastEval: EvalM
 
 const count = (n: number) => n.toLocaleString('en-US');
 
-function duration(seconds: number): string {
+export function duration(seconds: number): string {
   const s = Math.round(seconds);
   if (s < 60) return `${s}s`;
   if (s < 3600) return `${Math.floor(s / 60)}m${String(s % 60).padStart(2, '0')}s`;
@@ -369,7 +378,7 @@ function duration(seconds: number): string {
 }
 
 /** One progress line, rewritten in place on a terminal; elsewhere printed as plain lines when asked. */
-class ProgressLine {
+export class ProgressLine {
   private shown = '';
 
   constructor(private readonly out: CommandOutput) {}

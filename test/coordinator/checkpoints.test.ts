@@ -160,7 +160,7 @@ describe('swarmtrain-coordinator --data', () => {
     const result = coordinator(['--job', join(dir, 'job.json'), '--vocab', '300', '--checkpoint-every', '2']);
     expect(result.status).toBe(2);
     expect(result.stderr).toBe(
-      'swarmtrain-coordinator: --checkpoint-every and --keep-checkpoints need --data <dir> (where checkpoints are written)\n');
+      'swarmtrain coordinator: --checkpoint-every and --keep-checkpoints need --data <dir> (where checkpoints are written)\n');
   });
 
   it('a --data that is a file fails at start, naming the path', async () => {

@@ -263,7 +263,8 @@ export class FakeSwarmService implements SwarmService {
 
   private transition(id: string, from: readonly JobState[], to: JobState): JobView {
     const record = this.record(id);
-    if (!from.includes(record.view.state)) throw new ServiceError('conflict', `job ${id} is ${record.view.state}: only a ${from.join(' or ')} job can be made ${to}`);
+    const { state } = record.view;
+    if (!from.includes(state)) throw new ServiceError('conflict', `job ${id} is ${state}: only a ${from.join(' or ')} job can be made ${to}`);
     const ended = to === 'cancelled' ? { endedAt: this.now() } : {};
     record.view = { ...record.view, state: to, ...ended };
     this.emit({ type: 'job', job: record.view });

@@ -171,9 +171,9 @@ describe('job leases (global batch ids)', () => {
     const first = leases.lease('a', 4)!;
     expect(first).toEqual({ leaseId: 0, batchIds: [0, 1, 2, 3], deadline: time() + 1000 });
     expect(leases.lease('b', 1)).toBeUndefined(); // the epoch is all leased
-    expect(leases.report('a', first.leaseId, [0, 1, 2])).toEqual({ completed: 3, epoch: 0, problems: [] });
+    expect(leases.report('a', first.leaseId, [0, 1, 2])).toEqual({ completed: 3, completedIds: [0, 1, 2], epoch: 0, problems: [] });
     expect(leases.epoch).toBe(0);
-    expect(leases.report('a', first.leaseId, [3])).toEqual({ completed: 1, epoch: 0, problems: [] }); // completes epoch 0
+    expect(leases.report('a', first.leaseId, [3])).toEqual({ completed: 1, completedIds: [3], epoch: 0, problems: [] }); // completes epoch 0
     expect(leases.epoch).toBe(1);
     expect(leases.completed).toBe(4);
     expect(leases.lease('b', 2)!.batchIds).toEqual([4, 5]);
@@ -187,7 +187,7 @@ describe('job leases (global batch ids)', () => {
     expect(b.batchIds).toEqual([4, 5]); // batches 6 and 7 of epoch 1 are beyond the job
     expect(leases.lease('c', 1)).toBeUndefined();
     expect(leases.done).toBe(false);
-    expect(leases.report('b', b.leaseId, [4, 5])).toEqual({ completed: 2, epoch: 1, problems: [] });
+    expect(leases.report('b', b.leaseId, [4, 5])).toEqual({ completed: 2, completedIds: [4, 5], epoch: 1, problems: [] });
     expect(leases).toMatchObject({ done: true, completed: 6, epoch: 1, leased: 0 });
     expect(leases.lease('c', 1)).toBeUndefined();
   });
@@ -201,10 +201,10 @@ describe('job leases (global batch ids)', () => {
   it('refuses reports of unknown leases, of finished epochs and of ids outside the lease\'s epoch', () => {
     const { leases } = jobSetup(2, 10);
     const a = leases.lease('a', 2)!;
-    expect(leases.report('a', 7, [0])).toEqual({ completed: 0, epoch: 0, problems: ['lease 7 is unknown or of a finished epoch'] });
-    expect(leases.report('a', 7, [])).toEqual({ completed: 0, epoch: 0, problems: [] }); // nothing claimed, nothing wrong
+    expect(leases.report('a', 7, [0])).toEqual({ completed: 0, completedIds: [], epoch: 0, problems: ['lease 7 is unknown or of a finished epoch'] });
+    expect(leases.report('a', 7, [])).toEqual({ completed: 0, completedIds: [], epoch: 0, problems: [] }); // nothing claimed, nothing wrong
     expect(leases.report('a', a.leaseId, [5, 1, 1])).toEqual({
-      completed: 1, epoch: 0, problems: ['batch 5: not in epoch 0 of lease 0', 'batch 1: batch 1 was already reported'],
+      completed: 1, completedIds: [1], epoch: 0, problems: ['batch 5: not in epoch 0 of lease 0', 'batch 1: batch 1 was already reported'],
     });
     expect(leases.report('b', a.leaseId, [0]).problems).toEqual(['batch 0: batch 0 is leased to another node']);
     leases.report('a', a.leaseId, [0]); // epoch 0 complete

@@ -96,8 +96,8 @@ class FakeNode {
     return this.rpc.request(to, 'lease', { jobId, maxBatches });
   }
 
-  report(to: string, leaseId: number, completedBatchIds: number[], leaving = false) {
-    return this.rpc.request(to, 'leaseReport', { jobId: JOB.jobId, leaseId, completedBatchIds, leaving });
+  report(to: string, leaseId: number, completedBatchIds: number[], leaving = false, jobId = JOB.jobId) {
+    return this.rpc.request(to, 'leaseReport', { jobId, leaseId, completedBatchIds, leaving });
   }
 }
 
@@ -369,8 +369,10 @@ describe('bad requests', () => {
     expect(outsider).toBeInstanceOf(RefusedError);
     expect(outsider.message).toMatch(/not an admitted live node of the job: join first/);
     await expect(c.report(to, 0, [0])).rejects.toThrow(/not a node of the job/);
-    await expect(a.lease(to, 1, 'other-job')).rejects.toThrow(/job other-job is not this coordinator's job/);
-    expect(log.of('refused').map((e) => [e.node, e.request])).toEqual([[c.id, 'lease'], [c.id, 'leaseReport'], [a.id, 'lease']]);
+    // A job that is not running here is over for the node: nothing granted, its batches not counted.
+    expect(await a.lease(to, 1, 'other-job')).toMatchObject({ jobId: 'other-job', batchIds: [], done: true });
+    await expect(a.report(to, 0, [0], false, 'other-job')).rejects.toThrow(/job other-job is not running here/);
+    expect(log.of('refused').map((e) => [e.node, e.request])).toEqual([[c.id, 'lease'], [c.id, 'leaseReport'], [a.id, 'leaseReport']]);
 
     const unknown = await a.report(to, 999, [0]);
     expect(unknown).toEqual({ accepted: false, reason: 'lease 999 is unknown or of a finished epoch' });
@@ -429,6 +431,7 @@ describe('swarmtrain-coordinator', () => {
     expect(first.addrs.length).toBeGreaterThan(0);
     for (const addr of first.addrs) expect(addr).toMatch(new RegExp(`^/ip4/127\\.0\\.0\\.1/tcp/\\d+/p2p/${first.peerId}$`));
 
+    expect(JSON.parse((await lines.next()).value as string)).toMatchObject({ event: 'job', jobId: JOB.jobId, state: 'running' });
     const reply = await a.join(first.addrs[0]);
     expect(reply).toMatchObject({ admitted: true, heartbeatMs: 200, job: JOB });
     const joined = JSON.parse((await lines.next()).value as string);
@@ -444,7 +447,7 @@ describe('swarmtrain-coordinator', () => {
     await writeFile(badFile, JSON.stringify({ ...JOB, averaging: { mode: 'sync', every: 0, deadlineMs: 1000 } }));
     const bad = run(['--job', badFile, '--vocab', '300']);
     expect(await bad.exited).toBe(2);
-    expect(bad.stderr()).toBe(`swarmtrain-coordinator: job ${badFile}: /averaging/every: Expected integer to be greater or equal to 1\n`);
+    expect(bad.stderr()).toBe(`swarmtrain coordinator: job ${badFile}: /averaging/every: Expected integer to be greater or equal to 1\n`);
 
     const missing = run(['--job', join(dir, 'absent.json'), '--vocab', '300']);
     expect(await missing.exited).toBe(2);

@@ -43,7 +43,7 @@ describe('swarmtrain node', () => {
   });
 
   it('exits 1, a failure and not bad input, when the coordinator cannot be reached', async () => {
-    const result = await run(['--join', `/ip4/127.0.0.1/tcp/${await closedPort()}/p2p/${PEER_ID}`]);
+    const result = await run(['--join', `/ip4/127.0.0.1/tcp/${await closedPort()}/p2p/${PEER_ID}`, '--give-up-after', '2']);
     expect(result.stderr.split('\n')).toHaveLength(2); // one line and its newline
     expect(result.stderr).toMatch(/^swarmtrain node: /);
     expect(result.code).toBe(1);

@@ -1,0 +1,403 @@
+// One job on the swarm, from its start to its end: the shard planner, the data leases (global
+// batch ids), the job's members (nodes admitted to it, alive or not), its checkpoints and result.
+// The coordinator (server.ts) routes the job's requests here; every change that must survive a
+// crash goes to the job store as it happens: a lease granted, a report's completed batches (with
+// the lease change, one transaction), a new plan. A run made from the store after a restart takes
+// all of that back, its members included: nodes carry on with their heartbeats as if nothing happened.
+import { multiaddr } from '@multiformats/multiaddr';
+import {
+  groupId, JobError, PROTOCOL_VERSION, planSigningBytes, TRUNK_GROUP,
+  type Ack, type BaseManifest, type Heartbeat, type HeartbeatReply, type JobBase, type JobSpec, type JoinRequest, type JoinResponse,
+  type LeaseGrant, type LeaseReport, type LeaseRequest, type Plan,
+} from '../proto/index.ts';
+import type { ModelConfig } from '../src/model/config.ts';
+import type { PrivateKey } from '@libp2p/interface';
+import { RefusedError, serveGroups, signSync, type Rpc } from '../src/p2p/index.ts';
+import { jobBatchesPerEpoch, jobConfig, jobModelOptions } from '../src/train/job.ts';
+import type { Tokenizer } from '../src/train/tokenizers/index.ts';
+import { serveBlobs, signManifest, type BlobSource } from '../src/weights/index.ts';
+import { JobCheckpoints } from './checkpointer.ts';
+import { JobLeases } from './leases.ts';
+import { Membership, type NodeRecord } from './membership.ts';
+import {
+  planShards, shardPlan, ShardPlanner, storedPlan, type PlannerNode, type PlannerOptions, type ShardPlan, type StoredShardPlan,
+} from './planner.ts';
+import type { CoordinatorEvent, RequestName } from './server.ts';
+import type { JobRow, JobStore, StoredNode } from './store.ts';
+
+/** What a job needs besides its spec: the tokenizer, and the checkpoint it starts from. */
+export interface JobAssets {
+  tokenizer: Tokenizer;
+  /** The base's manifest (its config is the model's), where its blobs are read, and its name (for the adapter). */
+  base?: { manifest: BaseManifest; blobs: BlobSource; name: string };
+}
+
+export interface RunSettings {
+  heartbeatMs: number;
+  nodeTimeoutMs: number;
+  leaseMs: number;
+  replication: number;
+  /** With a data directory, checkpoints and the result go to <dataDir>/jobs/<jobId>/. */
+  dataDir?: string;
+  checkpointEvery: number;
+  keepCheckpoints: number;
+  now: () => number;
+}
+
+export interface RunComponents {
+  rpc: Rpc;
+  store: JobStore;
+  /** Signs the plans and the base manifest. */
+  privateKey: PrivateKey;
+  emit: (event: DistributiveOmit<CoordinatorEvent, 'at'>) => void;
+  /** Called once, when every batch is trained and (with a data directory) the result is written. */
+  onDone: () => void;
+}
+
+const MAX_NODES = 4096;
+const MAX_REASON = 1024;
+
+export const truncate = (text: string) => (text.length <= MAX_REASON ? text : `${text.slice(0, MAX_REASON - 3)}...`);
+
+/**
+ * The job turned into a planner, the epoch size and the tokenizer's wire form; any problem is a
+ * JobError. These checks need the tokenizer and the corpus, so they live here, not in validateJob.
+ */
+export function prepareJob(job: JobSpec, tokenizer: Tokenizer, replication: number, base?: BaseManifest) {
+  try {
+    const config = jobConfig(job, tokenizer, base?.config as ModelConfig | undefined);
+    const plannerOptions: PlannerOptions = { config, precision: jobModelOptions(job), replication };
+    const batchesPerEpoch = jobBatchesPerEpoch(job, tokenizer);
+    if (batchesPerEpoch < 1) throw new Error('the training split has no micro-batch (too few tokens for batchSize × seqLen)');
+    const tokenizerJson = JSON.stringify(tokenizer.toHuggingFace());
+    if (tokenizerJson.length > 16 * 1024 * 1024) throw new Error(`the tokenizer's JSON (${tokenizerJson.length} characters) exceeds the 16 MiB a join reply carries`);
+    planShards([], plannerOptions);
+    return { plannerOptions, batchesPerEpoch, tokenizerJson };
+  } catch (err) {
+    if (err instanceof JobError) throw err;
+    throw new JobError(`job ${job.jobId}: ${err instanceof Error ? err.message : String(err)}`);
+  }
+}
+
+export class JobRun {
+  readonly job: JobSpec;
+  readonly membership: Membership;
+  readonly addrsOf = new Map<string, string[]>();
+  private readonly planner: ShardPlanner;
+  readonly plannerOptions: PlannerOptions;
+  readonly leases: JobLeases;
+  private readonly tokenizerJson: string;
+  /** The signed base sent in every join reply, if the job has one. */
+  private readonly base?: JobBase;
+  private checkpoints?: JobCheckpoints;
+  private announcedVersion = 0;
+  private persistedLeases = new Set<number>();
+  started = false;
+  /** No leases are granted while paused; members keep their state and heartbeats. */
+  paused = false;
+  private finished = false;
+
+  private constructor(
+    readonly row: JobRow,
+    private readonly assets: JobAssets,
+    private readonly settings: RunSettings,
+    private readonly components: RunComponents,
+  ) {
+    this.job = row.spec;
+    const { plannerOptions, batchesPerEpoch, tokenizerJson } = prepareJob(this.job, assets.tokenizer, settings.replication, assets.base?.manifest);
+    this.plannerOptions = plannerOptions;
+    this.planner = new ShardPlanner(plannerOptions);
+    this.tokenizerJson = tokenizerJson;
+    const { leaseMs, now } = settings;
+    this.leases = new JobLeases({ batchesPerEpoch, totalBatches: this.job.totalBatches, leaseMs, now });
+    this.membership = new Membership({ timeoutMs: settings.nodeTimeoutMs, now });
+    if (assets.base) this.base = { manifest: assets.base.manifest, ...signManifest(components.privateKey, assets.base.manifest) };
+  }
+
+  /**
+   * Starts (or, with state in the store, resumes) a job: its state taken back, its protocols served.
+   * Throws JobError when the job cannot run (its corpus, tokenizer or base do not fit it).
+   */
+  static async open(row: JobRow, assets: JobAssets, settings: RunSettings, components: RunComponents): Promise<JobRun> {
+    const run = new JobRun(row, assets, settings, components);
+    run.restore();
+    await run.serve();
+    return run;
+  }
+
+  get id(): string {
+    return this.job.jobId;
+  }
+
+  get plan(): ShardPlan | undefined {
+    return this.planner.current;
+  }
+
+  /** Every batch is trained and, with a data directory, the final checkpoint and result are written. */
+  get done(): boolean {
+    return this.finished;
+  }
+
+  /** The job is over before its end (cancelled): its nodes are told so at their next request. */
+  end(): void {
+    this.finished = true;
+  }
+
+  /** Hands the job's protocols back (the next job serves its own) once checkpoints under way are written. */
+  async close(): Promise<void> {
+    await this.checkpoints?.idle();
+    if (this.checkpoints) await this.components.rpc.unhandle('state');
+    if (this.assets.base) await this.components.rpc.unhandle('blobChunk');
+  }
+
+  // --- requests (synchronous: each runs to completion before the next) --------------------------
+
+  join(request: JoinRequest, peer: string): JoinResponse {
+    const { emit } = this.components;
+    const refuse = (reason: string, retryMs?: number): JoinResponse => {
+      emit({ event: 'refused', node: peer, request: 'join', reason });
+      return { admitted: false, version: PROTOCOL_VERSION, reason: truncate(reason), ...(retryMs ? { retryMs } : {}) };
+    };
+    const wasAlive = this.membership.get(peer)?.status === 'alive';
+    if (!wasAlive && this.membership.alive().length >= MAX_NODES) return refuse(`the swarm is full (${MAX_NODES} nodes)`, this.settings.nodeTimeoutMs);
+    const candidate: PlannerNode = { nodeId: peer, gemmGflops: request.gemmGflops, memoryBytes: request.memoryBytes };
+    // Whether the planner admits a node depends on that node alone: ask it about this one.
+    const refusal = planShards([candidate], this.plannerOptions).refused[0];
+    if (refusal) {
+      if (wasAlive && this.membership.leave(peer)) this.removed([peer], 'left'); // came back with too small a budget
+      return refuse(refusal.reason);
+    }
+    const plan = this.replan(candidate);
+    const type = this.membership.join({ nodeId: peer, cores: request.cores, gemmGflops: request.gemmGflops, memoryBytes: request.memoryBytes });
+    this.addrsOf.set(peer, [...request.addrs]);
+    // A node joining again restarted or was declared dead: whatever it held is not coming back.
+    const released = this.leases.release(peer);
+    this.persistLeases();
+    emit({
+      event: type, node: peer, cores: request.cores, gemmGflops: request.gemmGflops, memoryBytes: request.memoryBytes,
+      addrs: [...request.addrs], releasedBatchIds: released,
+    });
+    this.announcePlan();
+    this.startIfReady();
+    return {
+      admitted: true, version: PROTOCOL_VERSION, job: this.job, tokenizer: this.tokenizerJson, ...this.signedPlan(plan),
+      heartbeatMs: this.settings.heartbeatMs, completedBatches: this.leases.completed, ...(this.base ? { base: this.base } : {}),
+    };
+  }
+
+  heartbeat(beat: Heartbeat, peer: string): HeartbeatReply {
+    const { jobId: _, ...stats } = beat;
+    let alive: boolean;
+    try {
+      alive = this.membership.heartbeat(peer, stats);
+    } catch (err) {
+      throw this.refusal(peer, 'heartbeat', (err as Error).message);
+    }
+    if (!alive) return { accepted: false, reason: 'rejoin', stop: this.done };
+    const plan = this.planner.current!;
+    return { accepted: true, ...(plan.version > beat.planVersion ? this.signedPlan(plan) : {}), stop: this.done };
+  }
+
+  lease(request: LeaseRequest, peer: string): LeaseGrant {
+    if (this.membership.get(peer)?.status !== 'alive') throw this.refusal(peer, 'lease', 'not an admitted live node of the job: join first');
+    const planVersion = this.planner.current?.version ?? 0;
+    const grant = this.started && !this.paused ? this.leases.lease(peer, request.maxBatches) : undefined;
+    if (grant === undefined) {
+      return { jobId: request.jobId, leaseId: 0, batchIds: [], deadline: this.settings.now(), done: this.done, planVersion };
+    }
+    this.persistLeases();
+    return { jobId: request.jobId, ...grant, done: false, planVersion };
+  }
+
+  report(report: LeaseReport, peer: string): Ack {
+    const { emit } = this.components;
+    if (this.membership.get(peer) === undefined) throw this.refusal(peer, 'leaseReport', 'not a node of the job: join first');
+    const { completedIds, epoch, problems } = this.leases.report(peer, report.leaseId, report.completedBatchIds);
+    // The completions and the lease change are one transaction: a crash keeps both or neither.
+    this.persistLeases(completedIds.length > 0 ? { nodeId: peer, batchIds: completedIds, at: this.settings.now() } : undefined);
+    if (completedIds.length > 0) this.progressed(epoch);
+    if (report.leaving) {
+      if (this.membership.leave(peer)) this.removed([peer], 'left');
+      else this.leases.release(peer);
+      this.persistLeases();
+    }
+    if (problems.length === 0) return { accepted: true };
+    const reason = truncate(problems.join('; '));
+    emit({ event: 'refused', node: peer, request: 'leaseReport', reason });
+    return { accepted: false, reason };
+  }
+
+  // --- timers ---------------------------------------------------------------------------------
+
+  sweep(intervalMs: number): void {
+    this.removed(this.membership.sweep(intervalMs).map((node) => node.nodeId), 'died');
+  }
+
+  expire(): void {
+    const expired = this.leases.expire();
+    for (const { nodeId, leaseId, batchIds } of expired) this.components.emit({ event: 'expired', node: nodeId, leaseId, batchIds });
+    if (expired.length > 0) this.persistLeases();
+  }
+
+  // --- helpers --------------------------------------------------------------------------------
+
+  /** A job that ran before a restart: its leases, completions, plan and members, as the store kept them. */
+  private restore(): void {
+    const { store } = this.components;
+    this.leases.restore(store.completed(this.id), store.leases(this.id), this.row.nextLeaseId);
+    for (const lease of this.leases.live()) this.persistedLeases.add(lease.leaseId);
+    const stored = store.plan<StoredShardPlan>(this.id);
+    if (!stored) return;
+    this.planner.restore(shardPlan(stored.plan));
+    this.announcedVersion = stored.version;
+    const known = new Map<string, StoredNode>(store.nodes().map((node) => [node.nodeId, node]));
+    // Members are taken back as alive: each has one node timeout to show up again, as after any silence.
+    for (const nodeId of stored.members) {
+      const node = known.get(nodeId);
+      if (!node) continue;
+      this.membership.join({ nodeId, cores: node.cores, gemmGflops: node.gemmGflops, memoryBytes: node.memoryBytes });
+      this.addrsOf.set(nodeId, node.addrs);
+    }
+    this.started = this.leases.completed > 0 || this.membership.alive().length >= this.job.expectedNodes;
+  }
+
+  private async serve(): Promise<void> {
+    const { rpc } = this.components;
+    if (this.assets.base) {
+      // Any node admitted once (alive, or silent while fetching, or gone and coming back) may fetch the base.
+      const admitted = (peer: string) => this.membership.get(peer) !== undefined;
+      await serveBlobs({ rpc, source: this.assets.base.blobs, admitted });
+    }
+    if (this.settings.dataDir !== undefined) await this.keepCheckpoints(this.settings.dataDir);
+    if (this.leases.done) this.progressed(this.leases.epoch); // stopped between the last report and the result
+  }
+
+  private startIfReady(): void {
+    const alive = this.membership.alive().length;
+    if (this.started || alive < this.job.expectedNodes) return;
+    this.started = true;
+    this.components.emit({ event: 'started', nodes: alive });
+  }
+
+  /** Writes the lease changes since the last call (and `completed`, in the same transaction). */
+  private persistLeases(completed?: { nodeId: string; batchIds: number[]; at: number }): void {
+    const live = this.leases.live();
+    const gone = [...this.persistedLeases].filter((id) => !live.some((lease) => lease.leaseId === id));
+    this.persistedLeases = new Set(live.map((lease) => lease.leaseId));
+    this.components.store.updateLeases(this.id, {
+      ...(completed ? { completed } : {}),
+      leases: [...live, ...gone.map((leaseId) => ({ leaseId, nodeId: '', batchIds: [] }))],
+      nextLeaseId: this.leases.nextLeaseId,
+    });
+  }
+
+  /** Plans for the live nodes, with `candidate` (a joiner) in place of its old record. */
+  private replan(candidate?: PlannerNode): ShardPlan {
+    const nodes: PlannerNode[] = this.membership
+      .alive()
+      .filter((n) => n.nodeId !== candidate?.nodeId)
+      .map(({ nodeId, gemmGflops, memoryBytes }) => ({ nodeId, gemmGflops, memoryBytes }));
+    return this.planner.plan(candidate ? [...nodes, candidate] : nodes);
+  }
+
+  private announcePlan(): void {
+    const plan = this.planner.current;
+    if (!plan || plan.version === this.announcedVersion) return;
+    this.announcedVersion = plan.version;
+    this.components.store.savePlan(this.id, { version: plan.version, plan: storedPlan(plan), members: [...plan.nodes.keys()] });
+    this.components.emit({
+      event: 'plan',
+      version: plan.version,
+      holders: plan.experts.map(({ layer, expert, holders }) => ({ layer, expert, holders: [...holders] })),
+      ...(plan.degraded ? { degraded: plan.degraded.reason } : {}),
+      moves: { added: plan.diff.added.map((m) => ({ ...m })), removed: plan.diff.removed.map((m) => ({ ...m })) },
+    });
+  }
+
+  wirePlan(plan: ShardPlan): Plan {
+    return {
+      version: plan.version,
+      experts: plan.experts.map(({ layer, expert, holders }) => ({ layer, expert, holders: [...holders] })),
+      peers: [...plan.nodes.keys()].map((peerId) => ({ peerId, addrs: this.addrsOf.get(peerId) ?? [] })),
+      ...(plan.degraded ? { degraded: truncate(plan.degraded.reason) } : {}),
+    };
+  }
+
+  /** Signed afresh each time: a node's addresses may change without a new plan version (it rejoined from elsewhere). */
+  private signedPlan(shards: ShardPlan): { plan: Plan; planSignature: Uint8Array } {
+    const plan = this.wirePlan(shards);
+    return { plan, planSignature: signSync(this.components.privateKey, planSigningBytes(this.id, plan)) };
+  }
+
+  /** Nodes that left or died: their batches go back to the pool, and one re-plan moves their experts. */
+  private removed(nodeIds: string[], type: 'left' | 'died'): void {
+    if (nodeIds.length === 0) return;
+    for (const nodeId of nodeIds) this.components.emit({ event: type, node: nodeId, releasedBatchIds: this.leases.release(nodeId) });
+    this.persistLeases();
+    this.replan();
+    this.announcePlan();
+  }
+
+  /** After completions in `epoch`: progress, and the end of the job (completions stop once it is done, so this comes once). */
+  private progressed(epoch: number): void {
+    const { completed, totalBatches: total } = this.leases;
+    const { emit } = this.components;
+    emit({ event: 'progress', completed, total, epoch, counters: this.leases.stats });
+    if (!this.leases.done) {
+      this.checkpoints?.progressed(completed);
+      return;
+    }
+    emit({ event: 'done', completed, total });
+    // Nodes keep serving their state until the final checkpoint is gathered: only then does done reach them.
+    const finish = this.checkpoints?.finish(completed) ?? Promise.resolve();
+    void finish.then(() => {
+      this.finished = true;
+      this.components.onDone();
+    });
+  }
+
+  /**
+   * Checkpoints under dataDir: gathered from one live holder per group, and served back over the
+   * `state` protocol to admitted nodes, the last source a node tries for an expert nobody alive holds.
+   */
+  private async keepCheckpoints(dataDir: string): Promise<void> {
+    const { rpc, emit } = this.components;
+    const alive = (peer: string) => this.membership.get(peer)?.status === 'alive';
+    const checkpoints = await JobCheckpoints.open({
+      rpc, dataDir, job: this.job, config: this.plannerOptions.config, tokenizerJson: this.tokenizerJson,
+      ...(this.assets.base ? { baseModel: this.assets.base.name } : {}),
+      every: this.settings.checkpointEvery,
+      keep: this.settings.keepCheckpoints,
+      holders: () => {
+        const plan = this.planner.current;
+        if (!plan) return [];
+        const experts = plan.experts.map(({ layer, expert, holders }) => ({
+          group: groupId({ kind: 'expert', layer, expert }), holders: holders.filter(alive),
+        }));
+        return [{ group: TRUNK_GROUP, holders: [...plan.nodes.keys()].filter(alive) }, ...experts];
+      },
+      address: (peer) => this.addrsOf.get(peer)?.map((addr) => multiaddr(addr)),
+      emit,
+    });
+    await serveGroups(rpc, {
+      jobId: this.id, admitted: async (peer) => alive(peer), lookup: (group) => checkpoints.lookup(group), round: () => checkpoints.round,
+      onServe: (group, node) => emit({ event: 'restored', group, node, round: checkpoints.round }),
+    });
+    this.checkpoints = checkpoints;
+  }
+
+  refusal(peer: string, request: RequestName, reason: string): RefusedError {
+    this.components.emit({ event: 'refused', node: peer, request, reason });
+    return new RefusedError(reason);
+  }
+
+  /** The members with their addresses and the experts the current plan gives them. */
+  members(): (NodeRecord & { addrs: string[]; experts: number })[] {
+    const plan = this.planner.current;
+    return this.membership.all().map((record) => ({
+      ...record, addrs: this.addrsOf.get(record.nodeId) ?? [], experts: plan?.nodes.get(record.nodeId)?.length ?? 0,
+    }));
+  }
+}
+
+export type DistributiveOmit<T, K extends PropertyKey> = T extends unknown ? Omit<T, K> : never;

@@ -1,0 +1,507 @@
+// One job on a volunteer node (daemon.ts joins the swarm and runs one session per job): builds the
+// job's model with the trunk and the experts the plan gives this node, serves those experts (and its
+// state, and averaging) to its peers, and trains on leased micro-batches until the job is over. Plan changes (a node
+// joined, left or died) are applied between steps: experts given up are released, new ones
+// copied from a surviving holder. A job with a base checkpoint: the frozen base of the groups held
+// here comes from the blob store (fetched from peers or the coordinator, verified); only what training
+// changes comes from holders. Everything that happens is reported through onEvent.
+import { dirname, join } from 'node:path';
+import {
+  groupId, parseGroupId, planSigningBytes, PROTOCOL_NAMES, TRUNK_GROUP,
+  type ExpertGroup, type JobBase, type JobSpec, type JoinRequest, type JoinResponse, type Plan,
+} from '../proto/index.ts';
+import { createKernels, type Kernels } from '../src/kernels/index.ts';
+import { expertOf, type F32Tensor } from '../src/model/config.ts';
+import { Model } from '../src/model/model.ts';
+import { fetchGroup, signedBy, type DialTarget, type Host, type Rpc } from '../src/p2p/index.ts';
+import { RpcError } from '../src/p2p/errors.ts';
+import { jobConfig, jobData, jobModelOptions } from '../src/train/job.ts';
+import { DEFAULT_ADAMW } from '../src/train/optimizer.ts';
+import { tokenizerFromJson, type Tokenizer } from '../src/train/tokenizers/index.ts';
+import { Trainer } from '../src/train/trainer.ts';
+import { FetchError, ManifestError, type WeightSource } from '../src/weights/index.ts';
+import { multiaddr } from '@multiformats/multiaddr';
+import type { NodeEvent, NodeOptions } from './daemon.ts';
+import { createAverager, type Averager, type AveragingFault } from './averaging/index.ts';
+import { expertPrecisions, serveExperts, SwarmRemoteExperts } from './experts.ts';
+import { NodeBase } from './base.ts';
+import { serveState } from './state.ts';
+import type { Traffic } from './traffic.ts';
+
+export class JoinRefusedError extends Error {
+  override name = 'JoinRefusedError';
+}
+
+/** The coordinator did not answer for longer than the node's patience (NodeOptions.giveUpAfterMs). */
+export class CoordinatorUnreachableError extends RpcError {
+  override name = 'CoordinatorUnreachableError';
+}
+
+/** What every session of a node shares: its host, identity, transport and the coordinator. */
+export interface Volunteer {
+  readonly options: NodeOptions;
+  readonly host: Host;
+  readonly rpc: Rpc;
+  /** The coordinator's address; its peer id signs every plan (a plan it did not sign is ignored). */
+  readonly coordinator: DialTarget;
+  readonly coordinatorId: string;
+  readonly gemmGflops: number;
+  readonly traffic: Traffic;
+  /** The join request this node sends. */
+  joinRequest(): JoinRequest;
+  /** A request to the coordinator: its failures are counted against the node's patience (see daemon.ts). */
+  ask: Rpc['request'];
+}
+
+type Admitted = Extract<JoinResponse, { admitted: true }>;
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+const COORDINATOR_TIMEOUT_MS = 10_000;
+const STATE_TIMEOUT_MS = 30_000;
+const CATCH_UP_ROUNDS = 4;
+const CATCH_UP_BACKOFF_MS = 1_000;
+/** Held-out micro-batches a node evaluates before its first step and when it finishes. */
+export const HELD_OUT_BATCHES = 8;
+/** Held-out micro-batches of the evaluations along the way. */
+const CURVE_BATCHES = 2;
+
+export class JobSession {
+  readonly self: string;
+  private job!: JobSpec;
+  private plan!: Plan;
+  private pendingPlan?: Plan;
+  private model?: Model;
+  /** The job's base checkpoint, when it has one. */
+  private base?: NodeBase;
+  private trainer!: Trainer;
+  private averager!: Averager;
+  /** The transport to experts other nodes hold; the model runs the ones held here. */
+  private experts!: SwarmRemoteExperts;
+  private heartbeatMs = 1000;
+  private stopping = false;
+  private done = false;
+  private lastLoss?: number;
+  private lastHeldOut?: number;
+  private tokensPerSecond = 0;
+  private heartbeat?: NodeJS.Timeout;
+  private evaluatedBase = false;
+  private heartbeating = false;
+  private readonly options: NodeOptions;
+  private readonly rpc: Rpc;
+  private readonly coordinator: DialTarget;
+  private readonly coordinatorId: string;
+  private readonly traffic: Traffic;
+
+  private constructor(private readonly volunteer: Volunteer, private readonly kernels: Kernels) {
+    this.self = volunteer.host.peerId.toString();
+    ({ options: this.options, rpc: this.rpc, coordinator: this.coordinator, coordinatorId: this.coordinatorId, traffic: this.traffic } = volunteer);
+  }
+
+  /** The session of the job a join reply admitted this node to: its model built, its protocols served. */
+  static async open(volunteer: Volunteer, reply: Admitted): Promise<JobSession> {
+    const kernels = await createKernels({ threads: volunteer.options.threads ?? 1 });
+    const session = new JobSession(volunteer, kernels);
+    try {
+      await session.setUp(reply);
+    } catch (err) {
+      await session.close();
+      throw err;
+    }
+    return session;
+  }
+
+  private emit(event: NodeEvent): void {
+    this.options.onEvent?.(event);
+  }
+
+  private log = (message: string) => this.emit({ event: 'log', message });
+
+  /** Declared dead (or the coordinator restarted without us): join again and carry on with the new plan, or end the session. */
+  private async rejoin(): Promise<void> {
+    const reply = await this.volunteer.ask(this.coordinator, 'join', this.volunteer.joinRequest(), { timeout: COORDINATOR_TIMEOUT_MS });
+    if (!reply.admitted || reply.job.jobId !== this.job.jobId || !this.signedPlan(reply.job.jobId, reply.plan, reply.planSignature)) {
+      this.log(`rejoin: ${reply.admitted ? `the coordinator runs job ${reply.job.jobId} now` : reply.reason}`);
+      this.done = true;
+      return;
+    }
+    this.heartbeatMs = reply.heartbeatMs;
+    this.pendingPlan = reply.plan;
+  }
+
+  private async setUp(reply: Admitted): Promise<void> {
+    if (!this.signedPlan(reply.job.jobId, reply.plan, reply.planSignature)) throw new JoinRefusedError(`the plan in the join reply is not signed by ${this.coordinatorId}`);
+    this.heartbeatMs = reply.heartbeatMs;
+    this.job = reply.job;
+    this.plan = reply.plan;
+    const tokenizer = tokenizerFromJson(JSON.parse(reply.tokenizer));
+    if (reply.base) await this.openBase(reply.base);
+    const config = jobConfig(this.job, tokenizer, this.base?.config);
+    // Who may call us and whom we average with follow the newest plan we know; which experts
+    // this node computes follows the applied plan (the model changes only between steps).
+    const directory = {
+      holders: (layer: number, expert: number) => this.holders(layer, expert),
+      address: (peer: string) => this.address(peer),
+      admitted: (peer: string) => this.newestPlan().peers.some((p) => p.peerId === peer),
+      members: (group: string) => (group === TRUNK_GROUP ? this.newestPlan().peers.map((p) => p.peerId) : this.groupHolders(group)),
+    };
+    this.experts = new SwarmRemoteExperts({ rpc: this.rpc, directory }, {
+      jobId: this.job.jobId, self: this.self, hidden: config.hiddenSize, timeoutMs: this.job.expertTimeoutMs,
+      ...expertPrecisions(this.job), log: this.log,
+    });
+    const hosted = this.hostedExperts(this.plan);
+    if (this.base) this.startHeartbeat(); // the fetch may outlast the coordinator's patience
+    const base = this.base ? await this.fetchBase([TRUNK_GROUP, ...hosted.keys()]) : undefined;
+    const model = new Model(this.kernels, config, {
+      ...jobModelOptions(this.job),
+      hosts: (layer, expert) => hosted.has(groupId({ kind: 'expert', layer, expert })),
+      remote: this.experts,
+    }, base);
+    this.model = model;
+    this.averager = createAverager({ rpc: this.rpc, directory, groups: () => this.groups() }, {
+      ...this.job.averaging, jobId: this.job.jobId, self: this.self, log: this.log,
+      fetchState: (group, peer) => this.fetchFromAny([peer], group),
+      ...(this.options.fault ? { fault: this.options.fault } : {}),
+    });
+    this.trainer = this.createTrainer(model, tokenizer);
+    if (reply.completedBatches > 0) await this.catchUp(model, hosted);
+    const servers = { rpc: this.rpc, kernels: this.kernels, experts: model.experts, directory, stats: this.experts.stats };
+    await serveExperts(servers, { jobId: this.job.jobId, hidden: config.hiddenSize });
+    await this.averager.serve();
+    // A peer unknown to our plan may have joined since: one heartbeat brings the newer plan. The
+    // coordinator may ask too: it gathers checkpoints of the groups held here.
+    const admittedNow = async (peer: string) =>
+      peer === this.coordinatorId || directory.admitted(peer) || (await this.beat(), directory.admitted(peer));
+    await serveState(this.rpc, model, admittedNow, this.job.jobId, () => this.step);
+    this.emit({
+      event: 'joined', node: this.self, jobId: this.job.jobId, experts: [...hosted], planVersion: this.plan.version, gemmGflops: this.volunteer.gemmGflops,
+    });
+  }
+
+  /**
+   * The trainer of this node's steps: one micro-batch per step on the job's schedule, whose
+   * steps span the job's share of one node; the averager joins each step through the hooks.
+   */
+  private createTrainer(model: Model, tokenizer: Tokenizer): Trainer {
+    const { lr, minLr, warmupSteps, totalBatches, expectedNodes } = this.job;
+    const data = jobData(this.job, tokenizer);
+    return new Trainer(this.kernels, model, data.train, data.heldOut, tokenizer, {
+      lr, minLr, warmupSteps, totalSteps: Math.ceil(totalBatches / expectedNodes), accumulation: 1, adamw: DEFAULT_ADAMW,
+    }, {
+      afterBackward: (step) => this.averager.afterBackward(step),
+      afterUpdate: (step) => this.averager.afterUpdate(step),
+    });
+  }
+
+  /** Checks the join reply's base against the coordinator's key and serves the blob store to admitted peers. */
+  private async openBase(base: JobBase): Promise<void> {
+    const { keyFile } = this.options;
+    const dataDir = this.options.dataDir ?? (keyFile ? join(dirname(keyFile), 'swarmtrain-data') : 'swarmtrain-data');
+    const admitted = (peer: string) => this.newestPlan().peers.some((p) => p.peerId === peer);
+    try {
+      this.base = await NodeBase.open(base, this.coordinatorId, { rpc: this.rpc, dataDir, admitted });
+    } catch (err) {
+      if (err instanceof ManifestError) throw new JoinRefusedError(`the job's base: ${err.message}`);
+      throw err;
+    }
+  }
+
+  /**
+   * The base tensors of `groups`, from the store or fetched into it; reported as a `weights` event. Sources
+   * may refuse for a while (the coordinator just declared us dead, a holder left): a few rounds are tried,
+   * each from the newest plan, and what was verified stays in the store for the next one.
+   */
+  private async fetchBase(groups: string[]): Promise<Map<string, F32Tensor>> {
+    for (let round = 1; ; round++) {
+      try {
+        const { tensors, summary } = await this.base!.fetch(groups, (group) => this.weightSources(group));
+        this.emit({ event: 'weights', ...summary });
+        return tensors;
+      } catch (err) {
+        if (!(err instanceof FetchError) || round === CATCH_UP_ROUNDS) throw err;
+        this.log(`base weights of ${groups.join(', ')} (attempt ${round}): ${err.message}`);
+        await sleep(CATCH_UP_BACKOFF_MS * round);
+        await this.beat();
+      }
+    }
+  }
+
+  /** Where a group's blobs may be: the other nodes that hold it (the trunk: every node), then the coordinator. */
+  private weightSources(group: string): WeightSource[] {
+    const plan = this.newestPlan();
+    const holders = group === TRUNK_GROUP ? plan.peers.map((p) => p.peerId) : this.groupHolders(group);
+    const peers = plan.peers.filter((p) => p.peerId !== this.self && p.addrs.length > 0 && holders.includes(p.peerId));
+    return [...peers.map((p) => ({ peer: p.peerId, addrs: p.addrs })), { peer: this.coordinatorId, addrs: [this.options.join] }];
+  }
+
+  /** What a node takes from a holder's state: with a base, only what training changes (the frozen base comes from the store). */
+  private fromHolder = (name: string): boolean => !this.base || this.job.mode === 'full' || this.model!.weights.loraShapes.has(name);
+
+  /** Local optimizer steps taken. */
+  get step(): number {
+    return this.trainer.step;
+  }
+
+  /** A node joining a running job: the trunk and its experts come from peers that hold them. */
+  private async catchUp(model: Model, hosted: Map<string, ExpertGroup>): Promise<void> {
+    const trunk = await this.fetchWhileJoining(() => this.newestPlan().peers.map((p) => p.peerId), TRUNK_GROUP);
+    if (trunk) model.params.load(trunk);
+    for (const [group, { layer, expert }] of hosted) {
+      const state = await this.fetchWhileJoining(() => this.holders(layer, expert, this.newestPlan()), group, true);
+      if (state) model.params.load(new Map([...state].filter(([name]) => model.params.has(name))));
+    }
+    this.emit({ event: 'caught-up', trunk: trunk !== undefined });
+  }
+
+  /**
+   * A group's state for a joining node, asked of every other holder in a few rounds: starting from
+   * untrained values would throw away the swarm's work, so a busy or briefly unreachable holder
+   * (or one just declared dead and rejoining) is worth waiting for. Each round starts from the newest plan.
+   */
+  private async fetchWhileJoining(holders: () => string[], group: string, checkpointed = false) {
+    for (let round = 1; ; round++) {
+      const peers = holders().filter((peer) => peer !== this.self);
+      // The coordinator's checkpoint is older than any live holder's state: asked last, when none is left.
+      const lastResort = checkpointed && (peers.length === 0 || round === CATCH_UP_ROUNDS);
+      const state = await this.fetchFromAny(peers, group, lastResort);
+      if (state || round === CATCH_UP_ROUNDS) return state;
+      await sleep(CATCH_UP_BACKOFF_MS * round);
+      await this.beat();
+    }
+  }
+
+  /**
+   * A group's state from the first of `peers` that serves it (each tried twice: a fresh connection may
+   * be reset), then, with `fromCheckpoint`, from the coordinator's newest checkpoint of it.
+   */
+  private async fetchFromAny(peers: string[], group: string, fromCheckpoint = false) {
+    const sources = [...peers, ...peers, ...(fromCheckpoint ? [this.coordinatorId] : [])];
+    for (const peer of sources) {
+      const target = peer === this.coordinatorId ? this.coordinator : this.address(peer);
+      if (!target) continue;
+      try {
+        return await fetchGroup(this.rpc, target, this.job.jobId, group, STATE_TIMEOUT_MS, this.fromHolder);
+      } catch (err) {
+        this.log(`state ${group} from ${peer}: ${(err as Error).message}`);
+      }
+    }
+    return undefined;
+  }
+
+  private signedPlan(jobId: string, plan: Plan, signature: Uint8Array | undefined): boolean {
+    return signature !== undefined && signedBy(this.coordinatorId, planSigningBytes(jobId, plan), signature);
+  }
+
+  private newestPlan(): Plan {
+    return this.pendingPlan && this.pendingPlan.version > this.plan.version ? this.pendingPlan : this.plan;
+  }
+
+  private holders(layer: number, expert: number, plan = this.plan): string[] {
+    return plan.experts.find((x) => x.layer === layer && x.expert === expert)?.holders ?? [];
+  }
+
+  private groupHolders(group: string): string[] {
+    const ref = parseGroupId(group);
+    return ref?.kind === 'expert' ? this.holders(ref.layer, ref.expert, this.newestPlan()) : [];
+  }
+
+  private address(peer: string): DialTarget | undefined {
+    const addrs = (this.newestPlan().peers.find((p) => p.peerId === peer) ?? this.plan.peers.find((p) => p.peerId === peer))?.addrs;
+    return addrs?.length ? addrs.map((a) => multiaddr(a)) : undefined;
+  }
+
+  /** The experts the plan gives this node, by group id. */
+  private hostedExperts(plan: Plan): Map<string, ExpertGroup> {
+    const held = plan.experts.filter((x) => x.holders.includes(this.self));
+    return new Map(held.map(({ layer, expert }) => [groupId({ kind: 'expert', layer, expert }), { kind: 'expert', layer, expert }]));
+  }
+
+  /** The trainable parameters of every group held here: the trunk, and each hosted expert. */
+  private groups(): Map<string, ReturnType<Model['params']['trainable']>> {
+    const groups = new Map<string, ReturnType<Model['params']['trainable']>>([[TRUNK_GROUP, []]]);
+    for (const p of this.model!.params.trainable()) {
+      const owner = expertOf(p.name);
+      const group = owner ? groupId({ kind: 'expert', ...owner }) : TRUNK_GROUP;
+      if (!groups.has(group)) groups.set(group, []);
+      groups.get(group)!.push(p);
+    }
+    return groups;
+  }
+
+  /** Between steps: give up experts no longer ours, take on new ones from a surviving holder. */
+  private async applyPlan(plan: Plan): Promise<void> {
+    const model = this.model!;
+    const before = this.hostedExperts(this.plan);
+    this.plan = plan;
+    const after = this.hostedExperts(plan);
+    for (const [group, { layer, expert }] of before) {
+      if (after.has(group) || !model.experts.hosts(layer, expert)) continue;
+      this.trainer.optimizer.remove(model.experts.tensorNames(layer, expert));
+      this.averager.resetGroup(group);
+      model.experts.remove(layer, expert);
+    }
+    for (const [group, { layer, expert }] of after) {
+      if (model.experts.hosts(layer, expert)) continue;
+      const state = await this.fetchFromAny(this.holders(layer, expert).filter((p) => p !== this.self), group, true);
+      let base: Map<string, F32Tensor> | undefined;
+      try {
+        base = this.base ? await this.fetchBase([group]) : undefined;
+      } catch (err) {
+        // Not hosted after all: callers fail over to its other holders, and the next plan tries again.
+        this.emit({ event: 'expert-skipped', layer, expert, reason: (err as Error).message });
+        continue;
+      }
+      this.trainer.optimizer.add(model.experts.add(layer, expert, base ? new Map([...base, ...(state ?? [])]) : state));
+      this.averager.track(group, this.groups().get(group) ?? []);
+      this.emit({ event: 'expert-added', layer, expert, copied: state !== undefined });
+    }
+    this.emit({ event: 'plan', version: plan.version, experts: [...after] });
+  }
+
+  /** Reports progress to the coordinator; its reply may carry a newer plan or the end of the job. */
+  private async beat(): Promise<void> {
+    // While joining (fetching a base can take minutes) there is no trainer or averager yet: nothing to report but life.
+    const { averager } = this;
+    const averaging = averager ? {
+      staleness: averager.staleness(this.step), refusedUpdates: averager.stats.refused, flaggedPeers: [...averager.stats.flagged].slice(0, 256),
+    } : { staleness: 0 };
+    try {
+      const reply = await this.volunteer.ask(this.coordinator, 'heartbeat', {
+        jobId: this.job.jobId, step: this.trainer ? this.step : 0, ...(this.lastLoss === undefined ? {} : { loss: this.lastLoss }),
+        ...(this.lastHeldOut === undefined ? {} : { heldOut: this.lastHeldOut }),
+        tokensPerSecond: this.tokensPerSecond, bytesSent: this.traffic.sent, bytesReceived: this.traffic.received,
+        droppedExpertCalls: this.experts.stats.unanswered, planVersion: this.newestPlan().version, ...averaging,
+      }, { timeout: COORDINATOR_TIMEOUT_MS });
+      this.options.onHeartbeat?.();
+      if (reply.plan && reply.plan.version > this.newestPlan().version) {
+        if (this.signedPlan(this.job.jobId, reply.plan, reply.planSignature)) this.pendingPlan = reply.plan;
+        else this.log(`heartbeat: ignored plan v${reply.plan.version}, not signed by ${this.coordinatorId}`);
+      }
+      if (reply.stop) this.done = true;
+      // Declared dead mid-join: the join under way ends first, and the next heartbeat rejoins.
+      if (!reply.accepted && reply.reason === 'rejoin' && this.model) await this.rejoin();
+    } catch (err) {
+      this.log(`heartbeat: ${(err as Error).message}`);
+    }
+  }
+
+  private startHeartbeat(): void {
+    if (this.heartbeating) return;
+    this.heartbeating = true;
+    const loop = async () => {
+      await this.beat();
+      if (!this.stopping && !this.done) this.heartbeat = setTimeout(loop, this.heartbeatMs);
+    };
+    this.heartbeat = setTimeout(loop, 0);
+  }
+
+  /** Applies the newest known plan, first fetching it when the coordinator has a newer one. */
+  private async catchUpPlan(coordinatorVersion: number): Promise<void> {
+    if (coordinatorVersion > this.newestPlan().version) await this.beat();
+    const plan = this.pendingPlan;
+    this.pendingPlan = undefined;
+    if (plan && plan.version > this.plan.version) await this.applyPlan(plan);
+  }
+
+  /** Trains leased micro-batches until the job is done or stop() is called. */
+  async run(): Promise<void> {
+    for (const [group, params] of this.groups()) this.averager.track(group, params);
+    this.startHeartbeat();
+    const { jobId } = this.job;
+    let failures = 0;
+    while (!this.stopping && !this.done) {
+      await this.catchUpPlan(0);
+      let grant;
+      try {
+        grant = await this.volunteer.ask(this.coordinator, 'lease', { jobId, maxBatches: 1 }, { timeout: COORDINATOR_TIMEOUT_MS });
+      } catch (err) {
+        // The coordinator away (restarting?): the volunteer's patience decides how long we wait for it.
+        if (err instanceof CoordinatorUnreachableError) throw err;
+        this.log(`lease: ${(err as Error).message}`);
+        await sleep(Math.min(5_000, 500 * 2 ** Math.min(failures++, 4)));
+        continue;
+      }
+      failures = 0;
+      if (grant.done) {
+        this.done = true;
+        break;
+      }
+      if (grant.batchIds.length === 0) {
+        await sleep(100);
+        continue;
+      }
+      await this.catchUpPlan(grant.planVersion);
+      if (this.base && this.step === 0 && !this.evaluatedBase) {
+        // The held-out loss of the pretrained base (LoRA starts as the identity), what training is measured against.
+        this.evaluatedBase = true;
+        await this.evaluate();
+      }
+      const completed: number[] = [];
+      for (const index of grant.batchIds) {
+        if (this.stopping) break;
+        await this.trainBatch(index);
+        completed.push(index);
+      }
+      await this.report(grant.leaseId, completed, false);
+      // A held-out point four times a job for the coordinator's curve (heartbeats carry the latest), on the
+      // same few batches each time: cheap, and comparable from point to point.
+      if (this.step % Math.max(1, Math.ceil(this.trainer.options.totalSteps / 4)) === 0) await this.evaluate(CURVE_BATCHES);
+    }
+    // Leaving, whether stopped or done: the coordinator hands back our leases now instead of
+    // declaring us dead a timeout later.
+    await this.report(0, [], true);
+    clearTimeout(this.heartbeat);
+    const heldOut = this.done ? await this.trainer.evaluate(HELD_OUT_BATCHES) : undefined;
+    // Every node's frozen base must be the checkpoint's, quantized the same way, bit for bit.
+    const baseDigests = this.base ? { baseDigests: Object.fromEntries(this.model!.weights.baseDigests()) } : {};
+    const { sent: bytesSent, received: bytesReceived } = this.traffic;
+    this.emit({ event: 'finished', steps: this.step, bytesSent, bytesReceived, heldOut, ...baseDigests });
+  }
+
+  private async evaluate(batches = HELD_OUT_BATCHES): Promise<void> {
+    const heldOut = await this.trainer.evaluate(batches);
+    this.lastHeldOut = heldOut.loss;
+    this.emit({ event: 'evaluated', step: this.step, heldOut });
+  }
+
+  /** Reports finished batches (and a departure); tried twice, since a lost report costs the batches a re-run. */
+  private async report(leaseId: number, completedBatchIds: number[], leaving: boolean): Promise<void> {
+    const message = { jobId: this.job.jobId, leaseId, completedBatchIds, leaving };
+    for (let attempt = 1; attempt <= 2; attempt++) {
+      try {
+        await this.volunteer.ask(this.coordinator, 'leaseReport', message, { timeout: COORDINATOR_TIMEOUT_MS });
+        return;
+      } catch (err) {
+        this.log(`lease report (attempt ${attempt}): ${(err as Error).message}`);
+      }
+    }
+  }
+
+  private async trainBatch(index: number): Promise<void> {
+    const model = this.model!;
+    const t0 = performance.now();
+    this.experts.step = this.step;
+    const result = await this.trainer.trainStep([this.trainer.train.batchAt(index)]);
+    if (this.options.stepDelayMs) await sleep(this.options.stepDelayMs);
+    const seconds = (performance.now() - t0) / 1e3;
+    this.tokensPerSecond = result.tokens / seconds;
+    this.lastLoss = result.loss;
+    this.emit({
+      event: 'step', step: this.step, batch: index, loss: result.loss, crossEntropy: result.crossEntropy, tokens: result.tokens, seconds,
+      bytesSent: this.traffic.sent, bytesReceived: this.traffic.received, localCalls: model.experts.localCalls, ...this.experts.stats,
+      droppedAssignments: model.droppedAssignments(), averaging: { ...this.averager.stats, flagged: [...this.averager.stats.flagged] },
+    });
+  }
+
+  /** Asks the training loop to stop after the current batch; run() then hands its leases back. */
+  stop(): void {
+    this.stopping = true;
+  }
+
+  /** Hands back what the job held: its protocols (the next job serves its own), its timers and its kernels' memory. */
+  async close(): Promise<void> {
+    this.stopping = true;
+    clearTimeout(this.heartbeat);
+    for (const name of PROTOCOL_NAMES) await this.rpc.unhandle(name).catch(() => {});
+    await this.kernels.close();
+  }
+}
