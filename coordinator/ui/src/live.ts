@@ -1,7 +1,8 @@
 // The swarm as the UI knows it, kept live: a snapshot from the read routes, then the event stream
 // applied to it. The stream reconnects by itself; every (re)connection reloads the snapshot and the
 // watched jobs' metrics, so a coordinator restart (its event numbers start over) loses nothing.
-// Listeners hear of changes at most every FLUSH_MS, however fast events come.
+// Listeners hear of changes at most every FLUSH_MS, however fast events come; the node list is
+// also re-read every NODE_REFRESH_MS (heartbeats and traffic have no events of their own).
 import type {
   CheckpointView, JobView, MetricPoint, NodeView, Placement, SwarmEvent, SwarmInfo,
 } from '../../api/service.ts';
@@ -11,6 +12,8 @@ import { appendPoint } from './logic/job-metrics.ts';
 /** Samples asked of the metrics route: enough for a chart as wide as a screen, kept small to send. */
 export const METRIC_POINTS = 2000;
 const FLUSH_MS = 100;
+/** Node events come on joins and departures only: heartbeats, traffic and slowness are read this often. */
+const NODE_REFRESH_MS = 5000;
 const RECONNECT_MS = { first: 1000, max: 15_000 };
 const EVENT_TYPES: SwarmEvent['type'][] = ['job', 'job-deleted', 'metrics', 'node', 'plan', 'checkpoint'];
 
@@ -44,6 +47,7 @@ export class LiveSwarm {
   private source: EventSource | undefined;
   private retryTimer: ReturnType<typeof setTimeout> | undefined;
   private retryMs = RECONNECT_MS.first;
+  private readonly nodeTimer = setInterval(() => void this.refreshNodes(), NODE_REFRESH_MS);
 
   constructor(private token: string | undefined) {}
 
@@ -80,6 +84,15 @@ export class LiveSwarm {
     this.source?.close();
     this.source = undefined;
     clearTimeout(this.retryTimer);
+  }
+
+  private async refreshNodes(): Promise<void> {
+    if (this.source?.readyState !== EventSource.OPEN) return;
+    try {
+      this.update({ nodes: await getJson<NodeView[]>('/api/nodes', this.token) });
+    } catch {
+      // The stream's own error handling reports a coordinator that went away.
+    }
   }
 
   /** Keeps `jobId`'s metrics, placement and checkpoints loaded and live. */

@@ -94,7 +94,7 @@ function SwarmPage() {
     <section><h2>Nodes <span class="muted">(${state.nodes.filter((node) => node.status !== 'gone').length} alive)</span></h2>
       <${NodesTable} nodes=${state.nodes} /></section>
     ${current && html`<section><h2>Expert placement</h2>
-      <${PlacementMap} placement=${state.placements[current.id]} nodes=${state.nodes} /></section>`}
+      <${PlacementMap} job=${current} placement=${state.placements[current.id]} nodes=${state.nodes} /></section>`}
     <section><h2>Jobs</h2><${JobsTable} jobs=${jobs} /></section>
     <section><h2>Join this swarm</h2><${JoinPanel} swarm=${state.swarm} /></section>
   </div>`;

@@ -9,6 +9,8 @@ import { lossChartData, xScaleFor } from '../logic/job-metrics.ts';
 import { formatNumber } from '../logic/format.ts';
 
 const HEIGHT = 260;
+/** Tick steps of the micro-batch axis: whole batches, 1-2-5 per decade. */
+const BATCH_STEPS = Array.from({ length: 10 }, (_, decade) => [1, 2, 5].map((step) => step * 10 ** decade)).flat();
 
 function cssVar(name: string): string {
   return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
@@ -20,7 +22,7 @@ function chartOptions(width: number, scale: Scale): uPlot.Options {
     width, height: HEIGHT,
     scales: { x: { time: false, distr: scale === 'log' ? 3 : 1 } },
     axes: [
-      { ...axis, label: 'micro-batches', // On a log axis uPlot passes null for the unlabelled minor ticks.
+      { ...axis, label: 'micro-batches', incrs: BATCH_STEPS, // On a log axis uPlot passes null for the unlabelled minor ticks.
         values: (_plot, ticks) => ticks.map((tick) => (tick === null ? '' : formatNumber(tick))) },
       { ...axis, label: 'loss' },
     ],

@@ -23,7 +23,8 @@ function Tile({ label, value, detail }: { label: string; value: string; detail?:
 
 export function JobTiles({ job, points, nodes }: { job: JobView; points: MetricPoint[]; nodes: NodeView[] }) {
   const last = points[points.length - 1];
-  const rates = trafficRates(points);
+  // Rates of a job that stopped would be its last moments': none.
+  const rates = job.state === 'running' ? trafficRates(points) : {};
   const flagged = flaggedPeers(nodes, job.id);
   return html`<div class="tiles">
     <div class="tile wide">
@@ -103,7 +104,7 @@ function Checkpoints({ job }: { job: JobView }) {
 function SamplePanel({ job }: { job: JobView }) {
   const { token } = useSession();
   const [prompt, setPrompt] = useState('The ');
-  const [sample, setSample] = useState<{ text: string; round: number } | undefined>();
+  const [sample, setSample] = useState<{ prompt: string; text: string; round: number } | undefined>();
   const [error, setError] = useState<string | undefined>();
   const [busy, setBusy] = useState(false);
   const submit = async (e: Event) => {
@@ -111,7 +112,9 @@ function SamplePanel({ job }: { job: JobView }) {
     setBusy(true);
     setError(undefined);
     try {
-      setSample(await postJson(jobPath(job, '/sample'), token, { prompt, maxTokens: 64, temperature: 0.8 }));
+      // The service answers with the continuation alone: shown after the prompt it continues.
+      const answer = await postJson<{ text: string; round: number }>(jobPath(job, '/sample'), token, { prompt, maxTokens: 64, temperature: 0.8 });
+      setSample({ prompt, ...answer });
     } catch (failure) {
       setError(failure instanceof ApiError ? failure.message : String(failure));
     } finally {
@@ -124,7 +127,7 @@ function SamplePanel({ job }: { job: JobView }) {
     <div class="row"><input id="sample-prompt" value=${prompt} onInput=${(e: Event) => setPrompt((e.target as HTMLInputElement).value)} />
       <button type="submit" disabled=${busy}>${busy ? 'Sampling…' : 'Sample'}</button></div>
     ${error && html`<p class="error" role="alert">${error}</p>`}
-    ${sample && html`<blockquote data-testid="sample-text">${sample.text}
+    ${sample && html`<blockquote data-testid="sample-text"><strong>${sample.prompt}</strong>${sample.text}
       <footer class="muted">from round ${sample.round}</footer></blockquote>`}
   </form>`;
 }
@@ -150,7 +153,7 @@ export function JobPage({ jobId }: { jobId: string }) {
       <${JobTiles} job=${job} points=${points} nodes=${state.nodes} />
       <${LossChart} points=${points} />
     </section>
-    <section><h2>Expert placement</h2><${PlacementMap} placement=${state.placements[job.id]} nodes=${state.nodes} /></section>
+    <section><h2>Expert placement</h2><${PlacementMap} job=${job} placement=${state.placements[job.id]} nodes=${state.nodes} /></section>
     <section><h2>Checkpoints</h2><${Checkpoints} job=${job} /></section>
     <section><h2>Sample</h2><${SamplePanel} job=${job} /></section>
     <section><details><summary>Job spec</summary><pre class="spec">${JSON.stringify(job.spec, null, 2)}</pre></details></section>

@@ -1,10 +1,12 @@
 // The expert placement map: a layers × experts grid, each cell its number of live holders, colored
 // by health; the tooltip lists the holders. Re-rendered on every plan event and node change.
 import { html } from 'htm/preact';
-import type { NodeView, Placement } from '../../../api/service.ts';
+import type { JobView, NodeView, Placement } from '../../../api/service.ts';
 import { cellTitle, placementGrid } from '../logic/placement-grid.ts';
 
-export function PlacementMap({ placement, nodes }: { placement: Placement | undefined; nodes: NodeView[] }) {
+export function PlacementMap({ job, placement, nodes }: { job: JobView; placement: Placement | undefined; nodes: NodeView[] }) {
+  // A job that ended has let its nodes go: its last plan would show every cell dead.
+  if (job.state !== 'running' && job.state !== 'paused') return html`<p class="empty">Experts are placed while the job runs (it is ${job.state}).</p>`;
   if (!placement) return html`<p class="empty">No placement yet: the coordinator plans one when the job starts.</p>`;
   const grid = placementGrid(placement, nodes);
   const { ok, degraded, dead } = grid.counts;
