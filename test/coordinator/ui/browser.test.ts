@@ -12,7 +12,7 @@ import { extract } from 'tar-stream';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { MetricPoint } from '../../../coordinator/api/service.ts';
 import { FakeSwarmService } from '../fake-service.ts';
-import { sampleAt, seedSwarm, serveFake, trainFor, type FakeCoordinator } from './fake-coordinator.ts';
+import { PEERS, sampleAt, seedSwarm, serveFake, trainFor, type FakeCoordinator } from './fake-coordinator.ts';
 
 const CHROMIUM = '/usr/bin/chromium';
 const TOKEN = 'browser-test-token';
@@ -67,13 +67,14 @@ describe.skipIf(!canRun)('web UI in Chromium', () => {
       firstContentfulPaint: performance.getEntriesByName('first-contentful-paint')[0]?.startTime,
       dashboardShown: performance.now(),
     }));
-    console.log(`web UI: first contentful paint ${paint.firstContentfulPaint?.toFixed(0)} ms, nodes shown at ${paint.dashboardShown.toFixed(0)} ms`);
+    console.log(`web UI: first contentful paint ${paint.firstContentfulPaint?.toFixed(0)} ms, `
+      + `nodes shown at ${paint.dashboardShown.toFixed(0)} ms`);
 
     expect(await page.locator('table.nodes tbody tr td:nth-child(2)').allInnerTexts()).toEqual(['training', 'training', 'slow', 'gone']);
     await expect.poll(() => page.locator('.placement-grid td.cell').count()).toBe(32);
     expect(await page.locator('td[data-health="dead"]').count()).toBe(1);
     expect(await page.locator('td[data-health="degraded"]').count()).toBe(7);
-    expect(await page.locator('td[data-layer="3"][data-expert="7"]').getAttribute('title')).toContain('12D3KooWDeltaGone44444444 (gone)');
+    expect(await page.locator('td[data-layer="3"][data-expert="7"]').getAttribute('title')).toContain(`${PEERS.delta} (gone)`);
     await expect.poll(() => page.locator('.join pre').first().innerText())
       .toBe('SWARMTRAIN_JOIN=/ip4/127.0.0.1/tcp/4001/p2p/12D3KooWFakeCoordinator SWARMTRAIN_TOKEN=<token> docker compose up -d');
     expect(await page.locator('.join pre').nth(1).innerText())
@@ -101,7 +102,10 @@ describe.skipIf(!canRun)('web UI in Chromium', () => {
     await expect.poll(() => sampleCount(page)).toBe(before + 5);
 
     const placement = service.placement(seededJob)!;
-    service.setPlacement({ ...placement, version: 4, cells: placement.cells.map((cell) => ({ ...cell, holders: cell.holders.includes('12D3KooWDeltaGone44444444') ? ['12D3KooWAlphaNodeTrains1111', '12D3KooWBravoNodeTrains2222'] : cell.holders })) });
+    // Version 4 moves the gone node's experts to two live nodes.
+    const moved = (holders: string[]) => (holders.includes(PEERS.delta) ? [PEERS.alpha, PEERS.bravo] : holders);
+    const cells = placement.cells.map((cell) => ({ ...cell, holders: moved(cell.holders) }));
+    service.setPlacement({ ...placement, version: 4, cells });
     await expect.poll(() => page.locator('td[data-health="dead"], td[data-health="degraded"]').count()).toBe(0);
     service.setNode({ nodeId: '12D3KooWEchoJustJoined5555', status: 'idle' });
     await expect.poll(() => page.locator('table.nodes tbody tr').count()).toBe(5);
@@ -122,7 +126,8 @@ describe.skipIf(!canRun)('web UI in Chromium', () => {
     // falls 8 MiB behind, and this test is about the page, not about a loaded machine's socket.
     for (let sent = 0; sent < 100_000; sent += 5000) {
       for (let i = sent + 1; i <= sent + 5000; i++) {
-        service.emit({ type: 'metrics', jobId: seededJob, point: { ...sampleAt(from + i), at: last + i, completed: from + i } as MetricPoint });
+        const point = { ...sampleAt(from + i), at: last + i, completed: from + i } as MetricPoint;
+        service.emit({ type: 'metrics', jobId: seededJob, point });
       }
       await expect.poll(() => sampleCount(page), { timeout: 60_000 }).toBe(before + sent + 5000);
     }
@@ -180,13 +185,16 @@ describe.skipIf(!canRun)('web UI in Chromium', () => {
     await page.getByLabel('LoRA rank').fill('4');
     await page.getByText('Upload a corpus').click();
     await page.getByLabel('Corpus name').fill('tiny');
-    await page.getByLabel('A .txt, or .jsonl').setInputFiles({ name: 'tiny.txt', mimeType: 'text/plain', buffer: Buffer.from('Call me Ishmael.\n') });
+    const corpus = { name: 'tiny.txt', mimeType: 'text/plain', buffer: Buffer.from('Call me Ishmael.\n') };
+    await page.getByLabel('A .txt, or .jsonl').setInputFiles(corpus);
     await page.locator('details.upload').filter({ hasText: 'Upload a corpus' }).getByRole('button', { name: 'Upload' }).click();
     await expect.poll(() => page.getByLabel('Corpus', { exact: true }).inputValue()).toBe('tiny');
     await page.getByRole('button', { name: 'Create job' }).click();
     await page.waitForURL(/#\/jobs\//);
     const created = service.listJobs().find((job) => job.name === 'browser-lora');
-    expect(created).toMatchObject({ state: 'queued', spec: { mode: 'lora', lora: { rank: 4, alpha: 16 }, lr: 0.002, totalBatches: 30, corpus: 'tiny' } });
+    expect(created).toMatchObject({
+      state: 'queued', spec: { mode: 'lora', lora: { rank: 4, alpha: 16 }, lr: 0.002, totalBatches: 30, corpus: 'tiny' },
+    });
     expect(service.corpora().find((corpus) => corpus.name === 'tiny')).toEqual({ name: 'tiny', bytes: 17, bundled: false });
     createdJob = created!.id;
     expect(page.url()).toContain(`#/jobs/${createdJob}`);

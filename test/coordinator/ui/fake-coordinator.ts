@@ -14,14 +14,20 @@ export interface FakeCoordinator {
 }
 
 /** Serves `service` through the API and the UI on 127.0.0.1:`port` (0: any free port). */
-export async function serveFake(service: FakeSwarmService, options: { apiToken: string; protectReads?: boolean; port?: number }): Promise<FakeCoordinator> {
+export async function serveFake(
+  service: FakeSwarmService, options: { apiToken: string; protectReads?: boolean; port?: number },
+): Promise<FakeCoordinator> {
   const app = buildApi({ service, apiToken: options.apiToken, protectReads: options.protectReads, heartbeatMs: 2000 });
   await app.register(uiPlugin);
   const url = await listenApi(app, `127.0.0.1:${options.port ?? 0}`);
   return { url, close: () => app.close() };
 }
 
-const PEERS = ['12D3KooWAlphaNodeTrains1111', '12D3KooWBravoNodeTrains2222', '12D3KooWCharlieSlow333333', '12D3KooWDeltaGone44444444'];
+/** The seeded nodes: two training, one slow, one gone. */
+export const PEERS = {
+  alpha: '12D3KooWAlphaNodeTrains1111', bravo: '12D3KooWBravoNodeTrains2222', charlie: '12D3KooWCharlieSlow333333',
+  delta: '12D3KooWDeltaGone44444444',
+};
 
 /** A training loss that falls like a real one, with noise that is the same on every run. */
 export function lossAt(batch: number): number {
@@ -43,12 +49,13 @@ export function sampleAt(batch: number): Partial<MetricPoint> {
  * gone node's cells are degraded and one cell (layer 3, expert 7) has only the gone node.
  */
 export async function seedSwarm(service: FakeSwarmService, { totalBatches = 2000, batches = 60 } = {}): Promise<string> {
-  const [alpha, bravo, charlie, delta] = PEERS;
+  const { alpha, bravo, charlie, delta } = PEERS;
+  const pairs = [[alpha, bravo], [bravo, charlie], [alpha, charlie]];
   const job = await service.createJob({ name: 'moby-dick-moe', totalBatches, lr: 0.003, minLr: 0.0003 });
   const cells: Placement['cells'] = [];
   for (let layer = 0; layer < 4; layer++) {
     for (let expert = 0; expert < 8; expert++) {
-      const holders = layer === 3 && expert === 7 ? [delta] : expert % 4 === 3 ? [charlie, delta] : [[alpha, bravo], [bravo, charlie], [alpha, charlie]][expert % 3];
+      const holders = layer === 3 && expert === 7 ? [delta] : expert % 4 === 3 ? [charlie, delta] : pairs[expert % 3];
       cells.push({ layer, expert, holders });
     }
   }
@@ -60,7 +67,9 @@ export async function seedSwarm(service: FakeSwarmService, { totalBatches = 2000
   node(bravo, 'training', { cores: 4, gemmGflops: 150, memoryBytes: 4 * 2 ** 30, bytesSent: 3.3e9, bytesReceived: 3.1e9, step: batches,
     flaggedPeers: [charlie] });
   node(charlie, 'slow', { cores: 2, gemmGflops: 41, memoryBytes: 2 ** 31, bytesSent: 9.4e8, bytesReceived: 1.2e9, step: batches / 2 });
-  node(delta, 'gone', { cores: 2, gemmGflops: 38, memoryBytes: 2 ** 31, bytesSent: 4.4e8, bytesReceived: 4.0e8, lastSeen: Date.now() - 95_000 });
+  node(delta, 'gone', {
+    cores: 2, gemmGflops: 38, memoryBytes: 2 ** 31, bytesSent: 4.4e8, bytesReceived: 4.0e8, lastSeen: Date.now() - 95_000,
+  });
   service.setPlacement({ jobId: job.id, version: 3, numLayers: 4, numExperts: 8, replication: 2, cells });
   trainFor(service, job.id, batches);
   service.addCheckpoint(job.id, 1, { 'model.safetensors': Buffer.alloc(4096, 7), 'manifest.json': '{"round":1}' });

@@ -82,6 +82,7 @@ describe('fieldOfError and messageOfError', () => {
     expect(fieldOfError({ message: 'job-1 is running' })).toBe('form');
   });
   it('drop the API\'s "body/" prefix from the message', () => {
-    expect(messageOfError({ message: 'body/lr: Expected number to be less or equal to 10' })).toBe('lr: Expected number to be less or equal to 10');
+    expect(messageOfError({ message: 'body/lr: Expected number to be less or equal to 10' }))
+      .toBe('lr: Expected number to be less or equal to 10');
   });
 });

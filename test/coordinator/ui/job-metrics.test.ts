@@ -12,7 +12,9 @@ const point = (at: number, completed: number, bytesSent = 0, bytesReceived = 0):
 
 describe('trafficRates', () => {
   it('divides the byte totals\' growth by the time between the newest sample and the oldest within the window', () => {
-    const points = [point(0, 0, 0, 0), point(10_000, 1, 5_000, 1_000), point(20_000, 2, 9_000, 3_000), point(RATE_WINDOW_MS + 5_000, 3, 21_000, 7_000)];
+    const points = [
+      point(0, 0, 0, 0), point(10_000, 1, 5_000, 1_000), point(20_000, 2, 9_000, 3_000), point(RATE_WINDOW_MS + 5_000, 3, 21_000, 7_000),
+    ];
     // Window [5 s, 35 s]: from the sample at 10 s to the one at 35 s.
     expect(trafficRates(points)).toEqual({ sent: (21_000 - 5_000) / 25, received: (7_000 - 1_000) / 25 });
   });

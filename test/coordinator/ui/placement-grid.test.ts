@@ -26,7 +26,8 @@ describe('placementGrid', () => {
   const grid = placementGrid(placement, nodes);
 
   it('lays out numLayers rows of numExperts cells, each with its holders and their statuses', () => {
-    expect(grid.rows.map((row) => row.map((cell) => `${cell.layer}/${cell.expert}`))).toEqual([['0/0', '0/1', '0/2'], ['1/0', '1/1', '1/2']]);
+    expect(grid.rows.map((row) => row.map((cell) => `${cell.layer}/${cell.expert}`)))
+      .toEqual([['0/0', '0/1', '0/2'], ['1/0', '1/1', '1/2']]);
     expect(grid.rows[1][0].holders).toEqual([
       { nodeId: 'slow', status: 'slow' }, { nodeId: 'b', status: 'idle' }, { nodeId: 'a', status: 'training' },
     ]);
@@ -46,7 +47,8 @@ describe('placementGrid', () => {
   });
 
   it('counts a slow node as live: slow is still serving', () => {
-    const single = placementGrid({ ...placement, numLayers: 1, numExperts: 1, replication: 1, cells: [{ layer: 0, expert: 0, holders: ['slow'] }] }, nodes);
+    const cells = [{ layer: 0, expert: 0, holders: ['slow'] }];
+    const single = placementGrid({ ...placement, numLayers: 1, numExperts: 1, replication: 1, cells }, nodes);
     expect(single.rows[0][0].health).toBe('ok');
   });
 });

@@ -30,7 +30,9 @@ export type FormValues = Record<JobField, string>;
 /** Messages by field; 'form' holds one that belongs to no field. */
 export type FormErrors = Partial<Record<JobField | 'form', string>>;
 
-const TEXT_FIELDS: ReadonlySet<JobField> = new Set(['name', 'base', 'corpus', 'mode', 'baseFormat', 'basePath', 'averaging.mode', 'averaging.codec']);
+const TEXT_FIELDS: ReadonlySet<JobField> = new Set([
+  'name', 'base', 'corpus', 'mode', 'baseFormat', 'basePath', 'averaging.mode', 'averaging.codec',
+]);
 /** A LoRA job's first rank and alpha; every other field starts empty (the coordinator's default). */
 const LORA_START = { rank: '8', alpha: '16' };
 

@@ -11,6 +11,7 @@ import { LossChart } from './chart.ts';
 import { JobForm } from './job-form.ts';
 import { JobPage, JobTiles } from './job.ts';
 import { PlacementMap } from './placement.ts';
+import { valueOf } from './input.ts';
 import { useLiveState, useSession } from './session.ts';
 import { JoinPanel, NodesTable } from './swarm.ts';
 
@@ -55,7 +56,7 @@ function Login() {
   return html`<form class="login" onSubmit=${submit}>
     <label for="login-token">API token</label>
     <input id="login-token" type="password" autocomplete="current-password" value=${draft} autofocus
-      onInput=${(e: Event) => { setDraft((e.target as HTMLInputElement).value); setError(undefined); }} />
+      onInput=${(e: Event) => { setDraft(valueOf(e)); setError(undefined); }} />
     <button type="submit" class="small primary">Log in</button>
     ${error && html`<span class="error" role="alert">${error}</span>`}
   </form>`;
@@ -86,7 +87,8 @@ function SwarmPage() {
   useEffect(() => { if (current) live.watch(current.id); }, [live, current?.id]);
   return html`<div class="page">
     ${current && html`<section>
-      <div class="section-head"><h2>${current.state === 'running' ? 'Running' : 'Latest'} job${': '}<a href=${`#/jobs/${encodeURIComponent(current.id)}`}>${current.name}</a>
+      <div class="section-head"><h2>${current.state === 'running' ? 'Running' : 'Latest'} job${': '}
+        <a href=${`#/jobs/${encodeURIComponent(current.id)}`}>${current.name}</a>
         <span class=${`badge state-${current.state}`}>${current.state}</span></h2></div>
       <${JobTiles} job=${current} points=${state.metrics[current.id] ?? []} nodes=${state.nodes} />
       <${LossChart} points=${state.metrics[current.id] ?? []} />

@@ -7,6 +7,7 @@ import type { MetricPoint } from '../../../api/service.ts';
 import type { Scale } from '../logic/downsample.ts';
 import { lossChartData, xScaleFor } from '../logic/job-metrics.ts';
 import { formatNumber } from '../logic/format.ts';
+import { valueOf } from './input.ts';
 
 const HEIGHT = 260;
 /** Tick steps of the micro-batch axis: whole batches, 1-2-5 per decade. */
@@ -67,7 +68,7 @@ export function LossChart({ points }: { points: MetricPoint[] }) {
     return () => cancelAnimationFrame(frame);
   }, [points, scale]);
 
-  const pick = (e: Event) => setChosenScale((e.target as HTMLSelectElement).value as Scale | 'auto');
+  const pick = (e: Event) => setChosenScale(valueOf(e) as Scale | 'auto');
   return html`<figure class="chart">
     <div class="chart-head">
       <figcaption>Loss (${points.length} samples)</figcaption>

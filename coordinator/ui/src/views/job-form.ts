@@ -10,6 +10,7 @@ import {
   checkJobForm, choicesOf, fieldOfError, initialValues, messageOfError,
   type FormErrors, type FormValues, type JobField, type JsonSchema,
 } from '../logic/job-form.ts';
+import { valueOf } from './input.ts';
 import { useSession } from './session.ts';
 
 interface Stored { name: string; bytes: number; bundled?: boolean }
@@ -36,14 +37,15 @@ function fieldId(field: JobField): string {
 function Field({ field, label, values, errors, set, hint, choices, inputMode }: FieldProps) {
   const id = fieldId(field);
   const error = errors[field];
-  const onInput = (e: Event) => set(field, (e.target as HTMLInputElement | HTMLSelectElement).value);
+  const onInput = (e: Event) => set(field, valueOf(e));
   const common = { id, name: field, 'aria-invalid': error ? 'true' : undefined, 'aria-describedby': `${id}-note` };
   return html`<div class=${`field${error ? ' invalid' : ''}`}>
     <label for=${id}>${label}</label>
     ${choices
       ? html`<select ...${common} value=${values[field]} onChange=${onInput}>
           ${choices.map((choice) => html`<option value=${choice.value}>${choice.label}</option>`)}</select>`
-      : html`<input ...${common} value=${values[field]} onInput=${onInput} inputmode=${inputMode} placeholder="default" autocomplete="off" />`}
+      : html`<input ...${common} value=${values[field]} onInput=${onInput} inputmode=${inputMode} placeholder="default"
+          autocomplete="off" />`}
     <small id=${`${id}-note`} class=${error ? 'error' : 'hint'} data-error-for=${error ? field : undefined}>${error ?? hint ?? ''}</small>
   </div>`;
 }
@@ -67,7 +69,7 @@ function Upload({ what, onDone }: { what: 'model' | 'corpus'; onDone: (name: str
   const accept = what === 'model' ? '.json,.safetensors' : '.txt,.jsonl';
   return html`<details class="upload"><summary>Upload a ${what}</summary>
     <div class="row">
-      <label>${what === 'model' ? 'Model' : 'Corpus'} name <input value=${name} onInput=${(e: Event) => setName((e.target as HTMLInputElement).value)} /></label>
+      <label>${what === 'model' ? 'Model' : 'Corpus'} name <input value=${name} onInput=${(e: Event) => setName(valueOf(e))} /></label>
       <label>${what === 'model' ? 'config.json, tokenizer.json, *.safetensors' : 'A .txt, or .jsonl with a "text" field'}
         <input type="file" accept=${accept} multiple=${what === 'model'}
           onChange=${(e: Event) => setFiles(Array.from((e.target as HTMLInputElement).files ?? []))} /></label>
@@ -127,7 +129,9 @@ export function JobForm({ schema }: { schema: JsonSchema }) {
         ...models.map((model) => ({ value: model.name, label: `${model.name} (${formatBytes(model.bytes)})` }))]} />
       <${Upload} what="model" onDone=${(name: string) => { loadLists(); set('base', name); }} />
       <${Field} field="corpus" label="Corpus" ...${props} choices=${[{ value: '', label: 'default corpus' },
-        ...corpora.map((corpus) => ({ value: corpus.name, label: `${corpus.name} (${formatBytes(corpus.bytes)}${corpus.bundled ? ', bundled' : ''})` }))]} />
+        ...corpora.map((corpus) => ({
+          value: corpus.name, label: `${corpus.name} (${formatBytes(corpus.bytes)}${corpus.bundled ? ', bundled' : ''})`,
+        }))]} />
       <${Upload} what="corpus" onDone=${(name: string) => { loadLists(); set('corpus', name); }} />
     </fieldset>
     <fieldset><legend>Training</legend>

@@ -10,7 +10,12 @@ import {
 import { flaggedPeers, trafficRates } from '../logic/job-metrics.ts';
 import { LossChart } from './chart.ts';
 import { PlacementMap } from './placement.ts';
+import { valueOf } from './input.ts';
 import { useLiveState, useSession } from './session.ts';
+
+/** What a sample asks for: a few sentences, a little randomness. */
+const SAMPLE_TOKENS = 64;
+const SAMPLE_TEMPERATURE = 0.8;
 
 function jobPath(job: JobView, rest = ''): string {
   return `/api/jobs/${encodeURIComponent(job.id)}${rest}`;
@@ -31,7 +36,9 @@ export function JobTiles({ job, points, nodes }: { job: JobView; points: MetricP
       <div class="tile-label">Micro-batches</div>
       <div class="tile-value">${formatCount(job.completed)} / ${formatCount(job.total)}</div>
       <progress max=${job.total || 1} value=${job.completed} aria-label="progress">${formatPercent(job.completed, job.total)}</progress>
-      <div class="tile-detail">${formatPercent(job.completed, job.total)} · ${job.state === 'running' ? formatEta(job.etaSeconds) : job.state}</div>
+      <div class="tile-detail">
+        ${formatPercent(job.completed, job.total)} · ${job.state === 'running' ? formatEta(job.etaSeconds) : job.state}
+      </div>
     </div>
     <${Tile} label="Loss" value=${formatNumber(last?.loss)} detail=${`held-out ${formatNumber(lastDefined(points, 'heldOut'))}`} />
     <${Tile} label="Tokens/s" value=${formatNumber(last?.tokensPerSecond)} detail=${`${last?.nodes ?? 0} nodes`} />
@@ -41,7 +48,9 @@ export function JobTiles({ job, points, nodes }: { job: JobView; points: MetricP
     <${Tile} label="Refused updates" value=${formatCount(last?.refusedUpdates)} />
     <${Tile} label="Dropped expert calls" value=${formatCount(last?.droppedExpertCalls)} />
     <div class="tile"><div class="tile-label">Flagged peers</div><div class="tile-value">${flagged.length}</div>
-      ${flagged.length > 0 && html`<div class="tile-detail">${flagged.map((peer) => html`<code title=${peer}>${shortId(peer)} </code>`)}</div>`}
+      ${flagged.length > 0 && html`<div class="tile-detail">
+        ${flagged.map((peer) => html`<code title=${peer}>${shortId(peer)} </code>`)}
+      </div>`}
     </div>
   </div>`;
 }
@@ -73,13 +82,15 @@ export function JobControls({ job }: { job: JobView }) {
     }
   };
   const active = job.state === 'running' || job.state === 'queued';
+  const button = (action: Parameters<typeof act>[0], label: string, danger = false) =>
+    html`<button type="button" class=${danger ? 'danger' : undefined} disabled=${busy} onClick=${act(action)}>${label}</button>`;
   return html`<div class="controls">
     ${job.hasResult && html`<a class="button" href=${withToken(jobPath(job, '/result'), token)} download>Download result</a>`}
     ${token && html`
-      ${active && html`<button type="button" disabled=${busy} onClick=${act('pause')}>Pause</button>`}
-      ${job.state === 'paused' && html`<button type="button" disabled=${busy} onClick=${act('resume')}>Resume</button>`}
-      ${(active || job.state === 'paused') && html`<button type="button" class="danger" disabled=${busy} onClick=${act('cancel')}>Cancel</button>`}
-      ${!active && job.state !== 'paused' && html`<button type="button" class="danger" disabled=${busy} onClick=${act('delete')}>Delete</button>`}
+      ${active && button('pause', 'Pause')}
+      ${job.state === 'paused' && button('resume', 'Resume')}
+      ${(active || job.state === 'paused') && button('cancel', 'Cancel', true)}
+      ${!active && job.state !== 'paused' && button('delete', 'Delete', true)}
     `}
     ${error && html`<p class="error" role="alert">${error}</p>`}
   </div>`;
@@ -113,7 +124,8 @@ function SamplePanel({ job }: { job: JobView }) {
     setError(undefined);
     try {
       // The service answers with the continuation alone: shown after the prompt it continues.
-      const answer = await postJson<{ text: string; round: number }>(jobPath(job, '/sample'), token, { prompt, maxTokens: 64, temperature: 0.8 });
+      const request = { prompt, maxTokens: SAMPLE_TOKENS, temperature: SAMPLE_TEMPERATURE };
+      const answer = await postJson<{ text: string; round: number }>(jobPath(job, '/sample'), token, request);
       setSample({ prompt, ...answer });
     } catch (failure) {
       setError(failure instanceof ApiError ? failure.message : String(failure));
@@ -124,7 +136,7 @@ function SamplePanel({ job }: { job: JobView }) {
   if (!token) return html`<p class="empty">Log in to sample text from the model.</p>`;
   return html`<form class="sample" onSubmit=${submit}>
     <label for="sample-prompt">Prompt</label>
-    <div class="row"><input id="sample-prompt" value=${prompt} onInput=${(e: Event) => setPrompt((e.target as HTMLInputElement).value)} />
+    <div class="row"><input id="sample-prompt" value=${prompt} onInput=${(e: Event) => setPrompt(valueOf(e))} />
       <button type="submit" disabled=${busy}>${busy ? 'Sampling…' : 'Sample'}</button></div>
     ${error && html`<p class="error" role="alert">${error}</p>`}
     ${sample && html`<blockquote data-testid="sample-text"><strong>${sample.prompt}</strong>${sample.text}
@@ -148,7 +160,8 @@ export function JobPage({ jobId }: { jobId: string }) {
       ${job.error && html`<p class=${job.state === 'failed' ? 'error' : 'muted'}>${job.error}</p>`}
       <p class="muted">${[
         job.spec.mode === 'lora' ? `LoRA r=${job.spec.lora?.rank} α=${job.spec.lora?.alpha}` : 'full training',
-        `base ${job.base ?? 'none (from scratch)'} (${job.spec.baseFormat})`, `corpus ${job.spec.corpus}`, `created ${formatTime(job.createdAt)}`,
+        `base ${job.base ?? 'none (from scratch)'} (${job.spec.baseFormat})`, `corpus ${job.spec.corpus}`,
+        `created ${formatTime(job.createdAt)}`,
       ].join(' · ')}</p>
       <${JobTiles} job=${job} points=${points} nodes=${state.nodes} />
       <${LossChart} points=${points} />

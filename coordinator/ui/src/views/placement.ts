@@ -6,7 +6,9 @@ import { cellTitle, placementGrid } from '../logic/placement-grid.ts';
 
 export function PlacementMap({ job, placement, nodes }: { job: JobView; placement: Placement | undefined; nodes: NodeView[] }) {
   // A job that ended has let its nodes go: its last plan would show every cell dead.
-  if (job.state !== 'running' && job.state !== 'paused') return html`<p class="empty">Experts are placed while the job runs (it is ${job.state}).</p>`;
+  if (job.state !== 'running' && job.state !== 'paused') {
+    return html`<p class="empty">Experts are placed while the job runs (it is ${job.state}).</p>`;
+  }
   if (!placement) return html`<p class="empty">No placement yet: the coordinator plans one when the job starts.</p>`;
   const grid = placementGrid(placement, nodes);
   const { ok, degraded, dead } = grid.counts;

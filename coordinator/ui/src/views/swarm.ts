@@ -4,6 +4,7 @@ import { html } from 'htm/preact';
 import { useState } from 'preact/hooks';
 import type { NodeView, SwarmInfo } from '../../../api/service.ts';
 import { formatAgo, formatBytes, formatNumber, shortId } from '../logic/format.ts';
+import { valueOf } from './input.ts';
 import { useNow } from './session.ts';
 
 const STATUS_ORDER = { training: 0, idle: 1, slow: 2, gone: 3 } as const;
@@ -51,14 +52,15 @@ export function JoinPanel({ swarm }: { swarm: SwarmInfo | undefined }) {
   const tokenPart = swarm.joinTokenRequired ? ' --token <token>' : '';
   const dockerToken = swarm.joinTokenRequired ? ' SWARMTRAIN_TOKEN=<token>' : '';
   return html`<div class="join">
-    ${addrs.length > 1 && html`<label>Address <select value=${chosen} onChange=${(e: Event) => setChosen(Number((e.target as HTMLSelectElement).value))}>
+    ${addrs.length > 1 && html`<label>Address <select value=${chosen} onChange=${(e: Event) => setChosen(Number(valueOf(e)))}>
       ${addrs.map((option, i) => html`<option value=${i}>${option}</option>`)}
     </select></label>`}
     <p>With Docker, in a checkout of swarmtrain:</p>
     <${CopyLine} text=${`SWARMTRAIN_JOIN=${addr}${dockerToken} docker compose up -d`} />
     <p>With Node.js 20.19 or later:</p>
     <${CopyLine} text=${`npx swarmtrain node --join ${addr}${tokenPart}`} />
-    ${swarm.joinTokenRequired && html`<p class="hint">Replace <code>${'<token>'}</code> with the swarm's join token (ask its operator).</p>`}
+    ${swarm.joinTokenRequired
+      && html`<p class="hint">Replace <code>${'<token>'}</code> with the swarm's join token (ask its operator).</p>`}
   </div>`;
 }
 
