@@ -12,6 +12,7 @@ import { integer, text, type OptionTable, type OptionValues } from '../src/cli/a
 import { command, runProgram, type CommandIO, type Program } from '../src/cli/command.ts';
 import { EXIT, UsageError } from '../src/cli/usage.ts';
 import { duration, ProgressLine } from '../src/train/cli.ts';
+import { MODEL_FILE } from './api/schemas.ts';
 import type { JobRequest, JobView, MetricPoint } from './api/service.ts';
 import { ApiError, CoordinatorClient } from './client.ts';
 
@@ -82,7 +83,7 @@ export function runJobCommand(argv: string[], io?: CommandIO): Promise<number> {
 
 /** A name the coordinator accepts, unique to the content: re-running create reuses the upload. */
 function uploadName(stem: string, digest: string): string {
-  const clean = stem.replace(/[^A-Za-z0-9._-]+/g, '-').replace(/^[-.]+/, '').slice(0, 40) || 'upload';
+  const clean = stem.replace(/[^A-Za-z0-9._-]+/g, '-').replace(/^[^A-Za-z0-9]+/, '').slice(0, 40) || 'upload';
   return `${clean}-${digest.slice(0, 12)}`;
 }
 
@@ -118,8 +119,6 @@ async function uploadCorpus(client: CoordinatorClient, path: string, io: Command
   await client.addCorpus(name, await openAsBlob(path), basename(path));
   return name;
 }
-
-const MODEL_FILE = /^(config\.json|tokenizer\.json|model\.safetensors\.index\.json|.+\.safetensors)$/;
 
 async function uploadModel(client: CoordinatorClient, dir: string, io: CommandIO): Promise<string> {
   const names = (await readdir(dir).catch((err: Error) => {
@@ -167,7 +166,14 @@ async function watch(client: CoordinatorClient, id: string, io: CommandIO): Prom
     let latest = history.at(-1);
     let heldOut = history.findLast((point) => point.heldOut !== undefined)?.heldOut;
     const line = new ProgressLine(io.stdout);
-    line.update(progressText(job, latest, heldOut), true);
+    // Off a terminal, a line per state or whole percent: a log of a long job stays short.
+    let printed = '';
+    const show = () => {
+      const key = `${job.state} ${percent(job)}`;
+      line.update(progressText(job, latest, heldOut), key !== printed);
+      printed = key;
+    };
+    show();
     if (!ENDED.has(job.state)) {
       for await (const event of events) {
         if (event.type === 'job-deleted' && event.jobId === id) throw new Error(`job ${id} was deleted`);
@@ -179,7 +185,7 @@ async function watch(client: CoordinatorClient, id: string, io: CommandIO): Prom
         } else {
           continue;
         }
-        line.update(progressText(job, latest, heldOut), event.type === 'job');
+        show();
         if (ENDED.has(job.state)) break;
       }
       line.end();

@@ -6,7 +6,6 @@ import type {
   CheckpointView, JobRequest, JobView, MetricPoint, NodeView, Placement, SwarmInfo,
 } from './service.ts';
 
-const Name = Type.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9._-]+$' });
 const Count = Type.Integer({ minimum: 0 });
 const Timestamp = Type.Number({ minimum: 0, description: 'milliseconds since the Unix epoch' });
 const Bytes = Type.Number({ minimum: 0 });
@@ -111,7 +110,10 @@ export const CorpusSchema = Type.Object({ name: Type.String(), bytes: Bytes, bun
 export const ModelSchema = Type.Object({ name: Type.String(), bytes: Bytes });
 
 /** Names of uploaded corpora and models: a folder or file name of the coordinator's, so no paths. */
-export const UploadNameSchema = Name;
+export const UploadNameSchema = Type.String({ pattern: '^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$' });
+
+/** The files a model folder may hold (a Hugging Face checkpoint). */
+export const MODEL_FILE = /^(config\.json|tokenizer\.json|tokenizer_config\.json|model\.safetensors\.index\.json|[\w.-]+\.safetensors)$/;
 
 /** What POST /api/jobs/:id/sample uses for a field the request leaves out. */
 export const SAMPLE_DEFAULTS = { maxTokens: 64, temperature: 0.8 } as const;

@@ -92,7 +92,8 @@ export function buildApi(options: ApiOptions): FastifyInstance {
       info: { title: 'swarmtrain coordinator', version: PROTOCOL_VERSION, description: 'Jobs, nodes, live events and results of a swarm.' },
       components: {
         securitySchemes: {
-          bearer: { type: 'http', scheme: 'bearer', description: 'the coordinator\'s API token; GET routes also take ?token=<token>' },
+          bearer: { type: 'http', scheme: 'bearer', description: "the coordinator's API token" },
+          token: { type: 'apiKey', in: 'query', name: 'token', description: "the API token as ?token= (GET routes: EventSource, download links)" },
         },
       },
     },

@@ -41,6 +41,8 @@ export function installAuth(app: FastifyInstance, apiToken: string, protectReads
     const changesState = methods.some((method) => method !== 'GET' && method !== 'HEAD');
     if (route.config?.public || (!changesState && !protectReads)) return;
     route.onRequest = [check, ...[route.onRequest ?? []].flat()];
-    route.schema = { ...route.schema, security: [{ bearer: [] }] } as RouteOptions['schema'];
+    // In the OpenAPI document: the header, or for reads the query parameter instead.
+    const security: Record<string, string[]>[] = changesState ? [{ bearer: [] }] : [{ bearer: [] }, { token: [] }];
+    route.schema = { ...route.schema, security };
   });
 }

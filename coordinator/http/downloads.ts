@@ -10,10 +10,10 @@ import { pack } from 'tar-stream';
 import { CheckpointViewSchema } from '../api/schemas.ts';
 import type { FileSet, SwarmService } from '../api/service.ts';
 import { HttpError } from './errors.ts';
-import { JobIdParams } from './jobs.ts';
+import { JobIdParams, jobOf } from './jobs.ts';
 
 /** A tar archive of the set, files read one after another; sizes are the files' own (read before the first byte goes). */
-export async function tarOf(set: FileSet): Promise<Readable> {
+async function tarOf(set: FileSet): Promise<Readable> {
   const sizes = await Promise.all(set.files.map(async (file) => (await stat(file.path)).size));
   const archive = pack();
   const mtime = new Date();
@@ -37,10 +37,7 @@ const TarResponse = { 200: Type.String({ description: 'a tar archive (applicatio
 
 export const downloadRoutes: FastifyPluginAsyncTypebox<{ service: SwarmService }> = async (app, { service }) => {
   const tags = ['results'];
-  const known = (id: string) => {
-    if (service.getJob(id) === undefined) throw new HttpError(404, `no job ${id}`);
-    return id;
-  };
+  const known = (id: string) => jobOf(service, id).id;
 
   app.get('/api/jobs/:id/checkpoints', {
     schema: { summary: "the job's checkpoints, oldest first", tags, params: JobIdParams, response: { 200: Type.Array(CheckpointViewSchema) } },

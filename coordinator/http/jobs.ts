@@ -11,14 +11,15 @@ export const JobIdParams = Type.Object({ id: Type.String({ minLength: 1, maxLeng
 
 const DEFAULT_POINTS = 500;
 
+/** The job, or a 404 naming it. */
+export function jobOf(service: SwarmService, id: string): JobView {
+  const job = service.getJob(id);
+  if (job === undefined) throw new HttpError(404, `no job ${id}`);
+  return job;
+}
+
 export const jobRoutes: FastifyPluginAsyncTypebox<{ service: SwarmService }> = async (app, { service }) => {
   const tags = ['jobs'];
-  /** The job, or a 404 naming it. */
-  const jobOf = (id: string): JobView => {
-    const job = service.getJob(id);
-    if (job === undefined) throw new HttpError(404, `no job ${id}`);
-    return job;
-  };
 
   app.get('/api/jobs', { schema: { summary: 'every job, oldest first', tags, response: { 200: Type.Array(JobViewSchema) } } },
     async () => service.listJobs());
@@ -28,7 +29,7 @@ export const jobRoutes: FastifyPluginAsyncTypebox<{ service: SwarmService }> = a
   }, async (request, reply) => reply.code(201).send(await service.createJob(request.body)));
 
   app.get('/api/jobs/:id', { schema: { summary: 'one job', tags, params: JobIdParams, response: { 200: JobViewSchema } } },
-    async (request) => jobOf(request.params.id));
+    async (request) => jobOf(service, request.params.id));
 
   const change = (verb: 'pause' | 'resume' | 'cancel', summary: string, apply: (id: string) => JobView) =>
     app.post(`/api/jobs/:id/${verb}`, { schema: { summary, tags, params: JobIdParams, response: { 200: JobViewSchema } } },
@@ -53,12 +54,12 @@ export const jobRoutes: FastifyPluginAsyncTypebox<{ service: SwarmService }> = a
       querystring: Type.Object({ points: Type.Optional(Type.Integer({ minimum: 1, maximum: 10_000, default: DEFAULT_POINTS })) }),
       response: { 200: Type.Object({ points: Type.Array(MetricPointSchema) }) },
     },
-  }, async (request) => ({ points: service.metrics(jobOf(request.params.id).id, request.query.points ?? DEFAULT_POINTS) }));
+  }, async (request) => ({ points: service.metrics(jobOf(service, request.params.id).id, request.query.points ?? DEFAULT_POINTS) }));
 
   app.get('/api/jobs/:id/placement', {
     schema: { summary: "which nodes hold each expert of the job's model", tags, params: JobIdParams, response: { 200: PlacementSchema } },
   }, async (request) => {
-    const placement = service.placement(jobOf(request.params.id).id);
+    const placement = service.placement(jobOf(service, request.params.id).id);
     if (placement === undefined) throw new HttpError(404, `job ${request.params.id} has no placement (it is not running)`);
     return placement;
   });

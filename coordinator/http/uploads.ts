@@ -9,12 +9,10 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { basename, join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
-import { CorpusSchema, ModelSchema, UploadNameSchema } from '../api/schemas.ts';
+import { CorpusSchema, MODEL_FILE, ModelSchema, UploadNameSchema } from '../api/schemas.ts';
 import { ServiceError, type SwarmService } from '../api/service.ts';
 import { HttpError } from './errors.ts';
 
-/** The files a model folder may hold. */
-const MODEL_FILE = /^(config\.json|tokenizer\.json|model\.safetensors\.index\.json|[A-Za-z0-9._-]+\.safetensors)$/;
 const MAX_MODEL_FILES = 256;
 
 /** What a route accepts: each file's size, and (by throwing HttpError) which fields and names. */
@@ -60,7 +58,7 @@ async function readUpload(request: FastifyRequest, dir: string, rules: UploadRul
     throw new HttpError(400, `malformed multipart body: ${(err as Error).message}`);
   }
   if (name === undefined || !nameChecker.Check(name)) {
-    throw new HttpError(400, 'field `name` is required: 1-64 letters, digits, dots, dashes or underscores', 'name');
+    throw new HttpError(400, 'field `name` is required: 1-64 letters, digits, dots, dashes or underscores, starting with a letter or digit', 'name');
   }
   return { name, files };
 }

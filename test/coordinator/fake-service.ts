@@ -86,8 +86,9 @@ export class FakeSwarmService implements SwarmService {
     };
     this.jobs.set(id, { view, points: [], checkpoints: [] });
     this.emit({ type: 'job', job: view });
+    // As the real service: the answer is the queued job; it starts right after when nothing else runs.
     this.startNext();
-    return this.getJob(id)!;
+    return view;
   }
 
   listJobs(): JobView[] {

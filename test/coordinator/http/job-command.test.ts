@@ -2,7 +2,7 @@
 // upload, list, show, watch to the end, pause/resume/cancel/delete, download of the result and of a
 // checkpoint (compared byte for byte), and the errors: unreachable (1), 401, 404 and 409 (2).
 import { randomBytes } from 'node:crypto';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
@@ -99,11 +99,17 @@ describe('swarmtrain job', () => {
     expect(lines.at(-1)).toMatch(new RegExp(`^${id} done  10/10 batches \\(100%\\)`));
     await eventually(() => api.service.subscriberCount === 0); // the watcher hung up
 
-    const second = await api.service.createJob({});
+    // Off a terminal, one line per whole percent or state: 8 batches of 400 print 0%, 1%, 2%, then the end.
+    const second = await api.service.createJob({ totalBatches: 400 });
     const cancelled = start(['watch', second.id]);
     await eventually(() => cancelled.out.stdout !== '');
+    for (let i = 0; i < 8; i++) api.service.advance(second.id, 1);
     api.service.cancelJob(second.id);
-    expect(await cancelled.done).toMatchObject({ code: 1, stderr: `swarmtrain job watch: job ${second.id} cancelled\n` });
+    const ended = await cancelled.done;
+    expect(ended).toMatchObject({ code: 1, stderr: `swarmtrain job watch: job ${second.id} cancelled\n` });
+    expect(ended.stdout.trimEnd().split('\n').map((l) => /^\S+ (\w+) +(\d+)\/400/.exec(l)?.slice(1).join(' '))).toEqual([
+      'running 0', 'running 4', 'running 8', 'cancelled 8',
+    ]);
     // An ended job: the line and the verdict at once.
     expect((await job(['watch', id])).code).toBe(0);
   });
@@ -136,6 +142,18 @@ describe('swarmtrain job', () => {
     const ckpt = join(dir, 'ckpt');
     expect((await job(['download', id, '--checkpoint', '1', '-o', ckpt])).code).toBe(0);
     expect(readFileSync(join(ckpt, 'model.safetensors')).equals(weights)).toBe(true);
+  });
+
+  it('refuses an archive entry that would land outside the folder', async () => {
+    const { id } = await api.service.createJob({});
+    const source = join(dir, 'escape-source.txt');
+    writeFileSync(source, 'outside');
+    api.service.result = () => ({ name: id, files: [{ name: '../escaped.txt', path: source, bytes: 7 }] });
+    const out = join(dir, 'inside', 'out');
+    const refused = await job(['download', id, '-o', out]);
+    expect(refused.code).toBe(1);
+    expect(refused.stderr).toBe(`swarmtrain job download: the archive holds a path outside its folder: ${id}/../escaped.txt\n`);
+    expect(existsSync(join(dir, 'inside', 'escaped.txt'))).toBe(false);
   });
 
   it('says what is wrong: no coordinator (exit 1), no or a wrong token (2), bad arguments (2)', async () => {

@@ -23,13 +23,13 @@ const create = async (payload: object = {}): Promise<JobView> => {
 describe('POST /api/jobs', () => {
   it('queues a job from the demo defaults with the fields given, and returns its view', async () => {
     const job = await create({ name: 'first', lr: 0.005, totalBatches: 40, corpus: 'sotu' });
-    expect(job).toMatchObject({ id: 'job-1', name: 'first', state: 'running', completed: 0, total: 40, hasResult: false });
+    expect(job).toMatchObject({ id: 'job-1', name: 'first', state: 'queued', completed: 0, total: 40, hasResult: false });
     expect(job.spec).toEqual({ ...demoJob(200, 1), jobId: 'job-1', lr: 0.005, totalBatches: 40, corpus: 'sotu' });
     const second = await create();
     expect(second.state).toBe('queued');
     const list = await api.app.inject({ url: '/api/jobs' });
     expect(list.json().map((j: JobView) => [j.id, j.state])).toEqual([['job-1', 'running'], ['job-2', 'queued']]);
-    expect((await api.app.inject({ url: '/api/jobs/job-1' })).json()).toEqual(job);
+    expect((await api.app.inject({ url: '/api/jobs/job-1' })).json()).toEqual({ ...job, state: 'running', startedAt: expect.any(Number) });
   });
 
   it('refuses with the field named: out of range, wrong types, unknown properties, malformed nesting', async () => {

@@ -35,6 +35,16 @@ describe('GET /api/openapi.json', () => {
     expect(doc.paths['/api/jobs'].post.requestBody.content['application/json'].schema.properties.lr).toMatchObject({ minimum: 0, maximum: 10 });
     expect(doc.components.securitySchemes.bearer).toMatchObject({ type: 'http', scheme: 'bearer' });
   });
+
+  it('with protectReads, marks reads as taking the header or ?token=, and leaves /healthz and /metrics open', async () => {
+    api = testApi({ protectReads: true });
+    const doc = (await api.app.inject({ url: '/api/openapi.json', headers: AUTH })).json();
+    expect(doc.paths['/api/jobs'].get.security).toEqual([{ bearer: [] }, { token: [] }]);
+    expect(doc.paths['/api/jobs'].post.security).toEqual([{ bearer: [] }]);
+    expect(doc.components.securitySchemes.token).toMatchObject({ type: 'apiKey', in: 'query', name: 'token' });
+    expect(doc.paths['/healthz'].get.security).toBeUndefined();
+    expect(doc.paths['/metrics'].get.security).toBeUndefined();
+  });
 });
 
 describe('GET /healthz and /metrics', () => {
