@@ -147,16 +147,12 @@ export class LiveSwarm {
 
   private async loadJob(jobId: string): Promise<void> {
     const base = `/api/jobs/${encodeURIComponent(jobId)}`;
-    let points: MetricPoint[];
-    try {
-      points = (await getJson<{ points: MetricPoint[] }>(`${base}/metrics?points=${METRIC_POINTS}`, this.token)).points;
-    } catch {
-      return; // deleted meanwhile, or the coordinator is down: the next resync tries again
-    }
-    const [placement, checkpoints] = await Promise.all([
+    const [points, placement, checkpoints] = await Promise.all([
+      getJson<{ points: MetricPoint[] }>(`${base}/metrics?points=${METRIC_POINTS}`, this.token).then((body) => body.points, () => undefined),
       getJson<Placement>(`${base}/placement`, this.token).catch(() => undefined), // none unless running
       getJson<CheckpointView[]>(`${base}/checkpoints`, this.token).catch(() => []),
     ]);
+    if (points === undefined) return; // deleted meanwhile, or the coordinator is down: the next resync tries again
     // Samples that came over the stream while the routes answered stay.
     const lastLoaded = points[points.length - 1]?.at ?? -Infinity;
     this.series.set(jobId, [...points, ...(this.series.get(jobId) ?? []).filter((point) => point.at > lastLoaded)]);
