@@ -147,7 +147,7 @@ export function JobForm({ schema }: { schema: JsonSchema }) {
     <fieldset><legend>Schedule</legend>
       <div class="fields">
         <${Field} field="lr" label="Learning rate" inputMode="decimal" ...${props} />
-        <${Field} field="minLr" label="Minimum learning rate" inputMode="decimal" ...${props} />
+        <${Field} field="minLr" label="Min learning rate" inputMode="decimal" ...${props} />
         <${Field} field="warmupSteps" label="Warmup steps" inputMode="numeric" ...${props} />
         <${Field} field="totalBatches" label="Total micro-batches" inputMode="numeric" ...${props} />
         <${Field} field="batchSize" label="Batch size" inputMode="numeric" hint="sequences per micro-batch" ...${props} />
