@@ -11,7 +11,7 @@ import { tsImport } from 'tsx/esm/api';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, '../..');
-export const UI_DIST = join(here, 'dist');
+const UI_DIST = join(here, 'dist');
 
 const page = (script, stylesheet) => `<!doctype html>
 <html lang="en">
