@@ -19,6 +19,7 @@ import { BpeTokenizer } from '../src/train/tokenizer.ts';
 import { tokenizerFromJson, type Tokenizer } from '../src/train/tokenizers/index.ts';
 import { jobOnText } from './corpus.ts';
 import { buildApi, listenApi } from './http/app.ts';
+import { uiPlugin } from './ui/plugin.ts';
 import { CoordinatorServer } from './server.ts';
 import { CoordinatorService } from './service.ts';
 
@@ -86,6 +87,7 @@ the multiaddrs to join.`,
       const apiToken = values['api-token'] ?? apiTokenOf(dataDir, print);
       const service = await asInput(() => CoordinatorService.start({ ...swarm, dataDir }), (err) => err instanceof RangeError);
       const app = buildApi({ service, apiToken, protectReads: values['protect-reads'] ?? false });
+      app.register(uiPlugin);
       try {
         const address = values.public ? `0.0.0.0:${portOf(values.http ?? '127.0.0.1:8080')}` : values.http ?? '127.0.0.1:8080';
         print({ event: 'http', url: await listenApi(app, address), at: Date.now() });
