@@ -167,10 +167,11 @@ export class CoordinatorService implements SwarmService {
   }
 
   cancelJob(id: string): JobView {
-    const view = this.change(id, () => this.store.job(id)!);
-    if (view.state === 'cancelled') fail('conflict', `job ${id} is cancelled already`);
-    void this.server.cancel(id).catch(() => {});
-    return { ...view, state: 'cancelled' };
+    const { state } = this.row(id);
+    if (state === 'done' || state === 'failed' || state === 'cancelled') fail('conflict', `job ${id} is ${state}: it cannot be cancelled`);
+    // The state changes at once; the run's protocols and checkpoints under way are wound down after.
+    this.server.cancel(id).catch((err: Error) => console.error(`[coordinator] cancelling ${id}:`, err));
+    return this.view(this.row(id));
   }
 
   deleteJob(id: string): void {
