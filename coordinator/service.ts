@@ -106,7 +106,7 @@ export class CoordinatorService implements SwarmService {
     const stats = run?.membership.alive().flatMap((node) => (node.stats ? [node.stats] : [])) ?? [];
     const total = (pick: (s: (typeof stats)[number]) => number) => stats.reduce((a, s) => a + pick(s), 0);
     return {
-      jobs, nodesAlive: run?.membership.alive().length ?? 0, leasesOutstanding: run?.leases.leased ?? 0,
+      jobs, nodesAlive: this.nodes().filter((node) => node.status !== 'gone').length, leasesOutstanding: run?.leases.leased ?? 0,
       completedBatches: run?.leases.completed ?? 0, tokensPerSecond: total((s) => s.tokensPerSecond),
       bytesSent: total((s) => s.bytesSent), bytesReceived: total((s) => s.bytesReceived), refusedUpdates: total((s) => s.refusedUpdates ?? 0),
     };
