@@ -147,6 +147,7 @@ export class LiveSwarm {
 
   private async loadJob(jobId: string): Promise<void> {
     const base = `/api/jobs/${encodeURIComponent(jobId)}`;
+    const placementBefore = this.state.placements[jobId];
     const [points, placement, checkpoints] = await Promise.all([
       getJson<{ points: MetricPoint[] }>(`${base}/metrics?points=${METRIC_POINTS}`, this.token).then((body) => body.points, () => undefined),
       getJson<Placement>(`${base}/placement`, this.token).catch(() => undefined), // none unless running
@@ -157,9 +158,11 @@ export class LiveSwarm {
     const lastLoaded = points[points.length - 1]?.at ?? -Infinity;
     this.series.set(jobId, [...points, ...(this.series.get(jobId) ?? []).filter((point) => point.at > lastLoaded)]);
     this.grownSeries.add(jobId);
-    const { [jobId]: _ended, ...otherPlacements } = this.state.placements;
+    // A plan event that came while the routes answered is newer than what they said.
+    const { [jobId]: current, ...otherPlacements } = this.state.placements;
+    const latest = current !== placementBefore ? current : placement;
     this.update({
-      placements: placement ? { ...this.state.placements, [jobId]: placement } : otherPlacements,
+      placements: latest ? { ...this.state.placements, [jobId]: latest } : otherPlacements,
       checkpoints: { ...this.state.checkpoints, [jobId]: checkpoints },
     });
   }
