@@ -103,7 +103,7 @@ describe('swarmtrain-coordinator --corpus', () => {
       stdout: { write: () => {} }, stderr: { write: (text: string) => (stderr += text) },
     });
     expect(code).toBe(2);
-    expect(stderr).toBe(`swarmtrain-coordinator: corpus ${corpus} line 2: expected an object with a string field "text"\n`);
+    expect(stderr).toBe(`swarmtrain coordinator: corpus ${corpus} line 2: expected an object with a string field "text"\n`);
   });
 });
 
