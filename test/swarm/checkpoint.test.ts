@@ -138,7 +138,8 @@ describe('the coordinator keeps a swarm job', () => {
     ['full', {}],
     // A LoRA checkpoint holds an expert's adapters only: the survivor rebuilds its frozen base from the job's seed.
     ['LoRA', { mode: 'lora', lora: { rank: 4, alpha: 8 } }],
-  ] as [string, Partial<JobSpec>][])('%s: kill -9 of the only holder of an expert: it comes back from the last checkpoint, and every batch is completed once', async (_, mode) => {
+  ] as [string, Partial<JobSpec>][])('%s: kill -9 of the only holder of an expert: it comes back from the last checkpoint, '
+    + 'and every batch is completed once', async (_, mode) => {
     data = await mkdtemp(join(tmpdir(), 'swarmtrain-data-'));
     const total = 48;
     swarm = await startSwarm(job({ totalBatches: total, ...mode }), [...COORDINATOR, '--replication', '1', '--data', data]);
