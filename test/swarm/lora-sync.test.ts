@@ -59,6 +59,8 @@ describe('a LoRA swarm job with synchronous averaging', () => {
     for (const node of nodes) expect(node.events.find((e) => e.event === 'corpus')).toMatchObject(fetched);
 
     const { perNode, batchesPerStep } = await stepsByNode(nodes, STEPS);
+    // Every round had both holders' gradients (a node still joining when the other's first deltas went out gets them later).
+    for (const events of perNode) expect(events.at(-1)!.averaging.missing, 'sync rounds without the other holder').toBe(0);
     const tokenizer = BpeTokenizer.train(jobDocuments(onText, text).documents, { vocabSize: 300 });
     const reference = await replaySync(onText, tokenizer, batchesPerStep, text);
     for (let s = 0; s < STEPS; s++) {
