@@ -6,8 +6,16 @@
 // reference) and periodic averaging (each replica steps alone with its own AdamW, parameters averaged every H
 // steps, as the swarm's f32 periodic averaging with outer lr 1 does), each with A and B trained or A frozen.
 // Prints held-out loss (nats/token) and, at each periodic round, the gap ‖mean(BᵢAᵢ) − mean(Bᵢ)·mean(Aᵢ)‖/‖mean(BᵢAᵢ)‖.
-// Run: npx tsx bench/lora-averaging.ts [--nodes 3] [--every 4] [--steps 64] [--base-steps 200] [--seeds 1]
+// --swarm runs the four schemes as real swarm jobs instead (the base saved as a Hugging Face folder, NODES node processes,
+// replication NODES, batches leased as they come): the mean of the nodes' final held-out loss (their own 8 batches).
+// Run: npx tsx bench/lora-averaging.ts [--nodes 3] [--every 4] [--steps 64] [--base-steps 200] [--seeds 1] [--swarm]
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import type { JobSpec } from '../proto/index.ts';
+import { startSwarm } from '../src/harness/local-swarm.ts';
+import { saveHfModel } from '../src/io/hf.ts';
 import { createKernels, type Kernels } from '../src/kernels/index.ts';
 import { createConfig, type F32Tensor, type ModelConfig } from '../src/model/config.ts';
 import { Model } from '../src/model/model.ts';
@@ -23,7 +31,7 @@ const { values } = parseArgs({
   options: {
     nodes: { type: 'string', default: '3' }, every: { type: 'string', default: '4' }, steps: { type: 'string', default: '64' },
     'base-steps': { type: 'string', default: '200' }, seeds: { type: 'string', default: '1' }, rank: { type: 'string', default: '8' },
-    lr: { type: 'string', default: '1e-2' },
+    lr: { type: 'string', default: '1e-2' }, swarm: { type: 'boolean', default: false },
   },
 });
 const NODES = Number(values.nodes);
@@ -153,15 +161,42 @@ const baseLoss = await (async () => {
 })();
 console.log(`${NODES} replicas, LoRA rank ${RANK} (alpha ${2 * RANK}), ${STEPS} steps each, periodic every ${EVERY}, lr ${LR}; ` +
   `base ${BASE_STEPS} steps on SOTU; held-out loss on TypeScript's lib files before LoRA: ${baseLoss.toFixed(4)}\n`);
+/** The scheme as a swarm job on the base (saved in `baseDir`): the mean of the nodes' final held-out loss. */
+async function runSwarm(scheme: Scheme, seed: number, baseDir: string, scratch: string): Promise<Outcome> {
+  const spec: JobSpec = {
+    jobId: `lora-averaging-${seed}-${scheme.sync ? 'sync' : 'periodic'}-${scheme.freezeA ? 'fa' : 'ab'}`, model: {}, mode: 'lora',
+    lora: { rank: RANK, alpha: 2 * RANK, freezeA: scheme.freezeA }, baseFormat: 'f32', basePath: 'fp32', seed, corpus: 'typescript-lib',
+    batchSize: 8, seqLen: 64, heldOutFraction: 0.1, totalBatches: STEPS * NODES, expectedNodes: NODES, lr: LR, minLr: LR / 10, warmupSteps: 4,
+    averaging: scheme.sync ? { mode: 'sync', every: 1, deadlineMs: 60_000 } : { mode: 'periodic', every: EVERY, deadlineMs: 20_000 },
+    expertTimeoutMs: 60_000,
+  };
+  const swarm = await startSwarm(spec, [
+    '--base', baseDir, '--replication', String(NODES), '--heartbeat-ms', '500', '--node-timeout-ms', '30000', '--lease-ms', '300000',
+  ]);
+  try {
+    const nodes = Array.from({ length: NODES }, (_, i) => swarm.startNode(['--data', join(scratch, `node${i}`)]));
+    const finished = await Promise.all(nodes.map((n) => n.waitFor((e) => e.event === 'finished', 1_800_000, 'finished')));
+    return { heldOut: meanOfNumbers(finished.map((e) => e.heldOut.loss as number)), gaps: [] };
+  } finally {
+    await swarm.shutdown();
+  }
+}
+
+const meanOfNumbers = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 const seeds = Array.from({ length: Number(values.seeds) }, (_, i) => i + 1);
 const rows: string[][] = [];
 const outcomes = new Map<string, Outcome[]>();
+const scratch = values.swarm ? await mkdtemp(join(tmpdir(), 'swarmtrain-lora-averaging-')) : '';
+if (values.swarm) {
+  await saveHfModel(join(scratch, 'base'), { config, layout: { family: 'mixtral', packedExperts: false }, params: weights });
+  tokenizer.save(join(scratch, 'base', 'tokenizer.json'));
+}
 for (const scheme of SCHEMES) {
   const results: Outcome[] = [];
-  for (const seed of seeds) results.push(await run(scheme, seed));
+  for (const seed of seeds) results.push(values.swarm ? await runSwarm(scheme, seed, join(scratch, 'base'), scratch) : await run(scheme, seed));
   outcomes.set(scheme.name, results);
 }
-const meanOfNumbers = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
+if (values.swarm) await rm(scratch, { recursive: true, force: true });
 for (const scheme of SCHEMES) {
   const results = outcomes.get(scheme.name)!;
   const reference = outcomes.get(scheme.freezeA ? 'sync, A frozen' : 'sync, A and B')!;

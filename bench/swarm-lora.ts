@@ -27,7 +27,8 @@ const MiB = 2 ** 20;
 async function writeBase(dir: string): Promise<number> {
   const tokenizer = BpeTokenizer.train(loadCorpus('moby-dick').documents, { vocabSize: REFERENCE_CONFIG.vocabSize });
   if (tokenizer.vocabSize > REFERENCE_CONFIG.vocabSize) throw new Error(`tokenizer of ${tokenizer.vocabSize} tokens`);
-  await saveHfModel(dir, { config: REFERENCE_CONFIG, layout: { family: 'mixtral', packedExperts: false }, params: new Map(initTensors(REFERENCE_CONFIG, 1)) }, 'BF16');
+  const params = new Map(initTensors(REFERENCE_CONFIG, 1));
+  await saveHfModel(dir, { config: REFERENCE_CONFIG, layout: { family: 'mixtral', packedExperts: false }, params }, 'BF16');
   tokenizer.save(join(dir, 'tokenizer.json'));
   return (await stat(join(dir, 'model.safetensors'))).size;
 }
@@ -90,18 +91,19 @@ export async function benchLoraSwarm(quick: boolean): Promise<void> {
       const tokens = kept.reduce((n, e) => n + e.tokens, 0);
       const seconds = kept.reduce((n, e) => n + e.seconds, 0);
       const trainingBytes = last.bytesSent - before.bytesSent + last.bytesReceived - before.bytesReceived;
-      const finished = node.events.find((e) => e.event === 'finished')!;
+      const heldOut = (event: string) => (node.events.find((e) => e.event === event)!.heldOut.loss as number).toFixed(3);
       return [
         `node ${i}`, firstStepSeconds.toFixed(1), (weights.seconds as number).toFixed(1),
         `${(weights.fetchedBytes / MiB).toFixed(1)} of ${(checkpointBytes / MiB).toFixed(1)}`, String(stepEvents.length),
         (tokens / seconds).toFixed(0), (peak / MiB).toFixed(0), (trainingBytes / (tokens / 1000) / 1024).toFixed(1),
-        `${(node.events.find((e) => e.event === 'evaluated')!.heldOut.loss as number).toFixed(3)} → ${(finished.heldOut.loss as number).toFixed(3)}`,
+        `${heldOut('evaluated')} → ${heldOut('finished')}`,
       ];
     });
     console.log(`\nLoRA rank ${LORA.rank} on a q4 base (int path, bf16 activations) of the reference config, from a random-weight bf16 checkpoint; `
       + `${NODES} nodes, replication 2, ${steps} steps of ${BATCH} × ${SEQ} per node, first ${WARMUP_STEPS} left out of the steady state`);
     printTable([
-      'node', 'first step (s)', 'weight fetch (s)', 'base MiB fetched', 'steps', 'tokens/s', 'peak RSS MiB', 'KiB per 1k tokens', 'held-out before → after',
+      'node', 'first step (s)', 'weight fetch (s)', 'base MiB fetched', 'steps', 'tokens/s', 'peak RSS MiB', 'KiB per 1k tokens',
+      'held-out before → after',
     ], rows);
     console.log('first step: from spawning the node to its first step event (join, weight fetch, quantization, waiting for all 3 nodes); '
       + 'KiB per 1k tokens: training traffic (expert calls, averaging) sent + received over the steady-state steps');

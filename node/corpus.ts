@@ -31,7 +31,9 @@ export async function fetchJobText(
   const blob = spec.corpusBlob;
   if (blob === undefined) throw new Error(`job ${spec.jobId} has no corpus blob`);
   const chunks = Math.ceil(blob.bytes / MAX_BLOB_CHUNK_BYTES);
-  if (blob.chunks.length !== chunks) throw new Error(`job ${spec.jobId}: its corpus blob of ${blob.bytes} bytes lists ${blob.chunks.length} chunks, not ${chunks}`);
+  if (blob.chunks.length !== chunks) {
+    throw new Error(`job ${spec.jobId}: its corpus blob of ${blob.bytes} bytes lists ${blob.chunks.length} chunks, not ${chunks}`);
+  }
   const store = new BlobStore(components.dataDir);
   if (components.serve) await serveBlobs({ rpc: components.rpc, source: store, admitted: components.admitted });
   const report = await new WeightFetcher({ rpc: components.rpc, store }).fetchBlobs([blob], MAX_BLOB_CHUNK_BYTES, sources);

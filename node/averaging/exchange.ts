@@ -13,6 +13,8 @@ import type { AveragingComponents, AveragingOptions, AveragingStats } from './in
 
 /** Contributions older than this many rounds are refused (and dropped from the inbox). */
 export const KEEP_ROUNDS = 4;
+/** How often a delta is offered again to a holder that does not serve averaging yet. */
+const JOINING_RETRY_MS = 200;
 
 /** A reduce-scatter message, checked, with its part decoded (one array per segment). */
 export interface PartArrival {
@@ -145,8 +147,19 @@ export class DeltaExchange {
     for (const peer of peers) {
       const target = this.components.directory.address(peer);
       if (!target) continue;
+      const sent = performance.now();
+      const attempt = async (): Promise<unknown> => {
+        try {
+          return await this.components.rpc.request(target, 'delta', message, { timeout: deadlineMs });
+        } catch (err) {
+          // A holder still joining (fetching weights or text) serves no averaging yet: ask again until the deadline.
+          const joining = err instanceof RefusedError && err.reason === 'unsupported' && performance.now() - sent < deadlineMs;
+          if (!joining) throw err;
+          await new Promise((resolve) => setTimeout(resolve, JOINING_RETRY_MS));
+          return attempt();
+        }
+      };
       // Once more on failure: two nodes dialing each other at the same moment can reset the first streams.
-      const attempt = () => this.components.rpc.request(target, 'delta', message, { timeout: deadlineMs });
       attempt().catch(attempt).catch((err: Error) => log?.(`${what} to ${peer} failed: ${err.message}`));
     }
   }

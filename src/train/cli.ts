@@ -87,7 +87,9 @@ type TrainValues = OptionValues<typeof TRAIN_OPTIONS>;
 /** A bundled corpus's name, or the absolute path of an existing file or folder. */
 function parseCorpus(value: string, name: string): string {
   if (isBundledCorpus(value)) return value;
-  if (!existsSync(value)) throw new UsageError(`${name} must be one of ${CORPUS_NAMES.join(', ')} or a file or folder of your text, got ${JSON.stringify(value)}`);
+  if (!existsSync(value)) {
+    throw new UsageError(`${name} must be one of ${CORPUS_NAMES.join(', ')} or a file or folder of your text, got ${JSON.stringify(value)}`);
+  }
   return resolve(value);
 }
 

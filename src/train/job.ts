@@ -69,7 +69,8 @@ export function jobDocuments(spec: JobSpec, text?: JobText): { documents: string
 
 function bundled(spec: JobSpec): { documents: string[] } {
   if (!(CORPUS_NAMES as readonly string[]).includes(spec.corpus)) {
-    throw new JobError(`job ${spec.jobId}: unknown corpus "${spec.corpus}" (known: ${CORPUS_NAMES.join(', ')}; or give the coordinator --corpus <path>)`);
+    const known = `known: ${CORPUS_NAMES.join(', ')}; or give the coordinator --corpus <path>`;
+    throw new JobError(`job ${spec.jobId}: unknown corpus "${spec.corpus}" (${known})`);
   }
   return loadCorpus(spec.corpus as CorpusName);
 }

@@ -28,7 +28,8 @@ export function loadTextCorpus(path: string): TextCorpus {
   try {
     isFolder = statSync(path).isDirectory();
   } catch (err) {
-    throw new CorpusError(`corpus ${path}: ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file or folder' : (err as Error).message}`);
+    const why = (err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file or folder' : (err as Error).message;
+    throw new CorpusError(`corpus ${path}: ${why}`);
   }
   const docs = isFolder ? readFolder(path) : path.endsWith('.jsonl') ? readJsonl(path) : readParagraphs(path);
   if (docs.length === 0) throw new CorpusError(`corpus ${path}: no text in it`);

@@ -4,7 +4,7 @@
 import { describe, expect, it } from 'vitest';
 import { createAverager, type Averager, type AveragingFault, type AveragingOptions } from '../../node/averaging/index.ts';
 import type { Param } from '../../src/model/params.ts';
-import type { DialTarget, Rpc } from '../../src/p2p/index.ts';
+import { RefusedError, type DialTarget, type Rpc } from '../../src/p2p/index.ts';
 import { bitEqual, rng } from '../helpers.ts';
 
 type Handler = (message: unknown, context: { peer: { toString(): string } }) => unknown;
@@ -20,11 +20,14 @@ interface Misbehaviour {
   silent?: string[];
   /** Holders that corrupt what they send. */
   faulty?: Record<string, AveragingFault>;
+  /** Holders that serve no averaging for this many ms (still joining: the protocol is unsupported). */
+  joining?: Record<string, number>;
 }
 
 /** Holders of one group ("trunk"), each with a tensor of 6 and one of 3 random values. */
 async function holders(ids: string[], options: Partial<AveragingOptions>, misbehaviour: Misbehaviour = {}): Promise<Holder[]> {
-  const { silent = [], faulty = {} } = misbehaviour;
+  const { silent = [], faulty = {}, joining = {} } = misbehaviour;
+  const started = performance.now();
   const handlers = new Map<string, Handler>();
   const random = rng(11);
   const list = ids.map((id) => {
@@ -37,6 +40,7 @@ async function holders(ids: string[], options: Partial<AveragingOptions>, misbeh
       handle: async (_protocol: string, handler: Handler) => void handlers.set(id, handler),
       request: async (target: string, _protocol: string, message: unknown) => {
         if (silent.includes(id)) return new Promise(() => {});
+        if (performance.now() - started < (joining[target] ?? 0)) throw new RefusedError(`${target}: protocol not supported`, 'unsupported');
         return handlers.get(target)!(structuredClone(message), { peer: { toString: () => id } });
       },
     } as unknown as Rpc;
@@ -68,6 +72,21 @@ describe('sync averaging', () => {
       h.params.forEach((p, i) => expect(bitEqual(p.grad!, list[0].params[i].grad!)).toBe(true));
       expect(h.averager.stats).toMatchObject({ rounds: 1, received: 2, missing: 0 });
       expect(h.averager.staleness(7)).toBe(0);
+    }
+  });
+});
+
+describe('a holder still joining', () => {
+  it('gets the deltas sent before it served averaging: they are offered again until the deadline', async () => {
+    const list = await holders(['a', 'b'], { mode: 'sync', deadlineMs: 5000 }, { joining: { b: 500 } });
+    const expected = mean64(list.map((h) => h.params.map((p) => Float32Array.from(p.grad!))));
+    const [a, b] = list;
+    const sending = a.averager.afterBackward(0); // a's gradients go out while b does not serve yet
+    await new Promise((resolve) => setTimeout(resolve, 600));
+    await Promise.all([sending, b.averager.afterBackward(0)]);
+    for (const h of list) {
+      h.params.forEach((p, i) => p.grad!.forEach((g, j) => expect(g).toBeCloseTo(expected[i][j], 6)));
+      expect(h.averager.stats).toMatchObject({ rounds: 1, received: 1, missing: 0 });
     }
   });
 });

@@ -1,6 +1,6 @@
 // A swarm job's state kept by the coordinator (real processes on 127.0.0.1): checkpoints gathered
 // from the holders; the result a finished job leaves (an HF checkpoint, or a PEFT adapter and its
-// base, giving the gathered model's logits); an expert whose only holder is killed, restored.
+// base, giving the gathered model's logits); an expert whose only holder is killed, restored (full, and LoRA from adapters alone).
 import { createHash } from 'node:crypto';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -134,10 +134,15 @@ describe('the coordinator keeps a swarm job', () => {
     expect(sampled.stdout.length).toBeGreaterThan(1);
   });
 
-  it('kill -9 of the only holder of an expert: it comes back from the last checkpoint, and every batch is completed once', async () => {
+  it.each([
+    ['full', {}],
+    // A LoRA checkpoint holds an expert's adapters only: the survivor rebuilds its frozen base from the job's seed.
+    ['LoRA', { mode: 'lora', lora: { rank: 4, alpha: 8 } }],
+  ] as [string, Partial<JobSpec>][])('%s: kill -9 of the only holder of an expert: it comes back from the last checkpoint, '
+    + 'and every batch is completed once', async (_, mode) => {
     data = await mkdtemp(join(tmpdir(), 'swarmtrain-data-'));
     const total = 48;
-    swarm = await startSwarm(job({ totalBatches: total }), [...COORDINATOR, '--replication', '1', '--data', data]);
+    swarm = await startSwarm(job({ totalBatches: total, ...mode }), [...COORDINATOR, '--replication', '1', '--data', data]);
     const nodes = [0, 1, 2].map(() => swarm!.startNode());
     const peers = await Promise.all(nodes.map(async (n) => (await n.waitFor((e) => e.event === 'joined', 60_000, 'joined')).node as string));
     await swarm.coordinator.waitFor((e) => e.event === 'checkpoint', 120_000, 'checkpoint');
@@ -165,5 +170,8 @@ describe('the coordinator keeps a swarm job', () => {
     expect(added.length).toBe(lost.length);
     expect(added.every((e) => e.copied)).toBe(true);
     await swarm.coordinator.waitFor((e) => e.event === 'result', 60_000, 'result');
+    const { checkpoint } = await latestCheckpoint(join(data, 'jobs', 'ckpt-job', 'checkpoints'));
+    const expertNames = [...checkpoint!.groups].filter(([group]) => group !== 'trunk').flatMap(([, tensors]) => [...tensors.keys()]);
+    expect(expertNames.every((name) => /\.lora_[ab]$/.test(name))).toBe(mode.mode === 'lora');
   });
 });

@@ -20,7 +20,9 @@ const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 function job(lora: JobSpec['lora']): JobSpec {
   return {
     jobId: 'lora-sync', mode: 'lora', lora, baseFormat: 'f32', basePath: 'fp32', seed: 5, corpus: 'chapters',
-    model: { hiddenSize: 64, numLayers: 2, numHeads: 4, numKvHeads: 2, headDim: 16, numExperts: 4, expertsPerToken: 2, expertHiddenSize: 64, maxSeqLen: 32 },
+    model: {
+      hiddenSize: 64, numLayers: 2, numHeads: 4, numKvHeads: 2, headDim: 16, numExperts: 4, expertsPerToken: 2, expertHiddenSize: 64, maxSeqLen: 32,
+    },
     batchSize: 4, seqLen: 32, heldOutFraction: 0.05, totalBatches: 2 * STEPS + 8, expectedNodes: 2, lr: 3e-2, minLr: 3e-3, warmupSteps: 3,
     averaging: { mode: 'sync', every: 1, deadlineMs: 30_000 }, expertTimeoutMs: 10_000,
   };
@@ -53,9 +55,12 @@ describe('a LoRA swarm job with synchronous averaging', () => {
     await Promise.all(nodes.map((n) => n.waitFor((e) => e.event === 'step' && e.step === STEPS, 200_000, `step ${STEPS}`)));
     // Each node fetched the text (from the coordinator or the other node) and checked it.
     const { job: onText, text } = jobOnText(spec, loadTextCorpus(textFile));
-    for (const node of nodes) expect(node.events.find((e) => e.event === 'corpus')).toMatchObject({ sha256: text.sha256, documents: text.documents.length });
+    const fetched = { sha256: text.sha256, documents: text.documents.length };
+    for (const node of nodes) expect(node.events.find((e) => e.event === 'corpus')).toMatchObject(fetched);
 
     const { perNode, batchesPerStep } = await stepsByNode(nodes, STEPS);
+    // Every round had both holders' gradients (a node still joining when the other's first deltas went out gets them later).
+    for (const events of perNode) expect(events.at(-1)!.averaging.missing, 'sync rounds without the other holder').toBe(0);
     const tokenizer = BpeTokenizer.train(jobDocuments(onText, text).documents, { vocabSize: 300 });
     const reference = await replaySync(onText, tokenizer, batchesPerStep, text);
     for (let s = 0; s < STEPS; s++) {
