@@ -429,6 +429,7 @@ export class CoordinatorServer {
       bytesSent: sum(stats.map((s) => s.bytesSent)), bytesReceived: sum(stats.map((s) => s.bytesReceived)),
       refusedUpdates: sum(stats.map((s) => s.refusedUpdates ?? 0)), droppedExpertCalls: sum(stats.map((s) => s.droppedExpertCalls)),
       staleness: mean(stats.map((s) => s.staleness)) ?? 0,
+      updateBytes: sum(stats.map((s) => s.updateBytes ?? 0)), updateRawBytes: sum(stats.map((s) => s.updateRawBytes ?? 0)),
     };
     this.store.addMetric(run.id, point);
     this.emit({ event: 'metrics', jobId: run.id, point });

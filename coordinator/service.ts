@@ -250,6 +250,7 @@ export class CoordinatorService implements SwarmService {
       const stats = training ? member.stats : undefined;
       return {
         nodeId: node.nodeId, status, cores: node.cores, gemmGflops: node.gemmGflops, memoryBytes: node.memoryBytes, addrs: node.addrs,
+        ...(stats?.rssBytes === undefined ? {} : { memoryUsedBytes: stats.rssBytes }),
         ...(training ? { jobId: run!.id } : {}),
         experts: training ? (run!.plan?.nodes.get(node.nodeId) ?? []).map(({ layer, expert }) => ({ layer, expert })) : [],
         step: stats?.step ?? 0, ...(stats?.loss === undefined ? {} : { loss: stats.loss }), tokensPerSecond: stats?.tokensPerSecond ?? 0,

@@ -381,11 +381,12 @@ export class JobSession {
     const { averager } = this;
     const averaging = averager ? {
       staleness: averager.staleness(this.step), refusedUpdates: averager.stats.refused, flaggedPeers: [...averager.stats.flagged].slice(0, 256),
+      updateBytes: averager.stats.encodedBytes, updateRawBytes: averager.stats.rawBytes,
     } : { staleness: 0 };
     try {
       const reply = await this.volunteer.ask(this.coordinator, 'heartbeat', {
         jobId: this.job.jobId, step: this.trainer ? this.step : 0, ...(this.lastLoss === undefined ? {} : { loss: this.lastLoss }),
-        ...(this.lastHeldOut === undefined ? {} : { heldOut: this.lastHeldOut }),
+        ...(this.lastHeldOut === undefined ? {} : { heldOut: this.lastHeldOut }), rssBytes: process.memoryUsage.rss(),
         tokensPerSecond: this.tokensPerSecond, bytesSent: this.traffic.sent, bytesReceived: this.traffic.received,
         droppedExpertCalls: this.experts.stats.unanswered, planVersion: this.newestPlan().version, ...averaging,
       }, { timeout: COORDINATOR_TIMEOUT_MS });

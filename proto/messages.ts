@@ -202,6 +202,11 @@ export const HeartbeatSchema = Type.Object({
   loss: Type.Optional(Type.Number()),
   /** The node's latest held-out loss, when it has evaluated one. */
   heldOut: Type.Optional(Type.Number()),
+  /** The node process's resident memory. */
+  rssBytes: Type.Optional(Count),
+  /** Bytes of the parameter updates it encoded, and the same updates as plain f32 (their ratio is the compression). */
+  updateBytes: Type.Optional(Count),
+  updateRawBytes: Type.Optional(Count),
   tokensPerSecond: NonNegative,
   bytesSent: Count,
   bytesReceived: Count,

@@ -63,6 +63,8 @@ export const MetricPointSchema = Type.Object({
   refusedUpdates: Count,
   droppedExpertCalls: Count,
   staleness: Type.Number(),
+  updateBytes: Type.Optional(Bytes),
+  updateRawBytes: Type.Optional(Bytes),
 });
 
 const ExpertCell = Type.Object({ layer: Count, expert: Count });
@@ -73,6 +75,7 @@ export const NodeViewSchema = Type.Object({
   cores: Count,
   gemmGflops: Type.Number(),
   memoryBytes: Bytes,
+  memoryUsedBytes: Type.Optional(Bytes),
   addrs: Type.Array(Type.String()),
   jobId: Type.Optional(Type.String()),
   experts: Type.Array(ExpertCell),

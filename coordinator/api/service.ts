@@ -55,6 +55,9 @@ export interface MetricPoint {
   droppedExpertCalls: number;
   /** Mean local steps since the last averaging. */
   staleness: number;
+  /** Parameter updates the nodes encoded, in bytes, and the same updates as plain f32: raw / encoded is the compression ratio. */
+  updateBytes?: number;
+  updateRawBytes?: number;
 }
 
 export type NodeStatus = 'training' | 'idle' | 'slow' | 'gone';
@@ -65,6 +68,8 @@ export interface NodeView {
   cores: number;
   gemmGflops: number;
   memoryBytes: number;
+  /** Resident memory of the node's process, as it last reported. */
+  memoryUsedBytes?: number;
   addrs: string[];
   /** The job it trains, when it does. */
   jobId?: string;

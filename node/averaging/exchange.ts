@@ -62,6 +62,7 @@ interface Assembly {
 export class DeltaExchange {
   readonly stats: AveragingStats = {
     rounds: 0, received: 0, late: 0, missing: 0, refused: 0, flagged: new Set(), resyncs: 0, fallbacks: 0, unaveraged: 0,
+    encodedBytes: 0, rawBytes: 0,
   };
   /** The round under way here. */
   round = 0;
@@ -128,7 +129,14 @@ export class DeltaExchange {
       writePart(decoded, part, encoded.decoded);
       return encoded.message;
     });
+    this.countEncoded(values.reduce((n, v) => n + v.length, 0), messages.flat());
     return { layout, messages, decoded };
+  }
+
+  /** Counts an encoded update of `values` f32 values: the codec's compression, as the node reports it. */
+  countEncoded(values: number, message: readonly NamedTensor[]): void {
+    this.stats.rawBytes += 4 * values;
+    this.stats.encodedBytes += message.reduce((n, t) => n + t.tensor.data.byteLength, 0);
   }
 
   /** Sends a whole contribution to the group's other holders, a message per part, without waiting for them. */

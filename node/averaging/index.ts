@@ -57,6 +57,9 @@ export interface AveragingStats {
   resyncs: number;
   /** reduce-scatter: parts whose owner's result did not come, aggregated by the fallback owner instead. */
   fallbacks: number;
+  /** Bytes of the updates this node encoded for the wire, and what they would be as plain f32: the codec's compression. */
+  encodedBytes: number;
+  rawBytes: number;
   /** reduce-scatter: parts no result came for: this node kept its own delta there for the round. */
   unaveraged: number;
 }

@@ -176,6 +176,7 @@ export class ReduceScatter {
       // The result travels in the group's codec; what the owner applies is what the others decode.
       const { message, decoded } = encodePart(codec, part, aggregate(contributions, round, options), (key) => states(`gather/${key}`));
       r.results.set(k, decoded);
+      exchange.countEncoded(decoded.reduce((n, v) => n + v.length, 0), message);
       const gather = { round, steps: options.every, codec: codec.spec, part: { index: k, count }, phase: 'gather' as const, parts: message };
       exchange.post(group, exchange.others(group), gather);
     }

@@ -101,6 +101,11 @@ describe('the coordinator service', () => {
     }, 30_000);
     expect(nodes.map((n) => n.nodeId).sort()).toEqual(swarm.nodes.map((n) => n.events.find((e) => e.event === 'joined')!.node).sort());
     expect(b.hasResult).toBe(true);
+    // The nodes' heartbeats carry their updates' bytes: int8 with a scale per block of 32 is about 3.8× smaller than f32.
+    const sample = (await api.metrics(first.id, 10_000)).findLast((p) => (p.updateBytes ?? 0) > 0)!;
+    expect(sample.updateRawBytes! / sample.updateBytes!).toBeGreaterThan(3.5);
+    expect(sample.updateRawBytes! / sample.updateBytes!).toBeLessThan(4);
+    expect(nodes.every((n) => n.memoryUsedBytes === undefined)).toBe(true); // idle: no heartbeat of a job
   }, 600_000);
 
   it('a coordinator killed mid-job and started again on its data finishes the job: every batch once, the loss carried on', async () => {

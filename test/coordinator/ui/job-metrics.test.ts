@@ -3,7 +3,7 @@
 import { describe, expect, it } from 'vitest';
 import type { MetricPoint, NodeView } from '../../../coordinator/api/service.ts';
 import {
-  appendPoint, flaggedPeers, LOG_X_FROM_BATCHES, RATE_WINDOW_MS, trafficRates, xScaleFor,
+  appendPoint, compressionRatio, flaggedPeers, LOG_X_FROM_BATCHES, RATE_WINDOW_MS, trafficRates, xScaleFor,
 } from '../../../coordinator/ui/src/logic/job-metrics.ts';
 
 const point = (at: number, completed: number, bytesSent = 0, bytesReceived = 0): MetricPoint => ({
@@ -51,5 +51,15 @@ describe('flaggedPeers', () => {
     const node = (nodeId: string, jobId: string | undefined, flagged: string[]) => ({ nodeId, jobId, flaggedPeers: flagged }) as NodeView;
     const nodes = [node('a', 'j', ['z', 'x']), node('b', 'j', ['x']), node('c', 'other', ['w']), node('d', undefined, ['v'])];
     expect(flaggedPeers(nodes, 'j')).toEqual(['x', 'z']);
+  });
+});
+
+describe('compressionRatio', () => {
+  it('is the f32 size of the updates over their encoded size, unknown before any update', () => {
+    const base = point(1, 1);
+    expect(compressionRatio(undefined)).toBeUndefined();
+    expect(compressionRatio(base)).toBeUndefined();
+    expect(compressionRatio({ ...base, updateBytes: 0, updateRawBytes: 0 })).toBeUndefined();
+    expect(compressionRatio({ ...base, updateBytes: 1000, updateRawBytes: 3600 })).toBe(3.6);
   });
 });

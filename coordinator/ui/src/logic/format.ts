@@ -27,6 +27,11 @@ export function formatNumber(value: number | undefined): string {
   return threeDigits(scaled) + SI_PREFIXES[prefix];
 }
 
+/** How many times smaller: 12.3×. */
+export function formatRatio(value: number | undefined): string {
+  return value === undefined || !Number.isFinite(value) ? UNKNOWN : `${formatNumber(value)}×`;
+}
+
 /** An integer with thousands separators: 12,345. */
 export function formatCount(value: number | undefined): string {
   if (value === undefined || !Number.isFinite(value)) return UNKNOWN;

@@ -37,6 +37,12 @@ export function trafficRates(points: readonly MetricPoint[]): { sent?: number; r
   };
 }
 
+/** How many times smaller the nodes' parameter updates were on the wire than as plain f32; undefined before any. */
+export function compressionRatio(point: MetricPoint | undefined): number | undefined {
+  if (!point?.updateBytes || point.updateRawBytes === undefined) return undefined;
+  return point.updateRawBytes / point.updateBytes;
+}
+
 /**
  * Adds `point` to the series in place unless it is a duplicate (samples arrive in time and
  * progress order, so an older or repeated one is); returns whether it was added. In place: a long run streams

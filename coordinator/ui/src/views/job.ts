@@ -5,9 +5,9 @@ import { useEffect, useState } from 'preact/hooks';
 import type { JobView, MetricPoint, NodeView } from '../../../api/service.ts';
 import { ApiError, deleteJson, postJson, withToken } from '../api.ts';
 import {
-  formatByteRate, formatBytes, formatCount, formatEta, formatNumber, formatPercent, formatTime, shortId, UNKNOWN,
+  formatByteRate, formatBytes, formatCount, formatEta, formatNumber, formatPercent, formatRatio, formatTime, shortId, UNKNOWN,
 } from '../logic/format.ts';
-import { flaggedPeers, trafficRates } from '../logic/job-metrics.ts';
+import { compressionRatio, flaggedPeers, trafficRates } from '../logic/job-metrics.ts';
 import { LossChart } from './chart.ts';
 import { PlacementMap } from './placement.ts';
 import { valueOf } from './input.ts';
@@ -44,6 +44,8 @@ export function JobTiles({ job, points, nodes }: { job: JobView; points: MetricP
     <${Tile} label="Tokens/s" value=${formatNumber(last?.tokensPerSecond)} detail=${`${last?.nodes ?? 0} nodes`} />
     <${Tile} label="In / out" value=${`${formatByteRate(rates.received)} / ${formatByteRate(rates.sent)}`}
       detail=${`total ${formatBytes(last?.bytesReceived)} / ${formatBytes(last?.bytesSent)}`} />
+    <${Tile} label="Compression" value=${formatRatio(compressionRatio(last))}
+      detail=${`updates: ${formatBytes(last?.updateBytes)} sent for ${formatBytes(last?.updateRawBytes)} as f32`} />
     <${Tile} label="Staleness" value=${last ? formatNumber(last.staleness) : UNKNOWN} detail="local steps since averaging" />
     <${Tile} label="Refused updates" value=${formatCount(last?.refusedUpdates)} />
     <${Tile} label="Dropped expert calls" value=${formatCount(last?.droppedExpertCalls)} />

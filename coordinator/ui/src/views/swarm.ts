@@ -20,7 +20,7 @@ export function NodesTable({ nodes }: { nodes: NodeView[] }) {
   return html`<div class="table-wrap"><table class="nodes">
     <thead><tr>
       <th scope="col">Node</th><th scope="col">Status</th><th scope="col" class="num">Cores</th>
-      <th scope="col" class="num">GFLOPS</th><th scope="col" class="num">Memory</th><th scope="col" class="num">Experts</th>
+      <th scope="col" class="num">GFLOPS</th><th scope="col" class="num">Memory used / budget</th><th scope="col" class="num">Experts</th>
       <th scope="col" class="num">In</th><th scope="col" class="num">Out</th><th scope="col">Last heartbeat</th>
     </tr></thead>
     <tbody>${sorted.map((node) => html`<tr key=${node.nodeId} data-status=${node.status}>
@@ -28,7 +28,7 @@ export function NodesTable({ nodes }: { nodes: NodeView[] }) {
       <td><span class=${`badge status-${node.status}`}>${node.status}</span></td>
       <td class="num">${node.cores}</td>
       <td class="num">${formatNumber(node.gemmGflops)}</td>
-      <td class="num">${formatBytes(node.memoryBytes)}</td>
+      <td class="num">${node.memoryUsedBytes === undefined ? '' : `${formatBytes(node.memoryUsedBytes)} / `}${formatBytes(node.memoryBytes)}</td>
       <td class="num"><span title=${expertList(node)}>${node.experts.length}</span></td>
       <td class="num">${formatBytes(node.bytesReceived)}</td>
       <td class="num">${formatBytes(node.bytesSent)}</td>
