@@ -4,7 +4,7 @@
 // file, the tokenizer, the base checkpoint) ends with one line on stderr and exit code 2; a failure to start, 1.
 import { existsSync, readFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { integer, text } from '../src/cli/args.ts';
+import { flag, integer, text } from '../src/cli/args.ts';
 import { command, helpText, runCommand, type CommandIO } from '../src/cli/command.ts';
 import { statusWriter, type Status } from '../src/cli/health.ts';
 import { asInput, EXIT, messageOf, UsageError } from '../src/cli/usage.ts';
@@ -32,6 +32,11 @@ every event as one JSON line; the first, "listening", gives the multiaddrs to jo
     vocab: integer('<n>', "train a tokenizer of n tokens on the job's documents (default: the job's model.vocabSize, if it sets one)",
       positive),
     listen: text('<multiaddr>', 'where nodes reach the coordinator, repeatable (default /ip4/127.0.0.1/tcp/0)', { multiple: true }),
+    announce: text('<multiaddr>', 'an address nodes reach the coordinator at besides the listening ones (e.g. a public address '
+      + 'forwarded to it), repeatable', { multiple: true }),
+    lan: flag("give nodes each other's private and loopback addresses too (a swarm on one routed private network); by default "
+      + 'they go only to nodes behind the same address or on a private network with the coordinator'),
+    'no-relay': flag('serve no circuit relay (by default nodes behind NATs reserve a slot here and are reached through it)'),
     token: text('<secret>', 'the join token nodes must present; none by default: an open swarm', { env: 'SWARMTRAIN_TOKEN' }),
     key: text('<file>', "keeps the coordinator's peer id across restarts (created if absent)"),
     'heartbeat-ms': integer('<n>', 'how often nodes heartbeat (default 1000)', positive),
@@ -66,6 +71,8 @@ every event as one JSON line; the first, "listening", gives the multiaddrs to jo
         checkpointEvery: values['checkpoint-every'],
         keepCheckpoints: values['keep-checkpoints'],
         ...(values.listen ? { listen: values.listen } : {}),
+        ...(values.announce ? { announce: values.announce } : {}),
+        lan: values.lan, relay: !values['no-relay'],
         ...(values.key === undefined ? {} : { keyFile: values.key }),
         onEvent: (event) => io.stdout.write(`${JSON.stringify(event)}\n`),
       });

@@ -28,10 +28,11 @@ import {
 } from '../proto/index.ts';
 import type { ModelConfig } from '../src/model/config.ts';
 import type { PrivateKey } from '@libp2p/interface';
-import { createHost, identityKey, RefusedError, Rpc, serveGroups, signSync, type Host, type Rejection } from '../src/p2p/index.ts';
+import { connectionIp, createHost, identityKey, RefusedError, Rpc, serveGroups, signSync, type Host, type Rejection } from '../src/p2p/index.ts';
 import { jobBatchesPerEpoch, jobConfig, jobModelOptions } from '../src/train/job.ts';
 import type { Tokenizer } from '../src/train/tokenizers/index.ts';
 import { serveBlobs, signManifest, type BlobSource } from '../src/weights/index.ts';
+import { AddressBook } from './addresses.ts';
 import { JobCheckpoints, type CheckpointEvent } from './checkpointer.ts';
 import { JobLeases, type LeaseCounters } from './leases.ts';
 import { Membership, type NodeRecord } from './membership.ts';
@@ -47,6 +48,12 @@ export interface CoordinatorOptions {
   base?: { manifest: BaseManifest; blobs: BlobSource; name: string };
   /** Multiaddrs to listen on (default: an ephemeral TCP port on 127.0.0.1). */
   listen?: string[];
+  /** Multiaddrs to advertise besides the listening ones (a public address forwarded to the coordinator). */
+  announce?: string[];
+  /** Give every node every peer address, private ones included (a swarm on one routed private network). */
+  lan?: boolean;
+  /** Serve as a circuit relay for the admitted nodes (those behind NATs are reached through it). Default true. */
+  relay?: boolean;
   /** The coordinator's libp2p identity, created on first use. */
   keyFile?: string;
   /** Shared secret a node must present to join; '' admits anyone. */
@@ -160,7 +167,7 @@ const truncate = (text: string) => (text.length <= MAX_REASON ? text : `${text.s
 
 export class CoordinatorServer {
   private readonly membership: Membership;
-  private readonly addrsOf = new Map<string, string[]>();
+  private readonly addresses: AddressBook;
   private readonly timers: NodeJS.Timeout[] = [];
   private announcedVersion = 0;
   private started = false;
@@ -181,6 +188,7 @@ export class CoordinatorServer {
     private readonly base: JobBase | undefined,
   ) {
     this.membership = new Membership({ timeoutMs: options.nodeTimeoutMs, now: options.now });
+    this.addresses = new AddressBook(options.lan);
   }
 
   /** How often liveness is checked: twice per heartbeat period. */
@@ -203,10 +211,14 @@ export class CoordinatorServer {
     const leases = new JobLeases({ batchesPerEpoch, totalBatches: options.job.totalBatches, leaseMs, now });
     // The identity key also signs every plan nodes receive.
     const privateKey = await identityKey(options.keyFile);
-    const host = await createHost({ listen: options.listen, privateKey });
+    // networking: the relay admits the live nodes (the server, made below, knows them).
+    let server: CoordinatorServer | undefined;
+    const relayServer = options.relay === false ? undefined : { mayReserve: (peer: string) => server?.isAlive(peer) === true };
+    const announce = options.announce ? { announce: options.announce } : {};
+    const host = await createHost({ listen: options.listen, privateKey, ...announce, relayServer });
     const settings = { ...options, heartbeatMs, nodeTimeoutMs, leaseMs, now };
     const base = options.base && { manifest: options.base.manifest, ...signManifest(privateKey, options.base.manifest) };
-    const server = new CoordinatorServer(host, privateKey, settings, planner, plannerOptions, leases, tokenizerJson, base);
+    server = new CoordinatorServer(host, privateKey, settings, planner, plannerOptions, leases, tokenizerJson, base);
     try {
       await server.serve();
     } catch (err) {
@@ -218,6 +230,16 @@ export class CoordinatorServer {
 
   get peerId(): string {
     return this.host.peerId.toString();
+  }
+
+  isAlive(peer: string): boolean {
+    return this.membership.get(peer)?.status === 'alive';
+  }
+
+  /** networking: the IP a node's direct connection to the coordinator comes from (see AddressBook). */
+  private seenFrom(peer: string): string | undefined {
+    const direct = this.host.getConnections().filter((c) => c.remotePeer.toString() === peer).map((c) => connectionIp(c.remoteAddr));
+    return direct.find((ip) => ip !== undefined);
   }
 
   /** Where nodes dial the coordinator, each ending in /p2p/<peerId>. */
@@ -243,7 +265,7 @@ export class CoordinatorServer {
       done: this.done,
       nodes: this.membership.all().map((record) => ({
         ...record,
-        addrs: this.addrsOf.get(record.nodeId) ?? [],
+        addrs: this.addresses.get(record.nodeId) ?? [],
         experts: plan?.nodes.get(record.nodeId)?.length ?? 0,
       })),
       plan: plan ? this.wirePlan(plan) : null,
@@ -303,7 +325,7 @@ export class CoordinatorServer {
     }
     const plan = this.replan(candidate);
     const type = this.membership.join({ nodeId: peer, cores: request.cores, gemmGflops: request.gemmGflops, memoryBytes: request.memoryBytes });
-    this.addrsOf.set(peer, [...request.addrs]);
+    this.addresses.set(peer, request.addrs, this.seenFrom(peer));
     // A node joining again restarted or was declared dead: whatever it held is not coming back.
     const released = this.leases.release(peer);
     this.emit({ event: type, node: peer, cores: request.cores, gemmGflops: request.gemmGflops, memoryBytes: request.memoryBytes, addrs: [...request.addrs], releasedBatchIds: released });
@@ -314,14 +336,14 @@ export class CoordinatorServer {
       this.emit({ event: 'started', nodes: alive });
     }
     return {
-      admitted: true, version: PROTOCOL_VERSION, job: this.options.job, tokenizer: this.tokenizerJson, ...this.signedPlan(plan),
+      admitted: true, version: PROTOCOL_VERSION, job: this.options.job, tokenizer: this.tokenizerJson, ...this.signedPlan(plan, peer),
       heartbeatMs: this.options.heartbeatMs, completedBatches: this.leases.completed, ...(this.base ? { base: this.base } : {}),
     };
   }
 
   private heartbeat(beat: Heartbeat, peer: string): HeartbeatReply {
     this.checkJob(beat.jobId, peer, 'heartbeat');
-    const { jobId: _, ...stats } = beat;
+    const { jobId: _, addrs: __, ...stats } = beat;
     let alive: boolean;
     try {
       alive = this.membership.heartbeat(peer, stats);
@@ -329,8 +351,11 @@ export class CoordinatorServer {
       throw this.refusal(peer, 'heartbeat', (err as Error).message);
     }
     if (!alive) return { accepted: false, reason: 'rejoin', stop: this.done };
+    // networking: a node's addresses change (a relay reservation); every node then gets the plan again.
+    if (beat.addrs) this.addresses.set(peer, beat.addrs.filter((addr) => advertises(addr, peer)), this.seenFrom(peer));
     const plan = this.planner.current!;
-    return { accepted: true, ...(plan.version > beat.planVersion ? this.signedPlan(plan) : {}), stop: this.done };
+    const send = plan.version > beat.planVersion || this.addresses.changedFor(peer);
+    return { accepted: true, ...(send ? this.signedPlan(plan, peer) : {}), stop: this.done };
   }
 
   private lease(request: LeaseRequest, peer: string): LeaseGrant {
@@ -393,18 +418,20 @@ export class CoordinatorServer {
     });
   }
 
-  private wirePlan(plan: ShardPlan): Plan {
+  /** The plan as sent; to a node (`receiver`), with only the peer addresses it can use. */
+  private wirePlan(plan: ShardPlan, receiver?: string): Plan {
+    const addrs = (peerId: string) => (receiver === undefined ? this.addresses.get(peerId) ?? [] : this.addresses.usableBy(receiver, peerId));
     return {
       version: plan.version,
       experts: plan.experts.map(({ layer, expert, holders }) => ({ layer, expert, holders: [...holders] })),
-      peers: [...plan.nodes.keys()].map((peerId) => ({ peerId, addrs: this.addrsOf.get(peerId) ?? [] })),
+      peers: [...plan.nodes.keys()].map((peerId) => ({ peerId, addrs: addrs(peerId) })),
       ...(plan.degraded ? { degraded: truncate(plan.degraded.reason) } : {}),
     };
   }
 
   /** Signed afresh each time: a node's addresses may change without a new plan version (it rejoined from elsewhere). */
-  private signedPlan(shards: ShardPlan): { plan: Plan; planSignature: Uint8Array } {
-    const plan = this.wirePlan(shards);
+  private signedPlan(shards: ShardPlan, receiver: string): { plan: Plan; planSignature: Uint8Array } {
+    const plan = this.wirePlan(shards, receiver);
     return { plan, planSignature: signSync(this.privateKey, planSigningBytes(this.options.job.jobId, plan)) };
   }
 
@@ -449,7 +476,7 @@ export class CoordinatorServer {
         }));
         return [{ group: TRUNK_GROUP, holders: [...plan.nodes.keys()].filter(alive) }, ...experts];
       },
-      address: (peer) => this.addrsOf.get(peer)?.map((addr) => multiaddr(addr)),
+      address: (peer) => this.addresses.get(peer)?.map((addr) => multiaddr(addr)),
       emit: (event) => this.emit(event),
     });
     await serveGroups(rpc, {

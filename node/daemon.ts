@@ -24,9 +24,10 @@ import { createAverager, type Averager, type AveragingFault } from './averaging/
 import { expertPrecisions, serveExperts, SwarmRemoteExperts } from './experts.ts';
 import { NodeBase } from './base.ts';
 import { serveState } from './state.ts';
+import { advertisedAddrs, nodeHostOptions, reportLinks, type NodeNetworkOptions } from './links.ts';
 import { countingCodec, type Traffic } from './traffic.ts';
 
-export interface NodeOptions {
+export interface NodeOptions extends NodeNetworkOptions {
   /** The coordinator's multiaddr, ending in /p2p/<peerId>. */
   join: string;
   token?: string;
@@ -37,7 +38,6 @@ export interface NodeOptions {
   keyFile?: string;
   /** Where base checkpoints' blobs are kept (default: swarmtrain-data beside the key file, else in the working directory). */
   dataDir?: string;
-  listen?: string[];
   onEvent?: (event: NodeEvent) => void;
   /** Called after each heartbeat the coordinator answered (a sign of life too frequent for onEvent). */
   onHeartbeat?: () => void;
@@ -118,15 +118,19 @@ export class NodeDaemon {
     if (coordinatorId === undefined) throw new Error(`${options.join} does not end in /p2p/<the coordinator's peer id>, which checks the plans it signs`);
     const kernels = await createKernels({ threads: options.threads ?? 1 });
     const gemmGflops = measureGemm(kernels);
-    const host = await createHost({ ...(options.listen ? { listen: options.listen } : {}), ...(options.keyFile ? { keyFile: options.keyFile } : {}) });
-    const traffic: Traffic = { sent: 0, received: 0 };
     const emit = options.onEvent ?? (() => {});
+    // networking (node/links.ts): relaying for others admits the plan's peers, known once the daemon exists.
+    let daemon: NodeDaemon | undefined;
+    const host = await createHost(nodeHostOptions(options, (peer) => daemon?.admits(peer) === true, emit));
+    reportLinks(host, emit);
+    const traffic: Traffic = { sent: 0, received: 0 };
     const rpc = new Rpc({
       transport: host,
       codec: countingCodec(msgpackCodec, traffic),
       onReject: (rejection: Rejection) => emit({ event: 'rejected', ...rejection }),
+      onTransfer: (transfer) => emit({ event: 'transfer', ...transfer }),
     });
-    const daemon = new NodeDaemon(options, kernels, host, rpc, coordinator, coordinatorId, gemmGflops, traffic);
+    daemon = new NodeDaemon(options, kernels, host, rpc, coordinator, coordinatorId, gemmGflops, traffic);
     try {
       await daemon.joinJob();
     } catch (err) {
@@ -146,7 +150,7 @@ export class NodeDaemon {
     const reply = await this.rpc.request(this.coordinator, 'join', {
       version: PROTOCOL_VERSION, nodeId: this.self, token: this.options.token ?? '', cores: this.options.threads ?? 1,
       gemmGflops: this.gemmGflops, memoryBytes: this.options.memoryBytes,
-      addrs: this.host.getMultiaddrs().map(String),
+      addrs: advertisedAddrs(this.host),
     }, { timeout: COORDINATOR_TIMEOUT_MS });
     if (!reply.admitted) throw new JoinRefusedError(`the coordinator refused this node: ${reply.reason}`);
     if (!this.signedPlan(reply.job.jobId, reply.plan, reply.planSignature)) throw new JoinRefusedError(`the plan in the join reply is not signed by ${this.coordinatorId}`);
@@ -310,12 +314,17 @@ export class NodeDaemon {
     return undefined;
   }
 
+  /** Whether `peer` is in the newest plan (a node that relays admits only those). */
+  admits(peer: string): boolean {
+    return this.plan !== undefined && this.newestPlan().peers.some((p) => p.peerId === peer);
+  }
+
   private signedPlan(jobId: string, plan: Plan, signature: Uint8Array | undefined): boolean {
     return signature !== undefined && signedBy(this.coordinatorId, planSigningBytes(jobId, plan), signature);
   }
 
   private newestPlan(): Plan {
-    return this.pendingPlan && this.pendingPlan.version > this.plan.version ? this.pendingPlan : this.plan;
+    return this.pendingPlan && this.pendingPlan.version >= this.plan.version ? this.pendingPlan : this.plan;
   }
 
   private holders(layer: number, expert: number, plan = this.plan): string[] {
@@ -392,9 +401,11 @@ export class NodeDaemon {
         jobId: this.job.jobId, step: this.trainer ? this.step : 0, ...(this.lastLoss === undefined ? {} : { loss: this.lastLoss }),
         tokensPerSecond: this.tokensPerSecond, bytesSent: this.traffic.sent, bytesReceived: this.traffic.received,
         droppedExpertCalls: this.experts.stats.unanswered, planVersion: this.newestPlan().version, ...averaging,
+        addrs: advertisedAddrs(this.host),
       }, { timeout: COORDINATOR_TIMEOUT_MS });
       this.options.onHeartbeat?.();
-      if (reply.plan && reply.plan.version > this.newestPlan().version) {
+      // The same version again carries peers' new addresses (a relay reservation): it replaces the one held.
+      if (reply.plan && reply.plan.version >= this.newestPlan().version) {
         if (this.signedPlan(this.job.jobId, reply.plan, reply.planSignature)) this.pendingPlan = reply.plan;
         else this.log(`heartbeat: ignored plan v${reply.plan.version}, not signed by ${this.coordinatorId}`);
       }
@@ -421,7 +432,7 @@ export class NodeDaemon {
     if (coordinatorVersion > this.newestPlan().version) await this.beat();
     const plan = this.pendingPlan;
     this.pendingPlan = undefined;
-    if (plan && plan.version > this.plan.version) await this.applyPlan(plan);
+    if (plan && plan.version >= this.plan.version) await this.applyPlan(plan);
   }
 
   /** Trains leased micro-batches until the job is done or stop() is called. */
