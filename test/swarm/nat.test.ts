@@ -19,7 +19,8 @@ vi.setConfig({ testTimeout: 180_000 });
 const runnable = canUseNamespaces() || process.env.CI === 'true';
 
 const MODEL = {
-  hiddenSize: 64, numLayers: 2, numHeads: 4, numKvHeads: 2, headDim: 16, numExperts: 4, expertsPerToken: 2, expertHiddenSize: 64, maxSeqLen: 32,
+  hiddenSize: 64, numLayers: 2, numHeads: 4, numKvHeads: 2, headDim: 16, numExperts: 4, expertsPerToken: 2,
+  expertHiddenSize: 64, maxSeqLen: 32,
 };
 const JOB: JobSpec = {
   jobId: 'nat-job', model: MODEL, mode: 'full', baseFormat: 'f32', basePath: 'fp32', seed: 7, corpus: 'moby-dick',
