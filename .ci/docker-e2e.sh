@@ -25,7 +25,10 @@ exec 3>&1 4>&2
 cleanup() {
   local status=$?
   exec 1>&3 2>&4
-  trap - EXIT TERM INT
+  # Ignored, not reset: `timeout` signals the script and then its whole process group, and a second TERM
+  # must not end the cleanup half-way (it would leave the engine's folders behind).
+  trap - EXIT
+  trap '' TERM INT
   set +e
   if ((status != 0)) && [[ -S "$work/docker.sock" && -n "$(compose ps -q 2>/dev/null)" ]]; then
     echo "--- logs of the failed run (last 30 lines per container)"

@@ -52,6 +52,11 @@ the multiaddrs to join.`,
     vocab: integer('<n>', "train a tokenizer of n tokens on the job's documents (default: the job's model.vocabSize, if it sets one)",
       positive),
     listen: text('<multiaddr>', 'where nodes reach the coordinator, repeatable (default /ip4/127.0.0.1/tcp/0)', { multiple: true }),
+    announce: text('<multiaddr>', 'an address nodes reach the coordinator at besides the listening ones (e.g. a public address '
+      + 'forwarded to it), repeatable', { multiple: true }),
+    lan: flag("give nodes each other's private and loopback addresses too (a swarm on one routed private network); by default "
+      + 'they go only to nodes behind the same address or on a private network with the coordinator'),
+    'no-relay': flag('serve no circuit relay (by default nodes behind NATs reserve a slot here and are reached through it)'),
     token: text('<secret>', 'the join token nodes must present; none by default: an open swarm', { env: 'SWARMTRAIN_TOKEN' }),
     key: text('<file>', "keeps the coordinator's peer id across restarts (created if absent)"),
     'heartbeat-ms': integer('<n>', 'how often nodes heartbeat (default 1000)', positive),
@@ -75,6 +80,8 @@ the multiaddrs to join.`,
       checkpointEvery: values['checkpoint-every'],
       keepCheckpoints: values['keep-checkpoints'],
       ...(values.listen ? { listen: values.listen } : {}),
+      ...(values.announce ? { announce: values.announce } : {}),
+      lan: values.lan, relay: !values['no-relay'],
       onEvent: print,
     };
     let stopService: () => Promise<unknown>;

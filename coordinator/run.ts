@@ -17,6 +17,7 @@ import { jobBatchesPerEpoch, jobConfig, jobModelOptions, type JobText } from '..
 import type { TextCorpus } from '../src/train/text-corpus.ts';
 import type { Tokenizer } from '../src/train/tokenizers/index.ts';
 import { joinBlobSources, serveBlobs, signManifest, type BlobSource } from '../src/weights/index.ts';
+import { AddressBook, advertises } from './addresses.ts';
 import { JobCheckpoints } from './checkpointer.ts';
 import { jobOnText } from './corpus.ts';
 import { JobLeases } from './leases.ts';
@@ -41,6 +42,8 @@ export interface RunSettings {
   nodeTimeoutMs: number;
   leaseMs: number;
   replication: number;
+  /** Give every node every peer address, private ones included (see addresses.ts). */
+  lan: boolean;
   /** With a data directory, checkpoints and the result go to <dataDir>/jobs/<jobId>/. */
   dataDir?: string;
   checkpointEvery: number;
@@ -56,6 +59,8 @@ export interface RunComponents {
   emit: (event: DistributiveOmit<CoordinatorEvent, 'at'>) => void;
   /** Called once, when every batch is trained and (with a data directory) the result is written. */
   onDone: () => void;
+  /** The IP a node's direct connection to the coordinator comes from (see AddressBook). */
+  seenFrom: (peer: string) => string | undefined;
 }
 
 const MAX_NODES = 4096;
@@ -86,7 +91,7 @@ export function prepareJob(job: JobSpec, tokenizer: Tokenizer, replication: numb
 export class JobRun {
   readonly job: JobSpec;
   readonly membership: Membership;
-  readonly addrsOf = new Map<string, string[]>();
+  readonly addresses: AddressBook;
   private readonly planner: ShardPlanner;
   readonly plannerOptions: PlannerOptions;
   readonly leases: JobLeases;
@@ -122,6 +127,7 @@ export class JobRun {
     const { leaseMs, now } = settings;
     this.leases = new JobLeases({ batchesPerEpoch, totalBatches: this.job.totalBatches, leaseMs, now });
     this.membership = new Membership({ timeoutMs: settings.nodeTimeoutMs, now });
+    this.addresses = new AddressBook(settings.lan);
     if (assets.base) this.base = { manifest: assets.base.manifest, ...signManifest(components.privateKey, assets.base.manifest) };
   }
 
@@ -197,7 +203,7 @@ export class JobRun {
     }
     const plan = this.replan(candidate);
     const type = this.membership.join({ nodeId: peer, cores: request.cores, gemmGflops: request.gemmGflops, memoryBytes: request.memoryBytes });
-    this.addrsOf.set(peer, [...request.addrs]);
+    this.addresses.set(peer, request.addrs, this.components.seenFrom(peer));
     // A node joining again restarted or was declared dead: whatever it held is not coming back.
     const released = this.leases.release(peer);
     this.persistLeases();
@@ -208,13 +214,13 @@ export class JobRun {
     this.announcePlan();
     this.startIfReady();
     return {
-      admitted: true, version: PROTOCOL_VERSION, job: this.job, tokenizer: this.tokenizerJson, ...this.signedPlan(plan),
+      admitted: true, version: PROTOCOL_VERSION, job: this.job, tokenizer: this.tokenizerJson, ...this.signedPlan(plan, peer),
       heartbeatMs: this.settings.heartbeatMs, completedBatches: this.leases.completed, ...(this.base ? { base: this.base } : {}),
     };
   }
 
   heartbeat(beat: Heartbeat, peer: string): HeartbeatReply {
-    const { jobId: _, ...stats } = beat;
+    const { jobId: _, addrs: __, ...stats } = beat;
     let alive: boolean;
     try {
       alive = this.membership.heartbeat(peer, stats);
@@ -222,8 +228,11 @@ export class JobRun {
       throw this.refusal(peer, 'heartbeat', (err as Error).message);
     }
     if (!alive) return { accepted: false, reason: 'rejoin', stop: this.done };
+    // A node's addresses change (a relay reservation): every node then gets the plan again, at the same version.
+    if (beat.addrs) this.addresses.set(peer, beat.addrs.filter((addr) => advertises(addr, peer)), this.components.seenFrom(peer));
     const plan = this.planner.current!;
-    return { accepted: true, ...(plan.version > beat.planVersion ? this.signedPlan(plan) : {}), stop: this.done };
+    const send = plan.version > beat.planVersion || this.addresses.changedFor(peer);
+    return { accepted: true, ...(send ? this.signedPlan(plan, peer) : {}), stop: this.done };
   }
 
   lease(request: LeaseRequest, peer: string): LeaseGrant {
@@ -284,7 +293,7 @@ export class JobRun {
       const node = known.get(nodeId);
       if (!node) continue;
       this.membership.join({ nodeId, cores: node.cores, gemmGflops: node.gemmGflops, memoryBytes: node.memoryBytes });
-      this.addrsOf.set(nodeId, node.addrs);
+      this.addresses.set(nodeId, node.addrs, undefined);
     }
     this.started = this.leases.completed > 0 || this.membership.alive().length >= this.job.expectedNodes;
   }
@@ -343,18 +352,20 @@ export class JobRun {
     });
   }
 
-  wirePlan(plan: ShardPlan): Plan {
+  /** The plan as sent; to a node (`receiver`), with only the peer addresses it can use. */
+  wirePlan(plan: ShardPlan, receiver?: string): Plan {
+    const addrs = (peerId: string) => (receiver === undefined ? this.addresses.get(peerId) ?? [] : this.addresses.usableBy(receiver, peerId));
     return {
       version: plan.version,
       experts: plan.experts.map(({ layer, expert, holders }) => ({ layer, expert, holders: [...holders] })),
-      peers: [...plan.nodes.keys()].map((peerId) => ({ peerId, addrs: this.addrsOf.get(peerId) ?? [] })),
+      peers: [...plan.nodes.keys()].map((peerId) => ({ peerId, addrs: addrs(peerId) })),
       ...(plan.degraded ? { degraded: truncate(plan.degraded.reason) } : {}),
     };
   }
 
-  /** Signed afresh each time: a node's addresses may change without a new plan version (it rejoined from elsewhere). */
-  private signedPlan(shards: ShardPlan): { plan: Plan; planSignature: Uint8Array } {
-    const plan = this.wirePlan(shards);
+  /** Signed afresh each time: each node gets the addresses it can use, which change without a new plan version. */
+  private signedPlan(shards: ShardPlan, receiver: string): { plan: Plan; planSignature: Uint8Array } {
+    const plan = this.wirePlan(shards, receiver);
     return { plan, planSignature: signSync(this.components.privateKey, planSigningBytes(this.id, plan)) };
   }
 
@@ -405,7 +416,7 @@ export class JobRun {
         }));
         return [{ group: TRUNK_GROUP, holders: [...plan.nodes.keys()].filter(alive) }, ...experts];
       },
-      address: (peer) => this.addrsOf.get(peer)?.map((addr) => multiaddr(addr)),
+      address: (peer) => this.addresses.get(peer)?.map((addr) => multiaddr(addr)),
       emit,
     });
     await serveGroups(rpc, {
@@ -424,7 +435,7 @@ export class JobRun {
   members(): (NodeRecord & { addrs: string[]; experts: number })[] {
     const plan = this.planner.current;
     return this.membership.all().map((record) => ({
-      ...record, addrs: this.addrsOf.get(record.nodeId) ?? [], experts: plan?.nodes.get(record.nodeId)?.length ?? 0,
+      ...record, addrs: this.addresses.get(record.nodeId) ?? [], experts: plan?.nodes.get(record.nodeId)?.length ?? 0,
     }));
   }
 }

@@ -13,7 +13,7 @@ import {
   type LeaseGrant, type LeaseReport, type LeaseRequest, type Plan, type ProtocolName,
 } from '../proto/index.ts';
 import type { PrivateKey } from '@libp2p/interface';
-import { createHost, identityKey, RefusedError, Rpc, type Host, type Rejection } from '../src/p2p/index.ts';
+import { connectionIp, createHost, identityKey, RefusedError, Rpc, type Host, type Rejection } from '../src/p2p/index.ts';
 import type { TextCorpus } from '../src/train/text-corpus.ts';
 import type { Tokenizer } from '../src/train/tokenizers/index.ts';
 import type { BlobSource } from '../src/weights/index.ts';
@@ -25,6 +25,7 @@ import type { DroppedReplica, ExpertHolders, NewReplica } from './planner.ts';
 import { jobOnText } from './corpus.ts';
 import { JobRun, prepareJob, truncate, type DistributiveOmit, type JobAssets, type RunSettings } from './run.ts';
 import { JobStore, type JobRow } from './store.ts';
+import { advertises } from './addresses.ts';
 
 export interface CoordinatorOptions {
   /** Serve this one job, then close the swarm (its nodes leave); without it the coordinator runs the store's queue. */
@@ -44,6 +45,12 @@ export interface CoordinatorOptions {
   store?: JobStore;
   /** Multiaddrs to listen on (default: an ephemeral TCP port on 127.0.0.1). */
   listen?: string[];
+  /** Multiaddrs to advertise besides the listening ones (a public address forwarded to the coordinator). */
+  announce?: string[];
+  /** Give every node every peer address, private ones included (a swarm on one routed private network). */
+  lan?: boolean;
+  /** Serve as a circuit relay for the running job's live nodes (those behind NATs are reached through it). Default true. */
+  relay?: boolean;
   /** The coordinator's libp2p identity, created on first use. */
   keyFile?: string;
   /** Shared secret a node must present to join; '' admits anyone. */
@@ -139,16 +146,6 @@ function bounded(name: string, value: number, min: number, max: number): number 
   return value;
 }
 
-/** A multiaddr that parses and ends in /p2p/<peer>: a node may only advertise itself. */
-function advertises(addr: string, peer: string): boolean {
-  try {
-    const last = multiaddr(addr).getComponents().at(-1);
-    return last?.name === 'p2p' && last.value === peer;
-  } catch {
-    return false;
-  }
-}
-
 const mean = (values: number[]) => (values.length === 0 ? undefined : values.reduce((a, b) => a + b, 0) / values.length);
 const sum = (values: number[]) => values.reduce((a, b) => a + b, 0);
 
@@ -182,6 +179,7 @@ export class CoordinatorServer {
       heartbeatMs, nodeTimeoutMs, now: options.now ?? Date.now,
       leaseMs: bounded('leaseMs', options.leaseMs ?? 30_000, 4, Number.MAX_SAFE_INTEGER),
       replication: bounded('replication', options.replication ?? 2, 1, 256),
+      lan: options.lan ?? false,
       checkpointEvery: bounded('checkpointEvery', options.checkpointEvery ?? 10, 1, 1_000_000),
       keepCheckpoints: bounded('keepCheckpoints', options.keepCheckpoints ?? 3, 1, 1000),
       ...(options.dataDir === undefined ? {} : { dataDir: options.dataDir }),
@@ -201,10 +199,14 @@ export class CoordinatorServer {
     }
     // The identity key also signs every plan nodes receive.
     const privateKey = await identityKey(options.keyFile);
-    const host = await createHost({ listen: options.listen, privateKey });
+    // The relay admits the running job's live nodes (the server, made below, knows them).
+    let made: CoordinatorServer | undefined;
+    const relayServer = options.relay === false ? undefined : { mayReserve: (peer: string) => made?.isAlive(peer) === true };
+    const host = await createHost({ listen: options.listen, privateKey, ...(options.announce ? { announce: options.announce } : {}), relayServer });
     const server = new CoordinatorServer(host, new Rpc({
-      transport: host, codec: msgpackCodec, onReject: (rejection) => server.emit({ event: 'rejected', ...rejection }),
+      transport: host, codec: msgpackCodec, onReject: (rejection) => made?.emit({ event: 'rejected', ...rejection }),
     }), store, privateKey, { ...options, settings, metricsMs });
+    made = server;
     try {
       await server.serve();
     } catch (err) {
@@ -212,6 +214,16 @@ export class CoordinatorServer {
       throw err;
     }
     return server;
+  }
+
+  isAlive(peer: string): boolean {
+    return this.current?.membership.get(peer)?.status === 'alive';
+  }
+
+  /** The IP a node's direct connection to the coordinator comes from (see AddressBook). */
+  private seenFrom(peer: string): string | undefined {
+    const direct = this.host.getConnections().filter((c) => c.remotePeer.toString() === peer).map((c) => connectionIp(c.remoteAddr));
+    return direct.find((ip) => ip !== undefined);
   }
 
   get peerId(): string {
@@ -301,7 +313,7 @@ export class CoordinatorServer {
         : await this.options.assets!(row);
       if (row.state === 'queued') this.changeState(row.id, 'running');
       this.run = await JobRun.open(this.store.job(row.id)!, assets, settings, {
-        rpc: this.rpc, store: this.store, privateKey: this.privateKey,
+        rpc: this.rpc, store: this.store, privateKey: this.privateKey, seenFrom: (peer) => this.seenFrom(peer),
         emit: (event) => this.emit(event),
         onDone: () => void this.finished(row.id),
       });
@@ -393,7 +405,7 @@ export class CoordinatorServer {
     if (!run) return { accepted: false, reason: `job ${beat.jobId} is not running here`, stop: true };
     const reply = run.heartbeat(beat, peer);
     if (known && reply.accepted) {
-      const { jobId, ...stats } = beat;
+      const { jobId, addrs: _, ...stats } = beat;
       Object.assign(known, { lastSeen: this.options.settings.now(), stats, jobId });
     }
     return reply;

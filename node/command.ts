@@ -2,11 +2,12 @@
 // swarm closes, printing every event as one JSON line on stdout. SIGINT/SIGTERM stop it after the current batch, handing
 // its leases back to the coordinator. A bad address, key file or refused join exits 2; a network
 // failure (the base's blobs unreachable included) or a crash, 1.
-import { choice, integer, real, size, text } from '../src/cli/args.ts';
+import { choice, flag, integer, real, size, text } from '../src/cli/args.ts';
 import { command, helpText, runCommand, type CommandIO } from '../src/cli/command.ts';
 import { statusWriter, type Status } from '../src/cli/health.ts';
 import { asInput, EXIT } from '../src/cli/usage.ts';
 import { RpcError } from '../src/p2p/errors.ts';
+import { REACHABILITY_MODES } from '../src/p2p/reachability.ts';
 import { FetchError } from '../src/weights/index.ts';
 import { NodeDaemon, type NodeEvent } from './daemon.ts';
 
@@ -23,6 +24,11 @@ export const NODE_COMMAND = command({
     listen: text('<multiaddr>', 'where peers reach this node (default /ip4/127.0.0.1/tcp/0)'),
     'give-up-after': real('<seconds>', 'exit (code 1) after this long without an answer from the coordinator (default 600)',
       (x) => x > 0, 'a positive number'),
+    announce: text('<multiaddr>', 'an address peers reach this node at besides the listening ones (e.g. a port your router '
+      + 'forwards here), repeatable', { multiple: true }),
+    reachability: choice(REACHABILITY_MODES, 'whether peers need a relay to reach this node: auto (when the coordinator sees it '
+      + 'behind a NAT and nothing public is announced), private (always), public (never)', { default: 'auto' }),
+    relay: flag('relay for other nodes of the swarm (a node peers can reach directly; the coordinator relays by default)'),
     'status-file': text('<file>', 'rewritten on joining, on every heartbeat answered and every step (see `swarmtrain health`)'),
     'step-delay-ms': real('<ms>', 'sleep after every step (a slow node)', (x) => x >= 0, 'a non-negative number', {
       section: "Test hooks (to check the swarm's defences, never for real work):",
@@ -38,6 +44,8 @@ export const NODE_COMMAND = command({
       ...(values.data ? { dataDir: values.data } : {}),
       ...(values.listen ? { listen: [values.listen] } : {}),
       ...(values['give-up-after'] ? { giveUpAfterMs: values['give-up-after'] * 1000 } : {}),
+      ...(values.announce ? { announce: values.announce } : {}),
+      reachability: values.reachability, relay: values.relay,
       ...(values['step-delay-ms'] ? { stepDelayMs: values['step-delay-ms'] } : {}),
       ...(values.fault ? { fault: values.fault } : {}),
       // The status file first: a reader who saw an event finds the file at least that new.

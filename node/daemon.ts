@@ -12,11 +12,12 @@ import { createKernels, type Kernels } from '../src/kernels/index.ts';
 import { createHost, Rpc, type DialTarget, type Host, type Rejection, type RequestOptions } from '../src/p2p/index.ts';
 import type { AveragingFault } from './averaging/index.ts';
 import { CoordinatorUnreachableError, JobSession, JoinRefusedError, unanswered, type Volunteer } from './session.ts';
+import { advertisedAddrs, nodeHostOptions, reportLinks, type NodeNetworkOptions } from './links.ts';
 import { countingCodec, type Traffic } from './traffic.ts';
 
 export { CoordinatorUnreachableError, HELD_OUT_BATCHES, JoinRefusedError } from './session.ts';
 
-export interface NodeOptions {
+export interface NodeOptions extends NodeNetworkOptions {
   /** The coordinator's multiaddr, ending in /p2p/<peerId>. */
   join: string;
   token?: string;
@@ -27,7 +28,6 @@ export interface NodeOptions {
   keyFile?: string;
   /** Where base checkpoints' blobs are kept (default: swarmtrain-data beside the key file, else in the working directory). */
   dataDir?: string;
-  listen?: string[];
   /** Give up (CoordinatorUnreachableError) after this long without an answer from the coordinator. Default 600000. */
   giveUpAfterMs?: number;
   onEvent?: (event: NodeEvent) => void;
@@ -92,15 +92,19 @@ export class NodeDaemon implements Volunteer {
     const kernels = await createKernels({ threads: options.threads ?? 1 });
     const gemmGflops = measureGemm(kernels);
     await kernels.close();
-    const host = await createHost({ ...(options.listen ? { listen: options.listen } : {}), ...(options.keyFile ? { keyFile: options.keyFile } : {}) });
-    const traffic: Traffic = { sent: 0, received: 0 };
     const emit = options.onEvent ?? (() => {});
+    // Relaying for others (node/links.ts) admits the peers of the running job's newest plan, known once the daemon exists.
+    let daemon: NodeDaemon | undefined;
+    const host = await createHost(nodeHostOptions(options, (peer) => daemon?.admits(peer) === true, emit));
+    reportLinks(host, emit);
+    const traffic: Traffic = { sent: 0, received: 0 };
     const rpc = new Rpc({
       transport: host,
       codec: countingCodec(msgpackCodec, traffic),
       onReject: (rejection: Rejection) => emit({ event: 'rejected', ...rejection }),
+      onTransfer: (transfer) => emit({ event: 'transfer', ...transfer }),
     });
-    const daemon = new NodeDaemon(options, host, rpc, coordinator, coordinatorId, gemmGflops, traffic);
+    daemon = new NodeDaemon(options, host, rpc, coordinator, coordinatorId, gemmGflops, traffic);
     try {
       // The first job's set-up counts as starting: a plan its coordinator did not sign, a bad base, are refusals.
       const reply = await daemon.join();
@@ -116,8 +120,13 @@ export class NodeDaemon implements Volunteer {
   joinRequest(): JoinRequest {
     return {
       version: PROTOCOL_VERSION, nodeId: this.self, token: this.options.token ?? '', cores: this.options.threads ?? 1,
-      gemmGflops: this.gemmGflops, memoryBytes: this.options.memoryBytes, addrs: this.host.getMultiaddrs().map(String),
+      gemmGflops: this.gemmGflops, memoryBytes: this.options.memoryBytes, addrs: advertisedAddrs(this.host),
     };
+  }
+
+  /** Whether `peer` is in the running job's newest plan (a node that relays admits only those). */
+  admits(peer: string): boolean {
+    return this.session?.admits(peer) === true;
   }
 
   /**

@@ -25,6 +25,7 @@ import type { NodeEvent, NodeOptions } from './daemon.ts';
 import { createAverager, type Averager, type AveragingFault } from './averaging/index.ts';
 import { expertPrecisions, serveExperts, SwarmRemoteExperts } from './experts.ts';
 import { NodeBase } from './base.ts';
+import { advertisedAddrs } from './links.ts';
 import { fetchJobText } from './corpus.ts';
 import { serveState } from './state.ts';
 import type { Traffic } from './traffic.ts';
@@ -309,8 +310,13 @@ export class JobSession {
     return signature !== undefined && signedBy(this.coordinatorId, planSigningBytes(jobId, plan), signature);
   }
 
+  /** Whether `peer` is in the newest plan. */
+  admits(peer: string): boolean {
+    return this.plan !== undefined && this.newestPlan().peers.some((p) => p.peerId === peer);
+  }
+
   private newestPlan(): Plan {
-    return this.pendingPlan && this.pendingPlan.version > this.plan.version ? this.pendingPlan : this.plan;
+    return this.pendingPlan && this.pendingPlan.version >= this.plan.version ? this.pendingPlan : this.plan;
   }
 
   private holders(layer: number, expert: number, plan = this.plan): string[] {
@@ -389,9 +395,11 @@ export class JobSession {
         ...(this.lastHeldOut === undefined ? {} : { heldOut: this.lastHeldOut }), rssBytes: process.memoryUsage.rss(),
         tokensPerSecond: this.tokensPerSecond, bytesSent: this.traffic.sent, bytesReceived: this.traffic.received,
         droppedExpertCalls: this.experts.stats.unanswered, planVersion: this.newestPlan().version, ...averaging,
+        addrs: advertisedAddrs(this.volunteer.host),
       }, { timeout: COORDINATOR_TIMEOUT_MS });
       this.options.onHeartbeat?.();
-      if (reply.plan && reply.plan.version > this.newestPlan().version) {
+      // The same version again carries peers' new addresses (a relay reservation): it replaces the one held.
+      if (reply.plan && reply.plan.version >= this.newestPlan().version) {
         if (this.signedPlan(this.job.jobId, reply.plan, reply.planSignature)) this.pendingPlan = reply.plan;
         else this.log(`heartbeat: ignored plan v${reply.plan.version}, not signed by ${this.coordinatorId}`);
       }
@@ -418,7 +426,7 @@ export class JobSession {
     if (coordinatorVersion > this.newestPlan().version) await this.beat();
     const plan = this.pendingPlan;
     this.pendingPlan = undefined;
-    if (plan && plan.version > this.plan.version) await this.applyPlan(plan);
+    if (plan && plan.version >= this.plan.version) await this.applyPlan(plan);
   }
 
   /** Trains leased micro-batches until the job is done or stop() is called. */

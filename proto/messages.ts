@@ -219,6 +219,8 @@ export const HeartbeatSchema = Type.Object({
   /** Updates from peers this node refused (NaN/Inf, wrong shape, norm far outside the group's), and the peers that sent them. */
   refusedUpdates: Type.Optional(Count),
   flaggedPeers: Type.Optional(Type.Array(PeerIdText, { maxItems: 256 })),
+  /** The node's addresses now (they change: a relay reservation, an address found reachable), as in its join. */
+  addrs: Type.Optional(Type.Array(Type.String({ minLength: 1, maxLength: 256 }), { maxItems: 16 })),
 });
 export type Heartbeat = Static<typeof HeartbeatSchema>;
 
@@ -355,7 +357,8 @@ export type BlobChunk = Static<typeof BlobChunkSchema>;
 
 // --- error replies --------------------------------------------------------------------------
 
-export const ERROR_CODES = ['malformed', 'too-large', 'version', 'refused', 'busy', 'internal'] as const;
+/** relay-limit: the reply is larger than the relayed connection it would travel on may still carry. */
+export const ERROR_CODES = ['malformed', 'too-large', 'version', 'refused', 'busy', 'internal', 'relay-limit'] as const;
 export type ErrorCode = (typeof ERROR_CODES)[number];
 
 /** What a responder sends instead of a response when it will not or cannot answer. */

@@ -44,6 +44,8 @@ export interface ProtocolSpec<Req extends TSchema = TSchema, Res extends TSchema
   maxResponseBytes: number;
   /** The message carries `version`, checked before the schema so an old or new peer gets a clear refusal. */
   versioned?: boolean;
+  /** Carries large transfers (parameter deltas, state, base weights): a requester prefers a direct connection to a relayed one. */
+  bulk?: boolean;
   // Checks beyond the schema; they throw ProtocolError. (Method syntax: a spec of any schema
   // pair is then usable as a ProtocolSpec<TSchema, TSchema>.)
   checkRequest?(message: Static<Req>): void;
@@ -126,7 +128,7 @@ export const PROTOCOLS = {
     id: idOf('heartbeat'),
     request: HeartbeatSchema,
     response: HeartbeatReplySchema,
-    maxRequestBytes: 4 * KiB,
+    maxRequestBytes: 16 * KiB, // with up to 16 addresses
     maxResponseBytes: 4 * MiB,
   }),
   lease: define({
@@ -163,6 +165,7 @@ export const PROTOCOLS = {
   }),
   delta: define({
     id: idOf('delta'),
+    bulk: true,
     request: ParameterDeltaSchema,
     response: AckSchema,
     maxRequestBytes: TENSOR_MESSAGE_CAP,
@@ -171,6 +174,7 @@ export const PROTOCOLS = {
   }),
   state: define({
     id: idOf('state'),
+    bulk: true,
     request: StateRequestSchema,
     response: StateResponseSchema,
     maxRequestBytes: 2 * MiB,
@@ -180,6 +184,7 @@ export const PROTOCOLS = {
   /** A chunk of a base checkpoint's tensor, from the coordinator or any peer that holds it. */
   blobChunk: define({
     id: idOf('blob-chunk'),
+    bulk: true,
     request: BlobChunkRequestSchema,
     response: BlobChunkSchema,
     maxRequestBytes: 1 * KiB,

@@ -13,10 +13,12 @@ import { identify, type Identify } from '@libp2p/identify';
 import type { ConnectionGater, PrivateKey } from '@libp2p/interface';
 import { ping, type Ping } from '@libp2p/ping';
 import { tcp } from '@libp2p/tcp';
+import { multiaddr } from '@multiformats/multiaddr';
 import { createLibp2p, type Libp2p, type Libp2pInit } from 'libp2p';
 import { randomBytes } from 'node:crypto';
 import { link, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { dirname } from 'node:path';
+import { reachability, type ReachabilityInit } from './reachability.ts';
 
 export type Host = Libp2p<{ identify: Identify; ping: Ping; relay?: CircuitRelayService }>;
 
@@ -46,7 +48,10 @@ export interface HostOptions {
   /** Transports to use instead of TCP (a test can wrap TCP to add latency or faults). */
   transports?: Libp2pInit['transports'];
   connectionGater?: ConnectionGater;
-  /** Addresses to advertise instead of the listening ones (a public address in front of a NAT or a container). */
+  /**
+   * Addresses to advertise besides the listening ones (a public address forwarded to this host by a NAT or
+   * a container's port mapping). Relayed addresses and those AutoNAT confirms are advertised too.
+   */
   announce?: string[];
   /** Serve as a circuit relay for admitted peers. */
   relayServer?: RelayServerOptions;
@@ -56,6 +61,8 @@ export interface HostOptions {
    * relayed connections to direct ones by hole punching (DCUtR).
    */
   relayClient?: boolean;
+  /** With relayClient: when to reserve a slot on the relays this host connects to (see reachability.ts). Default auto. */
+  reachability?: ReachabilityInit;
 }
 
 export const DEFAULT_LISTEN = ['/ip4/127.0.0.1/tcp/0'];
@@ -68,9 +75,10 @@ export async function createHost(options: HostOptions = {}): Promise<Host> {
   const gater: ConnectionGater = Object.create(options.connectionGater ?? null);
   if (relayServer) gater.denyInboundRelayReservation = (peer) => !relayServer.mayReserve(peer.toString());
   const transports = options.transports ?? [tcp()];
+  const listen = options.listen ?? DEFAULT_LISTEN;
   return createLibp2p({
     privateKey,
-    addresses: { listen: options.listen ?? DEFAULT_LISTEN, ...(options.announce ? { announce: options.announce } : {}) },
+    addresses: { listen, appendAnnounce: [...(options.announce ?? []), ...listen.filter(isConcrete)] },
     transports: relayClient ? [...transports, circuitRelayTransport()] : transports,
     connectionEncrypters: [noise()],
     streamMuxers: [yamux()],
@@ -79,9 +87,20 @@ export async function createHost(options: HostOptions = {}): Promise<Host> {
       identify: identify(),
       ping: ping(),
       ...(relayServer ? { relay: relayService(relayServer) } : {}),
-      ...(relayClient ? { autoNAT: autoNAT(), dcutr: dcutr() } : {}),
+      ...(relayClient ? { autoNAT: autoNAT(), dcutr: dcutr(), reachability: reachability(options.reachability ?? { mode: 'auto' }) } : {}),
     },
   }) as Promise<Host>;
+}
+
+/**
+ * A listen address naming one IP and port: advertised as given. (libp2p advertises a public address
+ * only once AutoNAT confirms it, which takes several peers; one the operator chose is known.)
+ */
+function isConcrete(addr: string): boolean {
+  const components = multiaddr(addr).getComponents();
+  const host = components.find((c) => c.name === 'ip4' || c.name === 'ip6')?.value;
+  const port = components.find((c) => c.name === 'tcp')?.value;
+  return host !== undefined && host !== '0.0.0.0' && host !== '::' && port !== undefined && port !== '0';
 }
 
 function relayService(options: RelayServerOptions): ReturnType<typeof circuitRelayServer> {

@@ -7,7 +7,7 @@
 // Components style (as in js-libp2p): the transport (a libp2p host, or anything with the same
 // three methods) and the codec are passed in, so a test can swap either.
 import type { AbortOptions, Connection, Libp2p, PeerId, Stream, StreamHandlerOptions } from '@libp2p/interface';
-import { multiaddr } from '@multiformats/multiaddr';
+import { isMultiaddr, multiaddr } from '@multiformats/multiaddr';
 import {
   PROTOCOLS,
   ProtocolError,
@@ -18,16 +18,33 @@ import {
   type RequestOf,
   type ResponseOf,
 } from '../../proto/index.ts';
+import { isRelayed } from './addresses.ts';
 import { CancelledError, MalformedError, RefusedError, RemoteError, RpcError, TooLargeError } from './errors.ts';
 import { frameStream, paceGuard, toRpcError, withDeadlines, type Deadlines, type Pace } from './framing.ts';
 
 export type DialTarget = Parameters<Libp2p['dialProtocol']>[0];
 
+/** What the RPC layer needs of an inbound stream's connection: the peer, and a relayed connection's limits. */
+export type InboundConnection = Pick<Connection, 'remotePeer'> & Partial<Pick<Connection, 'limits'>>;
+
 /** The part of a libp2p host the RPC layer uses. */
 export interface RpcTransport {
-  handle(protocol: string, handler: (stream: Stream, connection: { remotePeer: PeerId }) => void | Promise<void>, options?: StreamHandlerOptions): Promise<void>;
+  handle(
+    protocol: string, handler: (stream: Stream, connection: InboundConnection) => void | Promise<void>, options?: StreamHandlerOptions,
+  ): Promise<void>;
   unhandle(protocol: string, options?: AbortOptions): Promise<void>;
   dial(peer: DialTarget, options?: AbortOptions): Promise<Connection>;
+  /** Open connections (a libp2p host's): lets a request reuse a relayed one that has room, which dial() never hands out. */
+  getConnections?(): Connection[];
+}
+
+/** A bulk request (delta, state, base weights) and the connection it travelled on: direct, or through a relay. */
+export interface Transfer {
+  protocol: string;
+  peer: string;
+  via: 'direct' | 'relay';
+  sent: number;
+  received: number;
 }
 
 /** A peer message that was refused. */
@@ -46,6 +63,8 @@ export interface RpcComponents {
   codec: MessageCodec;
   /** Called for every refused peer message; defaults to a console warning. */
   onReject?: (rejection: Rejection) => void;
+  /** Called after every answered bulk request (see ProtocolSpec.bulk), saying which kind of connection it used. */
+  onTransfer?: (transfer: Transfer) => void;
 }
 
 export interface RpcInit {
@@ -93,6 +112,7 @@ export class Rpc {
   private readonly transport: RpcTransport;
   private readonly codec: MessageCodec;
   private readonly onReject: (rejection: Rejection) => void;
+  private readonly onTransfer?: (transfer: Transfer) => void;
   private readonly ioTimeoutMs: number;
   private readonly requestTimeoutMs: number;
   private readonly inboundPace: Pace;
@@ -101,6 +121,7 @@ export class Rpc {
     this.transport = components.transport;
     this.codec = components.codec;
     this.onReject = components.onReject ?? logRejection;
+    this.onTransfer = components.onTransfer;
     this.ioTimeoutMs = init.ioTimeoutMs ?? 30_000;
     this.requestTimeoutMs = init.requestTimeoutMs ?? 60_000;
     this.inboundPace = init.inboundPace ?? { graceMs: 5_000, bytesPerSecond: 32 * 1024 };
@@ -115,7 +136,7 @@ export class Rpc {
     // buffering up to the cap) that one connection may hold open.
     // Relayed connections carry limits (data, time) set by the relay: requests run over them too,
     // since a node behind a NAT may have no other way in; a sender checks a message fits first.
-    await this.transport.handle(PROTOCOLS[protocol].id, (stream, connection) => this.serve(protocol, handler, slots, stream, connection.remotePeer), {
+    await this.transport.handle(PROTOCOLS[protocol].id, (stream, connection) => this.serve(protocol, handler, slots, stream, connection), {
       maxInboundStreams: maxConcurrent + BUSY_REPLY_STREAMS,
       runOnLimitedConnection: true,
     });
@@ -146,12 +167,14 @@ export class Rpc {
     const deadlines: Deadlines = { caller: options.signal, request: { signal: AbortSignal.timeout(ms), ms }, ioMs: ms };
 
     const dialing = `${what}: could not open a stream`;
+    let relayed = false;
     const openStream = async (signal: AbortSignal) => {
-      const connection = await this.transport.dial(peer, { signal });
+      const connection = this.openConnection(peer, bytes.length, spec.bulk === true) ?? await this.transport.dial(peer, { signal });
       const room = connection.limits?.bytes;
       if (room !== undefined && BigInt(bytes.length) > room) {
         throw new RefusedError(`${what}: ${bytes.length} bytes do not fit the ${room} bytes the relay allows this connection`, 'relay-limit');
       }
+      relayed = connection.limits !== undefined || connection.remoteAddr.getComponents().some((c) => c.name === 'p2p-circuit');
       try {
         return await connection.newStream(spec.id, { signal, runOnLimitedConnection: true });
       } catch (err) {
@@ -183,6 +206,11 @@ export class Rpc {
       const replyBytes = await withDeadlines(what, rpcDeadlines, async (signal) => (await frames.read({ signal })).subarray());
       const reply = this.decodeReply(protocol, replyBytes, what);
       if (reply.error !== undefined) throw errorFromReply(reply.error, what);
+      if (spec.bulk) {
+        const via = relayed ? 'relay' : 'direct';
+        const transfer = { protocol: spec.id, peer: peerIdOf(peer) ?? peerName(peer), via, sent: bytes.length, received: replyBytes.length } as const;
+        this.onTransfer?.(transfer);
+      }
       return reply.ok;
     } catch (err) {
       const error = toRpcError(err, what);
@@ -197,6 +225,21 @@ export class Rpc {
     }
   }
 
+  /**
+   * An open connection to the target a request may use without dialing: libp2p's dial() hands out only
+   * unlimited ones, so each request to a peer reached through a relay would open another circuit. A bulk
+   * request to a target with a direct address dials instead (libp2p tries direct addresses first): it
+   * goes through a relay only when no direct connection can be had.
+   */
+  private openConnection(target: DialTarget, size: number, bulk: boolean): Connection | undefined {
+    const peer = peerIdOf(target);
+    if (peer === undefined || !this.transport.getConnections) return undefined;
+    const open = this.transport.getConnections().filter((c) => c.status === 'open' && c.remotePeer.toString() === peer);
+    const unlimited = open.find((c) => c.limits === undefined);
+    if (unlimited || (bulk && hasDirectAddress(target))) return unlimited;
+    return open.find((c) => (c.limits?.bytes === undefined || c.limits.bytes > BigInt(size)) && (c.limits?.seconds ?? Infinity) > 1);
+  }
+
   private decodeReply<P extends ProtocolName>(protocol: P, bytes: Uint8Array, what: string): Reply<ResponseOf<P>> {
     try {
       return this.codec.decodeReply(protocol, bytes);
@@ -208,8 +251,11 @@ export class Rpc {
   }
 
   /** Serves one inbound stream. Never throws: a failing peer is logged and cut off. */
-  private async serve<P extends ProtocolName>(protocol: P, handler: Handler<P>, slots: { active: number; max: number }, stream: Stream, peer: PeerId): Promise<void> {
+  private async serve<P extends ProtocolName>(
+    protocol: P, handler: Handler<P>, slots: { active: number; max: number }, stream: Stream, connection: InboundConnection,
+  ): Promise<void> {
     const spec = PROTOCOLS[protocol];
+    const peer = connection.remotePeer;
     const what = `${spec.id} request from ${peer}`;
     const reject = (reason: string, message: string) => this.reject({ protocol: spec.id, peer: peer.toString(), direction: 'request', reason, message });
     const frames = frameStream(stream, spec.maxRequestBytes);
@@ -261,6 +307,14 @@ export class Rpc {
         await this.replyError(protocol, frames, stream, { code: refused ? 'refused' : 'internal', message });
         return;
       }
+      // A relay resets a connection past its data limit: a reply that cannot fit is refused whole, with the reason.
+      const room = connection.limits?.bytes;
+      if (room !== undefined && BigInt(reply.length) > room) {
+        const message = `${spec.id}: the ${reply.length}-byte reply does not fit the ${room} bytes the relay allows this connection`;
+        reject('relay-limit', message);
+        await this.replyError(protocol, frames, stream, { code: 'relay-limit', message });
+        return;
+      }
       await withDeadlines(what, deadlines, async (signal) => {
         await frames.write(reply, { signal });
         await stream.close({ signal });
@@ -308,8 +362,24 @@ export class Rpc {
 
 function errorFromReply(error: ErrorReply, what: string): RpcError {
   const message = `${what}: peer replied ${error.code}: ${error.message}`;
-  if (error.code === 'refused' || error.code === 'busy' || error.code === 'version') return new RefusedError(message, error.code);
+  if (error.code === 'refused' || error.code === 'busy' || error.code === 'version' || error.code === 'relay-limit') {
+    return new RefusedError(message, error.code);
+  }
   return new RemoteError(error.code, message);
+}
+
+/** The peer id a dial target names: itself, or the last /p2p/ of its (first) multiaddr. */
+function peerIdOf(target: DialTarget): string | undefined {
+  const first = Array.isArray(target) ? target[0] : target;
+  if (first === undefined) return undefined;
+  if (!isMultiaddr(first)) return first.toString();
+  return first.getComponents().findLast((c) => c.name === 'p2p')?.value;
+}
+
+/** Whether dialing `target` may give a direct connection: it names a non-relayed address (or only a peer id). */
+function hasDirectAddress(target: DialTarget): boolean {
+  const addrs = Array.isArray(target) ? target : [target];
+  return addrs.some((addr) => !isMultiaddr(addr) || !isRelayed(addr));
 }
 
 function peerName(peer: DialTarget): string {

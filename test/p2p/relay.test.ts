@@ -4,7 +4,7 @@ import { generateKeyPair } from '@libp2p/crypto/keys';
 import { peerIdFromPrivateKey } from '@libp2p/peer-id';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { f32Tensor, msgpackCodec, PROTOCOLS, tensorF32 } from '../../proto/index.ts';
-import { createHost, RefusedError, Rpc, type Host } from '../../src/p2p/index.ts';
+import { createHost, RefusedError, Rpc, type Host, type Rejection } from '../../src/p2p/index.ts';
 import { samples } from '../proto/samples.ts';
 import { serveToy } from './peers.ts';
 
@@ -61,6 +61,25 @@ describe('a circuit relay for admitted peers', () => {
     expect(err.reason).toBe('relay-limit');
     expect(err.message).toMatch(/131\d{3} bytes do not fit the \d+ bytes the relay allows this connection/);
     expect(await rpc.request(relayedAddress, 'heartbeat', all.heartbeat.request)).toEqual({ accepted: true, stop: false });
+  });
+
+  it('refuses, with the reason, a reply larger than the relayed connection may carry, instead of being cut off mid-way', async () => {
+    const rejections: Rejection[] = [];
+    const server = new Rpc({ transport: hidden, codec: msgpackCodec, onReject: (r) => rejections.push(r) });
+    const blob = 'ab'.repeat(32);
+    await server.handle('blobChunk', (request) => ({ blob, offset: request.offset, data: new Uint8Array(request.length).fill(7) }));
+    const rpc = new Rpc({ transport: dialer, codec: msgpackCodec });
+    const err = await rpc.request(relayedAddress, 'blobChunk', { blob, offset: 0, length: 2 * DATA_LIMIT }).catch((e) => e);
+    expect(err).toBeInstanceOf(RefusedError);
+    expect(err.reason).toBe('relay-limit');
+    expect(err.message).toMatch(/the 131\d{3}-byte reply does not fit the \d+ bytes the relay allows this connection/);
+    expect(rejections.map((r) => r.reason)).toEqual(['relay-limit']);
+    // A reply that fits travels on the same relayed connection: no second circuit is opened.
+    const circuits = dialer.getConnections(hidden.peerId).map((c) => c.id);
+    const small = await rpc.request(relayedAddress, 'blobChunk', { blob, offset: 5, length: 1024 });
+    expect(Array.from(small.data)).toEqual(Array(1024).fill(7));
+    expect(dialer.getConnections(hidden.peerId).map((c) => c.id)).toEqual(circuits);
+    await server.unhandle('blobChunk');
   });
 
   it('holds its data limit against a peer that writes past it', async () => {

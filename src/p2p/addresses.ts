@@ -1,0 +1,46 @@
+// Which of a peer's addresses another peer can use. Loopback and private (RFC 1918, CGNAT, link-local,
+// reserved) addresses only work from the same machine or network: the coordinator hands them only to
+// peers that share it, judged by where it sees each peer connect from. Public ones go to all; a relayed
+// address goes where its relay's address does.
+import { isLoopback, isPrivate } from '@libp2p/utils';
+import { multiaddr, type Multiaddr } from '@multiformats/multiaddr';
+
+export type AddressScope = 'loopback' | 'private' | 'public';
+
+/** How far an address reaches (a relayed one: its first hop, the relay): this machine, a private network, or anywhere. */
+export function addressScope(addr: Multiaddr | string): AddressScope {
+  const ma = typeof addr === 'string' ? multiaddr(addr) : addr;
+  if (isLoopback(ma)) return 'loopback';
+  return isPrivate(ma) ? 'private' : 'public';
+}
+
+export function isRelayed(addr: Multiaddr | string): boolean {
+  return (typeof addr === 'string' ? multiaddr(addr) : addr).getComponents().some((c) => c.name === 'p2p-circuit');
+}
+
+/** The IP a connection came from (its remote address), or undefined for a relayed or non-IP one. */
+export function connectionIp(remote: Multiaddr): string | undefined {
+  if (isRelayed(remote)) return undefined;
+  return remote.getComponents().find((c) => c.name === 'ip4' || c.name === 'ip6')?.value;
+}
+
+function ipScope(ip: string): AddressScope {
+  return addressScope(ip.includes(':') ? `/ip6/${ip}` : `/ip4/${ip}`);
+}
+
+/**
+ * The addresses of an owner that a receiver can use, given the IP each connects to the coordinator from
+ * (`lan`: every address to everyone, for a swarm on one routed private network). A private address goes
+ * to a receiver behind the same IP (same machine or NAT) or when both reach the coordinator over private
+ * networks (a LAN, a Docker network); loopback only when both run on the coordinator's machine.
+ */
+export function usableAddresses(addrs: readonly string[], from: { owner?: string; receiver?: string; lan?: boolean }): string[] {
+  const { owner, receiver, lan } = from;
+  if (lan || (owner !== undefined && owner === receiver && ipScope(owner) === 'loopback')) return [...addrs];
+  const sameNetwork = owner !== undefined && receiver !== undefined
+    && (owner === receiver || (ipScope(owner) !== 'public' && ipScope(receiver) !== 'public'));
+  return addrs.filter((addr) => {
+    const scope = addressScope(addr);
+    return scope === 'public' || (scope === 'private' && sameNetwork);
+  });
+}
