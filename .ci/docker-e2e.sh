@@ -77,7 +77,8 @@ run docker build --network host -q -t swarmtrain:latest . >/dev/null
 size="$(docker image inspect swarmtrain:latest --format '{{.Size}}')"
 stage "image built: swarmtrain:latest, $((size / 1000000)) MB"
 
-# The coordinator, published on an ephemeral port of 127.0.0.1 only.
+# The coordinator serving the demo job, published on an ephemeral port of 127.0.0.1 only (its HTTP API too).
+export SWARMTRAIN_JOB=coordinator/jobs/demo.json SWARMTRAIN_HTTP_PUBLISH=127.0.0.1:
 export SWARMTRAIN_COORDINATOR_PUBLISH=127.0.0.1: SWARMTRAIN_THREADS=1 SWARMTRAIN_MEMORY=512MB SWARMTRAIN_MEMORY_LIMIT=1g
 run compose up -d coordinator >/dev/null 2>&1
 compose logs --no-color -f coordinator >"$work/coordinator.log" 2>&1 &

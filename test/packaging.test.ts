@@ -129,12 +129,16 @@ describe('Dockerfile', () => {
   it('builds the kernels with the `prepare` script and gives the runtime every kernel build', () => {
     expect(build, 'a stage named build').toBeDefined();
     const prepare = (JSON.parse(read('package.json')) as { scripts: Record<string, string> }).scripts.prepare;
-    const script = /^node (\S+)$/.exec(prepare)?.[1];
-    expect(script, `prepare is ${JSON.stringify(prepare)}`).toBeDefined();
+    // The kernels' build, then the web UI's: each `node <script>`.
+    const scripts = prepare.split('&&').map((step) => /^node (\S+)$/.exec(step.trim())?.[1]);
+    expect(scripts.length, `prepare is ${JSON.stringify(prepare)}`).toBeGreaterThan(0);
     const npmCi = build!.instructions.findIndex((i) => i.keyword === 'RUN' && /\bnpm ci\b/.test(i.args));
     const copiedBefore = copiesOf({ ...build!, instructions: build!.instructions.slice(0, npmCi) }).flatMap((c) => c.sources);
     expect(npmCi).toBeGreaterThan(0);
-    expect(copiedBefore.some((source) => source === '.' || source === script), `copied before npm ci: ${copiedBefore}`).toBe(true);
+    for (const script of scripts) {
+      expect(script, `prepare is ${JSON.stringify(prepare)}`).toBeDefined();
+      expect(copiedBefore.some((source) => source === '.' || source === script), `copied before npm ci: ${copiedBefore}`).toBe(true);
+    }
 
     // Every build there is (src/kernels/build/ exists after `npm install`, which runs the same script).
     const built = readdirSync(join(root, 'src/kernels/build')).filter((f) => f.endsWith('.wasm')).map((f) => `src/kernels/build/${f}`);
@@ -378,14 +382,18 @@ describe('docker-compose.yml', () => {
     expect(host.services.coordinator.network_mode).toBeUndefined();
   });
 
-  it('the coordinator serves a valid demo job from the repo on its published port', () => {
+  it('the coordinator runs the service by default, publishing its swarm port and HTTP API; the demo job it can serve instead is valid', () => {
     const coordinator = withProfile!.services.coordinator;
     const env = coordinator.environment!;
-    const job = validateJob(JSON.parse(read(repoPath(posix.resolve(runtime.workdir, env.SWARMTRAIN_JOB), runtime.workdir))));
+    expect(env.SWARMTRAIN_JOB).toBe('');
+    const job = validateJob(JSON.parse(read('coordinator/jobs/demo.json')));
     createConfig(job.model as Partial<ModelConfig>); // throws on an inconsistent model
     // Given neither SWARMTRAIN_VOCAB nor a tokenizer, the coordinator trains one of the model's vocabSize.
     if (env.SWARMTRAIN_VOCAB === '' && env.SWARMTRAIN_TOKENIZER === '') expect(job.model.vocabSize).toBeGreaterThan(0);
     const port = Number(/\/tcp\/(\d+)$/.exec(env.SWARMTRAIN_LISTEN)?.[1]);
-    expect(coordinator.ports?.map((p) => portMapping(p).target)).toEqual([port]);
+    expect(coordinator.ports?.map((p) => portMapping(p).target)).toEqual([port, 8080]);
+    // The entry script serves the API on 8080 inside the container, and the data in the volume at /data.
+    expect(read('coordinator/docker-entry.sh')).toMatch(/--data \/data --http 0\.0\.0\.0:8080/);
+    expect(JSON.stringify(coordinator.volumes)).toMatch(/coordinator-data:\/data/);
   });
 });
