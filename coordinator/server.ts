@@ -326,6 +326,7 @@ export class CoordinatorServer {
   }
 
   private async finished(jobId: string): Promise<void> {
+    this.sampleMetrics(); // the job's last sample, from the nodes' last heartbeats
     if (this.store.job(jobId)?.state === 'running') this.changeState(jobId, 'done');
     if (this.options.job) return; // one-job mode: the run stays to tell late nodes the job is over
     await this.endRun();
@@ -429,8 +430,8 @@ export class CoordinatorServer {
 
   /** One sample of the running job's metrics over its live members, kept in the store. */
   private sampleMetrics(): void {
-    const run = this.current;
-    if (!run || !run.started) return;
+    const run = this.run;
+    if (!run || !run.started || this.store.job(run.id)?.state !== 'running') return;
     const stats = run.membership.alive().flatMap((node) => (node.stats ? [node.stats] : []));
     const loss = mean(stats.flatMap((s) => (s.loss === undefined ? [] : [s.loss])));
     const heldOut = mean(stats.flatMap((s) => (s.heldOut === undefined ? [] : [s.heldOut])));

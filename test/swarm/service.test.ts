@@ -80,14 +80,14 @@ describe('the coordinator service', () => {
     swarm = await startService(['--heartbeat-ms', '500']);
     for (let i = 0; i < 2; i++) swarm.startNode(['--memory-budget', '1GB']);
     const api = client(swarm);
-    const first = await api.createJob({ ...TINY, name: 'first', totalBatches: 16, expectedNodes: 2 });
+    const first = await api.createJob({ ...TINY, name: 'first', totalBatches: 32, expectedNodes: 2 });
     const second = await api.createJob({ ...TINY, name: 'second', totalBatches: 12, expectedNodes: 2, seed: 5 });
     expect(second.state).toBe('queued');
 
     const [a, b]: JobView[] = [await ended(swarm, first.id), await ended(swarm, second.id)];
     expect([a.state, b.state]).toEqual(['done', 'done']);
     expect(b.startedAt!).toBeGreaterThanOrEqual(a.endedAt!);
-    for (const [job, total] of [[first.id, 16], [second.id, 12]] as const) {
+    for (const [job, total] of [[first.id, 32], [second.id, 12]] as const) {
       expect(sorted(trainedBatches(swarm.nodes, job))).toEqual(range(total));
     }
     // The same two processes trained both jobs, and are still there, idle.
