@@ -68,6 +68,12 @@ export const JobSpecSchema = Type.Object({
      * ‖mean(BᵢAᵢ) − mean(Bᵢ)·mean(Aᵢ)‖/‖mean(BᵢAᵢ)‖ at ~1% (vanishing over rounds), while a frozen A costs more held-out loss.
      */
     freezeA: Type.Optional(Type.Boolean()),
+    /** The matrices that get an adapter, by short name (src/model/config.ts LORA_MODULES); default all of them. */
+    targets: Type.Optional(Type.Array(
+      Type.Union([
+        Type.Literal('q'), Type.Literal('k'), Type.Literal('v'), Type.Literal('o'), Type.Literal('gate'), Type.Literal('up'), Type.Literal('down'),
+      ]), { minItems: 1, maxItems: 7, uniqueItems: true },
+    )),
   })),
   baseFormat: Type.Union([Type.Literal('f32'), Type.Literal('q8'), Type.Literal('q4')]),
   basePath: Type.Union([Type.Literal('fp32'), Type.Literal('int')]),

@@ -5,7 +5,7 @@
 // nodes' own step events, and from the store) and the loss carrying on from where it was.
 import Database from 'better-sqlite3';
 import { spawn } from 'node:child_process';
-import { mkdir, readdir, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import type { JobRequest, JobView } from '../../coordinator/api/service.ts';
@@ -158,7 +158,7 @@ describe('the coordinator service', () => {
     await writeFile(text, Array.from({ length: 40 }, (_, i) => paragraph(i)).join('\n\n'));
     const spec = join(swarm.dir, 'lora.json');
     const { corpus: _, documents: __, ...rest } = TINY;
-    await writeFile(spec, JSON.stringify({ ...rest, mode: 'lora', lora: { rank: 4, alpha: 8 }, baseFormat: 'q8', basePath: 'int', totalBatches: 16, expectedNodes: 2 }));
+    await writeFile(spec, JSON.stringify({ ...rest, mode: 'lora', lora: { rank: 4, alpha: 8, targets: ['q', 'v', 'gate'] }, baseFormat: 'q8', basePath: 'int', totalBatches: 16, expectedNodes: 2 }));
 
     const created = await jobCommand(swarm, ['create', spec, '--corpus', text, '--name', 'poems']);
     expect(created.code, created.stderr).toBe(0);
@@ -177,6 +177,9 @@ describe('the coordinator service', () => {
     expect(downloaded.code, downloaded.stderr).toBe(0);
     const files = await readdir(out);
     expect(files).toEqual(expect.arrayContaining(['adapter_config.json', 'adapter_model.safetensors', 'tokenizer.json', 'base']));
+    // Adapters on the chosen targets only, in Mixtral's module names.
+    const config = JSON.parse(await readFile(join(out, 'adapter_config.json'), 'utf8')) as { target_modules: string[]; r: number };
+    expect(config).toMatchObject({ r: 4, target_modules: ['q_proj', 'v_proj', 'w1'] });
     // The adapter on its (seeded) base: this project's loader takes it, and the model writes text.
     const { model, tokenizer, kernels } = await loadGenerator(join(out, 'base'), join(out, 'tokenizer.json'), out, 1);
     try {

@@ -37,6 +37,17 @@ describe('checkJobForm', () => {
     expect(checkJobForm({ ...values, mode: 'full' }, schema).request).not.toHaveProperty('lora');
   });
 
+  it('takes LoRA targets as words, checked against the modules the API allows', () => {
+    const lora = { mode: 'lora', 'lora.rank': '4', 'lora.alpha': '8' } as const;
+    const { errors, request } = checkJobForm(form({ ...lora, 'lora.targets': 'q, v gate' }), schema);
+    expect(errors).toEqual({});
+    expect(request).toEqual({ mode: 'lora', lora: { rank: 4, alpha: 8, targets: ['q', 'v', 'gate'] } });
+    expect(apiChecker.Check(request)).toBe(true);
+    expect(checkJobForm(form({ ...lora, 'lora.targets': 'q wq' }), schema).errors['lora.targets']).toBe('wq is not one of q, k, v, o, gate, up, down');
+    expect(checkJobForm(form({ ...lora, 'lora.targets': 'q q' }), schema).errors['lora.targets']).toBe('names a module twice');
+    for (const targets of [['q', 'wq'], ['q', 'q'], []]) expect(apiChecker.Check({ lora: { rank: 4, alpha: 8, targets } })).toBe(false);
+  });
+
   // Values the form refuses, the message it shows, and the request they would make unchecked.
   const refused: [Partial<FormValues>, string, RegExp, unknown][] = [
     [{ lr: '11' }, 'lr', /^must be <= 10$/, { lr: 11 }],

@@ -15,13 +15,14 @@ export interface JsonSchema {
   pattern?: string;
   const?: unknown;
   anyOf?: JsonSchema[];
+  items?: JsonSchema;
   properties?: Record<string, JsonSchema>;
   required?: string[];
 }
 
 /** Every field of the form, named by its path in a JobRequest. */
 export const JOB_FIELDS = [
-  'name', 'base', 'corpus', 'mode', 'lora.rank', 'lora.alpha', 'baseFormat', 'basePath',
+  'name', 'base', 'corpus', 'mode', 'lora.rank', 'lora.alpha', 'lora.targets', 'baseFormat', 'basePath',
   'lr', 'minLr', 'warmupSteps', 'totalBatches', 'batchSize', 'expectedNodes',
   'averaging.mode', 'averaging.every', 'averaging.deadlineMs', 'averaging.codec',
 ] as const;
@@ -33,6 +34,8 @@ export type FormErrors = Partial<Record<JobField | 'form', string>>;
 const TEXT_FIELDS: ReadonlySet<JobField> = new Set([
   'name', 'base', 'corpus', 'mode', 'baseFormat', 'basePath', 'averaging.mode', 'averaging.codec',
 ]);
+/** Fields holding a list, written as words separated by spaces or commas ("q v gate"). */
+const LIST_FIELDS: ReadonlySet<JobField> = new Set(['lora.targets']);
 /** A LoRA job's first rank and alpha; every other field starts empty (the coordinator's default). */
 const LORA_START = { rank: '8', alpha: '16' };
 
@@ -93,6 +96,15 @@ function problemWith(raw: string, schema: JsonSchema | undefined, numeric: boole
   return undefined;
 }
 
+/** Why the words of a list field do not fit its schema (each a literal it allows, none twice), or undefined. */
+function listProblem(words: string[], schema: JsonSchema | undefined): string | undefined {
+  const allowed = literalsOf(schema?.items);
+  const unknown = words.find((word) => allowed.length > 0 && !allowed.includes(word));
+  if (unknown !== undefined) return `${unknown} is not one of ${allowed.join(', ')}`;
+  if (new Set(words).size !== words.length) return 'names a module twice';
+  return undefined;
+}
+
 /**
  * Checks the values against the job schema and each other; without errors, returns the request
  * to send: empty optional fields are left out (the coordinator's defaults apply), numbers are numbers.
@@ -111,14 +123,15 @@ export function checkJobForm(values: FormValues, schema: JsonSchema): { errors: 
       }
       continue;
     }
-    const numeric = !TEXT_FIELDS.has(field);
-    const problem = problemWith(raw, schemaAt(schema, field), numeric);
+    const list = LIST_FIELDS.has(field);
+    const numeric = !TEXT_FIELDS.has(field) && !list;
+    const problem = list ? listProblem(raw.split(/[\s,]+/).filter(Boolean), schemaAt(schema, field)) : problemWith(raw, schemaAt(schema, field), numeric);
     if (problem) {
       errors[field] = problem;
       continue;
     }
     const [head, key] = field.split('.');
-    const value = numeric ? Number(raw) : raw;
+    const value = list ? raw.split(/[\s,]+/).filter(Boolean) : numeric ? Number(raw) : raw;
     if (key === undefined) request[head] = value;
     else request[head] = { ...(request[head] as object | undefined), [key]: value };
   }

@@ -141,7 +141,8 @@ export function JobForm({ schema }: { schema: JsonSchema }) {
         <${Field} field="basePath" label="Base path" ...${props} choices=${literal('basePath')} hint="int: int8 kernels on q8/q4" />
         ${values.mode === 'lora' && html`
           <${Field} field="lora.rank" label="LoRA rank" inputMode="numeric" ...${props} />
-          <${Field} field="lora.alpha" label="LoRA alpha" inputMode="decimal" ...${props} />`}
+          <${Field} field="lora.alpha" label="LoRA alpha" inputMode="decimal" ...${props} />
+          <${Field} field="lora.targets" label="LoRA targets" hint="e.g. q v gate (default: q k v o gate up down)" ...${props} />`}
       </div>
     </fieldset>
     <fieldset><legend>Schedule</legend>
