@@ -39,9 +39,9 @@ export class CoordinatorUnreachableError extends RpcError {
   override name = 'CoordinatorUnreachableError';
 }
 
-/** A request the coordinator did not answer (down, restarting, the network), as opposed to one it refused. */
+/** A request the coordinator did not answer (down, restarting, the network, too busy right now), as opposed to one it refused. */
 export const unanswered = (err: unknown): err is RpcError => err instanceof RpcError && !(err instanceof CoordinatorUnreachableError)
-  && (!(err instanceof RefusedError) || err.reason === 'unreachable');
+  && (!(err instanceof RefusedError) || err.reason === 'unreachable' || err.reason === 'busy');
 
 /** What every session of a node shares: its host, identity, transport and the coordinator. */
 export interface Volunteer {
