@@ -88,7 +88,9 @@ the multiaddrs to join.`,
     let server: CoordinatorServer;
     if (values.job === undefined) {
       for (const option of ['base', 'corpus', 'tokenizer', 'vocab', 'key'] as const) {
-        if (values[option] !== undefined) throw new UsageError(`--${option} belongs with --job (a service's jobs name their base and corpus over the API)`);
+        if (values[option] !== undefined) {
+          throw new UsageError(`--${option} belongs with --job (a service's jobs name their base and corpus over the API)`);
+        }
       }
       const dataDir = resolve(values.data ?? 'swarmtrain-data');
       const apiToken = values['api-token'] ?? apiTokenOf(dataDir, print);

@@ -79,7 +79,9 @@ export function prepareJob(job: JobSpec, tokenizer: Tokenizer, replication: numb
     const batchesPerEpoch = jobBatchesPerEpoch(job, tokenizer, text);
     if (batchesPerEpoch < 1) throw new Error('the training split has no micro-batch (too few tokens for batchSize × seqLen)');
     const tokenizerJson = JSON.stringify(tokenizer.toHuggingFace());
-    if (tokenizerJson.length > 16 * 1024 * 1024) throw new Error(`the tokenizer's JSON (${tokenizerJson.length} characters) exceeds the 16 MiB a join reply carries`);
+    if (tokenizerJson.length > 16 * 1024 * 1024) {
+      throw new Error(`the tokenizer's JSON (${tokenizerJson.length} characters) exceeds the 16 MiB a join reply carries`);
+    }
     planShards([], plannerOptions);
     return { plannerOptions, batchesPerEpoch, tokenizerJson };
   } catch (err) {
@@ -193,7 +195,9 @@ export class JobRun {
       return { admitted: false, version: PROTOCOL_VERSION, reason: truncate(reason), ...(retryMs ? { retryMs } : {}) };
     };
     const wasAlive = this.membership.get(peer)?.status === 'alive';
-    if (!wasAlive && this.membership.alive().length >= MAX_NODES) return refuse(`the swarm is full (${MAX_NODES} nodes)`, this.settings.nodeTimeoutMs);
+    if (!wasAlive && this.membership.alive().length >= MAX_NODES) {
+      return refuse(`the swarm is full (${MAX_NODES} nodes)`, this.settings.nodeTimeoutMs);
+    }
     const candidate: PlannerNode = { nodeId: peer, gemmGflops: request.gemmGflops, memoryBytes: request.memoryBytes };
     // Whether the planner admits a node depends on that node alone: ask it about this one.
     const refusal = planShards([candidate], this.plannerOptions).refused[0];
@@ -342,7 +346,9 @@ export class JobRun {
     if (!plan || plan.version === this.announcedVersion) return;
     this.announcedVersion = plan.version;
     // Once every batch is trained, nodes leaving do not change where the job's experts were: the store keeps that.
-    if (!this.leases.done) this.components.store.savePlan(this.id, { version: plan.version, plan: storedPlan(plan), members: [...plan.nodes.keys()] });
+    if (!this.leases.done) {
+      this.components.store.savePlan(this.id, { version: plan.version, plan: storedPlan(plan), members: [...plan.nodes.keys()] });
+    }
     this.components.emit({
       event: 'plan',
       version: plan.version,

@@ -142,7 +142,9 @@ export interface CoordinatorStatus {
 }
 
 function bounded(name: string, value: number, min: number, max: number): number {
-  if (!Number.isSafeInteger(value) || value < min || value > max) throw new RangeError(`coordinator: ${name} must be an integer in [${min}, ${max}], got ${value}`);
+  if (!Number.isSafeInteger(value) || value < min || value > max) {
+    throw new RangeError(`coordinator: ${name} must be an integer in [${min}, ${max}], got ${value}`);
+  }
   return value;
 }
 
@@ -174,7 +176,9 @@ export class CoordinatorServer {
   static async start(options: CoordinatorOptions): Promise<CoordinatorServer> {
     const heartbeatMs = bounded('heartbeatMs', options.heartbeatMs ?? 1000, 100, 3_600_000);
     const nodeTimeoutMs = bounded('nodeTimeoutMs', options.nodeTimeoutMs ?? Math.max(15_000, 5 * heartbeatMs), 1, Number.MAX_SAFE_INTEGER);
-    if (nodeTimeoutMs <= heartbeatMs) throw new RangeError(`coordinator: nodeTimeoutMs (${nodeTimeoutMs}) must exceed heartbeatMs (${heartbeatMs}), or every node dies between heartbeats`);
+    if (nodeTimeoutMs <= heartbeatMs) {
+      throw new RangeError(`coordinator: nodeTimeoutMs (${nodeTimeoutMs}) must exceed heartbeatMs (${heartbeatMs}), or every node dies between heartbeats`);
+    }
     const settings: RunSettings = {
       heartbeatMs, nodeTimeoutMs, now: options.now ?? Date.now,
       leaseMs: bounded('leaseMs', options.leaseMs ?? 30_000, 4, Number.MAX_SAFE_INTEGER),
@@ -309,7 +313,10 @@ export class CoordinatorServer {
     const { settings } = this.options;
     try {
       const assets = this.options.job
-        ? { tokenizer: this.options.tokenizer!, ...(this.options.base ? { base: this.options.base } : {}), ...(this.options.corpus ? { corpus: this.options.corpus } : {}) }
+        ? {
+          tokenizer: this.options.tokenizer!, ...(this.options.base ? { base: this.options.base } : {}),
+          ...(this.options.corpus ? { corpus: this.options.corpus } : {}),
+        }
         : await this.options.assets!(row);
       if (row.state === 'queued') this.changeState(row.id, 'running');
       this.run = await JobRun.open(this.store.job(row.id)!, assets, settings, {

@@ -301,7 +301,9 @@ export class CoordinatorService implements SwarmService {
     if (!NAME.test(name)) fail('invalid', `model name "${name}" must be letters, digits, '.', '_' or '-' (at most 64)`, 'name');
     const dir = join(this.dataDir, 'models', name);
     if (existsSync(dir)) fail('conflict', `a model named ${name} exists already`);
-    for (const file of files) if (!MODEL_FILE.test(file.name)) fail('invalid', `${file.name} is not a file of a Hugging Face checkpoint folder`, 'files');
+    for (const file of files) {
+      if (!MODEL_FILE.test(file.name)) fail('invalid', `${file.name} is not a file of a Hugging Face checkpoint folder`, 'files');
+    }
     if (!files.some((f) => f.name === 'config.json')) fail('invalid', 'a model needs its config.json', 'files');
     const staging = `${dir}.partial`;
     await mkdir(staging, { recursive: true });
@@ -353,7 +355,9 @@ export class CoordinatorService implements SwarmService {
   private uploadedCorpus(name: string): TextCorpus | undefined {
     if ((CORPUS_NAMES as readonly string[]).includes(name)) return undefined;
     const file = ['.txt', '.jsonl'].map((ext) => join(this.dataDir, 'corpora', `${name}${ext}`)).find((path) => existsSync(path));
-    if (!NAME.test(name) || file === undefined) return fail('invalid', `unknown corpus "${name}" (known: ${this.corpora().map((c) => c.name).join(', ')})`, 'corpus');
+    if (!NAME.test(name) || file === undefined) {
+      return fail('invalid', `unknown corpus "${name}" (known: ${this.corpora().map((c) => c.name).join(', ')})`, 'corpus');
+    }
     try {
       return loadTextCorpus(file);
     } catch (err) {

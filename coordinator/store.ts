@@ -184,7 +184,9 @@ export class JobStore {
   transitions(id: string): { at: number; from?: JobState; to: JobState; reason?: string }[] {
     const rows = this.db.prepare('SELECT at, from_state, to_state, reason FROM transitions WHERE job_id = ? ORDER BY rowid').all(id) as
       { at: number; from_state: JobState | null; to_state: JobState; reason: string | null }[];
-    return rows.map((r) => ({ at: r.at, to: r.to_state, ...(r.from_state ? { from: r.from_state } : {}), ...(r.reason ? { reason: r.reason } : {}) }));
+    return rows.map((r) => ({
+      at: r.at, to: r.to_state, ...(r.from_state ? { from: r.from_state } : {}), ...(r.reason ? { reason: r.reason } : {}),
+    }));
   }
 
   deleteJob(id: string): void {
@@ -238,7 +240,9 @@ export class JobStore {
    * One change to a job's leases, atomically: batches completed (by `nodeId`), leases that now hold
    * `batchIds` (an empty list deletes the lease), and the next lease id.
    */
-  updateLeases(jobId: string, change: { completed?: { nodeId: string; batchIds: number[]; at: number }; leases: StoredLease[]; nextLeaseId?: number }): void {
+  updateLeases(
+    jobId: string, change: { completed?: { nodeId: string; batchIds: number[]; at: number }; leases: StoredLease[]; nextLeaseId?: number },
+  ): void {
     this.db.transaction(() => {
       const { completed } = change;
       if (completed) {

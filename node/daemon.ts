@@ -84,11 +84,16 @@ export class NodeDaemon implements Volunteer {
     this.self = host.peerId.toString();
   }
 
-  /** Starts the host and asks to join: a refusal (other than "wait") is a JoinRefusedError, a coordinator never reached a CoordinatorUnreachableError. */
+  /**
+   * Starts the host and asks to join: a refusal (other than "wait") is a JoinRefusedError, a coordinator
+   * never reached a CoordinatorUnreachableError.
+   */
   static async start(options: NodeOptions): Promise<NodeDaemon> {
     const coordinator = multiaddr(options.join);
     const coordinatorId = coordinator.getComponents().findLast((c) => c.name === 'p2p')?.value;
-    if (coordinatorId === undefined) throw new Error(`${options.join} does not end in /p2p/<the coordinator's peer id>, which checks the plans it signs`);
+    if (coordinatorId === undefined) {
+      throw new Error(`${options.join} does not end in /p2p/<the coordinator's peer id>, which checks the plans it signs`);
+    }
     const kernels = await createKernels({ threads: options.threads ?? 1 });
     const gemmGflops = measureGemm(kernels);
     await kernels.close();
@@ -145,7 +150,8 @@ export class NodeDaemon implements Volunteer {
       const silentMs = Date.now() - this.lastAnswer;
       const giveUpAfterMs = this.options.giveUpAfterMs ?? 600_000;
       if (silentMs > giveUpAfterMs) {
-        throw new CoordinatorUnreachableError('timeout', `the coordinator did not answer for ${Math.round(silentMs / 1000)} s (${err.message}); giving up`);
+        const seconds = Math.round(silentMs / 1000);
+        throw new CoordinatorUnreachableError('timeout', `the coordinator did not answer for ${seconds} s (${err.message}); giving up`);
       }
       if (!this.unreachable) this.emit({ event: 'coordinator-unreachable', reason: err.message, giveUpInMs: giveUpAfterMs - silentMs });
       this.unreachable = true;

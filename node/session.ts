@@ -135,7 +135,9 @@ export class JobSession {
   }
 
   private async setUp(reply: Admitted): Promise<void> {
-    if (!this.signedPlan(reply.job.jobId, reply.plan, reply.planSignature)) throw new JoinRefusedError(`the plan in the join reply is not signed by ${this.coordinatorId}`);
+    if (!this.signedPlan(reply.job.jobId, reply.plan, reply.planSignature)) {
+      throw new JoinRefusedError(`the plan in the join reply is not signed by ${this.coordinatorId}`);
+    }
     this.heartbeatMs = reply.heartbeatMs;
     this.job = reply.job;
     this.plan = reply.plan;
@@ -180,7 +182,8 @@ export class JobSession {
       peer === this.coordinatorId || directory.admitted(peer) || (await this.beat(), directory.admitted(peer));
     await serveState(this.rpc, model, admittedNow, this.job.jobId, () => this.step);
     this.emit({
-      event: 'joined', node: this.self, jobId: this.job.jobId, experts: [...hosted], planVersion: this.plan.version, gemmGflops: this.volunteer.gemmGflops,
+      event: 'joined', node: this.self, jobId: this.job.jobId, experts: [...hosted], planVersion: this.plan.version,
+      gemmGflops: this.volunteer.gemmGflops,
     });
   }
 

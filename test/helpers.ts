@@ -1,5 +1,6 @@
-// Small shared test utilities: a seeded random source and error measures.
+// Small shared test utilities: a seeded random source, error measures, and a tiny swarm job.
 import { afterAll, beforeAll } from 'vitest';
+import type { JobRequest } from '../coordinator/api/service.ts';
 import { createKernels, type BuildName, type Kernels } from '../src/kernels/index.ts';
 import { uniform } from '../src/model/init.ts';
 
@@ -47,3 +48,13 @@ export function kernelsOnOneAndTwoThreads(build: BuildName, use: (one: Kernels, 
     await two?.close();
   });
 }
+
+/** A job request small enough for a swarm of real processes in a test: ~20 micro-batches a second on 2 loaded cores. */
+export const TINY_JOB: JobRequest = {
+  model: {
+    hiddenSize: 64, numLayers: 2, numHeads: 2, numKvHeads: 1, headDim: 32, numExperts: 4, expertsPerToken: 2, expertHiddenSize: 64,
+    maxSeqLen: 32, vocabSize: 300,
+  },
+  corpus: 'moby-dick', documents: { from: 0, to: 60 }, batchSize: 4, seqLen: 32, lr: 3e-3, minLr: 3e-4, warmupSteps: 2,
+  averaging: { mode: 'periodic', every: 4, deadlineMs: 10_000, codec: 'int8-block' },
+};

@@ -89,7 +89,8 @@ describe('the job store', () => {
     store.transition('a', 'cancelled', 31);
     expect(store.leases('a')).toEqual([]);
     store.deleteJob('a');
-    expect([store.job('a'), store.completed('a'), store.plan('a'), store.checkpoints('a'), store.transitions('a')]).toEqual([undefined, [], undefined, [], []]);
+    const leftovers = [store.job('a'), store.completed('a'), store.plan('a'), store.checkpoints('a'), store.transitions('a')];
+    expect(leftovers).toEqual([undefined, [], undefined, [], []]);
     store.close();
   });
 

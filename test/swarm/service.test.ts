@@ -12,6 +12,7 @@ import type { JobRequest, JobView } from '../../coordinator/api/service.ts';
 import { CoordinatorClient } from '../../coordinator/client.ts';
 import { startService, type Proc, type ServiceSwarm } from '../../src/harness/local-swarm.ts';
 import { continuation, loadGenerator } from '../../src/train/cli.ts';
+import { TINY_JOB } from '../helpers.ts';
 
 /** `swarmtrain job ...` against the service, as a user runs it: its exit code and output. */
 function jobCommand(s: ServiceSwarm, args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
@@ -25,14 +26,6 @@ function jobCommand(s: ServiceSwarm, args: string[]): Promise<{ code: number | n
   return new Promise((resolve) => child.on('close', (code) => resolve({ code, stdout, stderr })));
 }
 
-const TINY: JobRequest = {
-  model: {
-    hiddenSize: 64, numLayers: 2, numHeads: 2, numKvHeads: 1, headDim: 32, numExperts: 4, expertsPerToken: 2, expertHiddenSize: 64,
-    maxSeqLen: 32, vocabSize: 300,
-  },
-  corpus: 'moby-dick', documents: { from: 0, to: 60 }, batchSize: 4, seqLen: 32, lr: 3e-3, minLr: 3e-4, warmupSteps: 2,
-  averaging: { mode: 'periodic', every: 4, deadlineMs: 10_000, codec: 'int8-block' },
-};
 
 let swarm: ServiceSwarm | undefined;
 
@@ -80,8 +73,8 @@ describe('the coordinator service', () => {
     swarm = await startService(['--heartbeat-ms', '500']);
     for (let i = 0; i < 2; i++) swarm.startNode(['--memory-budget', '1GB']);
     const api = client(swarm);
-    const first = await api.createJob({ ...TINY, name: 'first', totalBatches: 32, expectedNodes: 2 });
-    const second = await api.createJob({ ...TINY, name: 'second', totalBatches: 12, expectedNodes: 2, seed: 5 });
+    const first = await api.createJob({ ...TINY_JOB, name: 'first', totalBatches: 32, expectedNodes: 2 });
+    const second = await api.createJob({ ...TINY_JOB, name: 'second', totalBatches: 12, expectedNodes: 2, seed: 5 });
     expect(second.state).toBe('queued');
 
     const [a, b]: JobView[] = [await ended(swarm, first.id), await ended(swarm, second.id)];
@@ -113,7 +106,7 @@ describe('the coordinator service', () => {
     for (let i = 0; i < 3; i++) swarm.startNode(['--memory-budget', '1GB', '--give-up-after', '180']);
     const api = client(swarm);
     const total = 60;
-    const job = await api.createJob({ ...TINY, name: 'crash', totalBatches: total, expectedNodes: 3 });
+    const job = await api.createJob({ ...TINY_JOB, name: 'crash', totalBatches: total, expectedNodes: 3 });
     // A random point of the job, past its first averaging rounds.
     const killAt = 12 + Math.floor(Math.random() * 24);
     await swarm.coordinator.waitFor((e) => e.event === 'progress' && e.completed >= killAt, 240_000, `progress ${killAt}`);
@@ -157,8 +150,10 @@ describe('the coordinator service', () => {
     const paragraph = (i: number) => `Verse ${i}: the swarm hums along the wire, and every node adds a line of its own to the song. `.repeat(3);
     await writeFile(text, Array.from({ length: 40 }, (_, i) => paragraph(i)).join('\n\n'));
     const spec = join(swarm.dir, 'lora.json');
-    const { corpus: _, documents: __, ...rest } = TINY;
-    await writeFile(spec, JSON.stringify({ ...rest, mode: 'lora', lora: { rank: 4, alpha: 8, targets: ['q', 'v', 'gate'] }, baseFormat: 'q8', basePath: 'int', totalBatches: 16, expectedNodes: 2 }));
+    const { corpus: _, documents: __, ...rest } = TINY_JOB;
+    await writeFile(spec, JSON.stringify({
+      ...rest, mode: 'lora', lora: { rank: 4, alpha: 8, targets: ['q', 'v', 'gate'] }, baseFormat: 'q8', basePath: 'int', totalBatches: 16, expectedNodes: 2,
+    }));
 
     const created = await jobCommand(swarm, ['create', spec, '--corpus', text, '--name', 'poems']);
     expect(created.code, created.stderr).toBe(0);
@@ -169,7 +164,9 @@ describe('the coordinator service', () => {
     expect(watched.stdout + watched.stderr).toMatch(/16\/16/);
     const job = await client(swarm).job(id);
     // The upload is named by its file and content, so the same text is uploaded once.
-    expect(job).toMatchObject({ state: 'done', completed: 16, hasResult: true, spec: { corpus: expect.stringMatching(/^poems-[0-9a-f]+$/), mode: 'lora' } });
+    expect(job).toMatchObject({
+      state: 'done', completed: 16, hasResult: true, spec: { corpus: expect.stringMatching(/^poems-[0-9a-f]+$/), mode: 'lora' },
+    });
 
     const out = join(swarm.dir, 'downloaded');
     await mkdir(out);

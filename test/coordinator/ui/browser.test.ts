@@ -18,6 +18,7 @@ import { CoordinatorClient } from '../../../coordinator/client.ts';
 import { startService, type ServiceSwarm } from '../../../src/harness/local-swarm.ts';
 import { decodeSafetensors } from '../../../src/io/safetensors.ts';
 import { FakeSwarmService } from '../fake-service.ts';
+import { TINY_JOB } from '../../helpers.ts';
 import { PEERS, sampleAt, seedSwarm, serveFake, trainFor, type FakeCoordinator } from './fake-coordinator.ts';
 
 const CHROMIUM = '/usr/bin/chromium';
@@ -26,15 +27,6 @@ const shots = join(root, 'tmp/ui-screenshots');
 const canRun = existsSync(CHROMIUM) || process.env.CI !== undefined;
 if (!canRun) console.warn(`web UI browser test skipped: no ${CHROMIUM} (apt-get install chromium); with CI set it runs and fails instead`);
 
-/** test/swarm/service.test.ts's tiny job: ~20 micro-batches a second on 2 loaded cores. */
-const TINY: JobRequest = {
-  model: {
-    hiddenSize: 64, numLayers: 2, numHeads: 2, numKvHeads: 1, headDim: 32, numExperts: 4, expertsPerToken: 2, expertHiddenSize: 64,
-    maxSeqLen: 32, vocabSize: 300,
-  },
-  corpus: 'moby-dick', documents: { from: 0, to: 60 }, batchSize: 4, seqLen: 32, lr: 3e-3, minLr: 3e-4, warmupSteps: 2,
-  averaging: { mode: 'periodic', every: 4, deadlineMs: 10_000, codec: 'int8-block' },
-};
 
 /** Every file of a tar archive: name → contents. */
 async function untar(path: string): Promise<Map<string, Buffer>> {
@@ -91,7 +83,7 @@ describe.skipIf(!canRun)('web UI in Chromium', () => {
       for (let i = 0; i < 2; i++) swarm.startNode(['--memory-budget', '1GB']);
       api = new CoordinatorClient({ url: swarm.url, token: swarm.token });
       // Long enough to still run while the page is watched; cancelled to let the form's job run.
-      first = await api.createJob({ ...TINY, name: 'tiny-moe', totalBatches: 5000, expectedNodes: 2 });
+      first = await api.createJob({ ...TINY_JOB, name: 'tiny-moe', totalBatches: 5000, expectedNodes: 2 });
       page = await newPage(browser);
       page.on('request', (request) => {
         if (request.method() === 'POST' && new URL(request.url()).pathname === '/api/jobs') posts.push(request.postData() ?? '');
