@@ -14,6 +14,8 @@ export DOCKER_HOST="unix://$work/docker.sock"
 project="swarmtrain-e2e-$$"
 interfaces_before="$(ip -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | sort)"
 
+# On vfs a container's first start copies the whole image: on a busy machine that outlasts compose's 60 s default.
+export COMPOSE_HTTP_TIMEOUT=600 DOCKER_CLIENT_TIMEOUT=600
 compose() { docker-compose -p "$project" -f docker-compose.yml --profile coordinator "$@"; }
 # Long steps run in the background so a TERM (from `timeout`) interrupts the wait and cleanup runs at once.
 run() { "$@" & wait $!; }
@@ -80,7 +82,7 @@ stage "image built: swarmtrain:latest, $((size / 1000000)) MB"
 # The coordinator serving the demo job, published on an ephemeral port of 127.0.0.1 only (its HTTP API too).
 export SWARMTRAIN_JOB=coordinator/jobs/demo.json SWARMTRAIN_HTTP_PUBLISH=127.0.0.1:
 export SWARMTRAIN_COORDINATOR_PUBLISH=127.0.0.1: SWARMTRAIN_THREADS=1 SWARMTRAIN_MEMORY=512MB SWARMTRAIN_MEMORY_LIMIT=1g
-run compose up -d coordinator >/dev/null 2>&1
+run compose up -d coordinator >"$work/compose-up.log" 2>&1 || { cat "$work/compose-up.log" >&2; fail "compose up of the coordinator"; }
 compose logs --no-color -f coordinator >"$work/coordinator.log" 2>&1 &
 
 health() { docker inspect --format '{{.State.Health.Status}}' "$1"; }
