@@ -380,15 +380,15 @@ export class CoordinatorService implements SwarmService {
     const run = this.server?.current?.id === row.id ? this.server.current : undefined;
     const completed = run ? run.leases.completed : this.store.completed(row.id).length;
     const total = row.spec.totalBatches;
-    const first = this.store.metrics(row.id, 1);
-    const recent = this.store.metrics(row.id, 2);
+    // The pace over the whole run so far (its first and newest samples): only a running job has an ETA.
+    const recent = row.state === 'running' ? this.store.metrics(row.id, 2) : [];
     const [a, b] = [recent[0], recent.at(-1)];
     const rate = a && b && b.at > a.at ? (b.completed - a.completed) / ((b.at - a.at) / 1000) : 0;
     return {
       id: row.id, name: row.name, state: row.state, spec: row.spec, ...(row.base === undefined ? {} : { base: row.base }),
       createdAt: row.createdAt, ...(row.startedAt === undefined ? {} : { startedAt: row.startedAt }),
       ...(row.endedAt === undefined ? {} : { endedAt: row.endedAt }), ...(row.error === undefined ? {} : { error: row.error }),
-      completed, total, ...(row.state === 'running' && rate > 0 && first.length > 0 ? { etaSeconds: (total - completed) / rate } : {}),
+      completed, total, ...(rate > 0 ? { etaSeconds: (total - completed) / rate } : {}),
       hasResult: existsSync(join(this.dataDir, 'jobs', row.id, 'result')),
     };
   }
