@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { footprint, type Precision } from '../../coordinator/footprint.ts';
+import { footprint, type Precision } from '../../src/model/footprint.ts';
 import { planShards, ShardPlanner, type PlannerNode, type PlannerOptions, type ShardPlan } from '../../coordinator/planner.ts';
 import { createConfig, DEMO_CONFIG } from '../../src/model/config.ts';
 import { rng } from '../helpers.ts';
@@ -39,36 +39,6 @@ function checkPlan(plan: ShardPlan, nodes: PlannerNode[], replication: number, g
   }
   expect(plan.degraded?.underReplicated.map((u) => `${u.layer}.${u.expert}:${u.replicas}`) ?? []).toEqual(under);
 }
-
-describe('footprint', () => {
-  const { hiddenSize: H, vocabSize: V, expertHiddenSize: F, numLayers: L, numHeads, numKvHeads, headDim: D, numExperts: E } = config;
-  const attention = H * numHeads * D * 2 + 2 * H * numKvHeads * D;
-  const trunkValues = 2 * V * H + H + L * (2 * H + attention + E * H);
-
-  it('full mode: 24 bytes per value (value, grad, m, v, averaging base, error feedback)', () => {
-    expect(footprint(config, FULL)).toEqual({ trunkBytes: trunkValues * 24, expertBytes: 3 * F * H * 24 });
-  });
-
-  it('lora with a q8 or q4 base: quantized experts and head, fp32 norms/embedding/router, trainable adapters', () => {
-    const r = 8;
-    const attentionLora = r * ((H + numHeads * D) * 2 + 2 * (H + numKvHeads * D));
-    const quantizedTrunk = L * attention + V * H;
-    const f32Trunk = trunkValues - quantizedTrunk;
-    for (const [format, perValue] of [['q8', 1.125], ['q4', 0.625]] as const) {
-      const fp = footprint(config, { mode: 'lora', lora: { rank: r, alpha: 16 }, baseFormat: format });
-      expect(fp.expertBytes).toBe(3 * F * H * perValue + 3 * r * (F + H) * 24);
-      expect(fp.trunkBytes).toBe(f32Trunk * 4 + quantizedTrunk * perValue + L * attentionLora * 24);
-    }
-    // A vocabulary that is not whole 32-blocks keeps the head in f32.
-    const odd = createConfig({ vocabSize: V + 1 });
-    const q8 = (c: typeof config) => footprint(c, { mode: 'lora', lora: { rank: r, alpha: 16 }, baseFormat: 'q8' }).trunkBytes;
-    expect(q8(odd) - q8(config)).toBe(4 * H + (V + 1) * H * 4 - V * H * 1.125);
-    // Only the chosen targets get adapters.
-    const expertsOnly = footprint(config, { mode: 'lora', lora: { rank: r, alpha: 16, targets: ['gate', 'up', 'down'] }, baseFormat: 'f32' });
-    expect(expertsOnly.trunkBytes).toBe(trunkValues * 4);
-    expect(() => footprint(config, { mode: 'lora' })).toThrow(/lora options/);
-  });
-});
 
 describe('shard planner', () => {
   const options: PlannerOptions = { config, precision: FULL };

@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { footprint } from '../../coordinator/footprint.ts';
+import { footprint } from '../../src/model/footprint.ts';
 import { CoordinatorServer, type CoordinatorEvent, type CoordinatorOptions } from '../../coordinator/server.ts';
 import { msgpackCodec, planSigningBytes, PROTOCOL_VERSION, type JobSpec, type JoinRequest, type MessageCodec, type Plan } from '../../proto/index.ts';
 import { packPlain } from '../../proto/msgpack.ts';

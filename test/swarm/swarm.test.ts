@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { multiaddr } from '@multiformats/multiaddr';
 import { f32Tensor, groupId, msgpackCodec, type JobSpec } from '../../proto/index.ts';
-import { footprint } from '../../coordinator/footprint.ts';
+import { footprint } from '../../src/model/footprint.ts';
 import { createHost, Rpc } from '../../src/p2p/index.ts';
 import { JOIN_TOKEN, misbehaviours, sendRaw, serveToy } from '../p2p/peers.ts';
 import { jobConfig, jobDocuments, jobModelOptions } from '../../src/train/job.ts';
