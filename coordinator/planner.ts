@@ -176,7 +176,7 @@ function refusal(fp: Footprint, { memoryBytes, cores = 1 }: PlannerNode): string
   if (memoryBytes >= needed) return undefined;
   const trunk = `memory budget of ${memoryBytes} bytes cannot hold the trunk (${fp.trunkBytes} bytes)`;
   if (needed === fp.trunkBytes) return trunk;
-  const threads = cores > 1 ? `, the scratch of ${cores - 1} more kernel threads (${(cores - 1) * fp.threadBytes} bytes)` : '';
+  const threads = cores > 1 ? `, the scratch of ${cores - 1} more kernel thread${cores > 2 ? 's' : ''} (${(cores - 1) * fp.threadBytes} bytes)` : '';
   return `${trunk}, one micro-batch's activations with gradient checkpointing (${fp.checkpointedActivationBytes} bytes)${threads}: ${needed} bytes needed`;
 }
 

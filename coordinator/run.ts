@@ -13,7 +13,7 @@ import {
 import type { ModelConfig } from '../src/model/config.ts';
 import type { PrivateKey } from '@libp2p/interface';
 import { RefusedError, serveGroups, signSync, type Rpc } from '../src/p2p/index.ts';
-import { jobBatchesPerEpoch, jobConfig, jobModelOptions, type JobText } from '../src/train/job.ts';
+import { jobBatchesPerEpoch, jobConfig, jobFootprintSettings, type JobText } from '../src/train/job.ts';
 import type { TextCorpus } from '../src/train/text-corpus.ts';
 import type { Tokenizer } from '../src/train/tokenizers/index.ts';
 import { joinBlobSources, serveBlobs, signManifest, type BlobSource } from '../src/weights/index.ts';
@@ -75,7 +75,7 @@ export const truncate = (text: string) => (text.length <= MAX_REASON ? text : `$
 export function prepareJob(job: JobSpec, tokenizer: Tokenizer, replication: number, base?: BaseManifest, text?: JobText) {
   try {
     const config = jobConfig(job, tokenizer, base?.config as ModelConfig | undefined);
-    const plannerOptions: PlannerOptions = { config, precision: jobModelOptions(job), replication };
+    const plannerOptions: PlannerOptions = { config, precision: jobFootprintSettings(job), replication };
     const batchesPerEpoch = jobBatchesPerEpoch(job, tokenizer, text);
     if (batchesPerEpoch < 1) throw new Error('the training split has no micro-batch (too few tokens for batchSize × seqLen)');
     const tokenizerJson = JSON.stringify(tokenizer.toHuggingFace());
@@ -198,7 +198,7 @@ export class JobRun {
     if (!wasAlive && this.membership.alive().length >= MAX_NODES) {
       return refuse(`the swarm is full (${MAX_NODES} nodes)`, this.settings.nodeTimeoutMs);
     }
-    const candidate: PlannerNode = { nodeId: peer, gemmGflops: request.gemmGflops, memoryBytes: request.memoryBytes };
+    const candidate: PlannerNode = { nodeId: peer, gemmGflops: request.gemmGflops, memoryBytes: request.memoryBytes, cores: request.cores };
     // Whether the planner admits a node depends on that node alone: ask it about this one.
     const refusal = planShards([candidate], this.plannerOptions).refused[0];
     if (refusal) {
@@ -337,7 +337,7 @@ export class JobRun {
     const nodes: PlannerNode[] = this.membership
       .alive()
       .filter((n) => n.nodeId !== candidate?.nodeId)
-      .map(({ nodeId, gemmGflops, memoryBytes }) => ({ nodeId, gemmGflops, memoryBytes }));
+      .map(({ nodeId, gemmGflops, memoryBytes, cores }) => ({ nodeId, gemmGflops, memoryBytes, cores }));
     return this.planner.plan(candidate ? [...nodes, candidate] : nodes);
   }
 

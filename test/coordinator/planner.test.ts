@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { footprint, type Precision } from '../../src/model/footprint.ts';
+import { footprint, nodeBytes, type Precision } from '../../src/model/footprint.ts';
 import { planShards, ShardPlanner, type PlannerNode, type PlannerOptions, type ShardPlan } from '../../coordinator/planner.ts';
 import { createConfig, DEMO_CONFIG } from '../../src/model/config.ts';
 import { rng } from '../helpers.ts';
@@ -261,5 +261,94 @@ describe('shard planner', () => {
       }
       previous = plan;
     }
+  });
+});
+
+describe('shard planner: budgets that hold the trunk, experts and activations', () => {
+  const micro = { batchSize: 4, seqLen: 128 };
+  const modes: [string, Precision][] = [
+    ['full', { mode: 'full', ...micro }],
+    ['lora on a q4 base', { mode: 'lora', lora: { rank: 8, alpha: 16 }, baseFormat: 'q4', basePath: 'int', activationStorage: 'bf16', ...micro }],
+  ];
+  for (const [name, precision] of modes) {
+    const fp = footprint(config, precision);
+    const options: PlannerOptions = { config, precision, replication: 1 };
+    const half = GROUPS / 2;
+    const pair = (memoryBytes: number) => ['a', 'b'].map((nodeId) => ({ nodeId, gemmGflops: 10, memoryBytes }));
+    /** Every admitted node within its budget, with the activations the plan says it keeps. */
+    const withinBudgets = (plan: ShardPlan, nodes: PlannerNode[]) => {
+      for (const n of nodes.filter((n) => plan.nodes.has(n.nodeId))) {
+        expect(nodeBytes(fp, plan.nodes.get(n.nodeId)!.length, plan.checkpointing.includes(n.nodeId), n.cores)).toBeLessThanOrEqual(n.memoryBytes);
+      }
+    };
+
+    it(`${name}: checkpointing makes room for whole layers of activations (${((fp.activationBytes - fp.checkpointedActivationBytes) / fp.expertBytes).toFixed(1)} experts' worth)`, () => {
+      expect(fp.activationBytes - fp.checkpointedActivationBytes).toBeGreaterThan(fp.expertBytes);
+    });
+
+    it(`${name}: a budget just above the trunk, half the experts and full activations runs without checkpointing`, () => {
+      const nodes = pair(nodeBytes(fp, half, false));
+      const plan = planShards(nodes, options);
+      expect(plan.degraded).toBeNull();
+      expect(plan.checkpointing).toEqual([]);
+      expect(loads(plan)).toEqual({ a: half, b: half });
+      withinBudgets(plan, nodes);
+    });
+
+    it(`${name}: a byte less turns checkpointing on for the nodes that need it, and still covers every expert`, () => {
+      const nodes = [...pair(nodeBytes(fp, half, false) - 1), { nodeId: 'c', gemmGflops: 10, memoryBytes: nodeBytes(fp, GROUPS, false) }];
+      const plan = planShards([nodes[0], nodes[1]], options);
+      expect(plan.degraded).toBeNull();
+      expect(plan.checkpointing).toEqual(['a', 'b']);
+      withinBudgets(plan, nodes.slice(0, 2));
+      // With room elsewhere, nobody needs checkpointing.
+      const roomy = planShards(nodes, options);
+      expect(roomy.degraded).toBeNull();
+      expect(roomy.checkpointing).toEqual([]);
+      withinBudgets(roomy, nodes);
+    });
+
+    it(`${name}: below even that, the plan is short of memory and says so`, () => {
+      const nodes = pair(nodeBytes(fp, half, true) - 1);
+      const plan = planShards(nodes, options);
+      expect(plan.checkpointing).toEqual(['a', 'b']);
+      expect(loads(plan)).toEqual({ a: half - 1, b: half - 1 });
+      expect(plan.degraded!.reason).toBe(`memory: the admitted nodes have room for ${GROUPS - 2} expert replicas, ${GROUPS} needed`);
+      withinBudgets(plan, nodes);
+    });
+
+    it(`${name}: a node that cannot hold the trunk and checkpointed activations is refused with what it needed`, () => {
+      const needed = fp.trunkBytes + fp.checkpointedActivationBytes;
+      const small = [{ nodeId: 'small', gemmGflops: 10, memoryBytes: needed - 1 }, { nodeId: 'two', gemmGflops: 10, memoryBytes: needed + fp.threadBytes - 1, cores: 2 }];
+      const plan = planShards([...small, { nodeId: 'ok', gemmGflops: 10, memoryBytes: needed }], options);
+      const trunk = (budget: number) => `memory budget of ${budget} bytes cannot hold the trunk (${fp.trunkBytes} bytes), one micro-batch's activations with gradient checkpointing (${fp.checkpointedActivationBytes} bytes)`;
+      expect(plan.refused).toEqual([
+        { nodeId: 'small', reason: `${trunk(needed - 1)}: ${needed} bytes needed` },
+        { nodeId: 'two', reason: `${trunk(needed + fp.threadBytes - 1)}, the scratch of 1 more kernel thread (${fp.threadBytes} bytes): ${needed + fp.threadBytes} bytes needed` },
+      ]);
+      // Exactly enough: admitted, with checkpointing and no room for an expert.
+      expect(plan.nodes.get('ok')).toEqual([]);
+      expect(plan.checkpointing).toEqual(['ok']);
+    });
+  }
+
+  it('a node keeps its choice over re-plans: one running with full activations is not given more than that holds', () => {
+    const precision: Precision = { mode: 'full', ...micro };
+    const fp = footprint(config, precision);
+    const planner = new ShardPlanner({ config, precision, replication: 1 });
+    const budget = nodeBytes(fp, 12, false); // 12 experts with full activations, more with checkpointing
+    expect(nodeBytes(fp, 13, true)).toBeLessThanOrEqual(budget);
+    const nodes = ['a', 'b', 'c'].map((nodeId) => ({ nodeId, gemmGflops: 10, memoryBytes: budget }));
+    const first = planner.plan(nodes);
+    expect(first.checkpointing).toEqual([]);
+    const after = planner.plan(nodes.slice(0, 2)); // c left: a and b built their models without checkpointing
+    expect(after.checkpointing).toEqual([]);
+    expect(loads(after)).toEqual({ a: 12, b: 12 });
+    expect(after.degraded!.underReplicated).toHaveLength(GROUPS - 24);
+    // A node joining now may run with checkpointing to take what is left.
+    const joined = planner.plan([...nodes.slice(0, 2), { nodeId: 'd', gemmGflops: 10, memoryBytes: nodeBytes(fp, 7, false) }]);
+    expect(joined.degraded).toBeNull();
+    expect(joined.checkpointing).toEqual(['d']);
+    expect(nodeBytes(fp, joined.nodes.get('d')!.length, true)).toBeLessThanOrEqual(nodeBytes(fp, 7, false));
   });
 });
