@@ -12,10 +12,11 @@ import {
 } from '../proto/index.ts';
 import { createKernels, type Kernels } from '../src/kernels/index.ts';
 import { expertOf, type F32Tensor } from '../src/model/config.ts';
+import { checkpointingFor, footprint, nodeBytes, type Footprint } from '../src/model/footprint.ts';
 import { Model } from '../src/model/model.ts';
 import { fetchGroup, signedBy, type DialTarget, type Host, type Rpc } from '../src/p2p/index.ts';
 import { RefusedError, RpcError } from '../src/p2p/errors.ts';
-import { jobConfig, jobData, jobModelOptions, type JobText } from '../src/train/job.ts';
+import { jobConfig, jobData, jobFootprintSettings, jobModelOptions, type JobText } from '../src/train/job.ts';
 import { DEFAULT_ADAMW } from '../src/train/optimizer.ts';
 import { tokenizerFromJson, type Tokenizer } from '../src/train/tokenizers/index.ts';
 import { Trainer } from '../src/train/trainer.ts';
@@ -83,6 +84,8 @@ export class JobSession {
   private averager!: Averager;
   /** The transport to experts other nodes hold; the model runs the ones held here. */
   private experts!: SwarmRemoteExperts;
+  /** The job's memory per part, and whether this node's model keeps only each layer's input (chosen at join). */
+  private memory!: { footprint: Footprint; checkpointing: boolean };
   private heartbeatMs = 1000;
   private stopping = false;
   private done = false;
@@ -157,11 +160,13 @@ export class JobSession {
       ...expertPrecisions(this.job), log: this.log,
     });
     const hosted = this.hostedExperts(this.plan);
+    this.memory = this.memoryFor(footprint(config, jobFootprintSettings(this.job)), hosted.size);
     if (this.base || this.job.corpusBlob) this.startHeartbeat(); // the fetch may outlast the coordinator's patience
     const text = this.job.corpusBlob ? await this.fetchText() : undefined; // the operator's own text
     const base = this.base ? await this.fetchBase([TRUNK_GROUP, ...hosted.keys()]) : undefined;
     const model = new Model(this.kernels, config, {
       ...jobModelOptions(this.job),
+      checkpointing: this.memory.checkpointing,
       hosts: (layer, expert) => hosted.has(groupId({ kind: 'expert', layer, expert })),
       remote: this.experts,
     }, base);
@@ -172,6 +177,7 @@ export class JobSession {
       ...(this.options.fault ? { fault: this.options.fault } : {}),
     });
     this.trainer = this.createTrainer(model, tokenizer, text);
+    this.reportMemory(hosted.size);
     if (reply.completedBatches > 0) await this.catchUp(model, hosted);
     const servers = { rpc: this.rpc, kernels: this.kernels, experts: model.experts, directory, stats: this.experts.stats };
     await serveExperts(servers, { jobId: this.job.jobId, hidden: config.hiddenSize });
@@ -185,6 +191,39 @@ export class JobSession {
       event: 'joined', node: this.self, jobId: this.job.jobId, experts: [...hosted], planVersion: this.plan.version,
       gemmGflops: this.volunteer.gemmGflops,
     });
+  }
+
+  /**
+   * Whether this node keeps every layer's activations or checkpoints them for a share of `experts`, decided
+   * from its budget as the planner decides (src/model/footprint.ts); a share that fits neither way is refused.
+   */
+  private memoryFor(fp: Footprint, experts: number): JobSession['memory'] {
+    const { memoryBytes, threads = 1 } = this.options;
+    const checkpointing = checkpointingFor(fp, memoryBytes, experts, threads);
+    if (checkpointing === undefined) {
+      const needed = nodeBytes(fp, experts, true, threads);
+      throw new JoinRefusedError(`the plan gives this node ${experts} experts: ${needed} bytes even with gradient checkpointing, more than its memory budget of ${memoryBytes} bytes`);
+    }
+    return { footprint: fp, checkpointing };
+  }
+
+  /**
+   * The memory this node's model takes once built, against its budget: the heap's live bytes (weights,
+   * optimizer, kernel scratch) plus what comes with the first step and the first calls (activations) and
+   * what averaging keeps off the heap, both as predicted. Reported as a `memory` event; over the budget, logged.
+   */
+  private reportMemory(experts: number): void {
+    const { footprint: fp, checkpointing } = this.memory;
+    const { memoryBytes, threads = 1 } = this.options;
+    const heapBytes = this.kernels.heap.allocatedBytes;
+    const toCome = (checkpointing ? fp.checkpointedActivationBytes : fp.activationBytes) + experts * fp.expertCallBytes
+      + fp.offHeap.trunkBytes + experts * fp.offHeap.expertBytes;
+    const projectedBytes = heapBytes + toCome;
+    const predictedBytes = nodeBytes(fp, experts, checkpointing, threads);
+    this.emit({ event: 'memory', experts, checkpointing, budgetBytes: memoryBytes, predictedBytes, heapBytes, projectedBytes });
+    if (projectedBytes > memoryBytes) {
+      this.log(`memory: built, this node's share (${experts} experts) comes to ${projectedBytes} bytes, over its budget of ${memoryBytes} (predicted ${predictedBytes})`);
+    }
   }
 
   /**
@@ -382,6 +421,12 @@ export class JobSession {
       this.emit({ event: 'expert-added', layer, expert, copied: state !== undefined });
     }
     this.emit({ event: 'plan', version: plan.version, experts: [...after] });
+    const { footprint: fp, checkpointing } = this.memory;
+    const needed = nodeBytes(fp, after.size, checkpointing, this.options.threads);
+    if (needed > this.options.memoryBytes) {
+      const kept = checkpointing ? 'with gradient checkpointing' : 'with every layer\'s activations (chosen at join)';
+      this.log(`memory: plan v${plan.version} gives this node ${after.size} experts, ${needed} bytes ${kept}, over its budget of ${this.options.memoryBytes}`);
+    }
   }
 
   /** Reports progress to the coordinator; its reply may carry a newer plan or the end of the job. */
@@ -396,6 +441,7 @@ export class JobSession {
       const reply = await this.volunteer.ask(this.coordinator, 'heartbeat', {
         jobId: this.job.jobId, step: this.trainer ? this.step : 0, ...(this.lastLoss === undefined ? {} : { loss: this.lastLoss }),
         ...(this.lastHeldOut === undefined ? {} : { heldOut: this.lastHeldOut }), rssBytes: process.memoryUsage.rss(),
+        heapBytes: this.kernels.heap.allocatedBytes,
         tokensPerSecond: this.tokensPerSecond, bytesSent: this.traffic.sent, bytesReceived: this.traffic.received,
         droppedExpertCalls: this.experts.stats.unanswered, planVersion: this.newestPlan().version, ...averaging,
         addrs: advertisedAddrs(this.volunteer.host),

@@ -210,6 +210,8 @@ export const HeartbeatSchema = Type.Object({
   heldOut: Type.Optional(Type.Number()),
   /** The node process's resident memory. */
   rssBytes: Type.Optional(Count),
+  /** Bytes live on its kernel heap (weights, optimizer state, activations, scratch): what its memory budget mostly bounds. */
+  heapBytes: Type.Optional(Count),
   /** Bytes of the parameter updates it encoded, and the same updates as plain f32 (their ratio is the compression). */
   updateBytes: Type.Optional(Count),
   updateRawBytes: Type.Optional(Count),

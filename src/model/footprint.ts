@@ -37,6 +37,8 @@ export interface Footprint {
   checkpointedActivationBytes: number;
   /** Each kernel thread past the first (its scratch). */
   threadBytes: number;
+  /** Of expertBytes, the activations its calls keep, local or a peer's (made at the first call). */
+  expertCallBytes: number;
   /** Of trunkBytes and expertBytes, averaging's state outside the kernel heap (plain JS arrays). */
   offHeap: { trunkBytes: number; expertBytes: number };
 }
@@ -100,6 +102,7 @@ export function footprint(config: ModelConfig, settings: FootprintSettings): Foo
     activationBytes: Math.ceil(activations.full),
     checkpointedActivationBytes: Math.ceil(activations.checkpointed),
     threadBytes: SCRATCH_BYTES,
+    expertCallBytes: Math.ceil(activations.perExpert),
     offHeap: { trunkBytes: Math.ceil(offHeap.trunk), expertBytes: Math.ceil(offHeap.expert / experts) },
   };
 }

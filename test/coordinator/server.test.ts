@@ -12,12 +12,12 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { footprint } from '../../src/model/footprint.ts';
+import { footprint, nodeBytes } from '../../src/model/footprint.ts';
 import { CoordinatorServer, type CoordinatorEvent, type CoordinatorOptions } from '../../coordinator/server.ts';
 import { msgpackCodec, planSigningBytes, PROTOCOL_VERSION, type JobSpec, type JoinRequest, type MessageCodec, type Plan } from '../../proto/index.ts';
 import { packPlain } from '../../proto/msgpack.ts';
 import { createHost, RefusedError, RemoteError, Rpc, signedBy, type Host } from '../../src/p2p/index.ts';
-import { jobConfig, jobData, jobDocuments } from '../../src/train/job.ts';
+import { jobConfig, jobData, jobDocuments, jobFootprintSettings } from '../../src/train/job.ts';
 import { BpeTokenizer } from '../../src/train/tokenizer.ts';
 import { misbehaviours, sendRaw } from '../p2p/peers.ts';
 
@@ -35,9 +35,11 @@ const TOKEN = 'open-sesame';
 
 const tokenizer = BpeTokenizer.train(jobDocuments(JOB).documents, { vocabSize: 300 });
 const perEpoch = jobData(JOB, tokenizer).train.batchesPerEpoch;
-const { trunkBytes, expertBytes } = footprint(jobConfig(JOB, tokenizer), { mode: 'full' });
+const fp = footprint(jobConfig(JOB, tokenizer), jobFootprintSettings(JOB));
 /** A budget for the trunk and every expert. */
-const ROOMY = trunkBytes + EXPERTS * expertBytes;
+const ROOMY = nodeBytes(fp, EXPERTS, false, 2); // the test nodes run 2 kernel threads
+/** Too little for the trunk and one micro-batch's activations, even checkpointed. */
+const TOO_SMALL = nodeBytes(fp, 0, true, 2) - 1;
 
 /** Coordinator events as they come, with a way to wait for the next one that matches. */
 class EventLog {
@@ -186,10 +188,12 @@ describe('join', () => {
     expect((await a.join(to, { token: 'anything' })).admitted).toBe(true);
   });
 
-  it('refuses a budget too small for the trunk with the planner\'s reason; a member coming back with one leaves', async () => {
+  it('refuses a budget too small for the trunk and activations with the planner\'s reason; a member coming back with one leaves', async () => {
     await startServer();
-    const small = await b.join(to, { memoryBytes: trunkBytes - 1 });
-    expect(small).toEqual({ admitted: false, version: PROTOCOL_VERSION, reason: `memory budget of ${trunkBytes - 1} bytes cannot hold the trunk (${trunkBytes} bytes)` });
+    const small = await b.join(to, { memoryBytes: TOO_SMALL });
+    expect(small).toMatchObject({ admitted: false, version: PROTOCOL_VERSION });
+    const { reason } = small as { reason: string };
+    expect(reason).toMatch(new RegExp(`^memory budget of ${TOO_SMALL} bytes cannot hold the trunk \\(${fp.trunkBytes} bytes\\), .*: ${TOO_SMALL + 1} bytes needed$`));
     expect(server!.status().nodes).toEqual([]);
 
     await admitted(a);

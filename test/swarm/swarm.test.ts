@@ -11,10 +11,10 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { multiaddr } from '@multiformats/multiaddr';
 import { f32Tensor, groupId, msgpackCodec, type JobSpec } from '../../proto/index.ts';
-import { footprint } from '../../src/model/footprint.ts';
+import { footprint, nodeBytes } from '../../src/model/footprint.ts';
 import { createHost, Rpc } from '../../src/p2p/index.ts';
 import { JOIN_TOKEN, misbehaviours, sendRaw, serveToy } from '../p2p/peers.ts';
-import { jobConfig, jobDocuments, jobModelOptions } from '../../src/train/job.ts';
+import { jobConfig, jobDocuments, jobFootprintSettings } from '../../src/train/job.ts';
 import { BpeTokenizer } from '../../src/train/tokenizer.ts';
 import { start, startSwarm, type Swarm, type SwarmEvent } from '../../src/harness/local-swarm.ts';
 import { replaySync, stepsByNode } from './replay.ts';
@@ -112,12 +112,12 @@ describe('faults', () => {
 });
 
 describe('sharding', () => {
-  it('nodes that can each hold only half of the experts still train the whole model', async () => {
+  it('nodes that can each hold only half of the experts, and only with checkpointing, still train the whole model', async () => {
     const spec = job({ totalBatches: 45 });
     const tokenizer = BpeTokenizer.train(jobDocuments(spec).documents, { vocabSize: 300 });
-    const { trunkBytes, expertBytes } = footprint(jobConfig(spec, tokenizer), jobModelOptions(spec));
+    const fp = footprint(jobConfig(spec, tokenizer), jobFootprintSettings(spec));
     const experts = MODEL.numLayers * MODEL.numExperts;
-    const budget = Math.floor(trunkBytes + (experts / 2) * expertBytes);
+    const budget = nodeBytes(fp, experts / 2, true);
     swarm = await startSwarm(spec, [...COORDINATOR, '--replication', '2']);
     const nodes = [0, 1, 2].map(() => swarm!.startNode(['--memory-budget', String(budget)]));
     await swarm.coordinator.waitFor((e) => e.event === 'done', 240_000, 'done');
@@ -132,6 +132,12 @@ describe('sharding', () => {
     const all = nodes.flatMap((n) => steps(n.events)).sort((a, b) => a.batch - b.batch);
     expect(mean(all.slice(-9).map((e) => e.loss))).toBeLessThan(mean(all.slice(0, 9).map((e) => e.loss)) - 0.2);
     expect(nodes.every((n) => steps(n.events).at(-1)!.remoteCalls > 0)).toBe(true);
+    // Each node chose checkpointing as the planner did, and its model, once built, fits its budget.
+    for (const node of nodes) {
+      const memory = node.events.find((e) => e.event === 'memory')!;
+      expect(memory).toMatchObject({ experts: experts / 2, checkpointing: true, budgetBytes: budget, predictedBytes: budget });
+      expect(memory.projectedBytes as number).toBeLessThanOrEqual(budget);
+    }
   });
 });
 
