@@ -21,7 +21,8 @@
 // for a lack of nodes or memory.
 import type { ExpertRef, JoinRequest } from '../proto/index.ts';
 import type { ModelConfig } from '../src/model/config.ts';
-import { expertCapacity, footprint, nodeBytes, type Footprint, type Precision } from '../src/model/footprint.ts';
+import { MAX_HEAP_BYTES } from '../src/kernels/runtime.ts';
+import { expertCapacity, footprint, heapBytes, nodeBytes, type Footprint, type Precision } from '../src/model/footprint.ts';
 
 /** A node as the planner sees it; `cores` (its kernel threads, default 1) each take scratch memory. */
 export type PlannerNode = Pick<JoinRequest, 'nodeId' | 'gemmGflops' | 'memoryBytes'> & Partial<Pick<JoinRequest, 'cores'>>;
@@ -173,6 +174,8 @@ export function planShards(nodes: PlannerNode[], options: PlannerOptions, previo
 /** Why a node cannot run the job at all (not the trunk and one micro-batch's activations, even checkpointed), or undefined. */
 function refusal(fp: Footprint, { memoryBytes, cores = 1 }: PlannerNode): string | undefined {
   const needed = nodeBytes(fp, 0, true, cores);
+  const heap = heapBytes(fp, 0, true, cores);
+  if (heap > MAX_HEAP_BYTES) return `the trunk and one micro-batch's activations with gradient checkpointing take ${heap} bytes of kernel heap, more than wasm32's ${MAX_HEAP_BYTES}`;
   if (memoryBytes >= needed) return undefined;
   const trunk = `memory budget of ${memoryBytes} bytes cannot hold the trunk (${fp.trunkBytes} bytes)`;
   if (needed === fp.trunkBytes) return trunk;

@@ -4,7 +4,7 @@
 // measures them), plus what averaging keeps outside it.
 import { PACKED_X_MAX_BYTES } from '../kernels/qint.ts';
 import { QBLOCK } from '../kernels/quantized.ts';
-import { SCRATCH_BYTES } from '../kernels/runtime.ts';
+import { MAX_HEAP_BYTES, SCRATCH_BYTES } from '../kernels/runtime.ts';
 import { expertOf, isLoraTarget, LORA_MODULES, loraShapes, parameterShapes, type ModelConfig } from './config.ts';
 import type { ActivationStorage } from './expert.ts';
 import type { BasePath } from './linear.ts';
@@ -113,20 +113,29 @@ export function nodeBytes(fp: Footprint, experts: number, checkpointing: boolean
   return fp.trunkBytes + experts * fp.expertBytes + activations + (threads - 1) * fp.threadBytes;
 }
 
+/** Of nodeBytes, what lives on the kernel heap (all but averaging's copies), which wasm32 caps at MAX_HEAP_BYTES. */
+export function heapBytes(fp: Footprint, experts: number, checkpointing: boolean, threads = 1): number {
+  return nodeBytes(fp, experts, checkpointing, threads) - fp.offHeap.trunkBytes - experts * fp.offHeap.expertBytes;
+}
+
 /**
  * Whether a node with `budget` bytes runs `experts` experts with every layer's activations kept
  * (checkpointing false), only under gradient checkpointing (true), or not at all (undefined).
  * The planner and the node both decide with this, so they agree.
  */
 export function checkpointingFor(fp: Footprint, budget: number, experts: number, threads = 1): boolean | undefined {
-  if (nodeBytes(fp, experts, false, threads) <= budget) return false;
-  if (nodeBytes(fp, experts, true, threads) <= budget) return true;
+  const fits = (checkpointing: boolean) =>
+    nodeBytes(fp, experts, checkpointing, threads) <= budget && heapBytes(fp, experts, checkpointing, threads) <= MAX_HEAP_BYTES;
+  if (fits(false)) return false;
+  if (fits(true)) return true;
   return undefined;
 }
 
-/** The most experts a node with `budget` bytes can hold (negative: not even the trunk and activations). */
+/** The most experts a node with `budget` bytes can hold, within the kernel heap too (negative: not even the trunk and activations). */
 export function expertCapacity(fp: Footprint, budget: number, checkpointing: boolean, threads = 1): number {
-  return Math.floor((budget - nodeBytes(fp, 0, checkpointing, threads)) / fp.expertBytes);
+  const inBudget = Math.floor((budget - nodeBytes(fp, 0, checkpointing, threads)) / fp.expertBytes);
+  const inHeap = Math.floor((MAX_HEAP_BYTES - heapBytes(fp, 0, checkpointing, threads)) / (fp.expertBytes - fp.offHeap.expertBytes));
+  return Math.min(inBudget, inHeap);
 }
 
 /** Overheads that depend on neither the experts nor the micro-batch: the rotary table and one thread's kernel scratch. */

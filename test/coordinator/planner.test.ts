@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { footprint, nodeBytes, type Precision } from '../../src/model/footprint.ts';
+import { footprint, heapBytes, nodeBytes, type Precision } from '../../src/model/footprint.ts';
 import { planShards, ShardPlanner, type PlannerNode, type PlannerOptions, type ShardPlan } from '../../coordinator/planner.ts';
 import { createConfig, DEMO_CONFIG } from '../../src/model/config.ts';
 import { rng } from '../helpers.ts';
@@ -350,5 +350,29 @@ describe('shard planner: budgets that hold the trunk, experts and activations', 
     expect(joined.degraded).toBeNull();
     expect(joined.checkpointing).toEqual(['d']);
     expect(nodeBytes(fp, joined.nodes.get('d')!.length, true)).toBeLessThanOrEqual(nodeBytes(fp, 7, false));
+  });
+});
+
+describe('shard planner: the 4 GiB kernel heap', () => {
+  it('bounds a node by wasm32\'s heap whatever its budget (Mixtral-8x7B layer shapes, 2 layers, LoRA on q4)', () => {
+    const mixtral = createConfig({
+      vocabSize: 32000, hiddenSize: 4096, numLayers: 2, numHeads: 32, numKvHeads: 8, headDim: 128, numExperts: 8, expertHiddenSize: 14336, maxSeqLen: 4096,
+    });
+    const precision: Precision = { mode: 'lora', lora: { rank: 8, alpha: 16 }, baseFormat: 'q4', basePath: 'int', activationStorage: 'bf16', batchSize: 1, seqLen: 512 };
+    const fp = footprint(mixtral, precision);
+    const nodes = ['a', 'b', 'c', 'd'].map((nodeId) => ({ nodeId, gemmGflops: 10, memoryBytes: 64 * 2 ** 30 }));
+    const plan = planShards(nodes, { config: mixtral, precision, replication: 2 });
+    expect(plan.degraded).toBeNull();
+    for (const [id, experts] of plan.nodes) {
+      expect(heapBytes(fp, experts.length, plan.checkpointing.includes(id))).toBeLessThanOrEqual(2 ** 32);
+    }
+    // Alone, a node takes what its heap holds: not all 16 experts (~313 MB each on the integer path).
+    const alone = planShards(nodes.slice(0, 1), { config: mixtral, precision, replication: 1 });
+    const held = alone.nodes.get('a')!.length;
+    expect(held).toBeLessThan(16);
+    expect(heapBytes(fp, held + 1, true)).toBeGreaterThan(2 ** 32);
+    // A micro-batch too large for the heap even checkpointed refuses every node, saying why.
+    const huge = planShards(nodes.slice(0, 1), { config: mixtral, precision: { ...precision, batchSize: 16 }, replication: 1 });
+    expect(huge.refused[0].reason).toMatch(/^the trunk and one micro-batch's activations with gradient checkpointing take \d+ bytes of kernel heap, more than wasm32's 4294967296$/);
   });
 });
