@@ -20,6 +20,8 @@ interface Case {
   checkpointing: boolean;
   config?: ModelConfig;
   threads?: number;
+  /** The micro-batch (default 4 × 128). */
+  batch?: [number, number];
 }
 
 const LORA = { rank: 8, alpha: 16 };
@@ -40,15 +42,19 @@ const CASES: Case[] = [
     settings: { mode: 'lora', lora: { rank: 4, alpha: 8, targets: ['gate', 'up', 'down'] }, baseFormat: 'q8', basePath: 'fp32' },
     checkpointing: true, config: createConfig({ sharedExpertHiddenSize: 256, attentionBias: true }),
   },
+  {
+    name: 'lora q8 int path, rank 32, 16 short sequences',
+    settings: { mode: 'lora', lora: { rank: 32, alpha: 32 }, baseFormat: 'q8', basePath: 'int' }, checkpointing: false, batch: [16, 32],
+  },
 ];
 
-const BATCH = 4;
-const SEQ = 128;
 /** The experts this node holds: every third. */
 const hosts = (layer: number, expert: number) => (layer * DEMO_CONFIG.numExperts + expert) % 3 === 0;
 
 /** Live heap bytes of a node's model after one training step and one served call per held expert. */
-async function measure({ settings, checkpointing, config = DEMO_CONFIG, threads = 1 }: Case): Promise<{ bytes: number; memory: number; experts: number }> {
+async function measure(
+  { settings, checkpointing, config = DEMO_CONFIG, threads = 1, batch: [BATCH, SEQ] = [4, 128] }: Case,
+): Promise<{ bytes: number; memory: number; experts: number }> {
   const kernels = await createKernels({ threads });
   try {
     const model = new Model(kernels, config, { ...settings, checkpointing, hosts, seed: 3 });
@@ -85,7 +91,8 @@ describe('footprint against the kernel heap', () => {
   for (const c of CASES) {
     it(`${c.name}: predicted heap bytes within ${TOLERANCE * 100}% of the measured`, async () => {
       const { bytes, memory, experts } = await measure(c);
-      const fp = footprint(c.config ?? DEMO_CONFIG, { ...c.settings, batchSize: BATCH, seqLen: SEQ });
+      const [batchSize, seqLen] = c.batch ?? [4, 128];
+      const fp = footprint(c.config ?? DEMO_CONFIG, { ...c.settings, batchSize, seqLen });
       const predicted = nodeBytes(fp, experts, c.checkpointing, c.threads) - fp.offHeap.trunkBytes - experts * fp.offHeap.expertBytes;
       const error = predicted / bytes - 1;
       const mib = (n: number) => `${(n / 2 ** 20).toFixed(2).padStart(7)} MiB`;
