@@ -108,7 +108,9 @@ export type StoredShardPlan = Omit<ShardPlan, 'nodes'> & { nodes: [string, Exper
 
 export const storedPlan = (plan: ShardPlan): StoredShardPlan => ({ ...plan, nodes: [...plan.nodes] });
 /** Plans stored before nodes could run with checkpointing have no `checkpointing`: none did. */
-export const shardPlan = (stored: StoredShardPlan): ShardPlan => ({ ...stored, checkpointing: stored.checkpointing ?? [], nodes: new Map(stored.nodes) });
+export const shardPlan = (stored: StoredShardPlan): ShardPlan => ({
+  ...stored, checkpointing: stored.checkpointing ?? [], nodes: new Map(stored.nodes),
+});
 
 /** A plan for `nodes` (the live ones), starting from `previous` when there is one. */
 export function planShards(nodes: PlannerNode[], options: PlannerOptions, previous?: ShardPlan): ShardPlan {
@@ -175,12 +177,17 @@ export function planShards(nodes: PlannerNode[], options: PlannerOptions, previo
 function refusal(fp: Footprint, { memoryBytes, cores = 1 }: PlannerNode): string | undefined {
   const needed = nodeBytes(fp, 0, true, cores);
   const heap = heapBytes(fp, 0, true, cores);
-  if (heap > MAX_HEAP_BYTES) return `the trunk and one micro-batch's activations with gradient checkpointing take ${heap} bytes of kernel heap, more than wasm32's ${MAX_HEAP_BYTES}`;
+  if (heap > MAX_HEAP_BYTES) {
+    const what = `the trunk and one micro-batch's activations with gradient checkpointing take ${heap} bytes of kernel heap`;
+    return `${what}, more than wasm32's ${MAX_HEAP_BYTES}`;
+  }
   if (memoryBytes >= needed) return undefined;
   const trunk = `memory budget of ${memoryBytes} bytes cannot hold the trunk (${fp.trunkBytes} bytes)`;
   if (needed === fp.trunkBytes) return trunk;
-  const threads = cores > 1 ? `, the scratch of ${cores - 1} more kernel thread${cores > 2 ? 's' : ''} (${(cores - 1) * fp.threadBytes} bytes)` : '';
-  return `${trunk}, one micro-batch's activations with gradient checkpointing (${fp.checkpointedActivationBytes} bytes)${threads}: ${needed} bytes needed`;
+  const more = cores - 1;
+  const threads = more > 0 ? `, the scratch of ${more} more kernel thread${more > 1 ? 's' : ''} (${more * fp.threadBytes} bytes)` : '';
+  const activations = `one micro-batch's activations with gradient checkpointing (${fp.checkpointedActivationBytes} bytes)`;
+  return `${trunk}, ${activations}${threads}: ${needed} bytes needed`;
 }
 
 /** Replicas of one re-plan, over admitted nodes 0..N-1 (sorted by id). */

@@ -202,7 +202,8 @@ export class JobSession {
     const checkpointing = checkpointingFor(fp, memoryBytes, experts, threads);
     if (checkpointing === undefined) {
       const needed = nodeBytes(fp, experts, true, threads);
-      throw new JoinRefusedError(`the plan gives this node ${experts} experts: ${needed} bytes even with gradient checkpointing, more than its memory budget of ${memoryBytes} bytes`);
+      const why = `${needed} bytes even with gradient checkpointing, more than its memory budget of ${memoryBytes} bytes`;
+      throw new JoinRefusedError(`the plan gives this node ${experts} experts: ${why}`);
     }
     return { footprint: fp, checkpointing };
   }
@@ -222,7 +223,8 @@ export class JobSession {
     const predictedBytes = nodeBytes(fp, experts, checkpointing, threads);
     this.emit({ event: 'memory', experts, checkpointing, budgetBytes: memoryBytes, predictedBytes, heapBytes, projectedBytes });
     if (projectedBytes > memoryBytes) {
-      this.log(`memory: built, this node's share (${experts} experts) comes to ${projectedBytes} bytes, over its budget of ${memoryBytes} (predicted ${predictedBytes})`);
+      const share = `this node's share (${experts} experts) comes to ${projectedBytes} bytes`;
+      this.log(`memory: built, ${share}, over its budget of ${memoryBytes} (predicted ${predictedBytes})`);
     }
   }
 
@@ -425,7 +427,8 @@ export class JobSession {
     const needed = nodeBytes(fp, after.size, checkpointing, this.options.threads);
     if (needed > this.options.memoryBytes) {
       const kept = checkpointing ? 'with gradient checkpointing' : 'with every layer\'s activations (chosen at join)';
-      this.log(`memory: plan v${plan.version} gives this node ${after.size} experts, ${needed} bytes ${kept}, over its budget of ${this.options.memoryBytes}`);
+      const share = `plan v${plan.version} gives this node ${after.size} experts, ${needed} bytes ${kept}`;
+      this.log(`memory: ${share}, over its budget of ${this.options.memoryBytes}`);
     }
   }
 

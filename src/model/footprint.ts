@@ -56,8 +56,11 @@ const TRAINABLE_HEAP_WORDS = 4;
 const AVERAGING_WORDS = { periodic: 3, sync: 1 } as const;
 /** A q8/q4 matrix's bytes: the codes and an f32 scale per block of QBLOCK. */
 const quantizedBytes = (values: number, bits: 4 | 8) => aligned((values * bits) / 8) + aligned((values / QBLOCK) * F32);
-/** The integer path packs X once per product: int16 values and a scale per block, in chunks of ~PACKED_X_MAX_BYTES. */
-const packedXBytes = (rows: number, k: number) => Math.min(Math.ceil(rows / 4) * 4 * (k * 2 + (k / QBLOCK) * 4), PACKED_X_MAX_BYTES + 4 * k * 3);
+/** The integer path packs X once per product, in panels of 4 rows (int16 values, a scale per block), at most ~PACKED_X_MAX_BYTES. */
+function packedXBytes(rows: number, k: number): number {
+  const panel = 4 * (k * 2 + (k / QBLOCK) * 4);
+  return Math.min(Math.ceil(rows / 4), Math.max(1, Math.floor(PACKED_X_MAX_BYTES / panel))) * panel;
+}
 
 export function footprint(config: ModelConfig, settings: FootprintSettings): Footprint {
   const lora = settings.mode === 'lora' ? settings.lora : undefined;
@@ -173,13 +176,15 @@ function activationBytes(config: ModelConfig, settings: FootprintSettings, rows:
   const slab = 2 * aligned(slots * F * kept);
   const perLayer = block + attention + moe + slab;
   // Kept by every layer even under checkpointing: each LoRA linear's x·Aᵀ, and the shared expert's own gate·x and up·x.
-  const xa = ['q', 'k', 'v', 'o'].filter(loraOn).length * f32(rows * rank) + (S > 0 ? ['gate', 'up', 'down'].filter(loraOn).length * f32(rows * rank) : 0);
+  const adapted = (modules: string[]) => modules.filter(loraOn).length;
+  const xa = (adapted(['q', 'k', 'v', 'o']) + (S > 0 ? adapted(['gate', 'up', 'down']) : 0)) * f32(rows * rank);
   const ownSlabs = S > 0 ? 2 * aligned(rows * S * kept) : 0;
 
   // Shared by all layers: residual stream (L + 1 layer inputs), the row buffers of the workspace,
   // one chunk of logits, the layer scratch (the larger of attention's and the MoE's backward),
   // the shared expert's gradients, the LoRA backward's scratch, one expert call's temporaries.
-  const workspace = (L + 1) * f32(rows * H) + 4 * f32(rows * H) + 2 * f32(rows) + 3 * aligned(rows * 4) + f32(Math.min(rows, HEAD_CHUNK) * V);
+  const headRows = Math.min(rows, HEAD_CHUNK);
+  const workspace = (L + 5) * f32(rows * H) + 2 * f32(rows) + 3 * aligned(rows * 4) + f32(headRows * V);
   const attentionScratch = 2 * rows * q + 2 * rows * kv + (kept === 2 ? rows * q + seq * (q + 2 * kv) : 0);
   const moeScratch = 3 * slots * H + 2 * slots + rows * E;
   const layerScratch = f32(Math.max(attentionScratch, moeScratch));
@@ -190,7 +195,6 @@ function activationBytes(config: ModelConfig, settings: FootprintSettings, rows:
   // Grouped heads: attention's backward sums each group's dk, dv shares of one sequence (ops.ts kvShares).
   const kvShares = config.numHeads !== config.numKvHeads ? f32(2 * seq * q) : 0;
   // The integer path's largest packed X: a trunk projection's, the head's backward (k = V) or an expert's.
-  const headRows = Math.min(rows, HEAD_CHUNK);
   const packed = intPath ? Math.max(packedXBytes(rows, Math.max(H, q)), packedXBytes(headRows, V), packedXBytes(expertRows, F)) : 0;
   const shared = workspace + layerScratch + sharedExpert + expertScratch + loraScratch + kvShares + packed;
 

@@ -5,6 +5,8 @@ import { createConfig, DEMO_CONFIG } from '../../src/model/config.ts';
 import { rng } from '../helpers.ts';
 
 const FULL: Precision = { mode: 'full' };
+/** LoRA on a q4 base on the integer path with bf16 activations: the leanest setting. */
+const LORA_Q4: Precision = { mode: 'lora', lora: { rank: 8, alpha: 16 }, baseFormat: 'q4', basePath: 'int', activationStorage: 'bf16' };
 const config = DEMO_CONFIG; // 4 layers × 8 experts
 const GROUPS = config.numLayers * config.numExperts;
 const { trunkBytes, expertBytes } = footprint(config, FULL);
@@ -268,7 +270,7 @@ describe('shard planner: budgets that hold the trunk, experts and activations', 
   const micro = { batchSize: 4, seqLen: 128 };
   const modes: [string, Precision][] = [
     ['full', { mode: 'full', ...micro }],
-    ['lora on a q4 base', { mode: 'lora', lora: { rank: 8, alpha: 16 }, baseFormat: 'q4', basePath: 'int', activationStorage: 'bf16', ...micro }],
+    ['lora on a q4 base', { ...LORA_Q4, ...micro }],
   ];
   for (const [name, precision] of modes) {
     const fp = footprint(config, precision);
@@ -278,11 +280,13 @@ describe('shard planner: budgets that hold the trunk, experts and activations', 
     /** Every admitted node within its budget, with the activations the plan says it keeps. */
     const withinBudgets = (plan: ShardPlan, nodes: PlannerNode[]) => {
       for (const n of nodes.filter((n) => plan.nodes.has(n.nodeId))) {
-        expect(nodeBytes(fp, plan.nodes.get(n.nodeId)!.length, plan.checkpointing.includes(n.nodeId), n.cores)).toBeLessThanOrEqual(n.memoryBytes);
+        const held = plan.nodes.get(n.nodeId)!.length;
+        expect(nodeBytes(fp, held, plan.checkpointing.includes(n.nodeId), n.cores)).toBeLessThanOrEqual(n.memoryBytes);
       }
     };
 
-    it(`${name}: checkpointing makes room for whole layers of activations (${((fp.activationBytes - fp.checkpointedActivationBytes) / fp.expertBytes).toFixed(1)} experts' worth)`, () => {
+    const saved = (fp.activationBytes - fp.checkpointedActivationBytes) / fp.expertBytes;
+    it(`${name}: checkpointing makes room for whole layers of activations (${saved.toFixed(1)} experts' worth)`, () => {
       expect(fp.activationBytes - fp.checkpointedActivationBytes).toBeGreaterThan(fp.expertBytes);
     });
 
@@ -319,12 +323,17 @@ describe('shard planner: budgets that hold the trunk, experts and activations', 
 
     it(`${name}: a node that cannot hold the trunk and checkpointed activations is refused with what it needed`, () => {
       const needed = fp.trunkBytes + fp.checkpointedActivationBytes;
-      const small = [{ nodeId: 'small', gemmGflops: 10, memoryBytes: needed - 1 }, { nodeId: 'two', gemmGflops: 10, memoryBytes: needed + fp.threadBytes - 1, cores: 2 }];
+      const twoThreads = needed + fp.threadBytes;
+      const threadScratch = `(${fp.threadBytes} bytes)`;
+      const small = [
+        { nodeId: 'small', gemmGflops: 10, memoryBytes: needed - 1 }, { nodeId: 'two', gemmGflops: 10, memoryBytes: twoThreads - 1, cores: 2 },
+      ];
       const plan = planShards([...small, { nodeId: 'ok', gemmGflops: 10, memoryBytes: needed }], options);
-      const trunk = (budget: number) => `memory budget of ${budget} bytes cannot hold the trunk (${fp.trunkBytes} bytes), one micro-batch's activations with gradient checkpointing (${fp.checkpointedActivationBytes} bytes)`;
+      const activations = `one micro-batch's activations with gradient checkpointing (${fp.checkpointedActivationBytes} bytes)`;
+      const trunk = (budget: number) => `memory budget of ${budget} bytes cannot hold the trunk (${fp.trunkBytes} bytes), ${activations}`;
       expect(plan.refused).toEqual([
         { nodeId: 'small', reason: `${trunk(needed - 1)}: ${needed} bytes needed` },
-        { nodeId: 'two', reason: `${trunk(needed + fp.threadBytes - 1)}, the scratch of 1 more kernel thread (${fp.threadBytes} bytes): ${needed + fp.threadBytes} bytes needed` },
+        { nodeId: 'two', reason: `${trunk(twoThreads - 1)}, the scratch of 1 more kernel thread ${threadScratch}: ${twoThreads} bytes needed` },
       ]);
       // Exactly enough: admitted, with checkpointing and no room for an expert.
       expect(plan.nodes.get('ok')).toEqual([]);
@@ -356,9 +365,10 @@ describe('shard planner: budgets that hold the trunk, experts and activations', 
 describe('shard planner: the 4 GiB kernel heap', () => {
   it('bounds a node by wasm32\'s heap whatever its budget (Mixtral-8x7B layer shapes, 2 layers, LoRA on q4)', () => {
     const mixtral = createConfig({
-      vocabSize: 32000, hiddenSize: 4096, numLayers: 2, numHeads: 32, numKvHeads: 8, headDim: 128, numExperts: 8, expertHiddenSize: 14336, maxSeqLen: 4096,
+      vocabSize: 32000, hiddenSize: 4096, numLayers: 2, numHeads: 32, numKvHeads: 8, headDim: 128, numExperts: 8,
+      expertHiddenSize: 14336, maxSeqLen: 4096,
     });
-    const precision: Precision = { mode: 'lora', lora: { rank: 8, alpha: 16 }, baseFormat: 'q4', basePath: 'int', activationStorage: 'bf16', batchSize: 1, seqLen: 512 };
+    const precision: Precision = { ...LORA_Q4, batchSize: 1, seqLen: 512 };
     const fp = footprint(mixtral, precision);
     const nodes = ['a', 'b', 'c', 'd'].map((nodeId) => ({ nodeId, gemmGflops: 10, memoryBytes: 64 * 2 ** 30 }));
     const plan = planShards(nodes, { config: mixtral, precision, replication: 2 });
@@ -373,6 +383,7 @@ describe('shard planner: the 4 GiB kernel heap', () => {
     expect(heapBytes(fp, held + 1, true)).toBeGreaterThan(2 ** 32);
     // A micro-batch too large for the heap even checkpointed refuses every node, saying why.
     const huge = planShards(nodes.slice(0, 1), { config: mixtral, precision: { ...precision, batchSize: 16 }, replication: 1 });
-    expect(huge.refused[0].reason).toMatch(/^the trunk and one micro-batch's activations with gradient checkpointing take \d+ bytes of kernel heap, more than wasm32's 4294967296$/);
+    const checkpointed = "the trunk and one micro-batch's activations with gradient checkpointing";
+    expect(huge.refused[0].reason).toMatch(new RegExp(`^${checkpointed} take \\d+ bytes of kernel heap, more than wasm32's 4294967296$`));
   });
 });

@@ -4,7 +4,7 @@
 // with the prediction.
 import { describe, expect, it } from 'vitest';
 import { createKernels } from '../../src/kernels/index.ts';
-import { createConfig, DEMO_CONFIG, type ModelConfig } from '../../src/model/config.ts';
+import { createConfig, DEMO_CONFIG, type LoraModule, type ModelConfig } from '../../src/model/config.ts';
 import { SCRATCH_BYTES } from '../../src/kernels/runtime.ts';
 import { footprint, nodeBytes, type FootprintSettings } from '../../src/model/footprint.ts';
 import { Model } from '../../src/model/model.ts';
@@ -96,7 +96,8 @@ describe('footprint against the kernel heap', () => {
       const predicted = nodeBytes(fp, experts, c.checkpointing, c.threads) - fp.offHeap.trunkBytes - experts * fp.offHeap.expertBytes;
       const error = predicted / bytes - 1;
       const mib = (n: number) => `${(n / 2 ** 20).toFixed(2).padStart(7)} MiB`;
-      rows.push(`${c.name.padEnd(50)} ${experts} experts  live ${mib(bytes)}  predicted ${mib(predicted)} (${(error * 100).toFixed(1)}%)  wasm memory ${mib(memory)}`);
+      const accuracy = `predicted ${mib(predicted)} (${(error * 100).toFixed(1)}%)`;
+      rows.push(`${c.name.padEnd(50)} ${experts} experts  live ${mib(bytes)}  ${accuracy}  wasm memory ${mib(memory)}`);
       expect(Math.abs(error)).toBeLessThan(TOLERANCE);
     }, 60_000);
   }
@@ -125,7 +126,9 @@ describe('footprint of the weights, by hand', () => {
     for (const [format, perValue] of [['q8', 1.125], ['q4', 0.625]] as const) {
       const fp = footprint(config, { mode: 'lora', lora: { rank: r, alpha: 16 }, baseFormat: format });
       expect(fp.expertBytes).toBe(3 * F * H * perValue + 3 * r * (F + H) * 28);
-      expect(fp.trunkBytes).toBe(f32Trunk * 4 + L * attention * perValue + V * H * 1.125 + L * attentionLora * 28 + fixed + frozenNormScratch);
+      const quantizedHead = V * H * 1.125;
+      const adapters = L * attentionLora * 28;
+      expect(fp.trunkBytes).toBe(f32Trunk * 4 + L * attention * perValue + quantizedHead + adapters + fixed + frozenNormScratch);
       // The integer path keeps a q8 Wᵀ of every quantized matrix for the backward.
       const int = footprint(config, { mode: 'lora', lora: { rank: r, alpha: 16 }, baseFormat: format, basePath: 'int' });
       expect(int.expertBytes - fp.expertBytes).toBe(3 * F * H * 1.125);
@@ -135,9 +138,10 @@ describe('footprint of the weights, by hand', () => {
     const q8 = (c: ModelConfig) => footprint(c, { mode: 'lora', lora: { rank: r, alpha: 16 }, baseFormat: 'q8' }).trunkBytes;
     expect(q8(odd) - q8(config)).toBe(4 * H + (V + 1) * H * 4 - V * H * 1.125);
     // Only the chosen targets get adapters; a frozen A (LoRA-FA) is a value alone.
-    const expertsOnly = footprint(config, { mode: 'lora', lora: { rank: r, alpha: 16, targets: ['gate', 'up', 'down'] }, baseFormat: 'f32' });
+    const targets: LoraModule[] = ['gate', 'up', 'down'];
+    const expertsOnly = footprint(config, { mode: 'lora', lora: { rank: r, alpha: 16, targets }, baseFormat: 'f32' });
     expect(expertsOnly.trunkBytes).toBe(trunkValues * 4 + fixed + frozenNormScratch);
-    const frozenA = footprint(config, { mode: 'lora', lora: { rank: r, alpha: 16, targets: ['gate', 'up', 'down'], freezeA: true }, baseFormat: 'f32' });
+    const frozenA = footprint(config, { mode: 'lora', lora: { rank: r, alpha: 16, targets, freezeA: true }, baseFormat: 'f32' });
     expect(expertsOnly.expertBytes - frozenA.expertBytes).toBe(r * (2 * H + F) * 24);
     expect(() => footprint(config, { mode: 'lora' })).toThrow(/lora options/);
   });
