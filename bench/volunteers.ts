@@ -52,8 +52,9 @@ async function worker(): Promise<void> {
       const leaving = nodes.filter((node) => !node.stopping).slice(0, command.leave);
       await Promise.all(leaving.map((node, i) => node.stop(i % 2 === 0)));
     } else {
-      // The job trains to its end: every node hears it is done, then all stop.
-      while (!nodes.every((node) => node.done || node.stopping)) await new Promise((resolve) => setTimeout(resolve, 200));
+      // The job trains to its end: every node hears it is done (or, still joining, gives up a minute later), then all stop.
+      const giveUp = Date.now() + 60_000;
+      while (!nodes.every((node) => node.done || node.stopping) && Date.now() < giveUp) await new Promise((resolve) => setTimeout(resolve, 200));
       await Promise.all(nodes.map((node) => node.stop(false)));
       process.send!({ stats, nodes: nodes.length } satisfies WorkerReport, () => process.exit(0));
     }
@@ -169,8 +170,8 @@ async function main(): Promise<void> {
   const running = usageOf(pid);
   const runningAt = Date.now();
   const reports = children.map((child) => new Promise<WorkerReport>((resolve) => child.once('message', resolve)));
-  for (const child of children) child.send({ finish: true } satisfies Command);
   await waitUntil(Date.now() + 600_000, () => done !== undefined);
+  for (const child of children) child.send({ finish: true } satisfies Command);
   progress(done ? 'job done' : 'job NOT done');
   const results = await Promise.all(reports);
   clearInterval(sampler);
@@ -199,7 +200,7 @@ async function main(): Promise<void> {
     ['coordinator CPU: joining / churn', `${cores(before, steady, (steadyAt - t0) / 1000)} / ${cores(steady, running, (runningAt - steadyAt) / 1000)} cores`],
     ['coordinator RSS peak', `${(peakRss / 2 ** 20).toFixed(0)} MiB`],
     ['bytes per heartbeat (request / reply)', `${(requestBytes / beats).toFixed(0)} / ${(replyBytes / beats).toFixed(0)}`],
-    ['plans received by nodes', String(results.reduce((s, r) => s + r.stats.plansReceived, 0))],
+    ['plans received by nodes (as deltas)', `${results.reduce((s, r) => s + r.stats.plansReceived, 0)} (${results.reduce((s, r) => s + r.stats.planDeltas, 0)})`],
     ['left / died', `${left} / ${died}`],
     ['job', done ? `done, ${done.completed} of ${done.total}` : `NOT done (${counters?.completed ?? 0} of ${job.totalBatches})`],
     ['coordinator counters', JSON.stringify(counters ?? {})],

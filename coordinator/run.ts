@@ -6,9 +6,9 @@
 // all of that back, its members included: nodes carry on with their heartbeats as if nothing happened.
 import { multiaddr } from '@multiformats/multiaddr';
 import {
-  groupId, JobError, PROTOCOL_VERSION, planSigningBytes, TRUNK_GROUP,
+  groupId, JobError, planDelta, PROTOCOL_VERSION, planSigningBytes, TRUNK_GROUP,
   type Ack, type BaseManifest, type Heartbeat, type HeartbeatReply, type JobBase, type JobSpec, type JoinRequest, type JoinResponse,
-  type LeaseGrant, type LeaseReport, type LeaseRequest, type Plan,
+  type LeaseGrant, type LeaseReport, type LeaseRequest, type Plan, type PlanDelta,
 } from '../proto/index.ts';
 import type { ModelConfig } from '../src/model/config.ts';
 import type { PrivateKey } from '@libp2p/interface';
@@ -59,6 +59,8 @@ export interface RunComponents {
 }
 
 const MAX_NODES = 4096;
+/** Plan versions kept to send deltas from: a node further behind gets the whole plan. */
+const PLAN_HISTORY = 32;
 const MAX_REASON = 1024;
 
 export const truncate = (text: string) => (text.length <= MAX_REASON ? text : `${text.slice(0, MAX_REASON - 3)}...`);
@@ -97,7 +99,13 @@ export class JobRun {
   private readonly blobs?: BlobSource;
   private checkpoints?: JobCheckpoints;
   private announcedVersion = 0;
-  private persistedLeases = new Set<number>();
+  /** Live leases as last written to the store (their batch ids, joined), to write only what changed. */
+  private persistedLeases = new Map<number, string>();
+  /** The wire form of recent plan versions, the newest signed: each version is built and signed once. */
+  private readonly wirePlans = new Map<number, Plan>();
+  private signed?: { plan: Plan; planSignature: Uint8Array };
+  /** Deltas to the newest version, by the version they start from. */
+  private readonly deltas = new Map<number, PlanDelta>();
   started = false;
   /** No leases are granted while paused; members keep their state and heartbeats. */
   private paused = false;
@@ -195,9 +203,14 @@ export class JobRun {
       if (wasAlive && this.membership.leave(peer)) this.removed([peer], 'left'); // came back with too small a budget
       return refuse(refusal.reason);
     }
-    const plan = this.replan(candidate);
+    const before = this.planner.current?.version;
+    let plan = this.replan(candidate);
     const type = this.membership.join({ nodeId: peer, cores: request.cores, gemmGflops: request.gemmGflops, memoryBytes: request.memoryBytes });
+    const oldAddrs = this.addrsOf.get(peer);
     this.addrsOf.set(peer, [...request.addrs]);
+    // Back from elsewhere with the plan unchanged: its new addresses make a new version, so each version is signed once.
+    const moved = oldAddrs !== undefined && (oldAddrs.length !== request.addrs.length || oldAddrs.some((a, i) => a !== request.addrs[i]));
+    if (moved && plan.version === before) plan = this.planner.bump()!;
     // A node joining again restarted or was declared dead: whatever it held is not coming back.
     const released = this.leases.release(peer);
     this.persistLeases();
@@ -223,7 +236,7 @@ export class JobRun {
     }
     if (!alive) return { accepted: false, reason: 'rejoin', stop: this.done };
     const plan = this.planner.current!;
-    return { accepted: true, ...(plan.version > beat.planVersion ? this.signedPlan(plan) : {}), stop: this.done };
+    return { accepted: true, ...(plan.version > beat.planVersion ? this.newerPlan(plan, beat.planVersion) : {}), stop: this.done };
   }
 
   lease(request: LeaseRequest, peer: string): LeaseGrant {
@@ -273,7 +286,7 @@ export class JobRun {
   private restore(): void {
     const { store } = this.components;
     this.leases.restore(store.completed(this.id), store.leases(this.id), this.row.nextLeaseId);
-    for (const lease of this.leases.live()) this.persistedLeases.add(lease.leaseId);
+    for (const lease of this.leases.live()) this.persistedLeases.set(lease.leaseId, lease.batchIds.join());
     const stored = store.plan<StoredShardPlan>(this.id);
     if (!stored) return;
     this.planner.restore(shardPlan(stored.plan));
@@ -307,14 +320,16 @@ export class JobRun {
     this.components.emit({ event: 'started', nodes: alive });
   }
 
-  /** Writes the lease changes since the last call (and `completed`, in the same transaction). */
+  /** Writes the lease changes since the last call (and `completed`, in the same transaction): only leases that changed. */
   private persistLeases(completed?: { nodeId: string; batchIds: number[]; at: number }): void {
     const live = this.leases.live();
-    const gone = [...this.persistedLeases].filter((id) => !live.some((lease) => lease.leaseId === id));
-    this.persistedLeases = new Set(live.map((lease) => lease.leaseId));
+    const written = this.persistedLeases;
+    this.persistedLeases = new Map(live.map((lease) => [lease.leaseId, lease.batchIds.join()]));
+    const changed = live.filter((lease) => written.get(lease.leaseId) !== this.persistedLeases.get(lease.leaseId));
+    const gone = [...written.keys()].filter((id) => !this.persistedLeases.has(id));
     this.components.store.updateLeases(this.id, {
       ...(completed ? { completed } : {}),
-      leases: [...live, ...gone.map((leaseId) => ({ leaseId, nodeId: '', batchIds: [] }))],
+      leases: [...changed, ...gone.map((leaseId) => ({ leaseId, nodeId: '', batchIds: [] }))],
       nextLeaseId: this.leases.nextLeaseId,
     });
   }
@@ -343,6 +358,7 @@ export class JobRun {
     });
   }
 
+  /** What nodes get of a plan; peers in the planner's order (comparePeerIds), as a plan rebuilt from a delta has them. */
   wirePlan(plan: ShardPlan): Plan {
     return {
       version: plan.version,
@@ -352,10 +368,29 @@ export class JobRun {
     };
   }
 
-  /** Signed afresh each time: a node's addresses may change without a new plan version (it rejoined from elsewhere). */
+  /**
+   * The plan in its wire form and signed, once per version: a node's new addresses make a new version
+   * (see join), so a version's wire form never changes. Recent versions are kept for deltas.
+   */
   private signedPlan(shards: ShardPlan): { plan: Plan; planSignature: Uint8Array } {
-    const plan = this.wirePlan(shards);
-    return { plan, planSignature: signSync(this.components.privateKey, planSigningBytes(this.id, plan)) };
+    if (this.signed?.plan.version !== shards.version) {
+      const plan = this.wirePlan(shards);
+      this.signed = { plan, planSignature: signSync(this.components.privateKey, planSigningBytes(this.id, plan)) };
+      this.wirePlans.set(plan.version, plan);
+      for (const version of this.wirePlans.keys()) if (this.wirePlans.size > PLAN_HISTORY) this.wirePlans.delete(version);
+      this.deltas.clear();
+    }
+    return this.signed;
+  }
+
+  /** For a node on plan `known`: the changes since, when that version is still kept (computed once per version), else the whole plan. */
+  private newerPlan(shards: ShardPlan, known: number): Pick<HeartbeatReply, 'plan' | 'planDelta' | 'planSignature'> {
+    const { plan, planSignature } = this.signedPlan(shards);
+    const from = this.wirePlans.get(known);
+    if (!from) return { plan, planSignature };
+    let delta = this.deltas.get(known);
+    if (!delta) this.deltas.set(known, (delta = planDelta(from, plan)));
+    return { planDelta: delta, planSignature };
   }
 
   /** Nodes that left or died: their batches go back to the pool, and one re-plan moves their experts. */

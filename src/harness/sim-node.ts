@@ -6,7 +6,7 @@ import '../p2p/polyfill.ts'; // before any libp2p import
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr';
 import { setTimeout as delay } from 'node:timers/promises';
 import {
-  msgpackCodec, planSigningBytes, PROTOCOL_VERSION, type JoinRequest, type Plan, type RequestOf, type ResponseOf,
+  applyPlanDelta, msgpackCodec, planSigningBytes, PROTOCOL_VERSION, type JoinRequest, type Plan, type RequestOf, type ResponseOf,
 } from '../../proto/index.ts';
 import { createHost, RefusedError, Rpc, signedBy, type Host } from '../p2p/index.ts';
 
@@ -35,6 +35,8 @@ export class SimStats {
   heartbeatReplyBytes = 0;
   heartbeatRequestBytes = 0;
   plansReceived = 0;
+  /** Of those, how many came as deltas. */
+  planDeltas = 0;
   badPlans = 0;
   /** Requests that failed, by protocol and reason (busy, timeout, ...). */
   readonly failures: Record<string, number> = {};
@@ -64,6 +66,8 @@ export class SimNode {
   /** The job is over (or the swarm closed). */
   done = false;
   joinedAt?: number;
+  /** A plan rebuilt from a delta did not check out: the next heartbeat asks for the whole plan, as a real node does. */
+  private wantWholePlan = false;
   private loop?: Promise<void>;
   /** Ends the waits of a stopping node. */
   private readonly stopped = new AbortController();
@@ -118,13 +122,15 @@ export class SimNode {
     }
   }
 
-  private accept(plan: Plan, signature: Uint8Array | undefined): void {
+  /** Takes a plan whose signature checks out; false (counted) when it does not. */
+  private accept(plan: Plan, signature: Uint8Array | undefined): boolean {
     this.stats.plansReceived++;
     if (this.options.verifyPlans !== false && !(signature && signedBy(this.coordinatorId, planSigningBytes(this.jobId!, plan), signature))) {
       this.stats.badPlans++;
-      return;
+      return false;
     }
     this.plan = plan;
+    return true;
   }
 
   /** Joins until admitted (or the swarm is closed); false when there is nothing to join. */
@@ -154,13 +160,22 @@ export class SimNode {
   private async beat(): Promise<void> {
     const message = {
       jobId: this.jobId!, step: 0, tokensPerSecond: 0, bytesSent: 0, bytesReceived: 0, staleness: 0, droppedExpertCalls: 0,
-      planVersion: this.planVersion,
+      planVersion: this.wantWholePlan ? 0 : this.planVersion,
     };
     try {
       const reply = await this.timed('heartbeat', message);
       this.stats.heartbeatRequestBytes += msgpackCodec.encodeRequest('heartbeat', message).byteLength;
       this.stats.heartbeatReplyBytes += msgpackCodec.encodeReply('heartbeat', { ok: reply }).byteLength;
-      if (reply.plan && reply.plan.version > this.planVersion) this.accept(reply.plan, reply.planSignature);
+      let plan = reply.plan;
+      if (reply.planDelta) {
+        this.stats.planDeltas++;
+        try {
+          plan = applyPlanDelta(this.plan!, reply.planDelta);
+        } catch {
+          this.wantWholePlan = true;
+        }
+      }
+      if (plan && plan.version > this.planVersion) this.wantWholePlan = !this.accept(plan, reply.planSignature);
       if (reply.stop) this.done = true;
       else if (!reply.accepted && reply.reason === 'rejoin') await this.join();
     } catch {
