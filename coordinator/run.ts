@@ -58,7 +58,7 @@ export interface RunComponents {
   onDone: () => void;
 }
 
-const MAX_NODES = 4096;
+export const MAX_NODES = 4096;
 /** Plan versions kept to send deltas from: a node further behind gets the whole plan. */
 const PLAN_HISTORY = 32;
 const MAX_REASON = 1024;

@@ -23,7 +23,7 @@ import type { LeaseCounters } from './leases.ts';
 import type { NodeRecord, NodeStats } from './membership.ts';
 import type { DroppedReplica, ExpertHolders, NewReplica } from './planner.ts';
 import { jobOnText } from './corpus.ts';
-import { JobRun, prepareJob, truncate, type DistributiveOmit, type JobAssets, type RunSettings } from './run.ts';
+import { JobRun, MAX_NODES, prepareJob, truncate, type DistributiveOmit, type JobAssets, type RunSettings } from './run.ts';
 import { JobStore, type JobRow } from './store.ts';
 
 export interface CoordinatorOptions {
@@ -149,6 +149,14 @@ function advertises(addr: string, peer: string): boolean {
   }
 }
 
+/**
+ * libp2p's defaults (300 connections, 5 new ones a second from one address, 10 handshakes at once) would stop a
+ * swarm at ~300 nodes and let a crowd behind one address join at 5 a second: room for MAX_NODES and their joins.
+ */
+const CONNECTIONS = { maxConnections: MAX_NODES + 256, inboundConnectionThreshold: 100, maxIncomingPendingConnections: 128 };
+/** Heartbeats and leases served at once: small messages (at most 16 KiB each), from every node about once a heartbeat. */
+const SMALL_REQUESTS = { maxConcurrent: 512 };
+
 const mean = (values: number[]) => (values.length === 0 ? undefined : values.reduce((a, b) => a + b, 0) / values.length);
 const sum = (values: number[]) => values.reduce((a, b) => a + b, 0);
 
@@ -201,7 +209,7 @@ export class CoordinatorServer {
     }
     // The identity key also signs every plan nodes receive.
     const privateKey = await identityKey(options.keyFile);
-    const host = await createHost({ listen: options.listen, privateKey });
+    const host = await createHost({ listen: options.listen, privateKey, connectionManager: CONNECTIONS });
     const server = new CoordinatorServer(host, new Rpc({
       transport: host, codec: msgpackCodec, onReject: (rejection) => server.emit({ event: 'rejected', ...rejection }),
     }), store, privateKey, { ...options, settings, metricsMs });
@@ -346,9 +354,9 @@ export class CoordinatorServer {
   private async serve(): Promise<void> {
     const { rpc } = this;
     await rpc.handle('join', (request, { peer }) => this.join(request, peer.toString()));
-    await rpc.handle('heartbeat', (beat, { peer }) => this.heartbeat(beat, peer.toString()), { maxConcurrent: 64 });
-    await rpc.handle('lease', (request, { peer }) => this.lease(request, peer.toString()), { maxConcurrent: 64 });
-    await rpc.handle('leaseReport', (report, { peer }) => this.report(report, peer.toString()), { maxConcurrent: 64 });
+    await rpc.handle('heartbeat', (beat, { peer }) => this.heartbeat(beat, peer.toString()), SMALL_REQUESTS);
+    await rpc.handle('lease', (request, { peer }) => this.lease(request, peer.toString()), SMALL_REQUESTS);
+    await rpc.handle('leaseReport', (report, { peer }) => this.report(report, peer.toString()), SMALL_REQUESTS);
     for (const node of this.store.nodes()) this.seen.set(node.nodeId, { ...node });
     this.emit({ event: 'listening', peerId: this.peerId, addrs: this.addrs });
     await this.schedule();
