@@ -1,8 +1,8 @@
 // 1,000 simulated volunteers (src/harness/sim-node.ts: real libp2p hosts and protocol, no training)
 // against one coordinator in its own process (`node coordinator/bin.mjs --job ...`), spread over
 // worker processes of several hundred nodes each, with churn: each minute `churn` of the nodes leave
-// (half saying so, half vanishing) and as many new ones join. Then the nodes train the job to its
-// end and the bench checks every batch was completed exactly once. Prints one table.
+// (half saying so, half vanishing) and as many new ones join, for the run's seconds after all joined. Then the nodes
+// train the job to its end and the bench checks every batch was completed exactly once. Prints one table.
 // Run: npm run bench:volunteers [-- --nodes 1000 --workers 3 --seconds 150 --churn 0.1 --train-ms 5000 --heartbeat-ms 1000]
 //      npm run bench:volunteers -- --quick   (300 nodes, 2 workers, 60 s)
 import { fork, spawn } from 'node:child_process';
@@ -156,11 +156,12 @@ async function main(): Promise<void> {
   const steady = usageOf(pid);
   const steadyAt = Date.now();
 
-  // Churn until the run's end: every tenth of a minute, a tenth of the minute's leavers and joiners.
+  // Churn for the run's seconds once all have joined (or two minutes passed): every tenth of a minute, a tenth of the minute's
+  // leavers and joiners.
   const tick = 6_000;
   const perTick = Math.max(1, Math.round((total * churn) / 10));
   let churned = 0;
-  for (let at = steadyAt + tick; at <= t0 + seconds * 1000; at += tick) {
+  for (let at = steadyAt + tick; at <= steadyAt + seconds * 1000; at += tick) {
     await waitUntil(at);
     const i = churned++ % workers;
     children[i]!.send({ leave: perTick } satisfies Command);
@@ -187,7 +188,7 @@ async function main(): Promise<void> {
   const failures: Record<string, number> = {};
   for (const r of results) for (const [k, v] of Object.entries(r.stats.failures)) failures[k] = (failures[k] ?? 0) + v;
   const ms = (v: number) => (Number.isNaN(v) ? '-' : v.toFixed(1));
-  const cores = (a: Usage, b: Usage, seconds: number) => ((b.cpuSeconds - a.cpuSeconds) / seconds).toFixed(2);
+  const cores = (a: Usage, b: Usage, seconds: number) => (seconds < 1 ? '-' : ((b.cpuSeconds - a.cpuSeconds) / seconds).toFixed(2));
   const rows: string[][] = [
     ['nodes (workers)', `${total} (${workers}), ${results.reduce((s, r) => s + r.nodes, 0)} in all with churn`],
     ['all joined', `${ms(allJoinedMs / 1000)} s`],
@@ -209,7 +210,8 @@ async function main(): Promise<void> {
   ];
   console.log(`node ${process.version}, ${seconds} s, churn ${churn * 100}%/min, train ${trainMs} ms/batch, heartbeat ${heartbeatMs} ms`);
   printTable(['measure', 'value'], rows);
-  const exact = done !== undefined && done.completed === job.totalBatches && accepted.length === job.totalBatches && twice === 0;
+  // Exactly once by the coordinator's count; a node may miss the ack of a report the coordinator counted (a timeout), never the reverse.
+  const exact = done !== undefined && done.completed === job.totalBatches && accepted.length <= job.totalBatches && twice === 0;
   if (!exact) process.exitCode = 1;
 }
 
