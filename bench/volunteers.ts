@@ -25,7 +25,10 @@ const repoRoot = fileURLToPath(new URL('..', import.meta.url));
 const VOCAB = 300;
 const JOB: Omit<JobSpec, 'totalBatches'> = {
   jobId: 'volunteers',
-  model: { hiddenSize: 64, numLayers: 2, numHeads: 4, numKvHeads: 2, headDim: 16, numExperts: 4, expertsPerToken: 2, expertHiddenSize: 128, maxSeqLen: 64 },
+  model: {
+    hiddenSize: 64, numLayers: 2, numHeads: 4, numKvHeads: 2, headDim: 16, numExperts: 4, expertsPerToken: 2, expertHiddenSize: 128,
+    maxSeqLen: 64,
+  },
   // Small batches of the whole book: an epoch of ~40k batches, so a thousand nodes never wait for the next one.
   mode: 'full', baseFormat: 'f32', basePath: 'fp32', seed: 3, corpus: 'moby-dick', batchSize: 1, seqLen: 16,
   heldOutFraction: 0.05, expectedNodes: 1, lr: 0.01, minLr: 0.001, warmupSteps: 2,
@@ -54,7 +57,9 @@ async function worker(): Promise<void> {
     } else {
       // The job trains to its end: every node hears it is done (or, still joining, gives up a minute later), then all stop.
       const giveUp = Date.now() + 60_000;
-      while (!nodes.every((node) => node.done || node.stopping) && Date.now() < giveUp) await new Promise((resolve) => setTimeout(resolve, 200));
+      while (!nodes.every((node) => node.done || node.stopping) && Date.now() < giveUp) {
+        await new Promise((resolve) => setTimeout(resolve, 200));
+      }
       await Promise.all(nodes.map((node) => node.stop(false)));
       process.send!({ stats, nodes: nodes.length } satisfies WorkerReport, () => process.exit(0));
     }
@@ -181,8 +186,9 @@ async function main(): Promise<void> {
 
   const merged = (name: keyof SimStats['roundTrips']) => results.flatMap((r) => r.stats.roundTrips[name]);
   const beats = merged('heartbeat').length;
-  const replyBytes = results.reduce((s, r) => s + r.stats.heartbeatReplyBytes, 0);
-  const requestBytes = results.reduce((s, r) => s + r.stats.heartbeatRequestBytes, 0);
+  const sum = (of: (result: WorkerReport) => number) => results.reduce((s, r) => s + of(r), 0);
+  const replyBytes = sum((r) => r.stats.heartbeatReplyBytes);
+  const requestBytes = sum((r) => r.stats.heartbeatRequestBytes);
   const accepted = results.flatMap((r) => r.stats.completed).sort((a, b) => a - b);
   const twice = accepted.filter((id, i) => i > 0 && accepted[i - 1] === id).length;
   const failures: Record<string, number> = {};
@@ -190,7 +196,7 @@ async function main(): Promise<void> {
   const ms = (v: number) => (Number.isNaN(v) ? '-' : v.toFixed(1));
   const cores = (a: Usage, b: Usage, seconds: number) => (seconds < 1 ? '-' : ((b.cpuSeconds - a.cpuSeconds) / seconds).toFixed(2));
   const rows: string[][] = [
-    ['nodes (workers)', `${total} (${workers}), ${results.reduce((s, r) => s + r.nodes, 0)} in all with churn`],
+    ['nodes (workers)', `${total} (${workers}), ${sum((r) => r.nodes)} in all with churn`],
     ['all joined', `${ms(allJoinedMs / 1000)} s`],
     ...(['join', 'heartbeat', 'lease', 'leaseReport'] as const).map((name) => {
       const values = merged(name);
@@ -198,10 +204,13 @@ async function main(): Promise<void> {
     }),
     ['re-plan (planner alone)', `${ms(replanMs(job, tokenizer, total, memoryBytes))} ms at ${total} nodes`],
     ['plan versions', String(plans)],
-    ['coordinator CPU: joining / churn', `${cores(before, steady, (steadyAt - t0) / 1000)} / ${cores(steady, running, (runningAt - steadyAt) / 1000)} cores`],
+    [
+      'coordinator CPU: joining / churn',
+      `${cores(before, steady, (steadyAt - t0) / 1000)} / ${cores(steady, running, (runningAt - steadyAt) / 1000)} cores`,
+    ],
     ['coordinator RSS peak', `${(peakRss / 2 ** 20).toFixed(0)} MiB`],
     ['bytes per heartbeat (request / reply)', `${(requestBytes / beats).toFixed(0)} / ${(replyBytes / beats).toFixed(0)}`],
-    ['plans received by nodes (as deltas)', `${results.reduce((s, r) => s + r.stats.plansReceived, 0)} (${results.reduce((s, r) => s + r.stats.planDeltas, 0)})`],
+    ['plans received by nodes (as deltas)', `${sum((r) => r.stats.plansReceived)} (${sum((r) => r.stats.planDeltas)})`],
     ['left / died', `${left} / ${died}`],
     ['job', done ? `done, ${done.completed} of ${done.total}` : `NOT done (${counters?.completed ?? 0} of ${job.totalBatches})`],
     ['coordinator counters', JSON.stringify(counters ?? {})],

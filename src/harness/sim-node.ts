@@ -31,7 +31,7 @@ export interface SimOptions {
 
 /** What every simulated node of one process records: round trips in ms per request, and bytes of heartbeat replies. */
 export class SimStats {
-  readonly roundTrips: Record<'join' | 'heartbeat' | 'lease' | 'leaseReport', number[]> = { join: [], heartbeat: [], lease: [], leaseReport: [] };
+  readonly roundTrips: Record<Timed, number[]> = { join: [], heartbeat: [], lease: [], leaseReport: [] };
   heartbeatReplyBytes = 0;
   heartbeatRequestBytes = 0;
   plansReceived = 0;
@@ -98,10 +98,14 @@ export class SimNode {
   }
 
   /** An address of this node's (it listens nowhere: the port says so), as the coordinator requires: ending in /p2p/<id>. */
+  private get addrs(): string[] {
+    return [`/ip4/127.0.0.1/tcp/1/p2p/${this.id}`];
+  }
+
   private joinRequest(): JoinRequest {
     return {
       version: PROTOCOL_VERSION, nodeId: this.id, token: this.options.token ?? '', cores: 1, gemmGflops: this.options.gemmGflops ?? 10,
-      memoryBytes: this.options.memoryBytes, addrs: [`/ip4/127.0.0.1/tcp/1/p2p/${this.id}`],
+      memoryBytes: this.options.memoryBytes, addrs: this.addrs,
     };
   }
 
@@ -125,7 +129,8 @@ export class SimNode {
   /** Takes a plan whose signature checks out; false (counted) when it does not. */
   private accept(plan: Plan, signature: Uint8Array | undefined): boolean {
     this.stats.plansReceived++;
-    if (this.options.verifyPlans !== false && !(signature && signedBy(this.coordinatorId, planSigningBytes(this.jobId!, plan), signature))) {
+    const unsigned = () => !(signature && signedBy(this.coordinatorId, planSigningBytes(this.jobId!, plan), signature));
+    if (this.options.verifyPlans !== false && unsigned()) {
       this.stats.badPlans++;
       return false;
     }
@@ -160,7 +165,7 @@ export class SimNode {
   private async beat(): Promise<void> {
     const message = {
       jobId: this.jobId!, step: 0, tokensPerSecond: 0, bytesSent: 0, bytesReceived: 0, staleness: 0, droppedExpertCalls: 0,
-      planVersion: this.wantWholePlan ? 0 : this.planVersion,
+      planVersion: this.wantWholePlan ? 0 : this.planVersion, addrs: this.addrs, // every heartbeat, as a real node's
     };
     try {
       const reply = await this.timed('heartbeat', message);

@@ -223,7 +223,8 @@ describe('plans', () => {
     // A node on a version the coordinator keeps gets the changes since, signed as the whole new plan; one on no version, all of it.
     const stale = await a.heartbeat(to, 1, 7);
     expect(stale).toEqual({
-      accepted: true, planDelta: expect.objectContaining({ from: 1, version: 2, gone: [] }), planSignature: expect.any(Uint8Array), stop: false,
+      accepted: true, planDelta: expect.objectContaining({ from: 1, version: 2, gone: [] }), planSignature: expect.any(Uint8Array),
+      stop: false,
     });
     expect(applyPlanDelta(first.plan, stale.planDelta!)).toEqual(second.plan);
     expect(await a.heartbeat(to, 0, 7)).toEqual({ accepted: true, plan: second.plan, planSignature: stale.planSignature, stop: false });

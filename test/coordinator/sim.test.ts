@@ -16,7 +16,10 @@ const CHURN = 5;
 const TOTAL = 400;
 const JOB: JobSpec = {
   jobId: 'sim-test',
-  model: { hiddenSize: 64, numLayers: 2, numHeads: 4, numKvHeads: 2, headDim: 16, numExperts: 4, expertsPerToken: 2, expertHiddenSize: 128, maxSeqLen: 64 },
+  model: {
+    hiddenSize: 64, numLayers: 2, numHeads: 4, numKvHeads: 2, headDim: 16, numExperts: 4, expertsPerToken: 2, expertHiddenSize: 128,
+    maxSeqLen: 64,
+  },
   mode: 'full', baseFormat: 'f32', basePath: 'fp32', seed: 3, corpus: 'moby-dick', documents: { from: 0, to: 2 }, batchSize: 8, seqLen: 32,
   heldOutFraction: 0.05, totalBatches: TOTAL, expectedNodes: NODES, lr: 0.01, minLr: 0.001, warmupSteps: 2,
   averaging: { mode: 'periodic', every: 4, deadlineMs: 1000 }, expertTimeoutMs: 1000,
