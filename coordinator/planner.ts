@@ -96,6 +96,12 @@ export class ShardPlanner {
     return this.last;
   }
 
+  /** The current plan again under the next version, nothing moved: what nodes know of it changed (a node's addresses). */
+  bump(): ShardPlan | undefined {
+    if (this.last) this.last = { ...this.last, version: this.last.version + 1, diff: { added: [], removed: [] } };
+    return this.last;
+  }
+
   /** Continues from a plan made before a restart (re-plans start from it; versions go on from its). */
   restore(plan: ShardPlan): void {
     if (this.last) throw new Error('planner: restore() comes before the first plan');

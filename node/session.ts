@@ -7,8 +7,8 @@
 // changes comes from holders. Everything that happens is reported through onEvent.
 import { dirname, join } from 'node:path';
 import {
-  groupId, parseGroupId, planSigningBytes, PROTOCOL_NAMES, TRUNK_GROUP,
-  type ExpertGroup, type JobBase, type JobSpec, type JoinRequest, type JoinResponse, type Plan,
+  applyPlanDelta, groupId, parseGroupId, planSigningBytes, PROTOCOL_NAMES, TRUNK_GROUP,
+  type ExpertGroup, type HeartbeatReply, type JobBase, type JobSpec, type JoinRequest, type JoinResponse, type Plan,
 } from '../proto/index.ts';
 import { createKernels, type Kernels } from '../src/kernels/index.ts';
 import { expertOf, type F32Tensor } from '../src/model/config.ts';
@@ -95,6 +95,8 @@ export class JobSession {
   private heartbeat?: NodeJS.Timeout;
   private evaluatedBase = false;
   private heartbeating = false;
+  /** A plan rebuilt from a delta did not check out: the next heartbeat asks for the whole plan. */
+  private wantWholePlan = false;
   private readonly options: NodeOptions;
   private readonly rpc: Rpc;
   private readonly coordinator: DialTarget;
@@ -360,7 +362,7 @@ export class JobSession {
   }
 
   private newestPlan(): Plan {
-    return this.pendingPlan && this.pendingPlan.version >= this.plan.version ? this.pendingPlan : this.plan;
+    return this.pendingPlan && this.pendingPlan.version > this.plan.version ? this.pendingPlan : this.plan;
   }
 
   private holders(layer: number, expert: number, plan = this.plan): string[] {
@@ -446,20 +448,36 @@ export class JobSession {
         ...(this.lastHeldOut === undefined ? {} : { heldOut: this.lastHeldOut }), rssBytes: process.memoryUsage.rss(),
         heapBytes: this.kernels.heap.allocatedBytes,
         tokensPerSecond: this.tokensPerSecond, bytesSent: this.traffic.sent, bytesReceived: this.traffic.received,
-        droppedExpertCalls: this.experts.stats.unanswered, planVersion: this.newestPlan().version, ...averaging,
+        droppedExpertCalls: this.experts.stats.unanswered, planVersion: this.wantWholePlan ? 0 : this.newestPlan().version, ...averaging,
         addrs: advertisedAddrs(this.volunteer.host),
       }, { timeout: COORDINATOR_TIMEOUT_MS });
       this.options.onHeartbeat?.();
-      // The same version again carries peers' new addresses (a relay reservation): it replaces the one held.
-      if (reply.plan && reply.plan.version >= this.newestPlan().version) {
-        if (this.signedPlan(this.job.jobId, reply.plan, reply.planSignature)) this.pendingPlan = reply.plan;
-        else this.log(`heartbeat: ignored plan v${reply.plan.version}, not signed by ${this.coordinatorId}`);
+      // Only newer versions: peers' new addresses come as one (the coordinator never changes a version it sent).
+      const plan = this.newerPlan(reply);
+      if (plan && plan.version > this.newestPlan().version) {
+        this.wantWholePlan = !this.signedPlan(this.job.jobId, plan, reply.planSignature);
+        if (!this.wantWholePlan) this.pendingPlan = plan;
+        else this.log(`heartbeat: ignored plan v${plan.version}, not signed by ${this.coordinatorId}`);
       }
       if (reply.stop) this.done = true;
       // Declared dead mid-join: the join under way ends first, and the next heartbeat rejoins.
       if (!reply.accepted && reply.reason === 'rejoin' && this.model) await this.rejoin();
     } catch (err) {
       this.log(`heartbeat: ${(err as Error).message}`);
+    }
+  }
+
+  /** A heartbeat's newer plan: whole, or rebuilt from the delta and the plan it starts from (undefined if we moved on meanwhile). */
+  private newerPlan(reply: HeartbeatReply): Plan | undefined {
+    const delta = reply.planDelta;
+    if (!delta) return reply.plan;
+    const from = [this.pendingPlan, this.plan].find((plan) => plan?.version === delta.from);
+    try {
+      return from && applyPlanDelta(from, delta);
+    } catch (err) {
+      this.log(`heartbeat: plan delta v${delta.from}..v${delta.version}: ${(err as Error).message}`);
+      this.wantWholePlan = true;
+      return undefined;
     }
   }
 
@@ -478,7 +496,7 @@ export class JobSession {
     if (coordinatorVersion > this.newestPlan().version) await this.beat();
     const plan = this.pendingPlan;
     this.pendingPlan = undefined;
-    if (plan && plan.version >= this.plan.version) await this.applyPlan(plan);
+    if (plan && plan.version > this.plan.version) await this.applyPlan(plan);
   }
 
   /** Trains leased micro-batches until the job is done or stop() is called. */

@@ -161,6 +161,21 @@ export const PlanSchema = Type.Object({
 });
 export type Plan = Static<typeof PlanSchema>;
 
+/**
+ * What changed from plan version `from` (which the node holds) to `version`: experts whose holders changed, peers added or
+ * whose addresses changed, peers gone, and the new plan's `degraded`. plan.ts's applyPlanDelta rebuilds the whole plan,
+ * which the signature sent with the delta covers. A heartbeat carries this instead of the whole plan (~140 bytes per node).
+ */
+export const PlanDeltaSchema = Type.Object({
+  from: Count,
+  version: Count,
+  experts: PlanSchema.properties.experts,
+  peers: PlanSchema.properties.peers,
+  gone: Type.Array(PeerIdText, { maxItems: 4096 }),
+  degraded: Type.Optional(Reason),
+});
+export type PlanDelta = Static<typeof PlanDeltaSchema>;
+
 /** The coordinator's Ed25519 signature of planSigningBytes(jobId, plan), checked by nodes against its peer id. */
 const PlanSignature = Type.Uint8Array({ maxByteLength: 256 });
 
@@ -235,8 +250,11 @@ export type Heartbeat = Static<typeof HeartbeatSchema>;
 export const HeartbeatReplySchema = Type.Object({
   accepted: Type.Boolean(),
   reason: Type.Optional(Reason),
+  /** A newer plan than the heartbeat's planVersion, whole (when the coordinator no longer has the node's version)... */
   plan: Type.Optional(PlanSchema),
-  /** Present with `plan`. */
+  /** ...or as the changes from the node's version. */
+  planDelta: Type.Optional(PlanDeltaSchema),
+  /** Present with `plan` or `planDelta`: the signature of the whole new plan. */
   planSignature: Type.Optional(PlanSignature),
   /** The job is over (or the node was removed): stop training and leave. */
   stop: Type.Boolean(),

@@ -45,6 +45,8 @@ export interface HostOptions {
   keyFile?: string;
   /** The identity key itself (see identityKey), for a caller that also signs with it. */
   privateKey?: PrivateKey;
+  /** libp2p's connection limits, when its defaults (300 connections, 5 new ones a second per address) are too few. */
+  connectionManager?: Libp2pInit['connectionManager'];
   /** Transports to use instead of TCP (a test can wrap TCP to add latency or faults). */
   transports?: Libp2pInit['transports'];
   connectionGater?: ConnectionGater;
@@ -83,6 +85,7 @@ export async function createHost(options: HostOptions = {}): Promise<Host> {
     connectionEncrypters: [noise()],
     streamMuxers: [yamux()],
     connectionGater: gater,
+    ...(options.connectionManager ? { connectionManager: options.connectionManager } : {}),
     services: {
       identify: identify(),
       ping: ping(),

@@ -150,6 +150,20 @@ describe('shard planner', () => {
     expect(planner.plan([...nodes, node('d')]).version).toBe(joined.version);
   });
 
+  it('bump() gives the same placement the next version, nothing moved; re-plans go on from it', () => {
+    const planner = new ShardPlanner(options);
+    expect(planner.bump()).toBeUndefined(); // no plan yet
+    const nodes = ['a', 'b', 'c'].map((id) => node(id));
+    planner.plan(nodes);
+    const grown = planner.plan([...nodes, node('d')]);
+    const bumped = planner.bump()!;
+    expect(bumped).toEqual({ ...grown, version: grown.version + 1, diff: { added: [], removed: [] } });
+    expect(planner.current).toBe(bumped);
+    const left = planner.plan(nodes);
+    expect(left.version).toBe(bumped.version + 1);
+    expect(left.diff.removed.every((r) => r.node === 'd')).toBe(true);
+  });
+
   it('a node leaving moves only its own replicas, each copied from the surviving holder', () => {
     const planner = new ShardPlanner(options);
     const nodes = ['a', 'b', 'c', 'd', 'e'].map((id) => node(id));
