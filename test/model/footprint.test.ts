@@ -51,10 +51,13 @@ const CASES: Case[] = [
 /** The experts this node holds: every third. */
 const hosts = (layer: number, expert: number) => (layer * DEMO_CONFIG.numExperts + expert) % 3 === 0;
 
-/** Live heap bytes of a node's model after one training step and one served call per held expert. */
+/**
+ * Live heap bytes of a node's model after one training step and one served call per held expert (and the
+ * wasm memory's size), and the bytes freed when the node then gives up one expert (a re-plan moved it).
+ */
 async function measure(
   { settings, checkpointing, config = DEMO_CONFIG, threads = 1, batch: [BATCH, SEQ] = [4, 128] }: Case,
-): Promise<{ bytes: number; memory: number; experts: number }> {
+): Promise<{ bytes: number; memory: number; experts: number; freed: number }> {
   const kernels = await createKernels({ threads });
   try {
     const model = new Model(kernels, config, { ...settings, checkpointing, hosts, seed: 3 });
@@ -80,7 +83,10 @@ async function measure(
       }
     }
     for (const view of [x, y, dx]) heap.release(view);
-    return { bytes: heap.allocatedBytes, memory: heap.memory.buffer.byteLength, experts };
+    const bytes = heap.allocatedBytes;
+    optimizer.remove(model.experts.tensorNames(0, 0));
+    model.experts.remove(0, 0);
+    return { bytes, memory: heap.memory.buffer.byteLength, experts, freed: bytes - heap.allocatedBytes };
   } finally {
     await kernels.close();
   }
@@ -90,7 +96,7 @@ describe('footprint against the kernel heap', () => {
   const rows: string[] = [];
   for (const c of CASES) {
     it(`${c.name}: predicted heap bytes within ${TOLERANCE * 100}% of the measured`, async () => {
-      const { bytes, memory, experts } = await measure(c);
+      const { bytes, memory, experts, freed } = await measure(c);
       const [batchSize, seqLen] = c.batch ?? [4, 128];
       const fp = footprint(c.config ?? DEMO_CONFIG, { ...c.settings, batchSize, seqLen });
       const predicted = nodeBytes(fp, experts, c.checkpointing, c.threads) - fp.offHeap.trunkBytes - experts * fp.offHeap.expertBytes;
@@ -99,6 +105,9 @@ describe('footprint against the kernel heap', () => {
       const accuracy = `predicted ${mib(predicted)} (${(error * 100).toFixed(1)}%)`;
       rows.push(`${c.name.padEnd(50)} ${experts} experts  live ${mib(bytes)}  ${accuracy}  wasm memory ${mib(memory)}`);
       expect(Math.abs(error)).toBeLessThan(TOLERANCE);
+      // An expert given up frees what one expert was predicted to take: its weights, state and call buffers.
+      const perExpert = fp.expertBytes - fp.offHeap.expertBytes;
+      expect(Math.abs(freed / perExpert - 1)).toBeLessThan(TOLERANCE);
     }, 60_000);
   }
   it('prints the comparison', () => console.log(rows.join('\n')));
