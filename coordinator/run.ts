@@ -6,7 +6,7 @@
 // all of that back, its members included: nodes carry on with their heartbeats as if nothing happened.
 import { multiaddr } from '@multiformats/multiaddr';
 import {
-  groupId, JobError, PROTOCOL_VERSION, planSigningBytes, TRUNK_GROUP,
+  comparePeerIds, groupId, JobError, PROTOCOL_VERSION, planSigningBytes, TRUNK_GROUP,
   type Ack, type BaseManifest, type Heartbeat, type HeartbeatReply, type JobBase, type JobSpec, type JoinRequest, type JoinResponse,
   type LeaseGrant, type LeaseReport, type LeaseRequest, type Plan,
 } from '../proto/index.ts';
@@ -376,9 +376,17 @@ export class JobRun {
    */
   wirePlan(plan: ShardPlan, view?: AddressView): Plan {
     const addrs = (peerId: string) => (view === undefined ? this.addresses.get(peerId) ?? [] : this.addresses.usableIn(view, peerId));
+    const handover = new Map<string, string[]>();
+    for (const { layer, expert, node } of plan.diff.removed) {
+      const key = `${layer}.${expert}`;
+      if (plan.nodes.has(node)) handover.set(key, [...(handover.get(key) ?? []), node].sort(comparePeerIds));
+    }
     return {
       version: plan.version,
-      experts: plan.experts.map(({ layer, expert, holders }) => ({ layer, expert, holders: [...holders] })),
+      experts: plan.experts.map(({ layer, expert, holders }) => {
+        const givers = handover.get(`${layer}.${expert}`);
+        return { layer, expert, holders: [...holders], ...(givers ? { handover: givers } : {}) };
+      }),
       peers: [...plan.nodes.keys()].map((peerId) => ({ peerId, addrs: addrs(peerId) })),
       ...(plan.degraded ? { degraded: truncate(plan.degraded.reason) } : {}),
     };

@@ -1,8 +1,8 @@
 // One job on a volunteer node (daemon.ts joins the swarm and runs one session per job): builds the
 // job's model with the trunk and the experts the plan gives this node, serves those experts (and its
 // state, and averaging) to its peers, and trains on leased micro-batches until the job is over. Plan changes (a node
-// joined, left or died) are applied between steps: experts given up are released, new ones
-// copied from a surviving holder. A job with a base checkpoint: the frozen base of the groups held
+// joined, left or died) are applied between steps: experts given up are released (their last state
+// still served a while, to the node they were moved to), new ones copied from a surviving holder or that node. A job with a base checkpoint: the frozen base of the groups held
 // here comes from the blob store (fetched from peers or the coordinator, verified); only what training
 // changes comes from holders. Everything that happens is reported through onEvent.
 import { dirname, join } from 'node:path';
@@ -28,7 +28,7 @@ import { expertPrecisions, serveExperts, SwarmRemoteExperts } from './experts.ts
 import { NodeBase } from './base.ts';
 import { advertisedAddrs } from './links.ts';
 import { fetchJobText } from './corpus.ts';
-import { serveState } from './state.ts';
+import { groupState, ReleasedGroups, serveState } from './state.ts';
 import type { Traffic } from './traffic.ts';
 
 export class JoinRefusedError extends Error {
@@ -67,6 +67,8 @@ const COORDINATOR_TIMEOUT_MS = 10_000;
 const STATE_TIMEOUT_MS = 30_000;
 const CATCH_UP_ROUNDS = 4;
 const CATCH_UP_BACKOFF_MS = 1_000;
+/** How long an expert given up is still served to its new holder: a joining one may first fetch a base for minutes. */
+const HANDOVER_KEEP_MS = 10 * 60_000;
 /** Held-out micro-batches a node evaluates before its first step and when it finishes. */
 export const HELD_OUT_BATCHES = 8;
 /** Held-out micro-batches of the evaluations along the way. */
@@ -77,6 +79,7 @@ export class JobSession {
   private job!: JobSpec;
   private plan!: Plan;
   private pendingPlan?: Plan;
+  private readonly released = new ReleasedGroups(HANDOVER_KEEP_MS);
   private model?: Model;
   /** The job's base checkpoint, when it has one. */
   private base?: NodeBase;
@@ -188,7 +191,7 @@ export class JobSession {
     // coordinator may ask too: it gathers checkpoints of the groups held here.
     const admittedNow = async (peer: string) =>
       peer === this.coordinatorId || directory.admitted(peer) || (await this.beat(), directory.admitted(peer));
-    await serveState(this.rpc, model, admittedNow, this.job.jobId, () => this.step);
+    await serveState(this.rpc, model, this.released, admittedNow, this.job.jobId, () => this.step);
     this.emit({
       event: 'joined', node: this.self, jobId: this.job.jobId, experts: [...hosted], planVersion: this.plan.version,
       gemmGflops: this.volunteer.gemmGflops,
@@ -310,11 +313,13 @@ export class JobSession {
   private async catchUp(model: Model, hosted: Map<string, ExpertGroup>): Promise<void> {
     const trunk = await this.fetchWhileJoining(() => this.newestPlan().peers.map((p) => p.peerId), TRUNK_GROUP);
     if (trunk) model.params.load(trunk);
+    let copied = 0;
     for (const [group, { layer, expert }] of hosted) {
-      const state = await this.fetchWhileJoining(() => this.holders(layer, expert, this.newestPlan()), group);
+      const state = await this.fetchWhileJoining(() => this.copySources(layer, expert, this.newestPlan(), this.plan), group);
       if (state) model.params.load(new Map([...state].filter(([name]) => model.params.has(name))));
+      if (state) copied++;
     }
-    this.emit({ event: 'caught-up', trunk: trunk !== undefined });
+    this.emit({ event: 'caught-up', trunk: trunk !== undefined, experts: { held: hosted.size, copied } });
   }
 
   /**
@@ -369,6 +374,13 @@ export class JobSession {
     return plan.experts.find((x) => x.layer === layer && x.expert === expert)?.holders ?? [];
   }
 
+  /** Where a new replica's state comes from: the expert's holders in `plans`, then the nodes that handed it over. */
+  private copySources(layer: number, expert: number, ...plans: Plan[]): string[] {
+    const entries = plans.map((plan) => plan.experts.find((x) => x.layer === layer && x.expert === expert));
+    const peers = [...entries.flatMap((x) => x?.holders ?? []), ...entries.flatMap((x) => x?.handover ?? [])];
+    return [...new Set(peers)].filter((peer) => peer !== this.self);
+  }
+
   private groupHolders(group: string): string[] {
     const ref = parseGroupId(group);
     return ref?.kind === 'expert' ? this.holders(ref.layer, ref.expert, this.newestPlan()) : [];
@@ -400,18 +412,20 @@ export class JobSession {
   /** Between steps: give up experts no longer ours, take on new ones from a surviving holder. */
   private async applyPlan(plan: Plan): Promise<void> {
     const model = this.model!;
-    const before = this.hostedExperts(this.plan);
+    const previous = this.plan;
+    const before = this.hostedExperts(previous);
     this.plan = plan;
     const after = this.hostedExperts(plan);
     for (const [group, { layer, expert }] of before) {
       if (after.has(group) || !model.experts.hosts(layer, expert)) continue;
+      this.released.keep(group, groupState(model, group)!);
       this.trainer.optimizer.remove(model.experts.tensorNames(layer, expert));
       this.averager.resetGroup(group);
       model.experts.remove(layer, expert);
     }
     for (const [group, { layer, expert }] of after) {
       if (model.experts.hosts(layer, expert)) continue;
-      const state = await this.fetchFromAny(this.holders(layer, expert).filter((p) => p !== this.self), group, true);
+      const state = await this.fetchFromAny(this.copySources(layer, expert, plan, previous), group, true);
       let base: Map<string, F32Tensor> | undefined;
       try {
         base = this.base ? await this.fetchBase([group]) : undefined;

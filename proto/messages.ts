@@ -154,7 +154,16 @@ export function validateJob(value: unknown, where = 'job'): JobSpec {
 export const PlanSchema = Type.Object({
   /** Bumped on every re-plan, so a stale plan can be told apart. */
   version: Count,
-  experts: Type.Array(Type.Object({ layer: Index, expert: Index, holders: Type.Array(PeerIdText, { maxItems: 256 }) }), { maxItems: 65536 }),
+  experts: Type.Array(Type.Object({
+    layer: Index,
+    expert: Index,
+    holders: Type.Array(PeerIdText, { maxItems: 256 }),
+    /**
+     * Nodes that held the expert in the previous version and gave it up while staying in the swarm: a new
+     * holder copies the state from them (they keep serving it a while), so a move keeps the expert's training.
+     */
+    handover: Type.Optional(Type.Array(PeerIdText, { maxItems: 256 })),
+  }), { maxItems: 65536 }),
   peers: Type.Array(Type.Object({ peerId: PeerIdText, addrs: Type.Array(Type.String({ minLength: 1, maxLength: 256 }), { maxItems: 16 }) }), { maxItems: 4096 }),
   /** Why some expert has fewer holders than the job's replication, when it does. */
   degraded: Type.Optional(Reason),

@@ -10,7 +10,7 @@ const DOMAIN = 'swarmtrain/plan/1';
 export function planSigningBytes(jobId: string, plan: Plan): Uint8Array {
   return packPlain([
     DOMAIN, jobId, plan.version,
-    plan.experts.map(({ layer, expert, holders }) => [layer, expert, holders]),
+    plan.experts.map(({ layer, expert, holders, handover }) => [layer, expert, holders, handover ?? []]),
     plan.peers.map(({ peerId, addrs }) => [peerId, addrs]),
     plan.degraded ?? null,
   ]);
@@ -28,7 +28,8 @@ export function planDelta(from: Plan, to: Plan): PlanDelta {
   return {
     from: from.version,
     version: to.version,
-    experts: to.experts.filter((x, i) => !sameList(x.holders, from.experts[i]?.holders ?? [])),
+    experts: to.experts.filter((x, i) => !sameList(x.holders, from.experts[i]?.holders ?? [])
+      || !sameList(x.handover ?? [], from.experts[i]?.handover ?? [])),
     peers: to.peers.filter((p) => !sameList(p.addrs, before.get(p.peerId) ?? [''])),
     gone: from.peers.filter((p) => !after.has(p.peerId)).map((p) => p.peerId),
     ...(to.degraded === undefined ? {} : { degraded: to.degraded }),
@@ -43,6 +44,8 @@ export function applyPlanDelta(plan: Plan, delta: PlanDelta): Plan {
     const target = experts.find((x) => x.layer === changed.layer && x.expert === changed.expert);
     if (!target) throw new Error(`plan delta names expert ${changed.layer}.${changed.expert}, which the plan has not`);
     target.holders = [...changed.holders];
+    if (changed.handover) target.handover = [...changed.handover];
+    else delete target.handover;
   }
   const peers = new Map(plan.peers.map((p) => [p.peerId, p.addrs]));
   for (const peerId of delta.gone) peers.delete(peerId);

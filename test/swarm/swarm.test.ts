@@ -109,6 +109,26 @@ describe('faults', () => {
     const fresh = steps(first.events)[0].loss as number;
     expect(steps(again.events)[0].loss).toBeLessThan(fresh - 0.2);
   });
+
+  it('experts moved to a node that joins keep their training: the node that gave them up hands their state over', async () => {
+    // One replica each, so a moved expert has no other holder: only the node giving it up has its state
+    // (the coordinator here keeps no checkpoints).
+    swarm = await startSwarm(job({ totalBatches: 100_000, expectedNodes: 1 }), [...COORDINATOR, '--replication', '1']);
+    const first = swarm.startNode();
+    await first.waitFor((e) => e.event === 'step' && e.step === 8, 120_000, 'step 8');
+    const second = swarm.startNode();
+    const joined = await second.waitFor((e) => e.event === 'joined', 60_000, 'joined');
+    const caught = await second.waitFor((e) => e.event === 'caught-up', 60_000, 'caught-up');
+    const moves = swarm.coordinator.events.filter((e) => e.event === 'plan').at(-1)!.moves as { removed: { node: string }[] };
+    const firstId = (await first.waitFor((e) => e.event === 'joined')).node;
+    expect(moves.removed.filter((m) => m.node === firstId).length).toBe((joined.experts as string[]).length);
+    expect(caught.experts).toEqual({ held: (joined.experts as string[]).length, copied: (joined.experts as string[]).length });
+    expect((joined.experts as string[]).length).toBeGreaterThan(0);
+    await second.waitFor((e) => e.event === 'step', 60_000, 'a step after joining');
+    // Its first loss is near the first node's current one, not that of a model with half its experts untrained.
+    const fresh = steps(first.events)[0].loss as number;
+    expect(steps(second.events)[0].loss).toBeLessThan(fresh - 0.2);
+  });
 });
 
 describe('sharding', () => {
