@@ -42,6 +42,8 @@ export class SimStats {
   readonly failures: Record<string, number> = {};
   /** Batch ids each node reported as completed and the coordinator accepted. */
   readonly completed: number[] = [];
+  /** Batch ids whose report got no answer (lost, or the node vanished meanwhile): the coordinator may have taken them. */
+  readonly unacknowledged: number[] = [];
   reportsRefused = 0;
 }
 
@@ -230,7 +232,8 @@ export class SimNode {
       if (ack.accepted) this.stats.completed.push(...completedBatchIds);
       else this.stats.reportsRefused++;
     } catch {
-      // a lost report: the lease expires and its batches are handed out again
+      // a lost report: the lease expires and its batches are handed out again, unless the report itself got through
+      this.stats.unacknowledged.push(...completedBatchIds);
     }
   }
 

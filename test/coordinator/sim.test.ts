@@ -69,10 +69,13 @@ it('a 50-node simulated swarm joins, churns and completes every lease exactly on
   expect(status.completed).toBe(TOTAL);
   expect(status.leases.counters.completed).toBe(TOTAL);
   expect(status.leases.outstanding).toBe(0);
-  // Exactly once: the store holds each batch id once, and the nodes' accepted reports cover the same ids once each.
+  // Exactly once: the store holds each batch id once, and the nodes' accepted reports name each id at most once,
+  // missing only ids whose report went unanswered (a vanishing node's last report may still have reached the coordinator).
   const everyBatch = Array.from({ length: TOTAL }, (_, id) => id);
   expect(server.store.completed(JOB.jobId)).toEqual(everyBatch);
-  expect([...stats.completed].sort((a, b) => a - b)).toEqual(everyBatch);
+  const accepted = new Set(stats.completed);
+  expect(accepted.size).toBe(stats.completed.length);
+  expect(everyBatch.filter((id) => !accepted.has(id) && !stats.unacknowledged.includes(id))).toEqual([]);
   expect(events.filter((e) => e.event === 'done')).toHaveLength(1);
   // The churn happened as planned: the vanished nodes were declared dead, the others left, the newcomers joined.
   const ids = (name: string) => new Set(events.filter((e) => e.event === name).map((e) => (e as { node: string }).node));
