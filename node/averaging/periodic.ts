@@ -57,7 +57,9 @@ export class PeriodicAveraging implements Averager {
     this.exchange = new DeltaExchange(components, options, {
       codec: (group) => this.codecFor(group),
       accept: (group, sender, round, values) => this.accept(group, sender, round, values),
-      ...(scatter ? { parts: { count: (group, round) => this.scatter!.count(group, round), accept: (group, a) => this.scatter!.accept(group, a) } } : {}),
+      ...(scatter ? {
+        parts: { count: (group, round) => this.scatter!.count(group, round), accept: (group, a) => this.scatter!.accept(group, a) },
+      } : {}),
     });
     this.stats = this.exchange.stats;
     if (scatter) {

@@ -82,7 +82,8 @@ describe('averaging in round groups (float64)', () => {
     }
   });
 
-  it.each([[5, 4], [7, 4], [13, 4], [30, 4], [11, 2]])('N=%i, G=%i: the global mean is kept and the spread shrinks to nothing', (n, size) => {
+  const mixes = 'N=%i, G=%i: the global mean is kept and the spread shrinks to nothing';
+  it.each([[5, 4], [7, 4], [13, 4], [30, 4], [11, 2]])(mixes, (n, size) => {
     const random = rng(n + 100 * size);
     const values = new Map(members(n).map((m) => [m, random()]));
     const global = [...values.values()].reduce((a, b) => a + b, 0) / n;
