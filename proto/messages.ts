@@ -145,7 +145,12 @@ export type Averaging = JobSpec['averaging'];
 
 const jobChecker = TypeCompiler.Compile(JobSpecSchema);
 /** Codecs that encode every value (not a sparse or low-rank sketch), so parameters themselves may travel in them. */
-export const VALUE_CODECS = ['f32', 'f16', 'int8-block'];
+const VALUE_CODECS = ['f32', 'f16', 'int8-block'];
+
+/** The first codec of `averaging` that would send parameters mostly as zeros (sparse, low-rank), if any: groups refuse it. */
+export function sparseCodecOf(averaging: Pick<Averaging, 'codec' | 'expertCodec'>): string | undefined {
+  return [averaging.codec, averaging.expertCodec].find((spec) => spec !== undefined && !VALUE_CODECS.includes(spec.split(':')[0]));
+}
 
 /**
  * Checks untrusted JSON against JobSpec, once, where a job enters (a file, a request); the error
@@ -154,9 +159,8 @@ export const VALUE_CODECS = ['f32', 'f16', 'int8-block'];
  */
 export function validateJob(value: unknown, where = 'job'): JobSpec {
   if (jobChecker.Check(value)) {
-    const { topology, codec, expertCodec } = value.averaging;
-    const sparse = [codec, expertCodec].find((spec) => spec && !VALUE_CODECS.includes(spec.split(':')[0]));
-    if (topology === 'groups' && sparse) {
+    const sparse = sparseCodecOf(value.averaging);
+    if (value.averaging.topology === 'groups' && sparse) {
       throw new JobError(`${where}: /averaging: topology "groups" averages parameters, which codec "${sparse}" would mostly zero; `
         + `use ${VALUE_CODECS.join(', ')}`);
     }

@@ -10,7 +10,7 @@
 // deltas: holders of different groups drift apart, and averaging deltas would never bring them back
 // together (each applies its group's mean delta to its own anchor). With outer lr 1 and no momentum a
 // holder ends the round at its group's mean parameters; the outer step takes mean − anchor as its delta.
-import { VALUE_CODECS } from '../../proto/index.ts';
+import { sparseCodecOf } from '../../proto/index.ts';
 import { aggregate, groupOf, NormScreen, OuterStep, type Contribution } from '../../src/averaging/index.ts';
 import { codecsForGroups, type Codec, type CodecState } from '../../src/compress/index.ts';
 import type { Param } from '../../src/model/params.ts';
@@ -21,7 +21,7 @@ import { ReduceScatter } from './reduce-scatter.ts';
 /** A holder this many rounds behind a peer reloads the group instead of sending. */
 const MAX_LAG = 3;
 /** topology groups: the most holders in a round's group when the job does not say. */
-export const DEFAULT_GROUP_SIZE = 4;
+const DEFAULT_GROUP_SIZE = 4;
 
 export class PeriodicAveraging implements Averager {
   readonly stats: AveragingStats;
@@ -51,7 +51,7 @@ export class PeriodicAveraging implements Averager {
     const groups: Record<string, string> = options.expertCodec ? { expert: options.expertCodec } : {};
     this.codecFor = codecsForGroups({ default: options.codec ?? 'f32', groups });
     this.grouped = options.topology === 'groups';
-    const sparse = [options.codec, options.expertCodec].find((spec) => spec && !VALUE_CODECS.includes(spec.split(':')[0]));
+    const sparse = sparseCodecOf(options);
     if (this.grouped && sparse) throw new RangeError(`topology groups averages parameters: codec ${sparse} would mostly zero them`);
     const scatter = options.topology === 'reduce-scatter' || this.grouped;
     this.exchange = new DeltaExchange(components, options, {
