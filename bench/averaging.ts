@@ -165,7 +165,8 @@ async function lossTable(): Promise<void> {
   console.log(`held-out loss: ${LOSS_NODES} node processes, ${LOSS_STEPS_PER_NODE * LOSS_NODES} micro-batches of 4 × 32 tokens in all, `
     + `every expert on every node; ${cpus().length} cores, load average ${loadavg()[0].toFixed(2)}; `
     + 'one run per setting (runs of one setting differ by ~1-2%)');
-  printTable(['averaging', 'held-out loss', 'vs synchronous', 'spread over nodes', 'rounds per node (all its groups)', 'job s (noisy)'], rows);
+  const columns = ['averaging', 'held-out loss', 'vs synchronous', 'spread over nodes', 'rounds per node (all its groups)', 'job s (noisy)'];
+  printTable(columns, rows);
 }
 
 if (args.only !== 'loss') await bytesTable();

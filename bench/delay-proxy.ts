@@ -6,6 +6,7 @@
 // Prints {"event":"ready"} once it listens. Run inside a namespace by bench/scaling.ts --links.
 // Run: npx tsx bench/delay-proxy.ts --listen 11.0.1.2:4001 --target 11.1.1.1:4001 --delay-ms 25
 import { connect, createServer, type Socket } from 'node:net';
+import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 
 const MAX_QUEUED_BYTES = 8 * 2 ** 20;
@@ -34,6 +35,7 @@ function delayedPipe(from: Socket, to: Socket, delayMs: number): void {
   from.on('error', () => setTimeout(() => to.destroy(), delayMs));
 }
 
+/** Listens on `listen` (port 0: any) and forwards each connection to `target` with `delayMs` each way; resolves once listening. */
 export async function delayProxy(listen: { host: string; port: number }, target: { host: string; port: number }, delayMs: number) {
   const server = createServer({ noDelay: true, allowHalfOpen: true }, (client) => {
     const upstream = connect({ ...target, noDelay: true, allowHalfOpen: true });
@@ -47,8 +49,12 @@ export async function delayProxy(listen: { host: string; port: number }, target:
   return server;
 }
 
-const { values } = parseArgs({ options: { listen: { type: 'string' }, target: { type: 'string' }, 'delay-ms': { type: 'string' } } });
-const delayMs = Number(values['delay-ms']);
-if (!Number.isFinite(delayMs) || delayMs < 0) throw new RangeError(`--delay-ms takes a number ≥ 0, got ${values['delay-ms']}`);
-await delayProxy(hostPort('listen', values.listen), hostPort('target', values.target), delayMs);
-console.log(JSON.stringify({ event: 'ready' }));
+async function main(): Promise<void> {
+  const { values } = parseArgs({ options: { listen: { type: 'string' }, target: { type: 'string' }, 'delay-ms': { type: 'string' } } });
+  const delayMs = Number(values['delay-ms']);
+  if (!Number.isFinite(delayMs) || delayMs < 0) throw new RangeError(`--delay-ms takes a number ≥ 0, got ${values['delay-ms']}`);
+  await delayProxy(hostPort('listen', values.listen), hostPort('target', values.target), delayMs);
+  console.log(JSON.stringify({ event: 'ready' }));
+}
+
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) await main();

@@ -181,12 +181,13 @@ async function table(title: string, launch: Launcher): Promise<void> {
     console.log(`  ${title}, ${setting.name}: ${aggregate.toFixed(0)} tokens/s (load average ${loadavg()[0].toFixed(2)})`);
   }
   console.log(title);
-  printTable(['setting', 'aggregate tokens/s', 'vs one node', 'remote-expert wait', 'sent kB per token per node', 'remote calls per step'], rows);
+  const columns = ['setting', 'aggregate tokens/s', 'vs one node', 'remote-expert wait', 'sent kB per token per node', 'remote calls per step'];
+  printTable(columns, rows);
 }
 
 console.log(`scaling bench: the demo job (hidden 128, 4 layers, 8 experts top-2, batch 8 × 128), ${STEPS_PER_NODE} steps per node, `
-  + `first ${WARMUP_STEPS} left out; each node --threads 1 pinned to its own core; ${cpus().length} cores, load average ${loadavg()[0].toFixed(2)}; `
-  + `Node ${process.version}`);
+  + `first ${WARMUP_STEPS} left out; each node --threads 1 pinned to its own core; ${cpus().length} cores, `
+  + `load average ${loadavg()[0].toFixed(2)}; Node ${process.version}`);
 if (RATES.length === 0) {
   await table('on loopback', onLoopback);
 } else {
