@@ -70,7 +70,9 @@ function benchJob(averaging: Averaging): JobSpec {
   };
 }
 
-const COORDINATOR = ['--vocab', String(VOCAB), '--replication', String(NODES), '--heartbeat-ms', '500', '--node-timeout-ms', '30000', '--lease-ms', '120000'];
+const COORDINATOR = [
+  '--vocab', String(VOCAB), '--replication', String(NODES), '--heartbeat-ms', '500', '--node-timeout-ms', '30000', '--lease-ms', '120000',
+];
 
 /** One run of one setting; per-node values are averaged over the nodes. */
 interface Run {
@@ -156,18 +158,21 @@ function corpusFacts(): { tokens: number; bytes: number; unigram: number } {
 }
 
 const corpus = corpusFacts();
-console.log(`compression bench${quick ? ' (--quick)' : ''}: ${NODES} local nodes (--threads 1 each; this machine has ${cpus().length} cores, `
-  + `load average ${loadavg()[0].toFixed(1)}), ${STEPS_PER_NODE * NODES} micro-batches of 8 × 64 tokens per run (${STEPS_PER_NODE} steps per node), `
-  + `${REPEATS} run${REPEATS > 1 ? 's' : ''} per setting; SOTU speeches [${DOCUMENTS.from}, ${DOCUMENTS.to}), vocab ${VOCAB}; held-out: ${corpus.tokens} target `
-  + `tokens = ${corpus.bytes} bytes of text (${(corpus.bytes / corpus.tokens).toFixed(2)} bytes/token); unigram entropy of the training tokens `
-  + `${corpus.unigram.toFixed(3)} nats/token`);
+console.log(`compression bench${quick ? ' (--quick)' : ''}: ${NODES} local nodes `
+  + `(--threads 1 each; this machine has ${cpus().length} cores, load average ${loadavg()[0].toFixed(1)}), `
+  + `${STEPS_PER_NODE * NODES} micro-batches of 8 × 64 tokens per run (${STEPS_PER_NODE} steps per node), `
+  + `${REPEATS} run${REPEATS > 1 ? 's' : ''} per setting; SOTU speeches [${DOCUMENTS.from}, ${DOCUMENTS.to}), vocab ${VOCAB}; `
+  + `held-out: ${corpus.tokens} target tokens = ${corpus.bytes} bytes of text (${(corpus.bytes / corpus.tokens).toFixed(2)} bytes/token); `
+  + `unigram entropy of the training tokens ${corpus.unigram.toFixed(3)} nats/token`);
 const runs = new Map<Setting, Run[]>(SETTINGS.map((s) => [s, []]));
 // Repeats go round all settings, so a change in the machine's load touches each setting alike.
 for (let repeat = 0; repeat < REPEATS; repeat++) {
   for (const setting of SETTINGS) {
     const t0 = performance.now();
     const result = await run(setting.averaging);
-    if (result.heldOutTokens !== corpus.tokens) throw new Error(`nodes evaluated ${result.heldOutTokens} held-out tokens, this bench rebuilt ${corpus.tokens}`);
+    if (result.heldOutTokens !== corpus.tokens) {
+      throw new Error(`nodes evaluated ${result.heldOutTokens} held-out tokens, this bench rebuilt ${corpus.tokens}`);
+    }
     runs.get(setting)!.push(result);
     console.log(`  ${setting.label}: ${((performance.now() - t0) / 1e3).toFixed(0)} s; steps per node ${result.steps.join(', ')}; `
       + `held-out loss per node ${result.nodeLosses.map((l) => l.toFixed(3)).join(', ')}`);
@@ -179,10 +184,12 @@ const baseline = SETTINGS[0];
 const baselineBytes = of(baseline, (r) => r.bytesPer1kTokens);
 const baselineLoss = of(baseline, (r) => r.heldOutLoss);
 /** Issue 5's target: at least 100× fewer bytes than the baseline, held-out loss at most 2% above it. */
-const meetsTarget = (setting: Setting) => baselineBytes / of(setting, (r) => r.bytesPer1kTokens) >= 100 && of(setting, (r) => r.heldOutLoss) <= 1.02 * baselineLoss;
+const meetsTarget = (setting: Setting) =>
+  baselineBytes / of(setting, (r) => r.bytesPer1kTokens) >= 100 && of(setting, (r) => r.heldOutLoss) <= 1.02 * baselineLoss;
 const kb = (bytes: number) => (bytes >= 1e6 ? `${(bytes / 1e6).toFixed(1)} MB` : `${(bytes / 1e3).toFixed(1)} kB`);
 printTable(
-  ['setting', 'sent/node/1k tokens', 'vs baseline', `held-out loss${REPEATS > 1 ? ' (runs)' : ''}`, 'Δ loss', 'bits/byte', 'missed', 'wall s'],
+  ['setting', 'sent/node/1k tokens', 'vs baseline', `held-out loss${REPEATS > 1 ? ' (runs)' : ''}`,
+    'Δ loss', 'bits/byte', 'missed', 'wall s'],
   SETTINGS.map((setting) => {
     const bytes = of(setting, (r) => r.bytesPer1kTokens);
     const loss = of(setting, (r) => r.heldOutLoss);
@@ -195,9 +202,10 @@ printTable(
     ];
   }),
 );
-console.log(`sent: all bytes a node put on the wire (averaging, plus its coordinator requests) over the tokens it trained on, mean over nodes`
-  + `${REPEATS > 1 ? ' and runs' : ''}; H: local steps between averaging rounds; held-out loss: nats per token, mean over the nodes' own models `
-  + `on the same ${corpus.tokens} held-out tokens${REPEATS > 1 ? ', then over runs' : ''}; bits/byte: that loss × tokens / bytes of their text / ln 2; `
+console.log(`sent: all bytes a node put on the wire (averaging, plus its coordinator requests) over the tokens it trained on, `
+  + `mean over nodes${REPEATS > 1 ? ' and runs' : ''}; H: local steps between averaging rounds; `
+  + `held-out loss: nats per token, mean over the nodes' own models on the same ${corpus.tokens} held-out tokens`
+  + `${REPEATS > 1 ? ', then over runs' : ''}; bits/byte: that loss × tokens / bytes of their text / ln 2; `
   + `missed: averaging contributions not there by the deadline; wall: the coordinator's started → done`);
 const control = [...runs.values()].flat().flatMap((r) => (r.controlBytesPer1kTokens === undefined ? [] : [r.controlBytesPer1kTokens]));
 if (control.length) {
@@ -206,4 +214,5 @@ if (control.length) {
     + `(bytes sent in steps without an averaging round, periodic settings)`);
 }
 const met = SETTINGS.filter((s) => s !== baseline && meetsTarget(s)).map((s) => s.label);
-console.log(`target (≥ 100× fewer bytes than the baseline, held-out loss ≤ 2% above it): ${met.length ? `met by ${met.join(', ')}` : 'not met'}`);
+const verdict = met.length ? `met by ${met.join(', ')}` : 'not met';
+console.log(`target (≥ 100× fewer bytes than the baseline, held-out loss ≤ 2% above it): ${verdict}`);

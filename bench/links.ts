@@ -3,7 +3,7 @@
 // - time from `swarmtrain node` start to its first training step, direct (both routers forward their
 //   node's announced port) vs relayed (symmetric NATs, nothing forwarded: through the coordinator's relay);
 // - round-trip latency of a 4 KiB message (an expert call's size) and throughput of 512 KiB ones (a
-//   delta's part) between the two homes' hosts: direct, through the relay, and upgraded by DCUtR (the
+//   delta's part; --bulk-kib for another size, e.g. 8192 for a state transfer's 8 MiB) between the two homes' hosts: direct, through the relay, and upgraded by DCUtR (the
 //   caller's router forwards its port; the callee, reached through the relay, dials back directly).
 // Run: npm run bench:links [-- --quick] [-- --only first-step|links]   (as root; roles: this file with --role)
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
@@ -22,12 +22,16 @@ const { values } = parseArgs({
   options: {
     quick: { type: 'boolean', default: false }, role: { type: 'string' }, target: { type: 'string' },
     relay: { type: 'string' }, announce: { type: 'string' }, wait: { type: 'string' }, only: { type: 'string' },
+    'bulk-kib': { type: 'string', default: '512' },
   },
 });
 const RATE = '20mbit';
 const ECHO = '/swarmtrain-bench/echo/1';
 const ROUNDS = values.quick ? 20 : 100;
-const BULK = { bytes: 512 * 1024, count: values.quick ? 8 : 32 };
+const BULK_KIB = Number(values['bulk-kib']);
+if (!Number.isInteger(BULK_KIB) || BULK_KIB < 1) throw new Error(`--bulk-kib must be a positive integer, got ${values['bulk-kib']}`);
+/** Echoes of BULK_KIB each, 4 MiB (quick) or 16 MiB in all, and at least 2. */
+const BULK = { bytes: BULK_KIB * 1024, count: Math.max(2, Math.round(((values.quick ? 4 : 16) * 1024) / BULK_KIB)) };
 const JOB_STEPS = values.quick ? 8 : 16;
 
 // --- role processes, run inside a namespace -------------------------------------------------
@@ -139,7 +143,7 @@ async function measureLink(network: NatNetwork, dir: string, setting: LinkSettin
     // The client is given only what a plan would give it: public and publicly relayed addresses.
     const target = (server.addrs as string[]).filter((addr) => !addr.includes(NODE_IP)).join(',');
     const client = run(a.node, 'client', [
-      '--target', target, ...(setting.clientForwarded ? ['--announce', `/ip4/${a.wanIp}/tcp/${NODE_PORT}`, '--wait', 'direct'] : []),
+      '--target', target, '--bulk-kib', String(BULK_KIB), ...(setting.clientForwarded ? ['--announce', `/ip4/${a.wanIp}/tcp/${NODE_PORT}`, '--wait', 'direct'] : []),
     ]);
     return await client.waitFor((e) => e.event === 'result', 120_000, 'result');
   } finally {
@@ -196,7 +200,7 @@ async function main(): Promise<void> {
       const r = await measureLink(network, dir, setting);
       rows.push([setting.name, r.via, r.connectMs.toFixed(0), r.medianMs.toFixed(1), r.p90Ms.toFixed(1), r.mbitPerSecond.toFixed(1)]);
     }
-    printTable(['link', 'connection', 'connect ms', '4 KiB echo median ms', 'p90 ms', '512 KiB echo Mbit/s each way'], rows);
+    printTable(['link', 'connection', 'connect ms', '4 KiB echo median ms', 'p90 ms', `${BULK_KIB} KiB echo Mbit/s each way`], rows);
   } finally {
     network.remove();
     await rm(dir, { recursive: true, force: true });

@@ -16,7 +16,8 @@ import { printTable } from './table.ts';
 const { values } = parseArgs({
   options: {
     mode: { type: 'string', default: 'lora' }, base: { type: 'string', default: 'q4' }, path: { type: 'string', default: 'int' },
-    threads: { type: 'string', default: '2' }, checkpointing: { type: 'boolean', default: false }, activations: { type: 'string', default: 'f32' },
+    threads: { type: 'string', default: '2' }, checkpointing: { type: 'boolean', default: false },
+    activations: { type: 'string', default: 'f32' },
     steps: { type: 'string', default: '5' },
     'by-shape': { type: 'boolean', default: false },
   },
@@ -24,8 +25,12 @@ const { values } = parseArgs({
 const threads = Number(values.threads);
 const steps = Number(values.steps);
 const activationStorage = values.activations as ActivationStorage;
-if (activationStorage !== 'f32' && activationStorage !== 'bf16') throw new Error(`--activations takes f32 or bf16, got ${values.activations}`);
-if (!(Number.isInteger(threads) && threads >= 1) || !(Number.isInteger(steps) && steps >= 1)) throw new Error('--threads and --steps take positive integers');
+if (activationStorage !== 'f32' && activationStorage !== 'bf16') {
+  throw new Error(`--activations takes f32 or bf16, got ${values.activations}`);
+}
+if (!(Number.isInteger(threads) && threads >= 1) || !(Number.isInteger(steps) && steps >= 1)) {
+  throw new Error('--threads and --steps take positive integers');
+}
 
 interface Tally { ms: number; calls: number; flops: number }
 const tallies = new Map<string, Tally>();
@@ -40,7 +45,8 @@ function describeCall(family: string, method: string, args: unknown[]): { key: s
     const { m, n, k, transA, transB } = first;
     const rankR = Math.min(m, n, k) <= LORA.rank;
     const shape = ` m${m} n${n} k${k}${transA ? ' ᵀA' : ''}${transB ? ' ᵀB' : ''}`;
-    return { key: `fp32 GEMM${rankR ? ` (rank ≤ ${LORA.rank}: LoRA, router)` : ''}${values['by-shape'] ? shape : ''}`, flops: 2 * m * n * k };
+    const rankNote = rankR ? ` (rank ≤ ${LORA.rank}: LoRA, router)` : '';
+    return { key: `fp32 GEMM${rankNote}${values['by-shape'] ? shape : ''}`, flops: 2 * m * n * k };
   }
   if ((family === 'qint' || family === 'quant') && (method === 'forward' || method === 'backward')) {
     const w = second;
@@ -83,7 +89,10 @@ const kernels = await createKernels({ threads });
 instrument(kernels);
 const options: ModelOptions = values.mode === 'full'
   ? { mode: 'full', checkpointing: values.checkpointing, activationStorage }
-  : { mode: 'lora', lora: LORA, baseFormat: values.base as 'f32' | 'q8' | 'q4', basePath: values.path as 'fp32' | 'int', checkpointing: values.checkpointing, activationStorage };
+  : {
+    mode: 'lora', lora: LORA, baseFormat: values.base as 'f32' | 'q8' | 'q4', basePath: values.path as 'fp32' | 'int',
+    checkpointing: values.checkpointing, activationStorage,
+  };
 const model = new Model(kernels, REFERENCE_CONFIG, options);
 const optimizer = new AdamW(kernels, model.params.trainable());
 const random = uniform(7);
@@ -106,7 +115,10 @@ const rows = [...tallies].sort((a, b) => b[1].ms - a[1].ms).map(([key, t]) => [
   key, (t.ms / steps).toFixed(1), `${((100 * t.ms) / steps / stepMs).toFixed(1)}%`, (t.calls / steps).toFixed(0),
   t.flops ? (t.flops / t.ms / 1e6).toFixed(1) : '',
 ]);
-rows.push(['between kernels (JavaScript)', (stepMs - inKernels).toFixed(1), `${((100 * (stepMs - inKernels)) / stepMs).toFixed(1)}%`, '', '']);
-console.log(`${values.mode}${values.mode === 'lora' ? ` ${values.base} ${values.path} path` : ''}, ${threads} thread(s)${values.checkpointing ? ', checkpointing' : ''}, ${activationStorage} activations: `
-  + `${stepMs.toFixed(1)} ms per step = ${((BATCH * SEQ) / stepMs * 1e3).toFixed(0)} tokens/s (mean of ${steps} steps, timing overhead included)\n`);
+const betweenKernels = stepMs - inKernels;
+rows.push(['between kernels (JavaScript)', betweenKernels.toFixed(1), `${((100 * betweenKernels) / stepMs).toFixed(1)}%`, '', '']);
+const loraBase = values.mode === 'lora' ? ` ${values.base} ${values.path} path` : '';
+console.log(`${values.mode}${loraBase}, ${threads} thread(s)${values.checkpointing ? ', checkpointing' : ''}, `
+  + `${activationStorage} activations: ${stepMs.toFixed(1)} ms per step = ${((BATCH * SEQ) / stepMs * 1e3).toFixed(0)} tokens/s `
+  + `(mean of ${steps} steps, timing overhead included)\n`);
 printTable(['kernel calls', 'ms/step', 'of step', 'calls/step', 'GFLOPS'], rows);

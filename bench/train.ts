@@ -114,7 +114,10 @@ async function measureOne(s: Setting): Promise<void> {
   const kernels = await createKernels({ threads: s.threads });
   const options: ModelOptions = s.mode === 'full'
     ? { mode: 'full', checkpointing: s.checkpointing, activationStorage: s.activations }
-    : { mode: 'lora', lora: LORA, baseFormat: s.baseFormat, basePath: s.basePath, checkpointing: s.checkpointing, activationStorage: s.activations };
+    : {
+      mode: 'lora', lora: LORA, baseFormat: s.baseFormat, basePath: s.basePath,
+      checkpointing: s.checkpointing, activationStorage: s.activations,
+    };
   const model = new Model(kernels, REFERENCE_CONFIG, options);
   const optimizer = new AdamW(kernels, model.params.trainable());
   const random = uniform(7);
@@ -191,8 +194,11 @@ async function throughput(quick: boolean, passes: number): Promise<void> {
   const steps = quick ? 2 : 5;
   const params = [...parameterShapes(REFERENCE_CONFIG).values()].reduce((n, s) => n + sizeOf(s), 0);
   const loraParams = [...loraShapes(REFERENCE_CONFIG, LORA.rank).values()].reduce((n, s) => n + sizeOf(s), 0);
-  const flops = { full: flopsPerToken(REFERENCE_CONFIG, 'full', SEQ, LORA.rank), lora: flopsPerToken(REFERENCE_CONFIG, 'lora', SEQ, LORA.rank) };
-  console.log(`Reference config: ${(params / 1e6).toFixed(2)}M parameters (LoRA r=${LORA.rank}: ${(loraParams / 1e6).toFixed(2)}M trainable), batch ${BATCH} × seq ${SEQ}`);
+  const flops = {
+    full: flopsPerToken(REFERENCE_CONFIG, 'full', SEQ, LORA.rank), lora: flopsPerToken(REFERENCE_CONFIG, 'lora', SEQ, LORA.rank),
+  };
+  console.log(`Reference config: ${(params / 1e6).toFixed(2)}M parameters ` +
+    `(LoRA r=${LORA.rank}: ${(loraParams / 1e6).toFixed(2)}M trainable), batch ${BATCH} × seq ${SEQ}`);
   console.log(`Model FLOPs per trained token: full ${(flops.full / 1e6).toFixed(1)} M, lora ${(flops.lora / 1e6).toFixed(1)} M`);
   console.log(`Load average at start: ${loadavg().map((x) => x.toFixed(2)).join(' ')}\n`);
 
@@ -226,7 +232,8 @@ async function throughput(quick: boolean, passes: number): Promise<void> {
       const m = runChild(command, setting);
       if (!results[i] || Math.min(...m.stepSeconds) < Math.min(...results[i].m.stepSeconds)) results[i] = { setting, m };
       const tokens = BATCH * SEQ / Math.min(...m.stepSeconds);
-      process.stderr.write(`pass ${pass + 1}: ${label(setting)}${setting.checkpointing ? ' ckpt' : ''} ×${setting.threads}: ${tokens.toFixed(0)} tok/s\n`);
+      const ckpt = setting.checkpointing ? ' ckpt' : '';
+      process.stderr.write(`pass ${pass + 1}: ${label(setting)}${ckpt} ×${setting.threads}: ${tokens.toFixed(0)} tok/s\n`);
     });
   }
 
@@ -267,9 +274,12 @@ async function throughput(quick: boolean, passes: number): Promise<void> {
       ];
     }),
   );
-  console.log(`\nBuild: ${results[0].m.build}, run ${argv.includes('--tsx') ? 'through tsx' : 'as compiled JavaScript (src/bundle.ts)'}. Best of ${passes} pass(es); tok/s over ${steps} timed steps after a warm-up (zero grads, forward, backward, AdamW). ` +
+  const ranAs = argv.includes('--tsx') ? 'through tsx' : 'as compiled JavaScript (src/bundle.ts)';
+  console.log(`\nBuild: ${results[0].m.build}, run ${ranAs}. Best of ${passes} pass(es); ` +
+    `tok/s over ${steps} timed steps after a warm-up (zero grads, forward, backward, AdamW). ` +
     `PyTorch LoRA numbers are for a frozen fp32 base. MFU counts the same model FLOPs on every path, against fp32 GEMM: ` +
-    `the int path's base products are int8 dot products, so its MFU can pass 100%. Load average at end: ${loadavg().map((x) => x.toFixed(2)).join(' ')}`);
+    `the int path's base products are int8 dot products, so its MFU can pass 100%. ` +
+    `Load average at end: ${loadavg().map((x) => x.toFixed(2)).join(' ')}`);
 }
 
 /** Trains the demo config on SOTU for `minutes` (training time), reporting held-out bits per byte about every minute. */
@@ -289,9 +299,10 @@ async function demo(minutes: number): Promise<void> {
   const [probeSeconds] = await timeCalls(() => model.trainStep(probe.inputs, probe.targets, BATCH, SEQ), 1);
   const totalSteps = Math.max(1, Math.round((minutes * 60) / probeSeconds));
   const trainer = new Trainer(kernels, model, data.train, data.heldOut, tokenizer, { ...DEFAULT_TRAIN, totalSteps });
-  console.log(`\nDemo: DEMO_CONFIG on SOTU (${(corpus.bytes / 1e6).toFixed(1)} MB, ${trainTokens.length} train tokens, BPE vocab ${tokenizer.vocabSize}), ` +
-    `batch ${BATCH} × seq ${SEQ}, 2 threads, ${minutes} min ≈ ${totalSteps} steps; held-out: first ${Math.min(HELD_OUT_BATCHES, data.heldOut.batchesPerEpoch)} ` +
-    `of ${data.heldOut.batchesPerEpoch} batches. Unigram entropy of the train text: ${unigram.toFixed(3)} bits/byte.`);
+  console.log(`\nDemo: DEMO_CONFIG on SOTU (${(corpus.bytes / 1e6).toFixed(1)} MB, ${trainTokens.length} train tokens, ` +
+    `BPE vocab ${tokenizer.vocabSize}), batch ${BATCH} × seq ${SEQ}, 2 threads, ${minutes} min ≈ ${totalSteps} steps; ` +
+    `held-out: first ${Math.min(HELD_OUT_BATCHES, data.heldOut.batchesPerEpoch)} of ${data.heldOut.batchesPerEpoch} batches. ` +
+    `Unigram entropy of the train text: ${unigram.toFixed(3)} bits/byte.`);
 
   const rows: string[][] = [];
   let seconds = 0;
@@ -299,7 +310,8 @@ async function demo(minutes: number): Promise<void> {
   let lossSteps = 0;
   const report = async () => {
     const held = await trainer.evaluate(HELD_OUT_BATCHES);
-    const row = [(seconds / 60).toFixed(1), String(trainer.step), lossSteps ? (lossSum / lossSteps).toFixed(3) : '', held.loss.toFixed(3), held.bitsPerByte.toFixed(3)];
+    const trainLoss = lossSteps ? (lossSum / lossSteps).toFixed(3) : '';
+    const row = [(seconds / 60).toFixed(1), String(trainer.step), trainLoss, held.loss.toFixed(3), held.bitsPerByte.toFixed(3)];
     rows.push(row);
     process.stderr.write(`demo: ${row.join(' ')}\n`);
     lossSum = 0;

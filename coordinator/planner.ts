@@ -1,8 +1,14 @@
 // The shard planner: which nodes hold which experts. The trunk is replicated on every node, so a
-// node whose memory budget cannot hold it is refused. Each expert (layer, expert) goes on R
-// distinct nodes, nodes taking experts in proportion to their measured speed, each bounded by
-// the memory left after the trunk. A re-plan starts from the previous plan and moves as little
-// as it can:
+// node whose memory budget cannot hold it and one micro-batch's activations (even under gradient
+// checkpointing) is refused. Each expert (layer, expert) goes on R distinct nodes, nodes taking
+// experts in proportion to their measured speed, each bounded by the memory left after the trunk
+// and the activations (src/model/footprint.ts). A node runs with every layer's activations kept
+// when its share fits that way, and with gradient checkpointing when only that makes room: a
+// first placement bounds every node by its room without checkpointing (nodes that cannot run
+// without it at all: with it); only when that leaves experts short of replicas are nodes new to
+// the plan bounded by their room with checkpointing. A node keeps its choice over re-plans (it
+// builds its model once, when it joins). A re-plan starts from the previous plan and moves as
+// little as it can:
 //   1. keep every replica whose holder is still admitted and within its memory;
 //   2. add the missing replicas, level by level (every expert to 1 replica, then to 2, ...) so a
 //      shortage of memory costs redundancy before it costs coverage; each goes to the node with
@@ -15,12 +21,15 @@
 // for a lack of nodes or memory.
 import type { ExpertRef, JoinRequest } from '../proto/index.ts';
 import type { ModelConfig } from '../src/model/config.ts';
-import { footprint, type Precision } from './footprint.ts';
+import { MAX_HEAP_BYTES } from '../src/kernels/runtime.ts';
+import { expertCapacity, footprint, heapBytes, nodeBytes, type Footprint, type Precision } from '../src/model/footprint.ts';
 
-export type PlannerNode = Pick<JoinRequest, 'nodeId' | 'gemmGflops' | 'memoryBytes'>;
+/** A node as the planner sees it; `cores` (its kernel threads, default 1) each take scratch memory. */
+export type PlannerNode = Pick<JoinRequest, 'nodeId' | 'gemmGflops' | 'memoryBytes'> & Partial<Pick<JoinRequest, 'cores'>>;
 
 export interface PlannerOptions {
   config: ModelConfig;
+  /** The job's precision and, for the activations, its micro-batch (src/train/job.ts jobFootprintSettings). */
   precision: Precision;
   /** Distinct nodes per expert (default 2). */
   replication?: number;
@@ -59,6 +68,11 @@ export interface ShardPlan {
   experts: ExpertHolders[];
   /** The experts of every admitted node (each also holds the trunk), by node id. */
   nodes: Map<string, ExpertRef[]>;
+  /**
+   * Admitted nodes that run with gradient checkpointing (sorted): their share fits their budget only
+   * so. A node decides the same from its budget and share (src/model/footprint.ts checkpointingFor).
+   */
+  checkpointing: string[];
   refused: { nodeId: string; reason: string }[];
   degraded: { reason: string; underReplicated: UnderReplicated[] } | null;
   /** From the previous plan: replicas to create, and replicas gone (including departed nodes'). */
@@ -82,6 +96,12 @@ export class ShardPlanner {
     return this.last;
   }
 
+  /** The current plan again under the next version, nothing moved: what nodes know of it changed (a node's addresses). */
+  bump(): ShardPlan | undefined {
+    if (this.last) this.last = { ...this.last, version: this.last.version + 1, diff: { added: [], removed: [] } };
+    return this.last;
+  }
+
   /** Continues from a plan made before a restart (re-plans start from it; versions go on from its). */
   restore(plan: ShardPlan): void {
     if (this.last) throw new Error('planner: restore() comes before the first plan');
@@ -93,7 +113,10 @@ export class ShardPlanner {
 export type StoredShardPlan = Omit<ShardPlan, 'nodes'> & { nodes: [string, ExpertRef[]][] };
 
 export const storedPlan = (plan: ShardPlan): StoredShardPlan => ({ ...plan, nodes: [...plan.nodes] });
-export const shardPlan = (stored: StoredShardPlan): ShardPlan => ({ ...stored, nodes: new Map(stored.nodes) });
+/** Plans stored before nodes could run with checkpointing have no `checkpointing`: none did. */
+export const shardPlan = (stored: StoredShardPlan): ShardPlan => ({
+  ...stored, checkpointing: stored.checkpointing ?? [], nodes: new Map(stored.nodes),
+});
 
 /** A plan for `nodes` (the live ones), starting from `previous` when there is one. */
 export function planShards(nodes: PlannerNode[], options: PlannerOptions, previous?: ShardPlan): ShardPlan {
@@ -103,7 +126,8 @@ export function planShards(nodes: PlannerNode[], options: PlannerOptions, previo
   if (!Number.isSafeInteger(replication) || replication < 1) throw new RangeError(`planner: replication must be a positive integer, got ${replication}`);
   if (!(maxOverload >= 1)) throw new RangeError(`planner: maxOverload must be at least 1, got ${maxOverload}`);
   checkNodes(nodes);
-  const { trunkBytes, expertBytes } = footprint(config, options.precision);
+  const fp = footprint(config, options.precision);
+  const { trunkBytes, expertBytes } = fp;
   const groups = config.numLayers * config.numExperts;
   if (previous && previous.experts.length !== groups) throw new Error(`planner: the previous plan has ${previous.experts.length} experts, the model ${groups}`);
   const ref = (g: number): ExpertRef => ({ layer: Math.floor(g / config.numExperts), expert: g % config.numExperts });
@@ -111,18 +135,34 @@ export function planShards(nodes: PlannerNode[], options: PlannerOptions, previo
   const refused: ShardPlan['refused'] = [];
   const admitted: PlannerNode[] = [];
   for (const node of [...nodes].sort((a, b) => compareIds(a.nodeId, b.nodeId))) {
-    if (node.memoryBytes >= trunkBytes) admitted.push(node);
-    else refused.push({ nodeId: node.nodeId, reason: `memory budget of ${node.memoryBytes} bytes cannot hold the trunk (${trunkBytes} bytes)` });
+    const reason = refusal(fp, node);
+    if (reason) refused.push({ nodeId: node.nodeId, reason });
+    else admitted.push(node);
   }
   const index = new Map(admitted.map((n, i) => [n.nodeId, i]));
-  const capacity = admitted.map((n) => Math.min(groups, Math.floor((n.memoryBytes - trunkBytes) / expertBytes)));
-  const placement = new Placement(groups, admitted.map((n) => n.gemmGflops), capacity);
-
-  keepValid(placement, previous, index, capacity);
-  for (let level = 1; level <= replication; level++) {
-    for (let g = 0; g < groups; g++) if (placement.holders[g].length < level) placement.place(g);
+  const room = (n: PlannerNode, checkpointing: boolean) => Math.min(groups, expertCapacity(fp, n.memoryBytes, checkpointing, n.cores));
+  const stays = (n: PlannerNode) => previous?.nodes.has(n.nodeId) === true;
+  // A node of the previous plan keeps its choice; a new one runs without checkpointing if it can run at all so.
+  const checkpointing = admitted.map((n) => (stays(n) && previous!.checkpointing.includes(n.nodeId)) || room(n, false) < 0);
+  const place = () => {
+    const capacity = admitted.map((n, i) => room(n, checkpointing[i]));
+    const placement = new Placement(groups, admitted.map((n) => n.gemmGflops), capacity);
+    keepValid(placement, previous, index, capacity);
+    for (let level = 1; level <= replication; level++) {
+      for (let g = 0; g < groups; g++) if (placement.holders[g].length < level) placement.place(g);
+    }
+    if (maxOverload !== Infinity) placement.rebalance(maxOverload);
+    return { placement, capacity };
+  };
+  let { placement, capacity } = place();
+  const short = () => placement.holders.some((h) => h.length < replication);
+  const roomier = admitted.map((n, i) => !stays(n) && !checkpointing[i] && room(n, true) > room(n, false));
+  if (short() && roomier.some(Boolean)) {
+    for (const [i, more] of roomier.entries()) checkpointing[i] ||= more;
+    ({ placement, capacity } = place());
   }
-  if (maxOverload !== Infinity) placement.rebalance(maxOverload);
+  // A new node whose share fits without checkpointing runs without it.
+  for (const [i, n] of admitted.entries()) if (!stays(n) && checkpointing[i]) checkpointing[i] = placement.load[i] > room(n, false);
 
   const experts = placement.holders.map((holders, g) => ({ ...ref(g), holders: holders.map((n) => admitted[n].nodeId).sort(compareIds) }));
   const perNode = new Map(admitted.map((n) => [n.nodeId, [] as ExpertRef[]]));
@@ -135,7 +175,25 @@ export function planShards(nodes: PlannerNode[], options: PlannerOptions, previo
   const sameNodes = previous !== undefined && previous.nodes.size === perNode.size && [...perNode.keys()].every((id) => previous.nodes.has(id));
   const changed = !sameNodes || diff.added.length > 0 || diff.removed.length > 0;
   const version = previous ? previous.version + (changed ? 1 : 0) : 1;
-  return { version, replication, trunkBytes, expertBytes, experts, nodes: perNode, refused, degraded, diff };
+  const checkpointed = admitted.filter((_, i) => checkpointing[i]).map((n) => n.nodeId);
+  return { version, replication, trunkBytes, expertBytes, experts, nodes: perNode, checkpointing: checkpointed, refused, degraded, diff };
+}
+
+/** Why a node cannot run the job at all (not the trunk and one micro-batch's activations, even checkpointed), or undefined. */
+function refusal(fp: Footprint, { memoryBytes, cores = 1 }: PlannerNode): string | undefined {
+  const needed = nodeBytes(fp, 0, true, cores);
+  const heap = heapBytes(fp, 0, true, cores);
+  if (heap > MAX_HEAP_BYTES) {
+    const what = `the trunk and one micro-batch's activations with gradient checkpointing take ${heap} bytes of kernel heap`;
+    return `${what}, more than wasm32's ${MAX_HEAP_BYTES}`;
+  }
+  if (memoryBytes >= needed) return undefined;
+  const trunk = `memory budget of ${memoryBytes} bytes cannot hold the trunk (${fp.trunkBytes} bytes)`;
+  if (needed === fp.trunkBytes) return trunk;
+  const more = cores - 1;
+  const threads = more > 0 ? `, the scratch of ${more} more kernel thread${more > 1 ? 's' : ''} (${more * fp.threadBytes} bytes)` : '';
+  const activations = `one micro-batch's activations with gradient checkpointing (${fp.checkpointedActivationBytes} bytes)`;
+  return `${trunk}, ${activations}${threads}: ${needed} bytes needed`;
 }
 
 /** Replicas of one re-plan, over admitted nodes 0..N-1 (sorted by id). */

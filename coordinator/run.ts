@@ -6,14 +6,14 @@
 // all of that back, its members included: nodes carry on with their heartbeats as if nothing happened.
 import { multiaddr } from '@multiformats/multiaddr';
 import {
-  groupId, JobError, PROTOCOL_VERSION, planSigningBytes, TRUNK_GROUP,
+  comparePeerIds, groupId, JobError, PROTOCOL_VERSION, planSigningBytes, TRUNK_GROUP,
   type Ack, type BaseManifest, type Heartbeat, type HeartbeatReply, type JobBase, type JobSpec, type JoinRequest, type JoinResponse,
   type LeaseGrant, type LeaseReport, type LeaseRequest, type Plan,
 } from '../proto/index.ts';
 import type { ModelConfig } from '../src/model/config.ts';
 import type { PrivateKey } from '@libp2p/interface';
-import { RefusedError, serveGroups, signSync, type Rpc } from '../src/p2p/index.ts';
-import { jobBatchesPerEpoch, jobConfig, jobModelOptions, type JobText } from '../src/train/job.ts';
+import { RefusedError, serveGroups, signSync, type AddressView, type Rpc } from '../src/p2p/index.ts';
+import { jobBatchesPerEpoch, jobConfig, jobFootprintSettings, type JobText } from '../src/train/job.ts';
 import type { TextCorpus } from '../src/train/text-corpus.ts';
 import type { Tokenizer } from '../src/train/tokenizers/index.ts';
 import { joinBlobSources, serveBlobs, signManifest, type BlobSource } from '../src/weights/index.ts';
@@ -26,6 +26,7 @@ import {
   planShards, shardPlan, ShardPlanner, storedPlan, type PlannerNode, type PlannerOptions, type ShardPlan, type StoredShardPlan,
 } from './planner.ts';
 import type { CoordinatorEvent, RequestName } from './server.ts';
+import { SignedPlans, type SignedPlan } from './signed-plans.ts';
 import type { JobRow, JobStore, StoredNode } from './store.ts';
 
 /** What a job needs besides its spec: the tokenizer, and the checkpoint it starts from. */
@@ -63,7 +64,7 @@ export interface RunComponents {
   seenFrom: (peer: string) => string | undefined;
 }
 
-const MAX_NODES = 4096;
+export const MAX_NODES = 4096;
 const MAX_REASON = 1024;
 
 export const truncate = (text: string) => (text.length <= MAX_REASON ? text : `${text.slice(0, MAX_REASON - 3)}...`);
@@ -75,7 +76,7 @@ export const truncate = (text: string) => (text.length <= MAX_REASON ? text : `$
 export function prepareJob(job: JobSpec, tokenizer: Tokenizer, replication: number, base?: BaseManifest, text?: JobText) {
   try {
     const config = jobConfig(job, tokenizer, base?.config as ModelConfig | undefined);
-    const plannerOptions: PlannerOptions = { config, precision: jobModelOptions(job), replication };
+    const plannerOptions: PlannerOptions = { config, precision: jobFootprintSettings(job), replication };
     const batchesPerEpoch = jobBatchesPerEpoch(job, tokenizer, text);
     if (batchesPerEpoch < 1) throw new Error('the training split has no micro-batch (too few tokens for batchSize × seqLen)');
     const tokenizerJson = JSON.stringify(tokenizer.toHuggingFace());
@@ -104,7 +105,9 @@ export class JobRun {
   private readonly blobs?: BlobSource;
   private checkpoints?: JobCheckpoints;
   private announcedVersion = 0;
-  private persistedLeases = new Set<number>();
+  /** Live leases as last written to the store (their batch ids, joined), to write only what changed. */
+  private persistedLeases = new Map<number, string>();
+  private readonly plans: SignedPlans;
   started = false;
   /** No leases are granted while paused; members keep their state and heartbeats. */
   private paused = false;
@@ -130,6 +133,7 @@ export class JobRun {
     this.leases = new JobLeases({ batchesPerEpoch, totalBatches: this.job.totalBatches, leaseMs, now });
     this.membership = new Membership({ timeoutMs: settings.nodeTimeoutMs, now });
     this.addresses = new AddressBook(settings.lan);
+    this.plans = new SignedPlans((plan) => signSync(components.privateKey, planSigningBytes(this.id, plan)));
     if (assets.base) this.base = { manifest: assets.base.manifest, ...signManifest(components.privateKey, assets.base.manifest) };
   }
 
@@ -198,16 +202,19 @@ export class JobRun {
     if (!wasAlive && this.membership.alive().length >= MAX_NODES) {
       return refuse(`the swarm is full (${MAX_NODES} nodes)`, this.settings.nodeTimeoutMs);
     }
-    const candidate: PlannerNode = { nodeId: peer, gemmGflops: request.gemmGflops, memoryBytes: request.memoryBytes };
+    const candidate: PlannerNode = { nodeId: peer, gemmGflops: request.gemmGflops, memoryBytes: request.memoryBytes, cores: request.cores };
     // Whether the planner admits a node depends on that node alone: ask it about this one.
     const refusal = planShards([candidate], this.plannerOptions).refused[0];
     if (refusal) {
       if (wasAlive && this.membership.leave(peer)) this.removed([peer], 'left'); // came back with too small a budget
       return refuse(refusal.reason);
     }
-    const plan = this.replan(candidate);
+    const before = this.planner.current?.version;
+    let plan = this.replan(candidate);
     const type = this.membership.join({ nodeId: peer, cores: request.cores, gemmGflops: request.gemmGflops, memoryBytes: request.memoryBytes });
-    this.addresses.set(peer, request.addrs, this.components.seenFrom(peer));
+    const moved = this.addresses.set(peer, request.addrs, this.components.seenFrom(peer));
+    // Back from elsewhere with the plan unchanged: its new addresses make a new version (see signedPlan).
+    if (moved && plan.version === before) plan = this.planner.bump()!;
     // A node joining again restarted or was declared dead: whatever it held is not coming back.
     const released = this.leases.release(peer);
     this.persistLeases();
@@ -232,11 +239,14 @@ export class JobRun {
       throw this.refusal(peer, 'heartbeat', (err as Error).message);
     }
     if (!alive) return { accepted: false, reason: 'rejoin', stop: this.done };
-    // A node's addresses change (a relay reservation): every node then gets the plan again, at the same version.
-    if (beat.addrs) this.addresses.set(peer, beat.addrs.filter((addr) => advertises(addr, peer)), this.components.seenFrom(peer));
+    // A node's addresses changed (a relay reservation): a new plan version carries them to every node (see signedPlan).
+    const addrs = beat.addrs?.filter((addr) => advertises(addr, peer));
+    if (addrs && this.addresses.set(peer, addrs, this.components.seenFrom(peer))) {
+      this.planner.bump();
+      this.announcePlan();
+    }
     const plan = this.planner.current!;
-    const send = plan.version > beat.planVersion || this.addresses.changedFor(peer);
-    return { accepted: true, ...(send ? this.signedPlan(plan, peer) : {}), stop: this.done };
+    return { accepted: true, ...(plan.version > beat.planVersion ? this.newerPlan(plan, peer, beat.planVersion) : {}), stop: this.done };
   }
 
   lease(request: LeaseRequest, peer: string): LeaseGrant {
@@ -286,7 +296,7 @@ export class JobRun {
   private restore(): void {
     const { store } = this.components;
     this.leases.restore(store.completed(this.id), store.leases(this.id), this.row.nextLeaseId);
-    for (const lease of this.leases.live()) this.persistedLeases.add(lease.leaseId);
+    for (const lease of this.leases.live()) this.persistedLeases.set(lease.leaseId, lease.batchIds.join());
     const stored = store.plan<StoredShardPlan>(this.id);
     if (!stored) return;
     this.planner.restore(shardPlan(stored.plan));
@@ -320,14 +330,16 @@ export class JobRun {
     this.components.emit({ event: 'started', nodes: alive });
   }
 
-  /** Writes the lease changes since the last call (and `completed`, in the same transaction). */
+  /** Writes the lease changes since the last call (and `completed`, in the same transaction): only leases that changed. */
   private persistLeases(completed?: { nodeId: string; batchIds: number[]; at: number }): void {
     const live = this.leases.live();
-    const gone = [...this.persistedLeases].filter((id) => !live.some((lease) => lease.leaseId === id));
-    this.persistedLeases = new Set(live.map((lease) => lease.leaseId));
+    const written = this.persistedLeases;
+    this.persistedLeases = new Map(live.map((lease) => [lease.leaseId, lease.batchIds.join()]));
+    const changed = live.filter((lease) => written.get(lease.leaseId) !== this.persistedLeases.get(lease.leaseId));
+    const gone = [...written.keys()].filter((id) => !this.persistedLeases.has(id));
     this.components.store.updateLeases(this.id, {
       ...(completed ? { completed } : {}),
-      leases: [...live, ...gone.map((leaseId) => ({ leaseId, nodeId: '', batchIds: [] }))],
+      leases: [...changed, ...gone.map((leaseId) => ({ leaseId, nodeId: '', batchIds: [] }))],
       nextLeaseId: this.leases.nextLeaseId,
     });
   }
@@ -337,7 +349,7 @@ export class JobRun {
     const nodes: PlannerNode[] = this.membership
       .alive()
       .filter((n) => n.nodeId !== candidate?.nodeId)
-      .map(({ nodeId, gemmGflops, memoryBytes }) => ({ nodeId, gemmGflops, memoryBytes }));
+      .map(({ nodeId, gemmGflops, memoryBytes, cores }) => ({ nodeId, gemmGflops, memoryBytes, cores }));
     return this.planner.plan(candidate ? [...nodes, candidate] : nodes);
   }
 
@@ -358,21 +370,42 @@ export class JobRun {
     });
   }
 
-  /** The plan as sent; to a node (`receiver`), with only the peer addresses it can use. */
-  wirePlan(plan: ShardPlan, receiver?: string): Plan {
-    const addrs = (peerId: string) => (receiver === undefined ? this.addresses.get(peerId) ?? [] : this.addresses.usableBy(receiver, peerId));
+  /**
+   * The plan as sent, peers in the planner's order (comparePeerIds) as a plan rebuilt from a delta has them;
+   * to the nodes of an address view, with only the peer addresses they can use.
+   */
+  wirePlan(plan: ShardPlan, view?: AddressView): Plan {
+    const addrs = (peerId: string) => (view === undefined ? this.addresses.get(peerId) ?? [] : this.addresses.usableIn(view, peerId));
+    const handover = new Map<string, string[]>();
+    for (const { layer, expert, node } of plan.diff.removed) {
+      const key = `${layer}.${expert}`;
+      if (plan.nodes.has(node)) handover.set(key, [...(handover.get(key) ?? []), node].sort(comparePeerIds));
+    }
     return {
       version: plan.version,
-      experts: plan.experts.map(({ layer, expert, holders }) => ({ layer, expert, holders: [...holders] })),
+      experts: plan.experts.map(({ layer, expert, holders }) => {
+        const givers = handover.get(`${layer}.${expert}`);
+        return { layer, expert, holders: [...holders], ...(givers ? { handover: givers } : {}) };
+      }),
       peers: [...plan.nodes.keys()].map((peerId) => ({ peerId, addrs: addrs(peerId) })),
       ...(plan.degraded ? { degraded: truncate(plan.degraded.reason) } : {}),
     };
   }
 
-  /** Signed afresh each time: each node gets the addresses it can use, which change without a new plan version. */
-  private signedPlan(shards: ShardPlan, receiver: string): { plan: Plan; planSignature: Uint8Array } {
-    const plan = this.wirePlan(shards, receiver);
-    return { plan, planSignature: signSync(this.components.privateKey, planSigningBytes(this.id, plan)) };
+  /**
+   * The plan for a node, made and signed once per version and address view: any change of addresses
+   * makes a new version (join, heartbeat), so a version's wire form for a view never changes.
+   */
+  private signedPlan(shards: ShardPlan, receiver: string): SignedPlan {
+    const view = this.addresses.view(receiver);
+    return this.plans.signed(receiver, shards.version, view.key, () => this.wirePlan(shards, view));
+  }
+
+  /** For a node on plan `known`: the changes since, when the plan it was sent is still kept, else the whole plan. */
+  private newerPlan(shards: ShardPlan, receiver: string, known: number): Pick<HeartbeatReply, 'plan' | 'planDelta' | 'planSignature'> {
+    const held = this.plans.held(receiver, known);
+    const { plan, planSignature } = this.signedPlan(shards, receiver);
+    return held ? { planDelta: this.plans.delta(held, plan), planSignature } : { plan, planSignature };
   }
 
   /** Nodes that left or died: their batches go back to the pool, and one re-plan moves their experts. */

@@ -6,7 +6,6 @@
 // swarm (its nodes leave). Nodes are identified by the libp2p peer id of their connection, never
 // by what a message says. Everything that happens is reported as a structured event.
 import '../src/p2p/polyfill.ts'; // before any libp2p import
-import { multiaddr } from '@multiformats/multiaddr';
 import {
   msgpackCodec, PROTOCOL_VERSION,
   type Ack, type BaseManifest, type Heartbeat, type HeartbeatReply, type JobSpec, type JoinRequest, type JoinResponse,
@@ -23,7 +22,7 @@ import type { LeaseCounters } from './leases.ts';
 import type { NodeRecord, NodeStats } from './membership.ts';
 import type { DroppedReplica, ExpertHolders, NewReplica } from './planner.ts';
 import { jobOnText } from './corpus.ts';
-import { JobRun, prepareJob, truncate, type DistributiveOmit, type JobAssets, type RunSettings } from './run.ts';
+import { JobRun, MAX_NODES, prepareJob, truncate, type DistributiveOmit, type JobAssets, type RunSettings } from './run.ts';
 import { JobStore, type JobRow } from './store.ts';
 import { advertises } from './addresses.ts';
 
@@ -148,6 +147,14 @@ function bounded(name: string, value: number, min: number, max: number): number 
   return value;
 }
 
+/**
+ * libp2p's defaults (300 connections, 5 new ones a second from one address, 10 handshakes at once) would stop a
+ * swarm at ~300 nodes and let a crowd behind one address join at 5 a second: room for MAX_NODES and their joins.
+ */
+const CONNECTIONS = { maxConnections: MAX_NODES + 256, inboundConnectionThreshold: 100, maxIncomingPendingConnections: 128 };
+/** Heartbeats and leases served at once: small messages (at most 16 KiB each), from every node about once a heartbeat. */
+const SMALL_REQUESTS = { maxConcurrent: 512 };
+
 const mean = (values: number[]) => (values.length === 0 ? undefined : values.reduce((a, b) => a + b, 0) / values.length);
 const sum = (values: number[]) => values.reduce((a, b) => a + b, 0);
 
@@ -206,7 +213,10 @@ export class CoordinatorServer {
     // The relay admits the running job's live nodes (the server, made below, knows them).
     let made: CoordinatorServer | undefined;
     const relayServer = options.relay === false ? undefined : { mayReserve: (peer: string) => made?.isAlive(peer) === true };
-    const host = await createHost({ listen: options.listen, privateKey, ...(options.announce ? { announce: options.announce } : {}), relayServer });
+    const host = await createHost({
+      listen: options.listen, privateKey, ...(options.announce ? { announce: options.announce } : {}), relayServer,
+      connectionManager: CONNECTIONS,
+    });
     const server = new CoordinatorServer(host, new Rpc({
       transport: host, codec: msgpackCodec, onReject: (rejection) => made?.emit({ event: 'rejected', ...rejection }),
     }), store, privateKey, { ...options, settings, metricsMs });
@@ -366,9 +376,9 @@ export class CoordinatorServer {
   private async serve(): Promise<void> {
     const { rpc } = this;
     await rpc.handle('join', (request, { peer }) => this.join(request, peer.toString()));
-    await rpc.handle('heartbeat', (beat, { peer }) => this.heartbeat(beat, peer.toString()), { maxConcurrent: 64 });
-    await rpc.handle('lease', (request, { peer }) => this.lease(request, peer.toString()), { maxConcurrent: 64 });
-    await rpc.handle('leaseReport', (report, { peer }) => this.report(report, peer.toString()), { maxConcurrent: 64 });
+    await rpc.handle('heartbeat', (beat, { peer }) => this.heartbeat(beat, peer.toString()), SMALL_REQUESTS);
+    await rpc.handle('lease', (request, { peer }) => this.lease(request, peer.toString()), SMALL_REQUESTS);
+    await rpc.handle('leaseReport', (report, { peer }) => this.report(report, peer.toString()), SMALL_REQUESTS);
     for (const node of this.store.nodes()) this.seen.set(node.nodeId, { ...node });
     this.emit({ event: 'listening', peerId: this.peerId, addrs: this.addrs });
     await this.schedule();

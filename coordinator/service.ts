@@ -251,6 +251,8 @@ export class CoordinatorService implements SwarmService {
       return {
         nodeId: node.nodeId, status, cores: node.cores, gemmGflops: node.gemmGflops, memoryBytes: node.memoryBytes, addrs: node.addrs,
         ...(stats?.rssBytes === undefined ? {} : { memoryUsedBytes: stats.rssBytes }),
+        ...(stats?.heapBytes === undefined ? {} : { heapUsedBytes: stats.heapBytes }),
+        ...(training && run!.plan?.checkpointing.includes(node.nodeId) ? { checkpointing: true as const } : {}),
         ...(training ? { jobId: run!.id } : {}),
         experts: training ? (run!.plan?.nodes.get(node.nodeId) ?? []).map(({ layer, expert }) => ({ layer, expert })) : [],
         step: stats?.step ?? 0, ...(stats?.loss === undefined ? {} : { loss: stats.loss }), tokensPerSecond: stats?.tokensPerSecond ?? 0,

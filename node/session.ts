@@ -1,21 +1,22 @@
 // One job on a volunteer node (daemon.ts joins the swarm and runs one session per job): builds the
 // job's model with the trunk and the experts the plan gives this node, serves those experts (and its
 // state, and averaging) to its peers, and trains on leased micro-batches until the job is over. Plan changes (a node
-// joined, left or died) are applied between steps: experts given up are released, new ones
-// copied from a surviving holder. A job with a base checkpoint: the frozen base of the groups held
+// joined, left or died) are applied between steps: experts given up are released (their last state
+// still served a while, to the node they were moved to), new ones copied from a surviving holder or that node. A job with a base checkpoint: the frozen base of the groups held
 // here comes from the blob store (fetched from peers or the coordinator, verified); only what training
 // changes comes from holders. Everything that happens is reported through onEvent.
 import { dirname, join } from 'node:path';
 import {
-  groupId, parseGroupId, planSigningBytes, PROTOCOL_NAMES, TRUNK_GROUP,
-  type ExpertGroup, type JobBase, type JobSpec, type JoinRequest, type JoinResponse, type Plan,
+  applyPlanDelta, groupId, parseGroupId, planSigningBytes, PROTOCOL_NAMES, TRUNK_GROUP,
+  type ExpertGroup, type HeartbeatReply, type JobBase, type JobSpec, type JoinRequest, type JoinResponse, type Plan,
 } from '../proto/index.ts';
 import { createKernels, type Kernels } from '../src/kernels/index.ts';
 import { expertOf, type F32Tensor } from '../src/model/config.ts';
+import { checkpointingFor, footprint, nodeBytes, type Footprint } from '../src/model/footprint.ts';
 import { Model } from '../src/model/model.ts';
 import { fetchGroup, signedBy, type DialTarget, type Host, type Rpc } from '../src/p2p/index.ts';
 import { RefusedError, RpcError } from '../src/p2p/errors.ts';
-import { jobConfig, jobData, jobModelOptions, type JobText } from '../src/train/job.ts';
+import { jobConfig, jobData, jobFootprintSettings, jobModelOptions, type JobText } from '../src/train/job.ts';
 import { DEFAULT_ADAMW } from '../src/train/optimizer.ts';
 import { tokenizerFromJson, type Tokenizer } from '../src/train/tokenizers/index.ts';
 import { Trainer } from '../src/train/trainer.ts';
@@ -27,7 +28,7 @@ import { expertPrecisions, serveExperts, SwarmRemoteExperts } from './experts.ts
 import { NodeBase } from './base.ts';
 import { advertisedAddrs } from './links.ts';
 import { fetchJobText } from './corpus.ts';
-import { serveState } from './state.ts';
+import { groupState, ReleasedGroups, serveState } from './state.ts';
 import type { Traffic } from './traffic.ts';
 
 export class JoinRefusedError extends Error {
@@ -66,6 +67,8 @@ const COORDINATOR_TIMEOUT_MS = 10_000;
 const STATE_TIMEOUT_MS = 30_000;
 const CATCH_UP_ROUNDS = 4;
 const CATCH_UP_BACKOFF_MS = 1_000;
+/** How long an expert given up is still served to its new holder: a joining one may first fetch a base for minutes. */
+const HANDOVER_KEEP_MS = 10 * 60_000;
 /** Held-out micro-batches a node evaluates before its first step and when it finishes. */
 export const HELD_OUT_BATCHES = 8;
 /** Held-out micro-batches of the evaluations along the way. */
@@ -76,6 +79,7 @@ export class JobSession {
   private job!: JobSpec;
   private plan!: Plan;
   private pendingPlan?: Plan;
+  private readonly released = new ReleasedGroups(HANDOVER_KEEP_MS);
   private model?: Model;
   /** The job's base checkpoint, when it has one. */
   private base?: NodeBase;
@@ -83,6 +87,8 @@ export class JobSession {
   private averager!: Averager;
   /** The transport to experts other nodes hold; the model runs the ones held here. */
   private experts!: SwarmRemoteExperts;
+  /** The job's memory per part, and whether this node's model keeps only each layer's input (chosen at join). */
+  private memory!: { footprint: Footprint; checkpointing: boolean };
   private heartbeatMs = 1000;
   private stopping = false;
   private done = false;
@@ -92,6 +98,8 @@ export class JobSession {
   private heartbeat?: NodeJS.Timeout;
   private evaluatedBase = false;
   private heartbeating = false;
+  /** A plan rebuilt from a delta did not check out: the next heartbeat asks for the whole plan. */
+  private wantWholePlan = false;
   private readonly options: NodeOptions;
   private readonly rpc: Rpc;
   private readonly coordinator: DialTarget;
@@ -157,11 +165,13 @@ export class JobSession {
       ...expertPrecisions(this.job), log: this.log,
     });
     const hosted = this.hostedExperts(this.plan);
+    this.memory = this.memoryFor(footprint(config, jobFootprintSettings(this.job)), hosted.size);
     if (this.base || this.job.corpusBlob) this.startHeartbeat(); // the fetch may outlast the coordinator's patience
     const text = this.job.corpusBlob ? await this.fetchText() : undefined; // the operator's own text
     const base = this.base ? await this.fetchBase([TRUNK_GROUP, ...hosted.keys()]) : undefined;
     const model = new Model(this.kernels, config, {
       ...jobModelOptions(this.job),
+      checkpointing: this.memory.checkpointing,
       hosts: (layer, expert) => hosted.has(groupId({ kind: 'expert', layer, expert })),
       remote: this.experts,
     }, base);
@@ -172,6 +182,7 @@ export class JobSession {
       ...(this.options.fault ? { fault: this.options.fault } : {}),
     });
     this.trainer = this.createTrainer(model, tokenizer, text);
+    this.reportMemory(hosted.size);
     if (reply.completedBatches > 0) await this.catchUp(model, hosted);
     const servers = { rpc: this.rpc, kernels: this.kernels, experts: model.experts, directory, stats: this.experts.stats };
     await serveExperts(servers, { jobId: this.job.jobId, hidden: config.hiddenSize });
@@ -180,11 +191,46 @@ export class JobSession {
     // coordinator may ask too: it gathers checkpoints of the groups held here.
     const admittedNow = async (peer: string) =>
       peer === this.coordinatorId || directory.admitted(peer) || (await this.beat(), directory.admitted(peer));
-    await serveState(this.rpc, model, admittedNow, this.job.jobId, () => this.step);
+    await serveState(this.rpc, model, this.released, admittedNow, this.job.jobId, () => this.step);
     this.emit({
       event: 'joined', node: this.self, jobId: this.job.jobId, experts: [...hosted], planVersion: this.plan.version,
       gemmGflops: this.volunteer.gemmGflops,
     });
+  }
+
+  /**
+   * Whether this node keeps every layer's activations or checkpoints them for a share of `experts`, decided
+   * from its budget as the planner decides (src/model/footprint.ts); a share that fits neither way is refused.
+   */
+  private memoryFor(fp: Footprint, experts: number): JobSession['memory'] {
+    const { memoryBytes, threads = 1 } = this.options;
+    const checkpointing = checkpointingFor(fp, memoryBytes, experts, threads);
+    if (checkpointing === undefined) {
+      const needed = nodeBytes(fp, experts, true, threads);
+      const why = `${needed} bytes even with gradient checkpointing, more than its memory budget of ${memoryBytes} bytes`;
+      throw new JoinRefusedError(`the plan gives this node ${experts} experts: ${why}`);
+    }
+    return { footprint: fp, checkpointing };
+  }
+
+  /**
+   * The memory this node's model takes once built, against its budget: the heap's live bytes (weights,
+   * optimizer, kernel scratch) plus what comes with the first step and the first calls (activations) and
+   * what averaging keeps off the heap, both as predicted. Reported as a `memory` event; over the budget, logged.
+   */
+  private reportMemory(experts: number): void {
+    const { footprint: fp, checkpointing } = this.memory;
+    const { memoryBytes, threads = 1 } = this.options;
+    const heapBytes = this.kernels.heap.allocatedBytes;
+    const toCome = (checkpointing ? fp.checkpointedActivationBytes : fp.activationBytes) + experts * fp.expertCallBytes
+      + fp.offHeap.trunkBytes + experts * fp.offHeap.expertBytes;
+    const projectedBytes = heapBytes + toCome;
+    const predictedBytes = nodeBytes(fp, experts, checkpointing, threads);
+    this.emit({ event: 'memory', experts, checkpointing, budgetBytes: memoryBytes, predictedBytes, heapBytes, projectedBytes });
+    if (projectedBytes > memoryBytes) {
+      const share = `this node's share (${experts} experts) comes to ${projectedBytes} bytes`;
+      this.log(`memory: built, ${share}, over its budget of ${memoryBytes} (predicted ${predictedBytes})`);
+    }
   }
 
   /**
@@ -267,11 +313,13 @@ export class JobSession {
   private async catchUp(model: Model, hosted: Map<string, ExpertGroup>): Promise<void> {
     const trunk = await this.fetchWhileJoining(() => this.newestPlan().peers.map((p) => p.peerId), TRUNK_GROUP);
     if (trunk) model.params.load(trunk);
+    let copied = 0;
     for (const [group, { layer, expert }] of hosted) {
-      const state = await this.fetchWhileJoining(() => this.holders(layer, expert, this.newestPlan()), group);
+      const state = await this.fetchWhileJoining(() => this.copySources(layer, expert, this.newestPlan(), this.plan), group);
       if (state) model.params.load(new Map([...state].filter(([name]) => model.params.has(name))));
+      if (state) copied++;
     }
-    this.emit({ event: 'caught-up', trunk: trunk !== undefined });
+    this.emit({ event: 'caught-up', trunk: trunk !== undefined, experts: { held: hosted.size, copied } });
   }
 
   /**
@@ -319,11 +367,18 @@ export class JobSession {
   }
 
   private newestPlan(): Plan {
-    return this.pendingPlan && this.pendingPlan.version >= this.plan.version ? this.pendingPlan : this.plan;
+    return this.pendingPlan && this.pendingPlan.version > this.plan.version ? this.pendingPlan : this.plan;
   }
 
   private holders(layer: number, expert: number, plan = this.plan): string[] {
     return plan.experts.find((x) => x.layer === layer && x.expert === expert)?.holders ?? [];
+  }
+
+  /** Where a new replica's state comes from: the expert's holders in `plans`, then the nodes that handed it over. */
+  private copySources(layer: number, expert: number, ...plans: Plan[]): string[] {
+    const entries = plans.map((plan) => plan.experts.find((x) => x.layer === layer && x.expert === expert));
+    const peers = [...entries.flatMap((x) => x?.holders ?? []), ...entries.flatMap((x) => x?.handover ?? [])];
+    return [...new Set(peers)].filter((peer) => peer !== this.self);
   }
 
   private groupHolders(group: string): string[] {
@@ -357,18 +412,20 @@ export class JobSession {
   /** Between steps: give up experts no longer ours, take on new ones from a surviving holder. */
   private async applyPlan(plan: Plan): Promise<void> {
     const model = this.model!;
-    const before = this.hostedExperts(this.plan);
+    const previous = this.plan;
+    const before = this.hostedExperts(previous);
     this.plan = plan;
     const after = this.hostedExperts(plan);
     for (const [group, { layer, expert }] of before) {
       if (after.has(group) || !model.experts.hosts(layer, expert)) continue;
+      this.released.keep(group, groupState(model, group)!);
       this.trainer.optimizer.remove(model.experts.tensorNames(layer, expert));
       this.averager.resetGroup(group);
       model.experts.remove(layer, expert);
     }
     for (const [group, { layer, expert }] of after) {
       if (model.experts.hosts(layer, expert)) continue;
-      const state = await this.fetchFromAny(this.holders(layer, expert).filter((p) => p !== this.self), group, true);
+      const state = await this.fetchFromAny(this.copySources(layer, expert, plan, previous), group, true);
       let base: Map<string, F32Tensor> | undefined;
       try {
         base = this.base ? await this.fetchBase([group]) : undefined;
@@ -382,6 +439,13 @@ export class JobSession {
       this.emit({ event: 'expert-added', layer, expert, copied: state !== undefined });
     }
     this.emit({ event: 'plan', version: plan.version, experts: [...after] });
+    const { footprint: fp, checkpointing } = this.memory;
+    const needed = nodeBytes(fp, after.size, checkpointing, this.options.threads);
+    if (needed > this.options.memoryBytes) {
+      const kept = checkpointing ? 'with gradient checkpointing' : 'with every layer\'s activations (chosen at join)';
+      const share = `plan v${plan.version} gives this node ${after.size} experts, ${needed} bytes ${kept}`;
+      this.log(`memory: ${share}, over its budget of ${this.options.memoryBytes}`);
+    }
   }
 
   /** Reports progress to the coordinator; its reply may carry a newer plan or the end of the job. */
@@ -396,21 +460,38 @@ export class JobSession {
       const reply = await this.volunteer.ask(this.coordinator, 'heartbeat', {
         jobId: this.job.jobId, step: this.trainer ? this.step : 0, ...(this.lastLoss === undefined ? {} : { loss: this.lastLoss }),
         ...(this.lastHeldOut === undefined ? {} : { heldOut: this.lastHeldOut }), rssBytes: process.memoryUsage.rss(),
+        heapBytes: this.kernels.heap.allocatedBytes,
         tokensPerSecond: this.tokensPerSecond, bytesSent: this.traffic.sent, bytesReceived: this.traffic.received,
-        droppedExpertCalls: this.experts.stats.unanswered, planVersion: this.newestPlan().version, ...averaging,
+        droppedExpertCalls: this.experts.stats.unanswered, planVersion: this.wantWholePlan ? 0 : this.newestPlan().version, ...averaging,
         addrs: advertisedAddrs(this.volunteer.host),
       }, { timeout: COORDINATOR_TIMEOUT_MS });
       this.options.onHeartbeat?.();
-      // The same version again carries peers' new addresses (a relay reservation): it replaces the one held.
-      if (reply.plan && reply.plan.version >= this.newestPlan().version) {
-        if (this.signedPlan(this.job.jobId, reply.plan, reply.planSignature)) this.pendingPlan = reply.plan;
-        else this.log(`heartbeat: ignored plan v${reply.plan.version}, not signed by ${this.coordinatorId}`);
+      // Only newer versions: peers' new addresses come as one (the coordinator never changes a version it sent).
+      const plan = this.newerPlan(reply);
+      if (plan && plan.version > this.newestPlan().version) {
+        this.wantWholePlan = !this.signedPlan(this.job.jobId, plan, reply.planSignature);
+        if (!this.wantWholePlan) this.pendingPlan = plan;
+        else this.log(`heartbeat: ignored plan v${plan.version}, not signed by ${this.coordinatorId}`);
       }
       if (reply.stop) this.done = true;
       // Declared dead mid-join: the join under way ends first, and the next heartbeat rejoins.
       if (!reply.accepted && reply.reason === 'rejoin' && this.model) await this.rejoin();
     } catch (err) {
       this.log(`heartbeat: ${(err as Error).message}`);
+    }
+  }
+
+  /** A heartbeat's newer plan: whole, or rebuilt from the delta and the plan it starts from (undefined if we moved on meanwhile). */
+  private newerPlan(reply: HeartbeatReply): Plan | undefined {
+    const delta = reply.planDelta;
+    if (!delta) return reply.plan;
+    const from = [this.pendingPlan, this.plan].find((plan) => plan?.version === delta.from);
+    try {
+      return from && applyPlanDelta(from, delta);
+    } catch (err) {
+      this.log(`heartbeat: plan delta v${delta.from}..v${delta.version}: ${(err as Error).message}`);
+      this.wantWholePlan = true;
+      return undefined;
     }
   }
 
@@ -429,7 +510,7 @@ export class JobSession {
     if (coordinatorVersion > this.newestPlan().version) await this.beat();
     const plan = this.pendingPlan;
     this.pendingPlan = undefined;
-    if (plan && plan.version >= this.plan.version) await this.applyPlan(plan);
+    if (plan && plan.version > this.plan.version) await this.applyPlan(plan);
   }
 
   /** Trains leased micro-batches until the job is done or stop() is called. */

@@ -8,7 +8,7 @@ import type { Model } from '../src/model/model.ts';
 import { serveGroups, type Rpc } from '../src/p2p/index.ts';
 
 /** The tensors of a group held here, or undefined when this node does not hold it. */
-function groupState(model: Pick<Model, 'params' | 'experts' | 'weights'>, group: string): Map<string, F32Tensor> | undefined {
+export function groupState(model: Pick<Model, 'params' | 'experts' | 'weights'>, group: string): Map<string, F32Tensor> | undefined {
   const ref = parseGroupId(group);
   // The trunk's adapters whole: a frozen LoRA A (LoRA-FA) is part of the result too.
   const changes = (name: string) => model.weights.loraShapes.has(name);
@@ -18,9 +18,30 @@ function groupState(model: Pick<Model, 'params' | 'experts' | 'weights'>, group:
   return model.weights.snapshot(model.weights.options.mode === 'full' ? names : names.filter(changes));
 }
 
+/**
+ * The last state of experts this node gave up, served a while longer: a re-plan that moves an expert names this
+ * node in the plan's `handover`, and the new holder copies the state from here, so the move keeps its training
+ * even where this node applies the plan (and drops the expert) first.
+ */
+export class ReleasedGroups {
+  private readonly kept = new Map<string, { state: Map<string, F32Tensor>; until: number }>();
+
+  constructor(private readonly keepMs: number, private readonly now: () => number = Date.now) {}
+
+  keep(group: string, state: Map<string, F32Tensor>): void {
+    this.kept.set(group, { state, until: this.now() + this.keepMs });
+  }
+
+  get(group: string): Map<string, F32Tensor> | undefined {
+    for (const [name, { until }] of this.kept) if (until <= this.now()) this.kept.delete(name);
+    return this.kept.get(group)?.state;
+  }
+}
+
 /** `admitted` may ask the coordinator first: a node that just joined is not in our plan yet. */
 export async function serveState(
-  rpc: Rpc, model: Pick<Model, 'params' | 'experts' | 'weights'>, admitted: (peer: string) => Promise<boolean>, jobId: string, round: () => number,
+  rpc: Rpc, model: Pick<Model, 'params' | 'experts' | 'weights'>, released: ReleasedGroups,
+  admitted: (peer: string) => Promise<boolean>, jobId: string, round: () => number,
 ): Promise<void> {
-  await serveGroups(rpc, { jobId, admitted, round, lookup: (group) => groupState(model, group) });
+  await serveGroups(rpc, { jobId, admitted, round, lookup: (group) => groupState(model, group) ?? released.get(group) });
 }

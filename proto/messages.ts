@@ -174,12 +174,36 @@ export function validateJob(value: unknown, where = 'job'): JobSpec {
 export const PlanSchema = Type.Object({
   /** Bumped on every re-plan, so a stale plan can be told apart. */
   version: Count,
-  experts: Type.Array(Type.Object({ layer: Index, expert: Index, holders: Type.Array(PeerIdText, { maxItems: 256 }) }), { maxItems: 65536 }),
+  experts: Type.Array(Type.Object({
+    layer: Index,
+    expert: Index,
+    holders: Type.Array(PeerIdText, { maxItems: 256 }),
+    /**
+     * Nodes that held the expert in the previous version and gave it up while staying in the swarm: a new
+     * holder copies the state from them (they keep serving it a while), so a move keeps the expert's training.
+     */
+    handover: Type.Optional(Type.Array(PeerIdText, { maxItems: 256 })),
+  }), { maxItems: 65536 }),
   peers: Type.Array(Type.Object({ peerId: PeerIdText, addrs: Type.Array(Type.String({ minLength: 1, maxLength: 256 }), { maxItems: 16 }) }), { maxItems: 4096 }),
   /** Why some expert has fewer holders than the job's replication, when it does. */
   degraded: Type.Optional(Reason),
 });
 export type Plan = Static<typeof PlanSchema>;
+
+/**
+ * What changed from plan version `from` (which the node holds) to `version`: experts whose holders changed, peers added or
+ * whose addresses changed, peers gone, and the new plan's `degraded`. plan.ts's applyPlanDelta rebuilds the whole plan,
+ * which the signature sent with the delta covers. A heartbeat carries this instead of the whole plan (~140 bytes per node).
+ */
+export const PlanDeltaSchema = Type.Object({
+  from: Count,
+  version: Count,
+  experts: PlanSchema.properties.experts,
+  peers: PlanSchema.properties.peers,
+  gone: Type.Array(PeerIdText, { maxItems: 4096 }),
+  degraded: Type.Optional(Reason),
+});
+export type PlanDelta = Static<typeof PlanDeltaSchema>;
 
 /** The coordinator's Ed25519 signature of planSigningBytes(jobId, plan), checked by nodes against its peer id. */
 const PlanSignature = Type.Uint8Array({ maxByteLength: 256 });
@@ -230,6 +254,8 @@ export const HeartbeatSchema = Type.Object({
   heldOut: Type.Optional(Type.Number()),
   /** The node process's resident memory. */
   rssBytes: Type.Optional(Count),
+  /** Bytes live on its kernel heap (weights, optimizer state, activations, scratch): what its memory budget mostly bounds. */
+  heapBytes: Type.Optional(Count),
   /** Bytes of the parameter updates it encoded, and the same updates as plain f32 (their ratio is the compression). */
   updateBytes: Type.Optional(Count),
   updateRawBytes: Type.Optional(Count),
@@ -253,8 +279,11 @@ export type Heartbeat = Static<typeof HeartbeatSchema>;
 export const HeartbeatReplySchema = Type.Object({
   accepted: Type.Boolean(),
   reason: Type.Optional(Reason),
+  /** A newer plan than the heartbeat's planVersion, whole (when the coordinator no longer has the node's version)... */
   plan: Type.Optional(PlanSchema),
-  /** Present with `plan`. */
+  /** ...or as the changes from the node's version. */
+  planDelta: Type.Optional(PlanDeltaSchema),
+  /** Present with `plan` or `planDelta`: the signature of the whole new plan. */
   planSignature: Type.Optional(PlanSignature),
   /** The job is over (or the node was removed): stop training and leave. */
   stop: Type.Boolean(),

@@ -67,7 +67,13 @@ function dockerignored(path: string, patterns: string[]): boolean {
   const parts = posix.normalize(path).replace(/\/$/, '').split('/');
   return patterns.some((pattern) => {
     const glob = pattern.replace(/^\//, '').replace(/\/$/, '');
-    const regex = new RegExp(`^${glob.replace(/[.+^$()|[\]{}]/g, '\\$&').replace(/\*\*/g, '\u0000').replace(/\*/g, '[^/]*').replace(/\?/g, '[^/]').replace(/\u0000/g, '.*')}$`);
+    const regexSource = glob
+      .replace(/[.+^$()|[\]{}]/g, '\\$&')
+      .replace(/\*\*/g, '\u0000')
+      .replace(/\*/g, '[^/]*')
+      .replace(/\?/g, '[^/]')
+      .replace(/\u0000/g, '.*');
+    const regex = new RegExp(`^${regexSource}$`);
     // Leaving out a folder leaves out everything in it.
     return parts.some((_, i) => regex.test(parts.slice(0, i + 1).join('/')));
   });
@@ -92,7 +98,9 @@ const variablesRead = (script: string) => new Set([...script.matchAll(/\$\{?(SWA
 
 /** Runs an entry script with only PATH and HOME from this process, plus `env`. */
 function runScript(path: string, env: Record<string, string>, args: string[] = []) {
-  const result = spawnSync(join(root, path), args, { env: { PATH: process.env.PATH, HOME: process.env.HOME, ...env }, encoding: 'utf8', timeout: 60_000 });
+  const result = spawnSync(join(root, path), args, {
+    env: { PATH: process.env.PATH, HOME: process.env.HOME, ...env }, encoding: 'utf8', timeout: 60_000,
+  });
   return { status: result.status, stdout: result.stdout, stderr: result.stderr };
 }
 
@@ -110,8 +118,10 @@ const ignorePatterns = read('.dockerignore').split('\n').map((l) => l.trim()).fi
 const fromBuildStage = (): string[] =>
   copiesOf(runtime).filter((c) => c.from === 'build').flatMap((c) => c.sources.map((s) => repoPath(s, build!.workdir)));
 /** Whether the runtime gets `path` of the build stage: it copies that path or a folder holding it. */
-const runtimeGets = (path: string): boolean => fromBuildStage().some((copied) => copied === '' || path === copied || path.startsWith(`${copied}/`));
-const entrypointOf = (stage: Stage): string[] => JSON.parse(stage.instructions.findLast((i) => i.keyword === 'ENTRYPOINT')!.args) as string[];
+const runtimeGets = (path: string): boolean =>
+  fromBuildStage().some((copied) => copied === '' || path === copied || path.startsWith(`${copied}/`));
+const entrypointOf = (stage: Stage): string[] =>
+  JSON.parse(stage.instructions.findLast((i) => i.keyword === 'ENTRYPOINT')!.args) as string[];
 
 describe('Dockerfile', () => {
   it('copies from the build context only paths that exist and that .dockerignore keeps', () => {
@@ -332,7 +342,8 @@ function composeConfig(profiles: string[], overrides: string[] = []): ComposeCon
   rmSync(dir, { recursive: true });
   expect(config.stderr, `docker-compose ${args.join(' ')}`).toBe('');
   expect(config.status).toBe(0);
-  const json = spawnSync('python3', ['-c', 'import json, sys, yaml; json.dump(yaml.safe_load(sys.stdin), sys.stdout)'], { input: config.stdout, encoding: 'utf8' });
+  const yamlToJson = 'import json, sys, yaml; json.dump(yaml.safe_load(sys.stdin), sys.stdout)';
+  const json = spawnSync('python3', ['-c', yamlToJson], { input: config.stdout, encoding: 'utf8' });
   expect(json.status, json.stderr).toBe(0);
   return JSON.parse(json.stdout) as ComposeConfig;
 }
@@ -382,18 +393,21 @@ describe('docker-compose.yml', () => {
     expect(host.services.coordinator.network_mode).toBeUndefined();
   });
 
-  it('the coordinator runs the service by default, publishing its swarm port and HTTP API; the demo job it can serve instead is valid', () => {
-    const coordinator = withProfile!.services.coordinator;
-    const env = coordinator.environment!;
-    expect(env.SWARMTRAIN_JOB).toBe('');
-    const job = validateJob(JSON.parse(read('coordinator/jobs/demo.json')));
-    createConfig(job.model as Partial<ModelConfig>); // throws on an inconsistent model
-    // Given neither SWARMTRAIN_VOCAB nor a tokenizer, the coordinator trains one of the model's vocabSize.
-    if (env.SWARMTRAIN_VOCAB === '' && env.SWARMTRAIN_TOKENIZER === '') expect(job.model.vocabSize).toBeGreaterThan(0);
-    const port = Number(/\/tcp\/(\d+)$/.exec(env.SWARMTRAIN_LISTEN)?.[1]);
-    expect(coordinator.ports?.map((p) => portMapping(p).target)).toEqual([port, 8080]);
-    // The entry script serves the API on 8080 inside the container, and the data in the volume at /data.
-    expect(read('coordinator/docker-entry.sh')).toMatch(/--data \/data --http 0\.0\.0\.0:8080/);
-    expect(JSON.stringify(coordinator.volumes)).toMatch(/coordinator-data:\/data/);
-  });
+  it(
+    'the coordinator runs the service by default, publishing its swarm port and HTTP API; the demo job it can serve instead is valid',
+    () => {
+      const coordinator = withProfile!.services.coordinator;
+      const env = coordinator.environment!;
+      expect(env.SWARMTRAIN_JOB).toBe('');
+      const job = validateJob(JSON.parse(read('coordinator/jobs/demo.json')));
+      createConfig(job.model as Partial<ModelConfig>); // throws on an inconsistent model
+      // Given neither SWARMTRAIN_VOCAB nor a tokenizer, the coordinator trains one of the model's vocabSize.
+      if (env.SWARMTRAIN_VOCAB === '' && env.SWARMTRAIN_TOKENIZER === '') expect(job.model.vocabSize).toBeGreaterThan(0);
+      const port = Number(/\/tcp\/(\d+)$/.exec(env.SWARMTRAIN_LISTEN)?.[1]);
+      expect(coordinator.ports?.map((p) => portMapping(p).target)).toEqual([port, 8080]);
+      // The entry script serves the API on 8080 inside the container, and the data in the volume at /data.
+      expect(read('coordinator/docker-entry.sh')).toMatch(/--data \/data --http 0\.0\.0\.0:8080/);
+      expect(JSON.stringify(coordinator.volumes)).toMatch(/coordinator-data:\/data/);
+    },
+  );
 });

@@ -76,6 +76,8 @@ export const NodeViewSchema = Type.Object({
   gemmGflops: Type.Number(),
   memoryBytes: Bytes,
   memoryUsedBytes: Type.Optional(Bytes),
+  heapUsedBytes: Type.Optional(Bytes),
+  checkpointing: Type.Optional(Type.Literal(true)),
   addrs: Type.Array(Type.String()),
   jobId: Type.Optional(Type.String()),
   experts: Type.Array(ExpertCell),

@@ -70,6 +70,10 @@ export interface NodeView {
   memoryBytes: number;
   /** Resident memory of the node's process, as it last reported. */
   memoryUsedBytes?: number;
+  /** Bytes live on its kernel heap (weights, optimizer state, activations), as it last reported. */
+  heapUsedBytes?: number;
+  /** Present when its share of the job fits its budget only with gradient checkpointing, which it then runs. */
+  checkpointing?: true;
   addrs: string[];
   /** The job it trains, when it does. */
   jobId?: string;

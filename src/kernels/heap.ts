@@ -90,7 +90,10 @@ export class KernelHeap {
     return view.byteOffset;
   }
 
-  private view<T extends HeapView>(type: { new (buffer: ArrayBufferLike, offset: number, length: number): T; BYTES_PER_ELEMENT: number }, length: number): T {
+  private view<T extends HeapView>(
+    type: { new (buffer: ArrayBufferLike, offset: number, length: number): T; BYTES_PER_ELEMENT: number },
+    length: number,
+  ): T {
     const ptr = this.allocBytes(length * type.BYTES_PER_ELEMENT); // may grow: take the buffer after
     const buffer = this.memory.buffer; // a shared memory may hand out a new object per read
     this.buffers.add(buffer);

@@ -324,7 +324,9 @@ export class Ops {
     const what = 'softmaxBackward';
     checkDims(what, { rows, n });
     const { heap } = this.rt;
-    const args = [heapPtr(heap, what, 'y', y, rows * n), heapPtr(heap, what, 'dy', dy, rows * n), heapPtr(heap, what, 'dx', dx, rows * n), n];
+    const args = [
+      heapPtr(heap, what, 'y', y, rows * n), heapPtr(heap, what, 'dy', dy, rows * n), heapPtr(heap, what, 'dx', dx, rows * n), n,
+    ];
     this.rt.parallel('softmax_bwd', args, rows, 1, rows * n < PARALLEL_MIN_ELEMENTS);
   }
 
@@ -334,7 +336,10 @@ export class Ops {
     this.checkStride(what, rows, cols, stride);
     const { heap } = this.rt;
     const span = stridedLength(rows, cols, stride);
-    const args = [heapPtr(heap, what, 'gate', gate, span), heapPtr(heap, what, 'up', up, span), heapPtr(heap, what, 'h', h, rows * cols), cols, stride];
+    const args = [
+      heapPtr(heap, what, 'gate', gate, span), heapPtr(heap, what, 'up', up, span),
+      heapPtr(heap, what, 'h', h, rows * cols), cols, stride,
+    ];
     this.rt.parallel('swiglu_fwd', args, rows, 1, rows * cols < PARALLEL_MIN_ELEMENTS);
   }
 
@@ -375,7 +380,8 @@ export class Ops {
     const pdv = heapPtr(heap, what, 'dv', dv, kvSize);
     const serial = tokens * tokens * headDim * heads < PARALLEL_MIN_ATTENTION_MACS;
     if (heads === kvHeads) {
-      this.rt.parallel('attention_bwd', [q, k, v, out, pdOut, lse, pdq, pdk, pdv, tokens, heads, kvHeads, headDim, scale], heads, 1, serial);
+      this.rt.parallel('attention_bwd', [q, k, v, out, pdOut, lse, pdq, pdk, pdv, tokens, heads, kvHeads, headDim, scale],
+        heads, 1, serial);
       return;
     }
     // Grouped heads share dk/dv: each head writes its share, then one pass sums each group in order.
@@ -384,7 +390,8 @@ export class Ops {
       this.kvShares = heap.f32(2 * qSize);
     }
     const dkShares = this.kvShares.byteOffset, dvShares = dkShares + qSize * 4;
-    this.rt.parallel('attention_bwd', [q, k, v, out, pdOut, lse, pdq, dkShares, dvShares, tokens, heads, kvHeads, headDim, scale], heads, 1, serial);
+    this.rt.parallel('attention_bwd', [q, k, v, out, pdOut, lse, pdq, dkShares, dvShares, tokens, heads, kvHeads, headDim, scale],
+      heads, 1, serial);
     const reduceSerial = qSize < PARALLEL_MIN_ELEMENTS;
     this.rt.parallel('attention_reduce_kv', [dkShares, pdk, heads, kvHeads, headDim], tokens, 1, reduceSerial);
     this.rt.parallel('attention_reduce_kv', [dvShares, pdv, heads, kvHeads, headDim], tokens, 1, reduceSerial);
@@ -399,7 +406,9 @@ export class Ops {
     const pl = heapPtr(heap, what, 'logits', logits, rows * vocab);
     const pt = heapPtr(heap, what, 'targets', targets, rows);
     for (let r = 0; r < rows; r++) {
-      if (targets[r] >= vocab) throw new RangeError(`${what}: targets[${r}] = ${targets[r]} is not below vocab ${vocab} (negative targets are ignored)`);
+      if (targets[r] >= vocab) {
+        throw new RangeError(`${what}: targets[${r}] = ${targets[r]} is not below vocab ${vocab} (negative targets are ignored)`);
+      }
     }
     const pd = dLogits ? heapPtr(heap, what, 'dLogits', dLogits, rows * vocab) : 0;
     const args = [pl, pt, heapPtr(heap, what, 'losses', losses, rows), pd, vocab, scale];
@@ -412,7 +421,10 @@ export class Ops {
     checkDims(what, { rows, n, k });
     if (k < 1 || k > n) throw new RangeError(`${what}: k must be from 1 to n = ${n}, got ${k}`);
     const { heap } = this.rt;
-    const args = [heapPtr(heap, what, 'x', x, rows * n), n, k, heapPtr(heap, what, 'indices', indices, rows * k), heapPtr(heap, what, 'values', values, rows * k)];
+    const args = [
+      heapPtr(heap, what, 'x', x, rows * n), n, k,
+      heapPtr(heap, what, 'indices', indices, rows * k), heapPtr(heap, what, 'values', values, rows * k),
+    ];
     this.rt.parallel('topk_fwd', args, rows, 1, rows * n < PARALLEL_MIN_ELEMENTS);
   }
 
@@ -555,7 +567,9 @@ export class Ops {
     const what = 'rowDots';
     checkDims(what, { rows, cols });
     const { heap } = this.rt;
-    const args = [heapPtr(heap, what, 'a', a, rows * cols), heapPtr(heap, what, 'b', b, rows * cols), heapPtr(heap, what, 'out', out, rows), cols];
+    const args = [
+      heapPtr(heap, what, 'a', a, rows * cols), heapPtr(heap, what, 'b', b, rows * cols), heapPtr(heap, what, 'out', out, rows), cols,
+    ];
     this.rt.parallel('row_dots', args, rows, 1, rows * cols < PARALLEL_MIN_ELEMENTS);
   }
 
@@ -600,12 +614,15 @@ export class Ops {
   private checkAttention(what: string, args: AttentionArgs, backward: boolean): number {
     const { tokens, heads, kvHeads, headDim, scale = 1 / Math.sqrt(headDim) } = args;
     checkDims(what, { tokens, heads, kvHeads, headDim });
-    if (kvHeads === 0 || heads % kvHeads !== 0) throw new RangeError(`${what}: heads (${heads}) must be a positive multiple of kvHeads (${kvHeads})`);
+    if (kvHeads === 0 || heads % kvHeads !== 0) {
+      throw new RangeError(`${what}: heads (${heads}) must be a positive multiple of kvHeads (${kvHeads})`);
+    }
     if (headDim === 0 || headDim % 8 !== 0) throw new RangeError(`${what}: headDim must be a positive multiple of 8, got ${headDim}`);
     if (!Number.isFinite(scale)) throw new RangeError(`${what}: scale must be finite, got ${scale}`);
     const need = this.rt.fn('attention_scratch_need')(tokens, headDim, +backward);
     if (need > SCRATCH_BYTES) {
-      throw new RangeError(`${what}: ${tokens} tokens at headDim ${headDim} need ${need} bytes of scratch per thread, more than ${SCRATCH_BYTES}; use shorter sequences`);
+      throw new RangeError(`${what}: ${tokens} tokens at headDim ${headDim} need ${need} bytes of scratch per thread, ` +
+        `more than ${SCRATCH_BYTES}; use shorter sequences`);
     }
     return scale;
   }
@@ -613,7 +630,9 @@ export class Ops {
   private attentionPointers(what: string, { q, k, v, out, lse, tokens, heads, kvHeads, headDim }: AttentionArgs): number[] {
     const { heap } = this.rt;
     const qSize = tokens * heads * headDim, kvSize = tokens * kvHeads * headDim;
-    const views: [string, HeapView, number][] = [['q', q, qSize], ['k', k, kvSize], ['v', v, kvSize], ['out', out, qSize], ['lse', lse, heads * tokens]];
+    const views: [string, HeapView, number][] = [
+      ['q', q, qSize], ['k', k, kvSize], ['v', v, kvSize], ['out', out, qSize], ['lse', lse, heads * tokens],
+    ];
     return views.map(([name, view, need]) => heapPtr(heap, what, name, view, need));
   }
 }

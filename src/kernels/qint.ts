@@ -16,7 +16,7 @@ const QINT_ROWS = 4;
  * int16 plus a scale per 32). A training step's largest, 2048×256 and 256×4096, take 1.1 and
  * 2.2 MiB; larger products go in row chunks.
  */
-const PACKED_X_MAX_BYTES = 4 << 20;
+export const PACKED_X_MAX_BYTES = 4 << 20;
 
 export interface QIntOptions {
   /** Add the product into the output instead of overwriting it: y = y + P. */

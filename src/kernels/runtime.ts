@@ -29,6 +29,8 @@ export interface KernelInfo {
 
 /** Scratch each thread owns for packing panels and quantizing activations. */
 export const SCRATCH_BYTES = 4 << 20;
+/** The kernel heap is one wasm32 memory: 65536 pages of 64 KiB at most, whatever the machine has. */
+export const MAX_HEAP_BYTES = 2 ** 32;
 const SLOTS = 16; // control Int32 slots per worker (one 64-byte line)
 const MAX_ARGS = 24;
 const SPINS = 20_000; // polls before a waiting thread sleeps: keeps back-to-back kernels cheap
@@ -111,7 +113,7 @@ export class KernelRuntime {
     const module = relaxed ?? (await compileBuild('simd'));
     if (!module) throw new Error('kernels: this engine does not support WebAssembly SIMD');
 
-    const memory = new WebAssembly.Memory({ initial: 16, maximum: 65536, shared: true });
+    const memory = new WebAssembly.Memory({ initial: 16, maximum: MAX_HEAP_BYTES / 65536, shared: true });
     const instance = await WebAssembly.instantiate(module, {
       env: { memory, abort: () => { throw new Error('kernel abort'); } },
     });

@@ -57,11 +57,18 @@ export class ExpertSlab {
   /** Room for `rows` routed rows per forward (call between forwards). */
   reserve(rows: number): void {
     if (rows <= this.capacity) return;
+    this.release();
     const { heap } = this.kernels;
-    for (const view of [this.g, this.u]) if (view) heap.release(view);
     const length = rows * this.hidden;
     [this.g, this.u] = this.storage === 'f32' ? [heap.f32(length), heap.f32(length)] : [heap.u16(length), heap.u16(length)];
     this.capacity = rows;
+  }
+
+  /** Frees the buffers; a later reserve() or claim() allocates again. */
+  release(): void {
+    for (const view of [this.g, this.u]) if (view) this.kernels.heap.release(view);
+    this.g = this.u = undefined;
+    this.capacity = 0;
   }
 
   /** A new forward: the regions of the previous one are given out again. */
@@ -105,6 +112,11 @@ export class ExpertCache {
     this.claim = this.slab.claim(rows);
     if (this.slab.storage === 'bf16') return scratch.gu(rows * this.slab.hidden);
     return this.slab.views(this.claim) as { g: Float32Array; u: Float32Array };
+  }
+
+  /** Frees the slab when it is this expert's own (a layer's slab outlives its experts). */
+  release(): void {
+    if (this.ownsSlab) this.slab.release();
   }
 
   /** Keeps the forward's gate·x and up·x (nothing to do for f32: they were written in place). */
@@ -189,6 +201,12 @@ export class SwigluExpert {
     this.kernels.ops.swiglu({ gate: g, up: u, h, rows, cols: this.hidden });
     this.cache.keep(g, u, rows);
     this.down.forward(h, y, rows);
+  }
+
+  /** Frees what the expert keeps between calls (its own activations, its LoRA linears' x·Aᵀ); not for use afterwards. */
+  release(): void {
+    this.cache.release();
+    for (const linear of [this.gate, this.up, this.down]) linear.release?.();
   }
 
   backward(x: Float32Array, dy: Float32Array, dx: Float32Array, rows: number): void {

@@ -100,8 +100,11 @@ export class HostedExperts implements ExpertCompute {
   /** Gives up an expert held here; returns the names of the parameters released. */
   remove(layer: number, expert: number): string[] {
     if (!this.hosts(layer, expert)) throw new Error(`model: expert ${layer}.${expert} is not held here`);
+    this.local[layer][expert]!.release();
     this.local[layer][expert] = undefined;
-    this.servingReplicas.delete(`${layer}.${expert}`);
+    const key = `${layer}.${expert}`;
+    this.servingReplicas.get(key)?.release();
+    this.servingReplicas.delete(key);
     const names = this.tensorNames(layer, expert);
     this.weights.remove(names);
     return names;

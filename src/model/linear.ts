@@ -18,6 +18,8 @@ export interface Linear {
    * the trainable parameters, from the forward's input x.
    */
   backward(x: Float32Array, dy: Float32Array, dx: Float32Array | undefined, rows: number, accumulateDx?: boolean): void;
+  /** Frees what it keeps between calls (a LoRA linear's x·Aᵀ); it may not be called afterwards. */
+  release?(): void;
 }
 
 function addBias(kernels: Kernels, bias: Param | undefined, y: Float32Array, rows: number, out: number): void {
@@ -104,6 +106,12 @@ export class GrowableBuffer {
     }
     return this.view;
   }
+
+  /** Frees the buffer (a later rows() allocates again). */
+  release(): void {
+    if (this.view) this.kernels.heap.release(this.view);
+    this.view = undefined;
+  }
 }
 
 /**
@@ -189,5 +197,9 @@ export class LoraLinear implements Linear {
     // A frozen (LoRA-FA) has no gradient to accumulate.
     if (this.a.grad) gemm.gemm({ a: dxa, b: x, c: this.a.grad, m: r, n: this.inDim, k: rows, transA: true, accumulate: true });
     if (dx) gemm.gemm({ a: dxa, b: this.a.value, c: dx, m: rows, n: this.inDim, k: r, accumulate: true });
+  }
+
+  release(): void {
+    this.xa.release();
   }
 }

@@ -46,7 +46,7 @@ export interface StepLoss {
  * chunk right after its loss, so the full [rows, vocab] logits never exist (32 MiB at 2048
  * tokens × 4096 vocab).
  */
-const HEAD_CHUNK = 256;
+export const HEAD_CHUNK = 256;
 
 /** How a block's attention runs: over whole sequences (training, evaluation) or against a KV cache (generation). */
 type Attend = (attention: Attention, x: Float32Array, y: Float32Array, layer: number) => void;

@@ -1,7 +1,7 @@
 // Which of a peer's addresses another peer can use. Loopback and private (RFC 1918, CGNAT, link-local,
 // reserved) addresses only work from the same machine or network: the coordinator hands them only to
 // peers that share it, judged by where it sees each peer connect from. Public ones go to all; a relayed
-// address goes where its relay's address does.
+// address goes where its relay's address does. Receivers that get the same addresses of everyone share a view.
 import { isLoopback, isPrivate } from '@libp2p/utils';
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr';
 
@@ -43,4 +43,26 @@ export function usableAddresses(addrs: readonly string[], from: { owner?: string
     const scope = addressScope(addr);
     return scope === 'public' || (scope === 'private' && sameNetwork);
   });
+}
+
+/**
+ * A group of receivers to whom usableAddresses gives the same addresses of every owner: `key` names it,
+ * `receiver` is the IP of any one of them. With lan, everyone; receivers behind private IPs; receivers
+ * behind one loopback or shared public IP (one machine, one NAT); and those alone on their public IP or
+ * seen only over a relay, who get public addresses only (their own too: a node never dials itself).
+ */
+export interface AddressView {
+  key: string;
+  receiver?: string;
+}
+
+const PUBLIC_VIEW: AddressView = { key: 'public' };
+
+/** The view of a receiver connecting from `receiver` (undefined: over a relay); `shared`: another node connects from there too. */
+export function addressView(receiver: string | undefined, { lan = false, shared }: { lan?: boolean; shared: boolean }): AddressView {
+  if (lan) return { key: 'lan' };
+  if (receiver === undefined) return PUBLIC_VIEW;
+  const scope = ipScope(receiver);
+  if (scope === 'private') return { key: 'private', receiver };
+  return scope === 'public' && !shared ? PUBLIC_VIEW : { key: receiver, receiver };
 }

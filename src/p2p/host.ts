@@ -45,6 +45,8 @@ export interface HostOptions {
   keyFile?: string;
   /** The identity key itself (see identityKey), for a caller that also signs with it. */
   privateKey?: PrivateKey;
+  /** libp2p's connection limits, when its defaults (300 connections, 5 new ones a second per address) are too few. */
+  connectionManager?: Libp2pInit['connectionManager'];
   /** Transports to use instead of TCP (a test can wrap TCP to add latency or faults). */
   transports?: Libp2pInit['transports'];
   connectionGater?: ConnectionGater;
@@ -67,6 +69,18 @@ export interface HostOptions {
 
 export const DEFAULT_LISTEN = ['/ip4/127.0.0.1/tcp/0'];
 
+/**
+ * libp2p pings every connection every 10 s and aborts it when a ping takes longer than its timeout (5 s at
+ * least). A ping's bytes queue behind what other streams already wrote, and yamux lets each stream write
+ * up to its window ahead of the receiver (16 MiB by default): on a slow link one large message then held
+ * pings back for seconds and the whole connection was cut mid-transfer (seen through a relay at 20 Mbit/s,
+ * which halves the rate: 4 MiB and more; 8 MiB direct). Capping the window bounds the queue to 1 MiB per
+ * busy stream (a stream still moves 1 MiB per round trip: 10 MiB/s at 100 ms), and the longer minimum
+ * lets a dozen of them be busy on a 5 Mbit/s link; a dead connection is still found within half a minute.
+ */
+const MAX_STREAM_WINDOW_BYTES = 1024 * 1024;
+const MIN_PING_TIMEOUT_MS = 20_000;
+
 /** Creates and starts a host. */
 export async function createHost(options: HostOptions = {}): Promise<Host> {
   const privateKey = options.privateKey ?? await identityKey(options.keyFile);
@@ -81,8 +95,10 @@ export async function createHost(options: HostOptions = {}): Promise<Host> {
     addresses: { listen, appendAnnounce: [...(options.announce ?? []), ...listen.filter(isConcrete)] },
     transports: relayClient ? [...transports, circuitRelayTransport()] : transports,
     connectionEncrypters: [noise()],
-    streamMuxers: [yamux()],
+    streamMuxers: [yamux({ streamOptions: { maxStreamWindowSize: MAX_STREAM_WINDOW_BYTES } })],
     connectionGater: gater,
+    ...(options.connectionManager ? { connectionManager: options.connectionManager } : {}),
+    connectionMonitor: { pingTimeout: { minTimeout: MIN_PING_TIMEOUT_MS } },
     services: {
       identify: identify(),
       ping: ping(),

@@ -36,7 +36,10 @@ export function tokenizeCorpus(tokenizer: Tokenizer, corpus: Pick<Corpus, 'docum
 
 function endOfText(tokenizer: Tokenizer): number {
   const eot = tokenizer.endOfText;
-  if (eot === undefined) throw new Error('tokenizeCorpus: the tokenizer has no <|endoftext|> token (nor </s> or another family\'s end-of-text) to separate documents');
+  if (eot === undefined) {
+    throw new Error('tokenizeCorpus: the tokenizer has no <|endoftext|> token ' +
+      '(nor </s> or another family\'s end-of-text) to separate documents');
+  }
   return eot;
 }
 
@@ -80,11 +83,15 @@ type TokenRange = [number, number];
 /** splitCorpus's split as token ranges, from the document bounds and the token count alone. */
 function splitRanges(docStarts: Int32Array, total: number, options: SplitOptions): { train: TokenRange[]; heldOut: TokenRange[] } {
   const { by, heldOutFraction, chunkTokens = 4096, seed = 0 } = options;
-  if (!(heldOutFraction >= 0 && heldOutFraction < 1)) throw new RangeError(`splitCorpus: heldOutFraction must be in [0, 1), got ${heldOutFraction}`);
+  if (!(heldOutFraction >= 0 && heldOutFraction < 1)) {
+    throw new RangeError(`splitCorpus: heldOutFraction must be in [0, 1), got ${heldOutFraction}`);
+  }
   let bounds: Int32Array;
   if (by === 'documents') bounds = docStarts;
   else if (by === 'chunks') {
-    if (!Number.isInteger(chunkTokens) || chunkTokens < 1) throw new RangeError(`splitCorpus: chunkTokens must be a positive integer, got ${chunkTokens}`);
+    if (!Number.isInteger(chunkTokens) || chunkTokens < 1) {
+      throw new RangeError(`splitCorpus: chunkTokens must be a positive integer, got ${chunkTokens}`);
+    }
     bounds = Int32Array.from({ length: Math.ceil(total / chunkTokens) + 1 }, (_, i) => Math.min(i * chunkTokens, total));
   } else throw new Error(`splitCorpus: by must be 'documents' or 'chunks', got ${JSON.stringify(by)}`);
   const units = bounds.length - 1;
@@ -167,7 +174,9 @@ export class BatchLoader {
 
   /** Tokens of window w (a view of seqLen + 1 tokens). */
   window(w: number): Int32Array {
-    if (!Number.isInteger(w) || w < 0 || w >= this.windowCount) throw new RangeError(`BatchLoader: window ${w} outside [0, ${this.windowCount})`);
+    if (!Number.isInteger(w) || w < 0 || w >= this.windowCount) {
+      throw new RangeError(`BatchLoader: window ${w} outside [0, ${this.windowCount})`);
+    }
     const start = this.windowStart[w];
     return this.segments[this.windowSegment[w]].subarray(start, start + this.seqLen + 1);
   }
@@ -176,7 +185,9 @@ export class BatchLoader {
   order(epoch: number): Int32Array {
     checkDims('BatchLoader.order', { epoch });
     if (this.cachedOrder?.epoch !== epoch) {
-      const order = this.shuffle ? permutation(this.windowCount, this.seed, epoch) : Int32Array.from({ length: this.windowCount }, (_, i) => i);
+      const order = this.shuffle
+        ? permutation(this.windowCount, this.seed, epoch)
+        : Int32Array.from({ length: this.windowCount }, (_, i) => i);
       this.cachedOrder = { epoch, order };
     }
     return this.cachedOrder.order;
@@ -201,7 +212,9 @@ export class BatchLoader {
 
 function checkLoaderOptions(batchSize: number, seqLen: number, seed: number): void {
   checkDims('BatchLoader', { batchSize, seqLen, seed });
-  if (batchSize < 1 || seqLen < 1) throw new RangeError(`BatchLoader: batchSize and seqLen must be at least 1, got ${batchSize} and ${seqLen}`);
+  if (batchSize < 1 || seqLen < 1) {
+    throw new RangeError(`BatchLoader: batchSize and seqLen must be at least 1, got ${batchSize} and ${seqLen}`);
+  }
 }
 
 /** Windows of segments of these token counts, as BatchLoader tiles them; throws when there is none. */
@@ -223,7 +236,9 @@ export function targetBytes(tokenizer: Tokenizer, batch: MicroBatch): number {
 
 /** Bits per byte from a mean loss in nats per token over `tokens` targets standing for `bytes` bytes of text. */
 export function bitsPerByte(lossNatsPerToken: number, tokens: number, bytes: number): number {
-  if (!Number.isFinite(lossNatsPerToken) || lossNatsPerToken < 0) throw new RangeError(`bitsPerByte: loss must be finite and non-negative, got ${lossNatsPerToken}`);
+  if (!Number.isFinite(lossNatsPerToken) || lossNatsPerToken < 0) {
+    throw new RangeError(`bitsPerByte: loss must be finite and non-negative, got ${lossNatsPerToken}`);
+  }
   if (!(tokens > 0) || !(bytes > 0)) throw new RangeError(`bitsPerByte: tokens and bytes must be positive, got ${tokens} and ${bytes}`);
   return (lossNatsPerToken * tokens) / bytes / Math.LN2;
 }

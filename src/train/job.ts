@@ -3,6 +3,7 @@
 // tokenizer, so a batch index names the same tokens everywhere.
 import { JobError, type JobSpec } from '../../proto/index.ts';
 import { createConfig, type ModelConfig } from '../model/config.ts';
+import type { FootprintSettings } from '../model/footprint.ts';
 import type { ModelOptions } from '../model/model.ts';
 import { CORPUS_NAMES, loadCorpus, type CorpusName } from './corpus.ts';
 import { corpusLoaders, trainBatchesPerEpoch, type CorpusLoaderOptions, type CorpusLoaders } from './data.ts';
@@ -51,6 +52,11 @@ export function jobModelOptions(spec: JobSpec): ModelOptions {
     ...(spec.activations ? { activationStorage: spec.activations } : {}),
     seed: spec.seed,
   };
+}
+
+/** What a node's memory for the job depends on (src/model/footprint.ts): its precision, micro-batch and averaging. */
+export function jobFootprintSettings(spec: JobSpec): FootprintSettings {
+  return { ...jobModelOptions(spec), batchSize: spec.batchSize, seqLen: spec.seqLen, averaging: spec.averaging.mode };
 }
 
 /** A job's own text, decoded from its corpus blob (the blob's sha256 names it). */

@@ -1,10 +1,12 @@
 import { describe, expect, it } from 'vitest';
-import { footprint, type Precision } from '../../coordinator/footprint.ts';
+import { footprint, heapBytes, nodeBytes, type Precision } from '../../src/model/footprint.ts';
 import { planShards, ShardPlanner, type PlannerNode, type PlannerOptions, type ShardPlan } from '../../coordinator/planner.ts';
 import { createConfig, DEMO_CONFIG } from '../../src/model/config.ts';
 import { rng } from '../helpers.ts';
 
 const FULL: Precision = { mode: 'full' };
+/** LoRA on a q4 base on the integer path with bf16 activations: the leanest setting. */
+const LORA_Q4: Precision = { mode: 'lora', lora: { rank: 8, alpha: 16 }, baseFormat: 'q4', basePath: 'int', activationStorage: 'bf16' };
 const config = DEMO_CONFIG; // 4 layers × 8 experts
 const GROUPS = config.numLayers * config.numExperts;
 const { trunkBytes, expertBytes } = footprint(config, FULL);
@@ -39,36 +41,6 @@ function checkPlan(plan: ShardPlan, nodes: PlannerNode[], replication: number, g
   }
   expect(plan.degraded?.underReplicated.map((u) => `${u.layer}.${u.expert}:${u.replicas}`) ?? []).toEqual(under);
 }
-
-describe('footprint', () => {
-  const { hiddenSize: H, vocabSize: V, expertHiddenSize: F, numLayers: L, numHeads, numKvHeads, headDim: D, numExperts: E } = config;
-  const attention = H * numHeads * D * 2 + 2 * H * numKvHeads * D;
-  const trunkValues = 2 * V * H + H + L * (2 * H + attention + E * H);
-
-  it('full mode: 24 bytes per value (value, grad, m, v, averaging base, error feedback)', () => {
-    expect(footprint(config, FULL)).toEqual({ trunkBytes: trunkValues * 24, expertBytes: 3 * F * H * 24 });
-  });
-
-  it('lora with a q8 or q4 base: quantized experts and head, fp32 norms/embedding/router, trainable adapters', () => {
-    const r = 8;
-    const attentionLora = r * ((H + numHeads * D) * 2 + 2 * (H + numKvHeads * D));
-    const quantizedTrunk = L * attention + V * H;
-    const f32Trunk = trunkValues - quantizedTrunk;
-    for (const [format, perValue] of [['q8', 1.125], ['q4', 0.625]] as const) {
-      const fp = footprint(config, { mode: 'lora', lora: { rank: r, alpha: 16 }, baseFormat: format });
-      expect(fp.expertBytes).toBe(3 * F * H * perValue + 3 * r * (F + H) * 24);
-      expect(fp.trunkBytes).toBe(f32Trunk * 4 + quantizedTrunk * perValue + L * attentionLora * 24);
-    }
-    // A vocabulary that is not whole 32-blocks keeps the head in f32.
-    const odd = createConfig({ vocabSize: V + 1 });
-    const q8 = (c: typeof config) => footprint(c, { mode: 'lora', lora: { rank: r, alpha: 16 }, baseFormat: 'q8' }).trunkBytes;
-    expect(q8(odd) - q8(config)).toBe(4 * H + (V + 1) * H * 4 - V * H * 1.125);
-    // Only the chosen targets get adapters.
-    const expertsOnly = footprint(config, { mode: 'lora', lora: { rank: r, alpha: 16, targets: ['gate', 'up', 'down'] }, baseFormat: 'f32' });
-    expect(expertsOnly.trunkBytes).toBe(trunkValues * 4);
-    expect(() => footprint(config, { mode: 'lora' })).toThrow(/lora options/);
-  });
-});
 
 describe('shard planner', () => {
   const options: PlannerOptions = { config, precision: FULL };
@@ -176,6 +148,20 @@ describe('shard planner', () => {
     expect(joined.version).toBe(before.version + 1);
     // Nothing changed at all: same version.
     expect(planner.plan([...nodes, node('d')]).version).toBe(joined.version);
+  });
+
+  it('bump() gives the same placement the next version, nothing moved; re-plans go on from it', () => {
+    const planner = new ShardPlanner(options);
+    expect(planner.bump()).toBeUndefined(); // no plan yet
+    const nodes = ['a', 'b', 'c'].map((id) => node(id));
+    planner.plan(nodes);
+    const grown = planner.plan([...nodes, node('d')]);
+    const bumped = planner.bump()!;
+    expect(bumped).toEqual({ ...grown, version: grown.version + 1, diff: { added: [], removed: [] } });
+    expect(planner.current).toBe(bumped);
+    const left = planner.plan(nodes);
+    expect(left.version).toBe(bumped.version + 1);
+    expect(left.diff.removed.every((r) => r.node === 'd')).toBe(true);
   });
 
   it('a node leaving moves only its own replicas, each copied from the surviving holder', () => {
@@ -291,5 +277,127 @@ describe('shard planner', () => {
       }
       previous = plan;
     }
+  });
+});
+
+describe('shard planner: budgets that hold the trunk, experts and activations', () => {
+  const micro = { batchSize: 4, seqLen: 128 };
+  const modes: [string, Precision][] = [
+    ['full', { mode: 'full', ...micro }],
+    ['lora on a q4 base', { ...LORA_Q4, ...micro }],
+  ];
+  for (const [name, precision] of modes) {
+    const fp = footprint(config, precision);
+    const options: PlannerOptions = { config, precision, replication: 1 };
+    const half = GROUPS / 2;
+    const pair = (memoryBytes: number) => ['a', 'b'].map((nodeId) => ({ nodeId, gemmGflops: 10, memoryBytes }));
+    /** Every admitted node within its budget, with the activations the plan says it keeps. */
+    const withinBudgets = (plan: ShardPlan, nodes: PlannerNode[]) => {
+      for (const n of nodes.filter((n) => plan.nodes.has(n.nodeId))) {
+        const held = plan.nodes.get(n.nodeId)!.length;
+        expect(nodeBytes(fp, held, plan.checkpointing.includes(n.nodeId), n.cores)).toBeLessThanOrEqual(n.memoryBytes);
+      }
+    };
+
+    const saved = (fp.activationBytes - fp.checkpointedActivationBytes) / fp.expertBytes;
+    it(`${name}: checkpointing makes room for whole layers of activations (${saved.toFixed(1)} experts' worth)`, () => {
+      expect(fp.activationBytes - fp.checkpointedActivationBytes).toBeGreaterThan(fp.expertBytes);
+    });
+
+    it(`${name}: a budget just above the trunk, half the experts and full activations runs without checkpointing`, () => {
+      const nodes = pair(nodeBytes(fp, half, false));
+      const plan = planShards(nodes, options);
+      expect(plan.degraded).toBeNull();
+      expect(plan.checkpointing).toEqual([]);
+      expect(loads(plan)).toEqual({ a: half, b: half });
+      withinBudgets(plan, nodes);
+    });
+
+    it(`${name}: a byte less turns checkpointing on for the nodes that need it, and still covers every expert`, () => {
+      const nodes = [...pair(nodeBytes(fp, half, false) - 1), { nodeId: 'c', gemmGflops: 10, memoryBytes: nodeBytes(fp, GROUPS, false) }];
+      const plan = planShards([nodes[0], nodes[1]], options);
+      expect(plan.degraded).toBeNull();
+      expect(plan.checkpointing).toEqual(['a', 'b']);
+      withinBudgets(plan, nodes.slice(0, 2));
+      // With room elsewhere, nobody needs checkpointing.
+      const roomy = planShards(nodes, options);
+      expect(roomy.degraded).toBeNull();
+      expect(roomy.checkpointing).toEqual([]);
+      withinBudgets(roomy, nodes);
+    });
+
+    it(`${name}: below even that, the plan is short of memory and says so`, () => {
+      const nodes = pair(nodeBytes(fp, half, true) - 1);
+      const plan = planShards(nodes, options);
+      expect(plan.checkpointing).toEqual(['a', 'b']);
+      expect(loads(plan)).toEqual({ a: half - 1, b: half - 1 });
+      expect(plan.degraded!.reason).toBe(`memory: the admitted nodes have room for ${GROUPS - 2} expert replicas, ${GROUPS} needed`);
+      withinBudgets(plan, nodes);
+    });
+
+    it(`${name}: a node that cannot hold the trunk and checkpointed activations is refused with what it needed`, () => {
+      const needed = fp.trunkBytes + fp.checkpointedActivationBytes;
+      const twoThreads = needed + fp.threadBytes;
+      const threadScratch = `(${fp.threadBytes} bytes)`;
+      const small = [
+        { nodeId: 'small', gemmGflops: 10, memoryBytes: needed - 1 }, { nodeId: 'two', gemmGflops: 10, memoryBytes: twoThreads - 1, cores: 2 },
+      ];
+      const plan = planShards([...small, { nodeId: 'ok', gemmGflops: 10, memoryBytes: needed }], options);
+      const activations = `one micro-batch's activations with gradient checkpointing (${fp.checkpointedActivationBytes} bytes)`;
+      const trunk = (budget: number) => `memory budget of ${budget} bytes cannot hold the trunk (${fp.trunkBytes} bytes), ${activations}`;
+      expect(plan.refused).toEqual([
+        { nodeId: 'small', reason: `${trunk(needed - 1)}: ${needed} bytes needed` },
+        { nodeId: 'two', reason: `${trunk(twoThreads - 1)}, the scratch of 1 more kernel thread ${threadScratch}: ${twoThreads} bytes needed` },
+      ]);
+      // Exactly enough: admitted, with checkpointing and no room for an expert.
+      expect(plan.nodes.get('ok')).toEqual([]);
+      expect(plan.checkpointing).toEqual(['ok']);
+    });
+  }
+
+  it('a node keeps its choice over re-plans: one running with full activations is not given more than that holds', () => {
+    const precision: Precision = { mode: 'full', ...micro };
+    const fp = footprint(config, precision);
+    const planner = new ShardPlanner({ config, precision, replication: 1 });
+    const budget = nodeBytes(fp, 12, false); // 12 experts with full activations, more with checkpointing
+    expect(nodeBytes(fp, 13, true)).toBeLessThanOrEqual(budget);
+    const nodes = ['a', 'b', 'c'].map((nodeId) => ({ nodeId, gemmGflops: 10, memoryBytes: budget }));
+    const first = planner.plan(nodes);
+    expect(first.checkpointing).toEqual([]);
+    const after = planner.plan(nodes.slice(0, 2)); // c left: a and b built their models without checkpointing
+    expect(after.checkpointing).toEqual([]);
+    expect(loads(after)).toEqual({ a: 12, b: 12 });
+    expect(after.degraded!.underReplicated).toHaveLength(GROUPS - 24);
+    // A node joining now may run with checkpointing to take what is left.
+    const joined = planner.plan([...nodes.slice(0, 2), { nodeId: 'd', gemmGflops: 10, memoryBytes: nodeBytes(fp, 7, false) }]);
+    expect(joined.degraded).toBeNull();
+    expect(joined.checkpointing).toEqual(['d']);
+    expect(nodeBytes(fp, joined.nodes.get('d')!.length, true)).toBeLessThanOrEqual(nodeBytes(fp, 7, false));
+  });
+});
+
+describe('shard planner: the 4 GiB kernel heap', () => {
+  it('bounds a node by wasm32\'s heap whatever its budget (Mixtral-8x7B layer shapes, 2 layers, LoRA on q4)', () => {
+    const mixtral = createConfig({
+      vocabSize: 32000, hiddenSize: 4096, numLayers: 2, numHeads: 32, numKvHeads: 8, headDim: 128, numExperts: 8,
+      expertHiddenSize: 14336, maxSeqLen: 4096,
+    });
+    const precision: Precision = { ...LORA_Q4, batchSize: 1, seqLen: 512 };
+    const fp = footprint(mixtral, precision);
+    const nodes = ['a', 'b', 'c', 'd'].map((nodeId) => ({ nodeId, gemmGflops: 10, memoryBytes: 64 * 2 ** 30 }));
+    const plan = planShards(nodes, { config: mixtral, precision, replication: 2 });
+    expect(plan.degraded).toBeNull();
+    for (const [id, experts] of plan.nodes) {
+      expect(heapBytes(fp, experts.length, plan.checkpointing.includes(id))).toBeLessThanOrEqual(2 ** 32);
+    }
+    // Alone, a node takes what its heap holds: not all 16 experts (~313 MB each on the integer path).
+    const alone = planShards(nodes.slice(0, 1), { config: mixtral, precision, replication: 1 });
+    const held = alone.nodes.get('a')!.length;
+    expect(held).toBeLessThan(16);
+    expect(heapBytes(fp, held + 1, true)).toBeGreaterThan(2 ** 32);
+    // A micro-batch too large for the heap even checkpointed refuses every node, saying why.
+    const huge = planShards(nodes.slice(0, 1), { config: mixtral, precision: { ...precision, batchSize: 16 }, replication: 1 });
+    const checkpointed = "the trunk and one micro-batch's activations with gradient checkpointing";
+    expect(huge.refused[0].reason).toMatch(new RegExp(`^${checkpointed} take \\d+ bytes of kernel heap, more than wasm32's 4294967296$`));
   });
 });

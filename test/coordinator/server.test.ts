@@ -12,12 +12,14 @@ import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { footprint } from '../../coordinator/footprint.ts';
+import { footprint, nodeBytes } from '../../src/model/footprint.ts';
 import { CoordinatorServer, type CoordinatorEvent, type CoordinatorOptions } from '../../coordinator/server.ts';
-import { msgpackCodec, planSigningBytes, PROTOCOL_VERSION, type JobSpec, type JoinRequest, type MessageCodec, type Plan } from '../../proto/index.ts';
+import {
+  applyPlanDelta, msgpackCodec, planSigningBytes, PROTOCOL_VERSION, type JobSpec, type JoinRequest, type MessageCodec, type Plan,
+} from '../../proto/index.ts';
 import { packPlain } from '../../proto/msgpack.ts';
 import { createHost, RefusedError, RemoteError, Rpc, signedBy, type Host } from '../../src/p2p/index.ts';
-import { jobConfig, jobData, jobDocuments } from '../../src/train/job.ts';
+import { jobConfig, jobData, jobDocuments, jobFootprintSettings } from '../../src/train/job.ts';
 import { BpeTokenizer } from '../../src/train/tokenizer.ts';
 import { misbehaviours, sendRaw } from '../p2p/peers.ts';
 
@@ -35,9 +37,11 @@ const TOKEN = 'open-sesame';
 
 const tokenizer = BpeTokenizer.train(jobDocuments(JOB).documents, { vocabSize: 300 });
 const perEpoch = jobData(JOB, tokenizer).train.batchesPerEpoch;
-const { trunkBytes, expertBytes } = footprint(jobConfig(JOB, tokenizer), { mode: 'full' });
+const fp = footprint(jobConfig(JOB, tokenizer), jobFootprintSettings(JOB));
 /** A budget for the trunk and every expert. */
-const ROOMY = trunkBytes + EXPERTS * expertBytes;
+const ROOMY = nodeBytes(fp, EXPERTS, false, 2); // the test nodes run 2 kernel threads
+/** Too little for the trunk and one micro-batch's activations, even checkpointed. */
+const TOO_SMALL = nodeBytes(fp, 0, true, 2) - 1;
 
 /** Coordinator events as they come, with a way to wait for the next one that matches. */
 class EventLog {
@@ -86,9 +90,10 @@ class FakeNode {
     return this.rpc.request(to, 'join', this.joinRequest(overrides));
   }
 
-  heartbeat(to: string, planVersion: number, step = 0) {
+  heartbeat(to: string, planVersion: number, step = 0, addrs?: string[]) {
     return this.rpc.request(to, 'heartbeat', {
       jobId: JOB.jobId, step, loss: 3.5, tokensPerSecond: 100, bytesSent: 10, bytesReceived: 20, staleness: 0, droppedExpertCalls: 0, planVersion,
+      ...(addrs ? { addrs } : {}),
     });
   }
 
@@ -186,10 +191,13 @@ describe('join', () => {
     expect((await a.join(to, { token: 'anything' })).admitted).toBe(true);
   });
 
-  it('refuses a budget too small for the trunk with the planner\'s reason; a member coming back with one leaves', async () => {
+  it('refuses a budget too small for the trunk and activations with the planner\'s reason; a member back with one leaves', async () => {
     await startServer();
-    const small = await b.join(to, { memoryBytes: trunkBytes - 1 });
-    expect(small).toEqual({ admitted: false, version: PROTOCOL_VERSION, reason: `memory budget of ${trunkBytes - 1} bytes cannot hold the trunk (${trunkBytes} bytes)` });
+    const small = await b.join(to, { memoryBytes: TOO_SMALL });
+    expect(small).toMatchObject({ admitted: false, version: PROTOCOL_VERSION });
+    const { reason } = small as { reason: string };
+    const trunk = `memory budget of ${TOO_SMALL} bytes cannot hold the trunk \\(${fp.trunkBytes} bytes\\)`;
+    expect(reason).toMatch(new RegExp(`^${trunk}, .*: ${TOO_SMALL + 1} bytes needed$`));
     expect(server!.status().nodes).toEqual([]);
 
     await admitted(a);
@@ -217,15 +225,46 @@ describe('plans', () => {
     expect(sorted(second.plan.peers.map((p) => p.peerId))).toEqual(sorted([a.id, b.id]));
     expect(second.plan.degraded).toBeUndefined();
 
+    // A node on a version the coordinator keeps gets the changes since, signed as the whole new plan; one on no version, all of it.
     const stale = await a.heartbeat(to, 1, 7);
-    expect(stale).toEqual({ accepted: true, plan: second.plan, planSignature: expect.any(Uint8Array), stop: false });
-    // Signed by the coordinator's identity: nodes check plans against the peer id they joined.
-    for (const { plan, planSignature } of [first, second, stale]) expect(signedBy(server!.peerId, planSigningBytes(JOB.jobId, plan!), planSignature!)).toBe(true);
+    expect(stale).toEqual({
+      accepted: true, planDelta: expect.objectContaining({ from: 1, version: 2, gone: [] }), planSignature: expect.any(Uint8Array),
+      stop: false,
+    });
+    expect(applyPlanDelta(first.plan, stale.planDelta!)).toEqual(second.plan);
+    expect(await a.heartbeat(to, 0, 7)).toEqual({ accepted: true, plan: second.plan, planSignature: stale.planSignature, stop: false });
+    // Signed by the coordinator's identity (once per version): nodes check plans against the peer id they joined.
+    const rebuilt = { plan: applyPlanDelta(first.plan, stale.planDelta!), planSignature: stale.planSignature };
+    for (const { plan, planSignature } of [first, second, rebuilt]) {
+      expect(signedBy(server!.peerId, planSigningBytes(JOB.jobId, plan!), planSignature!)).toBe(true);
+    }
     expect(signedBy(server!.peerId, planSigningBytes(JOB.jobId, first.plan), second.planSignature)).toBe(false);
     expect(await a.heartbeat(to, 2, 8)).toEqual({ accepted: true, stop: false });
     expect(server!.status().nodes.find((n) => n.nodeId === a.id)!.stats).toMatchObject({ step: 8, loss: 3.5, planVersion: 2 });
     expect(await c.heartbeat(to, 0)).toEqual({ accepted: false, reason: 'rejoin', stop: false });
     expect(log.of('plan').map((p) => p.version)).toEqual([1, 2]);
+  });
+
+  it("make a new version when a node's addresses change (heartbeat or join), which the other nodes fetch as a delta", async () => {
+    await startServer();
+    await admitted(a);
+    const joined = await admitted(b);
+    const listening = a.host.getMultiaddrs().map(String);
+    expect(await a.heartbeat(to, 2, 1, listening)).toEqual({ accepted: true, stop: false }); // the addresses it joined with
+    // A relay reservation (on the coordinator, on this machine: b may use it).
+    const reserved = [...listening, `${to}/p2p-circuit/p2p/${a.id}`];
+    const change = { from: 2, version: 3, experts: [], peers: [{ peerId: a.id, addrs: reserved }], gone: [] };
+    expect((await a.heartbeat(to, 2, 2, reserved)).planDelta).toEqual(change);
+    const beat = await b.heartbeat(to, 2);
+    expect(beat.planDelta).toEqual(change);
+    const rebuilt = applyPlanDelta(joined.plan, beat.planDelta!);
+    expect(signedBy(server!.peerId, planSigningBytes(JOB.jobId, rebuilt), beat.planSignature!)).toBe(true);
+    expect(await a.heartbeat(to, 3, 3, reserved)).toEqual({ accepted: true, stop: false });
+    // Joining again from the same place changes nothing; with other addresses (the reservation gone), a new version.
+    expect((await admitted(a, { addrs: reserved })).plan.version).toBe(3);
+    const back = await admitted(a, { addrs: listening });
+    expect(back.plan).toEqual({ ...joined.plan, version: 4 });
+    expect(log.of('plan').map((p) => p.version)).toEqual([1, 2, 3, 4]);
   });
 });
 
@@ -327,8 +366,7 @@ describe('departures', () => {
     expect(log.of('died')).toHaveLength(1); // a is alive
 
     const beat = await a.heartbeat(to, 2);
-    expect(beat.plan?.version).toBe(3);
-    expect(beat.plan?.peers.map((p) => p.peerId)).toEqual([a.id]);
+    expect(beat.planDelta).toMatchObject({ from: 2, version: 3, gone: [b.id], peers: [] });
     expect((await a.lease(to, 5)).batchIds).toEqual([0, 1, 2, 5, 6]); // the lowest free first
     expect(server!.status().leases.counters).toMatchObject({ released: 3, reissued: 3 });
 

@@ -54,7 +54,8 @@ function expectedValues(raw: Map<string, RawTensor>, layout: HfLayout, config: M
   const p = `model.layers.${l}.`;
   const perLayer: Record<string, string> = {
     attn_norm: 'input_layernorm.weight', ffn_norm: 'post_attention_layernorm.weight',
-    'attn.q': 'self_attn.q_proj.weight', 'attn.k': 'self_attn.k_proj.weight', 'attn.v': 'self_attn.v_proj.weight', 'attn.o': 'self_attn.o_proj.weight',
+    'attn.q': 'self_attn.q_proj.weight', 'attn.k': 'self_attn.k_proj.weight',
+    'attn.v': 'self_attn.v_proj.weight', 'attn.o': 'self_attn.o_proj.weight',
     'attn.q_bias': 'self_attn.q_proj.bias', 'attn.k_bias': 'self_attn.k_proj.bias', 'attn.v_bias': 'self_attn.v_proj.bias',
     'shared_expert.gate': 'mlp.shared_expert.gate_proj.weight', 'shared_expert.up': 'mlp.shared_expert.up_proj.weight',
     'shared_expert.down': 'mlp.shared_expert.down_proj.weight', shared_expert_gate: 'mlp.shared_expert_gate.weight',
@@ -205,11 +206,14 @@ describe.skipIf(!fixtures)(`Hugging Face fixtures${fixtures ? '' : ' (skipped: .
     }
     await writeFile(join(dir, 'model.safetensors.index.json'), JSON.stringify({ metadata: {}, weight_map: weightMap }));
     const loaded = await loadHfModel(dir);
-    for (const [name, t] of models.get('atenia-tiny-qwen2-moe')!.params) expect(bitEqual(loaded.params.get(name)!.data, t.data), name).toBe(true);
+    for (const [name, t] of models.get('atenia-tiny-qwen2-moe')!.params) {
+      expect(bitEqual(loaded.params.get(name)!.data, t.data), name).toBe(true);
+    }
 
-    await writeFile(join(dir, 'model.safetensors.index.json'), JSON.stringify({ weight_map: { ...weightMap, [keys[0]]: '../x.safetensors' } }));
+    const indexPath = join(dir, 'model.safetensors.index.json');
+    await writeFile(indexPath, JSON.stringify({ weight_map: { ...weightMap, [keys[0]]: '../x.safetensors' } }));
     await expect(loadHfModel(dir)).rejects.toThrow(/shard for .* must be a file name in the same folder/);
-    await writeFile(join(dir, 'model.safetensors.index.json'), JSON.stringify({ weight_map: { ...weightMap, [keys[0]]: 'model-00002-of-00002.safetensors' } }));
+    await writeFile(indexPath, JSON.stringify({ weight_map: { ...weightMap, [keys[0]]: 'model-00002-of-00002.safetensors' } }));
     await expect(loadHfModel(dir)).rejects.toThrow(/is mapped to model-00002-of-00002\.safetensors, which does not contain it/);
   });
 
@@ -219,28 +223,39 @@ describe.skipIf(!fixtures)(`Hugging Face fixtures${fixtures ? '' : ' (skipped: .
     const { config, layout } = models.get('atenia-tiny-mixtral-classic')!;
     const without = new Map(tensors);
     without.delete('model.layers.1.block_sparse_moe.experts.3.w2.weight');
-    expect(() => fromHfTensors(config, layout, without, 'x')).toThrow('x: missing tensor model.layers.1.block_sparse_moe.experts.3.w2.weight');
+    expect(() => fromHfTensors(config, layout, without, 'x'))
+      .toThrow('x: missing tensor model.layers.1.block_sparse_moe.experts.3.w2.weight');
     expect(() => fromHfTensors({ ...config, expertHiddenSize: 32 }, layout, tensors)).toThrow(
       /tensor model\.layers\.0\.block_sparse_moe\.experts\.0\.w1\.weight has shape \[64, 32\], the config implies \[32, 32\]/,
     );
-    expect(() => fromHfTensors({ ...config, numLayers: 1 }, layout, tensors)).toThrow(/19 unexpected tensor\(s\) for this config and layout, e\.g\. model\.layers\.1\./);
-    expect(() => fromHfTensors(config, { family: 'mixtral', packedExperts: true }, tensors)).toThrow(/missing tensor model\.layers\.0\.mlp\.gate\.weight/);
+    expect(() => fromHfTensors({ ...config, numLayers: 1 }, layout, tensors))
+      .toThrow(/19 unexpected tensor\(s\) for this config and layout, e\.g\. model\.layers\.1\./);
+    expect(() => fromHfTensors(config, { family: 'mixtral', packedExperts: true }, tensors))
+      .toThrow(/missing tensor model\.layers\.0\.mlp\.gate\.weight/);
     const quantized = new Map(tensors).set('lm_head.weight', { dtype: 'I8', shape: [48, 32], data: new Int8Array(48 * 32) });
     expect(() => fromHfTensors(config, layout, quantized)).toThrow(/lm_head\.weight is I8; quantized checkpoints are not supported/);
     // A tied model ignores a stored lm_head; rotary caches of old checkpoints are ignored too.
-    const extra = new Map(tensors).set('model.layers.0.self_attn.rotary_emb.inv_freq', { dtype: 'F32', shape: [4], data: new Float32Array(4) });
+    const extra = new Map(tensors)
+      .set('model.layers.0.self_attn.rotary_emb.inv_freq', { dtype: 'F32', shape: [4], data: new Float32Array(4) });
     expect(fromHfTensors({ ...config, tieEmbeddings: true }, layout, extra).has('lm_head')).toBe(false);
   });
 });
 
 describe('Hugging Face config mapping', () => {
-  const mixtral = { model_type: 'mixtral', vocab_size: 48, hidden_size: 64, intermediate_size: 64, num_hidden_layers: 2, num_attention_heads: 8, num_local_experts: 4 };
+  const mixtral = {
+    model_type: 'mixtral', vocab_size: 48, hidden_size: 64, intermediate_size: 64,
+    num_hidden_layers: 2, num_attention_heads: 8, num_local_experts: 4,
+  };
 
   it('fills behavioural defaults as transformers does', () => {
     const { config } = configFromHf(mixtral);
     expect(config).toMatchObject({ numKvHeads: 8, headDim: 8, ropeTheta: 1e6, rmsNormEps: 1e-5, expertsPerToken: 2, maxSeqLen: 131072 });
-    const llama = configFromHf({ model_type: 'llama', vocab_size: 10, hidden_size: 64, intermediate_size: 96, num_hidden_layers: 1, num_attention_heads: 2 });
-    expect(llama.config).toMatchObject({ numKvHeads: 2, headDim: 32, rmsNormEps: 1e-6, maxSeqLen: 2048, numExperts: 1, expertsPerToken: 1, routerAuxLossCoef: 0 });
+    const llama = configFromHf({
+      model_type: 'llama', vocab_size: 10, hidden_size: 64, intermediate_size: 96, num_hidden_layers: 1, num_attention_heads: 2,
+    });
+    expect(llama.config).toMatchObject({
+      numKvHeads: 2, headDim: 32, rmsNormEps: 1e-6, maxSeqLen: 2048, numExperts: 1, expertsPerToken: 1, routerAuxLossCoef: 0,
+    });
   });
 
   it('caps maxSeqLen at an active sliding window and reads v5 rope_parameters', () => {
@@ -257,8 +272,14 @@ describe('Hugging Face config mapping', () => {
       [{ ...mixtral, hidden_size: undefined }, /hidden_size must be a number, got undefined/],
       [{ ...mixtral, num_key_value_heads: 3 }, /numKvHeads \(3\) must divide numHeads \(8\)/],
       [{ ...mixtral, num_experts_per_tok: 5 }, /expertsPerToken \(5\) exceeds numExperts \(4\)/],
-      [{ model_type: 'qwen2_moe', vocab_size: 8, hidden_size: 8, num_hidden_layers: 2, num_attention_heads: 2, num_experts: 2, moe_intermediate_size: 4, shared_expert_intermediate_size: 4, mlp_only_layers: [1] }, /dense MLP in some layers/],
-      [{ model_type: 'llama', vocab_size: 8, hidden_size: 8, intermediate_size: 8, num_hidden_layers: 1, num_attention_heads: 2, attention_bias: true }, /attention_bias/],
+      [{
+        model_type: 'qwen2_moe', vocab_size: 8, hidden_size: 8, num_hidden_layers: 2, num_attention_heads: 2,
+        num_experts: 2, moe_intermediate_size: 4, shared_expert_intermediate_size: 4, mlp_only_layers: [1],
+      }, /dense MLP in some layers/],
+      [{
+        model_type: 'llama', vocab_size: 8, hidden_size: 8, intermediate_size: 8,
+        num_hidden_layers: 1, num_attention_heads: 2, attention_bias: true,
+      }, /attention_bias/],
       [{ ...mixtral, hidden_size: 30 }, /hidden_size 30 is not a multiple of num_attention_heads 8/],
     ];
     for (const [json, message] of bad) expect(() => configFromHf(json), String(message)).toThrow(message);
@@ -266,7 +287,8 @@ describe('Hugging Face config mapping', () => {
 
   it('refuses to export features a family cannot express', () => {
     const { config } = configFromHf(mixtral);
-    expect(() => hfConfigFromConfig({ ...config, sharedExpertHiddenSize: 8 }, 'mixtral')).toThrow(/cannot express this model as mixtral: it has a shared expert/);
+    expect(() => hfConfigFromConfig({ ...config, sharedExpertHiddenSize: 8 }, 'mixtral'))
+      .toThrow(/cannot express this model as mixtral: it has a shared expert/);
     expect(() => hfConfigFromConfig(config, 'llama')).toThrow(/a dense Llama has exactly 1 expert, top-1/);
     expect(() => hfConfigFromConfig(config, 'qwen2_moe')).toThrow(/Qwen2-MoE always has a shared expert/);
   });

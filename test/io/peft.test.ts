@@ -7,7 +7,9 @@ import { readSafetensors } from '../../src/io/safetensors.ts';
 import { createConfig, loraShapes, type F32Tensor, type ModelConfig } from '../../src/model/config.ts';
 import { bitEqual, fillRandom, rng } from '../helpers.ts';
 
-const mixtral = createConfig({ vocabSize: 64, hiddenSize: 32, numLayers: 2, numHeads: 4, numKvHeads: 2, headDim: 8, numExperts: 3, expertHiddenSize: 64 });
+const mixtral = createConfig({
+  vocabSize: 64, hiddenSize: 32, numLayers: 2, numHeads: 4, numKvHeads: 2, headDim: 8, numExperts: 3, expertHiddenSize: 64,
+});
 const qwen = { ...mixtral, sharedExpertHiddenSize: 48, attentionBias: true, normTopkProb: false };
 const llama = { ...mixtral, numExperts: 1, expertsPerToken: 1 };
 
@@ -36,11 +38,16 @@ describe('PEFT LoRA export', () => {
   it('maps canonical names to PEFT keys of each family', () => {
     expect(peftKey('mixtral', 'layers.0.attn.q.lora_a')).toBe('base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight');
     expect(peftKey('mixtral', 'layers.1.attn.o.lora_b')).toBe('base_model.model.model.layers.1.self_attn.o_proj.lora_B.weight');
-    expect(peftKey('mixtral', 'layers.1.experts.2.gate.lora_a')).toBe('base_model.model.model.layers.1.block_sparse_moe.experts.2.w1.lora_A.weight');
-    expect(peftKey('mixtral', 'layers.1.experts.2.up.lora_b')).toBe('base_model.model.model.layers.1.block_sparse_moe.experts.2.w3.lora_B.weight');
-    expect(peftKey('mixtral', 'layers.1.experts.2.down.lora_a')).toBe('base_model.model.model.layers.1.block_sparse_moe.experts.2.w2.lora_A.weight');
-    expect(peftKey('qwen2_moe', 'layers.0.experts.1.up.lora_a')).toBe('base_model.model.model.layers.0.mlp.experts.1.up_proj.lora_A.weight');
-    expect(peftKey('qwen2_moe', 'layers.0.shared_expert.down.lora_b')).toBe('base_model.model.model.layers.0.mlp.shared_expert.down_proj.lora_B.weight');
+    expect(peftKey('mixtral', 'layers.1.experts.2.gate.lora_a'))
+      .toBe('base_model.model.model.layers.1.block_sparse_moe.experts.2.w1.lora_A.weight');
+    expect(peftKey('mixtral', 'layers.1.experts.2.up.lora_b'))
+      .toBe('base_model.model.model.layers.1.block_sparse_moe.experts.2.w3.lora_B.weight');
+    expect(peftKey('mixtral', 'layers.1.experts.2.down.lora_a'))
+      .toBe('base_model.model.model.layers.1.block_sparse_moe.experts.2.w2.lora_A.weight');
+    expect(peftKey('qwen2_moe', 'layers.0.experts.1.up.lora_a'))
+      .toBe('base_model.model.model.layers.0.mlp.experts.1.up_proj.lora_A.weight');
+    expect(peftKey('qwen2_moe', 'layers.0.shared_expert.down.lora_b'))
+      .toBe('base_model.model.model.layers.0.mlp.shared_expert.down_proj.lora_B.weight');
     expect(peftKey('llama', 'layers.1.experts.0.gate.lora_a')).toBe('base_model.model.model.layers.1.mlp.gate_proj.lora_A.weight');
     expect(() => peftKey('mixtral', 'layers.0.router.lora_a')).toThrow(/not a canonical LoRA name/);
   });
@@ -55,16 +62,21 @@ describe('PEFT LoRA export', () => {
     await writePeftAdapter(out, config, family, adapter);
 
     const json = JSON.parse(await readFile(join(out, 'adapter_config.json'), 'utf8'));
-    expect(json).toMatchObject({ peft_type: 'LORA', task_type: 'CAUSAL_LM', r: 4, lora_alpha: 8, base_model_name_or_path: `org/tiny-${family}`, bias: 'none' });
+    expect(json).toMatchObject({
+      peft_type: 'LORA', task_type: 'CAUSAL_LM', r: 4, lora_alpha: 8, base_model_name_or_path: `org/tiny-${family}`, bias: 'none',
+    });
     expect(json.target_modules).toEqual(modules);
 
     const file = await readSafetensors(join(out, 'adapter_model.safetensors'));
     expect(file.metadata).toEqual({ format: 'pt' });
     expect([...file.tensors.keys()].sort()).toEqual([...adapter.tensors.keys()].map((n) => peftKey(family, n)).sort());
-    for (const key of file.tensors.keys()) expect(key).toMatch(/^base_model\.model\.model\.layers\.\d+\.(self_attn|block_sparse_moe|mlp)\..*\.lora_[AB]\.weight$/);
+    for (const key of file.tensors.keys()) {
+      expect(key).toMatch(/^base_model\.model\.model\.layers\.\d+\.(self_attn|block_sparse_moe|mlp)\..*\.lora_[AB]\.weight$/);
+    }
 
     const back = await readPeftAdapter(out, config, family);
-    expect({ rank: back.rank, alpha: back.alpha, baseModel: back.baseModel }).toEqual({ rank: 4, alpha: 8, baseModel: `org/tiny-${family}` });
+    expect({ rank: back.rank, alpha: back.alpha, baseModel: back.baseModel })
+      .toEqual({ rank: 4, alpha: 8, baseModel: `org/tiny-${family}` });
     expect([...back.tensors.keys()].sort()).toEqual([...adapter.tensors.keys()].sort());
     for (const [name, t] of adapter.tensors) {
       expect(back.tensors.get(name)!.shape, name).toEqual(t.shape);
@@ -74,7 +86,9 @@ describe('PEFT LoRA export', () => {
 
   it('stores A as [r, in] and B as [out, r] for a GQA projection', async () => {
     const out = join(dir, 'shapes');
-    await writePeftAdapter(out, mixtral, 'mixtral', { rank: 2, alpha: 2, baseModel: 'm', tensors: randomLora(mixtral, 2, /layers\.0\.attn\.k/) });
+    await writePeftAdapter(out, mixtral, 'mixtral', {
+      rank: 2, alpha: 2, baseModel: 'm', tensors: randomLora(mixtral, 2, /layers\.0\.attn\.k/),
+    });
     const { tensors } = await readSafetensors(join(out, 'adapter_model.safetensors'));
     expect(tensors.get('base_model.model.model.layers.0.self_attn.k_proj.lora_A.weight')!.shape).toEqual([2, 32]);
     expect(tensors.get('base_model.model.model.layers.0.self_attn.k_proj.lora_B.weight')!.shape).toEqual([16, 2]);
@@ -90,8 +104,10 @@ describe('PEFT LoRA export', () => {
     await expect(write(mixedRank)).rejects.toThrow(/layers\.1\.attn\.q\.lora_a has shape \[2, 32\], expected \[4, 32\]/);
     const transposed = new Map(good).set('layers.0.attn.q.lora_b', { shape: [4, 32], data: new Float32Array(128) });
     await expect(write(transposed)).rejects.toThrow(/layers\.0\.attn\.q\.lora_b has shape \[4, 32\], expected \[32, 4\]/);
-    await expect(write(new Map(good).set('layers.0.router.lora_a', good.get('layers.0.attn.q.lora_a')!))).rejects.toThrow(/"layers\.0\.router\.lora_a" is not a LoRA name/);
-    await expect(write(new Map(good).set('layers.5.attn.q.lora_a', good.get('layers.0.attn.q.lora_a')!))).rejects.toThrow(/"layers\.5\.attn\.q\.lora_a" is not a LoRA name/);
+    await expect(write(new Map(good).set('layers.0.router.lora_a', good.get('layers.0.attn.q.lora_a')!)))
+      .rejects.toThrow(/"layers\.0\.router\.lora_a" is not a LoRA name/);
+    await expect(write(new Map(good).set('layers.5.attn.q.lora_a', good.get('layers.0.attn.q.lora_a')!)))
+      .rejects.toThrow(/"layers\.5\.attn\.q\.lora_a" is not a LoRA name/);
     await expect(write(good, 8)).rejects.toThrow(/adapter\.rank is 8 but the tensors have rank 4/);
     await expect(write(good, 4, 0)).rejects.toThrow(/alpha must be a positive number/);
     await expect(write(new Map())).rejects.toThrow(/no LoRA tensors/);
@@ -114,6 +130,7 @@ describe('PEFT LoRA export', () => {
     }
     await writeFile(configPath, JSON.stringify(json));
     await expect(readPeftAdapter(out, qwen, 'qwen2_moe')).resolves.toBeDefined(); // attention keys are shared
-    await expect(readPeftAdapter(out, { ...mixtral, numLayers: 1 }, 'mixtral')).rejects.toThrow(/layers\.1\.self_attn\.q_proj\.lora_A\.weight is not a LoRA matrix of this mixtral model/);
+    await expect(readPeftAdapter(out, { ...mixtral, numLayers: 1 }, 'mixtral'))
+      .rejects.toThrow(/layers\.1\.self_attn\.q_proj\.lora_A\.weight is not a LoRA matrix of this mixtral model/);
   });
 });

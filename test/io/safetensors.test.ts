@@ -39,7 +39,8 @@ describe('16-bit floats', () => {
 
   it('round f32 to the nearest half, ties to even, overflowing to infinity', () => {
     const random = rng(11);
-    const xs = [1 / 3, -2.5e-8, 2 ** -25, 2 ** -25 * 1.0001, 3 * 2 ** -25, 65504, 65519.99, 1 + 2 ** -11, 1 + 3 * 2 ** -11, 2 ** -14 * (1 - 2 ** -11)];
+    const xs = [1 / 3, -2.5e-8, 2 ** -25, 2 ** -25 * 1.0001, 3 * 2 ** -25, 65504, 65519.99,
+      1 + 2 ** -11, 1 + 3 * 2 ** -11, 2 ** -14 * (1 - 2 ** -11)];
     for (let i = 0; i < 20000; i++) xs.push(Math.fround(random() * 2 ** Math.floor(random() * 40 - 26)));
     for (const x of xs) expectNearest(Math.fround(x), f32ToF16Bits(x), halfValue, 65504);
     expect(f32ToF16Bits(65520)).toBe(0x7c00);
@@ -109,7 +110,8 @@ describe('safetensors round trip', () => {
     const json = JSON.parse(text) as Record<string, { dtype: string; data_offsets: [number, number] }>;
     const names = Object.keys(json).filter((k) => k !== '__metadata__');
     expect(names).toEqual([...names].sort());
-    const byOffset = names.map((n) => json[n]).sort((a, b) => a.data_offsets[0] - b.data_offsets[0] || a.data_offsets[1] - b.data_offsets[1]);
+    const byOffset = names.map((n) => json[n])
+      .sort((a, b) => a.data_offsets[0] - b.data_offsets[0] || a.data_offsets[1] - b.data_offsets[1]);
     const sizes = byOffset.map((e) => ({ F32: 4, F16: 2, BF16: 2, I8: 1, U8: 1 })[e.dtype]!);
     expect(sizes).toEqual([...sizes].sort((a, b) => b - a));
     for (const e of byOffset) expect(e.data_offsets[0] % ({ F32: 4, F16: 2, BF16: 2 }[e.dtype] ?? 1)).toBe(0);
@@ -124,7 +126,8 @@ describe('safetensors round trip', () => {
 
   it('rejects tensors that do not match their description when writing', () => {
     const enc = (t: unknown, name = 'x') => () => encodeSafetensors([[name, t as Tensor]]);
-    expect(enc({ dtype: 'F32', shape: [2, 2], data: new Float32Array(3) })).toThrow(/tensor "x": shape \[2, 2\] needs 4 values, data has 3/);
+    expect(enc({ dtype: 'F32', shape: [2, 2], data: new Float32Array(3) }))
+      .toThrow(/tensor "x": shape \[2, 2\] needs 4 values, data has 3/);
     expect(enc({ dtype: 'I8', shape: [2], data: new Uint8Array(2) })).toThrow(/I8 data must be a Int8Array/);
     expect(enc({ dtype: 'F64', shape: [1], data: new Float64Array(1) })).toThrow(/unknown dtype "F64"/);
     expect(enc({ dtype: 'U8', shape: [-1], data: new Uint8Array(0) })).toThrow(/shape must be an array of non-negative integers/);
@@ -157,7 +160,9 @@ describe('safetensors files on disk', () => {
     const path = join(dir, 'cut.safetensors');
     const whole = encodeSafetensors(sampleTensors());
     await writeFile(path, whole.subarray(0, whole.length - 3));
-    await expect(readSafetensors(path)).rejects.toThrow(/cut\.safetensors: tensor "q\.u8": data_offsets \[99, 102\] run past the end of the data section \(99 bytes; file truncated\?\)/);
+    await expect(readSafetensors(path)).rejects.toThrow(
+      'cut.safetensors: tensor "q.u8": data_offsets [99, 102] run past the end of the data section (99 bytes; file truncated?)',
+    );
     await writeFile(path, whole.subarray(0, 5));
     await expect(readSafetensors(path)).rejects.toThrow(/cut\.safetensors: truncated: 5 bytes/);
   });
@@ -174,20 +179,27 @@ function rawFile(header: unknown, dataBytes: number, forgedLength?: bigint): Uin
 
 describe('corrupt safetensors are rejected with a clear error', () => {
   const f32 = (begin: number, end: number, shape = [(end - begin) / 4]) => ({ dtype: 'F32', shape, data_offsets: [begin, end] });
+  const invalidUtf8 = rawFile('{"\u00ff": 1}', 0);
+  invalidUtf8[10] = 0xff; // the two UTF-8 bytes of ÿ become an invalid sequence
+  invalidUtf8[11] = 0xfe;
   const cases: [string, Uint8Array, RegExp][] = [
     ['too short for the length', new Uint8Array(7), /truncated: 7 bytes, too short for the 8-byte header length/],
     ['header length past EOF', rawFile({ a: f32(0, 4) }, 4, 1000n), /header length 1000 runs past the end of the file/],
     ['header length over the limit', rawFile({}, 0, 2n ** 40n), /header length 1099511627776 exceeds the 100000000-byte limit/],
     ['bad JSON', rawFile('{"a": {"dtype": "F32",', 0), /header is not valid JSON/],
     ['JSON that is not an object', rawFile('[1, 2]', 0), /header must be a JSON object/],
-    ['invalid UTF-8', (() => { const b = rawFile('{"\u00ff": 1}', 0); b[10] = 0xff; b[11] = 0xfe; return b; })(), /header is not valid UTF-8/],
-    ['unknown dtype', rawFile({ a: { dtype: 'F8_E4M3', shape: [4], data_offsets: [0, 4] } }, 4), /tensor "a": unsupported dtype "F8_E4M3" \(supported: F32, F16, BF16, I8, U8\)/],
-    ['shape/size mismatch', rawFile({ a: f32(0, 20, [2, 3]) }, 20), /tensor "a": shape \[2, 3\] of F32 needs 24 bytes but data_offsets \[0, 20\] span 20/],
+    ['invalid UTF-8', invalidUtf8, /header is not valid UTF-8/],
+    ['unknown dtype', rawFile({ a: { dtype: 'F8_E4M3', shape: [4], data_offsets: [0, 4] } }, 4),
+      /tensor "a": unsupported dtype "F8_E4M3" \(supported: F32, F16, BF16, I8, U8\)/],
+    ['shape/size mismatch', rawFile({ a: f32(0, 20, [2, 3]) }, 20),
+      /tensor "a": shape \[2, 3\] of F32 needs 24 bytes but data_offsets \[0, 20\] span 20/],
     ['overlapping ranges', rawFile({ a: f32(0, 8), b: f32(4, 12) }, 12), /tensors "a" and "b" overlap/],
-    ['offsets past the data', rawFile({ a: f32(0, 8), b: f32(8, 16) }, 12), /tensor "b": data_offsets \[8, 16\] run past the end of the data section \(12 bytes/],
+    ['offsets past the data', rawFile({ a: f32(0, 8), b: f32(8, 16) }, 12),
+      /tensor "b": data_offsets \[8, 16\] run past the end of the data section \(12 bytes/],
     ['a gap between tensors', rawFile({ a: f32(0, 4), b: f32(8, 12) }, 12), /4 unused bytes before tensor "b"/],
     ['bytes after the last tensor', rawFile({ a: f32(0, 4) }, 8), /4 bytes after the last tensor/],
-    ['negative dimension', rawFile({ a: { dtype: 'U8', shape: [-1], data_offsets: [0, 0] } }, 0), /tensor "a": shape must be an array of non-negative integers/],
+    ['negative dimension', rawFile({ a: { dtype: 'U8', shape: [-1], data_offsets: [0, 0] } }, 0),
+      /tensor "a": shape must be an array of non-negative integers/],
     ['reversed offsets', rawFile({ a: { dtype: 'U8', shape: [0], data_offsets: [4, 0] } }, 4), /data_offsets must be \[begin, end\]/],
     ['entry not an object', rawFile({ a: 3 }, 0), /tensor "a": entry must be an object/],
     ['metadata not strings', rawFile({ __metadata__: { n: 1 } }, 0), /__metadata__ must map strings to strings/],
@@ -198,7 +210,9 @@ describe('corrupt safetensors are rejected with a clear error', () => {
   });
 
   it('accepts the same layouts when they are valid', () => {
-    const { tensors } = decodeSafetensors(rawFile({ __metadata__: { k: 'v' }, b: f32(4, 12), a: f32(0, 4), z: { dtype: 'U8', shape: [0], data_offsets: [12, 12] } }, 12));
+    const { tensors } = decodeSafetensors(rawFile({
+      __metadata__: { k: 'v' }, b: f32(4, 12), a: f32(0, 4), z: { dtype: 'U8', shape: [0], data_offsets: [12, 12] },
+    }, 12));
     expect([...tensors.keys()].sort()).toEqual(['a', 'b', 'z']);
   });
 });

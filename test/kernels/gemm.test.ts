@@ -28,7 +28,9 @@ function block(logical: Float32Array, width: number, rows: number, cols: number)
  * and op(B) (k×n): per DEPTH_BLOCK of k, a sum from zero of rounded products in k order,
  * then added to C.
  */
-function gemmF32Sequence(opA: Float32Array, opB: Float32Array, c: Float32Array, m: number, n: number, k: number, accumulate: boolean): Float32Array {
+function gemmF32Sequence(
+  opA: Float32Array, opB: Float32Array, c: Float32Array, m: number, n: number, k: number, accumulate: boolean,
+): Float32Array {
   const f = Math.fround;
   const out = new Float32Array(m * n);
   for (let i = 0; i < m; i++) {
@@ -93,7 +95,10 @@ describe.each(['simd', 'relaxed'] as const)('fp32 gemm (%s build)', (build) => {
   });
 
   it('is bit-identical on 1 and 2 threads, split over columns or (few columns) over rows', () => {
-    for (const [m, n, k] of [[96, 1000, 300], [33, 517, 129], [256, 256, 256], [2048, 8, 256], [999, 5, 300], [517, 12, 64], [517, 520, 8], [12, 700, 300]] as const) {
+    const splitShapes = [
+      [96, 1000, 300], [33, 517, 129], [256, 256, 256], [2048, 8, 256], [999, 5, 300], [517, 12, 64], [517, 520, 8], [12, 700, 300],
+    ] as const;
+    for (const [m, n, k] of splitShapes) {
       for (const o of orientations) {
         const run = (kern: Kernels) => {
           const a = kern.heap.f32(m * k);
@@ -112,7 +117,9 @@ describe.each(['simd', 'relaxed'] as const)('fp32 gemm (%s build)', (build) => {
   });
 
   /** op(A)·op(B) on the kernels from logical op(A) (m×k), op(B) (k×n) and initial C. */
-  const product = (opA: Float32Array, opB: Float32Array, c0: Float32Array, m: number, n: number, k: number, o: Orientation, accumulate: boolean) => {
+  const product = (
+    opA: Float32Array, opB: Float32Array, c0: Float32Array, m: number, n: number, k: number, o: Orientation, accumulate: boolean,
+  ) => {
     const a = one.heap.f32(m * k);
     const b = one.heap.f32(k * n);
     const c = one.heap.f32(m * n);
@@ -153,7 +160,8 @@ describe.each(['simd', 'relaxed'] as const)('fp32 gemm (%s build)', (build) => {
   if (build === 'simd') it('computes every output as the specified f32 sequence, on every path', () => {
     // Products rounded, summed from zero in k order per block of 256, each block added to C.
     // (m > 8 avoids the A·Bᵀ dot-product path, which sums in another order.)
-    for (const [m, n, k] of [[67, 8, 300], [67, 13, 8], [67, 40, 300], [13, 419, 300], [9, 1024, 20], [67, 419, 300], [21, 520, 8]] as const) {
+    const pathShapes = [[67, 8, 300], [67, 13, 8], [67, 40, 300], [13, 419, 300], [9, 1024, 20], [67, 419, 300], [21, 520, 8]] as const;
+    for (const [m, n, k] of pathShapes) {
       const { opA, opB, c0 } = randomOperands(m, n, k, m + n + k);
       for (const o of orientations) {
         for (const accumulate of [false, true]) {

@@ -164,83 +164,94 @@ describe.each(['simd', 'relaxed'] as const)('transformer ops (%s build)', (build
     expect(maxRelError(dwInPlace, grads.dw)).toBeLessThan(2e-6);
   });
 
-  it.each([8, 10, 24, 64])('rope matches the float64 rotation, in and out of place, and its backward inverts it (headDim=%i)', (headDim) => {
-    const random = rng(headDim);
-    const [tokens, heads, maxPositions] = [13, 3, 4096];
-    for (const theta of [10000, 1e6]) {
-      const table = one.ops.ropeTable(headDim, maxPositions, theta);
-      const positions = i32(one, Array.from({ length: tokens }, (_, t) => (t === 0 ? maxPositions - 1 : Math.floor(((random() + 1) / 2) * maxPositions))));
-      const n = tokens * heads * headDim;
-      const x = rand(one, n, random), out = one.heap.f32(n);
-      const want = ref.rope64(x, positions, tokens, heads, headDim, theta);
-      one.ops.rope({ x, out, positions, table, tokens, heads });
-      expect(maxRelError(out, want)).toBeLessThan(1e-6);
-      const inPlace = f32(one, x);
-      one.ops.rope({ x: inPlace, positions, table, tokens, heads });
-      expect(bitEqual(inPlace, out)).toBe(true);
-      const dy = rand(one, n, random), dx = one.heap.f32(n);
-      one.ops.ropeBackward({ x: dy, out: dx, positions, table, tokens, heads });
-      expect(maxRelError(dx, ref.rope64(dy, positions, tokens, heads, headDim, theta, true))).toBeLessThan(1e-6);
-      one.heap.release(table.table);
-    }
-  });
-
-  it.each([[1, 1], [3, 5], [7, 64], [5, 1001]])('softmax and its backward match float64, with large and masked logits (rows=%i n=%i)', (rows, n) => {
-    const random = rng(rows + n);
-    const x = rand(one, rows * n, random, 30);
-    if (n > 2) x[1] = -Infinity;
-    const y = one.heap.f32(rows * n);
-    one.ops.softmax({ x, y, rows, n });
-    const want = ref.softmax64(x, rows, n);
-    expect(maxRelError(y, want)).toBeLessThan(1e-6);
-    const dy = rand(one, rows * n, random), dx = one.heap.f32(rows * n);
-    one.ops.softmaxBackward({ y, dy, dx, rows, n });
-    // dy − Σ y⊙dy cancels for a near one-hot y: measure against |dy| (≤ 1).
-    expect(errorAbove(dx, ref.softmaxBackward64(want, dy, rows, n), 1)).toBeLessThan(2e-6);
-    one.ops.softmax({ x, y: x, rows, n }); // in place
-    expect(bitEqual(x, y)).toBe(true);
-  });
-
-  it.each([[1, 3], [7, 37], [4, 64]])('swiglu and its backward match float64, contiguous and as a fused gate|up matrix (rows=%i cols=%i)', (rows, cols) => {
-    const random = rng(rows * cols);
-    const gu = rand(one, rows * 2 * cols, random, 6);
-    gu[0] = 100; // sigmoid saturates: no overflow or NaN
-    if (cols > 1) gu[1] = -100;
-    const dh = rand(one, rows * cols, random);
-    const gate = new Float64Array(rows * cols), up = new Float64Array(rows * cols);
-    for (let r = 0; r < rows; r++) {
-      for (let c = 0; c < cols; c++) {
-        gate[r * cols + c] = gu[r * 2 * cols + c];
-        up[r * cols + c] = gu[r * 2 * cols + cols + c];
+  it.each([8, 10, 24, 64])(
+    'rope matches the float64 rotation, in and out of place, and its backward inverts it (headDim=%i)',
+    (headDim) => {
+      const random = rng(headDim);
+      const [tokens, heads, maxPositions] = [13, 3, 4096];
+      for (const theta of [10000, 1e6]) {
+        const table = one.ops.ropeTable(headDim, maxPositions, theta);
+        const positionOf = (t: number) => (t === 0 ? maxPositions - 1 : Math.floor(((random() + 1) / 2) * maxPositions));
+        const positions = i32(one, Array.from({ length: tokens }, (_, t) => positionOf(t)));
+        const n = tokens * heads * headDim;
+        const x = rand(one, n, random), out = one.heap.f32(n);
+        const want = ref.rope64(x, positions, tokens, heads, headDim, theta);
+        one.ops.rope({ x, out, positions, table, tokens, heads });
+        expect(maxRelError(out, want)).toBeLessThan(1e-6);
+        const inPlace = f32(one, x);
+        one.ops.rope({ x: inPlace, positions, table, tokens, heads });
+        expect(bitEqual(inPlace, out)).toBe(true);
+        const dy = rand(one, n, random), dx = one.heap.f32(n);
+        one.ops.ropeBackward({ x: dy, out: dx, positions, table, tokens, heads });
+        expect(maxRelError(dx, ref.rope64(dy, positions, tokens, heads, headDim, theta, true))).toBeLessThan(1e-6);
+        one.heap.release(table.table);
       }
-    }
-    const wantH = ref.swiglu64(gate, up, rows * cols);
-    const want = ref.swigluBackward64(gate, up, dh, rows * cols);
-    const h = one.heap.f32(rows * cols);
-    // Fused: gate and up interleaved by row, stride 2·cols.
-    one.ops.swiglu({ gate: gu, up: gu.subarray(cols), h, rows, cols, stride: 2 * cols });
-    expect(maxRelError(h, wantH)).toBeLessThan(1e-6);
-    const dgu = one.heap.f32(rows * 2 * cols);
-    one.ops.swigluBackward({ gate: gu, up: gu.subarray(cols), dh, dGate: dgu, dUp: dgu.subarray(cols), rows, cols, stride: 2 * cols });
-    const dGate = new Float64Array(rows * cols), dUp = new Float64Array(rows * cols);
-    for (let r = 0; r < rows; r++) {
-      for (let c = 0; c < cols; c++) {
-        dGate[r * cols + c] = dgu[r * 2 * cols + c];
-        dUp[r * cols + c] = dgu[r * 2 * cols + cols + c];
+    },
+  );
+
+  it.each([[1, 1], [3, 5], [7, 64], [5, 1001]])(
+    'softmax and its backward match float64, with large and masked logits (rows=%i n=%i)',
+    (rows, n) => {
+      const random = rng(rows + n);
+      const x = rand(one, rows * n, random, 30);
+      if (n > 2) x[1] = -Infinity;
+      const y = one.heap.f32(rows * n);
+      one.ops.softmax({ x, y, rows, n });
+      const want = ref.softmax64(x, rows, n);
+      expect(maxRelError(y, want)).toBeLessThan(1e-6);
+      const dy = rand(one, rows * n, random), dx = one.heap.f32(rows * n);
+      one.ops.softmaxBackward({ y, dy, dx, rows, n });
+      // dy − Σ y⊙dy cancels for a near one-hot y: measure against |dy| (≤ 1).
+      expect(errorAbove(dx, ref.softmaxBackward64(want, dy, rows, n), 1)).toBeLessThan(2e-6);
+      one.ops.softmax({ x, y: x, rows, n }); // in place
+      expect(bitEqual(x, y)).toBe(true);
+    },
+  );
+
+  it.each([[1, 3], [7, 37], [4, 64]])(
+    'swiglu and its backward match float64, contiguous and as a fused gate|up matrix (rows=%i cols=%i)',
+    (rows, cols) => {
+      const random = rng(rows * cols);
+      const gu = rand(one, rows * 2 * cols, random, 6);
+      gu[0] = 100; // sigmoid saturates: no overflow or NaN
+      if (cols > 1) gu[1] = -100;
+      const dh = rand(one, rows * cols, random);
+      const gate = new Float64Array(rows * cols), up = new Float64Array(rows * cols);
+      for (let r = 0; r < rows; r++) {
+        for (let c = 0; c < cols; c++) {
+          gate[r * cols + c] = gu[r * 2 * cols + c];
+          up[r * cols + c] = gu[r * 2 * cols + cols + c];
+        }
       }
-    }
-    expect(maxRelError(dGate, want.dGate)).toBeLessThan(2e-6);
-    expect(maxRelError(dUp, want.dUp)).toBeLessThan(2e-6);
-    // Contiguous: the same numbers.
-    const g = f32(one, gate), u = f32(one, up), h2 = one.heap.f32(rows * cols), dg = one.heap.f32(rows * cols), du = one.heap.f32(rows * cols);
-    one.ops.swiglu({ gate: g, up: u, h: h2, rows, cols });
-    one.ops.swigluBackward({ gate: g, up: u, dh, dGate: dg, dUp: du, rows, cols });
-    expect(bitEqual(h2, h)).toBe(true);
-    expect(maxRelError(dg, want.dGate)).toBeLessThan(2e-6);
-    expect(maxRelError(du, want.dUp)).toBeLessThan(2e-6);
-    one.ops.swigluBackward({ gate: g, up: u, dh, dGate: g, dUp: u, rows, cols }); // in place
-    expect(bitEqual(g, dg) && bitEqual(u, du)).toBe(true);
-  });
+      const wantH = ref.swiglu64(gate, up, rows * cols);
+      const want = ref.swigluBackward64(gate, up, dh, rows * cols);
+      const h = one.heap.f32(rows * cols);
+      // Fused: gate and up interleaved by row, stride 2·cols.
+      one.ops.swiglu({ gate: gu, up: gu.subarray(cols), h, rows, cols, stride: 2 * cols });
+      expect(maxRelError(h, wantH)).toBeLessThan(1e-6);
+      const dgu = one.heap.f32(rows * 2 * cols);
+      one.ops.swigluBackward({ gate: gu, up: gu.subarray(cols), dh, dGate: dgu, dUp: dgu.subarray(cols), rows, cols, stride: 2 * cols });
+      const dGate = new Float64Array(rows * cols), dUp = new Float64Array(rows * cols);
+      for (let r = 0; r < rows; r++) {
+        for (let c = 0; c < cols; c++) {
+          dGate[r * cols + c] = dgu[r * 2 * cols + c];
+          dUp[r * cols + c] = dgu[r * 2 * cols + cols + c];
+        }
+      }
+      expect(maxRelError(dGate, want.dGate)).toBeLessThan(2e-6);
+      expect(maxRelError(dUp, want.dUp)).toBeLessThan(2e-6);
+      // Contiguous: the same numbers.
+      const g = f32(one, gate), u = f32(one, up);
+      const h2 = one.heap.f32(rows * cols), dg = one.heap.f32(rows * cols), du = one.heap.f32(rows * cols);
+      one.ops.swiglu({ gate: g, up: u, h: h2, rows, cols });
+      one.ops.swigluBackward({ gate: g, up: u, dh, dGate: dg, dUp: du, rows, cols });
+      expect(bitEqual(h2, h)).toBe(true);
+      expect(maxRelError(dg, want.dGate)).toBeLessThan(2e-6);
+      expect(maxRelError(du, want.dUp)).toBeLessThan(2e-6);
+      one.ops.swigluBackward({ gate: g, up: u, dh, dGate: g, dUp: u, rows, cols }); // in place
+      expect(bitEqual(g, dg) && bitEqual(u, du)).toBe(true);
+    },
+  );
 
   it.each([
     [1, 1, 1, 8], [5, 2, 2, 8], [13, 4, 2, 16], [37, 4, 1, 24], [67, 6, 3, 64], [130, 2, 2, 128],
@@ -282,21 +293,24 @@ describe.each(['simd', 'relaxed'] as const)('transformer ops (%s build)', (build
     expect(bitEqual(x, dLogits)).toBe(true);
   });
 
-  it.each([[8, 1], [8, 2], [37, 3], [64, 8], [5, 5]])('top-k matches float64, ties to the lower index, and its backward scatters (n=%i k=%i)', (n, k) => {
-    const random = rng(n * 10 + k);
-    const rows = 33;
-    // Few distinct levels so that many rows hold ties.
-    const x = f32(one, randomArray(rows * n, random).map((u) => Math.round(u * 3) / 3));
-    const indices = one.heap.i32(rows * k), values = one.heap.f32(rows * k);
-    one.ops.topK({ x, rows, n, k, indices, values });
-    const want = ref.topK64(x, rows, n, k);
-    expect(Array.from(indices)).toEqual(want.indices);
-    expect(Array.from(values)).toEqual(want.values.map(Math.fround));
-    const dValues = rand(one, rows * k, random), dx = rand(one, rows * n, random);
-    const dx0 = Float64Array.from(dx);
-    one.ops.topKBackward({ indices, dValues, dx, rows, n, k });
-    expect(maxRelError(dx, ref.topKBackward64(indices, dValues, rows, n, k).map((g, i) => g + dx0[i]))).toBeLessThan(1e-7);
-  });
+  it.each([[8, 1], [8, 2], [37, 3], [64, 8], [5, 5]])(
+    'top-k matches float64, ties to the lower index, and its backward scatters (n=%i k=%i)',
+    (n, k) => {
+      const random = rng(n * 10 + k);
+      const rows = 33;
+      // Few distinct levels so that many rows hold ties.
+      const x = f32(one, randomArray(rows * n, random).map((u) => Math.round(u * 3) / 3));
+      const indices = one.heap.i32(rows * k), values = one.heap.f32(rows * k);
+      one.ops.topK({ x, rows, n, k, indices, values });
+      const want = ref.topK64(x, rows, n, k);
+      expect(Array.from(indices)).toEqual(want.indices);
+      expect(Array.from(values)).toEqual(want.values.map(Math.fround));
+      const dValues = rand(one, rows * k, random), dx = rand(one, rows * n, random);
+      const dx0 = Float64Array.from(dx);
+      one.ops.topKBackward({ indices, dValues, dx, rows, n, k });
+      expect(maxRelError(dx, ref.topKBackward64(indices, dValues, rows, n, k).map((g, i) => g + dx0[i]))).toBeLessThan(1e-7);
+    },
+  );
 
   it('adamW follows torch.optim.AdamW over several steps', () => {
     const random = rng(3);
@@ -329,15 +343,18 @@ describe.each(['simd', 'relaxed'] as const)('transformer ops (%s build)', (build
     expect(one.ops.sumSquares(big, 5001) / dot(big, big) - 1).toBeLessThan(1e-6);
 
     const src = rand(one, rows * cols, random);
+    const row = (a: Float32Array, r: number) => a.subarray(r * cols, (r + 1) * cols);
     const indices = i32(one, [10, 0, 3, 3, 7]);
     const gathered = one.heap.f32(5 * cols);
     one.ops.gatherRows({ src, indices, dst: gathered, rows: 5, cols, srcRows: rows });
-    for (let r = 0; r < 5; r++) expect(Array.from(gathered.subarray(r * cols, (r + 1) * cols))).toEqual(Array.from(src.subarray(indices[r] * cols, (indices[r] + 1) * cols)));
+    for (let r = 0; r < 5; r++) expect(Array.from(row(gathered, r))).toEqual(Array.from(row(src, indices[r])));
 
     const weights = f32(one, [0.5, -1, 2, 3, 0.25]);
     const scaled = one.heap.f32(5 * cols);
     one.ops.scaleRows({ src: gathered, weights, dst: scaled, rows: 5, cols });
-    for (let r = 0; r < 5; r++) expect(Array.from(scaled.subarray(r * cols, (r + 1) * cols))).toEqual(Array.from(gathered.subarray(r * cols, (r + 1) * cols), (x) => Math.fround(weights[r] * x)));
+    for (let r = 0; r < 5; r++) {
+      expect(Array.from(row(scaled, r))).toEqual(Array.from(row(gathered, r), (x) => Math.fround(weights[r] * x)));
+    }
     const summed = Float64Array.from(scaled, (x, i) => x + weights[Math.floor(i / cols)] * gathered[i]);
     one.ops.scaleRows({ src: gathered, weights, dst: scaled, rows: 5, cols, accumulate: true });
     expect(maxRelError(scaled, summed)).toBeLessThan(2e-7);
@@ -349,7 +366,7 @@ describe.each(['simd', 'relaxed'] as const)('transformer ops (%s build)', (build
 
     const dots = one.heap.f32(rows);
     one.ops.rowDots(src, dst, dots, rows, cols);
-    expect(maxRelError(dots, Array.from({ length: rows }, (_, r) => dot(src.subarray(r * cols, (r + 1) * cols), dst.subarray(r * cols, (r + 1) * cols))))).toBeLessThan(1e-6);
+    expect(maxRelError(dots, Array.from({ length: rows }, (_, r) => dot(row(src, r), row(dst, r))))).toBeLessThan(1e-6);
 
     const bias = rand(one, cols, random), x = f32(one, src);
     one.ops.addBias(x, bias, rows, cols);
@@ -365,7 +382,8 @@ describe.each(['simd', 'relaxed'] as const)('transformer ops (%s build)', (build
     const special = [0, -0, 1, -1, Infinity, -Infinity, NaN, 1e-40, -3e-39, 3.4e38, -3.4028234e38, 65504,
       1 + 2 ** -8, 1 + 3 * 2 ** -8, 1 + 2 ** -8 + 2 ** -20]; // ties round to even; just above a tie rounds up
     const n = 100_003; // parallel, with a scalar tail
-    const values = Float32Array.from({ length: n }, (_, i) => (i < special.length ? special[i] : (random() - 0.5) * 10 ** Math.floor(random() * 12 - 6)));
+    const randomMagnitude = () => (random() - 0.5) * 10 ** Math.floor(random() * 12 - 6);
+    const values = Float32Array.from({ length: n }, (_, i) => (i < special.length ? special[i] : randomMagnitude()));
     const expected = Uint16Array.from(values, (x) => f32ToBf16Bits(x));
     for (const kern of [one, two]) {
       const x = f32(kern, values);
@@ -385,7 +403,8 @@ describe.each(['simd', 'relaxed'] as const)('transformer ops (%s build)', (build
     const runs: [string, (kern: Kernels, random: Random) => (Float32Array | Int32Array)[]][] = [
       ['rmsNorm', (kern, random) => {
         const [rows, dim] = [67, 515];
-        const x = rand(kern, rows * dim, random), weight = rand(kern, dim, random), y = kern.heap.f32(rows * dim), rstd = kern.heap.f32(rows);
+        const x = rand(kern, rows * dim, random), weight = rand(kern, dim, random);
+        const y = kern.heap.f32(rows * dim), rstd = kern.heap.f32(rows);
         kern.ops.rmsNorm({ x, weight, y, rstd, rows, dim, eps: 1e-6 });
         const dy = rand(kern, rows * dim, random), dx = kern.heap.f32(rows * dim), dWeight = rand(kern, dim, random);
         kern.ops.rmsNormBackward({ x, weight, rstd, dy, dx, dWeight, rows, dim });
@@ -480,34 +499,47 @@ describe.each(['simd', 'relaxed'] as const)('transformer ops (%s build)', (build
     const { ops, heap } = one;
     const x = heap.f32(12), w = heap.f32(4), y = heap.f32(12), rstd = heap.f32(3);
     expect(() => ops.rmsNorm({ x, weight: w, y, rstd, rows: 4, dim: 4, eps: 1e-5 })).toThrow(/rmsNorm: x has 12 elements, needs 16/);
-    expect(() => ops.rmsNorm({ x: new Float32Array(12), weight: w, y, rstd, rows: 3, dim: 4, eps: 1e-5 })).toThrow(/not in the kernel heap/);
-    expect(() => ops.rmsNormBackward({ x, weight: w, rstd, dy: y, dx: y, dWeight: heap.f32(3), rows: 3, dim: 4 })).toThrow(/dWeight has 3 elements, needs 4/);
+    expect(() => ops.rmsNorm({ x: new Float32Array(12), weight: w, y, rstd, rows: 3, dim: 4, eps: 1e-5 }))
+      .toThrow(/not in the kernel heap/);
+    expect(() => ops.rmsNormBackward({ x, weight: w, rstd, dy: y, dx: y, dWeight: heap.f32(3), rows: 3, dim: 4 }))
+      .toThrow(/dWeight has 3 elements, needs 4/);
     expect(() => ops.softmax({ x, y, rows: 2.5, n: 4 })).toThrow(/rows must be a non-negative integer/);
 
     const table = ops.ropeTable(4, 8, 10000);
     expect(() => ops.ropeTable(5, 8, 10000)).toThrow(/headDim must be even/);
-    expect(() => ops.rope({ x, positions: i32(one, [0, 8, 1]), table, tokens: 3, heads: 1 })).toThrow(/positions\[1\] = 8 is outside \[0, 8\)/);
+    expect(() => ops.rope({ x, positions: i32(one, [0, 8, 1]), table, tokens: 3, heads: 1 }))
+      .toThrow(/positions\[1\] = 8 is outside \[0, 8\)/);
 
     expect(() => ops.swiglu({ gate: x, up: x, h: y, rows: 3, cols: 4, stride: 3 })).toThrow(/stride 3 is smaller than cols 4/);
 
-    const attn = { q: heap.f32(64), k: heap.f32(64), v: heap.f32(64), out: heap.f32(64), lse: heap.f32(8), tokens: 2, heads: 4, kvHeads: 3, headDim: 8 };
+    const attn = {
+      q: heap.f32(64), k: heap.f32(64), v: heap.f32(64), out: heap.f32(64), lse: heap.f32(8), tokens: 2, heads: 4, kvHeads: 3, headDim: 8,
+    };
     expect(() => ops.attention(attn)).toThrow(/heads \(4\) must be a positive multiple of kvHeads \(3\)/);
     expect(() => ops.attention({ ...attn, kvHeads: 2, headDim: 12 })).toThrow(/headDim must be a positive multiple of 8/);
     expect(() => ops.attention({ ...attn, kvHeads: 2, lse: heap.f32(7) })).toThrow(/lse has 7 elements, needs 8/);
     const T = 700, D = 128;
-    const long = { q: heap.f32(T * D), k: heap.f32(T * D), v: heap.f32(T * D), out: heap.f32(T * D), lse: heap.f32(T), tokens: T, heads: 1, kvHeads: 1, headDim: D };
+    const long = {
+      q: heap.f32(T * D), k: heap.f32(T * D), v: heap.f32(T * D), out: heap.f32(T * D), lse: heap.f32(T),
+      tokens: T, heads: 1, kvHeads: 1, headDim: D,
+    };
     expect(() => ops.attention(long)).not.toThrow();
     expect(() => ops.attentionBackward({ ...long, dOut: long.out, dq: heap.f32(T * D), dk: heap.f32(T * D), dv: heap.f32(T * D) }))
       .toThrow(/700 tokens at headDim 128 need \d+ bytes of scratch per thread/);
 
     const losses = heap.f32(3);
-    expect(() => ops.crossEntropy({ logits: x, targets: i32(one, [0, 4, 1]), losses, rows: 3, vocab: 4 })).toThrow(/targets\[1\] = 4 is not below vocab 4/);
+    expect(() => ops.crossEntropy({ logits: x, targets: i32(one, [0, 4, 1]), losses, rows: 3, vocab: 4 }))
+      .toThrow(/targets\[1\] = 4 is not below vocab 4/);
     expect(() => ops.topK({ x, rows: 3, n: 4, k: 5, indices: heap.i32(15), values: heap.f32(15) })).toThrow(/k must be from 1 to n = 4/);
-    expect(() => ops.topKBackward({ indices: i32(one, [0, 4]), dValues: heap.f32(2), dx: x, rows: 2, n: 4, k: 1 })).toThrow(/indices\[1\] = 4 is outside/);
+    expect(() => ops.topKBackward({ indices: i32(one, [0, 4]), dValues: heap.f32(2), dx: x, rows: 2, n: 4, k: 1 }))
+      .toThrow(/indices\[1\] = 4 is outside/);
     expect(() => ops.adamW({ params: x, grads: x, m: x, v: x, n: 12, lr: 1e-3, step: 0 })).toThrow(/step must be an integer ≥ 1/);
     expect(() => ops.adamW({ params: x, grads: x, m: x, v: x, n: 12, lr: 1e-3, step: 1, beta2: 1 })).toThrow(/beta2 must be in \[0, 1\)/);
-    expect(() => ops.scatterAddRows({ src: x, indices: i32(one, [0, -1]), dst: y, rows: 2, cols: 4, dstRows: 3 })).toThrow(/indices\[1\] = -1 is outside \[0, 3\)/);
-    expect(() => ops.gatherRows({ src: x, indices: i32(one, [3]), dst: y, rows: 1, cols: 4, srcRows: 3 })).toThrow(/indices\[0\] = 3 is outside \[0, 3\)/);
-    expect(() => ops.scaleRows({ src: x, weights: one.heap.f32(2), dst: y, rows: 3, cols: 4 })).toThrow(/scaleRows: weights has 2 elements, needs 3/);
+    expect(() => ops.scatterAddRows({ src: x, indices: i32(one, [0, -1]), dst: y, rows: 2, cols: 4, dstRows: 3 }))
+      .toThrow(/indices\[1\] = -1 is outside \[0, 3\)/);
+    expect(() => ops.gatherRows({ src: x, indices: i32(one, [3]), dst: y, rows: 1, cols: 4, srcRows: 3 }))
+      .toThrow(/indices\[0\] = 3 is outside \[0, 3\)/);
+    expect(() => ops.scaleRows({ src: x, weights: one.heap.f32(2), dst: y, rows: 3, cols: 4 }))
+      .toThrow(/scaleRows: weights has 2 elements, needs 3/);
   });
 });

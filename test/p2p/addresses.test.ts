@@ -48,18 +48,55 @@ describe('the addresses a receiver can use', () => {
 });
 
 describe("the coordinator's address book", () => {
-  it('gives each receiver what it can use, and says who has not yet got a change', () => {
+  it('says when a node\'s addresses (or where it connects from) changed, and keeps all of them for its own dials', () => {
     const book = new AddressBook();
-    book.set('a', [home, forwarded], '11.0.1.2');
-    book.set('b', [home], '11.0.2.2');
-    expect(book.changedFor('b')).toBe(true);
-    expect(book.usableBy('b', 'a')).toEqual([forwarded]);
-    expect(book.changedFor('b')).toBe(false);
-    book.set('a', [home, forwarded], '11.0.1.2'); // the same again: no change
-    expect(book.changedFor('b')).toBe(false);
-    book.set('a', [home, forwarded, relayedPublic], '11.0.1.2'); // a relay reservation
-    expect(book.changedFor('b')).toBe(true);
-    expect(book.usableBy('b', 'a')).toEqual([forwarded, relayedPublic]);
-    expect(book.get('a')).toEqual([home, forwarded, relayedPublic]); // all of them, for the coordinator's own dials
+    expect(book.set('a', [home, forwarded], '11.0.1.2')).toBe(true);
+    expect(book.set('a', [home, forwarded], '11.0.1.2')).toBe(false); // the same again
+    expect(book.set('a', [home, forwarded, relayedPublic], '11.0.1.2')).toBe(true); // a relay reservation
+    expect(book.set('a', [home, forwarded, relayedPublic], '11.0.9.9')).toBe(true); // the same, from elsewhere
+    expect(book.get('a')).toEqual([home, forwarded, relayedPublic]);
+  });
+
+  // Where each node connects from (undefined: only over a relay), every one advertising all the addresses above.
+  const seenFrom: Record<string, string | undefined> = {
+    local1: '127.0.0.1', local2: '127.0.0.1', lan: '192.168.1.7', vpn: '10.0.0.7', docker: '172.18.0.4',
+    natA1: '11.0.1.2', natA2: '11.0.1.2', alone1: '11.0.2.2', alone2: '11.0.3.3', relayed: undefined,
+  };
+  const names = Object.keys(seenFrom);
+  const bookOf = (lan = false) => {
+    const book = new AddressBook(lan);
+    for (const name of names) book.set(name, all, seenFrom[name]);
+    return book;
+  };
+  const viewGroups = (book: AddressBook) => {
+    const groups = new Map<string, string[]>();
+    for (const name of names) groups.set(book.view(name).key, [...(groups.get(book.view(name).key) ?? []), name]);
+    return [...groups.values()];
+  };
+
+  it('puts receivers in views, each receiver getting of every other node what usableAddresses gives it', () => {
+    const book = bookOf();
+    expect(viewGroups(book)).toEqual([['local1', 'local2'], ['lan', 'vpn', 'docker'], ['natA1', 'natA2'], ['alone1', 'alone2', 'relayed']]);
+    for (const receiver of names) {
+      for (const owner of names.filter((name) => name !== receiver)) {
+        const expected = usableAddresses(all, { owner: seenFrom[owner], receiver: seenFrom[receiver] });
+        expect(book.usableIn(book.view(receiver), owner), `${owner} for ${receiver}`).toEqual(expected);
+      }
+    }
+    // Its own addresses, which a node never dials, as the others of its view get them: public ones alone on a public IP.
+    expect(book.usableIn(book.view('alone1'), 'alone1')).toEqual([forwarded, named, relayedPublic]);
+    expect(book.usableIn(book.view('natA1'), 'natA1')).toEqual([home, docker, forwarded, named, relayedPublic]);
+  });
+
+  it('gives a node alone on its public IP a view of its own once another node connects from there; with --lan, one view', () => {
+    const book = bookOf();
+    book.set('alone1-neighbour', all, '11.0.2.2');
+    expect(book.view('alone1')).toEqual({ key: '11.0.2.2', receiver: '11.0.2.2' });
+    expect(book.usableIn(book.view('alone1'), 'alone1-neighbour')).toEqual([home, docker, forwarded, named, relayedPublic]);
+    book.set('alone1-neighbour', all, '11.0.4.4'); // it moved: alone1 is alone again
+    expect(book.view('alone1').key).toBe('public');
+    const lan = bookOf(true);
+    expect(viewGroups(lan)).toEqual([names]);
+    for (const owner of names) expect(lan.usableIn(lan.view('alone1'), owner)).toEqual(all);
   });
 });

@@ -1,12 +1,15 @@
 // Circuit relay v2 on loopback: a relay serving only admitted peers, a node reachable only through
-// it, and requests over the relayed connection within the relay's limits.
+// it, requests over the relayed connection within the relay's limits, and a large one over a slow uplink.
 import { generateKeyPair } from '@libp2p/crypto/keys';
 import { peerIdFromPrivateKey } from '@libp2p/peer-id';
+import { byteStream } from '@libp2p/utils';
+import { multiaddr } from '@multiformats/multiaddr';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { f32Tensor, msgpackCodec, PROTOCOLS, tensorF32 } from '../../proto/index.ts';
 import { createHost, RefusedError, Rpc, type Host, type Rejection } from '../../src/p2p/index.ts';
 import { samples } from '../proto/samples.ts';
 import { serveToy } from './peers.ts';
+import { tcpWith, throttle } from './slow-link.ts';
 
 const DATA_LIMIT = 64 * 1024;
 
@@ -99,5 +102,60 @@ describe('a circuit relay for admitted peers', () => {
     await Promise.race([ended, new Promise((resolve) => setTimeout(resolve, 10_000))]);
     expect(received).toBeLessThanOrEqual(DATA_LIMIT);
     expect(PROTOCOLS.expertForward.maxRequestBytes).toBeGreaterThan(DATA_LIMIT); // the cap alone would not stop it
+  });
+});
+
+describe('a large message through a relay, over a slow uplink', () => {
+  const UPLINK = { bytesPerSecond: 4 * 1024 * 1024, delayMs: 20 };
+  const ECHO = '/swarmtrain-test/echo/1';
+  let relay: Host;
+  let hidden: Host; // behind a NAT on a slow uplink: reached only through the relay
+  let dialer: Host;
+  let relayedAddress: string;
+  let dialerReceived = 0; // bytes the dialer's sockets received
+
+  beforeAll(async () => {
+    relay = await createHost({ relayServer: { mayReserve: () => true } });
+    hidden = await createHost({
+      relayClient: true, listen: [`${relay.getMultiaddrs()[0]}/p2p-circuit`], transports: [tcpWith((socket) => throttle(socket, UPLINK))],
+    });
+    await serveToy(new Rpc({ transport: hidden, codec: msgpackCodec }));
+    await hidden.handle(ECHO, async (stream) => {
+      const bytes = byteStream(stream);
+      for (;;) await bytes.write(await bytes.read({ bytes: 1 }));
+    }, { runOnLimitedConnection: true });
+    const counted = tcpWith((socket) => socket.on('data', (data: Buffer) => (dialerReceived += data.length)));
+    dialer = await createHost({ relayClient: true, transports: [counted] });
+    relayedAddress = hidden.getMultiaddrs().map(String).find((a) => a.includes('/p2p-circuit/'))!;
+  });
+
+  afterAll(async () => {
+    await Promise.all([dialer?.stop(), hidden?.stop(), relay?.stop()]);
+  });
+
+  it('arrives whole, and other streams on the connection wait behind at most a window of it, not all of it', async () => {
+    const connection = await dialer.dial(multiaddr(relayedAddress));
+    const echo = byteStream(await connection.newStream(ECHO, { runOnLimitedConnection: true }));
+    const rpc = new Rpc({ transport: dialer, codec: msgpackCodec });
+    const [rows, hiddenSize] = [2048, 1024]; // 8 MiB each way: the reply crawls up the slow uplink for 2 s or more
+    const input = Float32Array.from({ length: rows * hiddenSize }, (_, i) => (i % 1000) - 500);
+    const call = { ...samples().expertForward.request, rows, tensor: f32Tensor([rows, hiddenSize], input) };
+    const request = rpc.request(relayedAddress, 'expertForward', call);
+    let answered = false;
+    void request.finally(() => (answered = true)).catch(() => {});
+    // While the reply comes in, echo a byte: what arrives before the echo was queued ahead of it on the uplink.
+    const ahead: number[] = [];
+    while (!answered) {
+      const before = dialerReceived;
+      await echo.write(new Uint8Array([1]));
+      await echo.read({ bytes: 1 });
+      ahead.push(dialerReceived - before);
+    }
+    const reply = await request;
+    expect(Buffer.from(tensorF32(reply.tensor).buffer).equals(Buffer.from(input.map((x) => 2 * x).buffer))).toBe(true);
+    expect(dialer.getConnections(hidden.peerId).map((c) => c.id)).toEqual([connection.id]); // relayed, and never cut
+    // libp2p's pings queue the same way, and it cuts a connection whose ping is late. (Uncapped: 4 MiB and growing.)
+    expect(Math.max(...ahead)).toBeGreaterThan(0); // some echoes did wait behind the reply
+    expect(Math.max(...ahead)).toBeLessThan(2 * 1024 * 1024);
   });
 });

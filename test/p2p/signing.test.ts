@@ -3,7 +3,7 @@
 import { generateKeyPair } from '@libp2p/crypto/keys';
 import { peerIdFromPrivateKey } from '@libp2p/peer-id';
 import { describe, expect, it } from 'vitest';
-import { planSigningBytes, type Plan } from '../../proto/index.ts';
+import { applyPlanDelta, planDelta, planSigningBytes, type Plan } from '../../proto/index.ts';
 import { signedBy, signSync } from '../../src/p2p/index.ts';
 
 const A = '12D3KooWRvUC4xFKUA844kqcUiAURoMmzMc1YAwUBuQA9Uv3RX4N';
@@ -41,11 +41,23 @@ describe('plan signatures', () => {
       { ...PLAN, experts: [{ layer: 0, expert: 0, holders: [A, B] }, { layer: 0, expert: 1, holders: [B, A] }] },
       { ...PLAN, peers: [...PLAN.peers, { peerId: 'QmAttacker', addrs: [] }] },
       { ...PLAN, degraded: undefined },
+      { ...PLAN, experts: [PLAN.experts[0], { ...PLAN.experts[1], handover: [A] }] },
     ];
     for (const plan of forged) expect(signedBy(coordinator.id, planSigningBytes('job', plan), signature), JSON.stringify(plan)).toBe(false);
     expect(signedBy(coordinator.id, planSigningBytes('another-job', PLAN), signature)).toBe(false);
     expect(signedBy(other.id, planSigningBytes('job', PLAN), signature)).toBe(false);
     expect(signedBy(coordinator.id, planSigningBytes('job', PLAN), signSync(other.key, planSigningBytes('job', PLAN)))).toBe(false);
+  });
+
+  it('survive deltas that only add or drop a handover (the holders unchanged), signing the same bytes once rebuilt', () => {
+    const before: Plan = { ...PLAN, peers: [...PLAN.peers].reverse() }; // in the planner's order, as a rebuilt plan has them
+    const moved: Plan = { ...before, version: 4, experts: [PLAN.experts[0], { ...PLAN.experts[1], handover: [A] }] };
+    const settled: Plan = { ...moved, version: 5, experts: PLAN.experts };
+    for (const [from, to] of [[before, moved], [moved, settled]] as const) {
+      const delta = planDelta(from, to);
+      expect(delta.experts).toEqual([to.experts[1]]);
+      expect(planSigningBytes('job', applyPlanDelta(from, delta))).toEqual(planSigningBytes('job', to));
+    }
   });
 
   it('reject malformed signatures without throwing', async () => {

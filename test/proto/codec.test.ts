@@ -166,8 +166,10 @@ describe('proto: rejections', () => {
       ['delta', edited(all.delta.request, (m) => (m.parts[1].tensor.shape = [2]))],
     ];
     for (const [name, message] of cases) expectRefused(() => decodeRequest(name, pack(message)), 'tensor', /tensor|parts/);
-    expectRefused(() => decodeReply('state', pack({ ok: edited(all.state.response, (m) => (m.parts[0].tensor.shape = [4, 3])) })), 'tensor', /embed.*32 bytes, got 32|needs 48 bytes/);
-    expectRefused(() => decodeRequest('delta', pack(edited(all.delta.request, (m) => (m.parts[1].name = 'w1.q')))), 'schema', /appears twice/);
+    expectRefused(() => decodeReply('state', pack({ ok: edited(all.state.response, (m) => (m.parts[0].tensor.shape = [4, 3])) })),
+      'tensor', /embed.*32 bytes, got 32|needs 48 bytes/);
+    expectRefused(() => decodeRequest('delta', pack(edited(all.delta.request, (m) => (m.parts[1].name = 'w1.q')))),
+      'schema', /appears twice/);
   });
 
   it('carries I8 expert rows with their scales, and refuses scales that do not fit the rows', () => {
@@ -183,10 +185,13 @@ describe('proto: rejections', () => {
     const cases: [ProtocolName, Record<string, any>, RegExp][] = [
       ['expertForward', edited(request, (m) => (m.tensor = codes)), /tensor: I8 rows need their scales/],
       ['expertForward', edited(request, (m) => (m.scales = scales([3, 1]))), /tensor: only I8 rows carry scales/],
-      ['expertForward', edited(request, (m) => Object.assign(m, { tensor: codes, scales: scales([3, 3]) })), /a divisor of 8\], got F32 \[3, 3\]/],
+      ['expertForward', edited(request, (m) => Object.assign(m, { tensor: codes, scales: scales([3, 3]) })),
+        /a divisor of 8\], got F32 \[3, 3\]/],
       ['expertForward', edited(request, (m) => Object.assign(m, { tensor: codes, scales: scales([2, 1]) })), /got F32 \[2, 1\]/],
-      ['expertForward', edited(request, (m) => Object.assign(m, { tensor: codes, scales: { ...scales([3, 1]), dtype: 'F16' } })), /got F16/],
-      ['expertForward', edited(request, (m) => Object.assign(m, { tensor: codes, scales: { ...scales([3, 1]), data: new Uint8Array(8) } })), /scales: .*needs 12 bytes/],
+      ['expertForward', edited(request, (m) => Object.assign(m, { tensor: codes, scales: { ...scales([3, 1]), dtype: 'F16' } })),
+        /got F16/],
+      ['expertForward', edited(request, (m) => Object.assign(m, { tensor: codes, scales: { ...scales([3, 1]), data: new Uint8Array(8) } })),
+        /scales: .*needs 12 bytes/],
       ['expertBackward', edited(request, (m) => (m.input = codes)), /input: I8 rows need their scales/],
     ];
     for (const [name, message, reason] of cases) expectRefused(() => decodeRequest(name, pack(message)), 'tensor', reason);
@@ -196,7 +201,8 @@ describe('proto: rejections', () => {
     for (const name of PROTOCOL_NAMES) {
       const { maxRequestBytes, maxResponseBytes } = PROTOCOLS[name];
       if (maxRequestBytes < TENSOR_MESSAGE_CAP) {
-        expectRefused(() => decodeRequest(name, new Uint8Array(maxRequestBytes + 1)), 'too-large', new RegExp(`${maxRequestBytes}-byte cap`));
+        expectRefused(() => decodeRequest(name, new Uint8Array(maxRequestBytes + 1)), 'too-large',
+          new RegExp(`${maxRequestBytes}-byte cap`));
       }
       if (maxResponseBytes < TENSOR_MESSAGE_CAP) expectRefused(() => decodeReply(name, new Uint8Array(maxResponseBytes + 1)), 'too-large');
     }
@@ -243,7 +249,9 @@ describe('proto: rejections', () => {
       [new Packr({ useRecords: false }).pack({ gone: undefined }), /extension/],
     ];
     for (const [bytes, message] of cases) expectRefused(() => decodeRequest('heartbeat', bytes), 'malformed', message);
-    for (let cut = 0; cut < valid.length; cut++) expectRefused(() => decodeRequest('heartbeat', valid.subarray(0, cut)), 'malformed', /truncated/);
+    for (let cut = 0; cut < valid.length; cut++) {
+      expectRefused(() => decodeRequest('heartbeat', valid.subarray(0, cut)), 'malformed', /truncated/);
+    }
     expectRefused(() => decodeRequest('heartbeat', 'not bytes' as unknown as Uint8Array), 'malformed', /expected bytes/);
   });
 

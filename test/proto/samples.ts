@@ -15,7 +15,9 @@ export function randomF32(shape: number[], seed: number): Tensor {
 export type Samples = { [P in ProtocolName]: { request: RequestOf<P>; response: ResponseOf<P> } };
 
 export function samples(): Samples {
-  const expertCall = (seed: number) => ({ jobId: 'job-1', step: 12, call: 3, layer: 1, expert: 5, rows: 3, tensor: randomF32([3, 8], seed) });
+  const expertCall = (seed: number) => ({
+    jobId: 'job-1', step: 12, call: 3, layer: 1, expert: 5, rows: 3, tensor: randomF32([3, 8], seed),
+  });
   const int8 = { dtype: 'I8' as const, shape: [2, 2], data: new Uint8Array([1, 255, 127, 128]) };
   return {
     join: {
@@ -46,7 +48,8 @@ export function samples(): Samples {
     },
     heartbeat: {
       request: {
-        jobId: 'job-1', step: 120, loss: 3.25, tokensPerSecond: 2150.5, bytesSent: 5e9, bytesReceived: 123, staleness: 2, droppedExpertCalls: 0, planVersion: 3,
+        jobId: 'job-1', step: 120, loss: 3.25, tokensPerSecond: 2150.5, bytesSent: 5e9, bytesReceived: 123,
+        staleness: 2, droppedExpertCalls: 0, planVersion: 3,
       },
       response: { accepted: true, stop: false, plan: { version: 4, experts: [], peers: [] }, planSignature: new Uint8Array(64).fill(7) },
     },

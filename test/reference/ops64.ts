@@ -132,7 +132,9 @@ export function attention64(q: Arr, k: Arr, v: Arr, s: AttentionShape): { out: F
   return { out, lse, probs };
 }
 
-export function attentionBackward64(q: Arr, k: Arr, v: Arr, dOut: Arr, s: AttentionShape): { dq: Float64Array; dk: Float64Array; dv: Float64Array } {
+export function attentionBackward64(
+  q: Arr, k: Arr, v: Arr, dOut: Arr, s: AttentionShape,
+): { dq: Float64Array; dk: Float64Array; dv: Float64Array } {
   const { tokens: T, heads: H, kvHeads: Hkv, headDim: D, scale } = s;
   const { probs } = attention64(q, k, v, s);
   const dq = new Float64Array(T * H * D);
@@ -164,7 +166,9 @@ export function attentionBackward64(q: Arr, k: Arr, v: Arr, dOut: Arr, s: Attent
 }
 
 /** Per-row loss and (softmax − onehot)·scale; negative targets give loss 0 and a zero row. */
-export function crossEntropy64(logits: Arr, targets: Arr, rows: number, vocab: number, scale: number): { losses: Float64Array; dLogits: Float64Array } {
+export function crossEntropy64(
+  logits: Arr, targets: Arr, rows: number, vocab: number, scale: number,
+): { losses: Float64Array; dLogits: Float64Array } {
   const losses = new Float64Array(rows);
   const dLogits = new Float64Array(rows * vocab);
   const p = softmax64(logits, rows, vocab);

@@ -31,7 +31,8 @@ export function readRawSafetensors(path: string): Map<string, RawTensor> {
   const bytes = readFileSync(path);
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const n = Number(view.getBigUint64(0, true));
-  const header = JSON.parse(bytes.subarray(8, 8 + n).toString('utf8')) as Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] }>;
+  const headerJson = bytes.subarray(8, 8 + n).toString('utf8');
+  const header = JSON.parse(headerJson) as Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] }>;
   const out = new Map<string, RawTensor>();
   for (const [name, entry] of Object.entries(header)) {
     if (name === '__metadata__') continue;

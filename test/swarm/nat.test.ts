@@ -4,13 +4,14 @@
 // private address handed to the other side could only reach the wrong host. Each node holds experts the
 // other needs (replication 1): expert calls, deltas and state flow both ways, through the relay first;
 // once router A forwards node A's announced port, connections become direct. Behind symmetric NATs
-// (masquerade random) and with nothing forwarded, the job still finishes, over the relay alone.
+// (masquerade random) and with nothing forwarded, the job still finishes, over the relay alone, and a
+// node joining a running job copies the state it needs from its holder through the relay too.
 // Root only; skipped without root or `ip netns` unless CI=true, where it must run.
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it, vi } from 'vitest';
-import type { JobSpec } from '../../proto/index.ts';
+import { PROTOCOLS, type JobSpec } from '../../proto/index.ts';
 import type { Proc, SwarmEvent } from '../../src/harness/local-swarm.ts';
 import { canUseNamespaces, COORDINATOR_IP, NatNetwork, NODE_IP, NODE_PORT } from '../../src/harness/netns.ts';
 
@@ -38,23 +39,42 @@ function startIn(ns: string, name: string, script: string, args: string[]): Proc
   return proc;
 }
 
-/** The coordinator in the public namespace, and one node per home; resolves once the job is done. */
-async function runJob(nodeArgs: { a: string[]; b: string[] }, onBothJoined?: (nodes: Proc[]) => void) {
+interface SwarmOptions {
+  /** Holders per expert. Default 1. */
+  replication?: number;
+  /** Node B starts only once node A trained this step: it joins a running job. */
+  startBAfterStep?: number;
+}
+
+/** The coordinator in the public namespace, and one node per home; resolves once both joined. */
+async function startSwarm(nodeArgs: { a: string[]; b: string[] }, job: JobSpec, { replication = 1, startBAfterStep }: SwarmOptions = {}) {
   const jobFile = join(dir, 'job.json');
-  await writeFile(jobFile, JSON.stringify(JOB));
+  await writeFile(jobFile, JSON.stringify(job));
   const coordinator = startIn(network.public, 'coordinator', 'coordinator/bin.mjs', [
-    '--job', jobFile, '--vocab', '300', '--replication', '1', '--heartbeat-ms', '300', '--listen', `/ip4/${COORDINATOR_IP}/tcp/4001`,
+    '--job', jobFile, '--vocab', '300', '--replication', String(replication), '--heartbeat-ms', '300',
+    '--listen', `/ip4/${COORDINATOR_IP}/tcp/4001`,
   ]);
   const listening = await coordinator.waitFor((e) => e.event === 'listening', 60_000, 'listening');
   const join_ = (listening.addrs as string[])[0]!;
-  const nodes = (['a', 'b'] as const).map((name) => startIn(network.homes[name].node, `node-${name}`, 'node/bin.mjs', [
+  const startNode = (name: 'a' | 'b') => startIn(network.homes[name].node, `node-${name}`, 'node/bin.mjs', [
     'node', '--join', join_, '--memory-budget', '512MB', '--listen', `/ip4/${NODE_IP}/tcp/${NODE_PORT}`, ...nodeArgs[name],
-  ]));
+  ]);
+  const a = startNode('a');
+  if (startBAfterStep !== undefined) {
+    await a.waitFor((e) => e.event === 'step' && e.step >= startBAfterStep, 60_000, `step ${startBAfterStep}`);
+  }
+  const nodes = [a, startNode('b')];
   await Promise.all(nodes.map((n) => n.waitFor((e) => e.event === 'joined', 60_000, 'joined')));
-  onBothJoined?.(nodes);
-  await coordinator.waitFor((e) => e.event === 'done', 150_000, 'done');
-  await Promise.all(nodes.map((n) => n.waitFor((e) => e.event === 'finished', 30_000, 'finished')));
   return { coordinator, nodes, ids: nodes.map((n) => n.events.find((e) => e.event === 'joined')!.node as string) };
+}
+
+/** startSwarm's swarm on JOB, with both nodes started at once; resolves once the job is done. */
+async function runJob(nodeArgs: { a: string[]; b: string[] }, onBothJoined?: (nodes: Proc[]) => void) {
+  const swarm = await startSwarm(nodeArgs, JOB);
+  onBothJoined?.(swarm.nodes);
+  await swarm.coordinator.waitFor((e) => e.event === 'done', 150_000, 'done');
+  await Promise.all(swarm.nodes.map((n) => n.waitFor((e) => e.event === 'finished', 30_000, 'finished')));
+  return swarm;
 }
 
 /** Every micro-batch completed once, by the coordinator's count, and trained once by the nodes. */
@@ -143,5 +163,24 @@ describe.skipIf(!runnable)('volunteers behind NATs (network namespaces)', () => 
       expect(links.every((l) => l.via === 'relay'), `${node.name}: ${summary(links)}`).toBe(true);
       expect(transfersTo(node, peer).every((t) => t.via === 'relay')).toBe(true);
     }
+  });
+
+  it('behind symmetric NATs, a node joining a running job copies its groups from their holder over the relay', async () => {
+    network.setNat(network.homes.a, { symmetric: true, forward: false });
+    network.setNat(network.homes.b, { symmetric: true, forward: false });
+    // A trains alone from the start, on a job longer than the test; B joins once A has trained a little, and catches up:
+    // the trunk and (replication 2) every expert, all held by A alone until then.
+    const job = { ...JOB, jobId: 'nat-job-joined', expectedNodes: 1, totalBatches: 100_000 };
+    const { nodes, ids } = await startSwarm({ a: [], b: [] }, job, { replication: 2, startBAfterStep: 10 });
+    const [a, b] = nodes as [Proc, Proc];
+    const caughtUp = await b.waitFor((e) => e.event === 'caught-up', 60_000, 'caught-up');
+    expect(caughtUp.trunk).toBe(true);
+    const states = transfersTo(b, ids[0]!).filter((t) => t.protocol === PROTOCOLS.state.id);
+    expect(states.length, summary(transfersTo(b, ids[0]!))).toBeGreaterThan(0);
+    expect(states.every((t) => t.via === 'relay' && t.received > 0), summary(states)).toBe(true);
+    // What it copied is what A had trained: B's first loss is far below an untrained model's (A's first).
+    const firstLoss = (node: Proc) => node.waitFor((e) => e.event === 'step', 60_000, 'a step').then((e) => e.loss as number);
+    const [lossA, lossB] = [await firstLoss(a), await firstLoss(b)];
+    expect(lossB).toBeLessThan(lossA - 0.3); // seen: 3.9 against 5.7 (about ln 300, the vocabulary's size)
   });
 });

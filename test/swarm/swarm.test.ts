@@ -11,10 +11,10 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it, vi } from 'vitest';
 import { multiaddr } from '@multiformats/multiaddr';
 import { f32Tensor, groupId, msgpackCodec, type JobSpec } from '../../proto/index.ts';
-import { footprint } from '../../coordinator/footprint.ts';
+import { footprint, nodeBytes } from '../../src/model/footprint.ts';
 import { createHost, Rpc } from '../../src/p2p/index.ts';
 import { JOIN_TOKEN, misbehaviours, sendRaw, serveToy } from '../p2p/peers.ts';
-import { jobConfig, jobDocuments, jobModelOptions } from '../../src/train/job.ts';
+import { jobConfig, jobDocuments, jobFootprintSettings } from '../../src/train/job.ts';
 import { BpeTokenizer } from '../../src/train/tokenizer.ts';
 import { start, startSwarm, type Swarm, type SwarmEvent } from '../../src/harness/local-swarm.ts';
 import { replaySync, stepsByNode } from './replay.ts';
@@ -109,15 +109,35 @@ describe('faults', () => {
     const fresh = steps(first.events)[0].loss as number;
     expect(steps(again.events)[0].loss).toBeLessThan(fresh - 0.2);
   });
+
+  it('experts moved to a node that joins keep their training: the node that gave them up hands their state over', async () => {
+    // One replica each, so a moved expert has no other holder: only the node giving it up has its state
+    // (the coordinator here keeps no checkpoints).
+    swarm = await startSwarm(job({ totalBatches: 100_000, expectedNodes: 1 }), [...COORDINATOR, '--replication', '1']);
+    const first = swarm.startNode();
+    await first.waitFor((e) => e.event === 'step' && e.step === 8, 120_000, 'step 8');
+    const second = swarm.startNode();
+    const joined = await second.waitFor((e) => e.event === 'joined', 60_000, 'joined');
+    const caught = await second.waitFor((e) => e.event === 'caught-up', 60_000, 'caught-up');
+    const moves = swarm.coordinator.events.filter((e) => e.event === 'plan').at(-1)!.moves as { removed: { node: string }[] };
+    const firstId = (await first.waitFor((e) => e.event === 'joined')).node;
+    expect(moves.removed.filter((m) => m.node === firstId).length).toBe((joined.experts as string[]).length);
+    expect(caught.experts).toEqual({ held: (joined.experts as string[]).length, copied: (joined.experts as string[]).length });
+    expect((joined.experts as string[]).length).toBeGreaterThan(0);
+    await second.waitFor((e) => e.event === 'step', 60_000, 'a step after joining');
+    // Its first loss is near the first node's current one, not that of a model with half its experts untrained.
+    const fresh = steps(first.events)[0].loss as number;
+    expect(steps(second.events)[0].loss).toBeLessThan(fresh - 0.2);
+  });
 });
 
 describe('sharding', () => {
-  it('nodes that can each hold only half of the experts still train the whole model', async () => {
+  it('nodes that can each hold only half of the experts, and only with checkpointing, still train the whole model', async () => {
     const spec = job({ totalBatches: 45 });
     const tokenizer = BpeTokenizer.train(jobDocuments(spec).documents, { vocabSize: 300 });
-    const { trunkBytes, expertBytes } = footprint(jobConfig(spec, tokenizer), jobModelOptions(spec));
+    const fp = footprint(jobConfig(spec, tokenizer), jobFootprintSettings(spec));
     const experts = MODEL.numLayers * MODEL.numExperts;
-    const budget = Math.floor(trunkBytes + (experts / 2) * expertBytes);
+    const budget = nodeBytes(fp, experts / 2, true);
     swarm = await startSwarm(spec, [...COORDINATOR, '--replication', '2']);
     const nodes = [0, 1, 2].map(() => swarm!.startNode(['--memory-budget', String(budget)]));
     await swarm.coordinator.waitFor((e) => e.event === 'done', 240_000, 'done');
@@ -132,6 +152,12 @@ describe('sharding', () => {
     const all = nodes.flatMap((n) => steps(n.events)).sort((a, b) => a.batch - b.batch);
     expect(mean(all.slice(-9).map((e) => e.loss))).toBeLessThan(mean(all.slice(0, 9).map((e) => e.loss)) - 0.2);
     expect(nodes.every((n) => steps(n.events).at(-1)!.remoteCalls > 0)).toBe(true);
+    // Each node chose checkpointing as the planner did, and its model, once built, fits its budget.
+    for (const node of nodes) {
+      const memory = node.events.find((e) => e.event === 'memory')!;
+      expect(memory).toMatchObject({ experts: experts / 2, checkpointing: true, budgetBytes: budget, predictedBytes: budget });
+      expect(memory.projectedBytes as number).toBeLessThanOrEqual(budget);
+    }
   });
 });
 

@@ -28,7 +28,8 @@ beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'swarmtrain-cli-'));
   const config = join(dir, 'tiny.json');
   await writeFile(config, JSON.stringify({
-    hiddenSize: 64, numLayers: 2, numHeads: 4, numKvHeads: 2, headDim: 16, numExperts: 4, expertsPerToken: 2, expertHiddenSize: 128, maxSeqLen: 64,
+    hiddenSize: 64, numLayers: 2, numHeads: 4, numKvHeads: 2, headDim: 16,
+    numExperts: 4, expertsPerToken: 2, expertHiddenSize: 128, maxSeqLen: 64,
   }));
   tiny = ['--config', config, '--seq', '32', '--batch', '4', '--vocab', '300', '--threads', '2'];
 });
@@ -45,7 +46,8 @@ async function run(command: (argv: string[], io: CommandIO) => Promise<number>, 
   return { code, stdout, stderr };
 }
 
-const readJsonl = async (path: string) => (await readFile(path, 'utf8')).trim().split('\n').map((line) => JSON.parse(line) as Record<string, number | string>);
+const readJsonl = async (path: string) =>
+  (await readFile(path, 'utf8')).trim().split('\n').map((line) => JSON.parse(line) as Record<string, number | string>);
 const mean = (xs: number[]) => xs.reduce((a, b) => a + b, 0) / xs.length;
 
 describe('train --local', () => {
@@ -63,7 +65,10 @@ describe('train --local', () => {
   });
 
   it('writes the run folder: run.json, tokenizer, metrics, periodic and final checkpoints', async () => {
-    for (const file of ['run.json', 'tokenizer.json', 'metrics.jsonl', 'checkpoints/step-20/state.json', 'final/model.safetensors', 'final/optimizer.safetensors']) {
+    for (const file of [
+      'run.json', 'tokenizer.json', 'metrics.jsonl', 'checkpoints/step-20/state.json',
+      'final/model.safetensors', 'final/optimizer.safetensors',
+    ]) {
       expect(existsSync(join(runDir, file)), file).toBe(true);
     }
     expect(existsSync(join(runDir, 'checkpoints/step-40'))).toBe(false); // the last step is final/
@@ -97,7 +102,10 @@ describe('train --local', () => {
 
   it('--resume continues from the newest checkpoint and matches the uninterrupted run exactly', async () => {
     const out = join(dir, 'resume');
-    const argv = ['--local', '--corpus', 'moby-dick', '--out', out, ...tiny, '--steps', '8', '--eval-every', '4', '--checkpoint-every', '4', '--sample-tokens', '4'];
+    const argv = [
+      '--local', '--corpus', 'moby-dick', '--out', out, ...tiny,
+      '--steps', '8', '--eval-every', '4', '--checkpoint-every', '4', '--sample-tokens', '4',
+    ];
     expect((await run(trainCommand, argv)).code).toBe(0);
     const straight = await readJsonl(join(out, 'metrics.jsonl'));
     const finalFiles = async () => Promise.all(['model', 'optimizer'].map((f) => readFile(join(out, 'final', `${f}.safetensors`))));
@@ -152,7 +160,8 @@ describe('train --local', () => {
     const out = join(dir, 'lora');
     const result = await run(trainCommand, [
       '--local', '--corpus', 'typescript-lib', '--out', out, '--mode', 'lora', '--base', runDir, '--rank', '4', '--alpha', '8',
-      '--base-format', 'q8', '--steps', '6', '--eval-every', '0', '--sample-tokens', '4', '--export-adapter', '--threads', '2', '--seq', '32', '--batch', '4',
+      '--base-format', 'q8', '--steps', '6', '--eval-every', '0', '--sample-tokens', '4', '--export-adapter',
+      '--threads', '2', '--seq', '32', '--batch', '4',
     ]);
     expect(result.stderr).toBe('');
     expect(result.code).toBe(0);
@@ -166,7 +175,9 @@ describe('train --local', () => {
     expect(adapter.tensors.get('layers.0.attn.q.lora_b')!.data.some((x) => x !== 0)).toBe(true); // trained, not the zero init
 
     const fromRun = await run(generateCommand, ['--run', out, '--prompt', 'interface ', '--tokens', '6']);
-    const fromAdapter = await run(generateCommand, ['--checkpoint', join(runDir, 'final'), '--adapter', join(out, 'adapter'), '--prompt', 'interface ', '--tokens', '6']);
+    const fromAdapter = await run(generateCommand, [
+      '--checkpoint', join(runDir, 'final'), '--adapter', join(out, 'adapter'), '--prompt', 'interface ', '--tokens', '6',
+    ]);
     expect([fromRun.code, fromAdapter.code]).toEqual([0, 0]);
     expect(fromAdapter.stdout.length).toBeGreaterThan(1);
   });
@@ -178,7 +189,10 @@ describe('train --local', () => {
       sharedExpertHiddenSize: 64, attentionBias: true, normTopkProb: false, maxSeqLen: 64,
     }));
     const pretrained = join(dir, 'qwen-run');
-    const trained = await run(trainCommand, ['--local', '--corpus', 'moby-dick', '--out', pretrained, ...tiny, '--config', qwenConfig, '--vocab', '320', '--steps', '2', '--sample-tokens', '2']);
+    const trained = await run(trainCommand, [
+      '--local', '--corpus', 'moby-dick', '--out', pretrained, ...tiny,
+      '--config', qwenConfig, '--vocab', '320', '--steps', '2', '--sample-tokens', '2',
+    ]);
     expect(trained.code).toBe(0);
     const { state, params } = await loadCheckpoint(join(pretrained, 'final'));
     const hf = join(dir, 'qwen-hf');
@@ -190,7 +204,8 @@ describe('train --local', () => {
     const out = join(dir, 'qwen-lora');
     const result = await run(trainCommand, [
       '--local', '--corpus', 'typescript-lib', '--out', out, '--mode', 'lora', '--base', hf, '--config', shorter, '--rank', '4',
-      '--base-format', 'q4', '--base-path', 'int', '--steps', '3', '--seq', '32', '--batch', '4', '--sample-tokens', '2', '--export-adapter',
+      '--base-format', 'q4', '--base-path', 'int', '--steps', '3', '--seq', '32', '--batch', '4',
+      '--sample-tokens', '2', '--export-adapter',
     ]);
     expect(result.stderr).toBe('');
     expect(result.stdout).toContain('(qwen2_moe module names)');
@@ -211,7 +226,8 @@ describe('train --local', () => {
     const base = ['--local', '--corpus', 'moby-dick', '--out', out];
     const cases: [typeof trainCommand, string[], RegExp][] = [
       [trainCommand, ['--corpus', 'moby-dick', '--out', out], /pass --local/],
-      [trainCommand, ['--local', '--corpus', 'moby-dik', '--out', out], /--corpus must be one of sotu, moby-dick, typescript-lib or a file or folder of your text, got "moby-dik"/],
+      [trainCommand, ['--local', '--corpus', 'moby-dik', '--out', out],
+        /--corpus must be one of sotu, moby-dick, typescript-lib or a file or folder of your text, got "moby-dik"/],
       [trainCommand, [...base, '--steps', '1.5'], /--steps must be an integer ≥ 1, got "1\.5"/],
       [trainCommand, [...base, '--lr', 'fast'], /--lr must be a positive number, got "fast"/],
       [trainCommand, [...base, '--lr'], /--lr needs a value/],
@@ -220,7 +236,8 @@ describe('train --local', () => {
       [trainCommand, [...base, '--rank', '4'], /--rank applies to --mode lora only/],
       [trainCommand, [...base, '--mode', 'lora'], /--mode lora needs --base/],
       [trainCommand, [...base, '--export-adapter'], /--export-adapter needs --mode lora/],
-      [trainCommand, [...base, '--config', badConfig], /bad-config\.json: model config: hiddenSize must be a positive int number, got "big"/],
+      [trainCommand, [...base, '--config', badConfig],
+        /bad-config\.json: model config: hiddenSize must be a positive int number, got "big"/],
       [trainCommand, [...base, '--config', join(dir, 'absent.json')], /absent\.json: cannot read/],
       [trainCommand, [...base, '--mode', 'lora', '--base', join(dir, 'nowhere')], /nowhere is not a checkpoint/],
       [trainCommand, [...base, '--mode', 'lora', '--base', corruptBase], /corrupt-base\/model\.safetensors/],

@@ -71,7 +71,11 @@ function naiveMerges(documents: string[], vocabSize: number): string[] {
     let bestCount = 1; // pairs seen once are not merged
     for (const [key, count] of counts) {
       const [a, b] = key.split(' ').map(Number);
-      if (count > bestCount || (count === bestCount && best && (a < best[0] || (a === best[0] && b < best[1])))) { best = [a, b]; bestCount = count; }
+      const sortsBeforeBest = best !== null && (a < best[0] || (a === best[0] && b < best[1]));
+      if (count > bestCount || (count === bestCount && sortsBeforeBest)) {
+        best = [a, b];
+        bestCount = count;
+      }
     }
     if (!best) break;
     const [a, b] = best;

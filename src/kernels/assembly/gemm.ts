@@ -292,7 +292,8 @@ export function gemm_f32(
   a: usize, b: usize, c: usize, m: i32, n: i32, k: i32,
   transA: i32, transB: i32, accumulate: i32, n0: i32, n1: i32, scratch: usize,
 ): void {
-  gemmDriver(a, transA != 0, transB != 0 ? packB_f32_t : packB_f32_n, b, 0, c, m, n, k, accumulate != 0, scratch, n0, n1, 0, m, transB == 0);
+  gemmDriver(a, transA != 0, transB != 0 ? packB_f32_t : packB_f32_n, b, 0, c, m, n, k,
+    accumulate != 0, scratch, n0, n1, 0, m, transB == 0);
 }
 
 /**
@@ -304,7 +305,8 @@ export function gemm_f32_rows(
   a: usize, b: usize, c: usize, m: i32, n: i32, k: i32,
   transA: i32, transB: i32, accumulate: i32, m0: i32, m1: i32, scratch: usize,
 ): void {
-  gemmDriver(a, transA != 0, transB != 0 ? packB_f32_t : packB_f32_n, b, 0, c, m, n, k, accumulate != 0, scratch, 0, n, m0, m1, transB == 0);
+  gemmDriver(a, transA != 0, transB != 0 ? packB_f32_t : packB_f32_n, b, 0, c, m, n, k,
+    accumulate != 0, scratch, 0, n, m0, m1, transB == 0);
 }
 
 export function gemm_scratch_bytes(): i32 {

@@ -12,5 +12,6 @@ export {
 export {
   rmsnorm_fwd, rmsnorm_bwd_dx, rmsnorm_bwd_dw, rope_apply, softmax_fwd, softmax_bwd, swiglu_fwd, swiglu_bwd,
   attention_fwd, attention_bwd, attention_reduce_kv, attention_scratch_need, cross_entropy, topk_fwd, topk_bwd,
-  adamw, add_f32, axpy_f32, scale_f32, f32_to_bf16, bf16_to_f32, sum_squares_blocks, gather_rows, scatter_add_rows, scale_rows, row_dots, add_bias, bias_grad,
+  adamw, add_f32, axpy_f32, scale_f32, f32_to_bf16, bf16_to_f32, sum_squares_blocks,
+  gather_rows, scatter_add_rows, scale_rows, row_dots, add_bias, bias_grad,
 } from './ops';

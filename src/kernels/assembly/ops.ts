@@ -165,14 +165,20 @@ export function rmsnorm_fwd(x: usize, w: usize, y: usize, rstd: usize, dim: i32,
  * Rows [r0, r1): dx (=|+=) rstd·(w⊙dy) − x·rstd³·mean(x⊙w⊙dy). The weight gradient is a
  * separate column-parallel kernel (rmsnorm_bwd_dw) so its row sums keep a fixed order.
  */
-export function rmsnorm_bwd_dx(x: usize, w: usize, rstd: usize, dy: usize, dx: usize, dim: i32, accumulate: i32, r0: i32, r1: i32, scratch: usize): void {
+export function rmsnorm_bwd_dx(
+  x: usize, w: usize, rstd: usize, dy: usize, dx: usize, dim: i32,
+  accumulate: i32, r0: i32, r1: i32, scratch: usize,
+): void {
   for (let r = r0; r < r1; r++) {
     const o = <usize>r * dim << 2;
     const xr = x + o, dyr = dy + o, dxr = dx + o;
     const s = load<f32>(at(rstd, r));
     let acc = f32x4.splat(0);
     let i = 0;
-    for (; i + 4 <= dim; i += 4) acc = f32x4.add(acc, f32x4.mul(f32x4.mul(v128.load(at(dyr, i)), v128.load(at(w, i))), v128.load(at(xr, i))));
+    for (; i + 4 <= dim; i += 4) {
+      const dyw = f32x4.mul(v128.load(at(dyr, i)), v128.load(at(w, i)));
+      acc = f32x4.add(acc, f32x4.mul(dyw, v128.load(at(xr, i))));
+    }
     let dot = hsum(acc);
     for (; i < dim; i++) dot += load<f32>(at(dyr, i)) * load<f32>(at(w, i)) * load<f32>(at(xr, i));
     const coef: f32 = s * s * s * dot / <f32>dim;
@@ -203,7 +209,10 @@ export function rmsnorm_bwd_dw(x: usize, rstd: usize, dy: usize, dw: usize, rows
  * Tokens [t0, t1) of x [tokens, heads, headDim] at positions[t] (i32): out = rotation of x
  * (out may be x). inverse != 0 rotates by the negative angle, which is the backward.
  */
-export function rope_apply(x: usize, out: usize, positions: usize, table: usize, heads: i32, headDim: i32, inverse: i32, t0: i32, t1: i32, scratch: usize): void {
+export function rope_apply(
+  x: usize, out: usize, positions: usize, table: usize, heads: i32, headDim: i32,
+  inverse: i32, t0: i32, t1: i32, scratch: usize,
+): void {
   const half = headDim >> 1;
   const sign: f32 = inverse ? -1 : 1;
   const signv = f32x4.splat(sign);
@@ -279,7 +288,10 @@ export function swiglu_fwd(g: usize, u: usize, h: usize, cols: i32, stride: i32,
 }
 
 /** Rows [r0, r1): dg = dh·u·σ(g)·(1 + g·(1−σ(g))), du = dh·silu(g), at the g/u stride. */
-export function swiglu_bwd(g: usize, u: usize, dh: usize, dg: usize, du: usize, cols: i32, stride: i32, r0: i32, r1: i32, scratch: usize): void {
+export function swiglu_bwd(
+  g: usize, u: usize, dh: usize, dg: usize, du: usize, cols: i32, stride: i32,
+  r0: i32, r1: i32, scratch: usize,
+): void {
   const one = f32x4.splat(1);
   for (let r = r0; r < r1; r++) {
     const o = <usize>r * stride << 2;
@@ -370,7 +382,10 @@ function packKeys(dst: usize, src: usize, T: i32, Hkv: i32, D: i32, g: i32): voi
  * Scaled scores of query rows i0.. (4 row pointers into q) against keys [0, nk), written to
  * dst rows r (stride `ld` floats), columns up to roundUp(nk, 8).
  */
-function scoreRows(qr0: usize, qr1: usize, qr2: usize, qr3: usize, kp: usize, D: i32, nk: i32, scale: f32, dst: usize, ld: i32, rows: i32, tile: usize): void {
+function scoreRows(
+  qr0: usize, qr1: usize, qr2: usize, qr3: usize, kp: usize, D: i32, nk: i32, scale: f32,
+  dst: usize, ld: i32, rows: i32, tile: usize,
+): void {
   const sv = f32x4.splat(scale);
   for (let j0 = 0; j0 < nk; j0 += KB) {
     attnTile(qr0, qr1, qr2, qr3, 4, kp + (<usize>j0 * D << 2), KB << 2, D, tile);
@@ -393,7 +408,10 @@ function zeroFrom(row: usize, from: i32, to: i32): void {
  * dst rows (stride dstLd floats, `rows` of 4 valid) [., d0..d0+8) for every d0 < D:
  * Σ_{p<count} a_r[p·aStep] · b[p·bStep + d0 + c].
  */
-function tileRowsOverD(a0: usize, a1: usize, a2: usize, a3: usize, aStep: usize, b: usize, bStep: usize, count: i32, D: i32, dst: usize, dstLd: usize, rows: i32, tile: usize): void {
+function tileRowsOverD(
+  a0: usize, a1: usize, a2: usize, a3: usize, aStep: usize, b: usize, bStep: usize, count: i32, D: i32,
+  dst: usize, dstLd: usize, rows: i32, tile: usize,
+): void {
   for (let d0 = 0; d0 < D; d0 += KB) {
     attnTile(a0, a1, a2, a3, aStep, at(b, d0), bStep, count, tile);
     for (let r = 0; r < rows; r++) {
@@ -414,7 +432,10 @@ export function attention_scratch_need(T: i32, D: i32, backward: i32): f64 {
 }
 
 /** Heads [h0, h1): out = softmax(scale·q·kᵀ, causal)·v; lse[h, i] = log Σ_j exp(scale·q_i·k_j). */
-export function attention_fwd(q: usize, k: usize, v: usize, out: usize, lse: usize, T: i32, H: i32, Hkv: i32, D: i32, scale: f32, h0: i32, h1: i32, scratch: usize): void {
+export function attention_fwd(
+  q: usize, k: usize, v: usize, out: usize, lse: usize,
+  T: i32, H: i32, Hkv: i32, D: i32, scale: f32, h0: i32, h1: i32, scratch: usize,
+): void {
   const tpad = roundUp(T, KB);
   const group = H / Hkv;
   const kp = scratch;
@@ -431,7 +452,8 @@ export function attention_fwd(q: usize, k: usize, v: usize, out: usize, lse: usi
       const nk = i0 + rows;
       const last = rows - 1;
       const q0 = qh + <usize>i0 * qLd;
-      scoreRows(q0, q0 + <usize>min(1, last) * qLd, q0 + <usize>min(2, last) * qLd, q0 + <usize>last * qLd, kp, D, nk, scale, probs, tpad, rows, tile);
+      scoreRows(q0, q0 + <usize>min(1, last) * qLd, q0 + <usize>min(2, last) * qLd, q0 + <usize>last * qLd,
+        kp, D, nk, scale, probs, tpad, rows, tile);
       for (let r = 0; r < rows; r++) {
         const i = i0 + r;
         const row = probs + (<usize>r * tpad << 2);
@@ -550,7 +572,10 @@ export function attention_reduce_kv(part: usize, dst: usize, H: i32, Hkv: i32, D
  * and, when dlogits != 0, dlogits = (softmax(x) − onehot(target))·scale (dlogits may be
  * logits). Negative targets are ignored: loss 0 and a zero gradient row.
  */
-export function cross_entropy(logits: usize, targets: usize, losses: usize, dlogits: usize, V: i32, scale: f32, r0: i32, r1: i32, scratch: usize): void {
+export function cross_entropy(
+  logits: usize, targets: usize, losses: usize, dlogits: usize, V: i32, scale: f32,
+  r0: i32, r1: i32, scratch: usize,
+): void {
   for (let r = r0; r < r1; r++) {
     const xr = logits + (<usize>r * V << 2);
     const dr: usize = dlogits ? dlogits + (<usize>r * V << 2) : 0;
@@ -617,7 +642,11 @@ export function topk_bwd(indices: usize, dvalues: usize, dx: usize, n: i32, k: i
  * p = p·decay − stepSize·m / (sqrt(v)·invBc2Sqrt + eps), with decay = 1 − lr·wd,
  * stepSize = lr / (1 − β1^t), invBc2Sqrt = 1 / sqrt(1 − β2^t).
  */
-export function adamw(p: usize, g: usize, m: usize, v: usize, gradScale: f32, beta1: f32, beta2: f32, stepSize: f32, invBc2Sqrt: f32, eps: f32, decay: f32, i0: i32, i1: i32, scratch: usize): void {
+export function adamw(
+  p: usize, g: usize, m: usize, v: usize,
+  gradScale: f32, beta1: f32, beta2: f32, stepSize: f32, invBc2Sqrt: f32, eps: f32, decay: f32,
+  i0: i32, i1: i32, scratch: usize,
+): void {
   const gs = f32x4.splat(gradScale), b1 = f32x4.splat(beta1), b2 = f32x4.splat(beta2);
   const c1 = f32x4.splat(1 - beta1), c2 = f32x4.splat(1 - beta2);
   const st = f32x4.splat(stepSize), ib = f32x4.splat(invBc2Sqrt), ep = f32x4.splat(eps), dc = f32x4.splat(decay);
@@ -743,7 +772,9 @@ export function gather_rows(src: usize, indices: usize, dst: usize, cols: i32, r
  * Rows [r0, r1): dst[indices[r]] += weights[r]·src[r] (weights == 0: weight 1). Rows that
  * share a destination must run on one thread (the wrapper checks).
  */
-export function scatter_add_rows(src: usize, indices: usize, weights: usize, dst: usize, cols: i32, r0: i32, r1: i32, scratch: usize): void {
+export function scatter_add_rows(
+  src: usize, indices: usize, weights: usize, dst: usize, cols: i32, r0: i32, r1: i32, scratch: usize,
+): void {
   for (let r = r0; r < r1; r++) {
     const s = src + (<usize>r * cols << 2);
     const d = dst + (<usize>load<i32>(at(indices, r)) * cols << 2);

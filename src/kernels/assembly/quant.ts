@@ -311,22 +311,34 @@ function packB_q4_n(dst: usize, q: usize, scales: usize, n: i32, k: i32, p0: i32
 // ---- quantized GEMMs (parallel over output column panels, like gemm_f32) ----
 
 /** Forward: y (m×n) (=|+=) x (m×k) · Wᵀ, W a q8 matrix n×k. Columns [n0, n1) of y. */
-export function gemm_q8_t(x: usize, q: usize, scales: usize, y: usize, m: i32, n: i32, k: i32, accumulate: i32, n0: i32, n1: i32, scratch: usize): void {
+export function gemm_q8_t(
+  x: usize, q: usize, scales: usize, y: usize, m: i32, n: i32, k: i32,
+  accumulate: i32, n0: i32, n1: i32, scratch: usize,
+): void {
   gemmDriver(x, false, packB_q8_t, q, scales, y, m, n, k, accumulate != 0, scratch, n0, n1, 0, m);
 }
 
 /** Forward: y (m×n) (=|+=) x (m×k) · Wᵀ, W a q4 matrix n×k. Columns [n0, n1) of y. */
-export function gemm_q4_t(x: usize, q: usize, scales: usize, y: usize, m: i32, n: i32, k: i32, accumulate: i32, n0: i32, n1: i32, scratch: usize): void {
+export function gemm_q4_t(
+  x: usize, q: usize, scales: usize, y: usize, m: i32, n: i32, k: i32,
+  accumulate: i32, n0: i32, n1: i32, scratch: usize,
+): void {
   gemmDriver(x, false, packB_q4_t, q, scales, y, m, n, k, accumulate != 0, scratch, n0, n1, 0, m);
 }
 
 /** Backward: dx (m×k) (=|+=) dy (m×n) · W, W a q8 matrix n×k. Columns [k0, k1) of dx, whole panels. */
-export function gemm_q8_n(dy: usize, q: usize, scales: usize, dx: usize, m: i32, n: i32, k: i32, accumulate: i32, k0: i32, k1: i32, scratch: usize): void {
+export function gemm_q8_n(
+  dy: usize, q: usize, scales: usize, dx: usize, m: i32, n: i32, k: i32,
+  accumulate: i32, k0: i32, k1: i32, scratch: usize,
+): void {
   gemmDriver(dy, false, packB_q8_n, q, scales, dx, m, k, n, accumulate != 0, scratch, k0, k1, 0, m);
 }
 
 /** Backward: dx (m×k) (=|+=) dy (m×n) · W, W a q4 matrix n×k. Columns [k0, k1) of dx, whole panels. */
-export function gemm_q4_n(dy: usize, q: usize, scales: usize, dx: usize, m: i32, n: i32, k: i32, accumulate: i32, k0: i32, k1: i32, scratch: usize): void {
+export function gemm_q4_n(
+  dy: usize, q: usize, scales: usize, dx: usize, m: i32, n: i32, k: i32,
+  accumulate: i32, k0: i32, k1: i32, scratch: usize,
+): void {
   gemmDriver(dy, false, packB_q4_n, q, scales, dx, m, k, n, accumulate != 0, scratch, k0, k1, 0, m);
 }
 
@@ -452,7 +464,10 @@ export function dot_f32_t(x: usize, w: usize, y: usize, m: i32, n: i32, k: i32, 
 }
 
 /** y (m×n) (=|+=) x (m×k) · Wᵀ with W a q8 matrix n×k, outputs [n0, n1). Scratch: DOT_ROWS·k floats. */
-export function dot_q8_t(x: usize, q: usize, scales: usize, y: usize, m: i32, n: i32, k: i32, accumulate: i32, n0: i32, n1: i32, scratch: usize): void {
+export function dot_q8_t(
+  x: usize, q: usize, scales: usize, y: usize, m: i32, n: i32, k: i32,
+  accumulate: i32, n0: i32, n1: i32, scratch: usize,
+): void {
   const blocks = k / QBLOCK;
   for (let j = n0; j < n1; j += DOT_ROWS) {
     const count = min(DOT_ROWS, n1 - j);
@@ -464,7 +479,10 @@ export function dot_q8_t(x: usize, q: usize, scales: usize, y: usize, m: i32, n:
 }
 
 /** y (m×n) (=|+=) x (m×k) · Wᵀ with W a q4 matrix n×k, outputs [n0, n1). Scratch: DOT_ROWS·k floats. */
-export function dot_q4_t(x: usize, q: usize, scales: usize, y: usize, m: i32, n: i32, k: i32, accumulate: i32, n0: i32, n1: i32, scratch: usize): void {
+export function dot_q4_t(
+  x: usize, q: usize, scales: usize, y: usize, m: i32, n: i32, k: i32,
+  accumulate: i32, n0: i32, n1: i32, scratch: usize,
+): void {
   const blocks = k / QBLOCK;
   for (let j = n0; j < n1; j += DOT_ROWS) {
     const count = min(DOT_ROWS, n1 - j);

@@ -14,7 +14,8 @@ export type Decoder = (tokens: string[]) => string[];
 export class UnsupportedTokenizerError extends Error {}
 
 const unsupported = (part: string, json: Json, supported: string): never => {
-  throw new UnsupportedTokenizerError(`tokenizer.json: ${part} type ${JSON.stringify(json.type)} is not supported (supported: ${supported})`);
+  throw new UnsupportedTokenizerError(
+    `tokenizer.json: ${part} type ${JSON.stringify(json.type)} is not supported (supported: ${supported})`);
 };
 const CHAR_TO_BYTE = new Map(BYTE_TO_CHAR.map((c, b) => [c, b]));
 const utf8 = new TextEncoder();
@@ -71,7 +72,8 @@ function splitPreTokenizer(json: Json): PreTokenizer {
   if (json.invert) throw new UnsupportedTokenizerError('tokenizer.json: Split with invert true is not supported');
   const behavior = json.behavior;
   if (behavior !== 'Isolated' && behavior !== 'Removed') {
-    throw new UnsupportedTokenizerError(`tokenizer.json: Split behavior ${JSON.stringify(behavior)} is not supported (supported: Isolated, Removed)`);
+    throw new UnsupportedTokenizerError(
+      `tokenizer.json: Split behavior ${JSON.stringify(behavior)} is not supported (supported: Isolated, Removed)`);
   }
   const pattern = patternOf(json, 'pre_tokenizer Split');
   return (pieces) => pieces.flatMap((piece) => {

@@ -7,7 +7,9 @@ import {
   decoderOf, normalizerOf, preTokenizerOf, UnsupportedTokenizerError, type Decoder, type Normalizer, type PreTokenizer,
 } from './components.ts';
 
-interface AddedTokenJson { id: number; content: string; special?: boolean; normalized?: boolean; lstrip?: boolean; rstrip?: boolean; single_word?: boolean }
+interface AddedTokenJson {
+  id: number; content: string; special?: boolean; normalized?: boolean; lstrip?: boolean; rstrip?: boolean; single_word?: boolean;
+}
 /** The parts of a tokenizer.json this pipeline reads. */
 export interface TokenizerJson {
   added_tokens?: AddedTokenJson[];
@@ -39,7 +41,8 @@ export class PipelineTokenizer {
 
   constructor(private readonly json: TokenizerJson) {
     if (json.model?.type !== 'BPE') {
-      throw new UnsupportedTokenizerError(`tokenizer.json: model type ${JSON.stringify(json.model?.type)} is not supported (supported: BPE)`);
+      throw new UnsupportedTokenizerError(
+        `tokenizer.json: model type ${JSON.stringify(json.model?.type)} is not supported (supported: BPE)`);
     }
     this.model = new BpeModel(json.model);
     this.normalizer = normalizerOf(json.normalizer);
@@ -47,9 +50,12 @@ export class PipelineTokenizer {
     this.decoder = decoderOf(json.decoder);
     for (const token of json.added_tokens ?? []) {
       if (token.lstrip || token.rstrip || token.single_word) {
-        throw new UnsupportedTokenizerError(`tokenizer.json: added token ${JSON.stringify(token.content)} uses lstrip/rstrip/single_word, not supported`);
+        throw new UnsupportedTokenizerError(
+          `tokenizer.json: added token ${JSON.stringify(token.content)} uses lstrip/rstrip/single_word, not supported`);
       }
-      if (!Number.isInteger(token.id) || token.id < 0) throw new Error(`tokenizer.json: added token ${JSON.stringify(token.content)} has id ${token.id}`);
+      if (!Number.isInteger(token.id) || token.id < 0) {
+        throw new Error(`tokenizer.json: added token ${JSON.stringify(token.content)} has id ${token.id}`);
+      }
       this.added.set(token.content, token);
     }
     const patternOf = (tokens: AddedTokenJson[]) => (tokens.length === 0 ? null : new RegExp(tokens
@@ -111,12 +117,16 @@ export class PipelineTokenizer {
 
   private checkedToken(id: number): string {
     const token = this.tokenOf[id];
-    if (token === undefined || !Number.isInteger(id)) throw new RangeError(`tokenizer: id ${id} is not in the vocabulary (size ${this.vocabSize})`);
+    if (token === undefined || !Number.isInteger(id)) {
+      throw new RangeError(`tokenizer: id ${id} is not in the vocabulary (size ${this.vocabSize})`);
+    }
     return token;
   }
 
   /** Calls `encodeText` on the text between matches of `pattern` (with its offset) and pushes the matched tokens' ids. */
-  private splitAdded(text: string, pattern: RegExp | null, offset: number, encodeText: (segment: string, at: number) => void, ids: number[]): void {
+  private splitAdded(
+    text: string, pattern: RegExp | null, offset: number, encodeText: (segment: string, at: number) => void, ids: number[],
+  ): void {
     let from = 0;
     if (pattern) {
       for (const match of text.matchAll(pattern)) {
