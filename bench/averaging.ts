@@ -1,24 +1,34 @@
 // Averaging bytes against group size: bytes each node sends per periodic round of a trunk-sized
-// group, for groups of 2, 4 and 8 nodes, all-to-all against reduce-scatter, in f32 and int8-block.
-// Each node is a real libp2p host (TCP, noise, yamux) on 127.0.0.1 in this process; bytes are
-// counted at the message codec as the daemon counts them (libp2p framing adds a few percent).
-// Goal: reduce-scatter's bytes per node flat within 1.5× from 2 to 8 nodes.
-// Run: npx tsx bench/averaging.ts
+// group, for groups of 2, 4 and 8 nodes, all-to-all against reduce-scatter and small groups per round
+// (topology groups, at most 4 a group), in f32 and int8-block. Each node is a real libp2p host (TCP,
+// noise, yamux) on 127.0.0.1 in this process; bytes are counted at the message codec as the daemon
+// counts them (libp2p framing adds a few percent). Goal: bytes per node flat within 1.5× from 2 to 8.
+// Then what the topology costs in quality: a small job (hidden 64, 2 layers, 4 experts, Moby-Dick) on 4
+// node processes, every expert on every node, the same micro-batches under synchronous f32 gradients
+// and under int8-block deltas every 4 steps all-to-all, by reduce-scatter and in groups of 2; held-out
+// loss at the end (mean over nodes, each evaluating its own model).
+// Run: npm run bench:averaging [-- --only bytes|loss] [-- --quick]
 import '../src/p2p/polyfill.ts';
-import { msgpackCodec } from '../proto/index.ts';
+import { cpus, loadavg } from 'node:os';
+import { parseArgs } from 'node:util';
+import { msgpackCodec, type Averaging, type JobSpec } from '../proto/index.ts';
 import { createAverager, type AveragingOptions } from '../node/averaging/index.ts';
+import { startSwarm } from '../src/harness/local-swarm.ts';
 import { countingCodec, type Traffic } from '../node/traffic.ts';
 import type { Param } from '../src/model/params.ts';
 import { createHost, Rpc, type Host } from '../src/p2p/index.ts';
 import { printTable } from './table.ts';
 
+const { values: args } = parseArgs({ options: { only: { type: 'string' }, quick: { type: 'boolean', default: false } } });
+if (args.only !== undefined && !['bytes', 'loss'].includes(args.only)) throw new RangeError(`--only takes bytes or loss, got ${args.only}`);
 const SIZES = [2, 4, 8];
-const ROUNDS = 3;
+/** An even count: groups of 8 nodes alternate pairs and fours (a 2 × 4 grid), so a whole number of grid passes. */
+const ROUNDS = 4;
 /** A trunk-like group: four 256×256 projections and a 1024×128 embedding (393,216 values, 1.5 MiB in f32). */
 const SHAPES = [[256, 256], [256, 256], [256, 256], [256, 256], [1024, 128]];
 const VALUES = SHAPES.reduce((n, s) => n + s[0] * s[1], 0);
 const CODECS = ['f32', 'int8-block:32'];
-const TOPOLOGIES = ['all-to-all', 'reduce-scatter'] as const;
+const TOPOLOGIES = ['all-to-all', 'reduce-scatter', 'groups'] as const;
 
 interface Node {
   host: Host;
@@ -80,18 +90,84 @@ async function measure(n: number, averaging: Partial<AveragingOptions>): Promise
   }
 }
 
-const rows: string[][] = [];
-for (const codec of CODECS) {
-  const deltaBytes = codec === 'f32' ? 4 * VALUES : VALUES + (VALUES / 32) * 4; // the codec's tensor data of one whole delta
-  for (const topology of TOPOLOGIES) {
-    let baseline = 0;
-    for (const n of SIZES) {
-      const { bytes, seconds } = await measure(n, { codec, topology });
-      baseline ||= bytes;
-      const ratios = [bytes / deltaBytes, bytes / baseline].map((r) => r.toFixed(2));
-      rows.push([codec, topology, String(n), (bytes / 2 ** 20).toFixed(2), ...ratios, seconds.toFixed(2)]);
+async function bytesTable(): Promise<void> {
+  const rows: string[][] = [];
+  for (const codec of CODECS) {
+    const deltaBytes = codec === 'f32' ? 4 * VALUES : VALUES + (VALUES / 32) * 4; // the codec's tensor data of one whole delta
+    for (const topology of TOPOLOGIES) {
+      let baseline = 0;
+      for (const n of SIZES) {
+        const { bytes, seconds } = await measure(n, { codec, topology });
+        baseline ||= bytes;
+        const ratios = [bytes / deltaBytes, bytes / baseline].map((r) => r.toFixed(2));
+        rows.push([codec, topology, String(n), (bytes / 2 ** 20).toFixed(2), ...ratios, seconds.toFixed(2)]);
+      }
     }
   }
+  console.log(`trunk group of ${VALUES.toLocaleString('en')} values, ${ROUNDS} rounds per row; bytes at the codec (requests and replies); `
+    + `groups of at most 4; load average ${loadavg()[0].toFixed(2)}`);
+  printTable(['codec', 'topology', 'nodes', 'MiB sent / node / round', '× one delta', '× at 2 nodes', 's / round (noisy)'], rows);
 }
-console.log(`trunk group of ${VALUES.toLocaleString('en')} values, ${ROUNDS} rounds per row; bytes at the codec (requests and replies)`);
-printTable(['codec', 'topology', 'nodes', 'MiB sent / node / round', '× one delta', '× at 2 nodes', 's / round (noisy)'], rows);
+
+const LOSS_NODES = 4;
+const LOSS_STEPS_PER_NODE = args.quick ? 24 : 48;
+const LOSS_MODEL = {
+  hiddenSize: 64, numLayers: 2, numHeads: 4, numKvHeads: 2, headDim: 16, numExperts: 4, expertsPerToken: 2,
+  expertHiddenSize: 64, maxSeqLen: 32,
+};
+const int8Every4 = (extra: Partial<Averaging>): Averaging => ({
+  mode: 'periodic', every: 4, deadlineMs: 10_000, codec: 'int8-block', ...extra,
+});
+const LOSS_SETTINGS: { label: string; averaging: Averaging }[] = [
+  { label: 'synchronous f32 gradients', averaging: { mode: 'sync', every: 1, deadlineMs: 30_000 } },
+  { label: 'int8-block every 4, all-to-all', averaging: int8Every4({}) },
+  { label: 'int8-block every 4, reduce-scatter', averaging: int8Every4({ topology: 'reduce-scatter' }) },
+  { label: 'int8-block every 4, groups of 2', averaging: int8Every4({ topology: 'groups', groupSize: 2 }) },
+];
+
+function lossJob(averaging: Averaging): JobSpec {
+  return {
+    jobId: 'bench-averaging-loss', model: LOSS_MODEL, mode: 'full', baseFormat: 'f32', basePath: 'fp32', seed: 11, corpus: 'moby-dick',
+    documents: { from: 0, to: 40 }, batchSize: 4, seqLen: 32, heldOutFraction: 0.05, totalBatches: LOSS_STEPS_PER_NODE * LOSS_NODES,
+    expectedNodes: LOSS_NODES, lr: 1e-2, minLr: 1e-3, warmupSteps: 5, averaging, expertTimeoutMs: 5000,
+  };
+}
+
+/** Held-out loss of each node at the end of the job, and its averaging rounds. */
+async function heldOut(averaging: Averaging): Promise<{ losses: number[]; rounds: number[]; seconds: number }> {
+  const swarm = await startSwarm(lossJob(averaging), [
+    '--vocab', '300', '--replication', String(LOSS_NODES), '--heartbeat-ms', '500', '--node-timeout-ms', '30000', '--lease-ms', '120000',
+  ]);
+  try {
+    const nodes = Array.from({ length: LOSS_NODES }, () => swarm.startNode(['--threads', '1']));
+    const started = await swarm.coordinator.waitFor((e) => e.event === 'started', 120_000, 'started');
+    const done = await swarm.coordinator.waitFor((e) => e.event === 'done', 900_000, 'done');
+    const finished = await Promise.all(nodes.map((n) => n.waitFor((e) => e.event === 'finished', 120_000, 'finished')));
+    const rounds = nodes.map((n) => n.events.findLast((e) => e.event === 'step')?.averaging?.rounds ?? 0);
+    return { losses: finished.map((e) => e.heldOut.loss as number), rounds, seconds: (done.at - started.at) / 1e3 };
+  } finally {
+    await swarm.stop();
+  }
+}
+
+async function lossTable(): Promise<void> {
+  const rows: string[][] = [];
+  let baseline: number | undefined;
+  for (const { label, averaging } of LOSS_SETTINGS) {
+    console.error(`held-out loss: ${label}`);
+    const { losses, rounds, seconds } = await heldOut(averaging);
+    const loss = losses.reduce((a, b) => a + b, 0) / losses.length;
+    baseline ??= loss;
+    const spread = Math.max(...losses) - Math.min(...losses);
+    const difference = `${(100 * (loss / baseline - 1)).toFixed(1)}%`;
+    rows.push([label, loss.toFixed(4), difference, spread.toFixed(4), rounds.join(' '), seconds.toFixed(0)]);
+  }
+  console.log(`held-out loss: ${LOSS_NODES} node processes, ${LOSS_STEPS_PER_NODE * LOSS_NODES} micro-batches of 4 × 32 tokens in all, `
+    + `every expert on every node; ${cpus().length} cores, load average ${loadavg()[0].toFixed(2)}; `
+    + 'one run per setting (runs of one setting differ by ~1-2%)');
+  const columns = ['averaging', 'held-out loss', 'vs synchronous', 'spread over nodes', 'rounds per node (all its groups)', 'job s (noisy)'];
+  printTable(columns, rows);
+}
+
+if (args.only !== 'loss') await bytesTable();
+if (args.only !== 'bytes') await lossTable();

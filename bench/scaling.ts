@@ -4,15 +4,40 @@
 // thread pinned to its own core (taskset), so 2 nodes have 2 cores and 1 node has 1. From the nodes'
 // step events after the warm-up: aggregate tokens/s and its ratio to the 1-node run, the share of step
 // time waiting on remote experts, bytes sent per token per node, remote calls per step.
-// Run: npm run bench:scaling [-- --quick] [-- --steps N]
+// Over real-world links (--links RATE[,RATE...], as root): the coordinator and each node in a network
+// namespace of its own, all joined through a hub namespace by veth pairs whose both ends tbf shapes to
+// RATE (src/harness/netns.ts's StarNetwork), so each host has a RATE uplink and a RATE downlink. This
+// kernel has no netem, so the one-way delay (--delay-ms, default 25) comes from bench/delay-proxy.ts: in
+// each host's namespace a TCP proxy listens on the host's link address and forwards to the process,
+// which listens on a loopback address no other host can route to and announces the proxy's address;
+// every chunk is forwarded 25 ms after it was read, in order, both ways. Any connection enters exactly
+// one proxy (the accepting host's), so each direction of it takes the link's rate plus 25 ms, and
+// libp2p's own flow control (yamux windows) sees the full round trip. The namespaces are deleted at the
+// end, on failure and on Ctrl-C (and those of a killed run by the next one).
+// Run: npm run bench:scaling [-- --quick] [-- --steps N] [-- --links 20mbit,100mbit [--delay-ms 25]]
 import { spawnSync } from 'node:child_process';
-import { cpus, loadavg } from 'node:os';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { cpus, loadavg, tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import type { JobSpec } from '../proto/index.ts';
 import { demoJob } from '../src/harness/demo-job.ts';
 import { startSwarm, type Proc, type SwarmEvent } from '../src/harness/local-swarm.ts';
+import { StarNetwork } from '../src/harness/netns.ts';
 import { printTable } from './table.ts';
 
-const { values } = parseArgs({ options: { quick: { type: 'boolean', default: false }, steps: { type: 'string' } } });
+const { values } = parseArgs({
+  options: {
+    quick: { type: 'boolean', default: false }, steps: { type: 'string' }, links: { type: 'string' },
+    'delay-ms': { type: 'string', default: '25' },
+  },
+});
+const DELAY_MS = Number(values['delay-ms']);
+if (!(DELAY_MS >= 0)) throw new RangeError(`--delay-ms takes a number ≥ 0, got ${values['delay-ms']}`);
+const RATES = values.links?.split(',') ?? [];
+for (const rate of RATES) {
+  if (!/^\d+(\.\d+)?[kmg]bit$/.test(rate)) throw new RangeError(`--links takes rates like 20mbit or 100mbit, got ${rate}`);
+}
 const STEPS_PER_NODE = Number(values.steps ?? (values.quick ? 24 : 64));
 const WARMUP_STEPS = 6;
 const VOCAB = 1024;
@@ -35,12 +60,27 @@ function pin(proc: Proc, core: number): void {
   if (result.status !== 0) throw new Error(`taskset failed: ${result.stderr || result.error}`);
 }
 
-async function run(setting: Setting): Promise<SwarmEvent[][]> {
+/** A running coordinator for one setting's job, and how to add nodes to it and stop it all. */
+interface Launch {
+  coordinator: Proc;
+  /** Node `index` (0-based), with these extra arguments. */
+  startNode(index: number, args: string[]): Proc;
+  shutdown(): Promise<void>;
+}
+type Launcher = (job: JobSpec, coordinatorArgs: string[]) => Promise<Launch>;
+
+/** On 127.0.0.1, as the local harness starts swarms. */
+const onLoopback: Launcher = async (job, coordinatorArgs) => {
+  const swarm = await startSwarm(job, coordinatorArgs);
+  return { coordinator: swarm.coordinator, startNode: (_, args) => swarm.startNode(args), shutdown: () => swarm.shutdown() };
+};
+
+async function run(setting: Setting, launch: Launcher): Promise<SwarmEvent[][]> {
   const job = { ...demoJob(STEPS_PER_NODE * setting.nodes, setting.nodes), jobId: `bench-scaling-${setting.nodes}-${setting.replication}` };
-  const swarm = await startSwarm(job, ['--vocab', String(VOCAB), '--replication', String(setting.replication), '--lease-ms', '120000']);
+  const swarm = await launch(job, ['--vocab', String(VOCAB), '--replication', String(setting.replication), '--lease-ms', '120000']);
   try {
     const procs = Array.from({ length: setting.nodes }, (_, i) => {
-      const proc = swarm.startNode(['--threads', '1']);
+      const proc = swarm.startNode(i, ['--threads', '1']);
       pin(proc, i % cpus().length);
       return proc;
     });
@@ -50,6 +90,62 @@ async function run(setting: Setting): Promise<SwarmEvent[][]> {
   } finally {
     await swarm.shutdown();
   }
+}
+
+const PORT = 4001;
+const HOSTS = ['coordinator', 'node-a', 'node-b'];
+/** Every process started in namespaces, so a failure or Ctrl-C can end them before the namespaces go. */
+const running = new Set<Proc>();
+
+/** A StarNetwork shaped to `rate`, with a delay proxy in front of each host's port; launches swarms in it. */
+async function shapedLinks(rate: string, logDir: string): Promise<{ launch: Launcher; remove(): Promise<void> }> {
+  const network = StarNetwork.build(HOSTS, { rate });
+  const started = (proc: Proc) => (running.add(proc), proc);
+  const remove = async () => {
+    for (const proc of running) proc.kill('SIGKILL');
+    await Promise.all([...running].map((p) => p.exited));
+    running.clear();
+    network.remove();
+  };
+  try {
+    await Promise.all(HOSTS.map((name) => {
+      const host = network.hosts[name];
+      const args = ['--listen', `${host.ip}:${PORT}`, '--target', `${host.localIp}:${PORT}`, '--delay-ms', String(DELAY_MS)];
+      return started(network.start(host.ns, `proxy-${name}`, 'bench/delay-proxy.ts', args, logDir)).waitFor((e) => e.event === 'ready');
+    }));
+  } catch (err) {
+    await remove();
+    throw err;
+  }
+  const launch: Launcher = async (job, coordinatorArgs) => {
+    const jobFile = join(logDir, `${job.jobId}.json`);
+    await writeFile(jobFile, JSON.stringify(job));
+    const { coordinator: c, 'node-a': a, 'node-b': b } = network.hosts;
+    const coordinator = started(network.start(c.ns, `coordinator-${job.jobId}`, 'coordinator/bin.mjs', [
+      '--job', jobFile, '--listen', `/ip4/${c.localIp}/tcp/${PORT}`, ...coordinatorArgs,
+    ], logDir));
+    const listening = await coordinator.waitFor((e) => e.event === 'listening', 120_000, 'listening');
+    const peerId = (listening.addrs as string[])[0].split('/p2p/')[1];
+    const nodes: Proc[] = [];
+    return {
+      coordinator,
+      startNode(index, args) {
+        const host = [a, b][index];
+        const node = started(network.start(host.ns, `${host.ns}-${job.jobId}`, 'node/bin.mjs', [
+          'node', '--join', `/ip4/${c.ip}/tcp/${PORT}/p2p/${peerId}`, '--listen', `/ip4/${host.localIp}/tcp/${PORT}`,
+          '--announce', `/ip4/${host.ip}/tcp/${PORT}`, '--reachability', 'public', ...args,
+        ], logDir));
+        nodes.push(node);
+        return node;
+      },
+      async shutdown() {
+        await Promise.all(nodes.map((n) => n.interrupt(30_000)));
+        await coordinator.interrupt(30_000);
+        for (const proc of [...nodes, coordinator]) running.delete(proc);
+      },
+    };
+  };
+  return { launch, remove };
 }
 
 const sum = (xs: number[]) => xs.reduce((a, b) => a + b, 0);
@@ -69,22 +165,52 @@ function steady(steps: SwarmEvent[]) {
   };
 }
 
-console.log(`scaling bench: the demo job (hidden 128, 4 layers, 8 experts top-2, batch 8 × 128), ${STEPS_PER_NODE} steps per node, `
-  + `first ${WARMUP_STEPS} left out; each node --threads 1 pinned to its own core; ${cpus().length} cores, load average ${loadavg()[0].toFixed(2)}; `
-  + `Node ${process.version}`);
-const rows: string[][] = [];
-let baseline: number | undefined;
-for (const setting of SETTINGS) {
-  const perNode = (await run(setting)).map(steady);
-  const aggregate = sum(perNode.map((n) => n.tokensPerSecond));
-  baseline ??= aggregate;
-  const mean = (pick: (n: (typeof perNode)[number]) => number) => sum(perNode.map(pick)) / perNode.length;
-  rows.push([
-    setting.name, aggregate.toFixed(0), `${(aggregate / baseline).toFixed(2)}×`, `${(100 * mean((n) => n.remoteWaitShare)).toFixed(1)}%`,
-    (mean((n) => n.sentPerToken) / 1024).toFixed(2), mean((n) => n.remoteCallsPerStep).toFixed(1),
-  ]);
-  console.log(`  ${setting.name}: ${aggregate.toFixed(0)} tokens/s`);
+/** The settings' table over `launch`. */
+async function table(title: string, launch: Launcher): Promise<void> {
+  const rows: string[][] = [];
+  let baseline: number | undefined;
+  for (const setting of SETTINGS) {
+    const perNode = (await run(setting, launch)).map(steady);
+    const aggregate = sum(perNode.map((n) => n.tokensPerSecond));
+    baseline ??= aggregate;
+    const mean = (pick: (n: (typeof perNode)[number]) => number) => sum(perNode.map(pick)) / perNode.length;
+    rows.push([
+      setting.name, aggregate.toFixed(0), `${(aggregate / baseline).toFixed(2)}×`, `${(100 * mean((n) => n.remoteWaitShare)).toFixed(1)}%`,
+      (mean((n) => n.sentPerToken) / 1024).toFixed(2), mean((n) => n.remoteCallsPerStep).toFixed(1),
+    ]);
+    console.log(`  ${title}, ${setting.name}: ${aggregate.toFixed(0)} tokens/s (load average ${loadavg()[0].toFixed(2)})`);
+  }
+  console.log(title);
+  const columns = ['setting', 'aggregate tokens/s', 'vs one node', 'remote-expert wait', 'sent kB per token per node', 'remote calls per step'];
+  printTable(columns, rows);
 }
-printTable(['setting', 'aggregate tokens/s', 'vs one node', 'remote-expert wait', 'sent kB per token per node', 'remote calls per step'], rows);
+
+console.log(`scaling bench: the demo job (hidden 128, 4 layers, 8 experts top-2, batch 8 × 128), ${STEPS_PER_NODE} steps per node, `
+  + `first ${WARMUP_STEPS} left out; each node --threads 1 pinned to its own core; ${cpus().length} cores, `
+  + `load average ${loadavg()[0].toFixed(2)}; Node ${process.version}`);
+if (RATES.length === 0) {
+  await table('on loopback', onLoopback);
+} else {
+  if (process.getuid?.() !== 0) throw new Error('--links builds network namespaces: run it as root (iproute2 and tc needed)');
+  const logDir = await mkdtemp(join(tmpdir(), 'swarmtrain-scaling-links-'));
+  let network: Awaited<ReturnType<typeof shapedLinks>> | undefined;
+  const interrupted = async (signal: NodeJS.Signals) => {
+    await network?.remove();
+    process.exit(signal === 'SIGINT' ? 130 : 143);
+  };
+  process.once('SIGINT', interrupted);
+  process.once('SIGTERM', interrupted);
+  try {
+    for (const rate of RATES) {
+      network = await shapedLinks(rate, logDir);
+      await table(`links of ${rate} each way, ${DELAY_MS} ms one-way delay`, network.launch);
+      await network.remove();
+      network = undefined;
+    }
+  } finally {
+    await network?.remove();
+    await rm(logDir, { recursive: true, force: true });
+  }
+}
 console.log('aggregate tokens/s: steady-state steps\' tokens over their own seconds, summed over nodes; remote-expert wait: wall time with a '
   + 'remote expert call in flight / step time');

@@ -121,8 +121,14 @@ export const JobSpecSchema = Type.Object({
      * periodic: how holders exchange deltas. all-to-all (the default): each sends its whole delta
      * to every other holder, (N−1)× the delta per round. reduce-scatter: holder i aggregates part i
      * of everyone's delta and sends the result back to all, ≈ 2× the delta per round whatever N.
+     * groups: each round the holders split into small groups of at most `groupSize` (Moshpit
+     * averaging, src/averaging/groups.ts), each averaging its members' parameters by reduce-scatter:
+     * ≈ 2(G−1)/G × the parameters' message per round whatever N, the rounds mixing the groups. It
+     * averages values, not deltas, so only value-faithful codecs go (f32, f16, int8-block).
      */
-    topology: Type.Optional(Type.Union([Type.Literal('all-to-all'), Type.Literal('reduce-scatter')])),
+    topology: Type.Optional(Type.Union([Type.Literal('all-to-all'), Type.Literal('reduce-scatter'), Type.Literal('groups')])),
+    /** topology groups: the most holders a round's group has (default 4). */
+    groupSize: Type.Optional(Type.Integer({ minimum: 2, maximum: 64 })),
   }),
   /** Deadline of one expert call before the caller fails over to another holder. */
   expertTimeoutMs: Type.Integer({ minimum: 1, maximum: 3_600_000 }),
@@ -138,6 +144,13 @@ export type JobSpec = Static<typeof JobSpecSchema>;
 export type Averaging = JobSpec['averaging'];
 
 const jobChecker = TypeCompiler.Compile(JobSpecSchema);
+/** Codecs that encode every value (not a sparse or low-rank sketch), so parameters themselves may travel in them. */
+const VALUE_CODECS = ['f32', 'f16', 'int8-block'];
+
+/** The first codec of `averaging` that would send parameters mostly as zeros (sparse, low-rank), if any: groups refuse it. */
+export function sparseCodecOf(averaging: Pick<Averaging, 'codec' | 'expertCodec'>): string | undefined {
+  return [averaging.codec, averaging.expertCodec].find((spec) => spec !== undefined && !VALUE_CODECS.includes(spec.split(':')[0]));
+}
 
 /**
  * Checks untrusted JSON against JobSpec, once, where a job enters (a file, a request); the error
@@ -145,7 +158,14 @@ const jobChecker = TypeCompiler.Compile(JobSpecSchema);
  * src/train/job.ts's (jobConfig, jobDocuments).
  */
 export function validateJob(value: unknown, where = 'job'): JobSpec {
-  if (jobChecker.Check(value)) return value;
+  if (jobChecker.Check(value)) {
+    const sparse = sparseCodecOf(value.averaging);
+    if (value.averaging.topology === 'groups' && sparse) {
+      throw new JobError(`${where}: /averaging: topology "groups" averages parameters, which codec "${sparse}" would mostly zero; `
+        + `use ${VALUE_CODECS.join(', ')}`);
+    }
+    return value;
+  }
   const error = jobChecker.Errors(value).First();
   throw new JobError(`${where}: ${error?.path || '/'}: ${error?.message ?? 'does not match the job schema'}`);
 }

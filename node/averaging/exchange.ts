@@ -35,8 +35,8 @@ export interface DeltaInbox {
   accept(group: string, sender: string, round: number, values: Float32Array[]): void;
   /** reduce-scatter: parts each holder owns or gathers back; absent, such messages are refused. */
   parts?: {
-    /** Parts the group is cut into under reduce-scatter: a message of another count is refused. */
-    count(group: string): number;
+    /** Parts the group is cut into in round `round` under reduce-scatter: a message of another count is refused. */
+    count(group: string, round: number): number;
     /** Takes a part, or returns why it is not ours to take (refused without flagging the sender). */
     accept(group: string, arrival: PartArrival): string | undefined;
   };
@@ -231,7 +231,7 @@ export class DeltaExchange {
     if (delta.codec !== codec.spec) refuse(`${group} travels as ${codec.spec}, got ${delta.codec}`);
     const { parts } = this.inbox;
     if (phase && !parts) throw new RefusedError(`${group} is averaged all-to-all here, not by reduce-scatter`);
-    const count = phase ? parts!.count(group) : this.partCount(group, 1);
+    const count = phase ? parts!.count(group, round) : this.partCount(group, 1);
     const { index } = delta.part ?? { index: 0 };
     if ((delta.part?.count ?? 1) !== count) {
       throw new RefusedError(`${group}${phase ? ` (${phase})` : ''} is cut into ${count} parts here, got ${delta.part?.count ?? 1}`);

@@ -5,8 +5,13 @@
 // kept the last deadline are waited for (a slower one's deltas count when they come); a holder
 // that finds itself rounds behind fetches fresh state instead of sending. Arrivals whose norm is
 // far above the group's recent median are refused and their sender flagged. How the deltas travel
-// is the job's `topology`: all-to-all (here), or reduce-scatter (reduce-scatter.ts).
-import { aggregate, NormScreen, OuterStep, type Contribution } from '../../src/averaging/index.ts';
+// is the job's `topology`: all-to-all (here), reduce-scatter (reduce-scatter.ts), or small groups per
+// round that reduce-scatter among themselves (src/averaging/groups.ts). Groups average parameters, not
+// deltas: holders of different groups drift apart, and averaging deltas would never bring them back
+// together (each applies its group's mean delta to its own anchor). With outer lr 1 and no momentum a
+// holder ends the round at its group's mean parameters; the outer step takes mean − anchor as its delta.
+import { sparseCodecOf } from '../../proto/index.ts';
+import { aggregate, groupOf, NormScreen, OuterStep, type Contribution } from '../../src/averaging/index.ts';
 import { codecsForGroups, type Codec, type CodecState } from '../../src/compress/index.ts';
 import type { Param } from '../../src/model/params.ts';
 import { DeltaExchange, KEEP_ROUNDS } from './exchange.ts';
@@ -15,6 +20,8 @@ import { ReduceScatter } from './reduce-scatter.ts';
 
 /** A holder this many rounds behind a peer reloads the group instead of sending. */
 const MAX_LAG = 3;
+/** topology groups: the most holders in a round's group when the job does not say. */
+const DEFAULT_GROUP_SIZE = 4;
 
 export class PeriodicAveraging implements Averager {
   readonly stats: AveragingStats;
@@ -37,15 +44,22 @@ export class PeriodicAveraging implements Averager {
   /** The part count each group's codec states belong to: another count drops them. */
   private readonly stateCounts = new Map<string, number>();
   private readonly scatter?: ReduceScatter;
+  /** topology groups: each round averages parameters within this node's small group of the round. */
+  private readonly grouped: boolean;
 
   constructor(private readonly components: AveragingComponents, private readonly options: AveragingOptions) {
     const groups: Record<string, string> = options.expertCodec ? { expert: options.expertCodec } : {};
     this.codecFor = codecsForGroups({ default: options.codec ?? 'f32', groups });
-    const scatter = options.topology === 'reduce-scatter';
+    this.grouped = options.topology === 'groups';
+    const sparse = sparseCodecOf(options);
+    if (this.grouped && sparse) throw new RangeError(`topology groups averages parameters: codec ${sparse} would mostly zero them`);
+    const scatter = options.topology === 'reduce-scatter' || this.grouped;
     this.exchange = new DeltaExchange(components, options, {
       codec: (group) => this.codecFor(group),
       accept: (group, sender, round, values) => this.accept(group, sender, round, values),
-      ...(scatter ? { parts: { count: (group) => this.scatter!.count(group), accept: (group, a) => this.scatter!.accept(group, a) } } : {}),
+      ...(scatter ? {
+        parts: { count: (group, round) => this.scatter!.count(group, round), accept: (group, a) => this.scatter!.accept(group, a) },
+      } : {}),
     });
     this.stats = this.exchange.stats;
     if (scatter) {
@@ -55,6 +69,7 @@ export class PeriodicAveraging implements Averager {
         screen: (group) => this.screenOf(group),
         heard: (peer, round) => this.heard(peer, round),
         missed: (peers) => peers.forEach((peer) => this.slowPeers.add(peer)),
+        ...(this.grouped ? { roundMembers: (group: string, round: number) => this.roundMembers(group, round) } : {}),
       });
     }
   }
@@ -96,15 +111,26 @@ export class PeriodicAveraging implements Averager {
     const ahead = this.peerAhead(group, round);
     if (ahead && (await this.resync(group, params, ahead))) return;
     const outer = this.outerOf(group, params);
-    const deltas = outer.delta(params.map((p) => p.value));
+    const values = params.map((p) => p.value);
     // Waited for: holders at most a round behind that keep pace with this node.
     const keepsPace = (peer: string) => (this.exchange.peerRound(peer) ?? round) >= round - 1 && !this.slowPeers.has(peer);
     const awaited = this.exchange.others(group).filter(keepsPace);
-    const mean = this.scatter
-      ? await this.scatter.average(group, round, deltas, awaited)
-      : await this.allToAll(group, round, deltas, awaited);
+    let mean: Float32Array[];
+    if (this.grouped) {
+      const groupMean = await this.scatter!.average(group, round, values.map((v) => Float32Array.from(v)), awaited);
+      mean = groupMean.map((m, i) => m.map((x, j) => x - outer.anchor[i][j]));
+    } else {
+      const deltas = outer.delta(values);
+      mean = this.scatter ? await this.scatter.average(group, round, deltas, awaited) : await this.allToAll(group, round, deltas, awaited);
+    }
     this.stats.rounds++;
-    outer.apply(params.map((p) => p.value), mean);
+    outer.apply(values, mean);
+  }
+
+  /** topology groups: this node's group of round `round` among the group's holders. */
+  private roundMembers(group: string, round: number): string[] {
+    const { self, groupSize } = this.options;
+    return groupOf(self, [self, ...this.exchange.others(group)], round, groupSize ?? DEFAULT_GROUP_SIZE);
   }
 
   /** Every holder sends its whole delta to every other and averages what it receives. */

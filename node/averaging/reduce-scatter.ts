@@ -14,6 +14,9 @@
 // comes within a deadline and gathers it. A part for which nothing comes after two more deadlines
 // (the fallback dropped too, or only some holders missed the owner's result) keeps this holder's
 // own delta for the round ("unaveraged" in the stats): nothing waits longer.
+// Under small groups (topology "groups") the holders of a round are this node's group of that round
+// only (src/averaging/groups.ts): parts, owners and gathers are the group's, and only parts of the
+// round itself are used, since an earlier round's went to another group.
 import {
   aggregate, fallbackOf, holderOrder, l2Norm, ownerOf, slicePart, writePart, type Contribution, type NormScreen, type Part,
 } from '../../src/averaging/index.ts';
@@ -34,6 +37,8 @@ export interface ScatterContext {
   heard(peer: string, round: number): void;
   /** Awaited peers that did not deliver by the deadline. */
   missed(peers: readonly string[]): void;
+  /** The holders averaging together in round `round`, this node included; absent: every holder of the group. */
+  roundMembers?(group: string, round: number): string[];
 }
 
 /** One round of one group at this node. */
@@ -59,14 +64,14 @@ export class ReduceScatter {
   constructor(private readonly context: ScatterContext) {}
 
   /** Parts the group is cut into: as many per holder, enough that each fits a message. */
-  count(group: string): number {
-    return this.context.exchange.partCount(group, this.ordered(group).length);
+  count(group: string, round: number): number {
+    return this.context.exchange.partCount(group, this.ordered(group, round).length);
   }
 
   accept(group: string, arrival: PartArrival): string | undefined {
     const { exchange, options } = this.context;
-    const ordered = this.ordered(group);
     const { sender, round, index } = arrival;
+    const ordered = this.ordered(group, round);
     const roles = [ownerOf(index, ordered), fallbackOf(index, ordered)];
     const forget = (r: number) => r + KEEP_ROUNDS < exchange.round;
     if (arrival.phase === 'reduce') {
@@ -95,7 +100,7 @@ export class ReduceScatter {
   /** The round's mean delta of the group; `awaited` are the other holders worth waiting for. */
   async average(group: string, round: number, deltas: readonly Float32Array[], awaited: readonly string[]): Promise<Float32Array[]> {
     const { exchange, options, stats } = this.context;
-    const ordered = this.ordered(group);
+    const ordered = this.ordered(group, round);
     const count = exchange.partCount(group, ordered.length);
     const codec = this.context.codecFor(group);
     const { layout, messages, decoded: mine } = exchange.encodeGroup(group, codec, deltas, count, this.context.codecStates(group, count));
@@ -111,7 +116,8 @@ export class ReduceScatter {
       if (owner !== options.self) exchange.post(group, [owner], r.reduceMessage(part.index));
     }
     const owned = layout.filter((p) => ownerOf(p.index, ordered) === options.self).map((p) => p.index);
-    await this.reduceParts(r, owned, awaited);
+    const others = awaited.filter((peer) => ordered.includes(peer));
+    await this.reduceParts(r, owned, others);
     await this.collect(r, options.deadlineMs);
 
     const lost = layout.map((p) => p.index).filter((k) => !r.results.has(k));
@@ -123,7 +129,7 @@ export class ReduceScatter {
       }
       const owners = new Set(lost.map((k) => ownerOf(k, ordered)));
       const mineToTake = lost.filter((k) => fallbackOf(k, ordered) === options.self);
-      await this.reduceParts(r, mineToTake, awaited.filter((peer) => !owners.has(peer)));
+      await this.reduceParts(r, mineToTake, others.filter((peer) => !owners.has(peer)));
       await this.collect(r, 2 * options.deadlineMs);
       stats.fallbacks += lost.filter((k) => r.results.has(k)).length;
     }
@@ -139,8 +145,9 @@ export class ReduceScatter {
     return mean;
   }
 
-  private ordered(group: string): string[] {
-    return holderOrder([this.context.options.self, ...this.context.exchange.others(group)]);
+  private ordered(group: string, round: number): string[] {
+    const { options, exchange, roundMembers } = this.context;
+    return holderOrder(roundMembers?.(group, round) ?? [options.self, ...exchange.others(group)]);
   }
 
   /** Aggregates parts `indices` from `awaited` (by the deadline) and this node, and gathers the results to every holder. */
@@ -149,7 +156,9 @@ export class ReduceScatter {
     const { exchange, options, stats } = this.context;
     const { group, round, layout, codec } = r;
     const count = layout.length;
-    const arrivals = () => (this.reduces.get(group) ?? []).filter((a) => a.count === count && indices.includes(a.index));
+    const sameRound = this.context.roundMembers !== undefined;
+    const arrivals = () => (this.reduces.get(group) ?? [])
+      .filter((a) => a.count === count && indices.includes(a.index) && (!sameRound || a.round === round));
     const has = (peer: string) => indices.every((k) => arrivals().some((a) => a.sender === peer && a.index === k && a.round >= round));
     await exchange.wait(group, round, () => awaited.every(has));
     const missed = awaited.filter((peer) => !has(peer));
@@ -178,7 +187,7 @@ export class ReduceScatter {
       r.results.set(k, decoded);
       exchange.countEncoded(decoded.reduce((n, v) => n + v.length, 0), message);
       const gather = { round, steps: options.every, codec: codec.spec, part: { index: k, count }, phase: 'gather' as const, parts: message };
-      exchange.post(group, exchange.others(group), gather);
+      exchange.post(group, r.ordered.filter((peer) => peer !== options.self), gather);
     }
   }
 

@@ -1,6 +1,8 @@
 // The averaging arithmetic, apart from any transport (hivemind's accumulators are the model):
-// aggregation (aggregate.ts), outlier refusal (screen.ts), the outer step (outer.ts), parts and owners (partition.ts).
+// aggregation (aggregate.ts), outlier refusal (screen.ts), the outer step (outer.ts), parts and owners (partition.ts),
+// small groups per round (groups.ts).
 export * from './aggregate.ts';
 export * from './screen.ts';
 export * from './outer.ts';
 export * from './partition.ts';
+export * from './groups.ts';

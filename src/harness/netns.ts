@@ -1,9 +1,12 @@
-// Volunteers behind NATs on one machine (root): network namespaces with a public one for the
-// coordinator and two homes, each a node behind its own NAT router (nftables masquerade). Both homes
-// use 192.168.1.0/24, as many real ones do, so a private address handed to the other home reaches the
-// wrong host. Public addresses come from 11.0.0.0/8 and exist only inside these namespaces, which have
-// no link to the host. Used by test/swarm/nat.test.ts and bench/links.ts; processes run in them through
-// `ip netns exec`, as the real command-line entry points.
+// Network namespaces on one machine (root), with no link to the host; processes run in them through
+// `ip netns exec`, as the real command-line entry points. Addresses come from 11.0.0.0/8 and exist only
+// inside these namespaces.
+// - NatNetwork: volunteers behind NATs: a public namespace for the coordinator and two homes, each a node
+//   behind its own NAT router (nftables masquerade). Both homes use 192.168.1.0/24, as many real ones do,
+//   so a private address handed to the other home reaches the wrong host. Used by test/swarm/nat.test.ts
+//   and bench/links.ts.
+// - StarNetwork: hosts on shaped links: a hub namespace routing between hosts, each host on its own veth
+//   link (its uplink and downlink shaped with tbf). Used by bench/scaling.ts --links.
 import { execFileSync, spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -89,9 +92,8 @@ export class NatNetwork {
       ip('-n', home.node, 'route', 'add', 'default', 'via', ROUTER_LAN_IP);
       inNamespace(home.router, ['sysctl', '-qw', 'net.ipv4.ip_forward=1']);
       if (rate) {
-        for (const [ns, dev] of [[this.public, `to-${name}`], [home.router, 'wan']] as const) {
-          inNamespace(ns, ['tc', 'qdisc', 'add', 'dev', dev, 'root', 'tbf', 'rate', rate, 'burst', '64kb', 'latency', '50ms']);
-        }
+        shape(this.public, `to-${name}`, rate);
+        shape(home.router, 'wan', rate);
       }
     }
   }
@@ -107,21 +109,91 @@ table ip nat {
 `);
   }
 
-  /**
-   * Starts a script inside namespace `ns`: a command-line entry point (coordinator/bin.mjs, node/bin.mjs),
-   * or TypeScript through tsx's loader in the same process (so a kill reaches it, not only a launcher).
-   */
   start(ns: string, name: string, script: string, args: string[], logDir: string): Proc {
-    const loader = script.endsWith('.ts') ? ['--import', 'tsx'] : [];
-    const child = spawn('ip', ['netns', 'exec', ns, process.execPath, ...loader, join(repoRoot, script), ...args], {
-      cwd: repoRoot, env: { ...process.env, FORCE_COLOR: '0' },
-    });
-    return new Proc(name, child, logDir);
+    return startIn(ns, name, script, args, logDir);
   }
 
   remove(): void {
     removeNamespaces((name) => name.startsWith(`${this.prefix}-`));
   }
+}
+
+/** A host of a StarNetwork. */
+export interface StarHost {
+  ns: string;
+  /** Its address on its link: what the other hosts reach it at. */
+  ip: string;
+  /** An address on its loopback that no other host can route to: for a listener only a local proxy should reach. */
+  localIp: string;
+}
+
+/** Hosts (each a namespace) linked through a hub namespace that routes between them; every link shaped both ways. */
+export class StarNetwork {
+  readonly hub: string;
+  readonly hosts: Record<string, StarHost> = {};
+
+  /** Names start with stlnk<pid>-: namespaces of a run whose process is gone are removed by the next one. */
+  private constructor(private readonly prefix: string) {
+    this.hub = `${prefix}-hub`;
+  }
+
+  /** Builds the hub and one host per name; `rate` (e.g. 20mbit) shapes each host's link with tbf in both directions. */
+  static build(names: readonly string[], options: { rate?: string } = {}): StarNetwork {
+    removeStale();
+    const network = new StarNetwork(`stlnk${process.pid}`);
+    try {
+      network.create(names, options.rate);
+    } catch (err) {
+      network.remove();
+      throw err;
+    }
+    return network;
+  }
+
+  private create(names: readonly string[], rate: string | undefined): void {
+    ip('netns', 'add', this.hub);
+    ip('-n', this.hub, 'link', 'set', 'lo', 'up');
+    inNamespace(this.hub, ['sysctl', '-qw', 'net.ipv4.ip_forward=1']);
+    names.forEach((name, i) => {
+      const host: StarHost = { ns: `${this.prefix}-${name}`, ip: `11.0.${i + 1}.2`, localIp: `11.1.${i + 1}.1` };
+      this.hosts[name] = host;
+      ip('netns', 'add', host.ns);
+      ip('-n', host.ns, 'link', 'set', 'lo', 'up');
+      ip('-n', host.ns, 'addr', 'add', `${host.localIp}/32`, 'dev', 'lo');
+      link(this.hub, `to-${name}`, `11.0.${i + 1}.1/24`, host.ns, 'eth0', `${host.ip}/24`);
+      // Only the hosts' links are routed: another host's localIp is unreachable (an immediate ENETUNREACH).
+      ip('-n', host.ns, 'route', 'add', '11.0.0.0/16', 'via', `11.0.${i + 1}.1`);
+      if (rate) {
+        shape(this.hub, `to-${name}`, rate);
+        shape(host.ns, 'eth0', rate);
+      }
+    });
+  }
+
+  start(ns: string, name: string, script: string, args: string[], logDir: string): Proc {
+    return startIn(ns, name, script, args, logDir);
+  }
+
+  remove(): void {
+    removeNamespaces((name) => name.startsWith(`${this.prefix}-`));
+  }
+}
+
+/** Shapes what leaves `dev` in namespace `ns` to `rate` with a token bucket (tbf). */
+function shape(ns: string, dev: string, rate: string): void {
+  inNamespace(ns, ['tc', 'qdisc', 'add', 'dev', dev, 'root', 'tbf', 'rate', rate, 'burst', '64kb', 'latency', '50ms']);
+}
+
+/**
+ * Starts a script inside namespace `ns`: a command-line entry point (coordinator/bin.mjs, node/bin.mjs),
+ * or TypeScript through tsx's loader in the same process (so a kill reaches it, not only a launcher).
+ */
+function startIn(ns: string, name: string, script: string, args: string[], logDir: string): Proc {
+  const loader = script.endsWith('.ts') ? ['--import', 'tsx'] : [];
+  const child = spawn('ip', ['netns', 'exec', ns, process.execPath, ...loader, join(repoRoot, script), ...args], {
+    cwd: repoRoot, env: { ...process.env, FORCE_COLOR: '0' },
+  });
+  return new Proc(name, child, logDir);
 }
 
 /** A veth pair from namespace `a` (interface `ifA`, address `addrA`) to `b`. */
@@ -136,7 +208,7 @@ function link(a: string, ifA: string, addrA: string, b: string, ifB: string, add
 /** Namespaces of earlier runs whose process is gone (killed before it could clean up). */
 function removeStale(): void {
   removeNamespaces((name) => {
-    const pid = /^stnat(\d+)-/.exec(name)?.[1];
+    const pid = /^st(?:nat|lnk)(\d+)-/.exec(name)?.[1];
     return pid !== undefined && !alive(Number(pid));
   });
 }

@@ -1,11 +1,12 @@
-// Reduce-scatter averaging (node/averaging/reduce-scatter.ts) and deltas in parts, among 2–6
-// holders in one process over the real delta protocol: every message is encoded and decoded with
-// the wire codec (its bytes counted, the message cap enforced), only the transport is direct calls.
+// Reduce-scatter averaging (node/averaging/reduce-scatter.ts), alone and within small groups per
+// round (topology groups), and deltas in parts, among 2–8 holders in one process over the real delta
+// protocol: every message is encoded and decoded with the wire codec (its bytes counted, the message
+// cap enforced), only the transport is direct calls.
 // Results are checked against float64 means computed here.
 import { describe, expect, it } from 'vitest';
 import { f32Tensor, msgpackCodec, ProtocolError, type ParameterDelta } from '../../proto/index.ts';
 import { createAverager, type Averager, type AveragingFault, type AveragingOptions } from '../../node/averaging/index.ts';
-import { holderOrder, ownerOf, partCount, partition, type Part } from '../../src/averaging/index.ts';
+import { holderOrder, ownerOf, partCount, partition, roundGroups, type Part } from '../../src/averaging/index.ts';
 import type { Param } from '../../src/model/params.ts';
 import type { DialTarget, Rpc } from '../../src/p2p/index.ts';
 import { bitEqual, rng } from '../helpers.ts';
@@ -187,9 +188,92 @@ describe('reduce-scatter averaging', () => {
   });
 });
 
+describe('small groups per round (topology groups)', () => {
+  const IDS = ['p1', 'p2', 'p3', 'p4', 'p5', 'p6', 'p7', 'p8'];
+  const SIZE = 3;
+  /** afterUpdate(0) is round 1: its groups. */
+  const groupsOfRound = (ids: string[], round = 1) => roundGroups(ids, round, SIZE);
+  /** Per coordinate, in float64, the mean of holders `members`' values over each part (`which` picks them per part). */
+  const meanOfValues = (net: Network, ids: string[], group: string[], which: (part: Part) => string[]) =>
+    expectedMean(net.holders.map((h) => h.params.map((p) => p.value)), partsOf(group.length),
+      (part) => which(part).map((m) => ids.indexOf(m)));
+
+  const groupMean = '%i holders: each ends at the f64 mean of its round group\'s parameters, the same bits in the group';
+  it.each([2, 3, 4, 5, 6, 7, 8])(groupMean, async (n) => {
+    const ids = IDS.slice(0, n);
+    const net = await network(ids, { topology: 'groups', groupSize: SIZE });
+    step(net.holders, 200 + n);
+    const groups = groupsOfRound(ids);
+    const expected = new Map(groups.flatMap((g) => g.map((m) => [m, meanOfValues(net, ids, g, () => g)] as const)));
+    await Promise.all(net.holders.map((h) => h.averager.afterUpdate(0)));
+    for (const group of groups) {
+      const first = net.holders[ids.indexOf(group[0])];
+      for (const m of group) {
+        const h = net.holders[ids.indexOf(m)];
+        h.params.forEach((p, i) => p.value.forEach((v, j) => expect(v).toBeCloseTo(expected.get(m)![i][j], 6)));
+        h.params.forEach((p, i) => expect(bitEqual(p.value, first.params[i].value)).toBe(true));
+        expect(h.averager.stats).toMatchObject({ rounds: 1, received: group.length - 1, missing: 0, fallbacks: 0, unaveraged: 0 });
+      }
+    }
+  });
+
+  it('one drops after sending its parts: its group\'s survivors agree, its parts averaged without it; other groups unaffected', async () => {
+    const ids = IDS.slice(0, 6);
+    const net = await network(ids, { topology: 'groups', groupSize: SIZE, deadlineMs: 200 });
+    const groups = groupsOfRound(ids);
+    const hit = groups.find((g) => g.length === SIZE)!;
+    const dropped = hit[1];
+    net.onSend = (from, message) => void (from === dropped && message.phase === 'gather' && net.dead.add(dropped));
+    step(net.holders, 300);
+    const ordered = holderOrder(hit);
+    const survivors = hit.filter((m) => m !== dropped);
+    const expected = new Map(groups.flatMap((g) => g.map((m) => [m, meanOfValues(net, ids, g, (part) =>
+      (g === hit && ownerOf(part.index, ordered) === dropped ? survivors : g))] as const)));
+    void net.holders[ids.indexOf(dropped)].averager.afterUpdate(0);
+    const alive = net.holders.filter((h) => h.id !== dropped);
+    await Promise.all(alive.map((h) => h.averager.afterUpdate(0)));
+    for (const h of alive) h.params.forEach((p, i) => p.value.forEach((v, j) => expect(v).toBeCloseTo(expected.get(h.id)![i][j], 6)));
+    for (const m of survivors) expect(net.holders[ids.indexOf(m)].averager.stats).toMatchObject({ fallbacks: 1, unaveraged: 0 });
+  });
+
+  it('a holder sending 1000x-scaled parameters is refused and flagged by its group; the rest average without it', async () => {
+    const ids = IDS.slice(0, 6);
+    const groups = groupsOfRound(ids);
+    const bad = groups.find((g) => g.length === SIZE)![0];
+    const net = await network(ids, { topology: 'groups', groupSize: SIZE, deadlineMs: 200 }, { [bad]: 'scale1000' });
+    step(net.holders, 400);
+    const honest = (g: string[]) => g.filter((x) => x !== bad);
+    const expected = new Map(groups.flatMap((g) => g.map((m) => [m, meanOfValues(net, ids, g, () => honest(g))] as const)));
+    await Promise.all(net.holders.map((h) => h.averager.afterUpdate(0)));
+    for (const h of net.holders.filter((h) => h.id !== bad)) {
+      h.params.forEach((p, i) => p.value.forEach((v, j) => expect(v).toBeCloseTo(expected.get(h.id)![i][j], 6)));
+      const inItsGroup = groups.some((g) => g.includes(bad) && g.includes(h.id));
+      expect([...h.averager.stats.flagged]).toEqual(inItsGroup ? [bad] : []);
+    }
+  });
+
+  it('over rounds with no training, holders that start apart all reach the global mean', async () => {
+    const ids = IDS.slice(0, 7);
+    const net = await network(ids, { topology: 'groups', groupSize: SIZE });
+    const random = rng(500);
+    for (const h of net.holders) for (const p of h.params) p.value.forEach((_, j, v) => (v[j] = random()));
+    const global = expectedMean(net.holders.map((h) => h.params.map((p) => p.value)), partsOf(1), () => [...ids.keys()]);
+    const spread = () => Math.max(...net.holders.flatMap((h) => h.params.flatMap((p, i) => [...p.value].map((v, j) => Math.abs(v - global[i][j])))));
+    const before = spread();
+    for (let step = 0; step < 16; step++) await Promise.all(net.holders.map((h) => h.averager.afterUpdate(step)));
+    expect(spread()).toBeLessThan(1e-3 * before);
+    expect(net.holders[0].averager.stats).toMatchObject({ rounds: 16, missing: 0, unaveraged: 0 });
+  });
+
+  it('a job refuses a sparse codec with groups: parameters would travel mostly as zeros', async () => {
+    const sparse = network(['p1', 'p2'], { topology: 'groups', codec: 'topk-int8:0.1' });
+    await expect(sparse).rejects.toThrow(/codec topk-int8:0.1 would mostly zero/);
+  });
+});
+
 describe('bytes per round', () => {
   /** Wire bytes each holder sends in one round, and the bytes of one whole f32 delta message. */
-  async function bytesPerHolder(n: number, topology: 'all-to-all' | 'reduce-scatter'): Promise<number[]> {
+  async function bytesPerHolder(n: number, topology: 'all-to-all' | 'reduce-scatter' | 'groups'): Promise<number[]> {
     const net = await network(['p1', 'p2', 'p3', 'p4', 'p5', 'p6', 'p7', 'p8'].slice(0, n), { topology });
     step(net.holders, 80);
     await Promise.all(net.holders.map((h) => h.averager.afterUpdate(0)));
@@ -206,6 +290,13 @@ describe('bytes per round', () => {
       // Per message a few dozen bytes of names and fields come on top of each part.
       for (const bytes of scattered) expect(bytes).toBeLessThan(2 * ((n - 1) / n) * delta * 1.3);
       for (const bytes of scattered) expect(bytes).toBeGreaterThan(2 * ((n - 1) / n) * VALUES * 4 * 0.7);
+    }
+  });
+
+  it('groups of at most 4: at most 2 × 3/4 deltas per holder at 2, 4 and 8 holders', async () => {
+    const delta = (await bytesPerHolder(2, 'all-to-all'))[0];
+    for (const n of [2, 4, 8]) {
+      for (const bytes of await bytesPerHolder(n, 'groups')) expect(bytes).toBeLessThan(2 * (3 / 4) * delta * 1.3);
     }
   });
 });

@@ -26,4 +26,11 @@ describe('validateJob', () => {
     expect(bad({ ...demoJob, jobId: 'has space' })).toMatch(/^job: \/jobId: /);
     expect(bad([])).toMatch(/^job: \/: /);
   });
+
+  it('takes small groups with a value-faithful codec, refuses them with a sparse one (parameters would travel as zeros)', () => {
+    const groups = (codec: string) => ({ ...demoJob, averaging: { ...demoJob.averaging, topology: 'groups', groupSize: 3, codec } });
+    expect(validateJob(groups('int8-block:32')).averaging.groupSize).toBe(3);
+    expect(() => validateJob(groups('topk-int8:0.05'))).toThrow(/topology "groups" averages parameters, which codec "topk-int8:0.05"/);
+    expect(() => validateJob({ ...groups('f32'), averaging: { ...groups('f32').averaging, groupSize: 1 } })).toThrow(/groupSize/);
+  });
 });
