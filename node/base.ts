@@ -3,7 +3,7 @@
 import type { BaseManifest, JobBase } from '../proto/index.ts';
 import type { F32Tensor, ModelConfig } from '../src/model/config.ts';
 import type { Rpc } from '../src/p2p/index.ts';
-import { BlobStore, openManifest, serveBlobs, WeightFetcher, type FetchReport, type WeightSource } from '../src/weights/index.ts';
+import { BlobStore, openManifest, serveBlobs, tensorsOfGroups, WeightFetcher, type WeightSource } from '../src/weights/index.ts';
 
 export interface NodeBaseComponents {
   rpc: Pick<Rpc, 'request' | 'handle'>;
@@ -50,28 +50,22 @@ export class NodeBase {
     return this.manifest.config as unknown as ModelConfig;
   }
 
-  /** The base tensors of `groups` ("trunk", "expert.L.E"), each group asked of its own sources in order. */
+  /**
+   * The base tensors of `groups` ("trunk", "expert.L.E"), all fetched in one go, each group's blobs asked
+   * of its own sources in order. The tensors are read from the store and decoded to f32 one at a time as
+   * the caller iterates, so the model quantizes a base that would not fit in memory as f32.
+   */
   async fetch(
     groups: readonly string[], sourcesOf: (group: string) => WeightSource[],
-  ): Promise<{ tensors: Map<string, F32Tensor>; summary: WeightsSummary }> {
+  ): Promise<{ tensors: Iterable<[string, F32Tensor]>; summary: WeightsSummary }> {
     const t0 = performance.now();
-    const tensors = new Map<string, F32Tensor>();
-    const reports: FetchReport[] = [];
-    for (const group of groups) {
-      const result = await this.fetcher.fetchGroups(this.manifest, [group], sourcesOf(group));
-      for (const [name, tensor] of result.tensors) tensors.set(name, tensor);
-      reports.push(result.report);
-    }
-    const bytesBySource: Record<string, number> = {};
-    for (const report of reports) {
-      for (const [peer, bytes] of report.bytesBySource) bytesBySource[peer] = (bytesBySource[peer] ?? 0) + bytes;
-    }
-    const total = (pick: (r: FetchReport) => number) => reports.reduce((sum, r) => sum + pick(r), 0);
+    const wanted = tensorsOfGroups(this.manifest, groups);
+    const report = await this.fetcher.fetchBlobs(wanted, this.manifest.chunkBytes, (tensor) => sourcesOf(tensor.group));
     const summary: WeightsSummary = {
-      base: this.id, groups: [...groups], fetchedBytes: total((r) => r.fetchedBytes), bytesBySource,
-      cachedBlobs: total((r) => r.cachedBlobs), resumedBytes: total((r) => r.resumedBytes),
-      sourceFailures: total((r) => r.failures.length), seconds: (performance.now() - t0) / 1e3,
+      base: this.id, groups: [...groups], fetchedBytes: report.fetchedBytes, bytesBySource: Object.fromEntries(report.bytesBySource),
+      cachedBlobs: report.cachedBlobs, resumedBytes: report.resumedBytes, sourceFailures: report.failures.length,
+      seconds: (performance.now() - t0) / 1e3,
     };
-    return { tensors, summary };
+    return { tensors: this.fetcher.decoded(wanted), summary };
   }
 }
