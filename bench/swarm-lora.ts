@@ -115,7 +115,7 @@ export async function runLoraSwarm(run: LoraSwarmRun): Promise<void> {
     ];
   });
   printTable([
-    'node', 'experts held', 'first step (s)', 'weight fetch (s)', 'base MiB fetched', 'fetch MiB/s', 'steps', 'tokens/s', 'peak RSS MiB',
+    'node', 'experts at join', 'first step (s)', 'weight fetch (s)', 'base MiB fetched', 'fetch MiB/s', 'steps', 'tokens/s', 'peak RSS MiB',
     'KiB per 1k tokens', 'held-out before → after',
   ], rows);
   console.log(`first step: from spawning the node to its first step event (join, weight fetch, quantization, the held-out loss of `
