@@ -18,7 +18,9 @@ export const REAL_WIDTH_CONFIG = createConfig({
   expertHiddenSize: 14336, maxSeqLen: 4096, ropeTheta: 1e6, tieEmbeddings: false,
 });
 /** The same layout at a quarter of the width (a sixteenth of the expert parameters): for developing the bench quickly. */
-export const SCALED_DOWN_CONFIG = createConfig({ ...REAL_WIDTH_CONFIG, hiddenSize: 1024, numHeads: 8, numKvHeads: 2, expertHiddenSize: 3584 });
+export const SCALED_DOWN_CONFIG = createConfig({
+  ...REAL_WIDTH_CONFIG, hiddenSize: 1024, numHeads: 8, numKvHeads: 2, expertHiddenSize: 3584,
+});
 
 const GiB = 2 ** 30;
 /** Bytes of bf16 tensors per shard (the Hub's shards are ~5 GB; smaller ones keep this writer's memory small). */

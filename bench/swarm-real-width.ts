@@ -63,15 +63,19 @@ try {
   const checkpointBytes: number = index.metadata.total_size;
   const job = realWidthJob();
   const budget = memoryBudget(config, job);
-  console.log(`\nLoRA rank ${LORA.rank} on a q4 base (int path, bf16 activations): hidden ${config.hiddenSize}, ${config.numHeads}/${config.numKvHeads} `
+  const { hiddenSize, numHeads, numKvHeads } = config;
+  console.log(`\nLoRA rank ${LORA.rank} on a q4 base (int path, bf16 activations): hidden ${hiddenSize}, ${numHeads}/${numKvHeads} `
     + `heads, ${config.numExperts} experts top-${config.expertsPerToken} of width ${config.expertHiddenSize}, vocab ${config.vocabSize}, `
     + `${config.numLayers} layers; checkpoint ${(checkpointBytes / MiB).toFixed(0)} MiB bf16; ${NODES} nodes, replication ${replication}, `
     + `budget ${(budget.bytes / MiB).toFixed(0)} MiB each (footprint: trunk ${(budget.trunkBytes / MiB).toFixed(0)} MiB, expert `
-    + `${(budget.expertBytes / MiB).toFixed(1)} MiB); ${steps} steps of ${BATCH} × ${SEQ} per node, the first left out of the steady state`);
+    + `${(budget.expertBytes / MiB).toFixed(1)} MiB); ${steps} steps of ${BATCH} × ${SEQ} per node, the first left out of the steady `
+    + 'state');
   await runLoraSwarm({
     base, checkpointBytes, job, scratch, warmupSteps: 1, timeoutMs: 3_600_000,
     // Nodes block their event loop for long kernel calls at this width: patient heartbeats and leases.
-    coordinatorArgs: ['--replication', String(replication), '--heartbeat-ms', '2000', '--node-timeout-ms', '900000', '--lease-ms', '3600000'],
+    coordinatorArgs: [
+      '--replication', String(replication), '--heartbeat-ms', '2000', '--node-timeout-ms', '900000', '--lease-ms', '3600000',
+    ],
     nodeArgs: () => ['--threads', '1', '--memory-budget', String(budget.bytes)],
   });
 } finally {

@@ -64,7 +64,8 @@ try {
   await fetchAll('fetch all from the coordinator, 2 blobs, 1 chunk each at a time', 'b2', [source(coordinator.host)], 2, 1);
   await fetchAll('fetch all from the coordinator, 2 blobs, 4 chunks each in flight (default)', 'b2p', [source(coordinator.host)], 2, 4);
   await new WeightFetcher({ rpc: nodeA.rpc, store: storeA }).fetchGroups(manifest, ['trunk'], [source(coordinator.host)]);
-  await fetchAll('fetch all: trunk from a node, experts from the coordinator (default)', 'bn', [source(nodeA.host), source(coordinator.host)], 2, 4);
+  const fromNodeFirst = [source(nodeA.host), source(coordinator.host)];
+  await fetchAll('fetch all: trunk from a node, experts from the coordinator (default)', 'bn', fromNodeFirst, 2, 4);
   await fetchAll('restart on the same store (nothing fetched; reads and decodes)', 'b2p', [], 2, 4);
 
   console.log(`checkpoint: ${totalMiB.toFixed(1)} MiB in ${manifest.tensors.length} tensors, ${manifest.chunkBytes / MiB} MiB chunks`);

@@ -17,9 +17,6 @@ export interface WeightSource {
   addrs: readonly string[];
 }
 
-/** Where to ask for a blob: the same sources for every blob, or per blob (a node asks each group's holders). */
-export type SourcesOf<S extends BlobSpec> = readonly WeightSource[] | ((spec: S) => readonly WeightSource[]);
-
 /** A source that failed a chunk, and why: truncated, hash, echo, refused, busy, timeout, malformed, remote, ... */
 export interface SourceFailure {
   peer: string;
@@ -77,7 +74,7 @@ export interface FetchResult {
 
 /** One fetch's view of its sources: those cut off for misbehaving, with the first reason. */
 interface FetchState {
-  sourcesOf: (spec: BlobSpec) => readonly WeightSource[];
+  sources: readonly WeightSource[];
   cutOff: Map<string, string>;
   report: FetchReport;
   signal?: AbortSignal;
@@ -101,14 +98,12 @@ export class WeightFetcher {
   }
 
   /** Fetches the tensors of `groups` ("trunk", "expert.L.E") of a checked manifest (see openManifest). */
-  fetchGroups(
-    manifest: BaseManifest, groups: readonly string[], sources: SourcesOf<ManifestTensor>, signal?: AbortSignal,
-  ): Promise<FetchResult> {
+  fetchGroups(manifest: BaseManifest, groups: readonly string[], sources: readonly WeightSource[], signal?: AbortSignal): Promise<FetchResult> {
     return this.fetchTensors(manifest, tensorsOfGroups(manifest, groups), sources, signal);
   }
 
   async fetchTensors(
-    manifest: BaseManifest, tensors: readonly ManifestTensor[], sources: SourcesOf<ManifestTensor>, signal?: AbortSignal,
+    manifest: BaseManifest, tensors: readonly ManifestTensor[], sources: readonly WeightSource[], signal?: AbortSignal,
   ): Promise<FetchResult> {
     const report = await this.fetchBlobs(tensors, manifest.chunkBytes, sources, signal);
     return { tensors: new Map(this.decoded(tensors)), report };
@@ -121,7 +116,9 @@ export class WeightFetcher {
   *decoded(tensors: readonly ManifestTensor[]): Generator<[string, F32Tensor]> {
     for (const t of tensors) {
       const bytes = readFileSync(this.store.path(t.sha256));
-      if (bytes.byteLength !== t.bytes) throw new RangeError(`blob ${t.sha256}: ${bytes.byteLength} bytes in the store, ${t.bytes} expected`);
+      if (bytes.byteLength !== t.bytes) {
+        throw new RangeError(`blob ${t.sha256}: ${bytes.byteLength} bytes in the store, ${t.bytes} expected`);
+      }
       const { data } = decodeTensor({ dtype: t.dtype, shape: t.shape, begin: 0, end: t.bytes }, bytes);
       yield [t.name, { shape: [...t.shape], data: data as Float32Array }]; // F32, F16 and BF16 decode to f32
     }
@@ -131,12 +128,11 @@ export class WeightFetcher {
    * Brings blobs (checked chunk by chunk against their specs) into the store from the first source that
    * serves each chunk; read them with the store after. Throws FetchError when every source fails one.
    */
-  async fetchBlobs<S extends BlobSpec>(
-    specs: readonly S[], chunkBytes: number, sources: SourcesOf<S>, signal?: AbortSignal,
+  async fetchBlobs(
+    specs: readonly BlobSpec[], chunkBytes: number, sources: readonly WeightSource[], signal?: AbortSignal,
   ): Promise<FetchReport> {
     const report: FetchReport = { bytesBySource: new Map(), fetchedBytes: 0, cachedBlobs: 0, resumedBytes: 0, failures: [] };
-    const sourcesOf = (typeof sources === 'function' ? sources : () => sources) as (spec: BlobSpec) => readonly WeightSource[];
-    const state: FetchState = { sourcesOf, cutOff: new Map(), report, signal };
+    const state: FetchState = { sources, cutOff: new Map(), report, signal };
     // Identical tensors (norms all ones, say) are one blob.
     const queue = [...new Map(specs.map((spec) => [spec.sha256, spec])).values()];
     const worker = async () => {
@@ -161,12 +157,11 @@ export class WeightFetcher {
       return;
     }
     state.report.resumedBytes += writer.verifiedBytes;
-    const sources = state.sourcesOf(spec);
     const lacking = new Set<string>(); // sources that refused this blob (they may serve others)
     let busyReplies = 0; // in a row, without a chunk in between
     try {
       while (!writer.done) {
-        const source = sources.find((s) => !state.cutOff.has(s.peer) && !lacking.has(s.peer));
+        const source = state.sources.find((s) => !state.cutOff.has(s.peer) && !lacking.has(s.peer));
         if (source === undefined) throw this.exhausted(spec, writer, state);
         const before = writer.nextChunk;
         const fault = await this.fetchRun(source, writer, state);
@@ -232,9 +227,8 @@ export class WeightFetcher {
   }
 
   private exhausted(spec: BlobSpec, writer: BlobWriter, state: FetchState): FetchError {
-    const sources = state.sourcesOf(spec);
-    const faults = sources.map((s) => `${s.peer}: ${state.cutOff.get(s.peer) ?? 'refused'}`);
-    const why = sources.length === 0 ? 'no sources given' : `every source failed (${faults.join('; ')})`;
+    const faults = state.sources.map((s) => `${s.peer}: ${state.cutOff.get(s.peer) ?? 'refused'}`);
+    const why = state.sources.length === 0 ? 'no sources given' : `every source failed (${faults.join('; ')})`;
     return new FetchError(`blob ${spec.sha256}: ${writer.verifiedBytes} of ${spec.bytes} bytes verified; ${why}`, state.report);
   }
 }
