@@ -3,7 +3,7 @@
 // let none hold every expert (by the planner's own footprint: the trunk and half of the experts), LoRA rank 8 on the q4
 // base (int path, bf16 activations), batch 1 × 64 tokens, a few steps each. Per node the table of swarm-lora.ts: experts
 // held, time to the first step (weight transfer included), bytes fetched against the whole checkpoint, tokens/s, peak RSS.
-// Run: npx tsx bench/swarm-real-width.ts [--base <dir>] [--scaled] [--steps N] [--replication R]
+// Run: npm run bench:real-width -- [--base <dir>] [--scaled] [--steps N] [--replication R]
 //   --base: a checkpoint written before by bench/real-width-base.ts (else one is written to a temporary folder and removed);
 //   --scaled: the quarter-width shape (bench/real-width-base.ts), for trying the bench out in minutes.
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
