@@ -1,5 +1,6 @@
 // Base weights over loopback libp2p: a random-weight checkpoint of the demo config (~60 MiB f32) in 4 MiB
-// chunks. Baseline: the same chunks requested over bare RPC (no store, no checks); every fetch verifies each chunk.
+// chunks. Baseline: the same chunks requested one by one over bare RPC (no store, no checks); every fetch verifies
+// each chunk. The coordinator and both nodes share this one process (and its core): see bench/swarm-lora.ts for processes.
 // Run: npx tsx bench/weights.ts   (numbers on a shared machine are noisy: compare ratios within one run)
 import '../src/p2p/polyfill.ts';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -54,16 +55,18 @@ try {
     ['bare RPC: every chunk once, nothing checked or stored', totalMiB, rawSeconds],
     ['manifest build (read + sha256 from disk)', totalMiB, buildSeconds],
   ];
-  const fetchAll = async (label: string, dirName: string, sources: WeightSource[], concurrency: number, store?: BlobStore) => {
-    const fetcher = new WeightFetcher({ rpc: nodeB.rpc, store: store ?? new BlobStore(join(root, dirName)) }, { concurrency });
+  const fetchAll = async (label: string, dirName: string, sources: WeightSource[], concurrency: number, pipeline: number) => {
+    const fetcher = new WeightFetcher({ rpc: nodeB.rpc, store: new BlobStore(join(root, dirName)) }, { concurrency, pipeline });
     const [result, seconds] = await timed(() => fetcher.fetchGroups(manifest, all, sources));
     rows.push([label, result.report.fetchedBytes / MiB, seconds]);
   };
-  await fetchAll('fetch all from the coordinator, 1 blob at a time', 'b1', [source(coordinator.host)], 1);
-  await fetchAll('fetch all from the coordinator, 4 blobs at a time', 'b4', [source(coordinator.host)], 4);
+  await fetchAll('fetch all from the coordinator, 1 blob, 1 chunk at a time', 'b1', [source(coordinator.host)], 1, 1);
+  await fetchAll('fetch all from the coordinator, 2 blobs, 1 chunk each at a time', 'b2', [source(coordinator.host)], 2, 1);
+  await fetchAll('fetch all from the coordinator, 2 blobs, 4 chunks each in flight (default)', 'b2p', [source(coordinator.host)], 2, 4);
   await new WeightFetcher({ rpc: nodeA.rpc, store: storeA }).fetchGroups(manifest, ['trunk'], [source(coordinator.host)]);
-  await fetchAll('fetch all: trunk from a node, experts from the coordinator (2 at a time)', 'b2', [source(nodeA.host), source(coordinator.host)], 2);
-  await fetchAll('restart on the same store (nothing fetched; reads and decodes)', 'b4', [], 2);
+  const fromNodeFirst = [source(nodeA.host), source(coordinator.host)];
+  await fetchAll('fetch all: trunk from a node, experts from the coordinator (default)', 'bn', fromNodeFirst, 2, 4);
+  await fetchAll('restart on the same store (nothing fetched; reads and decodes)', 'b2p', [], 2, 4);
 
   console.log(`checkpoint: ${totalMiB.toFixed(1)} MiB in ${manifest.tensors.length} tensors, ${manifest.chunkBytes / MiB} MiB chunks`);
   printTable(['scenario', 'MiB moved', 's', 'MiB/s', 'time vs bare RPC'], rows.map(([label, mib, s]) => [

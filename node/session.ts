@@ -278,7 +278,7 @@ export class JobSession {
    * may refuse for a while (the coordinator just declared us dead, a holder left): a few rounds are tried,
    * each from the newest plan, and what was verified stays in the store for the next one.
    */
-  private async fetchBase(groups: string[]): Promise<Map<string, F32Tensor>> {
+  private async fetchBase(groups: string[]): Promise<Iterable<[string, F32Tensor]>> {
     for (let round = 1; ; round++) {
       try {
         const { tensors, summary } = await this.base!.fetch(groups, (group) => this.weightSources(group));
@@ -426,7 +426,7 @@ export class JobSession {
     for (const [group, { layer, expert }] of after) {
       if (model.experts.hosts(layer, expert)) continue;
       const state = await this.fetchFromAny(this.copySources(layer, expert, plan, previous), group, true);
-      let base: Map<string, F32Tensor> | undefined;
+      let base: Iterable<[string, F32Tensor]> | undefined;
       try {
         base = this.base ? await this.fetchBase([group]) : undefined;
       } catch (err) {

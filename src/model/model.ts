@@ -167,7 +167,7 @@ export class Model {
     private readonly kernels: Kernels,
     readonly config: ModelConfig,
     readonly options: ModelOptions,
-    base?: Map<string, F32Tensor>,
+    base?: Iterable<[string, F32Tensor]>,
   ) {
     this.weights = new ModelWeights(kernels, config, options, base);
     this.params = this.weights.params;

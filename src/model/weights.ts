@@ -55,7 +55,7 @@ export class ModelWeights {
     private readonly kernels: Kernels,
     private readonly config: ModelConfig,
     readonly options: WeightsOptions,
-    base?: Map<string, F32Tensor>,
+    base?: Iterable<[string, F32Tensor]>,
   ) {
     if (options.mode === 'lora' && !options.lora) throw new Error('model: lora mode needs lora options (rank, alpha)');
     if (options.mode === 'full' && options.baseFormat && options.baseFormat !== 'f32') {

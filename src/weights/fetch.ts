@@ -2,7 +2,8 @@
 // from an ordered list of sources, checking every chunk against the manifest and failing over on any fault.
 import { peerIdFromString } from '@libp2p/peer-id';
 import { multiaddr } from '@multiformats/multiaddr';
-import type { BaseManifest, ManifestTensor } from '../../proto/index.ts';
+import { readFileSync } from 'node:fs';
+import { chunkRange, type BaseManifest, type BlobChunk, type ManifestTensor } from '../../proto/index.ts';
 import { decodeTensor } from '../io/safetensors.ts';
 import type { F32Tensor } from '../model/config.ts';
 import { RefusedError, RpcError, type DialTarget, type Rpc } from '../p2p/index.ts';
@@ -16,7 +17,7 @@ export interface WeightSource {
   addrs: readonly string[];
 }
 
-/** A source that failed a chunk, and why: truncated, hash, echo, refused, timeout, malformed, remote, ... */
+/** A source that failed a chunk, and why: truncated, hash, echo, refused, busy, timeout, malformed, remote, ... */
 export interface SourceFailure {
   peer: string;
   blob: string;
@@ -55,9 +56,15 @@ export interface WeightFetcherComponents {
 export interface WeightFetcherInit {
   /** Deadline of one chunk request: a source stalling longer is cut off and the next one asked. Default 30 s. */
   chunkTimeoutMs?: number;
-  /** Blobs downloaded at once. Default 2. */
+  /** Blobs downloaded at once. Default 2 (with the pipeline, 8 requests in flight: a server serves 16 at once). */
   concurrency?: number;
+  /** Chunk requests of one blob in flight to its source at once, so a round trip does not idle the link. Default 4. */
+  pipeline?: number;
 }
+
+/** A busy source (at its limit of requests served at once) is asked again after this pause, up to this many times in a row. */
+const BUSY_BACKOFF_MS = 100;
+const BUSY_RETRIES = 50;
 
 export interface FetchResult {
   /** The tensors asked for, by canonical name, as f32 (what the model's loader takes). */
@@ -78,6 +85,7 @@ export class WeightFetcher {
   private readonly store: BlobStore;
   private readonly chunkTimeoutMs: number;
   private readonly concurrency: number;
+  private readonly pipeline: number;
   /** Downloads under way, by blob: a second fetch of the same blob waits for the first instead of writing beside it. */
   private readonly inFlight = new Map<string, Promise<void>>();
 
@@ -86,6 +94,7 @@ export class WeightFetcher {
     this.store = components.store;
     this.chunkTimeoutMs = init.chunkTimeoutMs ?? 30_000;
     this.concurrency = init.concurrency ?? 2;
+    this.pipeline = init.pipeline ?? 4;
   }
 
   /** Fetches the tensors of `groups` ("trunk", "expert.L.E") of a checked manifest (see openManifest). */
@@ -97,13 +106,22 @@ export class WeightFetcher {
     manifest: BaseManifest, tensors: readonly ManifestTensor[], sources: readonly WeightSource[], signal?: AbortSignal,
   ): Promise<FetchResult> {
     const report = await this.fetchBlobs(tensors, manifest.chunkBytes, sources, signal);
-    const result = new Map<string, F32Tensor>();
+    return { tensors: new Map(this.decoded(tensors)), report };
+  }
+
+  /**
+   * The tensors (fetched into the store before) as f32, read and decoded one at a time as the caller
+   * iterates: a base far larger than memory in f32 can be quantized tensor by tensor.
+   */
+  *decoded(tensors: readonly ManifestTensor[]): Generator<[string, F32Tensor]> {
     for (const t of tensors) {
-      const bytes = await this.store.read(t.sha256, 0, t.bytes);
+      const bytes = readFileSync(this.store.path(t.sha256));
+      if (bytes.byteLength !== t.bytes) {
+        throw new RangeError(`blob ${t.sha256}: ${bytes.byteLength} bytes in the store, ${t.bytes} expected`);
+      }
       const { data } = decodeTensor({ dtype: t.dtype, shape: t.shape, begin: 0, end: t.bytes }, bytes);
-      result.set(t.name, { shape: [...t.shape], data: data as Float32Array }); // F32, F16 and BF16 decode to f32
+      yield [t.name, { shape: [...t.shape], data: data as Float32Array }]; // F32, F16 and BF16 decode to f32
     }
-    return { tensors: result, report };
   }
 
   /**
@@ -140,11 +158,23 @@ export class WeightFetcher {
     }
     state.report.resumedBytes += writer.verifiedBytes;
     const lacking = new Set<string>(); // sources that refused this blob (they may serve others)
+    let busyReplies = 0; // in a row, without a chunk in between
     try {
       while (!writer.done) {
         const source = state.sources.find((s) => !state.cutOff.has(s.peer) && !lacking.has(s.peer));
         if (source === undefined) throw this.exhausted(spec, writer, state);
-        await this.fetchChunk(source, writer, state, lacking);
+        const before = writer.nextChunk;
+        const fault = await this.fetchRun(source, writer, state);
+        if (fault === undefined) continue;
+        if (writer.nextChunk > before) busyReplies = 0;
+        state.report.failures.push(fault.failure);
+        if (fault.failure.reason === 'busy' && ++busyReplies <= BUSY_RETRIES) {
+          await sleep(BUSY_BACKOFF_MS, state.signal);
+          continue;
+        }
+        // A refusal (not held, not admitted) concerns this blob; bad bytes, stalls and resets end the source's part in this fetch.
+        if (fault.refused) lacking.add(source.peer);
+        else if (!state.cutOff.has(source.peer)) state.cutOff.set(source.peer, fault.failure.reason);
       }
       await writer.commit();
     } finally {
@@ -152,29 +182,48 @@ export class WeightFetcher {
     }
   }
 
-  /** Asks `source` for the writer's next chunk; a fault is recorded and the source set aside. */
-  private async fetchChunk(source: WeightSource, writer: BlobWriter, state: FetchState, lacking: Set<string>): Promise<void> {
-    const blob = writer.spec.sha256;
-    const { offset, length } = writer.nextRange();
+  /**
+   * Asks `source` for the writer's remaining chunks, up to `pipeline` requests in flight, and appends
+   * them in order; stops at the first fault, which it returns (the requests still out are cancelled).
+   */
+  private async fetchRun(
+    source: WeightSource, writer: BlobWriter, state: FetchState,
+  ): Promise<{ failure: SourceFailure; refused: boolean } | undefined> {
+    const { sha256: blob, bytes, chunks } = writer.spec;
+    const chunkBytes = writer.chunkBytes;
+    const cancel = new AbortController();
+    const signal = state.signal ? AbortSignal.any([state.signal, cancel.signal]) : cancel.signal;
+    const target = dialTarget(source);
+    const inFlight: { offset: number; length: number; reply: Promise<BlobChunk> }[] = [];
+    let asked = writer.nextChunk;
     try {
-      const request = { blob, offset, length };
-      const chunk = await this.rpc.request(dialTarget(source), 'blobChunk', request, { timeout: this.chunkTimeoutMs, signal: state.signal });
-      if (chunk.blob !== blob || chunk.offset !== offset) {
-        throw new ChunkMismatchError('hash', `asked for blob ${blob} at ${offset}, got ${chunk.blob} at ${chunk.offset}`);
+      while (!writer.done) {
+        for (; inFlight.length < this.pipeline && asked < chunks.length; asked++) {
+          const { offset, length } = chunkRange(bytes, chunkBytes, asked);
+          const reply = this.rpc.request(target, 'blobChunk', { blob, offset, length }, { timeout: this.chunkTimeoutMs, signal });
+          reply.catch(() => {}); // awaited in order below; one failing meanwhile is not unhandled
+          inFlight.push({ offset, length, reply });
+        }
+        const { offset, length, reply } = inFlight.shift()!;
+        const chunk = await reply;
+        if (chunk.blob !== blob || chunk.offset !== offset) {
+          throw new ChunkMismatchError('hash', `asked for blob ${blob} at ${offset}, got ${chunk.blob} at ${chunk.offset}`);
+        }
+        await writer.append(chunk.data);
+        state.report.bytesBySource.set(source.peer, (state.report.bytesBySource.get(source.peer) ?? 0) + length);
+        state.report.fetchedBytes += length;
       }
-      await writer.append(chunk.data);
+      return undefined;
     } catch (err) {
       if (state.signal?.aborted) throw err;
       if (!(err instanceof RpcError) && !(err instanceof ChunkMismatchError)) throw err; // our own fault (disk): not the source's
       const reason = err instanceof ChunkMismatchError ? (err.reason === 'length' ? 'truncated' : 'hash') : err.reason;
-      state.report.failures.push({ peer: source.peer, blob, offset, reason, message: err.message });
-      // A refusal (not held, not admitted) concerns this blob; bad bytes, stalls and resets end the source's part in this fetch.
-      if (err instanceof RefusedError) lacking.add(source.peer);
-      else if (!state.cutOff.has(source.peer)) state.cutOff.set(source.peer, reason);
-      return;
+      const { offset } = writer.nextRange();
+      return { failure: { peer: source.peer, blob, offset, reason, message: err.message }, refused: err instanceof RefusedError };
+    } finally {
+      cancel.abort();
+      await Promise.allSettled(inFlight.map((r) => r.reply));
     }
-    state.report.bytesBySource.set(source.peer, (state.report.bytesBySource.get(source.peer) ?? 0) + length);
-    state.report.fetchedBytes += length;
   }
 
   private exhausted(spec: BlobSpec, writer: BlobWriter, state: FetchState): FetchError {
@@ -182,6 +231,13 @@ export class WeightFetcher {
     const why = state.sources.length === 0 ? 'no sources given' : `every source failed (${faults.join('; ')})`;
     return new FetchError(`blob ${spec.sha256}: ${writer.verifiedBytes} of ${spec.bytes} bytes verified; ${why}`, state.report);
   }
+}
+
+function sleep(ms: number, signal?: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, ms);
+    signal?.addEventListener('abort', () => (clearTimeout(timer), resolve()), { once: true });
+  });
 }
 
 function dialTarget(source: WeightSource): DialTarget {

@@ -11,8 +11,8 @@ export interface BlobServerComponents {
   admitted(peer: string): boolean;
 }
 
-/** Chunk requests served at once: each holds up to 4 MiB in memory. */
-const DEFAULT_MAX_CONCURRENT = 8;
+/** Chunk requests served at once, from all peers together: each holds up to 4 MiB in memory; more get a busy reply. */
+const DEFAULT_MAX_CONCURRENT = 16;
 
 export async function serveBlobs(components: BlobServerComponents, options: { maxConcurrent?: number } = {}): Promise<void> {
   const { rpc, source, admitted } = components;

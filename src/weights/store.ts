@@ -104,7 +104,7 @@ export class BlobStore implements BlobSource {
 export class BlobWriter {
   constructor(
     readonly spec: BlobSpec,
-    private readonly chunkBytes: number,
+    readonly chunkBytes: number,
     private readonly file: FileHandle,
     private readonly partialPath: string,
     private readonly finalPath: string,

@@ -70,7 +70,8 @@ describe('the coordinator of a job with a base', () => {
     const base = await NodeBase.open(reply.base!, server.peerId, { rpc: rpcOf(node), dataDir: store, admitted: () => true });
     expect(base.config).toEqual(CONFIG);
     const coordinator = { peer: server.peerId, addrs: server.addrs };
-    const { tensors, summary } = await base.fetch(['trunk', 'expert.0.1'], () => [coordinator]);
+    const { tensors: decoded, summary } = await base.fetch(['trunk', 'expert.0.1'], () => [coordinator]);
+    const tensors = new Map(decoded);
     expect(summary.bytesBySource[server.peerId]).toBe(summary.fetchedBytes);
     expect(tensors.has('embed') && tensors.has('layers.0.experts.1.gate')).toBe(true);
     expect(tensors.has('layers.0.experts.0.gate')).toBe(false); // only the groups asked for

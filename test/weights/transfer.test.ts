@@ -58,9 +58,9 @@ describe('weights over the swarm', () => {
   const fault = { mode: 'good' as 'good' | 'corrupt' | 'truncate' | 'stall' | 'drop', goodChunks: 2, served: 0 };
   const GROUPS = ['trunk', 'expert.0.1', 'expert.1.3'];
   const namesOf = (groups: string[]) => manifest.tensors.filter((t) => groups.includes(t.group)).map((t) => t.name);
-  // One blob at a time, so a fault lands at a known chunk.
+  // One chunk of one blob at a time, so a fault lands at a known chunk.
   const fetcherFor = (node: Peer, dir: string) =>
-    new WeightFetcher({ rpc: node.rpc, store: new BlobStore(dir) }, { chunkTimeoutMs: CHUNK_TIMEOUT_MS, concurrency: 1 });
+    new WeightFetcher({ rpc: node.rpc, store: new BlobStore(dir) }, { chunkTimeoutMs: CHUNK_TIMEOUT_MS, concurrency: 1, pipeline: 1 });
 
   beforeAll(async () => {
     root = await mkdtemp(join(tmpdir(), 'swarmtrain-weights-'));
@@ -138,6 +138,36 @@ describe('weights over the swarm', () => {
       expect(report.fetchedBytes).toBe(uniqueBytes(manifest, GROUPS));
     });
   }
+
+  it('with many chunk requests in flight, takes every chunk after a corrupted one from the next source, each counted once', async () => {
+    begin('corrupt', 5);
+    // The default fetcher (8 requests in flight, within what a server takes at once: no busy replies) and chunk
+    // deadline: on a loaded machine 8 requests in flight may take longer than CHUNK_TIMEOUT_MS.
+    const fetcher = new WeightFetcher({ rpc: nodeB.rpc, store: new BlobStore(join(root, 'node-pipelined')) });
+    const { tensors, report } = await fetcher.fetchGroups(manifest, GROUPS, [faulty.source, coordinator.source]);
+    expectSameTensors(tensors, checkpoint, namesOf(GROUPS));
+    expect(report.failures.length).toBeGreaterThanOrEqual(1);
+    expect(report.failures.every((f) => f.peer === faulty.source.peer && f.reason === 'hash')).toBe(true);
+    const fromFaulty = report.bytesBySource.get(faulty.source.peer) ?? 0;
+    expect(fromFaulty).toBeLessThanOrEqual(5 * CHUNK); // only verified chunks count, and none after it was cut off
+    expect(fromFaulty + report.bytesBySource.get(coordinator.source.peer)!).toBe(uniqueBytes(manifest, GROUPS));
+    expect(report.fetchedBytes).toBe(uniqueBytes(manifest, GROUPS));
+  });
+
+  it('waits out a source that is busy (at its limit of requests served at once) instead of passing it over', async () => {
+    const narrow = await peer();
+    try {
+      await serveBlobs({ rpc: narrow.rpc, source: new BlobStore(join(root, 'node-a')), admitted: () => true }, { maxConcurrent: 1 });
+      const fetcher = new WeightFetcher({ rpc: nodeB.rpc, store: new BlobStore(join(root, 'node-busy')) }, { concurrency: 2, pipeline: 4 });
+      const { tensors, report } = await fetcher.fetchGroups(manifest, ['trunk'], [narrow.source, coordinator.source]);
+      expectSameTensors(tensors, checkpoint, namesOf(['trunk']));
+      expect(report.failures.length).toBeGreaterThan(0);
+      expect(report.failures.every((f) => f.reason === 'busy')).toBe(true);
+      expect(report.bytesBySource.get(narrow.source.peer)).toBe(uniqueBytes(manifest, ['trunk']));
+    } finally {
+      await narrow.host.stop();
+    }
+  });
 
   it('a restarted node (a new store and fetcher on the same directory) fetches nothing', async () => {
     const restarted = new WeightFetcher({ rpc: nodeA.rpc, store: new BlobStore(join(root, 'node-a')) });
