@@ -3,7 +3,7 @@
 // split between them (replication 1: every token's experts are half remote). Each node runs one kernel
 // thread pinned to its own core (taskset), so 2 nodes have 2 cores and 1 node has 1. From the nodes'
 // step events after the warm-up: aggregate tokens/s and its ratio to the 1-node run, the share of step
-// time waiting on remote experts, bytes sent per token per node, remote calls per step.
+// time waiting on remote experts, idle and serving peers, bytes sent per token per node, remote calls per step.
 // Run: npm run bench:scaling [-- --quick] [-- --steps N]
 import { spawnSync } from 'node:child_process';
 import { cpus, loadavg } from 'node:os';
@@ -65,6 +65,8 @@ function steady(steps: SwarmEvent[]) {
     tokensPerSecond: tokens / seconds,
     sentPerToken: (last.bytesSent - base.bytesSent) / tokens,
     remoteWaitShare: (last.remoteWaitMs - base.remoteWaitMs) / 1e3 / seconds,
+    idleShare: sum(kept.map((e) => e.idleMs)) / 1e3 / seconds,
+    servingShare: (last.servingMs - base.servingMs) / 1e3 / seconds,
     remoteCallsPerStep: (last.remoteCalls - base.remoteCalls) / kept.length,
   };
 }
@@ -81,10 +83,11 @@ for (const setting of SETTINGS) {
   const mean = (pick: (n: (typeof perNode)[number]) => number) => sum(perNode.map(pick)) / perNode.length;
   rows.push([
     setting.name, aggregate.toFixed(0), `${(aggregate / baseline).toFixed(2)}×`, `${(100 * mean((n) => n.remoteWaitShare)).toFixed(1)}%`,
+    `${(100 * mean((n) => n.idleShare)).toFixed(1)}%`, `${(100 * mean((n) => n.servingShare)).toFixed(1)}%`,
     (mean((n) => n.sentPerToken) / 1024).toFixed(2), mean((n) => n.remoteCallsPerStep).toFixed(1),
   ]);
   console.log(`  ${setting.name}: ${aggregate.toFixed(0)} tokens/s`);
 }
-printTable(['setting', 'aggregate tokens/s', 'vs one node', 'remote-expert wait', 'sent kB per token per node', 'remote calls per step'], rows);
+printTable(['setting', 'aggregate tokens/s', 'vs one node', 'remote-expert wait', 'idle', 'serving peers', 'sent kB per token per node', 'remote calls per step'], rows);
 console.log('aggregate tokens/s: steady-state steps\' tokens over their own seconds, summed over nodes; remote-expert wait: wall time with a '
-  + 'remote expert call in flight / step time');
+  + 'remote expert call in flight / step time; idle: the event loop waiting with nothing to run; serving peers: answering peers\' expert calls');

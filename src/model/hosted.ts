@@ -61,12 +61,12 @@ export class HostedExperts implements ExpertCompute {
   }
 
   /**
-   * In a swarm, a local expert runs only after a turn of the event loop. The MoE layer starts all of a
-   * layer's expert calls at once: this lets the remote ones go out before the kernels hold the thread,
-   * so they compute on their holders while the local ones compute here, and lets the peers' calls for
-   * experts held here be served between local experts rather than after this node's whole step.
+   * In a swarm, a local expert runs only after a turn of the event loop, and so do the model's other stages
+   * (attention, the head's chunks): the kernels hold the thread, and between them the peers' calls for experts
+   * held here are served, so a call waits at most one stage, not this node's whole step. The MoE layer starts
+   * all of a layer's expert calls at once: the turn lets the remote ones go out before the local ones compute.
    */
-  private async letPeersIn(): Promise<void> {
+  async letPeersIn(): Promise<void> {
     if (this.remote) await new Promise((resolve) => setImmediate(resolve));
   }
 

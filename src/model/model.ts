@@ -345,6 +345,7 @@ export class Model {
     }
     const scale = gradScale === undefined ? undefined : gradScale / Math.max(counted, 1);
     for (let r0 = 0; r0 < rows; r0 += HEAD_CHUNK) {
+      await this.experts.letPeersIn();
       const n = Math.min(HEAD_CHUNK, rows - r0);
       const h = ws.normed.subarray(r0 * H, (r0 + n) * H);
       this.head.forward(h, ws.logits, n);
@@ -372,6 +373,7 @@ export class Model {
     const block = this.blocks[l];
     const a = ws.blocks[l];
     const x = ws.residual[l];
+    await this.experts.letPeersIn();
     attend(block.attention, this.normalize(x, block.attnNorm, a.rstdAttn, ws, rows), ws.branchOut, l);
     ops.add(x, ws.branchOut, a.xMid, rows * H);
     this.expertSlabs[l].beginForward();
@@ -424,6 +426,7 @@ export class Model {
     const { dx, dh } = ws;
     await block.moe.backward(this.normalize(a.xMid, block.ffnNorm, a.rstdFfn, ws, rows), dx, dh, rows, auxScale);
     ops.rmsNormBackward({ x: a.xMid, weight: block.ffnNorm.value, rstd: a.rstdFfn, dy: dh, dx, dWeight: this.gradOrScratch(block.ffnNorm), rows, dim: H, accumulate: true });
+    await this.experts.letPeersIn();
     const inputGradient = l > 0 || this.params.get('embed').grad !== undefined || block.attnNorm.grad !== undefined;
     block.attention.backward(this.normalize(ws.residual[l], block.attnNorm, a.rstdAttn, ws, rows), dx, inputGradient ? dh : undefined, batch, seq, ws.positions);
     if (!inputGradient) return;
