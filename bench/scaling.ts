@@ -1,7 +1,8 @@
 // Does the swarm pay off on real cores? The demo job (`npm start`'s model) on 1 node holding every
 // expert, then on 2 nodes with every expert on both (replication 2: data parallel) and with the experts
-// split between them (replication 1: every token's experts are half remote). Each node runs one kernel
-// thread pinned to its own core (taskset), so 2 nodes have 2 cores and 1 node has 1. From the nodes'
+// split between them (replication 1: every token's experts are half remote), that also with the job's
+// splitBatch. Each node runs one kernel thread pinned to its own core (taskset), so 2 nodes have 2 cores
+// and 1 node has 1. From the nodes'
 // step events after the warm-up: aggregate tokens/s and its ratio to the 1-node run, the share of step
 // time waiting on remote experts, idle and serving peers, bytes sent per token per node, remote calls per step.
 // Run: npm run bench:scaling [-- --quick] [-- --steps N]
@@ -21,12 +22,15 @@ interface Setting {
   name: string;
   nodes: number;
   replication: number;
+  /** The job's splitBatch: one half's attention computes while the other's experts are remote. */
+  splitBatch?: boolean;
 }
 
 const SETTINGS: Setting[] = [
   { name: '1 node, every expert', nodes: 1, replication: 1 },
   { name: '2 nodes, replication 2 (data parallel)', nodes: 2, replication: 2 },
   { name: '2 nodes, replication 1 (experts split)', nodes: 2, replication: 1 },
+  { name: '2 nodes, replication 1, split batch (halves overlap)', nodes: 2, replication: 1, splitBatch: true },
 ];
 
 /** Pins a process and all its threads to one core. */
@@ -36,7 +40,10 @@ function pin(proc: Proc, core: number): void {
 }
 
 async function run(setting: Setting): Promise<SwarmEvent[][]> {
-  const job = { ...demoJob(STEPS_PER_NODE * setting.nodes, setting.nodes), jobId: `bench-scaling-${setting.nodes}-${setting.replication}` };
+  const job = {
+    ...demoJob(STEPS_PER_NODE * setting.nodes, setting.nodes), jobId: `bench-scaling-${setting.nodes}-${setting.replication}`,
+    ...(setting.splitBatch ? { splitBatch: true } : {}),
+  };
   const swarm = await startSwarm(job, ['--vocab', String(VOCAB), '--replication', String(setting.replication), '--lease-ms', '120000']);
   try {
     const procs = Array.from({ length: setting.nodes }, (_, i) => {
