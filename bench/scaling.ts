@@ -73,6 +73,7 @@ function steady(steps: SwarmEvent[]) {
     sentPerToken: (last.bytesSent - base.bytesSent) / tokens,
     remoteWaitShare: (last.remoteWaitMs - base.remoteWaitMs) / 1e3 / seconds,
     idleShare: sum(kept.map((e) => e.idleMs)) / 1e3 / seconds,
+    tokensPerCpuSecond: tokens / (sum(kept.map((e) => e.cpuMs)) / 1e3),
     servingShare: (last.servingMs - base.servingMs) / 1e3 / seconds,
     remoteCallsPerStep: (last.remoteCalls - base.remoteCalls) / kept.length,
   };
@@ -83,18 +84,23 @@ console.log(`scaling bench: the demo job (hidden 128, 4 layers, 8 experts top-2,
   + `Node ${process.version}`);
 const rows: string[][] = [];
 let baseline: number | undefined;
+let cpuBaseline: number | undefined;
 for (const setting of SETTINGS) {
   const perNode = (await run(setting)).map(steady);
   const aggregate = sum(perNode.map((n) => n.tokensPerSecond));
+  // What the nodes would reach on cores of their own with no waiting: their tokens per CPU-second, summed.
+  const cpuBound = sum(perNode.map((n) => n.tokensPerCpuSecond));
   baseline ??= aggregate;
+  cpuBaseline ??= cpuBound;
   const mean = (pick: (n: (typeof perNode)[number]) => number) => sum(perNode.map(pick)) / perNode.length;
   rows.push([
-    setting.name, aggregate.toFixed(0), `${(aggregate / baseline).toFixed(2)}×`, `${(100 * mean((n) => n.remoteWaitShare)).toFixed(1)}%`,
+    setting.name, aggregate.toFixed(0), `${(aggregate / baseline).toFixed(2)}×`, `${(cpuBound / cpuBaseline).toFixed(2)}×`, `${(100 * mean((n) => n.remoteWaitShare)).toFixed(1)}%`,
     `${(100 * mean((n) => n.idleShare)).toFixed(1)}%`, `${(100 * mean((n) => n.servingShare)).toFixed(1)}%`,
     (mean((n) => n.sentPerToken) / 1024).toFixed(2), mean((n) => n.remoteCallsPerStep).toFixed(1),
   ]);
   console.log(`  ${setting.name}: ${aggregate.toFixed(0)} tokens/s`);
 }
-printTable(['setting', 'aggregate tokens/s', 'vs one node', 'remote-expert wait', 'idle', 'serving peers', 'sent kB per token per node', 'remote calls per step'], rows);
+printTable(['setting', 'aggregate tokens/s', 'vs one node', 'per CPU-second vs one node', 'remote-expert wait', 'idle', 'serving peers', 'sent kB per token per node', 'remote calls per step'], rows);
 console.log('aggregate tokens/s: steady-state steps\' tokens over their own seconds, summed over nodes; remote-expert wait: wall time with a '
-  + 'remote expert call in flight / step time; idle: the event loop waiting with nothing to run; serving peers: answering peers\' expert calls');
+  + 'remote expert call in flight / step time; per CPU-second: tokens per CPU-second of each node, summed (the ratio with a core per node '
+  + 'and no waiting; steadier than wall time on a loaded machine); idle: the event loop waiting with nothing to run; serving peers: answering peers\' expert calls');
