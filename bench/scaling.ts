@@ -1,9 +1,11 @@
 // Does the swarm pay off on real cores? The demo job (`npm start`'s model) on 1 node holding every
 // expert, then on 2 nodes with every expert on both (replication 2: data parallel) and with the experts
-// split between them (replication 1: every token's experts are half remote). Each node runs one kernel
-// thread pinned to its own core (taskset), so 2 nodes have 2 cores and 1 node has 1. From the nodes'
-// step events after the warm-up: aggregate tokens/s and its ratio to the 1-node run, the share of step
-// time waiting on remote experts, bytes sent per token per node, remote calls per step.
+// split between them (replication 1: every token's experts are half remote), that also with the job's
+// splitBatch. Each node runs one kernel thread pinned to its own core (taskset), so 2 nodes have 2 cores
+// and 1 node has 1. From the nodes' step events after the warm-up: aggregate tokens/s and its ratio to the
+// 1-node run, tokens per CPU-second against one node's (what cores of their own with no waiting would give),
+// the share of step time waiting on remote experts, idle and serving peers, bytes sent per token per node,
+// remote calls per step.
 // Over real-world links (--links RATE[,RATE...], as root): the coordinator and each node in a network
 // namespace of its own, all joined through a hub namespace by veth pairs whose both ends tbf shapes to
 // RATE (src/harness/netns.ts's StarNetwork), so each host has a RATE uplink and a RATE downlink. This
@@ -46,12 +48,15 @@ interface Setting {
   name: string;
   nodes: number;
   replication: number;
+  /** The job's splitBatch: one half's attention computes while the other's experts are remote. */
+  splitBatch?: boolean;
 }
 
 const SETTINGS: Setting[] = [
   { name: '1 node, every expert', nodes: 1, replication: 1 },
   { name: '2 nodes, replication 2 (data parallel)', nodes: 2, replication: 2 },
   { name: '2 nodes, replication 1 (experts split)', nodes: 2, replication: 1 },
+  { name: '2 nodes, replication 1, split batch (halves overlap)', nodes: 2, replication: 1, splitBatch: true },
 ];
 
 /** Pins a process and all its threads to one core. */
@@ -76,7 +81,10 @@ const onLoopback: Launcher = async (job, coordinatorArgs) => {
 };
 
 async function run(setting: Setting, launch: Launcher): Promise<SwarmEvent[][]> {
-  const job = { ...demoJob(STEPS_PER_NODE * setting.nodes, setting.nodes), jobId: `bench-scaling-${setting.nodes}-${setting.replication}` };
+  const job = {
+    ...demoJob(STEPS_PER_NODE * setting.nodes, setting.nodes), jobId: `bench-scaling-${setting.nodes}-${setting.replication}`,
+    ...(setting.splitBatch ? { splitBatch: true } : {}),
+  };
   const swarm = await launch(job, ['--vocab', String(VOCAB), '--replication', String(setting.replication), '--lease-ms', '120000']);
   try {
     const procs = Array.from({ length: setting.nodes }, (_, i) => {
@@ -161,6 +169,9 @@ function steady(steps: SwarmEvent[]) {
     tokensPerSecond: tokens / seconds,
     sentPerToken: (last.bytesSent - base.bytesSent) / tokens,
     remoteWaitShare: (last.remoteWaitMs - base.remoteWaitMs) / 1e3 / seconds,
+    idleShare: sum(kept.map((e) => e.idleMs)) / 1e3 / seconds,
+    tokensPerCpuSecond: tokens / (sum(kept.map((e) => e.cpuMs)) / 1e3),
+    servingShare: (last.servingMs - base.servingMs) / 1e3 / seconds,
     remoteCallsPerStep: (last.remoteCalls - base.remoteCalls) / kept.length,
   };
 }
@@ -169,20 +180,28 @@ function steady(steps: SwarmEvent[]) {
 async function table(title: string, launch: Launcher): Promise<void> {
   const rows: string[][] = [];
   let baseline: number | undefined;
+  let cpuBaseline: number | undefined;
   for (const setting of SETTINGS) {
     const perNode = (await run(setting, launch)).map(steady);
     const aggregate = sum(perNode.map((n) => n.tokensPerSecond));
+    // What the nodes would reach on cores of their own with no waiting: their tokens per CPU-second, summed.
+    const cpuBound = sum(perNode.map((n) => n.tokensPerCpuSecond));
     baseline ??= aggregate;
+    cpuBaseline ??= cpuBound;
     const mean = (pick: (n: (typeof perNode)[number]) => number) => sum(perNode.map(pick)) / perNode.length;
+    const percent = (pick: (n: (typeof perNode)[number]) => number) => `${(100 * mean(pick)).toFixed(1)}%`;
     rows.push([
-      setting.name, aggregate.toFixed(0), `${(aggregate / baseline).toFixed(2)}×`, `${(100 * mean((n) => n.remoteWaitShare)).toFixed(1)}%`,
+      setting.name, aggregate.toFixed(0), `${(aggregate / baseline).toFixed(2)}×`, `${(cpuBound / cpuBaseline).toFixed(2)}×`,
+      percent((n) => n.remoteWaitShare), percent((n) => n.idleShare), percent((n) => n.servingShare),
       (mean((n) => n.sentPerToken) / 1024).toFixed(2), mean((n) => n.remoteCallsPerStep).toFixed(1),
     ]);
     console.log(`  ${title}, ${setting.name}: ${aggregate.toFixed(0)} tokens/s (load average ${loadavg()[0].toFixed(2)})`);
   }
   console.log(title);
-  const columns = ['setting', 'aggregate tokens/s', 'vs one node', 'remote-expert wait', 'sent kB per token per node', 'remote calls per step'];
-  printTable(columns, rows);
+  printTable([
+    'setting', 'aggregate tokens/s', 'vs one node', 'per CPU-second vs one node', 'remote-expert wait', 'idle', 'serving peers',
+    'sent kB per token per node', 'remote calls per step',
+  ], rows);
 }
 
 console.log(`scaling bench: the demo job (hidden 128, 4 layers, 8 experts top-2, batch 8 × 128), ${STEPS_PER_NODE} steps per node, `
@@ -213,4 +232,5 @@ if (RATES.length === 0) {
   }
 }
 console.log('aggregate tokens/s: steady-state steps\' tokens over their own seconds, summed over nodes; remote-expert wait: wall time with a '
-  + 'remote expert call in flight / step time');
+  + 'remote expert call in flight / step time; per CPU-second: tokens per CPU-second of each node, summed (the ratio with a core per node '
+  + 'and no waiting; steadier than wall time on a loaded machine); idle: the event loop waiting with nothing to run; serving peers: answering peers\' expert calls');

@@ -30,6 +30,8 @@ export interface ExpertStats {
   served: number;
   /** Milliseconds of this node's training with a remote expert call in flight. */
   remoteWaitMs: number;
+  /** Milliseconds spent answering peers' calls (decoding, computing, encoding). */
+  servingMs: number;
 }
 
 export interface SwarmRemoteExpertsComponents {
@@ -149,7 +151,7 @@ const precisionOf = (tensor: Tensor): ExpertPrecision => (tensor.dtype === 'BF16
  * the MoE layer drops that expert for those tokens.
  */
 export class SwarmRemoteExperts implements RemoteExperts {
-  readonly stats: ExpertStats = { remoteCalls: 0, failovers: 0, unanswered: 0, served: 0, remoteWaitMs: 0 };
+  readonly stats: ExpertStats = { remoteCalls: 0, failovers: 0, unanswered: 0, served: 0, remoteWaitMs: 0, servingMs: 0 };
   /** The step of the caller's training loop, carried in calls for the holder's logs. */
   step = 0;
   private calls = 0;
@@ -260,23 +262,31 @@ export async function serveExperts(
     };
     return { expert, load };
   };
-  await rpc.handle('expertForward', (call, { peer }) => {
+  const timed = (answer: () => ExpertCall): ExpertCall => {
+    const t0 = performance.now();
+    try {
+      return answer();
+    } finally {
+      stats.servingMs += performance.now() - t0;
+    }
+  };
+  await rpc.handle('expertForward', (call, { peer }) => timed(() => {
     const { expert, load } = check(call, peer.toString());
     const input = load(x, call);
     const y = out.rows(call.rows);
     expert.forward(input, y, call.rows);
     stats.served++;
     return reply(call, y);
-  }, { maxConcurrent: 64 });
-  await rpc.handle('expertBackward', (call, { peer }) => {
+  }), { maxConcurrent: 64 });
+  await rpc.handle('expertBackward', (call, { peer }) => timed(() => {
     const { expert, load } = check(call, peer.toString());
     if (!call.input) throw new RefusedError('a backward call carries the forward input');
     const input = load(x, { tensor: call.input, scales: call.inputScales });
     const grad = load(dy, call);
     const dx = out.rows(call.rows);
-    expert.forward(input, dx, call.rows); // refills the activations the backward reads
+    expert.keepInputsOf(input, call.rows); // refills the activations the backward reads
     expert.backward(input, grad, dx, call.rows);
     stats.served++;
     return reply(call, dx);
-  }, { maxConcurrent: 64 });
+  }), { maxConcurrent: 64 });
 }

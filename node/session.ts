@@ -6,6 +6,7 @@
 // here comes from the blob store (fetched from peers or the coordinator, verified); only what training
 // changes comes from holders. Everything that happens is reported through onEvent.
 import { dirname, join } from 'node:path';
+import { performance } from 'node:perf_hooks';
 import {
   applyPlanDelta, groupId, parseGroupId, planSigningBytes, PROTOCOL_NAMES, TRUNK_GROUP,
   type ExpertGroup, type HeartbeatReply, type JobBase, type JobSpec, type JoinRequest, type JoinResponse, type Plan,
@@ -597,14 +598,21 @@ export class JobSession {
   private async trainBatch(index: number): Promise<void> {
     const model = this.model!;
     const t0 = performance.now();
+    const loopBefore = performance.eventLoopUtilization();
+    const cpuBefore = process.cpuUsage();
     this.experts.step = this.step;
     const result = await this.trainer.trainStep([this.trainer.train.batchAt(index)]);
     if (this.options.stepDelayMs) await sleep(this.options.stepDelayMs);
     const seconds = (performance.now() - t0) / 1e3;
+    // The event loop's idle time in the step: this node waiting with nothing to compute (on remote experts, mostly).
+    const idleMs = performance.eventLoopUtilization(loopBefore).idle;
+    // The CPU time this process used in the step (on a loaded machine, less than its wall time).
+    const cpu = process.cpuUsage(cpuBefore);
+    const cpuMs = (cpu.user + cpu.system) / 1e3;
     this.tokensPerSecond = result.tokens / seconds;
     this.lastLoss = result.loss;
     this.emit({
-      event: 'step', step: this.step, batch: index, loss: result.loss, crossEntropy: result.crossEntropy, tokens: result.tokens, seconds,
+      event: 'step', step: this.step, batch: index, loss: result.loss, crossEntropy: result.crossEntropy, tokens: result.tokens, seconds, idleMs, cpuMs,
       bytesSent: this.traffic.sent, bytesReceived: this.traffic.received, localCalls: model.experts.localCalls, ...this.experts.stats,
       droppedAssignments: model.droppedAssignments(), averaging: { ...this.averager.stats, flagged: [...this.averager.stats.flagged] },
     });

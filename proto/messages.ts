@@ -139,6 +139,11 @@ export const JobSpecSchema = Type.Object({
   expertPrecision: Type.Optional(ExpertPrecisionSchema),
   /** How the gradients of expert calls (a backward's output gradient and its reply) travel; default: expertPrecision. */
   expertGradientPrecision: Type.Optional(ExpertPrecisionSchema),
+  /**
+   * Each micro-batch trains as two halves by sequence at the same time, so a node computes one half's attention
+   * while the other's experts are remote (src/model/model.ts, splitBatch); the load-balancing loss is then per half.
+   */
+  splitBatch: Type.Optional(Type.Boolean()),
 });
 export type JobSpec = Static<typeof JobSpecSchema>;
 export type Averaging = JobSpec['averaging'];

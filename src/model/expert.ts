@@ -194,13 +194,27 @@ export class SwigluExpert {
   }
 
   forward(x: Float32Array, y: Float32Array, rows: number): void {
-    const { g, u } = this.cache.forwardOutputs(rows, this.scratch);
+    const { g, u } = this.keepGateAndUp(x, rows);
     const h = this.scratch.h(rows * this.hidden);
+    this.kernels.ops.swiglu({ gate: g, up: u, h, rows, cols: this.hidden });
+    this.down.forward(h, y, rows);
+  }
+
+  /**
+   * The forward up to what the backward reads, gate·x and up·x, kept as forward() keeps them: a holder
+   * answering a peer's backward (it keeps nothing between calls) refills them with two products of three.
+   */
+  keepInputsOf(x: Float32Array, rows: number): void {
+    this.keepGateAndUp(x, rows);
+  }
+
+  /** gate·x and up·x in f32, kept for the backward (keeping reads them: they stay valid). */
+  private keepGateAndUp(x: Float32Array, rows: number): { g: Float32Array; u: Float32Array } {
+    const { g, u } = this.cache.forwardOutputs(rows, this.scratch);
     this.gate.forward(x, g, rows);
     this.up.forward(x, u, rows);
-    this.kernels.ops.swiglu({ gate: g, up: u, h, rows, cols: this.hidden });
     this.cache.keep(g, u, rows);
-    this.down.forward(h, y, rows);
+    return { g, u };
   }
 
   /** Frees what the expert keeps between calls (its own activations, its LoRA linears' x·Aᵀ); not for use afterwards. */

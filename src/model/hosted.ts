@@ -20,6 +20,10 @@ export interface ExpertBuilder {
   serving(layer: number, expert: number): SwigluExpert;
 }
 
+/** Turns of the event loop a stage boundary gives at most; a turn shorter than BUSY_TURN_MS had nothing to do. */
+const MAX_TURNS = 8;
+const BUSY_TURN_MS = 0.1;
+
 export class HostedExperts implements ExpertCompute {
   /** Calls of the MoE layers that ran here. */
   localCalls = 0;
@@ -42,8 +46,35 @@ export class HostedExperts implements ExpertCompute {
     return this.local[layer]?.[expert] !== undefined;
   }
 
-  async forward(layer: number, expert: number, x: Float32Array, y: Float32Array, rows: number): Promise<boolean> {
-    const held = this.local[layer][expert];
+  forward(layer: number, expert: number, x: Float32Array, y: Float32Array, rows: number): Promise<boolean> {
+    return this.forwardWith(this.local[layer][expert], layer, expert, x, y, rows);
+  }
+
+  backward(layer: number, expert: number, x: Float32Array, dy: Float32Array, dx: Float32Array, rows: number): Promise<boolean> {
+    return this.backwardWith(this.local[layer][expert], layer, expert, x, dy, dx, rows);
+  }
+
+  /**
+   * The routing of a second lane of the model (another part of the micro-batch in flight at the same time):
+   * the same experts here and remote, each local one with an instance of its own (made on first use by
+   * `build`, and again after the expert is given up and taken on), so the lanes' activations stay apart.
+   */
+  lane(build: (layer: number, expert: number) => SwigluExpert): ExpertCompute {
+    const instances = new WeakMap<SwigluExpert, SwigluExpert>();
+    const instance = (layer: number, expert: number) => {
+      const held = this.local[layer][expert];
+      if (!held) return undefined;
+      let own = instances.get(held);
+      if (!own) instances.set(held, (own = build(layer, expert)));
+      return own;
+    };
+    return {
+      forward: (layer, expert, x, y, rows) => this.forwardWith(instance(layer, expert), layer, expert, x, y, rows),
+      backward: (layer, expert, x, dy, dx, rows) => this.backwardWith(instance(layer, expert), layer, expert, x, dy, dx, rows),
+    };
+  }
+
+  private async forwardWith(held: SwigluExpert | undefined, layer: number, expert: number, x: Float32Array, y: Float32Array, rows: number): Promise<boolean> {
     if (!held) return this.remote ? this.remote.forward(layer, expert, x, y, rows) : false;
     await this.letPeersIn();
     this.localCalls++;
@@ -51,8 +82,9 @@ export class HostedExperts implements ExpertCompute {
     return true;
   }
 
-  async backward(layer: number, expert: number, x: Float32Array, dy: Float32Array, dx: Float32Array, rows: number): Promise<boolean> {
-    const held = this.local[layer][expert];
+  private async backwardWith(
+    held: SwigluExpert | undefined, layer: number, expert: number, x: Float32Array, dy: Float32Array, dx: Float32Array, rows: number,
+  ): Promise<boolean> {
     if (!held) return this.remote ? this.remote.backward(layer, expert, x, dy, dx, rows) : false;
     await this.letPeersIn();
     this.localCalls++;
@@ -61,13 +93,19 @@ export class HostedExperts implements ExpertCompute {
   }
 
   /**
-   * In a swarm, a local expert runs only after a turn of the event loop. The MoE layer starts all of a
-   * layer's expert calls at once: this lets the remote ones go out before the kernels hold the thread,
-   * so they compute on their holders while the local ones compute here, and lets the peers' calls for
-   * experts held here be served between local experts rather than after this node's whole step.
+   * In a swarm, a local expert runs only after a turn of the event loop, and so do the model's other stages
+   * (attention, the head's chunks): the kernels hold the thread, and between them the peers' calls for experts
+   * held here are served, so a call waits about one stage, not this node's whole step. The MoE layer starts
+   * all of a layer's expert calls at once: the turn lets the remote ones go out before the local ones compute.
    */
-  private async letPeersIn(): Promise<void> {
-    if (this.remote) await new Promise((resolve) => setImmediate(resolve));
+  async letPeersIn(): Promise<void> {
+    if (!this.remote) return;
+    // A call takes a few turns (its request read, answered, the reply written): while a turn had work, give another.
+    for (let turn = 0; turn < MAX_TURNS; turn++) {
+      const t0 = performance.now();
+      await new Promise((resolve) => setImmediate(resolve));
+      if (performance.now() - t0 < BUSY_TURN_MS) return;
+    }
   }
 
   /** The replica that serves peers' calls for a hosted expert (made on first use), or undefined when not hosted. */

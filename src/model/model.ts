@@ -28,6 +28,12 @@ export interface ModelOptions extends WeightsOptions {
   activationStorage?: ActivationStorage;
   /** Where the MoE layers send experts this process does not host; without it, their tokens drop them. */
   remote?: RemoteExperts;
+  /**
+   * trainStep runs a micro-batch of two or more sequences as two halves by sequence, at the same time: while one
+   * half's experts compute on their remote holders, the other half's attention and routing compute here. The
+   * load-balancing loss is then each half's, weighted by its share of the targets (see trainStep).
+   */
+  splitBatch?: boolean;
 }
 
 export interface StepLoss {
@@ -47,6 +53,50 @@ export interface StepLoss {
  * tokens × 4096 vocab).
  */
 export const HEAD_CHUNK = 256;
+
+/** Where the lanes of a split batch add into the gradients, in order: the head (in the forward), each layer's backward, the embedding. */
+const HEAD_STAGE = 0;
+const layerStage = (layer: number, layers: number) => layers - layer; // layer −1: the embedding
+
+interface LaneTurns {
+  enter(stage: number): Promise<void>;
+  leave(stage: number): void;
+}
+
+/**
+ * The order in which the two lanes of a split batch add into the gradients: the second enters each stage only
+ * after the first has left it, so the sums (here and at remote holders) do not depend on which lane's experts
+ * answer first.
+ */
+class LaneOrder {
+  private readonly gates: { left: Promise<void>; open: () => void; fail: (error: unknown) => void }[];
+  readonly first: LaneTurns = { enter: async () => {}, leave: (stage) => this.gates[stage].open() };
+  readonly second: LaneTurns = { enter: (stage) => this.gates[stage].left, leave: () => {} };
+
+  constructor(layers: number) {
+    this.gates = Array.from({ length: layers + 2 }, () => {
+      let open!: () => void;
+      let fail!: (error: unknown) => void;
+      const left = new Promise<void>((resolve, reject) => [open, fail] = [resolve, reject]);
+      left.catch(() => {}); // a failure of the first lane is the step's error, reported once
+      return { left, open, fail };
+    });
+  }
+
+  /** The first lane failed: the second stops at the next stage it enters. */
+  fail(error: unknown): void {
+    for (const gate of this.gates) gate.fail(error);
+  }
+}
+
+const slice = (values: ArrayLike<number>, from: number, to: number) => Int32Array.from({ length: to - from }, (_, i) => values[from + i]);
+
+/** Targets counted in [from, to) (negative ones are ignored). */
+function countTargets(targets: ArrayLike<number>, from: number, to: number): number {
+  let counted = 0;
+  for (let i = from; i < to; i++) if (targets[i] >= 0) counted++;
+  return counted;
+}
 
 /** How a block's attention runs: over whole sequences (training, evaluation) or against a KV cache (generation). */
 type Attend = (attention: Attention, x: Float32Array, y: Float32Array, layer: number) => void;
@@ -162,24 +212,31 @@ export class Model {
   /** Logits of every row, for logits() only (generation, tests). */
   private fullLogits?: Float32Array;
   private last?: { batch: number; seq: number; aux: number[] };
+  /** With splitBatch: the second half's lane, a model over the same weights and experts with activations of its own. */
+  private secondLane?: Model;
+  /** While a split batch trains: this lane's side of the order in which the lanes add into the gradients. */
+  private turns?: LaneTurns;
 
+  /** `laneOf`: the model whose weights and experts this one shares, as its second lane (trainStep's halves). */
   constructor(
     private readonly kernels: Kernels,
     readonly config: ModelConfig,
     readonly options: ModelOptions,
     base?: Iterable<[string, F32Tensor]>,
+    laneOf?: Model,
   ) {
-    this.weights = new ModelWeights(kernels, config, options, base);
+    this.weights = laneOf?.weights ?? new ModelWeights(kernels, config, options, base);
     this.params = this.weights.params;
     this.rope = kernels.ops.ropeTable(config.headDim, config.maxSeqLen, config.ropeTheta);
     const scratch = (this.scratch = new ScratchBuffers(kernels));
     this.expertScratch = new ExpertScratch(kernels);
     const sharedSlab = options.checkpointing ? new ExpertSlab(kernels, config.expertHiddenSize, options.activationStorage) : undefined;
     this.expertSlabs = Array.from({ length: config.numLayers }, () => sharedSlab ?? new ExpertSlab(kernels, config.expertHiddenSize, options.activationStorage));
-    this.experts = new HostedExperts(config, this.weights, {
-      local: (layer, expert) => this.swiglu(expertPrefix(layer, expert), this.expertSlabs[layer]),
-      serving: (layer, expert) => this.swiglu(expertPrefix(layer, expert)),
+    const local = (layer: number, expert: number) => this.swiglu(expertPrefix(layer, expert), this.expertSlabs[layer]);
+    this.experts = laneOf?.experts ?? new HostedExperts(config, this.weights, {
+      local, serving: (layer, expert) => this.swiglu(expertPrefix(layer, expert)),
     }, options.remote);
+    const routing = laneOf ? this.experts.lane(local) : this.experts;
     const sharedAttention = options.checkpointing ? new AttentionBuffers(options.activationStorage) : undefined;
     const sharedMoe = options.checkpointing ? new MoeBuffers(options.activationStorage) : undefined;
     const linear = (name: string) => this.linear(name);
@@ -193,7 +250,7 @@ export class Model {
         ffnNorm: this.params.get(`${p}.ffn_norm`),
         attention: new Attention(kernels, config, linear(`${p}.attn.q`), linear(`${p}.attn.k`), linear(`${p}.attn.v`), linear(`${p}.attn.o`), this.rope, scratch,
           sharedAttention ?? new AttentionBuffers(options.activationStorage)),
-        moe: new MoeLayer(kernels, config, l, linear(`${p}.router`), this.experts, scratch, sharedMoe ?? new MoeBuffers(options.activationStorage), shared),
+        moe: new MoeLayer(kernels, config, l, linear(`${p}.router`), routing, scratch, sharedMoe ?? new MoeBuffers(options.activationStorage), shared),
       });
     }
     this.head = config.tieEmbeddings ? new DenseLinear(kernels, this.params.get('embed')) : linear('lm_head');
@@ -221,7 +278,7 @@ export class Model {
 
   /** Token-to-expert assignments dropped so far because no holder of the expert answered. */
   droppedAssignments(): number {
-    return this.blocks.reduce((sum, b) => sum + b.moe.droppedAssignments, 0);
+    return this.blocks.reduce((sum, b) => sum + b.moe.droppedAssignments, 0) + (this.secondLane?.droppedAssignments() ?? 0);
   }
 
   /**
@@ -230,9 +287,45 @@ export class Model {
    * trainable parameters' gradients. Returns the loss of this micro-batch.
    */
   async trainStep(tokens: ArrayLike<number>, targets: ArrayLike<number>, batch: number, seq: number, gradScale = 1): Promise<StepLoss> {
+    if (this.options.splitBatch && batch >= 2) return this.trainHalves(tokens, targets, batch, seq, gradScale);
+    return this.trainWhole(tokens, targets, batch, seq, gradScale);
+  }
+
+  private async trainWhole(tokens: ArrayLike<number>, targets: ArrayLike<number>, batch: number, seq: number, gradScale: number): Promise<StepLoss> {
     const result = await this.forward(tokens, batch, seq, targets, gradScale);
     await this.backward(gradScale);
     return result;
+  }
+
+  /**
+   * trainStep over two halves by sequence, each in its own lane, at the same time. Each half's gradScale is its
+   * share of the counted targets, so the cross-entropy's gradient is the whole micro-batch's; the load-balancing
+   * loss is the halves' weighted the same way. The lanes run at once, but each parameter gets the first half's
+   * gradient before the second's (LaneOrder): the same sums as trainStep on the first half, then on the second,
+   * with those gradScales.
+   */
+  private async trainHalves(tokens: ArrayLike<number>, targets: ArrayLike<number>, batch: number, seq: number, gradScale: number): Promise<StepLoss> {
+    const cut = Math.floor(batch / 2) * seq;
+    const halves = [[0, cut, Math.floor(batch / 2)], [cut, batch * seq, batch - Math.floor(batch / 2)]] as const;
+    const counted = halves.map(([from, to]) => countTargets(targets, from, to));
+    const total = Math.max(counted[0] + counted[1], 1);
+    const lanes = [this, (this.secondLane ??= new Model(this.kernels, this.config, this.options, undefined, this))];
+    const order = new LaneOrder(this.config.numLayers);
+    [this.turns, lanes[1].turns] = [order.first, order.second];
+    const settled = await Promise.allSettled(halves.map(([from, to, sequences], i) =>
+      lanes[i].trainWhole(slice(tokens, from, to), slice(targets, from, to), sequences, seq, (gradScale * counted[i]) / total)
+        .catch((error: unknown) => {
+          if (i === 0) order.fail(error); // the second lane stops at its next stage
+          throw error;
+        })));
+    this.turns = lanes[1].turns = undefined;
+    const failed = settled.find((r) => r.status === 'rejected');
+    if (failed) throw failed.reason;
+    const [first, second] = settled.map((r) => (r as PromiseFulfilledResult<StepLoss>).value);
+    const share = (i: number) => counted[i] / total;
+    const crossEntropy = share(0) * first.crossEntropy + share(1) * second.crossEntropy;
+    const aux = share(0) * first.aux + share(1) * second.aux;
+    return { loss: crossEntropy + this.config.routerAuxLossCoef * aux, crossEntropy, aux, tokens: first.tokens + second.tokens };
   }
 
   /** Loss without gradients (held-out evaluation). */
@@ -344,7 +437,9 @@ export class Model {
       if (target >= 0) counted++;
     }
     const scale = gradScale === undefined ? undefined : gradScale / Math.max(counted, 1);
+    await this.turns?.enter(HEAD_STAGE);
     for (let r0 = 0; r0 < rows; r0 += HEAD_CHUNK) {
+      await this.experts.letPeersIn();
       const n = Math.min(HEAD_CHUNK, rows - r0);
       const h = ws.normed.subarray(r0 * H, (r0 + n) * H);
       this.head.forward(h, ws.logits, n);
@@ -355,6 +450,7 @@ export class Model {
       // Training: the head's backward now, while this chunk's logit gradient exists.
       if (scale !== undefined) this.head.backward(h, ws.logits, ws.dh.subarray(r0 * H, (r0 + n) * H), n);
     }
+    this.turns?.leave(HEAD_STAGE);
     let sum = 0;
     for (let i = 0; i < rows; i++) sum += ws.losses[i];
     const crossEntropy = sum / Math.max(counted, 1);
@@ -372,6 +468,7 @@ export class Model {
     const block = this.blocks[l];
     const a = ws.blocks[l];
     const x = ws.residual[l];
+    await this.experts.letPeersIn();
     attend(block.attention, this.normalize(x, block.attnNorm, a.rstdAttn, ws, rows), ws.branchOut, l);
     ops.add(x, ws.branchOut, a.xMid, rows * H);
     this.expertSlabs[l].beginForward();
@@ -397,17 +494,22 @@ export class Model {
     const dx = ws.dx;
     const dh = ws.dh; // ∂L/∂(final norm output), left by the forward's chunked head backward
     const finalNorm = this.params.get('final_norm');
+    await this.turns?.enter(layerStage(L - 1, L)); // the final norm's gradient goes with the last layer's
     ops.rmsNormBackward({
       x: ws.residual[L], weight: finalNorm.value, rstd: ws.rstdFinal, dy: dh, dx, dWeight: this.gradOrScratch(finalNorm),
       rows, dim: H,
     });
     const auxScale = (gradScale * this.config.routerAuxLossCoef) / L;
     for (let l = L - 1; l >= 0; l--) {
+      if (l < L - 1) await this.turns?.enter(layerStage(l, L));
       if (this.options.checkpointing) await this.blockForward(l, ws, rows, ws.dh, this.overSequences(ws, batch, seq));
       await this.blockBackward(l, ws, batch, seq, auxScale);
+      this.turns?.leave(layerStage(l, L));
     }
     const embed = this.params.get('embed');
+    await this.turns?.enter(layerStage(-1, L));
     if (embed.grad) ops.scatterAddRows({ src: dx, indices: ws.tokens, dst: embed.grad, rows, cols: H, dstRows: V });
+    this.turns?.leave(layerStage(-1, L));
   }
 
   /**
@@ -424,6 +526,7 @@ export class Model {
     const { dx, dh } = ws;
     await block.moe.backward(this.normalize(a.xMid, block.ffnNorm, a.rstdFfn, ws, rows), dx, dh, rows, auxScale);
     ops.rmsNormBackward({ x: a.xMid, weight: block.ffnNorm.value, rstd: a.rstdFfn, dy: dh, dx, dWeight: this.gradOrScratch(block.ffnNorm), rows, dim: H, accumulate: true });
+    await this.experts.letPeersIn();
     const inputGradient = l > 0 || this.params.get('embed').grad !== undefined || block.attnNorm.grad !== undefined;
     block.attention.backward(this.normalize(ws.residual[l], block.attnNorm, a.rstdAttn, ws, rows), dx, inputGradient ? dh : undefined, batch, seq, ws.positions);
     if (!inputGradient) return;

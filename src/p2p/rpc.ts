@@ -176,7 +176,8 @@ export class Rpc {
       }
       relayed = connection.limits !== undefined || connection.remoteAddr.getComponents().some((c) => c.name === 'p2p-circuit');
       try {
-        return await connection.newStream(spec.id, { signal, runOnLimitedConnection: true });
+        // The protocol's name goes out with the request (no round trip): a busy peer answers a call after one turn of its event loop, not two.
+        return await connection.newStream(spec.id, { signal, runOnLimitedConnection: true, negotiateFully: false });
       } catch (err) {
         // A connection whose muxer has closed can still be the one dial() hands out: drop it so the retry dials anew.
         if (connection.status !== 'open' || /muxer/i.test((err as Error).message)) connection.abort(err as Error);

@@ -50,6 +50,7 @@ export function jobModelOptions(spec: JobSpec): ModelOptions {
     ...(spec.lora ? { lora: spec.lora } : {}),
     ...(spec.mode === 'lora' ? { baseFormat: spec.baseFormat, basePath: spec.basePath } : {}),
     ...(spec.activations ? { activationStorage: spec.activations } : {}),
+    ...(spec.splitBatch ? { splitBatch: true } : {}),
     seed: spec.seed,
   };
 }

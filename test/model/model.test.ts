@@ -314,7 +314,7 @@ describe('model on a small random config', () => {
       backward: async (l, e, x, dy, dx, rows) => {
         remoteCalls.backward++;
         const expert = holder.experts.servingExpert(l, e)!;
-        expert.forward(x, dx, rows);
+        expert.keepInputsOf(x, rows);
         expert.backward(x, dy, dx, rows);
         return true;
       },
@@ -332,6 +332,52 @@ describe('model on a small random config', () => {
       const where = owner && owner.expert >= 2 ? holder : partial;
       expect(bitEqual(where.params.get(p.name).grad!, p.grad!), p.name).toBe(true);
     }
+  });
+
+  // The two halves of a split batch share the weights and take turns in a fixed order here (one process), so each
+  // parameter gets the first half's gradient, then the second's: what trainStep on each half in turn adds, when
+  // each half's gradScale is its share of the counted targets.
+  it.each([
+    ['full', { mode: 'full' }, false],
+    ['lora q4 with checkpointing, half the experts remote', { mode: 'lora', lora: { rank: 4, alpha: 8 }, baseFormat: 'q4', checkpointing: true }, true],
+  ] as [string, ModelOptions, boolean][])('%s: splitBatch gives trainStep on each half in turn, bit for bit, and the whole batch\'s cross-entropy', async (_, options, remoteHalf) => {
+    const [batch, seq] = [4, 16];
+    const someTokens = tokensFor(SMALL, batch * seq, 5);
+    const someTargets = tokensFor(SMALL, batch * seq, 6);
+    someTargets[3] = -1; // an ignored target: the halves count 31 and 32
+    const holder = new Model(kernels, SMALL, options, base);
+    const remote: RemoteExperts = {
+      forward: async (l, e, x, y, rows) => (holder.experts.servingExpert(l, e)!.forward(x, y, rows), true),
+      backward: async (l, e, x, dy, dx, rows) => {
+        const expert = holder.experts.servingExpert(l, e)!;
+        expert.keepInputsOf(x, rows);
+        expert.backward(x, dy, dx, rows);
+        return true;
+      },
+    };
+    const placement: Partial<ModelOptions> = remoteHalf ? { hosts: (_l, e) => e < 2, remote } : {};
+    const split = new Model(kernels, SMALL, { ...options, ...placement, splitBatch: true }, base);
+    const got = await split.trainStep(someTokens, someTargets, batch, seq);
+    const splitHolderGrads = new Map(holder.params.trainable().map((p) => [p.name, Float32Array.from(p.grad!)]));
+    holder.params.zeroGrads();
+
+    const inTurn = new Model(kernels, SMALL, { ...options, ...placement }, base);
+    const half = (batch / 2) * seq;
+    const first = await inTurn.trainStep(someTokens.slice(0, half), someTargets.slice(0, half), batch / 2, seq, 31 / 63);
+    const second = await inTurn.trainStep(someTokens.slice(half), someTargets.slice(half), batch / 2, seq, 32 / 63);
+    for (const p of inTurn.params.trainable()) expect(bitEqual(split.params.get(p.name).grad!, p.grad!), p.name).toBe(true);
+    for (const p of holder.params.trainable()) {
+      if (expertOf(p.name) && expertOf(p.name)!.expert >= 2) expect(bitEqual(splitHolderGrads.get(p.name)!, p.grad!), p.name).toBe(true);
+    }
+    if (remoteHalf) expect(holder.params.trainable().some((p) => p.grad!.some((g) => g !== 0))).toBe(true);
+    expect(got.tokens).toBe(63);
+    expect(got.crossEntropy).toBeCloseTo((31 * first.crossEntropy + 32 * second.crossEntropy) / 63, 12);
+    expect(got.aux).toBeCloseTo((31 * first.aux + 32 * second.aux) / 63, 12);
+    expect(got.loss).toBeCloseTo(got.crossEntropy + SMALL.routerAuxLossCoef * got.aux, 12);
+    // The whole batch in one pass: the same per-token losses (only the load-balancing term is per half).
+    const whole = await new Model(kernels, SMALL, options, base).trainStep(someTokens, someTargets, batch, seq);
+    expect(Math.abs(got.crossEntropy - whole.crossEntropy)).toBeLessThan(1e-6 * whole.crossEntropy);
+    expect(split.droppedAssignments()).toBe(0);
   });
 
   it('LoRA starts from the same values on every node, whatever experts each holds or takes on later', async () => {
