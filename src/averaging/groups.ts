@@ -7,6 +7,7 @@
 // with the exact mean of all N, as an all-reduce would; random groups only approach it. Each epoch
 // the holders are shuffled onto the grid anew (seeded by the epoch), so who meets whom keeps changing
 // and a grid that is not full (N = 5, 7, ...) still mixes everyone over a few epochs.
+import { uniform } from '../model/init.ts';
 
 /** The grid's sides: d sides in [1, G], d the fewest with G^d ≥ N; a product equal to N when one exists, else the smallest above. */
 export function gridSides(members: number, maxSize: number): number[] {
@@ -32,18 +33,6 @@ export function gridSides(members: number, maxSize: number): number[] {
   return best;
 }
 
-/** A small seeded generator (mulberry32): the same epoch shuffles the same way on every holder. */
-function seeded(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
-
 /**
  * The groups of round `round`: disjoint, covering every member, each of at most `maxSize` (groups
  * within a group listed in peer-id order, groups in order of their first member). On a grid that is
@@ -58,7 +47,7 @@ export function roundGroups(members: readonly string[], round: number, maxSize: 
   if (sides.length === 1) return [ordered];
   const dim = round % sides.length;
   const epoch = Math.floor(round / sides.length);
-  const random = seeded(0x9e3779b9 ^ epoch);
+  const random = uniform(0x9e3779b9 ^ epoch); // the same epoch shuffles the same way on every holder
   const shuffled = [...ordered];
   for (let i = shuffled.length - 1; i > 0; i--) {
     const j = Math.floor(random() * (i + 1));
