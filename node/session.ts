@@ -1,10 +1,11 @@
 // One job on a volunteer node (daemon.ts joins the swarm and runs one session per job): builds the
 // job's model with the trunk and the experts the plan gives this node, serves those experts (and its
-// state, and averaging) to its peers, and trains on leased micro-batches until the job is over. Plan changes (a node
-// joined, left or died) are applied between steps: experts given up are released (their last state
-// still served a while, to the node they were moved to), new ones copied from a surviving holder or that node. A job with a base checkpoint: the frozen base of the groups held
-// here comes from the blob store (fetched from peers or the coordinator, verified); only what training
-// changes comes from holders. Everything that happens is reported through onEvent.
+// state, and averaging) to its peers, and trains on leased micro-batches until the job is over. Plan
+// changes (a node joined, left or died) are applied between steps: experts given up are released (their
+// last state still served a while, to the node they were moved to), new ones copied from a surviving
+// holder or that node. A job with a base checkpoint: the frozen base of the groups held here comes from
+// the blob store (fetched from peers or the coordinator, verified); only what training changes comes
+// from holders. Everything that happens is reported through onEvent.
 import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import {
