@@ -376,11 +376,15 @@ export class JobSession {
     return plan.experts.find((x) => x.layer === layer && x.expert === expert)?.holders ?? [];
   }
 
-  /** Where a new replica's state comes from: the expert's holders in `plans`, then the nodes that handed it over. */
-  private copySources(layer: number, expert: number, ...plans: Plan[]): string[] {
-    const entries = plans.map((plan) => plan.experts.find((x) => x.layer === layer && x.expert === expert));
+  /**
+   * Where a new replica's state comes from: the expert's holders in `plans` (newest first), then the nodes that
+   * handed it over; only peers still in the newest plan (asking a dead holder costs a timeout per try).
+   */
+  private copySources(layer: number, expert: number, newest: Plan, ...older: Plan[]): string[] {
+    const present = new Set(newest.peers.map((p) => p.peerId));
+    const entries = [newest, ...older].map((plan) => plan.experts.find((x) => x.layer === layer && x.expert === expert));
     const peers = [...entries.flatMap((x) => x?.holders ?? []), ...entries.flatMap((x) => x?.handover ?? [])];
-    return [...new Set(peers)].filter((peer) => peer !== this.self);
+    return [...new Set(peers)].filter((peer) => peer !== this.self && present.has(peer));
   }
 
   private groupHolders(group: string): string[] {
