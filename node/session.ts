@@ -377,13 +377,15 @@ export class JobSession {
   }
 
   /**
-   * Where a new replica's state comes from: the expert's holders in `plans` (newest first), then the nodes that
-   * handed it over; only peers still in the newest plan (asking a dead holder costs a timeout per try).
+   * Where a new replica's state comes from: the expert's other holders in the newest plan, then the nodes that
+   * handed it over to this node (in any of `plans` giving it to us: a handover to another node is stale once that
+   * node trained it); only peers still in the newest plan (asking a dead one costs a timeout per try).
    */
   private copySources(layer: number, expert: number, newest: Plan, ...older: Plan[]): string[] {
     const present = new Set(newest.peers.map((p) => p.peerId));
-    const entries = [newest, ...older].map((plan) => plan.experts.find((x) => x.layer === layer && x.expert === expert));
-    const peers = [...entries.flatMap((x) => x?.holders ?? []), ...entries.flatMap((x) => x?.handover ?? [])];
+    const entry = (plan: Plan) => plan.experts.find((x) => x.layer === layer && x.expert === expert);
+    const toUs = [newest, ...older].map(entry).filter((x) => x?.holders.includes(this.self));
+    const peers = [...(entry(newest)?.holders ?? []), ...toUs.flatMap((x) => x?.handover ?? [])];
     return [...new Set(peers)].filter((peer) => peer !== this.self && present.has(peer));
   }
 
