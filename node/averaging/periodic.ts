@@ -112,13 +112,19 @@ export class PeriodicAveraging implements Averager {
     if (ahead && (await this.resync(group, params, ahead))) return;
     const outer = this.outerOf(group, params);
     const values = params.map((p) => p.value);
+    // Alone in the group (an expert held once, a one-node swarm): nothing to encode, send or wait for.
+    if (this.exchange.others(group).length === 0) {
+      this.stats.rounds++;
+      outer.applyOwn(values);
+      return;
+    }
     // Waited for: holders at most a round behind that keep pace with this node.
     const keepsPace = (peer: string) => (this.exchange.peerRound(peer) ?? round) >= round - 1 && !this.slowPeers.has(peer);
     const awaited = this.exchange.others(group).filter(keepsPace);
     let mean: Float32Array[];
     if (this.grouped) {
       const groupMean = await this.scatter!.average(group, round, values.map((v) => Float32Array.from(v)), awaited);
-      mean = groupMean.map((m, i) => m.map((x, j) => x - outer.anchor[i][j]));
+      mean = outer.delta(groupMean);
     } else {
       const deltas = outer.delta(values);
       mean = this.scatter ? await this.scatter.average(group, round, deltas, awaited) : await this.allToAll(group, round, deltas, awaited);

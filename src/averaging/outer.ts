@@ -24,7 +24,12 @@ export class OuterStep {
 
   /** values − anchor, per tensor (in f32). */
   delta(values: readonly Float32Array[]): Float32Array[] {
-    return values.map((v, i) => v.map((x, j) => x - this.anchor[i][j]));
+    return values.map((v, i) => {
+      const anchor = this.anchor[i];
+      const out = new Float32Array(v.length);
+      for (let j = 0; j < v.length; j++) out[j] = v[j] - anchor[j];
+      return out;
+    });
   }
 
   /** m ← μ·m + Δ̄; values ← anchor + lr·(μ·m + Δ̄), in place; the anchor moves to the new values. */
@@ -40,5 +45,14 @@ export class OuterStep {
       }
       anchor.set(v);
     });
+  }
+
+  /**
+   * A round with no other holder: the mean is this holder's own delta. With lr 1 and no momentum the
+   * values stay as they are (bit for bit: anchor + (v − anchor) can round away from v in f32).
+   */
+  applyOwn(values: Float32Array[]): void {
+    if (this.lr === 1 && this.mu === 0) values.forEach((v, i) => this.anchor[i].set(v));
+    else this.apply(values, this.delta(values));
   }
 }

@@ -8,7 +8,10 @@ const NORM_HISTORY = 32;
 
 /** The L2 norm over all of a contribution's tensors (in f64). */
 export function l2Norm(values: readonly Float32Array[]): number {
-  return Math.sqrt(values.reduce((s, v) => s + v.reduce((t, x) => t + x * x, 0), 0));
+  // Plain loops: a reduce with a callback per value cost a round ~50 ms per million values.
+  let sum = 0;
+  for (const v of values) for (let i = 0; i < v.length; i++) sum += v[i] * v[i];
+  return Math.sqrt(sum);
 }
 
 /** Where the first NaN or ±Infinity is, if any. */

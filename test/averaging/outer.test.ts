@@ -20,6 +20,23 @@ describe('outer step', () => {
     expect(bitEqual(outer.anchor[0], values[0])).toBe(true);
   });
 
+  it('a round alone: with lr 1 and momentum 0 the values stay bit for bit; otherwise the own delta is the mean', () => {
+    const random = rng(3);
+    const start = Float32Array.from({ length: 64 }, () => random());
+    const moved = start.map((x) => x + 0.37 * random());
+    const plain = new OuterStep([start]);
+    const values = [Float32Array.from(moved)];
+    plain.applyOwn(values);
+    expect(bitEqual(values[0], moved)).toBe(true);
+    expect(bitEqual(plain.anchor[0], moved)).toBe(true);
+    const [own, reference] = [0, 1].map(() => new OuterStep([start], { lr: 0.7, momentum: 0.9 }));
+    const [a, b] = [[Float32Array.from(moved)], [Float32Array.from(moved)]];
+    own.applyOwn(a);
+    reference.apply(b, reference.delta(b));
+    expect(bitEqual(a[0], b[0])).toBe(true);
+    expect(bitEqual(a[0], moved)).toBe(false);
+  });
+
   it('Nesterov: m ← μ·m + Δ̄, θ ← θ + lr·(μ·m + Δ̄), by hand for lr 0.5, μ 0.9', () => {
     const outer = new OuterStep([Float32Array.from([1])], { lr: 0.5, momentum: 0.9 });
     const values = [Float32Array.from([1])];

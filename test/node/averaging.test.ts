@@ -108,6 +108,16 @@ describe('periodic averaging', () => {
     }));
   });
 
+  it('a holder alone in its group keeps its values bit for bit (no lossy codec pass) and sends nothing', async () => {
+    const [solo] = await holders(['a'], { mode: 'periodic', every: 1, codec: 'int8-block' });
+    const random = rng(14);
+    for (const p of solo.params) p.value.forEach((_, j, v) => (v[j] += 0.1 * random()));
+    const before = solo.params.map((p) => Float32Array.from(p.value));
+    await solo.averager.afterUpdate(0);
+    expect(solo.averager.stats).toMatchObject({ rounds: 1, encodedBytes: 0 });
+    solo.params.forEach((p, i) => expect(bitEqual(p.value, before[i])).toBe(true));
+  });
+
   it('a holder that never delivers costs one deadline, counts as missing, and is not waited for again', async () => {
     const list = await holders(['a', 'b', 'c'], { mode: 'periodic', every: 1, deadlineMs: 400 }, { silent: ['c'] });
     const [a, b] = list;
