@@ -5,8 +5,9 @@
 // counts them (libp2p framing adds a few percent). Goal: bytes per node flat within 1.5× from 2 to 8.
 // Then what the topology costs in quality: a small job (hidden 64, 2 layers, 4 experts, Moby-Dick) on 4
 // node processes, every expert on every node, the same micro-batches under synchronous f32 gradients
-// and under int8-block deltas every 4 steps all-to-all, by reduce-scatter and in groups of 2; held-out
-// loss at the end (mean over nodes, each evaluating its own model).
+// and under int8-block deltas every 4 steps all-to-all (waiting for each round, and overlapping it with the
+// next steps), by reduce-scatter and in groups of 2; held-out loss at the end (mean over nodes, each
+// evaluating its own model).
 // Run: npm run bench:averaging [-- --only bytes|loss] [-- --quick]
 import '../src/p2p/polyfill.ts';
 import { cpus, loadavg } from 'node:os';
@@ -121,6 +122,7 @@ const int8Every4 = (extra: Partial<Averaging>): Averaging => ({
 const LOSS_SETTINGS: { label: string; averaging: Averaging }[] = [
   { label: 'synchronous f32 gradients', averaging: { mode: 'sync', every: 1, deadlineMs: 30_000 } },
   { label: 'int8-block every 4, all-to-all', averaging: int8Every4({}) },
+  { label: 'int8-block every 4, all-to-all, overlap', averaging: int8Every4({ overlap: true }) },
   { label: 'int8-block every 4, reduce-scatter', averaging: int8Every4({ topology: 'reduce-scatter' }) },
   { label: 'int8-block every 4, groups of 2', averaging: int8Every4({ topology: 'groups', groupSize: 2 }) },
 ];

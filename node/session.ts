@@ -565,6 +565,8 @@ export class JobSession {
       // same few batches each time: cheap, and comparable from point to point.
       if (this.step % Math.max(1, Math.ceil(this.trainer.options.totalSteps / 4)) === 0) await this.evaluate(CURVE_BATCHES);
     }
+    // A round still under way (overlap) lands before the final evaluation.
+    await this.averager.settle();
     // Leaving, whether stopped or done: the coordinator hands back our leases now instead of
     // declaring us dead a timeout later.
     await this.report(0, [], true);

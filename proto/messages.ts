@@ -127,6 +127,12 @@ export const JobSpecSchema = Type.Object({
      * averages values, not deltas, so only value-faithful codecs go (f32, f16, int8-block).
      */
     topology: Type.Optional(Type.Union([Type.Literal('all-to-all'), Type.Literal('reduce-scatter'), Type.Literal('groups')])),
+    /**
+     * periodic: a round's deltas travel while the next `every` steps train, and its result lands on top of
+     * them (the steps since the boundary are kept), instead of training waiting for the round: the
+     * transfer and a slow peer's lag hide behind compute. At most one round is under way. Default false.
+     */
+    overlap: Type.Optional(Type.Boolean()),
     /** topology groups: the most holders a round's group has (default 4). */
     groupSize: Type.Optional(Type.Integer({ minimum: 2, maximum: 64 })),
   }),

@@ -4,7 +4,8 @@
 //             start equal stay equal (a data-parallel step; used to check the swarm against one
 //             process). See sync.ts.
 //   periodic  every `every` local steps (DiLoCo-style): compressed parameter deltas, averaged and
-//             applied through an outer step; nobody waits for a slow holder. See periodic.ts.
+//             applied through an outer step; nobody waits for a slow holder. With `overlap`, a
+//             round travels while the next steps train and lands on top of them. See periodic.ts.
 // The arithmetic lives in src/averaging; exchange.ts moves the bytes and checks what arrives.
 import type { Averaging } from '../../proto/index.ts';
 import type { F32Tensor } from '../../src/model/config.ts';
@@ -73,6 +74,8 @@ export interface Averager {
   afterBackward(step: number): Promise<void>;
   /** After the optimizer update that ends local step `step` (0-based). */
   afterUpdate(step: number): Promise<void>;
+  /** Applies the rounds still under way (overlap), waiting for them within their deadline: before the job's last evaluation. */
+  settle(): Promise<void>;
   /** Local steps taken since this node's last round, after `steps` steps (reported in heartbeats). */
   staleness(steps: number): number;
   /** Starts a group's rounds from its current parameters (at the start of training, and when the node takes it on). */

@@ -23,6 +23,17 @@ const MAX_LAG = 3;
 /** topology groups: the most holders in a round's group when the job does not say. */
 const DEFAULT_GROUP_SIZE = 4;
 
+/** overlap: a group's round under way while training goes on. */
+interface RoundInFlight {
+  outer: OuterStep;
+  params: Param[];
+  /** The values at the round's boundary: training since then is kept on top of the round's result. */
+  boundary: Float32Array[];
+  /** Resolves once the mean is set (at the latest by the round's deadline). */
+  landing: Promise<void>;
+  mean?: Float32Array[];
+}
+
 export class PeriodicAveraging implements Averager {
   readonly stats: AveragingStats;
   private readonly exchange: DeltaExchange;
@@ -44,6 +55,8 @@ export class PeriodicAveraging implements Averager {
   /** The part count each group's codec states belong to: another count drops them. */
   private readonly stateCounts = new Map<string, number>();
   private readonly scatter?: ReduceScatter;
+  /** overlap: each group's round that started at a boundary and lands at a later step. */
+  private readonly inFlight = new Map<string, RoundInFlight>();
   /** topology groups: each round averages parameters within this node's small group of the round. */
   private readonly grouped: boolean;
 
@@ -81,12 +94,30 @@ export class PeriodicAveraging implements Averager {
   async afterBackward(): Promise<void> {}
 
   async afterUpdate(step: number): Promise<void> {
+    this.applyLanded();
     if ((step + 1) % this.options.every !== 0) return;
+    // overlap: at most one round in flight, so the previous one lands (within its deadline) before the next starts.
+    await this.settle();
     const round = (step + 1) / this.options.every;
     this.exchange.round = round;
     this.roundStarts.set(round, performance.now());
     this.roundStarts.delete(round - KEEP_ROUNDS - 1);
     await Promise.all([...this.components.groups()].map(([group, params]) => this.outerRound(group, params, round)));
+  }
+
+  async settle(): Promise<void> {
+    await Promise.all([...this.inFlight.values()].map((flight) => flight.landing));
+    this.applyLanded();
+  }
+
+  /** overlap: applies the rounds whose mean has come, to parameters that trained on since their boundary. */
+  private applyLanded(): void {
+    for (const [group, flight] of this.inFlight) {
+      if (!flight.mean) continue;
+      this.inFlight.delete(group);
+      this.stats.rounds++;
+      flight.outer.applyLate(flight.params.map((p) => p.value), flight.mean, flight.boundary);
+    }
   }
 
   staleness(steps: number): number {
@@ -99,6 +130,7 @@ export class PeriodicAveraging implements Averager {
   }
 
   resetGroup(group: string): void {
+    this.inFlight.delete(group);
     this.outer.delete(group);
     this.pending.delete(group);
     this.screens.delete(group);
@@ -118,19 +150,27 @@ export class PeriodicAveraging implements Averager {
       outer.applyOwn(values);
       return;
     }
+    // Reads `values` only before its first await: under overlap, training moves them on meanwhile.
+    const mean = this.roundMean(group, round, outer, values);
+    if (!this.options.overlap) {
+      const landed = await mean;
+      this.stats.rounds++;
+      outer.apply(values, landed);
+      return;
+    }
+    const flight: RoundInFlight = { outer, params, boundary: values.map((v) => Float32Array.from(v)), landing: Promise.resolve() };
+    flight.landing = mean.then((landed) => void (flight.mean = landed));
+    this.inFlight.set(group, flight);
+  }
+
+  /** The round's mean delta of the group's holders (the outer step's input), by the job's topology. */
+  private async roundMean(group: string, round: number, outer: OuterStep, values: Float32Array[]): Promise<Float32Array[]> {
     // Waited for: holders at most a round behind that keep pace with this node.
     const keepsPace = (peer: string) => (this.exchange.peerRound(peer) ?? round) >= round - 1 && !this.slowPeers.has(peer);
     const awaited = this.exchange.others(group).filter(keepsPace);
-    let mean: Float32Array[];
-    if (this.grouped) {
-      const groupMean = await this.scatter!.average(group, round, values.map((v) => Float32Array.from(v)), awaited);
-      mean = outer.delta(groupMean);
-    } else {
-      const deltas = outer.delta(values);
-      mean = this.scatter ? await this.scatter.average(group, round, deltas, awaited) : await this.allToAll(group, round, deltas, awaited);
-    }
-    this.stats.rounds++;
-    outer.apply(values, mean);
+    if (this.grouped) return outer.delta(await this.scatter!.average(group, round, values.map((v) => Float32Array.from(v)), awaited));
+    const deltas = outer.delta(values);
+    return this.scatter ? this.scatter.average(group, round, deltas, awaited) : this.allToAll(group, round, deltas, awaited);
   }
 
   /** topology groups: this node's group of round `round` among the group's holders. */

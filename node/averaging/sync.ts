@@ -35,6 +35,8 @@ export class SyncAveraging implements Averager {
 
   async afterUpdate(): Promise<void> {}
 
+  async settle(): Promise<void> {}
+
   staleness(): number {
     return 0;
   }

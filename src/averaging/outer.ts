@@ -48,6 +48,26 @@ export class OuterStep {
   }
 
   /**
+   * apply() for a round that lands after training went on from its `boundary` values (overlapped
+   * averaging): the values move by what apply() would have moved the boundary, so the steps taken
+   * since stay on top of the round's result; the anchor becomes that result.
+   */
+  applyLate(values: Float32Array[], meanDelta: readonly Float32Array[], boundary: readonly Float32Array[]): void {
+    const { lr, mu } = this;
+    values.forEach((v, i) => {
+      const m = this.momentum[i];
+      const anchor = this.anchor[i];
+      const mean = meanDelta[i];
+      const start = boundary[i];
+      for (let j = 0; j < v.length; j++) {
+        m[j] = mu * m[j] + mean[j];
+        anchor[j] += lr * (mu * m[j] + mean[j]);
+        v[j] = anchor[j] + (v[j] - start[j]);
+      }
+    });
+  }
+
+  /**
    * A round with no other holder: the mean is this holder's own delta. With lr 1 and no momentum the
    * values stay as they are (bit for bit: anchor + (v − anchor) can round away from v in f32).
    */

@@ -118,6 +118,49 @@ describe('periodic averaging', () => {
     solo.params.forEach((p, i) => expect(bitEqual(p.value, before[i])).toBe(true));
   });
 
+  it('overlap: the round lands on top of the steps trained since its boundary; with none, the same bits as waiting', async () => {
+    const [waiting, overlapped] = await Promise.all([false, true].map((overlap) => holders(['a', 'b', 'c'], { mode: 'periodic', every: 1, overlap })));
+    const anchors = waiting.map((h) => h.params.map((p) => Float32Array.from(p.value)));
+    const random = rng(15);
+    const moves = waiting.map((h) => h.params.map((p) => Float32Array.from(p.value, () => 0.1 * random())));
+    for (const list of [waiting, overlapped]) list.forEach((h, k) => h.params.forEach((p, i) => p.value.forEach((_, j, v) => (v[j] += moves[k][i][j]))));
+    const mean = mean64(moves);
+    const boundary = overlapped.map((h) => h.params.map((p) => Float32Array.from(p.value)));
+    await Promise.all([...waiting, ...overlapped].map((h) => h.averager.afterUpdate(0)));
+    // The round is under way: training goes on from the boundary values.
+    overlapped.forEach((h, k) => h.params.forEach((p, i) => expect(bitEqual(p.value, boundary[k][i])).toBe(true)));
+    await Promise.all(overlapped.map((h) => h.averager.settle()));
+    overlapped.forEach((h, k) => h.params.forEach((p, i) => expect(bitEqual(p.value, waiting[k].params[i].value)).toBe(true)));
+    expect(overlapped[0].averager.stats.rounds).toBe(1);
+
+    // Round 2 lands after two more local steps' progress, which stays on top of its result.
+    const progress = (scale: number) => overlapped.map((h) => h.params.map((p) => Float32Array.from(p.value, () => scale * random())));
+    const add = (moved: Float32Array[][]) => overlapped.forEach((h, k) => h.params.forEach((p, i) => p.value.forEach((_, j, v) => (v[j] += moved[k][i][j]))));
+    const before = progress(0.1);
+    add(before);
+    await Promise.all(overlapped.map((h) => h.averager.afterUpdate(1)));
+    const after = progress(0.05);
+    add(after);
+    await Promise.all(overlapped.map((h) => h.averager.afterUpdate(2))); // a step between boundaries applies what landed
+    const mean2 = mean64(before);
+    overlapped.forEach((h, k) => h.params.forEach((p, i) => p.value.forEach((v, j) => {
+      expect(v).toBeCloseTo(anchors[k][i][j] + mean[i][j] + mean2[i][j] + after[k][i][j], 5);
+    })));
+    expect(overlapped[0].averager.stats.rounds).toBe(2);
+  });
+
+  it('overlap: a silent holder costs training nothing at the boundary; its deadline is waited out only at the next one', async () => {
+    const list = await holders(['a', 'b', 'c'], { mode: 'periodic', every: 1, deadlineMs: 400, overlap: true }, { silent: ['c'] });
+    const [a, b] = list;
+    const t0 = performance.now();
+    await Promise.all([a, b].map((h) => h.averager.afterUpdate(0)));
+    expect(performance.now() - t0).toBeLessThan(390);
+    expect(a.averager.stats.rounds).toBe(0);
+    await Promise.all([a, b].map((h) => h.averager.afterUpdate(1)));
+    expect(performance.now() - t0).toBeGreaterThanOrEqual(390);
+    expect(a.averager.stats).toMatchObject({ rounds: 1, missing: 1 });
+  });
+
   it('a holder that never delivers costs one deadline, counts as missing, and is not waited for again', async () => {
     const list = await holders(['a', 'b', 'c'], { mode: 'periodic', every: 1, deadlineMs: 400 }, { silent: ['c'] });
     const [a, b] = list;
