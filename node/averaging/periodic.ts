@@ -32,6 +32,7 @@ interface RoundInFlight {
   /** Resolves once the mean is set (at the latest by the round's deadline). */
   landing: Promise<void>;
   mean?: Float32Array[];
+  failure?: unknown;
 }
 
 export class PeriodicAveraging implements Averager {
@@ -113,6 +114,10 @@ export class PeriodicAveraging implements Averager {
   /** overlap: applies the rounds whose mean has come, to parameters that trained on since their boundary. */
   private applyLanded(): void {
     for (const [group, flight] of this.inFlight) {
+      if (flight.failure !== undefined) {
+        this.inFlight.delete(group);
+        throw flight.failure;
+      }
       if (!flight.mean) continue;
       this.inFlight.delete(group);
       this.stats.rounds++;
@@ -159,7 +164,8 @@ export class PeriodicAveraging implements Averager {
       return;
     }
     const flight: RoundInFlight = { outer, params, boundary: values.map((v) => Float32Array.from(v)), landing: Promise.resolve() };
-    flight.landing = mean.then((landed) => void (flight.mean = landed));
+    // A failed round surfaces at the next step, as a waited-for one would at its boundary, not as an unhandled rejection.
+    flight.landing = mean.then((landed) => void (flight.mean = landed), (err: unknown) => void (flight.failure = err));
     this.inFlight.set(group, flight);
   }
 
