@@ -1,8 +1,9 @@
 // Does the swarm pay off on real cores? The demo job (`npm start`'s model) on 1 node holding every
 // expert, then on 2 nodes with every expert on both (replication 2: data parallel) and with the experts
 // split between them (replication 1: every token's experts are half remote), that also with the job's
-// splitBatch. Each node runs one kernel thread pinned to its own core (taskset), so 2 nodes have 2 cores
-// and 1 node has 1. From the nodes' step events after the warm-up: aggregate tokens/s and its ratio to the
+// splitBatch; replication 2 also with each averaging round waited for (the demo job overlaps them).
+// Each node runs one kernel thread pinned to its own core (taskset), so 2 nodes have 2 cores and 1 node
+// has 1. From the nodes' step events after the warm-up: aggregate tokens/s and its ratio to the
 // 1-node run, tokens per CPU-second against one node's (what cores of their own with no waiting would give),
 // the share of step time waiting on remote experts, idle and serving peers, bytes sent per token per node,
 // remote calls per step.
@@ -16,7 +17,7 @@
 // one proxy (the accepting host's), so each direction of it takes the link's rate plus 25 ms, and
 // libp2p's own flow control (yamux windows) sees the full round trip. The namespaces are deleted at the
 // end, on failure and on Ctrl-C (and those of a killed run by the next one).
-// Run: npm run bench:scaling [-- --quick] [-- --steps N] [-- --links 20mbit,100mbit [--delay-ms 25]]
+// Run: npm run bench:scaling [-- --quick] [-- --steps N] [-- --only 1,3] [-- --links 20mbit,100mbit [--delay-ms 25]]
 import { spawnSync } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { cpus, loadavg, tmpdir } from 'node:os';
@@ -30,7 +31,7 @@ import { printTable } from './table.ts';
 
 const { values } = parseArgs({
   options: {
-    quick: { type: 'boolean', default: false }, steps: { type: 'string' }, links: { type: 'string' },
+    quick: { type: 'boolean', default: false }, steps: { type: 'string' }, links: { type: 'string' }, only: { type: 'string' },
     'delay-ms': { type: 'string', default: '25' },
   },
 });
@@ -50,14 +51,23 @@ interface Setting {
   replication: number;
   /** The job's splitBatch: one half's attention computes while the other's experts are remote. */
   splitBatch?: boolean;
+  /** The demo job overlaps averaging rounds with training; false: each round is waited for, as before. */
+  overlap?: false;
 }
 
 const SETTINGS: Setting[] = [
   { name: '1 node, every expert', nodes: 1, replication: 1 },
   { name: '2 nodes, replication 2 (data parallel)', nodes: 2, replication: 2 },
+  { name: '2 nodes, replication 2, rounds waited for', nodes: 2, replication: 2, overlap: false },
   { name: '2 nodes, replication 1 (experts split)', nodes: 2, replication: 1 },
   { name: '2 nodes, replication 1, split batch (halves overlap)', nodes: 2, replication: 1, splitBatch: true },
 ];
+/** --only 1,3: those settings (by their row, 0-based) after the 1-node baseline. */
+const ONLY = values.only?.split(',').map(Number);
+if (ONLY?.some((i) => !(Number.isInteger(i) && i >= 1 && i < SETTINGS.length))) {
+  throw new RangeError(`--only takes rows 1-${SETTINGS.length - 1} of the table, comma-separated, got ${values.only}`);
+}
+const SELECTED = SETTINGS.filter((_, i) => i === 0 || (ONLY ?? [i]).includes(i));
 
 /** Pins a process and all its threads to one core. */
 function pin(proc: Proc, core: number): void {
@@ -85,6 +95,7 @@ async function run(setting: Setting, launch: Launcher): Promise<SwarmEvent[][]> 
     ...demoJob(STEPS_PER_NODE * setting.nodes, setting.nodes), jobId: `bench-scaling-${setting.nodes}-${setting.replication}`,
     ...(setting.splitBatch ? { splitBatch: true } : {}),
   };
+  if (setting.overlap === false) job.averaging = { ...job.averaging, overlap: false };
   const swarm = await launch(job, ['--vocab', String(VOCAB), '--replication', String(setting.replication), '--lease-ms', '120000']);
   try {
     const procs = Array.from({ length: setting.nodes }, (_, i) => {
@@ -181,7 +192,7 @@ async function table(title: string, launch: Launcher): Promise<void> {
   const rows: string[][] = [];
   let baseline: number | undefined;
   let cpuBaseline: number | undefined;
-  for (const setting of SETTINGS) {
+  for (const setting of SELECTED) {
     const perNode = (await run(setting, launch)).map(steady);
     const aggregate = sum(perNode.map((n) => n.tokensPerSecond));
     // What the nodes would reach on cores of their own with no waiting: their tokens per CPU-second, summed.

@@ -30,18 +30,18 @@ export function weightedMean(parts: readonly (readonly Float32Array[])[], weight
   if (parts.length === 0 || parts.length !== weights.length) {
     throw new RangeError(`weightedMean: ${parts.length} parts, ${weights.length} weights`);
   }
-  const out = parts[0].map((v) => new Float32Array(v.length));
-  let total = 0;
-  parts.forEach((values, k) => {
-    const weight = weights[k];
-    total += weight;
-    values.forEach((tensor, i) => {
-      const o = out[i];
-      for (let j = 0; j < o.length; j++) o[j] += weight * tensor[j];
-    });
+  const total = weights.reduce((a, b) => a + b, 0);
+  // One pass per tensor, the sum rounded to f32 after each addition as an f32 accumulator would be.
+  return parts[0].map((first, i) => {
+    const out = new Float32Array(first.length);
+    const tensors = parts.map((values) => values[i]);
+    for (let j = 0; j < out.length; j++) {
+      let sum = 0;
+      for (let k = 0; k < tensors.length; k++) sum = Math.fround(sum + weights[k] * tensors[k][j]);
+      out[j] = sum / total;
+    }
+    return out;
   });
-  for (const o of out) for (let j = 0; j < o.length; j++) o[j] /= total;
-  return out;
 }
 
 /**
