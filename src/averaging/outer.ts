@@ -34,15 +34,11 @@ export class OuterStep {
 
   /** m ← μ·m + Δ̄; values ← anchor + lr·(μ·m + Δ̄), in place; the anchor moves to the new values. */
   apply(values: Float32Array[], meanDelta: readonly Float32Array[]): void {
-    const { lr, mu } = this;
+    const { lr } = this;
     values.forEach((v, i) => {
-      const m = this.momentum[i];
       const anchor = this.anchor[i];
-      const mean = meanDelta[i];
-      for (let j = 0; j < v.length; j++) {
-        m[j] = mu * m[j] + mean[j];
-        v[j] = anchor[j] + lr * (mu * m[j] + mean[j]);
-      }
+      const update = this.update(i, meanDelta[i]);
+      for (let j = 0; j < v.length; j++) v[j] = anchor[j] + lr * update[j];
       anchor.set(v);
     });
   }
@@ -53,18 +49,29 @@ export class OuterStep {
    * since stay on top of the round's result; the anchor becomes that result.
    */
   applyLate(values: Float32Array[], meanDelta: readonly Float32Array[], boundary: readonly Float32Array[]): void {
-    const { lr, mu } = this;
+    const { lr } = this;
     values.forEach((v, i) => {
-      const m = this.momentum[i];
       const anchor = this.anchor[i];
-      const mean = meanDelta[i];
+      const update = this.update(i, meanDelta[i]);
       const start = boundary[i];
       for (let j = 0; j < v.length; j++) {
-        m[j] = mu * m[j] + mean[j];
-        anchor[j] += lr * (mu * m[j] + mean[j]);
+        anchor[j] += lr * update[j];
         v[j] = anchor[j] + (v[j] - start[j]);
       }
     });
+  }
+
+  /** μ·m + Δ̄ after m ← μ·m + Δ̄ (in f64 from f32 m, as one expression would be); with no momentum, Δ̄ itself. */
+  private update(i: number, mean: Float32Array): Float32Array | Float64Array {
+    const { mu } = this;
+    if (mu === 0) return mean;
+    const m = this.momentum[i];
+    const update = new Float64Array(mean.length);
+    for (let j = 0; j < mean.length; j++) {
+      m[j] = mu * m[j] + mean[j];
+      update[j] = mu * m[j] + mean[j];
+    }
+    return update;
   }
 
   /**
