@@ -31,17 +31,22 @@ export function weightedMean(parts: readonly (readonly Float32Array[])[], weight
     throw new RangeError(`weightedMean: ${parts.length} parts, ${weights.length} weights`);
   }
   const total = weights.reduce((a, b) => a + b, 0);
-  // One pass per tensor, the sum rounded to f32 after each addition as an f32 accumulator would be.
+  const last = parts.length - 1;
   return parts[0].map((first, i) => {
     const out = new Float32Array(first.length);
-    const tensors = parts.map((values) => values[i]);
-    for (let j = 0; j < out.length; j++) {
-      let sum = 0;
-      for (let k = 0; k < tensors.length; k++) sum = Math.fround(sum + weights[k] * tensors[k][j]);
-      out[j] = sum / total;
-    }
+    for (let k = 0; k < last; k++) accumulate(out, parts[k][i], weights[k]);
+    accumulateAndDivide(out, parts[last][i], weights[last], total);
     return out;
   });
+}
+
+function accumulate(out: Float32Array, x: Float32Array, weight: number): void {
+  for (let j = 0; j < out.length; j++) out[j] += weight * x[j];
+}
+
+/** The last part's accumulation with the division by the total weight in the same pass. */
+function accumulateAndDivide(out: Float32Array, x: Float32Array, weight: number, total: number): void {
+  for (let j = 0; j < out.length; j++) out[j] = Math.fround(out[j] + weight * x[j]) / total;
 }
 
 /**
