@@ -5,7 +5,7 @@
 // values, or a reduce part larger than the norm its sender states are refused (all but the job,
 // group and count flag the sender: those can be a plan change we have not seen yet).
 import { f32Tensor, tensorF32, TENSOR_MESSAGE_CAP, type NamedTensor, type ParameterDelta } from '../../proto/index.ts';
-import { firstNonFinite, l2Norm, partCount, partition, slicePart, writePart, type Part } from '../../src/averaging/index.ts';
+import { firstNonFinite, isWholeGroup, l2Norm, partCount, partition, slicePart, writePart, type Part } from '../../src/averaging/index.ts';
 import { decodeTensors, encodeTensors, type Codec, type CodecState } from '../../src/compress/index.ts';
 import type { Param } from '../../src/model/params.ts';
 import { RefusedError } from '../../src/p2p/index.ts';
@@ -123,6 +123,11 @@ export class DeltaExchange {
     group: string, codec: Codec, values: readonly Float32Array[], count: number, state: (key: string) => CodecState,
   ): EncodedGroup {
     const layout = this.layout(group, count);
+    if (layout.length === 1 && isWholeGroup(layout[0], values.map((v) => v.length))) {
+      const { message, decoded } = encodePart(codec, layout[0], values, state);
+      this.countEncoded(values.reduce((n, v) => n + v.length, 0), message);
+      return { layout, messages: [message], decoded };
+    }
     const decoded = values.map((v) => new Float32Array(v.length));
     const messages = layout.map((part) => {
       const encoded = encodePart(codec, part, slicePart(values, part), state);
@@ -267,6 +272,7 @@ export class DeltaExchange {
   ): Float32Array[] | undefined {
     const params = this.params(group);
     const whole = () => params.map((p) => new Float32Array(p.value.length));
+    if (count === 1 && isWholeGroup(part, params.map((p) => p.value.length))) return values;
     if (count === 1) {
       const assembled = whole();
       writePart(assembled, part, values);

@@ -82,6 +82,11 @@ export function slicePart(values: readonly Float32Array[], part: Part): Float32A
   return part.segments.map((s) => values[s.tensor].subarray(s.offset, s.offset + s.length));
 }
 
+/** Whether a part holds every tensor of the group whole (a group that fits one message): its values are the group's. */
+export function isWholeGroup(part: Part, lengths: readonly number[]): boolean {
+  return part.segments.length === lengths.length && part.segments.every((s, i) => s.tensor === i && s.offset === 0 && s.length === lengths[i]);
+}
+
 /** Writes a part's values (one array per segment) into the group's tensors. */
 export function writePart(values: readonly Float32Array[], part: Part, partValues: readonly Float32Array[]): void {
   part.segments.forEach((s, i) => values[s.tensor].set(partValues[i], s.offset));

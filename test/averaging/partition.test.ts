@@ -2,7 +2,7 @@
 // the budget; aggregating part by part equals aggregating the whole, and both equal float64 answers.
 import { describe, expect, it } from 'vitest';
 import {
-  aggregate, fallbackOf, holderOrder, ownerOf, partCount, partition, slicePart, writePart, type Contribution, type PartTensor,
+  aggregate, fallbackOf, holderOrder, isWholeGroup, ownerOf, partCount, partition, slicePart, writePart, type Contribution, type PartTensor,
 } from '../../src/averaging/index.ts';
 import { bitEqual, maxRelError, rng } from '../helpers.ts';
 
@@ -72,6 +72,15 @@ describe('partition', () => {
     const copy = values.map((v) => new Float32Array(v.length));
     for (const part of partition(GROUP, 7)) writePart(copy, part, slicePart(values, part).map((v) => v.slice()));
     copy.forEach((v, i) => expect(bitEqual(v, values[i])).toBe(true));
+  });
+});
+
+describe('whole group', () => {
+  it('one part holds the group whole; a part of several, or other lengths, does not', () => {
+    const lengths = GROUP.map((t) => sizeOf(t.shape));
+    expect(isWholeGroup(partition(GROUP, 1)[0], lengths)).toBe(true);
+    expect(partition(GROUP, 2).some((p) => isWholeGroup(p, lengths))).toBe(false);
+    expect(isWholeGroup(partition(GROUP, 1)[0], [...lengths.slice(1), lengths[0]])).toBe(false);
   });
 });
 
