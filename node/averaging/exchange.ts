@@ -6,7 +6,7 @@
 // group and count flag the sender: those can be a plan change we have not seen yet).
 import { f32Tensor, tensorF32, TENSOR_MESSAGE_CAP, type NamedTensor, type ParameterDelta } from '../../proto/index.ts';
 import { firstNonFinite, isWholeGroup, l2Norm, partCount, partition, slicePart, writePart, type Part } from '../../src/averaging/index.ts';
-import { decodeTensors, encodeTensors, type Codec, type CodecState } from '../../src/compress/index.ts';
+import { decodeTensors, encodeTensorsDecoded, type Codec, type CodecState } from '../../src/compress/index.ts';
 import type { Param } from '../../src/model/params.ts';
 import { RefusedError } from '../../src/p2p/index.ts';
 import type { AveragingComponents, AveragingOptions, AveragingStats } from './index.ts';
@@ -301,6 +301,5 @@ export function encodePart(
   const tensors = part.segments.map((s, i) => ({
     name: s.name, shape: s.shape, delta: values[i], state: state(`${s.name}@${s.rowStart}-${s.rowEnd}`),
   }));
-  const message = encodeTensors(codec, tensors);
-  return { message, decoded: decodeTensors(codec, tensors, message) };
+  return encodeTensorsDecoded(codec, tensors);
 }

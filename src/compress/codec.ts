@@ -36,6 +36,8 @@ export interface Codec {
   encode(delta: Float32Array, shape: readonly number[], state: CodecState): CodecPart[];
   /** Decodes parts into a new array of `shape`; throws CodecError on anything malformed. */
   decode(parts: readonly CodecPart[], shape: readonly number[]): Float32Array;
+  /** Optional: encode() and what decode() will give of its parts, in one pass (a sender averages with the latter). */
+  encodeDecoded?(delta: Float32Array, shape: readonly number[], state: CodecState): { parts: CodecPart[]; decoded: Float32Array };
 }
 
 /** Checks the caller's arguments of Codec.encode. */
@@ -145,6 +147,28 @@ export function encodeTensors(codec: Codec, tensors: readonly (DeltaTensor & { d
     checkName(name);
     return codec.encode(delta, shape, state).map(({ suffix, tensor }) => ({ name: name + suffix, tensor }));
   });
+}
+
+/**
+ * encodeTensors, and what a receiver's decodeTensors will give of its parts: from the codec's
+ * encodeDecoded when it has one, else by decoding them.
+ */
+export function encodeTensorsDecoded(
+  codec: Codec, tensors: readonly (DeltaTensor & { delta: Float32Array; state: CodecState })[],
+): { message: NamedTensor[]; decoded: Float32Array[] } {
+  const { encodeDecoded } = codec;
+  if (!encodeDecoded) {
+    const message = encodeTensors(codec, tensors);
+    return { message, decoded: decodeTensors(codec, tensors, message) };
+  }
+  const message: NamedTensor[] = [];
+  const decoded = tensors.map(({ name, shape, delta, state }) => {
+    checkName(name);
+    const encoded = encodeDecoded.call(codec, delta, shape, state);
+    for (const { suffix, tensor } of encoded.parts) message.push({ name: name + suffix, tensor });
+    return encoded.decoded;
+  });
+  return { message, decoded };
 }
 
 /**

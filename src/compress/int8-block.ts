@@ -10,8 +10,11 @@ export function blockCount(n: number, blockSize: number): number {
   return Math.ceil(n / blockSize);
 }
 
-/** Quantizes `x` into `q` (same length) and `scales` (one per block). */
-export function quantizeBlocks(x: Float32Array, blockSize: number, q: Int8Array, scales: Float32Array): void {
+/**
+ * Quantizes `x` into `q` (same length) and `scales` (one per block); `decoded`, when given, gets
+ * what dequantizeBlocks will give back (the same f32 products), without a second pass.
+ */
+export function quantizeBlocks(x: Float32Array, blockSize: number, q: Int8Array, scales: Float32Array, decoded?: Float32Array): void {
   const n = x.length;
   for (let b = 0, lo = 0; lo < n; b++, lo += blockSize) {
     const hi = Math.min(n, lo + blockSize);
@@ -24,11 +27,21 @@ export function quantizeBlocks(x: Float32Array, blockSize: number, q: Int8Array,
     scales[b] = scale;
     if (scale === 0) {
       q.fill(0, lo, hi); // zeros, or values below 127 · the smallest f32 (they decode to 0)
+      decoded?.fill(0, lo, hi);
       continue;
     }
     // JS arithmetic is float64, so x / scale is exact to ~1e-16; the clamp only catches
     // max / fround(max / 127) landing a hair above 127.
     const inv = 1 / scale;
+    if (decoded) {
+      for (let i = lo; i < hi; i++) {
+        const v = Math.round(x[i] * inv);
+        const code = v > 127 ? 127 : v < -127 ? -127 : v;
+        q[i] = code;
+        decoded[i] = q[i] * scale; // the stored code: a rounded −0 is stored, and decodes, as +0
+      }
+      continue;
+    }
     for (let i = lo; i < hi; i++) {
       const v = Math.round(x[i] * inv);
       q[i] = v > 127 ? 127 : v < -127 ? -127 : v;
@@ -59,18 +72,23 @@ export function dequantizeBlocks(spec: string, q: Int8Array, scales: Float32Arra
 
 export function int8BlockCodec(blockSize: number): Codec {
   const spec = `int8-block:${blockSize}`;
+  const encode = (delta: Float32Array, shape: readonly number[], decoded?: Float32Array): CodecPart[] => {
+    checkDelta(spec, delta, shape);
+    checkFinite(spec, delta);
+    const q = new Int8Array(delta.length);
+    const scales = new Float32Array(blockCount(delta.length, blockSize));
+    quantizeBlocks(delta, blockSize, q, scales, decoded);
+    return [
+      { suffix: ':q', tensor: partTensor('I8', [...shape], q) },
+      { suffix: ':scale', tensor: partTensor('F32', [scales.length], scales) },
+    ];
+  };
   return {
     spec,
-    encode(delta, shape) {
-      checkDelta(spec, delta, shape);
-      checkFinite(spec, delta);
-      const q = new Int8Array(delta.length);
-      const scales = new Float32Array(blockCount(delta.length, blockSize));
-      quantizeBlocks(delta, blockSize, q, scales);
-      return [
-        { suffix: ':q', tensor: partTensor('I8', [...shape], q) },
-        { suffix: ':scale', tensor: partTensor('F32', [scales.length], scales) },
-      ];
+    encode: (delta, shape) => encode(delta, shape),
+    encodeDecoded(delta, shape) {
+      const decoded = new Float32Array(delta.length);
+      return { parts: encode(delta, shape, decoded), decoded };
     },
     decode(parts: readonly CodecPart[], shape) {
       const reader = new PartReader(spec, parts, [':q', ':scale']);

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { groupId, type NamedTensor, type Tensor } from '../../proto/index.ts';
 import {
-  codecByName, codecsForGroups, CodecError, decodeTensors, encodedBytes, encodeTensors, parseCodecSpec, topKIndices,
+  codecByName, codecsForGroups, CodecError, decodeTensors, encodedBytes, encodeTensors, encodeTensorsDecoded, parseCodecSpec, topKIndices,
   type Codec, type CodecPart, type CodecState,
 } from '../../src/compress/index.ts';
 import { f32ToF16Bits } from '../../proto/half.ts';
@@ -83,6 +83,19 @@ describe('round trips', () => {
     expect(() => decodeTensors(codec, tensors, [...named, stray])).toThrow(/embed:q belongs to no tensor/);
     expect(() => decodeTensors(codec, tensors, named.slice(1))).toThrow(/layers\.0\.attn\.q: .*":q" is missing/);
     expect(() => encodeTensors(codec, [{ ...tensors[1], name: 'a:b' }])).toThrow(/contains ':'/);
+  });
+
+  it.each(SPECS)('%s: encodeTensorsDecoded gives the parts encodeTensors does and the bits decodeTensors gets from them', (spec) => {
+    const codec = parseCodecSpec(spec);
+    const tensors = (states: CodecState[]) => SHAPES.map((shape, i) => ({ name: `t${i}`, shape, delta: randomDelta(count(shape), 20 + i), state: states[i] }));
+    const [statesA, statesB] = [0, 1].map(() => SHAPES.map((): CodecState => ({})));
+    for (let round = 0; round < 2; round++) { // a second round reads the error-feedback state the first left
+      const plain = encodeTensors(codec, tensors(statesA));
+      const { message, decoded } = encodeTensorsDecoded(codec, tensors(statesB));
+      expect(message.map((p) => [p.name, p.tensor.dtype, p.tensor.shape, Array.from(p.tensor.data)]))
+        .toEqual(plain.map((p) => [p.name, p.tensor.dtype, p.tensor.shape, Array.from(p.tensor.data)]));
+      decodeTensors(codec, tensors(statesB), message).forEach((d, i) => expect(bitEqual(decoded[i], d)).toBe(true));
+    }
   });
 });
 
