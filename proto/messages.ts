@@ -383,6 +383,21 @@ export const ParameterDeltaSchema = Type.Object({
 });
 export type ParameterDelta = Static<typeof ParameterDeltaSchema>;
 
+/** The most deltas one `deltas` request carries. */
+export const MAX_DELTAS_PER_REQUEST = 256;
+
+/** Deltas of several groups for one holder, posted in the same turn (a round's groups), in one request. */
+export const ParameterDeltasSchema = Type.Object({
+  deltas: Type.Array(ParameterDeltaSchema, { minItems: 1, maxItems: MAX_DELTAS_PER_REQUEST }),
+});
+export type ParameterDeltas = Static<typeof ParameterDeltasSchema>;
+
+/** The deltas of a `deltas` request the holder refused, by index, each with its reason; the others were taken. */
+export const DeltaRefusalsSchema = Type.Object({
+  refusals: Type.Array(Type.Object({ index: Index, reason: Reason }), { maxItems: MAX_DELTAS_PER_REQUEST }),
+});
+export type DeltaRefusals = Static<typeof DeltaRefusalsSchema>;
+
 // --- state fetch: a new or returning node loads the newest parameters -----------------------
 
 export const StateRequestSchema = Type.Object({

@@ -6,6 +6,7 @@ import {
   AckSchema,
   BlobChunkRequestSchema,
   BlobChunkSchema,
+  DeltaRefusalsSchema,
   ExpertCallSchema,
   HeartbeatReplySchema,
   HeartbeatSchema,
@@ -14,7 +15,9 @@ import {
   LeaseGrantSchema,
   LeaseReportSchema,
   LeaseRequestSchema,
+  MAX_DELTAS_PER_REQUEST,
   ParameterDeltaSchema,
+  ParameterDeltasSchema,
   StateRequestSchema,
   StateResponseSchema,
   type ExpertCall,
@@ -67,6 +70,16 @@ function checkParts(parts: NamedTensor[]): void {
     if (seen.has(name)) throw new ProtocolError('schema', `parts: "${name}" appears twice`);
     seen.add(name);
     checkTensor(tensor, `parts: "${name}"`);
+  }
+}
+
+/** A protocol error of one delta of a `deltas` request, named by its index. */
+function inDelta(index: number, check: () => void): void {
+  try {
+    check();
+  } catch (err) {
+    if (err instanceof ProtocolError) throw new ProtocolError(err.reason, `deltas[${index}]: ${err.message}`);
+    throw err;
   }
 }
 
@@ -171,6 +184,15 @@ export const PROTOCOLS = {
     maxRequestBytes: TENSOR_MESSAGE_CAP,
     maxResponseBytes: SMALL_REPLY_CAP,
     checkRequest: checkDelta,
+  }),
+  deltas: define({
+    id: idOf('deltas'),
+    bulk: true,
+    request: ParameterDeltasSchema,
+    response: DeltaRefusalsSchema,
+    maxRequestBytes: TENSOR_MESSAGE_CAP,
+    maxResponseBytes: MAX_DELTAS_PER_REQUEST * 1100, // a refusal: its index and a reason of at most 1 KiB
+    checkRequest: ({ deltas }) => deltas.forEach((delta, index) => inDelta(index, () => checkDelta(delta))),
   }),
   state: define({
     id: idOf('state'),

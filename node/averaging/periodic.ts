@@ -171,8 +171,10 @@ export class PeriodicAveraging implements Averager {
 
   /** The round's mean delta of the group's holders (the outer step's input), by the job's topology. */
   private async roundMean(group: string, round: number, outer: OuterStep, values: Float32Array[]): Promise<Float32Array[]> {
-    // Waited for: holders at most a round behind that keep pace with this node.
-    const keepsPace = (peer: string) => (this.exchange.peerRound(peer) ?? round) >= round - 1 && !this.slowPeers.has(peer);
+    // Waited for: holders at most a round behind that keep pace with this node. Under groups a holder outside this
+    // node's recent groups sent it nothing since: its last round heard says nothing about its pace.
+    const recent = (peer: string) => this.grouped || (this.exchange.peerRound(peer) ?? round) >= round - 1;
+    const keepsPace = (peer: string) => recent(peer) && !this.slowPeers.has(peer);
     const awaited = this.exchange.others(group).filter(keepsPace);
     if (this.grouped) return outer.delta(await this.scatter!.average(group, round, values.map((v) => Float32Array.from(v)), awaited));
     const deltas = outer.delta(values);

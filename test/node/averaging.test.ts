@@ -37,11 +37,11 @@ async function holders(ids: string[], options: Partial<AveragingOptions>, misbeh
       return { name: `t${i}`, shape, value: values(), grad: values() };
     });
     const rpc = {
-      handle: async (_protocol: string, handler: Handler) => void handlers.set(id, handler),
-      request: async (target: string, _protocol: string, message: unknown) => {
+      handle: async (protocol: string, handler: Handler) => void handlers.set(`${id} ${protocol}`, handler),
+      request: async (target: string, protocol: string, message: unknown) => {
         if (silent.includes(id)) return new Promise(() => {});
         if (performance.now() - started < (joining[target] ?? 0)) throw new RefusedError(`${target}: protocol not supported`, 'unsupported');
-        return handlers.get(target)!(structuredClone(message), { peer: { toString: () => id } });
+        return handlers.get(`${target} ${protocol}`)!(structuredClone(message), { peer: { toString: () => id } });
       },
     } as unknown as Rpc;
     const directory = { members: () => ids, address: (peer: string) => peer as unknown as DialTarget, admitted: () => true };

@@ -4,14 +4,14 @@
 // cap enforced), only the transport is direct calls.
 // Results are checked against float64 means computed here.
 import { describe, expect, it } from 'vitest';
-import { f32Tensor, msgpackCodec, ProtocolError, type ParameterDelta } from '../../proto/index.ts';
+import { f32Tensor, msgpackCodec, ProtocolError, type ParameterDelta, type ParameterDeltas } from '../../proto/index.ts';
 import { createAverager, type Averager, type AveragingFault, type AveragingOptions } from '../../node/averaging/index.ts';
 import { holderOrder, ownerOf, partCount, partition, roundGroups, type Part } from '../../src/averaging/index.ts';
 import type { Param } from '../../src/model/params.ts';
 import type { DialTarget, Rpc } from '../../src/p2p/index.ts';
 import { bitEqual, rng } from '../helpers.ts';
 
-type Handler = (message: ParameterDelta, context: { peer: { toString(): string } }) => unknown;
+type Handler = (message: ParameterDelta | ParameterDeltas, context: { peer: { toString(): string } }) => unknown;
 
 interface Holder {
   id: string;
@@ -38,7 +38,7 @@ const VALUES = SHAPES.reduce((n, s) => n + s.reduce((a, b) => a * b, 1), 0); // 
 async function network(ids: string[], options: Partial<AveragingOptions>, faulty: Record<string, AveragingFault> = {}): Promise<Network> {
   const handlers = new Map<string, Handler>();
   const net: Network = {
-    holders: [], dead: new Set(), deliver: (from, to, message) => handlers.get(to)!(message, { peer: { toString: () => from } }),
+    holders: [], dead: new Set(), deliver: (from, to, message) => handlers.get(`${to} delta`)!(message, { peer: { toString: () => from } }),
   };
   net.holders = ids.map((id) => {
     const random = rng(21);
@@ -47,13 +47,13 @@ async function network(ids: string[], options: Partial<AveragingOptions>, faulty
     }));
     const sent: number[] = [];
     const rpc = {
-      handle: async (_protocol: string, handler: Handler) => void handlers.set(id, handler),
-      request: async (target: string, protocol: 'delta', message: ParameterDelta) => {
-        net.onSend?.(id, message);
+      handle: async (protocol: string, handler: Handler) => void handlers.set(`${id} ${protocol}`, handler),
+      request: async (target: string, protocol: 'delta' | 'deltas', message: ParameterDelta | ParameterDeltas) => {
+        for (const delta of 'deltas' in message ? message.deltas : [message]) net.onSend?.(id, delta);
         if (net.dead.has(id) || net.dead.has(target)) return new Promise(() => {});
-        const bytes = msgpackCodec.encodeRequest(protocol, message); // throws over the protocol's cap
+        const bytes = msgpackCodec.encodeRequest(protocol, message as never); // throws over the protocol's cap
         sent.push(bytes.length);
-        return handlers.get(target)!(msgpackCodec.decodeRequest(protocol, bytes), { peer: { toString: () => id } });
+        return handlers.get(`${target} ${protocol}`)!(msgpackCodec.decodeRequest(protocol, bytes), { peer: { toString: () => id } });
       },
     } as unknown as Rpc;
     const directory = { members: () => ids, address: (peer: string) => peer as unknown as DialTarget, admitted: () => true };

@@ -15,10 +15,18 @@ export function randomF32(shape: number[], seed: number): Tensor {
 export type Samples = { [P in ProtocolName]: { request: RequestOf<P>; response: ResponseOf<P> } };
 
 export function samples(): Samples {
+  const int8 = { dtype: 'I8' as const, shape: [2, 2], data: new Uint8Array([1, 255, 127, 128]) };
+  const delta = {
+    jobId: 'job-1',
+    group: groupId({ kind: 'expert', layer: 1, expert: 5 }),
+    round: 9,
+    steps: 50,
+    codec: 'int8-block32',
+    parts: [{ name: 'w1.q', tensor: int8 }, { name: 'w1.scale', tensor: randomF32([1], 5) }],
+  };
   const expertCall = (seed: number) => ({
     jobId: 'job-1', step: 12, call: 3, layer: 1, expert: 5, rows: 3, tensor: randomF32([3, 8], seed),
   });
-  const int8 = { dtype: 'I8' as const, shape: [2, 2], data: new Uint8Array([1, 255, 127, 128]) };
   return {
     join: {
       request: {
@@ -63,16 +71,10 @@ export function samples(): Samples {
     },
     expertForward: { request: expertCall(1), response: expertCall(2) },
     expertBackward: { request: { ...expertCall(3), input: randomF32([3, 8], 7) }, response: expertCall(4) },
-    delta: {
-      request: {
-        jobId: 'job-1',
-        group: groupId({ kind: 'expert', layer: 1, expert: 5 }),
-        round: 9,
-        steps: 50,
-        codec: 'int8-block32',
-        parts: [{ name: 'w1.q', tensor: int8 }, { name: 'w1.scale', tensor: randomF32([1], 5) }],
-      },
-      response: { accepted: true },
+    delta: { request: delta, response: { accepted: true } },
+    deltas: {
+      request: { deltas: [delta, { ...delta, group: groupId({ kind: 'trunk' }), part: { index: 1, count: 2 } }] },
+      response: { refusals: [{ index: 1, reason: 'trunk is cut into 3 parts here, got 2' }] },
     },
     state: {
       request: { jobId: 'job-1', group: groupId({ kind: 'trunk' }), names: ['embed', 'head'] },
