@@ -34,7 +34,7 @@ export interface PartArrival {
 export interface DeltaInbox {
   codec(group: string): Codec;
   /** A whole contribution (reassembled first when it came in parts). */
-  accept(group: string, sender: string, round: number, values: Float32Array[]): void;
+  accept(group: string, sender: string, round: number, values: Float32Array[], norm?: number): void;
   /** reduce-scatter: parts each holder owns or gathers back; absent, such messages are refused. */
   parts?: {
     /** Parts the group is cut into in round `round` under reduce-scatter: a message of another count is refused. */
@@ -305,18 +305,20 @@ export class DeltaExchange {
     } catch (err) {
       refuse(`${group}: ${(err as Error).message}`);
     }
-    const bad = firstNonFinite(values);
+    // One pass for both checks: the norm is non-finite exactly when a value is (f32 squares cannot overflow f64).
+    const partNorm = l2Norm(values);
+    const bad = Number.isFinite(partNorm) ? undefined : firstNonFinite(values);
     if (bad) refuse(`${group}: ${part.segments[bad.tensor].name} has a non-finite value at ${bad.index}`);
     const norm = delta.norm ?? 0;
-    if (phase === 'reduce' && l2Norm(values) > norm * NORM_SLACK) {
-      refuse(`${group}: part ${index} has norm ${l2Norm(values).toExponential(3)}, over the delta's stated norm ${norm.toExponential(3)}`);
+    if (phase === 'reduce' && partNorm > norm * NORM_SLACK) {
+      refuse(`${group}: part ${index} has norm ${partNorm.toExponential(3)}, over the delta's stated norm ${norm.toExponential(3)}`);
     }
     if (phase) {
       const reason = parts!.accept(group, { sender: peer, round, phase, index, count, norm, values });
       if (reason) throw new RefusedError(`${group}: ${reason}`);
     } else {
       const whole = this.assemble(group, peer, round, part, count, values);
-      if (whole) this.inbox.accept(group, peer, round, whole);
+      if (whole) this.inbox.accept(group, peer, round, whole, count === 1 ? partNorm : undefined);
     }
     this.peerRounds.set(peer, Math.max(this.peerRounds.get(peer) ?? 0, round));
     // Each waiting round of the group checks whether it now has what it waits for.

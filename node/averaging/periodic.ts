@@ -70,7 +70,7 @@ export class PeriodicAveraging implements Averager {
     const scatter = options.topology === 'reduce-scatter' || this.grouped;
     this.exchange = new DeltaExchange(components, options, {
       codec: (group) => this.codecFor(group),
-      accept: (group, sender, round, values) => this.accept(group, sender, round, values),
+      accept: (group, sender, round, values, norm) => this.accept(group, sender, round, values, norm),
       ...(scatter ? {
         parts: { count: (group, round) => this.scatter!.count(group, round), accept: (group, a) => this.scatter!.accept(group, a) },
       } : {}),
@@ -266,11 +266,11 @@ export class PeriodicAveraging implements Averager {
     else this.slowPeers.add(sender);
   }
 
-  private accept(group: string, sender: string, round: number, values: Float32Array[]): void {
+  private accept(group: string, sender: string, round: number, values: Float32Array[], norm?: number): void {
     this.heard(sender, round);
     const now = this.exchange.round;
     const kept = (this.pending.get(group) ?? []).filter((c) => c.round + KEEP_ROUNDS >= now && !(c.sender === sender && c.round === round));
-    kept.push({ sender, round, values });
+    kept.push({ sender, round, values, ...(norm === undefined ? {} : { norm }) });
     this.pending.set(group, kept);
   }
 }

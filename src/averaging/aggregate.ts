@@ -6,6 +6,8 @@ export interface Contribution {
   sender: string;
   round: number;
   values: Float32Array[];
+  /** The L2 norm of `values`, when the receiver already computed it (the outlier screen reads it). */
+  norm?: number;
 }
 
 export interface AggregatorOptions {

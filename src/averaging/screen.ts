@@ -40,10 +40,10 @@ export class NormScreen {
 
   constructor(private readonly maxRatio = DEFAULT_MAX_NORM_RATIO, private readonly historyLength = NORM_HISTORY) {}
 
-  screen<T extends { values: readonly Float32Array[] }>(
+  screen<T extends { values: readonly Float32Array[]; norm?: number }>(
     mine: readonly Float32Array[], arrived: readonly T[],
   ): { accepted: T[]; refused: Refusal<T>[] } {
-    return this.screenNorms(l2Norm(mine), arrived, arrived.map((c) => l2Norm(c.values)));
+    return this.screenNorms(l2Norm(mine), arrived, arrived.map((c) => c.norm ?? l2Norm(c.values)));
   }
 
   /**
