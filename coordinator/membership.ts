@@ -125,6 +125,13 @@ export class Membership {
     return this.all().filter((r) => r.status === 'alive');
   }
 
+  /** How many nodes are alive (without copying their records, as alive() does). */
+  get aliveCount(): number {
+    let count = 0;
+    for (const record of this.records.values()) if (record.status === 'alive') count++;
+    return count;
+  }
+
   /** Every node ever seen, in first-join order. */
   all(): NodeRecord[] {
     return [...this.records.values()].map(copy);

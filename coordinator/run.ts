@@ -65,6 +65,8 @@ export interface RunComponents {
 }
 
 export const MAX_NODES = 4096;
+/** Joins this close to the previous ones share their re-plan (see JobRun.join). */
+const JOIN_BATCH_MS = 200;
 const MAX_REASON = 1024;
 
 export const truncate = (text: string) => (text.length <= MAX_REASON ? text : `${text.slice(0, MAX_REASON - 3)}...`);
@@ -108,6 +110,10 @@ export class JobRun {
   /** Live leases as last written to the store (their batch ids, joined), to write only what changed. */
   private persistedLeases = new Map<number, string>();
   private readonly plans: SignedPlans;
+  /** Admissible joiners waiting for their re-plan, which joinTimer runs; when the last ones were admitted (performance.now()). */
+  private joiners: { request: JoinRequest; peer: string; admit: (reply: JoinResponse) => void; fail: (err: unknown) => void }[] = [];
+  private joinTimer?: NodeJS.Timeout;
+  private lastJoinsAt = -Infinity;
   started = false;
   /** No leases are granted while paused; members keep their state and heartbeats. */
   private paused = false;
@@ -185,21 +191,30 @@ export class JobRun {
 
   /** Hands the job's protocols back (the next job serves its own) once checkpoints under way are written. */
   async close(): Promise<void> {
+    if (this.joinTimer !== undefined) {
+      clearTimeout(this.joinTimer);
+      this.admitJoiners();
+    }
     await this.checkpoints?.idle();
     if (this.checkpoints) await this.components.rpc.unhandle('state');
     if (this.blobs) await this.components.rpc.unhandle('blobChunk');
   }
 
-  // --- requests (synchronous: each runs to completion before the next) --------------------------
+  // --- requests (synchronous, but for a join's wait for its re-plan: each runs to completion before the next) ----
 
-  join(request: JoinRequest, peer: string): JoinResponse {
+  /**
+   * Admits a node with the joiners of the same moment: joins within JOIN_BATCH_MS of the last ones wait for
+   * one re-plan together, so a crowd makes a plan version (planned, stored, signed, fetched by every node) per
+   * window instead of one per node. A join after a quiet spell is planned at once.
+   */
+  join(request: JoinRequest, peer: string): JoinResponse | Promise<JoinResponse> {
     const { emit } = this.components;
     const refuse = (reason: string, retryMs?: number): JoinResponse => {
       emit({ event: 'refused', node: peer, request: 'join', reason });
       return { admitted: false, version: PROTOCOL_VERSION, reason: truncate(reason), ...(retryMs ? { retryMs } : {}) };
     };
     const wasAlive = this.membership.get(peer)?.status === 'alive';
-    if (!wasAlive && this.membership.alive().length >= MAX_NODES) {
+    if (!wasAlive && this.membership.aliveCount + this.joiners.length >= MAX_NODES) {
       return refuse(`the swarm is full (${MAX_NODES} nodes)`, this.settings.nodeTimeoutMs);
     }
     const candidate: PlannerNode = { nodeId: peer, gemmGflops: request.gemmGflops, memoryBytes: request.memoryBytes, cores: request.cores };
@@ -209,25 +224,45 @@ export class JobRun {
       if (wasAlive && this.membership.leave(peer)) this.removed([peer], 'left'); // came back with too small a budget
       return refuse(refusal.reason);
     }
-    const before = this.planner.current?.version;
-    let plan = this.replan(candidate);
-    const type = this.membership.join({ nodeId: peer, cores: request.cores, gemmGflops: request.gemmGflops, memoryBytes: request.memoryBytes });
-    const moved = this.addresses.set(peer, request.addrs, this.components.seenFrom(peer));
-    // Back from elsewhere with the plan unchanged: its new addresses make a new version (see signedPlan).
-    if (moved && plan.version === before) plan = this.planner.bump()!;
-    // A node joining again restarted or was declared dead: whatever it held is not coming back.
-    const released = this.leases.release(peer);
-    this.persistLeases();
-    emit({
-      event: type, node: peer, cores: request.cores, gemmGflops: request.gemmGflops, memoryBytes: request.memoryBytes,
-      addrs: [...request.addrs], releasedBatchIds: released,
+    return new Promise((admit, fail) => {
+      this.joiners.push({ request, peer, admit, fail });
+      this.joinTimer ??= setTimeout(() => this.admitJoiners(), Math.max(0, this.lastJoinsAt + JOIN_BATCH_MS - performance.now()));
     });
-    this.announcePlan();
-    this.startIfReady();
-    return {
-      admitted: true, version: PROTOCOL_VERSION, job: this.job, tokenizer: this.tokenizerJson, ...this.signedPlan(plan, peer),
-      heartbeatMs: this.settings.heartbeatMs, completedBatches: this.leases.completed, ...(this.base ? { base: this.base } : {}),
-    };
+  }
+
+  /** The joiners waiting: members from now, one re-plan for all, each answered with the new plan in its address view. */
+  private admitJoiners(): void {
+    const { emit } = this.components;
+    const joiners = this.joiners;
+    this.joiners = [];
+    this.joinTimer = undefined;
+    this.lastJoinsAt = performance.now();
+    try {
+      const before = this.planner.current?.version;
+      let moved = false;
+      for (const { request, peer } of joiners) {
+        const { cores, gemmGflops, memoryBytes } = request;
+        const type = this.membership.join({ nodeId: peer, cores, gemmGflops, memoryBytes });
+        moved = this.addresses.set(peer, request.addrs, this.components.seenFrom(peer)) || moved;
+        // A node joining again restarted or was declared dead: whatever it held is not coming back.
+        const released = this.leases.release(peer);
+        emit({ event: type, node: peer, cores, gemmGflops, memoryBytes, addrs: [...request.addrs], releasedBatchIds: released });
+      }
+      let plan = this.replan();
+      // Back from elsewhere with the plan unchanged: its new addresses make a new version (see signedPlan).
+      if (moved && plan.version === before) plan = this.planner.bump()!;
+      this.persistLeases();
+      this.announcePlan();
+      this.startIfReady();
+      for (const { peer, admit } of joiners) {
+        admit({
+          admitted: true, version: PROTOCOL_VERSION, job: this.job, tokenizer: this.tokenizerJson, ...this.signedPlan(plan, peer),
+          heartbeatMs: this.settings.heartbeatMs, completedBatches: this.leases.completed, ...(this.base ? { base: this.base } : {}),
+        });
+      }
+    } catch (err) {
+      for (const { fail } of joiners) fail(err);
+    }
   }
 
   heartbeat(beat: Heartbeat, peer: string): HeartbeatReply {
@@ -324,7 +359,7 @@ export class JobRun {
   }
 
   private startIfReady(): void {
-    const alive = this.membership.alive().length;
+    const alive = this.membership.aliveCount;
     if (this.started || alive < this.job.expectedNodes) return;
     this.started = true;
     this.components.emit({ event: 'started', nodes: alive });
@@ -344,13 +379,10 @@ export class JobRun {
     });
   }
 
-  /** Plans for the live nodes, with `candidate` (a joiner) in place of its old record. */
-  private replan(candidate?: PlannerNode): ShardPlan {
-    const nodes: PlannerNode[] = this.membership
-      .alive()
-      .filter((n) => n.nodeId !== candidate?.nodeId)
-      .map(({ nodeId, gemmGflops, memoryBytes, cores }) => ({ nodeId, gemmGflops, memoryBytes, cores }));
-    return this.planner.plan(candidate ? [...nodes, candidate] : nodes);
+  /** Plans for the live nodes. */
+  private replan(): ShardPlan {
+    const nodes = this.membership.alive().map(({ nodeId, gemmGflops, memoryBytes, cores }): PlannerNode => ({ nodeId, gemmGflops, memoryBytes, cores }));
+    return this.planner.plan(nodes);
   }
 
   private announcePlan(): void {
