@@ -5,10 +5,11 @@
 // train the job to its end and the bench checks every batch was completed exactly once. Prints one table.
 // Run: npm run bench:volunteers [-- --nodes 1000 --workers 3 --seconds 150 --churn 0.1 --train-ms 5000 --heartbeat-ms 1000]
 //      npm run bench:volunteers -- --quick   (300 nodes, 2 workers, 60 s)
+//      --cpu-prof <dir>: the coordinator and the workers write V8 CPU profiles there (open in Chrome's DevTools)
 import { fork, spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
@@ -72,6 +73,9 @@ const progress = (message: string) => console.error(`[bench] ${new Date().toISOS
 
 interface Usage { cpuSeconds: number; rssBytes: number }
 
+const tally = (counts: Record<string, number>, key: string, by = 1) => (counts[key] = (counts[key] ?? 0) + by);
+const loadAverage = () => loadavg().map((l) => l.toFixed(1)).join(' ');
+
 function usageOf(pid: number): Usage {
   const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
   const ticks = Number(fields[11]) + Number(fields[12]); // utime, stime
@@ -93,7 +97,7 @@ async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
       quick: { type: 'boolean' }, nodes: { type: 'string' }, workers: { type: 'string' }, seconds: { type: 'string' },
-      churn: { type: 'string' }, 'train-ms': { type: 'string' }, 'heartbeat-ms': { type: 'string' },
+      churn: { type: 'string' }, 'train-ms': { type: 'string' }, 'heartbeat-ms': { type: 'string' }, 'cpu-prof': { type: 'string' },
     },
   });
   const quick = values.quick ?? false;
@@ -103,6 +107,7 @@ async function main(): Promise<void> {
   const churn = Number(values.churn ?? 0.1);
   const trainMs = Number(values['train-ms'] ?? 5000);
   const heartbeatMs = Number(values['heartbeat-ms'] ?? 1000);
+  const profile = values['cpu-prof'] === undefined ? [] : ['--cpu-prof', '--cpu-prof-dir', values['cpu-prof']];
   // About as many batches as the swarm trains in the run, so the job ends soon after the churn stops.
   const job: JobSpec = { ...JOB, totalBatches: Math.round((total * seconds * 1000) / trainMs) };
   const tokenizer = BpeTokenizer.train(jobDocuments(job).documents, { vocabSize: VOCAB });
@@ -114,7 +119,7 @@ async function main(): Promise<void> {
   const tokenizerFile = join(dir, 'tokenizer.json');
   await writeFile(tokenizerFile, JSON.stringify(tokenizer.toHuggingFace()));
   const coordinator = spawn(process.execPath, [
-    join(repoRoot, 'coordinator/bin.mjs'), '--job', jobFile, '--tokenizer', tokenizerFile, '--token', 'bench',
+    ...profile, join(repoRoot, 'coordinator/bin.mjs'), '--job', jobFile, '--tokenizer', tokenizerFile, '--token', 'bench',
     '--heartbeat-ms', String(heartbeatMs), '--lease-ms', String(Math.max(30_000, 4 * trainMs)),
   ], { cwd: dir, stdio: ['ignore', 'pipe', 'inherit'] });
   const joinedAt = new Map<string, number>();
@@ -123,6 +128,7 @@ async function main(): Promise<void> {
   let plans = 0;
   let died = 0;
   let left = 0;
+  const refused: Record<string, number> = {}; // peer messages the coordinator's transport refused, by protocol and reason
   const listening = new Promise<string>((resolve) => {
     createInterface({ input: coordinator.stdout }).on('line', (line) => {
       const event = JSON.parse(line);
@@ -131,17 +137,19 @@ async function main(): Promise<void> {
       else if (event.event === 'plan') plans++;
       else if (event.event === 'died') died++;
       else if (event.event === 'left') left++;
+      else if (event.event === 'rejected') tally(refused, `${event.protocol.split('/').at(-2)}: ${event.reason}`);
       else if (event.event === 'progress') counters = event.counters;
       else if (event.event === 'done') done = event;
     });
   });
   const address = await listening;
+  const loadAtStart = loadAverage();
   const pid = coordinator.pid!;
   const before = usageOf(pid);
   let peakRss = before.rssBytes;
 
   const children = Array.from({ length: workers }, () => fork(fileURLToPath(import.meta.url), ['--worker'], {
-    execArgv: ['--import', 'tsx'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+    execArgv: [...profile, '--import', 'tsx'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
   }));
   const share = (count: number, i: number) => Math.floor(count / workers) + (i < count % workers ? 1 : 0);
   const options: SimOptions = { coordinator: address, token: 'bench', memoryBytes, trainMs, idleMs: 1000 };
@@ -191,7 +199,7 @@ async function main(): Promise<void> {
   const accepted = results.flatMap((r) => r.stats.completed).sort((a, b) => a - b);
   const twice = accepted.filter((id, i) => i > 0 && accepted[i - 1] === id).length;
   const failures: Record<string, number> = {};
-  for (const r of results) for (const [k, v] of Object.entries(r.stats.failures)) failures[k] = (failures[k] ?? 0) + v;
+  for (const r of results) for (const [k, v] of Object.entries(r.stats.failures)) tally(failures, k, v);
   const ms = (v: number) => (Number.isNaN(v) ? '-' : v.toFixed(1));
   const cores = (a: Usage, b: Usage, seconds: number) => (seconds < 1 ? '-' : ((b.cpuSeconds - a.cpuSeconds) / seconds).toFixed(2));
   const rows: string[][] = [
@@ -215,8 +223,10 @@ async function main(): Promise<void> {
     ['coordinator counters', JSON.stringify(counters ?? {})],
     ['accepted reports (twice)', `${accepted.length} (${twice})`],
     ['failed requests', JSON.stringify(failures)],
+    ['requests the coordinator refused', JSON.stringify(refused)],
   ];
   console.log(`node ${process.version}, ${seconds} s, churn ${churn * 100}%/min, train ${trainMs} ms/batch, heartbeat ${heartbeatMs} ms`);
+  console.log(`load average (1, 5, 15 min) at the start: ${loadAtStart}, at the end: ${loadAverage()}`);
   printTable(['measure', 'value'], rows);
   // Exactly once by the coordinator's count; a node may miss the ack of a report the coordinator counted (a timeout), never the reverse.
   const exact = done !== undefined && done.completed === job.totalBatches && accepted.length <= job.totalBatches && twice === 0;

@@ -65,8 +65,11 @@ export interface RunComponents {
 }
 
 export const MAX_NODES = 4096;
-/** Joins this close to the previous ones share their re-plan (see JobRun.join). */
-const JOIN_BATCH_MS = 200;
+/**
+ * Joins this close to the previous ones share their re-plan (see JobRun.join): 200 ms, and 1 ms more per live node
+ * (up to 2 s), since each version costs every node a delta and a signature check over the whole plan, O(nodes) each.
+ */
+const joinWindowMs = (nodes: number) => Math.min(2000, Math.max(200, nodes));
 const MAX_REASON = 1024;
 
 export const truncate = (text: string) => (text.length <= MAX_REASON ? text : `${text.slice(0, MAX_REASON - 3)}...`);
@@ -203,7 +206,7 @@ export class JobRun {
   // --- requests (synchronous, but for a join's wait for its re-plan: each runs to completion before the next) ----
 
   /**
-   * Admits a node with the joiners of the same moment: joins within JOIN_BATCH_MS of the last ones wait for
+   * Admits a node with the joiners of the same moment: joins within joinWindowMs of the last ones wait for
    * one re-plan together, so a crowd makes a plan version (planned, stored, signed, fetched by every node) per
    * window instead of one per node. A join after a quiet spell is planned at once.
    */
@@ -226,7 +229,8 @@ export class JobRun {
     }
     return new Promise((admit, fail) => {
       this.joiners.push({ request, peer, admit, fail });
-      this.joinTimer ??= setTimeout(() => this.admitJoiners(), Math.max(0, this.lastJoinsAt + JOIN_BATCH_MS - performance.now()));
+      const wait = this.lastJoinsAt + joinWindowMs(this.membership.aliveCount) - performance.now();
+      this.joinTimer ??= setTimeout(() => this.admitJoiners(), Math.max(0, wait));
     });
   }
 

@@ -8,7 +8,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import {
   applyPlanDelta, msgpackCodec, planSigningBytes, PROTOCOL_VERSION, type JoinRequest, type Plan, type RequestOf, type ResponseOf,
 } from '../../proto/index.ts';
-import { createHost, RefusedError, Rpc, signedBy, type Host } from '../p2p/index.ts';
+import { createHost, backoffMs, RefusedError, Rpc, signedBy, type Host } from '../p2p/index.ts';
 
 export interface SimOptions {
   /** The coordinator's multiaddr, ending in /p2p/<peerId> (its key signs the plans). */
@@ -48,6 +48,9 @@ export class SimStats {
 }
 
 type Timed = 'join' | 'heartbeat' | 'lease' | 'leaseReport';
+
+/** The longest pause between join attempts: a simulated crowd keeps asking within the bench's minute. */
+const JOIN_BACKOFF_MAX_MS = 8000;
 
 export function percentile(values: number[], p: number): number {
   if (values.length === 0) return NaN;
@@ -122,8 +125,11 @@ export class SimNode {
       this.stats.roundTrips[protocol].push(performance.now() - t0);
       return reply;
     } catch (err) {
-      const why = `${protocol}: ${err instanceof RefusedError ? err.reason : (err as Error).name}`;
-      this.stats.failures[why] = (this.stats.failures[why] ?? 0) + 1;
+      // A stopping node's requests fail as its own host closes under them: not the coordinator's failures.
+      if (!this.stopping) {
+        const why = `${protocol}: ${err instanceof RefusedError ? err.reason : (err as Error).name}`;
+        this.stats.failures[why] = (this.stats.failures[why] ?? 0) + 1;
+      }
       throw err;
     }
   }
@@ -142,13 +148,13 @@ export class SimNode {
 
   /** Joins until admitted (or the swarm is closed); false when there is nothing to join. */
   private async join(): Promise<boolean> {
-    while (!this.stopping) {
+    for (let attempt = 0; !this.stopping; attempt++) {
       let reply;
       try {
         reply = await this.timed('join', this.joinRequest());
       } catch {
-        // Busy (a crowd joining at once) or unreachable: ask again after a jittered pause, as a crowd must.
-        await this.sleep(500 + Math.random() * 1000);
+        // Busy (a crowd joining at once) or unreachable: ask again after a jittered, growing pause, as a crowd must.
+        await this.sleep(backoffMs(attempt, 1000, JOIN_BACKOFF_MAX_MS));
         continue;
       }
       if (reply.admitted) {
