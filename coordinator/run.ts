@@ -110,8 +110,8 @@ export class JobRun {
   private readonly blobs?: BlobSource;
   private checkpoints?: JobCheckpoints;
   private announcedVersion = 0;
-  /** Live leases as last written to the store (their batch ids, joined), to write only what changed. */
-  private persistedLeases = new Map<number, string>();
+  /** The next lease id as last written to the store. */
+  private persistedNextLeaseId?: number;
   private readonly plans: SignedPlans;
   /** Admissible joiners waiting for their re-plan, which joinTimer runs; when the last ones were admitted (performance.now()). */
   private joiners: { request: JoinRequest; peer: string; admit: (reply: JoinResponse) => void; fail: (err: unknown) => void }[] = [];
@@ -335,7 +335,6 @@ export class JobRun {
   private restore(): void {
     const { store } = this.components;
     this.leases.restore(store.completed(this.id), store.leases(this.id), this.row.nextLeaseId);
-    for (const lease of this.leases.live()) this.persistedLeases.set(lease.leaseId, lease.batchIds.join());
     const stored = store.plan<StoredShardPlan>(this.id);
     if (!stored) return;
     this.planner.restore(shardPlan(stored.plan));
@@ -371,16 +370,11 @@ export class JobRun {
 
   /** Writes the lease changes since the last call (and `completed`, in the same transaction): only leases that changed. */
   private persistLeases(completed?: { nodeId: string; batchIds: number[]; at: number }): void {
-    const live = this.leases.live();
-    const written = this.persistedLeases;
-    this.persistedLeases = new Map(live.map((lease) => [lease.leaseId, lease.batchIds.join()]));
-    const changed = live.filter((lease) => written.get(lease.leaseId) !== this.persistedLeases.get(lease.leaseId));
-    const gone = [...written.keys()].filter((id) => !this.persistedLeases.has(id));
-    this.components.store.updateLeases(this.id, {
-      ...(completed ? { completed } : {}),
-      leases: [...changed, ...gone.map((leaseId) => ({ leaseId, nodeId: '', batchIds: [] }))],
-      nextLeaseId: this.leases.nextLeaseId,
-    });
+    const leases = this.leases.takeChanges();
+    const { nextLeaseId } = this.leases;
+    if (!completed && leases.length === 0 && nextLeaseId === this.persistedNextLeaseId) return;
+    this.persistedNextLeaseId = nextLeaseId;
+    this.components.store.updateLeases(this.id, { ...(completed ? { completed } : {}), leases, nextLeaseId });
   }
 
   /** Plans for the live nodes. */
