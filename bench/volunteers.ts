@@ -216,6 +216,7 @@ async function main(): Promise<void> {
       `${cores(before, steady, (steadyAt - t0) / 1000)} / ${cores(steady, running, (runningAt - steadyAt) / 1000)} cores`,
     ],
     ['coordinator RSS peak', `${(peakRss / 2 ** 20).toFixed(0)} MiB`],
+    ['longest heartbeat period told to nodes', `${Math.max(...results.map((r) => r.stats.longestHeartbeatMs))} ms`],
     ['bytes per heartbeat (request / reply)', `${(requestBytes / beats).toFixed(0)} / ${(replyBytes / beats).toFixed(0)}`],
     ['plans received by nodes (as deltas)', `${sum((r) => r.stats.plansReceived)} (${sum((r) => r.stats.planDeltas)})`],
     ['left / died', `${left} / ${died}`],

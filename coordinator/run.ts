@@ -45,6 +45,8 @@ export interface RunSettings {
   replication: number;
   /** Give every node every peer address, private ones included (see addresses.ts). */
   lan: boolean;
+  /** Past this many heartbeats a second, their period stretches (see JobRun.heartbeatPeriodMs). */
+  maxHeartbeatsPerSecond: number;
   /** With a data directory, checkpoints and the result go to <dataDir>/jobs/<jobId>/. */
   dataDir?: string;
   checkpointEvery: number;
@@ -117,6 +119,8 @@ export class JobRun {
   private joiners: { request: JoinRequest; peer: string; admit: (reply: JoinResponse) => void; fail: (err: unknown) => void }[] = [];
   private joinTimer?: NodeJS.Timeout;
   private lastJoinsAt = -Infinity;
+  /** The heartbeat period has been stretched (see heartbeatPeriodMs): heartbeat replies carry it. */
+  private stretched = false;
   started = false;
   /** No leases are granted while paused; members keep their state and heartbeats. */
   private paused = false;
@@ -261,7 +265,7 @@ export class JobRun {
       for (const { peer, admit } of joiners) {
         admit({
           admitted: true, version: PROTOCOL_VERSION, job: this.job, tokenizer: this.tokenizerJson, ...this.signedPlan(plan, peer),
-          heartbeatMs: this.settings.heartbeatMs, completedBatches: this.leases.completed, ...(this.base ? { base: this.base } : {}),
+          heartbeatMs: this.heartbeatPeriodMs(), completedBatches: this.leases.completed, ...(this.base ? { base: this.base } : {}),
         });
       }
     } catch (err) {
@@ -285,7 +289,25 @@ export class JobRun {
       this.announcePlan();
     }
     const plan = this.planner.current!;
-    return { accepted: true, ...(plan.version > beat.planVersion ? this.newerPlan(plan, peer, beat.planVersion) : {}), stop: this.done };
+    const heartbeatMs = this.heartbeatPeriodMs();
+    return {
+      accepted: true, ...(this.stretched ? { heartbeatMs } : {}),
+      ...(plan.version > beat.planVersion ? this.newerPlan(plan, peer, beat.planVersion) : {}), stop: this.done,
+    };
+  }
+
+  /**
+   * The period nodes are told to heartbeat at: the configured one, stretched (in steps of 100 ms) to keep the swarm's
+   * heartbeats within maxHeartbeatsPerSecond, and never past a fifth of the node timeout, so a node misses four
+   * beats before it is declared dead. Once it has stretched, every heartbeat reply carries it (a shrinking swarm's
+   * nodes go back to the configured period); until then replies stay as they were.
+   */
+  private heartbeatPeriodMs(): number {
+    const { heartbeatMs, nodeTimeoutMs, maxHeartbeatsPerSecond } = this.settings;
+    const spread = Math.ceil((this.membership.aliveCount * 1000) / maxHeartbeatsPerSecond / 100) * 100;
+    const period = Math.max(heartbeatMs, Math.min(spread, Math.floor(nodeTimeoutMs / 5)));
+    if (period !== heartbeatMs) this.stretched = true;
+    return period;
   }
 
   lease(request: LeaseRequest, peer: string): LeaseGrant {

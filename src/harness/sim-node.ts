@@ -45,6 +45,8 @@ export class SimStats {
   /** Batch ids whose report got no answer (lost, or the node vanished meanwhile): the coordinator may have taken them. */
   readonly unacknowledged: number[] = [];
   reportsRefused = 0;
+  /** The longest heartbeat period the coordinator told a node (it stretches it as the swarm grows). */
+  longestHeartbeatMs = 0;
 }
 
 type Timed = 'join' | 'heartbeat' | 'lease' | 'leaseReport';
@@ -159,7 +161,7 @@ export class SimNode {
       }
       if (reply.admitted) {
         this.jobId = reply.job.jobId;
-        this.heartbeatMs = reply.heartbeatMs;
+        this.setHeartbeatMs(reply.heartbeatMs);
         this.accept(reply.plan, reply.planSignature);
         this.joinedAt ??= Date.now();
         return true;
@@ -179,6 +181,7 @@ export class SimNode {
       const reply = await this.timed('heartbeat', message);
       this.stats.heartbeatRequestBytes += msgpackCodec.encodeRequest('heartbeat', message).byteLength;
       this.stats.heartbeatReplyBytes += msgpackCodec.encodeReply('heartbeat', { ok: reply }).byteLength;
+      if (reply.heartbeatMs !== undefined) this.setHeartbeatMs(reply.heartbeatMs);
       let plan = reply.plan;
       if (reply.planDelta) {
         this.stats.planDeltas++;
@@ -194,6 +197,11 @@ export class SimNode {
     } catch {
       // counted in stats.failures; the next beat tries again
     }
+  }
+
+  private setHeartbeatMs(ms: number): void {
+    this.heartbeatMs = ms;
+    this.stats.longestHeartbeatMs = Math.max(this.stats.longestHeartbeatMs, ms);
   }
 
   private startHeartbeat(): void {
