@@ -401,8 +401,8 @@ export class JobRun {
 
   /** Plans for the live nodes. */
   private replan(): ShardPlan {
-    const nodes = this.membership.alive().map(({ nodeId, gemmGflops, memoryBytes, cores }): PlannerNode => ({ nodeId, gemmGflops, memoryBytes, cores }));
-    return this.planner.plan(nodes);
+    const nodes = this.membership.alive();
+    return this.planner.plan(nodes.map(({ nodeId, gemmGflops, memoryBytes, cores }) => ({ nodeId, gemmGflops, memoryBytes, cores })));
   }
 
   private announcePlan(): void {

@@ -231,7 +231,7 @@ describe('job leases (global batch ids)', () => {
     expect(leases.stats).toMatchObject({ issued: 9, reissued: 3, expired: 2, released: 1 });
   });
 
-  it('completes every batch of the job exactly once whatever nodes do, and its changes keep a copy equal to the live leases (randomized)', () => {
+  it('completes every batch of the job exactly once whatever nodes do; its changes keep a copy of the live leases (randomized)', () => {
     for (const seed of [1, 2, 3]) {
       const random = rng(seed);
       const uniform = () => (random() + 1) / 2;
