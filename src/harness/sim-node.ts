@@ -6,9 +6,10 @@ import '../p2p/polyfill.ts'; // before any libp2p import
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr';
 import { setTimeout as delay } from 'node:timers/promises';
 import {
-  applyPlanDelta, msgpackCodec, planSigningBytes, PROTOCOL_VERSION, type JoinRequest, type Plan, type RequestOf, type ResponseOf,
+  applyPlanDelta, JOIN_TIMEOUT_MS, msgpackCodec, planSigningBytes, PROTOCOL_VERSION,
+  type JoinRequest, type Plan, type RequestOf, type ResponseOf,
 } from '../../proto/index.ts';
-import { createHost, backoffMs, RefusedError, Rpc, signedBy, type Host } from '../p2p/index.ts';
+import { backoffMs, createHost, RefusedError, Rpc, signedBy, type Host } from '../p2p/index.ts';
 
 export interface SimOptions {
   /** The coordinator's multiaddr, ending in /p2p/<peerId> (its key signs the plans). */
@@ -25,7 +26,7 @@ export interface SimOptions {
   idleMs?: number;
   /** Check every plan's signature, as a real node does. Default true. */
   verifyPlans?: boolean;
-  /** Deadline of one request. Default 10000. */
+  /** Deadline of one request but a join (JOIN_TIMEOUT_MS, as a real node's). Default 10000. */
   timeoutMs?: number;
 }
 
@@ -123,7 +124,8 @@ export class SimNode {
   private async timed<P extends Timed>(protocol: P, message: RequestOf<P>): Promise<ResponseOf<P>> {
     const t0 = performance.now();
     try {
-      const reply = await this.rpc.request(this.target, protocol, message, { timeout: this.options.timeoutMs ?? 10_000 });
+      const timeout = protocol === 'join' ? JOIN_TIMEOUT_MS : this.options.timeoutMs ?? 10_000;
+      const reply = await this.rpc.request(this.target, protocol, message, { timeout });
       this.stats.roundTrips[protocol].push(performance.now() - t0);
       return reply;
     } catch (err) {
