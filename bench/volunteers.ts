@@ -37,9 +37,10 @@ const JOB: Omit<JobSpec, 'totalBatches'> = {
 };
 
 /** Parent to worker. */
-type Command = { start: number; options: SimOptions } | { leave: number } | { finish: true };
-/** Worker to parent: its nodes' measurements once they are all done. */
-interface WorkerReport { stats: SimStats; nodes: number }
+type Command = { start: number; options: SimOptions } | { leave: number } | { steady: true } | { finish: true };
+/** Worker to parent: its nodes' measurements once they are all done, and how many round trips of each came before all had joined. */
+interface WorkerReport { stats: SimStats; nodes: number; beforeSteady: Record<Timed, number> }
+type Timed = keyof SimStats['roundTrips'];
 
 // --- worker: a few hundred simulated nodes in one process ---------------------------------------
 
@@ -47,6 +48,7 @@ async function worker(): Promise<void> {
   const stats = new SimStats();
   const nodes: SimNode[] = [];
   let options: SimOptions | undefined;
+  let beforeSteady: Record<Timed, number> = { join: 0, heartbeat: 0, lease: 0, leaseReport: 0 };
   process.on('message', async (command: Command) => {
     if ('start' in command) {
       options = command.options;
@@ -55,6 +57,9 @@ async function worker(): Promise<void> {
     } else if ('leave' in command) {
       const leaving = nodes.filter((node) => !node.stopping).slice(0, command.leave);
       await Promise.all(leaving.map((node, i) => node.stop(i % 2 === 0)));
+    } else if ('steady' in command) {
+      beforeSteady = { join: 0, heartbeat: 0, lease: 0, leaseReport: 0 };
+      for (const name of Object.keys(beforeSteady) as Timed[]) beforeSteady[name] = stats.roundTrips[name].length;
     } else {
       // The job trains to its end: every node hears it is done (or, still joining, gives up a minute later), then all stop.
       const giveUp = Date.now() + 60_000;
@@ -62,7 +67,7 @@ async function worker(): Promise<void> {
         await new Promise((resolve) => setTimeout(resolve, 200));
       }
       await Promise.all(nodes.map((node) => node.stop(false)));
-      process.send!({ stats, nodes: nodes.length } satisfies WorkerReport, () => process.exit(0));
+      process.send!({ stats, nodes: nodes.length, beforeSteady } satisfies WorkerReport, () => process.exit(0));
     }
   });
 }
@@ -108,8 +113,8 @@ async function main(): Promise<void> {
   const trainMs = Number(values['train-ms'] ?? 5000);
   const heartbeatMs = Number(values['heartbeat-ms'] ?? 1000);
   const profile = values['cpu-prof'] === undefined ? [] : ['--cpu-prof', '--cpu-prof-dir', values['cpu-prof']];
-  // About as many batches as the swarm trains in the run, so the job ends soon after the churn stops.
-  const job: JobSpec = { ...JOB, totalBatches: Math.round((total * seconds * 1000) / trainMs) };
+  // About as many batches as the swarm trains in the run (a minute of joining, then the churn), so the job ends soon after the churn stops.
+  const job: JobSpec = { ...JOB, totalBatches: Math.round((total * (60 + seconds) * 1000) / trainMs) };
   const tokenizer = BpeTokenizer.train(jobDocuments(job).documents, { vocabSize: VOCAB });
   const memoryBytes = nodeBytes(footprint(jobConfig(job, tokenizer), jobFootprintSettings(job)), 2, false); // the trunk and 2 experts
 
@@ -167,6 +172,7 @@ async function main(): Promise<void> {
   const allJoinedMs = joinedAt.size >= total ? Math.max(...joinedAt.values()) - t0 : NaN;
   const steady = usageOf(pid);
   const steadyAt = Date.now();
+  for (const child of children) child.send({ steady: true } satisfies Command);
 
   // Churn for the run's seconds once all have joined (or two minutes passed): every tenth of a minute, a tenth of the minute's
   // leavers and joiners.
@@ -191,7 +197,8 @@ async function main(): Promise<void> {
   coordinator.kill('SIGTERM');
   await rm(dir, { recursive: true, force: true });
 
-  const merged = (name: keyof SimStats['roundTrips']) => results.flatMap((r) => r.stats.roundTrips[name]);
+  const merged = (name: Timed) => results.flatMap((r) => r.stats.roundTrips[name]);
+  const afterJoins = (name: Timed) => results.flatMap((r) => r.stats.roundTrips[name].slice(r.beforeSteady[name]));
   const beats = merged('heartbeat').length;
   const sum = (of: (result: WorkerReport) => number) => results.reduce((s, r) => s + of(r), 0);
   const replyBytes = sum((r) => r.stats.heartbeatReplyBytes);
@@ -206,8 +213,8 @@ async function main(): Promise<void> {
     ['nodes (workers)', `${total} (${workers}), ${sum((r) => r.nodes)} in all with churn`],
     ['all joined', `${ms(allJoinedMs / 1000)} s`],
     ...(['join', 'heartbeat', 'lease', 'leaseReport'] as const).map((name) => {
-      const values = merged(name);
-      return [`${name} round trip p50 / p99`, `${ms(percentile(values, 50))} / ${ms(percentile(values, 99))} ms (${values.length})`];
+      const p50p99 = (values: number[]) => `${ms(percentile(values, 50))} / ${ms(percentile(values, 99))} ms (${values.length})`;
+      return [`${name} round trip p50 / p99: all / after the joins`, `${p50p99(merged(name))}; ${p50p99(afterJoins(name))}`];
     }),
     ['re-plan (planner alone)', `${ms(replanMs(job, tokenizer, total, memoryBytes))} ms at ${total} nodes`],
     ['plan versions', String(plans)],
