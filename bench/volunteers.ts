@@ -5,10 +5,11 @@
 // train the job to its end and the bench checks every batch was completed exactly once. Prints one table.
 // Run: npm run bench:volunteers [-- --nodes 1000 --workers 3 --seconds 150 --churn 0.1 --train-ms 5000 --heartbeat-ms 1000]
 //      npm run bench:volunteers -- --quick   (300 nodes, 2 workers, 60 s)
+//      --cpu-prof <dir>: the coordinator and the workers write V8 CPU profiles there (open in Chrome's DevTools)
 import { fork, spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
@@ -36,9 +37,10 @@ const JOB: Omit<JobSpec, 'totalBatches'> = {
 };
 
 /** Parent to worker. */
-type Command = { start: number; options: SimOptions } | { leave: number } | { finish: true };
-/** Worker to parent: its nodes' measurements once they are all done. */
-interface WorkerReport { stats: SimStats; nodes: number }
+type Command = { start: number; options: SimOptions } | { leave: number } | { steady: true } | { finish: true };
+/** Worker to parent: its nodes' measurements once they are all done, and how many round trips of each came before all had joined. */
+interface WorkerReport { stats: SimStats; nodes: number; beforeSteady: Record<Timed, number> }
+type Timed = keyof SimStats['roundTrips'];
 
 // --- worker: a few hundred simulated nodes in one process ---------------------------------------
 
@@ -46,6 +48,7 @@ async function worker(): Promise<void> {
   const stats = new SimStats();
   const nodes: SimNode[] = [];
   let options: SimOptions | undefined;
+  let beforeSteady: Record<Timed, number> = { join: 0, heartbeat: 0, lease: 0, leaseReport: 0 };
   process.on('message', async (command: Command) => {
     if ('start' in command) {
       options = command.options;
@@ -54,6 +57,9 @@ async function worker(): Promise<void> {
     } else if ('leave' in command) {
       const leaving = nodes.filter((node) => !node.stopping).slice(0, command.leave);
       await Promise.all(leaving.map((node, i) => node.stop(i % 2 === 0)));
+    } else if ('steady' in command) {
+      beforeSteady = { join: 0, heartbeat: 0, lease: 0, leaseReport: 0 };
+      for (const name of Object.keys(beforeSteady) as Timed[]) beforeSteady[name] = stats.roundTrips[name].length;
     } else {
       // The job trains to its end: every node hears it is done (or, still joining, gives up a minute later), then all stop.
       const giveUp = Date.now() + 60_000;
@@ -61,7 +67,7 @@ async function worker(): Promise<void> {
         await new Promise((resolve) => setTimeout(resolve, 200));
       }
       await Promise.all(nodes.map((node) => node.stop(false)));
-      process.send!({ stats, nodes: nodes.length } satisfies WorkerReport, () => process.exit(0));
+      process.send!({ stats, nodes: nodes.length, beforeSteady } satisfies WorkerReport, () => process.exit(0));
     }
   });
 }
@@ -71,6 +77,9 @@ async function worker(): Promise<void> {
 const progress = (message: string) => console.error(`[bench] ${new Date().toISOString().slice(11, 19)} ${message}`);
 
 interface Usage { cpuSeconds: number; rssBytes: number }
+
+const tally = (counts: Record<string, number>, key: string, by = 1) => (counts[key] = (counts[key] ?? 0) + by);
+const loadAverage = () => loadavg().map((l) => l.toFixed(1)).join(' ');
 
 function usageOf(pid: number): Usage {
   const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
@@ -93,7 +102,7 @@ async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
       quick: { type: 'boolean' }, nodes: { type: 'string' }, workers: { type: 'string' }, seconds: { type: 'string' },
-      churn: { type: 'string' }, 'train-ms': { type: 'string' }, 'heartbeat-ms': { type: 'string' },
+      churn: { type: 'string' }, 'train-ms': { type: 'string' }, 'heartbeat-ms': { type: 'string' }, 'cpu-prof': { type: 'string' },
     },
   });
   const quick = values.quick ?? false;
@@ -103,8 +112,9 @@ async function main(): Promise<void> {
   const churn = Number(values.churn ?? 0.1);
   const trainMs = Number(values['train-ms'] ?? 5000);
   const heartbeatMs = Number(values['heartbeat-ms'] ?? 1000);
-  // About as many batches as the swarm trains in the run, so the job ends soon after the churn stops.
-  const job: JobSpec = { ...JOB, totalBatches: Math.round((total * seconds * 1000) / trainMs) };
+  const profile = values['cpu-prof'] === undefined ? [] : ['--cpu-prof', '--cpu-prof-dir', values['cpu-prof']];
+  // About as many batches as the swarm trains in the run (a minute of joining, then the churn), so the job ends soon after the churn stops.
+  const job: JobSpec = { ...JOB, totalBatches: Math.round((total * (60 + seconds) * 1000) / trainMs) };
   const tokenizer = BpeTokenizer.train(jobDocuments(job).documents, { vocabSize: VOCAB });
   const memoryBytes = nodeBytes(footprint(jobConfig(job, tokenizer), jobFootprintSettings(job)), 2, false); // the trunk and 2 experts
 
@@ -114,7 +124,7 @@ async function main(): Promise<void> {
   const tokenizerFile = join(dir, 'tokenizer.json');
   await writeFile(tokenizerFile, JSON.stringify(tokenizer.toHuggingFace()));
   const coordinator = spawn(process.execPath, [
-    join(repoRoot, 'coordinator/bin.mjs'), '--job', jobFile, '--tokenizer', tokenizerFile, '--token', 'bench',
+    ...profile, join(repoRoot, 'coordinator/bin.mjs'), '--job', jobFile, '--tokenizer', tokenizerFile, '--token', 'bench',
     '--heartbeat-ms', String(heartbeatMs), '--lease-ms', String(Math.max(30_000, 4 * trainMs)),
   ], { cwd: dir, stdio: ['ignore', 'pipe', 'inherit'] });
   const joinedAt = new Map<string, number>();
@@ -123,6 +133,7 @@ async function main(): Promise<void> {
   let plans = 0;
   let died = 0;
   let left = 0;
+  const refused: Record<string, number> = {}; // peer messages the coordinator's transport refused, by protocol and reason
   const listening = new Promise<string>((resolve) => {
     createInterface({ input: coordinator.stdout }).on('line', (line) => {
       const event = JSON.parse(line);
@@ -131,17 +142,19 @@ async function main(): Promise<void> {
       else if (event.event === 'plan') plans++;
       else if (event.event === 'died') died++;
       else if (event.event === 'left') left++;
+      else if (event.event === 'rejected') tally(refused, `${event.protocol.split('/').at(-2)}: ${event.reason}`);
       else if (event.event === 'progress') counters = event.counters;
       else if (event.event === 'done') done = event;
     });
   });
   const address = await listening;
+  const loadAtStart = loadAverage();
   const pid = coordinator.pid!;
   const before = usageOf(pid);
   let peakRss = before.rssBytes;
 
   const children = Array.from({ length: workers }, () => fork(fileURLToPath(import.meta.url), ['--worker'], {
-    execArgv: ['--import', 'tsx'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+    execArgv: [...profile, '--import', 'tsx'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
   }));
   const share = (count: number, i: number) => Math.floor(count / workers) + (i < count % workers ? 1 : 0);
   const options: SimOptions = { coordinator: address, token: 'bench', memoryBytes, trainMs, idleMs: 1000 };
@@ -159,6 +172,7 @@ async function main(): Promise<void> {
   const allJoinedMs = joinedAt.size >= total ? Math.max(...joinedAt.values()) - t0 : NaN;
   const steady = usageOf(pid);
   const steadyAt = Date.now();
+  for (const child of children) child.send({ steady: true } satisfies Command);
 
   // Churn for the run's seconds once all have joined (or two minutes passed): every tenth of a minute, a tenth of the minute's
   // leavers and joiners.
@@ -183,7 +197,8 @@ async function main(): Promise<void> {
   coordinator.kill('SIGTERM');
   await rm(dir, { recursive: true, force: true });
 
-  const merged = (name: keyof SimStats['roundTrips']) => results.flatMap((r) => r.stats.roundTrips[name]);
+  const merged = (name: Timed) => results.flatMap((r) => r.stats.roundTrips[name]);
+  const afterJoins = (name: Timed) => results.flatMap((r) => r.stats.roundTrips[name].slice(r.beforeSteady[name]));
   const beats = merged('heartbeat').length;
   const sum = (of: (result: WorkerReport) => number) => results.reduce((s, r) => s + of(r), 0);
   const replyBytes = sum((r) => r.stats.heartbeatReplyBytes);
@@ -191,15 +206,15 @@ async function main(): Promise<void> {
   const accepted = results.flatMap((r) => r.stats.completed).sort((a, b) => a - b);
   const twice = accepted.filter((id, i) => i > 0 && accepted[i - 1] === id).length;
   const failures: Record<string, number> = {};
-  for (const r of results) for (const [k, v] of Object.entries(r.stats.failures)) failures[k] = (failures[k] ?? 0) + v;
+  for (const r of results) for (const [k, v] of Object.entries(r.stats.failures)) tally(failures, k, v);
   const ms = (v: number) => (Number.isNaN(v) ? '-' : v.toFixed(1));
   const cores = (a: Usage, b: Usage, seconds: number) => (seconds < 1 ? '-' : ((b.cpuSeconds - a.cpuSeconds) / seconds).toFixed(2));
   const rows: string[][] = [
     ['nodes (workers)', `${total} (${workers}), ${sum((r) => r.nodes)} in all with churn`],
     ['all joined', `${ms(allJoinedMs / 1000)} s`],
     ...(['join', 'heartbeat', 'lease', 'leaseReport'] as const).map((name) => {
-      const values = merged(name);
-      return [`${name} round trip p50 / p99`, `${ms(percentile(values, 50))} / ${ms(percentile(values, 99))} ms (${values.length})`];
+      const p50p99 = (values: number[]) => `${ms(percentile(values, 50))} / ${ms(percentile(values, 99))} ms (${values.length})`;
+      return [`${name} round trip p50 / p99: all / after the joins`, `${p50p99(merged(name))}; ${p50p99(afterJoins(name))}`];
     }),
     ['re-plan (planner alone)', `${ms(replanMs(job, tokenizer, total, memoryBytes))} ms at ${total} nodes`],
     ['plan versions', String(plans)],
@@ -208,6 +223,7 @@ async function main(): Promise<void> {
       `${cores(before, steady, (steadyAt - t0) / 1000)} / ${cores(steady, running, (runningAt - steadyAt) / 1000)} cores`,
     ],
     ['coordinator RSS peak', `${(peakRss / 2 ** 20).toFixed(0)} MiB`],
+    ['longest heartbeat period told to nodes', `${Math.max(...results.map((r) => r.stats.longestHeartbeatMs))} ms`],
     ['bytes per heartbeat (request / reply)', `${(requestBytes / beats).toFixed(0)} / ${(replyBytes / beats).toFixed(0)}`],
     ['plans received by nodes (as deltas)', `${sum((r) => r.stats.plansReceived)} (${sum((r) => r.stats.planDeltas)})`],
     ['left / died', `${left} / ${died}`],
@@ -215,8 +231,10 @@ async function main(): Promise<void> {
     ['coordinator counters', JSON.stringify(counters ?? {})],
     ['accepted reports (twice)', `${accepted.length} (${twice})`],
     ['failed requests', JSON.stringify(failures)],
+    ['requests the coordinator refused', JSON.stringify(refused)],
   ];
   console.log(`node ${process.version}, ${seconds} s, churn ${churn * 100}%/min, train ${trainMs} ms/batch, heartbeat ${heartbeatMs} ms`);
+  console.log(`load average (1, 5, 15 min) at the start: ${loadAtStart}, at the end: ${loadAverage()}`);
   printTable(['measure', 'value'], rows);
   // Exactly once by the coordinator's count; a node may miss the ack of a report the coordinator counted (a timeout), never the reverse.
   const exact = done !== undefined && done.completed === job.totalBatches && accepted.length <= job.totalBatches && twice === 0;

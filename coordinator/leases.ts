@@ -67,6 +67,8 @@ export class DataLeases {
   /** Batches never handed out this epoch are nextFresh..N-1; returned ones wait in `returned`. */
   private nextFresh = 0;
   private readonly returned = new MinHeap();
+  /** Leases granted, shrunk or ended since the last takeChanges(). */
+  private readonly touched = new Set<number>();
 
   constructor(options: LeaseOptions) {
     if (!Number.isSafeInteger(options.batches) || options.batches < 1) throw new RangeError(`leases: batches must be a positive integer, got ${options.batches}`);
@@ -118,6 +120,7 @@ export class DataLeases {
     const deadline = this.now() + this.leaseMs;
     if (ids.length > 0) {
       this.leases.set(leaseId, { nodeId, deadline, ids: new Set(ids) });
+      this.touched.add(leaseId);
       for (const id of ids) {
         if (this.lastHolder[id] !== undefined) this.counters.reissued++;
         this.leaseOf[id] = leaseId;
@@ -196,7 +199,22 @@ export class DataLeases {
 
   /** Live leases: each with the batches not reported yet. */
   live(): { leaseId: number; nodeId: string; ids: number[] }[] {
-    return [...this.leases].map(([leaseId, lease]) => ({ leaseId, nodeId: lease.nodeId, ids: [...lease.ids].sort((a, b) => a - b) }));
+    return [...this.leases.keys()].map((leaseId) => this.current(leaseId));
+  }
+
+  /**
+   * The leases granted, shrunk or ended since the last call, as they are now (an ended one with no ids): what a
+   * store must write to keep up, without comparing every live lease on each change.
+   */
+  takeChanges(): { leaseId: number; nodeId: string; ids: number[] }[] {
+    const changes = [...this.touched].map((leaseId) => this.current(leaseId));
+    this.touched.clear();
+    return changes;
+  }
+
+  private current(leaseId: number): { leaseId: number; nodeId: string; ids: number[] } {
+    const lease = this.leases.get(leaseId);
+    return { leaseId, nodeId: lease?.nodeId ?? '', ids: lease ? [...lease.ids].sort((a, b) => a - b) : [] };
   }
 
   /** Starts the next epoch; the current one must be done. */
@@ -236,6 +254,7 @@ export class DataLeases {
       this.returned.push(id);
     }
     this.leases.delete(leaseId);
+    this.touched.add(leaseId);
     return ids;
   }
 
@@ -243,6 +262,7 @@ export class DataLeases {
     const lease = this.leases.get(leaseId)!;
     lease.ids.delete(id);
     if (lease.ids.size === 0) this.leases.delete(leaseId);
+    this.touched.add(leaseId);
     this.leaseOf[id] = NO_LEASE;
   }
 }
@@ -363,6 +383,11 @@ export class JobLeases {
   /** Live leases in global batch ids (what a restart needs to take them back). */
   live(): { leaseId: number; nodeId: string; batchIds: number[] }[] {
     return this.pool.live().map(({ leaseId, nodeId, ids }) => ({ leaseId, nodeId, batchIds: this.global(ids) }));
+  }
+
+  /** The leases changed since the last call (see DataLeases.takeChanges), in global batch ids. */
+  takeChanges(): { leaseId: number; nodeId: string; batchIds: number[] }[] {
+    return this.pool.takeChanges().map(({ leaseId, nodeId, ids }) => ({ leaseId, nodeId, batchIds: this.global(ids) }));
   }
 
   get nextLeaseId(): number {

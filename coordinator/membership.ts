@@ -41,6 +41,7 @@ export class Membership {
   private readonly timeoutMs: number;
   private readonly now: () => number;
   private lastSweep?: number;
+  private alives = 0;
 
   constructor(options: MembershipOptions) {
     if (!(options.timeoutMs > 0) || !Number.isFinite(options.timeoutMs)) {
@@ -62,6 +63,7 @@ export class Membership {
     const at = this.now();
     const { nodeId, cores, gemmGflops, memoryBytes } = info;
     const known = this.records.get(nodeId);
+    if (known?.status !== 'alive') this.alives++;
     if (known) {
       Object.assign(known, { cores, gemmGflops, memoryBytes, status: 'alive', lastJoinedAt: at, lastSeen: at, joins: known.joins + 1 });
     } else {
@@ -91,6 +93,7 @@ export class Membership {
     const record = this.records.get(nodeId);
     if (!record || record.status !== 'alive') return false;
     record.status = 'left';
+    this.alives--;
     this.emit('left', nodeId, this.now());
     return true;
   }
@@ -110,6 +113,7 @@ export class Membership {
     for (const record of this.records.values()) {
       if (record.status !== 'alive' || at - record.lastSeen <= this.timeoutMs) continue;
       record.status = 'dead';
+      this.alives--;
       died.push(this.emit('died', record.nodeId, at));
     }
     return died;
@@ -123,6 +127,11 @@ export class Membership {
   /** Live nodes, in join order. */
   alive(): NodeRecord[] {
     return this.all().filter((r) => r.status === 'alive');
+  }
+
+  /** How many nodes are alive (kept as they change: asked on every heartbeat). */
+  get aliveCount(): number {
+    return this.alives;
   }
 
   /** Every node ever seen, in first-join order. */

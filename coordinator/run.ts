@@ -45,6 +45,8 @@ export interface RunSettings {
   replication: number;
   /** Give every node every peer address, private ones included (see addresses.ts). */
   lan: boolean;
+  /** Past this many heartbeats a second, their period stretches (see JobRun.heartbeatPeriodMs). */
+  maxHeartbeatsPerSecond: number;
   /** With a data directory, checkpoints and the result go to <dataDir>/jobs/<jobId>/. */
   dataDir?: string;
   checkpointEvery: number;
@@ -65,6 +67,11 @@ export interface RunComponents {
 }
 
 export const MAX_NODES = 4096;
+/**
+ * Joins this close to the previous ones share their re-plan (see JobRun.join): 200 ms, and 1 ms more per live node
+ * (up to 2 s), since each version costs every node a delta and a signature check over the whole plan, O(nodes) each.
+ */
+const joinWindowMs = (nodes: number) => Math.min(2000, Math.max(200, nodes));
 const MAX_REASON = 1024;
 
 export const truncate = (text: string) => (text.length <= MAX_REASON ? text : `${text.slice(0, MAX_REASON - 3)}...`);
@@ -105,9 +112,15 @@ export class JobRun {
   private readonly blobs?: BlobSource;
   private checkpoints?: JobCheckpoints;
   private announcedVersion = 0;
-  /** Live leases as last written to the store (their batch ids, joined), to write only what changed. */
-  private persistedLeases = new Map<number, string>();
+  /** The next lease id as last written to the store. */
+  private persistedNextLeaseId?: number;
   private readonly plans: SignedPlans;
+  /** Admissible joiners waiting for their re-plan, which joinTimer runs; when the last ones were admitted (performance.now()). */
+  private joiners: { request: JoinRequest; peer: string; admit: (reply: JoinResponse) => void; fail: (err: unknown) => void }[] = [];
+  private joinTimer?: NodeJS.Timeout;
+  private lastJoinsAt = -Infinity;
+  /** The heartbeat period has been stretched (see heartbeatPeriodMs): heartbeat replies carry it. */
+  private stretched = false;
   started = false;
   /** No leases are granted while paused; members keep their state and heartbeats. */
   private paused = false;
@@ -185,21 +198,30 @@ export class JobRun {
 
   /** Hands the job's protocols back (the next job serves its own) once checkpoints under way are written. */
   async close(): Promise<void> {
+    if (this.joinTimer !== undefined) {
+      clearTimeout(this.joinTimer);
+      this.admitJoiners();
+    }
     await this.checkpoints?.idle();
     if (this.checkpoints) await this.components.rpc.unhandle('state');
     if (this.blobs) await this.components.rpc.unhandle('blobChunk');
   }
 
-  // --- requests (synchronous: each runs to completion before the next) --------------------------
+  // --- requests (synchronous, but for a join's wait for its re-plan: each runs to completion before the next) ----
 
-  join(request: JoinRequest, peer: string): JoinResponse {
+  /**
+   * Admits a node with the joiners of the same moment: joins within joinWindowMs of the last ones wait for
+   * one re-plan together, so a crowd makes a plan version (planned, stored, signed, fetched by every node) per
+   * window instead of one per node. A join after a quiet spell is planned at once.
+   */
+  join(request: JoinRequest, peer: string): JoinResponse | Promise<JoinResponse> {
     const { emit } = this.components;
     const refuse = (reason: string, retryMs?: number): JoinResponse => {
       emit({ event: 'refused', node: peer, request: 'join', reason });
       return { admitted: false, version: PROTOCOL_VERSION, reason: truncate(reason), ...(retryMs ? { retryMs } : {}) };
     };
     const wasAlive = this.membership.get(peer)?.status === 'alive';
-    if (!wasAlive && this.membership.alive().length >= MAX_NODES) {
+    if (!wasAlive && this.membership.aliveCount + this.joiners.length >= MAX_NODES) {
       return refuse(`the swarm is full (${MAX_NODES} nodes)`, this.settings.nodeTimeoutMs);
     }
     const candidate: PlannerNode = { nodeId: peer, gemmGflops: request.gemmGflops, memoryBytes: request.memoryBytes, cores: request.cores };
@@ -209,25 +231,46 @@ export class JobRun {
       if (wasAlive && this.membership.leave(peer)) this.removed([peer], 'left'); // came back with too small a budget
       return refuse(refusal.reason);
     }
-    const before = this.planner.current?.version;
-    let plan = this.replan(candidate);
-    const type = this.membership.join({ nodeId: peer, cores: request.cores, gemmGflops: request.gemmGflops, memoryBytes: request.memoryBytes });
-    const moved = this.addresses.set(peer, request.addrs, this.components.seenFrom(peer));
-    // Back from elsewhere with the plan unchanged: its new addresses make a new version (see signedPlan).
-    if (moved && plan.version === before) plan = this.planner.bump()!;
-    // A node joining again restarted or was declared dead: whatever it held is not coming back.
-    const released = this.leases.release(peer);
-    this.persistLeases();
-    emit({
-      event: type, node: peer, cores: request.cores, gemmGflops: request.gemmGflops, memoryBytes: request.memoryBytes,
-      addrs: [...request.addrs], releasedBatchIds: released,
+    return new Promise((admit, fail) => {
+      this.joiners.push({ request, peer, admit, fail });
+      const wait = this.lastJoinsAt + joinWindowMs(this.membership.aliveCount) - performance.now();
+      this.joinTimer ??= setTimeout(() => this.admitJoiners(), Math.max(0, wait));
     });
-    this.announcePlan();
-    this.startIfReady();
-    return {
-      admitted: true, version: PROTOCOL_VERSION, job: this.job, tokenizer: this.tokenizerJson, ...this.signedPlan(plan, peer),
-      heartbeatMs: this.settings.heartbeatMs, completedBatches: this.leases.completed, ...(this.base ? { base: this.base } : {}),
-    };
+  }
+
+  /** The joiners waiting: members from now, one re-plan for all, each answered with the new plan in its address view. */
+  private admitJoiners(): void {
+    const { emit } = this.components;
+    const joiners = this.joiners;
+    this.joiners = [];
+    this.joinTimer = undefined;
+    this.lastJoinsAt = performance.now();
+    try {
+      const before = this.planner.current?.version;
+      let moved = false;
+      for (const { request, peer } of joiners) {
+        const { cores, gemmGflops, memoryBytes } = request;
+        const type = this.membership.join({ nodeId: peer, cores, gemmGflops, memoryBytes });
+        moved = this.addresses.set(peer, request.addrs, this.components.seenFrom(peer)) || moved;
+        // A node joining again restarted or was declared dead: whatever it held is not coming back.
+        const released = this.leases.release(peer);
+        emit({ event: type, node: peer, cores, gemmGflops, memoryBytes, addrs: [...request.addrs], releasedBatchIds: released });
+      }
+      let plan = this.replan();
+      // Back from elsewhere with the plan unchanged: its new addresses make a new version (see signedPlan).
+      if (moved && plan.version === before) plan = this.planner.bump()!;
+      this.persistLeases();
+      this.announcePlan();
+      this.startIfReady();
+      for (const { peer, admit } of joiners) {
+        admit({
+          admitted: true, version: PROTOCOL_VERSION, job: this.job, tokenizer: this.tokenizerJson, ...this.signedPlan(plan, peer),
+          heartbeatMs: this.heartbeatPeriodMs(), completedBatches: this.leases.completed, ...(this.base ? { base: this.base } : {}),
+        });
+      }
+    } catch (err) {
+      for (const { fail } of joiners) fail(err);
+    }
   }
 
   heartbeat(beat: Heartbeat, peer: string): HeartbeatReply {
@@ -246,7 +289,25 @@ export class JobRun {
       this.announcePlan();
     }
     const plan = this.planner.current!;
-    return { accepted: true, ...(plan.version > beat.planVersion ? this.newerPlan(plan, peer, beat.planVersion) : {}), stop: this.done };
+    const heartbeatMs = this.heartbeatPeriodMs();
+    return {
+      accepted: true, ...(this.stretched ? { heartbeatMs } : {}),
+      ...(plan.version > beat.planVersion ? this.newerPlan(plan, peer, beat.planVersion) : {}), stop: this.done,
+    };
+  }
+
+  /**
+   * The period nodes are told to heartbeat at: the configured one, stretched (in steps of 100 ms) to keep the swarm's
+   * heartbeats within maxHeartbeatsPerSecond, and never past a fifth of the node timeout, so a node misses four
+   * beats before it is declared dead. Once it has stretched, every heartbeat reply carries it (a shrinking swarm's
+   * nodes go back to the configured period); until then replies stay as they were.
+   */
+  private heartbeatPeriodMs(): number {
+    const { heartbeatMs, nodeTimeoutMs, maxHeartbeatsPerSecond } = this.settings;
+    const spread = Math.ceil((this.membership.aliveCount * 1000) / maxHeartbeatsPerSecond / 100) * 100;
+    const period = Math.max(heartbeatMs, Math.min(spread, Math.floor(nodeTimeoutMs / 5)));
+    if (period !== heartbeatMs) this.stretched = true;
+    return period;
   }
 
   lease(request: LeaseRequest, peer: string): LeaseGrant {
@@ -296,7 +357,6 @@ export class JobRun {
   private restore(): void {
     const { store } = this.components;
     this.leases.restore(store.completed(this.id), store.leases(this.id), this.row.nextLeaseId);
-    for (const lease of this.leases.live()) this.persistedLeases.set(lease.leaseId, lease.batchIds.join());
     const stored = store.plan<StoredShardPlan>(this.id);
     if (!stored) return;
     this.planner.restore(shardPlan(stored.plan));
@@ -324,7 +384,7 @@ export class JobRun {
   }
 
   private startIfReady(): void {
-    const alive = this.membership.alive().length;
+    const alive = this.membership.aliveCount;
     if (this.started || alive < this.job.expectedNodes) return;
     this.started = true;
     this.components.emit({ event: 'started', nodes: alive });
@@ -332,25 +392,17 @@ export class JobRun {
 
   /** Writes the lease changes since the last call (and `completed`, in the same transaction): only leases that changed. */
   private persistLeases(completed?: { nodeId: string; batchIds: number[]; at: number }): void {
-    const live = this.leases.live();
-    const written = this.persistedLeases;
-    this.persistedLeases = new Map(live.map((lease) => [lease.leaseId, lease.batchIds.join()]));
-    const changed = live.filter((lease) => written.get(lease.leaseId) !== this.persistedLeases.get(lease.leaseId));
-    const gone = [...written.keys()].filter((id) => !this.persistedLeases.has(id));
-    this.components.store.updateLeases(this.id, {
-      ...(completed ? { completed } : {}),
-      leases: [...changed, ...gone.map((leaseId) => ({ leaseId, nodeId: '', batchIds: [] }))],
-      nextLeaseId: this.leases.nextLeaseId,
-    });
+    const leases = this.leases.takeChanges();
+    const { nextLeaseId } = this.leases;
+    if (!completed && leases.length === 0 && nextLeaseId === this.persistedNextLeaseId) return;
+    this.persistedNextLeaseId = nextLeaseId;
+    this.components.store.updateLeases(this.id, { ...(completed ? { completed } : {}), leases, nextLeaseId });
   }
 
-  /** Plans for the live nodes, with `candidate` (a joiner) in place of its old record. */
-  private replan(candidate?: PlannerNode): ShardPlan {
-    const nodes: PlannerNode[] = this.membership
-      .alive()
-      .filter((n) => n.nodeId !== candidate?.nodeId)
-      .map(({ nodeId, gemmGflops, memoryBytes, cores }) => ({ nodeId, gemmGflops, memoryBytes, cores }));
-    return this.planner.plan(candidate ? [...nodes, candidate] : nodes);
+  /** Plans for the live nodes. */
+  private replan(): ShardPlan {
+    const nodes = this.membership.alive();
+    return this.planner.plan(nodes.map(({ nodeId, gemmGflops, memoryBytes, cores }) => ({ nodeId, gemmGflops, memoryBytes, cores })));
   }
 
   private announcePlan(): void {

@@ -12,6 +12,7 @@ import {
   type LeaseGrant, type LeaseReport, type LeaseRequest, type Plan, type ProtocolName,
 } from '../proto/index.ts';
 import type { PrivateKey } from '@libp2p/interface';
+import { peerIdFromString } from '@libp2p/peer-id';
 import { connectionIp, createHost, identityKey, RefusedError, Rpc, type Host, type Rejection } from '../src/p2p/index.ts';
 import type { TextCorpus } from '../src/train/text-corpus.ts';
 import type { Tokenizer } from '../src/train/tokenizers/index.ts';
@@ -56,6 +57,11 @@ export interface CoordinatorOptions {
   joinToken: string;
   /** How often nodes heartbeat (sent to them on join). Default 1000. */
   heartbeatMs?: number;
+  /**
+   * Heartbeats served per second at most: past this many nodes their period stretches (up to a fifth of nodeTimeoutMs).
+   * Default 400: each costs ~1 ms of CPU in libp2p alone, so a thousand nodes beat every 2.5 s and the coordinator stays under a core.
+   */
+  maxHeartbeatsPerSecond?: number;
   /** A node silent for longer is dead: its leases go back to the pool and its experts elsewhere. Default max(15000, 5 heartbeats). */
   nodeTimeoutMs?: number;
   /** Deadline of a lease. Default 30000. */
@@ -154,6 +160,8 @@ function bounded(name: string, value: number, min: number, max: number): number 
 const CONNECTIONS = { maxConnections: MAX_NODES + 256, inboundConnectionThreshold: 100, maxIncomingPendingConnections: 128 };
 /** Heartbeats and leases served at once: small messages (at most 16 KiB each), from every node about once a heartbeat. */
 const SMALL_REQUESTS = { maxConcurrent: 512 };
+/** Joins served at once: a crowd's joins wait together for their re-plan (JobRun.join), so room for a crowd's worth. */
+const JOINS = { maxConcurrent: 512 };
 
 const mean = (values: number[]) => (values.length === 0 ? undefined : values.reduce((a, b) => a + b, 0) / values.length);
 const sum = (values: number[]) => values.reduce((a, b) => a + b, 0);
@@ -191,6 +199,7 @@ export class CoordinatorServer {
       leaseMs: bounded('leaseMs', options.leaseMs ?? 30_000, 4, Number.MAX_SAFE_INTEGER),
       replication: bounded('replication', options.replication ?? 2, 1, 256),
       lan: options.lan ?? false,
+      maxHeartbeatsPerSecond: bounded('maxHeartbeatsPerSecond', options.maxHeartbeatsPerSecond ?? 400, 1, 1_000_000),
       checkpointEvery: bounded('checkpointEvery', options.checkpointEvery ?? 10, 1, 1_000_000),
       keepCheckpoints: bounded('keepCheckpoints', options.keepCheckpoints ?? 3, 1, 1000),
       ...(options.dataDir === undefined ? {} : { dataDir: options.dataDir }),
@@ -236,7 +245,8 @@ export class CoordinatorServer {
 
   /** The IP a node's direct connection to the coordinator comes from (see AddressBook). */
   private seenFrom(peer: string): string | undefined {
-    const direct = this.host.getConnections().filter((c) => c.remotePeer.toString() === peer).map((c) => connectionIp(c.remoteAddr));
+    // The peer's own connections only: a look-up of all of them per heartbeat was a thousand nodes squared a second.
+    const direct = this.host.getConnections(peerIdFromString(peer)).map((c) => connectionIp(c.remoteAddr));
     return direct.find((ip) => ip !== undefined);
   }
 
@@ -375,7 +385,7 @@ export class CoordinatorServer {
 
   private async serve(): Promise<void> {
     const { rpc } = this;
-    await rpc.handle('join', (request, { peer }) => this.join(request, peer.toString()));
+    await rpc.handle('join', (request, { peer }) => this.join(request, peer.toString()), JOINS);
     await rpc.handle('heartbeat', (beat, { peer }) => this.heartbeat(beat, peer.toString()), SMALL_REQUESTS);
     await rpc.handle('lease', (request, { peer }) => this.lease(request, peer.toString()), SMALL_REQUESTS);
     await rpc.handle('leaseReport', (report, { peer }) => this.report(report, peer.toString()), SMALL_REQUESTS);
@@ -389,7 +399,7 @@ export class CoordinatorServer {
 
   // --- handlers (synchronous: each runs to completion before the next) ------------------------
 
-  private join(request: JoinRequest, peer: string): JoinResponse {
+  private async join(request: JoinRequest, peer: string): Promise<JoinResponse> {
     const refuse = (reason: string, more: { retryMs?: number; closed?: boolean } = {}): JoinResponse => {
       this.emit({ event: 'refused', node: peer, request: 'join', reason });
       return { admitted: false, version: PROTOCOL_VERSION, reason: truncate(reason), ...more };
@@ -404,7 +414,7 @@ export class CoordinatorServer {
     this.store.saveNode({ ...node, lastSeen: at });
     const run = this.current;
     if (run) {
-      const reply = run.join(request, peer);
+      const reply = await run.join(request, peer);
       // A node too small for this job may fit the next one: a swarm with a queue keeps it waiting.
       return reply.admitted || this.options.job ? reply : { ...reply, retryMs: this.idleRetryMs };
     }

@@ -96,7 +96,16 @@ const jobRow = (raw: RawJob): JobRow => ({
 });
 
 export class JobStore {
+  /** Statements by their SQL, prepared once: a lease or a report writes on every request. */
+  private readonly statements = new Map<string, Database.Statement>();
+
   private constructor(private readonly db: Database.Database) {}
+
+  private sql(text: string): Database.Statement {
+    let statement = this.statements.get(text);
+    if (!statement) this.statements.set(text, (statement = this.db.prepare(text)));
+    return statement;
+  }
 
   /** Opens (creating and migrating) the store at `path`; ':memory:' keeps it in memory only. */
   static open(path: string): JobStore {
@@ -122,43 +131,43 @@ export class JobStore {
   }
 
   meta(key: string): string | undefined {
-    return (this.db.prepare('SELECT value FROM meta WHERE key = ?').get(key) as { value: string } | undefined)?.value;
+    return (this.sql('SELECT value FROM meta WHERE key = ?').get(key) as { value: string } | undefined)?.value;
   }
 
   setMeta(key: string, value: string): void {
-    this.db.prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value').run(key, value);
+    this.sql('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value').run(key, value);
   }
 
   // --- jobs --------------------------------------------------------------------------------
 
   addJob(job: { id: string; name: string; spec: JobSpec; base?: string; createdAt: number }): JobRow {
-    const seq = (this.db.prepare('SELECT COALESCE(MAX(seq), 0) + 1 AS seq FROM jobs').get() as { seq: number }).seq;
+    const seq = (this.sql('SELECT COALESCE(MAX(seq), 0) + 1 AS seq FROM jobs').get() as { seq: number }).seq;
     this.db.transaction(() => {
-      this.db.prepare('INSERT INTO jobs (id, seq, name, spec, base, state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)')
+      this.sql('INSERT INTO jobs (id, seq, name, spec, base, state, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)')
         .run(job.id, seq, job.name, JSON.stringify(job.spec), job.base ?? null, 'queued', job.createdAt);
-      this.db.prepare('INSERT INTO transitions (job_id, at, from_state, to_state) VALUES (?, ?, NULL, ?)').run(job.id, job.createdAt, 'queued');
+      this.sql('INSERT INTO transitions (job_id, at, from_state, to_state) VALUES (?, ?, NULL, ?)').run(job.id, job.createdAt, 'queued');
     })();
     return this.job(job.id)!;
   }
 
   job(id: string): JobRow | undefined {
-    const raw = this.db.prepare('SELECT * FROM jobs WHERE id = ?').get(id) as RawJob | undefined;
+    const raw = this.sql('SELECT * FROM jobs WHERE id = ?').get(id) as RawJob | undefined;
     return raw && jobRow(raw);
   }
 
   /** Every job, oldest first. */
   jobs(): JobRow[] {
-    return (this.db.prepare('SELECT * FROM jobs ORDER BY seq').all() as RawJob[]).map(jobRow);
+    return (this.sql('SELECT * FROM jobs ORDER BY seq').all() as RawJob[]).map(jobRow);
   }
 
   /** The job holding the swarm (running or paused), if any. */
   activeJob(): JobRow | undefined {
-    const raw = this.db.prepare("SELECT * FROM jobs WHERE state IN ('running', 'paused') ORDER BY seq LIMIT 1").get() as RawJob | undefined;
+    const raw = this.sql("SELECT * FROM jobs WHERE state IN ('running', 'paused') ORDER BY seq LIMIT 1").get() as RawJob | undefined;
     return raw && jobRow(raw);
   }
 
   nextQueued(): JobRow | undefined {
-    const raw = this.db.prepare("SELECT * FROM jobs WHERE state = 'queued' ORDER BY seq LIMIT 1").get() as RawJob | undefined;
+    const raw = this.sql("SELECT * FROM jobs WHERE state = 'queued' ORDER BY seq LIMIT 1").get() as RawJob | undefined;
     return raw && jobRow(raw);
   }
 
@@ -168,21 +177,21 @@ export class JobStore {
     if (!job) throw new Error(`no job ${id}`);
     if (!TRANSITIONS[job.state].includes(to)) throw new StateConflictError(`job ${id} is ${job.state}: it cannot become ${to}`);
     this.db.transaction(() => {
-      this.db.prepare('INSERT INTO transitions (job_id, at, from_state, to_state, reason) VALUES (?, ?, ?, ?, ?)')
+      this.sql('INSERT INTO transitions (job_id, at, from_state, to_state, reason) VALUES (?, ?, ?, ?, ?)')
         .run(id, at, job.state, to, reason ?? null);
       const ended = TRANSITIONS[to].length === 0;
-      this.db.prepare(`UPDATE jobs SET state = ?, error = COALESCE(?, error),
+      this.sql(`UPDATE jobs SET state = ?, error = COALESCE(?, error),
         started_at = CASE WHEN ? = 'running' AND started_at IS NULL THEN ? ELSE started_at END,
         ended_at = CASE WHEN ? THEN ? ELSE ended_at END WHERE id = ?`)
         .run(to, to === 'failed' ? (reason ?? null) : null, to, at, ended ? 1 : 0, at, id);
       // An ended job's live leases mean nothing any more.
-      if (ended) this.db.prepare('DELETE FROM leases WHERE job_id = ?').run(id);
+      if (ended) this.sql('DELETE FROM leases WHERE job_id = ?').run(id);
     })();
     return this.job(id)!;
   }
 
   transitions(id: string): { at: number; from?: JobState; to: JobState; reason?: string }[] {
-    const rows = this.db.prepare('SELECT at, from_state, to_state, reason FROM transitions WHERE job_id = ? ORDER BY rowid').all(id) as
+    const rows = this.sql('SELECT at, from_state, to_state, reason FROM transitions WHERE job_id = ? ORDER BY rowid').all(id) as
       { at: number; from_state: JobState | null; to_state: JobState; reason: string | null }[];
     return rows.map((r) => ({
       at: r.at, to: r.to_state, ...(r.from_state ? { from: r.from_state } : {}), ...(r.reason ? { reason: r.reason } : {}),
@@ -192,7 +201,7 @@ export class JobStore {
   deleteJob(id: string): void {
     this.db.transaction(() => {
       for (const table of ['jobs', 'transitions', 'completed', 'leases', 'plans', 'metrics', 'checkpoints']) {
-        this.db.prepare(`DELETE FROM ${table} WHERE ${table === 'jobs' ? 'id' : 'job_id'} = ?`).run(id);
+        this.sql(`DELETE FROM ${table} WHERE ${table === 'jobs' ? 'id' : 'job_id'} = ?`).run(id);
       }
     })();
   }
@@ -200,14 +209,14 @@ export class JobStore {
   // --- nodes -------------------------------------------------------------------------------
 
   saveNode(node: Omit<StoredNode, 'firstSeen'>): void {
-    this.db.prepare(`INSERT INTO nodes (node_id, first_seen, last_seen, cores, gemm_gflops, memory_bytes, addrs) VALUES (?, ?, ?, ?, ?, ?, ?)
+    this.sql(`INSERT INTO nodes (node_id, first_seen, last_seen, cores, gemm_gflops, memory_bytes, addrs) VALUES (?, ?, ?, ?, ?, ?, ?)
       ON CONFLICT (node_id) DO UPDATE SET last_seen = excluded.last_seen, cores = excluded.cores, gemm_gflops = excluded.gemm_gflops,
       memory_bytes = excluded.memory_bytes, addrs = excluded.addrs`)
       .run(node.nodeId, node.lastSeen, node.lastSeen, node.cores, node.gemmGflops, node.memoryBytes, JSON.stringify(node.addrs));
   }
 
   nodes(): StoredNode[] {
-    const rows = this.db.prepare('SELECT * FROM nodes ORDER BY first_seen').all() as {
+    const rows = this.sql('SELECT * FROM nodes ORDER BY first_seen').all() as {
       node_id: string; first_seen: number; last_seen: number; cores: number; gemm_gflops: number; memory_bytes: number; addrs: string;
     }[];
     return rows.map((r) => ({
@@ -220,18 +229,18 @@ export class JobStore {
 
   /** Completed batch ids of a job, ascending. */
   completed(jobId: string): number[] {
-    return (this.db.prepare('SELECT batch_id FROM completed WHERE job_id = ? ORDER BY batch_id').pluck().all(jobId) as number[]);
+    return (this.sql('SELECT batch_id FROM completed WHERE job_id = ? ORDER BY batch_id').pluck().all(jobId) as number[]);
   }
 
   /** Completed micro-batches per node. */
   completedBy(jobId: string): Map<string, number> {
-    const rows = this.db.prepare('SELECT node_id, COUNT(*) AS n FROM completed WHERE job_id = ? GROUP BY node_id').all(jobId) as
+    const rows = this.sql('SELECT node_id, COUNT(*) AS n FROM completed WHERE job_id = ? GROUP BY node_id').all(jobId) as
       { node_id: string; n: number }[];
     return new Map(rows.map((r) => [r.node_id, r.n]));
   }
 
   leases(jobId: string): StoredLease[] {
-    const rows = this.db.prepare('SELECT lease_id, node_id, batch_ids FROM leases WHERE job_id = ? ORDER BY lease_id').all(jobId) as
+    const rows = this.sql('SELECT lease_id, node_id, batch_ids FROM leases WHERE job_id = ? ORDER BY lease_id').all(jobId) as
       { lease_id: number; node_id: string; batch_ids: string }[];
     return rows.map((r) => ({ leaseId: r.lease_id, nodeId: r.node_id, batchIds: JSON.parse(r.batch_ids) as number[] }));
   }
@@ -246,36 +255,36 @@ export class JobStore {
     this.db.transaction(() => {
       const { completed } = change;
       if (completed) {
-        const insert = this.db.prepare('INSERT INTO completed (job_id, batch_id, node_id, at) VALUES (?, ?, ?, ?)');
+        const insert = this.sql('INSERT INTO completed (job_id, batch_id, node_id, at) VALUES (?, ?, ?, ?)');
         for (const id of completed.batchIds) insert.run(jobId, id, completed.nodeId, completed.at);
       }
-      const remove = this.db.prepare('DELETE FROM leases WHERE job_id = ? AND lease_id = ?');
-      const upsert = this.db.prepare(`INSERT INTO leases (job_id, lease_id, node_id, batch_ids) VALUES (?, ?, ?, ?)
+      const remove = this.sql('DELETE FROM leases WHERE job_id = ? AND lease_id = ?');
+      const upsert = this.sql(`INSERT INTO leases (job_id, lease_id, node_id, batch_ids) VALUES (?, ?, ?, ?)
         ON CONFLICT (job_id, lease_id) DO UPDATE SET batch_ids = excluded.batch_ids`);
       for (const lease of change.leases) {
         if (lease.batchIds.length === 0) remove.run(jobId, lease.leaseId);
         else upsert.run(jobId, lease.leaseId, lease.nodeId, JSON.stringify(lease.batchIds));
       }
-      if (change.nextLeaseId !== undefined) this.db.prepare('UPDATE jobs SET next_lease_id = ? WHERE id = ?').run(change.nextLeaseId, jobId);
+      if (change.nextLeaseId !== undefined) this.sql('UPDATE jobs SET next_lease_id = ? WHERE id = ?').run(change.nextLeaseId, jobId);
     })();
   }
 
   // --- plans, metrics, checkpoints -------------------------------------------------------------
 
   savePlan<P>(jobId: string, stored: StoredPlan<P>): void {
-    this.db.prepare(`INSERT INTO plans (job_id, version, plan, members) VALUES (?, ?, ?, ?)
+    this.sql(`INSERT INTO plans (job_id, version, plan, members) VALUES (?, ?, ?, ?)
       ON CONFLICT (job_id) DO UPDATE SET version = excluded.version, plan = excluded.plan, members = excluded.members`)
       .run(jobId, stored.version, JSON.stringify(stored.plan), JSON.stringify(stored.members));
   }
 
   plan<P>(jobId: string): StoredPlan<P> | undefined {
-    const row = this.db.prepare('SELECT version, plan, members FROM plans WHERE job_id = ?').get(jobId) as
+    const row = this.sql('SELECT version, plan, members FROM plans WHERE job_id = ?').get(jobId) as
       { version: number; plan: string; members: string } | undefined;
     return row && { version: row.version, plan: JSON.parse(row.plan) as P, members: JSON.parse(row.members) as string[] };
   }
 
   addMetric(jobId: string, point: MetricPoint): void {
-    this.db.prepare('INSERT INTO metrics (job_id, at, point) VALUES (?, ?, ?)').run(jobId, point.at, JSON.stringify(point));
+    this.sql('INSERT INTO metrics (job_id, at, point) VALUES (?, ?, ?)').run(jobId, point.at, JSON.stringify(point));
   }
 
   /**
@@ -283,26 +292,26 @@ export class JobStore {
    * always ending with the latest (a live curve's newest point matters most).
    */
   metrics(jobId: string, points: number): MetricPoint[] {
-    const count = (this.db.prepare('SELECT COUNT(*) FROM metrics WHERE job_id = ?').pluck().get(jobId) as number);
+    const count = (this.sql('SELECT COUNT(*) FROM metrics WHERE job_id = ?').pluck().get(jobId) as number);
     if (count === 0 || points < 1) return [];
     const stride = Math.ceil(count / points);
-    const rows = this.db.prepare(`SELECT point FROM (SELECT point, at, ROW_NUMBER() OVER (ORDER BY at, rowid) - 1 AS i FROM metrics WHERE job_id = ?)
+    const rows = this.sql(`SELECT point FROM (SELECT point, at, ROW_NUMBER() OVER (ORDER BY at, rowid) - 1 AS i FROM metrics WHERE job_id = ?)
       WHERE (? - 1 - i) % ? = 0 ORDER BY at`).pluck().all(jobId, count, stride) as string[];
     return rows.map((row) => JSON.parse(row) as MetricPoint);
   }
 
   addCheckpoint(jobId: string, checkpoint: CheckpointView): void {
-    this.db.prepare(`INSERT INTO checkpoints (job_id, round, completed, created_at, bytes) VALUES (?, ?, ?, ?, ?)
+    this.sql(`INSERT INTO checkpoints (job_id, round, completed, created_at, bytes) VALUES (?, ?, ?, ?, ?)
       ON CONFLICT (job_id, round) DO UPDATE SET completed = excluded.completed, created_at = excluded.created_at, bytes = excluded.bytes`)
       .run(jobId, checkpoint.round, checkpoint.completed, checkpoint.createdAt, checkpoint.bytes);
   }
 
   removeCheckpoint(jobId: string, round: number): void {
-    this.db.prepare('DELETE FROM checkpoints WHERE job_id = ? AND round = ?').run(jobId, round);
+    this.sql('DELETE FROM checkpoints WHERE job_id = ? AND round = ?').run(jobId, round);
   }
 
   checkpoints(jobId: string): CheckpointView[] {
-    const rows = this.db.prepare('SELECT round, completed, created_at, bytes FROM checkpoints WHERE job_id = ? ORDER BY round').all(jobId) as
+    const rows = this.sql('SELECT round, completed, created_at, bytes FROM checkpoints WHERE job_id = ? ORDER BY round').all(jobId) as
       { round: number; completed: number; created_at: number; bytes: number }[];
     return rows.map((r) => ({ round: r.round, completed: r.completed, createdAt: r.created_at, bytes: r.bytes }));
   }

@@ -6,10 +6,10 @@
 // reported through onEvent.
 import { multiaddr } from '@multiformats/multiaddr';
 import {
-  msgpackCodec, PROTOCOL_VERSION, type JoinRequest, type JoinResponse, type ProtocolName, type RequestOf, type ResponseOf,
+  JOIN_TIMEOUT_MS, msgpackCodec, PROTOCOL_VERSION, type JoinRequest, type JoinResponse, type ProtocolName, type RequestOf, type ResponseOf,
 } from '../proto/index.ts';
 import { createKernels, type Kernels } from '../src/kernels/index.ts';
-import { createHost, Rpc, type DialTarget, type Host, type Rejection, type RequestOptions } from '../src/p2p/index.ts';
+import { backoffMs, createHost, Rpc, type DialTarget, type Host, type Rejection, type RequestOptions } from '../src/p2p/index.ts';
 import type { AveragingFault } from './averaging/index.ts';
 import { CoordinatorUnreachableError, JobSession, JoinRefusedError, unanswered, type Volunteer } from './session.ts';
 import { advertisedAddrs, nodeHostOptions, reportLinks, type NodeNetworkOptions } from './links.ts';
@@ -40,7 +40,6 @@ export interface NodeOptions extends NodeNetworkOptions {
 
 export type NodeEvent = { event: string } & Record<string, unknown>;
 
-const JOIN_TIMEOUT_MS = 10_000;
 const MAX_BACKOFF_MS = 30_000;
 
 /** GEMM speed of this node (all its threads), for the shard planner's weighting. */
@@ -197,7 +196,7 @@ export class NodeDaemon implements Volunteer {
         return reply;
       } catch (err) {
         if (!unanswered(err)) throw err;
-        await this.pause(Math.min(MAX_BACKOFF_MS, 1000 * 2 ** attempt));
+        await this.pause(backoffMs(attempt, 1000, MAX_BACKOFF_MS));
       }
     }
   }

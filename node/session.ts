@@ -474,6 +474,7 @@ export class JobSession {
         addrs: advertisedAddrs(this.volunteer.host),
       }, { timeout: COORDINATOR_TIMEOUT_MS });
       this.options.onHeartbeat?.();
+      if (reply.heartbeatMs !== undefined) this.heartbeatMs = reply.heartbeatMs; // a larger swarm, a longer period
       // Only newer versions: peers' new addresses come as one (the coordinator never changes a version it sent).
       const plan = this.newerPlan(reply);
       if (plan && plan.version > this.newestPlan().version) {

@@ -17,6 +17,8 @@ const Id = Type.String({ minLength: 1, maxLength: 128, pattern: '^[A-Za-z0-9._:-
 const PeerIdText = Type.String({ minLength: 1, maxLength: 128, pattern: '^[A-Za-z0-9]+$' });
 const TensorName = Type.String({ minLength: 1, maxLength: 256, pattern: '^[A-Za-z0-9._:/-]+$' });
 const Reason = Type.String({ maxLength: 1024 });
+/** How often a node heartbeats, in ms. */
+const HeartbeatPeriod = Type.Integer({ minimum: 100, maximum: 3_600_000 });
 /** Milliseconds since the Unix epoch. */
 const Timestamp = Count;
 const Index = Type.Integer({ minimum: 0, maximum: MAX_INDEX });
@@ -236,7 +238,7 @@ export const JoinResponseSchema = Type.Union([
     tokenizer: Type.String({ maxLength: 16 * 1024 * 1024 }),
     plan: PlanSchema,
     planSignature: PlanSignature,
-    heartbeatMs: Type.Integer({ minimum: 100, maximum: 3_600_000 }),
+    heartbeatMs: HeartbeatPeriod,
     /** Micro-batches the job has trained so far: above 0, a joining node fetches current state from its peers. */
     completedBatches: Count,
     /** The checkpoint the job starts from (its tensors travel as blobs); absent: the job trains from the seeded init. */
@@ -289,6 +291,8 @@ export type Heartbeat = Static<typeof HeartbeatSchema>;
 
 export const HeartbeatReplySchema = Type.Object({
   accepted: Type.Boolean(),
+  /** Heartbeat at this period from now on: the coordinator stretches it as the swarm grows (absent: keep the current one). */
+  heartbeatMs: Type.Optional(HeartbeatPeriod),
   reason: Type.Optional(Reason),
   /** A newer plan than the heartbeat's planVersion, whole (when the coordinator no longer has the node's version)... */
   plan: Type.Optional(PlanSchema),

@@ -218,3 +218,10 @@ export type ProtocolName = keyof typeof PROTOCOLS;
 export type RequestOf<P extends ProtocolName> = Static<(typeof PROTOCOLS)[P]['request']>;
 export type ResponseOf<P extends ProtocolName> = Static<(typeof PROTOCOLS)[P]['response']>;
 export const PROTOCOL_NAMES = Object.keys(PROTOCOLS) as ProtocolName[];
+
+/**
+ * How long a node waits for a join's reply, dial included: a crowd joining at once queues behind each other's
+ * handshakes and shared re-plan, and giving up sooner threw the handshake away only to start another (a reply
+ * may also carry megabytes of tokenizer over a slow link).
+ */
+export const JOIN_TIMEOUT_MS = 30_000;

@@ -6,9 +6,10 @@ import '../p2p/polyfill.ts'; // before any libp2p import
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr';
 import { setTimeout as delay } from 'node:timers/promises';
 import {
-  applyPlanDelta, msgpackCodec, planSigningBytes, PROTOCOL_VERSION, type JoinRequest, type Plan, type RequestOf, type ResponseOf,
+  applyPlanDelta, JOIN_TIMEOUT_MS, msgpackCodec, planSigningBytes, PROTOCOL_VERSION,
+  type JoinRequest, type Plan, type RequestOf, type ResponseOf,
 } from '../../proto/index.ts';
-import { createHost, RefusedError, Rpc, signedBy, type Host } from '../p2p/index.ts';
+import { backoffMs, createHost, RefusedError, Rpc, signedBy, type Host } from '../p2p/index.ts';
 
 export interface SimOptions {
   /** The coordinator's multiaddr, ending in /p2p/<peerId> (its key signs the plans). */
@@ -25,7 +26,7 @@ export interface SimOptions {
   idleMs?: number;
   /** Check every plan's signature, as a real node does. Default true. */
   verifyPlans?: boolean;
-  /** Deadline of one request. Default 10000. */
+  /** Deadline of one request but a join (JOIN_TIMEOUT_MS, as a real node's). Default 10000. */
   timeoutMs?: number;
 }
 
@@ -45,9 +46,14 @@ export class SimStats {
   /** Batch ids whose report got no answer (lost, or the node vanished meanwhile): the coordinator may have taken them. */
   readonly unacknowledged: number[] = [];
   reportsRefused = 0;
+  /** The longest heartbeat period the coordinator told a node (it stretches it as the swarm grows). */
+  longestHeartbeatMs = 0;
 }
 
 type Timed = 'join' | 'heartbeat' | 'lease' | 'leaseReport';
+
+/** The longest pause between join attempts: a simulated crowd keeps asking within the bench's minute. */
+const JOIN_BACKOFF_MAX_MS = 8000;
 
 export function percentile(values: number[], p: number): number {
   if (values.length === 0) return NaN;
@@ -118,12 +124,16 @@ export class SimNode {
   private async timed<P extends Timed>(protocol: P, message: RequestOf<P>): Promise<ResponseOf<P>> {
     const t0 = performance.now();
     try {
-      const reply = await this.rpc.request(this.target, protocol, message, { timeout: this.options.timeoutMs ?? 10_000 });
+      const timeout = protocol === 'join' ? JOIN_TIMEOUT_MS : this.options.timeoutMs ?? 10_000;
+      const reply = await this.rpc.request(this.target, protocol, message, { timeout });
       this.stats.roundTrips[protocol].push(performance.now() - t0);
       return reply;
     } catch (err) {
-      const why = `${protocol}: ${err instanceof RefusedError ? err.reason : (err as Error).name}`;
-      this.stats.failures[why] = (this.stats.failures[why] ?? 0) + 1;
+      // A stopping node's requests fail as its own host closes under them: not the coordinator's failures.
+      if (!this.stopping) {
+        const why = `${protocol}: ${err instanceof RefusedError ? err.reason : (err as Error).name}`;
+        this.stats.failures[why] = (this.stats.failures[why] ?? 0) + 1;
+      }
       throw err;
     }
   }
@@ -142,18 +152,18 @@ export class SimNode {
 
   /** Joins until admitted (or the swarm is closed); false when there is nothing to join. */
   private async join(): Promise<boolean> {
-    while (!this.stopping) {
+    for (let attempt = 0; !this.stopping; attempt++) {
       let reply;
       try {
         reply = await this.timed('join', this.joinRequest());
       } catch {
-        // Busy (a crowd joining at once) or unreachable: ask again after a jittered pause, as a crowd must.
-        await this.sleep(500 + Math.random() * 1000);
+        // Busy (a crowd joining at once) or unreachable: ask again after a jittered, growing pause, as a crowd must.
+        await this.sleep(backoffMs(attempt, 1000, JOIN_BACKOFF_MAX_MS));
         continue;
       }
       if (reply.admitted) {
         this.jobId = reply.job.jobId;
-        this.heartbeatMs = reply.heartbeatMs;
+        this.setHeartbeatMs(reply.heartbeatMs);
         this.accept(reply.plan, reply.planSignature);
         this.joinedAt ??= Date.now();
         return true;
@@ -173,6 +183,7 @@ export class SimNode {
       const reply = await this.timed('heartbeat', message);
       this.stats.heartbeatRequestBytes += msgpackCodec.encodeRequest('heartbeat', message).byteLength;
       this.stats.heartbeatReplyBytes += msgpackCodec.encodeReply('heartbeat', { ok: reply }).byteLength;
+      if (reply.heartbeatMs !== undefined) this.setHeartbeatMs(reply.heartbeatMs);
       let plan = reply.plan;
       if (reply.planDelta) {
         this.stats.planDeltas++;
@@ -188,6 +199,11 @@ export class SimNode {
     } catch {
       // counted in stats.failures; the next beat tries again
     }
+  }
+
+  private setHeartbeatMs(ms: number): void {
+    this.heartbeatMs = ms;
+    this.stats.longestHeartbeatMs = Math.max(this.stats.longestHeartbeatMs, ms);
   }
 
   private startHeartbeat(): void {

@@ -30,14 +30,38 @@ export function cappedLengthDecoder(maxDataLength: number): (data: { byteLength:
   };
 }
 
+/** The stream ended before the first byte of a frame: the peer hung up without a message (a reset, a lost connection), not a cut one. */
+class ClosedBeforeFrameError extends Error {
+  override name = 'ClosedBeforeFrameError';
+}
+
 export function frameStream(stream: Stream, maxDataLength: number): LengthPrefixedStream<Stream> {
   const maxLengthLength = varintLength(maxDataLength);
-  return lpStream(stream, {
+  const frames = lpStream(stream, {
     maxDataLength,
     maxLengthLength,
     maxBufferSize: maxDataLength + maxLengthLength,
     lengthDecoder: cappedLengthDecoder(maxDataLength),
   });
+  // lpStream reports an end before any byte of a frame and one inside it alike (UnexpectedEOFError): told apart by bytes received.
+  let received = 0;
+  let consumed = 0;
+  stream.addEventListener('message', (event) => (received += event.data.byteLength));
+  return {
+    ...frames,
+    async read(options) {
+      try {
+        const frame = await frames.read(options);
+        consumed += varintLength(frame.byteLength) + frame.byteLength;
+        return frame;
+      } catch (err) {
+        if (err instanceof Error && err.name === 'UnexpectedEOFError' && received === consumed) {
+          throw new ClosedBeforeFrameError('the stream closed before a message began');
+        }
+        throw err;
+      }
+    },
+  };
 }
 
 /** The deadlines an operation runs under; the first to abort names the error. */
@@ -128,6 +152,8 @@ export function toRpcError(err: unknown, what: string): RpcError {
       return new MalformedError(message);
     case 'UnexpectedEOFError':
       return new MalformedError(message, 'truncated');
+    case 'ClosedBeforeFrameError':
+      return new RemoteError('reset', message);
     case 'UnsupportedProtocolError':
       return new RefusedError(message, 'unsupported');
     default:

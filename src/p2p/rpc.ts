@@ -90,6 +90,15 @@ export interface RequestOptions {
   signal?: AbortSignal;
 }
 
+/**
+ * The pause before asking again after `attempt` unanswered tries (0: the first): doubling from baseMs up to maxMs,
+ * half of it random, so a crowd that failed together (a coordinator restarting, a swarm joining at once) spreads out.
+ */
+export function backoffMs(attempt: number, baseMs = 1000, maxMs = 30_000): number {
+  const ceiling = Math.min(maxMs, baseMs * 2 ** Math.min(attempt, 30));
+  return ceiling / 2 + Math.random() * (ceiling / 2);
+}
+
 export interface HandlerContext {
   peer: PeerId;
   /** Aborts when the requester goes away. */
@@ -299,6 +308,8 @@ export class Rpc {
       let reply: Uint8Array;
       try {
         const response = await handler(message, { peer, signal: gone.signal });
+        // The handler is done: the close that follows our reply must not abort its signal (an AbortError, with its stack, per request).
+        stream.removeEventListener('close', onClose);
         reply = this.codec.encodeReply(protocol, { ok: response });
       } catch (err) {
         // A handler's refusal goes back as such; anything else is our failure, reported as internal.

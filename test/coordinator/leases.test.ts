@@ -231,7 +231,7 @@ describe('job leases (global batch ids)', () => {
     expect(leases.stats).toMatchObject({ issued: 9, reissued: 3, expired: 2, released: 1 });
   });
 
-  it('completes every batch of the job exactly once whatever nodes do (randomized)', () => {
+  it('completes every batch of the job exactly once whatever nodes do; its changes keep a copy of the live leases (randomized)', () => {
     for (const seed of [1, 2, 3]) {
       const random = rng(seed);
       const uniform = () => (random() + 1) / 2;
@@ -242,6 +242,9 @@ describe('job leases (global batch ids)', () => {
       const leases = new JobLeases({ batchesPerEpoch: perEpoch, totalBatches: total, leaseMs: 50, now: () => clock });
       const nodes = Array.from({ length: 8 }, (_, i) => ({ id: `n${i}`, alive: true, work: [] as { leaseId: number; batchId: number }[] }));
       const accepted = new Array<number>(total + perEpoch).fill(0);
+      // What a store kept up to date from takeChanges() alone holds: the live leases, whatever happened in between.
+      const stored = new Map<number, string>();
+      const asStored = (lease: { nodeId: string; batchIds: number[] }) => `${lease.nodeId}: ${lease.batchIds.join(' ')}`;
       for (let ticks = 0; !leases.done; ticks++) {
         expect(ticks).toBeLessThan(100_000); // nothing is lost: the job finishes
         clock += Math.floor(uniform() * 20);
@@ -264,6 +267,13 @@ describe('job leases (global batch ids)', () => {
           }
         }
         leases.expire();
+        if (ticks % 3 === 0) {
+          for (const change of leases.takeChanges()) {
+            if (change.batchIds.length === 0) stored.delete(change.leaseId);
+            else stored.set(change.leaseId, asStored(change));
+          }
+          expect(stored).toEqual(new Map(leases.live().map((lease) => [lease.leaseId, asStored(lease)])));
+        }
       }
       expect(accepted.slice(0, total).every((n) => n === 1)).toBe(true);
       expect(accepted.slice(total).every((n) => n === 0)).toBe(true);

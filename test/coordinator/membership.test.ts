@@ -46,6 +46,25 @@ describe('membership', () => {
     expect(membership.get('quiet')!.status).toBe('dead');
   });
 
+  it('counts the live nodes through joins, rejoins, departures and deaths as alive() does', () => {
+    const { membership, advance } = setup(1000);
+    const counted = () => expect(membership.aliveCount).toBe(membership.alive().length);
+    for (const id of ['a', 'b', 'c', 'd']) membership.join(info(id));
+    membership.join(info('a')); // joining again while alive is not a second node
+    counted();
+    membership.leave('b');
+    membership.leave('b');
+    advance(600);
+    membership.heartbeat('c', stats(1));
+    advance(600);
+    membership.sweep(); // a and d died
+    counted();
+    membership.join(info('d')); // back from the dead
+    membership.join(info('b')); // back after leaving
+    counted();
+    expect(membership.aliveCount).toBe(3);
+  });
+
   it('a sweep that comes late (this process stalled) declares nobody dead; heartbeats read after it count', () => {
     const { membership, events, advance } = setup(1000);
     membership.join(info('a'));

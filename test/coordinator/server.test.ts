@@ -214,6 +214,20 @@ describe('join', () => {
   });
 });
 
+describe('heartbeat period', () => {
+  it('stretches past maxHeartbeatsPerSecond, up to a fifth of the node timeout, and back; joins and heartbeats carry it', async () => {
+    await startServer({ maxHeartbeatsPerSecond: 1, nodeTimeoutMs: 12_500 });
+    expect((await admitted(a)).heartbeatMs).toBe(1000); // one node beating every second: within the budget
+    expect((await admitted(b)).heartbeatMs).toBe(2000);
+    expect(await a.heartbeat(to, 0)).toMatchObject({ accepted: true, heartbeatMs: 2000 });
+    expect((await admitted(c)).heartbeatMs).toBe(2500); // 3000 would leave fewer than five beats per timeout
+    expect(await c.report(to, 0, [], true)).toEqual({ accepted: true });
+    expect(await a.heartbeat(to, 0)).toMatchObject({ accepted: true, heartbeatMs: 2000 });
+    expect(await b.report(to, 0, [], true)).toEqual({ accepted: true });
+    expect(await a.heartbeat(to, 0)).toMatchObject({ accepted: true, heartbeatMs: 1000 }); // back to the configured period
+  });
+});
+
 describe('plans', () => {
   it('go to joiners and ride on heartbeats when newer than the node\'s', async () => {
     await startServer();

@@ -242,6 +242,15 @@ describe('p2p between two hosts in one process', () => {
         error: TimeoutError,
         reason: 'stalled',
       },
+      {
+        name: 'a reply cut short',
+        respond: async (stream) => {
+          stream.send(new Uint8Array([...varint(50), 0x81]));
+          await stream.close();
+        },
+        error: MalformedError,
+        reason: 'truncated',
+      },
     ];
 
     for (const { name, respond, error, reason } of cases) {
@@ -255,6 +264,18 @@ describe('p2p between two hosts in one process', () => {
         await server.unhandle(PROTOCOLS.delta.id);
       });
     }
+
+    it('that hangs up without a byte of reply is a reset, not a malformed reply, and the requester logs no rejection', async () => {
+      await rawResponder('delta', (stream) => stream.close());
+      const from = clientLog.entries.length;
+      const err = await clientRpc.request(server.peerId, 'delta', all.delta.request).catch((e) => e);
+      expect(err).toBeInstanceOf(RemoteError);
+      expect(err.reason).toBe('reset');
+      expect(err.message).toMatch(/closed before a message began/);
+      await stillServes(); // a later request on the same connection is answered, and nothing was logged meanwhile
+      expect(clientLog.entries.slice(from)).toEqual([]);
+      await server.unhandle(PROTOCOLS.delta.id);
+    });
   });
 });
 
