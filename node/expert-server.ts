@@ -29,9 +29,9 @@ export interface ExpertServerOptions {
 }
 
 /**
- * Bytes of served forwards a holder keeps by default: at the demo job's width a forward's rows cost 2 kB each (input,
- * gate·x and up·x in f32), and a peer's step sends ~8k rows here (batch 8 × 128 tokens, 2 experts each, 4 layers, half
- * of them remote): 16 MB, so this is about four of its steps.
+ * Bytes of served forwards a holder keeps by default: at the demo job's width a row costs 2.5 kB (input, gate·x and up·x
+ * in f32), and a peer's step sends ~4k rows here (batch 8 × 128 tokens, 2 experts each, 4 layers, half of them held
+ * here): 10 MB, so this is about six of its steps (a backward needs only its own step's).
  */
 export const DEFAULT_KEPT_FORWARD_BYTES = 64 * 2 ** 20;
 
