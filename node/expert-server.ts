@@ -131,8 +131,8 @@ export async function serveExperts(
     if (!expert) throw new RefusedError(`expert ${call.layer}.${call.expert} is not held here`);
     return expert;
   };
-  const decode = (rows: WireRows, count: number) => {
-    const values = rowsOf(rows, count, hidden);
+  const decode = (rows: WireRows, count: number, into?: Float32Array) => {
+    const values = rowsOf(rows, count, hidden, into);
     if (typeof values === 'string') throw new RefusedError(values);
     return values;
   };
@@ -162,11 +162,10 @@ export async function serveExperts(
   };
   const backward = (call: ExpertCall, peer: string): ExpertCall => {
     const expert = holding(call);
-    const grad = dy.rows(call.rows);
-    grad.set(decode(call, call.rows));
+    const grad = decode(call, call.rows, dy.rows(call.rows));
     const input = x.rows(call.rows);
     if (call.input) {
-      input.set(decode({ tensor: call.input, scales: call.inputScales }, call.rows));
+      decode({ tensor: call.input, scales: call.inputScales }, call.rows, input);
       expert.keepInputsOf(input, call.rows); // refills the activations the backward reads
     } else {
       const forwardKept = kept.take(peer, call);

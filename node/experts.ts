@@ -109,8 +109,11 @@ export function wireRows(rows: number, hidden: number, values: Float32Array, pre
 
 const bytesOf = (view: ArrayBufferView) => new Uint8Array(view.buffer, view.byteOffset, view.byteLength);
 
-/** The rows of a peer's F32, BF16 or I8 (with `scales`) tensor, as f32, or a reason to refuse it. */
-export function rowsOf({ tensor, scales }: WireRows, rows: number, hidden: number): Float32Array | string {
+/**
+ * The rows of a peer's F32, BF16 or I8 (with `scales`) tensor, as f32, or a reason to refuse it: in a new array, or in
+ * the first rows × hidden floats of `into` (which a refused tensor may have partly overwritten).
+ */
+export function rowsOf({ tensor, scales }: WireRows, rows: number, hidden: number, into?: Float32Array): Float32Array | string {
   if (tensor.dtype !== 'F32' && tensor.dtype !== 'BF16' && tensor.dtype !== 'I8') return `expected F32, BF16 or I8 rows, got ${tensor.dtype}`;
   if (tensor.shape.length !== 2 || tensor.shape[0] !== rows || tensor.shape[1] !== hidden) {
     return `expected shape [${rows}, ${hidden}], got [${tensor.shape.join(', ')}]`;
@@ -118,20 +121,29 @@ export function rowsOf({ tensor, scales }: WireRows, rows: number, hidden: numbe
   const mismatch = tensorMismatch(tensor);
   if (mismatch !== undefined) return mismatch;
   if (tensor.dtype !== 'I8' && scales) return `${tensor.dtype} rows carry no scales`;
-  const values = tensor.dtype === 'I8' ? int8Rows(tensor, scales, rows, hidden)
+  const out = into?.subarray(0, rows * hidden);
+  let values = tensor.dtype === 'I8' ? int8Rows(tensor, scales, rows, hidden, out ?? new Float32Array(rows * hidden))
     : tensor.dtype === 'BF16' ? decodeHalves(tensor.data, 'BF16') : tensorF32(tensor);
   if (typeof values === 'string') return values;
+  if (out && values !== out) values = (out.set(values), out);
+  // An I8 value is at most 127 × its (checked, finite) scale: when every scale keeps that in range, so are the values.
+  if (tensor.dtype === 'I8' && within(tensorF32(scales!), MAX_ROW_MAGNITUDE / 127)) return values;
   for (let i = 0; i < values.length; i++) {
     if (!(Math.abs(values[i]) <= MAX_ROW_MAGNITUDE)) return `${Number.isFinite(values[i]) ? 'out-of-range' : 'non-finite'} value ${values[i]} at ${i}`;
   }
   return values;
 }
 
+function within(values: Float32Array, bound: number): boolean {
+  for (let i = 0; i < values.length; i++) if (!(values[i] <= bound)) return false;
+  return true;
+}
+
 /**
  * Decodes I8 codes (−127..127) times their block's scale, after checking the scales: F32, one
  * per block of a divisor of the row, each finite and ≥ 0 (0: a block of zeros, e.g. a zero gradient).
  */
-function int8Rows(codes: Tensor, scales: Tensor | undefined, rows: number, hidden: number): Float32Array | string {
+function int8Rows(codes: Tensor, scales: Tensor | undefined, rows: number, hidden: number, values: Float32Array): Float32Array | string {
   if (!scales) return 'I8 rows need their scales';
   const blocks = scales.shape[1];
   if (scales.dtype !== 'F32' || scales.shape.length !== 2 || scales.shape[0] !== rows || !(blocks > 0 && hidden % blocks === 0)) {
@@ -140,7 +152,6 @@ function int8Rows(codes: Tensor, scales: Tensor | undefined, rows: number, hidde
   const mismatch = tensorMismatch(scales);
   if (mismatch !== undefined) return `scales: ${mismatch}`;
   const data = codes.data;
-  const values = new Float32Array(rows * hidden);
   try {
     dequantizeBlocks('int8 rows', new Int8Array(data.buffer, data.byteOffset, data.byteLength), tensorF32(scales), hidden / blocks, values);
   } catch (err) {
@@ -164,7 +175,7 @@ interface Batch {
   target: DialTarget;
   direction: Direction;
   calls: ExpertCall[];
-  waiting: { resolve: (values: Float32Array) => void; reject: (error: unknown) => void }[];
+  waiting: { into: Float32Array; resolve: () => void; reject: (error: unknown) => void }[];
 }
 
 /** A forward a holder answered: the backward on the same rows goes there first, naming it instead of sending the input again. */
@@ -224,9 +235,8 @@ export class SwarmRemoteExperts implements RemoteExperts {
     const payload = wireRows(rows, hidden, x, precision);
     const print = fingerprint(x.subarray(0, rows * hidden));
     const answer = await this.remote('forward', layer, expert, rows, undefined,
-      (peer, target, call) => this.ask(peer, target, 'forward', { ...call, ...payload }));
+      (peer, target, call) => this.ask(peer, target, 'forward', { ...call, ...payload }, y));
     if (!answer) return false;
-    y.set(answer.values);
     const answered = this.answered.get(`${layer}.${expert}`) ?? [];
     answered.push({ rows, fingerprint: print, peer: answer.peer, call: answer.call });
     if (answered.length > ANSWERED_PER_EXPERT) answered.shift();
@@ -247,15 +257,14 @@ export class SwarmRemoteExperts implements RemoteExperts {
     const answer = await this.remote('backward', layer, expert, rows, forward?.peer, async (peer, target, call) => {
       if (peer === forward?.peer) {
         try {
-          return await this.ask(peer, target, 'backward', { ...call, ...gradient, forwardCall: forward.call });
+          return await this.ask(peer, target, 'backward', { ...call, ...gradient, forwardCall: forward.call }, dx);
         } catch (err) {
           if (!(err instanceof CallRefused && err.needsInput)) throw err;
           this.stats.inputsResent++;
         }
       }
-      return this.ask(peer, target, 'backward', { ...call, ...inputPayload() });
+      return this.ask(peer, target, 'backward', { ...call, ...inputPayload() }, dx);
     });
-    if (answer) dx.set(answer.values);
     return answer !== undefined;
   }
 
@@ -274,8 +283,8 @@ export class SwarmRemoteExperts implements RemoteExperts {
    */
   private async remote(
     direction: Direction, layer: number, expert: number, rows: number, first: string | undefined,
-    ask: (peer: string, target: DialTarget, call: Omit<ExpertCall, 'tensor'>) => Promise<Float32Array>,
-  ): Promise<{ values: Float32Array; peer: string; call: number } | undefined> {
+    ask: (peer: string, target: DialTarget, call: Omit<ExpertCall, 'tensor'>) => Promise<void>,
+  ): Promise<{ peer: string; call: number } | undefined> {
     const { jobId, self, log } = this.options;
     const others = this.directory.holders(layer, expert).filter((peer) => peer !== self);
     const call = ++this.calls;
@@ -291,8 +300,8 @@ export class SwarmRemoteExperts implements RemoteExperts {
         if (!target) continue;
         if (attempt > 0) this.stats.failovers++;
         try {
-          const values = await ask(peer, target, { jobId, step: this.step, call, layer, expert, rows });
-          return { values, peer, call };
+          await ask(peer, target, { jobId, step: this.step, call, layer, expert, rows });
+          return { peer, call };
         } catch (err) {
           log?.(`expert ${layer}.${expert} ${direction} via ${peer} failed: ${(err as Error).message}`);
         }
@@ -306,9 +315,10 @@ export class SwarmRemoteExperts implements RemoteExperts {
 
   /**
    * Sends a call to a holder in one request with the other calls to that holder in the same direction issued in this
-   * turn (the MoE layer issues all of a layer's calls before awaiting any); resolves to the call's rows.
+   * turn (the MoE layer issues all of a layer's calls before awaiting any); resolves once the call's rows are in `into`
+   * (a failed call may have left part of a bad reply there).
    */
-  private ask(peer: string, target: DialTarget, direction: Direction, call: ExpertCall): Promise<Float32Array> {
+  private ask(peer: string, target: DialTarget, direction: Direction, call: ExpertCall, into: Float32Array): Promise<void> {
     this.stats.remoteCalls++;
     const key = `${direction} ${peer}`;
     let batch = this.batches.get(key);
@@ -324,7 +334,7 @@ export class SwarmRemoteExperts implements RemoteExperts {
     if (open.calls.length + 1 === MAX_EXPERT_CALLS) this.batches.delete(key); // full: the next call opens another
     return new Promise((resolve, reject) => {
       open.calls.push(call);
-      open.waiting.push({ resolve, reject });
+      open.waiting.push({ into, resolve, reject });
     });
   }
 
@@ -344,8 +354,8 @@ export class SwarmRemoteExperts implements RemoteExperts {
     calls.forEach(({ call, rows }, i) => {
       const answer = answers.get(call);
       const refusal = refusals.get(call);
-      const values = answer ? rowsOf(answer, rows, hidden) : undefined;
-      if (values instanceof Float32Array) waiting[i].resolve(values);
+      const values = answer ? rowsOf(answer, rows, hidden, waiting[i].into) : undefined;
+      if (values instanceof Float32Array) waiting[i].resolve();
       else if (values !== undefined) waiting[i].reject(new Error(`bad reply: ${values}`));
       else if (refusal) waiting[i].reject(new CallRefused(`refused: ${refusal.reason}`, refusal.needsInput === true));
       else waiting[i].reject(new Error('the reply left the call out'));

@@ -98,6 +98,15 @@ describe('int8 expert rows', () => {
       }
     }
     expect(Array.from(back.subarray(3 * HIDDEN, 4 * HIDDEN))).toEqual(new Array(HIDDEN).fill(0));
+    // Decoded into a buffer of the caller's instead (its first rows; the rest untouched): the same values.
+    for (const precision of ['int8', 'bf16', 'f32'] as const) {
+      const into = new Float32Array(ROWS * HIDDEN + 3).fill(7);
+      const wired = wireRows(ROWS, HIDDEN, values, precision);
+      const decoded = rowsOf(wired, ROWS, HIDDEN, into) as Float32Array;
+      expect([decoded.buffer, decoded.length]).toEqual([into.buffer, ROWS * HIDDEN]);
+      expect(decoded).toEqual(rowsOf(wired, ROWS, HIDDEN));
+      expect(Array.from(into.subarray(ROWS * HIDDEN))).toEqual([7, 7, 7]);
+    }
   });
 
   it('decodes a peer\'s scales per block of any divisor of the row, hand-computed', () => {
