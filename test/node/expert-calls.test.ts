@@ -2,7 +2,7 @@
 // backward answered from what its forward left at the holder, bit for bit what a backward carrying its input gives.
 import '../../src/p2p/polyfill.ts';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { serveExperts, type ExpertServer } from '../../node/expert-server.ts';
+import { KeptForwards, serveExperts, type ExpertServer } from '../../node/expert-server.ts';
 import { newExpertStats, rowsOf, SwarmRemoteExperts, wireRows } from '../../node/experts.ts';
 import { f32Tensor, msgpackCodec, type ExpertPrecision } from '../../proto/index.ts';
 import { createKernels, type Kernels } from '../../src/kernels/index.ts';
@@ -147,5 +147,35 @@ describe('expert calls in batches', () => {
     const stranger = new Rpc({ transport: hosts[1], codec: msgpackCodec });
     await expect(stranger.request(holderHost.getMultiaddrs(), 'expertCalls', { direction: 'forward', calls: [call(1, 0, randomRows(55))] }))
       .rejects.toThrow(/not admitted to job job/);
+  });
+});
+
+describe('kept forwards', () => {
+  // Entries of 100 bytes standing for a forward's kept rows; the replica is any object (compared by identity).
+  const entry = (layer: number, expert: number, step = 1) => ({
+    step, layer, expert, rows: ROWS, replica: {} as never, input: new Float32Array(0), kept: {} as never, bytes: 100,
+  });
+  const backward = (forwardCall: number, layer: number, expert: number, step = 1) =>
+    ({ jobId: 'job', step, call: 99, layer, expert, rows: ROWS, tensor: f32Tensor([0], new Float32Array(0)), forwardCall });
+
+  it('drops the oldest beyond the cap, gives a forward once and only to a backward on the same expert, step and rows', () => {
+    const kept = new KeptForwards(250);
+    kept.keep('p', 1, entry(0, 0));
+    kept.keep('p', 2, entry(0, 1));
+    kept.keep('q', 2, entry(0, 1));
+    expect([kept.size, kept.bytes]).toEqual([2, 200]); // p's call 1 went first
+    expect(kept.take('p', backward(1, 0, 0))).toBeUndefined();
+    expect(kept.take('q', backward(2, 0, 1, 2))).toBeUndefined(); // another step: not that forward (and it is gone)
+    expect(kept.take('p', backward(2, 0, 1))).toMatchObject({ layer: 0, expert: 1 });
+    expect(kept.take('p', backward(2, 0, 1))).toBeUndefined();
+    expect([kept.size, kept.bytes]).toEqual([0, 0]);
+  });
+
+  it('forgets the forwards of an expert given up', () => {
+    const kept = new KeptForwards(1000);
+    [[0, 0], [1, 2], [0, 0]].forEach(([layer, expert], call) => kept.keep('p', call, entry(layer, expert)));
+    kept.forget(0, 0);
+    expect([kept.size, kept.bytes]).toEqual([1, 100]);
+    expect(kept.take('p', backward(1, 1, 2))).toBeDefined();
   });
 });
