@@ -332,8 +332,9 @@ export type LeaseReport = Static<typeof LeaseReportSchema>;
 /**
  * One direction of an expert call. Forward: the request holds the expert's input rows
  * [rows, hidden] and the response its output. Backward: the request holds the output
- * gradient and, in `input`, the forward's input again (a holder keeps no state between the
- * calls, so any holder can serve a backward); the response holds the input gradient.
+ * gradient and either, in `input`, the forward's input again (so any holder can serve it) or,
+ * in `forwardCall`, the forward this holder answered and kept; the response holds the input
+ * gradient.
  */
 export const ExpertCallSchema = Type.Object({
   jobId: Id,
