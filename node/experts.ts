@@ -251,8 +251,11 @@ export class SwarmRemoteExperts implements RemoteExperts {
     let withInput: ExpertPayload | undefined;
     // The input goes in the forward's precision, so a holder without it recomputes the very forward it answered.
     const inputPayload = () => {
-      const input = withInput ? undefined : wireRows(rows, hidden, x, precision);
-      return (withInput ??= { ...gradient, input: input!.tensor, inputScales: input!.scales });
+      if (!withInput) {
+        const input = wireRows(rows, hidden, x, precision);
+        withInput = { ...gradient, input: input.tensor, inputScales: input.scales };
+      }
+      return withInput;
     };
     const answer = await this.remote('backward', layer, expert, rows, forward?.peer, async (peer, target, call) => {
       if (peer === forward?.peer) {
