@@ -110,7 +110,8 @@ interface LocalRun {
 
 /**
  * The experts of `holder`, reached as a remote holder would be: each call's rows encoded for the
- * wire and decoded again on both ways, their bytes counted; `errors` (when given) sees the exact rows.
+ * wire and decoded again on both ways, their bytes counted (a backward's input is the forward's, which
+ * the holder kept: not counted again); `errors` (when given) sees the exact rows.
  */
 function loopback(
   kernels: Kernels, holder: Pick<HostedExperts, 'servingExpert'>, hidden: number, setting: Setting, count: (bytes: number) => void, errors?: RowErrors,
@@ -118,10 +119,11 @@ function loopback(
   // The holder computes on kernel-heap rows with its serving replicas, as serveExperts does.
   const serving = (layer: number, expert: number) => holder.servingExpert(layer, expert)!;
   const [input, grad, out] = Array.from({ length: 3 }, () => new GrowableBuffer(kernels, hidden));
-  const travel = (values: Float32Array, rows: number, precision: ExpertPrecision, kind: RowKind, into?: GrowableBuffer) => {
-    errors?.add(kind, values, rows, hidden);
+  // kept: rows the holder kept from the forward, decoded as they were then but not sent again.
+  const travel = (values: Float32Array, rows: number, precision: ExpertPrecision, kind: RowKind, into?: GrowableBuffer, kept = false) => {
+    if (!kept) errors?.add(kind, values, rows, hidden);
     const wire = wireRows(rows, hidden, values, precision);
-    count(wire.tensor.data.byteLength + (wire.scales?.data.byteLength ?? 0));
+    if (!kept) count(wire.tensor.data.byteLength + (wire.scales?.data.byteLength ?? 0));
     const back = rowsOf(wire, rows, hidden);
     if (typeof back === 'string') throw new Error(back);
     const target = into ? into.rows(rows) : values;
@@ -135,7 +137,7 @@ function loopback(
       return true;
     },
     async backward(layer, expert, x, dy, dx, rows) {
-      const held = travel(x, rows, setting.precision, 'x', input);
+      const held = travel(x, rows, setting.precision, 'x', input, true);
       const gradient = travel(dy, rows, setting.gradientPrecision, 'dy', grad);
       const replica = serving(layer, expert);
       replica.forward(held, out.rows(rows), rows); // as a holder does: the backward reads the forward's activations

@@ -6,7 +6,7 @@
 // has 1. From the nodes' step events after the warm-up: aggregate tokens/s and its ratio to the
 // 1-node run, tokens per CPU-second against one node's (what cores of their own with no waiting would give),
 // the share of step time waiting on remote experts, idle and serving peers, bytes sent per token per node,
-// remote calls per step.
+// remote calls per step and the requests they travelled in (a layer's calls to one holder go together).
 // Over real-world links (--links RATE[,RATE...], as root): the coordinator and each node in a network
 // namespace of its own, all joined through a hub namespace by veth pairs whose both ends tbf shapes to
 // RATE (src/harness/netns.ts's StarNetwork), so each host has a RATE uplink and a RATE downlink. This
@@ -184,6 +184,7 @@ function steady(steps: SwarmEvent[]) {
     tokensPerCpuSecond: tokens / (sum(kept.map((e) => e.cpuMs)) / 1e3),
     servingShare: (last.servingMs - base.servingMs) / 1e3 / seconds,
     remoteCallsPerStep: (last.remoteCalls - base.remoteCalls) / kept.length,
+    remoteRequestsPerStep: (last.requests - base.requests) / kept.length,
   };
 }
 
@@ -205,13 +206,14 @@ async function table(title: string, launch: Launcher): Promise<void> {
       setting.name, aggregate.toFixed(0), `${(aggregate / baseline).toFixed(2)}×`, `${(cpuBound / cpuBaseline).toFixed(2)}×`,
       percent((n) => n.remoteWaitShare), percent((n) => n.idleShare), percent((n) => n.servingShare),
       (mean((n) => n.sentPerToken) / 1024).toFixed(2), mean((n) => n.remoteCallsPerStep).toFixed(1),
+      mean((n) => n.remoteRequestsPerStep).toFixed(1),
     ]);
     console.log(`  ${title}, ${setting.name}: ${aggregate.toFixed(0)} tokens/s (load average ${loadavg()[0].toFixed(2)})`);
   }
   console.log(title);
   printTable([
     'setting', 'aggregate tokens/s', 'vs one node', 'per CPU-second vs one node', 'remote-expert wait', 'idle', 'serving peers',
-    'sent kB per token per node', 'remote calls per step',
+    'sent kB per token per node', 'remote calls per step', 'requests per step',
   ], rows);
 }
 

@@ -1,13 +1,14 @@
-// Experts across the swarm: SwarmRemoteExperts, a node's transport to the experts other nodes hold
-// (the model's RemoteExperts port), and serveExperts, which answers peers' calls for those held here.
-import { f32Tensor, tensorF32, tensorMismatch, type ExpertCall, type ExpertPrecision, type JobSpec, type Tensor } from '../proto/index.ts';
+// Experts across the swarm: SwarmRemoteExperts, a node's transport to the experts other nodes hold (the model's
+// RemoteExperts port), and expert rows on the wire; expert-server.ts answers peers' calls for those held here.
+import {
+  f32Tensor, MAX_EXPERT_CALLS, tensorF32, tensorMismatch, type ExpertCall, type ExpertCalls, type ExpertPrecision, type ExpertReplies,
+  type JobSpec, type Tensor,
+} from '../proto/index.ts';
 import { decodeHalves, encodeHalves } from '../proto/half.ts';
 import { CodecError } from '../src/compress/codec.ts';
 import { dequantizeBlocks, quantizeBlocks } from '../src/compress/int8-block.ts';
-import type { Kernels } from '../src/kernels/index.ts';
-import type { HostedExperts, RemoteExperts } from '../src/model/hosted.ts';
-import { GrowableBuffer } from '../src/model/linear.ts';
-import { RefusedError, type DialTarget, type Rpc } from '../src/p2p/index.ts';
+import type { RemoteExperts } from '../src/model/hosted.ts';
+import type { DialTarget, Rpc } from '../src/p2p/index.ts';
 
 /** Who holds what, from the coordinator's current plan. */
 export interface ExpertDirectory {
@@ -22,10 +23,14 @@ export interface ExpertDirectory {
 /** The transport's counters (the calls that ran locally are the model's: HostedExperts.localCalls). */
 export interface ExpertStats {
   remoteCalls: number;
+  /** Requests those calls travelled in: a layer's calls to one holder in one direction go together. */
+  requests: number;
   /** Calls that went to another holder after one failed. */
   failovers: number;
   /** Calls that no holder answered. */
   unanswered: number;
+  /** Backward calls sent again with their input: the holder no longer kept their forward's. */
+  inputsResent: number;
   /** Calls from other nodes served here. */
   served: number;
   /** Milliseconds of this node's training with a remote expert call in flight. */
@@ -33,6 +38,9 @@ export interface ExpertStats {
   /** Milliseconds spent answering peers' calls (decoding, computing, encoding). */
   servingMs: number;
 }
+
+export const newExpertStats = (): ExpertStats =>
+  ({ remoteCalls: 0, requests: 0, failovers: 0, unanswered: 0, inputsResent: 0, served: 0, remoteWaitMs: 0, servingMs: 0 });
 
 export interface SwarmRemoteExpertsComponents {
   rpc: Pick<Rpc, 'request'>;
@@ -44,7 +52,7 @@ export interface SwarmRemoteExpertsOptions {
   self: string;
   hidden: number;
   timeoutMs: number;
-  /** Forward rows (and the input a backward carries again). */
+  /** Forward rows (and the input a backward carries again when the holder did not keep it). */
   precision: ExpertPrecision;
   /** A backward's output gradient and its reply. */
   gradientPrecision: ExpertPrecision;
@@ -74,8 +82,8 @@ export function expertPrecisions(
  */
 export const MAX_ROW_MAGNITUDE = 1e8;
 
-/** The rows an expert call carries (its `tensor` and `scales`). */
-type ExpertPayload = WireRows & Pick<ExpertCall, 'input' | 'inputScales'>;
+/** The rows an expert call carries (its `tensor` and `scales`), and a backward's input or the forward it names. */
+type ExpertPayload = WireRows & Pick<ExpertCall, 'input' | 'inputScales' | 'forwardCall'>;
 
 /** Rows as they travel: the tensor and, for I8 codes, their F32 scales [rows, blocks per row]. */
 export interface WireRows {
@@ -101,8 +109,11 @@ export function wireRows(rows: number, hidden: number, values: Float32Array, pre
 
 const bytesOf = (view: ArrayBufferView) => new Uint8Array(view.buffer, view.byteOffset, view.byteLength);
 
-/** The rows of a peer's F32, BF16 or I8 (with `scales`) tensor, as f32, or a reason to refuse it. */
-export function rowsOf({ tensor, scales }: WireRows, rows: number, hidden: number): Float32Array | string {
+/**
+ * The rows of a peer's F32, BF16 or I8 (with `scales`) tensor, as f32, or a reason to refuse it: in a new array, or in
+ * the first rows × hidden floats of `into` (which a refused tensor may have partly overwritten).
+ */
+export function rowsOf({ tensor, scales }: WireRows, rows: number, hidden: number, into?: Float32Array): Float32Array | string {
   if (tensor.dtype !== 'F32' && tensor.dtype !== 'BF16' && tensor.dtype !== 'I8') return `expected F32, BF16 or I8 rows, got ${tensor.dtype}`;
   if (tensor.shape.length !== 2 || tensor.shape[0] !== rows || tensor.shape[1] !== hidden) {
     return `expected shape [${rows}, ${hidden}], got [${tensor.shape.join(', ')}]`;
@@ -110,20 +121,29 @@ export function rowsOf({ tensor, scales }: WireRows, rows: number, hidden: numbe
   const mismatch = tensorMismatch(tensor);
   if (mismatch !== undefined) return mismatch;
   if (tensor.dtype !== 'I8' && scales) return `${tensor.dtype} rows carry no scales`;
-  const values = tensor.dtype === 'I8' ? int8Rows(tensor, scales, rows, hidden)
+  const out = into?.subarray(0, rows * hidden);
+  let values = tensor.dtype === 'I8' ? int8Rows(tensor, scales, rows, hidden, out ?? new Float32Array(rows * hidden))
     : tensor.dtype === 'BF16' ? decodeHalves(tensor.data, 'BF16') : tensorF32(tensor);
   if (typeof values === 'string') return values;
+  if (out && values !== out) values = (out.set(values), out);
+  // An I8 value is at most 127 × its (checked, finite) scale: when every scale keeps that in range, so are the values.
+  if (tensor.dtype === 'I8' && within(tensorF32(scales!), MAX_ROW_MAGNITUDE / 127)) return values;
   for (let i = 0; i < values.length; i++) {
     if (!(Math.abs(values[i]) <= MAX_ROW_MAGNITUDE)) return `${Number.isFinite(values[i]) ? 'out-of-range' : 'non-finite'} value ${values[i]} at ${i}`;
   }
   return values;
 }
 
+function within(values: Float32Array, bound: number): boolean {
+  for (let i = 0; i < values.length; i++) if (!(values[i] <= bound)) return false;
+  return true;
+}
+
 /**
  * Decodes I8 codes (−127..127) times their block's scale, after checking the scales: F32, one
  * per block of a divisor of the row, each finite and ≥ 0 (0: a block of zeros, e.g. a zero gradient).
  */
-function int8Rows(codes: Tensor, scales: Tensor | undefined, rows: number, hidden: number): Float32Array | string {
+function int8Rows(codes: Tensor, scales: Tensor | undefined, rows: number, hidden: number, values: Float32Array): Float32Array | string {
   if (!scales) return 'I8 rows need their scales';
   const blocks = scales.shape[1];
   if (scales.dtype !== 'F32' || scales.shape.length !== 2 || scales.shape[0] !== rows || !(blocks > 0 && hidden % blocks === 0)) {
@@ -132,7 +152,6 @@ function int8Rows(codes: Tensor, scales: Tensor | undefined, rows: number, hidde
   const mismatch = tensorMismatch(scales);
   if (mismatch !== undefined) return `scales: ${mismatch}`;
   const data = codes.data;
-  const values = new Float32Array(rows * hidden);
   try {
     dequantizeBlocks('int8 rows', new Int8Array(data.buffer, data.byteOffset, data.byteLength), tensorF32(scales), hidden / blocks, values);
   } catch (err) {
@@ -142,21 +161,66 @@ function int8Rows(codes: Tensor, scales: Tensor | undefined, rows: number, hidde
   return values;
 }
 
-/** A holder answers in the precision it was called with. */
-const precisionOf = (tensor: Tensor): ExpertPrecision => (tensor.dtype === 'BF16' ? 'bf16' : tensor.dtype === 'I8' ? 'int8' : 'f32');
+type Direction = ExpertCalls['direction'];
+
+/** A holder refused one call of a batch (the others may have been answered). */
+class CallRefused extends Error {
+  constructor(message: string, readonly needsInput: boolean) {
+    super(message);
+  }
+}
+
+/** Calls to one holder in one direction waiting to go as one request. */
+interface Batch {
+  target: DialTarget;
+  direction: Direction;
+  calls: ExpertCall[];
+  waiting: { into: Float32Array; resolve: () => void; reject: (error: unknown) => void }[];
+}
+
+/** A forward a holder answered: the backward on the same rows goes there first, naming it instead of sending the input again. */
+interface AnsweredForward {
+  rows: number;
+  fingerprint: number;
+  peer: string;
+  call: number;
+}
+
+/** Answered forwards remembered per expert: a step's forward, its recomputation under checkpointing, and a second lane's. */
+const ANSWERED_PER_EXPERT = 4;
+
+/** A 52-bit hash of rows' bits, telling a backward's input from other forwards' to the same expert. */
+function fingerprint(values: Float32Array): number {
+  const bits = new Int32Array(values.buffer, values.byteOffset, values.length);
+  let a = 0x811c9dc5;
+  let b = 0x9747b28c;
+  for (let i = 0; i < bits.length; i++) {
+    a = Math.imul(a ^ bits[i], 0x01000193);
+    a ^= a >>> 15;
+    b = Math.imul(b ^ bits[i], 0x5bd1e995);
+    b ^= b >>> 13;
+  }
+  return (a >>> 0) * 2 ** 20 + ((b >>> 0) & 0xfffff);
+}
 
 /**
  * Calls an expert's holders over the expert protocols, failing over to the next holder when one
  * does not answer in time (or answers garbage); when none answers, the call resolves false and
- * the MoE layer drops that expert for those tokens.
+ * the MoE layer drops that expert for those tokens. The calls to one holder that the model starts
+ * together (a layer's, in one direction) travel as one request; a backward goes first to the
+ * holder that answered its forward, which kept that forward's input.
  */
 export class SwarmRemoteExperts implements RemoteExperts {
-  readonly stats: ExpertStats = { remoteCalls: 0, failovers: 0, unanswered: 0, served: 0, remoteWaitMs: 0, servingMs: 0 };
+  readonly stats: ExpertStats = newExpertStats();
   /** The step of the caller's training loop, carried in calls for the holder's logs. */
   step = 0;
   private calls = 0;
   private inFlight = 0;
   private waitStart = 0;
+  /** Per direction and holder: the calls of this turn not sent yet. */
+  private readonly batches = new Map<string, Batch>();
+  /** Per expert ("layer.expert"): its latest answered forwards, newest last. */
+  private readonly answered = new Map<string, AnsweredForward[]>();
 
   private readonly rpc: SwarmRemoteExpertsComponents['rpc'];
   private readonly directory: SwarmRemoteExpertsComponents['directory'];
@@ -168,125 +232,136 @@ export class SwarmRemoteExperts implements RemoteExperts {
 
   async forward(layer: number, expert: number, x: Float32Array, y: Float32Array, rows: number): Promise<boolean> {
     const { hidden, precision } = this.options;
-    const reply = await this.remote('expertForward', layer, expert, rows, wireRows(rows, hidden, x, precision));
-    if (reply) y.set(reply);
-    return reply !== undefined;
+    const payload = wireRows(rows, hidden, x, precision);
+    const print = fingerprint(x.subarray(0, rows * hidden));
+    const answer = await this.remote('forward', layer, expert, rows, undefined,
+      (peer, target, call) => this.ask(peer, target, 'forward', { ...call, ...payload }, y));
+    if (!answer) return false;
+    const answered = this.answered.get(`${layer}.${expert}`) ?? [];
+    answered.push({ rows, fingerprint: print, peer: answer.peer, call: answer.call });
+    if (answered.length > ANSWERED_PER_EXPERT) answered.shift();
+    this.answered.set(`${layer}.${expert}`, answered);
+    return true;
   }
 
   async backward(layer: number, expert: number, x: Float32Array, dy: Float32Array, dx: Float32Array, rows: number): Promise<boolean> {
     const { hidden, precision, gradientPrecision } = this.options;
-    // The input goes in the forward's precision, so the holder recomputes the very forward it answered.
-    const input = wireRows(rows, hidden, x, precision);
-    const payload = { ...wireRows(rows, hidden, dy, gradientPrecision), input: input.tensor, inputScales: input.scales };
-    const reply = await this.remote('expertBackward', layer, expert, rows, payload);
-    if (reply) dx.set(reply);
-    return reply !== undefined;
+    const gradient = wireRows(rows, hidden, dy, gradientPrecision);
+    const forward = this.takeAnswered(layer, expert, rows, x.subarray(0, rows * hidden));
+    let withInput: ExpertPayload | undefined;
+    // The input goes in the forward's precision, so a holder without it recomputes the very forward it answered.
+    const inputPayload = () => {
+      if (!withInput) {
+        const input = wireRows(rows, hidden, x, precision);
+        withInput = { ...gradient, input: input.tensor, inputScales: input.scales };
+      }
+      return withInput;
+    };
+    const answer = await this.remote('backward', layer, expert, rows, forward?.peer, async (peer, target, call) => {
+      if (peer === forward?.peer) {
+        try {
+          return await this.ask(peer, target, 'backward', { ...call, ...gradient, forwardCall: forward.call }, dx);
+        } catch (err) {
+          if (!(err instanceof CallRefused && err.needsInput)) throw err;
+          this.stats.inputsResent++;
+        }
+      }
+      return this.ask(peer, target, 'backward', { ...call, ...inputPayload() }, dx);
+    });
+    return answer !== undefined;
   }
 
-  /** Tries the expert's holders in turn (starting at a rotating one, to spread load). */
+  /** The answered forward of these rows (the newest, when several forwards had them), forgotten once its backward is on the way. */
+  private takeAnswered(layer: number, expert: number, rows: number, x: Float32Array): AnsweredForward | undefined {
+    const answered = this.answered.get(`${layer}.${expert}`);
+    if (!answered) return undefined;
+    const print = fingerprint(x);
+    const index = answered.findLastIndex((f) => f.rows === rows && f.fingerprint === print);
+    return index < 0 ? undefined : answered.splice(index, 1)[0];
+  }
+
+  /**
+   * Tries the expert's holders in turn: `first` (a backward's forward holder) when it still holds the expert, else
+   * starting at a rotating one, to spread load.
+   */
   private async remote(
-    protocol: 'expertForward' | 'expertBackward', layer: number, expert: number, rows: number, payload: ExpertPayload,
-  ): Promise<Float32Array | undefined> {
-    const holders = this.directory.holders(layer, expert).filter((peer) => peer !== this.options.self);
+    direction: Direction, layer: number, expert: number, rows: number, first: string | undefined,
+    ask: (peer: string, target: DialTarget, call: Omit<ExpertCall, 'tensor'>) => Promise<void>,
+  ): Promise<{ peer: string; call: number } | undefined> {
+    const { jobId, self, log } = this.options;
+    const others = this.directory.holders(layer, expert).filter((peer) => peer !== self);
     const call = ++this.calls;
+    const holders = first !== undefined && others.includes(first)
+      ? [first, ...others.filter((peer) => peer !== first)]
+      : others.map((_, attempt) => others[(call + attempt) % others.length]);
     // Wall time with at least one remote call in flight (concurrent calls overlap).
     if (this.inFlight++ === 0) this.waitStart = performance.now();
     try {
-      return await this.tryHolders(protocol, layer, expert, rows, payload, holders, call);
+      for (let attempt = 0; attempt < holders.length; attempt++) {
+        const peer = holders[attempt];
+        const target = this.directory.address(peer);
+        if (!target) continue;
+        if (attempt > 0) this.stats.failovers++;
+        try {
+          await ask(peer, target, { jobId, step: this.step, call, layer, expert, rows });
+          return { peer, call };
+        } catch (err) {
+          log?.(`expert ${layer}.${expert} ${direction} via ${peer} failed: ${(err as Error).message}`);
+        }
+      }
+      this.stats.unanswered++;
+      return undefined;
     } finally {
       if (--this.inFlight === 0) this.stats.remoteWaitMs += performance.now() - this.waitStart;
     }
   }
 
-  private async tryHolders(
-    protocol: 'expertForward' | 'expertBackward', layer: number, expert: number, rows: number, payload: ExpertPayload,
-    holders: string[], call: number,
-  ): Promise<Float32Array | undefined> {
-    const { jobId, hidden, timeoutMs, log } = this.options;
-    for (let attempt = 0; attempt < holders.length; attempt++) {
-      const peer = holders[(call + attempt) % holders.length];
-      const target = this.directory.address(peer);
-      if (!target) continue;
-      if (attempt > 0) this.stats.failovers++;
-      try {
-        this.stats.remoteCalls++;
-        const reply = await this.rpc.request(target, protocol, { jobId, step: this.step, call, layer, expert, rows, ...payload }, { timeout: timeoutMs });
-        const values = rowsOf(reply, rows, hidden);
-        if (typeof values === 'string') throw new Error(`bad reply: ${values}`);
-        return values;
-      } catch (err) {
-        log?.(`expert ${layer}.${expert} ${protocol} via ${peer} failed: ${(err as Error).message}`);
-      }
+  /**
+   * Sends a call to a holder in one request with the other calls to that holder in the same direction issued in this
+   * turn (the MoE layer issues all of a layer's calls before awaiting any); resolves once the call's rows are in `into`
+   * (a failed call may have left part of a bad reply there).
+   */
+  private ask(peer: string, target: DialTarget, direction: Direction, call: ExpertCall, into: Float32Array): Promise<void> {
+    this.stats.remoteCalls++;
+    const key = `${direction} ${peer}`;
+    let batch = this.batches.get(key);
+    if (!batch) {
+      const opened: Batch = (batch = { target, direction, calls: [], waiting: [] });
+      this.batches.set(key, opened);
+      queueMicrotask(() => {
+        if (this.batches.get(key) === opened) this.batches.delete(key);
+        void this.send(opened);
+      });
     }
-    this.stats.unanswered++;
-    return undefined;
+    const open = batch;
+    if (open.calls.length + 1 === MAX_EXPERT_CALLS) this.batches.delete(key); // full: the next call opens another
+    return new Promise((resolve, reject) => {
+      open.calls.push(call);
+      open.waiting.push({ into, resolve, reject });
+    });
   }
-}
 
-export interface ExpertServerComponents {
-  rpc: Rpc;
-  kernels: Kernels;
-  /** The experts hosted here (the model's), whose serving replicas answer the calls. */
-  experts: Pick<HostedExperts, 'servingExpert'>;
-  directory: ExpertDirectory;
-  /** Counts the calls served (`served`). */
-  stats: ExpertStats;
-}
-
-/**
- * Serves the expert protocols for the experts this node holds, to admitted peers only. A
- * backward recomputes the forward from the input it carries (holders keep no state between
- * calls) and adds the expert's weight gradients here.
- */
-export async function serveExperts(
-  components: ExpertServerComponents, { jobId, hidden }: { jobId: string; hidden: number },
-): Promise<void> {
-  const { rpc, kernels, experts, directory, stats } = components;
-  const x = new GrowableBuffer(kernels, hidden);
-  const dy = new GrowableBuffer(kernels, hidden);
-  const out = new GrowableBuffer(kernels, hidden);
-  // The call's header with the result rows, in the precision the call's `tensor` came in.
-  const reply = ({ jobId, step, call, layer, expert, rows, tensor }: ExpertCall, values: Float32Array): ExpertCall =>
-    ({ jobId, step, call, layer, expert, rows, ...wireRows(rows, hidden, values, precisionOf(tensor)) });
-  const check = (call: ExpertCall, peer: string) => {
-    if (!directory.admitted(peer)) throw new RefusedError(`peer ${peer} is not admitted to job ${jobId}`);
-    if (call.jobId !== jobId) throw new RefusedError(`this node trains job ${jobId}, not ${call.jobId}`);
-    const expert = experts.servingExpert(call.layer, call.expert);
-    if (!expert) throw new RefusedError(`expert ${call.layer}.${call.expert} is not held here`);
-    const load = (buffer: GrowableBuffer, rows: WireRows) => {
-      const values = rowsOf(rows, call.rows, hidden);
-      if (typeof values === 'string') throw new RefusedError(values);
-      const view = buffer.rows(call.rows);
-      view.set(values);
-      return view;
-    };
-    return { expert, load };
-  };
-  const timed = (answer: () => ExpertCall): ExpertCall => {
-    const t0 = performance.now();
+  /** One request for a batch; each call settles with its rows, its refusal, or the request's failure. */
+  private async send({ target, direction, calls, waiting }: Batch): Promise<void> {
+    const { hidden, timeoutMs } = this.options;
+    this.stats.requests++;
+    let replies: ExpertReplies;
     try {
-      return answer();
-    } finally {
-      stats.servingMs += performance.now() - t0;
+      replies = await this.rpc.request(target, 'expertCalls', { direction, calls }, { timeout: timeoutMs });
+    } catch (err) {
+      for (const { reject } of waiting) reject(err);
+      return;
     }
-  };
-  await rpc.handle('expertForward', (call, { peer }) => timed(() => {
-    const { expert, load } = check(call, peer.toString());
-    const input = load(x, call);
-    const y = out.rows(call.rows);
-    expert.forward(input, y, call.rows);
-    stats.served++;
-    return reply(call, y);
-  }), { maxConcurrent: 64 });
-  await rpc.handle('expertBackward', (call, { peer }) => timed(() => {
-    const { expert, load } = check(call, peer.toString());
-    if (!call.input) throw new RefusedError('a backward call carries the forward input');
-    const input = load(x, { tensor: call.input, scales: call.inputScales });
-    const grad = load(dy, call);
-    const dx = out.rows(call.rows);
-    expert.keepInputsOf(input, call.rows); // refills the activations the backward reads
-    expert.backward(input, grad, dx, call.rows);
-    stats.served++;
-    return reply(call, dx);
-  }), { maxConcurrent: 64 });
+    const answers = new Map(replies.answers.map((answer) => [answer.call, answer]));
+    const refusals = new Map(replies.refusals.map((refusal) => [refusal.call, refusal]));
+    calls.forEach(({ call, rows }, i) => {
+      const answer = answers.get(call);
+      const refusal = refusals.get(call);
+      const values = answer ? rowsOf(answer, rows, hidden, waiting[i].into) : undefined;
+      if (values instanceof Float32Array) waiting[i].resolve();
+      else if (values !== undefined) waiting[i].reject(new Error(`bad reply: ${values}`));
+      else if (refusal) waiting[i].reject(new CallRefused(`refused: ${refusal.reason}`, refusal.needsInput === true));
+      else waiting[i].reject(new Error('the reply left the call out'));
+    });
+  }
 }

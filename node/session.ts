@@ -26,7 +26,8 @@ import { FetchError, ManifestError, type WeightSource } from '../src/weights/ind
 import { multiaddr } from '@multiformats/multiaddr';
 import type { NodeEvent, NodeOptions } from './daemon.ts';
 import { createAverager, type Averager, type AveragingFault } from './averaging/index.ts';
-import { expertPrecisions, serveExperts, SwarmRemoteExperts } from './experts.ts';
+import { serveExperts, type ExpertServer } from './expert-server.ts';
+import { expertPrecisions, SwarmRemoteExperts } from './experts.ts';
 import { NodeBase } from './base.ts';
 import { advertisedAddrs } from './links.ts';
 import { fetchJobText } from './corpus.ts';
@@ -89,6 +90,7 @@ export class JobSession {
   private averager!: Averager;
   /** The transport to experts other nodes hold; the model runs the ones held here. */
   private experts!: SwarmRemoteExperts;
+  private expertServer?: ExpertServer;
   /** The job's memory per part, and whether this node's model keeps only each layer's input (chosen at join). */
   private memory!: { footprint: Footprint; checkpointing: boolean };
   private heartbeatMs = 1000;
@@ -187,7 +189,7 @@ export class JobSession {
     this.reportMemory(hosted.size);
     if (reply.completedBatches > 0) await this.catchUp(model, hosted);
     const servers = { rpc: this.rpc, kernels: this.kernels, experts: model.experts, directory, stats: this.experts.stats };
-    await serveExperts(servers, { jobId: this.job.jobId, hidden: config.hiddenSize });
+    this.expertServer = await serveExperts(servers, { jobId: this.job.jobId, hidden: config.hiddenSize });
     await this.averager.serve();
     // A peer unknown to our plan may have joined since: one heartbeat brings the newer plan. The
     // coordinator may ask too: it gathers checkpoints of the groups held here.
@@ -430,6 +432,7 @@ export class JobSession {
       this.trainer.optimizer.remove(model.experts.tensorNames(layer, expert));
       this.averager.resetGroup(group);
       model.experts.remove(layer, expert);
+      this.expertServer?.forget(layer, expert);
     }
     for (const [group, { layer, expert }] of after) {
       if (model.experts.hosts(layer, expert)) continue;

@@ -342,8 +342,9 @@ export type LeaseReport = Static<typeof LeaseReportSchema>;
 /**
  * One direction of an expert call. Forward: the request holds the expert's input rows
  * [rows, hidden] and the response its output. Backward: the request holds the output
- * gradient and, in `input`, the forward's input again (a holder keeps no state between the
- * calls, so any holder can serve a backward); the response holds the input gradient.
+ * gradient and either, in `input`, the forward's input again (so any holder can serve it) or,
+ * in `forwardCall`, the forward this holder answered and kept; the response holds the input
+ * gradient.
  */
 export const ExpertCallSchema = Type.Object({
   jobId: Id,
@@ -360,8 +361,40 @@ export const ExpertCallSchema = Type.Object({
   input: Type.Optional(TensorSchema),
   /** I8 `input`: its scales, as `scales`. */
   inputScales: Type.Optional(TensorSchema),
+  /**
+   * Backward requests in a batch (expertCalls), instead of `input`: the `call` of the forward on the same rows that
+   * this holder answered, whose input and activations it kept. A holder that no longer has them refuses the call
+   * with `needsInput`, and the caller sends it again with its input.
+   */
+  forwardCall: Type.Optional(Count),
 });
 export type ExpertCall = Static<typeof ExpertCallSchema>;
+
+/** Calls in one expertCalls request: a layer's calls to one holder in one direction (a layer has at most 1024 experts). */
+export const MAX_EXPERT_CALLS = 1024;
+
+/** Several calls to one holder, all forward or all backward, each answered or refused on its own. */
+export const ExpertCallsSchema = Type.Object({
+  direction: Type.Union([Type.Literal('forward'), Type.Literal('backward')]),
+  calls: Type.Array(ExpertCallSchema, { minItems: 1, maxItems: MAX_EXPERT_CALLS }),
+});
+export type ExpertCalls = Static<typeof ExpertCallsSchema>;
+
+/** A call of a batch the holder would not answer. */
+export const ExpertRefusalSchema = Type.Object({
+  call: Count,
+  reason: Reason,
+  /** A backward named a forward (`forwardCall`) whose input this holder no longer keeps: send it with its input. */
+  needsInput: Type.Optional(Type.Boolean()),
+});
+export type ExpertRefusal = Static<typeof ExpertRefusalSchema>;
+
+/** The reply to ExpertCalls: every call of the request, once, among the answers (its result rows) or the refusals. */
+export const ExpertRepliesSchema = Type.Object({
+  answers: Type.Array(ExpertCallSchema, { maxItems: MAX_EXPERT_CALLS }),
+  refusals: Type.Array(ExpertRefusalSchema, { maxItems: MAX_EXPERT_CALLS }),
+});
+export type ExpertReplies = Static<typeof ExpertRepliesSchema>;
 
 // --- averaging: parameter deltas between the holders of a group ------------------------------
 

@@ -8,6 +8,8 @@ import {
   BlobChunkSchema,
   DeltaRefusalsSchema,
   ExpertCallSchema,
+  ExpertCallsSchema,
+  ExpertRepliesSchema,
   HeartbeatReplySchema,
   HeartbeatSchema,
   JoinRequestSchema,
@@ -21,6 +23,8 @@ import {
   StateRequestSchema,
   StateResponseSchema,
   type ExpertCall,
+  type ExpertCalls,
+  type ExpertReplies,
   type ParameterDelta,
   type NamedTensor,
 } from './messages.ts';
@@ -127,6 +131,48 @@ function checkExpertBackward(call: ExpertCall): void {
   checkRows(call.input, call.inputScales, call.rows, 'input');
 }
 
+/** Call ids appear once per message: they match answers to calls. */
+function checkDistinctCalls(calls: readonly { call: number }[], where: string): void {
+  const seen = new Set<number>();
+  for (const { call } of calls) {
+    if (seen.has(call)) throw new ProtocolError('schema', `${where}: call ${call} appears twice`);
+    seen.add(call);
+  }
+}
+
+/** A protocol error of one call of a batch, named by its index (the whole batch is refused as malformed). */
+function inCall<T>(index: number, check: () => T): T {
+  try {
+    return check();
+  } catch (err) {
+    if (err instanceof ProtocolError) throw new ProtocolError(err.reason, `calls[${index}]: ${err.message}`);
+    throw err;
+  }
+}
+
+/** A forward carries rows; a backward its output gradient and either the forward's input or the forward's call at this holder. */
+function checkExpertCalls({ direction, calls }: ExpertCalls): void {
+  checkDistinctCalls(calls, 'calls');
+  calls.forEach((call, index) => inCall(index, () => {
+    checkExpertCall(call);
+    if (direction === 'forward') {
+      if (call.input || call.inputScales || call.forwardCall !== undefined) {
+        throw new ProtocolError('schema', 'a forward call carries no input and no forwardCall');
+      }
+      return;
+    }
+    if (call.input) checkRows(call.input, call.inputScales, call.rows, 'input');
+    if ((call.input === undefined) === (call.forwardCall === undefined)) {
+      throw new ProtocolError('schema', 'a backward call carries either the forward input or its forwardCall');
+    }
+  }));
+}
+
+function checkExpertReplies({ answers, refusals }: ExpertReplies): void {
+  checkDistinctCalls([...answers, ...refusals], 'answers and refusals');
+  answers.forEach((answer, index) => inCall(index, () => checkExpertCall(answer)));
+}
+
 export const PROTOCOLS = {
   /** The handshake: its id and its `version` field never change, so any two versions can refuse each other clearly. */
   join: define({
@@ -175,6 +221,16 @@ export const PROTOCOLS = {
     maxResponseBytes: TENSOR_MESSAGE_CAP,
     checkRequest: checkExpertBackward,
     checkResponse: checkExpertCall,
+  }),
+  /** Expert calls to one holder in one turn of a layer, forward or backward, in one request (the model's calls coalesced). */
+  expertCalls: define({
+    id: idOf('expert-calls'),
+    request: ExpertCallsSchema,
+    response: ExpertRepliesSchema,
+    maxRequestBytes: TENSOR_MESSAGE_CAP,
+    maxResponseBytes: TENSOR_MESSAGE_CAP,
+    checkRequest: checkExpertCalls,
+    checkResponse: checkExpertReplies,
   }),
   delta: define({
     id: idOf('delta'),

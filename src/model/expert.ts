@@ -128,6 +128,22 @@ export class ExpertCache {
     this.kernels.ops.toBf16(u, kept.u, n);
   }
 
+  /** A copy of the forward's kept gate·x and up·x (f32, or bf16 bit patterns), exact. */
+  save(rows: number): { g: Float32Array | Uint16Array; u: Float32Array | Uint16Array } {
+    if (this.claim?.rows !== rows) throw new Error(`model: an expert has no forward over ${rows} rows to save`);
+    const { g, u } = this.slab.views(this.claim);
+    return { g: g.slice(), u: u.slice() };
+  }
+
+  /** Keeps a saved gate·x and up·x as if a forward over `rows` rows had just kept them. */
+  restore(saved: { g: Float32Array | Uint16Array; u: Float32Array | Uint16Array }, rows: number): void {
+    if (this.ownsSlab) this.slab.beginForward();
+    this.claim = this.slab.claim(rows);
+    const { g, u } = this.slab.views(this.claim);
+    g.set(saved.g);
+    u.set(saved.u);
+  }
+
   /** The kept gate·x and up·x as f32 for the backward, which may overwrite them. */
   kept(rows: number, scratch: ExpertScratch): { g: Float32Array; u: Float32Array } {
     if (this.claim?.rows !== rows) throw new Error(`model: an expert's backward over ${rows} rows has no forward over as many kept`);
@@ -179,6 +195,17 @@ export class ExpertScratch {
   }
 }
 
+/** What an expert's forward kept for its backward, copied out of the expert (SwigluExpert.saveForward). */
+export interface KeptForward {
+  rows: number;
+  /** gate·x and up·x as the activation storage keeps them. */
+  g: Float32Array | Uint16Array;
+  u: Float32Array | Uint16Array;
+  /** gate's, up's and down's own kept values (LoRA x·Aᵀ), where they keep any. */
+  linears: (Float32Array | undefined)[];
+  bytes: number;
+}
+
 export class SwigluExpert {
   readonly hidden: number;
 
@@ -202,10 +229,36 @@ export class SwigluExpert {
 
   /**
    * The forward up to what the backward reads, gate·x and up·x, kept as forward() keeps them: a holder
-   * answering a peer's backward (it keeps nothing between calls) refills them with two products of three.
+   * answering a peer's backward that carries its input refills them with two products of three. A down
+   * projection that keeps values of its own (LoRA x·Aᵀ) holds those of the latest forward served: it runs
+   * too, its output discarded.
    */
   keepInputsOf(x: Float32Array, rows: number): void {
-    this.keepGateAndUp(x, rows);
+    const { g, u } = this.keepGateAndUp(x, rows);
+    if (!this.down.saveKept) return;
+    const h = this.scratch.h(rows * this.hidden);
+    this.kernels.ops.swiglu({ gate: g, up: u, h, rows, cols: this.hidden });
+    this.down.forward(h, this.scratch.dh(rows * this.down.outDim), rows);
+  }
+
+  /**
+   * A copy of everything the latest forward over `rows` rows kept for its backward (gate·x, up·x and the LoRA
+   * linears' x·Aᵀ), so a holder can answer that forward's backward after serving other calls (restoreForward).
+   */
+  saveForward(rows: number): KeptForward {
+    const { g, u } = this.cache.save(rows);
+    const linears = [this.gate, this.up, this.down].map((linear) => linear.saveKept?.(rows));
+    const bytes = g.byteLength + u.byteLength + linears.reduce((sum, kept) => sum + (kept?.byteLength ?? 0), 0);
+    return { rows, g, u, linears, bytes };
+  }
+
+  /** Puts back what saveForward copied: the backward that follows is that forward's, bit for bit. */
+  restoreForward(kept: KeptForward): void {
+    this.cache.restore(kept, kept.rows);
+    [this.gate, this.up, this.down].forEach((linear, i) => {
+      const saved = kept.linears[i];
+      if (saved) linear.restoreKept!(saved);
+    });
   }
 
   /** gate·x and up·x in f32, kept for the backward (keeping reads them: they stay valid). */

@@ -20,6 +20,10 @@ export interface Linear {
   backward(x: Float32Array, dy: Float32Array, dx: Float32Array | undefined, rows: number, accumulateDx?: boolean): void;
   /** Frees what it keeps between calls (a LoRA linear's x·Aᵀ); it may not be called afterwards. */
   release?(): void;
+  /** A copy of what the forward over `rows` rows kept for the backward (a LoRA linear's x·Aᵀ). */
+  saveKept?(rows: number): Float32Array;
+  /** Puts back what saveKept copied, for the backward of that forward. */
+  restoreKept?(kept: Float32Array): void;
 }
 
 function addBias(kernels: Kernels, bias: Param | undefined, y: Float32Array, rows: number, out: number): void {
@@ -201,5 +205,13 @@ export class LoraLinear implements Linear {
 
   release(): void {
     this.xa.release();
+  }
+
+  saveKept(rows: number): Float32Array {
+    return this.xa.rows(rows).slice(0, rows * this.rank);
+  }
+
+  restoreKept(kept: Float32Array): void {
+    this.xa.rows(kept.length / this.rank).set(kept);
   }
 }

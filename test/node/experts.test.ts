@@ -4,7 +4,7 @@ import { describe, expect, it } from 'vitest';
 import {
   expertPrecisions, MAX_ROW_MAGNITUDE, rowsOf, SwarmRemoteExperts, wireRows, type SwarmRemoteExpertsComponents, type WireRows,
 } from '../../node/experts.ts';
-import type { ExpertCall } from '../../proto/index.ts';
+import type { ExpertCall, ExpertCalls, ExpertReplies } from '../../proto/index.ts';
 import type { DialTarget } from '../../src/p2p/index.ts';
 import { rng } from '../helpers.ts';
 
@@ -98,6 +98,15 @@ describe('int8 expert rows', () => {
       }
     }
     expect(Array.from(back.subarray(3 * HIDDEN, 4 * HIDDEN))).toEqual(new Array(HIDDEN).fill(0));
+    // Decoded into a buffer of the caller's instead (its first rows; the rest untouched): the same values.
+    for (const precision of ['int8', 'bf16', 'f32'] as const) {
+      const into = new Float32Array(ROWS * HIDDEN + 3).fill(7);
+      const wired = wireRows(ROWS, HIDDEN, values, precision);
+      const decoded = rowsOf(wired, ROWS, HIDDEN, into) as Float32Array;
+      expect([decoded.buffer, decoded.length]).toEqual([into.buffer, ROWS * HIDDEN]);
+      expect(decoded).toEqual(rowsOf(wired, ROWS, HIDDEN));
+      expect(Array.from(into.subarray(ROWS * HIDDEN))).toEqual([7, 7, 7]);
+    }
   });
 
   it('decodes a peer\'s scales per block of any divisor of the row, hand-computed', () => {
@@ -141,58 +150,140 @@ describe('int8 expert rows', () => {
 
 describe('remote expert transport', () => {
   const SELF = 'self';
-  /** Holders that answer y = 2x (backward: dx = 3·dy) unless they are down; every request is recorded. */
-  function swarm(down: Set<string>) {
+  /**
+   * Holders answering y = 2x (backward: dx = 3·dy) per call, or refusing the experts in `refuses`; one that is down
+   * fails every request. A holder keeps its forwards' inputs unless it is `forgetful`. Every request is recorded.
+   */
+  interface SwarmOptions {
+    holders?: (expert: number) => string[];
+    refuses?: Map<string, number[]>;
+    forgetful?: Set<string>;
+  }
+  function swarm(down: Set<string>, options: SwarmOptions = {}) {
+    const { holders = () => ['a', 'b'], refuses = new Map(), forgetful = new Set() } = options;
     const asked: string[] = [];
+    const requests: ExpertCalls[] = [];
+    const kept = new Map<string, Float32Array>();
     const rpc = {
-      request: async (target: DialTarget, protocol: string, call: ExpertCall) => {
+      request: async (target: DialTarget, protocol: string, { direction, calls }: ExpertCalls) => {
         const peer = target as unknown as string;
-        asked.push(`${protocol} ${peer}`);
+        expect(protocol).toBe('expertCalls');
+        asked.push(`${direction} ${peer} ${calls.map((c) => `${c.layer}.${c.expert}`).join(',')}`);
+        requests.push({ direction, calls });
         if (down.has(peer)) throw new Error('timed out');
-        const rows = rowsOf(call, call.rows, HIDDEN) as Float32Array;
-        return { ...call, ...wireRows(call.rows, HIDDEN, rows.map((v) => v * (protocol === 'expertForward' ? 2 : 3)), 'f32') };
+        const replies: ExpertReplies = { answers: [], refusals: [] };
+        for (const call of calls) {
+          if (refuses.get(peer)?.includes(call.expert)) {
+            replies.refusals.push({ call: call.call, reason: `expert ${call.layer}.${call.expert} is not held here` });
+            continue;
+          }
+          const values = rowsOf(call, call.rows, HIDDEN) as Float32Array;
+          if (direction === 'forward' && !forgetful.has(peer)) kept.set(`${peer} ${call.call}`, values);
+          if (direction === 'backward' && !call.input && !kept.has(`${peer} ${call.forwardCall}`)) {
+            replies.refusals.push({ call: call.call, reason: 'not kept', needsInput: true });
+            continue;
+          }
+          const result = values.map((v) => v * (direction === 'forward' ? 2 : 3));
+          replies.answers.push({ ...call, ...wireRows(call.rows, HIDDEN, result, 'f32') });
+        }
+        return replies;
       },
     } as unknown as SwarmRemoteExpertsComponents['rpc'];
-    const directory = { holders: () => [SELF, 'a', 'b'], address: (peer: string) => peer as unknown as DialTarget };
+    const directory = {
+      holders: (_: number, expert: number) => [SELF, ...holders(expert)], address: (peer: string) => peer as unknown as DialTarget,
+    };
     const experts = new SwarmRemoteExperts({ rpc, directory }, { jobId: 'job', self: SELF, hidden: HIDDEN, timeoutMs: 1000, precision: 'f32', gradientPrecision: 'f32' });
-    return { experts, asked };
+    return { experts, asked, requests };
   }
+  const rowsFor = () => new Float32Array(ROWS * HIDDEN);
 
   it('answers from a live holder, failing over past one that does not answer, and never calls itself', async () => {
     const { experts, asked } = swarm(new Set(['a']));
     const x = randomRows(6);
     for (let call = 0; call < 2; call++) {
-      const y = new Float32Array(ROWS * HIDDEN);
+      const y = rowsFor();
       expect(await experts.forward(0, 1, x, y, ROWS)).toBe(true);
       expect(y).toEqual(x.map((v) => v * 2));
     }
-    const dx = new Float32Array(ROWS * HIDDEN);
+    const dx = rowsFor();
     expect(await experts.backward(0, 1, x, x, dx, ROWS)).toBe(true);
     expect(dx).toEqual(x.map((v) => v * 3));
     // Calls rotate over the holders: the second starts at the one that is down and fails over.
-    expect(asked).toEqual(['expertForward b', 'expertForward a', 'expertForward b', 'expertBackward b']);
-    expect(experts.stats).toMatchObject({ remoteCalls: 4, failovers: 1, unanswered: 0 });
+    expect(asked).toEqual(['forward b 0.1', 'forward a 0.1', 'forward b 0.1', 'backward b 0.1']);
+    expect(experts.stats).toMatchObject({ remoteCalls: 4, requests: 4, failovers: 1, unanswered: 0 });
   });
 
-  it('sends forward rows and gradients in the job\'s precisions; a backward\'s input goes as its forward did', async () => {
+  it('sends the calls to one holder issued together as one request; a call refused in it fails over on its own', async () => {
+    // Calls 1, 2, 3 start at holders[call % count]: expert 0 at a, 1 at a, 2 at a (its holders listed b, a).
+    const holders = (expert: number) => [['a'], ['a', 'b'], ['b', 'a']][expert];
+    const { experts, asked } = swarm(new Set(), { holders, refuses: new Map([['a', [2]]]) });
+    const xs = [0, 1, 2].map((e) => randomRows(20 + e));
+    const ys = xs.map(rowsFor);
+    expect(await Promise.all(xs.map((x, e) => experts.forward(3, e, x, ys[e], ROWS)))).toEqual([true, true, true]);
+    xs.forEach((x, e) => expect(ys[e]).toEqual(x.map((v) => v * 2)));
+    expect(asked).toEqual(['forward a 3.0,3.1,3.2', 'forward b 3.2']);
+    expect(experts.stats).toMatchObject({ remoteCalls: 4, requests: 2, failovers: 1, unanswered: 0 });
+    // Their backwards go to the forwards' holders, again one request per holder.
+    const dxs = xs.map(rowsFor);
+    expect(await Promise.all(xs.map((x, e) => experts.backward(3, e, x, x, dxs[e], ROWS)))).toEqual([true, true, true]);
+    xs.forEach((x, e) => expect(dxs[e]).toEqual(x.map((v) => v * 3)));
+    expect(asked.slice(2)).toEqual(['backward a 3.0,3.1', 'backward b 3.2']);
+  });
+
+  it('fails over every call of a request that got no answer, together to their next holder', async () => {
+    const { experts, asked } = swarm(new Set(['a']), { holders: () => ['b', 'a'] }); // calls 1 and 3 start at a
+    const xs = [randomRows(30), randomRows(31)];
+    const ys = xs.map(rowsFor);
+    await experts.forward(0, 0, randomRows(32), rowsFor(), ROWS); // call 1
+    asked.length = 0;
+    expect(await Promise.all([experts.forward(1, 4, xs[0], ys[0], ROWS), experts.forward(1, 5, xs[1], ys[1], ROWS)])).toEqual([true, true]);
+    expect(ys).toEqual(xs.map((x) => x.map((v) => v * 2)));
+    // Calls 2 and 3 start at b and a: a's request fails, and its call joins no other at b (b's request has gone).
+    expect(asked).toEqual(['forward b 1.4', 'forward a 1.5', 'forward b 1.5']);
+  });
+
+  it('sends a backward without its input to its forward\'s holder, and again with the input when that holder lost it', async () => {
+    const { experts, requests } = swarm(new Set(), { holders: () => ['a'], forgetful: new Set(['a']) });
+    const x = randomRows(40);
+    await experts.forward(2, 3, x, rowsFor(), ROWS);
+    const dx = rowsFor();
+    const dy = randomRows(41);
+    expect(await experts.backward(2, 3, x, dy, dx, ROWS)).toBe(true);
+    expect(dx).toEqual(dy.map((v) => v * 3));
+    const [forward, named, resent] = requests.map((r) => r.calls[0]);
+    expect([named.forwardCall, named.input]).toEqual([forward.call, undefined]);
+    expect([resent.forwardCall, resent.input?.data]).toEqual([undefined, forward.tensor.data]);
+    expect(experts.stats).toMatchObject({ remoteCalls: 3, requests: 3, inputsResent: 1, failovers: 0 });
+    // A backward on rows no forward was answered for carries its input at once.
+    expect(await experts.backward(2, 3, randomRows(42), dy, dx, ROWS)).toBe(true);
+    expect(requests.at(-1)!.calls[0].input).toBeDefined();
+  });
+
+  it('sends forward rows and gradients in the job\'s precisions; a resent backward\'s input goes as its forward did', async () => {
     expect(expertPrecisions({})).toEqual({ precision: 'int8', gradientPrecision: 'int8' });
     expect(expertPrecisions({ expertPrecision: 'bf16' })).toEqual({ precision: 'bf16', gradientPrecision: 'bf16' });
     const precisions = expertPrecisions({ expertPrecision: 'int8', expertGradientPrecision: 'bf16' });
     const calls: ExpertCall[] = [];
     const rpc = {
-      request: async (_: DialTarget, protocol: string, call: ExpertCall) => {
-        calls.push(call);
-        const rows = rowsOf(call, call.rows, HIDDEN) as Float32Array;
-        return { ...call, ...wireRows(call.rows, HIDDEN, rows, protocol === 'expertForward' ? precisions.precision : precisions.gradientPrecision) };
+      request: async (_: DialTarget, __: string, { direction, calls: batch }: ExpertCalls): Promise<ExpertReplies> => {
+        calls.push(...batch);
+        // A holder that keeps nothing: a backward naming its forward is refused, and comes again with the input.
+        if (direction === 'backward' && !batch[0].input) {
+          return { answers: [], refusals: [{ call: batch[0].call, reason: 'not kept', needsInput: true }] };
+        }
+        const precision = direction === 'forward' ? precisions.precision : precisions.gradientPrecision;
+        const echo = (call: ExpertCall) => wireRows(call.rows, HIDDEN, rowsOf(call, call.rows, HIDDEN) as Float32Array, precision);
+        const answers = batch.map((call) => ({ ...call, ...echo(call) }));
+        return { answers, refusals: [] };
       },
     } as unknown as SwarmRemoteExpertsComponents['rpc'];
     const directory = { holders: () => ['a'], address: (peer: string) => peer as unknown as DialTarget };
     const experts = new SwarmRemoteExperts({ rpc, directory }, { jobId: 'job', self: SELF, hidden: HIDDEN, timeoutMs: 1000, ...precisions });
     const x = randomRows(12);
-    const y = new Float32Array(ROWS * HIDDEN);
+    const y = rowsFor();
     expect(await experts.forward(0, 0, x, y, ROWS)).toBe(true);
-    expect(await experts.backward(0, 0, x, x, new Float32Array(ROWS * HIDDEN), ROWS)).toBe(true);
-    const [forward, backward] = calls;
+    expect(await experts.backward(0, 0, x, x, rowsFor(), ROWS)).toBe(true);
+    const [forward, , backward] = calls;
     expect([forward.tensor.dtype, forward.scales?.shape]).toEqual(['I8', [ROWS, 1]]);
     expect([backward.tensor.dtype, backward.scales, backward.input?.dtype, backward.inputScales?.shape]).toEqual(['BF16', undefined, 'I8', [ROWS, 1]]);
     expect(backward.input!.data).toEqual(forward.tensor.data);
@@ -205,8 +296,8 @@ describe('remote expert transport', () => {
 
   it('resolves false when no holder answers, so the model drops the expert', async () => {
     const { experts, asked } = swarm(new Set(['a', 'b']));
-    expect(await experts.forward(1, 0, randomRows(7), new Float32Array(ROWS * HIDDEN), ROWS)).toBe(false);
-    expect(asked).toEqual(['expertForward b', 'expertForward a']);
+    expect(await experts.forward(1, 0, randomRows(7), rowsFor(), ROWS)).toBe(false);
+    expect(asked).toEqual(['forward b 1.0', 'forward a 1.0']);
     expect(experts.stats).toMatchObject({ remoteCalls: 2, failovers: 1, unanswered: 1 });
   });
 });

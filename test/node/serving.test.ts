@@ -2,7 +2,8 @@
 // own kernels (the model lets peers in between its stages), so a call waits a stage, not the holder's step.
 import '../../src/p2p/polyfill.ts';
 import { afterAll, beforeAll, expect, it } from 'vitest';
-import { serveExperts, SwarmRemoteExperts, type ExpertStats } from '../../node/experts.ts';
+import { serveExperts } from '../../node/expert-server.ts';
+import { newExpertStats, SwarmRemoteExperts } from '../../node/experts.ts';
 import { msgpackCodec } from '../../proto/index.ts';
 import { createKernels, type Kernels } from '../../src/kernels/index.ts';
 import { createConfig } from '../../src/model/config.ts';
@@ -33,7 +34,7 @@ afterAll(async () => {
 
 it('a holder busy with a long step answers expert calls within a fraction of the step, not after it', async () => {
   const [holderHost, callerHost] = hosts;
-  const stats: ExpertStats = { remoteCalls: 0, failovers: 0, unanswered: 0, served: 0, remoteWaitMs: 0, servingMs: 0 };
+  const stats = newExpertStats();
   // The holder holds every expert; in a swarm it also has a port to other holders, which it never needs here.
   const holder = new Model(kernels, CONFIG, { mode: 'full', remote: { forward: async () => false, backward: async () => false } }, initParameters(CONFIG, 1));
   const holderId = holderHost.peerId.toString();

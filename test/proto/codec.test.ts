@@ -197,6 +197,25 @@ describe('proto: rejections', () => {
     for (const [name, message, reason] of cases) expectRefused(() => decodeRequest(name, pack(message)), 'tensor', reason);
   });
 
+  it('refuses a batch of expert calls whole when one call is malformed, naming the call', () => {
+    const backward = all.expertCalls.request; // [a backward naming its forward, one carrying the input]
+    const forward = { direction: 'forward', calls: [all.expertForward.request, { ...all.expertForward.request, call: 4 }] };
+    expect(decodeRequest('expertCalls', pack(forward))).toMatchObject({ direction: 'forward', calls: [{ call: 3 }, { call: 4 }] });
+    const cases: [Record<string, any>, ProtocolErrorReason, RegExp][] = [
+      [edited(forward, (m) => (m.calls[1].rows = 4)), 'tensor', /: calls\[1\]: tensor: shape must be \[rows=4/],
+      [edited(forward, (m) => (m.calls[1].call = 3)), 'schema', /calls: call 3 appears twice/],
+      [edited(forward, (m) => (m.calls[0].forwardCall = 1)), 'schema', /: calls\[0\]: a forward call carries no input and no forwardCall/],
+      [edited(backward, (m) => delete m.calls[0].forwardCall), 'schema', /: calls\[0\]: a backward call carries either/],
+      [edited(backward, (m) => (m.calls[1].forwardCall = 1)), 'schema', /: calls\[1\]: a backward call carries either/],
+      [edited(backward, (m) => (m.calls[1].input.shape = [3, 4])), 'tensor', /: calls\[1\]: input: /],
+      [edited(forward, (m) => (m.calls = [])), 'schema', /calls/],
+    ];
+    for (const [message, reason, pattern] of cases) expectRefused(() => decodeRequest('expertCalls', pack(message)), reason, pattern);
+    const replies = all.expertCalls.response;
+    expectRefused(() => decodeReply('expertCalls', pack({ ok: edited(replies, (m) => (m.refusals[0].call = m.answers[0].call)) })),
+      'schema', /appears twice/);
+  });
+
   it('refuses oversized messages by their length alone, and will not encode one', () => {
     for (const name of PROTOCOL_NAMES) {
       const { maxRequestBytes, maxResponseBytes } = PROTOCOLS[name];

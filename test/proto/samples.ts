@@ -71,6 +71,12 @@ export function samples(): Samples {
     },
     expertForward: { request: expertCall(1), response: expertCall(2) },
     expertBackward: { request: { ...expertCall(3), input: randomF32([3, 8], 7) }, response: expertCall(4) },
+    expertCalls: {
+      request: {
+        direction: 'backward', calls: [{ ...expertCall(5), forwardCall: 2 }, { ...expertCall(6), call: 4, input: randomF32([3, 8], 8) }],
+      },
+      response: { answers: [expertCall(9)], refusals: [{ call: 4, reason: 'expert 1.5 is not held here' }] },
+    },
     delta: { request: delta, response: { accepted: true } },
     deltas: {
       request: { deltas: [delta, { ...delta, group: groupId({ kind: 'trunk' }), part: { index: 1, count: 2 } }] },
