@@ -19,6 +19,8 @@ export const NODE_COMMAND = command({
     token: text('<secret>', "the swarm's join token; none by default", { env: 'SWARMTRAIN_TOKEN' }),
     'memory-budget': size('<size>', 'memory this node gives the job, e.g. 512MB, 2GB', { default: '2GB' }),
     threads: integer('<n>', 'kernel threads', { min: 1, max: 64 }, { default: '1' }),
+    gflops: real('<n>', "this node's matmul speed (GFLOP/s) the coordinator shares experts by, instead of measuring it at start "
+      + '(where other work on the machine would skew the measurement)', (x) => x > 0, 'a positive number'),
     key: text('<file>', "keeps this node's identity across restarts (created if absent)"),
     data: text('<dir>', "keeps base checkpoints' verified tensors (default: swarmtrain-data beside --key, else in the working directory)"),
     listen: text('<multiaddr>', 'where peers reach this node (default /ip4/127.0.0.1/tcp/0)'),
@@ -41,6 +43,7 @@ export const NODE_COMMAND = command({
     // when it fails, except the network (an unreachable or silent coordinator), which is a failure.
     const daemon = await asInput(() => NodeDaemon.start({
       join: values.join, token: values.token, memoryBytes: values['memory-budget'], threads: values.threads, keyFile: values.key,
+      ...(values.gflops ? { gemmGflops: values.gflops } : {}),
       ...(values.data ? { dataDir: values.data } : {}),
       ...(values.listen ? { listen: [values.listen] } : {}),
       ...(values['give-up-after'] ? { giveUpAfterMs: values['give-up-after'] * 1000 } : {}),

@@ -17,6 +17,16 @@ import { countingCodec, type Traffic } from './traffic.ts';
 
 export { CoordinatorUnreachableError, HELD_OUT_BATCHES, JoinRefusedError } from './session.ts';
 
+/** This machine's matmul speed, measured with the node's kernel threads. */
+async function measuredGemmGflops(threads: number): Promise<number> {
+  const kernels = await createKernels({ threads });
+  try {
+    return measureGemm(kernels);
+  } finally {
+    await kernels.close();
+  }
+}
+
 export interface NodeOptions extends NodeNetworkOptions {
   /** The coordinator's multiaddr, ending in /p2p/<peerId>. */
   join: string;
@@ -24,6 +34,8 @@ export interface NodeOptions extends NodeNetworkOptions {
   /** Memory this node gives the job, in bytes. */
   memoryBytes: number;
   threads?: number;
+  /** The matmul speed (GFLOP/s) the planner shares experts by; measured at start when absent. */
+  gemmGflops?: number;
   /** Keeps the node's identity across restarts. */
   keyFile?: string;
   /** Where base checkpoints' blobs are kept (default: swarmtrain-data beside the key file, else in the working directory). */
@@ -93,9 +105,7 @@ export class NodeDaemon implements Volunteer {
     if (coordinatorId === undefined) {
       throw new Error(`${options.join} does not end in /p2p/<the coordinator's peer id>, which checks the plans it signs`);
     }
-    const kernels = await createKernels({ threads: options.threads ?? 1 });
-    const gemmGflops = measureGemm(kernels);
-    await kernels.close();
+    const gemmGflops = options.gemmGflops ?? await measuredGemmGflops(options.threads ?? 1);
     const emit = options.onEvent ?? (() => {});
     // Relaying for others (node/links.ts) admits the peers of the running job's newest plan, known once the daemon exists.
     let daemon: NodeDaemon | undefined;

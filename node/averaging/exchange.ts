@@ -209,7 +209,8 @@ export class DeltaExchange {
   /** One request for an outbox's messages (`delta` for one, `deltas` for several), retried as post() promises. */
   private send(peer: string, { target, messages }: Outbox): void {
     const { deadlineMs, log } = this.options;
-    const what = (m: ParameterDelta) => `${m.phase ?? 'delta'} ${m.group}#${m.round}${m.part ? ` part ${m.part.index}/${m.part.count}` : ''}`;
+    const what = (m: ParameterDelta) =>
+      `${m.phase ?? 'delta'} ${m.group}#${m.round}${m.part ? ` part ${m.part.index}/${m.part.count}` : ''}`;
     const sent = performance.now();
     const request = async (): Promise<void> => {
       if (messages.length === 1) {

@@ -84,7 +84,8 @@ export function slicePart(values: readonly Float32Array[], part: Part): Float32A
 
 /** Whether a part holds every tensor of the group whole (a group that fits one message): its values are the group's. */
 export function isWholeGroup(part: Part, lengths: readonly number[]): boolean {
-  return part.segments.length === lengths.length && part.segments.every((s, i) => s.tensor === i && s.offset === 0 && s.length === lengths[i]);
+  const { segments } = part;
+  return segments.length === lengths.length && segments.every((s, i) => s.tensor === i && s.offset === 0 && s.length === lengths[i]);
 }
 
 /** Writes a part's values (one array per segment) into the group's tensors. */

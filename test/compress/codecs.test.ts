@@ -87,7 +87,8 @@ describe('round trips', () => {
 
   it.each(SPECS)('%s: encodeTensorsDecoded gives the parts encodeTensors does and the bits decodeTensors gets from them', (spec) => {
     const codec = parseCodecSpec(spec);
-    const tensors = (states: CodecState[]) => SHAPES.map((shape, i) => ({ name: `t${i}`, shape, delta: randomDelta(count(shape), 20 + i), state: states[i] }));
+    const tensors = (states: CodecState[]) =>
+      SHAPES.map((shape, i) => ({ name: `t${i}`, shape, delta: randomDelta(count(shape), 20 + i), state: states[i] }));
     const [statesA, statesB] = [0, 1].map(() => SHAPES.map((): CodecState => ({})));
     for (let round = 0; round < 2; round++) { // a second round reads the error-feedback state the first left
       const plain = encodeTensors(codec, tensors(statesA));

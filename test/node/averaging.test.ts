@@ -119,11 +119,14 @@ describe('periodic averaging', () => {
   });
 
   it('overlap: the round lands on top of the steps trained since its boundary; with none, the same bits as waiting', async () => {
-    const [waiting, overlapped] = await Promise.all([false, true].map((overlap) => holders(['a', 'b', 'c'], { mode: 'periodic', every: 1, overlap })));
+    const holdersWith = (overlap: boolean) => holders(['a', 'b', 'c'], { mode: 'periodic', every: 1, overlap });
+    const [waiting, overlapped] = await Promise.all([holdersWith(false), holdersWith(true)]);
     const anchors = waiting.map((h) => h.params.map((p) => Float32Array.from(p.value)));
     const random = rng(15);
     const moves = waiting.map((h) => h.params.map((p) => Float32Array.from(p.value, () => 0.1 * random())));
-    for (const list of [waiting, overlapped]) list.forEach((h, k) => h.params.forEach((p, i) => p.value.forEach((_, j, v) => (v[j] += moves[k][i][j]))));
+    const move = (list: Holder[], by: Float32Array[][]) =>
+      list.forEach((h, k) => h.params.forEach((p, i) => p.value.forEach((_, j, v) => (v[j] += by[k][i][j]))));
+    for (const list of [waiting, overlapped]) move(list, moves);
     const mean = mean64(moves);
     const boundary = overlapped.map((h) => h.params.map((p) => Float32Array.from(p.value)));
     await Promise.all([...waiting, ...overlapped].map((h) => h.averager.afterUpdate(0)));
@@ -135,12 +138,11 @@ describe('periodic averaging', () => {
 
     // Round 2 lands after two more local steps' progress, which stays on top of its result.
     const progress = (scale: number) => overlapped.map((h) => h.params.map((p) => Float32Array.from(p.value, () => scale * random())));
-    const add = (moved: Float32Array[][]) => overlapped.forEach((h, k) => h.params.forEach((p, i) => p.value.forEach((_, j, v) => (v[j] += moved[k][i][j]))));
     const before = progress(0.1);
-    add(before);
+    move(overlapped, before);
     await Promise.all(overlapped.map((h) => h.averager.afterUpdate(1)));
     const after = progress(0.05);
-    add(after);
+    move(overlapped, after);
     await Promise.all(overlapped.map((h) => h.averager.afterUpdate(2))); // a step between boundaries applies what landed
     const mean2 = mean64(before);
     overlapped.forEach((h, k) => h.params.forEach((p, i) => p.value.forEach((v, j) => {
