@@ -179,7 +179,7 @@ function steady(steps: SwarmEvent[]) {
   return {
     tokensPerSecond: tokens / seconds,
     sentPerToken: (last.bytesSent - base.bytesSent) / tokens,
-    remoteWaitShare: (last.remoteWaitMs - base.remoteWaitMs) / 1e3 / seconds,
+    remoteWaitShare: sum(kept.map((e) => e.stepRemoteWaitMs)) / 1e3 / seconds,
     idleShare: sum(kept.map((e) => e.idleMs)) / 1e3 / seconds,
     tokensPerCpuSecond: tokens / (sum(kept.map((e) => e.cpuMs)) / 1e3),
     servingShare: (last.servingMs - base.servingMs) / 1e3 / seconds,

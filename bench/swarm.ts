@@ -81,7 +81,7 @@ function steady(steps: SwarmEvent[]) {
   return {
     steps: kept.length, seconds, tokensPerSecond: sum(kept.map((e) => e.tokens)) / seconds,
     sentPerStep: grew('bytesSent') / kept.length, receivedPerStep: grew('bytesReceived') / kept.length,
-    remoteWaitShare: grew('remoteWaitMs') / 1e3 / seconds, remoteCallsPerStep: grew('remoteCalls') / kept.length,
+    remoteWaitShare: sum(kept.map((e) => e.stepRemoteWaitMs)) / 1e3 / seconds, remoteCallsPerStep: grew('remoteCalls') / kept.length,
     missedDeltas: averaging.received + averaging.missing === 0 ? 0 : averaging.missing / (averaging.received + averaging.missing),
   };
 }

@@ -613,6 +613,7 @@ export class JobSession {
     const t0 = performance.now();
     const loopBefore = performance.eventLoopUtilization();
     const cpuBefore = process.cpuUsage();
+    const waitBefore = this.experts.stats.remoteWaitMs;
     this.experts.step = this.step;
     const result = await this.trainer.trainStep([this.trainer.train.batchAt(index)]);
     if (this.options.stepDelayMs) await sleep(this.options.stepDelayMs);
@@ -626,6 +627,8 @@ export class JobSession {
     this.lastLoss = result.loss;
     this.emit({
       event: 'step', step: this.step, batch: index, loss: result.loss, crossEntropy: result.crossEntropy, tokens: result.tokens, seconds, idleMs, cpuMs,
+      // The step's own wait (remoteWaitMs, the running total, also counts the held-out evaluations' calls between steps).
+      stepRemoteWaitMs: this.experts.stats.remoteWaitMs - waitBefore,
       bytesSent: this.traffic.sent, bytesReceived: this.traffic.received, localCalls: model.experts.localCalls, ...this.experts.stats,
       droppedAssignments: model.droppedAssignments(), averaging: { ...this.averager.stats, flagged: [...this.averager.stats.flagged] },
     });
