@@ -147,15 +147,13 @@ export class DeltaExchange {
     group: string, codec: Codec, values: readonly Float32Array[], count: number, state: (key: string) => CodecState,
   ): EncodedGroup {
     const layout = this.layout(group, count);
-    if (layout.length === 1 && isWholeGroup(layout[0], values.map((v) => v.length))) {
-      const { message, decoded } = encodePart(codec, layout[0], values, state);
-      this.countEncoded(values.reduce((n, v) => n + v.length, 0), message);
-      return { layout, messages: [message], decoded };
-    }
-    const decoded = values.map((v) => new Float32Array(v.length));
+    // A group in one message keeps the codec's decoded arrays; parts are copied into place as they are encoded.
+    const oneWhole = layout.length === 1 && isWholeGroup(layout[0], values.map((v) => v.length));
+    const decoded: Float32Array[] = oneWhole ? [] : values.map((v) => new Float32Array(v.length));
     const messages = layout.map((part) => {
       const encoded = encodePart(codec, part, slicePart(values, part), state);
-      writePart(decoded, part, encoded.decoded);
+      if (oneWhole) decoded.push(...encoded.decoded);
+      else writePart(decoded, part, encoded.decoded);
       return encoded.message;
     });
     this.countEncoded(values.reduce((n, v) => n + v.length, 0), messages.flat());
@@ -331,13 +329,7 @@ export class DeltaExchange {
     group: string, sender: string, round: number, part: Part, count: number, values: Float32Array[],
   ): Float32Array[] | undefined {
     const params = this.params(group);
-    const whole = () => params.map((p) => new Float32Array(p.value.length));
     if (count === 1 && isWholeGroup(part, params.map((p) => p.value.length))) return values;
-    if (count === 1) {
-      const assembled = whole();
-      writePart(assembled, part, values);
-      return assembled;
-    }
     for (const [key, old] of this.assemblies) if (old.round + KEEP_ROUNDS < this.round) this.assemblies.delete(key);
     const key = `${group}#${round}#${sender}`;
     let assembly = this.assemblies.get(key);
@@ -345,7 +337,7 @@ export class DeltaExchange {
     assembly.parts.set(part.index, values);
     if (assembly.parts.size < count) return undefined;
     this.assemblies.delete(key);
-    const assembled = whole();
+    const assembled = params.map((p) => new Float32Array(p.value.length));
     for (const [index, partValues] of assembly.parts) writePart(assembled, this.layout(group, count)[index], partValues);
     return assembled;
   }

@@ -33,18 +33,10 @@ export function quantizeBlocks(x: Float32Array, blockSize: number, q: Int8Array,
     // JS arithmetic is float64, so x / scale is exact to ~1e-16; the clamp only catches
     // max / fround(max / 127) landing a hair above 127.
     const inv = 1 / scale;
-    if (decoded) {
-      for (let i = lo; i < hi; i++) {
-        const v = Math.round(x[i] * inv);
-        const code = v > 127 ? 127 : v < -127 ? -127 : v;
-        q[i] = code;
-        decoded[i] = q[i] * scale; // the stored code: a rounded −0 is stored, and decodes, as +0
-      }
-      continue;
-    }
     for (let i = lo; i < hi; i++) {
       const v = Math.round(x[i] * inv);
       q[i] = v > 127 ? 127 : v < -127 ? -127 : v;
+      if (decoded) decoded[i] = q[i] * scale; // the stored code: a rounded −0 is stored, and decodes, as +0
     }
   }
 }
