@@ -6,7 +6,7 @@
 // all of that back, its members included: nodes carry on with their heartbeats as if nothing happened.
 import { multiaddr } from '@multiformats/multiaddr';
 import {
-  comparePeerIds, groupId, JobError, PROTOCOL_VERSION, planSigningBytes, TRUNK_GROUP,
+  comparePeerIds, groupId, JobError, PROTOCOL_VERSION, planSigningBytes, truncateReason, TRUNK_GROUP,
   type Ack, type BaseManifest, type Heartbeat, type HeartbeatReply, type JobBase, type JobSpec, type JoinRequest, type JoinResponse,
   type LeaseGrant, type LeaseReport, type LeaseRequest, type Plan,
 } from '../proto/index.ts';
@@ -72,9 +72,6 @@ export const MAX_NODES = 4096;
  * (up to 2 s), since each version costs every node a delta and a signature check over the whole plan, O(nodes) each.
  */
 const joinWindowMs = (nodes: number) => Math.min(2000, Math.max(200, nodes));
-const MAX_REASON = 1024;
-
-export const truncate = (text: string) => (text.length <= MAX_REASON ? text : `${text.slice(0, MAX_REASON - 3)}...`);
 
 /**
  * The job turned into a planner, the epoch size and the tokenizer's wire form; any problem is a
@@ -218,7 +215,7 @@ export class JobRun {
     const { emit } = this.components;
     const refuse = (reason: string, retryMs?: number): JoinResponse => {
       emit({ event: 'refused', node: peer, request: 'join', reason });
-      return { admitted: false, version: PROTOCOL_VERSION, reason: truncate(reason), ...(retryMs ? { retryMs } : {}) };
+      return { admitted: false, version: PROTOCOL_VERSION, reason: truncateReason(reason), ...(retryMs ? { retryMs } : {}) };
     };
     const wasAlive = this.membership.get(peer)?.status === 'alive';
     if (!wasAlive && this.membership.aliveCount + this.joiners.length >= MAX_NODES) {
@@ -334,7 +331,7 @@ export class JobRun {
       this.persistLeases();
     }
     if (problems.length === 0) return { accepted: true };
-    const reason = truncate(problems.join('; '));
+    const reason = truncateReason(problems.join('; '));
     emit({ event: 'refused', node: peer, request: 'leaseReport', reason });
     return { accepted: false, reason };
   }
@@ -440,7 +437,7 @@ export class JobRun {
         return { layer, expert, holders: [...holders], ...(givers ? { handover: givers } : {}) };
       }),
       peers: [...plan.nodes.keys()].map((peerId) => ({ peerId, addrs: addrs(peerId) })),
-      ...(plan.degraded ? { degraded: truncate(plan.degraded.reason) } : {}),
+      ...(plan.degraded ? { degraded: truncateReason(plan.degraded.reason) } : {}),
     };
   }
 

@@ -7,7 +7,7 @@
 // by what a message says. Everything that happens is reported as a structured event.
 import '../src/p2p/polyfill.ts'; // before any libp2p import
 import {
-  msgpackCodec, PROTOCOL_VERSION,
+  msgpackCodec, PROTOCOL_VERSION, truncateReason,
   type Ack, type BaseManifest, type Heartbeat, type HeartbeatReply, type JobSpec, type JoinRequest, type JoinResponse,
   type LeaseGrant, type LeaseReport, type LeaseRequest, type Plan, type ProtocolName,
 } from '../proto/index.ts';
@@ -23,7 +23,7 @@ import type { LeaseCounters } from './leases.ts';
 import type { NodeRecord, NodeStats } from './membership.ts';
 import type { DroppedReplica, ExpertHolders, NewReplica } from './planner.ts';
 import { jobOnText } from './corpus.ts';
-import { JobRun, MAX_NODES, prepareJob, truncate, type DistributiveOmit, type JobAssets, type RunSettings } from './run.ts';
+import { JobRun, MAX_NODES, prepareJob, type DistributiveOmit, type JobAssets, type RunSettings } from './run.ts';
 import { JobStore, type JobRow } from './store.ts';
 import { advertises } from './addresses.ts';
 
@@ -370,7 +370,7 @@ export class CoordinatorServer {
 
   private changeState(jobId: string, to: JobRow['state'], reason?: string): JobRow {
     const row = this.store.transition(jobId, to, this.options.settings.now(), reason);
-    this.emit({ event: 'job', jobId, state: to, ...(reason ? { reason: truncate(reason) } : {}) });
+    this.emit({ event: 'job', jobId, state: to, ...(reason ? { reason: truncateReason(reason) } : {}) });
     return row;
   }
 
@@ -402,7 +402,7 @@ export class CoordinatorServer {
   private async join(request: JoinRequest, peer: string): Promise<JoinResponse> {
     const refuse = (reason: string, more: { retryMs?: number; closed?: boolean } = {}): JoinResponse => {
       this.emit({ event: 'refused', node: peer, request: 'join', reason });
-      return { admitted: false, version: PROTOCOL_VERSION, reason: truncate(reason), ...more };
+      return { admitted: false, version: PROTOCOL_VERSION, reason: truncateReason(reason), ...more };
     };
     if (this.options.joinToken !== '' && request.token !== this.options.joinToken) return refuse('wrong join token');
     if (request.nodeId !== peer) return refuse(`nodeId ${request.nodeId} is not the peer id of the connection (${peer})`);

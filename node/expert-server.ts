@@ -1,6 +1,6 @@
 // The holder's side of expert calls: serveExperts answers admitted peers' calls for the experts held here, keeping
 // each forward's input and activations (KeptForwards, bounded) so its backward need not carry the input again.
-import type { ExpertCall, ExpertPrecision, ExpertReplies, Tensor } from '../proto/index.ts';
+import { truncateReason, type ExpertCall, type ExpertPrecision, type ExpertReplies, type Tensor } from '../proto/index.ts';
 import type { Kernels } from '../src/kernels/index.ts';
 import type { KeptForward, SwigluExpert } from '../src/model/expert.ts';
 import type { HostedExperts } from '../src/model/hosted.ts';
@@ -191,7 +191,7 @@ export async function serveExperts(
       } catch (err) {
         if (!(err instanceof RefusedError)) throw err;
         const needsInput = err instanceof InputNotKept ? { needsInput: true } : {};
-        replies.refusals.push({ call: call.call, reason: err.message.slice(0, 1024), ...needsInput });
+        replies.refusals.push({ call: call.call, reason: truncateReason(err.message), ...needsInput });
       }
     }
     return replies;

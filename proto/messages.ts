@@ -16,7 +16,14 @@ const Id = Type.String({ minLength: 1, maxLength: 128, pattern: '^[A-Za-z0-9._:-
 /** A libp2p peer id in its string form (base58btc or base32 CID). */
 const PeerIdText = Type.String({ minLength: 1, maxLength: 128, pattern: '^[A-Za-z0-9]+$' });
 const TensorName = Type.String({ minLength: 1, maxLength: 256, pattern: '^[A-Za-z0-9._:/-]+$' });
-const Reason = Type.String({ maxLength: 1024 });
+/** The longest reason (a refusal, an error, a degraded plan) a message carries. */
+export const MAX_REASON_LENGTH = 1024;
+const Reason = Type.String({ maxLength: MAX_REASON_LENGTH });
+
+/** `text` cut to fit a reason field, marked with "..." where it was cut. */
+export function truncateReason(text: string): string {
+  return text.length <= MAX_REASON_LENGTH ? text : `${text.slice(0, MAX_REASON_LENGTH - 3)}...`;
+}
 /** How often a node heartbeats, in ms. */
 const HeartbeatPeriod = Type.Integer({ minimum: 100, maximum: 3_600_000 });
 /** Milliseconds since the Unix epoch. */

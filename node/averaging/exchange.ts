@@ -5,7 +5,7 @@
 // values, or a reduce part larger than the norm its sender states are refused (all but the job,
 // group and count flag the sender: those can be a plan change we have not seen yet).
 import {
-  f32Tensor, MAX_DELTAS_PER_REQUEST, tensorF32, TENSOR_MESSAGE_CAP, type DeltaRefusals, type NamedTensor, type ParameterDelta,
+  f32Tensor, MAX_DELTAS_PER_REQUEST, tensorF32, TENSOR_MESSAGE_CAP, truncateReason, type DeltaRefusals, type NamedTensor, type ParameterDelta,
 } from '../../proto/index.ts';
 import { firstNonFinite, isWholeGroup, l2Norm, partCount, partition, slicePart, writePart, type Part } from '../../src/averaging/index.ts';
 import { decodeTensors, encodeTensorsDecoded, type Codec, type CodecState } from '../../src/compress/index.ts';
@@ -109,7 +109,7 @@ export class DeltaExchange {
           this.receive(delta, peer.toString());
         } catch (err) {
           if (!(err instanceof RefusedError)) throw err;
-          refusals.push({ index, reason: err.message.slice(0, 1024) });
+          refusals.push({ index, reason: truncateReason(err.message) });
         }
       });
       return { refusals };

@@ -11,6 +11,7 @@ import { isMultiaddr, multiaddr } from '@multiformats/multiaddr';
 import {
   PROTOCOLS,
   ProtocolError,
+  truncateReason,
   type ErrorReply,
   type MessageCodec,
   type ProtocolName,
@@ -350,7 +351,7 @@ export class Rpc {
     const cutOff = () => stream.abort(new Error(`refused: ${error.code}`));
     try {
       const signal = AbortSignal.timeout(ERROR_REPLY_GRACE_MS);
-      await frames.write(this.codec.encodeReply(protocol, { error: { ...error, message: truncate(error.message) } }), { signal });
+      await frames.write(this.codec.encodeReply(protocol, { error: { ...error, message: truncateReason(error.message) } }), { signal });
       await stream.close({ signal });
       await stream.closeRead({ signal });
     } catch {
@@ -398,7 +399,3 @@ function peerName(peer: DialTarget): string {
   return Array.isArray(peer) ? peer.map(String).join(',') : peer.toString();
 }
 
-/** Error replies carry at most 1024 characters (the schema's bound). */
-function truncate(message: string): string {
-  return message.length <= 1024 ? message : `${message.slice(0, 1021)}...`;
-}
