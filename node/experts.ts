@@ -8,7 +8,7 @@ import { decodeHalves, encodeHalves } from '../proto/half.ts';
 import { CodecError } from '../src/compress/codec.ts';
 import { dequantizeBlocks, quantizeBlocks } from '../src/compress/int8-block.ts';
 import type { RemoteExperts } from '../src/model/hosted.ts';
-import type { DialTarget, Rpc } from '../src/p2p/index.ts';
+import { TurnBatches, type DialTarget, type Rpc } from '../src/p2p/index.ts';
 
 /** Who holds what, from the coordinator's current plan. */
 export interface ExpertDirectory {
@@ -218,7 +218,7 @@ export class SwarmRemoteExperts implements RemoteExperts {
   private inFlight = 0;
   private waitStart = 0;
   /** Per direction and holder: the calls of this turn not sent yet. */
-  private readonly batches = new Map<string, Batch>();
+  private readonly batches = new TurnBatches<Batch>((batch) => void this.send(batch));
   /** Per expert ("layer.expert"): its latest answered forwards, newest last. */
   private readonly answered = new Map<string, AnsweredForward[]>();
 
@@ -323,21 +323,12 @@ export class SwarmRemoteExperts implements RemoteExperts {
    */
   private ask(peer: string, target: DialTarget, direction: Direction, call: ExpertCall, into: Float32Array): Promise<void> {
     this.stats.remoteCalls++;
-    const key = `${direction} ${peer}`;
-    let batch = this.batches.get(key);
-    if (!batch) {
-      const opened: Batch = (batch = { target, direction, calls: [], waiting: [] });
-      this.batches.set(key, opened);
-      queueMicrotask(() => {
-        if (this.batches.get(key) === opened) this.batches.delete(key);
-        void this.send(opened);
-      });
-    }
-    const open = batch;
-    if (open.calls.length + 1 === MAX_EXPERT_CALLS) this.batches.delete(key); // full: the next call opens another
+    const batch = this.batches.batch(
+      `${direction} ${peer}`, () => ({ target, direction, calls: [], waiting: [] }), (open) => open.calls.length < MAX_EXPERT_CALLS,
+    );
     return new Promise((resolve, reject) => {
-      open.calls.push(call);
-      open.waiting.push({ into, resolve, reject });
+      batch.calls.push(call);
+      batch.waiting.push({ into, resolve, reject });
     });
   }
 

@@ -10,7 +10,7 @@ import {
 import { firstNonFinite, isWholeGroup, l2Norm, partCount, partition, slicePart, writePart, type Part } from '../../src/averaging/index.ts';
 import { decodeTensors, encodeTensorsDecoded, type Codec, type CodecState } from '../../src/compress/index.ts';
 import type { Param } from '../../src/model/params.ts';
-import { RefusedError, type DialTarget } from '../../src/p2p/index.ts';
+import { RefusedError, TurnBatches, type DialTarget } from '../../src/p2p/index.ts';
 import type { AveragingComponents, AveragingOptions, AveragingStats } from './index.ts';
 
 /** Contributions older than this many rounds are refused (and dropped from the inbox). */
@@ -53,6 +53,7 @@ export interface EncodedGroup {
 
 /** Messages for one peer posted in the current turn, sent together when it ends. */
 interface Outbox {
+  peer: string;
   target: DialTarget;
   messages: ParameterDelta[];
   bytes: number;
@@ -82,7 +83,7 @@ export class DeltaExchange {
   /** Parts of contributions not yet complete, by `${group}#${round}#${sender}`. */
   private readonly assemblies = new Map<string, Assembly>();
   /** Messages posted this turn, by peer (see post). */
-  private readonly outboxes = new Map<string, Outbox>();
+  private readonly outboxes = new TurnBatches<Outbox>((outbox) => this.send(outbox));
   /** Each group's layouts, by `${group}/${count}`. */
   private readonly layouts = new Map<string, Part[]>();
   /** Values in one part: half the message cap at 4 bytes a value, the rest room for names and framing. */
@@ -186,26 +187,17 @@ export class DeltaExchange {
     for (const peer of peers) {
       const target = this.components.directory.address(peer);
       if (!target) continue;
-      let outbox = this.outboxes.get(peer);
-      if (outbox && (outbox.bytes + bytes > batchBytes || outbox.messages.length === MAX_DELTAS_PER_REQUEST)) {
-        this.outboxes.delete(peer);
-        outbox = undefined;
-      }
-      if (!outbox) {
-        const opened: Outbox = (outbox = { target, messages: [], bytes: 0 });
-        this.outboxes.set(peer, opened);
-        queueMicrotask(() => {
-          if (this.outboxes.get(peer) === opened) this.outboxes.delete(peer);
-          this.send(peer, opened);
-        });
-      }
+      const outbox = this.outboxes.batch(
+        peer, () => ({ peer, target, messages: [], bytes: 0 }),
+        (open) => open.bytes + bytes <= batchBytes && open.messages.length < MAX_DELTAS_PER_REQUEST,
+      );
       outbox.messages.push(message);
       outbox.bytes += bytes;
     }
   }
 
   /** One request for an outbox's messages (`delta` for one, `deltas` for several), retried as post() promises. */
-  private send(peer: string, { target, messages }: Outbox): void {
+  private send({ peer, target, messages }: Outbox): void {
     const { deadlineMs, log } = this.options;
     const what = (m: ParameterDelta) =>
       `${m.phase ?? 'delta'} ${m.group}#${m.round}${m.part ? ` part ${m.part.index}/${m.part.count}` : ''}`;

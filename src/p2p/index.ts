@@ -8,3 +8,4 @@ export * from './reachability.ts';
 export * from './rpc.ts';
 export * from './signing.ts';
 export * from './state.ts';
+export * from './turn-batches.ts';
