@@ -7,7 +7,9 @@
 import {
   f32Tensor, MAX_DELTAS_PER_REQUEST, tensorF32, TENSOR_MESSAGE_CAP, truncateReason, type DeltaRefusals, type NamedTensor, type ParameterDelta,
 } from '../../proto/index.ts';
-import { firstNonFinite, isWholeGroup, l2Norm, partCount, partition, slicePart, writePart, type Part } from '../../src/averaging/index.ts';
+import {
+  firstNonFinite, isWholeGroup, l2Norm, partCount, partition, slicePart, writePart, type Part,
+} from '../../src/averaging/index.ts';
 import { decodeTensors, encodeTensorsDecoded, type Codec, type CodecState } from '../../src/compress/index.ts';
 import type { Param } from '../../src/model/params.ts';
 import { RefusedError, TurnBatches, type DialTarget } from '../../src/p2p/index.ts';
