@@ -53,10 +53,13 @@ interface Setting {
   splitBatch?: boolean;
   /** The demo job overlaps averaging rounds with training; false: each round is waited for, as before. */
   overlap?: false;
+  /** As many separate 1-node swarms at once, each on its own core: what the machine gives with no swarm at all. */
+  separate?: boolean;
 }
 
 const SETTINGS: Setting[] = [
   { name: '1 node, every expert', nodes: 1, replication: 1 },
+  { name: '2 separate 1-node swarms at once (no swarm: the ceiling)', nodes: 2, replication: 1, separate: true },
   { name: '2 nodes, replication 2 (data parallel)', nodes: 2, replication: 2 },
   { name: '2 nodes, replication 2, rounds waited for', nodes: 2, replication: 2, overlap: false },
   { name: '2 nodes, replication 1 (experts split)', nodes: 2, replication: 1 },
@@ -67,7 +70,8 @@ const ONLY = values.only?.split(',').map(Number);
 if (ONLY?.some((i) => !(Number.isInteger(i) && i >= 1 && i < SETTINGS.length))) {
   throw new RangeError(`--only takes rows 1-${SETTINGS.length - 1} of the table, comma-separated, got ${values.only}`);
 }
-const SELECTED = SETTINGS.filter((_, i) => i === 0 || (ONLY ?? [i]).includes(i));
+// Over links the separate swarms would share the namespaces' one coordinator address; their ceiling is loopback's.
+const SELECTED = SETTINGS.filter((s, i) => i === 0 || ((ONLY ?? [i]).includes(i) && !(s.separate && RATES.length > 0)));
 
 /** Pins a process and all its threads to one core. */
 function pin(proc: Proc, core: number): void {
@@ -91,16 +95,26 @@ const onLoopback: Launcher = async (job, coordinatorArgs) => {
 };
 
 async function run(setting: Setting, launch: Launcher): Promise<SwarmEvent[][]> {
+  if (setting.separate) {
+    const alone = { name: setting.name, nodes: 1, replication: 1 };
+    const runs = Array.from({ length: setting.nodes }, (_, i) => runOne(alone, launch, i));
+    return (await Promise.all(runs)).flat();
+  }
+  return runOne(setting, launch, 0);
+}
+
+/** One swarm of `setting.nodes` nodes, its first node pinned to core `firstCore`. */
+async function runOne(setting: Setting, launch: Launcher, firstCore: number): Promise<SwarmEvent[][]> {
   const job = {
-    ...demoJob(STEPS_PER_NODE * setting.nodes, setting.nodes), jobId: `bench-scaling-${setting.nodes}-${setting.replication}`,
+    ...demoJob(STEPS_PER_NODE * setting.nodes, setting.nodes), jobId: `bench-scaling-${setting.nodes}-${setting.replication}-${firstCore}`,
     ...(setting.splitBatch ? { splitBatch: true } : {}),
   };
   if (setting.overlap === false) job.averaging = { ...job.averaging, overlap: false };
   const swarm = await launch(job, ['--vocab', String(VOCAB), '--replication', String(setting.replication), '--lease-ms', '120000']);
   try {
     const procs = Array.from({ length: setting.nodes }, (_, i) => {
-      const proc = swarm.startNode(i, ['--threads', '1']);
-      pin(proc, i % cpus().length);
+      const proc = swarm.startNode(firstCore + i, ['--threads', '1']);
+      pin(proc, (firstCore + i) % cpus().length);
       return proc;
     });
     await swarm.coordinator.waitFor((e) => e.event === 'done', 900_000, 'done');
