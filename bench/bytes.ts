@@ -15,7 +15,7 @@ import type { ExpertPrecision, JobSpec } from '../proto/index.ts';
 import { demoJob } from '../src/harness/demo-job.ts';
 import { blockCount, dequantizeBlocks, quantizeBlocks } from '../src/compress/int8-block.ts';
 import { startSwarm } from '../src/harness/local-swarm.ts';
-import { createKernels, type Kernels } from '../src/kernels/index.ts';
+import { createKernels, type Kernels, type Rows } from '../src/kernels/index.ts';
 import type { HostedExperts, RemoteExperts } from '../src/model/hosted.ts';
 import { GrowableBuffer } from '../src/model/linear.ts';
 import { Model } from '../src/model/model.ts';
@@ -67,10 +67,12 @@ const ENCODINGS = ['bf16', 'int8 per row', 'int8 per 32'] as const;
 class RowErrors {
   private readonly sums = new Map<string, { error: number; norm: number }>();
 
+  constructor(private readonly codec: Rows) {}
+
   add(kind: RowKind, values: Float32Array, rows: number, hidden: number): void {
     const back = {
-      bf16: rowsOf(wireRows(rows, hidden, values, 'bf16'), rows, hidden) as Float32Array,
-      'int8 per row': rowsOf(wireRows(rows, hidden, values, 'int8'), rows, hidden) as Float32Array,
+      bf16: rowsOf(this.codec, wireRows(this.codec, rows, hidden, values, 'bf16'), rows, hidden) as Float32Array,
+      'int8 per row': rowsOf(this.codec, wireRows(this.codec, rows, hidden, values, 'int8'), rows, hidden) as Float32Array,
       'int8 per 32': int8RoundTrip(values.subarray(0, rows * hidden), 32),
     };
     for (const encoding of ENCODINGS) {
@@ -122,9 +124,9 @@ function loopback(
   // kept: rows the holder kept from the forward, decoded as they were then but not sent again.
   const travel = (values: Float32Array, rows: number, precision: ExpertPrecision, kind: RowKind, into?: GrowableBuffer, kept = false) => {
     if (!kept) errors?.add(kind, values, rows, hidden);
-    const wire = wireRows(rows, hidden, values, precision);
+    const wire = wireRows(kernels.rows, rows, hidden, values, precision);
     if (!kept) count(wire.tensor.data.byteLength + (wire.scales?.data.byteLength ?? 0));
-    const back = rowsOf(wire, rows, hidden);
+    const back = rowsOf(kernels.rows, wire, rows, hidden);
     if (typeof back === 'string') throw new Error(back);
     const target = into ? into.rows(rows) : values;
     target.set(back);
@@ -215,7 +217,7 @@ console.log(`bytes bench${quick ? ' (--quick)' : ''}: the demo job's model (hidd
   + `${LOCAL_STEPS} micro-batches per run; held-out loss over ${HELD_OUT_BATCHES} micro-batches; ${cpus().length} cores shared with other work `
   + `(load average ${loadavg()[0].toFixed(1)}): bytes and losses are what count here, not time`);
 const kernels = await createKernels({ threads: 1 });
-const errors = new RowErrors();
+const errors = new RowErrors(kernels.rows);
 const local = new Map<Setting, LocalRun>();
 for (const setting of SETTINGS) {
   const t0 = performance.now();

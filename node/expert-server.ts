@@ -121,7 +121,7 @@ export async function serveExperts(
   const kept = new KeptForwards(keptForwardBytes);
   // The call's header with the result rows, in the precision the call's `tensor` came in.
   const reply = ({ jobId, step, call, layer, expert, rows, tensor }: ExpertCall, values: Float32Array): ExpertCall =>
-    ({ jobId, step, call, layer, expert, rows, ...wireRows(rows, hidden, values, precisionOf(tensor)) });
+    ({ jobId, step, call, layer, expert, rows, ...wireRows(kernels.rows, rows, hidden, values, precisionOf(tensor)) });
   const admit = (peer: string) => {
     if (!directory.admitted(peer)) throw new RefusedError(`peer ${peer} is not admitted to job ${jobId}`);
   };
@@ -132,7 +132,7 @@ export async function serveExperts(
     return expert;
   };
   const decode = (rows: WireRows, count: number, into?: Float32Array) => {
-    const values = rowsOf(rows, count, hidden, into);
+    const values = rowsOf(kernels.rows, rows, count, hidden, into);
     if (typeof values === 'string') throw new RefusedError(values);
     return values;
   };

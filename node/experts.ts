@@ -5,8 +5,7 @@ import {
   type JobSpec, type Tensor,
 } from '../proto/index.ts';
 import { decodeHalves, encodeHalves } from '../proto/half.ts';
-import { CodecError } from '../src/compress/codec.ts';
-import { dequantizeBlocks, quantizeBlocks } from '../src/compress/int8-block.ts';
+import type { Rows } from '../src/kernels/index.ts';
 import type { RemoteExperts } from '../src/model/hosted.ts';
 import { TurnBatches, type DialTarget, type Rpc } from '../src/p2p/index.ts';
 
@@ -44,6 +43,8 @@ export const newExpertStats = (): ExpertStats =>
 
 export interface SwarmRemoteExpertsComponents {
   rpc: Pick<Rpc, 'request'>;
+  /** Codes rows for the wire and fingerprints them. */
+  rows: Rows;
   directory: Pick<ExpertDirectory, 'holders' | 'address'>;
 }
 
@@ -93,17 +94,16 @@ export interface WireRows {
 
 /**
  * Rows for the wire, copied out of the heap (its views sit on shared memory), as f32, bf16 or int8
- * codes with one scale per row: bench/bytes.ts measured a scale per 32 values at 0.85-0.87× the
- * error of one per row (0.48% against 0.55% of the rows' norm) for 1.09× the bytes at hidden 128.
+ * codes with one scale per row (coded by the kernels: src/kernels/rows.ts): bench/bytes.ts measured a
+ * scale per 32 values at 0.85-0.87× the error of one per row (0.48% against 0.55% of the rows' norm)
+ * for 1.09× the bytes at hidden 128.
  */
-export function wireRows(rows: number, hidden: number, values: Float32Array, precision: ExpertPrecision): WireRows {
+export function wireRows(kernels: Rows, rows: number, hidden: number, values: Float32Array, precision: ExpertPrecision): WireRows {
   const shape = [rows, hidden];
   const view = values.subarray(0, rows * hidden);
   if (precision === 'bf16') return { tensor: { dtype: 'BF16', shape, data: encodeHalves(view, 'BF16') } };
   if (precision === 'f32') return { tensor: f32Tensor(shape, Float32Array.from(view)) };
-  const codes = new Int8Array(view.length);
-  const scales = new Float32Array(rows);
-  quantizeBlocks(view, hidden, codes, scales);
+  const { codes, scales } = kernels.quantizeI8(view, rows, hidden);
   return { tensor: { dtype: 'I8', shape, data: bytesOf(codes) }, scales: f32Tensor([rows, 1], scales) };
 }
 
@@ -113,7 +113,9 @@ const bytesOf = (view: ArrayBufferView) => new Uint8Array(view.buffer, view.byte
  * The rows of a peer's F32, BF16 or I8 (with `scales`) tensor, as f32, or a reason to refuse it: in a new array, or in
  * the first rows × hidden floats of `into` (which a refused tensor may have partly overwritten).
  */
-export function rowsOf({ tensor, scales }: WireRows, rows: number, hidden: number, into?: Float32Array): Float32Array | string {
+export function rowsOf(
+  kernels: Rows, { tensor, scales }: WireRows, rows: number, hidden: number, into?: Float32Array,
+): Float32Array | string {
   if (tensor.dtype !== 'F32' && tensor.dtype !== 'BF16' && tensor.dtype !== 'I8') return `expected F32, BF16 or I8 rows, got ${tensor.dtype}`;
   if (tensor.shape.length !== 2 || tensor.shape[0] !== rows || tensor.shape[1] !== hidden) {
     return `expected shape [${rows}, ${hidden}], got [${tensor.shape.join(', ')}]`;
@@ -122,28 +124,27 @@ export function rowsOf({ tensor, scales }: WireRows, rows: number, hidden: numbe
   if (mismatch !== undefined) return mismatch;
   if (tensor.dtype !== 'I8' && scales) return `${tensor.dtype} rows carry no scales`;
   const out = into?.subarray(0, rows * hidden);
-  let values = tensor.dtype === 'I8' ? int8Rows(tensor, scales, rows, hidden, out ?? new Float32Array(rows * hidden))
-    : tensor.dtype === 'BF16' ? decodeHalves(tensor.data, 'BF16') : tensorF32(tensor);
-  if (typeof values === 'string') return values;
+  // An I8 value is at most 127 × its scale, which int8Rows bounds: no value needs a look.
+  if (tensor.dtype === 'I8') return int8Rows(kernels, tensor, scales, rows, hidden, out ?? new Float32Array(rows * hidden));
+  let values = tensor.dtype === 'BF16' ? decodeHalves(tensor.data, 'BF16') : tensorF32(tensor);
   if (out && values !== out) values = (out.set(values), out);
-  // An I8 value is at most 127 × its (checked, finite) scale: when every scale keeps that in range, so are the values.
-  if (tensor.dtype === 'I8' && within(tensorF32(scales!), MAX_ROW_MAGNITUDE / 127)) return values;
   for (let i = 0; i < values.length; i++) {
     if (!(Math.abs(values[i]) <= MAX_ROW_MAGNITUDE)) return `${Number.isFinite(values[i]) ? 'out-of-range' : 'non-finite'} value ${values[i]} at ${i}`;
   }
   return values;
 }
 
-function within(values: Float32Array, bound: number): boolean {
-  for (let i = 0; i < values.length; i++) if (!(values[i] <= bound)) return false;
-  return true;
-}
+/** Largest scale of I8 rows: 127 of it is the largest magnitude accepted. */
+const MAX_ROW_SCALE = MAX_ROW_MAGNITUDE / 127;
 
 /**
  * Decodes I8 codes (−127..127) times their block's scale, after checking the scales: F32, one
- * per block of a divisor of the row, each finite and ≥ 0 (0: a block of zeros, e.g. a zero gradient).
+ * per block of a divisor of the row, each ≥ 0 (0: a block of zeros, e.g. a zero gradient) and
+ * at most MAX_ROW_SCALE (a sender's scale is its block's largest magnitude / 127).
  */
-function int8Rows(codes: Tensor, scales: Tensor | undefined, rows: number, hidden: number, values: Float32Array): Float32Array | string {
+function int8Rows(
+  kernels: Rows, codes: Tensor, scales: Tensor | undefined, rows: number, hidden: number, values: Float32Array,
+): Float32Array | string {
   if (!scales) return 'I8 rows need their scales';
   const blocks = scales.shape[1];
   if (scales.dtype !== 'F32' || scales.shape.length !== 2 || scales.shape[0] !== rows || !(blocks > 0 && hidden % blocks === 0)) {
@@ -151,14 +152,16 @@ function int8Rows(codes: Tensor, scales: Tensor | undefined, rows: number, hidde
   }
   const mismatch = tensorMismatch(scales);
   if (mismatch !== undefined) return `scales: ${mismatch}`;
-  const data = codes.data;
-  try {
-    dequantizeBlocks('int8 rows', new Int8Array(data.buffer, data.byteOffset, data.byteLength), tensorF32(scales), hidden / blocks, values);
-  } catch (err) {
-    if (err instanceof CodecError) return err.message;
-    throw err;
+  const scaleValues = tensorF32(scales);
+  for (let i = 0; i < scaleValues.length; i++) {
+    const scale = scaleValues[i];
+    if (!(scale >= 0 && scale <= MAX_ROW_SCALE)) {
+      return `${Number.isFinite(scale) ? 'out-of-range' : 'non-finite'} scale ${scale} at ${i} (scales are 0..${MAX_ROW_SCALE})`;
+    }
   }
-  return values;
+  const { data } = codes;
+  const bad = kernels.dequantizeI8(new Int8Array(data.buffer, data.byteOffset, data.byteLength), scaleValues, rows, hidden, blocks, values);
+  return bad < 0 ? values : `code -128 at ${bad} (codes are -127..127)`;
 }
 
 type Direction = ExpertCalls['direction'];
@@ -189,20 +192,6 @@ interface AnsweredForward {
 /** Answered forwards remembered per expert: a step's forward, its recomputation under checkpointing, and a second lane's. */
 const ANSWERED_PER_EXPERT = 4;
 
-/** A 52-bit hash of rows' bits, telling a backward's input from other forwards' to the same expert. */
-function fingerprint(values: Float32Array): number {
-  const bits = new Int32Array(values.buffer, values.byteOffset, values.length);
-  let a = 0x811c9dc5;
-  let b = 0x9747b28c;
-  for (let i = 0; i < bits.length; i++) {
-    a = Math.imul(a ^ bits[i], 0x01000193);
-    a ^= a >>> 15;
-    b = Math.imul(b ^ bits[i], 0x5bd1e995);
-    b ^= b >>> 13;
-  }
-  return (a >>> 0) * 2 ** 20 + ((b >>> 0) & 0xfffff);
-}
-
 /**
  * Calls an expert's holders over the expert protocols, failing over to the next holder when one
  * does not answer in time (or answers garbage); when none answers, the call resolves false and
@@ -223,17 +212,19 @@ export class SwarmRemoteExperts implements RemoteExperts {
   private readonly answered = new Map<string, AnsweredForward[]>();
 
   private readonly rpc: SwarmRemoteExpertsComponents['rpc'];
+  private readonly rows: Rows;
   private readonly directory: SwarmRemoteExpertsComponents['directory'];
 
   constructor(components: SwarmRemoteExpertsComponents, private readonly options: SwarmRemoteExpertsOptions) {
     this.rpc = components.rpc;
+    this.rows = components.rows;
     this.directory = components.directory;
   }
 
   async forward(layer: number, expert: number, x: Float32Array, y: Float32Array, rows: number): Promise<boolean> {
     const { hidden, precision } = this.options;
-    const payload = wireRows(rows, hidden, x, precision);
-    const print = fingerprint(x.subarray(0, rows * hidden));
+    const payload = wireRows(this.rows, rows, hidden, x, precision);
+    const print = this.rows.fingerprint(x.subarray(0, rows * hidden));
     const answer = await this.remote('forward', layer, expert, rows, undefined,
       (peer, target, call) => this.ask(peer, target, 'forward', { ...call, ...payload }, y));
     if (!answer) return false;
@@ -246,13 +237,13 @@ export class SwarmRemoteExperts implements RemoteExperts {
 
   async backward(layer: number, expert: number, x: Float32Array, dy: Float32Array, dx: Float32Array, rows: number): Promise<boolean> {
     const { hidden, precision, gradientPrecision } = this.options;
-    const gradient = wireRows(rows, hidden, dy, gradientPrecision);
+    const gradient = wireRows(this.rows, rows, hidden, dy, gradientPrecision);
     const forward = this.takeAnswered(layer, expert, rows, x.subarray(0, rows * hidden));
     let withInput: ExpertPayload | undefined;
     // The input goes in the forward's precision, so a holder without it recomputes the very forward it answered.
     const inputPayload = () => {
       if (!withInput) {
-        const input = wireRows(rows, hidden, x, precision);
+        const input = wireRows(this.rows, rows, hidden, x, precision);
         withInput = { ...gradient, input: input.tensor, inputScales: input.scales };
       }
       return withInput;
@@ -275,7 +266,7 @@ export class SwarmRemoteExperts implements RemoteExperts {
   private takeAnswered(layer: number, expert: number, rows: number, x: Float32Array): AnsweredForward | undefined {
     const answered = this.answered.get(`${layer}.${expert}`);
     if (!answered) return undefined;
-    const print = fingerprint(x);
+    const print = this.rows.fingerprint(x);
     const index = answered.findLastIndex((f) => f.rows === rows && f.fingerprint === print);
     return index < 0 ? undefined : answered.splice(index, 1)[0];
   }
@@ -348,7 +339,7 @@ export class SwarmRemoteExperts implements RemoteExperts {
     calls.forEach(({ call, rows }, i) => {
       const answer = answers.get(call);
       const refusal = refusals.get(call);
-      const values = answer ? rowsOf(answer, rows, hidden, waiting[i].into) : undefined;
+      const values = answer ? rowsOf(this.rows, answer, rows, hidden, waiting[i].into) : undefined;
       if (values instanceof Float32Array) waiting[i].resolve();
       else if (values !== undefined) waiting[i].reject(new Error(`bad reply: ${values}`));
       else if (refusal) waiting[i].reject(new CallRefused(`refused: ${refusal.reason}`, refusal.needsInput === true));

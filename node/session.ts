@@ -164,7 +164,7 @@ export class JobSession {
       admitted: (peer: string) => this.newestPlan().peers.some((p) => p.peerId === peer),
       members: (group: string) => (group === TRUNK_GROUP ? this.newestPlan().peers.map((p) => p.peerId) : this.groupHolders(group)),
     };
-    this.experts = new SwarmRemoteExperts({ rpc: this.rpc, directory }, {
+    this.experts = new SwarmRemoteExperts({ rpc: this.rpc, rows: this.kernels.rows, directory }, {
       jobId: this.job.jobId, self: this.self, hidden: config.hiddenSize, timeoutMs: this.job.expertTimeoutMs,
       ...expertPrecisions(this.job), log: this.log,
     });

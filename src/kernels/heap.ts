@@ -82,9 +82,14 @@ export class KernelHeap {
     this.freeBytes(view.byteOffset);
   }
 
+  /** Whether the view lives in this heap. */
+  contains(view: HeapView): boolean {
+    return this.buffers.has(view.buffer);
+  }
+
   /** The pointer of a heap view; throws if the view does not live in this heap. */
   pointer(view: HeapView, what: string): number {
-    if (!this.buffers.has(view.buffer)) {
+    if (!this.contains(view)) {
       throw new TypeError(`${what}: array is not in the kernel heap; allocate it with kernels.heap.f32(n) (or i8/u8/...)`);
     }
     return view.byteOffset;

@@ -4,6 +4,7 @@ import { Gemm } from './gemm.ts';
 import { Ops } from './ops.ts';
 import { Quant } from './quant.ts';
 import { QInt } from './qint.ts';
+import { Rows } from './rows.ts';
 import { KernelRuntime, type KernelInfo, type KernelOptions } from './runtime.ts';
 import type { KernelHeap } from './heap.ts';
 
@@ -13,6 +14,7 @@ export type { RopeTable } from './ops.ts';
 export type { QuantMatmulOptions } from './quant.ts';
 export type { QIntOptions } from './qint.ts';
 export type { QuantizedTensor, QuantBits } from './quantized.ts';
+export type { Rows } from './rows.ts';
 
 export interface Kernels {
   readonly info: KernelInfo;
@@ -21,6 +23,7 @@ export interface Kernels {
   readonly ops: Ops;
   readonly quant: Quant;
   readonly qint: QInt;
+  readonly rows: Rows;
   close(): Promise<void>;
 }
 
@@ -33,6 +36,7 @@ export async function createKernels(options: KernelOptions = {}): Promise<Kernel
     ops: new Ops(rt),
     quant: new Quant(rt),
     qint: new QInt(rt),
+    rows: new Rows(rt),
     close: () => rt.close(),
   };
 }

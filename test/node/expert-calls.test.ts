@@ -49,7 +49,7 @@ async function pair(host: Host, callerHost: Host, precision: ExpertPrecision, mo
     { jobId: 'job', hidden: H, keptForwardBytes },
   );
   const callerRpc = new Rpc({ transport: callerHost, codec: msgpackCodec });
-  const caller = new SwarmRemoteExperts({ rpc: callerRpc, directory }, {
+  const caller = new SwarmRemoteExperts({ rpc: callerRpc, rows: kernels.rows, directory }, {
     jobId: 'job', self: callerHost.peerId.toString(), hidden: H, timeoutMs: 30_000, precision, gradientPrecision: precision,
   });
   return { model, server, caller, callerRpc, holder: host.peerId.toString() };
@@ -66,7 +66,7 @@ const randomRows = (seed: number) => {
  */
 function reference(precision: ExpertPrecision, mode: Mode, xs: Float32Array[], dys: Float32Array[]) {
   const model = holderModel(mode);
-  const onWire = (values: Float32Array) => rowsOf(wireRows(ROWS, H, values, precision), ROWS, H) as Float32Array;
+  const onWire = (values: Float32Array) => rowsOf(kernels.rows, wireRows(kernels.rows, ROWS, H, values, precision), ROWS, H) as Float32Array;
   const [x, y, dy, dx] = [0, 1, 2, 3].map(() => kernels.heap.f32(ROWS * H));
   const dxs = EXPERTS.map(([layer, expert], i) => {
     const served = model.experts.servingExpert(layer, expert)!;

@@ -1,15 +1,27 @@
 // Expert calls between nodes: rows on the wire (f32 exact, bf16 within half an ulp: 2^-8 relative, ties to even,
 // int8 within half a step of its row's scale; what a peer sends is checked), and the transport's failover and precisions.
-import { describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import {
   expertPrecisions, MAX_ROW_MAGNITUDE, rowsOf, SwarmRemoteExperts, wireRows, type SwarmRemoteExpertsComponents, type WireRows,
 } from '../../node/experts.ts';
 import type { ExpertCall, ExpertCalls, ExpertReplies } from '../../proto/index.ts';
 import type { DialTarget } from '../../src/p2p/index.ts';
+import { createKernels, type Kernels, type Rows } from '../../src/kernels/index.ts';
 import { rng } from '../helpers.ts';
 
 const ROWS = 5;
 const HIDDEN = 24;
+
+let kernels: Kernels;
+/** Codes the rows (the kernels' int8 coding). */
+let codec: Rows;
+beforeAll(async () => {
+  kernels = await createKernels({ threads: 1 });
+  codec = kernels.rows;
+});
+afterAll(async () => {
+  await kernels?.close();
+});
 
 function randomRows(seed: number): Float32Array {
   const random = rng(seed);
@@ -20,53 +32,53 @@ function randomRows(seed: number): Float32Array {
 describe('expert rows on the wire', () => {
   it('f32: exact, copied out of the caller\'s buffer', () => {
     const values = randomRows(1);
-    const { tensor } = wireRows(ROWS, HIDDEN, values, 'f32');
+    const { tensor } = wireRows(codec, ROWS, HIDDEN, values, 'f32');
     expect(tensor).toMatchObject({ dtype: 'F32', shape: [ROWS, HIDDEN] });
     expect(tensor.data.byteLength).toBe(4 * ROWS * HIDDEN);
     values[0] += 1; // the tensor does not alias the source (heap views sit on shared memory)
-    expect(rowsOf({ tensor }, ROWS, HIDDEN)).toEqual(Float32Array.from(randomRows(1)));
+    expect(rowsOf(codec, { tensor }, ROWS, HIDDEN)).toEqual(Float32Array.from(randomRows(1)));
   });
 
   it('bf16: half the bytes, each value within 2^-8 of its magnitude, zero and signs kept', () => {
     const values = randomRows(2);
     values[3] = 0;
     values[4] = -0;
-    const wire = wireRows(ROWS, HIDDEN, values, 'bf16');
+    const wire = wireRows(codec, ROWS, HIDDEN, values, 'bf16');
     expect(wire).toEqual({ tensor: expect.objectContaining({ dtype: 'BF16', shape: [ROWS, HIDDEN] }) });
     expect(wire.tensor.data.byteLength).toBe(2 * ROWS * HIDDEN);
-    const back = rowsOf(wire, ROWS, HIDDEN) as Float32Array;
+    const back = rowsOf(codec, wire, ROWS, HIDDEN) as Float32Array;
     for (let i = 0; i < values.length; i++) {
       expect(Math.abs(back[i] - values[i]), `value ${i}`).toBeLessThanOrEqual(Math.abs(values[i]) * 2 ** -8);
       expect(Math.sign(back[i])).toBe(Math.sign(values[i]));
     }
     expect(Object.is(back[4], -0)).toBe(true);
     // Ties go to even: 1 + 2^-8 sits halfway between bf16 neighbours 1 and 1 + 2^-7.
-    const tie = rowsOf(wireRows(1, 1, Float32Array.of(1 + 2 ** -8), 'bf16'), 1, 1) as Float32Array;
+    const tie = rowsOf(codec, wireRows(codec, 1, 1, Float32Array.of(1 + 2 ** -8), 'bf16'), 1, 1) as Float32Array;
     expect(tie[0]).toBe(1);
   });
 
   it('decodes bf16 rows at an odd offset in a larger Node Buffer, as decoded messages hold them', () => {
-    const { tensor } = wireRows(ROWS, HIDDEN, randomRows(5), 'bf16');
+    const { tensor } = wireRows(codec, ROWS, HIDDEN, randomRows(5), 'bf16');
     const pool = Buffer.alloc(tensor.data.byteLength + 3); // odd length: a view of it cannot be read as 16-bit words
     pool.set(tensor.data, 1);
     const odd = pool.subarray(1, 1 + tensor.data.byteLength);
-    expect(rowsOf({ tensor: { ...tensor, data: odd } }, ROWS, HIDDEN)).toEqual(rowsOf({ tensor }, ROWS, HIDDEN));
+    expect(rowsOf(codec, { tensor: { ...tensor, data: odd } }, ROWS, HIDDEN)).toEqual(rowsOf(codec, { tensor }, ROWS, HIDDEN));
   });
 
   it('refuses another dtype, another shape, non-finite and huge values, saying why', () => {
-    const good = wireRows(ROWS, HIDDEN, randomRows(3), 'bf16');
-    expect(rowsOf({ tensor: { ...good.tensor, dtype: 'F16' } }, ROWS, HIDDEN)).toBe('expected F32, BF16 or I8 rows, got F16');
-    expect(rowsOf(good, ROWS + 1, HIDDEN)).toBe(`expected shape [${ROWS + 1}, ${HIDDEN}], got [${ROWS}, ${HIDDEN}]`);
+    const good = wireRows(codec, ROWS, HIDDEN, randomRows(3), 'bf16');
+    expect(rowsOf(codec, { tensor: { ...good.tensor, dtype: 'F16' } }, ROWS, HIDDEN)).toBe('expected F32, BF16 or I8 rows, got F16');
+    expect(rowsOf(codec, good, ROWS + 1, HIDDEN)).toBe(`expected shape [${ROWS + 1}, ${HIDDEN}], got [${ROWS}, ${HIDDEN}]`);
     const poisoned = randomRows(4);
     poisoned[7] = NaN;
-    expect(rowsOf(wireRows(ROWS, HIDDEN, poisoned, 'bf16'), ROWS, HIDDEN)).toBe('non-finite value NaN at 7');
+    expect(rowsOf(codec, wireRows(codec, ROWS, HIDDEN, poisoned, 'bf16'), ROWS, HIDDEN)).toBe('non-finite value NaN at 7');
     poisoned[7] = -Infinity;
-    expect(rowsOf(wireRows(ROWS, HIDDEN, poisoned, 'f32'), ROWS, HIDDEN)).toBe('non-finite value -Infinity at 7');
+    expect(rowsOf(codec, wireRows(codec, ROWS, HIDDEN, poisoned, 'f32'), ROWS, HIDDEN)).toBe('non-finite value -Infinity at 7');
     // Finite but huge: would overflow the holder's gradient sums.
     poisoned[7] = 3e38;
-    expect(rowsOf(wireRows(ROWS, HIDDEN, poisoned, 'f32'), ROWS, HIDDEN)).toMatch(/^out-of-range value 3\.0*\d*e\+38 at 7$/);
+    expect(rowsOf(codec, wireRows(codec, ROWS, HIDDEN, poisoned, 'f32'), ROWS, HIDDEN)).toMatch(/^out-of-range value 3\.0*\d*e\+38 at 7$/);
     poisoned[7] = MAX_ROW_MAGNITUDE;
-    expect(rowsOf(wireRows(ROWS, HIDDEN, poisoned, 'f32'), ROWS, HIDDEN)).toBeInstanceOf(Float32Array);
+    expect(rowsOf(codec, wireRows(codec, ROWS, HIDDEN, poisoned, 'f32'), ROWS, HIDDEN)).toBeInstanceOf(Float32Array);
   });
 });
 
@@ -83,11 +95,11 @@ describe('int8 expert rows', () => {
 
   it('a byte per value and an f32 scale per row; each value within half a step of its row (float64 reference)', () => {
     const values = scaledRows(9);
-    const wire = wireRows(ROWS, HIDDEN, values, 'int8');
+    const wire = wireRows(codec, ROWS, HIDDEN, values, 'int8');
     expect(wire.tensor).toMatchObject({ dtype: 'I8', shape: [ROWS, HIDDEN] });
     expect(wire.scales).toMatchObject({ dtype: 'F32', shape: [ROWS, 1] });
     expect(wire.tensor.data.byteLength + wire.scales!.data.byteLength).toBe(ROWS * HIDDEN + 4 * ROWS);
-    const back = rowsOf(wire, ROWS, HIDDEN) as Float32Array;
+    const back = rowsOf(codec, wire, ROWS, HIDDEN) as Float32Array;
     for (let r = 0; r < ROWS; r++) {
       const row = Array.from(values.subarray(r * HIDDEN, (r + 1) * HIDDEN));
       const step = Math.max(...row.map(Math.abs)) / 127; // float64
@@ -101,10 +113,10 @@ describe('int8 expert rows', () => {
     // Decoded into a buffer of the caller's instead (its first rows; the rest untouched): the same values.
     for (const precision of ['int8', 'bf16', 'f32'] as const) {
       const into = new Float32Array(ROWS * HIDDEN + 3).fill(7);
-      const wired = wireRows(ROWS, HIDDEN, values, precision);
-      const decoded = rowsOf(wired, ROWS, HIDDEN, into) as Float32Array;
+      const wired = wireRows(codec, ROWS, HIDDEN, values, precision);
+      const decoded = rowsOf(codec, wired, ROWS, HIDDEN, into) as Float32Array;
       expect([decoded.buffer, decoded.length]).toEqual([into.buffer, ROWS * HIDDEN]);
-      expect(decoded).toEqual(rowsOf(wired, ROWS, HIDDEN));
+      expect(decoded).toEqual(rowsOf(codec, wired, ROWS, HIDDEN));
       expect(Array.from(into.subarray(ROWS * HIDDEN))).toEqual([7, 7, 7]);
     }
   });
@@ -112,12 +124,12 @@ describe('int8 expert rows', () => {
   it('decodes a peer\'s scales per block of any divisor of the row, hand-computed', () => {
     const codes = Array.from({ length: ROWS * HIDDEN }, (_, i) => (i % 255) - 127);
     const scales = Array.from({ length: ROWS * 3 }, (_, b) => 0.5 * (b + 1)); // blocks of 8
-    const back = rowsOf({ tensor: { dtype: 'I8', shape: [ROWS, HIDDEN], data: i8(codes) }, scales: { dtype: 'F32', shape: [ROWS, 3], data: f32(scales) } }, ROWS, HIDDEN);
+    const back = rowsOf(codec, { tensor: { dtype: 'I8', shape: [ROWS, HIDDEN], data: i8(codes) }, scales: { dtype: 'F32', shape: [ROWS, 3], data: f32(scales) } }, ROWS, HIDDEN);
     expect(back).toEqual(Float32Array.from(codes, (code, i) => code * scales[Math.floor(i / 8)]));
   });
 
   it('refuses malformed int8 rows, saying why', () => {
-    const good = wireRows(ROWS, HIDDEN, scaledRows(10), 'int8');
+    const good = wireRows(codec, ROWS, HIDDEN, scaledRows(10), 'int8');
     const scales = (shape: number[], values: number[], dtype: 'F32' | 'BF16' = 'F32') => ({ ...good, scales: { dtype, shape, data: f32(values) } });
     const withScale = (at: number, value: number) => {
       const values = Array.from(new Float32Array(good.scales!.data.slice().buffer));
@@ -131,20 +143,24 @@ describe('int8 expert rows', () => {
       [scales([ROWS + 1, 1], new Array(ROWS + 1).fill(1)), /got F32 \[6, 1\]/],
       [scales([ROWS], new Array(ROWS).fill(1)), /got F32 \[5\]/],
       [scales([ROWS, 1], new Array(ROWS - 1).fill(1)), 'scales: F32 tensor of shape [5, 1] needs 20 bytes, got 16'],
-      [withScale(2, NaN), /scale 2 is NaN/],
-      [withScale(2, -1), /scale 2 is -1/],
-      [withScale(2, Infinity), /scale 2 is Infinity/],
-      // Finite, but code × scale beyond what any activation or gradient reaches.
-      [withScale(0, MAX_ROW_MAGNITUDE), /^out-of-range value/],
+      [withScale(2, NaN), /^non-finite scale NaN at 2/],
+      [withScale(2, -1), /^out-of-range scale -1 at 2/],
+      [withScale(2, Infinity), /^non-finite scale Infinity at 2/],
+      // Finite, but 127 × scale beyond what any activation or gradient reaches.
+      [withScale(0, Math.fround(MAX_ROW_MAGNITUDE / 127) * 1.001), /^out-of-range scale 788188.9375 at 0/],
       [{ ...good, tensor: { ...good.tensor, data: good.tensor.data.subarray(1) } }, `I8 tensor of shape [${ROWS}, ${HIDDEN}] needs 120 bytes, got 119`],
       [{ ...good, tensor: { ...good.tensor, data: i8(new Array(ROWS * HIDDEN).fill(-128)) } }, /code -128 at 0/],
-      [{ ...wireRows(ROWS, HIDDEN, scaledRows(11), 'bf16'), scales: good.scales }, 'BF16 rows carry no scales'],
+      [{ ...good, tensor: { ...good.tensor, data: i8(Array.from({ length: ROWS * HIDDEN }, (_, i) => (i === 20 ? -128 : 1))) } }, /code -128 at 20/],
+      [{ ...wireRows(codec, ROWS, HIDDEN, scaledRows(11), 'bf16'), scales: good.scales }, 'BF16 rows carry no scales'],
     ];
     for (const [rows, reason] of refusals) {
-      const result = rowsOf(rows, ROWS, HIDDEN);
+      const result = rowsOf(codec, rows, ROWS, HIDDEN);
       expect(typeof result, String(reason)).toBe('string');
       expect(result).toMatch(reason);
     }
+    // The largest scale accepted: 127 of it is the largest magnitude a row may hold.
+    const largest = rowsOf(codec, withScale(0, MAX_ROW_MAGNITUDE / 127), ROWS, HIDDEN) as Float32Array;
+    expect(Math.max(...largest.subarray(0, HIDDEN).map(Math.abs))).toBeLessThanOrEqual(MAX_ROW_MAGNITUDE);
   });
 });
 
@@ -177,14 +193,14 @@ describe('remote expert transport', () => {
             replies.refusals.push({ call: call.call, reason: `expert ${call.layer}.${call.expert} is not held here` });
             continue;
           }
-          const values = rowsOf(call, call.rows, HIDDEN) as Float32Array;
+          const values = rowsOf(codec, call, call.rows, HIDDEN) as Float32Array;
           if (direction === 'forward' && !forgetful.has(peer)) kept.set(`${peer} ${call.call}`, values);
           if (direction === 'backward' && !call.input && !kept.has(`${peer} ${call.forwardCall}`)) {
             replies.refusals.push({ call: call.call, reason: 'not kept', needsInput: true });
             continue;
           }
           const result = values.map((v) => v * (direction === 'forward' ? 2 : 3));
-          replies.answers.push({ ...call, ...wireRows(call.rows, HIDDEN, result, 'f32') });
+          replies.answers.push({ ...call, ...wireRows(codec, call.rows, HIDDEN, result, 'f32') });
         }
         return replies;
       },
@@ -192,7 +208,7 @@ describe('remote expert transport', () => {
     const directory = {
       holders: (_: number, expert: number) => [SELF, ...holders(expert)], address: (peer: string) => peer as unknown as DialTarget,
     };
-    const experts = new SwarmRemoteExperts({ rpc, directory }, { jobId: 'job', self: SELF, hidden: HIDDEN, timeoutMs: 1000, precision: 'f32', gradientPrecision: 'f32' });
+    const experts = new SwarmRemoteExperts({ rpc, rows: codec, directory }, { jobId: 'job', self: SELF, hidden: HIDDEN, timeoutMs: 1000, precision: 'f32', gradientPrecision: 'f32' });
     return { experts, asked, requests };
   }
   const rowsFor = () => new Float32Array(ROWS * HIDDEN);
@@ -272,13 +288,13 @@ describe('remote expert transport', () => {
           return { answers: [], refusals: [{ call: batch[0].call, reason: 'not kept', needsInput: true }] };
         }
         const precision = direction === 'forward' ? precisions.precision : precisions.gradientPrecision;
-        const echo = (call: ExpertCall) => wireRows(call.rows, HIDDEN, rowsOf(call, call.rows, HIDDEN) as Float32Array, precision);
+        const echo = (call: ExpertCall) => wireRows(codec, call.rows, HIDDEN, rowsOf(codec, call, call.rows, HIDDEN) as Float32Array, precision);
         const answers = batch.map((call) => ({ ...call, ...echo(call) }));
         return { answers, refusals: [] };
       },
     } as unknown as SwarmRemoteExpertsComponents['rpc'];
     const directory = { holders: () => ['a'], address: (peer: string) => peer as unknown as DialTarget };
-    const experts = new SwarmRemoteExperts({ rpc, directory }, { jobId: 'job', self: SELF, hidden: HIDDEN, timeoutMs: 1000, ...precisions });
+    const experts = new SwarmRemoteExperts({ rpc, rows: codec, directory }, { jobId: 'job', self: SELF, hidden: HIDDEN, timeoutMs: 1000, ...precisions });
     const x = randomRows(12);
     const y = rowsFor();
     expect(await experts.forward(0, 0, x, y, ROWS)).toBe(true);

@@ -44,7 +44,7 @@ it('a holder busy with a long step answers expert calls within a fraction of the
   };
   await serveExperts({ rpc: new Rpc({ transport: holderHost, codec: msgpackCodec }), kernels, experts: holder.experts, directory, stats },
     { jobId: 'job', hidden: CONFIG.hiddenSize });
-  const caller = new SwarmRemoteExperts({ rpc: new Rpc({ transport: callerHost, codec: msgpackCodec }), directory }, {
+  const caller = new SwarmRemoteExperts({ rpc: new Rpc({ transport: callerHost, codec: msgpackCodec }), rows: kernels.rows, directory }, {
     jobId: 'job', self: callerId, hidden: CONFIG.hiddenSize, timeoutMs: 60_000, precision: 'f32', gradientPrecision: 'f32',
   });
   const random = rng(2);

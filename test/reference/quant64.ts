@@ -26,21 +26,21 @@ export interface Quantized {
   scales: Float32Array;
 }
 
-/** Quantizes `x` (a whole number of blocks) to q8 or q4 values (unpacked) and scales. */
-export function quantizeBlocks(x: ArrayLike<number>, bits: 8 | 4): { values: Int8Array; scales: Float32Array } {
-  if (x.length % QBLOCK) throw new Error(`length ${x.length} is not a multiple of ${QBLOCK}`);
+/** Quantizes `x` (a whole number of blocks of `block` values) to q8 or q4 values (unpacked) and scales. */
+export function quantizeBlocks(x: ArrayLike<number>, bits: 8 | 4, block = QBLOCK): { values: Int8Array; scales: Float32Array } {
+  if (x.length % block) throw new Error(`length ${x.length} is not a multiple of ${block}`);
   const qmax = bits === 8 ? 127 : 7;
   const qmin = bits === 8 ? -127 : -8;
   const values = new Int8Array(x.length);
-  const scales = new Float32Array(x.length / QBLOCK);
+  const scales = new Float32Array(x.length / block);
   for (let b = 0; b < scales.length; b++) {
     let amax = 0;
-    for (let i = 0; i < QBLOCK; i++) amax = Math.max(amax, Math.abs(f(x[b * QBLOCK + i])));
+    for (let i = 0; i < block; i++) amax = Math.max(amax, Math.abs(f(x[b * block + i])));
     const scale = f(amax / qmax);
     const inv = scale === 0 ? 0 : f(1 / scale);
     scales[b] = scale;
-    for (let i = 0; i < QBLOCK; i++) {
-      values[b * QBLOCK + i] = Math.min(qmax, Math.max(qmin, roundEven(f(f(x[b * QBLOCK + i]) * inv))));
+    for (let i = 0; i < block; i++) {
+      values[b * block + i] = Math.min(qmax, Math.max(qmin, roundEven(f(f(x[b * block + i]) * inv))));
     }
   }
   return { values, scales };

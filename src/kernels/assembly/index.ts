@@ -15,3 +15,4 @@ export {
   adamw, add_f32, axpy_f32, scale_f32, f32_to_bf16, bf16_to_f32, sum_squares_blocks,
   gather_rows, scatter_add_rows, scale_rows, row_dots, add_bias, bias_grad,
 } from './ops';
+export { quantize_rows_i8, dequantize_rows_i8, fingerprint_words } from './rows';
