@@ -43,7 +43,7 @@ interface KeptCall {
   rows: number;
   /** The serving replica that ran it: an expert given up and taken on again has another. */
   replica: SwigluExpert;
-  /** The input rows as decoded. */
+  /** The input rows as decoded, in the kernel heap (as `kept` is). */
   input: Float32Array;
   kept: KeptForward;
   bytes: number;
@@ -52,12 +52,15 @@ interface KeptCall {
 /** A backward named a forward whose input this holder does not keep (evicted, given up, or never answered here). */
 class InputNotKept extends RefusedError {}
 
-/** The forwards a holder answered, by caller and call, the oldest dropped beyond a cap on their bytes. */
+/**
+ * The forwards a holder answered, by caller and call, the oldest dropped beyond a cap on their bytes. A dropped
+ * forward is released (its heap copies freed); a taken one is the taker's to release.
+ */
 export class KeptForwards {
   private readonly calls = new Map<string, KeptCall>();
   private keptBytes = 0;
 
-  constructor(private readonly capBytes: number) {}
+  constructor(private readonly capBytes: number, private readonly release: (kept: KeptCall) => void) {}
 
   get bytes(): number {
     return this.keptBytes;
@@ -77,13 +80,18 @@ export class KeptForwards {
     }
   }
 
-  /** The forward a backward names, if kept here for the same expert and rows (it is kept no longer). */
+  /** The forward a backward names, if kept here for the same expert and rows (kept no longer: the caller releases it). */
   take(peer: string, { forwardCall, step, layer, expert, rows }: ExpertCall): KeptCall | undefined {
     const key = `${peer} ${forwardCall}`;
     const kept = this.calls.get(key);
-    this.drop(key);
     const same = kept && kept.step === step && kept.layer === layer && kept.expert === expert && kept.rows === rows;
-    return same ? kept : undefined;
+    if (!same) {
+      this.drop(key);
+      return undefined;
+    }
+    this.calls.delete(key);
+    this.keptBytes -= kept.bytes;
+    return kept;
   }
 
   /** Drops the kept forwards of an expert given up here. */
@@ -96,6 +104,7 @@ export class KeptForwards {
     if (!kept) return;
     this.calls.delete(key);
     this.keptBytes -= kept.bytes;
+    this.release(kept);
   }
 }
 
@@ -118,7 +127,11 @@ export async function serveExperts(
   const x = new GrowableBuffer(kernels, hidden);
   const dy = new GrowableBuffer(kernels, hidden);
   const out = new GrowableBuffer(kernels, hidden);
-  const kept = new KeptForwards(keptForwardBytes);
+  const release = ({ input, replica, kept: forwardKept }: KeptCall) => {
+    kernels.heap.release(input);
+    replica.releaseForward(forwardKept);
+  };
+  const kept = new KeptForwards(keptForwardBytes, release);
   // The call's header with the result rows, in the precision the call's `tensor` came in.
   const reply = ({ jobId, step, call, layer, expert, rows, tensor }: ExpertCall, values: Float32Array): ExpertCall =>
     ({ jobId, step, call, layer, expert, rows, ...wireRows(kernels.rows, rows, hidden, values, precisionOf(tensor)) });
@@ -146,14 +159,11 @@ export async function serveExperts(
   };
   const forward = (call: ExpertCall, peer: string): ExpertCall => {
     const expert = holding(call);
-    const values = decode(call, call.rows);
-    const input = x.rows(call.rows);
-    input.set(values);
+    const input = decode(call, call.rows, x.rows(call.rows));
     const y = out.rows(call.rows);
     expert.forward(input, y, call.rows);
     const forwardKept = expert.saveForward(call.rows);
-    // f32 rows may be a view of the whole request: keep a copy of just them.
-    const own = values.byteLength === values.buffer.byteLength ? values : values.slice();
+    const own = kernels.heap.copyOf(input);
     const { step, layer, rows } = call;
     const bytes = own.byteLength + forwardKept.bytes;
     kept.keep(peer, call.call, { step, layer, expert: call.expert, rows, replica: expert, input: own, kept: forwardKept, bytes });
@@ -170,10 +180,12 @@ export async function serveExperts(
     } else {
       const forwardKept = kept.take(peer, call);
       if (forwardKept?.replica !== expert) {
+        if (forwardKept) release(forwardKept); // kept by a replica of the expert given up since
         throw new InputNotKept(`expert ${call.layer}.${call.expert}: the input of forward call ${call.forwardCall} is not kept here`);
       }
       input.set(forwardKept.input);
       expert.restoreForward(forwardKept.kept);
+      release(forwardKept);
     }
     const dx = out.rows(call.rows);
     expert.backward(input, grad, dx, call.rows);

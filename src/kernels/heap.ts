@@ -76,6 +76,13 @@ export class KernelHeap {
   i32(length: number): Int32Array { return this.view(Int32Array, length); }
   u32(length: number): Uint32Array { return this.view(Uint32Array, length); }
 
+  /** A new heap view holding a copy of `view`. */
+  copyOf<T extends Float32Array | Uint16Array>(view: T): T {
+    const copy = (view instanceof Float32Array ? this.f32(view.length) : this.u16(view.length)) as T;
+    copy.set(view);
+    return copy;
+  }
+
   /** Frees a view obtained from this heap. */
   release(view: HeapView): void {
     this.pointer(view, 'release');

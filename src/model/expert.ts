@@ -128,11 +128,15 @@ export class ExpertCache {
     this.kernels.ops.toBf16(u, kept.u, n);
   }
 
-  /** A copy of the forward's kept gate·x and up·x (f32, or bf16 bit patterns), exact. */
+  /**
+   * A copy of the forward's kept gate·x and up·x (f32, or bf16 bit patterns), exact, in the kernel heap: copies
+   * kept a while (a served forward's) then churn no garbage-collected memory, whose collections cost a holder
+   * serving a peer's calls a mark-compact every few hundred milliseconds.
+   */
   save(rows: number): { g: Float32Array | Uint16Array; u: Float32Array | Uint16Array } {
     if (this.claim?.rows !== rows) throw new Error(`model: an expert has no forward over ${rows} rows to save`);
     const { g, u } = this.slab.views(this.claim);
-    return { g: g.slice(), u: u.slice() };
+    return { g: this.kernels.heap.copyOf(g), u: this.kernels.heap.copyOf(u) };
   }
 
   /** Keeps a saved gate·x and up·x as if a forward over `rows` rows had just kept them. */
@@ -195,7 +199,7 @@ export class ExpertScratch {
   }
 }
 
-/** What an expert's forward kept for its backward, copied out of the expert (SwigluExpert.saveForward). */
+/** What an expert's forward kept for its backward, copied out of the expert into the kernel heap (SwigluExpert.saveForward). */
 export interface KeptForward {
   rows: number;
   /** gate·x and up·x as the activation storage keeps them. */
@@ -244,12 +248,18 @@ export class SwigluExpert {
   /**
    * A copy of everything the latest forward over `rows` rows kept for its backward (gate·x, up·x and the LoRA
    * linears' x·Aᵀ), so a holder can answer that forward's backward after serving other calls (restoreForward).
+   * The copy lives in the kernel heap until releaseForward.
    */
   saveForward(rows: number): KeptForward {
     const { g, u } = this.cache.save(rows);
     const linears = [this.gate, this.up, this.down].map((linear) => linear.saveKept?.(rows));
     const bytes = g.byteLength + u.byteLength + linears.reduce((sum, kept) => sum + (kept?.byteLength ?? 0), 0);
     return { rows, g, u, linears, bytes };
+  }
+
+  /** Frees what saveForward copied (after restoreForward, or instead of it). */
+  releaseForward(kept: KeptForward): void {
+    for (const view of [kept.g, kept.u, ...kept.linears]) if (view) this.kernels.heap.release(view);
   }
 
   /** Puts back what saveForward copied: the backward that follows is that forward's, bit for bit. */

@@ -20,7 +20,7 @@ export interface Linear {
   backward(x: Float32Array, dy: Float32Array, dx: Float32Array | undefined, rows: number, accumulateDx?: boolean): void;
   /** Frees what it keeps between calls (a LoRA linear's x·Aᵀ); it may not be called afterwards. */
   release?(): void;
-  /** A copy of what the forward over `rows` rows kept for the backward (a LoRA linear's x·Aᵀ). */
+  /** A copy, in the kernel heap, of what the forward over `rows` rows kept for the backward (a LoRA linear's x·Aᵀ). */
   saveKept?(rows: number): Float32Array;
   /** Puts back what saveKept copied, for the backward of that forward. */
   restoreKept?(kept: Float32Array): void;
@@ -208,7 +208,7 @@ export class LoraLinear implements Linear {
   }
 
   saveKept(rows: number): Float32Array {
-    return this.xa.rows(rows).slice(0, rows * this.rank);
+    return this.kernels.heap.copyOf(this.xa.rows(rows).subarray(0, rows * this.rank));
   }
 
   restoreKept(kept: Float32Array): void {

@@ -1,7 +1,7 @@
 // A holder serving batches of expert calls over libp2p: each call of a batch answered or refused on its own, and a
 // backward answered from what its forward left at the holder, bit for bit what a backward carrying its input gives.
 import '../../src/p2p/polyfill.ts';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { KeptForwards, serveExperts, type ExpertServer } from '../../node/expert-server.ts';
 import { newExpertStats, rowsOf, SwarmRemoteExperts, wireRows } from '../../node/experts.ts';
 import { f32Tensor, msgpackCodec, type ExpertPrecision } from '../../proto/index.ts';
@@ -109,6 +109,10 @@ describe('expert calls in batches', () => {
     // One request per direction to the one holder; no input sent again, nothing left kept.
     expect(caller.stats).toMatchObject({ remoteCalls: 8, requests: 2, inputsResent: 0, failovers: 0, unanswered: 0 });
     expect([server.kept.size, server.kept.bytes]).toEqual([0, 0]);
+    // The kept copies live in the kernel heap, freed once their backward ran: another round leaves it as it was.
+    const heapBytes = kernels.heap.allocatedBytes;
+    await forwardsThenBackwards(caller, xs, dys);
+    expect(kernels.heap.allocatedBytes).toBe(heapBytes);
   });
 
   it('has a backward sent again with its input when the holder kept no room for its forward, with the same results', async () => {
@@ -121,6 +125,10 @@ describe('expert calls in batches', () => {
     expect(gradients(model)).toEqual(want.grads);
     expect(caller.stats).toMatchObject({ remoteCalls: 12, requests: 3, inputsResent: 4, unanswered: 0 });
     expect(server.kept.size).toBe(0);
+    // Evicted forwards are freed too.
+    const heapBytes = kernels.heap.allocatedBytes;
+    await forwardsThenBackwards(caller, xs, dys);
+    expect(kernels.heap.allocatedBytes).toBe(heapBytes);
   });
 
   it('refuses a call of a batch on its own: bad values, an expert not held, an unknown forward; the others are answered', async () => {
@@ -151,31 +159,40 @@ describe('expert calls in batches', () => {
 });
 
 describe('kept forwards', () => {
-  // Entries of 100 bytes standing for a forward's kept rows; the replica is any object (compared by identity).
+  // Entries of 100 bytes standing for a forward's kept rows (their layer and expert tell them apart); the replica is any
+  // object (compared by identity).
   const entry = (layer: number, expert: number, step = 1) => ({
     step, layer, expert, rows: ROWS, replica: {} as never, input: new Float32Array(0), kept: {} as never, bytes: 100,
   });
+  /** The entries released, as "layer.expert". */
+  let released: string[];
+  const release = ({ layer, expert }: { layer: number; expert: number }) => released.push(`${layer}.${expert}`);
+  beforeEach(() => (released = []));
   const backward = (forwardCall: number, layer: number, expert: number, step = 1) =>
     ({ jobId: 'job', step, call: 99, layer, expert, rows: ROWS, tensor: f32Tensor([0], new Float32Array(0)), forwardCall });
 
   it('drops the oldest beyond the cap, gives a forward once and only to a backward on the same expert, step and rows', () => {
-    const kept = new KeptForwards(250);
+    const kept = new KeptForwards(250, release);
     kept.keep('p', 1, entry(0, 0));
     kept.keep('p', 2, entry(0, 1));
-    kept.keep('q', 2, entry(0, 1));
+    kept.keep('q', 2, entry(0, 2));
     expect([kept.size, kept.bytes]).toEqual([2, 200]); // p's call 1 went first
+    expect(released).toEqual(['0.0']);
     expect(kept.take('p', backward(1, 0, 0))).toBeUndefined();
-    expect(kept.take('q', backward(2, 0, 1, 2))).toBeUndefined(); // another step: not that forward (and it is gone)
+    expect(kept.take('q', backward(2, 0, 2, 2))).toBeUndefined(); // another step: not that forward (and it is gone)
+    expect(released).toEqual(['0.0', '0.2']);
     expect(kept.take('p', backward(2, 0, 1))).toMatchObject({ layer: 0, expert: 1 });
+    expect(released).toEqual(['0.0', '0.2']); // taken: the taker releases it
     expect(kept.take('p', backward(2, 0, 1))).toBeUndefined();
     expect([kept.size, kept.bytes]).toEqual([0, 0]);
   });
 
   it('forgets the forwards of an expert given up', () => {
-    const kept = new KeptForwards(1000);
+    const kept = new KeptForwards(1000, release);
     [[0, 0], [1, 2], [0, 0]].forEach(([layer, expert], call) => kept.keep('p', call, entry(layer, expert)));
     kept.forget(0, 0);
     expect([kept.size, kept.bytes]).toEqual([1, 100]);
+    expect(released).toEqual(['0.0', '0.0']);
     expect(kept.take('p', backward(1, 1, 2))).toBeDefined();
   });
 });
