@@ -27,8 +27,8 @@ export class KernelHeap {
     return total;
   }
 
-  /** Allocates `bytes` (zeroed) and returns the pointer. */
-  allocBytes(bytes: number): number {
+  /** Allocates `bytes` (zeroed, unless the caller overwrites them all) and returns the pointer. */
+  allocBytes(bytes: number, zeroed = true): number {
     if (!Number.isInteger(bytes) || bytes < 0) throw new RangeError(`heap: cannot allocate ${bytes} bytes`);
     const size = Math.max(ALIGN, Math.ceil(bytes / ALIGN) * ALIGN);
     let ptr = -1;
@@ -47,7 +47,7 @@ export class KernelHeap {
     }
     this.used.set(ptr, size);
     const dirtyEnd = Math.min(ptr + size, this.highWater);
-    if (dirtyEnd > ptr) new Uint8Array(this.memory.buffer, ptr, dirtyEnd - ptr).fill(0);
+    if (zeroed && dirtyEnd > ptr) new Uint8Array(this.memory.buffer, ptr, dirtyEnd - ptr).fill(0);
     this.highWater = Math.max(this.highWater, ptr + size);
     return ptr;
   }
@@ -78,7 +78,7 @@ export class KernelHeap {
 
   /** A new heap view holding a copy of `view`. */
   copyOf<T extends Float32Array | Uint16Array>(view: T): T {
-    const copy = (view instanceof Float32Array ? this.f32(view.length) : this.u16(view.length)) as T;
+    const copy = (view instanceof Float32Array ? this.view(Float32Array, view.length, false) : this.view(Uint16Array, view.length, false)) as T;
     copy.set(view);
     return copy;
   }
@@ -105,8 +105,9 @@ export class KernelHeap {
   private view<T extends HeapView>(
     type: { new (buffer: ArrayBufferLike, offset: number, length: number): T; BYTES_PER_ELEMENT: number },
     length: number,
+    zeroed = true,
   ): T {
-    const ptr = this.allocBytes(length * type.BYTES_PER_ELEMENT); // may grow: take the buffer after
+    const ptr = this.allocBytes(length * type.BYTES_PER_ELEMENT, zeroed); // may grow: take the buffer after
     const buffer = this.memory.buffer; // a shared memory may hand out a new object per read
     this.buffers.add(buffer);
     return new type(buffer, ptr, length);
