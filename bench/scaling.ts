@@ -59,11 +59,11 @@ interface Setting {
 
 const SETTINGS: Setting[] = [
   { name: '1 node, every expert', nodes: 1, replication: 1 },
-  { name: '2 separate 1-node swarms at once (no swarm: the ceiling)', nodes: 2, replication: 1, separate: true },
   { name: '2 nodes, replication 2 (data parallel)', nodes: 2, replication: 2 },
   { name: '2 nodes, replication 2, rounds waited for', nodes: 2, replication: 2, overlap: false },
   { name: '2 nodes, replication 1 (experts split)', nodes: 2, replication: 1 },
   { name: '2 nodes, replication 1, split batch (halves overlap)', nodes: 2, replication: 1, splitBatch: true },
+  { name: '2 separate 1-node swarms at once (no swarm: the ceiling)', nodes: 2, replication: 1, separate: true },
 ];
 /** --only 1,3: those settings (by their row, 0-based) after the 1-node baseline. */
 const ONLY = values.only?.split(',').map(Number);
