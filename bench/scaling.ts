@@ -1,7 +1,9 @@
 // Does the swarm pay off on real cores? The demo job (`npm start`'s model) on 1 node holding every
 // expert, then on 2 nodes with every expert on both (replication 2: data parallel) and with the experts
 // split between them (replication 1: every token's experts are half remote), that also with the job's
-// splitBatch; replication 2 also with each averaging round waited for (the demo job overlaps them).
+// splitBatch; replication 2 also with each averaging round waited for (the demo job overlaps them); last,
+// two separate 1-node swarms at once, each on its own core: what two cores give with no swarm (the ceiling:
+// the cores share caches, memory bandwidth and the machine's other work).
 // Each node runs one kernel thread pinned to its own core (taskset), so 2 nodes have 2 cores and 1 node
 // has 1. From the nodes' step events after the warm-up: aggregate tokens/s and its ratio to the
 // 1-node run, tokens per CPU-second against one node's (what cores of their own with no waiting would give),
