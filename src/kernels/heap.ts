@@ -78,7 +78,8 @@ export class KernelHeap {
 
   /** A new heap view holding a copy of `view`. */
   copyOf<T extends Float32Array | Uint16Array>(view: T): T {
-    const copy = (view instanceof Float32Array ? this.view(Float32Array, view.length, false) : this.view(Uint16Array, view.length, false)) as T;
+    const { length } = view;
+    const copy = (view instanceof Float32Array ? this.view(Float32Array, length, false) : this.view(Uint16Array, length, false)) as T;
     copy.set(view);
     return copy;
   }

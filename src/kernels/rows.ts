@@ -24,7 +24,8 @@ export class Rows {
       const q = ptr + input;
       const s = q + aligned(n);
       this.rt.fn('quantize_rows_i8')(x, q, s, k, 0, rows);
-      return { codes: new Int8Array(this.rt.memory.buffer, q, n).slice(), scales: new Float32Array(this.rt.memory.buffer, s, rows).slice() };
+      const { buffer } = this.rt.memory;
+      return { codes: new Int8Array(buffer, q, n).slice(), scales: new Float32Array(buffer, s, rows).slice() };
     });
   }
 
@@ -36,7 +37,8 @@ export class Rows {
     checkDims('dequantizeI8', { rows, k, blocks });
     const n = rows * k;
     if (!(blocks > 0 && k % blocks === 0) || codes.length !== n || scales.length !== rows * blocks || out.length < n) {
-      throw new RangeError(`dequantizeI8: ${codes.length} codes, ${scales.length} scales, ${out.length} outputs for ${rows} × ${k} in ${blocks} blocks`);
+      const have = `${codes.length} codes, ${scales.length} scales, ${out.length} outputs`;
+      throw new RangeError(`dequantizeI8: ${have} for ${rows} × ${k} in ${blocks} blocks`);
     }
     const inHeap = this.rt.heap.contains(out);
     const output = inHeap ? 0 : aligned(n * 4);

@@ -66,7 +66,8 @@ const randomRows = (seed: number) => {
  */
 function reference(precision: ExpertPrecision, mode: Mode, xs: Float32Array[], dys: Float32Array[]) {
   const model = holderModel(mode);
-  const onWire = (values: Float32Array) => rowsOf(kernels.rows, wireRows(kernels.rows, ROWS, H, values, precision), ROWS, H) as Float32Array;
+  const onWire = (values: Float32Array) =>
+    rowsOf(kernels.rows, wireRows(kernels.rows, ROWS, H, values, precision), ROWS, H) as Float32Array;
   const [x, y, dy, dx] = [0, 1, 2, 3].map(() => kernels.heap.f32(ROWS * H));
   const dxs = EXPERTS.map(([layer, expert], i) => {
     const served = model.experts.servingExpert(layer, expert)!;

@@ -124,7 +124,10 @@ describe('int8 expert rows', () => {
   it('decodes a peer\'s scales per block of any divisor of the row, hand-computed', () => {
     const codes = Array.from({ length: ROWS * HIDDEN }, (_, i) => (i % 255) - 127);
     const scales = Array.from({ length: ROWS * 3 }, (_, b) => 0.5 * (b + 1)); // blocks of 8
-    const back = rowsOf(codec, { tensor: { dtype: 'I8', shape: [ROWS, HIDDEN], data: i8(codes) }, scales: { dtype: 'F32', shape: [ROWS, 3], data: f32(scales) } }, ROWS, HIDDEN);
+    const wire: WireRows = {
+      tensor: { dtype: 'I8', shape: [ROWS, HIDDEN], data: i8(codes) }, scales: { dtype: 'F32', shape: [ROWS, 3], data: f32(scales) },
+    };
+    const back = rowsOf(codec, wire, ROWS, HIDDEN);
     expect(back).toEqual(Float32Array.from(codes, (code, i) => code * scales[Math.floor(i / 8)]));
   });
 
@@ -150,7 +153,8 @@ describe('int8 expert rows', () => {
       [withScale(0, Math.fround(MAX_ROW_MAGNITUDE / 127) * 1.001), /^out-of-range scale 788188.9375 at 0/],
       [{ ...good, tensor: { ...good.tensor, data: good.tensor.data.subarray(1) } }, `I8 tensor of shape [${ROWS}, ${HIDDEN}] needs 120 bytes, got 119`],
       [{ ...good, tensor: { ...good.tensor, data: i8(new Array(ROWS * HIDDEN).fill(-128)) } }, /code -128 at 0/],
-      [{ ...good, tensor: { ...good.tensor, data: i8(Array.from({ length: ROWS * HIDDEN }, (_, i) => (i === 20 ? -128 : 1))) } }, /code -128 at 20/],
+      [{ ...good, tensor: { ...good.tensor, data: i8(Array.from({ length: ROWS * HIDDEN }, (_, i) => (i === 20 ? -128 : 1))) } },
+        /code -128 at 20/],
       [{ ...wireRows(codec, ROWS, HIDDEN, scaledRows(11), 'bf16'), scales: good.scales }, 'BF16 rows carry no scales'],
     ];
     for (const [rows, reason] of refusals) {
@@ -208,7 +212,9 @@ describe('remote expert transport', () => {
     const directory = {
       holders: (_: number, expert: number) => [SELF, ...holders(expert)], address: (peer: string) => peer as unknown as DialTarget,
     };
-    const experts = new SwarmRemoteExperts({ rpc, rows: codec, directory }, { jobId: 'job', self: SELF, hidden: HIDDEN, timeoutMs: 1000, precision: 'f32', gradientPrecision: 'f32' });
+    const experts = new SwarmRemoteExperts({ rpc, rows: codec, directory }, {
+      jobId: 'job', self: SELF, hidden: HIDDEN, timeoutMs: 1000, precision: 'f32', gradientPrecision: 'f32',
+    });
     return { experts, asked, requests };
   }
   const rowsFor = () => new Float32Array(ROWS * HIDDEN);
@@ -288,13 +294,16 @@ describe('remote expert transport', () => {
           return { answers: [], refusals: [{ call: batch[0].call, reason: 'not kept', needsInput: true }] };
         }
         const precision = direction === 'forward' ? precisions.precision : precisions.gradientPrecision;
-        const echo = (call: ExpertCall) => wireRows(codec, call.rows, HIDDEN, rowsOf(codec, call, call.rows, HIDDEN) as Float32Array, precision);
+        const echo = (call: ExpertCall) =>
+          wireRows(codec, call.rows, HIDDEN, rowsOf(codec, call, call.rows, HIDDEN) as Float32Array, precision);
         const answers = batch.map((call) => ({ ...call, ...echo(call) }));
         return { answers, refusals: [] };
       },
     } as unknown as SwarmRemoteExpertsComponents['rpc'];
     const directory = { holders: () => ['a'], address: (peer: string) => peer as unknown as DialTarget };
-    const experts = new SwarmRemoteExperts({ rpc, rows: codec, directory }, { jobId: 'job', self: SELF, hidden: HIDDEN, timeoutMs: 1000, ...precisions });
+    const experts = new SwarmRemoteExperts({ rpc, rows: codec, directory }, {
+      jobId: 'job', self: SELF, hidden: HIDDEN, timeoutMs: 1000, ...precisions,
+    });
     const x = randomRows(12);
     const y = rowsFor();
     expect(await experts.forward(0, 0, x, y, ROWS)).toBe(true);
