@@ -48,9 +48,12 @@ export function checkDelta(spec: string, delta: Float32Array, shape: readonly nu
 
 /** Throws RangeError at the first non-finite value: encoding NaN or Inf would corrupt every receiver. */
 export function checkFinite(spec: string, values: Float32Array): void {
-  for (let i = 0; i < values.length; i++) {
-    if (!Number.isFinite(values[i])) throw new RangeError(`${spec}: delta has a non-finite value ${values[i]} at ${i}`);
-  }
+  for (let i = 0; i < values.length; i++) if (!Number.isFinite(values[i])) throw nonFiniteDelta(spec, values, i);
+}
+
+/** The error for the non-finite value of a delta at `index` (for encoders that find it on their own pass). */
+export function nonFiniteDelta(spec: string, values: Float32Array, index: number): RangeError {
+  return new RangeError(`${spec}: delta has a non-finite value ${values[index]} at ${index}`);
 }
 
 /**

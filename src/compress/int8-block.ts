@@ -1,7 +1,7 @@
 // int8 with one f32 scale per block of `blockSize` consecutive values (absmax / 127, symmetric,
 // round to nearest): |error| ≤ scale/2 per element (+ the f32 rounding of q·scale), 1 + 4/B bytes
 // per value. Top-k reuses the block quantizer for its kept values.
-import { checkDelta, checkFinite, CodecError, partTensor, PartReader, type Codec, type CodecPart } from './codec.ts';
+import { checkDelta, CodecError, nonFiniteDelta, partTensor, PartReader, type Codec, type CodecPart } from './codec.ts';
 
 /** Largest scale whose ±127 multiples stay finite in f32. */
 const MAX_SCALE = 3.4028234663852886e38 / 127;
@@ -12,16 +12,25 @@ export function blockCount(n: number, blockSize: number): number {
 
 /**
  * Quantizes `x` into `q` (same length) and `scales` (one per block); `decoded`, when given, gets
- * what dequantizeBlocks will give back (the same f32 products), without a second pass.
+ * what dequantizeBlocks will give back (the same f32 products), without a second pass. Returns
+ * the index of the first NaN or ±Infinity in `x` (coded as 0), or -1: an encoder refuses them
+ * without a pass of its own.
  */
-export function quantizeBlocks(x: Float32Array, blockSize: number, q: Int8Array, scales: Float32Array, decoded?: Float32Array): void {
+export function quantizeBlocks(x: Float32Array, blockSize: number, q: Int8Array, scales: Float32Array, decoded?: Float32Array): number {
   const n = x.length;
+  let firstNonFinite = -1;
   for (let b = 0, lo = 0; lo < n; b++, lo += blockSize) {
     const hi = Math.min(n, lo + blockSize);
     let max = 0;
+    let nan = false;
     for (let i = lo; i < hi; i++) {
       const a = Math.abs(x[i]);
       if (a > max) max = a;
+      else if (a !== a) nan = true;
+    }
+    if ((nan || max === Infinity) && firstNonFinite < 0) {
+      firstNonFinite = lo;
+      while (Number.isFinite(x[firstNonFinite])) firstNonFinite++;
     }
     const scale = Math.fround(max / 127);
     scales[b] = scale;
@@ -31,14 +40,19 @@ export function quantizeBlocks(x: Float32Array, blockSize: number, q: Int8Array,
       continue;
     }
     // JS arithmetic is float64, so x / scale is exact to ~1e-16; the clamp only catches
-    // max / fround(max / 127) landing a hair above 127.
+    // max / fround(max / 127) landing a hair above 127, or many times 127 when the scale is subnormal.
     const inv = 1 / scale;
     for (let i = lo; i < hi; i++) {
-      const v = Math.round(x[i] * inv);
-      q[i] = v > 127 ? 127 : v < -127 ? -127 : v;
-      if (decoded) decoded[i] = q[i] * scale; // the stored code: a rounded −0 is stored, and decodes, as +0
+      const y = x[i] * inv;
+      // Math.round(y) at twice the speed: floor(y + 0.5) is the same but where y + 0.5 rounds up to 1
+      // (NaN, from a non-finite value, becomes 0).
+      const rounded = y === 0.49999999999999994 ? 0 : Math.floor(y + 0.5) | 0;
+      const v = rounded > 127 ? 127 : rounded < -127 ? -127 : rounded;
+      q[i] = v;
+      if (decoded) decoded[i] = v * scale; // the stored code: a value rounded to 0 decodes as +0
     }
   }
+  return firstNonFinite;
 }
 
 /**
@@ -66,10 +80,10 @@ export function int8BlockCodec(blockSize: number): Codec {
   const spec = `int8-block:${blockSize}`;
   const encode = (delta: Float32Array, shape: readonly number[], decoded?: Float32Array): CodecPart[] => {
     checkDelta(spec, delta, shape);
-    checkFinite(spec, delta);
     const q = new Int8Array(delta.length);
     const scales = new Float32Array(blockCount(delta.length, blockSize));
-    quantizeBlocks(delta, blockSize, q, scales, decoded);
+    const nonFinite = quantizeBlocks(delta, blockSize, q, scales, decoded);
+    if (nonFinite >= 0) throw nonFiniteDelta(spec, delta, nonFinite);
     return [
       { suffix: ':q', tensor: partTensor('I8', [...shape], q) },
       { suffix: ':scale', tensor: partTensor('F32', [scales.length], scales) },

@@ -5,6 +5,7 @@ import {
   type Codec, type CodecPart, type CodecState,
 } from '../../src/compress/index.ts';
 import { f32ToF16Bits } from '../../proto/half.ts';
+import { quantizeBlocks } from '../../src/compress/int8-block.ts';
 import { bestRankError64 } from '../reference/lowrank64.ts';
 import { bitEqual, rng } from '../helpers.ts';
 
@@ -151,6 +152,38 @@ describe('int8-block', () => {
       // scale/2 from rounding to the nearest code, plus the f32 rounding of q·scale (|q| ≤ 127).
       expect(Math.abs(y[i] - x[i])).toBeLessThanOrEqual(scales[Math.floor(i / blockSize)] * (0.5 + 127 * 2 ** -24));
     }
+  });
+
+  it('codes are Math.round(x · (1 / scale)) clamped to ±127, a hair under half a code and at subnormal scales too', () => {
+    // Scales whose f64 inverse rounds down: x = scale / 2 lands at 0.5 − 2^-54, which rounds to 0 (floor(x + 0.5) gives 1).
+    const scales = Array.from({ length: 2000 }, (_, k) => Math.fround(1e-4 * (1 + k / 997)));
+    const hairUnderHalf = scales.filter((s) => Math.fround(s / 2) * (1 / s) === 0.49999999999999994);
+    expect(hairUnderHalf.length).toBeGreaterThan(10);
+    const random = rng(9);
+    const blocks = hairUnderHalf.slice(0, 10).map((s) => [127 * s, s / 2, -s / 2, ...Array.from({ length: 13 }, () => 127 * s * random())]);
+    blocks.push([190 * 2 ** -149, 2 ** -149, -(190 * 2 ** -149), ...new Array<number>(13).fill(0)]); // scale 2^-149: codes clamp
+    const x = Float32Array.from(blocks.flat());
+    const q = new Int8Array(x.length);
+    const blockScales = new Float32Array(x.length / 16);
+    const decoded = new Float32Array(x.length);
+    expect(quantizeBlocks(x, 16, q, blockScales, decoded)).toBe(-1);
+    for (let i = 0; i < x.length; i++) {
+      const scale = blockScales[i >> 4];
+      expect(q[i], `value ${i}`).toBe(Math.max(-127, Math.min(127, Math.round(x[i] * (1 / scale)))) + 0); // an int8 has no -0
+      expect(Object.is(decoded[i], Math.fround(q[i] * scale)), `decoded ${i}`).toBe(true);
+    }
+    expect([q[160], q[162]]).toEqual([127, -127]); // the subnormal block
+  });
+
+  it('quantizeBlocks reports the first non-finite value, wherever it falls in its block', () => {
+    const x = new Float32Array(40).fill(1);
+    x[37] = NaN;
+    expect(quantizeBlocks(x, 8, new Int8Array(40), new Float32Array(5))).toBe(37);
+    x[34] = -Infinity;
+    expect(quantizeBlocks(x, 8, new Int8Array(40), new Float32Array(5))).toBe(34);
+    x[9] = NaN;
+    x[8] = Infinity;
+    expect(quantizeBlocks(x, 8, new Int8Array(40), new Float32Array(5))).toBe(8);
   });
 });
 
