@@ -58,6 +58,8 @@ export class PeriodicAveraging implements Averager {
   private readonly scatter?: ReduceScatter;
   /** overlap: each group's round that started at a boundary and lands at a later step. */
   private readonly inFlight = new Map<string, RoundInFlight>();
+  /** overlap: each group's arrays for its rounds' boundary values, reused once the round before has landed. */
+  private readonly boundaries = new Map<string, Float32Array[]>();
   /** topology groups: each round averages parameters within this node's small group of the round. */
   private readonly grouped: boolean;
 
@@ -136,6 +138,7 @@ export class PeriodicAveraging implements Averager {
 
   resetGroup(group: string): void {
     this.inFlight.delete(group);
+    this.boundaries.delete(group);
     this.outer.delete(group);
     this.pending.delete(group);
     this.screens.delete(group);
@@ -163,10 +166,20 @@ export class PeriodicAveraging implements Averager {
       outer.apply(values, landed);
       return;
     }
-    const flight: RoundInFlight = { outer, params, boundary: values.map((v) => Float32Array.from(v)), landing: Promise.resolve() };
+    const flight: RoundInFlight = { outer, params, boundary: this.boundaryOf(group, values), landing: Promise.resolve() };
     // A failed round surfaces at the next step, as a waited-for one would at its boundary, not as an unhandled rejection.
     flight.landing = mean.then((landed) => void (flight.mean = landed), (err: unknown) => void (flight.failure = err));
     this.inFlight.set(group, flight);
+  }
+
+  /** A copy of the values at a round's boundary, in the arrays of the group's last round (applied by now: see afterUpdate). */
+  private boundaryOf(group: string, values: readonly Float32Array[]): Float32Array[] {
+    let boundary = this.boundaries.get(group);
+    if (boundary?.length !== values.length || boundary.some((b, i) => b.length !== values[i].length)) {
+      this.boundaries.set(group, (boundary = values.map((v) => new Float32Array(v.length))));
+    }
+    boundary.forEach((b, i) => b.set(values[i]));
+    return boundary;
   }
 
   /** The round's mean delta of the group's holders (the outer step's input), by the job's topology. */
@@ -210,7 +223,8 @@ export class PeriodicAveraging implements Averager {
     }
     this.stats.received += accepted.length;
     this.stats.late += accepted.filter((c) => c.round < round).length;
-    return aggregate([{ sender: self, round, values: mine }, ...accepted], round, this.options);
+    // Into our decoded delta, fresh this round and not read after: the mean needs no 15 MB of its own.
+    return aggregate([{ sender: self, round, values: mine }, ...accepted], round, this.options, mine);
   }
 
   /** A peer of the group at least MAX_LAG rounds ahead of us, if any. */

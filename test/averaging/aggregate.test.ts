@@ -51,6 +51,32 @@ describe('staleness-weighted mean', () => {
     weightedMean(list.map((c) => c.values), [1, 1, 1]).forEach((t, i) => expect(maxRelError(t, expected[i])).toBeLessThan(1e-6));
   });
 
+  it('into `out`, even a contribution\'s own arrays, gives the bits of an f32 sum part by part over tensors longer than a chunk', () => {
+    const random = rng(7);
+    const list = ['a', 'b', 'c'].map((sender, k) => ({
+      sender, round: 4 - k, values: [10_000, 5].map((n) => Float32Array.from({ length: n }, () => random())),
+    }));
+    const weights = list.map((c) => stalenessWeight(4 - c.round));
+    const total = weights.reduce((a, b) => a + b, 0);
+    // The documented order: f32 running sums over the contributions in (round, sender) order, then one division.
+    const ordered = [...list].reverse();
+    const expected = list[0].values.map((t, i) => {
+      const sums = new Float32Array(t.length);
+      ordered.forEach((c, k) => c.values[i].forEach((x, j) => (sums[j] += weights[2 - k] * x)));
+      return sums.map((s) => s / total);
+    });
+    const fresh = aggregate(list, 4);
+    const into = list[1].values; // the middle part of the sum: read before it is written over
+    expect(aggregate(list, 4, {}, into)).toBe(into);
+    expected.forEach((t, i) => {
+      expect(bitEqual(fresh[i], t)).toBe(true);
+      expect(bitEqual(into[i], t)).toBe(true);
+    });
+    const trimmed = aggregate(list, 4, { aggregator: 'trimmed-mean', trim: 0.34 });
+    const trimmedInto = aggregate(list, 4, { aggregator: 'trimmed-mean', trim: 0.34 }, list[0].values);
+    trimmed.forEach((t, i) => expect(bitEqual(trimmedInto[i], t)).toBe(true));
+  });
+
   it('refuses no parts, or parts and weights of different counts', () => {
     expect(() => weightedMean([], [])).toThrow(RangeError);
     expect(() => weightedMean([single([1])], [1, 1])).toThrow(RangeError);
