@@ -205,8 +205,9 @@ export class PeriodicAveraging implements Averager {
     const { self, log } = this.options;
     const codec = this.codecFor(group);
     const count = this.exchange.partCount(group, 1);
-    // What the others will decode of ours is what we average with: everyone uses the same numbers.
-    const { messages, decoded: mine } = this.exchange.encodeGroup(group, codec, deltas, count, this.codecStatesOf(group, count));
+    // What the others will decode of ours is what we average with: everyone uses the same numbers. It may
+    // overwrite the deltas (the outer step's arrays, not read again this round).
+    const { messages, decoded: mine } = this.exchange.encodeGroup(group, codec, deltas, count, this.codecStatesOf(group, count), true);
     this.exchange.sendAll(group, round, this.options.every, codec.spec, messages);
     const has = (peer: string) => (this.pending.get(group) ?? []).some((c) => c.sender === peer && c.round >= round);
     await this.exchange.wait(group, round, () => awaited.every(has));
@@ -223,7 +224,7 @@ export class PeriodicAveraging implements Averager {
     }
     this.stats.received += accepted.length;
     this.stats.late += accepted.filter((c) => c.round < round).length;
-    // Into our decoded delta, fresh this round and not read after: the mean needs no 15 MB of its own.
+    // Into our decoded delta, not read after: the mean needs no 15 MB of its own.
     return aggregate([{ sender: self, round, values: mine }, ...accepted], round, this.options, mine);
   }
 

@@ -36,8 +36,13 @@ export interface Codec {
   encode(delta: Float32Array, shape: readonly number[], state: CodecState): CodecPart[];
   /** Decodes parts into a new array of `shape`; throws CodecError on anything malformed. */
   decode(parts: readonly CodecPart[], shape: readonly number[]): Float32Array;
-  /** Optional: encode() and what decode() will give of its parts, in one pass (a sender averages with the latter). */
-  encodeDecoded?(delta: Float32Array, shape: readonly number[], state: CodecState): { parts: CodecPart[]; decoded: Float32Array };
+  /**
+   * Optional: encode() and what decode() will give of its parts, in one pass (a sender averages with the latter);
+   * into `into` when given, which may be `delta` itself.
+   */
+  encodeDecoded?(
+    delta: Float32Array, shape: readonly number[], state: CodecState, into?: Float32Array,
+  ): { parts: CodecPart[]; decoded: Float32Array };
 }
 
 /** Checks the caller's arguments of Codec.encode. */
@@ -48,12 +53,12 @@ export function checkDelta(spec: string, delta: Float32Array, shape: readonly nu
 
 /** Throws RangeError at the first non-finite value: encoding NaN or Inf would corrupt every receiver. */
 export function checkFinite(spec: string, values: Float32Array): void {
-  for (let i = 0; i < values.length; i++) if (!Number.isFinite(values[i])) throw nonFiniteDelta(spec, values, i);
+  for (let i = 0; i < values.length; i++) if (!Number.isFinite(values[i])) throw nonFiniteDelta(spec, values[i], i);
 }
 
-/** The error for the non-finite value of a delta at `index` (for encoders that find it on their own pass). */
-export function nonFiniteDelta(spec: string, values: Float32Array, index: number): RangeError {
-  return new RangeError(`${spec}: delta has a non-finite value ${values[index]} at ${index}`);
+/** The error for a delta's non-finite `value` at `index` (for encoders that find it on their own pass). */
+export function nonFiniteDelta(spec: string, value: number, index: number): RangeError {
+  return new RangeError(`${spec}: delta has a non-finite value ${value} at ${index}`);
 }
 
 /**
@@ -154,10 +159,11 @@ export function encodeTensors(codec: Codec, tensors: readonly (DeltaTensor & { d
 
 /**
  * encodeTensors, and what a receiver's decodeTensors will give of its parts: from the codec's
- * encodeDecoded when it has one, else by decoding them.
+ * encodeDecoded when it has one, else by decoding them. `inPlace`: a codec with encodeDecoded
+ * writes them over the deltas (which the caller no longer needs) instead of into new arrays.
  */
 export function encodeTensorsDecoded(
-  codec: Codec, tensors: readonly (DeltaTensor & { delta: Float32Array; state: CodecState })[],
+  codec: Codec, tensors: readonly (DeltaTensor & { delta: Float32Array; state: CodecState })[], inPlace = false,
 ): { message: NamedTensor[]; decoded: Float32Array[] } {
   const { encodeDecoded } = codec;
   if (!encodeDecoded) {
@@ -167,7 +173,7 @@ export function encodeTensorsDecoded(
   const message: NamedTensor[] = [];
   const decoded = tensors.map(({ name, shape, delta, state }) => {
     checkName(name);
-    const encoded = encodeDecoded.call(codec, delta, shape, state);
+    const encoded = encodeDecoded.call(codec, delta, shape, state, inPlace ? delta : undefined);
     for (const { suffix, tensor } of encoded.parts) message.push({ name: name + suffix, tensor });
     return encoded.decoded;
   });

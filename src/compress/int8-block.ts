@@ -12,13 +12,15 @@ export function blockCount(n: number, blockSize: number): number {
 
 /**
  * Quantizes `x` into `q` (same length) and `scales` (one per block); `decoded`, when given, gets
- * what dequantizeBlocks will give back (the same f32 products), without a second pass. Returns
- * the index of the first NaN or ±Infinity in `x` (coded as 0), or -1: an encoder refuses them
- * without a pass of its own.
+ * what dequantizeBlocks will give back (the same f32 products), without a second pass, and may be
+ * `x` itself (a block is read before it is written). Returns the first NaN or ±Infinity of `x`
+ * (coded as 0), if any: an encoder refuses them without a pass of its own.
  */
-export function quantizeBlocks(x: Float32Array, blockSize: number, q: Int8Array, scales: Float32Array, decoded?: Float32Array): number {
+export function quantizeBlocks(
+  x: Float32Array, blockSize: number, q: Int8Array, scales: Float32Array, decoded?: Float32Array,
+): { index: number; value: number } | undefined {
   const n = x.length;
-  let firstNonFinite = -1;
+  let nonFinite: { index: number; value: number } | undefined;
   for (let b = 0, lo = 0; lo < n; b++, lo += blockSize) {
     const hi = Math.min(n, lo + blockSize);
     let max = 0;
@@ -28,9 +30,10 @@ export function quantizeBlocks(x: Float32Array, blockSize: number, q: Int8Array,
       if (a > max) max = a;
       else if (a !== a) nan = true;
     }
-    if ((nan || max === Infinity) && firstNonFinite < 0) {
-      firstNonFinite = lo;
-      while (Number.isFinite(x[firstNonFinite])) firstNonFinite++;
+    if ((nan || max === Infinity) && !nonFinite) {
+      let index = lo;
+      while (Number.isFinite(x[index])) index++;
+      nonFinite = { index, value: x[index] };
     }
     const scale = Math.fround(max / 127);
     scales[b] = scale;
@@ -52,7 +55,7 @@ export function quantizeBlocks(x: Float32Array, blockSize: number, q: Int8Array,
       if (decoded) decoded[i] = v * scale; // the stored code: a value rounded to 0 decodes as +0
     }
   }
-  return firstNonFinite;
+  return nonFinite;
 }
 
 /**
@@ -83,7 +86,7 @@ export function int8BlockCodec(blockSize: number): Codec {
     const q = new Int8Array(delta.length);
     const scales = new Float32Array(blockCount(delta.length, blockSize));
     const nonFinite = quantizeBlocks(delta, blockSize, q, scales, decoded);
-    if (nonFinite >= 0) throw nonFiniteDelta(spec, delta, nonFinite);
+    if (nonFinite) throw nonFiniteDelta(spec, nonFinite.value, nonFinite.index);
     return [
       { suffix: ':q', tensor: partTensor('I8', [...shape], q) },
       { suffix: ':scale', tensor: partTensor('F32', [scales.length], scales) },
@@ -92,8 +95,9 @@ export function int8BlockCodec(blockSize: number): Codec {
   return {
     spec,
     encode: (delta, shape) => encode(delta, shape),
-    encodeDecoded(delta, shape) {
-      const decoded = new Float32Array(delta.length);
+    encodeDecoded(delta, shape, _state, into) {
+      if (into && into.length !== delta.length) throw new RangeError(`${spec}: ${into.length} values to decode ${delta.length} into`);
+      const decoded = into ?? new Float32Array(delta.length);
       return { parts: encode(delta, shape, decoded), decoded };
     },
     decode(parts: readonly CodecPart[], shape) {

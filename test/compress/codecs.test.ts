@@ -90,14 +90,28 @@ describe('round trips', () => {
     const codec = parseCodecSpec(spec);
     const tensors = (states: CodecState[]) =>
       SHAPES.map((shape, i) => ({ name: `t${i}`, shape, delta: randomDelta(count(shape), 20 + i), state: states[i] }));
-    const [statesA, statesB] = [0, 1].map(() => SHAPES.map((): CodecState => ({})));
+    const [statesA, statesB, statesC] = [0, 1, 2].map(() => SHAPES.map((): CodecState => ({})));
+    const wire = (message: NamedTensor[]) => message.map((p) => [p.name, p.tensor.dtype, p.tensor.shape, Array.from(p.tensor.data)]);
     for (let round = 0; round < 2; round++) { // a second round reads the error-feedback state the first left
       const plain = encodeTensors(codec, tensors(statesA));
       const { message, decoded } = encodeTensorsDecoded(codec, tensors(statesB));
-      expect(message.map((p) => [p.name, p.tensor.dtype, p.tensor.shape, Array.from(p.tensor.data)]))
-        .toEqual(plain.map((p) => [p.name, p.tensor.dtype, p.tensor.shape, Array.from(p.tensor.data)]));
+      expect(wire(message)).toEqual(wire(plain));
       decodeTensors(codec, tensors(statesB), message).forEach((d, i) => expect(bitEqual(decoded[i], d)).toBe(true));
+      // In place: the same message and bits, over the deltas when the codec decodes as it encodes.
+      const overwritten = tensors(statesC);
+      const inPlace = encodeTensorsDecoded(codec, overwritten, true);
+      expect(wire(inPlace.message)).toEqual(wire(plain));
+      inPlace.decoded.forEach((d, i) => {
+        expect(bitEqual(d, decoded[i])).toBe(true);
+        expect(d === overwritten[i].delta).toBe(codec.encodeDecoded !== undefined);
+      });
     }
+  });
+
+  it('an encoder decoding in place still names the non-finite value it refuses', () => {
+    const delta = Float32Array.of(1, 2, Infinity, 3);
+    expect(() => encodeTensorsDecoded(parseCodecSpec('int8-block:2'), [{ name: 't', shape: [4], delta, state: {} }], true))
+      .toThrow('int8-block:2: delta has a non-finite value Infinity at 2');
   });
 });
 
@@ -166,7 +180,7 @@ describe('int8-block', () => {
     const q = new Int8Array(x.length);
     const blockScales = new Float32Array(x.length / 16);
     const decoded = new Float32Array(x.length);
-    expect(quantizeBlocks(x, 16, q, blockScales, decoded)).toBe(-1);
+    expect(quantizeBlocks(x, 16, q, blockScales, decoded)).toBeUndefined();
     for (let i = 0; i < x.length; i++) {
       const scale = blockScales[i >> 4];
       expect(q[i], `value ${i}`).toBe(Math.max(-127, Math.min(127, Math.round(x[i] * (1 / scale)))) + 0); // an int8 has no -0
@@ -178,12 +192,12 @@ describe('int8-block', () => {
   it('quantizeBlocks reports the first non-finite value, wherever it falls in its block', () => {
     const x = new Float32Array(40).fill(1);
     x[37] = NaN;
-    expect(quantizeBlocks(x, 8, new Int8Array(40), new Float32Array(5))).toBe(37);
+    expect(quantizeBlocks(x, 8, new Int8Array(40), new Float32Array(5))).toEqual({ index: 37, value: NaN });
     x[34] = -Infinity;
-    expect(quantizeBlocks(x, 8, new Int8Array(40), new Float32Array(5))).toBe(34);
+    expect(quantizeBlocks(x, 8, new Int8Array(40), new Float32Array(5))).toEqual({ index: 34, value: -Infinity });
     x[9] = NaN;
     x[8] = Infinity;
-    expect(quantizeBlocks(x, 8, new Int8Array(40), new Float32Array(5))).toBe(8);
+    expect(quantizeBlocks(x, 8, new Int8Array(40), new Float32Array(5))).toEqual({ index: 8, value: Infinity });
   });
 });
 
