@@ -37,6 +37,8 @@ export interface DeltaInbox {
   codec(group: string): Codec;
   /** A whole contribution (reassembled first when it came in parts). */
   accept(group: string, sender: string, round: number, values: Float32Array[], norm?: number): void;
+  /** Arrays of these lengths the strategy is done with, to decode a contribution in one message into; absent: new ones. */
+  spare?(group: string, lengths: readonly number[]): Float32Array[] | undefined;
   /** reduce-scatter: parts each holder owns or gathers back; absent, such messages are refused. */
   parts?: {
     /** Parts the group is cut into in round `round` under reduce-scatter: a message of another count is refused. */
@@ -294,8 +296,10 @@ export class DeltaExchange {
     }
     const part = this.layout(group, count)[index];
     let values: Float32Array[] = [];
+    // A contribution in one message may reuse arrays of a round that is over (no fresh 15 MB per arrival).
+    const spare = phase || count > 1 ? undefined : this.inbox.spare?.(group, part.segments.map((s) => s.length));
     try {
-      values = decodeTensors(codec, part.segments, delta.parts);
+      values = decodeTensors(codec, part.segments, delta.parts, spare);
     } catch (err) {
       refuse(`${group}: ${(err as Error).message}`);
     }

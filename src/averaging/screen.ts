@@ -57,10 +57,12 @@ export class NormScreen {
 
   constructor(private readonly maxRatio = DEFAULT_MAX_NORM_RATIO, private readonly historyLength = NORM_HISTORY) {}
 
+  /** `mine`: this holder's contribution, or its norm (taken while its values were still in cache). */
   screen<T extends { values: readonly Float32Array[]; norm?: number }>(
-    mine: readonly Float32Array[], arrived: readonly T[],
+    mine: readonly Float32Array[] | number, arrived: readonly T[],
   ): { accepted: T[]; refused: Refusal<T>[] } {
-    return this.screenNorms(l2Norm(mine), arrived, arrived.map((c) => c.norm ?? l2Norm(c.values)));
+    const myNorm = typeof mine === 'number' ? mine : l2Norm(mine);
+    return this.screenNorms(myNorm, arrived, arrived.map((c) => c.norm ?? l2Norm(c.values)));
   }
 
   /**

@@ -34,8 +34,11 @@ export interface Codec {
   readonly spec: string;
   /** Encodes `delta` (row-major, `shape`); reads and updates `state`. Throws RangeError on bad arguments. */
   encode(delta: Float32Array, shape: readonly number[], state: CodecState): CodecPart[];
-  /** Decodes parts into a new array of `shape`; throws CodecError on anything malformed. */
-  decode(parts: readonly CodecPart[], shape: readonly number[]): Float32Array;
+  /**
+   * Decodes parts into a new array of `shape`, or into `into` (that many values, overwritten) when the codec can: the
+   * returned array is the one. Throws CodecError on anything malformed.
+   */
+  decode(parts: readonly CodecPart[], shape: readonly number[], into?: Float32Array): Float32Array;
   /**
    * Optional: encode() and what decode() will give of its parts, in one pass (a sender averages with the latter);
    * into `into` when given, which may be `delta` itself.
@@ -181,10 +184,12 @@ export function encodeTensorsDecoded(
 }
 
 /**
- * Decodes named wire parts into one array per expected tensor, in order. Parts are grouped by
- * the name before the first ':'; a part of no expected tensor throws CodecError.
+ * Decodes named wire parts into one array per expected tensor, in order (into `into`'s arrays when the codec can).
+ * Parts are grouped by the name before the first ':'; a part of no expected tensor throws CodecError.
  */
-export function decodeTensors(codec: Codec, tensors: readonly DeltaTensor[], parts: readonly NamedTensor[]): Float32Array[] {
+export function decodeTensors(
+  codec: Codec, tensors: readonly DeltaTensor[], parts: readonly NamedTensor[], into?: readonly Float32Array[],
+): Float32Array[] {
   const byTensor = new Map<string, CodecPart[]>(tensors.map((t) => (checkName(t.name), [t.name, []])));
   for (const { name, tensor } of parts) {
     const colon = name.indexOf(':');
@@ -193,9 +198,9 @@ export function decodeTensors(codec: Codec, tensors: readonly DeltaTensor[], par
     if (!list) throw new CodecError(`${codec.spec}: part ${name} belongs to no tensor of the group`);
     list.push({ suffix: name.slice(base.length), tensor });
   }
-  return tensors.map(({ name, shape }) => {
+  return tensors.map(({ name, shape }, i) => {
     try {
-      return codec.decode(byTensor.get(name)!, shape);
+      return codec.decode(byTensor.get(name)!, shape, into?.[i]);
     } catch (err) {
       if (err instanceof CodecError) err.message = `${name}: ${err.message}`;
       throw err;

@@ -100,11 +100,12 @@ export function int8BlockCodec(blockSize: number): Codec {
       const decoded = into ?? new Float32Array(delta.length);
       return { parts: encode(delta, shape, decoded), decoded };
     },
-    decode(parts: readonly CodecPart[], shape) {
+    decode(parts: readonly CodecPart[], shape, into) {
       const reader = new PartReader(spec, parts, [':q', ':scale']);
       const q = reader.read(':q', 'I8', Int8Array, shape);
       const scales = reader.read(':scale', 'F32', Float32Array, [blockCount(q.length, blockSize)]);
-      const out = new Float32Array(q.length);
+      if (into && into.length !== q.length) throw new RangeError(`${spec}: ${into.length} values to decode ${q.length} into`);
+      const out = into ?? new Float32Array(q.length);
       dequantizeBlocks(spec, q, scales, blockSize, out);
       return out;
     },

@@ -97,6 +97,12 @@ describe('round trips', () => {
       const { message, decoded } = encodeTensorsDecoded(codec, tensors(statesB));
       expect(wire(message)).toEqual(wire(plain));
       decodeTensors(codec, tensors(statesB), message).forEach((d, i) => expect(bitEqual(decoded[i], d)).toBe(true));
+      // Into arrays of stale values: the same bits, in those arrays when the codec decodes into them.
+      const stale = SHAPES.map((shape) => new Float32Array(count(shape)).fill(7));
+      decodeTensors(codec, tensors(statesB), message, stale).forEach((d, i) => {
+        expect(bitEqual(d, decoded[i])).toBe(true);
+        if (spec.startsWith('int8-block')) expect(d).toBe(stale[i]);
+      });
       // In place: the same message and bits, over the deltas when the codec decodes as it encodes.
       const overwritten = tensors(statesC);
       const inPlace = encodeTensorsDecoded(codec, overwritten, true);

@@ -151,8 +151,10 @@ describe('periodic averaging', () => {
     expect(overlapped[0].averager.stats.rounds).toBe(2);
   });
 
-  it.each([false, true])('rounds reuse their arrays (overlap %s) yet each gives the bits of holders that start it fresh', async (overlap) => {
-    const options = { mode: 'periodic', every: 1, overlap } as const;
+  it.each([
+    ['f32', false], ['int8-block', false], ['int8-block', true],
+  ])('rounds reuse their arrays (%s, overlap %s) yet each gives the bits of holders that start it fresh', async (codec, overlap) => {
+    const options = { mode: 'periodic', every: 1, overlap, codec } as const;
     const kept = await holders(['a', 'b', 'c'], options);
     const random = rng(21);
     for (let round = 0; round < 3; round++) {
