@@ -17,8 +17,10 @@ export function l2Norm(values: readonly Float32Array[]): number {
   let s1 = 0;
   let s2 = 0;
   let s3 = 0;
-  for (const v of values) {
-    const whole = v.length - (v.length % 4);
+  for (let t = 0; t < values.length; t++) {
+    const v = values[t];
+    const n = v.length;
+    const whole = n - (n % 4);
     let i = 0;
     for (; i < whole; i += 4) {
       s0 += v[i] * v[i];
@@ -26,7 +28,7 @@ export function l2Norm(values: readonly Float32Array[]): number {
       s2 += v[i + 2] * v[i + 2];
       s3 += v[i + 3] * v[i + 3];
     }
-    for (; i < v.length; i++) s0 += v[i] * v[i];
+    for (; i < n; i++) s0 += v[i] * v[i];
   }
   return Math.sqrt(s0 + s1 + (s2 + s3));
 }
