@@ -60,8 +60,9 @@ export class OuterStep {
       const update = this.update(i, meanDelta[i]);
       const start = boundary[i];
       for (let j = 0; j < v.length; j++) {
-        anchor[j] += lr * update[j];
-        v[j] = anchor[j] + (v[j] - start[j]);
+        const moved = Math.fround(anchor[j] + lr * update[j]); // the f32 the anchor holds, without reading it back
+        anchor[j] = moved;
+        v[j] = moved + (v[j] - start[j]);
       }
     });
   }
