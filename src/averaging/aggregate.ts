@@ -61,6 +61,7 @@ function meanOfAny(out: Float32Array, xs: readonly Float32Array[], weights: read
 
 /** meanOfAny for two parts (replication 2, the common round), without its inner loop: twice as fast. */
 function meanOfTwo(out: Float32Array, x0: Float32Array, x1: Float32Array, w0: number, w1: number, total: number): void {
+  // 0 + w·x: the sum starts at +0, so a −0 product sums to +0 as meanOfAny's does.
   for (let j = 0; j < out.length; j++) out[j] = Math.fround(Math.fround(0 + w0 * x0[j]) + w1 * x1[j]) / total;
 }
 

@@ -165,7 +165,9 @@ describe('periodic averaging', () => {
         h.averager.track('trunk', h.params);
       });
       const moves = kept.map((h) => h.params.map((p) => Float32Array.from(p.value, () => 0.1 * random())));
-      for (const list of [kept, fresh]) list.forEach((h, k) => h.params.forEach((p, i) => p.value.forEach((_, j, v) => (v[j] += moves[k][i][j]))));
+      for (const list of [kept, fresh]) {
+        list.forEach((h, k) => h.params.forEach((p, i) => p.value.forEach((_, j, v) => (v[j] += moves[k][i][j]))));
+      }
       await Promise.all([...kept, ...fresh].map((h) => h.averager.afterUpdate(round)));
       await Promise.all([...kept, ...fresh].map((h) => h.averager.settle()));
       kept.forEach((h, k) => h.params.forEach((p, i) => expect(bitEqual(p.value, fresh[k].params[i].value), `round ${round}`).toBe(true)));
