@@ -204,6 +204,13 @@ describe('int8-block', () => {
     x[9] = NaN;
     x[8] = Infinity;
     expect(quantizeBlocks(x, 8, new Int8Array(40), new Float32Array(5))).toEqual({ index: 8, value: Infinity });
+    // A NaN codes as 0 and leaves its block's scale to the other values.
+    const q = new Int8Array(40);
+    const scales = new Float32Array(5);
+    x[17] = NaN;
+    x[20] = -3;
+    quantizeBlocks(x, 8, q, scales);
+    expect([scales[2], q[17], q[20], q[21]]).toEqual([Math.fround(3 / 127), 0, -127, Math.round(127 / 3)]);
   });
 });
 
