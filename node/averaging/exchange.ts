@@ -37,6 +37,8 @@ export interface DeltaInbox {
   codec(group: string): Codec;
   /** A whole contribution (reassembled first when it came in parts). */
   accept(group: string, sender: string, round: number, values: Float32Array[], norm?: number): void;
+  /** Arrays of these lengths the strategy is done with, to decode a contribution in one message into; absent: new ones. */
+  spare?(group: string, lengths: readonly number[]): Float32Array[] | undefined;
   /** reduce-scatter: parts each holder owns or gathers back; absent, such messages are refused. */
   parts?: {
     /** Parts the group is cut into in round `round` under reduce-scatter: a message of another count is refused. */
@@ -144,17 +146,18 @@ export class DeltaExchange {
 
   /**
    * Encodes the group's values part by part (`state` gives each segment's codec state), and
-   * decodes them back: what receivers will decode is what this node averages with.
+   * decodes them back: what receivers will decode is what this node averages with. `inPlace`: the
+   * caller is done with `values`, and a group in one message may decode into them (see encodeTensorsDecoded).
    */
   encodeGroup(
-    group: string, codec: Codec, values: readonly Float32Array[], count: number, state: (key: string) => CodecState,
+    group: string, codec: Codec, values: readonly Float32Array[], count: number, state: (key: string) => CodecState, inPlace = false,
   ): EncodedGroup {
     const layout = this.layout(group, count);
     // A group in one message keeps the codec's decoded arrays; parts are copied into place as they are encoded.
     const oneWhole = layout.length === 1 && isWholeGroup(layout[0], values.map((v) => v.length));
     const decoded: Float32Array[] = oneWhole ? [] : values.map((v) => new Float32Array(v.length));
     const messages = layout.map((part) => {
-      const encoded = encodePart(codec, part, slicePart(values, part), state);
+      const encoded = encodePart(codec, part, slicePart(values, part), state, inPlace && oneWhole);
       if (oneWhole) decoded.push(...encoded.decoded);
       else writePart(decoded, part, encoded.decoded);
       return encoded.message;
@@ -293,8 +296,10 @@ export class DeltaExchange {
     }
     const part = this.layout(group, count)[index];
     let values: Float32Array[] = [];
+    // A contribution in one message may reuse arrays of a round that is over (no fresh 15 MB per arrival).
+    const spare = phase || count > 1 ? undefined : this.inbox.spare?.(group, part.segments.map((s) => s.length));
     try {
-      values = decodeTensors(codec, part.segments, delta.parts);
+      values = decodeTensors(codec, part.segments, delta.parts, spare);
     } catch (err) {
       refuse(`${group}: ${(err as Error).message}`);
     }
@@ -338,14 +343,14 @@ export class DeltaExchange {
 }
 
 /**
- * A part's values (one array per segment) as wire tensors, and what a receiver decodes of them.
- * `state` gives each segment's codec state by its tensor's name and rows, so a new layout starts new states.
+ * A part's values (one array per segment) as wire tensors, and what a receiver decodes of them (over `values`
+ * when `inPlace`). `state` gives each segment's codec state by its tensor's name and rows, so a new layout starts new states.
  */
 export function encodePart(
-  codec: Codec, part: Part, values: readonly Float32Array[], state: (key: string) => CodecState,
+  codec: Codec, part: Part, values: readonly Float32Array[], state: (key: string) => CodecState, inPlace = false,
 ): { message: NamedTensor[]; decoded: Float32Array[] } {
   const tensors = part.segments.map((s, i) => ({
     name: s.name, shape: s.shape, delta: values[i], state: state(`${s.name}@${s.rowStart}-${s.rowEnd}`),
   }));
-  return encodeTensorsDecoded(codec, tensors);
+  return encodeTensorsDecoded(codec, tensors, inPlace);
 }

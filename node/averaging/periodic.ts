@@ -11,7 +11,7 @@
 // together (each applies its group's mean delta to its own anchor). With outer lr 1 and no momentum a
 // holder ends the round at its group's mean parameters; the outer step takes mean − anchor as its delta.
 import { sparseCodecOf } from '../../proto/index.ts';
-import { aggregate, groupOf, NormScreen, OuterStep, type Contribution } from '../../src/averaging/index.ts';
+import { aggregate, groupOf, l2Norm, NormScreen, OuterStep, type Contribution } from '../../src/averaging/index.ts';
 import { codecsForGroups, type Codec, type CodecState } from '../../src/compress/index.ts';
 import type { Param } from '../../src/model/params.ts';
 import { DeltaExchange, KEEP_ROUNDS } from './exchange.ts';
@@ -58,6 +58,10 @@ export class PeriodicAveraging implements Averager {
   private readonly scatter?: ReduceScatter;
   /** overlap: each group's round that started at a boundary and lands at a later step. */
   private readonly inFlight = new Map<string, RoundInFlight>();
+  /** Arrays of arrivals a round has used, by group: the next arrivals decode into them (see DeltaInbox.spare). */
+  private readonly spares = new Map<string, Float32Array[][]>();
+  /** overlap: each group's arrays for its rounds' boundary values, reused once the round before has landed. */
+  private readonly boundaries = new Map<string, Float32Array[]>();
   /** topology groups: each round averages parameters within this node's small group of the round. */
   private readonly grouped: boolean;
 
@@ -71,6 +75,7 @@ export class PeriodicAveraging implements Averager {
     this.exchange = new DeltaExchange(components, options, {
       codec: (group) => this.codecFor(group),
       accept: (group, sender, round, values, norm) => this.accept(group, sender, round, values, norm),
+      spare: (group, lengths) => this.spare(group, lengths),
       ...(scatter ? {
         parts: { count: (group, round) => this.scatter!.count(group, round), accept: (group, a) => this.scatter!.accept(group, a) },
       } : {}),
@@ -136,6 +141,8 @@ export class PeriodicAveraging implements Averager {
 
   resetGroup(group: string): void {
     this.inFlight.delete(group);
+    this.boundaries.delete(group);
+    this.spares.delete(group);
     this.outer.delete(group);
     this.pending.delete(group);
     this.screens.delete(group);
@@ -163,10 +170,20 @@ export class PeriodicAveraging implements Averager {
       outer.apply(values, landed);
       return;
     }
-    const flight: RoundInFlight = { outer, params, boundary: values.map((v) => Float32Array.from(v)), landing: Promise.resolve() };
+    const flight: RoundInFlight = { outer, params, boundary: this.boundaryOf(group, values), landing: Promise.resolve() };
     // A failed round surfaces at the next step, as a waited-for one would at its boundary, not as an unhandled rejection.
     flight.landing = mean.then((landed) => void (flight.mean = landed), (err: unknown) => void (flight.failure = err));
     this.inFlight.set(group, flight);
+  }
+
+  /** A copy of the values at a round's boundary, in the arrays of the group's last round (applied by now: see afterUpdate). */
+  private boundaryOf(group: string, values: readonly Float32Array[]): Float32Array[] {
+    let boundary = this.boundaries.get(group);
+    if (boundary?.length !== values.length || boundary.some((b, i) => b.length !== values[i].length)) {
+      this.boundaries.set(group, (boundary = values.map((v) => new Float32Array(v.length))));
+    }
+    boundary.forEach((b, i) => b.set(values[i]));
+    return boundary;
   }
 
   /** The round's mean delta of the group's holders (the outer step's input), by the job's topology. */
@@ -192,8 +209,10 @@ export class PeriodicAveraging implements Averager {
     const { self, log } = this.options;
     const codec = this.codecFor(group);
     const count = this.exchange.partCount(group, 1);
-    // What the others will decode of ours is what we average with: everyone uses the same numbers.
-    const { messages, decoded: mine } = this.exchange.encodeGroup(group, codec, deltas, count, this.codecStatesOf(group, count));
+    // What the others will decode of ours is what we average with: everyone uses the same numbers. It may
+    // overwrite the deltas (the outer step's arrays, not read again this round).
+    const { messages, decoded: mine } = this.exchange.encodeGroup(group, codec, deltas, count, this.codecStatesOf(group, count), true);
+    const myNorm = l2Norm(mine); // now, while the group's values are in cache
     this.exchange.sendAll(group, round, this.options.every, codec.spec, messages);
     const has = (peer: string) => (this.pending.get(group) ?? []).some((c) => c.sender === peer && c.round >= round);
     await this.exchange.wait(group, round, () => awaited.every(has));
@@ -203,14 +222,17 @@ export class PeriodicAveraging implements Averager {
     this.pending.set(group, []);
     this.stats.missing += missed.length;
 
-    const { accepted, refused } = this.screenOf(group).screen(mine, arrived);
+    const { accepted, refused } = this.screenOf(group).screen(myNorm, arrived);
     for (const { contribution: c, norm, limit } of refused) {
       this.exchange.flag(c.sender);
       log?.(`delta ${group}#${c.round} from ${c.sender} refused: norm ${norm.toExponential(2)} is over ${limit.toExponential(2)}`);
     }
     this.stats.received += accepted.length;
     this.stats.late += accepted.filter((c) => c.round < round).length;
-    return aggregate([{ sender: self, round, values: mine }, ...accepted], round, this.options);
+    // Into our decoded delta, not read after: the mean needs no 15 MB of its own.
+    const mean = aggregate([{ sender: self, round, values: mine }, ...accepted], round, this.options, mine);
+    this.recycle(group, arrived);
+    return mean;
   }
 
   /** A peer of the group at least MAX_LAG rounds ahead of us, if any. */
@@ -257,6 +279,20 @@ export class PeriodicAveraging implements Averager {
       if (!state) this.codecStates.set(key, (state = {}));
       return state;
     };
+  }
+
+  /** Keeps the arrays of contributions a round is done with (nothing else holds them), as many as the group has other holders. */
+  private recycle(group: string, used: readonly Contribution[]): void {
+    const spares = this.spares.get(group) ?? [];
+    for (const c of used) if (spares.length < this.exchange.others(group).length) spares.push(c.values);
+    this.spares.set(group, spares);
+  }
+
+  /** Kept arrays of these lengths, taken out for an arrival to decode into. */
+  private spare(group: string, lengths: readonly number[]): Float32Array[] | undefined {
+    const spares = this.spares.get(group);
+    const k = spares?.findIndex((arrays) => arrays.length === lengths.length && arrays.every((a, i) => a.length === lengths[i])) ?? -1;
+    return k < 0 ? undefined : spares!.splice(k, 1)[0];
   }
 
   /** A peer's contribution to round `round` arrived now: it keeps pace if within the deadline of our start of that round. */

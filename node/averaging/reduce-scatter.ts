@@ -103,7 +103,9 @@ export class ReduceScatter {
     const ordered = this.ordered(group, round);
     const count = exchange.partCount(group, ordered.length);
     const codec = this.context.codecFor(group);
-    const { layout, messages, decoded: mine } = exchange.encodeGroup(group, codec, deltas, count, this.context.codecStates(group, count));
+    // The deltas are the outer step's arrays (or a copy), not read again but for their lengths: decoded over them.
+    const states = this.context.codecStates(group, count);
+    const { layout, messages, decoded: mine } = exchange.encodeGroup(group, codec, deltas, count, states, true);
     const myNorm = l2Norm(mine);
     const r: Round = {
       group, round, ordered, layout, codec, mine, myNorm, results: new Map(),

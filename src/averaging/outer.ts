@@ -14,6 +14,8 @@ export class OuterStep {
   readonly momentum: Float32Array[];
   private readonly lr: number;
   private readonly mu: number;
+  /** delta()'s arrays, made at its first call. */
+  private deltas?: Float32Array[];
 
   constructor(values: readonly Float32Array[], options: OuterStepOptions = {}) {
     this.anchor = values.map((v) => Float32Array.from(v));
@@ -22,14 +24,18 @@ export class OuterStep {
     this.mu = options.momentum ?? 0;
   }
 
-  /** values − anchor, per tensor (in f32). */
+  /**
+   * values − anchor, per tensor (in f32), into arrays this step reuses from round to round (15 MB
+   * fresh a round cost more than the pass that fills them): each call overwrites the last one's.
+   */
   delta(values: readonly Float32Array[]): Float32Array[] {
-    return values.map((v, i) => {
+    const deltas = (this.deltas ??= this.anchor.map((a) => new Float32Array(a.length)));
+    values.forEach((v, i) => {
       const anchor = this.anchor[i];
-      const out = new Float32Array(v.length);
+      const out = deltas[i];
       for (let j = 0; j < v.length; j++) out[j] = v[j] - anchor[j];
-      return out;
     });
+    return deltas;
   }
 
   /** m ← μ·m + Δ̄; values ← anchor + lr·(μ·m + Δ̄), in place; the anchor moves to the new values. */
@@ -38,8 +44,7 @@ export class OuterStep {
     values.forEach((v, i) => {
       const anchor = this.anchor[i];
       const update = this.update(i, meanDelta[i]);
-      for (let j = 0; j < v.length; j++) v[j] = anchor[j] + lr * update[j];
-      anchor.set(v);
+      for (let j = 0; j < v.length; j++) v[j] = anchor[j] = Math.fround(anchor[j] + lr * update[j]);
     });
   }
 
@@ -55,8 +60,9 @@ export class OuterStep {
       const update = this.update(i, meanDelta[i]);
       const start = boundary[i];
       for (let j = 0; j < v.length; j++) {
-        anchor[j] += lr * update[j];
-        v[j] = anchor[j] + (v[j] - start[j]);
+        const moved = Math.fround(anchor[j] + lr * update[j]); // the f32 the anchor holds, without reading it back
+        anchor[j] = moved;
+        v[j] = moved + (v[j] - start[j]);
       }
     });
   }

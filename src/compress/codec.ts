@@ -34,10 +34,18 @@ export interface Codec {
   readonly spec: string;
   /** Encodes `delta` (row-major, `shape`); reads and updates `state`. Throws RangeError on bad arguments. */
   encode(delta: Float32Array, shape: readonly number[], state: CodecState): CodecPart[];
-  /** Decodes parts into a new array of `shape`; throws CodecError on anything malformed. */
-  decode(parts: readonly CodecPart[], shape: readonly number[]): Float32Array;
-  /** Optional: encode() and what decode() will give of its parts, in one pass (a sender averages with the latter). */
-  encodeDecoded?(delta: Float32Array, shape: readonly number[], state: CodecState): { parts: CodecPart[]; decoded: Float32Array };
+  /**
+   * Decodes parts into a new array of `shape`, or into `into` (that many values, overwritten) when the codec can: the
+   * returned array is the one. Throws CodecError on anything malformed.
+   */
+  decode(parts: readonly CodecPart[], shape: readonly number[], into?: Float32Array): Float32Array;
+  /**
+   * Optional: encode() and what decode() will give of its parts, in one pass (a sender averages with the latter);
+   * into `into` when given, which may be `delta` itself.
+   */
+  encodeDecoded?(
+    delta: Float32Array, shape: readonly number[], state: CodecState, into?: Float32Array,
+  ): { parts: CodecPart[]; decoded: Float32Array };
 }
 
 /** Checks the caller's arguments of Codec.encode. */
@@ -48,9 +56,12 @@ export function checkDelta(spec: string, delta: Float32Array, shape: readonly nu
 
 /** Throws RangeError at the first non-finite value: encoding NaN or Inf would corrupt every receiver. */
 export function checkFinite(spec: string, values: Float32Array): void {
-  for (let i = 0; i < values.length; i++) {
-    if (!Number.isFinite(values[i])) throw new RangeError(`${spec}: delta has a non-finite value ${values[i]} at ${i}`);
-  }
+  for (let i = 0; i < values.length; i++) if (!Number.isFinite(values[i])) throw nonFiniteDelta(spec, values[i], i);
+}
+
+/** The error for a delta's non-finite `value` at `index` (for encoders that find it on their own pass). */
+export function nonFiniteDelta(spec: string, value: number, index: number): RangeError {
+  return new RangeError(`${spec}: delta has a non-finite value ${value} at ${index}`);
 }
 
 /**
@@ -151,10 +162,11 @@ export function encodeTensors(codec: Codec, tensors: readonly (DeltaTensor & { d
 
 /**
  * encodeTensors, and what a receiver's decodeTensors will give of its parts: from the codec's
- * encodeDecoded when it has one, else by decoding them.
+ * encodeDecoded when it has one, else by decoding them. `inPlace`: a codec with encodeDecoded
+ * writes them over the deltas (which the caller no longer needs) instead of into new arrays.
  */
 export function encodeTensorsDecoded(
-  codec: Codec, tensors: readonly (DeltaTensor & { delta: Float32Array; state: CodecState })[],
+  codec: Codec, tensors: readonly (DeltaTensor & { delta: Float32Array; state: CodecState })[], inPlace = false,
 ): { message: NamedTensor[]; decoded: Float32Array[] } {
   const { encodeDecoded } = codec;
   if (!encodeDecoded) {
@@ -164,7 +176,7 @@ export function encodeTensorsDecoded(
   const message: NamedTensor[] = [];
   const decoded = tensors.map(({ name, shape, delta, state }) => {
     checkName(name);
-    const encoded = encodeDecoded.call(codec, delta, shape, state);
+    const encoded = encodeDecoded.call(codec, delta, shape, state, inPlace ? delta : undefined);
     for (const { suffix, tensor } of encoded.parts) message.push({ name: name + suffix, tensor });
     return encoded.decoded;
   });
@@ -172,10 +184,12 @@ export function encodeTensorsDecoded(
 }
 
 /**
- * Decodes named wire parts into one array per expected tensor, in order. Parts are grouped by
- * the name before the first ':'; a part of no expected tensor throws CodecError.
+ * Decodes named wire parts into one array per expected tensor, in order (into `into`'s arrays when the codec can).
+ * Parts are grouped by the name before the first ':'; a part of no expected tensor throws CodecError.
  */
-export function decodeTensors(codec: Codec, tensors: readonly DeltaTensor[], parts: readonly NamedTensor[]): Float32Array[] {
+export function decodeTensors(
+  codec: Codec, tensors: readonly DeltaTensor[], parts: readonly NamedTensor[], into?: readonly Float32Array[],
+): Float32Array[] {
   const byTensor = new Map<string, CodecPart[]>(tensors.map((t) => (checkName(t.name), [t.name, []])));
   for (const { name, tensor } of parts) {
     const colon = name.indexOf(':');
@@ -184,9 +198,9 @@ export function decodeTensors(codec: Codec, tensors: readonly DeltaTensor[], par
     if (!list) throw new CodecError(`${codec.spec}: part ${name} belongs to no tensor of the group`);
     list.push({ suffix: name.slice(base.length), tensor });
   }
-  return tensors.map(({ name, shape }) => {
+  return tensors.map(({ name, shape }, i) => {
     try {
-      return codec.decode(byTensor.get(name)!, shape);
+      return codec.decode(byTensor.get(name)!, shape, into?.[i]);
     } catch (err) {
       if (err instanceof CodecError) err.message = `${name}: ${err.message}`;
       throw err;

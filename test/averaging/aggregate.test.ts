@@ -51,6 +51,35 @@ describe('staleness-weighted mean', () => {
     weightedMean(list.map((c) => c.values), [1, 1, 1]).forEach((t, i) => expect(maxRelError(t, expected[i])).toBeLessThan(1e-6));
   });
 
+  it.each([1, 2, 3])('%i contributions into `out`, even one\'s own arrays, give the bits of an f32 sum part by part', (count) => {
+    const random = rng(7 + count);
+    const list = ['a', 'b', 'c'].slice(0, count).map((sender, k) => ({
+      sender, round: 4 - k, values: [1000, 5].map((n) => Float32Array.from({ length: n }, (_, j) => (j % 9 === 0 ? -0 : random()))),
+    }));
+    const weights = list.map((c) => stalenessWeight(4 - c.round));
+    const total = weights.reduce((a, b) => a + b, 0);
+    // The documented order: f32 running sums (from +0) over the contributions in (round, sender) order, then one division.
+    const expected = list[0].values.map((t, i) => {
+      const sums = new Float32Array(t.length);
+      for (let k = count - 1; k >= 0; k--) list[k].values[i].forEach((x, j) => (sums[j] += weights[k] * x));
+      return sums.map((s) => s / total);
+    });
+    const fresh = aggregate(list, 4);
+    const into = list[count >> 1].values; // for 3, the middle part of the sum: read before it is written over
+    expect(aggregate(list, 4, {}, into)).toBe(into);
+    expected.forEach((t, i) => {
+      expect(bitEqual(fresh[i], t)).toBe(true);
+      expect(bitEqual(into[i], t)).toBe(true);
+    });
+  });
+
+  it('the trimmed mean into a contribution\'s own arrays gives the bits of a fresh one', () => {
+    const list = contributions({ a: 4, b: 4, c: 3, d: 4, e: 2 }, 8);
+    const trimmed = aggregate(list, 4, { aggregator: 'trimmed-mean', trim: 0.2 });
+    const into = aggregate(list, 4, { aggregator: 'trimmed-mean', trim: 0.2 }, list[0].values);
+    trimmed.forEach((t, i) => expect(bitEqual(into[i], t)).toBe(true));
+  });
+
   it('refuses no parts, or parts and weights of different counts', () => {
     expect(() => weightedMean([], [])).toThrow(RangeError);
     expect(() => weightedMean([single([1])], [1, 1])).toThrow(RangeError);

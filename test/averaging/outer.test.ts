@@ -10,6 +10,21 @@ describe('outer step', () => {
     expect(Array.from(outer.delta([Float32Array.from([1.5, 2, 2])])[0])).toEqual([0.5, 0, -1]);
   });
 
+  it('delta() writes into the same arrays each round, and each round\'s are values − anchor of that round alone', () => {
+    const random = rng(5);
+    const outer = new OuterStep([Float32Array.from({ length: 9 }, () => random()), Float32Array.from([1, 2])]);
+    const values = outer.anchor.map((a) => Float32Array.from(a));
+    const first = outer.delta(values);
+    for (let round = 0; round < 3; round++) {
+      values.forEach((v) => v.forEach((_, j) => (v[j] += random())));
+      const expected = values.map((v, i) => v.map((x, j) => x - outer.anchor[i][j]));
+      const delta = outer.delta(values);
+      expect(delta).toBe(first);
+      delta.forEach((d, i) => expect(bitEqual(d, expected[i])).toBe(true));
+      outer.apply(values, delta.map((d) => d.map((x) => x / 2)));
+    }
+  });
+
   it('lr 1 and momentum 0 is plain averaging: the anchor plus the mean delta, whatever the local values were', () => {
     const anchor = Float32Array.from([1, -2, 0.25]);
     const outer = new OuterStep([anchor]);

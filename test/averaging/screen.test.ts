@@ -16,6 +16,13 @@ describe('outlier refusal', () => {
     expect(l2Norm([Float32Array.from([3]), Float32Array.from([4, 12])])).toBe(13);
   });
 
+  it('the norm of tensors of every length mod 4 is the float64 norm to rounding', () => {
+    const values = [0, 1, 2, 3, 5, 10_003].map((n, k) => Float32Array.from({ length: n }, (_, j) => Math.sin(k + j) * 10 ** (j % 7 - 3)));
+    const norm64 = Math.sqrt(values.reduce((s, v) => v.reduce((t, x) => t + x * x, s), 0));
+    expect(Math.abs(l2Norm(values) - norm64) / norm64).toBeLessThan(1e-13);
+    expect(l2Norm(values.slice(0, 4))).toBeCloseTo(Math.hypot(...values.slice(0, 4).flatMap((v) => Array.from(v))), 15);
+  });
+
   it('finds the first NaN or Infinity and refuses a contribution that has one', () => {
     expect(firstNonFinite([Float32Array.from([1, 2]), Float32Array.from([3, NaN, Infinity])])).toEqual({ tensor: 1, index: 1 });
     expect(firstNonFinite([Float32Array.from([1, -Infinity])])).toEqual({ tensor: 0, index: 1 });

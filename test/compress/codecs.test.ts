@@ -5,6 +5,7 @@ import {
   type Codec, type CodecPart, type CodecState,
 } from '../../src/compress/index.ts';
 import { f32ToF16Bits } from '../../proto/half.ts';
+import { quantizeBlocks } from '../../src/compress/int8-block.ts';
 import { bestRankError64 } from '../reference/lowrank64.ts';
 import { bitEqual, rng } from '../helpers.ts';
 
@@ -89,14 +90,34 @@ describe('round trips', () => {
     const codec = parseCodecSpec(spec);
     const tensors = (states: CodecState[]) =>
       SHAPES.map((shape, i) => ({ name: `t${i}`, shape, delta: randomDelta(count(shape), 20 + i), state: states[i] }));
-    const [statesA, statesB] = [0, 1].map(() => SHAPES.map((): CodecState => ({})));
+    const [statesA, statesB, statesC] = [0, 1, 2].map(() => SHAPES.map((): CodecState => ({})));
+    const wire = (message: NamedTensor[]) => message.map((p) => [p.name, p.tensor.dtype, p.tensor.shape, Array.from(p.tensor.data)]);
     for (let round = 0; round < 2; round++) { // a second round reads the error-feedback state the first left
       const plain = encodeTensors(codec, tensors(statesA));
       const { message, decoded } = encodeTensorsDecoded(codec, tensors(statesB));
-      expect(message.map((p) => [p.name, p.tensor.dtype, p.tensor.shape, Array.from(p.tensor.data)]))
-        .toEqual(plain.map((p) => [p.name, p.tensor.dtype, p.tensor.shape, Array.from(p.tensor.data)]));
+      expect(wire(message)).toEqual(wire(plain));
       decodeTensors(codec, tensors(statesB), message).forEach((d, i) => expect(bitEqual(decoded[i], d)).toBe(true));
+      // Into arrays of stale values: the same bits, in those arrays when the codec decodes into them.
+      const stale = SHAPES.map((shape) => new Float32Array(count(shape)).fill(7));
+      decodeTensors(codec, tensors(statesB), message, stale).forEach((d, i) => {
+        expect(bitEqual(d, decoded[i])).toBe(true);
+        if (spec.startsWith('int8-block')) expect(d).toBe(stale[i]);
+      });
+      // In place: the same message and bits, over the deltas when the codec decodes as it encodes.
+      const overwritten = tensors(statesC);
+      const inPlace = encodeTensorsDecoded(codec, overwritten, true);
+      expect(wire(inPlace.message)).toEqual(wire(plain));
+      inPlace.decoded.forEach((d, i) => {
+        expect(bitEqual(d, decoded[i])).toBe(true);
+        expect(d === overwritten[i].delta).toBe(codec.encodeDecoded !== undefined);
+      });
     }
+  });
+
+  it('an encoder decoding in place still names the non-finite value it refuses', () => {
+    const delta = Float32Array.of(1, 2, Infinity, 3);
+    expect(() => encodeTensorsDecoded(parseCodecSpec('int8-block:2'), [{ name: 't', shape: [4], delta, state: {} }], true))
+      .toThrow('int8-block:2: delta has a non-finite value Infinity at 2');
   });
 });
 
@@ -151,6 +172,45 @@ describe('int8-block', () => {
       // scale/2 from rounding to the nearest code, plus the f32 rounding of q·scale (|q| ≤ 127).
       expect(Math.abs(y[i] - x[i])).toBeLessThanOrEqual(scales[Math.floor(i / blockSize)] * (0.5 + 127 * 2 ** -24));
     }
+  });
+
+  it('codes are Math.round(x · (1 / scale)) clamped to ±127, a hair under half a code and at subnormal scales too', () => {
+    // Scales whose f64 inverse rounds down: x = scale / 2 lands at 0.5 − 2^-54, which rounds to 0 (floor(x + 0.5) gives 1).
+    const scales = Array.from({ length: 2000 }, (_, k) => Math.fround(1e-4 * (1 + k / 997)));
+    const hairUnderHalf = scales.filter((s) => Math.fround(s / 2) * (1 / s) === 0.49999999999999994);
+    expect(hairUnderHalf.length).toBeGreaterThan(10);
+    const random = rng(9);
+    const blocks = hairUnderHalf.slice(0, 10).map((s) => [127 * s, s / 2, -s / 2, ...Array.from({ length: 13 }, () => 127 * s * random())]);
+    blocks.push([190 * 2 ** -149, 2 ** -149, -(190 * 2 ** -149), ...new Array<number>(13).fill(0)]); // scale 2^-149: codes clamp
+    const x = Float32Array.from(blocks.flat());
+    const q = new Int8Array(x.length);
+    const blockScales = new Float32Array(x.length / 16);
+    const decoded = new Float32Array(x.length);
+    expect(quantizeBlocks(x, 16, q, blockScales, decoded)).toBeUndefined();
+    for (let i = 0; i < x.length; i++) {
+      const scale = blockScales[i >> 4];
+      expect(q[i], `value ${i}`).toBe(Math.max(-127, Math.min(127, Math.round(x[i] * (1 / scale)))) + 0); // an int8 has no -0
+      expect(Object.is(decoded[i], Math.fround(q[i] * scale)), `decoded ${i}`).toBe(true);
+    }
+    expect([q[160], q[162]]).toEqual([127, -127]); // the subnormal block
+  });
+
+  it('quantizeBlocks reports the first non-finite value, wherever it falls in its block', () => {
+    const x = new Float32Array(40).fill(1);
+    x[37] = NaN;
+    expect(quantizeBlocks(x, 8, new Int8Array(40), new Float32Array(5))).toEqual({ index: 37, value: NaN });
+    x[34] = -Infinity;
+    expect(quantizeBlocks(x, 8, new Int8Array(40), new Float32Array(5))).toEqual({ index: 34, value: -Infinity });
+    x[9] = NaN;
+    x[8] = Infinity;
+    expect(quantizeBlocks(x, 8, new Int8Array(40), new Float32Array(5))).toEqual({ index: 8, value: Infinity });
+    // A NaN codes as 0 and leaves its block's scale to the other values.
+    const q = new Int8Array(40);
+    const scales = new Float32Array(5);
+    x[17] = NaN;
+    x[20] = -3;
+    quantizeBlocks(x, 8, q, scales);
+    expect([scales[2], q[17], q[20], q[21]]).toEqual([Math.fround(3 / 127), 0, -127, Math.round(127 / 3)]);
   });
 });
 

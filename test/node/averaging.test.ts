@@ -151,6 +151,30 @@ describe('periodic averaging', () => {
     expect(overlapped[0].averager.stats.rounds).toBe(2);
   });
 
+  it.each([
+    ['f32', false], ['int8-block', false], ['int8-block', true],
+  ])('rounds reuse their arrays (%s, overlap %s) yet each gives the bits of holders that start it fresh', async (codec, overlap) => {
+    const options = { mode: 'periodic', every: 1, overlap, codec } as const;
+    const kept = await holders(['a', 'b', 'c'], options);
+    const random = rng(21);
+    for (let round = 0; round < 3; round++) {
+      // Fresh holders tracked at the values the kept ones start this round from: no array of an earlier round.
+      const fresh = await holders(['a', 'b', 'c'], options);
+      fresh.forEach((h, k) => {
+        h.params.forEach((p, i) => p.value.set(kept[k].params[i].value));
+        h.averager.track('trunk', h.params);
+      });
+      const moves = kept.map((h) => h.params.map((p) => Float32Array.from(p.value, () => 0.1 * random())));
+      for (const list of [kept, fresh]) {
+        list.forEach((h, k) => h.params.forEach((p, i) => p.value.forEach((_, j, v) => (v[j] += moves[k][i][j]))));
+      }
+      await Promise.all([...kept, ...fresh].map((h) => h.averager.afterUpdate(round)));
+      await Promise.all([...kept, ...fresh].map((h) => h.averager.settle()));
+      kept.forEach((h, k) => h.params.forEach((p, i) => expect(bitEqual(p.value, fresh[k].params[i].value), `round ${round}`).toBe(true)));
+    }
+    expect(kept[0].averager.stats.rounds).toBe(3);
+  });
+
   it('overlap: a silent holder costs training nothing at the boundary; its deadline is waited out only at the next one', async () => {
     const list = await holders(['a', 'b', 'c'], { mode: 'periodic', every: 1, deadlineMs: 400, overlap: true }, { silent: ['c'] });
     const [a, b] = list;
