@@ -157,9 +157,12 @@ async function main(): Promise<void> {
     execArgv: [...profile, '--import', 'tsx'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
   }));
   const share = (count: number, i: number) => Math.floor(count / workers) + (i < count % workers ? 1 : 0);
-  const options: SimOptions = { coordinator: address, token: 'bench', memoryBytes, trainMs, idleMs: 1000 };
+  // Each worker's nodes dial from loopback addresses of their own, as volunteers from many addresses would.
+  const options = (worker: number): SimOptions => ({
+    coordinator: address, token: 'bench', memoryBytes, trainMs, idleMs: 1000, sourceNet: worker + 1,
+  });
   const t0 = Date.now();
-  children.forEach((child, i) => child.send({ start: share(total, i), options } satisfies Command));
+  children.forEach((child, i) => child.send({ start: share(total, i), options: options(i) } satisfies Command));
 
   const sampler = setInterval(() => {
     peakRss = Math.max(peakRss, usageOf(pid).rssBytes);
@@ -183,7 +186,7 @@ async function main(): Promise<void> {
     await waitUntil(at);
     const i = churned++ % workers;
     children[i]!.send({ leave: perTick } satisfies Command);
-    children[(i + 1) % workers]!.send({ start: perTick, options } satisfies Command);
+    children[(i + 1) % workers]!.send({ start: perTick, options: options((i + 1) % workers) } satisfies Command);
   }
   progress(`churn over (${churned} rounds); training the job to its end (${counters?.completed ?? 0} of ${job.totalBatches} done)`);
   const running = usageOf(pid);
