@@ -6,11 +6,13 @@
 // Run: npm run bench:volunteers [-- --nodes 1000 --workers 3 --seconds 150 --churn 0.1 --train-ms 5000 --heartbeat-ms 1000]
 //      npm run bench:volunteers -- --quick   (300 nodes, 2 workers, 60 s)
 //      --cpu-prof <dir>: the coordinator and the workers write V8 CPU profiles there (open in Chrome's DevTools)
+// Event-loop delays (the coordinator's through bench/loop-delay.mjs, each worker's own) say where a round trip waited.
 import { fork, spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -38,9 +40,14 @@ const JOB: Omit<JobSpec, 'totalBatches'> = {
 
 /** Parent to worker. */
 type Command = { start: number; options: SimOptions } | { leave: number } | { steady: true } | { finish: true };
-/** Worker to parent: its nodes' measurements once they are all done, and how many round trips of each came before all had joined. */
-interface WorkerReport { stats: SimStats; nodes: number; beforeSteady: Record<Timed, number> }
+/**
+ * Worker to parent: its nodes' measurements once they are all done, how many round trips of each came before all had joined,
+ * and its event loop's delay since then (ms): a round trip measured here includes it.
+ */
+interface WorkerReport { stats: SimStats; nodes: number; beforeSteady: Record<Timed, number>; loopDelay: LoopDelay }
+interface LoopDelay { p50: number; p99: number; max: number }
 type Timed = keyof SimStats['roundTrips'];
+const LOOP_RESOLUTION_MS = 10;
 
 // --- worker: a few hundred simulated nodes in one process ---------------------------------------
 
@@ -49,6 +56,8 @@ async function worker(): Promise<void> {
   const nodes: SimNode[] = [];
   let options: SimOptions | undefined;
   let beforeSteady: Record<Timed, number> = { join: 0, heartbeat: 0, lease: 0, leaseReport: 0 };
+  const loop = monitorEventLoopDelay({ resolution: LOOP_RESOLUTION_MS });
+  loop.enable();
   process.on('message', async (command: Command) => {
     if ('start' in command) {
       options = command.options;
@@ -60,14 +69,18 @@ async function worker(): Promise<void> {
     } else if ('steady' in command) {
       beforeSteady = { join: 0, heartbeat: 0, lease: 0, leaseReport: 0 };
       for (const name of Object.keys(beforeSteady) as Timed[]) beforeSteady[name] = stats.roundTrips[name].length;
+      loop.reset();
     } else {
       // The job trains to its end: every node hears it is done (or, still joining, gives up a minute later), then all stop.
       const giveUp = Date.now() + 60_000;
       while (!nodes.every((node) => node.done || node.stopping) && Date.now() < giveUp) {
         await new Promise((resolve) => setTimeout(resolve, 200));
       }
+      // The histogram holds the time between its timer's ticks: the delay is what exceeds the tick.
+      const delay = (ns: number) => Math.max(0, ns / 1e6 - LOOP_RESOLUTION_MS);
+      const loopDelay = { p50: delay(loop.percentile(50)), p99: delay(loop.percentile(99)), max: delay(loop.max) };
       await Promise.all(nodes.map((node) => node.stop(false)));
-      process.send!({ stats, nodes: nodes.length, beforeSteady } satisfies WorkerReport, () => process.exit(0));
+      process.send!({ stats, nodes: nodes.length, beforeSteady, loopDelay } satisfies WorkerReport, () => process.exit(0));
     }
   });
 }
@@ -86,6 +99,15 @@ function usageOf(pid: number): Usage {
   const ticks = Number(fields[11]) + Number(fields[12]); // utime, stime
   const rssPages = Number(readFileSync(`/proc/${pid}/statm`, 'utf8').split(' ')[1]);
   return { cpuSeconds: ticks / 100, rssBytes: rssPages * 4096 };
+}
+
+/** The coordinator's event-loop delay in the 2-s windows from `since`: the median and the worst window's p99, and the longest delay. */
+function loopWindows(windows: { at: number; p99: number; max: number }[], since: number): string {
+  const after = windows.filter((w) => w.at >= since);
+  if (after.length === 0) return '-';
+  const p99s = after.map((w) => w.p99);
+  const ms = (v: number) => v.toFixed(1);
+  return `${ms(percentile(p99s, 50))} / ${ms(Math.max(...p99s))} ms, ${ms(Math.max(...after.map((w) => w.max)))} ms`;
 }
 
 /** The planner alone on `nodes` nodes: the time of one re-plan after a node leaves. */
@@ -124,7 +146,7 @@ async function main(): Promise<void> {
   const tokenizerFile = join(dir, 'tokenizer.json');
   await writeFile(tokenizerFile, JSON.stringify(tokenizer.toHuggingFace()));
   const coordinator = spawn(process.execPath, [
-    ...profile, join(repoRoot, 'coordinator/bin.mjs'), '--job', jobFile, '--tokenizer', tokenizerFile, '--token', 'bench',
+    ...profile, '--import', join(repoRoot, 'bench/loop-delay.mjs'), join(repoRoot, 'coordinator/bin.mjs'), '--job', jobFile, '--tokenizer', tokenizerFile, '--token', 'bench',
     '--heartbeat-ms', String(heartbeatMs), '--lease-ms', String(Math.max(30_000, 4 * trainMs)),
   ], { cwd: dir, stdio: ['ignore', 'pipe', 'inherit'] });
   const joinedAt = new Map<string, number>();
@@ -134,6 +156,7 @@ async function main(): Promise<void> {
   let died = 0;
   let left = 0;
   const refused: Record<string, number> = {}; // peer messages the coordinator's transport refused, by protocol and reason
+  const coordinatorLoop: { at: number; p99: number; max: number }[] = []; // its event loop's delay, per 2-s window
   const listening = new Promise<string>((resolve) => {
     createInterface({ input: coordinator.stdout }).on('line', (line) => {
       const event = JSON.parse(line);
@@ -145,6 +168,7 @@ async function main(): Promise<void> {
       else if (event.event === 'rejected') tally(refused, `${event.protocol.split('/').at(-2)}: ${event.reason}`);
       else if (event.event === 'progress') counters = event.counters;
       else if (event.event === 'done') done = event;
+      else if (event.event === 'loop-delay') coordinatorLoop.push({ at: Date.now(), p99: event.p99, max: event.max });
     });
   });
   const address = await listening;
@@ -219,6 +243,11 @@ async function main(): Promise<void> {
       const p50p99 = (values: number[]) => `${ms(percentile(values, 50))} / ${ms(percentile(values, 99))} ms (${values.length})`;
       return [`${name} round trip p50 / p99: all / after the joins`, `${p50p99(merged(name))}; ${p50p99(afterJoins(name))}`];
     }),
+    ["coordinator event-loop delay after the joins: median / worst 2-s window's p99, max", loopWindows(coordinatorLoop, steadyAt)],
+    [
+      "each sim worker's event-loop delay after the joins: p50 / p99 / max",
+      results.map(({ loopDelay: d }) => `${ms(d.p50)} / ${ms(d.p99)} / ${ms(d.max)} ms`).join('; '),
+    ],
     ['re-plan (planner alone)', `${ms(replanMs(job, tokenizer, total, memoryBytes))} ms at ${total} nodes`],
     ['plan versions', String(plans)],
     [
