@@ -101,13 +101,21 @@ function usageOf(pid: number): Usage {
   return { cpuSeconds: ticks / 100, rssBytes: rssPages * 4096 };
 }
 
-/** The coordinator's event-loop delay in the 2-s windows from `since`: the median and the worst window's p99, and the longest delay. */
-function loopWindows(windows: { at: number; p99: number; max: number }[], since: number): string {
+/** bench/loop-delay.mjs's measures of one 2-s window (ms), and when it came. */
+interface LoopWindow { at: number; p99: number; max: number; gcLongest: number; gcTotal: number }
+
+/**
+ * The coordinator's event-loop delay in the 2-s windows from `since`: the median and the worst window's p99, the longest
+ * delay; and its garbage collection: the longest pause, and the share of the time spent in it.
+ */
+function loopWindows(windows: LoopWindow[], since: number): string {
   const after = windows.filter((w) => w.at >= since);
   if (after.length === 0) return '-';
   const p99s = after.map((w) => w.p99);
   const ms = (v: number) => v.toFixed(1);
-  return `${ms(percentile(p99s, 50))} / ${ms(Math.max(...p99s))} ms, ${ms(Math.max(...after.map((w) => w.max)))} ms`;
+  const gcShare = after.reduce((sum, w) => sum + w.gcTotal, 0) / (after.length * 2000);
+  const gc = `GC pauses up to ${ms(Math.max(...after.map((w) => w.gcLongest)))} ms, ${(gcShare * 100).toFixed(1)}% of the time`;
+  return `${ms(percentile(p99s, 50))} / ${ms(Math.max(...p99s))} ms, ${ms(Math.max(...after.map((w) => w.max)))} ms; ${gc}`;
 }
 
 /** The planner alone on `nodes` nodes: the time of one re-plan after a node leaves. */
@@ -156,7 +164,7 @@ async function main(): Promise<void> {
   let died = 0;
   let left = 0;
   const refused: Record<string, number> = {}; // peer messages the coordinator's transport refused, by protocol and reason
-  const coordinatorLoop: { at: number; p99: number; max: number }[] = []; // its event loop's delay, per 2-s window
+  const coordinatorLoop: LoopWindow[] = []; // its event loop's delay, per 2-s window
   const listening = new Promise<string>((resolve) => {
     createInterface({ input: coordinator.stdout }).on('line', (line) => {
       const event = JSON.parse(line);
@@ -168,7 +176,7 @@ async function main(): Promise<void> {
       else if (event.event === 'rejected') tally(refused, `${event.protocol.split('/').at(-2)}: ${event.reason}`);
       else if (event.event === 'progress') counters = event.counters;
       else if (event.event === 'done') done = event;
-      else if (event.event === 'loop-delay') coordinatorLoop.push({ at: Date.now(), p99: event.p99, max: event.max });
+      else if (event.event === 'loop-delay') coordinatorLoop.push({ ...event, at: Date.now() });
     });
   });
   const address = await listening;
@@ -243,7 +251,10 @@ async function main(): Promise<void> {
       const p50p99 = (values: number[]) => `${ms(percentile(values, 50))} / ${ms(percentile(values, 99))} ms (${values.length})`;
       return [`${name} round trip p50 / p99: all / after the joins`, `${p50p99(merged(name))}; ${p50p99(afterJoins(name))}`];
     }),
-    ["coordinator event-loop delay after the joins: median / worst 2-s window's p99, max", loopWindows(coordinatorLoop, steadyAt)],
+    [
+      "coordinator event-loop delay after the joins: median / worst 2-s window's p99, max; GC",
+      loopWindows(coordinatorLoop, steadyAt),
+    ],
     [
       "each sim worker's event-loop delay after the joins: p50 / p99 / max",
       results.map(({ loopDelay: d }) => `${ms(d.p50)} / ${ms(d.p99)} / ${ms(d.max)} ms`).join('; '),
