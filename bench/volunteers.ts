@@ -5,12 +5,14 @@
 // train the job to its end and the bench checks every batch was completed exactly once. Prints one table.
 // Run: npm run bench:volunteers [-- --nodes 1000 --workers 3 --seconds 150 --churn 0.1 --train-ms 5000 --heartbeat-ms 1000]
 //      npm run bench:volunteers -- --quick   (300 nodes, 2 workers, 60 s)
+//      --joins-at-once 32: joins in flight per worker (0: every node at once; a worker's event loop then cannot finish the handshakes in time)
+//      --nice-workers: the workers at the lowest CPU priority, so the coordinator runs as if on a machine of its own
 //      --cpu-prof <dir>: the coordinator and the workers write V8 CPU profiles there (open in Chrome's DevTools)
 // Event-loop delays (the coordinator's through bench/loop-delay.mjs, each worker's own) say where a round trip waited.
 import { fork, spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { loadavg, tmpdir } from 'node:os';
+import { loadavg, setPriority, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { createInterface } from 'node:readline';
@@ -133,6 +135,7 @@ async function main(): Promise<void> {
     options: {
       quick: { type: 'boolean' }, nodes: { type: 'string' }, workers: { type: 'string' }, seconds: { type: 'string' },
       churn: { type: 'string' }, 'train-ms': { type: 'string' }, 'heartbeat-ms': { type: 'string' }, 'cpu-prof': { type: 'string' },
+      'joins-at-once': { type: 'string' }, 'nice-workers': { type: 'boolean' },
     },
   });
   const quick = values.quick ?? false;
@@ -142,6 +145,8 @@ async function main(): Promise<void> {
   const churn = Number(values.churn ?? 0.1);
   const trainMs = Number(values['train-ms'] ?? 5000);
   const heartbeatMs = Number(values['heartbeat-ms'] ?? 1000);
+  // Per worker (SimOptions.joinsAtOnce); 0: all at once.
+  const joinsAtOnce = Number(values['joins-at-once'] ?? 32);
   const profile = values['cpu-prof'] === undefined ? [] : ['--cpu-prof', '--cpu-prof-dir', values['cpu-prof']];
   // About as many batches as the swarm trains in the run (a minute of joining, then the churn), so the job ends soon after the churn stops.
   const job: JobSpec = { ...JOB, totalBatches: Math.round((total * (60 + seconds) * 1000) / trainMs) };
@@ -188,10 +193,13 @@ async function main(): Promise<void> {
   const children = Array.from({ length: workers }, () => fork(fileURLToPath(import.meta.url), ['--worker'], {
     execArgv: [...profile, '--import', 'tsx'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
   }));
+  // The volunteers' work yields to the coordinator's, as on a coordinator machine of its own (nice 19: the lowest priority).
+  if (values['nice-workers']) for (const child of children) setPriority(child.pid!, 19);
   const share = (count: number, i: number) => Math.floor(count / workers) + (i < count % workers ? 1 : 0);
   // Each worker's nodes dial from loopback addresses of their own, as volunteers from many addresses would.
   const options = (worker: number): SimOptions => ({
     coordinator: address, token: 'bench', memoryBytes, trainMs, idleMs: 1000, sourceNet: worker + 1,
+    ...(joinsAtOnce > 0 ? { joinsAtOnce } : {}),
   });
   const t0 = Date.now();
   children.forEach((child, i) => child.send({ start: share(total, i), options: options(i) } satisfies Command));
@@ -276,7 +284,10 @@ async function main(): Promise<void> {
     ['failed requests', JSON.stringify(failures)],
     ['requests the coordinator refused', JSON.stringify(refused)],
   ];
-  console.log(`node ${process.version}, ${seconds} s, churn ${churn * 100}%/min, train ${trainMs} ms/batch, heartbeat ${heartbeatMs} ms`);
+  console.log(
+    `node ${process.version}, ${seconds} s, churn ${churn * 100}%/min, train ${trainMs} ms/batch, heartbeat ${heartbeatMs} ms, `
+    + `joins at once per worker ${joinsAtOnce || 'unlimited'}${values['nice-workers'] ? ', workers at nice 19' : ''}`,
+  );
   console.log(`load average (1, 5, 15 min) at the start: ${loadAtStart}, at the end: ${loadAverage()}`);
   printTable(['measure', 'value'], rows);
   // Exactly once by the coordinator's count; a node may miss the ack of a report the coordinator counted (a timeout), never the reverse.

@@ -36,6 +36,12 @@ export interface SimOptions {
    * Default: dial from 127.0.0.1.
    */
   sourceNet?: number;
+  /**
+   * Joins in flight at once in this process; the others wait their turn before sending theirs. A process simulating
+   * hundreds of volunteers shakes hands for all of them on one event loop: all at once, the handshakes outlast the join
+   * timeout and are thrown away and started again. Default: no limit.
+   */
+  joinsAtOnce?: number;
 }
 
 /** What every simulated node of one process records: round trips in ms per request, and bytes of heartbeat replies. */
@@ -62,6 +68,22 @@ type Timed = 'join' | 'heartbeat' | 'lease' | 'leaseReport';
 
 /** The longest pause between join attempts: a simulated crowd keeps asking within the bench's minute. */
 const JOIN_BACKOFF_MAX_MS = 8000;
+
+/** Joins of this process in flight, and those waiting for one of them to end (see SimOptions.joinsAtOnce). */
+let joinsInFlight = 0;
+const waitingToJoin: (() => void)[] = [];
+
+/** Waits for a join's turn under `limit`; returns the function that ends the turn. */
+async function joinTurn(limit: number | undefined): Promise<() => void> {
+  if (limit === undefined) return () => {};
+  if (joinsInFlight < limit) joinsInFlight++;
+  else await new Promise<void>((resolve) => waitingToJoin.push(resolve)); // handed the turn of a join that ended
+  return () => {
+    const next = waitingToJoin.shift();
+    if (next) next();
+    else joinsInFlight--;
+  };
+}
 
 /** Nodes started in this process: the n-th dials from the n-th address of its sourceNet. */
 let nodesStarted = 0;
@@ -174,11 +196,17 @@ export class SimNode {
   /** Joins until admitted (or the swarm is closed); false when there is nothing to join. */
   private async join(): Promise<boolean> {
     for (let attempt = 0; !this.stopping; attempt++) {
+      const endTurn = await joinTurn(this.options.joinsAtOnce);
       let reply;
       try {
+        if (this.stopping) break;
         reply = await this.timed('join', this.joinRequest());
       } catch {
-        // Busy (a crowd joining at once) or unreachable: ask again after a jittered, growing pause, as a crowd must.
+        // Busy (a crowd joining at once) or unreachable: asked again below after a jittered, growing pause, as a crowd must.
+      } finally {
+        endTurn();
+      }
+      if (!reply) {
         await this.sleep(backoffMs(attempt, 1000, JOIN_BACKOFF_MAX_MS));
         continue;
       }
