@@ -296,7 +296,7 @@ export class Rpc {
 
   /**
    * The channel to a peer named by id, opened by the first request that needs it (the others wait for it);
-   * undefined when the peer does not speak it: its requests then go on their own streams.
+   * undefined when the peer does not speak it, or is reached only through a relay: its requests then go on their own streams.
    */
   private channelTo(peer: DialTarget, deadlines: Deadlines, what: string): Promise<Channel | undefined> {
     const peerId = peerIdOf(peer);
@@ -309,9 +309,14 @@ export class Rpc {
     };
     const opening = this.withDial(what, deadlines, async (signal) => {
       const connection = await this.transport.dial(peer, { signal });
-      return connection.newStream(CHANNEL.id, { signal });
+      // A relayed connection carries a limited amount of data: requests over it take streams of their own, each checked to fit.
+      return connection.limits === undefined ? connection.newStream(CHANNEL.id, { signal }) : undefined;
     }).then(
-      (stream) => new Channel(stream, CHANNEL.maxReplyFrameBytes, forget),
+      (stream) => {
+        if (stream) return new Channel(stream, CHANNEL.maxReplyFrameBytes, forget);
+        forget(); // a direct connection may come later
+        return undefined;
+      },
       (err: RpcError) => {
         if (err instanceof RefusedError && err.reason === 'unsupported') return undefined;
         forget();
