@@ -5,7 +5,8 @@
 // train the job to its end and the bench checks every batch was completed exactly once. Prints one table.
 // Run: npm run bench:volunteers [-- --nodes 1000 --workers 3 --seconds 150 --churn 0.1 --train-ms 5000 --heartbeat-ms 1000]
 //      npm run bench:volunteers -- --quick   (300 nodes, 2 workers, 60 s)
-//      --joins-at-once 32: joins in flight per worker (0: every node at once; a worker's event loop then cannot finish the handshakes in time)
+//      --joins-at-once 32: joins in flight per worker (0: every node at once; a worker's event loop then cannot finish
+//        the handshakes in time)
 //      --nice-workers: the workers at the lowest CPU priority, so the coordinator runs as if on a machine of its own
 //      --cpu-prof <dir>: the coordinator and the workers write V8 CPU profiles there (open in Chrome's DevTools)
 // Event-loop delays (the coordinator's through bench/loop-delay.mjs, each worker's own) say where a round trip waited.
@@ -159,7 +160,8 @@ async function main(): Promise<void> {
   const tokenizerFile = join(dir, 'tokenizer.json');
   await writeFile(tokenizerFile, JSON.stringify(tokenizer.toHuggingFace()));
   const coordinator = spawn(process.execPath, [
-    ...profile, '--import', join(repoRoot, 'bench/loop-delay.mjs'), join(repoRoot, 'coordinator/bin.mjs'), '--job', jobFile, '--tokenizer', tokenizerFile, '--token', 'bench',
+    ...profile, '--import', join(repoRoot, 'bench/loop-delay.mjs'),
+    join(repoRoot, 'coordinator/bin.mjs'), '--job', jobFile, '--tokenizer', tokenizerFile, '--token', 'bench',
     '--heartbeat-ms', String(heartbeatMs), '--lease-ms', String(Math.max(30_000, 4 * trainMs)),
   ], { cwd: dir, stdio: ['ignore', 'pipe', 'inherit'] });
   const joinedAt = new Map<string, number>();

@@ -238,7 +238,8 @@ export class Rpc {
       if (reply.error !== undefined) throw errorFromReply(reply.error, what);
       if (spec.bulk) {
         const via = opened?.relayed ? 'relay' : 'direct';
-        const transfer = { protocol: spec.id, peer: peerIdOf(peer) ?? peerName(peer), via, sent: bytes.length, received: replyBytes.length } as const;
+        const received = replyBytes.length;
+        const transfer = { protocol: spec.id, peer: peerIdOf(peer) ?? peerName(peer), via, sent: bytes.length, received } as const;
         this.onTransfer?.(transfer);
       }
       return reply.ok;
@@ -247,7 +248,7 @@ export class Rpc {
       if (error instanceof TooLargeError || error instanceof MalformedError || error.reason === 'stalled') {
         this.reject({ protocol: spec.id, peer: peerName(peer), direction: 'response', reason: error.reason, message: error.message });
       }
-      stream?.abort(error); // a channel closes itself when a request under it fails
+      stream?.abort(error); // a channel stays in step (one reply per request); one whose request was abandoned closed itself
       throw error;
     } finally {
       deadlines.caller?.removeEventListener('abort', abort);
@@ -280,7 +281,10 @@ export class Rpc {
     return { stream, relayed };
   }
 
-  /** Runs `open` (once more if it fails but for a refusal) under the request's deadlines; a peer that cannot be reached is refused as unreachable. */
+  /**
+   * Runs `open` (once more if it fails but for a refusal) under the request's deadlines; a peer that cannot be
+   * reached is refused as unreachable.
+   */
   private withDial<T>(what: string, deadlines: Deadlines, open: (signal: AbortSignal) => Promise<T>): Promise<T> {
     return withDeadlines(`${what}: could not open a stream`, deadlines, async (signal) => {
       try {

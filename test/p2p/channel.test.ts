@@ -49,7 +49,8 @@ describe('the channel', () => {
           await new Promise((resolve) => signal.addEventListener('abort', resolve));
         }
         await new Promise((resolve) => setTimeout(resolve, 20 - request.maxBatches));
-        return { jobId: request.jobId, leaseId: request.maxBatches, batchIds: [request.maxBatches], deadline: 0, done: false, planVersion: 0 };
+        const { jobId, maxBatches } = request;
+        return { jobId, leaseId: maxBatches, batchIds: [maxBatches], deadline: 0, done: false, planVersion: 0 };
       });
       await rpc.handle('leaseReport', (report) => ({ accepted: report.completedBatchIds.length > 0 }));
       if (channel) await rpc.handleChannel();
@@ -63,17 +64,18 @@ describe('the channel', () => {
   it('carries heartbeats, leases and reports sent at once on one stream, each reply to its own request', async () => {
     const opened: string[] = [];
     const rpc = new Rpc({ transport: counting(client, opened), codec: msgpackCodec });
-    const beats = Array.from({ length: 20 }, (_, step) => rpc.request(server.getMultiaddrs(), 'heartbeat', { ...all.heartbeat.request, step }));
-    const leases = Array.from({ length: 10 }, (_, i) => rpc.request(server.getMultiaddrs(), 'lease', { jobId: 'job-1', maxBatches: i + 1 }));
-    const reports = [[], [3]].map((ids) => rpc.request(server.getMultiaddrs(), 'leaseReport', { ...all.leaseReport.request, completedBatchIds: ids }));
+    const to = server.getMultiaddrs();
+    const beats = Array.from({ length: 20 }, (_, step) => rpc.request(to, 'heartbeat', { ...all.heartbeat.request, step }));
+    const leases = Array.from({ length: 10 }, (_, i) => rpc.request(to, 'lease', { jobId: 'job-1', maxBatches: i + 1 }));
+    const reports = [[], [3]].map((ids) => rpc.request(to, 'leaseReport', { ...all.leaseReport.request, completedBatchIds: ids }));
     expect((await Promise.all(beats)).map((reply) => reply.reason)).toEqual(Array.from({ length: 20 }, (_, step) => `step ${step}`));
     expect((await Promise.all(leases)).map((grant) => grant.batchIds)).toEqual(Array.from({ length: 10 }, (_, i) => [i + 1]));
     expect((await Promise.all(reports)).map((ack) => ack.accepted)).toEqual([false, true]);
-    expect(await rpc.request(server.getMultiaddrs(), 'heartbeat', { ...all.heartbeat.request, step: 7 })).toMatchObject({ reason: 'step 7' });
+    expect(await rpc.request(to, 'heartbeat', { ...all.heartbeat.request, step: 7 })).toMatchObject({ reason: 'step 7' });
     expect(opened).toEqual([CHANNEL.id]);
     // The protocols' own streams are still served, and other protocols never travel on the channel.
-    expect(await rpc.request(server.getMultiaddrs(), 'heartbeat', all.heartbeat.request, { channel: false })).toMatchObject({ accepted: true });
-    await rpc.request(server.getMultiaddrs(), 'join', all.join.request).catch(() => {}); // not served here: refused as unsupported
+    expect(await rpc.request(to, 'heartbeat', all.heartbeat.request, { channel: false })).toMatchObject({ accepted: true });
+    await rpc.request(to, 'join', all.join.request).catch(() => {}); // not served here: refused as unsupported
     expect(opened.slice(0, 3)).toEqual([CHANNEL.id, PROTOCOLS.heartbeat.id, PROTOCOLS.join.id]);
     expect(opened.filter((id) => id === CHANNEL.id)).toHaveLength(1);
   });
@@ -88,7 +90,8 @@ describe('the channel', () => {
     expect(err.remoteCode).toBe('malformed');
     expect(err.message).toMatch(/\/step/);
     expect((await serverLog.waitFor((r) => r.reason === 'schema', from)).protocol).toBe(PROTOCOLS.heartbeat.id);
-    expect(await sloppy.request(server.getMultiaddrs(), 'heartbeat', { ...all.heartbeat.request, step: 2 })).toMatchObject({ reason: 'step 2' });
+    const beat = { ...all.heartbeat.request, step: 2 };
+    expect(await sloppy.request(server.getMultiaddrs(), 'heartbeat', beat)).toMatchObject({ reason: 'step 2' });
     expect(opened).toEqual([CHANNEL.id]);
   });
 
@@ -100,7 +103,8 @@ describe('the channel', () => {
     expect(err, err.message).toBeInstanceOf(TimeoutError);
     const signal = await leaseEntered.promise;
     await new Promise<void>((resolve) => (signal.aborted ? resolve() : signal.addEventListener('abort', () => resolve())));
-    expect(await rpc.request(server.getMultiaddrs(), 'heartbeat', { ...all.heartbeat.request, step: 5 })).toMatchObject({ reason: 'step 5' });
+    const beat = { ...all.heartbeat.request, step: 5 };
+    expect(await rpc.request(server.getMultiaddrs(), 'heartbeat', beat)).toMatchObject({ reason: 'step 5' });
     expect(opened).toEqual([CHANNEL.id, CHANNEL.id]);
   });
 
@@ -129,7 +133,8 @@ describe('the channel', () => {
     const opened: string[] = [];
     const rpc = new Rpc({ transport: counting(client, opened), codec: msgpackCodec });
     for (const step of [1, 2]) {
-      expect(await rpc.request(oldServer.getMultiaddrs(), 'heartbeat', { ...all.heartbeat.request, step })).toMatchObject({ reason: `step ${step}` });
+      const beat = { ...all.heartbeat.request, step };
+      expect(await rpc.request(oldServer.getMultiaddrs(), 'heartbeat', beat)).toMatchObject({ reason: `step ${step}` });
     }
     expect(opened.filter((id) => id === CHANNEL.id).length).toBeLessThanOrEqual(2); // one try, dialed again once on failure
     expect(opened.filter((id) => id !== CHANNEL.id)).toEqual([PROTOCOLS.heartbeat.id, PROTOCOLS.heartbeat.id]);
