@@ -5,12 +5,17 @@
 // train the job to its end and the bench checks every batch was completed exactly once. Prints one table.
 // Run: npm run bench:volunteers [-- --nodes 1000 --workers 3 --seconds 150 --churn 0.1 --train-ms 5000 --heartbeat-ms 1000]
 //      npm run bench:volunteers -- --quick   (300 nodes, 2 workers, 60 s)
+//      --joins-at-once 32: joins in flight per worker (0: every node at once; a worker's event loop then cannot finish
+//        the handshakes in time)
+//      --nice-workers: the workers at the lowest CPU priority, so the coordinator runs as if on a machine of its own
 //      --cpu-prof <dir>: the coordinator and the workers write V8 CPU profiles there (open in Chrome's DevTools)
+// Event-loop delays (the coordinator's through bench/loop-delay.mjs, each worker's own) say where a round trip waited.
 import { fork, spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { loadavg, tmpdir } from 'node:os';
+import { loadavg, setPriority, tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
@@ -38,9 +43,14 @@ const JOB: Omit<JobSpec, 'totalBatches'> = {
 
 /** Parent to worker. */
 type Command = { start: number; options: SimOptions } | { leave: number } | { steady: true } | { finish: true };
-/** Worker to parent: its nodes' measurements once they are all done, and how many round trips of each came before all had joined. */
-interface WorkerReport { stats: SimStats; nodes: number; beforeSteady: Record<Timed, number> }
+/**
+ * Worker to parent: its nodes' measurements once they are all done, how many round trips of each came before all had joined,
+ * and its event loop's delay since then (ms): a round trip measured here includes it.
+ */
+interface WorkerReport { stats: SimStats; nodes: number; beforeSteady: Record<Timed, number>; loopDelay: LoopDelay }
+interface LoopDelay { p50: number; p99: number; max: number }
 type Timed = keyof SimStats['roundTrips'];
+const LOOP_RESOLUTION_MS = 10;
 
 // --- worker: a few hundred simulated nodes in one process ---------------------------------------
 
@@ -49,6 +59,8 @@ async function worker(): Promise<void> {
   const nodes: SimNode[] = [];
   let options: SimOptions | undefined;
   let beforeSteady: Record<Timed, number> = { join: 0, heartbeat: 0, lease: 0, leaseReport: 0 };
+  const loop = monitorEventLoopDelay({ resolution: LOOP_RESOLUTION_MS });
+  loop.enable();
   process.on('message', async (command: Command) => {
     if ('start' in command) {
       options = command.options;
@@ -60,14 +72,18 @@ async function worker(): Promise<void> {
     } else if ('steady' in command) {
       beforeSteady = { join: 0, heartbeat: 0, lease: 0, leaseReport: 0 };
       for (const name of Object.keys(beforeSteady) as Timed[]) beforeSteady[name] = stats.roundTrips[name].length;
+      loop.reset();
     } else {
       // The job trains to its end: every node hears it is done (or, still joining, gives up a minute later), then all stop.
       const giveUp = Date.now() + 60_000;
       while (!nodes.every((node) => node.done || node.stopping) && Date.now() < giveUp) {
         await new Promise((resolve) => setTimeout(resolve, 200));
       }
+      // The histogram holds the time between its timer's ticks: the delay is what exceeds the tick.
+      const delay = (ns: number) => Math.max(0, ns / 1e6 - LOOP_RESOLUTION_MS);
+      const loopDelay = { p50: delay(loop.percentile(50)), p99: delay(loop.percentile(99)), max: delay(loop.max) };
       await Promise.all(nodes.map((node) => node.stop(false)));
-      process.send!({ stats, nodes: nodes.length, beforeSteady } satisfies WorkerReport, () => process.exit(0));
+      process.send!({ stats, nodes: nodes.length, beforeSteady, loopDelay } satisfies WorkerReport, () => process.exit(0));
     }
   });
 }
@@ -88,6 +104,23 @@ function usageOf(pid: number): Usage {
   return { cpuSeconds: ticks / 100, rssBytes: rssPages * 4096 };
 }
 
+/** bench/loop-delay.mjs's measures of one 2-s window (ms), and when it came. */
+interface LoopWindow { at: number; p99: number; max: number; gcLongest: number; gcTotal: number }
+
+/**
+ * The coordinator's event-loop delay in the 2-s windows from `since`: the median and the worst window's p99, the longest
+ * delay; and its garbage collection: the longest pause, and the share of the time spent in it.
+ */
+function loopWindows(windows: LoopWindow[], since: number): string {
+  const after = windows.filter((w) => w.at >= since);
+  if (after.length === 0) return '-';
+  const p99s = after.map((w) => w.p99);
+  const ms = (v: number) => v.toFixed(1);
+  const gcShare = after.reduce((sum, w) => sum + w.gcTotal, 0) / (after.length * 2000);
+  const gc = `GC pauses up to ${ms(Math.max(...after.map((w) => w.gcLongest)))} ms, ${(gcShare * 100).toFixed(1)}% of the time`;
+  return `${ms(percentile(p99s, 50))} / ${ms(Math.max(...p99s))} ms, ${ms(Math.max(...after.map((w) => w.max)))} ms; ${gc}`;
+}
+
 /** The planner alone on `nodes` nodes: the time of one re-plan after a node leaves. */
 function replanMs(job: JobSpec, tokenizer: BpeTokenizer, nodes: number, memoryBytes: number): number {
   const planner = new ShardPlanner({ config: jobConfig(job, tokenizer), precision: jobFootprintSettings(job), replication: 2 });
@@ -103,6 +136,7 @@ async function main(): Promise<void> {
     options: {
       quick: { type: 'boolean' }, nodes: { type: 'string' }, workers: { type: 'string' }, seconds: { type: 'string' },
       churn: { type: 'string' }, 'train-ms': { type: 'string' }, 'heartbeat-ms': { type: 'string' }, 'cpu-prof': { type: 'string' },
+      'joins-at-once': { type: 'string' }, 'nice-workers': { type: 'boolean' },
     },
   });
   const quick = values.quick ?? false;
@@ -112,6 +146,8 @@ async function main(): Promise<void> {
   const churn = Number(values.churn ?? 0.1);
   const trainMs = Number(values['train-ms'] ?? 5000);
   const heartbeatMs = Number(values['heartbeat-ms'] ?? 1000);
+  // Per worker (SimOptions.joinsAtOnce); 0: all at once.
+  const joinsAtOnce = Number(values['joins-at-once'] ?? 32);
   const profile = values['cpu-prof'] === undefined ? [] : ['--cpu-prof', '--cpu-prof-dir', values['cpu-prof']];
   // About as many batches as the swarm trains in the run (a minute of joining, then the churn), so the job ends soon after the churn stops.
   const job: JobSpec = { ...JOB, totalBatches: Math.round((total * (60 + seconds) * 1000) / trainMs) };
@@ -124,7 +160,8 @@ async function main(): Promise<void> {
   const tokenizerFile = join(dir, 'tokenizer.json');
   await writeFile(tokenizerFile, JSON.stringify(tokenizer.toHuggingFace()));
   const coordinator = spawn(process.execPath, [
-    ...profile, join(repoRoot, 'coordinator/bin.mjs'), '--job', jobFile, '--tokenizer', tokenizerFile, '--token', 'bench',
+    ...profile, '--import', join(repoRoot, 'bench/loop-delay.mjs'),
+    join(repoRoot, 'coordinator/bin.mjs'), '--job', jobFile, '--tokenizer', tokenizerFile, '--token', 'bench',
     '--heartbeat-ms', String(heartbeatMs), '--lease-ms', String(Math.max(30_000, 4 * trainMs)),
   ], { cwd: dir, stdio: ['ignore', 'pipe', 'inherit'] });
   const joinedAt = new Map<string, number>();
@@ -134,6 +171,7 @@ async function main(): Promise<void> {
   let died = 0;
   let left = 0;
   const refused: Record<string, number> = {}; // peer messages the coordinator's transport refused, by protocol and reason
+  const coordinatorLoop: LoopWindow[] = []; // its event loop's delay, per 2-s window
   const listening = new Promise<string>((resolve) => {
     createInterface({ input: coordinator.stdout }).on('line', (line) => {
       const event = JSON.parse(line);
@@ -145,6 +183,7 @@ async function main(): Promise<void> {
       else if (event.event === 'rejected') tally(refused, `${event.protocol.split('/').at(-2)}: ${event.reason}`);
       else if (event.event === 'progress') counters = event.counters;
       else if (event.event === 'done') done = event;
+      else if (event.event === 'loop-delay') coordinatorLoop.push({ ...event, at: Date.now() });
     });
   });
   const address = await listening;
@@ -156,10 +195,16 @@ async function main(): Promise<void> {
   const children = Array.from({ length: workers }, () => fork(fileURLToPath(import.meta.url), ['--worker'], {
     execArgv: [...profile, '--import', 'tsx'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
   }));
+  // The volunteers' work yields to the coordinator's, as on a coordinator machine of its own (nice 19: the lowest priority).
+  if (values['nice-workers']) for (const child of children) setPriority(child.pid!, 19);
   const share = (count: number, i: number) => Math.floor(count / workers) + (i < count % workers ? 1 : 0);
-  const options: SimOptions = { coordinator: address, token: 'bench', memoryBytes, trainMs, idleMs: 1000 };
+  // Each worker's nodes dial from loopback addresses of their own, as volunteers from many addresses would.
+  const options = (worker: number): SimOptions => ({
+    coordinator: address, token: 'bench', memoryBytes, trainMs, idleMs: 1000, sourceNet: worker + 1,
+    ...(joinsAtOnce > 0 ? { joinsAtOnce } : {}),
+  });
   const t0 = Date.now();
-  children.forEach((child, i) => child.send({ start: share(total, i), options } satisfies Command));
+  children.forEach((child, i) => child.send({ start: share(total, i), options: options(i) } satisfies Command));
 
   const sampler = setInterval(() => {
     peakRss = Math.max(peakRss, usageOf(pid).rssBytes);
@@ -183,7 +228,7 @@ async function main(): Promise<void> {
     await waitUntil(at);
     const i = churned++ % workers;
     children[i]!.send({ leave: perTick } satisfies Command);
-    children[(i + 1) % workers]!.send({ start: perTick, options } satisfies Command);
+    children[(i + 1) % workers]!.send({ start: perTick, options: options((i + 1) % workers) } satisfies Command);
   }
   progress(`churn over (${churned} rounds); training the job to its end (${counters?.completed ?? 0} of ${job.totalBatches} done)`);
   const running = usageOf(pid);
@@ -216,6 +261,14 @@ async function main(): Promise<void> {
       const p50p99 = (values: number[]) => `${ms(percentile(values, 50))} / ${ms(percentile(values, 99))} ms (${values.length})`;
       return [`${name} round trip p50 / p99: all / after the joins`, `${p50p99(merged(name))}; ${p50p99(afterJoins(name))}`];
     }),
+    [
+      "coordinator event-loop delay after the joins: median / worst 2-s window's p99, max; GC",
+      loopWindows(coordinatorLoop, steadyAt),
+    ],
+    [
+      "each sim worker's event-loop delay after the joins: p50 / p99 / max",
+      results.map(({ loopDelay: d }) => `${ms(d.p50)} / ${ms(d.p99)} / ${ms(d.max)} ms`).join('; '),
+    ],
     ['re-plan (planner alone)', `${ms(replanMs(job, tokenizer, total, memoryBytes))} ms at ${total} nodes`],
     ['plan versions', String(plans)],
     [
@@ -233,7 +286,10 @@ async function main(): Promise<void> {
     ['failed requests', JSON.stringify(failures)],
     ['requests the coordinator refused', JSON.stringify(refused)],
   ];
-  console.log(`node ${process.version}, ${seconds} s, churn ${churn * 100}%/min, train ${trainMs} ms/batch, heartbeat ${heartbeatMs} ms`);
+  console.log(
+    `node ${process.version}, ${seconds} s, churn ${churn * 100}%/min, train ${trainMs} ms/batch, heartbeat ${heartbeatMs} ms, `
+    + `joins at once per worker ${joinsAtOnce || 'unlimited'}${values['nice-workers'] ? ', workers at nice 19' : ''}`,
+  );
   console.log(`load average (1, 5, 15 min) at the start: ${loadAtStart}, at the end: ${loadAverage()}`);
   printTable(['measure', 'value'], rows);
   // Exactly once by the coordinator's count; a node may miss the ack of a report the coordinator counted (a timeout), never the reverse.

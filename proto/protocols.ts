@@ -1,5 +1,6 @@
 // The protocols of the swarm: one request and one response per stream, each with its libp2p
-// protocol id, schemas, size caps and the checks a schema cannot express.
+// protocol id, schemas, size caps and the checks a schema cannot express; and the channel, one
+// long-lived stream per node carrying the small requests it sends its coordinator all the time.
 import type { Static, TSchema } from '@sinclair/typebox';
 import { ProtocolError } from './errors.ts';
 import {
@@ -274,6 +275,30 @@ export type ProtocolName = keyof typeof PROTOCOLS;
 export type RequestOf<P extends ProtocolName> = Static<(typeof PROTOCOLS)[P]['request']>;
 export type ResponseOf<P extends ProtocolName> = Static<(typeof PROTOCOLS)[P]['response']>;
 export const PROTOCOL_NAMES = Object.keys(PROTOCOLS) as ProtocolName[];
+
+/**
+ * The small requests a node sends its coordinator all the time (heartbeat, lease, lease report) also travel on one
+ * long-lived stream per node, its channel: a stream per request cost each end ~1.1-1.3 ms of CPU in libp2p (yamux,
+ * multistream-select, the close), a message on an open stream ~0.2-0.3 ms. A request frame is the protocol's index
+ * in `protocols` (one byte) followed by the request as that protocol encodes it, under that protocol's cap; the
+ * replies come back in the order of the requests, each as that protocol's reply. The protocols' own streams stay
+ * served, for peers that do not speak the channel.
+ */
+const CHANNEL_PROTOCOLS = ['heartbeat', 'lease', 'leaseReport'] as const satisfies readonly ProtocolName[];
+export const CHANNEL = {
+  id: idOf('channel'),
+  protocols: CHANNEL_PROTOCOLS,
+  /** A request frame: the index byte and the largest request of its protocols. */
+  maxRequestFrameBytes: 1 + Math.max(...CHANNEL_PROTOCOLS.map((name) => PROTOCOLS[name].maxRequestBytes)),
+  maxReplyFrameBytes: Math.max(...CHANNEL_PROTOCOLS.map((name) => PROTOCOLS[name].maxResponseBytes)),
+};
+export type ChannelProtocol = (typeof CHANNEL.protocols)[number];
+
+/** The index of a protocol's requests on the channel, or undefined for a protocol that does not travel on it. */
+export function channelIndex(protocol: ProtocolName): number | undefined {
+  const index = (CHANNEL.protocols as readonly ProtocolName[]).indexOf(protocol);
+  return index < 0 ? undefined : index;
+}
 
 /**
  * How long a node waits for a join's reply, dial included: a crowd joining at once queues behind each other's

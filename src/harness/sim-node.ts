@@ -3,7 +3,9 @@
 // test/coordinator/sim.test.ts and bench/volunteers.ts to load one coordinator with hundreds of nodes.
 // Lives beside local-swarm.ts because, like it, it drives a swarm from outside and needs only proto/ and src/p2p.
 import '../p2p/polyfill.ts'; // before any libp2p import
+import { tcp, type TCPSocketOptions } from '@libp2p/tcp';
 import { multiaddr, type Multiaddr } from '@multiformats/multiaddr';
+import type { TcpSocketConnectOpts } from 'node:net';
 import { setTimeout as delay } from 'node:timers/promises';
 import {
   applyPlanDelta, JOIN_TIMEOUT_MS, msgpackCodec, planSigningBytes, PROTOCOL_VERSION,
@@ -28,6 +30,18 @@ export interface SimOptions {
   verifyPlans?: boolean;
   /** Deadline of one request but a join (JOIN_TIMEOUT_MS, as a real node's). Default 10000. */
   timeoutMs?: number;
+  /**
+   * Dial from a loopback address of this node's own, 127.<sourceNet>.x.y (all of 127.0.0.0/8 is this machine), as
+   * volunteers come from many addresses: the coordinator limits new connections per address (100 a second).
+   * Default: dial from 127.0.0.1.
+   */
+  sourceNet?: number;
+  /**
+   * Joins in flight at once in this process; the others wait their turn before sending theirs. A process simulating
+   * hundreds of volunteers shakes hands for all of them on one event loop: all at once, the handshakes outlast the join
+   * timeout and are thrown away and started again. Default: no limit.
+   */
+  joinsAtOnce?: number;
 }
 
 /** What every simulated node of one process records: round trips in ms per request, and bytes of heartbeat replies. */
@@ -54,6 +68,32 @@ type Timed = 'join' | 'heartbeat' | 'lease' | 'leaseReport';
 
 /** The longest pause between join attempts: a simulated crowd keeps asking within the bench's minute. */
 const JOIN_BACKOFF_MAX_MS = 8000;
+
+/** Joins of this process in flight, and those waiting for one of them to end (see SimOptions.joinsAtOnce). */
+let joinsInFlight = 0;
+const waitingToJoin: (() => void)[] = [];
+
+/** Waits for a join's turn under `limit`; returns the function that ends the turn. */
+async function joinTurn(limit: number | undefined): Promise<() => void> {
+  if (limit === undefined) return () => {};
+  if (joinsInFlight < limit) joinsInFlight++;
+  else await new Promise<void>((resolve) => waitingToJoin.push(resolve)); // handed the turn of a join that ended
+  return () => {
+    const next = waitingToJoin.shift();
+    if (next) next();
+    else joinsInFlight--;
+  };
+}
+
+/** Nodes started in this process: the n-th dials from the n-th address of its sourceNet. */
+let nodesStarted = 0;
+
+/** The n-th source address of `net` (250 per third byte, none ending in 0 or 255): 64,000 per net. */
+function sourceAddress(net: number, n: number): string {
+  if (!Number.isInteger(net) || net < 1 || net > 254) throw new RangeError(`sim: sourceNet must be an integer in [1, 254], got ${net}`);
+  if (n >= 250 * 256) throw new RangeError(`sim: more than ${250 * 256} nodes from 127.${net}.0.0/16`);
+  return `127.${net}.${Math.floor(n / 250)}.${1 + (n % 250)}`;
+}
 
 export function percentile(values: number[], p: number): number {
   if (values.length === 0) return NaN;
@@ -88,7 +128,10 @@ export class SimNode {
 
   /** A node on its own host (dialing only: nobody calls a node that holds nothing); join and the loops start at once. */
   static async start(options: SimOptions, stats: SimStats): Promise<SimNode> {
-    const host = await createHost({ listen: [] });
+    // @libp2p/tcp hands dialOpts to net.connect as they are, localAddress included (its type names only a few).
+    const dialOpts: TCPSocketOptions & Pick<TcpSocketConnectOpts, 'localAddress'> = {};
+    if (options.sourceNet !== undefined) dialOpts.localAddress = sourceAddress(options.sourceNet, nodesStarted++);
+    const host = await createHost({ listen: [], transports: [tcp({ dialOpts })] });
     const node = new SimNode(host, options, stats);
     node.loop = node.run().catch((err) => {
       node.stats.failures.run = (node.stats.failures.run ?? 0) + 1;
@@ -153,11 +196,17 @@ export class SimNode {
   /** Joins until admitted (or the swarm is closed); false when there is nothing to join. */
   private async join(): Promise<boolean> {
     for (let attempt = 0; !this.stopping; attempt++) {
+      const endTurn = await joinTurn(this.options.joinsAtOnce);
       let reply;
       try {
+        if (this.stopping) break;
         reply = await this.timed('join', this.joinRequest());
       } catch {
-        // Busy (a crowd joining at once) or unreachable: ask again after a jittered, growing pause, as a crowd must.
+        // Busy (a crowd joining at once) or unreachable: asked again below after a jittered, growing pause, as a crowd must.
+      } finally {
+        endTurn();
+      }
+      if (!reply) {
         await this.sleep(backoffMs(attempt, 1000, JOIN_BACKOFF_MAX_MS));
         continue;
       }

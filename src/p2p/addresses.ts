@@ -32,11 +32,14 @@ function ipScope(ip: string): AddressScope {
  * The addresses of an owner that a receiver can use, given the IP each connects to the coordinator from
  * (`lan`: every address to everyone, for a swarm on one routed private network). A private address goes
  * to a receiver behind the same IP (same machine or NAT) or when both reach the coordinator over private
- * networks (a LAN, a Docker network); loopback only when both run on the coordinator's machine.
+ * networks (a LAN, a Docker network); loopback only when both run on the coordinator's machine (from any
+ * loopback address: 127.0.0.0/8 and ::1 are all this machine).
  */
 export function usableAddresses(addrs: readonly string[], from: { owner?: string; receiver?: string; lan?: boolean }): string[] {
   const { owner, receiver, lan } = from;
-  if (lan || (owner !== undefined && owner === receiver && ipScope(owner) === 'loopback')) return [...addrs];
+  if (lan || (owner !== undefined && receiver !== undefined && ipScope(owner) === 'loopback' && ipScope(receiver) === 'loopback')) {
+    return [...addrs];
+  }
   const sameNetwork = owner !== undefined && receiver !== undefined
     && (owner === receiver || (ipScope(owner) !== 'public' && ipScope(receiver) !== 'public'));
   return addrs.filter((addr) => {
@@ -47,8 +50,8 @@ export function usableAddresses(addrs: readonly string[], from: { owner?: string
 
 /**
  * A group of receivers to whom usableAddresses gives the same addresses of every owner: `key` names it,
- * `receiver` is the IP of any one of them. With lan, everyone; receivers behind private IPs; receivers
- * behind one loopback or shared public IP (one machine, one NAT); and those alone on their public IP or
+ * `receiver` is the IP of any one of them. With lan, everyone; receivers behind private IPs; receivers on
+ * the coordinator's machine (any loopback IP); behind one shared public IP (one NAT); and those alone on their public IP or
  * seen only over a relay, who get public addresses only (their own too: a node never dials itself).
  */
 export interface AddressView {
@@ -63,6 +66,6 @@ export function addressView(receiver: string | undefined, { lan = false, shared 
   if (lan) return { key: 'lan' };
   if (receiver === undefined) return PUBLIC_VIEW;
   const scope = ipScope(receiver);
-  if (scope === 'private') return { key: 'private', receiver };
+  if (scope === 'private' || scope === 'loopback') return { key: scope, receiver };
   return scope === 'public' && !shared ? PUBLIC_VIEW : { key: receiver, receiver };
 }

@@ -9,17 +9,21 @@
 import type { AbortOptions, Connection, Libp2p, PeerId, Stream, StreamHandlerOptions } from '@libp2p/interface';
 import { isMultiaddr, multiaddr } from '@multiformats/multiaddr';
 import {
+  CHANNEL,
+  channelIndex,
   PROTOCOLS,
   ProtocolError,
   truncateReason,
   type ErrorReply,
   type MessageCodec,
   type ProtocolName,
+  type ProtocolSpec,
   type Reply,
   type RequestOf,
   type ResponseOf,
 } from '../../proto/index.ts';
 import { isRelayed } from './addresses.ts';
+import { Channel } from './channel.ts';
 import { CancelledError, MalformedError, RefusedError, RemoteError, RpcError, TooLargeError } from './errors.ts';
 import { frameStream, paceGuard, toRpcError, withDeadlines, type Deadlines, type Pace } from './framing.ts';
 
@@ -89,6 +93,8 @@ export interface RequestOptions {
   /** Deadline of this request in ms, dial to reply. */
   timeout?: number;
   signal?: AbortSignal;
+  /** A request of a channel protocol (CHANNEL in proto/protocols.ts) travels on the peer's channel unless this is false. */
+  channel?: boolean;
 }
 
 /**
@@ -117,6 +123,22 @@ export function logRejection(rejection: Rejection): void {
 const ERROR_REPLY_GRACE_MS = 1000;
 /** Streams per connection beyond maxConcurrent that still get a busy reply rather than a reset. */
 const BUSY_REPLY_STREAMS = 8;
+/** A channel silent this long is closed (its node opens another with its next request). */
+const CHANNEL_IDLE_MS = 300_000;
+/** Channels one connection may hold at once: one per Rpc of the peer, and room for replacements while broken ones close. */
+const CHANNELS_PER_CONNECTION = 8;
+
+/** A protocol's handler (decoding, running and encoding one request) and its count of requests being served. */
+interface Served {
+  answer(bytes: Uint8Array, context: HandlerContext, reject: RejectRequest): Promise<Answer>;
+  slots: { active: number; max: number };
+}
+
+/** Logs a refused request with its reason. */
+type RejectRequest = (reason: string, message: string) => void;
+
+/** A request's outcome: its encoded reply, or the error to send back. */
+type Answer = { reply: Uint8Array; error?: undefined } | { error: ErrorReply };
 
 export class Rpc {
   private readonly transport: RpcTransport;
@@ -126,6 +148,10 @@ export class Rpc {
   private readonly ioTimeoutMs: number;
   private readonly requestTimeoutMs: number;
   private readonly inboundPace: Pace;
+  /** The handlers given to handle(), which the channel serves too. */
+  private readonly served = new Map<ProtocolName, Served>();
+  /** Channels to peers (by peer id), opened by the first request that needs one; undefined: the peer does not speak it. */
+  private readonly channels = new Map<string, Promise<Channel | undefined>>();
 
   constructor(components: RpcComponents, init: RpcInit = {}) {
     this.transport = components.transport;
@@ -141,19 +167,29 @@ export class Rpc {
     const maxConcurrent = options.maxConcurrent ?? 16;
     if (!Number.isInteger(maxConcurrent) || maxConcurrent < 1) throw new RangeError(`maxConcurrent must be a positive integer, got ${maxConcurrent}`);
     const slots = { active: 0, max: maxConcurrent };
+    const served: Served = { answer: (bytes, context, reject) => this.answer(protocol, handler, bytes, context, reject), slots };
+    this.served.set(protocol, served);
     // libp2p's own per-connection limit resets streams without a word; keep it a little above
     // ours so a few more can be told they are busy, while still bounding the streams (each
     // buffering up to the cap) that one connection may hold open.
     // Relayed connections carry limits (data, time) set by the relay: requests run over them too,
     // since a node behind a NAT may have no other way in; a sender checks a message fits first.
-    await this.transport.handle(PROTOCOLS[protocol].id, (stream, connection) => this.serve(protocol, handler, slots, stream, connection), {
+    await this.transport.handle(PROTOCOLS[protocol].id, (stream, connection) => this.serve(protocol, served, stream, connection), {
       maxInboundStreams: maxConcurrent + BUSY_REPLY_STREAMS,
       runOnLimitedConnection: true,
     });
   }
 
   async unhandle(protocol: ProtocolName): Promise<void> {
+    this.served.delete(protocol);
     await this.transport.unhandle(PROTOCOLS[protocol].id);
+  }
+
+  /** Serves the channel (see CHANNEL): its requests go to the handlers handle() was given, as on their own streams. */
+  async handleChannel(): Promise<void> {
+    await this.transport.handle(CHANNEL.id, (stream, connection) => this.serveChannel(stream, connection), {
+      maxInboundStreams: CHANNELS_PER_CONNECTION,
+    });
   }
 
   /**
@@ -175,14 +211,61 @@ export class Rpc {
     }
     const ms = options.timeout ?? this.requestTimeoutMs;
     const deadlines: Deadlines = { caller: options.signal, request: { signal: AbortSignal.timeout(ms), ms }, ioMs: ms };
+    const rpcDeadlines = { ...deadlines, ioMs: this.ioTimeoutMs };
+    const index = options.channel === false ? undefined : channelIndex(protocol);
+    const channel = index === undefined ? undefined : await this.channelTo(peer, deadlines, what);
+    const opened = channel ? undefined : await this.openRequestStream(peer, spec, bytes.length, deadlines, what);
+    const stream = opened?.stream;
+    const abort = () => stream?.abort(new CancelledError(`${what}: abandoned`));
+    deadlines.caller?.addEventListener('abort', abort);
+    deadlines.request!.signal.addEventListener('abort', abort);
+    try {
+      let replyBytes: Uint8Array;
+      if (channel) {
+        const frame = new Uint8Array(1 + bytes.length);
+        frame[0] = index!;
+        frame.set(bytes, 1);
+        replyBytes = await withDeadlines(what, rpcDeadlines, (signal) => channel.request(frame, signal));
+      } else {
+        const frames = frameStream(stream!, spec.maxResponseBytes);
+        await withDeadlines(what, rpcDeadlines, async (signal) => {
+          await frames.write(bytes, { signal });
+          await stream!.close({ signal }); // our side is done: the responder sees the end of the request
+        });
+        replyBytes = await withDeadlines(what, rpcDeadlines, async (signal) => (await frames.read({ signal })).subarray());
+      }
+      const reply = this.decodeReply(protocol, replyBytes, what);
+      if (reply.error !== undefined) throw errorFromReply(reply.error, what);
+      if (spec.bulk) {
+        const via = opened?.relayed ? 'relay' : 'direct';
+        const received = replyBytes.length;
+        const transfer = { protocol: spec.id, peer: peerIdOf(peer) ?? peerName(peer), via, sent: bytes.length, received } as const;
+        this.onTransfer?.(transfer);
+      }
+      return reply.ok;
+    } catch (err) {
+      const error = toRpcError(err, what);
+      if (error instanceof TooLargeError || error instanceof MalformedError || error.reason === 'stalled') {
+        this.reject({ protocol: spec.id, peer: peerName(peer), direction: 'response', reason: error.reason, message: error.message });
+      }
+      stream?.abort(error); // a channel stays in step (one reply per request); one whose request was abandoned closed itself
+      throw error;
+    } finally {
+      deadlines.caller?.removeEventListener('abort', abort);
+      deadlines.request!.signal.removeEventListener('abort', abort);
+    }
+  }
 
-    const dialing = `${what}: could not open a stream`;
+  /** A new stream for one request, and whether it goes through a relay. */
+  private async openRequestStream(
+    peer: DialTarget, spec: ProtocolSpec, size: number, deadlines: Deadlines, what: string,
+  ): Promise<{ stream: Stream; relayed: boolean }> {
     let relayed = false;
     const openStream = async (signal: AbortSignal) => {
-      const connection = this.openConnection(peer, bytes.length, spec.bulk === true) ?? await this.transport.dial(peer, { signal });
+      const connection = this.openConnection(peer, size, spec.bulk === true) ?? await this.transport.dial(peer, { signal });
       const room = connection.limits?.bytes;
-      if (room !== undefined && BigInt(bytes.length) > room) {
-        throw new RefusedError(`${what}: ${bytes.length} bytes do not fit the ${room} bytes the relay allows this connection`, 'relay-limit');
+      if (room !== undefined && BigInt(size) > room) {
+        throw new RefusedError(`${what}: ${size} bytes do not fit the ${room} bytes the relay allows this connection`, 'relay-limit');
       }
       relayed = connection.limits !== undefined || connection.remoteAddr.getComponents().some((c) => c.name === 'p2p-circuit');
       try {
@@ -194,46 +277,58 @@ export class Rpc {
         throw err;
       }
     };
-    const stream = await withDeadlines(dialing, deadlines, async (signal) => {
+    const stream = await this.withDial(what, deadlines, openStream);
+    return { stream, relayed };
+  }
+
+  /**
+   * Runs `open` (once more if it fails but for a refusal) under the request's deadlines; a peer that cannot be
+   * reached is refused as unreachable.
+   */
+  private withDial<T>(what: string, deadlines: Deadlines, open: (signal: AbortSignal) => Promise<T>): Promise<T> {
+    return withDeadlines(`${what}: could not open a stream`, deadlines, async (signal) => {
       try {
-        return await openStream(signal);
+        return await open(signal);
       } catch (err) {
         if (err instanceof RefusedError || signal.aborted) throw err;
-        return openStream(signal);
+        return open(signal);
       }
     }).catch((err: RpcError) => {
       throw err instanceof RemoteError ? new RefusedError(err.message, 'unreachable') : err;
     });
-    const abort = () => stream.abort(new CancelledError(`${what}: abandoned`));
-    const rpcDeadlines = { ...deadlines, ioMs: this.ioTimeoutMs };
-    deadlines.caller?.addEventListener('abort', abort);
-    deadlines.request!.signal.addEventListener('abort', abort);
-    try {
-      const frames = frameStream(stream, spec.maxResponseBytes);
-      await withDeadlines(what, rpcDeadlines, async (signal) => {
-        await frames.write(bytes, { signal });
-        await stream.close({ signal }); // our side is done: the responder sees the end of the request
-      });
-      const replyBytes = await withDeadlines(what, rpcDeadlines, async (signal) => (await frames.read({ signal })).subarray());
-      const reply = this.decodeReply(protocol, replyBytes, what);
-      if (reply.error !== undefined) throw errorFromReply(reply.error, what);
-      if (spec.bulk) {
-        const via = relayed ? 'relay' : 'direct';
-        const transfer = { protocol: spec.id, peer: peerIdOf(peer) ?? peerName(peer), via, sent: bytes.length, received: replyBytes.length } as const;
-        this.onTransfer?.(transfer);
-      }
-      return reply.ok;
-    } catch (err) {
-      const error = toRpcError(err, what);
-      if (error instanceof TooLargeError || error instanceof MalformedError || error.reason === 'stalled') {
-        this.reject({ protocol: spec.id, peer: peerName(peer), direction: 'response', reason: error.reason, message: error.message });
-      }
-      stream.abort(error);
-      throw error;
-    } finally {
-      deadlines.caller?.removeEventListener('abort', abort);
-      deadlines.request!.signal.removeEventListener('abort', abort);
-    }
+  }
+
+  /**
+   * The channel to a peer named by id, opened by the first request that needs it (the others wait for it);
+   * undefined when the peer does not speak it, or is reached only through a relay: its requests then go on their own streams.
+   */
+  private channelTo(peer: DialTarget, deadlines: Deadlines, what: string): Promise<Channel | undefined> {
+    const peerId = peerIdOf(peer);
+    if (peerId === undefined) return Promise.resolve(undefined);
+    const known = this.channels.get(peerId);
+    if (known) return known;
+    // A channel that closes, or fails to open, is forgotten: the next request opens another.
+    const forget = () => {
+      if (this.channels.get(peerId) === opening) this.channels.delete(peerId);
+    };
+    const opening = this.withDial(what, deadlines, async (signal) => {
+      const connection = await this.transport.dial(peer, { signal });
+      // A relayed connection carries a limited amount of data: requests over it take streams of their own, each checked to fit.
+      return connection.limits === undefined ? connection.newStream(CHANNEL.id, { signal }) : undefined;
+    }).then(
+      (stream) => {
+        if (stream) return new Channel(stream, CHANNEL.maxReplyFrameBytes, forget);
+        forget(); // a direct connection may come later
+        return undefined;
+      },
+      (err: RpcError) => {
+        if (err instanceof RefusedError && err.reason === 'unsupported') return undefined;
+        forget();
+        throw err;
+      },
+    );
+    this.channels.set(peerId, opening);
+    return opening;
   }
 
   /**
@@ -262,20 +357,17 @@ export class Rpc {
   }
 
   /** Serves one inbound stream. Never throws: a failing peer is logged and cut off. */
-  private async serve<P extends ProtocolName>(
-    protocol: P, handler: Handler<P>, slots: { active: number; max: number }, stream: Stream, connection: InboundConnection,
-  ): Promise<void> {
+  private async serve<P extends ProtocolName>(protocol: P, served: Served, stream: Stream, connection: InboundConnection): Promise<void> {
     const spec = PROTOCOLS[protocol];
     const peer = connection.remotePeer;
     const what = `${spec.id} request from ${peer}`;
-    const reject = (reason: string, message: string) => this.reject({ protocol: spec.id, peer: peer.toString(), direction: 'request', reason, message });
+    const reject = this.requestRejecter(spec.id, peer.toString());
     const frames = frameStream(stream, spec.maxRequestBytes);
     const pace = paceGuard(stream, this.inboundPace);
+    const { slots } = served;
     if (slots.active >= slots.max) {
       pace.stop();
-      const message = `${spec.id}: busy, ${slots.max} requests in progress`;
-      reject('busy', message);
-      await this.replyError(protocol, frames, stream, { code: 'busy', message });
+      await this.replyError(protocol, frames, stream, this.busy(spec.id, slots.max, reject));
       return;
     }
     slots.active++;
@@ -296,30 +388,14 @@ export class Rpc {
       } finally {
         pace.stop(); // the request is in: from here the handler's time is not the peer's
       }
-      let message: RequestOf<P>;
-      try {
-        message = this.codec.decodeRequest(protocol, bytes);
-      } catch (err) {
-        const error = err instanceof ProtocolError ? err : new ProtocolError('malformed', String(err));
-        reject(error.reason, error.message);
-        const code = error.reason === 'version' || error.reason === 'too-large' ? error.reason : 'malformed';
-        await this.replyError(protocol, frames, stream, { code, message: error.message });
+      const answer = await served.answer(bytes, { peer, signal: gone.signal }, reject);
+      // The handler is done: the close that follows our reply must not abort its signal (an AbortError, with its stack, per request).
+      stream.removeEventListener('close', onClose);
+      if (answer.error) {
+        await this.replyError(protocol, frames, stream, answer.error);
         return;
       }
-      let reply: Uint8Array;
-      try {
-        const response = await handler(message, { peer, signal: gone.signal });
-        // The handler is done: the close that follows our reply must not abort its signal (an AbortError, with its stack, per request).
-        stream.removeEventListener('close', onClose);
-        reply = this.codec.encodeReply(protocol, { ok: response });
-      } catch (err) {
-        // A handler's refusal goes back as such; anything else is our failure, reported as internal.
-        const refused = err instanceof RefusedError;
-        if (!refused) console.error(`[p2p] handler for ${spec.id} failed:`, err);
-        const message = err instanceof Error ? err.message : String(err);
-        await this.replyError(protocol, frames, stream, { code: refused ? 'refused' : 'internal', message });
-        return;
-      }
+      const { reply } = answer;
       // A relay resets a connection past its data limit: a reply that cannot fit is refused whole, with the reason.
       const room = connection.limits?.bytes;
       if (room !== undefined && BigInt(reply.length) > room) {
@@ -340,6 +416,104 @@ export class Rpc {
       stream.removeEventListener('close', onClose);
       slots.active--;
     }
+  }
+
+  /**
+   * Serves one channel: its requests one after another, each answered as on its own stream (busy, refused and
+   * malformed requests get their error reply and the channel goes on). A frame that cannot be read (over the cap,
+   * cut, naming no protocol served here), a reply that cannot be written or a channel silent for CHANNEL_IDLE_MS
+   * ends it. Never throws.
+   */
+  private async serveChannel(stream: Stream, connection: InboundConnection): Promise<void> {
+    const peer = connection.remotePeer;
+    const what = `${CHANNEL.id} from ${peer}`;
+    const rejectFrame = this.requestRejecter(CHANNEL.id, peer.toString());
+    const frames = frameStream(stream, CHANNEL.maxRequestFrameBytes);
+    const gone = new AbortController();
+    stream.addEventListener('close', () => gone.abort(), { once: true });
+    for (;;) {
+      let frame: Uint8Array;
+      try {
+        frame = await withDeadlines(what, { ioMs: CHANNEL_IDLE_MS }, async (signal) => (await frames.read({ signal })).subarray());
+      } catch (err) {
+        const error = toRpcError(err, what);
+        // The requester closing its channel (or going away) between requests is its end, not a fault.
+        if (error instanceof TooLargeError || error instanceof MalformedError) rejectFrame(error.reason, error.message);
+        stream.abort(error);
+        return;
+      }
+      const protocol = CHANNEL.protocols[frame[0]!];
+      const served = protocol && this.served.get(protocol);
+      if (!protocol || !served) {
+        const message = `${what}: frame names protocol ${frame[0]}, not one served on the channel`;
+        rejectFrame('malformed', message);
+        stream.abort(new MalformedError(message));
+        return;
+      }
+      const spec = PROTOCOLS[protocol];
+      const reject = this.requestRejecter(spec.id, peer.toString());
+      const bytes = frame.subarray(1);
+      let answer: Answer;
+      if (bytes.length > spec.maxRequestBytes) {
+        const message = `${spec.id} request of ${bytes.length} bytes is over the ${spec.maxRequestBytes}-byte cap`;
+        reject('too-large', message);
+        answer = { error: { code: 'too-large', message } };
+      } else if (served.slots.active >= served.slots.max) {
+        answer = { error: this.busy(spec.id, served.slots.max, reject) };
+      } else {
+        served.slots.active++;
+        try {
+          answer = await served.answer(bytes, { peer, signal: gone.signal }, reject);
+        } finally {
+          served.slots.active--;
+        }
+      }
+      const reply = answer.error
+        ? this.codec.encodeReply(protocol, { error: { ...answer.error, message: truncateReason(answer.error.message) } })
+        : answer.reply;
+      try {
+        await withDeadlines(what, { ioMs: this.ioTimeoutMs }, (signal) => frames.write(reply, { signal }));
+      } catch (err) {
+        const error = toRpcError(err, what);
+        reject(error.reason, `while replying: ${error.message}`);
+        stream.abort(error);
+        return;
+      }
+    }
+  }
+
+  /** Decodes a request, runs its handler and encodes its reply; a request refused (undecodable, or by the handler) gets an error. */
+  private async answer<P extends ProtocolName>(
+    protocol: P, handler: Handler<P>, bytes: Uint8Array, context: HandlerContext, reject: RejectRequest,
+  ): Promise<Answer> {
+    let message: RequestOf<P>;
+    try {
+      message = this.codec.decodeRequest(protocol, bytes);
+    } catch (err) {
+      const error = err instanceof ProtocolError ? err : new ProtocolError('malformed', String(err));
+      reject(error.reason, error.message);
+      const code = error.reason === 'version' || error.reason === 'too-large' ? error.reason : 'malformed';
+      return { error: { code, message: error.message } };
+    }
+    try {
+      const response = await handler(message, context);
+      return { reply: this.codec.encodeReply(protocol, { ok: response }) };
+    } catch (err) {
+      // A handler's refusal goes back as such; anything else is our failure, reported as internal.
+      const refused = err instanceof RefusedError;
+      if (!refused) console.error(`[p2p] handler for ${PROTOCOLS[protocol].id} failed:`, err);
+      return { error: { code: refused ? 'refused' : 'internal', message: err instanceof Error ? err.message : String(err) } };
+    }
+  }
+
+  private busy(protocolId: string, max: number, reject: RejectRequest): ErrorReply {
+    const message = `${protocolId}: busy, ${max} requests in progress`;
+    reject('busy', message);
+    return { code: 'busy', message };
+  }
+
+  private requestRejecter(protocolId: string, peer: string): RejectRequest {
+    return (reason, message) => this.reject({ protocol: protocolId, peer, direction: 'request', reason, message });
   }
 
   /**

@@ -49,7 +49,8 @@ it('a 50-node simulated swarm joins, churns and completes every lease exactly on
   server = await CoordinatorServer.start({
     job: JOB, tokenizer, joinToken: 'sim', heartbeatMs: 250, nodeTimeoutMs: 2_000, leaseMs: 4_000, onEvent: (e) => events.push(e),
   });
-  const options = { coordinator: server.addrs[0]!, token: 'sim', memoryBytes: BUDGET, trainMs: 100, idleMs: 100 };
+  // Each node dials from a loopback address of its own (127.1.x.y), as volunteers come from many addresses.
+  const options = { coordinator: server.addrs[0]!, token: 'sim', memoryBytes: BUDGET, trainMs: 100, idleMs: 100, sourceNet: 1 };
   const start = (count: number) => Promise.all(Array.from({ length: count }, () => SimNode.start(options, stats)));
   nodes.push(...(await start(NODES)));
   const started = () => events.find((e) => e.event === 'started');

@@ -39,6 +39,7 @@ describe('the addresses a receiver can use', () => {
 
   it("both on the coordinator's machine, or with --lan: everything", () => {
     expect(usableAddresses(all, { owner: '127.0.0.1', receiver: '127.0.0.1' })).toEqual(all);
+    expect(usableAddresses(all, { owner: '127.0.0.1', receiver: '127.3.0.9' })).toEqual(all); // 127.0.0.0/8 is all this machine
     expect(usableAddresses(all, { owner: '11.0.1.2', receiver: '11.0.2.2', lan: true })).toEqual(all);
   });
 
@@ -59,7 +60,7 @@ describe("the coordinator's address book", () => {
 
   // Where each node connects from (undefined: only over a relay), every one advertising all the addresses above.
   const seenFrom: Record<string, string | undefined> = {
-    local1: '127.0.0.1', local2: '127.0.0.1', lan: '192.168.1.7', vpn: '10.0.0.7', docker: '172.18.0.4',
+    local1: '127.0.0.1', local2: '127.0.0.1', local3: '127.1.2.3', lan: '192.168.1.7', vpn: '10.0.0.7', docker: '172.18.0.4',
     natA1: '11.0.1.2', natA2: '11.0.1.2', alone1: '11.0.2.2', alone2: '11.0.3.3', relayed: undefined,
   };
   const names = Object.keys(seenFrom);
@@ -76,7 +77,7 @@ describe("the coordinator's address book", () => {
 
   it('puts receivers in views, each receiver getting of every other node what usableAddresses gives it', () => {
     const book = bookOf();
-    expect(viewGroups(book)).toEqual([['local1', 'local2'], ['lan', 'vpn', 'docker'], ['natA1', 'natA2'], ['alone1', 'alone2', 'relayed']]);
+    expect(viewGroups(book)).toEqual([['local1', 'local2', 'local3'], ['lan', 'vpn', 'docker'], ['natA1', 'natA2'], ['alone1', 'alone2', 'relayed']]);
     for (const receiver of names) {
       for (const owner of names.filter((name) => name !== receiver)) {
         const expected = usableAddresses(all, { owner: seenFrom[owner], receiver: seenFrom[receiver] });

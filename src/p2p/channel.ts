@@ -1,0 +1,63 @@
+// The requester's end of a channel (CHANNEL in proto/protocols.ts): one long-lived stream to a peer
+// carrying many requests, each a length-prefixed frame, the replies read back in the order sent.
+// Rpc.request uses it for the protocols that travel on it; Rpc.handleChannel serves the other end.
+import type { Stream } from '@libp2p/interface';
+import { MalformedError, RemoteError } from './errors.ts';
+import { frameStream, toRpcError } from './framing.ts';
+
+interface Waiting {
+  resolve(reply: Uint8Array): void;
+  reject(err: Error): void;
+}
+
+export class Channel {
+  private readonly frames: ReturnType<typeof frameStream>;
+  /** Requests sent and not answered yet, oldest first: the next reply is the first one's. */
+  private readonly waiting: Waiting[] = [];
+  private closedBy?: Error;
+
+  /** onClose: called once, when the channel breaks or closes. */
+  constructor(private readonly stream: Stream, maxReplyBytes: number, private readonly onClose: () => void) {
+    this.frames = frameStream(stream, maxReplyBytes);
+    void this.readReplies();
+  }
+
+  /**
+   * Sends one request frame and resolves with its reply frame. An aborted request (its deadline) closes the
+   * channel: its reply may still come, and every reply after it would be taken for the next request's.
+   */
+  async request(frame: Uint8Array, signal: AbortSignal): Promise<Uint8Array> {
+    if (this.closedBy) throw this.closedBy;
+    const reply = new Promise<Uint8Array>((resolve, reject) => this.waiting.push({ resolve, reject }));
+    reply.catch(() => {}); // a write that fails is this request's error; the channel's closing rejects the reply too
+    const abandon = () => this.close(new RemoteError('reset', 'channel closed: a request on it was abandoned'));
+    signal.addEventListener('abort', abandon, { once: true });
+    try {
+      await this.frames.write(frame, { signal });
+      return await reply;
+    } finally {
+      signal.removeEventListener('abort', abandon);
+    }
+  }
+
+  private async readReplies(): Promise<void> {
+    try {
+      for (;;) {
+        const reply = (await this.frames.read()).subarray();
+        const next = this.waiting.shift();
+        if (!next) throw new MalformedError('channel: a reply to no request');
+        next.resolve(reply);
+      }
+    } catch (err) {
+      this.close(toRpcError(err, 'channel'));
+    }
+  }
+
+  private close(reason: Error): void {
+    if (this.closedBy) return;
+    this.closedBy = reason;
+    this.stream.abort(reason);
+    for (const waiting of this.waiting.splice(0)) waiting.reject(reason);
+    this.onClose();
+  }
+}
