@@ -77,7 +77,9 @@ describe("the coordinator's address book", () => {
 
   it('puts receivers in views, each receiver getting of every other node what usableAddresses gives it', () => {
     const book = bookOf();
-    expect(viewGroups(book)).toEqual([['local1', 'local2', 'local3'], ['lan', 'vpn', 'docker'], ['natA1', 'natA2'], ['alone1', 'alone2', 'relayed']]);
+    expect(viewGroups(book)).toEqual([
+      ['local1', 'local2', 'local3'], ['lan', 'vpn', 'docker'], ['natA1', 'natA2'], ['alone1', 'alone2', 'relayed'],
+    ]);
     for (const receiver of names) {
       for (const owner of names.filter((name) => name !== receiver)) {
         const expected = usableAddresses(all, { owner: seenFrom[owner], receiver: seenFrom[receiver] });
