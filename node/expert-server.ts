@@ -183,9 +183,12 @@ export async function serveExperts(
         if (forwardKept) release(forwardKept); // kept by a replica of the expert given up since
         throw new InputNotKept(`expert ${call.layer}.${call.expert}: the input of forward call ${call.forwardCall} is not kept here`);
       }
-      input.set(forwardKept.input);
-      expert.restoreForward(forwardKept.kept);
-      release(forwardKept);
+      try {
+        input.set(forwardKept.input);
+        expert.restoreForward(forwardKept.kept);
+      } finally {
+        release(forwardKept);
+      }
     }
     const dx = out.rows(call.rows);
     expert.backward(input, grad, dx, call.rows);

@@ -2,8 +2,11 @@
 // carrying many requests, each a length-prefixed frame, the replies read back in the order sent.
 // Rpc.request uses it for the protocols that travel on it; Rpc.handleChannel serves the other end.
 import type { Stream } from '@libp2p/interface';
-import { MalformedError, RemoteError } from './errors.ts';
+import { CancelledError, MalformedError, RemoteError } from './errors.ts';
 import { frameStream, toRpcError } from './framing.ts';
+
+/** Frames that may wait unread on a channel: requests pipelined behind one being answered, replies read as they come. */
+export const CHANNEL_BUFFERED_FRAMES = 8;
 
 interface Waiting {
   resolve(reply: Uint8Array): void;
@@ -18,7 +21,7 @@ export class Channel {
 
   /** onClose: called once, when the channel breaks or closes. */
   constructor(private readonly stream: Stream, maxReplyBytes: number, private readonly onClose: () => void) {
-    this.frames = frameStream(stream, maxReplyBytes);
+    this.frames = frameStream(stream, maxReplyBytes, CHANNEL_BUFFERED_FRAMES);
     void this.readReplies();
   }
 
@@ -28,12 +31,20 @@ export class Channel {
    */
   async request(frame: Uint8Array, signal: AbortSignal): Promise<Uint8Array> {
     if (this.closedBy) throw this.closedBy;
+    // Past its deadline while the channel opened: never sent (the write would go out before it looks at the signal).
+    if (signal.aborted) throw new CancelledError('channel: the request was abandoned before it was sent');
     const reply = new Promise<Uint8Array>((resolve, reject) => this.waiting.push({ resolve, reject }));
     reply.catch(() => {}); // a write that fails is this request's error; the channel's closing rejects the reply too
     const abandon = () => this.close(new RemoteError('reset', 'channel closed: a request on it was abandoned'));
     signal.addEventListener('abort', abandon, { once: true });
     try {
-      await this.frames.write(frame, { signal });
+      try {
+        await this.frames.write(frame, { signal });
+      } catch (err) {
+        // Its place among the waiting replies is taken: every later reply would go to the wrong request.
+        this.close(toRpcError(err, 'channel'));
+        throw err;
+      }
       return await reply;
     } finally {
       signal.removeEventListener('abort', abandon);

@@ -35,12 +35,13 @@ class ClosedBeforeFrameError extends Error {
   override name = 'ClosedBeforeFrameError';
 }
 
-export function frameStream(stream: Stream, maxDataLength: number): LengthPrefixedStream<Stream> {
+/** Frames of at most maxDataLength bytes; `buffered`: how many may wait unread at once (a channel's pipelined requests). */
+export function frameStream(stream: Stream, maxDataLength: number, buffered = 1): LengthPrefixedStream<Stream> {
   const maxLengthLength = varintLength(maxDataLength);
   const frames = lpStream(stream, {
     maxDataLength,
     maxLengthLength,
-    maxBufferSize: maxDataLength + maxLengthLength,
+    maxBufferSize: buffered * (maxDataLength + maxLengthLength),
     lengthDecoder: cappedLengthDecoder(maxDataLength),
   });
   // lpStream reports an end before any byte of a frame and one inside it alike (UnexpectedEOFError): told apart by bytes received.

@@ -23,7 +23,7 @@ import {
   type ResponseOf,
 } from '../../proto/index.ts';
 import { isRelayed } from './addresses.ts';
-import { Channel } from './channel.ts';
+import { Channel, CHANNEL_BUFFERED_FRAMES } from './channel.ts';
 import { CancelledError, MalformedError, RefusedError, RemoteError, RpcError, TooLargeError } from './errors.ts';
 import { frameStream, paceGuard, toRpcError, withDeadlines, type Deadlines, type Pace } from './framing.ts';
 
@@ -304,7 +304,7 @@ export class Rpc {
    */
   private channelTo(peer: DialTarget, deadlines: Deadlines, what: string): Promise<Channel | undefined> {
     const peerId = peerIdOf(peer);
-    if (peerId === undefined) return Promise.resolve(undefined);
+    if (peerId === undefined || this.onlyRelayed(peerId)) return Promise.resolve(undefined);
     const known = this.channels.get(peerId);
     if (known) return known;
     // A channel that closes, or fails to open, is forgotten: the next request opens another.
@@ -344,6 +344,12 @@ export class Rpc {
     const unlimited = open.find((c) => c.limits === undefined);
     if (unlimited || (bulk && hasDirectAddress(target))) return unlimited;
     return open.find((c) => (c.limits?.bytes === undefined || c.limits.bytes > BigInt(size)) && (c.limits?.seconds ?? Infinity) > 1);
+  }
+
+  /** Whether every open connection to the peer is limited (relayed): dialing would open another circuit, not a direct link. */
+  private onlyRelayed(peerId: string): boolean {
+    const open = this.transport.getConnections?.().filter((c) => c.status === 'open' && c.remotePeer.toString() === peerId) ?? [];
+    return open.length > 0 && open.every((c) => c.limits !== undefined);
   }
 
   private decodeReply<P extends ProtocolName>(protocol: P, bytes: Uint8Array, what: string): Reply<ResponseOf<P>> {
@@ -428,7 +434,7 @@ export class Rpc {
     const peer = connection.remotePeer;
     const what = `${CHANNEL.id} from ${peer}`;
     const rejectFrame = this.requestRejecter(CHANNEL.id, peer.toString());
-    const frames = frameStream(stream, CHANNEL.maxRequestFrameBytes);
+    const frames = frameStream(stream, CHANNEL.maxRequestFrameBytes, CHANNEL_BUFFERED_FRAMES);
     const gone = new AbortController();
     stream.addEventListener('close', () => gone.abort(), { once: true });
     for (;;) {

@@ -36,6 +36,8 @@ describe('the channel', () => {
   let oldServer: Host;
   const serverLog = new RejectionLog();
   let leaseEntered = deferred<AbortSignal>();
+  /** maxBatches of every lease request the servers got. */
+  const leasesAsked: number[] = [];
 
   beforeAll(async () => {
     [server, client, oldServer] = await Promise.all([createHost(), createHost(), createHost()]);
@@ -44,6 +46,7 @@ describe('the channel', () => {
       // Each reply names its request; leases wait longer the fewer batches they ask for, so a later one could finish first.
       await rpc.handle('heartbeat', (beat) => ({ accepted: true, reason: `step ${beat.step}`, stop: false }));
       await rpc.handle('lease', async (request, { signal }) => {
+        leasesAsked.push(request.maxBatches);
         if (request.maxBatches === 99) {
           leaseEntered.resolve(signal);
           await new Promise((resolve) => signal.addEventListener('abort', resolve));
@@ -59,6 +62,20 @@ describe('the channel', () => {
 
   afterAll(async () => {
     await Promise.all([server?.stop(), client?.stop(), oldServer?.stop()]);
+  });
+
+  it('never sends a request cancelled while the channel was opening', async () => {
+    const rpc = new Rpc({ transport: client, codec: msgpackCodec });
+    const to = server.getMultiaddrs();
+    const cancel = new AbortController();
+    const opening = rpc.request(to, 'heartbeat', all.heartbeat.request);
+    const cancelled = rpc.request(to, 'lease', { jobId: 'job-1', maxBatches: 77 }, { signal: cancel.signal });
+    cancel.abort();
+    await expect(cancelled).rejects.toThrow(/cancel|abandon/i);
+    expect(await opening).toMatchObject({ accepted: true });
+    // The channel is in step: the next request gets its own reply.
+    expect(await rpc.request(to, 'lease', { jobId: 'job-1', maxBatches: 5 })).toMatchObject({ batchIds: [5] });
+    expect(leasesAsked).not.toContain(77);
   });
 
   it('carries heartbeats, leases and reports sent at once on one stream, each reply to its own request', async () => {
