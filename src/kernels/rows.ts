@@ -67,7 +67,7 @@ export class Rows {
   /** Runs `use` on `bytes` of the main thread's scratch (free between kernels), or on a heap block when they do not fit. */
   private withTemp<T>(bytes: number, use: (ptr: number) => T): T {
     if (bytes <= SCRATCH_BYTES) return use(this.rt.mainScratch);
-    const ptr = this.rt.heap.allocBytes(bytes);
+    const ptr = this.rt.heap.allocBytes(bytes, false); // every byte is written before it is read
     try {
       return use(ptr);
     } finally {
