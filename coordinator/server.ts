@@ -389,10 +389,8 @@ export class CoordinatorServer {
     await rpc.handle('heartbeat', (beat, { peer }) => this.heartbeat(beat, peer.toString()), SMALL_REQUESTS);
     await rpc.handle('lease', (request, { peer }) => this.lease(request, peer.toString()), SMALL_REQUESTS);
     await rpc.handle('leaseReport', (report, { peer }) => this.report(report, peer.toString()), SMALL_REQUESTS);
-    // Not served yet: the three above on one stream per node (Rpc.handleChannel) cut the coordinator's CPU per request
-    // (bench/volunteers.ts), but in the docker end-to-end run (.ci/docker-e2e.sh) a node's heartbeats stopped reaching
-    // the coordinator over its channel and it was declared dead instead of leaving; nodes use a stream per request until
-    // that is understood (a node falls back to them when the coordinator does not speak the channel).
+    // The three above also on one stream per node: a fifth of a stream's CPU per request at both ends (bench/volunteers.ts).
+    await rpc.handleChannel();
     for (const node of this.store.nodes()) this.seen.set(node.nodeId, { ...node });
     this.emit({ event: 'listening', peerId: this.peerId, addrs: this.addrs });
     await this.schedule();

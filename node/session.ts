@@ -95,6 +95,8 @@ export class JobSession {
   private memory!: { footprint: Footprint; checkpointing: boolean };
   private heartbeatMs = 1000;
   private stopping = false;
+  /** The leaving report has been answered (or the session closed): heartbeats end. */
+  private gone = false;
   private done = false;
   private lastLoss?: number;
   private lastHeldOut?: number;
@@ -512,7 +514,9 @@ export class JobSession {
     this.heartbeating = true;
     const loop = async () => {
       await this.beat();
-      if (!this.stopping && !this.done) this.heartbeat = setTimeout(loop, this.heartbeatMs);
+      // Beats go on while the last batch and round finish after a stop (an averaging deadline can take longer than
+      // the node timeout): a node silent until its leaving report would be declared dead instead of leaving.
+      if (!this.gone) this.heartbeat = setTimeout(loop, this.heartbeatMs);
     };
     this.heartbeat = setTimeout(loop, 0);
   }
@@ -574,6 +578,7 @@ export class JobSession {
     // Leaving, whether stopped or done: the coordinator hands back our leases now instead of
     // declaring us dead a timeout later.
     await this.report(0, [], true);
+    this.gone = true;
     clearTimeout(this.heartbeat);
     const heldOut = this.done ? await this.trainer.evaluate(HELD_OUT_BATCHES) : undefined;
     // Every node's frozen base must be the checkpoint's, quantized the same way, bit for bit.
@@ -642,6 +647,7 @@ export class JobSession {
   /** Hands back what the job held: its protocols (the next job serves its own), its timers and its kernels' memory. */
   async close(): Promise<void> {
     this.stopping = true;
+    this.gone = true;
     clearTimeout(this.heartbeat);
     for (const name of PROTOCOL_NAMES) await this.rpc.unhandle(name).catch(() => {});
     await this.kernels.close();

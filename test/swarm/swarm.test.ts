@@ -129,6 +129,19 @@ describe('faults', () => {
     const fresh = steps(first.events)[0].loss as number;
     expect(steps(second.events)[0].loss).toBeLessThan(fresh - 0.2);
   });
+
+  it('a node stopped in a step longer than the node timeout keeps beating until it leaves: it is not declared dead', async () => {
+    swarm = await startSwarm(job({ totalBatches: 100_000, expectedNodes: 1 }), COORDINATOR);
+    // Each step sleeps 5 s after training: twice the time it takes the coordinator to declare a silent node dead.
+    const node = swarm.startNode(['--step-delay-ms', '5000']);
+    const joined = await node.waitFor((e) => e.event === 'joined', 60_000, 'joined');
+    await node.waitFor((e) => e.event === 'step', 60_000, 'a step');
+    await new Promise((resolve) => setTimeout(resolve, 500)); // into the next step's sleep
+    node.kill('SIGTERM');
+    await node.waitFor((e) => e.event === 'finished', 30_000, 'finished');
+    const left = await swarm.coordinator.waitFor((e) => (e.event === 'left' || e.event === 'died') && e.node === joined.node, 10_000, 'left');
+    expect(left.event).toBe('left');
+  });
 });
 
 describe('sharding', () => {
