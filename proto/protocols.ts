@@ -277,19 +277,18 @@ export type ResponseOf<P extends ProtocolName> = Static<(typeof PROTOCOLS)[P]['r
 export const PROTOCOL_NAMES = Object.keys(PROTOCOLS) as ProtocolName[];
 
 /**
- * The small requests a node sends its coordinator all the time (heartbeat, lease, lease report) also travel on one
- * long-lived stream per node, its channel: a stream per request cost each end ~1.1-1.3 ms of CPU in libp2p (yamux,
- * multistream-select, the close), a message on an open stream ~0.2-0.3 ms. A request frame is the protocol's index
- * in `protocols` (one byte) followed by the request as that protocol encodes it, under that protocol's cap; the
- * replies come back in the order of the requests, each as that protocol's reply. The protocols' own streams stay
- * served, for peers that do not speak the channel.
+ * The requests a peer sends another all the time (a node's heartbeats, leases and lease reports to its coordinator,
+ * its expert calls to the experts' holders) also travel on one long-lived stream per pair of peers, a channel: a
+ * stream per request cost each end ~1.1-1.3 ms of CPU in libp2p (yamux, multistream-select, the close), a message on
+ * an open stream ~0.2-0.3 ms. A request frame is the protocol's index in `protocols` (one byte) followed by the
+ * request as that protocol encodes it, under that protocol's cap; the replies come back in the order of the
+ * requests, each as that protocol's reply. The protocols' own streams stay served, for peers that do not speak the
+ * channel. Appended only: a protocol's index is its name on the wire.
  */
-const CHANNEL_PROTOCOLS = ['heartbeat', 'lease', 'leaseReport'] as const satisfies readonly ProtocolName[];
+const CHANNEL_PROTOCOLS = ['heartbeat', 'lease', 'leaseReport', 'expertCalls'] as const satisfies readonly ProtocolName[];
 export const CHANNEL = {
   id: idOf('channel'),
   protocols: CHANNEL_PROTOCOLS,
-  /** A request frame: the index byte and the largest request of its protocols. */
-  maxRequestFrameBytes: 1 + Math.max(...CHANNEL_PROTOCOLS.map((name) => PROTOCOLS[name].maxRequestBytes)),
   maxReplyFrameBytes: Math.max(...CHANNEL_PROTOCOLS.map((name) => PROTOCOLS[name].maxResponseBytes)),
 };
 export type ChannelProtocol = (typeof CHANNEL.protocols)[number];

@@ -226,6 +226,10 @@ export class Rpc {
         frame[0] = index!;
         frame.set(bytes, 1);
         replyBytes = await withDeadlines(what, rpcDeadlines, (signal) => channel.request(frame, signal));
+        // The channel's frames are capped by its largest reply: each protocol's own cap holds too.
+        if (replyBytes.length > spec.maxResponseBytes) {
+          throw new TooLargeError(`${what}: a reply of ${replyBytes.length} bytes is over the ${spec.maxResponseBytes}-byte cap`);
+        }
       } else {
         const frames = frameStream(stream!, spec.maxResponseBytes);
         await withDeadlines(what, rpcDeadlines, async (signal) => {
@@ -434,7 +438,7 @@ export class Rpc {
     const peer = connection.remotePeer;
     const what = `${CHANNEL.id} from ${peer}`;
     const rejectFrame = this.requestRejecter(CHANNEL.id, peer.toString());
-    const frames = frameStream(stream, CHANNEL.maxRequestFrameBytes, CHANNEL_BUFFERED_FRAMES);
+    const frames = frameStream(stream, this.channelFrameCap(), CHANNEL_BUFFERED_FRAMES);
     const gone = new AbortController();
     stream.addEventListener('close', () => gone.abort(), { once: true });
     for (;;) {
@@ -486,6 +490,12 @@ export class Rpc {
         return;
       }
     }
+  }
+
+  /** The largest request frame a channel served here takes: the index byte and the largest request of the channel's protocols served. */
+  private channelFrameCap(): number {
+    const served = CHANNEL.protocols.filter((name) => this.served.has(name));
+    return 1 + Math.max(0, ...served.map((name) => PROTOCOLS[name].maxRequestBytes));
   }
 
   /** Decodes a request, runs its handler and encodes its reply; a request refused (undecodable, or by the handler) gets an error. */

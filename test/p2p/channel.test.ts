@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CHANNEL, msgpackCodec, PROTOCOLS, type MessageCodec } from '../../proto/index.ts';
 import { packPlain, unpackPlain } from '../../proto/msgpack.ts';
 import { createHost, frameStream, RemoteError, Rpc, TimeoutError, type Host, type RpcTransport } from '../../src/p2p/index.ts';
-import { samples } from '../proto/samples.ts';
+import { randomF32, samples } from '../proto/samples.ts';
 import { deferred, RejectionLog, varint } from './peers.ts';
 
 const all = samples();
@@ -97,6 +97,27 @@ describe('the channel', () => {
     expect(opened.filter((id) => id === CHANNEL.id)).toHaveLength(1);
   });
 
+  it('carries expert calls to a peer that serves them, frames of megabytes among small ones, each reply to its request', async () => {
+    const holder = await createHost();
+    try {
+      const served = new Rpc({ transport: holder, codec: msgpackCodec });
+      // Each request's call comes back as its answer.
+      await served.handle('expertCalls', ({ calls }) => ({ answers: calls, refusals: [] }));
+      await served.handleChannel();
+      const opened: string[] = [];
+      const rpc = new Rpc({ transport: counting(client, opened), codec: msgpackCodec });
+      const { forwardCall: _, input: __, ...call } = all.expertCalls.request.calls[1];
+      const big = { ...call, rows: 4096, tensor: randomF32([4096, 128], 1) }; // 2 MiB
+      const requests = [1, 2, 3].map((i) => ({ direction: 'forward' as const, calls: [{ ...(i === 2 ? big : call), call: i }] }));
+      const replies = await Promise.all(requests.map((message) => rpc.request(holder.getMultiaddrs(), 'expertCalls', message)));
+      expect(replies.map((reply) => reply.answers[0].call)).toEqual([1, 2, 3]);
+      expect(replies[1].answers[0].tensor).toEqual(big.tensor);
+      expect(opened).toEqual([CHANNEL.id]);
+    } finally {
+      await holder.stop();
+    }
+  });
+
   it('refuses a malformed request with its reason, and carries on', async () => {
     const opened: string[] = [];
     const anything: MessageCodec = { ...msgpackCodec, encodeRequest: (_protocol, message) => packPlain(message) };
@@ -126,7 +147,9 @@ describe('the channel', () => {
   });
 
   it('ends a channel whose frame names no protocol served on it, or is over the cap, and logs why', async () => {
-    for (const [bytes, reason] of [[[1, 200, 0], 'malformed'], [varint(CHANNEL.maxRequestFrameBytes + 1), 'too-large']] as const) {
+    // The server's cap: the index byte and its largest request served on the channel (a heartbeat; no expert calls here).
+    const overCap = varint(2 + PROTOCOLS.heartbeat.maxRequestBytes);
+    for (const [bytes, reason] of [[[1, 200, 0], 'malformed'], [overCap, 'too-large']] as const) {
       const from = serverLog.entries.length;
       const stream = await client.dialProtocol(server.peerId, CHANNEL.id);
       stream.send(new Uint8Array(bytes));
