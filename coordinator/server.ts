@@ -390,7 +390,7 @@ export class CoordinatorServer {
     await rpc.handle('lease', (request, { peer }) => this.lease(request, peer.toString()), SMALL_REQUESTS);
     await rpc.handle('leaseReport', (report, { peer }) => this.report(report, peer.toString()), SMALL_REQUESTS);
     // The three above also on one stream per node: a fifth of a stream's CPU per request at both ends (bench/volunteers.ts).
-    await rpc.handleChannel();
+    await rpc.handleChannel(['heartbeat', 'lease', 'leaseReport']);
     for (const node of this.store.nodes()) this.seen.set(node.nodeId, { ...node });
     this.emit({ event: 'listening', peerId: this.peerId, addrs: this.addrs });
     await this.schedule();

@@ -119,7 +119,7 @@ export class NodeDaemon implements Volunteer {
       onTransfer: (transfer) => emit({ event: 'transfer', ...transfer }),
     });
     // Peers' expert calls on one stream per peer (CHANNEL), as this node's own requests to them and to its coordinator.
-    await rpc.handleChannel();
+    await rpc.handleChannel(['expertCalls']);
     daemon = new NodeDaemon(options, host, rpc, coordinator, coordinatorId, gemmGflops, traffic);
     try {
       // The first job's set-up counts as starting: a plan its coordinator did not sign, a bad base, are refusals.

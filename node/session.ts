@@ -95,7 +95,7 @@ export class JobSession {
   private memory!: { footprint: Footprint; checkpointing: boolean };
   private heartbeatMs = 1000;
   private stopping = false;
-  /** The leaving report has been answered (or the session closed): heartbeats end. */
+  /** The leaving report is on its way (or the session closed): heartbeats end. */
   private gone = false;
   private done = false;
   private lastLoss?: number;
@@ -487,9 +487,10 @@ export class JobSession {
         if (!this.wantWholePlan) this.pendingPlan = plan;
         else this.log(`heartbeat: ignored plan v${plan.version}, not signed by ${this.coordinatorId}`);
       }
-      if (reply.stop) this.done = true;
+      // A stopping node ends as stopped (no final evaluation), and does not come back before it leaves.
+      if (reply.stop && !this.stopping) this.done = true;
       // Declared dead mid-join: the join under way ends first, and the next heartbeat rejoins.
-      if (!reply.accepted && reply.reason === 'rejoin' && this.model) await this.rejoin();
+      if (!reply.accepted && reply.reason === 'rejoin' && this.model && !this.stopping && !this.gone) await this.rejoin();
     } catch (err) {
       this.log(`heartbeat: ${(err as Error).message}`);
     }
@@ -576,10 +577,10 @@ export class JobSession {
     // A round still under way (overlap) lands before the final evaluation.
     await this.averager.settle();
     // Leaving, whether stopped or done: the coordinator hands back our leases now instead of
-    // declaring us dead a timeout later.
-    await this.report(0, [], true);
+    // declaring us dead a timeout later. No beat after it: one answered after we left would have us rejoin.
     this.gone = true;
     clearTimeout(this.heartbeat);
+    await this.report(0, [], true);
     const heldOut = this.done ? await this.trainer.evaluate(HELD_OUT_BATCHES) : undefined;
     // Every node's frozen base must be the checkpoint's, quantized the same way, bit for bit.
     const baseDigests = this.base ? { baseDigests: Object.fromEntries(this.model!.weights.baseDigests()) } : {};

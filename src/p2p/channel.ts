@@ -5,8 +5,11 @@ import type { Stream } from '@libp2p/interface';
 import { CancelledError, MalformedError, RemoteError } from './errors.ts';
 import { frameStream, toRpcError } from './framing.ts';
 
-/** Frames that may wait unread on a channel: requests pipelined behind one being answered, replies read as they come. */
-export const CHANNEL_BUFFERED_FRAMES = 8;
+/**
+ * Bytes that may wait unread on a channel beyond one largest frame: requests pipelined behind one being answered,
+ * replies read as they come (eight small ones, or a few expert calls of a split batch).
+ */
+export const CHANNEL_SLACK_BYTES = 512 * 1024;
 
 interface Waiting {
   resolve(reply: Uint8Array): void;
@@ -21,7 +24,7 @@ export class Channel {
 
   /** onClose: called once, when the channel breaks or closes. */
   constructor(private readonly stream: Stream, maxReplyBytes: number, private readonly onClose: () => void) {
-    this.frames = frameStream(stream, maxReplyBytes, CHANNEL_BUFFERED_FRAMES);
+    this.frames = frameStream(stream, maxReplyBytes, CHANNEL_SLACK_BYTES);
     void this.readReplies();
   }
 

@@ -35,13 +35,16 @@ class ClosedBeforeFrameError extends Error {
   override name = 'ClosedBeforeFrameError';
 }
 
-/** Frames of at most maxDataLength bytes; `buffered`: how many may wait unread at once (a channel's pipelined requests). */
-export function frameStream(stream: Stream, maxDataLength: number, buffered = 1): LengthPrefixedStream<Stream> {
+/**
+ * Frames of at most maxDataLength bytes; `slackBytes`: how many more may wait unread beyond one largest frame
+ * (a channel's pipelined requests and replies).
+ */
+export function frameStream(stream: Stream, maxDataLength: number, slackBytes = 0): LengthPrefixedStream<Stream> {
   const maxLengthLength = varintLength(maxDataLength);
   const frames = lpStream(stream, {
     maxDataLength,
     maxLengthLength,
-    maxBufferSize: buffered * (maxDataLength + maxLengthLength),
+    maxBufferSize: maxDataLength + maxLengthLength + slackBytes,
     lengthDecoder: cappedLengthDecoder(maxDataLength),
   });
   // lpStream reports an end before any byte of a frame and one inside it alike (UnexpectedEOFError): told apart by bytes received.

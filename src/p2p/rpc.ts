@@ -14,6 +14,7 @@ import {
   PROTOCOLS,
   ProtocolError,
   truncateReason,
+  type ChannelProtocol,
   type ErrorReply,
   type MessageCodec,
   type ProtocolName,
@@ -23,7 +24,7 @@ import {
   type ResponseOf,
 } from '../../proto/index.ts';
 import { isRelayed } from './addresses.ts';
-import { Channel, CHANNEL_BUFFERED_FRAMES } from './channel.ts';
+import { Channel, CHANNEL_SLACK_BYTES } from './channel.ts';
 import { CancelledError, MalformedError, RefusedError, RemoteError, RpcError, TooLargeError } from './errors.ts';
 import { frameStream, paceGuard, toRpcError, withDeadlines, type Deadlines, type Pace } from './framing.ts';
 
@@ -185,9 +186,14 @@ export class Rpc {
     await this.transport.unhandle(PROTOCOLS[protocol].id);
   }
 
-  /** Serves the channel (see CHANNEL): its requests go to the handlers handle() was given, as on their own streams. */
-  async handleChannel(): Promise<void> {
-    await this.transport.handle(CHANNEL.id, (stream, connection) => this.serveChannel(stream, connection), {
+  /**
+   * Serves the channel (see CHANNEL) for `protocols`: their requests go to the handlers handle() was given, as on
+   * their own streams; while one of them has no handler (a node between jobs) its requests are refused.
+   */
+  async handleChannel(protocols: readonly ChannelProtocol[]): Promise<void> {
+    // The largest request frame a channel here takes: the index byte and the largest request of these protocols.
+    const frameCap = 1 + Math.max(...protocols.map((name) => PROTOCOLS[name].maxRequestBytes));
+    await this.transport.handle(CHANNEL.id, (stream, connection) => this.serveChannel(stream, connection, protocols, frameCap), {
       maxInboundStreams: CHANNELS_PER_CONNECTION,
     });
   }
@@ -434,11 +440,13 @@ export class Rpc {
    * cut, naming no protocol served here), a reply that cannot be written or a channel silent for CHANNEL_IDLE_MS
    * ends it. Never throws.
    */
-  private async serveChannel(stream: Stream, connection: InboundConnection): Promise<void> {
+  private async serveChannel(
+    stream: Stream, connection: InboundConnection, protocols: readonly ChannelProtocol[], frameCap: number,
+  ): Promise<void> {
     const peer = connection.remotePeer;
     const what = `${CHANNEL.id} from ${peer}`;
     const rejectFrame = this.requestRejecter(CHANNEL.id, peer.toString());
-    const frames = frameStream(stream, this.channelFrameCap(), CHANNEL_BUFFERED_FRAMES);
+    const frames = frameStream(stream, frameCap, CHANNEL_SLACK_BYTES);
     const gone = new AbortController();
     stream.addEventListener('close', () => gone.abort(), { once: true });
     for (;;) {
@@ -453,8 +461,7 @@ export class Rpc {
         return;
       }
       const protocol = CHANNEL.protocols[frame[0]!];
-      const served = protocol && this.served.get(protocol);
-      if (!protocol || !served) {
+      if (!protocol || !protocols.includes(protocol)) {
         const message = `${what}: frame names protocol ${frame[0]}, not one served on the channel`;
         rejectFrame('malformed', message);
         stream.abort(new MalformedError(message));
@@ -463,8 +470,11 @@ export class Rpc {
       const spec = PROTOCOLS[protocol];
       const reject = this.requestRejecter(spec.id, peer.toString());
       const bytes = frame.subarray(1);
+      const served = this.served.get(protocol);
       let answer: Answer;
-      if (bytes.length > spec.maxRequestBytes) {
+      if (!served) {
+        answer = { error: { code: 'refused', message: `${spec.id} is not served here now` } };
+      } else if (bytes.length > spec.maxRequestBytes) {
         const message = `${spec.id} request of ${bytes.length} bytes is over the ${spec.maxRequestBytes}-byte cap`;
         reject('too-large', message);
         answer = { error: { code: 'too-large', message } };
@@ -490,12 +500,6 @@ export class Rpc {
         return;
       }
     }
-  }
-
-  /** The largest request frame a channel served here takes: the index byte and the largest request of the channel's protocols served. */
-  private channelFrameCap(): number {
-    const served = CHANNEL.protocols.filter((name) => this.served.has(name));
-    return 1 + Math.max(0, ...served.map((name) => PROTOCOLS[name].maxRequestBytes));
   }
 
   /** Decodes a request, runs its handler and encodes its reply; a request refused (undecodable, or by the handler) gets an error. */

@@ -3,7 +3,7 @@ import type { Connection } from '@libp2p/interface';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CHANNEL, msgpackCodec, PROTOCOLS, type MessageCodec } from '../../proto/index.ts';
 import { packPlain, unpackPlain } from '../../proto/msgpack.ts';
-import { createHost, frameStream, RemoteError, Rpc, TimeoutError, type Host, type RpcTransport } from '../../src/p2p/index.ts';
+import { createHost, frameStream, RefusedError, RemoteError, Rpc, TimeoutError, type Host, type RpcTransport } from '../../src/p2p/index.ts';
 import { randomF32, samples } from '../proto/samples.ts';
 import { deferred, RejectionLog, varint } from './peers.ts';
 
@@ -56,7 +56,7 @@ describe('the channel', () => {
         return { jobId, leaseId: maxBatches, batchIds: [maxBatches], deadline: 0, done: false, planVersion: 0 };
       });
       await rpc.handle('leaseReport', (report) => ({ accepted: report.completedBatchIds.length > 0 }));
-      if (channel) await rpc.handleChannel();
+      if (channel) await rpc.handleChannel(['heartbeat', 'lease', 'leaseReport']);
     }
   });
 
@@ -97,16 +97,20 @@ describe('the channel', () => {
     expect(opened.filter((id) => id === CHANNEL.id)).toHaveLength(1);
   });
 
-  it('carries expert calls to a peer that serves them, frames of megabytes among small ones, each reply to its request', async () => {
+  it('carries expert calls to a peer that serves them, frames of megabytes among small ones; refuses them while unserved', async () => {
     const holder = await createHost();
     try {
       const served = new Rpc({ transport: holder, codec: msgpackCodec });
-      // Each request's call comes back as its answer.
-      await served.handle('expertCalls', ({ calls }) => ({ answers: calls, refusals: [] }));
-      await served.handleChannel();
+      await served.handleChannel(['expertCalls']);
       const opened: string[] = [];
       const rpc = new Rpc({ transport: counting(client, opened), codec: msgpackCodec });
       const { forwardCall: _, input: __, ...call } = all.expertCalls.request.calls[1];
+      // A node between jobs: no handler yet. The call is refused and the channel carries on.
+      const early = await rpc.request(holder.getMultiaddrs(), 'expertCalls', { direction: 'forward', calls: [call] }).catch((e) => e);
+      expect(early).toBeInstanceOf(RefusedError);
+      expect(early.message).toMatch(/not served here now/);
+      // Each request's call comes back as its answer.
+      await served.handle('expertCalls', ({ calls }) => ({ answers: calls, refusals: [] }));
       const big = { ...call, rows: 4096, tensor: randomF32([4096, 128], 1) }; // 2 MiB
       const requests = [1, 2, 3].map((i) => ({ direction: 'forward' as const, calls: [{ ...(i === 2 ? big : call), call: i }] }));
       const replies = await Promise.all(requests.map((message) => rpc.request(holder.getMultiaddrs(), 'expertCalls', message)));

@@ -141,6 +141,10 @@ describe('faults', () => {
     await node.waitFor((e) => e.event === 'finished', 30_000, 'finished');
     const left = await swarm.coordinator.waitFor((e) => (e.event === 'left' || e.event === 'died') && e.node === joined.node, 10_000, 'left');
     expect(left.event).toBe('left');
+    // And it stays gone: no beat after its leaving report brings it back (rejoined), to be declared dead later.
+    await new Promise((resolve) => setTimeout(resolve, 4000));
+    const after = swarm.coordinator.events.filter((e) => e.node === joined.node && ['joined', 'rejoined', 'left', 'died'].includes(e.event as string));
+    expect(after.map((e) => e.event)).toEqual(['joined', 'left']);
   });
 });
 
