@@ -6,9 +6,10 @@
 // the cores share caches, memory bandwidth and the machine's other work).
 // Each node runs one kernel thread pinned to its own core (taskset), so 2 nodes have 2 cores and 1 node
 // has 1. From the nodes' step events after the warm-up: aggregate tokens/s and its ratio to the
-// 1-node run (run first and again last: the ratios are against the mean of both), tokens per CPU-second against one node's (what cores of their own with no waiting would give),
-// the share of step time waiting on remote experts, idle and serving peers, bytes sent per token per node,
-// remote calls per step and the requests they travelled in (a layer's calls to one holder go together).
+// 1-node run (run first and again last: the ratios are against the mean of both), tokens per CPU-second
+// against one node's (what cores of their own with no waiting would give), the share of step time waiting
+// on remote experts, idle and serving peers, bytes sent per token per node, remote calls per step and the
+// requests they travelled in (a layer's calls to one holder go together).
 // Over real-world links (--links RATE[,RATE...], as root): the coordinator and each node in a network
 // namespace of its own, all joined through a hub namespace by veth pairs whose both ends tbf shapes to
 // RATE (src/harness/netns.ts's StarNetwork), so each host has a RATE uplink and a RATE downlink. This

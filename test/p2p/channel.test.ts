@@ -3,7 +3,9 @@ import type { Connection } from '@libp2p/interface';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { CHANNEL, msgpackCodec, PROTOCOLS, type MessageCodec } from '../../proto/index.ts';
 import { packPlain, unpackPlain } from '../../proto/msgpack.ts';
-import { createHost, frameStream, RefusedError, RemoteError, Rpc, TimeoutError, type Host, type RpcTransport } from '../../src/p2p/index.ts';
+import {
+  createHost, frameStream, RefusedError, RemoteError, Rpc, TimeoutError, type Host, type RpcTransport,
+} from '../../src/p2p/index.ts';
 import { randomF32, samples } from '../proto/samples.ts';
 import { deferred, RejectionLog, varint } from './peers.ts';
 
