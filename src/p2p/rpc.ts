@@ -349,8 +349,8 @@ export class Rpc {
    */
   private openConnection(target: DialTarget, size: number, bulk: boolean): Connection | undefined {
     const peer = peerIdOf(target);
-    if (peer === undefined || !this.transport.getConnections) return undefined;
-    const open = this.transport.getConnections().filter((c) => c.status === 'open' && c.remotePeer.toString() === peer);
+    if (peer === undefined) return undefined;
+    const open = this.openConnectionsTo(peer);
     const unlimited = open.find((c) => c.limits === undefined);
     if (unlimited || (bulk && hasDirectAddress(target))) return unlimited;
     return open.find((c) => (c.limits?.bytes === undefined || c.limits.bytes > BigInt(size)) && (c.limits?.seconds ?? Infinity) > 1);
@@ -358,8 +358,13 @@ export class Rpc {
 
   /** Whether every open connection to the peer is limited (relayed): dialing would open another circuit, not a direct link. */
   private onlyRelayed(peerId: string): boolean {
-    const open = this.transport.getConnections?.().filter((c) => c.status === 'open' && c.remotePeer.toString() === peerId) ?? [];
+    const open = this.openConnectionsTo(peerId);
     return open.length > 0 && open.every((c) => c.limits !== undefined);
+  }
+
+  /** The open connections to a peer (none when the transport cannot list them). */
+  private openConnectionsTo(peerId: string): Connection[] {
+    return this.transport.getConnections?.().filter((c) => c.status === 'open' && c.remotePeer.toString() === peerId) ?? [];
   }
 
   private decodeReply<P extends ProtocolName>(protocol: P, bytes: Uint8Array, what: string): Reply<ResponseOf<P>> {
@@ -437,7 +442,7 @@ export class Rpc {
   /**
    * Serves one channel: its requests one after another, each answered as on its own stream (busy, refused and
    * malformed requests get their error reply and the channel goes on). A frame that cannot be read (over the cap,
-   * cut, naming no protocol served here), a reply that cannot be written or a channel silent for CHANNEL_IDLE_MS
+   * cut, naming no protocol the channel carries), a reply that cannot be written or a channel silent for CHANNEL_IDLE_MS
    * ends it. Never throws.
    */
   private async serveChannel(
