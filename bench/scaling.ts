@@ -207,22 +207,23 @@ function steady(steps: SwarmEvent[]) {
 
 /** The settings' table over `launch`. */
 async function table(title: string, launch: Launcher): Promise<void> {
-  const measured: { setting: Setting; perNode: ReturnType<typeof steady>[] }[] = [];
+  type PerNode = ReturnType<typeof steady>[];
+  const aggregateOf = (perNode: PerNode) => sum(perNode.map((n) => n.tokensPerSecond));
+  // What the nodes would reach on cores of their own with no waiting: their tokens per CPU-second, summed.
+  const cpuBoundOf = (perNode: PerNode) => sum(perNode.map((n) => n.tokensPerCpuSecond));
+  const measured: { setting: Setting; perNode: PerNode }[] = [];
   const measure = async (setting: Setting) => {
     const perNode = (await run(setting, launch)).map(steady);
     measured.push({ setting, perNode });
-    const aggregate = sum(perNode.map((n) => n.tokensPerSecond));
-    console.log(`  ${title}, ${setting.name}: ${aggregate.toFixed(0)} tokens/s (load average ${loadavg()[0].toFixed(2)})`);
+    console.log(`  ${title}, ${setting.name}: ${aggregateOf(perNode).toFixed(0)} tokens/s (load average ${loadavg()[0].toFixed(2)})`);
   };
   for (const setting of SELECTED) await measure(setting);
   // This machine drifts by 10-25% within minutes (other tenants): the baseline again at the end, ratios against both.
   if (SELECTED.length > 1) await measure({ ...SELECTED[0], name: `${SELECTED[0].name}, again at the end` });
-  const aggregateOf = (perNode: ReturnType<typeof steady>[]) => sum(perNode.map((n) => n.tokensPerSecond));
-  // What the nodes would reach on cores of their own with no waiting: their tokens per CPU-second, summed.
-  const cpuBoundOf = (perNode: ReturnType<typeof steady>[]) => sum(perNode.map((n) => n.tokensPerCpuSecond));
-  const baselines = measured.length > 1 ? [measured[0], measured.at(-1)!] : [measured[0]];
-  const baseline = sum(baselines.map((m) => aggregateOf(m.perNode))) / baselines.length;
-  const cpuBaseline = sum(baselines.map((m) => cpuBoundOf(m.perNode))) / baselines.length;
+  const baselines = (measured.length > 1 ? [measured[0], measured.at(-1)!] : [measured[0]]).map((m) => m.perNode);
+  const baselineRates = baselines.map(aggregateOf);
+  const baseline = sum(baselineRates) / baselines.length;
+  const cpuBaseline = sum(baselines.map(cpuBoundOf)) / baselines.length;
   const rows = measured.map(({ setting, perNode }) => {
     const aggregate = aggregateOf(perNode);
     const mean = (pick: (n: (typeof perNode)[number]) => number) => sum(perNode.map(pick)) / perNode.length;
@@ -240,10 +241,10 @@ async function table(title: string, launch: Launcher): Promise<void> {
     'sent kB per token per node', 'remote calls per step', 'requests per step',
   ], rows);
   if (baselines.length > 1) {
-    const [first, last] = baselines.map((m) => aggregateOf(m.perNode));
+    const [first, last] = baselineRates;
     const drift = (100 * (last - first)) / first;
-    console.log(`one node: ${first.toFixed(0)} tokens/s first, ${last.toFixed(0)} at the end (${drift >= 0 ? '+' : ''}${drift.toFixed(1)}%); `
-      + 'the ratios are against their mean');
+    const signed = `${drift >= 0 ? '+' : ''}${drift.toFixed(1)}%`;
+    console.log(`one node: ${first.toFixed(0)} tokens/s first, ${last.toFixed(0)} at the end (${signed}); the ratios are against their mean`);
   }
 }
 
