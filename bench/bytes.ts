@@ -13,7 +13,7 @@ import { HELD_OUT_BATCHES } from '../node/daemon.ts';
 import { rowsOf, wireRows } from '../node/experts.ts';
 import type { ExpertPrecision, JobSpec } from '../proto/index.ts';
 import { demoJob } from '../src/harness/demo-job.ts';
-import { blockCount, dequantizeBlocks, quantizeBlocks } from '../src/compress/int8-block.ts';
+import { blockCount, decodeBlocks, jsBlockCoder, quantizeBlocks } from '../src/compress/int8-block.ts';
 import { startSwarm } from '../src/harness/local-swarm.ts';
 import { createKernels, type Kernels, type Rows } from '../src/kernels/index.ts';
 import type { HostedExperts, RemoteExperts } from '../src/model/hosted.ts';
@@ -98,7 +98,7 @@ function int8RoundTrip(values: Float32Array, block: number): Float32Array {
   const scales = new Float32Array(blockCount(values.length, block));
   quantizeBlocks(values, block, codes, scales);
   const back = new Float32Array(values.length);
-  dequantizeBlocks('bench', codes, scales, block, back);
+  decodeBlocks('bench', jsBlockCoder, codes, scales, block, back);
   return back;
 }
 

@@ -182,7 +182,7 @@ export class JobSession {
       remote: this.experts,
     }, base);
     this.model = model;
-    this.averager = createAverager({ rpc: this.rpc, directory, groups: () => this.groups() }, {
+    this.averager = createAverager({ rpc: this.rpc, directory, groups: () => this.groups(), passes: this.kernels.deltas }, {
       ...this.job.averaging, jobId: this.job.jobId, self: this.self, log: this.log,
       fetchState: (group, peer) => this.fetchFromAny([peer], group),
       ...(this.options.fault ? { fault: this.options.fault } : {}),

@@ -8,6 +8,7 @@
 //             round travels while the next steps train and lands on top of them. See periodic.ts.
 // The arithmetic lives in src/averaging; exchange.ts moves the bytes and checks what arrives.
 import type { Averaging } from '../../proto/index.ts';
+import type { RoundPasses } from '../../src/averaging/index.ts';
 import type { F32Tensor } from '../../src/model/config.ts';
 import type { Param } from '../../src/model/params.ts';
 import type { DialTarget, Rpc } from '../../src/p2p/index.ts';
@@ -27,6 +28,8 @@ export interface AveragingComponents {
   directory: GroupDirectory;
   /** The trainable parameters of each group held here, in a fixed order. */
   groups: () => Map<string, Param[]>;
+  /** Who runs a round's per-value passes: a node's kernels.deltas (default jsPasses, as in tests). */
+  passes?: RoundPasses;
 }
 
 /** Test hooks that make this node a bad peer. */

@@ -11,7 +11,9 @@
 // together (each applies its group's mean delta to its own anchor). With outer lr 1 and no momentum a
 // holder ends the round at its group's mean parameters; the outer step takes mean − anchor as its delta.
 import { sparseCodecOf } from '../../proto/index.ts';
-import { aggregate, groupOf, l2Norm, NormScreen, OuterStep, type Contribution } from '../../src/averaging/index.ts';
+import {
+  aggregate, groupOf, jsPasses, l2Norm, NormScreen, OuterStep, type Contribution, type RoundPasses,
+} from '../../src/averaging/index.ts';
 import { codecsForGroups, type Codec, type CodecState } from '../../src/compress/index.ts';
 import type { Param } from '../../src/model/params.ts';
 import { DeltaExchange, KEEP_ROUNDS } from './exchange.ts';
@@ -64,10 +66,12 @@ export class PeriodicAveraging implements Averager {
   private readonly boundaries = new Map<string, Float32Array[]>();
   /** topology groups: each round averages parameters within this node's small group of the round. */
   private readonly grouped: boolean;
+  private readonly passes: RoundPasses;
 
   constructor(private readonly components: AveragingComponents, private readonly options: AveragingOptions) {
     const groups: Record<string, string> = options.expertCodec ? { expert: options.expertCodec } : {};
-    this.codecFor = codecsForGroups({ default: options.codec ?? 'f32', groups });
+    this.passes = components.passes ?? jsPasses;
+    this.codecFor = codecsForGroups({ default: options.codec ?? 'f32', groups }, this.passes);
     this.grouped = options.topology === 'groups';
     const sparse = sparseCodecOf(options);
     if (this.grouped && sparse) throw new RangeError(`topology groups averages parameters: codec ${sparse} would mostly zero them`);
@@ -84,7 +88,7 @@ export class PeriodicAveraging implements Averager {
     if (scatter) {
       this.scatter = new ReduceScatter({
         exchange: this.exchange, options, stats: this.stats, codecFor: this.codecFor,
-        codecStates: (group, count) => this.codecStatesOf(group, count),
+        passes: this.passes, codecStates: (group, count) => this.codecStatesOf(group, count),
         screen: (group) => this.screenOf(group),
         heard: (peer, round) => this.heard(peer, round),
         missed: (peers) => peers.forEach((peer) => this.slowPeers.add(peer)),
@@ -230,7 +234,7 @@ export class PeriodicAveraging implements Averager {
     this.stats.received += accepted.length;
     this.stats.late += accepted.filter((c) => c.round < round).length;
     // Into our decoded delta, not read after: the mean needs no 15 MB of its own.
-    const mean = aggregate([{ sender: self, round, values: mine }, ...accepted], round, this.options, mine);
+    const mean = aggregate([{ sender: self, round, values: mine }, ...accepted], round, this.options, mine, this.passes);
     this.recycle(group, arrived);
     return mean;
   }
@@ -257,7 +261,8 @@ export class PeriodicAveraging implements Averager {
     let outer = this.outer.get(group);
     if (!outer) {
       const { outerLr, outerMomentum } = this.options;
-      this.outer.set(group, (outer = new OuterStep(params.map((p) => p.value), { lr: outerLr, momentum: outerMomentum })));
+      outer = new OuterStep(params.map((p) => p.value), { lr: outerLr, momentum: outerMomentum, passes: this.passes });
+      this.outer.set(group, outer);
     }
     return outer;
   }

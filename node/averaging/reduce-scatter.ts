@@ -18,7 +18,8 @@
 // only (src/averaging/groups.ts): parts, owners and gathers are the group's, and only parts of the
 // round itself are used, since an earlier round's went to another group.
 import {
-  aggregate, fallbackOf, holderOrder, l2Norm, ownerOf, slicePart, writePart, type Contribution, type NormScreen, type Part,
+  aggregate, fallbackOf, holderOrder, l2Norm, ownerOf, slicePart, writePart,
+  type Contribution, type NormScreen, type Part, type RoundPasses,
 } from '../../src/averaging/index.ts';
 import type { Codec, CodecState } from '../../src/compress/index.ts';
 import { encodePart, KEEP_ROUNDS, type DeltaExchange, type PartArrival } from './exchange.ts';
@@ -30,6 +31,8 @@ export interface ScatterContext {
   options: AveragingOptions;
   stats: AveragingStats;
   codecFor(group: string): Codec;
+  /** Who runs the mean's per-value passes. */
+  passes: RoundPasses;
   /** The group's codec states for a layout of `count` parts (all dropped when the count changes). */
   codecStates(group: string, count: number): (key: string) => CodecState;
   screen(group: string): NormScreen;
@@ -185,7 +188,8 @@ export class ReduceScatter {
       const contributions: Contribution[] = [{ sender: options.self, round, values: slicePart(r.mine, part) }];
       for (const a of taken) if (a.index === k && ok.has(`${a.sender}#${a.round}`)) contributions.push(a);
       // The result travels in the group's codec; what the owner applies is what the others decode.
-      const { message, decoded } = encodePart(codec, part, aggregate(contributions, round, options), (key) => states(`gather/${key}`));
+      const mean = aggregate(contributions, round, options, undefined, this.context.passes);
+      const { message, decoded } = encodePart(codec, part, mean, (key) => states(`gather/${key}`));
       r.results.set(k, decoded);
       exchange.countEncoded(decoded.reduce((n, v) => n + v.length, 0), message);
       const gather = { round, steps: options.every, codec: codec.spec, part: { index: k, count }, phase: 'gather' as const, parts: message };

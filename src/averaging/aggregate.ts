@@ -1,5 +1,6 @@
 // Combining the holders' contributions to a round into one update: the staleness-weighted mean
 // and the coordinate-wise trimmed mean. Pure arithmetic over lists of f32 tensors, no I/O.
+import { jsPasses, type RoundPasses } from './passes.ts';
 
 /** One holder's tensors for a round (gradients or parameter deltas, in the group's fixed order). */
 export interface Contribution {
@@ -27,10 +28,11 @@ export function stalenessWeight(late: number): number {
 /**
  * Σ wₖ·xₖ / Σ wₖ per coordinate, accumulated in f32 in the order given: the same inputs in the
  * same order give the same bits on every holder. Into `out` when given, which may be one of the
- * parts' own arrays (each coordinate is read from every part before it is written).
+ * parts' own arrays (each coordinate is read from every part before it is written). Two parts (the common
+ * round) take `passes`' meanOfTwo.
  */
 export function weightedMean(
-  parts: readonly (readonly Float32Array[])[], weights: readonly number[], out?: Float32Array[],
+  parts: readonly (readonly Float32Array[])[], weights: readonly number[], out?: Float32Array[], passes: RoundPasses = jsPasses,
 ): Float32Array[] {
   if (parts.length === 0 || parts.length !== weights.length) {
     throw new RangeError(`weightedMean: ${parts.length} parts, ${weights.length} weights`);
@@ -39,7 +41,7 @@ export function weightedMean(
   const total = weights.reduce((a, b) => a + b, 0);
   result.forEach((mean, i) => {
     const xs = parts.map((p) => p[i]);
-    if (xs.length === 2) meanOfTwo(mean, xs[0], xs[1], weights[0], weights[1], total);
+    if (xs.length === 2) passes.meanOfTwo(mean, xs[0], xs[1], weights[0], weights[1], total);
     else meanOfAny(mean, xs, weights, total);
   });
   return result;
@@ -57,12 +59,6 @@ function meanOfAny(out: Float32Array, xs: readonly Float32Array[], weights: read
     for (let k = 0; k < last; k++) sum = Math.fround(sum + weights[k] * xs[k][j]);
     out[j] = Math.fround(sum + weight * x[j]) / total;
   }
-}
-
-/** meanOfAny for two parts (replication 2, the common round), without its inner loop: twice as fast. */
-function meanOfTwo(out: Float32Array, x0: Float32Array, x1: Float32Array, w0: number, w1: number, total: number): void {
-  // 0 + w·x: the sum starts at +0, so a −0 product sums to +0 as meanOfAny's does.
-  for (let j = 0; j < out.length; j++) out[j] = Math.fround(Math.fround(0 + w0 * x0[j]) + w1 * x1[j]) / total;
 }
 
 /**
@@ -97,9 +93,10 @@ export function trimmedMean(parts: readonly (readonly Float32Array[])[], trim: n
  */
 export function aggregate(
   contributions: readonly Contribution[], round: number, options: AggregatorOptions = {}, out?: Float32Array[],
+  passes: RoundPasses = jsPasses,
 ): Float32Array[] {
   const ordered = [...contributions].sort((a, b) => a.round - b.round || (a.sender < b.sender ? -1 : a.sender > b.sender ? 1 : 0));
   const parts = ordered.map((c) => c.values);
   if (options.aggregator === 'trimmed-mean' && ordered.length > 2) return trimmedMean(parts, options.trim ?? DEFAULT_TRIM, out);
-  return weightedMean(parts, ordered.map((c) => stalenessWeight(round - c.round)), out);
+  return weightedMean(parts, ordered.map((c) => stalenessWeight(round - c.round)), out, passes);
 }

@@ -1,11 +1,14 @@
 // The outer optimizer of periodic (DiLoCo-style) averaging for one group: the pseudo-gradient
 // since the last round, and the Nesterov outer step that applies the round's mean of them.
+import { jsPasses, type RoundPasses } from './passes.ts';
 
 export interface OuterStepOptions {
   /** Outer learning rate (default 1). */
   lr?: number;
   /** Nesterov momentum μ (default 0: with lr 1, plain averaging). */
   momentum?: number;
+  /** Who runs the per-value passes (default jsPasses; a node's kernels.deltas). */
+  passes?: RoundPasses;
 }
 
 export class OuterStep {
@@ -14,14 +17,18 @@ export class OuterStep {
   readonly momentum: Float32Array[];
   private readonly lr: number;
   private readonly mu: number;
+  private readonly passes: RoundPasses;
   /** delta()'s arrays, made at its first call. */
   private deltas?: Float32Array[];
+  /** With momentum: the update μ·m + Δ̄ of each tensor, made at the first round. */
+  private updates?: Float32Array[];
 
   constructor(values: readonly Float32Array[], options: OuterStepOptions = {}) {
     this.anchor = values.map((v) => Float32Array.from(v));
     this.momentum = values.map((v) => new Float32Array(v.length));
     this.lr = options.lr ?? 1;
     this.mu = options.momentum ?? 0;
+    this.passes = options.passes ?? jsPasses;
   }
 
   /**
@@ -30,22 +37,13 @@ export class OuterStep {
    */
   delta(values: readonly Float32Array[]): Float32Array[] {
     const deltas = (this.deltas ??= this.anchor.map((a) => new Float32Array(a.length)));
-    values.forEach((v, i) => {
-      const anchor = this.anchor[i];
-      const out = deltas[i];
-      for (let j = 0; j < v.length; j++) out[j] = v[j] - anchor[j];
-    });
+    values.forEach((v, i) => this.passes.subtract(v, this.anchor[i], deltas[i]));
     return deltas;
   }
 
   /** m ← μ·m + Δ̄; values ← anchor + lr·(μ·m + Δ̄), in place; the anchor moves to the new values. */
   apply(values: Float32Array[], meanDelta: readonly Float32Array[]): void {
-    const { lr } = this;
-    values.forEach((v, i) => {
-      const anchor = this.anchor[i];
-      const update = this.update(i, meanDelta[i]);
-      for (let j = 0; j < v.length; j++) v[j] = anchor[j] = Math.fround(anchor[j] + lr * update[j]);
-    });
+    values.forEach((v, i) => this.passes.applyStep(v, this.anchor[i], this.update(i, meanDelta[i]), this.lr));
   }
 
   /**
@@ -54,25 +52,15 @@ export class OuterStep {
    * since stay on top of the round's result; the anchor becomes that result.
    */
   applyLate(values: Float32Array[], meanDelta: readonly Float32Array[], boundary: readonly Float32Array[]): void {
-    const { lr } = this;
-    values.forEach((v, i) => {
-      const anchor = this.anchor[i];
-      const update = this.update(i, meanDelta[i]);
-      const start = boundary[i];
-      for (let j = 0; j < v.length; j++) {
-        const moved = Math.fround(anchor[j] + lr * update[j]); // the f32 the anchor holds, without reading it back
-        anchor[j] = moved;
-        v[j] = moved + (v[j] - start[j]);
-      }
-    });
+    values.forEach((v, i) => this.passes.applyLate(v, this.anchor[i], this.update(i, meanDelta[i]), boundary[i], this.lr));
   }
 
-  /** μ·m + Δ̄ after m ← μ·m + Δ̄ (in f64 from f32 m, as one expression would be); with no momentum, Δ̄ itself. */
-  private update(i: number, mean: Float32Array): Float32Array | Float64Array {
+  /** μ·m + Δ̄ (rounded to f32) after m ← μ·m + Δ̄; with no momentum, Δ̄ itself. */
+  private update(i: number, mean: Float32Array): Float32Array {
     const { mu } = this;
     if (mu === 0) return mean;
     const m = this.momentum[i];
-    const update = new Float64Array(mean.length);
+    const update = (this.updates ??= this.anchor.map((a) => new Float32Array(a.length)))[i];
     for (let j = 0; j < mean.length; j++) {
       m[j] = mu * m[j] + mean[j];
       update[j] = mu * m[j] + mean[j];

@@ -58,34 +58,57 @@ export function quantizeBlocks(
   return nonFinite;
 }
 
-/**
- * Checks the scales (finite, ≥ 0, small enough that ±127·scale is finite) and codes (-128 is
- * never sent) and writes q·scale into `out`. Throws CodecError.
- */
-export function dequantizeBlocks(spec: string, q: Int8Array, scales: Float32Array, blockSize: number, out: Float32Array): void {
-  for (let b = 0; b < scales.length; b++) {
-    const s = scales[b];
-    if (!(s >= 0 && s <= MAX_SCALE)) throw new CodecError(`${spec}: scale ${b} is ${s}, not a finite non-negative f32 scale`);
-  }
+/** Writes q·scale into `out`; returns the index of the first code −128 (never sent), or −1. */
+function dequantizeCodes(q: Int8Array, scales: Float32Array, blockSize: number, out: Float32Array): number {
   const n = q.length;
   for (let b = 0, lo = 0; lo < n; b++, lo += blockSize) {
     const hi = Math.min(n, lo + blockSize);
     const s = scales[b];
     for (let i = lo; i < hi; i++) {
       const v = q[i];
-      if (v === -128) throw new CodecError(`${spec}: code -128 at ${i} (codes are -127..127)`);
+      if (v === -128) return i;
       out[i] = v * s;
     }
   }
+  return -1;
 }
 
-export function int8BlockCodec(blockSize: number): Codec {
+/**
+ * Block coding's two passes: this file's JavaScript (jsBlockCoder), or a node's kernels (kernels.deltas,
+ * WASM SIMD), which give the same codes, scales and values bit for bit.
+ */
+export interface BlockCoder {
+  quantizeBlocks(
+    x: Float32Array, blockSize: number, q: Int8Array, scales: Float32Array, decoded?: Float32Array,
+  ): { index: number; value: number } | undefined;
+  /** Writes q·scale into `out` (the scales checked by the caller); returns the index of the first code −128, or −1. */
+  dequantizeBlocks(q: Int8Array, scales: Float32Array, blockSize: number, out: Float32Array): number;
+}
+
+export const jsBlockCoder: BlockCoder = { quantizeBlocks, dequantizeBlocks: dequantizeCodes };
+
+/**
+ * Checks the scales (finite, ≥ 0, small enough that ±127·scale is finite) and codes (-128 is
+ * never sent) and writes q·scale into `out`. Throws CodecError.
+ */
+export function decodeBlocks(
+  spec: string, coder: BlockCoder, q: Int8Array, scales: Float32Array, blockSize: number, out: Float32Array,
+): void {
+  for (let b = 0; b < scales.length; b++) {
+    const s = scales[b];
+    if (!(s >= 0 && s <= MAX_SCALE)) throw new CodecError(`${spec}: scale ${b} is ${s}, not a finite non-negative f32 scale`);
+  }
+  const bad = coder.dequantizeBlocks(q, scales, blockSize, out);
+  if (bad >= 0) throw new CodecError(`${spec}: code -128 at ${bad} (codes are -127..127)`);
+}
+
+export function int8BlockCodec(blockSize: number, coder: BlockCoder = jsBlockCoder): Codec {
   const spec = `int8-block:${blockSize}`;
   const encode = (delta: Float32Array, shape: readonly number[], decoded?: Float32Array): CodecPart[] => {
     checkDelta(spec, delta, shape);
     const q = new Int8Array(delta.length);
     const scales = new Float32Array(blockCount(delta.length, blockSize));
-    const nonFinite = quantizeBlocks(delta, blockSize, q, scales, decoded);
+    const nonFinite = coder.quantizeBlocks(delta, blockSize, q, scales, decoded);
     if (nonFinite) throw nonFiniteDelta(spec, nonFinite.value, nonFinite.index);
     return [
       { suffix: ':q', tensor: partTensor('I8', [...shape], q) },
@@ -106,7 +129,7 @@ export function int8BlockCodec(blockSize: number): Codec {
       const scales = reader.read(':scale', 'F32', Float32Array, [blockCount(q.length, blockSize)]);
       if (into && into.length !== q.length) throw new RangeError(`${spec}: ${into.length} values to decode ${q.length} into`);
       const out = into ?? new Float32Array(q.length);
-      dequantizeBlocks(spec, q, scales, blockSize, out);
+      decodeBlocks(spec, coder, q, scales, blockSize, out);
       return out;
     },
   };

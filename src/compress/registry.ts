@@ -4,7 +4,7 @@
 import { parseGroupId } from '../../proto/group.ts';
 import type { Codec } from './codec.ts';
 import { f16Codec, f32Codec } from './float.ts';
-import { int8BlockCodec } from './int8-block.ts';
+import { int8BlockCodec, jsBlockCoder, type BlockCoder } from './int8-block.ts';
 import { powerSgdCodec } from './powersgd.ts';
 import { topkInt8Codec } from './topk.ts';
 
@@ -23,7 +23,7 @@ interface Entry {
   /** The option a spec's ":arg" sets, if any. */
   argument?: 'blockSize' | 'fraction' | 'rank';
   errorFeedback?: boolean;
-  make(options: CodecOptions): Codec;
+  make(options: CodecOptions, coder: BlockCoder): Codec;
 }
 
 const integerIn = (name: string, min: number, max: number) => (value: number) => {
@@ -40,35 +40,38 @@ const fraction = (value: number) => {
 const CODECS: Record<string, Entry> = {
   f32: { make: () => f32Codec },
   f16: { make: () => f16Codec },
-  'int8-block': { argument: 'blockSize', make: (o) => int8BlockCodec(blockSize(o.blockSize ?? 32)) },
-  'topk-int8': { argument: 'fraction', errorFeedback: true, make: (o) => topkInt8Codec(fraction(o.fraction ?? 0.01), o) },
+  'int8-block': { argument: 'blockSize', make: (o, coder) => int8BlockCodec(blockSize(o.blockSize ?? 32), coder) },
+  'topk-int8': { argument: 'fraction', errorFeedback: true, make: (o, coder) => topkInt8Codec(fraction(o.fraction ?? 0.01), o, coder) },
   powersgd: { argument: 'rank', errorFeedback: true, make: (o) => powerSgdCodec(rank(o.rank ?? 4), o) },
 };
 
 export const CODEC_NAMES = Object.keys(CODECS);
 
-/** The codec `name` with `options`; throws RangeError on an unknown name or an option it does not take. */
-export function codecByName(name: string, options: CodecOptions = {}): Codec {
+/**
+ * The codec `name` with `options`, its int8 blocks coded by `coder`; throws RangeError on an unknown name or an
+ * option it does not take.
+ */
+export function codecByName(name: string, options: CodecOptions = {}, coder: BlockCoder = jsBlockCoder): Codec {
   const entry = Object.hasOwn(CODECS, name) ? CODECS[name] : undefined;
   if (!entry) throw new RangeError(`unknown codec "${name}"; known: ${CODEC_NAMES.join(', ')}`);
   for (const [key, value] of Object.entries(options)) {
     if (value === undefined) continue;
     if (key !== entry.argument && !(key === 'errorFeedback' && entry.errorFeedback)) throw new RangeError(`codec ${name} takes no option ${key}`);
   }
-  return entry.make(options);
+  return entry.make(options, coder);
 }
 
 /** Parses "name" or "name:arg", e.g. "topk-int8:0.01", "powersgd:4", "int8-block:64". */
-export function parseCodecSpec(spec: string): Codec {
+export function parseCodecSpec(spec: string, coder: BlockCoder = jsBlockCoder): Codec {
   const [name, arg, ...rest] = spec.split(':');
   const entry = Object.hasOwn(CODECS, name) ? CODECS[name] : undefined;
   if (!entry) throw new RangeError(`codec spec "${spec}": unknown codec "${name}"; known: ${CODEC_NAMES.join(', ')}`);
-  if (arg === undefined) return codecByName(name);
+  if (arg === undefined) return codecByName(name, {}, coder);
   if (rest.length) throw new RangeError(`codec spec "${spec}": one ":" argument at most`);
   if (!entry.argument) throw new RangeError(`codec spec "${spec}": ${name} takes no argument`);
   const value = arg.trim() === '' ? NaN : Number(arg);
   try {
-    return codecByName(name, { [entry.argument]: value });
+    return codecByName(name, { [entry.argument]: value }, coder);
   } catch (err) {
     throw new RangeError(`codec spec "${spec}": ${(err as Error).message}`);
   }
@@ -80,10 +83,13 @@ export interface CodecChoice {
   groups?: Record<string, string>;
 }
 
-/** Parses every spec of `choice` up front (so a bad one fails at job setup) and returns the codec of each group. */
-export function codecsForGroups(choice: CodecChoice): (group: string) => Codec {
-  const parsed = new Map(Object.entries(choice.groups ?? {}).map(([group, spec]) => [group, parseCodecSpec(spec)]));
-  const fallback = parseCodecSpec(choice.default);
+/**
+ * Parses every spec of `choice` up front (so a bad one fails at job setup) and returns the codec of each group,
+ * its int8 blocks coded by `coder`.
+ */
+export function codecsForGroups(choice: CodecChoice, coder: BlockCoder = jsBlockCoder): (group: string) => Codec {
+  const parsed = new Map(Object.entries(choice.groups ?? {}).map(([group, spec]) => [group, parseCodecSpec(spec, coder)]));
+  const fallback = parseCodecSpec(choice.default, coder);
   return (group) => {
     const kind = parseGroupId(group)?.kind;
     return parsed.get(group) ?? (kind && parsed.get(kind)) ?? fallback;

@@ -8,12 +8,12 @@
 import { elementCount } from '../../proto/index.ts';
 import { accumulateResidual, checkDelta, checkFinite, CodecError, partTensor, PartReader, type Codec } from './codec.ts';
 import { decodeIndices, encodeIndices, INDEX_SUFFIXES } from './indices.ts';
-import { blockCount, dequantizeBlocks, quantizeBlocks } from './int8-block.ts';
+import { blockCount, decodeBlocks, jsBlockCoder, type BlockCoder } from './int8-block.ts';
 import { topKIndices } from './select.ts';
 
 const VALUE_BLOCK = 32;
 
-export function topkInt8Codec(fraction: number, { errorFeedback = true } = {}): Codec {
+export function topkInt8Codec(fraction: number, { errorFeedback = true } = {}, coder: BlockCoder = jsBlockCoder): Codec {
   const spec = `topk-int8:${fraction}`;
   const keptCount = (n: number) => Math.min(n, Math.ceil(fraction * n));
   return {
@@ -28,9 +28,9 @@ export function topkInt8Codec(fraction: number, { errorFeedback = true } = {}): 
       for (let j = 0; j < k; j++) values[j] = acc[indices[j]];
       const q = new Int8Array(k);
       const scales = new Float32Array(blockCount(k, VALUE_BLOCK));
-      quantizeBlocks(values, VALUE_BLOCK, q, scales);
+      coder.quantizeBlocks(values, VALUE_BLOCK, q, scales);
       if (errorFeedback) {
-        // The residual loses exactly what the receiver decodes (same f32 product as dequantizeBlocks).
+        // The residual loses exactly what the receiver decodes (same f32 product as decodeBlocks).
         for (let j = 0; j < k; j++) acc[indices[j]] -= Math.fround(q[j] * scales[(j / VALUE_BLOCK) | 0]);
       }
       return [
@@ -49,7 +49,7 @@ export function topkInt8Codec(fraction: number, { errorFeedback = true } = {}): 
       const scales = reader.read(':scale', 'F32', Float32Array, [blockCount(q.length, VALUE_BLOCK)]);
       const indices = decodeIndices(spec, reader, q.length, n);
       const values = new Float32Array(q.length);
-      dequantizeBlocks(spec, q, scales, VALUE_BLOCK, values);
+      decodeBlocks(spec, coder, q, scales, VALUE_BLOCK, values);
       const out = new Float32Array(n);
       for (let j = 0; j < indices.length; j++) out[indices[j]] = values[j];
       return out;

@@ -1,5 +1,6 @@
 // The kernels: one object holding the heap (tensors live in the shared WASM memory),
 // which build and thread count are in use, and the kernel families.
+import { DeltaPasses } from './deltas.ts';
 import { Gemm } from './gemm.ts';
 import { Ops } from './ops.ts';
 import { Quant } from './quant.ts';
@@ -15,6 +16,7 @@ export type { QuantMatmulOptions } from './quant.ts';
 export type { QIntOptions } from './qint.ts';
 export type { QuantizedTensor, QuantBits } from './quantized.ts';
 export type { Rows } from './rows.ts';
+export type { DeltaPasses } from './deltas.ts';
 
 export interface Kernels {
   readonly info: KernelInfo;
@@ -24,6 +26,8 @@ export interface Kernels {
   readonly quant: Quant;
   readonly qint: QInt;
   readonly rows: Rows;
+  /** An averaging round's per-value passes (src/averaging/passes.ts's RoundPasses). */
+  readonly deltas: DeltaPasses;
   close(): Promise<void>;
 }
 
@@ -37,6 +41,7 @@ export async function createKernels(options: KernelOptions = {}): Promise<Kernel
     quant: new Quant(rt),
     qint: new QInt(rt),
     rows: new Rows(rt),
+    deltas: new DeltaPasses(rt),
     close: () => rt.close(),
   };
 }

@@ -3,6 +3,8 @@
 // applies the mean delta, waits no longer than the deadline, and refuses and flags a bad sender.
 import { describe, expect, it } from 'vitest';
 import { createAverager, type Averager, type AveragingFault, type AveragingOptions } from '../../node/averaging/index.ts';
+import type { RoundPasses } from '../../src/averaging/index.ts';
+import { createKernels } from '../../src/kernels/index.ts';
 import type { Param } from '../../src/model/params.ts';
 import { RefusedError, type DialTarget, type Rpc } from '../../src/p2p/index.ts';
 import { bitEqual, rng } from '../helpers.ts';
@@ -24,14 +26,16 @@ interface Misbehaviour {
   joining?: Record<string, number>;
 }
 
-/** Holders of one group ("trunk"), each with a tensor of 6 and one of 3 random values. */
-async function holders(ids: string[], options: Partial<AveragingOptions>, misbehaviour: Misbehaviour = {}): Promise<Holder[]> {
+/** Holders of one group ("trunk"), each with a tensor of 6 and one of 3 random values (or `shapes`). */
+async function holders(
+  ids: string[], options: Partial<AveragingOptions>, misbehaviour: Misbehaviour = {}, passes?: RoundPasses, shapes = [[2, 3], [3]],
+): Promise<Holder[]> {
   const { silent = [], faulty = {}, joining = {} } = misbehaviour;
   const started = performance.now();
   const handlers = new Map<string, Handler>();
   const random = rng(11);
   const list = ids.map((id) => {
-    const params: Param[] = [[2, 3], [3]].map((shape, i) => {
+    const params: Param[] = shapes.map((shape, i) => {
       const n = shape.reduce((a, b) => a * b, 1);
       const values = () => Float32Array.from({ length: n }, () => random());
       return { name: `t${i}`, shape, value: values(), grad: values() };
@@ -45,7 +49,7 @@ async function holders(ids: string[], options: Partial<AveragingOptions>, misbeh
       },
     } as unknown as Rpc;
     const directory = { members: () => ids, address: (peer: string) => peer as unknown as DialTarget, admitted: () => true };
-    const averager = createAverager({ rpc, directory, groups: () => new Map([['trunk', params]]) }, {
+    const averager = createAverager({ rpc, directory, groups: () => new Map([['trunk', params]]), ...(passes ? { passes } : {}) }, {
       mode: 'sync', every: 1, deadlineMs: 300, jobId: 'job', self: id, ...options, ...(faulty[id] ? { fault: faulty[id] } : {}),
     });
     return { id, params, averager };
@@ -173,6 +177,34 @@ describe('periodic averaging', () => {
       kept.forEach((h, k) => h.params.forEach((p, i) => expect(bitEqual(p.value, fresh[k].params[i].value), `round ${round}`).toBe(true)));
     }
     expect(kept[0].averager.stats.rounds).toBe(3);
+  });
+
+  it.each([
+    ['f32', false, ['a', 'b']], ['int8-block', true, ['a', 'b']], ['int8-block', false, ['a', 'b', 'c']],
+  ] as const)('the kernels\' passes give the JavaScript passes\' bits round after round (%s, overlap %s, %j)', async (...setting) => {
+    const [codec, overlap, ids] = setting;
+    const kernels = await createKernels();
+    try {
+      const options = { mode: 'periodic', every: 1, overlap, codec, outerLr: 0.8, outerMomentum: 0.5 } as const;
+      // Tensors past the passes' 16384-value chunks, with tails, and a group split into several delta messages.
+      const shapes = [[130, 257], [3]];
+      const [js, wasm] = await Promise.all([undefined, kernels.deltas].map((passes) => holders([...ids], options, {}, passes, shapes)));
+      wasm.forEach((h, k) => h.params.forEach((p, i) => p.value.set(js[k].params[i].value)));
+      wasm.forEach((h) => h.averager.track('trunk', h.params));
+      const random = rng(23);
+      for (let round = 0; round < 3; round++) {
+        const moves = js.map((h) => h.params.map((p) => Float32Array.from(p.value, () => 0.01 * (random() - 0.5))));
+        const move = (h: Holder, k: number) => h.params.forEach((p, i) => p.value.forEach((_, j, v) => (v[j] += moves[k][i][j])));
+        for (const list of [js, wasm]) list.forEach(move);
+        await Promise.all([...js, ...wasm].map((h) => h.averager.afterUpdate(round)));
+        await Promise.all([...js, ...wasm].map((h) => h.averager.settle()));
+        js.forEach((h, k) => h.params.forEach((p, i) => expect(bitEqual(p.value, wasm[k].params[i].value), `round ${round}`).toBe(true)));
+      }
+      expect(wasm[0].averager.stats.rounds).toBe(3);
+      expect(wasm[0].averager.stats.received).toBe(3 * (ids.length - 1));
+    } finally {
+      await kernels.close();
+    }
   });
 
   it('overlap: a silent holder costs training nothing at the boundary; its deadline is waited out only at the next one', async () => {
