@@ -7,21 +7,30 @@
 // node processes, every expert on every node, the same micro-batches under synchronous f32 gradients
 // and under int8-block deltas every 4 steps all-to-all (waiting for each round, and overlapping it with the
 // next steps), by reduce-scatter and in groups of 2; held-out loss at the end (mean over nodes, each
-// evaluating its own model).
-// Run: npm run bench:averaging [-- --only bytes|loss] [-- --quick]
+// evaluating its own model). Last, a round's CPU: 2 nodes holding every group of the demo job (`npm start`'s
+// model: the trunk and 32 experts, 3.7 M values), int8-block with overlap as the demo averages, the per-value
+// passes in JavaScript against the kernels' WASM SIMD passes a node uses (parameters on the kernel heap, as a
+// node's are), alternating, CPU of this process (both holders and their hosts) per holder per round.
+// Run: npm run bench:averaging [-- --only bytes|loss|cpu] [-- --quick]
 import '../src/p2p/polyfill.ts';
 import { cpus, loadavg } from 'node:os';
 import { parseArgs } from 'node:util';
-import { msgpackCodec, type Averaging, type JobSpec } from '../proto/index.ts';
+import { groupId, msgpackCodec, type Averaging, type JobSpec } from '../proto/index.ts';
 import { createAverager, type AveragingOptions } from '../node/averaging/index.ts';
 import { startSwarm } from '../src/harness/local-swarm.ts';
 import { countingCodec, type Traffic } from '../node/traffic.ts';
+import type { RoundPasses } from '../src/averaging/index.ts';
+import { demoJob } from '../src/harness/demo-job.ts';
+import { createKernels, type Kernels } from '../src/kernels/index.ts';
+import { initTensors } from '../src/model/init.ts';
+import { createConfig, expertOf } from '../src/model/config.ts';
 import type { Param } from '../src/model/params.ts';
 import { createHost, Rpc, type Host } from '../src/p2p/index.ts';
 import { printTable } from './table.ts';
 
 const { values: args } = parseArgs({ options: { only: { type: 'string' }, quick: { type: 'boolean', default: false } } });
-if (args.only !== undefined && !['bytes', 'loss'].includes(args.only)) throw new RangeError(`--only takes bytes or loss, got ${args.only}`);
+const SECTIONS = ['bytes', 'loss', 'cpu'];
+if (args.only !== undefined && !SECTIONS.includes(args.only)) throw new RangeError(`--only takes ${SECTIONS.join(', ')}, got ${args.only}`);
 const SIZES = [2, 4, 8];
 /** An even count: groups of 8 nodes alternate pairs and fours (a 2 × 4 grid), so a whole number of grid passes. */
 const ROUNDS = 4;
@@ -34,31 +43,37 @@ const TOPOLOGIES = ['all-to-all', 'reduce-scatter', 'groups'] as const;
 interface Node {
   host: Host;
   traffic: Traffic;
-  params: Param[];
+  groups: Map<string, Param[]>;
   averager: ReturnType<typeof createAverager>;
 }
 
-/** Starts `n` nodes holding the trunk, each with its own host; returns them once all serve. */
-async function startNodes(n: number, averaging: Partial<AveragingOptions>): Promise<Node[]> {
+/** Parameter groups a node holds, made afresh for each node. */
+type GroupsOf = () => Map<string, Param[]>;
+const trunkOnly: GroupsOf = () => new Map([
+  ['trunk', SHAPES.map((shape, i) => ({ name: `t${i}`, shape, value: new Float32Array(shape[0] * shape[1]) }))],
+]);
+
+/** Starts `n` nodes holding `groupsOf`'s groups (default: the trunk above), each with its own host; returns them once all serve. */
+async function startNodes(n: number, averaging: Partial<AveragingOptions>, groupsOf = trunkOnly, passes?: RoundPasses): Promise<Node[]> {
   const hosts = await Promise.all(Array.from({ length: n }, () => createHost()));
   const ids = hosts.map((h) => h.peerId.toString());
   const nodes = hosts.map((host) => {
     const traffic: Traffic = { sent: 0, received: 0 };
     const rpc = new Rpc({ transport: host, codec: countingCodec(msgpackCodec, traffic) });
-    const params: Param[] = SHAPES.map((shape, i) => ({ name: `t${i}`, shape, value: new Float32Array(shape[0] * shape[1]) }));
+    const groups = groupsOf();
     const directory = {
       members: () => ids,
       address: (peer: string) => hosts.find((h) => h.peerId.toString() === peer)?.getMultiaddrs(),
       admitted: () => true,
     };
-    const averager = createAverager({ rpc, directory, groups: () => new Map([['trunk', params]]) }, {
+    const averager = createAverager({ rpc, directory, groups: () => groups, ...(passes ? { passes } : {}) }, {
       mode: 'periodic', every: 1, deadlineMs: 60_000, jobId: 'bench', self: host.peerId.toString(), ...averaging,
     });
-    return { host, traffic, params, averager };
+    return { host, traffic, groups, averager };
   });
   for (const node of nodes) {
     await node.averager.serve();
-    node.averager.track('trunk', node.params);
+    for (const [group, params] of node.groups) node.averager.track(group, params);
   }
   return nodes;
 }
@@ -70,17 +85,7 @@ async function measure(n: number, averaging: Partial<AveragingOptions>): Promise
     let seed = 1;
     const t0 = performance.now();
     for (let round = 0; round < ROUNDS; round++) {
-      // A fresh random local update on every node (a deterministic xorshift, small values).
-      for (const node of nodes) {
-        for (const p of node.params) {
-          for (let j = 0; j < p.value.length; j++) {
-            seed ^= seed << 13;
-            seed ^= seed >>> 17;
-            seed ^= seed << 5;
-            p.value[j] += ((seed >>> 0) / 2 ** 32 - 0.5) * 1e-3;
-          }
-        }
-      }
+      seed = trainALittle(nodes, seed);
       await Promise.all(nodes.map((node) => node.averager.afterUpdate(round)));
     }
     const seconds = (performance.now() - t0) / 1000 / ROUNDS;
@@ -89,6 +94,23 @@ async function measure(n: number, averaging: Partial<AveragingOptions>): Promise
   } finally {
     await Promise.all(nodes.map((node) => node.host.stop()));
   }
+}
+
+/** A fresh random local update on every node's parameters (a deterministic xorshift, small values); returns the seed. */
+function trainALittle(nodes: Node[], seed: number): number {
+  for (const node of nodes) {
+    for (const params of node.groups.values()) {
+      for (const p of params) {
+        for (let j = 0; j < p.value.length; j++) {
+          seed ^= seed << 13;
+          seed ^= seed >>> 17;
+          seed ^= seed << 5;
+          p.value[j] += ((seed >>> 0) / 2 ** 32 - 0.5) * 1e-3;
+        }
+      }
+    }
+  }
+  return seed;
 }
 
 async function bytesTable(): Promise<void> {
@@ -171,5 +193,67 @@ async function lossTable(): Promise<void> {
   printTable(columns, rows);
 }
 
-if (args.only !== 'loss') await bytesTable();
-if (args.only !== 'bytes') await lossTable();
+const CPU_ROUNDS = args.quick ? 6 : 12;
+const CPU_REPEATS = args.quick ? 2 : 3;
+
+/** The demo job's groups (the trunk and every expert) with its initial values, on the kernel heap when `kernels` is given. */
+function demoGroups(kernels?: Kernels): GroupsOf {
+  const config = createConfig({ ...demoJob(1, 1).model, vocabSize: 1024 });
+  return () => {
+    const groups = new Map<string, Param[]>();
+    for (const [name, tensor] of initTensors(config, 1)) {
+      const value = kernels ? kernels.heap.f32(tensor.data.length) : new Float32Array(tensor.data.length);
+      value.set(tensor.data);
+      const owner = expertOf(name);
+      const group = groupId(owner ? { kind: 'expert', ...owner } : { kind: 'trunk' });
+      groups.set(group, [...(groups.get(group) ?? []), { name, shape: tensor.shape, value }]);
+    }
+    return groups;
+  };
+}
+
+/** Median CPU ms of this process per holder per round (the first round, which allocates, left out). */
+async function roundCpu(kernels: Kernels | undefined): Promise<number> {
+  const { averaging } = demoJob(1, 2);
+  const nodes = await startNodes(2, { ...averaging, every: 1, deadlineMs: 60_000 }, demoGroups(kernels), kernels?.deltas);
+  try {
+    const cpu: number[] = [];
+    let seed = 1;
+    for (let round = 0; round < CPU_ROUNDS; round++) {
+      seed = trainALittle(nodes, seed); // not counted: training's part
+      const start = process.cpuUsage();
+      await Promise.all(nodes.map((node) => node.averager.afterUpdate(round)));
+      await Promise.all(nodes.map((node) => node.averager.settle()));
+      const used = process.cpuUsage(start);
+      if (round > 0) cpu.push((used.user + used.system) / 1000 / nodes.length);
+    }
+    return cpu.sort((a, b) => a - b)[cpu.length >> 1];
+  } finally {
+    await Promise.all(nodes.map((node) => node.host.stop()));
+    if (kernels) for (const node of nodes) for (const params of node.groups.values()) params.forEach((p) => kernels.heap.release(p.value));
+  }
+}
+
+async function cpuTable(): Promise<void> {
+  const kernels = await createKernels();
+  try {
+    const runs: { js: number; wasm: number }[] = [];
+    for (let repeat = 0; repeat < CPU_REPEATS; repeat++) runs.push({ js: await roundCpu(undefined), wasm: await roundCpu(kernels) });
+    const values = demoGroups()();
+    const count = [...values.values()].flat().reduce((n, p) => n + p.value.length, 0);
+    const what = `a round of the demo job's ${values.size} groups (${(count / 1e6).toFixed(2)} M values) between 2 holders`;
+    console.log(`${what}, int8-block, overlap; `
+      + `median of ${CPU_ROUNDS - 1} rounds per run, runs alternating; load average ${loadavg()[0].toFixed(2)}`);
+    const rows = runs.flatMap(({ js, wasm }, i) => [
+      [String(i + 1), 'JavaScript (jsPasses)', js.toFixed(1), '1.00×'],
+      [String(i + 1), 'kernels (WASM SIMD)', wasm.toFixed(1), `${(wasm / js).toFixed(2)}×`],
+    ]);
+    printTable(['run', 'per-value passes', 'CPU ms per holder per round', 'vs JavaScript'], rows);
+  } finally {
+    await kernels.close();
+  }
+}
+
+if (args.only === undefined || args.only === 'bytes') await bytesTable();
+if (args.only === undefined || args.only === 'loss') await lossTable();
+if (args.only === undefined || args.only === 'cpu') await cpuTable();
