@@ -36,14 +36,14 @@ export class DeltaPasses {
   /** values = anchor = fround(anchor + lr·update). */
   applyStep(values: Float32Array, anchor: Float32Array, update: Float32Array, lr: number): void {
     this.pass('applyStep', [[values, 'out'], [anchor, 'both'], [update, 'in']], CHUNK, ([pv, pa, pu], n) => {
-      this.rt.fn('apply_step_f32')(pv, pa, pu, n, lr);
+      this.rt.fn('apply_outer_f32')(pv, pa, pu, 0, n, lr);
     });
   }
 
   /** anchor = moved = fround(anchor + lr·update); values = moved + (values − boundary). */
   applyLate(values: Float32Array, anchor: Float32Array, update: Float32Array, boundary: Float32Array, lr: number): void {
     this.pass('applyLate', [[values, 'both'], [anchor, 'both'], [update, 'in'], [boundary, 'in']], CHUNK, ([pv, pa, pu, pb], n) => {
-      this.rt.fn('apply_late_f32')(pv, pa, pu, pb, n, lr);
+      this.rt.fn('apply_outer_f32')(pv, pa, pu, pb, n, lr);
     });
   }
 

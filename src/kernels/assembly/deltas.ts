@@ -64,41 +64,28 @@ export function mean_of_two_f32(x0: usize, x1: usize, out: usize, n: i32, w0: f6
   }
 }
 
-/** values = anchor = fround(anchor + lr·update). */
-export function apply_step_f32(values: usize, anchor: usize, update: usize, n: i32, lr: f64): void {
-  const rate = f64x2.splat(lr);
-  let i = 0;
-  for (; i + 4 <= n; i += 4) {
-    const at = <usize>i << 2;
-    const a = v128.load(anchor + at);
-    const u = v128.load(update + at);
-    const lo = f64x2.add(f64x2.promote_low_f32x4(a), f64x2.mul(rate, f64x2.promote_low_f32x4(u)));
-    const hi = f64x2.add(highF64(a), f64x2.mul(rate, highF64(u)));
-    const moved = toF32(lo, hi);
-    v128.store(anchor + at, moved);
-    v128.store(values + at, moved);
-  }
-  for (; i < n; i++) {
-    const at = <usize>i << 2;
-    const moved = <f32>(<f64>load<f32>(anchor + at) + lr * <f64>load<f32>(update + at));
-    store<f32>(anchor + at, moved);
-    store<f32>(values + at, moved);
-  }
+/** Four f32 lanes of fround(anchor + lr·update), the sum in f64. */
+@inline
+function stepped(anchor: v128, update: v128, rate: v128): v128 {
+  const lo = f64x2.add(f64x2.promote_low_f32x4(anchor), f64x2.mul(rate, f64x2.promote_low_f32x4(update)));
+  return toF32(lo, f64x2.add(highF64(anchor), f64x2.mul(rate, highF64(update))));
 }
 
-/** anchor = moved = fround(anchor + lr·update); values = moved + (values − boundary), in f64. */
-export function apply_late_f32(values: usize, anchor: usize, update: usize, boundary: usize, n: i32, lr: f64): void {
+/**
+ * The outer step: anchor = moved = fround(anchor + lr·update); values = moved, or with a `boundary` (0: none;
+ * overlapped averaging) values = moved + (values − boundary), in f64.
+ */
+export function apply_outer_f32(values: usize, anchor: usize, update: usize, boundary: usize, n: i32, lr: f64): void {
   const rate = f64x2.splat(lr);
   let i = 0;
   for (; i + 4 <= n; i += 4) {
     const at = <usize>i << 2;
-    const a = v128.load(anchor + at);
-    const u = v128.load(update + at);
-    const moved = toF32(
-      f64x2.add(f64x2.promote_low_f32x4(a), f64x2.mul(rate, f64x2.promote_low_f32x4(u))),
-      f64x2.add(highF64(a), f64x2.mul(rate, highF64(u))),
-    );
+    const moved = stepped(v128.load(anchor + at), v128.load(update + at), rate);
     v128.store(anchor + at, moved);
+    if (!boundary) {
+      v128.store(values + at, moved);
+      continue;
+    }
     const v = v128.load(values + at);
     const s = v128.load(boundary + at);
     const lo = f64x2.add(f64x2.promote_low_f32x4(moved), f64x2.sub(f64x2.promote_low_f32x4(v), f64x2.promote_low_f32x4(s)));
@@ -109,7 +96,8 @@ export function apply_late_f32(values: usize, anchor: usize, update: usize, boun
     const at = <usize>i << 2;
     const moved = <f32>(<f64>load<f32>(anchor + at) + lr * <f64>load<f32>(update + at));
     store<f32>(anchor + at, moved);
-    store<f32>(values + at, <f32>(<f64>moved + (<f64>load<f32>(values + at) - <f64>load<f32>(boundary + at))));
+    const trained = boundary ? <f64>load<f32>(values + at) - <f64>load<f32>(boundary + at) : 0;
+    store<f32>(values + at, boundary ? <f32>(<f64>moved + trained) : moved);
   }
 }
 
