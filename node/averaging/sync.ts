@@ -63,7 +63,7 @@ export class SyncAveraging implements Averager {
     this.stats.received += arrived.length;
     this.stats.missing += others.length - arrived.length;
     const contributions = [{ sender: self, round, values: mine }, ...arrived.map(([sender, values]) => ({ sender, round, values }))];
-    return aggregate(contributions, round, { aggregator: 'mean' });
+    return aggregate(contributions, round, { aggregator: 'mean' }, undefined, this.components.passes);
   }
 
   private accept(group: string, sender: string, round: number, values: Float32Array[]): void {

@@ -81,7 +81,10 @@ export interface BlockCoder {
   quantizeBlocks(
     x: Float32Array, blockSize: number, q: Int8Array, scales: Float32Array, decoded?: Float32Array,
   ): { index: number; value: number } | undefined;
-  /** Writes q·scale into `out` (the scales checked by the caller); returns the index of the first code −128, or −1. */
+  /**
+   * Writes q·scale into `out` (the scales checked by the caller); returns the index of the first code −128, or −1
+   * (`out` past it is left unspecified).
+   */
   dequantizeBlocks(q: Int8Array, scales: Float32Array, blockSize: number, out: Float32Array): number;
 }
 

@@ -8,7 +8,7 @@
 // Parts: ':p' F32 [m, r], ':q' F32 [n, r] with r = min(rank, m, n); or int8-block's.
 import { elementCount } from '../../proto/index.ts';
 import { accumulateResidual, checkDelta, checkFinite, CodecError, partTensor, PartReader, type Codec, type CodecState } from './codec.ts';
-import { blockCount, int8BlockCodec } from './int8-block.ts';
+import { blockCount, int8BlockCodec, jsBlockCoder, type BlockCoder } from './int8-block.ts';
 
 const FALLBACK_BLOCK = 32;
 /** Power iterations of a first round: one from a random start can miss the top subspace badly. */
@@ -20,9 +20,9 @@ interface Layout {
   r: number;
 }
 
-export function powerSgdCodec(rank: number, { errorFeedback = true } = {}): Codec {
+export function powerSgdCodec(rank: number, { errorFeedback = true } = {}, coder: BlockCoder = jsBlockCoder): Codec {
   const spec = `powersgd:${rank}`;
-  const fallback = int8BlockCodec(FALLBACK_BLOCK);
+  const fallback = int8BlockCodec(FALLBACK_BLOCK, coder);
   const layoutOf = (shape: readonly number[]): Layout | undefined => {
     if (shape.length < 2) return undefined;
     const m = shape[0];

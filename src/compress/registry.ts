@@ -42,7 +42,7 @@ const CODECS: Record<string, Entry> = {
   f16: { make: () => f16Codec },
   'int8-block': { argument: 'blockSize', make: (o, coder) => int8BlockCodec(blockSize(o.blockSize ?? 32), coder) },
   'topk-int8': { argument: 'fraction', errorFeedback: true, make: (o, coder) => topkInt8Codec(fraction(o.fraction ?? 0.01), o, coder) },
-  powersgd: { argument: 'rank', errorFeedback: true, make: (o) => powerSgdCodec(rank(o.rank ?? 4), o) },
+  powersgd: { argument: 'rank', errorFeedback: true, make: (o, coder) => powerSgdCodec(rank(o.rank ?? 4), o, coder) },
 };
 
 export const CODEC_NAMES = Object.keys(CODECS);

@@ -55,27 +55,28 @@ export class DeltaPasses {
     if (q.length !== n || scales.length !== Math.ceil(n / blockSize) || (decoded && decoded.length !== n)) {
       throw new RangeError(`quantizeBlocks: ${n} values, ${q.length} codes, ${scales.length} scales of blocks of ${blockSize}`);
     }
-    let first = -1;
+    let first: { index: number; value: number } | undefined;
     const operands: [Typed, 'in' | 'out' | 'both'][] = [[x, 'in'], [q, 'out'], ...(decoded ? [[decoded, 'out'] as [Typed, 'out']] : [])];
+    const scaleBytes = aligned(Math.ceil(chunkOf(blockSize) / blockSize) * 4);
     this.pass('quantizeBlocks', operands, chunkOf(blockSize), ([px, pq, pd], count, lo) => {
-      // A chunk's scales go straight into `scales`: a block never straddles two chunks.
-      const blocks = Math.ceil(count / blockSize);
-      const ps = this.rt.mainScratch + SCRATCH_BYTES - aligned(blocks * 4);
-      const found = this.rt.fn('quantize_blocks_i8')(px, pq, ps, pd ?? 0, count, blockSize);
-      scales.set(new Float32Array(this.rt.memory.buffer, ps, blocks), lo / blockSize);
-      if (found >= 0 && first < 0) first = lo + found;
-    }, aligned(Math.ceil(chunkOf(blockSize) / blockSize) * 4));
-    return first < 0 ? undefined : { index: first, value: x[first] };
+      // At the scratch's end: the first non-finite value, then this chunk's scales (a block never straddles two chunks).
+      const pf = this.rt.mainScratch + SCRATCH_BYTES - scaleBytes - 64;
+      const ps = pf + 64;
+      const found = this.rt.fn('quantize_blocks_i8')(px, pq, ps, pd ?? 0, count, blockSize, pf);
+      const { buffer } = this.rt.memory;
+      scales.set(new Float32Array(buffer, ps, Math.ceil(count / blockSize)), lo / blockSize);
+      if (found >= 0 && !first) first = { index: lo + found, value: new Float32Array(buffer, pf, 1)[0] };
+    }, scaleBytes + 64);
+    return first;
   }
 
   /**
    * Writes code · its block's scale into `out` (the scales are the caller's to check); returns the index of the
-   * first code −128 (never sent), or −1.
+   * first code −128 (never sent), or −1. Past that code `out` holds whatever the chunk's scratch held.
    */
   dequantizeBlocks(q: Int8Array, scales: Float32Array, blockSize: number, out: Float32Array): number {
     let bad = -1;
     this.pass('dequantizeBlocks', [[q, 'in'], [out, 'out']], chunkOf(blockSize), ([pq, po], count, lo) => {
-      if (bad >= 0) return;
       const blocks = Math.ceil(count / blockSize);
       const ps = this.rt.mainScratch + SCRATCH_BYTES - aligned(blocks * 4);
       new Float32Array(this.rt.memory.buffer, ps, blocks).set(scales.subarray(lo / blockSize, lo / blockSize + blocks));
@@ -88,6 +89,7 @@ export class DeltaPasses {
         const tail = dequantize(pq + whole * blockSize, ps + whole * 4, po + whole * blockSize * 4, count - whole * blockSize, 1, 0, 1);
         if (tail >= 0) bad = lo + whole * blockSize + tail;
       }
+      return bad < 0;
     }, aligned(Math.ceil(chunkOf(blockSize) / blockSize) * 4));
     return bad;
   }
@@ -95,11 +97,11 @@ export class DeltaPasses {
   /**
    * Runs `kernel(pointers, count, lo)` over [lo, lo + count) chunks of the operands (all of one length): heap
    * arrays where they are, the others copied into the scratch (when read) and back (when written). `reserved`
-   * bytes at the scratch's end are the kernel's own.
+   * bytes at the scratch's end are the kernel's own. A kernel returning false ends the pass after its chunk.
    */
   private pass(
     name: string, operands: [Typed, 'in' | 'out' | 'both'][], chunk: number,
-    kernel: (pointers: number[], count: number, lo: number) => void, reserved = 0,
+    kernel: (pointers: number[], count: number, lo: number) => boolean | void, reserved = 0,
   ): void {
     const n = operands[0][0].length;
     const lengths = operands.map(([a]) => a.length);
@@ -134,11 +136,12 @@ export class DeltaPasses {
       for (const place of places.values()) {
         if (place.offset >= 0 && place.read) view(place).set(place.array.subarray(lo, lo + count) as never);
       }
-      kernel(operands.map(([array]) => {
+      const goOn = kernel(operands.map(([array]) => {
         const place = places.get(array)!;
         return place.offset >= 0 ? base + place.offset : array.byteOffset + lo * array.BYTES_PER_ELEMENT;
       }), count, lo);
       for (const place of places.values()) if (place.offset >= 0 && place.written) place.array.set(view(place) as never, lo);
+      if (goOn === false) return;
     }
   }
 }

@@ -117,6 +117,9 @@ describe.each(['simd', 'relaxed'] as const)('averaging passes on the kernels (%s
       const [q2, s2] = [new Int8Array(x.length), new Float32Array(Math.ceil(x.length / 8))];
       const want = jsPasses.quantizeBlocks(x, 8, q1, s1);
       expect(kernels.deltas.quantizeBlocks(x, 8, q2, s2)).toEqual(want);
+      // Decoded over the input, as a node encodes: the value reported is the input's, not its decoding.
+      const inPlace = Float32Array.from(x);
+      expect(kernels.deltas.quantizeBlocks(inPlace, 8, new Int8Array(x.length), new Float32Array(s1.length), inPlace)).toEqual(want);
       expect(want!.index).toBe(Math.min(...cases.slice(0, cases.findIndex(([i]) => i === at) + 1).map(([i]) => i)));
       expect(q2).toEqual(q1);
       expect(bitsEqual(s2, s1)).toBe(true);

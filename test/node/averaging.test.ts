@@ -188,7 +188,16 @@ describe('periodic averaging', () => {
       const options = { mode: 'periodic', every: 1, overlap, codec, outerLr: 0.8, outerMomentum: 0.5 } as const;
       // Tensors past the passes' 16384-value chunks, with tails, and a group split into several delta messages.
       const shapes = [[130, 257], [3]];
-      const [js, wasm] = await Promise.all([undefined, kernels.deltas].map((passes) => holders([...ids], options, {}, passes, shapes)));
+      // The kernels' passes, counting the calls: the averager must run them, not fall back to jsPasses.
+      const calls = new Map<string, number>();
+      const counted = new Proxy(kernels.deltas, {
+        get: (target, key: string) => {
+          const value = Reflect.get(target, key) as unknown;
+          if (typeof value !== 'function') return value;
+          return (...args: unknown[]) => (calls.set(key, (calls.get(key) ?? 0) + 1), value.apply(target, args));
+        },
+      });
+      const [js, wasm] = await Promise.all([undefined, counted].map((passes) => holders([...ids], options, {}, passes, shapes)));
       wasm.forEach((h, k) => h.params.forEach((p, i) => p.value.set(js[k].params[i].value)));
       wasm.forEach((h) => h.averager.track('trunk', h.params));
       const random = rng(23);
@@ -202,6 +211,9 @@ describe('periodic averaging', () => {
       }
       expect(wasm[0].averager.stats.rounds).toBe(3);
       expect(wasm[0].averager.stats.received).toBe(3 * (ids.length - 1));
+      const expected = ['subtract', overlap ? 'applyLate' : 'applyStep', ...(ids.length === 2 ? ['meanOfTwo'] : [])];
+      if (codec !== 'f32') expected.push('quantizeBlocks', 'dequantizeBlocks');
+      for (const pass of expected) expect(calls.get(pass), pass).toBeGreaterThan(0);
     } finally {
       await kernels.close();
     }

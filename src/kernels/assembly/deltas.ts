@@ -128,9 +128,9 @@ function codesOf(y: v128): v128 {
  * x (n values) to int8 codes q and one f32 scale per block of `block` values (the last may be shorter):
  * scale = fround(amax / 127), code = Math.round(x · (1 / scale)) in f64, clamped to ±127; `decoded`
  * (0: none; may be x) gets code · scale; a NaN codes as 0. Returns the index of the first NaN or ±Infinity,
- * or −1.
+ * or −1, and stores that value at `found`.
  */
-export function quantize_blocks_i8(x: usize, q: usize, scales: usize, decoded: usize, n: i32, block: i32): i32 {
+export function quantize_blocks_i8(x: usize, q: usize, scales: usize, decoded: usize, n: i32, block: i32, found: usize): i32 {
   let nonFinite = -1;
   for (let b = 0, lo = 0; lo < n; b++, lo += block) {
     const hi = min(n, lo + block);
@@ -144,6 +144,7 @@ export function quantize_blocks_i8(x: usize, q: usize, scales: usize, decoded: u
         let at = lo;
         while (isFinite(load<f32>(x + (<usize>at << 2)))) at++;
         nonFinite = at;
+        store<f32>(found, load<f32>(x + (<usize>at << 2))); // before `decoded`, which may be x, overwrites it
       }
       // The absmax of all but the NaNs (an Infinity makes the scale infinite), as the JavaScript loop takes it.
       amax = 0;
