@@ -82,8 +82,11 @@ describe.each(['simd', 'relaxed'] as const)('averaging passes on the kernels (%s
     );
     special.push(190 * 2 ** -149, 2 ** -149, -(190 * 2 ** -149), ...new Array<number>(13).fill(0)); // scale 2^-149: codes clamp
     special.push(...new Array<number>(16).fill(0)); // a block of zeros: scale 0
+    // Blocks of 7 with the ties in the last three values, which the kernel codes one at a time.
+    const tailTies = hair.flatMap((s) => [127 * s, 3 * s, -5 * s, 7 * s, s / 2, -s / 2, -1.5 * s]);
     for (const [x, block] of [
-      [Float32Array.from(special), 16], [values(2 * 16384 + 1003, 9), 32], [values(1000, 10), 7], [values(5, 11), 32],
+      [Float32Array.from(special), 16], [Float32Array.from(tailTies), 7], [values(2 * 16384 + 1003, 9), 32], [values(1000, 10), 7],
+      [values(5, 11), 32],
     ] as [Float32Array, number][]) {
       for (const inHeap of [false, true]) {
         const blocks = Math.ceil(x.length / block);
