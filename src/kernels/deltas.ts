@@ -3,20 +3,20 @@
 // (a parameter's values) are used where they are, the others (the outer step's anchors, decoded
 // deltas) go through the main thread's scratch a chunk at a time, small enough to stay in cache
 // between the copy in, the pass and the copy out.
+import { alignedBytes } from './heap.ts';
 import { SCRATCH_BYTES, type KernelRuntime } from './runtime.ts';
 
 /** Values per chunk: 64 KiB of each f32 array. */
 const CHUNK = 16384;
 
 type Typed = Float32Array | Int8Array;
-/** An array a pass reads (`in`), writes (`out`) or both; the same array listed twice shares one place. */
-interface Operand {
+/** Where a pass keeps an operand: its offset in the scratch (−1: used in the heap where it is), and whether it is read, written. */
+interface Place {
   array: Typed;
+  offset: number;
   read: boolean;
   written: boolean;
 }
-
-const aligned = (bytes: number) => Math.ceil(bytes / 64) * 64;
 
 export class DeltaPasses {
   constructor(private readonly rt: KernelRuntime) {}
@@ -57,16 +57,15 @@ export class DeltaPasses {
     }
     let first: { index: number; value: number } | undefined;
     const operands: [Typed, 'in' | 'out' | 'both'][] = [[x, 'in'], [q, 'out'], ...(decoded ? [[decoded, 'out'] as [Typed, 'out']] : [])];
-    const scaleBytes = aligned(Math.ceil(chunkOf(blockSize) / blockSize) * 4);
+    const scalesBytes = scaleRoom(blockSize);
     this.pass('quantizeBlocks', operands, chunkOf(blockSize), ([px, pq, pd], count, lo) => {
-      // At the scratch's end: the first non-finite value, then this chunk's scales (a block never straddles two chunks).
-      const pf = this.rt.mainScratch + SCRATCH_BYTES - scaleBytes - 64;
-      const ps = pf + 64;
+      const ps = this.rt.mainScratch + SCRATCH_BYTES - scalesBytes;
+      const pf = ps - FOUND_BYTES;
       const found = this.rt.fn('quantize_blocks_i8')(px, pq, ps, pd ?? 0, count, blockSize, pf);
       const { buffer } = this.rt.memory;
       scales.set(new Float32Array(buffer, ps, Math.ceil(count / blockSize)), lo / blockSize);
       if (found >= 0 && !first) first = { index: lo + found, value: new Float32Array(buffer, pf, 1)[0] };
-    }, scaleBytes + 64);
+    }, scalesBytes + FOUND_BYTES);
     return first;
   }
 
@@ -76,9 +75,10 @@ export class DeltaPasses {
    */
   dequantizeBlocks(q: Int8Array, scales: Float32Array, blockSize: number, out: Float32Array): number {
     let bad = -1;
+    const scalesBytes = scaleRoom(blockSize);
     this.pass('dequantizeBlocks', [[q, 'in'], [out, 'out']], chunkOf(blockSize), ([pq, po], count, lo) => {
       const blocks = Math.ceil(count / blockSize);
-      const ps = this.rt.mainScratch + SCRATCH_BYTES - aligned(blocks * 4);
+      const ps = this.rt.mainScratch + SCRATCH_BYTES - scalesBytes;
       new Float32Array(this.rt.memory.buffer, ps, blocks).set(scales.subarray(lo / blockSize, lo / blockSize + blocks));
       // Whole blocks as rows of one block each, then the tensor's shorter last block as a row of its own.
       const whole = Math.floor(count / blockSize);
@@ -90,7 +90,7 @@ export class DeltaPasses {
         if (tail >= 0) bad = lo + whole * blockSize + tail;
       }
       return bad < 0;
-    }, aligned(Math.ceil(chunkOf(blockSize) / blockSize) * 4));
+    }, scalesBytes);
     return bad;
   }
 
@@ -108,15 +108,15 @@ export class DeltaPasses {
     if (lengths.some((length) => length !== n)) throw new RangeError(`${name}: arrays of ${lengths.join(', ')} values`);
     const heap = this.rt.heap;
     // One place per distinct array: an array both read and written (or listed twice) is copied in and out once.
-    const places = new Map<Typed, Operand & { offset: number }>();
+    const places = new Map<Typed, Place>();
     let offset = 0;
     for (const [array, use] of operands) {
       let place = places.get(array);
       if (!place) {
-        places.set(array, (place = { array, read: false, written: false, offset: -1 }));
+        places.set(array, (place = { array, offset: -1, read: false, written: false }));
         if (!heap.contains(array)) {
           place.offset = offset;
-          offset += aligned(chunk * array.BYTES_PER_ELEMENT);
+          offset += alignedBytes(chunk * array.BYTES_PER_ELEMENT);
         }
       }
       place.read ||= use !== 'out';
@@ -129,7 +129,7 @@ export class DeltaPasses {
     for (let lo = 0; lo < n; lo += chunk) {
       const count = Math.min(chunk, n - lo);
       const { buffer } = this.rt.memory;
-      const view = (place: Operand & { offset: number }) => {
+      const view = (place: Place) => {
         const Ctor = place.array instanceof Int8Array ? Int8Array : Float32Array;
         return new Ctor(buffer, base + place.offset, count);
       };
@@ -148,3 +148,7 @@ export class DeltaPasses {
 
 /** Chunks of whole blocks: a block never straddles two. */
 const chunkOf = (blockSize: number) => Math.max(1, Math.floor(CHUNK / blockSize)) * blockSize;
+/** The block passes' room at the scratch's end for one chunk's scales (they never straddle two chunks). */
+const scaleRoom = (blockSize: number) => alignedBytes((chunkOf(blockSize) / blockSize) * 4);
+/** Below the scales, quantizeBlocks' first non-finite value (one f32, in a block of its own). */
+const FOUND_BYTES = 64;

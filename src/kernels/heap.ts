@@ -3,6 +3,9 @@
 // and any SIMD load). The memory is shared, so growing it never detaches earlier views.
 
 const ALIGN = 64;
+
+/** `bytes` rounded up to whole 64-byte blocks: a region that keeps the next one aligned, as the heap's blocks are. */
+export const alignedBytes = (bytes: number) => Math.ceil(bytes / ALIGN) * ALIGN;
 const PAGE = 65536;
 /** Below this the module keeps its static data; the heap starts here. */
 export const HEAP_BASE = PAGE;
@@ -30,7 +33,7 @@ export class KernelHeap {
   /** Allocates `bytes` (zeroed, unless the caller overwrites them all) and returns the pointer. */
   allocBytes(bytes: number, zeroed = true): number {
     if (!Number.isInteger(bytes) || bytes < 0) throw new RangeError(`heap: cannot allocate ${bytes} bytes`);
-    const size = Math.max(ALIGN, Math.ceil(bytes / ALIGN) * ALIGN);
+    const size = Math.max(ALIGN, alignedBytes(bytes));
     let ptr = -1;
     for (let i = 0; i < this.free.length; i++) {
       const block = this.free[i];

@@ -3,10 +3,8 @@
 // row or per block, and a fingerprint of rows' bits. Rows outside the heap (a test's, a bench's)
 // are copied in first; the codes come out in arrays of their own, ready for the wire.
 import { checkDims } from './check.ts';
+import { alignedBytes } from './heap.ts';
 import { SCRATCH_BYTES, type KernelRuntime } from './runtime.ts';
-
-/** Bytes from `ptr` that keep the next region 64-byte aligned, as the heap's blocks are. */
-const aligned = (bytes: number) => Math.ceil(bytes / 64) * 64;
 
 export class Rows {
   constructor(private readonly rt: KernelRuntime) {}
@@ -17,12 +15,12 @@ export class Rows {
     const n = rows * k;
     if (values.length < n) throw new RangeError(`quantizeI8: ${values.length} values for ${rows} rows of ${k}`);
     const inHeap = this.rt.heap.contains(values);
-    const input = inHeap ? 0 : aligned(n * 4);
-    return this.withTemp(input + aligned(n) + rows * 4, (ptr) => {
+    const input = inHeap ? 0 : alignedBytes(n * 4);
+    return this.withTemp(input + alignedBytes(n) + rows * 4, (ptr) => {
       const x = inHeap ? values.byteOffset : ptr;
       if (!inHeap) new Float32Array(this.rt.memory.buffer, ptr, n).set(values.subarray(0, n));
       const q = ptr + input;
-      const s = q + aligned(n);
+      const s = q + alignedBytes(n);
       this.rt.fn('quantize_rows_i8')(x, q, s, k, 0, rows);
       const { buffer } = this.rt.memory;
       return { codes: new Int8Array(buffer, q, n).slice(), scales: new Float32Array(buffer, s, rows).slice() };
@@ -41,11 +39,11 @@ export class Rows {
       throw new RangeError(`dequantizeI8: ${have} for ${rows} × ${k} in ${blocks} blocks`);
     }
     const inHeap = this.rt.heap.contains(out);
-    const output = inHeap ? 0 : aligned(n * 4);
-    return this.withTemp(output + aligned(n) + scales.byteLength, (ptr) => {
+    const output = inHeap ? 0 : alignedBytes(n * 4);
+    return this.withTemp(output + alignedBytes(n) + scales.byteLength, (ptr) => {
       const { buffer } = this.rt.memory;
       const q = ptr + output;
-      const s = q + aligned(n);
+      const s = q + alignedBytes(n);
       new Int8Array(buffer, q, n).set(codes);
       new Float32Array(buffer, s, scales.length).set(scales);
       const y = inHeap ? out.byteOffset : ptr;
