@@ -212,8 +212,11 @@ function demoGroups(kernels?: Kernels): GroupsOf {
   };
 }
 
-/** Median CPU ms of this process per holder per round (the first round, which allocates, left out). */
-async function roundCpu(kernels: Kernels | undefined): Promise<number> {
+/**
+ * Median CPU ms of this process per holder per round (the first round, which allocates, left out), and the
+ * groups and values each holder averaged.
+ */
+async function roundCpu(kernels: Kernels | undefined): Promise<{ ms: number; groups: number; values: number }> {
   const { averaging } = demoJob(1, 2);
   const nodes = await startNodes(2, { ...averaging, every: 1, deadlineMs: 60_000 }, demoGroups(kernels), kernels?.deltas);
   try {
@@ -227,7 +230,9 @@ async function roundCpu(kernels: Kernels | undefined): Promise<number> {
       const used = process.cpuUsage(start);
       if (round > 0) cpu.push((used.user + used.system) / 1000 / nodes.length);
     }
-    return cpu.sort((a, b) => a - b)[cpu.length >> 1];
+    const held = [...nodes[0].groups.values()].flat();
+    const ms = cpu.sort((a, b) => a - b)[cpu.length >> 1];
+    return { ms, groups: nodes[0].groups.size, values: held.reduce((n, p) => n + p.value.length, 0) };
   } finally {
     await Promise.all(nodes.map((node) => node.host.stop()));
     if (kernels) for (const node of nodes) for (const params of node.groups.values()) params.forEach((p) => kernels.heap.release(p.value));
@@ -238,10 +243,14 @@ async function cpuTable(): Promise<void> {
   const kernels = await createKernels();
   try {
     const runs: { js: number; wasm: number }[] = [];
-    for (let repeat = 0; repeat < CPU_REPEATS; repeat++) runs.push({ js: await roundCpu(undefined), wasm: await roundCpu(kernels) });
-    const values = demoGroups()();
-    const count = [...values.values()].flat().reduce((n, p) => n + p.value.length, 0);
-    const what = `a round of the demo job's ${values.size} groups (${(count / 1e6).toFixed(2)} M values) between 2 holders`;
+    let held = { groups: 0, values: 0 };
+    for (let repeat = 0; repeat < CPU_REPEATS; repeat++) {
+      const js = await roundCpu(undefined);
+      const wasm = await roundCpu(kernels);
+      runs.push({ js: js.ms, wasm: wasm.ms });
+      held = wasm;
+    }
+    const what = `a round of the demo job's ${held.groups} groups (${(held.values / 1e6).toFixed(2)} M values) between 2 holders`;
     console.log(`${what}, int8-block, overlap; `
       + `median of ${CPU_ROUNDS - 1} rounds per run, runs alternating; load average ${loadavg()[0].toFixed(2)}`);
     const rows = runs.flatMap(({ js, wasm }, i) => [
