@@ -8,6 +8,8 @@
 //      --joins-at-once 32: joins in flight per worker (0: every node at once; a worker's event loop then cannot finish
 //        the handshakes in time)
 //      --nice-workers: the workers at the lowest CPU priority, so the coordinator runs as if on a machine of its own
+//      --probes 20: of the nodes, this many in a process of their own at normal priority and out of the churn: their round trips
+//        are what a volunteer on a machine of its own would see (the crowd's include their crowded workers' event loops)
 //      --cpu-prof <dir>: the coordinator and the workers write V8 CPU profiles there (open in Chrome's DevTools)
 // Event-loop delays (the coordinator's through bench/loop-delay.mjs, each worker's own) say where a round trip waited.
 import { fork, spawn } from 'node:child_process';
@@ -136,7 +138,7 @@ async function main(): Promise<void> {
     options: {
       quick: { type: 'boolean' }, nodes: { type: 'string' }, workers: { type: 'string' }, seconds: { type: 'string' },
       churn: { type: 'string' }, 'train-ms': { type: 'string' }, 'heartbeat-ms': { type: 'string' }, 'cpu-prof': { type: 'string' },
-      'joins-at-once': { type: 'string' }, 'nice-workers': { type: 'boolean' },
+      'joins-at-once': { type: 'string' }, 'nice-workers': { type: 'boolean' }, probes: { type: 'string' },
     },
   });
   const quick = values.quick ?? false;
@@ -148,6 +150,8 @@ async function main(): Promise<void> {
   const heartbeatMs = Number(values['heartbeat-ms'] ?? 1000);
   // Per worker (SimOptions.joinsAtOnce); 0: all at once.
   const joinsAtOnce = Number(values['joins-at-once'] ?? 32);
+  const probes = Number(values.probes ?? 20);
+  if (!Number.isInteger(probes) || probes < 0 || probes >= total) throw new RangeError(`--probes must be an integer in [0, ${total})`);
   const profile = values['cpu-prof'] === undefined ? [] : ['--cpu-prof', '--cpu-prof-dir', values['cpu-prof']];
   // About as many batches as the swarm trains in the run (a minute of joining, then the churn), so the job ends soon after the churn stops.
   const job: JobSpec = { ...JOB, totalBatches: Math.round((total * (60 + seconds) * 1000) / trainMs) };
@@ -192,19 +196,24 @@ async function main(): Promise<void> {
   const before = usageOf(pid);
   let peakRss = before.rssBytes;
 
-  const children = Array.from({ length: workers }, () => fork(fileURLToPath(import.meta.url), ['--worker'], {
+  const fork1 = () => fork(fileURLToPath(import.meta.url), ['--worker'], {
     execArgv: [...profile, '--import', 'tsx'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
-  }));
+  });
+  const children = Array.from({ length: workers }, fork1);
+  const prober = probes > 0 ? fork1() : undefined;
   // The volunteers' work yields to the coordinator's, as on a coordinator machine of its own (nice 19: the lowest priority).
   if (values['nice-workers']) for (const child of children) setPriority(child.pid!, 19);
+  const crowd = total - probes;
   const share = (count: number, i: number) => Math.floor(count / workers) + (i < count % workers ? 1 : 0);
-  // Each worker's nodes dial from loopback addresses of their own, as volunteers from many addresses would.
+  // Each process's nodes dial from loopback addresses of their own, as volunteers from many addresses would.
   const options = (worker: number): SimOptions => ({
     coordinator: address, token: 'bench', memoryBytes, trainMs, idleMs: 1000, sourceNet: worker + 1,
     ...(joinsAtOnce > 0 ? { joinsAtOnce } : {}),
   });
   const t0 = Date.now();
-  children.forEach((child, i) => child.send({ start: share(total, i), options: options(i) } satisfies Command));
+  children.forEach((child, i) => child.send({ start: share(crowd, i), options: options(i) } satisfies Command));
+  prober?.send({ start: probes, options: options(workers) } satisfies Command);
+  const everyProcess = prober ? [...children, prober] : children;
 
   const sampler = setInterval(() => {
     peakRss = Math.max(peakRss, usageOf(pid).rssBytes);
@@ -217,7 +226,7 @@ async function main(): Promise<void> {
   const allJoinedMs = joinedAt.size >= total ? Math.max(...joinedAt.values()) - t0 : NaN;
   const steady = usageOf(pid);
   const steadyAt = Date.now();
-  for (const child of children) child.send({ steady: true } satisfies Command);
+  for (const child of everyProcess) child.send({ steady: true } satisfies Command);
 
   // Churn for the run's seconds once all have joined (or two minutes passed): every tenth of a minute, a tenth of the minute's
   // leavers and joiners.
@@ -233,9 +242,10 @@ async function main(): Promise<void> {
   progress(`churn over (${churned} rounds); training the job to its end (${counters?.completed ?? 0} of ${job.totalBatches} done)`);
   const running = usageOf(pid);
   const runningAt = Date.now();
-  const reports = children.map((child) => new Promise<WorkerReport>((resolve) => child.once('message', resolve)));
+  const reports = everyProcess.map((child) => new Promise<WorkerReport>((resolve) => child.once('message', resolve)));
   await waitUntil(Date.now() + 600_000, () => done !== undefined);
-  for (const child of children) child.send({ finish: true } satisfies Command);
+  const doneAt = Date.now();
+  for (const child of everyProcess) child.send({ finish: true } satisfies Command);
   progress(done ? 'job done' : 'job NOT done');
   const results = await Promise.all(reports);
   clearInterval(sampler);
@@ -243,7 +253,8 @@ async function main(): Promise<void> {
   await rm(dir, { recursive: true, force: true });
 
   const merged = (name: Timed) => results.flatMap((r) => r.stats.roundTrips[name]);
-  const afterJoins = (name: Timed) => results.flatMap((r) => r.stats.roundTrips[name].slice(r.beforeSteady[name]));
+  const afterJoins = (name: Timed, of = results) => of.flatMap((r) => r.stats.roundTrips[name].slice(r.beforeSteady[name]));
+  const probeResults = results.slice(workers);
   const beats = merged('heartbeat').length;
   const sum = (of: (result: WorkerReport) => number) => results.reduce((s, r) => s + of(r), 0);
   const replyBytes = sum((r) => r.stats.heartbeatReplyBytes);
@@ -255,18 +266,28 @@ async function main(): Promise<void> {
   const ms = (v: number) => (Number.isNaN(v) ? '-' : v.toFixed(1));
   const cores = (a: Usage, b: Usage, seconds: number) => (seconds < 1 ? '-' : ((b.cpuSeconds - a.cpuSeconds) / seconds).toFixed(2));
   const rows: string[][] = [
-    ['nodes (workers)', `${total} (${workers}), ${sum((r) => r.nodes)} in all with churn`],
+    [
+      'nodes (workers)',
+      `${total} (${workers}${probes > 0 ? `, ${probes} of them probes in a process of their own` : ''}), `
+      + `${sum((r) => r.nodes)} in all with churn`,
+    ],
     ['all joined', `${ms(allJoinedMs / 1000)} s`],
     ...(['join', 'heartbeat', 'lease', 'leaseReport'] as const).map((name) => {
       const p50p99 = (values: number[]) => `${ms(percentile(values, 50))} / ${ms(percentile(values, 99))} ms (${values.length})`;
-      return [`${name} round trip p50 / p99: all / after the joins`, `${p50p99(merged(name))}; ${p50p99(afterJoins(name))}`];
+      const probed = probes > 0 ? `; ${p50p99(afterJoins(name, probeResults))}` : '';
+      return [`${name} round trip p50 / p99: all / after the joins${probes > 0 ? ' / the probes after the joins' : ''}`,
+        `${p50p99(merged(name))}; ${p50p99(afterJoins(name))}${probed}`];
     }),
+    [
+      'heartbeats per second after the joins (sent by the nodes)',
+      (afterJoins('heartbeat').length / ((doneAt - steadyAt) / 1000)).toFixed(0),
+    ],
     [
       "coordinator event-loop delay after the joins: median / worst 2-s window's p99, max; GC",
       loopWindows(coordinatorLoop, steadyAt),
     ],
     [
-      "each sim worker's event-loop delay after the joins: p50 / p99 / max",
+      `each sim worker's event-loop delay after the joins: p50 / p99 / max${probes > 0 ? ' (the probes\' last)' : ''}`,
       results.map(({ loopDelay: d }) => `${ms(d.p50)} / ${ms(d.p99)} / ${ms(d.max)} ms`).join('; '),
     ],
     ['re-plan (planner alone)', `${ms(replanMs(job, tokenizer, total, memoryBytes))} ms at ${total} nodes`],

@@ -224,7 +224,7 @@ export class CoordinatorServer {
     const relayServer = options.relay === false ? undefined : { mayReserve: (peer: string) => made?.isAlive(peer) === true };
     const host = await createHost({
       listen: options.listen, privateKey, ...(options.announce ? { announce: options.announce } : {}), relayServer,
-      connectionManager: CONNECTIONS,
+      connectionManager: CONNECTIONS, pingConnections: false,
     });
     const server = new CoordinatorServer(host, new Rpc({
       transport: host, codec: msgpackCodec, onReject: (rejection) => made?.emit({ event: 'rejected', ...rejection }),

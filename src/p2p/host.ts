@@ -47,6 +47,13 @@ export interface HostOptions {
   privateKey?: PrivateKey;
   /** libp2p's connection limits, when its defaults (300 connections, 5 new ones a second per address) are too few. */
   connectionManager?: Libp2pInit['connectionManager'];
+  /**
+   * Whether this host pings its connections (libp2p's connection monitor: every connection at once, every 10 s,
+   * each ping a new stream). Default true. A coordinator turns it off: with a thousand nodes it was a burst of a
+   * thousand streams every 10 s that held heartbeats back; its nodes' heartbeats and their own pings show them
+   * alive, and a vanished node's socket closes after TCP's two idle minutes.
+   */
+  pingConnections?: boolean;
   /** Transports to use instead of TCP (a test can wrap TCP to add latency or faults). */
   transports?: Libp2pInit['transports'];
   connectionGater?: ConnectionGater;
@@ -98,7 +105,7 @@ export async function createHost(options: HostOptions = {}): Promise<Host> {
     streamMuxers: [yamux({ streamOptions: { maxStreamWindowSize: MAX_STREAM_WINDOW_BYTES } })],
     connectionGater: gater,
     ...(options.connectionManager ? { connectionManager: options.connectionManager } : {}),
-    connectionMonitor: { pingTimeout: { minTimeout: MIN_PING_TIMEOUT_MS } },
+    connectionMonitor: { enabled: options.pingConnections ?? true, pingTimeout: { minTimeout: MIN_PING_TIMEOUT_MS } },
     services: {
       identify: identify(),
       ping: ping(),
