@@ -107,7 +107,7 @@ function usageOf(pid: number): Usage {
 }
 
 /** bench/loop-delay.mjs's measures of one 2-s window (ms), and when it came. */
-interface LoopWindow { at: number; p99: number; max: number; gcLongest: number; gcTotal: number }
+interface LoopWindow { at: number; p99: number; max: number; gcLongest: number; gcTotal: number; heapUsed: number; external: number }
 
 /**
  * The coordinator's event-loop delay in the 2-s windows from `since`: the median and the worst window's p99, the longest
@@ -264,6 +264,7 @@ async function main(): Promise<void> {
   const failures: Record<string, number> = {};
   for (const r of results) for (const [k, v] of Object.entries(r.stats.failures)) tally(failures, k, v);
   const ms = (v: number) => (Number.isNaN(v) ? '-' : v.toFixed(1));
+  const mib = (bytes: number) => (bytes / 2 ** 20).toFixed(0);
   const cores = (a: Usage, b: Usage, seconds: number) => (seconds < 1 ? '-' : ((b.cpuSeconds - a.cpuSeconds) / seconds).toFixed(2));
   const rows: string[][] = [
     [
@@ -296,7 +297,11 @@ async function main(): Promise<void> {
       'coordinator CPU: joining / churn',
       `${cores(before, steady, (steadyAt - t0) / 1000)} / ${cores(steady, running, (runningAt - steadyAt) / 1000)} cores`,
     ],
-    ['coordinator RSS peak', `${(peakRss / 2 ** 20).toFixed(0)} MiB`],
+    ['coordinator RSS peak', `${mib(peakRss)} MiB`],
+    [
+      'coordinator JS heap used / outside the heap, largest',
+      `${mib(Math.max(...coordinatorLoop.map((w) => w.heapUsed)))} / ${mib(Math.max(...coordinatorLoop.map((w) => w.external)))} MiB`,
+    ],
     ['longest heartbeat period told to nodes', `${Math.max(...results.map((r) => r.stats.longestHeartbeatMs))} ms`],
     ['bytes per heartbeat (request / reply)', `${(requestBytes / beats).toFixed(0)} / ${(replyBytes / beats).toFixed(0)}`],
     ['plans received by nodes (as deltas)', `${sum((r) => r.stats.plansReceived)} (${sum((r) => r.stats.planDeltas)})`],
