@@ -159,23 +159,31 @@ export async function serveExperts(
   };
   const forward = (call: ExpertCall, peer: string): ExpertCall => {
     const expert = holding(call);
-    const input = decode(call, call.rows, x.rows(call.rows));
-    const y = out.rows(call.rows);
-    expert.forward(input, y, call.rows);
-    const forwardKept = expert.saveForward(call.rows);
-    const own = kernels.heap.copyOf(input);
     const { step, layer, rows } = call;
-    const bytes = own.byteLength + forwardKept.bytes;
-    kept.keep(peer, call.call, { step, layer, expert: call.expert, rows, replica: expert, input: own, kept: forwardKept, bytes });
+    // The input decodes into heap memory of its own, kept with the forward's activations for its backward.
+    const input = kernels.heap.f32(rows * hidden, false);
+    const y = out.rows(rows);
+    let forwardKept;
+    try {
+      decode(call, rows, input);
+      expert.forward(input, y, rows);
+      forwardKept = expert.saveForward(rows);
+    } catch (err) {
+      kernels.heap.release(input);
+      throw err;
+    }
+    const bytes = input.byteLength + forwardKept.bytes;
+    kept.keep(peer, call.call, { step, layer, expert: call.expert, rows, replica: expert, input, kept: forwardKept, bytes });
     stats.served++;
     return reply(call, y);
   };
   const backward = (call: ExpertCall, peer: string): ExpertCall => {
     const expert = holding(call);
     const grad = decode(call, call.rows, dy.rows(call.rows));
-    const input = x.rows(call.rows);
+    let input: Float32Array;
+    let keptInput: Float32Array | undefined;
     if (call.input) {
-      decode({ tensor: call.input, scales: call.inputScales }, call.rows, input);
+      input = decode({ tensor: call.input, scales: call.inputScales }, call.rows, x.rows(call.rows));
       expert.keepInputsOf(input, call.rows); // refills the activations the backward reads
     } else {
       const forwardKept = kept.take(peer, call);
@@ -183,15 +191,15 @@ export async function serveExperts(
         if (forwardKept) release(forwardKept); // kept by a replica of the expert given up since
         throw new InputNotKept(`expert ${call.layer}.${call.expert}: the input of forward call ${call.forwardCall} is not kept here`);
       }
-      try {
-        input.set(forwardKept.input);
-        expert.restoreForward(forwardKept.kept);
-      } finally {
-        release(forwardKept);
-      }
+      expert.restoreForward(forwardKept.kept); // takes the activations over
+      input = keptInput = forwardKept.input;
     }
     const dx = out.rows(call.rows);
-    expert.backward(input, grad, dx, call.rows);
+    try {
+      expert.backward(input, grad, dx, call.rows);
+    } finally {
+      if (keptInput) kernels.heap.release(keptInput);
+    }
     stats.served++;
     return reply(call, dx);
   };

@@ -71,13 +71,14 @@ export class KernelHeap {
     if (last && last.ptr + last.size === this.top) { this.top = last.ptr; this.free.pop(); }
   }
 
-  f32(length: number): Float32Array { return this.view(Float32Array, length); }
-  i8(length: number): Int8Array { return this.view(Int8Array, length); }
-  u8(length: number): Uint8Array { return this.view(Uint8Array, length); }
-  i16(length: number): Int16Array { return this.view(Int16Array, length); }
-  u16(length: number): Uint16Array { return this.view(Uint16Array, length); }
-  i32(length: number): Int32Array { return this.view(Int32Array, length); }
-  u32(length: number): Uint32Array { return this.view(Uint32Array, length); }
+  // zeroed false: the caller writes every value before reading any (the zeroing would be a wasted pass).
+  f32(length: number, zeroed = true): Float32Array { return this.view(Float32Array, length, zeroed); }
+  i8(length: number, zeroed = true): Int8Array { return this.view(Int8Array, length, zeroed); }
+  u8(length: number, zeroed = true): Uint8Array { return this.view(Uint8Array, length, zeroed); }
+  i16(length: number, zeroed = true): Int16Array { return this.view(Int16Array, length, zeroed); }
+  u16(length: number, zeroed = true): Uint16Array { return this.view(Uint16Array, length, zeroed); }
+  i32(length: number, zeroed = true): Int32Array { return this.view(Int32Array, length, zeroed); }
+  u32(length: number, zeroed = true): Uint32Array { return this.view(Uint32Array, length, zeroed); }
 
   /** A new heap view holding a copy of `view`. */
   copyOf<T extends Float32Array | Uint16Array>(view: T): T {

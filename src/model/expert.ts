@@ -60,8 +60,32 @@ export class ExpertSlab {
     this.release();
     const { heap } = this.kernels;
     const length = rows * this.hidden;
-    [this.g, this.u] = this.storage === 'f32' ? [heap.f32(length), heap.f32(length)] : [heap.u16(length), heap.u16(length)];
+    // Unzeroed: a forward writes its whole claimed region before anything reads it.
+    [this.g, this.u] = this.storage === 'f32'
+      ? [heap.f32(length, false), heap.f32(length, false)]
+      : [heap.u16(length, false), heap.u16(length, false)];
     this.capacity = rows;
+  }
+
+  /**
+   * Gives away the buffers holding `claim`, the only claim of the slab's forward: the caller owns them now (frees them
+   * with the heap), and the next claim allocates afresh. A serving replica keeps each forward's activations this way.
+   */
+  handOver(claim: SlabClaim): { g: Float32Array | Uint16Array; u: Float32Array | Uint16Array } {
+    if (claim.start !== 0 || this.used !== claim.rows) throw new Error('model: only a forward\'s one claim can be handed over');
+    const views = this.views(claim);
+    this.g = this.u = undefined;
+    this.capacity = 0;
+    return views;
+  }
+
+  /** Takes buffers of `rows` rows handed over earlier back as this slab's own, holding a new forward's one claim. */
+  adopt(views: { g: Float32Array | Uint16Array; u: Float32Array | Uint16Array }, rows: number): SlabClaim {
+    this.release();
+    [this.g, this.u] = [views.g, views.u];
+    this.capacity = rows;
+    this.beginForward();
+    return this.claim(rows);
   }
 
   /** Frees the buffers; a later reserve() or claim() allocates again. */
@@ -129,23 +153,23 @@ export class ExpertCache {
   }
 
   /**
-   * A copy of the forward's kept gate·x and up·x (f32, or bf16 bit patterns), exact, in the kernel heap: copies
-   * kept a while (a served forward's) then churn no garbage-collected memory, whose collections cost a holder
-   * serving a peer's calls a mark-compact every few hundred milliseconds.
+   * The forward's kept gate·x and up·x (f32, or bf16 bit patterns), taken out of a slab of the expert's own without a
+   * copy: heap views the caller owns until restore() takes them back or it frees them. Kept a while (a served
+   * forward's), they churn no garbage-collected memory, whose collections cost a holder serving a peer's calls a
+   * mark-compact every few hundred milliseconds.
    */
   save(rows: number): { g: Float32Array | Uint16Array; u: Float32Array | Uint16Array } {
+    if (!this.ownsSlab) throw new Error('model: only an expert with a slab of its own can save its forward');
     if (this.claim?.rows !== rows) throw new Error(`model: an expert has no forward over ${rows} rows to save`);
-    const { g, u } = this.slab.views(this.claim);
-    return { g: this.kernels.heap.copyOf(g), u: this.kernels.heap.copyOf(u) };
+    const saved = this.slab.handOver(this.claim);
+    this.claim = undefined;
+    return saved;
   }
 
-  /** Keeps a saved gate·x and up·x as if a forward over `rows` rows had just kept them. */
+  /** Takes back a saved gate·x and up·x as if a forward over `rows` rows had just kept them (the caller owns them no more). */
   restore(saved: { g: Float32Array | Uint16Array; u: Float32Array | Uint16Array }, rows: number): void {
-    if (this.ownsSlab) this.slab.beginForward();
-    this.claim = this.slab.claim(rows);
-    const { g, u } = this.slab.views(this.claim);
-    g.set(saved.g);
-    u.set(saved.u);
+    if (!this.ownsSlab) throw new Error('model: only an expert with a slab of its own can restore a forward');
+    this.claim = this.slab.adopt(saved, rows);
   }
 
   /** The kept gate·x and up·x as f32 for the backward, which may overwrite them. */
@@ -199,7 +223,7 @@ export class ExpertScratch {
   }
 }
 
-/** What an expert's forward kept for its backward, copied out of the expert into the kernel heap (SwigluExpert.saveForward). */
+/** What an expert's forward kept for its backward, taken out of the expert into the kernel heap (SwigluExpert.saveForward). */
 export interface KeptForward {
   rows: number;
   /** gate·x and up·x as the activation storage keeps them. */
@@ -246,9 +270,9 @@ export class SwigluExpert {
   }
 
   /**
-   * A copy of everything the latest forward over `rows` rows kept for its backward (gate·x, up·x and the LoRA
-   * linears' x·Aᵀ), so a holder can answer that forward's backward after serving other calls (restoreForward).
-   * The copy lives in the kernel heap until releaseForward.
+   * Everything the latest forward over `rows` rows kept for its backward (gate·x and up·x taken out of the serving
+   * replica's own slab, copies of the LoRA linears' x·Aᵀ), so a holder can answer that forward's backward after
+   * serving other calls (restoreForward). It lives in the kernel heap until restoreForward or releaseForward.
    */
   saveForward(rows: number): KeptForward {
     const { g, u } = this.cache.save(rows);
@@ -257,17 +281,19 @@ export class SwigluExpert {
     return { rows, g, u, linears, bytes };
   }
 
-  /** Frees what saveForward copied (after restoreForward, or instead of it). */
+  /** Frees what saveForward kept, when its backward will not come (restoreForward takes it over instead). */
   releaseForward(kept: KeptForward): void {
     for (const view of [kept.g, kept.u, ...kept.linears]) if (view) this.kernels.heap.release(view);
   }
 
-  /** Puts back what saveForward copied: the backward that follows is that forward's, bit for bit. */
+  /** Puts back what saveForward kept, taking it over (not to be released after): the backward that follows is that forward's. */
   restoreForward(kept: KeptForward): void {
     this.cache.restore(kept, kept.rows);
     [this.gate, this.up, this.down].forEach((linear, i) => {
       const saved = kept.linears[i];
-      if (saved) linear.restoreKept!(saved);
+      if (!saved) return;
+      linear.restoreKept!(saved);
+      this.kernels.heap.release(saved);
     });
   }
 

@@ -49,4 +49,32 @@ describe('ExpertSlab', () => {
     expect(g).toBeInstanceOf(Uint16Array);
     expect(u.length).toBe(21);
   });
+
+  it('hands a forward\'s one claim over without a copy, allocates the next afresh, and takes handed-over buffers back', () => {
+    const slab = new ExpertSlab(kernels, 4);
+    const allocated = kernels.heap.allocatedBytes;
+    slab.beginForward();
+    const first = slab.claim(3);
+    slab.views(first).g.fill(7);
+    const saved = slab.handOver(first);
+    expect([saved.g.length, [...new Set(saved.g)]]).toEqual([12, [7]]);
+    // The slab holds nothing now: a second forward allocates its own buffers beside the handed-over ones.
+    slab.beginForward();
+    const second = slab.claim(5);
+    slab.views(second).g.fill(9);
+    expect([...new Set(saved.g)]).toEqual([7]);
+    // Taking the first back frees the second's buffers; the handed-over values are the claim's, as they were.
+    const again = slab.adopt(saved, 3);
+    expect(slab.views(again).g.byteOffset).toBe(saved.g.byteOffset);
+    expect([...new Set(slab.views(again).g)]).toEqual([7]);
+    slab.release();
+    expect(kernels.heap.allocatedBytes).toBe(allocated);
+    // Only a forward's one claim can go: another claim of the same forward would point into given-away memory.
+    slab.reserve(3);
+    slab.beginForward();
+    slab.claim(2);
+    const other = slab.claim(1);
+    expect(() => slab.handOver(other)).toThrow(/only a forward's one claim/);
+    slab.release();
+  });
 });
