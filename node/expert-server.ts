@@ -140,6 +140,8 @@ export async function serveExperts(
   };
   const holding = (call: ExpertCall) => {
     if (call.jobId !== jobId) throw new RefusedError(`this node trains job ${jobId}, not ${call.jobId}`);
+    // A caller skips an expert no row chose; an empty call would claim an empty region of the replica's slab.
+    if (call.rows < 1) throw new RefusedError('a call of no rows');
     const expert = experts.servingExpert(call.layer, call.expert);
     if (!expert) throw new RefusedError(`expert ${call.layer}.${call.expert} is not held here`);
     return expert;

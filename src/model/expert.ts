@@ -72,14 +72,16 @@ export class ExpertSlab {
    * with the heap), and the next claim allocates afresh. A serving replica keeps each forward's activations this way.
    */
   handOver(claim: SlabClaim): { g: Float32Array | Uint16Array; u: Float32Array | Uint16Array } {
-    if (claim.start !== 0 || this.used !== claim.rows) throw new Error('model: only a forward\'s one claim can be handed over');
+    if (claim.start !== 0 || this.used !== claim.rows || this.capacity !== claim.rows) {
+      throw new Error('model: only a forward\'s one claim filling the slab can be handed over');
+    }
     const views = this.views(claim);
     this.g = this.u = undefined;
     this.capacity = 0;
     return views;
   }
 
-  /** Takes buffers of `rows` rows handed over earlier back as this slab's own, holding a new forward's one claim. */
+  /** Takes buffers of exactly `rows` rows handed over earlier back as this slab's own, holding a new forward's one claim. */
   adopt(views: { g: Float32Array | Uint16Array; u: Float32Array | Uint16Array }, rows: number): SlabClaim {
     this.release();
     [this.g, this.u] = [views.g, views.u];
@@ -99,6 +101,15 @@ export class ExpertSlab {
   beginForward(): void {
     this.forward++;
     this.used = 0;
+  }
+
+  /**
+   * A new forward of the expert owning this slab, its one claim of `rows` rows: the buffers hold exactly that many
+   * (allocated again when they hold another count), so a handOver gives away whole blocks, counted by their length.
+   */
+  beginOwnForward(rows: number): void {
+    if (this.capacity !== rows) this.release();
+    this.beginForward();
   }
 
   claim(rows: number): SlabClaim {
@@ -132,7 +143,7 @@ export class ExpertCache {
 
   /** Where the forward writes gate·x and up·x: this expert's region (f32), or scratch that keep() stores (bf16). */
   forwardOutputs(rows: number, scratch: ExpertScratch): { g: Float32Array; u: Float32Array } {
-    if (this.ownsSlab) this.slab.beginForward();
+    if (this.ownsSlab) this.slab.beginOwnForward(rows);
     this.claim = this.slab.claim(rows);
     if (this.slab.storage === 'bf16') return scratch.gu(rows * this.slab.hidden);
     return this.slab.views(this.claim) as { g: Float32Array; u: Float32Array };

@@ -75,6 +75,23 @@ describe('ExpertSlab', () => {
     slab.claim(2);
     const other = slab.claim(1);
     expect(() => slab.handOver(other)).toThrow(/only a forward's one claim/);
+    // Nor one of fewer rows than the buffers hold: they would be counted by the claim's length, and freed whole.
+    slab.beginForward();
+    expect(() => slab.handOver(slab.claim(2))).toThrow(/filling the slab/);
     slab.release();
+  });
+
+  it('sizes an owning expert\'s forward exactly, so what it hands over is all it holds', () => {
+    const slab = new ExpertSlab(kernels, 16);
+    const allocated = kernels.heap.allocatedBytes;
+    slab.beginOwnForward(5);
+    const big = slab.handOver(slab.claim(5));
+    slab.adopt(big, 5); // a backward took a 5-row forward back
+    slab.beginOwnForward(2); // the next forward has 2 rows: the 5-row buffers go
+    const small = slab.handOver(slab.claim(2));
+    expect(kernels.heap.allocatedBytes - allocated).toBe(small.g.byteLength + small.u.byteLength);
+    kernels.heap.release(small.g);
+    kernels.heap.release(small.u);
+    expect(kernels.heap.allocatedBytes).toBe(allocated);
   });
 });

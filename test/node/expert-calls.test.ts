@@ -132,7 +132,7 @@ describe('expert calls in batches', () => {
     expect(kernels.heap.allocatedBytes).toBe(heapBytes);
   });
 
-  it('refuses a call of a batch on its own: bad values, an expert not held, an unknown forward; the others are answered', async () => {
+  it('refuses a call of a batch on its own: bad values, another job, no rows, an unknown forward; the others are answered', async () => {
     const [holderHost, callerHost] = [hosts[0], hosts[2]];
     const rpc = new Rpc({ transport: callerHost, codec: msgpackCodec });
     const call = (id: number, expert: number, values: Float32Array) => ({
@@ -140,12 +140,15 @@ describe('expert calls in batches', () => {
     });
     const poisoned = randomRows(50);
     poisoned[9] = NaN;
+    const empty = { ...call(6, 3, randomRows(56)), rows: 0, tensor: f32Tensor([0, H], new Float32Array(0)) };
     const forward = await rpc.request(holderHost.getMultiaddrs(), 'expertCalls', {
-      direction: 'forward', calls: [call(1, 0, randomRows(51)), call(2, 1, poisoned), { ...call(3, 2, randomRows(52)), jobId: 'other' }],
+      direction: 'forward',
+      calls: [call(1, 0, randomRows(51)), call(2, 1, poisoned), { ...call(3, 2, randomRows(52)), jobId: 'other' }, empty],
     });
     expect(forward.answers.map((a) => a.call)).toEqual([1]);
     expect(forward.refusals).toEqual([
       { call: 2, reason: 'non-finite value NaN at 9' }, { call: 3, reason: 'this node trains job job, not other' },
+      { call: 6, reason: 'a call of no rows' },
     ]);
     const backward = await rpc.request(holderHost.getMultiaddrs(), 'expertCalls', {
       direction: 'backward', calls: [{ ...call(4, 0, randomRows(53)), forwardCall: 1 }, { ...call(5, 1, randomRows(54)), forwardCall: 99 }],
