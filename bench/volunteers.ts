@@ -196,11 +196,11 @@ async function main(): Promise<void> {
   const before = usageOf(pid);
   let peakRss = before.rssBytes;
 
-  const fork1 = () => fork(fileURLToPath(import.meta.url), ['--worker'], {
+  const forkWorker = () => fork(fileURLToPath(import.meta.url), ['--worker'], {
     execArgv: [...profile, '--import', 'tsx'], stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
   });
-  const children = Array.from({ length: workers }, fork1);
-  const prober = probes > 0 ? fork1() : undefined;
+  const children = Array.from({ length: workers }, forkWorker);
+  const prober = probes > 0 ? forkWorker() : undefined;
   // The volunteers' work yields to the coordinator's, as on a coordinator machine of its own (nice 19: the lowest priority).
   if (values['nice-workers']) for (const child of children) setPriority(child.pid!, 19);
   const crowd = total - probes;
