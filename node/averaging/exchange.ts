@@ -8,7 +8,7 @@ import {
   f32Tensor, MAX_DELTAS_PER_REQUEST, tensorF32, TENSOR_MESSAGE_CAP, truncateReason, type DeltaRefusals, type NamedTensor, type ParameterDelta,
 } from '../../proto/index.ts';
 import {
-  firstNonFinite, isWholeGroup, l2Norm, partCount, partition, slicePart, writePart, type Part,
+  firstNonFinite, isWholeGroup, jsPasses, partCount, partition, slicePart, writePart, type Part,
 } from '../../src/averaging/index.ts';
 import { decodeTensors, encodeTensorsDecoded, type Codec, type CodecState } from '../../src/compress/index.ts';
 import type { Param } from '../../src/model/params.ts';
@@ -304,7 +304,7 @@ export class DeltaExchange {
       refuse(`${group}: ${(err as Error).message}`);
     }
     // One pass for both checks: the norm is non-finite exactly when a value is (f32 squares cannot overflow f64).
-    const partNorm = l2Norm(values);
+    const partNorm = (this.components.passes ?? jsPasses).l2Norm(values);
     const bad = Number.isFinite(partNorm) ? undefined : firstNonFinite(values);
     if (bad) refuse(`${group}: ${part.segments[bad.tensor].name} has a non-finite value at ${bad.index}`);
     const norm = delta.norm ?? 0;

@@ -12,7 +12,7 @@
 // holder ends the round at its group's mean parameters; the outer step takes mean − anchor as its delta.
 import { sparseCodecOf } from '../../proto/index.ts';
 import {
-  aggregate, groupOf, jsPasses, l2Norm, NormScreen, OuterStep, type Contribution, type RoundPasses,
+  aggregate, groupOf, jsPasses, NormScreen, OuterStep, type Contribution, type RoundPasses,
 } from '../../src/averaging/index.ts';
 import { codecsForGroups, type Codec, type CodecState } from '../../src/compress/index.ts';
 import type { Param } from '../../src/model/params.ts';
@@ -62,8 +62,6 @@ export class PeriodicAveraging implements Averager {
   private readonly inFlight = new Map<string, RoundInFlight>();
   /** Arrays of arrivals a round has used, by group: the next arrivals decode into them (see DeltaInbox.spare). */
   private readonly spares = new Map<string, Float32Array[][]>();
-  /** overlap: each group's arrays for its rounds' boundary values, reused once the round before has landed. */
-  private readonly boundaries = new Map<string, Float32Array[]>();
   /** topology groups: each round averages parameters within this node's small group of the round. */
   private readonly grouped: boolean;
   private readonly passes: RoundPasses;
@@ -145,8 +143,8 @@ export class PeriodicAveraging implements Averager {
 
   resetGroup(group: string): void {
     this.inFlight.delete(group);
-    this.boundaries.delete(group);
     this.spares.delete(group);
+    this.outer.get(group)?.retire();
     this.outer.delete(group);
     this.pending.delete(group);
     this.screens.delete(group);
@@ -169,25 +167,16 @@ export class PeriodicAveraging implements Averager {
     // Reads `values` only before its first await: under overlap, training moves them on meanwhile.
     const mean = this.roundMean(group, round, outer, values);
     if (!this.options.overlap) {
-      const landed = await mean;
-      this.stats.rounds++;
-      outer.apply(values, landed);
+      await outer.during(mean.then((landed) => {
+        this.stats.rounds++;
+        outer.apply(values, landed);
+      }));
       return;
     }
-    const flight: RoundInFlight = { outer, params, boundary: this.boundaryOf(group, values), landing: Promise.resolve() };
+    const flight: RoundInFlight = { outer, params, boundary: outer.boundary(values), landing: Promise.resolve() };
     // A failed round surfaces at the next step, as a waited-for one would at its boundary, not as an unhandled rejection.
-    flight.landing = mean.then((landed) => void (flight.mean = landed), (err: unknown) => void (flight.failure = err));
+    flight.landing = outer.during(mean).then((landed) => void (flight.mean = landed), (err: unknown) => void (flight.failure = err));
     this.inFlight.set(group, flight);
-  }
-
-  /** A copy of the values at a round's boundary, in the arrays of the group's last round (applied by now: see afterUpdate). */
-  private boundaryOf(group: string, values: readonly Float32Array[]): Float32Array[] {
-    let boundary = this.boundaries.get(group);
-    if (boundary?.length !== values.length || boundary.some((b, i) => b.length !== values[i].length)) {
-      this.boundaries.set(group, (boundary = values.map((v) => new Float32Array(v.length))));
-    }
-    boundary.forEach((b, i) => b.set(values[i]));
-    return boundary;
   }
 
   /** The round's mean delta of the group's holders (the outer step's input), by the job's topology. */
@@ -216,7 +205,7 @@ export class PeriodicAveraging implements Averager {
     // What the others will decode of ours is what we average with: everyone uses the same numbers. It may
     // overwrite the deltas (the outer step's arrays, not read again this round).
     const { messages, decoded: mine } = this.exchange.encodeGroup(group, codec, deltas, count, this.codecStatesOf(group, count), true);
-    const myNorm = l2Norm(mine); // now, while the group's values are in cache
+    const myNorm = this.passes.l2Norm(mine); // now, while the group's values are in cache
     this.exchange.sendAll(group, round, this.options.every, codec.spec, messages);
     const has = (peer: string) => (this.pending.get(group) ?? []).some((c) => c.sender === peer && c.round >= round);
     await this.exchange.wait(group, round, () => awaited.every(has));

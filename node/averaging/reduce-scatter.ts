@@ -18,7 +18,7 @@
 // only (src/averaging/groups.ts): parts, owners and gathers are the group's, and only parts of the
 // round itself are used, since an earlier round's went to another group.
 import {
-  aggregate, fallbackOf, holderOrder, l2Norm, ownerOf, slicePart, writePart,
+  aggregate, fallbackOf, holderOrder, ownerOf, slicePart, writePart,
   type Contribution, type NormScreen, type Part, type RoundPasses,
 } from '../../src/averaging/index.ts';
 import type { Codec, CodecState } from '../../src/compress/index.ts';
@@ -109,7 +109,7 @@ export class ReduceScatter {
     // The deltas are the outer step's arrays (or a copy), not read again but for their lengths: decoded over them.
     const states = this.context.codecStates(group, count);
     const { layout, messages, decoded: mine } = exchange.encodeGroup(group, codec, deltas, count, states, true);
-    const myNorm = l2Norm(mine);
+    const myNorm = this.context.passes.l2Norm(mine);
     const r: Round = {
       group, round, ordered, layout, codec, mine, myNorm, results: new Map(),
       reduceMessage: (index) => ({
@@ -209,7 +209,7 @@ export class ReduceScatter {
       const arrival = gathered(part.index);
       if (!arrival || arrival.count !== layout.length) continue;
       this.gathers.get(group)!.delete(`${round}#${part.index}`);
-      const norm = l2Norm(arrival.values);
+      const norm = this.context.passes.l2Norm(arrival.values);
       if (norm > limit) {
         exchange.flag(arrival.sender);
         const why = `norm ${norm.toExponential(2)} is over ${limit.toExponential(2)}`;

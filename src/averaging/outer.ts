@@ -14,21 +14,27 @@ export interface OuterStepOptions {
 export class OuterStep {
   /** The group's values at its last round: deltas are measured from here. */
   readonly anchor: Float32Array[];
-  readonly momentum: Float32Array[];
   private readonly lr: number;
   private readonly mu: number;
   private readonly passes: RoundPasses;
-  /** delta()'s arrays, made at its first call. */
+  /** The arrays below are made at first use, from the passes (a node's kernel heap), and reused round after round. */
+  private momentum?: Float32Array[];
+  /** delta()'s arrays. */
   private deltas?: Float32Array[];
-  /** With momentum: the update μ·m + Δ̄ of each tensor, made at the first round. */
+  /** With momentum: the update μ·m + Δ̄ of each tensor. */
   private updates?: Float32Array[];
+  /** boundary()'s arrays. */
+  private boundaries?: Float32Array[];
+  /** Rounds under way over these arrays (during()); a retired step frees them when the last one settles. */
+  private rounds = 0;
+  private retired = false;
 
   constructor(values: readonly Float32Array[], options: OuterStepOptions = {}) {
-    this.anchor = values.map((v) => Float32Array.from(v));
-    this.momentum = values.map((v) => new Float32Array(v.length));
     this.lr = options.lr ?? 1;
     this.mu = options.momentum ?? 0;
     this.passes = options.passes ?? jsPasses;
+    this.anchor = this.arrays(values);
+    this.anchor.forEach((a, i) => a.set(values[i]));
   }
 
   /**
@@ -36,9 +42,35 @@ export class OuterStep {
    * fresh a round cost more than the pass that fills them): each call overwrites the last one's.
    */
   delta(values: readonly Float32Array[]): Float32Array[] {
-    const deltas = (this.deltas ??= this.anchor.map((a) => new Float32Array(a.length)));
+    const deltas = (this.deltas ??= this.arrays(this.anchor));
     values.forEach((v, i) => this.passes.subtract(v, this.anchor[i], deltas[i]));
     return deltas;
+  }
+
+  /** A copy of the values at a round's boundary (overlapped averaging), in the arrays of the round before. */
+  boundary(values: readonly Float32Array[]): Float32Array[] {
+    const boundaries = (this.boundaries ??= this.arrays(this.anchor));
+    boundaries.forEach((b, i) => b.set(values[i]));
+    return boundaries;
+  }
+
+  /**
+   * Runs a round that reads or writes this step's arrays (its deltas become the round's mean): retire() leaves
+   * them to it, and they are freed when it settles.
+   */
+  async during<T>(round: Promise<T>): Promise<T> {
+    this.rounds++;
+    try {
+      return await round;
+    } finally {
+      if (--this.rounds === 0 && this.retired) this.free();
+    }
+  }
+
+  /** The group is forgotten: frees the arrays now, or when the rounds under way settle. Not for use afterwards. */
+  retire(): void {
+    this.retired = true;
+    if (this.rounds === 0) this.free();
   }
 
   /** m ← μ·m + Δ̄; values ← anchor + lr·(μ·m + Δ̄), in place; the anchor moves to the new values. */
@@ -59,8 +91,8 @@ export class OuterStep {
   private update(i: number, mean: Float32Array): Float32Array {
     const { mu } = this;
     if (mu === 0) return mean;
-    const m = this.momentum[i];
-    const update = (this.updates ??= this.anchor.map((a) => new Float32Array(a.length)))[i];
+    const m = (this.momentum ??= this.arrays(this.anchor))[i];
+    const update = (this.updates ??= this.arrays(this.anchor))[i];
     for (let j = 0; j < mean.length; j++) {
       m[j] = mu * m[j] + mean[j];
       update[j] = mu * m[j] + mean[j];
@@ -75,5 +107,14 @@ export class OuterStep {
   applyOwn(values: Float32Array[]): void {
     if (this.lr === 1 && this.mu === 0) values.forEach((v, i) => this.anchor[i].set(v));
     else this.apply(values, this.delta(values));
+  }
+
+  /** Zeroed arrays of the tensors' lengths, from the passes. */
+  private arrays(like: readonly Float32Array[]): Float32Array[] {
+    return like.map((v) => this.passes.allocate(v.length));
+  }
+
+  private free(): void {
+    for (const arrays of [this.anchor, this.momentum, this.deltas, this.updates, this.boundaries]) arrays?.forEach((a) => this.passes.free(a));
   }
 }

@@ -2,8 +2,17 @@
 // (kernels.deltas, WASM SIMD), everything else in the JavaScript here (jsPasses). Both compute in
 // f64 and store in f32 in the same order, so they give the same bits (test/kernels/deltas.test.ts).
 import { jsBlockCoder, type BlockCoder } from '../compress/index.ts';
+import { l2Norm } from './screen.ts';
 
 export interface RoundPasses extends BlockCoder {
+  /**
+   * A zeroed array for a round's own values (an anchor, a delta), where the passes use it without a copy (a node's
+   * kernel heap); free() it when done.
+   */
+  allocate(length: number): Float32Array;
+  free(array: Float32Array): void;
+  /** The L2 norm over all of the tensors, in f64 (screen.ts's l2Norm: the order of the sums may differ). */
+  l2Norm(values: readonly Float32Array[]): number;
   /** out = a − b. */
   subtract(a: Float32Array, b: Float32Array, out: Float32Array): void;
   /** out = fround(fround(0 + w0·x0) + w1·x1) / total per value (out may be x0 or x1). */
@@ -16,6 +25,9 @@ export interface RoundPasses extends BlockCoder {
 
 export const jsPasses: RoundPasses = {
   ...jsBlockCoder,
+  allocate: (length) => new Float32Array(length),
+  free() {}, // garbage-collected
+  l2Norm,
   subtract(a, b, out) {
     for (let j = 0; j < out.length; j++) out[j] = a[j] - b[j];
   },

@@ -21,6 +21,22 @@ interface Place {
 export class DeltaPasses {
   constructor(private readonly rt: KernelRuntime) {}
 
+  /** A zeroed array in the kernel heap, which every pass uses where it is (no copy through the scratch); free() it. */
+  allocate(length: number): Float32Array {
+    return this.rt.heap.f32(length);
+  }
+
+  free(array: Float32Array): void {
+    this.rt.heap.release(array);
+  }
+
+  /** The L2 norm over all of the tensors, the squares summed in f64 (src/averaging/screen.ts's l2Norm, in another order). */
+  l2Norm(values: readonly Float32Array[]): number {
+    let total = 0;
+    for (const v of values) this.pass('l2Norm', [[v, 'in']], CHUNK, ([pv], n) => void (total += this.rt.fn('sum_squares_f64')(pv, n)));
+    return Math.sqrt(total);
+  }
+
   /** out = a − b. */
   subtract(a: Float32Array, b: Float32Array, out: Float32Array): void {
     this.pass('subtract', [[a, 'in'], [b, 'in'], [out, 'out']], CHUNK, ([pa, pb, po], n) => void this.rt.fn('sub_f32')(pa, pb, po, n));

@@ -1,7 +1,7 @@
 // The outer step of periodic averaging (src/averaging/outer.ts): the pseudo-gradient since the
 // anchor, and Nesterov momentum over rounds against sequences computed by hand and in float64.
 import { describe, expect, it } from 'vitest';
-import { OuterStep } from '../../src/averaging/index.ts';
+import { jsPasses, OuterStep, type RoundPasses } from '../../src/averaging/index.ts';
 import { bitEqual, rng } from '../helpers.ts';
 
 describe('outer step', () => {
@@ -83,5 +83,43 @@ describe('outer step', () => {
       }));
     }
     theta64.forEach((t, i) => t.forEach((x, j) => expect(Math.abs(values[i][j] - x)).toBeLessThan(1e-5)));
+  });
+
+  it('takes its arrays from the passes and gives each back once, when retired, or when the rounds under way settle', async () => {
+    const live = new Set<Float32Array>();
+    let freedTwice = 0;
+    const passes: RoundPasses = {
+      ...jsPasses,
+      allocate: (length) => {
+        const a = new Float32Array(length);
+        live.add(a);
+        return a;
+      },
+      free: (a) => void (live.delete(a) || freedTwice++),
+    };
+    const start = [Float32Array.from([1, 2, 3]), Float32Array.from([4])];
+    const idle = new OuterStep(start, { passes, momentum: 0.5 });
+    idle.apply(start.map((v) => v.map((x) => x + 1)), idle.delta(start));
+    idle.boundary(start);
+    expect(live.size, 'anchor, momentum, deltas, updates and boundaries of two tensors').toBe(10);
+    idle.retire();
+    expect(live.size).toBe(0);
+
+    const busy = new OuterStep(start, { passes });
+    const values = start.map((v) => Float32Array.from(v));
+    let land!: (mean: Float32Array[]) => void;
+    const round = busy.during(new Promise<Float32Array[]>((resolve) => (land = resolve)));
+    const deltas = busy.delta(values);
+    busy.retire();
+    expect(live.size, 'a round under way keeps the arrays it writes its mean into').toBe(4);
+    land(deltas);
+    expect(await round).toBe(deltas);
+    expect(live.size).toBe(0);
+    expect(freedTwice).toBe(0);
+    const failing = new OuterStep(start, { passes });
+    const failed = failing.during(Promise.reject(new Error('no holder answered')));
+    failing.retire();
+    await expect(failed).rejects.toThrow('no holder answered');
+    expect(live.size, 'a failed round gives them back too').toBe(0);
   });
 });

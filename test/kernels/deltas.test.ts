@@ -143,6 +143,36 @@ describe.each(['simd', 'relaxed'] as const)('averaging passes on the kernels (%s
     }
   });
 
+  it('l2Norm sums the squares in f64 as the JavaScript one does, to its last bits but for the order, in or out of the heap', () => {
+    for (const n of LENGTHS) {
+      const tensors = [values(n, 5 + n), values(n + 3, 6 + n), new Float32Array(0)];
+      // Each square of an f32 is exact in f64: the two differ only in the order of the sums.
+      const want = jsPasses.l2Norm(tensors);
+      for (const inHeap of [false, true]) {
+        const got = kernels.deltas.l2Norm(tensors.map((t) => place(kernels, t, inHeap)));
+        expect(Math.abs(got - want) / want, `n ${n} heap ${inHeap}`).toBeLessThan(1e-13);
+      }
+    }
+    expect(kernels.deltas.l2Norm([Float32Array.from([3, -4])])).toBe(5);
+    const withNaN = place(kernels, Float32Array.from([1, Number.NaN, 2, 3, 4]), true);
+    expect(kernels.deltas.l2Norm([withNaN]), 'a NaN makes the norm NaN: a check on it refuses the contribution').toBeNaN();
+  });
+
+  it('allocate gives zeroed heap arrays the passes use in place, and free gives their memory back', () => {
+    const before = kernels.heap.allocatedBytes;
+    const arrays = LENGTHS.map((n) => kernels.deltas.allocate(n));
+    for (const a of arrays) {
+      expect(kernels.heap.contains(a) && a.every((x) => x === 0)).toBe(true);
+      a.fill(1.5);
+    }
+    expect(kernels.heap.allocatedBytes).toBeGreaterThan(before);
+    for (const a of arrays) kernels.deltas.free(a);
+    expect(kernels.heap.allocatedBytes).toBe(before);
+    const again = kernels.deltas.allocate(LENGTHS[2]);
+    expect(again.every((x) => x === 0), 'memory given back comes back zeroed').toBe(true);
+    kernels.deltas.free(again);
+  });
+
   it('refuses arrays of different lengths', () => {
     expect(() => kernels.deltas.subtract(new Float32Array(4), new Float32Array(5), new Float32Array(4))).toThrow(/4, 5, 4/);
     expect(() => kernels.deltas.quantizeBlocks(new Float32Array(8), 4, new Int8Array(8), new Float32Array(3))).toThrow(RangeError);

@@ -197,6 +197,7 @@ describe('periodic averaging', () => {
           return (...args: unknown[]) => (calls.set(key, (calls.get(key) ?? 0) + 1), value.apply(target, args));
         },
       });
+      const heapBefore = kernels.heap.allocatedBytes;
       const [js, wasm] = await Promise.all([undefined, counted].map((passes) => holders([...ids], options, {}, passes, shapes)));
       wasm.forEach((h, k) => h.params.forEach((p, i) => p.value.set(js[k].params[i].value)));
       wasm.forEach((h) => h.averager.track('trunk', h.params));
@@ -211,9 +212,13 @@ describe('periodic averaging', () => {
       }
       expect(wasm[0].averager.stats.rounds).toBe(3);
       expect(wasm[0].averager.stats.received).toBe(3 * (ids.length - 1));
-      const expected = ['subtract', overlap ? 'applyLate' : 'applyStep', ...(ids.length === 2 ? ['meanOfTwo'] : [])];
+      const expected = ['subtract', overlap ? 'applyLate' : 'applyStep', 'l2Norm', 'allocate', ...(ids.length === 2 ? ['meanOfTwo'] : [])];
       if (codec !== 'f32') expected.push('quantizeBlocks', 'dequantizeBlocks');
       for (const pass of expected) expect(calls.get(pass), pass).toBeGreaterThan(0);
+      // The outer steps' arrays live in the kernel heap, and a group forgotten gives them back.
+      expect(kernels.heap.allocatedBytes).toBeGreaterThan(heapBefore + 4 * 130 * 257 * 2 * ids.length);
+      wasm.forEach((h) => h.averager.resetGroup('trunk'));
+      expect(kernels.heap.allocatedBytes).toBe(heapBefore);
     } finally {
       await kernels.close();
     }

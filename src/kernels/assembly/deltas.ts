@@ -101,6 +101,30 @@ export function apply_outer_f32(values: usize, anchor: usize, update: usize, bou
   }
 }
 
+/**
+ * Σ x² of n f32 values, in f64: four running sums (two f64x2), so an add need not wait for the one before
+ * (the JavaScript twin, src/averaging/screen.ts's l2Norm, sums in another order: norms are compared with slack).
+ */
+export function sum_squares_f64(x: usize, n: i32): f64 {
+  let s0 = f64x2.splat(0);
+  let s1 = f64x2.splat(0);
+  let i = 0;
+  for (; i + 4 <= n; i += 4) {
+    const v = v128.load(x + (<usize>i << 2));
+    const lo = f64x2.promote_low_f32x4(v);
+    const hi = highF64(v);
+    s0 = f64x2.add(s0, f64x2.mul(lo, lo));
+    s1 = f64x2.add(s1, f64x2.mul(hi, hi));
+  }
+  const s = f64x2.add(s0, s1);
+  let total = f64x2.extract_lane(s, 0) + f64x2.extract_lane(s, 1);
+  for (; i < n; i++) {
+    const v = <f64>load<f32>(x + (<usize>i << 2));
+    total += v * v;
+  }
+  return total;
+}
+
 /** The one input where floor(y + 0.5) rounds up and Math.round does not. */
 const HAIR_UNDER_HALF: f64 = 0.49999999999999994;
 
