@@ -37,7 +37,7 @@ export interface DeltaInbox {
   codec(group: string): Codec;
   /** A whole contribution (reassembled first when it came in parts). */
   accept(group: string, sender: string, round: number, values: Float32Array[], norm?: number): void;
-  /** Arrays of these lengths the strategy is done with, to decode a contribution in one message into; absent: new ones. */
+  /** Arrays of these lengths to decode a contribution in one message into (the strategy's to free); absent: new ones. */
   spare?(group: string, lengths: readonly number[]): Float32Array[] | undefined;
   /** reduce-scatter: parts each holder owns or gathers back; absent, such messages are refused. */
   parts?: {

@@ -62,6 +62,8 @@ export class PeriodicAveraging implements Averager {
   private readonly inFlight = new Map<string, RoundInFlight>();
   /** Arrays of arrivals a round has used, by group: the next arrivals decode into them (see DeltaInbox.spare). */
   private readonly spares = new Map<string, Float32Array[][]>();
+  /** By group, the arrays spare() made (in a node's kernel heap, where the round's passes use them in place), until freed. */
+  private readonly arrivalArrays = new Map<string, Set<Float32Array>>();
   /** topology groups: each round averages parameters within this node's small group of the round. */
   private readonly grouped: boolean;
   private readonly passes: RoundPasses;
@@ -144,6 +146,8 @@ export class PeriodicAveraging implements Averager {
   resetGroup(group: string): void {
     this.inFlight.delete(group);
     this.spares.delete(group);
+    for (const array of this.arrivalArrays.get(group) ?? []) this.passes.free(array);
+    this.arrivalArrays.delete(group);
     this.outer.get(group)?.retire();
     this.outer.delete(group);
     this.pending.delete(group);
@@ -275,18 +279,35 @@ export class PeriodicAveraging implements Averager {
     };
   }
 
-  /** Keeps the arrays of contributions a round is done with (nothing else holds them), as many as the group has other holders. */
+  /**
+   * Keeps the arrays of contributions a round is done with (nothing else holds them), as many as the group has other
+   * holders, and frees the arrays spare() made that neither a spare nor a pending contribution holds any longer: those
+   * the spares had no room for, and those of arrivals dropped (stale, replaced, refused) since the last round.
+   */
   private recycle(group: string, used: readonly Contribution[]): void {
     const spares = this.spares.get(group) ?? [];
     for (const c of used) if (spares.length < this.exchange.others(group).length) spares.push(c.values);
     this.spares.set(group, spares);
+    const made = this.arrivalArrays.get(group);
+    if (!made) return;
+    const held = new Set([...spares, ...(this.pending.get(group) ?? []).map((c) => c.values)].flat());
+    for (const array of made) {
+      if (held.has(array)) continue;
+      made.delete(array);
+      this.passes.free(array);
+    }
   }
 
-  /** Kept arrays of these lengths, taken out for an arrival to decode into. */
-  private spare(group: string, lengths: readonly number[]): Float32Array[] | undefined {
+  /** Arrays of these lengths for an arrival to decode into: kept ones, or new ones from the passes. */
+  private spare(group: string, lengths: readonly number[]): Float32Array[] {
     const spares = this.spares.get(group);
     const k = spares?.findIndex((arrays) => arrays.length === lengths.length && arrays.every((a, i) => a.length === lengths[i])) ?? -1;
-    return k < 0 ? undefined : spares!.splice(k, 1)[0];
+    if (k >= 0) return spares!.splice(k, 1)[0];
+    let made = this.arrivalArrays.get(group);
+    if (!made) this.arrivalArrays.set(group, (made = new Set()));
+    const arrays = lengths.map((length) => this.passes.allocate(length));
+    for (const array of arrays) made.add(array);
+    return arrays;
   }
 
   /** A peer's contribution to round `round` arrived now: it keeps pace if within the deadline of our start of that round. */

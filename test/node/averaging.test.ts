@@ -202,6 +202,7 @@ describe('periodic averaging', () => {
       wasm.forEach((h, k) => h.params.forEach((p, i) => p.value.set(js[k].params[i].value)));
       wasm.forEach((h) => h.averager.track('trunk', h.params));
       const random = rng(23);
+      const heapAfter: number[] = [];
       for (let round = 0; round < 3; round++) {
         const moves = js.map((h) => h.params.map((p) => Float32Array.from(p.value, () => 0.01 * (random() - 0.5))));
         const move = (h: Holder, k: number) => h.params.forEach((p, i) => p.value.forEach((_, j, v) => (v[j] += moves[k][i][j])));
@@ -209,16 +210,35 @@ describe('periodic averaging', () => {
         await Promise.all([...js, ...wasm].map((h) => h.averager.afterUpdate(round)));
         await Promise.all([...js, ...wasm].map((h) => h.averager.settle()));
         js.forEach((h, k) => h.params.forEach((p, i) => expect(bitEqual(p.value, wasm[k].params[i].value), `round ${round}`).toBe(true)));
+        heapAfter.push(kernels.heap.allocatedBytes);
       }
+      expect(heapAfter[2], 'arrivals decode into the arrays of the round before: the heap does not grow').toBe(heapAfter[1]);
       expect(wasm[0].averager.stats.rounds).toBe(3);
       expect(wasm[0].averager.stats.received).toBe(3 * (ids.length - 1));
       const expected = ['subtract', overlap ? 'applyLate' : 'applyStep', 'l2Norm', 'allocate', ...(ids.length === 2 ? ['meanOfTwo'] : [])];
       if (codec !== 'f32') expected.push('quantizeBlocks', 'dequantizeBlocks');
       for (const pass of expected) expect(calls.get(pass), pass).toBeGreaterThan(0);
-      // The outer steps' arrays live in the kernel heap, and a group forgotten gives them back.
-      expect(kernels.heap.allocatedBytes).toBeGreaterThan(heapBefore + 4 * 130 * 257 * 2 * ids.length);
+      // The outer steps' and the arrivals' arrays live in the kernel heap, and a group forgotten gives them back.
+      expect(kernels.heap.allocatedBytes).toBeGreaterThan(heapBefore + 4 * 130 * 257 * 3 * ids.length);
       wasm.forEach((h) => h.averager.resetGroup('trunk'));
       expect(kernels.heap.allocatedBytes).toBe(heapBefore);
+    } finally {
+      await kernels.close();
+    }
+  });
+
+  it('on the kernels, the arrays of refused arrivals are freed: the heap stays flat round after round', async () => {
+    const kernels = await createKernels();
+    try {
+      const list = await holders(['a', 'b', 'c'], { mode: 'periodic', every: 1, codec: 'f32' }, { faulty: { c: 'nan' } }, kernels.deltas, [[64, 33]]);
+      const heap: number[] = [];
+      for (let round = 0; round < 4; round++) {
+        for (const h of list) for (const p of h.params) p.value.forEach((_, j, v) => (v[j] += 0.01));
+        await Promise.all(list.map((h) => h.averager.afterUpdate(round)));
+        heap.push(kernels.heap.allocatedBytes);
+      }
+      expect(list[0].averager.stats.refused).toBeGreaterThanOrEqual(3);
+      expect(heap[3], `heap after each round: ${heap.join(', ')}`).toBe(heap[1]);
     } finally {
       await kernels.close();
     }
