@@ -50,6 +50,16 @@ describe.each(['simd', 'relaxed'] as const)('averaging passes on the kernels (%s
           kernels.deltas.meanOfTwo(into, into, on(b), w0, w1, w0 + w1);
           expect(bitsEqual(into, meanWant), `meanOfTwo ${w0} ${w1} n ${n} heap ${inHeap}`).toBe(true);
         }
+        // The f32 kernel of weights 1 and 1 at the ends of the range: overflow to Infinity, subnormal halves, ties to 0.
+        const edges = [3e38, -3e38, 2 ** -149, 3 * 2 ** -149, 2 ** -126, 1, -0, Number.POSITIVE_INFINITY];
+        const [e0, e1] = [edges, [...edges].reverse()].map((e) => Float32Array.from({ length: n }, (_, i) => e[i % e.length]));
+        for (const total of [2, 4, 0.5]) {
+          const edgeWant = Float32Array.from(e0);
+          jsPasses.meanOfTwo(edgeWant, edgeWant, e1, 1, 1, total);
+          const edgeGot = on(e0);
+          kernels.deltas.meanOfTwo(edgeGot, edgeGot, on(e1), 1, 1, total);
+          expect(bitsEqual(edgeGot, edgeWant), `meanOfTwo of edge values over ${total}, n ${n} heap ${inHeap}`).toBe(true);
+        }
         const negativeZeros = new Float32Array(n).fill(-0);
         const sum = on(new Float32Array(n).fill(7));
         kernels.deltas.meanOfTwo(sum, on(negativeZeros), on(negativeZeros), 1, 1, 2);
@@ -127,6 +137,14 @@ describe.each(['simd', 'relaxed'] as const)('averaging passes on the kernels (%s
       expect(q2).toEqual(q1);
       expect(bitsEqual(s2, s1)).toBe(true);
     }
+    // NaNs with payload bits (a NaN's bits are not all alike) code 0 too, in the vector lanes and the tail.
+    const y = values(70, 13);
+    const bits = new Uint32Array(y.buffer);
+    [bits[5], bits[6], bits[69]] = [0x7fc12345, 0xffc0abcd, 0x7f800001];
+    const [qa, sa, qb, sb] = [new Int8Array(70), new Float32Array(9), new Int8Array(70), new Float32Array(9)];
+    expect(kernels.deltas.quantizeBlocks(y, 8, qb, sb)).toEqual(jsPasses.quantizeBlocks(y, 8, qa, sa));
+    expect(qb).toEqual(qa);
+    expect([qb[5], qb[6], qb[69]]).toEqual([0, 0, 0]);
   });
 
   it('dequantizeBlocks finds the first code −128 wherever it falls, as the JavaScript loop does', () => {

@@ -64,6 +64,25 @@ export function mean_of_two_f32(x0: usize, x1: usize, out: usize, n: i32, w0: f6
   }
 }
 
+/**
+ * mean_of_two_f32 for weights 1 and 1 and a power-of-two total, in f32 four values at a time, the same bits: a sum of
+ * two f32 rounded from f64 is their f32 sum (f64 holds more than twice f32's digits), and dividing by a power of two
+ * is multiplying by its exact inverse `inv`, rounded once either way.
+ */
+export function mean_of_two_unit_f32(x0: usize, x1: usize, out: usize, n: i32, inv: f32): void {
+  const scale = f32x4.splat(inv);
+  const zero = f32x4.splat(0);
+  let i = 0;
+  for (; i + 4 <= n; i += 4) {
+    const at = <usize>i << 2;
+    v128.store(out + at, f32x4.mul(f32x4.add(f32x4.add(zero, v128.load(x0 + at)), v128.load(x1 + at)), scale));
+  }
+  for (; i < n; i++) {
+    const at = <usize>i << 2;
+    store<f32>(out + at, (<f32>0 + load<f32>(x0 + at) + load<f32>(x1 + at)) * inv);
+  }
+}
+
 /** Four f32 lanes of fround(anchor + lr·update), the sum in f64. */
 @inline
 function stepped(anchor: v128, update: v128, rate: v128): v128 {
@@ -137,15 +156,20 @@ function codeOf(y: f64): i32 {
   return <i32>min(max(rounded, -127), 127);
 }
 
+/** 1.5 · 2^52: an integer-valued f64 under 2^31 in magnitude plus this holds the integer in its low 32 bits. */
+const TO_INT: f64 = 6755399441055744.0;
+
 /**
- * Two f64 lanes of x·inv coded as Math.round would, clamped to [-127, 127], as two i32 lanes (NaN
- * codes 0 as trunc_sat makes it).
+ * Two f64 lanes of x·inv coded as Math.round would, clamped to [-127, 127] (NaN codes 0), as the i32 lanes 0 and 2. pmin
+ * and pmax are one instruction each where min and max (which propagate NaN) and trunc_sat take several: a NaN passes
+ * the clamp and is zeroed after, and the magic add converts without a range check, the value being in range by then.
  */
 @inline
 function codesOf(y: v128): v128 {
   const hair = f64x2.eq(y, f64x2.splat(HAIR_UNDER_HALF));
   const rounded = v128.andnot(f64x2.floor(f64x2.add(y, f64x2.splat(0.5))), hair);
-  return i32x4.trunc_sat_f64x2_s_zero(f64x2.min(f64x2.max(rounded, f64x2.splat(-127)), f64x2.splat(127)));
+  const clamped = f64x2.pmin(f64x2.pmax(rounded, f64x2.splat(-127)), f64x2.splat(127));
+  return f64x2.add(v128.and(clamped, f64x2.eq(clamped, clamped)), f64x2.splat(TO_INT));
 }
 
 /**
@@ -191,7 +215,7 @@ export function quantize_blocks_i8(x: usize, q: usize, scales: usize, decoded: u
     for (; i + 4 <= hi; i += 4) {
       const v = v128.load(x + (<usize>i << 2));
       const codes = i32x4.shuffle(
-        codesOf(f64x2.mul(f64x2.promote_low_f32x4(v), invs)), codesOf(f64x2.mul(highF64(v), invs)), 0, 1, 4, 5,
+        codesOf(f64x2.mul(f64x2.promote_low_f32x4(v), invs)), codesOf(f64x2.mul(highF64(v), invs)), 0, 2, 4, 6,
       );
       // Narrowed twice (saturating: the codes are within ±127), the first four bytes are the four codes.
       store<i32>(q + <usize>i, i32x4.extract_lane(i8x16.narrow_i16x8_s(i16x8.narrow_i32x4_s(codes, codes), codes), 0));

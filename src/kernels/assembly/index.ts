@@ -16,4 +16,4 @@ export {
   gather_rows, scatter_add_rows, scale_rows, row_dots, add_bias, bias_grad,
 } from './ops';
 export { quantize_rows_i8, dequantize_rows_i8, fingerprint_words } from './rows';
-export { sub_f32, mean_of_two_f32, apply_outer_f32, quantize_blocks_i8, sum_squares_f64 } from './deltas';
+export { sub_f32, mean_of_two_f32, mean_of_two_unit_f32, apply_outer_f32, quantize_blocks_i8, sum_squares_f64 } from './deltas';
