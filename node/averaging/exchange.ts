@@ -8,7 +8,7 @@ import {
   f32Tensor, MAX_DELTAS_PER_REQUEST, tensorF32, TENSOR_MESSAGE_CAP, truncateReason, type DeltaRefusals, type NamedTensor, type ParameterDelta,
 } from '../../proto/index.ts';
 import {
-  firstNonFinite, isWholeGroup, jsPasses, partCount, partition, slicePart, writePart, type Part,
+  firstNonFinite, isWholeGroup, jsPasses, partCount, partition, slicePart, writePart, type Part, type RoundPasses,
 } from '../../src/averaging/index.ts';
 import { decodeTensors, encodeTensorsDecoded, type Codec, type CodecState } from '../../src/compress/index.ts';
 import type { Param } from '../../src/model/params.ts';
@@ -92,6 +92,7 @@ export class DeltaExchange {
   private readonly layouts = new Map<string, Part[]>();
   /** Values in one part: half the message cap at 4 bytes a value, the rest room for names and framing. */
   readonly maxPartValues: number;
+  private readonly passes: RoundPasses;
 
   constructor(
     private readonly components: AveragingComponents,
@@ -99,6 +100,7 @@ export class DeltaExchange {
     private readonly inbox: DeltaInbox,
   ) {
     this.maxPartValues = Math.floor((options.messageCap ?? TENSOR_MESSAGE_CAP) / 8);
+    this.passes = components.passes ?? jsPasses;
   }
 
   async serve(): Promise<void> {
@@ -304,7 +306,7 @@ export class DeltaExchange {
       refuse(`${group}: ${(err as Error).message}`);
     }
     // One pass for both checks: the norm is non-finite exactly when a value is (f32 squares cannot overflow f64).
-    const partNorm = (this.components.passes ?? jsPasses).l2Norm(values);
+    const partNorm = this.passes.l2Norm(values);
     const bad = Number.isFinite(partNorm) ? undefined : firstNonFinite(values);
     if (bad) refuse(`${group}: ${part.segments[bad.tensor].name} has a non-finite value at ${bad.index}`);
     const norm = delta.norm ?? 0;

@@ -288,9 +288,14 @@ export class PeriodicAveraging implements Averager {
     const spares = this.spares.get(group) ?? [];
     for (const c of used) if (spares.length < this.exchange.others(group).length) spares.push(c.values);
     this.spares.set(group, spares);
+    this.freeUnheld(group);
+  }
+
+  /** Frees the arrays spare() made that neither a spare nor a pending contribution holds (used, dropped or refused since). */
+  private freeUnheld(group: string): void {
     const made = this.arrivalArrays.get(group);
     if (!made) return;
-    const held = new Set([...spares, ...(this.pending.get(group) ?? []).map((c) => c.values)].flat());
+    const held = new Set([...(this.spares.get(group) ?? []), ...(this.pending.get(group) ?? []).map((c) => c.values)].flat());
     for (const array of made) {
       if (held.has(array)) continue;
       made.delete(array);
@@ -298,11 +303,17 @@ export class PeriodicAveraging implements Averager {
     }
   }
 
-  /** Arrays of these lengths for an arrival to decode into: kept ones, or new ones from the passes. */
-  private spare(group: string, lengths: readonly number[]): Float32Array[] {
+  /**
+   * Arrays of these lengths for an arrival to decode into: kept ones, or new ones from the passes (those of arrivals
+   * refused or dropped since are freed first, so a peer sending many bad messages cannot grow the heap); none when the
+   * group's codec makes its own (or the topology reduce-scatters, whose inbox holds no whole contributions).
+   */
+  private spare(group: string, lengths: readonly number[]): Float32Array[] | undefined {
+    if (this.scatter || !this.codecFor(group).decodesInto) return undefined;
     const spares = this.spares.get(group);
     const k = spares?.findIndex((arrays) => arrays.length === lengths.length && arrays.every((a, i) => a.length === lengths[i])) ?? -1;
     if (k >= 0) return spares!.splice(k, 1)[0];
+    this.freeUnheld(group);
     let made = this.arrivalArrays.get(group);
     if (!made) this.arrivalArrays.set(group, (made = new Set()));
     const arrays = lengths.map((length) => this.passes.allocate(length));

@@ -59,6 +59,7 @@ export class OuterStep {
    * them to it, and they are freed when it settles.
    */
   async during<T>(round: Promise<T>): Promise<T> {
+    if (this.retired) throw new Error('averaging: a round on an outer step already retired');
     this.rounds++;
     try {
       return await round;
@@ -69,6 +70,7 @@ export class OuterStep {
 
   /** The group is forgotten: frees the arrays now, or when the rounds under way settle. Not for use afterwards. */
   retire(): void {
+    if (this.retired) return;
     this.retired = true;
     if (this.rounds === 0) this.free();
   }
@@ -114,7 +116,10 @@ export class OuterStep {
     return like.map((v) => this.passes.allocate(v.length));
   }
 
+  /** Frees the arrays and forgets them, so a use after this fails instead of touching memory now someone else's. */
   private free(): void {
     for (const arrays of [this.anchor, this.momentum, this.deltas, this.updates, this.boundaries]) arrays?.forEach((a) => this.passes.free(a));
+    this.anchor.length = 0;
+    this.momentum = this.deltas = this.updates = this.boundaries = undefined;
   }
 }

@@ -39,6 +39,8 @@ export interface Codec {
    * returned array is the one. Throws CodecError on anything malformed.
    */
   decode(parts: readonly CodecPart[], shape: readonly number[], into?: Float32Array): Float32Array;
+  /** decode() writes into the `into` it is given (a receiver then keeps arrays to decode into round after round). */
+  readonly decodesInto?: true;
   /**
    * Optional: encode() and what decode() will give of its parts, in one pass (a sender averages with the latter);
    * into `into` when given, which may be `delta` itself.

@@ -120,6 +120,7 @@ export function int8BlockCodec(blockSize: number, coder: BlockCoder = jsBlockCod
   };
   return {
     spec,
+    decodesInto: true,
     encode: (delta, shape) => encode(delta, shape),
     encodeDecoded(delta, shape, _state, into) {
       if (into && into.length !== delta.length) throw new RangeError(`${spec}: ${into.length} values to decode ${delta.length} into`);

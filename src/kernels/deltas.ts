@@ -45,9 +45,9 @@ export class DeltaPasses {
   /** out = fround(fround(0 + w0·x0) + w1·x1) / total per value (out may be x0 or x1). */
   meanOfTwo(out: Float32Array, x0: Float32Array, x1: Float32Array, w0: number, w1: number, total: number): void {
     // Two fresh contributions (the usual round) take the f32 kernel: its bits are the same for these weights.
-    const unit = w0 === 1 && w1 === 1 && 2 ** Math.round(Math.log2(total)) === total;
+    const unit = w0 === 1 && w1 === 1 && total === 2;
     this.pass('meanOfTwo', [[x0, 'in'], [x1, 'in'], [out, 'out']], CHUNK, ([p0, p1, po], n) => {
-      if (unit) this.rt.fn('mean_of_two_unit_f32')(p0, p1, po, n, 1 / total);
+      if (unit) this.rt.fn('mean_of_two_unit_f32')(p0, p1, po, n);
       else this.rt.fn('mean_of_two_f32')(p0, p1, po, n, w0, w1, total);
     });
   }

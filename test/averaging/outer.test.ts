@@ -121,5 +121,9 @@ describe('outer step', () => {
     failing.retire();
     await expect(failed).rejects.toThrow('no holder answered');
     expect(live.size, 'a failed round gives them back too').toBe(0);
+    failing.retire();
+    expect(freedTwice, 'retired twice, freed once').toBe(0);
+    await expect(failing.during(Promise.resolve())).rejects.toThrow(/retired/);
+    expect(() => failing.delta(start), 'its arrays are forgotten, not read after they were freed').toThrow();
   });
 });

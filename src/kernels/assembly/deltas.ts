@@ -65,21 +65,21 @@ export function mean_of_two_f32(x0: usize, x1: usize, out: usize, n: i32, w0: f6
 }
 
 /**
- * mean_of_two_f32 for weights 1 and 1 and a power-of-two total, in f32 four values at a time, the same bits: a sum of
- * two f32 rounded from f64 is their f32 sum (f64 holds more than twice f32's digits), and dividing by a power of two
- * is multiplying by its exact inverse `inv`, rounded once either way.
+ * mean_of_two_f32 for weights 1 and 1 and a total of 2, in f32 four values at a time, the same bits: a sum of two f32
+ * rounded from f64 is their f32 sum (f64 holds more than twice f32's digits), and halving is exact in f64, so the f64
+ * half rounded to f32 is the f32 product by 0.5, rounded once either way.
  */
-export function mean_of_two_unit_f32(x0: usize, x1: usize, out: usize, n: i32, inv: f32): void {
-  const scale = f32x4.splat(inv);
+export function mean_of_two_unit_f32(x0: usize, x1: usize, out: usize, n: i32): void {
+  const half = f32x4.splat(0.5);
   const zero = f32x4.splat(0);
   let i = 0;
   for (; i + 4 <= n; i += 4) {
     const at = <usize>i << 2;
-    v128.store(out + at, f32x4.mul(f32x4.add(f32x4.add(zero, v128.load(x0 + at)), v128.load(x1 + at)), scale));
+    v128.store(out + at, f32x4.mul(f32x4.add(f32x4.add(zero, v128.load(x0 + at)), v128.load(x1 + at)), half));
   }
   for (; i < n; i++) {
     const at = <usize>i << 2;
-    store<f32>(out + at, (<f32>0 + load<f32>(x0 + at) + load<f32>(x1 + at)) * inv);
+    store<f32>(out + at, (<f32>0 + load<f32>(x0 + at) + load<f32>(x1 + at)) * <f32>0.5);
   }
 }
 
@@ -156,8 +156,8 @@ function codeOf(y: f64): i32 {
   return <i32>min(max(rounded, -127), 127);
 }
 
-/** 1.5 · 2^52: an integer-valued f64 under 2^31 in magnitude plus this holds the integer in its low 32 bits. */
-const TO_INT: f64 = 6755399441055744.0;
+/** 1.5 · 2^52: an integer-valued f64 under 2^51 in magnitude plus this holds the integer in its low 32 bits. */
+const I32_MAGIC: f64 = 6755399441055744.0;
 
 /**
  * Two f64 lanes of x·inv coded as Math.round would, clamped to [-127, 127] (NaN codes 0), as the i32 lanes 0 and 2. pmin
@@ -169,7 +169,7 @@ function codesOf(y: v128): v128 {
   const hair = f64x2.eq(y, f64x2.splat(HAIR_UNDER_HALF));
   const rounded = v128.andnot(f64x2.floor(f64x2.add(y, f64x2.splat(0.5))), hair);
   const clamped = f64x2.pmin(f64x2.pmax(rounded, f64x2.splat(-127)), f64x2.splat(127));
-  return f64x2.add(v128.and(clamped, f64x2.eq(clamped, clamped)), f64x2.splat(TO_INT));
+  return f64x2.add(v128.and(clamped, f64x2.eq(clamped, clamped)), f64x2.splat(I32_MAGIC));
 }
 
 /**
