@@ -172,6 +172,7 @@ export class PeriodicAveraging implements Averager {
     const mean = this.roundMean(group, round, outer, values);
     if (!this.options.overlap) {
       await outer.during(mean.then((landed) => {
+        if (outer.retired) return; // the group was forgotten meanwhile: its parameters are no longer this round's
         this.stats.rounds++;
         outer.apply(values, landed);
       }));
@@ -192,7 +193,7 @@ export class PeriodicAveraging implements Averager {
     const awaited = this.exchange.others(group).filter(keepsPace);
     if (this.grouped) return outer.delta(await this.scatter!.average(group, round, values.map((v) => Float32Array.from(v)), awaited));
     const deltas = outer.delta(values);
-    return this.scatter ? this.scatter.average(group, round, deltas, awaited) : this.allToAll(group, round, deltas, awaited);
+    return this.scatter ? this.scatter.average(group, round, deltas, awaited) : this.allToAll(group, round, outer, deltas, awaited);
   }
 
   /** topology groups: this node's group of round `round` among the group's holders. */
@@ -202,7 +203,7 @@ export class PeriodicAveraging implements Averager {
   }
 
   /** Every holder sends its whole delta to every other and averages what it receives. */
-  private async allToAll(group: string, round: number, deltas: Float32Array[], awaited: string[]): Promise<Float32Array[]> {
+  private async allToAll(group: string, round: number, outer: OuterStep, deltas: Float32Array[], awaited: string[]): Promise<Float32Array[]> {
     const { self, log } = this.options;
     const codec = this.codecFor(group);
     const count = this.exchange.partCount(group, 1);
@@ -213,6 +214,8 @@ export class PeriodicAveraging implements Averager {
     this.exchange.sendAll(group, round, this.options.every, codec.spec, messages);
     const has = (peer: string) => (this.pending.get(group) ?? []).some((c) => c.sender === peer && c.round >= round);
     await this.exchange.wait(group, round, () => awaited.every(has));
+    // Forgotten meanwhile (given up, or reloaded): what arrived since is a later round's, and no peer was late to this one.
+    if (outer.retired) return mine;
     const missed = awaited.filter((peer) => !has(peer));
     for (const peer of missed) this.slowPeers.add(peer);
     const arrived = this.pending.get(group) ?? [];

@@ -27,7 +27,7 @@ export class OuterStep {
   private boundaries?: Float32Array[];
   /** Rounds under way over these arrays (during()); a retired step frees them when the last one settles. */
   private rounds = 0;
-  private retired = false;
+  private isRetired = false;
 
   constructor(values: readonly Float32Array[], options: OuterStepOptions = {}) {
     this.lr = options.lr ?? 1;
@@ -59,19 +59,24 @@ export class OuterStep {
    * them to it, and they are freed when it settles.
    */
   async during<T>(round: Promise<T>): Promise<T> {
-    if (this.retired) throw new Error('averaging: a round on an outer step already retired');
+    if (this.isRetired) throw new Error('averaging: a round on an outer step already retired');
     this.rounds++;
     try {
       return await round;
     } finally {
-      if (--this.rounds === 0 && this.retired) this.free();
+      if (--this.rounds === 0 && this.isRetired) this.free();
     }
+  }
+
+  /** Whether retire() was called: a round still under way then leaves the node's state alone. */
+  get retired(): boolean {
+    return this.isRetired;
   }
 
   /** The group is forgotten: frees the arrays now, or when the rounds under way settle. Not for use afterwards. */
   retire(): void {
-    if (this.retired) return;
-    this.retired = true;
+    if (this.isRetired) return;
+    this.isRetired = true;
     if (this.rounds === 0) this.free();
   }
 
@@ -113,6 +118,7 @@ export class OuterStep {
 
   /** Zeroed arrays of the tensors' lengths, from the passes. */
   private arrays(like: readonly Float32Array[]): Float32Array[] {
+    if (this.isRetired) throw new Error('averaging: the outer step is retired');
     return like.map((v) => this.passes.allocate(v.length));
   }
 
