@@ -146,11 +146,11 @@ export class PeriodicAveraging implements Averager {
   resetGroup(group: string): void {
     this.inFlight.delete(group);
     this.spares.delete(group);
-    for (const array of this.arrivalArrays.get(group) ?? []) this.passes.free(array);
+    this.pending.delete(group);
+    this.freeUnheld(group); // with no spare or pending contribution left, all of the arrivals' arrays
     this.arrivalArrays.delete(group);
     this.outer.get(group)?.retire();
     this.outer.delete(group);
-    this.pending.delete(group);
     this.screens.delete(group);
     for (const key of this.codecStates.keys()) if (key.startsWith(`${group}/`)) this.codecStates.delete(key);
     this.stateCounts.delete(group);
