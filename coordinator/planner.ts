@@ -146,7 +146,7 @@ export function planShards(nodes: PlannerNode[], options: PlannerOptions, previo
   const checkpointing = admitted.map((n) => (stays(n) && previous!.checkpointing.includes(n.nodeId)) || room(n, false) < 0);
   const place = () => {
     const capacity = admitted.map((n, i) => room(n, checkpointing[i]));
-    const placement = new Placement(groups, admitted.map((n) => n.gemmGflops), capacity);
+    const placement = new Placement(config.numExperts, groups, admitted.map((n) => n.gemmGflops), capacity);
     keepValid(placement, previous, index, capacity);
     for (let level = 1; level <= replication; level++) {
       for (let g = 0; g < groups; g++) if (placement.holders[g].length < level) placement.place(g);
@@ -200,15 +200,24 @@ function refusal(fp: Footprint, { memoryBytes, cores = 1 }: PlannerNode): string
 class Placement {
   readonly holders: number[][];
   readonly load: number[];
+  /**
+   * Replicas of each layer on each node ([node · layers + layer]), so moves keep a node's experts spread over the
+   * layers: a node holding whole layers computes, in those, its peers' rows besides its own, and in the others waits
+   * on remote experts with none of its own to compute beside them.
+   */
+  private readonly layerLoad: Uint16Array;
+  private readonly layers: number;
   private readonly held: Uint8Array;
   /** Placed during this re-plan, not yet materialized: may be shifted to another node at no cost. */
   private readonly fresh: Uint8Array;
   private readonly n: number;
 
-  constructor(readonly groups: number, private readonly speed: number[], private readonly capacity: number[]) {
+  constructor(private readonly perLayer: number, readonly groups: number, private readonly speed: number[], private readonly capacity: number[]) {
     this.n = speed.length;
     this.holders = Array.from({ length: groups }, () => []);
     this.load = new Array(this.n).fill(0);
+    this.layers = Math.ceil(groups / perLayer);
+    this.layerLoad = new Uint16Array(this.n * this.layers);
     this.held = new Uint8Array(groups * this.n);
     this.fresh = new Uint8Array(groups * this.n);
   }
@@ -222,6 +231,7 @@ class Placement {
     this.fresh[g * this.n + node] = fresh ? 1 : 0;
     this.holders[g].push(node);
     this.load[node]++;
+    this.layerLoad[this.layerSlot(g, node)]++;
   }
 
   remove(g: number, node: number): void {
@@ -229,6 +239,11 @@ class Placement {
     this.fresh[g * this.n + node] = 0;
     this.holders[g].splice(this.holders[g].indexOf(node), 1);
     this.load[node]--;
+    this.layerLoad[this.layerSlot(g, node)]--;
+  }
+
+  private layerSlot(g: number, node: number): number {
+    return node * this.layers + Math.floor(g / this.perLayer);
   }
 
   /** Adds one replica of group g if any node can take it; returns whether it did. */
@@ -307,18 +322,20 @@ class Placement {
     }
   }
 
-  /** Moves one replica from the first giver that has one the first possible receiver lacks, fresh ones first. */
+  /**
+   * Moves one replica from the first giver that has one the first possible receiver lacks: a fresh one before one to copy,
+   * and among those, one of the layer where the giver holds the most more than the receiver.
+   */
   private moveOne(givers: number[], receivers: number[]): boolean {
     for (const x of givers) {
       for (const y of receivers) {
-        let kept = -1;
         let group = -1;
-        for (let g = 0; g < this.groups && group < 0; g++) {
+        let best = -Infinity;
+        for (let g = 0; g < this.groups; g++) {
           if (!this.holds(g, x) || this.holds(g, y)) continue;
-          if (this.fresh[g * this.n + x] === 1) group = g;
-          else if (kept < 0) kept = g;
+          const score = this.fresh[g * this.n + x] * this.groups + this.layerLoad[this.layerSlot(g, x)] - this.layerLoad[this.layerSlot(g, y)];
+          if (score > best) [group, best] = [g, score];
         }
-        if (group < 0) group = kept;
         if (group >= 0) {
           this.remove(group, x);
           this.add(group, y, true);

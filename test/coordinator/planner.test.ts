@@ -138,6 +138,27 @@ describe('shard planner', () => {
     expect(Object.values(loads(joined)).sort()).toEqual([16, 16, 16, 16]);
   });
 
+  it('nodes joining one by one hold experts of every layer, not whole layers', () => {
+    // Replication 1, as bench/scaling.ts's split runs: a second node used to take layers 0-1 whole from the first.
+    const planner = new ShardPlanner({ ...options, replication: 1 });
+    const perLayer = (plan: ShardPlan, id: string) => {
+      const counts = new Array<number>(config.numLayers).fill(0);
+      for (const { layer } of plan.nodes.get(id)!) counts[layer]++;
+      return counts;
+    };
+    const nodes: PlannerNode[] = [];
+    for (const [id, speed] of [['a', 40], ['b', 36], ['c', 44], ['d', 40]] as const) {
+      nodes.push(node(id, speed));
+      const plan = planner.plan(nodes);
+      checkPlan(plan, nodes, 1);
+      for (const n of nodes) {
+        const counts = perLayer(plan, n.nodeId);
+        const fair = plan.nodes.get(n.nodeId)!.length / config.numLayers;
+        for (const count of counts) expect(Math.abs(count - fair), `${n.nodeId} after ${id} joined: ${counts}`).toBeLessThanOrEqual(1);
+      }
+    }
+  });
+
   it('a join within the overload margin moves nothing; the new node is still in the plan', () => {
     const planner = new ShardPlanner({ ...options, maxOverload: Infinity });
     const nodes = ['a', 'b', 'c'].map((id) => node(id));
