@@ -216,6 +216,8 @@ export class Model {
   private secondLane?: Model;
   /** While a split batch trains: this lane's side of the order in which the lanes add into the gradients. */
   private turns?: LaneTurns;
+  /** A split batch's second lane: its stages give way to the first lane's (HostedExperts.letPeersIn). */
+  private readonly isSecondLane: boolean;
 
   /** `laneOf`: the model whose weights and experts this one shares, as its second lane (trainStep's halves). */
   constructor(
@@ -225,6 +227,7 @@ export class Model {
     base?: Iterable<[string, F32Tensor]>,
     laneOf?: Model,
   ) {
+    this.isSecondLane = laneOf !== undefined;
     this.weights = laneOf?.weights ?? new ModelWeights(kernels, config, options, base);
     this.params = this.weights.params;
     this.rope = kernels.ops.ropeTable(config.headDim, config.maxSeqLen, config.ropeTheta);
@@ -439,7 +442,7 @@ export class Model {
     const scale = gradScale === undefined ? undefined : gradScale / Math.max(counted, 1);
     await this.turns?.enter(HEAD_STAGE);
     for (let r0 = 0; r0 < rows; r0 += HEAD_CHUNK) {
-      await this.experts.letPeersIn();
+      await this.experts.letPeersIn(this.isSecondLane);
       const n = Math.min(HEAD_CHUNK, rows - r0);
       const h = ws.normed.subarray(r0 * H, (r0 + n) * H);
       this.head.forward(h, ws.logits, n);
@@ -468,7 +471,7 @@ export class Model {
     const block = this.blocks[l];
     const a = ws.blocks[l];
     const x = ws.residual[l];
-    await this.experts.letPeersIn();
+    await this.experts.letPeersIn(this.isSecondLane);
     attend(block.attention, this.normalize(x, block.attnNorm, a.rstdAttn, ws, rows), ws.branchOut, l);
     ops.add(x, ws.branchOut, a.xMid, rows * H);
     this.expertSlabs[l].beginForward();
@@ -526,7 +529,7 @@ export class Model {
     const { dx, dh } = ws;
     await block.moe.backward(this.normalize(a.xMid, block.ffnNorm, a.rstdFfn, ws, rows), dx, dh, rows, auxScale);
     ops.rmsNormBackward({ x: a.xMid, weight: block.ffnNorm.value, rstd: a.rstdFfn, dy: dh, dx, dWeight: this.gradOrScratch(block.ffnNorm), rows, dim: H, accumulate: true });
-    await this.experts.letPeersIn();
+    await this.experts.letPeersIn(this.isSecondLane);
     const inputGradient = l > 0 || this.params.get('embed').grad !== undefined || block.attnNorm.grad !== undefined;
     block.attention.backward(this.normalize(ws.residual[l], block.attnNorm, a.rstdAttn, ws, rows), dx, inputGradient ? dh : undefined, batch, seq, ws.positions);
     if (!inputGradient) return;
