@@ -140,8 +140,13 @@ export class Attention {
     this.o.forward(a.att, out, rows);
   }
 
-  /** dx (= or += with accumulate) ∂L/∂x from dOut, unless dx is undefined; adds the projections' gradients. */
-  backward(x: Float32Array, dOut: Float32Array, dx: Float32Array | undefined, batch: number, seq: number, positions: Int32Array, accumulate = false): void {
+  /**
+   * dx = ∂L/∂x from dOut, unless dx is undefined; adds the projections' gradients. `pause` is awaited halfway, between
+   * the attention's own gradients and the q, k, v projections' (a swarm node serves peers' expert calls there).
+   */
+  async backward(
+    x: Float32Array, dOut: Float32Array, dx: Float32Array | undefined, batch: number, seq: number, positions: Int32Array, pause?: () => Promise<void>,
+  ): Promise<void> {
     const { ops } = this.kernels;
     const { numHeads, numKvHeads, headDim } = this.config;
     const rows = batch * seq;
@@ -163,7 +168,8 @@ export class Attention {
     }
     ops.ropeBackward({ x: dq, positions, table: this.rope, tokens: rows, heads: numHeads });
     ops.ropeBackward({ x: dk, positions, table: this.rope, tokens: rows, heads: numKvHeads });
-    this.q.backward(x, dq, dx, rows, accumulate);
+    await pause?.();
+    this.q.backward(x, dq, dx, rows);
     this.k.backward(x, dk, dx, rows, true);
     this.v.backward(x, dv, dx, rows, true);
   }

@@ -450,8 +450,10 @@ export class Model {
         logits: ws.logits, targets: ws.targets.subarray(r0, r0 + n), losses: ws.losses.subarray(r0, r0 + n), rows: n, vocab: V,
         ...(scale === undefined ? {} : { dLogits: ws.logits, scale }),
       });
-      // Training: the head's backward now, while this chunk's logit gradient exists.
-      if (scale !== undefined) this.head.backward(h, ws.logits, ws.dh.subarray(r0 * H, (r0 + n) * H), n);
+      // Training: the head's backward now, while this chunk's logit gradient exists (after a turn for peers' calls).
+      if (scale === undefined) continue;
+      await this.experts.letPeersIn(this.isSecondLane);
+      this.head.backward(h, ws.logits, ws.dh.subarray(r0 * H, (r0 + n) * H), n);
     }
     this.turns?.leave(HEAD_STAGE);
     let sum = 0;
@@ -531,7 +533,8 @@ export class Model {
     ops.rmsNormBackward({ x: a.xMid, weight: block.ffnNorm.value, rstd: a.rstdFfn, dy: dh, dx, dWeight: this.gradOrScratch(block.ffnNorm), rows, dim: H, accumulate: true });
     await this.experts.letPeersIn(this.isSecondLane);
     const inputGradient = l > 0 || this.params.get('embed').grad !== undefined || block.attnNorm.grad !== undefined;
-    block.attention.backward(this.normalize(ws.residual[l], block.attnNorm, a.rstdAttn, ws, rows), dx, inputGradient ? dh : undefined, batch, seq, ws.positions);
+    const normed = this.normalize(ws.residual[l], block.attnNorm, a.rstdAttn, ws, rows);
+    await block.attention.backward(normed, dx, inputGradient ? dh : undefined, batch, seq, ws.positions, () => this.experts.letPeersIn(this.isSecondLane));
     if (!inputGradient) return;
     ops.rmsNormBackward({ x: ws.residual[l], weight: block.attnNorm.value, rstd: a.rstdAttn, dy: dh, dx, dWeight: this.gradOrScratch(block.attnNorm), rows, dim: H, accumulate: true });
   }

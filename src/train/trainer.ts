@@ -101,6 +101,7 @@ export class Trainer {
       tokens += result.tokens;
     }
     await this.hooks.afterBackward?.(this.step);
+    await this.model.experts.letPeersIn(); // a swarm node serves peers' expert calls before the update's kernels
     const lr = learningRate(this.step, this.options);
     const gradNorm = this.optimizer.update(lr);
     this.model.params.zeroGrads();
