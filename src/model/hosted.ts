@@ -30,8 +30,6 @@ export class HostedExperts implements ExpertCompute {
   /** [layer][expert]; undefined where another process holds the expert. */
   private readonly local: (SwigluExpert | undefined)[][];
   private readonly servingReplicas = new Map<string, SwigluExpert>();
-  /** The first lane's stages waiting in letPeersIn: the second lane runs none of its own while there are any. */
-  private firstLaneWaiting = 0;
 
   constructor(
     config: ModelConfig,
@@ -71,16 +69,14 @@ export class HostedExperts implements ExpertCompute {
       return own;
     };
     return {
-      forward: (layer, expert, x, y, rows) => this.forwardWith(instance(layer, expert), layer, expert, x, y, rows, true),
-      backward: (layer, expert, x, dy, dx, rows) => this.backwardWith(instance(layer, expert), layer, expert, x, dy, dx, rows, true),
+      forward: (layer, expert, x, y, rows) => this.forwardWith(instance(layer, expert), layer, expert, x, y, rows),
+      backward: (layer, expert, x, dy, dx, rows) => this.backwardWith(instance(layer, expert), layer, expert, x, dy, dx, rows),
     };
   }
 
-  private async forwardWith(
-    held: SwigluExpert | undefined, layer: number, expert: number, x: Float32Array, y: Float32Array, rows: number, second = false,
-  ): Promise<boolean> {
+  private async forwardWith(held: SwigluExpert | undefined, layer: number, expert: number, x: Float32Array, y: Float32Array, rows: number): Promise<boolean> {
     if (!held) return this.remote ? this.remote.forward(layer, expert, x, y, rows) : false;
-    await this.letPeersIn(second);
+    await this.letPeersIn();
     this.localCalls++;
     held.forward(x, y, rows);
     return true;
@@ -88,10 +84,9 @@ export class HostedExperts implements ExpertCompute {
 
   private async backwardWith(
     held: SwigluExpert | undefined, layer: number, expert: number, x: Float32Array, dy: Float32Array, dx: Float32Array, rows: number,
-    second = false,
   ): Promise<boolean> {
     if (!held) return this.remote ? this.remote.backward(layer, expert, x, dy, dx, rows) : false;
-    await this.letPeersIn(second);
+    await this.letPeersIn();
     this.localCalls++;
     held.backward(x, dy, dx, rows);
     return true;
@@ -102,24 +97,14 @@ export class HostedExperts implements ExpertCompute {
    * (attention, the head's chunks): the kernels hold the thread, and between them the peers' calls for experts
    * held here are served, so a call waits about one stage, not this node's whole step. The MoE layer starts
    * all of a layer's expert calls at once: the turn lets the remote ones go out before the local ones compute.
-   * `second`: a stage of a split batch's second lane, which waits while the first lane has a stage ready. Taking
-   * turns stage by stage kept the lanes in step: both sent a layer's calls together and then both waited on them,
-   * with nothing to compute (10-15% of bench/scaling.ts's split-batch runs idle); first-lane-first sends the
-   * second lane's calls while the first lane's are out, and each lane computes while the other waits.
    */
-  async letPeersIn(second = false): Promise<void> {
+  async letPeersIn(): Promise<void> {
     if (!this.remote) return;
-    if (!second) this.firstLaneWaiting++;
-    try {
-      // A call takes a few turns (its request read, answered, the reply written): while a turn had work, give another.
-      for (let turn = 0; ; turn++) {
-        const t0 = performance.now();
-        await new Promise((resolve) => setImmediate(resolve));
-        const firstAhead = second && this.firstLaneWaiting > 0;
-        if (!firstAhead && (turn + 1 >= MAX_TURNS || performance.now() - t0 < BUSY_TURN_MS)) return;
-      }
-    } finally {
-      if (!second) this.firstLaneWaiting--;
+    // A call takes a few turns (its request read, answered, the reply written): while a turn had work, give another.
+    for (let turn = 0; turn < MAX_TURNS; turn++) {
+      const t0 = performance.now();
+      await new Promise((resolve) => setImmediate(resolve));
+      if (performance.now() - t0 < BUSY_TURN_MS) return;
     }
   }
 

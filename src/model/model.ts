@@ -216,8 +216,6 @@ export class Model {
   private secondLane?: Model;
   /** While a split batch trains: this lane's side of the order in which the lanes add into the gradients. */
   private turns?: LaneTurns;
-  /** A split batch's second lane: its stages give way to the first lane's (HostedExperts.letPeersIn). */
-  private readonly isSecondLane: boolean;
 
   /** `laneOf`: the model whose weights and experts this one shares, as its second lane (trainStep's halves). */
   constructor(
@@ -227,7 +225,6 @@ export class Model {
     base?: Iterable<[string, F32Tensor]>,
     laneOf?: Model,
   ) {
-    this.isSecondLane = laneOf !== undefined;
     this.weights = laneOf?.weights ?? new ModelWeights(kernels, config, options, base);
     this.params = this.weights.params;
     this.rope = kernels.ops.ropeTable(config.headDim, config.maxSeqLen, config.ropeTheta);
@@ -442,7 +439,7 @@ export class Model {
     const scale = gradScale === undefined ? undefined : gradScale / Math.max(counted, 1);
     await this.turns?.enter(HEAD_STAGE);
     for (let r0 = 0; r0 < rows; r0 += HEAD_CHUNK) {
-      await this.experts.letPeersIn(this.isSecondLane);
+      await this.experts.letPeersIn();
       const n = Math.min(HEAD_CHUNK, rows - r0);
       const h = ws.normed.subarray(r0 * H, (r0 + n) * H);
       this.head.forward(h, ws.logits, n);
@@ -452,7 +449,7 @@ export class Model {
       });
       // Training: the head's backward now, while this chunk's logit gradient exists (after a turn for peers' calls).
       if (scale === undefined) continue;
-      await this.experts.letPeersIn(this.isSecondLane);
+      await this.experts.letPeersIn();
       this.head.backward(h, ws.logits, ws.dh.subarray(r0 * H, (r0 + n) * H), n);
     }
     this.turns?.leave(HEAD_STAGE);
@@ -473,7 +470,7 @@ export class Model {
     const block = this.blocks[l];
     const a = ws.blocks[l];
     const x = ws.residual[l];
-    await this.experts.letPeersIn(this.isSecondLane);
+    await this.experts.letPeersIn();
     attend(block.attention, this.normalize(x, block.attnNorm, a.rstdAttn, ws, rows), ws.branchOut, l);
     ops.add(x, ws.branchOut, a.xMid, rows * H);
     this.expertSlabs[l].beginForward();
@@ -531,10 +528,10 @@ export class Model {
     const { dx, dh } = ws;
     await block.moe.backward(this.normalize(a.xMid, block.ffnNorm, a.rstdFfn, ws, rows), dx, dh, rows, auxScale);
     ops.rmsNormBackward({ x: a.xMid, weight: block.ffnNorm.value, rstd: a.rstdFfn, dy: dh, dx, dWeight: this.gradOrScratch(block.ffnNorm), rows, dim: H, accumulate: true });
-    await this.experts.letPeersIn(this.isSecondLane);
+    await this.experts.letPeersIn();
     const inputGradient = l > 0 || this.params.get('embed').grad !== undefined || block.attnNorm.grad !== undefined;
     const normed = this.normalize(ws.residual[l], block.attnNorm, a.rstdAttn, ws, rows);
-    await block.attention.backward(normed, dx, inputGradient ? dh : undefined, batch, seq, ws.positions, () => this.experts.letPeersIn(this.isSecondLane));
+    await block.attention.backward(normed, dx, inputGradient ? dh : undefined, batch, seq, ws.positions, () => this.experts.letPeersIn());
     if (!inputGradient) return;
     ops.rmsNormBackward({ x: ws.residual[l], weight: block.attnNorm.value, rstd: a.rstdAttn, dy: dh, dx, dWeight: this.gradOrScratch(block.attnNorm), rows, dim: H, accumulate: true });
   }
