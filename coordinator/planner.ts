@@ -330,11 +330,13 @@ class Placement {
     for (const x of givers) {
       for (const y of receivers) {
         let group = -1;
-        let best = -Infinity;
+        let bestFresh = -1;
+        let bestSpread = -Infinity;
         for (let g = 0; g < this.groups; g++) {
           if (!this.holds(g, x) || this.holds(g, y)) continue;
-          const score = this.fresh[g * this.n + x] * this.groups + this.layerLoad[this.layerSlot(g, x)] - this.layerLoad[this.layerSlot(g, y)];
-          if (score > best) [group, best] = [g, score];
+          const fresh = this.fresh[g * this.n + x];
+          const spread = this.layerLoad[this.layerSlot(g, x)] - this.layerLoad[this.layerSlot(g, y)];
+          if (fresh > bestFresh || (fresh === bestFresh && spread > bestSpread)) [group, bestFresh, bestSpread] = [g, fresh, spread];
         }
         if (group >= 0) {
           this.remove(group, x);
