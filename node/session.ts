@@ -83,6 +83,7 @@ export class JobSession {
   private plan!: Plan;
   private pendingPlan?: Plan;
   private readonly released = new ReleasedGroups(HANDOVER_KEEP_MS);
+  private readonly parsedPeers = new WeakMap<Plan, Map<string, DialTarget | undefined>>();
   private model?: Model;
   /** The job's base checkpoint, when it has one. */
   private base?: NodeBase;
@@ -398,9 +399,20 @@ export class JobSession {
     return ref?.kind === 'expert' ? this.holders(ref.layer, ref.expert, this.newestPlan()) : [];
   }
 
+  /** A peer's dial addresses from the newest plan that lists it (none when it lists none). */
   private address(peer: string): DialTarget | undefined {
-    const addrs = (this.newestPlan().peers.find((p) => p.peerId === peer) ?? this.plan.peers.find((p) => p.peerId === peer))?.addrs;
-    return addrs?.length ? addrs.map((a) => multiaddr(a)) : undefined;
+    const newest = this.dialTargets(this.newestPlan());
+    return newest.has(peer) ? newest.get(peer) : this.dialTargets(this.plan).get(peer);
+  }
+
+  /** A plan's peers' addresses, parsed once per plan: every expert call asks for its holder's. */
+  private dialTargets(plan: Plan): Map<string, DialTarget | undefined> {
+    let targets = this.parsedPeers.get(plan);
+    if (!targets) {
+      targets = new Map(plan.peers.map((p) => [p.peerId, p.addrs?.length ? p.addrs.map((a) => multiaddr(a)) : undefined]));
+      this.parsedPeers.set(plan, targets);
+    }
+    return targets;
   }
 
   /** The experts the plan gives this node, by group id. */

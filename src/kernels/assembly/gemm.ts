@@ -65,22 +65,54 @@ export function packB_f32_n(dst: usize, b: usize, aux: usize, n: i32, k: i32, p0
   }
 }
 
-/** op(B) = Bᵀ with B stored n×k (the A·Bᵀ orientation). */
+/**
+ * op(B) = Bᵀ with B stored n×k (the A·Bᵀ orientation). A full panel goes 4 values of k at a time: the 8 rows'
+ * f32x4 at p, transposed as two 4×4 blocks into the panel's rows p..p+3 (scalar, it cost a layer's forward a
+ * third of its GEMM time at 128 rows).
+ */
 export function packB_f32_t(dst: usize, b: usize, aux: usize, n: i32, k: i32, p0: i32, kc: i32, j0: i32, nc: i32): void {
   const panels = ceilDiv(nc, NR);
+  const rowBytes = <usize>k << 2;
   for (let q = 0; q < panels; q++) {
     const j = j0 + q * NR;
     const w = min(NR, j0 + nc - j);
     const out = dst + (<usize>q * kc * NR << 2);
+    let p = 0;
+    if (w == NR) {
+      const src = b + ((<usize>j * k + p0) << 2);
+      for (; p + 4 <= kc; p += 4) {
+        const s = src + (<usize>p << 2);
+        const o = out + (<usize>p * NR << 2);
+        transpose4(o, s, rowBytes);
+        transpose4(o + 16, s + (rowBytes << 2), rowBytes);
+      }
+    }
     for (let jj = 0; jj < NR; jj++) {
       if (jj < w) {
         const src = b + ((<usize>(j + jj) * k + p0) << 2);
-        for (let p = 0; p < kc; p++) store<f32>(out + ((<usize>p * NR + jj) << 2), load<f32>(src + (<usize>p << 2)));
+        for (let pp = p; pp < kc; pp++) store<f32>(out + ((<usize>pp * NR + jj) << 2), load<f32>(src + (<usize>pp << 2)));
       } else {
-        for (let p = 0; p < kc; p++) store<f32>(out + ((<usize>p * NR + jj) << 2), 0);
+        for (let pp = p; pp < kc; pp++) store<f32>(out + ((<usize>pp * NR + jj) << 2), 0);
       }
     }
   }
+}
+
+/** The 4×4 block of f32 at src (rows `stride` bytes apart) transposed into 4 f32x4 at dst, NR floats apart. */
+@inline
+function transpose4(dst: usize, src: usize, stride: usize): void {
+  const r0 = v128.load(src);
+  const r1 = v128.load(src + stride);
+  const r2 = v128.load(src + (stride << 1));
+  const r3 = v128.load(src + stride * 3);
+  const t0 = v128.shuffle<u32>(r0, r1, 0, 4, 1, 5); // a0 b0 a1 b1
+  const t1 = v128.shuffle<u32>(r2, r3, 0, 4, 1, 5); // c0 d0 c1 d1
+  const t2 = v128.shuffle<u32>(r0, r1, 2, 6, 3, 7); // a2 b2 a3 b3
+  const t3 = v128.shuffle<u32>(r2, r3, 2, 6, 3, 7); // c2 d2 c3 d3
+  v128.store(dst, v128.shuffle<u64>(t0, t1, 0, 2));
+  v128.store(dst, v128.shuffle<u64>(t0, t1, 1, 3), NR << 2);
+  v128.store(dst, v128.shuffle<u64>(t2, t3, 0, 2), NR << 3);
+  v128.store(dst, v128.shuffle<u64>(t2, t3, 1, 3), NR * 12);
 }
 
 /** Packs op(A)[i0..i0+mc, p0..p0+kc] into MR-row panels (rows past mc are zero). */
