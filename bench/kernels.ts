@@ -1,7 +1,8 @@
 // Kernel throughput: GFLOPS of each product at M=256 and K=N in {256, 512, 1024}, for both
 // builds and 1 and 2 threads, with ratios against baselines measured in the same run
 // (naive JS, and the fp32 GEMM of the same build and thread count), since these machines
-// are noisy; then the six skinny products of one LoRA linear in a training step.
+// are noisy; then the six skinny products of one LoRA linear in a training step, and one expert call's
+// products at the row counts a swarm's calls carry.
 // Run: npm run bench:kernels [-- --quick]
 import type { GemmArgs } from '../src/kernels/gemm.ts';
 import { createKernels, type BuildName, type Kernels } from '../src/kernels/index.ts';
@@ -66,6 +67,13 @@ function benchBuild(kern: Kernels, size: number, rows: Row[]): void {
   for (const v of [a, b, c]) heap.release(v);
 }
 
+/** A heap matrix of sin(0), sin(1), ... */
+function sines(kern: Kernels, length: number): Float32Array {
+  const v = kern.heap.f32(length);
+  for (let i = 0; i < length; i++) v[i] = Math.sin(i);
+  return v;
+}
+
 /** One LoRA linear (rows × IN → OUT, rank R) as in a training step: forward, then gradients. */
 const LORA = { rows: 512, in: 256, out: 512, rank: 8 };
 const LORA_CALLS = 50; // a product takes tens of microseconds
@@ -75,11 +83,7 @@ interface LoraRow extends Measured { shape: string }
 function benchLora(kern: Kernels, rows: LoraRow[]): void {
   const { heap } = kern;
   const { rows: t, in: d, out: o, rank: r } = LORA;
-  const matrix = (length: number) => {
-    const v = heap.f32(length);
-    for (let i = 0; i < length; i++) v[i] = Math.sin(i);
-    return v;
-  };
+  const matrix = (length: number) => sines(kern, length);
   const [x, a, b, xa, y, dy, dA, dB, dx] = [t * d, r * d, o * r, t * r, t * o, t * o, r * d, o * r, t * d].map(matrix);
   const products: [string, GemmArgs][] = [
     ['xa = x·Aᵀ', { a: x, b: a, c: xa, m: t, n: r, k: d, transB: true }],
@@ -97,8 +101,41 @@ function benchLora(kern: Kernels, rows: LoraRow[]): void {
   for (const v of [x, a, b, xa, y, dy, dA, dB, dx]) heap.release(v);
 }
 
+/**
+ * Calls of the demo job's experts (hidden 128, expert hidden 256): forward x·Wᵀ through gate, up and down, and the
+ * backward's dx = dy·W through the three, at the rows a call carries: one node's whole share of a step (256), a half
+ * batch's or a peer's (128), fewer when routing is uneven. The calls go round 16 experts, whose 6 MB of weights do
+ * not stay in a core's cache, as in training: every call packs its expert's three weights again.
+ */
+const EXPERT = { hidden: 128, expertHidden: 256, experts: 16 };
+const EXPERT_ROWS = [32, 128, 256];
+
+function benchExpertCalls(kern: Kernels, rows: Row[]): void {
+  const { hidden: h, expertHidden: f, experts } = EXPERT;
+  const weights = Array.from({ length: experts }, () => [f * h, f * h, h * f].map((length) => sines(kern, length)));
+  for (const m of EXPERT_ROWS) {
+    const [x, g, u, y] = [m * h, m * f, m * f, m * h].map((length) => sines(kern, length));
+    const call = ([wGate, wUp, wDown]: Float32Array[]) => [
+      { a: x, b: wGate, c: g, m, n: f, k: h, transB: true },
+      { a: x, b: wUp, c: u, m, n: f, k: h, transB: true },
+      { a: g, b: wDown, c: y, m, n: h, k: f, transB: true },
+      { a: y, b: wDown, c: g, m, n: f, k: h },
+      { a: g, b: wGate, c: x, m, n: h, k: f },
+      { a: u, b: wUp, c: x, m, n: h, k: f, accumulate: true },
+    ] satisfies GemmArgs[];
+    const calls = weights.map(call);
+    const flops = calls.flat().reduce((sum, { m, n, k }) => sum + 2 * m * n * k, 0);
+    const run = () => { for (const args of calls.flat()) kern.gemm.gemm(args); };
+    const gflops = flops / time(run) / 1e9;
+    rows.push({ op: 'expert calls fwd + dx', size: m, build: kern.info.build, threads: kern.info.threads, gflops });
+    for (const v of [x, g, u, y]) kern.heap.release(v);
+  }
+  for (const v of weights.flat()) kern.heap.release(v);
+}
+
 const rows: Row[] = [];
 const loraRows: LoraRow[] = [];
+const expertRows: Row[] = []; // size: the rows of the call
 const naive: Record<number, number> = {};
 for (const size of sizes) {
   const a = new Float32Array(M * size).map((_, i) => Math.sin(i));
@@ -112,6 +149,7 @@ for (const build of ['simd', 'relaxed'] as BuildName[]) {
     const kern = await createKernels({ build, threads });
     for (const size of sizes) benchBuild(kern, size, rows);
     benchLora(kern, loraRows);
+    benchExpertCalls(kern, expertRows);
     await kern.close();
   }
 }
@@ -143,4 +181,15 @@ console.log(`\nLoRA products, rows ${LORA.rows}, in ${LORA.in}, out ${LORA.out},
 printTable(
   ['op', 'm×n×k', 'build', 'threads', 'GFLOPS', '× 1 thread', '× plain simd'],
   loraRows.map((r) => [r.op, r.shape, r.build, String(r.threads), r.gflops.toFixed(1), ...speedups(loraRows, r)]),
+);
+
+const { hidden, expertHidden, experts } = EXPERT;
+console.log(`\nExpert calls' products (hidden ${hidden}, expert hidden ${expertHidden}, ${experts} experts in turn), by a call's rows:`);
+const wholeShare = (r: Row) => expertRows.find((x) => x.size === 256 && x.build === r.build && x.threads === r.threads)!;
+printTable(
+  ['op', 'rows', 'build', 'threads', 'GFLOPS', '× 256 rows', '× 1 thread', '× plain simd'],
+  expertRows.map((r) => [
+    r.op, String(r.size), r.build, String(r.threads), r.gflops.toFixed(1), (r.gflops / wholeShare(r).gflops).toFixed(2),
+    ...speedups(expertRows, r),
+  ]),
 );
