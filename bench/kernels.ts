@@ -123,9 +123,9 @@ function benchExpertCalls(kern: Kernels, rows: Row[]): void {
       { a: g, b: wGate, c: x, m, n: h, k: f },
       { a: u, b: wUp, c: x, m, n: h, k: f, accumulate: true },
     ] satisfies GemmArgs[];
-    const calls = weights.map(call);
-    const flops = calls.flat().reduce((sum, { m, n, k }) => sum + 2 * m * n * k, 0);
-    const run = () => { for (const args of calls.flat()) kern.gemm.gemm(args); };
+    const products = weights.flatMap(call);
+    const flops = products.reduce((sum, { m, n, k }) => sum + 2 * m * n * k, 0);
+    const run = () => { for (const args of products) kern.gemm.gemm(args); };
     const gflops = flops / time(run) / 1e9;
     rows.push({ op: 'expert calls fwd + dx', size: m, build: kern.info.build, threads: kern.info.threads, gflops });
     for (const v of [x, g, u, y]) kern.heap.release(v);

@@ -67,8 +67,8 @@ export function packB_f32_n(dst: usize, b: usize, aux: usize, n: i32, k: i32, p0
 
 /**
  * op(B) = Bᵀ with B stored n×k (the A·Bᵀ orientation). A full panel goes 4 values of k at a time: the 8 rows'
- * f32x4 at p, transposed as two 4×4 blocks into the panel's rows p..p+3 (scalar, it cost a layer's forward a
- * third of its GEMM time at 128 rows).
+ * f32x4 at p, transposed as two 4×4 blocks into the panel's rows p..p+3 (value by value, packing cost a call of
+ * 32 rows through an expert ~7% of its products' time: bench:kernels' expert calls).
  */
 export function packB_f32_t(dst: usize, b: usize, aux: usize, n: i32, k: i32, p0: i32, kc: i32, j0: i32, nc: i32): void {
   const panels = ceilDiv(nc, NR);
