@@ -97,17 +97,23 @@ const onLoopback: Launcher = async (job, coordinatorArgs) => {
   return { coordinator: swarm.coordinator, startNode: (_, args) => swarm.startNode(args), shutdown: () => swarm.shutdown() };
 };
 
-async function run(setting: Setting, launch: Launcher): Promise<SwarmEvent[][]> {
+/** What a run gives: each node's step events, and the plans that swapped experts for their routed rows. */
+interface Ran {
+  steps: SwarmEvent[][];
+  balanced: SwarmEvent[];
+}
+
+async function run(setting: Setting, launch: Launcher): Promise<Ran> {
   if (setting.separate) {
     const alone = { name: setting.name, nodes: 1, replication: 1 };
-    const runs = Array.from({ length: setting.nodes }, (_, i) => runOne(alone, launch, i));
-    return (await Promise.all(runs)).flat();
+    const runs = await Promise.all(Array.from({ length: setting.nodes }, (_, i) => runOne(alone, launch, i)));
+    return { steps: runs.flatMap((r) => r.steps), balanced: runs.flatMap((r) => r.balanced) };
   }
   return runOne(setting, launch, 0);
 }
 
 /** One swarm of `setting.nodes` nodes, its first node pinned to core `firstCore`. */
-async function runOne(setting: Setting, launch: Launcher, firstCore: number): Promise<SwarmEvent[][]> {
+async function runOne(setting: Setting, launch: Launcher, firstCore: number): Promise<Ran> {
   const job = {
     ...demoJob(STEPS_PER_NODE * setting.nodes, setting.nodes), jobId: `bench-scaling-${setting.nodes}-${setting.replication}-${firstCore}`,
     ...(setting.splitBatch ? { splitBatch: true } : {}),
@@ -122,7 +128,8 @@ async function runOne(setting: Setting, launch: Launcher, firstCore: number): Pr
     });
     await swarm.coordinator.waitFor((e) => e.event === 'done', 900_000, 'done');
     await Promise.all(procs.map((p) => p.waitFor((e) => e.event === 'finished', 120_000, 'finished')));
-    return procs.map((p) => p.events.filter((e) => e.event === 'step'));
+    const balanced = swarm.coordinator.events.filter((e) => e.event === 'plan' && e.balanced);
+    return { steps: procs.map((p) => p.events.filter((e) => e.event === 'step')), balanced };
   } finally {
     await swarm.shutdown();
   }
@@ -211,11 +218,17 @@ async function table(title: string, launch: Launcher): Promise<void> {
   const aggregateOf = (perNode: PerNode) => sum(perNode.map((n) => n.tokensPerSecond));
   // What the nodes would reach on cores of their own with no waiting: their tokens per CPU-second, summed.
   const cpuBoundOf = (perNode: PerNode) => sum(perNode.map((n) => n.tokensPerCpuSecond));
-  const measured: { setting: Setting; perNode: PerNode }[] = [];
+  const measured: { setting: Setting; perNode: PerNode; swapped: number }[] = [];
   const measure = async (setting: Setting) => {
-    const perNode = (await run(setting, launch)).map(steady);
-    measured.push({ setting, perNode });
-    console.log(`  ${title}, ${setting.name}: ${aggregateOf(perNode).toFixed(0)} tokens/s (load average ${loadavg()[0].toFixed(2)})`);
+    const { steps, balanced } = await run(setting, launch);
+    const perNode = steps.map(steady);
+    const swapped = sum(balanced.map((e) => (e.moves as { added: unknown[] }).added.length));
+    measured.push({ setting, perNode, swapped });
+    const swaps = balanced.map((e) => {
+      const { before, after } = e.balanced as { before: number; after: number };
+      return `; plan v${e.version} swapped experts for their work, busiest node ${before.toFixed(2)}× → ${after.toFixed(2)}× its share`;
+    });
+    console.log(`  ${title}, ${setting.name}: ${aggregateOf(perNode).toFixed(0)} tokens/s (load average ${loadavg()[0].toFixed(2)})${swaps.join('')}`);
   };
   for (const setting of SELECTED) await measure(setting);
   // This machine drifts by 10-25% within minutes (other tenants): the baseline again at the end, ratios against both.
@@ -224,7 +237,7 @@ async function table(title: string, launch: Launcher): Promise<void> {
   const baselineRates = baselines.map(aggregateOf);
   const baseline = sum(baselineRates) / baselines.length;
   const cpuBaseline = sum(baselines.map(cpuBoundOf)) / baselines.length;
-  const rows = measured.map(({ setting, perNode }) => {
+  const rows = measured.map(({ setting, perNode, swapped }) => {
     const aggregate = aggregateOf(perNode);
     const mean = (pick: (n: (typeof perNode)[number]) => number) => sum(perNode.map(pick)) / perNode.length;
     const percent = (pick: (n: (typeof perNode)[number]) => number) => `${(100 * mean(pick)).toFixed(1)}%`;
@@ -232,13 +245,13 @@ async function table(title: string, launch: Launcher): Promise<void> {
       setting.name, aggregate.toFixed(0), `${(aggregate / baseline).toFixed(2)}×`, `${(cpuBoundOf(perNode) / cpuBaseline).toFixed(2)}×`,
       percent((n) => n.remoteWaitShare), percent((n) => n.idleShare), percent((n) => n.servingShare),
       (mean((n) => n.sentPerToken) / 1024).toFixed(2), mean((n) => n.remoteCallsPerStep).toFixed(1),
-      mean((n) => n.remoteRequestsPerStep).toFixed(1),
+      mean((n) => n.remoteRequestsPerStep).toFixed(1), String(swapped),
     ];
   });
   console.log(title);
   printTable([
     'setting', 'aggregate tokens/s', 'vs one node', 'per CPU-second vs one node', 'remote-expert wait', 'idle', 'serving peers',
-    'sent kB per token per node', 'remote calls per step', 'requests per step',
+    'sent kB per token per node', 'remote calls per step', 'requests per step', 'experts moved for load',
   ], rows);
   if (baselines.length > 1) {
     const [first, last] = baselineRates;
@@ -277,4 +290,5 @@ if (RATES.length === 0) {
 }
 console.log('aggregate tokens/s: steady-state steps\' tokens over their own seconds, summed over nodes; remote-expert wait: wall time with a '
   + 'remote expert call in flight / step time; per CPU-second: tokens per CPU-second of each node, summed (the ratio with a core per node '
-  + 'and no waiting; steadier than wall time on a loaded machine); idle: the event loop waiting with nothing to run; serving peers: answering peers\' expert calls');
+  + 'and no waiting; steadier than wall time on a loaded machine); idle: the event loop waiting with nothing to run; serving peers: answering peers\' expert calls; '
+  + 'experts moved for load: replicas the coordinator moved to balance the rows routed to each node\'s experts');

@@ -64,7 +64,9 @@ function describe(e: SwarmEvent, names: Map<string, string>): string | undefined
       const perNode = new Map<string, number>();
       for (const expert of holders) for (const node of expert.holders) perNode.set(node, (perNode.get(node) ?? 0) + 1);
       const spread = [...perNode].map(([node, count]) => `${who(node)} ${count}`).join(', ');
-      return `plan v${e.version}: ${holders.length} experts, held by ${spread || 'nobody yet'}${e.degraded ? ` (degraded: ${e.degraded})` : ''}`;
+      const balanced = e.balanced as { before: number; after: number } | undefined;
+      const why = balanced ? ` (experts swapped for their routed rows: busiest node at ${balanced.before.toFixed(2)}× its share, now ${balanced.after.toFixed(2)}×)` : '';
+      return `plan v${e.version}: ${holders.length} experts, held by ${spread || 'nobody yet'}${why}${e.degraded ? ` (degraded: ${e.degraded})` : ''}`;
     }
     case 'died': case 'left': return `${e.event}: ${who(e.node)}, ${e.releasedBatchIds.length} batches back to the pool`;
     case 'done': return `done: ${e.completed}/${e.total} micro-batches trained`;

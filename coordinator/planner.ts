@@ -16,7 +16,10 @@
 //      replica placed in this same re-plan is shifted along to make room (shortest chain);
 //   3. rebalance only nodes far from their speed-weighted fair share (by a factor maxOverload):
 //      one far over gives replicas to nodes under theirs, one far under (a node that just
-//      joined) takes replicas from nodes over theirs.
+//      joined) takes replicas from nodes over theirs;
+//   4. given the experts' measured work (the rows the router sent each), swap replicas of the same
+//      layer between nodes whose work is far from their speed-weighted share (maxWorkOverload):
+//      replica counts say nothing of a router that favours some experts.
 // When R cannot be met the plan places what it can and says why in `degraded`; it never throws
 // for a lack of nodes or memory.
 import type { ExpertRef, JoinRequest } from '../proto/index.ts';
@@ -38,6 +41,11 @@ export interface PlannerOptions {
    * is brought back to its share by moving replicas (default 1.25; Infinity: never rebalance).
    */
   maxOverload?: number;
+  /**
+   * Given the experts' work, a node doing more than this times its speed-weighted share of it swaps replicas
+   * with nodes doing less (default 1.05; Infinity: never).
+   */
+  maxWorkOverload?: number;
 }
 
 export interface ExpertHolders extends ExpertRef {
@@ -77,6 +85,8 @@ export interface ShardPlan {
   degraded: { reason: string; underReplicated: UnderReplicated[] } | null;
   /** From the previous plan: replicas to create, and replicas gone (including departed nodes'). */
   diff: { added: NewReplica[]; removed: DroppedReplica[] };
+  /** Replicas swapped for the experts' work (step 4): the most loaded node's work over its share, before and after. */
+  balanced?: { before: number; after: number };
 }
 
 /** Keeps the current plan and re-plans from it whenever the live nodes change. */
@@ -91,8 +101,9 @@ export class ShardPlanner {
     return this.last;
   }
 
-  plan(nodes: PlannerNode[]): ShardPlan {
-    this.last = planShards(nodes, this.options, this.last);
+  /** `work`: the experts' measured work (see planShards), when the plan should balance it. */
+  plan(nodes: PlannerNode[], work?: ArrayLike<number>): ShardPlan {
+    this.last = planShards(nodes, this.options, this.last, work);
     return this.last;
   }
 
@@ -118,17 +129,25 @@ export const shardPlan = (stored: StoredShardPlan): ShardPlan => ({
   ...stored, checkpointing: stored.checkpointing ?? [], nodes: new Map(stored.nodes),
 });
 
-/** A plan for `nodes` (the live ones), starting from `previous` when there is one. */
-export function planShards(nodes: PlannerNode[], options: PlannerOptions, previous?: ShardPlan): ShardPlan {
+/**
+ * A plan for `nodes` (the live ones), starting from `previous` when there is one. `work` (index layer · numExperts +
+ * expert): each expert's measured work, e.g. the rows routed to it lately; with it the plan also balances that (step 4).
+ */
+export function planShards(nodes: PlannerNode[], options: PlannerOptions, previous?: ShardPlan, work?: ArrayLike<number>): ShardPlan {
   const { config } = options;
   const replication = options.replication ?? 2;
   const maxOverload = options.maxOverload ?? 1.25;
+  const maxWorkOverload = options.maxWorkOverload ?? 1.05;
   if (!Number.isSafeInteger(replication) || replication < 1) throw new RangeError(`planner: replication must be a positive integer, got ${replication}`);
   if (!(maxOverload >= 1)) throw new RangeError(`planner: maxOverload must be at least 1, got ${maxOverload}`);
+  if (!(maxWorkOverload >= 1)) throw new RangeError(`planner: maxWorkOverload must be at least 1, got ${maxWorkOverload}`);
   checkNodes(nodes);
   const fp = footprint(config, options.precision);
   const { trunkBytes, expertBytes } = fp;
   const groups = config.numLayers * config.numExperts;
+  if (work && (work.length !== groups || !Array.prototype.every.call(work, (w: number) => w >= 0 && Number.isFinite(w)))) {
+    throw new RangeError(`planner: work must be ${groups} finite non-negative numbers (one per expert)`);
+  }
   if (previous && previous.experts.length !== groups) throw new Error(`planner: the previous plan has ${previous.experts.length} experts, the model ${groups}`);
   const ref = (g: number): ExpertRef => ({ layer: Math.floor(g / config.numExperts), expert: g % config.numExperts });
 
@@ -161,6 +180,7 @@ export function planShards(nodes: PlannerNode[], options: PlannerOptions, previo
     for (const [i, more] of roomier.entries()) checkpointing[i] ||= more;
     ({ placement, capacity } = place());
   }
+  const balanced = work && maxWorkOverload !== Infinity ? placement.balanceWork(work, maxWorkOverload) : undefined;
   // A new node whose share fits without checkpointing runs without it.
   for (const [i, n] of admitted.entries()) if (!stays(n) && checkpointing[i]) checkpointing[i] = placement.load[i] > room(n, false);
 
@@ -176,7 +196,10 @@ export function planShards(nodes: PlannerNode[], options: PlannerOptions, previo
   const changed = !sameNodes || diff.added.length > 0 || diff.removed.length > 0;
   const version = previous ? previous.version + (changed ? 1 : 0) : 1;
   const checkpointed = admitted.filter((_, i) => checkpointing[i]).map((n) => n.nodeId);
-  return { version, replication, trunkBytes, expertBytes, experts, nodes: perNode, checkpointing: checkpointed, refused, degraded, diff };
+  return {
+    version, replication, trunkBytes, expertBytes, experts, nodes: perNode, checkpointing: checkpointed, refused, degraded, diff,
+    ...(balanced ? { balanced } : {}),
+  };
 }
 
 /** Why a node cannot run the job at all (not the trunk and one micro-batch's activations, even checkpointed), or undefined. */
@@ -346,6 +369,54 @@ class Placement {
       }
     }
     return false;
+  }
+
+  /**
+   * Step 4: while the node with the most work over its speed-weighted share is over maxOverload × it, swaps one of its
+   * replicas for a lighter one of the same layer held by another node, the swap that leaves the pair's larger
+   * overload lowest; stops when no swap lowers it. A group's work is split evenly over its holders. Swaps keep every
+   * node's replica count and per-layer counts (memory, the count balance). Returns the overloads when it swapped.
+   */
+  balanceWork(work: ArrayLike<number>, maxOverload: number): { before: number; after: number } | undefined {
+    const speedTotal = this.speed.reduce((sum, s, node) => sum + (this.load[node] > 0 ? s : 0), 0);
+    const perHolder = (g: number) => (this.holders[g].length > 0 ? work[g] / this.holders[g].length : 0);
+    const done = new Array<number>(this.n).fill(0);
+    for (let g = 0; g < this.groups; g++) for (const node of this.holders[g]) done[node] += perHolder(g);
+    const total = done.reduce((a, b) => a + b, 0);
+    if (!(total > 0) || !(speedTotal > 0)) return undefined;
+    const share = this.speed.map((s, node) => (this.load[node] > 0 ? (total * s) / speedTotal : 0));
+    const overload = (node: number, w = done[node]) => (share[node] > 0 ? w / share[node] : 0);
+    const worst = () => done.reduce((best, _, node) => (overload(node) > overload(best) ? node : best), 0);
+    const before = overload(worst());
+    let swaps = 0;
+    // Each swap lowers the largest overload of the pair it touches; the bound only guards against float ties.
+    for (let x = worst(); overload(x) > maxOverload && swaps < this.groups * this.n; x = worst()) {
+      let best: { g: number; y: number; h: number; after: number } | undefined;
+      for (let g = 0; g < this.groups; g++) {
+        if (!this.holds(g, x)) continue;
+        const layer = Math.floor(g / this.perLayer) * this.perLayer;
+        for (let h = layer; h < Math.min(layer + this.perLayer, this.groups); h++) {
+          const moved = perHolder(g) - perHolder(h);
+          if (!(moved > 0) || this.holds(h, x)) continue;
+          for (const y of this.holders[h]) {
+            if (this.holds(g, y)) continue;
+            const after = Math.max(overload(x, done[x] - moved), overload(y, done[y] + moved));
+            if (after < overload(x) && (!best || after < best.after)) best = { g, y, h, after };
+          }
+        }
+      }
+      if (!best) break;
+      const { g, y, h } = best;
+      const moved = perHolder(g) - perHolder(h);
+      this.remove(g, x);
+      this.remove(h, y);
+      this.add(g, y, true);
+      this.add(h, x, true);
+      done[x] -= moved;
+      done[y] += moved;
+      swaps++;
+    }
+    return swaps > 0 ? { before, after: overload(worst()) } : undefined;
   }
 
   /** Replicas each node should hold: the total split by speed, capped by capacity (water-filling). */

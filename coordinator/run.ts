@@ -20,6 +20,7 @@ import { joinBlobSources, serveBlobs, signManifest, type BlobSource } from '../s
 import { AddressBook, advertises } from './addresses.ts';
 import { JobCheckpoints } from './checkpointer.ts';
 import { jobOnText } from './corpus.ts';
+import { ExpertWork } from './expert-work.ts';
 import { JobLeases } from './leases.ts';
 import { Membership, type NodeRecord } from './membership.ts';
 import {
@@ -45,6 +46,8 @@ export interface RunSettings {
   replication: number;
   /** Give every node every peer address, private ones included (see addresses.ts). */
   lan: boolean;
+  /** How often to look at the rows routed to each node's experts, swapping experts to balance them (see balanceWork); 0: never. */
+  balanceExpertsMs: number;
   /** Past this many heartbeats a second, their period stretches (see JobRun.heartbeatPeriodMs). */
   maxHeartbeatsPerSecond: number;
   /** With a data directory, checkpoints and the result go to <dataDir>/jobs/<jobId>/. */
@@ -72,6 +75,8 @@ export const MAX_NODES = 4096;
  * (up to 2 s), since each version costs every node a delta and a signature check over the whole plan, O(nodes) each.
  */
 const joinWindowMs = (nodes: number) => Math.min(2000, Math.max(200, nodes));
+/** New routed rows per expert a look at the experts' work balance needs at least (see ExpertWork). */
+const WORK_WINDOW_ROWS_PER_EXPERT = 256;
 
 /**
  * The job turned into a planner, the epoch size and the tokenizer's wire form; any problem is a
@@ -112,6 +117,7 @@ export class JobRun {
   /** The next lease id as last written to the store. */
   private persistedNextLeaseId?: number;
   private readonly plans: SignedPlans;
+  private readonly work: ExpertWork;
   /** Admissible joiners waiting for their re-plan, which joinTimer runs; when the last ones were admitted (performance.now()). */
   private joiners: { request: JoinRequest; peer: string; admit: (reply: JoinResponse) => void; fail: (err: unknown) => void }[] = [];
   private joinTimer?: NodeJS.Timeout;
@@ -138,6 +144,10 @@ export class JobRun {
     if (blobSources.length > 0) this.blobs = joinBlobSources(blobSources);
     this.plannerOptions = plannerOptions;
     this.planner = new ShardPlanner(plannerOptions);
+    const groups = plannerOptions.config.numLayers * plannerOptions.config.numExperts;
+    this.work = new ExpertWork({
+      groups, windowRows: groups * WORK_WINDOW_ROWS_PER_EXPERT, intervalMs: settings.balanceExpertsMs, now: settings.now,
+    });
     this.tokenizerJson = tokenizerJson;
     const { leaseMs, now } = settings;
     this.leases = new JobLeases({ batchesPerEpoch, totalBatches: this.job.totalBatches, leaseMs, now });
@@ -271,14 +281,16 @@ export class JobRun {
   }
 
   heartbeat(beat: Heartbeat, peer: string): HeartbeatReply {
-    const { jobId: _, addrs: __, ...stats } = beat;
+    const { jobId: _, addrs: __, expertRows, ...stats } = beat;
     let alive: boolean;
     try {
+      if (expertRows) this.work.add(expertRows);
       alive = this.membership.heartbeat(peer, stats);
     } catch (err) {
       throw this.refusal(peer, 'heartbeat', (err as Error).message);
     }
     if (!alive) return { accepted: false, reason: 'rejoin', stop: this.done };
+    this.balanceWork();
     // A node's addresses changed (a relay reservation): a new plan version carries them to every node (see signedPlan).
     const addrs = beat.addrs?.filter((addr) => advertises(addr, peer));
     if (addrs && this.addresses.set(peer, addrs, this.components.seenFrom(peer))) {
@@ -396,10 +408,19 @@ export class JobRun {
     this.components.store.updateLeases(this.id, { ...(completed ? { completed } : {}), leases, nextLeaseId });
   }
 
-  /** Plans for the live nodes. */
-  private replan(): ShardPlan {
+  /** Plans for the live nodes; with `work`, one that also balances the experts' work (a new version only if it moved any). */
+  private replan(work?: ArrayLike<number>): ShardPlan {
     const nodes = this.membership.alive();
-    return this.planner.plan(nodes.map(({ nodeId, gemmGflops, memoryBytes, cores }) => ({ nodeId, gemmGflops, memoryBytes, cores })));
+    return this.planner.plan(nodes.map(({ nodeId, gemmGflops, memoryBytes, cores }) => ({ nodeId, gemmGflops, memoryBytes, cores })), work);
+  }
+
+  /** Once a window of routed rows has come in, swaps experts between nodes doing far more and far less than their share. */
+  private balanceWork(): void {
+    const work = this.work.take();
+    // Joiners wait for their own re-plan; once every batch is trained moving experts gains nothing.
+    if (!work || this.settings.balanceExpertsMs === 0 || !this.planner.current || this.joiners.length > 0 || this.leases.done) return;
+    this.replan(work);
+    this.announcePlan();
   }
 
   private announcePlan(): void {
@@ -416,6 +437,7 @@ export class JobRun {
       holders: plan.experts.map(({ layer, expert, holders }) => ({ layer, expert, holders: [...holders] })),
       ...(plan.degraded ? { degraded: plan.degraded.reason } : {}),
       moves: { added: plan.diff.added.map((m) => ({ ...m })), removed: plan.diff.removed.map((m) => ({ ...m })) },
+      ...(plan.balanced ? { balanced: { ...plan.balanced } } : {}),
     });
   }
 

@@ -68,6 +68,11 @@ export interface CoordinatorOptions {
   leaseMs?: number;
   /** Nodes per expert. Default 2. */
   replication?: number;
+  /**
+   * How often to look at the rows routed to each node's experts, swapping experts between nodes when one node's are far over
+   * its share (see planner.ts). Default 10000; 0: never.
+   */
+  balanceExpertsMs?: number;
   /** The coordinator's data directory: with it, jobs are checkpointed and their results written under <dataDir>/jobs/<jobId>/. */
   dataDir?: string;
   /** Checkpoint every this many averaging rounds (and at the end). Default 10. */
@@ -95,8 +100,14 @@ export type CoordinatorEvent = { at: number } & (
   | { event: 'died'; node: string; releasedBatchIds: number[] }
   /** A request the coordinator turned down (join refusals, unadmitted peers, rejected reports). */
   | { event: 'refused'; node: string; request: RequestName; reason: string }
-  /** A new plan version: holders of every expert, replicas added (with a holder to copy from) and removed. */
-  | { event: 'plan'; version: number; holders: ExpertHolders[]; degraded?: string; moves: { added: NewReplica[]; removed: DroppedReplica[] } }
+  /**
+   * A new plan version: holders of every expert, replicas added (with a holder to copy from) and removed; `balanced` when
+   * it swapped experts for their work (the busiest node's work over its share, before and after).
+   */
+  | {
+    event: 'plan'; version: number; holders: ExpertHolders[]; degraded?: string; moves: { added: NewReplica[]; removed: DroppedReplica[] };
+    balanced?: { before: number; after: number };
+  }
   /** expectedNodes are alive: leases are granted from now on. */
   | { event: 'started'; nodes: number }
   | { event: 'expired'; node: string; leaseId: number; batchIds: number[] }
@@ -199,6 +210,7 @@ export class CoordinatorServer {
       leaseMs: bounded('leaseMs', options.leaseMs ?? 30_000, 4, Number.MAX_SAFE_INTEGER),
       replication: bounded('replication', options.replication ?? 2, 1, 256),
       lan: options.lan ?? false,
+      balanceExpertsMs: bounded('balanceExpertsMs', options.balanceExpertsMs ?? 10_000, 0, Number.MAX_SAFE_INTEGER),
       maxHeartbeatsPerSecond: bounded('maxHeartbeatsPerSecond', options.maxHeartbeatsPerSecond ?? 400, 1, 1_000_000),
       checkpointEvery: bounded('checkpointEvery', options.checkpointEvery ?? 10, 1, 1_000_000),
       keepCheckpoints: bounded('keepCheckpoints', options.keepCheckpoints ?? 3, 1, 1000),

@@ -107,6 +107,8 @@ export class JobSession {
   private heartbeating = false;
   /** A plan rebuilt from a delta did not check out: the next heartbeat asks for the whole plan. */
   private wantWholePlan = false;
+  /** The routed rows (Model.routedRows) the coordinator has had, counted by this model. */
+  private reportedRows?: { model: Model; rows: Float64Array };
   private readonly options: NodeOptions;
   private readonly rpc: Rpc;
   private readonly coordinator: DialTarget;
@@ -384,13 +386,15 @@ export class JobSession {
   /**
    * Where a new replica's state comes from: the expert's other holders in the newest plan, then the nodes that
    * handed it over to this node (in any of `plans` giving it to us: a handover to another node is stale once that
-   * node trained it); only peers still in the newest plan (asking a dead one costs a timeout per try).
+   * node trained it), then its holders in the older plans (a node that skipped the version moving it to us never saw
+   * that version's handover; the holder it names keeps the state a while after giving it up); only peers still in
+   * the newest plan (asking a dead one costs a timeout per try).
    */
   private copySources(layer: number, expert: number, newest: Plan, ...older: Plan[]): string[] {
     const present = new Set(newest.peers.map((p) => p.peerId));
-    const entry = (plan: Plan) => plan.experts.find((x) => x.layer === layer && x.expert === expert);
-    const toUs = [newest, ...older].map(entry).filter((x) => x?.holders.includes(this.self));
-    const peers = [...(entry(newest)?.holders ?? []), ...toUs.flatMap((x) => x?.handover ?? [])];
+    const entries = [newest, ...older].map((plan) => plan.experts.find((x) => x.layer === layer && x.expert === expert));
+    const toUs = entries.filter((x) => x?.holders.includes(this.self));
+    const peers = [...(entries[0]?.holders ?? []), ...toUs.flatMap((x) => x?.handover ?? []), ...entries.slice(1).flatMap((x) => x?.holders ?? [])];
     return [...new Set(peers)].filter((peer) => peer !== this.self && present.has(peer));
   }
 
@@ -481,6 +485,10 @@ export class JobSession {
       staleness: averager.staleness(this.step), refusedUpdates: averager.stats.refused, flaggedPeers: [...averager.stats.flagged].slice(0, 256),
       updateBytes: averager.stats.encodedBytes, updateRawBytes: averager.stats.rawBytes,
     } : { staleness: 0 };
+    const { model } = this;
+    const routed = model?.routedRows();
+    const reported = this.reportedRows && this.reportedRows.model === model ? this.reportedRows.rows : undefined;
+    const expertRows = routed && Array.from(routed, (n, g) => n - (reported?.[g] ?? 0));
     try {
       const reply = await this.volunteer.ask(this.coordinator, 'heartbeat', {
         jobId: this.job.jobId, step: this.trainer ? this.step : 0, ...(this.lastLoss === undefined ? {} : { loss: this.lastLoss }),
@@ -488,8 +496,10 @@ export class JobSession {
         heapBytes: this.kernels.heap.allocatedBytes,
         tokensPerSecond: this.tokensPerSecond, bytesSent: this.traffic.sent, bytesReceived: this.traffic.received,
         droppedExpertCalls: this.experts.stats.unanswered, planVersion: this.wantWholePlan ? 0 : this.newestPlan().version, ...averaging,
-        addrs: advertisedAddrs(this.volunteer.host),
+        addrs: advertisedAddrs(this.volunteer.host), ...(expertRows?.some((n) => n > 0) ? { expertRows } : {}),
       }, { timeout: COORDINATOR_TIMEOUT_MS });
+      // Counted as reported only once the coordinator has them: a lost heartbeat's rows go with the next one.
+      if (model && routed) this.reportedRows = { model, rows: routed };
       this.options.onHeartbeat?.();
       if (reply.heartbeatMs !== undefined) this.heartbeatMs = reply.heartbeatMs; // a larger swarm, a longer period
       // Only newer versions: peers' new addresses come as one (the coordinator never changes a version it sent).

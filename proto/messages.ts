@@ -293,6 +293,8 @@ export const HeartbeatSchema = Type.Object({
   flaggedPeers: Type.Optional(Type.Array(PeerIdText, { maxItems: 256 })),
   /** The node's addresses now (they change: a relay reservation, an address found reachable), as in its join. */
   addrs: Type.Optional(Type.Array(Type.String({ minLength: 1, maxLength: 256 }), { maxItems: 16 })),
+  /** Rows its routers sent each expert since its last heartbeat, at index layer · numExperts + expert (the plan balances them). */
+  expertRows: Type.Optional(Type.Array(Count, { maxItems: 65536 })),
 });
 export type Heartbeat = Static<typeof HeartbeatSchema>;
 

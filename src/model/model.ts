@@ -281,6 +281,13 @@ export class Model {
     return this.blocks.reduce((sum, b) => sum + b.moe.droppedAssignments, 0) + (this.secondLane?.droppedAssignments() ?? 0);
   }
 
+  /** Rows routed to each expert by forwards so far (every lane), at index layer · numExperts + expert. */
+  routedRows(): Float64Array {
+    const rows = this.secondLane?.routedRows() ?? new Float64Array(this.blocks.length * this.config.numExperts);
+    this.blocks.forEach((b, layer) => b.moe.routedRows.forEach((n, e) => (rows[layer * this.config.numExperts + e] += n)));
+    return rows;
+  }
+
   /**
    * Forward over `batch` sequences of `seq` tokens ([batch·seq] ids), the loss against
    * `targets` (negative: ignored), and the backward, adding gradScale·∂loss/∂θ into the

@@ -74,6 +74,8 @@ export class MoeBuffers {
 export class MoeLayer {
   /** Token-to-expert assignments dropped because no holder of the expert answered. */
   droppedAssignments = 0;
+  /** Rows routed to each expert by this layer's forwards so far: the experts' work, which a planner can balance. */
+  readonly routedRows: Float64Array;
 
   constructor(
     private readonly kernels: Kernels,
@@ -84,7 +86,9 @@ export class MoeLayer {
     private readonly scratch: ScratchBuffers,
     private readonly buffers: MoeBuffers,
     readonly shared?: { expert: SwigluExpert; gate: Linear },
-  ) {}
+  ) {
+    this.routedRows = new Float64Array(config.numExperts);
+  }
 
   private activations(rows: number): MoeActivations {
     return this.buffers.get(this.kernels, rows, this.config);
@@ -102,7 +106,10 @@ export class MoeLayer {
     // Group assignments by expert (counting sort keeps token order within an expert).
     a.expertStart.fill(0);
     for (let i = 0; i < rows * k; i++) a.expertStart[a.topIndex[i] + 1]++;
-    for (let e = 0; e < E; e++) a.expertStart[e + 1] += a.expertStart[e];
+    for (let e = 0; e < E; e++) {
+      this.routedRows[e] += a.expertStart[e + 1];
+      a.expertStart[e + 1] += a.expertStart[e];
+    }
     const next = a.expertStart.slice(0, E);
     for (let t = 0; t < rows; t++) {
       for (let j = 0; j < k; j++) {

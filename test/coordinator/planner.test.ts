@@ -275,6 +275,95 @@ describe('shard planner', () => {
     expect(b.experts).toEqual(a.experts);
   });
 
+  /** Each node's share of `work` under `plan` (a group's work split evenly over its holders), by node id. */
+  function workDone(plan: ShardPlan, work: number[]): Map<string, number> {
+    const done = new Map([...plan.nodes.keys()].map((id) => [id, 0]));
+    plan.experts.forEach(({ holders }, g) => holders.forEach((id) => done.set(id, done.get(id)! + work[g] / holders.length)));
+    return done;
+  }
+  /** The largest work over a speed-weighted share, computed from scratch. */
+  function worstOverload(plan: ShardPlan, nodes: PlannerNode[], work: number[]): number {
+    const done = workDone(plan, work);
+    const total = [...done.values()].reduce((a, b) => a + b, 0);
+    const speeds = nodes.filter((n) => plan.nodes.get(n.nodeId)?.length);
+    const speedTotal = speeds.reduce((sum, n) => sum + n.gemmGflops, 0);
+    return Math.max(...speeds.map((n) => done.get(n.nodeId)! / ((total * n.gemmGflops) / speedTotal)));
+  }
+  const perLayerCounts = (plan: ShardPlan) =>
+    [...plan.nodes].map(([id, experts]) => `${id}:${[0, 1, 2, 3].map((l) => experts.filter((e) => e.layer === l).length)}`);
+
+  it('balances the experts\' work: a router favouring one node\'s experts swaps replicas of the same layer', () => {
+    const planner = new ShardPlanner({ ...options, replication: 1 });
+    const nodes = [node('a'), node('b')];
+    const first = planner.plan(nodes);
+    // Every expert of a does 1.5× the work of one of b's: a does 60% of it all.
+    const work = first.experts.map(({ holders }) => (holders[0] === 'a' ? 1500 : 1000));
+    expect(worstOverload(first, nodes, work)).toBeCloseTo(1.2, 10);
+    const balanced = planner.plan(nodes, work);
+    checkPlan(balanced, nodes, 1);
+    expect(balanced.version).toBe(first.version + 1);
+    expect(balanced.balanced?.before).toBeCloseTo(1.2, 10);
+    expect(balanced.balanced!.after).toBeLessThanOrEqual(1.05);
+    expect(balanced.balanced!.after).toBeCloseTo(worstOverload(balanced, nodes, work), 10);
+    // Swaps only: the same counts per node and per layer, every move copied from the node that gave it up.
+    expect(loads(balanced)).toEqual(loads(first));
+    expect(perLayerCounts(balanced)).toEqual(perLayerCounts(first));
+    expect(balanced.diff.added.length).toBe(balanced.diff.removed.length);
+    for (const { layer, expert, node: to, copyFrom } of balanced.diff.added) {
+      expect(copyFrom).toBe(to === 'a' ? 'b' : 'a');
+      expect(balanced.diff.removed).toContainEqual({ layer, expert, node: copyFrom });
+    }
+    // Balanced now: the same work again moves nothing.
+    const again = planner.plan(nodes, work);
+    expect(again.version).toBe(balanced.version);
+    expect(again.balanced).toBeUndefined();
+  });
+
+  it('work within maxWorkOverload of the speed-weighted share moves nothing', () => {
+    const planner = new ShardPlanner({ ...options, replication: 1 });
+    const nodes = [node('a', 60), node('b', 40)];
+    const first = planner.plan(nodes);
+    // Work per replica equal: a, 1.5× as fast, holds ~1.5× the experts, so its work is its share.
+    const even = first.experts.map(() => 1000);
+    expect(worstOverload(first, nodes, even)).toBeLessThan(1.05);
+    expect(planner.plan(nodes, even).version).toBe(first.version);
+    // The same plan, a's experts 20% busier: a over its share by ~6%, so moved under a bound of 1.05, not of 1.1.
+    const busier = first.experts.map(({ holders }) => (holders[0] === 'a' ? 1200 : 1000));
+    expect(worstOverload(first, nodes, busier)).toBeGreaterThan(1.05);
+    expect(worstOverload(first, nodes, busier)).toBeLessThan(1.1);
+    expect(new ShardPlanner({ ...options, replication: 1, maxWorkOverload: 1.1 }).plan(nodes, busier).balanced).toBeUndefined();
+    const swapped = planner.plan(nodes, busier);
+    expect(swapped.balanced!.after).toBeLessThan(swapped.balanced!.before);
+  });
+
+  it('balancing work lowers the worst overload and keeps the plan valid (random work, nodes and replication)', () => {
+    const random = rng(5);
+    const pick = (n: number) => Math.floor(((random() + 1) / 2) * n);
+    for (let trial = 0; trial < 40; trial++) {
+      const replication = 1 + pick(2);
+      const nodes = Array.from({ length: 2 + pick(5) }, (_, i) => node(`n${i}`, 20 + pick(40), 8 + pick(GROUPS)));
+      const planner = new ShardPlanner({ ...options, replication });
+      const first = planner.plan(nodes);
+      const work = first.experts.map(() => pick(4000));
+      const plan = planner.plan(nodes, work);
+      checkPlan(plan, nodes, replication);
+      expect(loads(plan)).toEqual(loads(first));
+      expect(perLayerCounts(plan)).toEqual(perLayerCounts(first));
+      const before = worstOverload(first, nodes, work);
+      const after = worstOverload(plan, nodes, work);
+      expect(after).toBeLessThanOrEqual(before + 1e-12);
+      if (plan.balanced) expect([plan.balanced.before, plan.balanced.after]).toEqual([expect.closeTo(before, 9), expect.closeTo(after, 9)]);
+      else expect(plan.version, `trial ${trial}`).toBe(first.version);
+    }
+  });
+
+  it('refuses work that is not one finite non-negative number per expert', () => {
+    const nodes = [node('a'), node('b')];
+    expect(() => planShards(nodes, options, undefined, [1, 2, 3])).toThrow(/work must be 32 finite non-negative numbers/);
+    expect(() => planShards(nodes, options, undefined, new Array(GROUPS).fill(Number.NaN))).toThrow(/work must be 32/);
+    expect(() => planShards(nodes, { ...options, maxWorkOverload: 0.5 })).toThrow(/maxWorkOverload must be at least 1/);
+  });
+
   it('keeps its invariants through a random sequence of joins, leaves and deaths', () => {
     const random = rng(11);
     const pick = (n: number) => Math.floor(((random() + 1) / 2) * n);

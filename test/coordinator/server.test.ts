@@ -90,10 +90,10 @@ class FakeNode {
     return this.rpc.request(to, 'join', this.joinRequest(overrides));
   }
 
-  heartbeat(to: string, planVersion: number, step = 0, addrs?: string[]) {
+  heartbeat(to: string, planVersion: number, step = 0, addrs?: string[], expertRows?: number[]) {
     return this.rpc.request(to, 'heartbeat', {
       jobId: JOB.jobId, step, loss: 3.5, tokensPerSecond: 100, bytesSent: 10, bytesReceived: 20, staleness: 0, droppedExpertCalls: 0, planVersion,
-      ...(addrs ? { addrs } : {}),
+      ...(addrs ? { addrs } : {}), ...(expertRows ? { expertRows } : {}),
     });
   }
 
@@ -257,6 +257,40 @@ describe('plans', () => {
     expect(server!.status().nodes.find((n) => n.nodeId === a.id)!.stats).toMatchObject({ step: 8, loss: 3.5, planVersion: 2 });
     expect(await c.heartbeat(to, 0)).toEqual({ accepted: false, reason: 'rejoin', stop: false });
     expect(log.of('plan').map((p) => p.version)).toEqual([1, 2]);
+  });
+
+  it('swap experts once the routed rows heartbeats carry show one node doing far more than its share', async () => {
+    await startServer({ replication: 1 });
+    await admitted(a);
+    const { plan } = await admitted(b);
+    const own = (node: FakeNode, p: Plan) => p.experts.map((e) => e.holders.includes(node.id));
+    // a's experts get 3 rows for every 1 of b's: 75% of the work. A look needs 256 new rows per expert from all nodes.
+    const rows = own(a, plan).map((mine) => (mine ? 300 : 100));
+    const share = (p: Plan) => rows.reduce((sum, n, g) => sum + (own(a, p)[g] ? n : 0), 0) / rows.reduce((x, y) => x + y, 0);
+    expect(share(plan)).toBe(0.75);
+    // A malformed count list is refused whole, counting nothing.
+    await expect(a.heartbeat(to, plan.version, 1, undefined, rows.slice(1))).rejects.toThrow(/expertRows has 7 counts, the job 8 experts/);
+    await expect(a.heartbeat(to, plan.version, 1, undefined, rows.map((n) => -n))).rejects.toThrow(/expertRows\/0: Expected integer/);
+    expect(await a.heartbeat(to, plan.version, 1, undefined, rows)).toEqual({ accepted: true, stop: false }); // 1,600 rows: not a window yet
+    expect(await b.heartbeat(to, plan.version, 1, undefined, rows)).toEqual({ accepted: true, stop: false }); // a window, too soon
+    clock += 10_000; // looks are 10 s apart
+    const reply = await a.heartbeat(to, plan.version, 1);
+    const balanced = applyPlanDelta(plan, reply.planDelta!);
+    expect(balanced.version).toBe(plan.version + 1);
+    expect(share(balanced)).toBe(0.5);
+    expect(own(a, balanced).filter(Boolean).length).toBe(own(a, plan).filter(Boolean).length); // swaps: as many experts each
+    const event = log.of('plan').at(-1)!;
+    expect(event).toMatchObject({ version: balanced.version, balanced: { before: 1.5, after: 1 } });
+    // Every expert that moved is copied from the node that gave it up, which the plan names in its handover.
+    for (const { layer, expert, node, copyFrom } of event.moves.added) {
+      expect(copyFrom).toBe(node === a.id ? b.id : a.id);
+      expect(balanced.experts.find((e) => e.layer === layer && e.expert === expert)!.handover).toEqual([copyFrom]);
+    }
+    // The same work again moves nothing more.
+    await a.heartbeat(to, balanced.version, 2, undefined, rows);
+    clock += 10_000;
+    expect(await b.heartbeat(to, balanced.version, 2, undefined, rows)).toEqual({ accepted: true, stop: false });
+    expect(log.of('plan').at(-1)!.version).toBe(balanced.version);
   });
 
   it("make a new version when a node's addresses change (heartbeat or join), which the other nodes fetch as a delta", async () => {

@@ -374,6 +374,12 @@ describe('model on a small random config', () => {
     const first = await inTurn.trainStep(someTokens.slice(0, half), someTargets.slice(0, half), batch / 2, seq, 31 / 63);
     const second = await inTurn.trainStep(someTokens.slice(half), someTargets.slice(half), batch / 2, seq, 32 / 63);
     for (const p of inTurn.params.trainable()) expect(bitEqual(split.params.get(p.name).grad!, p.grad!), p.name).toBe(true);
+    // Both lanes' routed rows, as the halves in turn routed them: every token to k experts per layer, again when
+    // checkpointing recomputes the forward.
+    expect(split.routedRows()).toEqual(inTurn.routedRows());
+    const E = SMALL.numExperts;
+    const perLayer = batch * seq * SMALL.expertsPerToken * (options.checkpointing ? 2 : 1);
+    for (let l = 0; l < SMALL.numLayers; l++) expect(split.routedRows().slice(l * E, (l + 1) * E).reduce((x, y) => x + y)).toBe(perLayer);
     for (const p of holder.params.trainable()) {
       if (expertOf(p.name) && expertOf(p.name)!.expert >= 2) expect(bitEqual(splitHolderGrads.get(p.name)!, p.grad!), p.name).toBe(true);
     }
