@@ -414,11 +414,12 @@ export class JobRun {
     return this.planner.plan(nodes.map(({ nodeId, gemmGflops, memoryBytes, cores }) => ({ nodeId, gemmGflops, memoryBytes, cores })), work);
   }
 
-  /** Once a window of routed rows has come in, swaps experts between nodes doing far more and far less than their share. */
+  /** When a look at the routed rows is due (see ExpertWork), swaps experts between nodes doing far more and far less than their share. */
   private balanceWork(): void {
+    if (this.settings.balanceExpertsMs === 0) return;
     const work = this.work.take();
     // Joiners wait for their own re-plan; once every batch is trained moving experts gains nothing.
-    if (!work || this.settings.balanceExpertsMs === 0 || !this.planner.current || this.joiners.length > 0 || this.leases.done) return;
+    if (!work || !this.planner.current || this.joiners.length > 0 || this.leases.done) return;
     this.replan(work);
     this.announcePlan();
   }
