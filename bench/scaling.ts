@@ -228,7 +228,8 @@ async function table(title: string, launch: Launcher): Promise<void> {
       const { before, after } = e.balanced as { before: number; after: number };
       return `; plan v${e.version} swapped experts for their work, busiest node ${before.toFixed(2)}× → ${after.toFixed(2)}× its share`;
     });
-    console.log(`  ${title}, ${setting.name}: ${aggregateOf(perNode).toFixed(0)} tokens/s (load average ${loadavg()[0].toFixed(2)})${swaps.join('')}`);
+    const rate = `${aggregateOf(perNode).toFixed(0)} tokens/s (load average ${loadavg()[0].toFixed(2)})`;
+    console.log(`  ${title}, ${setting.name}: ${rate}${swaps.join('')}`);
   };
   for (const setting of SELECTED) await measure(setting);
   // This machine drifts by 10-25% within minutes (other tenants): the baseline again at the end, ratios against both.
@@ -290,5 +291,5 @@ if (RATES.length === 0) {
 }
 console.log('aggregate tokens/s: steady-state steps\' tokens over their own seconds, summed over nodes; remote-expert wait: wall time with a '
   + 'remote expert call in flight / step time; per CPU-second: tokens per CPU-second of each node, summed (the ratio with a core per node '
-  + 'and no waiting; steadier than wall time on a loaded machine); idle: the event loop waiting with nothing to run; serving peers: answering peers\' expert calls; '
-  + 'experts moved for load: replicas the coordinator moved to balance the rows routed to each node\'s experts');
+  + 'and no waiting; steadier than wall time on a loaded machine); idle: the event loop waiting with nothing to run; '
+  + 'serving peers: answering peers\' expert calls; experts moved for load: replicas the coordinator moved to balance the rows routed to each node\'s experts');

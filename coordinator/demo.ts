@@ -65,7 +65,8 @@ function describe(e: SwarmEvent, names: Map<string, string>): string | undefined
       for (const expert of holders) for (const node of expert.holders) perNode.set(node, (perNode.get(node) ?? 0) + 1);
       const spread = [...perNode].map(([node, count]) => `${who(node)} ${count}`).join(', ');
       const balanced = e.balanced as { before: number; after: number } | undefined;
-      const why = balanced ? ` (experts swapped for their routed rows: busiest node at ${balanced.before.toFixed(2)}× its share, now ${balanced.after.toFixed(2)}×)` : '';
+      const shares = balanced && `busiest node at ${balanced.before.toFixed(2)}× its share, now ${balanced.after.toFixed(2)}×`;
+      const why = shares ? ` (experts swapped for their routed rows: ${shares})` : '';
       return `plan v${e.version}: ${holders.length} experts, held by ${spread || 'nobody yet'}${why}${e.degraded ? ` (degraded: ${e.degraded})` : ''}`;
     }
     case 'died': case 'left': return `${e.event}: ${who(e.node)}, ${e.releasedBatchIds.length} batches back to the pool`;

@@ -394,7 +394,8 @@ export class JobSession {
     const present = new Set(newest.peers.map((p) => p.peerId));
     const entries = [newest, ...older].map((plan) => plan.experts.find((x) => x.layer === layer && x.expert === expert));
     const toUs = entries.filter((x) => x?.holders.includes(this.self));
-    const peers = [...(entries[0]?.holders ?? []), ...toUs.flatMap((x) => x?.handover ?? []), ...entries.slice(1).flatMap((x) => x?.holders ?? [])];
+    const earlier = entries.slice(1).flatMap((x) => x?.holders ?? []);
+    const peers = [...(entries[0]?.holders ?? []), ...toUs.flatMap((x) => x?.handover ?? []), ...earlier];
     return [...new Set(peers)].filter((peer) => peer !== this.self && present.has(peer));
   }
 
@@ -454,7 +455,11 @@ export class JobSession {
     }
     for (const [group, { layer, expert }] of after) {
       if (model.experts.hosts(layer, expert)) continue;
-      const state = await this.fetchFromAny(this.copySources(layer, expert, plan, previous), group, true);
+      const sources = this.copySources(layer, expert, plan, previous);
+      // Live peers named as its holders since we gave it up, none of which has it, never took it over (plans swapped it
+      // away and back before they applied one): our own copy is then its newest; with no such peer, a checkpoint is.
+      const state = (await this.fetchFromAny(sources, group))
+        ?? (sources.length > 0 ? this.released.get(group) : undefined) ?? (await this.fetchFromAny([], group, true));
       let base: Iterable<[string, F32Tensor]> | undefined;
       try {
         base = this.base ? await this.fetchBase([group]) : undefined;

@@ -271,8 +271,9 @@ describe('plans', () => {
     // A malformed count list is refused whole, counting nothing.
     await expect(a.heartbeat(to, plan.version, 1, undefined, rows.slice(1))).rejects.toThrow(/expertRows has 7 counts, the job 8 experts/);
     await expect(a.heartbeat(to, plan.version, 1, undefined, rows.map((n) => -n))).rejects.toThrow(/expertRows\/0: Expected integer/);
-    expect(await a.heartbeat(to, plan.version, 1, undefined, rows)).toEqual({ accepted: true, stop: false }); // 1,600 rows: not a window yet
-    expect(await b.heartbeat(to, plan.version, 1, undefined, rows)).toEqual({ accepted: true, stop: false }); // a window, too soon
+    // 1,600 rows are not a look's worth yet; 3,200 are, but too soon.
+    expect(await a.heartbeat(to, plan.version, 1, undefined, rows)).toEqual({ accepted: true, stop: false });
+    expect(await b.heartbeat(to, plan.version, 1, undefined, rows)).toEqual({ accepted: true, stop: false });
     clock += 10_000; // looks are 10 s apart
     const reply = await a.heartbeat(to, plan.version, 1);
     const balanced = applyPlanDelta(plan, reply.planDelta!);

@@ -34,7 +34,11 @@ function job(overrides: Partial<JobSpec> = {}): JobSpec {
   };
 }
 
-const COORDINATOR = ['--vocab', '280', '--heartbeat-ms', '300', '--node-timeout-ms', '2500', '--lease-ms', '20000', '--checkpoint-every', '1'];
+// Experts stay where they were placed (no swaps for their routed rows): a test reads which experts a node held before killing it.
+const COORDINATOR = [
+  '--vocab', '280', '--heartbeat-ms', '300', '--node-timeout-ms', '2500', '--lease-ms', '20000', '--checkpoint-every', '1',
+  '--balance-experts-ms', '0',
+];
 const steps = (events: SwarmEvent[]) => events.filter((e) => e.event === 'step');
 
 async function captured(command: (argv: string[], io: CommandIO) => Promise<number>, argv: string[]) {
