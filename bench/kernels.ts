@@ -83,8 +83,8 @@ interface LoraRow extends Measured { shape: string }
 function benchLora(kern: Kernels, rows: LoraRow[]): void {
   const { heap } = kern;
   const { rows: t, in: d, out: o, rank: r } = LORA;
-  const matrix = (length: number) => sines(kern, length);
-  const [x, a, b, xa, y, dy, dA, dB, dx] = [t * d, r * d, o * r, t * r, t * o, t * o, r * d, o * r, t * d].map(matrix);
+  const lengths = [t * d, r * d, o * r, t * r, t * o, t * o, r * d, o * r, t * d];
+  const [x, a, b, xa, y, dy, dA, dB, dx] = lengths.map((length) => sines(kern, length));
   const products: [string, GemmArgs][] = [
     ['xa = x·Aᵀ', { a: x, b: a, c: xa, m: t, n: r, k: d, transB: true }],
     ['y += xa·Bᵀ', { a: xa, b, c: y, m: t, n: o, k: r, transB: true, accumulate: true }],
