@@ -20,7 +20,9 @@
 // one proxy (the accepting host's), so each direction of it takes the link's rate plus 25 ms, and
 // libp2p's own flow control (yamux windows) sees the full round trip. The namespaces are deleted at the
 // end, on failure and on Ctrl-C (and those of a killed run by the next one).
-// Run: npm run bench:scaling [-- --quick] [-- --steps N] [-- --only 1,3] [-- --links 20mbit,100mbit [--delay-ms 25]]
+// One run of a setting varies by ±10% here (the machine's other tenants, where the router's favourites land): --rounds N
+// runs the settings N times in turn, the 1-node baseline in every round, and prints each setting's median and range.
+// Run: npm run bench:scaling [-- --quick] [-- --steps N] [-- --only 1,3] [-- --rounds 3] [-- --links 20mbit,100mbit [--delay-ms 25]]
 import { spawnSync } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { cpus, loadavg, tmpdir } from 'node:os';
@@ -35,7 +37,7 @@ import { printTable } from './table.ts';
 const { values } = parseArgs({
   options: {
     quick: { type: 'boolean', default: false }, steps: { type: 'string' }, links: { type: 'string' }, only: { type: 'string' },
-    'delay-ms': { type: 'string', default: '25' },
+    'delay-ms': { type: 'string', default: '25' }, rounds: { type: 'string', default: '1' },
   },
 });
 const DELAY_MS = Number(values['delay-ms']);
@@ -44,6 +46,8 @@ const RATES = values.links?.split(',') ?? [];
 for (const rate of RATES) {
   if (!/^\d+(\.\d+)?[kmg]bit$/.test(rate)) throw new RangeError(`--links takes rates like 20mbit or 100mbit, got ${rate}`);
 }
+const ROUNDS = Number(values.rounds);
+if (!(Number.isInteger(ROUNDS) && ROUNDS >= 1)) throw new RangeError(`--rounds takes a whole number ≥ 1, got ${values.rounds}`);
 const STEPS_PER_NODE = Number(values.steps ?? (values.quick ? 24 : 64));
 const WARMUP_STEPS = 6;
 const VOCAB = 1024;
@@ -218,12 +222,12 @@ async function table(title: string, launch: Launcher): Promise<void> {
   const aggregateOf = (perNode: PerNode) => sum(perNode.map((n) => n.tokensPerSecond));
   // What the nodes would reach on cores of their own with no waiting: their tokens per CPU-second, summed.
   const cpuBoundOf = (perNode: PerNode) => sum(perNode.map((n) => n.tokensPerCpuSecond));
-  const measured: { setting: Setting; perNode: PerNode; swapped: number }[] = [];
-  const measure = async (setting: Setting) => {
+  const measured: { setting: Setting; perNode: PerNode; swapped: number; round: number }[] = [];
+  const measure = async (setting: Setting, round: number) => {
     const { steps, balanced } = await run(setting, launch);
     const perNode = steps.map(steady);
     const swapped = sum(balanced.map((e) => (e.moves as { added: unknown[] }).added.length));
-    measured.push({ setting, perNode, swapped });
+    measured.push({ setting, perNode, swapped, round });
     const swaps = balanced.map((e) => {
       const { before, after } = e.balanced as { before: number; after: number };
       return `; plan v${e.version} swapped experts for their work, busiest node ${before.toFixed(2)}× → ${after.toFixed(2)}× its share`;
@@ -231,19 +235,20 @@ async function table(title: string, launch: Launcher): Promise<void> {
     const rate = `${aggregateOf(perNode).toFixed(0)} tokens/s (load average ${loadavg()[0].toFixed(2)})`;
     console.log(`  ${title}, ${setting.name}: ${rate}${swaps.join('')}`);
   };
-  for (const setting of SELECTED) await measure(setting);
-  // This machine drifts by 10-25% within minutes (other tenants): the baseline again at the end, ratios against both.
-  if (SELECTED.length > 1) await measure({ ...SELECTED[0], name: `${SELECTED[0].name}, again at the end` });
-  const baselines = (measured.length > 1 ? [measured[0], measured.at(-1)!] : [measured[0]]).map((m) => m.perNode);
+  for (let round = 1; round <= ROUNDS; round++) for (const setting of SELECTED) await measure(setting, round);
+  // This machine drifts by 10-25% within minutes (other tenants): the baseline again at the end, ratios against every one.
+  const again = { ...SELECTED[0], name: `${SELECTED[0].name}, again at the end` };
+  if (SELECTED.length > 1) await measure(again, ROUNDS);
+  const baselines = measured.filter((m) => m.setting.nodes === 1 && !m.setting.separate).map((m) => m.perNode);
   const baselineRates = baselines.map(aggregateOf);
   const baseline = sum(baselineRates) / baselines.length;
   const cpuBaseline = sum(baselines.map(cpuBoundOf)) / baselines.length;
-  const rows = measured.map(({ setting, perNode, swapped }) => {
+  const rows = measured.map(({ setting, perNode, swapped, round }) => {
     const aggregate = aggregateOf(perNode);
     const mean = (pick: (n: (typeof perNode)[number]) => number) => sum(perNode.map(pick)) / perNode.length;
     const percent = (pick: (n: (typeof perNode)[number]) => number) => `${(100 * mean(pick)).toFixed(1)}%`;
     return [
-      setting.name, aggregate.toFixed(0), `${(aggregate / baseline).toFixed(2)}×`, `${(cpuBoundOf(perNode) / cpuBaseline).toFixed(2)}×`,
+      ROUNDS > 1 && setting !== again ? `${setting.name}, round ${round}` : setting.name, aggregate.toFixed(0), `${(aggregate / baseline).toFixed(2)}×`, `${(cpuBoundOf(perNode) / cpuBaseline).toFixed(2)}×`,
       percent((n) => n.remoteWaitShare), percent((n) => n.idleShare), percent((n) => n.servingShare),
       (mean((n) => n.sentPerToken) / 1024).toFixed(2), mean((n) => n.remoteCallsPerStep).toFixed(1),
       mean((n) => n.remoteRequestsPerStep).toFixed(1), String(swapped),
@@ -255,10 +260,24 @@ async function table(title: string, launch: Launcher): Promise<void> {
     'sent kB per token per node', 'remote calls per step', 'requests per step', 'experts moved for load',
   ], rows);
   if (baselines.length > 1) {
-    const [first, last] = baselineRates;
+    const [first, last] = [baselineRates[0], baselineRates.at(-1)!];
     const drift = (100 * (last - first)) / first;
     const signed = `${drift >= 0 ? '+' : ''}${drift.toFixed(1)}%`;
-    console.log(`one node: ${first.toFixed(0)} tokens/s first, ${last.toFixed(0)} at the end (${signed}); the ratios are against their mean`);
+    const runs = baselines.length > 2 ? `, ${baselines.length} runs from ${Math.min(...baselineRates).toFixed(0)} to ${Math.max(...baselineRates).toFixed(0)}` : '';
+    console.log(`one node: ${first.toFixed(0)} tokens/s first, ${last.toFixed(0)} at the end (${signed}${runs}); the ratios are against their mean`);
+  }
+  if (ROUNDS > 1) {
+    for (const setting of SELECTED.slice(1)) {
+      const runs = measured.filter((m) => m.setting === setting).map((m) => m.perNode);
+      const spread = (values: number[]) => {
+        const sorted = values.toSorted((a, b) => a - b);
+        const median = sorted.length % 2 ? sorted[sorted.length >> 1] : (sorted[sorted.length / 2 - 1] + sorted[sorted.length / 2]) / 2;
+        return `${median.toFixed(2)}× (${sorted[0].toFixed(2)}-${sorted.at(-1)!.toFixed(2)}×)`;
+      };
+      const wall = spread(runs.map((r) => aggregateOf(r) / baseline));
+      const cpu = spread(runs.map((r) => cpuBoundOf(r) / cpuBaseline));
+      console.log(`${setting.name}: median of ${runs.length} rounds ${wall} one node, per CPU-second ${cpu}`);
+    }
   }
 }
 
