@@ -29,10 +29,10 @@ export class Channel {
   }
 
   /**
-   * Sends one request frame and resolves with its reply frame. An aborted request (its deadline) closes the
-   * channel: its reply may still come, and every reply after it would be taken for the next request's.
+   * Sends one request frame (its parts joined) and resolves with its reply frame. An aborted request (its deadline)
+   * closes the channel: its reply may still come, and every reply after it would be taken for the next request's.
    */
-  async request(frame: Uint8Array, signal: AbortSignal): Promise<Uint8Array> {
+  async request(frame: readonly Uint8Array[], signal: AbortSignal): Promise<Uint8Array> {
     if (this.closedBy) throw this.closedBy;
     // Past its deadline while the channel opened: never sent (the write would go out before it looks at the signal).
     if (signal.aborted) throw new CancelledError('channel: the request was abandoned before it was sent');

@@ -1,9 +1,9 @@
-// Length-prefixed frames over a libp2p stream, with the protections lpStream leaves to its
-// caller: a length prefix longer than the cap needs is refused as it arrives (lpStream's own
-// check comes only after a varint completes, and a prefix that never ends would grow forever),
-// the read buffer is bounded by the cap, and every read and write has a timeout.
-import type { Stream } from '@libp2p/interface';
-import { lpStream, type LengthPrefixedStream } from '@libp2p/utils';
+// Length-prefixed frames over a libp2p stream (an unsigned varint length, then that many bytes, as lpStream
+// frames them), with the protections lpStream leaves to its caller: a length prefix longer than the cap needs
+// is refused as it arrives (a prefix that never ends would grow forever), the read buffer is bounded by the
+// cap, and every read and write has a timeout.
+import type { AbortOptions, Stream } from '@libp2p/interface';
+import { byteStream } from '@libp2p/utils';
 import { CancelledError, MalformedError, RefusedError, RemoteError, RpcError, TimeoutError, TooLargeError } from './errors.ts';
 
 /** Bytes of the unsigned varint encoding of `value`. */
@@ -13,57 +13,85 @@ export function varintLength(value: number): number {
   return bytes;
 }
 
-/** A length decoder for lpStream that refuses a prefix longer than the varint of `maxDataLength`. */
-export function cappedLengthDecoder(maxDataLength: number): (data: { byteLength: number; get(index: number): number }) => number {
-  const maxLengthLength = varintLength(maxDataLength);
-  return (data) => {
-    let value = 0;
-    for (let i = 0; i < Math.min(data.byteLength, maxLengthLength); i++) {
-      const byte = data.get(i);
-      value += (byte & 0x7f) * 2 ** (7 * i);
-      if (byte < 0x80) return value;
-    }
-    if (data.byteLength >= maxLengthLength) {
-      throw new TooLargeError(`length prefix runs past ${maxLengthLength} bytes: more than the ${maxDataLength}-byte cap`, 'too-large');
-    }
-    throw new RangeError('length prefix incomplete'); // lpStream reads another byte
-  };
-}
-
 /** The stream ended before the first byte of a frame: the peer hung up without a message (a reset, a lost connection), not a cut one. */
 class ClosedBeforeFrameError extends Error {
   override name = 'ClosedBeforeFrameError';
 }
 
+/** The stream ended inside a frame (named as @libp2p/utils names it, for toRpcError). */
+class UnexpectedEOFError extends Error {
+  override name = 'UnexpectedEOFError';
+}
+
+/** A frame as read: its bytes, in one or more chunks (subarray() joins them). */
+export interface Frame {
+  readonly byteLength: number;
+  subarray(): Uint8Array;
+}
+
+/** Length-prefixed frames read and written on a stream. */
+export interface FrameStream {
+  /** The next frame; throws when the stream ends before it or inside it, or when its length is over the cap. */
+  read(options?: AbortOptions): Promise<Frame>;
+  /** Writes one frame: `data`, or the parts given joined. */
+  write(data: Uint8Array | readonly Uint8Array[], options?: AbortOptions): Promise<void>;
+}
+
 /**
  * Frames of at most maxDataLength bytes; `slackBytes`: how many more may wait unread beyond one largest frame
- * (a channel's pipelined requests and replies).
+ * (a channel's pipelined requests and replies). The length prefix is decoded as its bytes come, with no error thrown
+ * for an incomplete one (lpStream's decoder contract: a RangeError and its stack trace per byte, a large part of a small
+ * request's cost).
  */
-export function frameStream(stream: Stream, maxDataLength: number, slackBytes = 0): LengthPrefixedStream<Stream> {
+export function frameStream(stream: Stream, maxDataLength: number, slackBytes = 0): FrameStream {
   const maxLengthLength = varintLength(maxDataLength);
-  const frames = lpStream(stream, {
-    maxDataLength,
-    maxLengthLength,
-    maxBufferSize: maxDataLength + maxLengthLength + slackBytes,
-    lengthDecoder: cappedLengthDecoder(maxDataLength),
-  });
-  // lpStream reports an end before any byte of a frame and one inside it alike (UnexpectedEOFError): told apart by bytes received.
-  let received = 0;
-  let consumed = 0;
-  stream.addEventListener('message', (event) => (received += event.data.byteLength));
+  const bytes = byteStream(stream, { maxBufferSize: maxDataLength + maxLengthLength + slackBytes });
+  /** The next byte of a length prefix, or undefined when the stream ended first. */
+  const nextByte = async (options?: AbortOptions): Promise<number | undefined> => {
+    try {
+      return (await bytes.read({ ...options, bytes: 1 }))?.get(0);
+    } catch (err) {
+      if (err instanceof Error && err.name === 'UnexpectedEOFError') return undefined;
+      throw err;
+    }
+  };
   return {
-    ...frames,
     async read(options) {
-      try {
-        const frame = await frames.read(options);
-        consumed += varintLength(frame.byteLength) + frame.byteLength;
-        return frame;
-      } catch (err) {
-        if (err instanceof Error && err.name === 'UnexpectedEOFError' && received === consumed) {
-          throw new ClosedBeforeFrameError('the stream closed before a message began');
+      let length = 0;
+      for (let i = 0; ; i++) {
+        const byte = await nextByte(options);
+        if (byte === undefined) {
+          if (i === 0) throw new ClosedBeforeFrameError('the stream closed before a message began');
+          throw new UnexpectedEOFError('the stream closed inside a message\'s length prefix');
         }
-        throw err;
+        length += (byte & 0x7f) * 2 ** (7 * i);
+        if (byte < 0x80) break;
+        if (i + 1 >= maxLengthLength) {
+          throw new TooLargeError(`length prefix runs past ${maxLengthLength} bytes: more than the ${maxDataLength}-byte cap`, 'too-large');
+        }
       }
+      if (length > maxDataLength) {
+        throw new TooLargeError(`a message of ${length} bytes is over the ${maxDataLength}-byte cap`, 'too-large');
+      }
+      if (length === 0) return new Uint8Array(0);
+      const frame = await bytes.read({ ...options, bytes: length });
+      if (frame === null || frame.byteLength !== length) {
+        throw new UnexpectedEOFError(`the stream closed after ${frame?.byteLength ?? 0} of a message's ${length} bytes`);
+      }
+      return frame;
+    },
+    async write(data, options) {
+      // One buffer, so the prefix does not travel as a muxer frame of its own.
+      const parts = data instanceof Uint8Array ? [data] : data;
+      const length = parts.reduce((total, part) => total + part.byteLength, 0);
+      let offset = varintLength(length);
+      const frame = new Uint8Array(offset + length);
+      for (let i = 0, v = length; i < offset; i++, v = Math.floor(v / 128)) frame[i] = (v % 128) | (i < offset - 1 ? 0x80 : 0);
+      for (const part of parts) {
+        frame.set(part, offset);
+        offset += part.byteLength;
+      }
+      await bytes.write(frame, options);
     },
   };
 }
@@ -127,18 +155,34 @@ export function paceGuard(stream: Stream, pace: Pace): PaceGuard {
   };
 }
 
-/** Runs one read or write under the io timeout and the outer signals, mapping failures to RpcErrors. */
+/**
+ * Runs one read or write under the io timeout and the outer signals, mapping failures to RpcErrors. One controller and
+ * one timer per call (AbortSignal.timeout and AbortSignal.any cost more: signals of their own, weak references for GC).
+ */
 export async function withDeadlines<T>(what: string, deadlines: Deadlines, run: (signal: AbortSignal) => Promise<T>): Promise<T> {
-  const io = AbortSignal.timeout(deadlines.ioMs);
-  const signals = [io, deadlines.request?.signal, deadlines.pace?.signal, deadlines.caller].filter((s) => s !== undefined);
+  const controller = new AbortController();
+  const abort = () => controller.abort();
+  let ioExpired = false;
+  const timer = setTimeout(() => {
+    ioExpired = true;
+    abort();
+  }, deadlines.ioMs).unref();
+  const outer = [deadlines.request?.signal, deadlines.pace?.signal, deadlines.caller].filter((s) => s !== undefined);
+  for (const signal of outer) {
+    if (signal.aborted) abort();
+    else signal.addEventListener('abort', abort, { once: true });
+  }
   try {
-    return await run(AbortSignal.any(signals));
+    return await run(controller.signal);
   } catch (err) {
     if (deadlines.caller?.aborted) throw new CancelledError(`${what}: cancelled`);
     if (deadlines.request?.signal.aborted) throw new TimeoutError(`${what}: no reply within ${deadlines.request.ms} ms`, 'deadline');
     if (deadlines.pace?.signal.aborted) throw new TimeoutError(`${what}: stalled: ${deadlines.pace.reason()}`, 'stalled');
-    if (io.aborted) throw new TimeoutError(`${what}: stalled: not done within ${deadlines.ioMs} ms`, 'stalled');
+    if (ioExpired) throw new TimeoutError(`${what}: stalled: not done within ${deadlines.ioMs} ms`, 'stalled');
     throw toRpcError(err, what);
+  } finally {
+    clearTimeout(timer);
+    for (const signal of outer) signal.removeEventListener('abort', abort);
   }
 }
 

@@ -2,7 +2,7 @@
 import './polyfill.ts'; // before any libp2p import
 export * from './addresses.ts';
 export * from './errors.ts';
-export { cappedLengthDecoder, frameStream, varintLength } from './framing.ts';
+export { frameStream } from './framing.ts';
 export * from './host.ts';
 export * from './reachability.ts';
 export * from './rpc.ts';

@@ -228,10 +228,7 @@ export class Rpc {
     try {
       let replyBytes: Uint8Array;
       if (channel) {
-        const frame = new Uint8Array(1 + bytes.length);
-        frame[0] = index!;
-        frame.set(bytes, 1);
-        replyBytes = await withDeadlines(what, rpcDeadlines, (signal) => channel.request(frame, signal));
+        replyBytes = await withDeadlines(what, rpcDeadlines, (signal) => channel.request([Uint8Array.of(index!), bytes], signal));
         // The channel's frames are capped by its largest reply: each protocol's own cap holds too.
         if (replyBytes.length > spec.maxResponseBytes) {
           throw new TooLargeError(`${what}: a reply of ${replyBytes.length} bytes is over the ${spec.maxResponseBytes}-byte cap`);
