@@ -4,6 +4,7 @@
 // cap, and every read and write has a timeout.
 import type { AbortOptions, Stream } from '@libp2p/interface';
 import { byteStream } from '@libp2p/utils';
+import { Uint8ArrayList } from 'uint8arraylist';
 import { CancelledError, MalformedError, RefusedError, RemoteError, RpcError, TimeoutError, TooLargeError } from './errors.ts';
 
 /** Bytes of the unsigned varint encoding of `value`. */
@@ -81,17 +82,14 @@ export function frameStream(stream: Stream, maxDataLength: number, slackBytes = 
       return frame;
     },
     async write(data, options) {
-      // One buffer, so the prefix does not travel as a muxer frame of its own.
+      // One list (no copy), so the prefix and the parts go out in the same muxer frames.
       const parts = data instanceof Uint8Array ? [data] : data;
       const length = parts.reduce((total, part) => total + part.byteLength, 0);
-      let offset = varintLength(length);
-      const frame = new Uint8Array(offset + length);
-      for (let i = 0, v = length; i < offset; i++, v = Math.floor(v / 128)) frame[i] = (v % 128) | (i < offset - 1 ? 0x80 : 0);
-      for (const part of parts) {
-        frame.set(part, offset);
-        offset += part.byteLength;
+      const prefix = new Uint8Array(varintLength(length));
+      for (let i = 0, v = length; i < prefix.length; i++, v = Math.floor(v / 128)) {
+        prefix[i] = (v % 128) | (i < prefix.length - 1 ? 0x80 : 0);
       }
-      await bytes.write(frame, options);
+      await bytes.write(new Uint8ArrayList(prefix, ...parts), options);
     },
   };
 }
@@ -155,11 +153,16 @@ export function paceGuard(stream: Stream, pace: Pace): PaceGuard {
   };
 }
 
+/** The longest a Node timer waits. */
+const MAX_TIMEOUT_MS = 2 ** 31 - 1;
+
 /**
  * Runs one read or write under the io timeout and the outer signals, mapping failures to RpcErrors. One controller and
  * one timer per call (AbortSignal.timeout and AbortSignal.any cost more: signals of their own, weak references for GC).
  */
 export async function withDeadlines<T>(what: string, deadlines: Deadlines, run: (signal: AbortSignal) => Promise<T>): Promise<T> {
+  // setTimeout would take NaN, a negative or an overlong time for 1 ms, and every read would stall.
+  if (!(deadlines.ioMs >= 0 && deadlines.ioMs <= MAX_TIMEOUT_MS)) throw new RangeError(`${what}: an io timeout of ${deadlines.ioMs} ms`);
   const controller = new AbortController();
   const abort = () => controller.abort();
   let ioExpired = false;

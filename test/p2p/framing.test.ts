@@ -1,11 +1,13 @@
 // Length-prefixed frames (src/p2p/framing.ts) on an in-process stream pair: the same bytes on the wire as
 // @libp2p/utils' lpStream (the reference, and what older peers speak) both ways, however the bytes arrive,
-// and each way a frame can go wrong refused as the RPC layer maps it.
+// and each way a frame can go wrong refused as the RPC layer maps it; and the deadlines every read and write
+// runs under.
 import type { Stream } from '@libp2p/interface';
 import { lpStream, streamPair } from '@libp2p/utils';
+import { getEventListeners } from 'node:events';
 import { describe, expect, it } from 'vitest';
-import { frameStream, MalformedError, RemoteError, TooLargeError } from '../../src/p2p/index.ts';
-import { toRpcError } from '../../src/p2p/framing.ts';
+import { CancelledError, frameStream, MalformedError, RemoteError, TimeoutError, TooLargeError } from '../../src/p2p/index.ts';
+import { toRpcError, withDeadlines } from '../../src/p2p/framing.ts';
 
 const SIZES = [0, 1, 127, 128, 300, 16_383, 16_384, 70_000];
 const payload = (size: number, seed: number) => Uint8Array.from({ length: size }, (_, i) => (i * 31 + seed) & 0xff);
@@ -89,5 +91,43 @@ describe('frameStream', () => {
       expect(err.message).toMatch(message);
       if (error === MalformedError) expect(err.reason).toBe('truncated');
     }
+  });
+});
+
+describe('withDeadlines', () => {
+  /** Fails when `signal` aborts (at once if it has): an operation that waits for its deadline. */
+  const untilAborted = (signal: AbortSignal) => new Promise<never>((_, reject) => {
+    if (signal.aborted) reject(new Error('aborted'));
+    signal.addEventListener('abort', () => reject(new Error('aborted')));
+  });
+
+  it('names the deadline that ended an operation, and maps other failures', async () => {
+    const caller = new AbortController();
+    caller.abort();
+    await expect(withDeadlines('op', { caller: caller.signal, ioMs: 10_000 }, untilAborted)).rejects.toBeInstanceOf(CancelledError);
+    const request = { signal: AbortSignal.timeout(20), ms: 20 };
+    const deadline = await withDeadlines('op', { request, ioMs: 10_000 }, untilAborted).catch((e) => e);
+    expect(deadline).toBeInstanceOf(TimeoutError);
+    expect(deadline).toMatchObject({ reason: 'deadline', message: 'op: no reply within 20 ms' });
+    const open = { signal: new AbortController().signal, ms: 9000 };
+    const io = await withDeadlines('op', { request: open, ioMs: 20 }, untilAborted).catch((e) => e);
+    expect(io).toBeInstanceOf(TimeoutError);
+    expect(io).toMatchObject({ reason: 'stalled', message: 'op: stalled: not done within 20 ms' });
+    const eof = Object.assign(new Error('cut'), { name: 'UnexpectedEOFError' });
+    const cut = await withDeadlines('op', { ioMs: 10_000 }, () => Promise.reject(eof)).catch((e) => e);
+    expect(cut).toBeInstanceOf(MalformedError);
+    expect(cut.reason).toBe('truncated');
+    await expect(withDeadlines('op', { ioMs: Number('no') }, untilAborted)).rejects.toBeInstanceOf(RangeError);
+  });
+
+  it('leaves no listener behind on the signals that outlive each read and write', async () => {
+    const caller = new AbortController();
+    const request = { signal: new AbortController().signal, ms: 60_000 };
+    for (let i = 0; i < 200; i++) {
+      expect(await withDeadlines('op', { caller: caller.signal, request, ioMs: 60_000 }, async () => i)).toBe(i);
+      await withDeadlines('op', { caller: caller.signal, request, ioMs: 60_000 }, () => Promise.reject(new Error('x'))).catch(() => {});
+    }
+    expect(getEventListeners(caller.signal, 'abort')).toHaveLength(0);
+    expect(getEventListeners(request.signal, 'abort')).toHaveLength(0);
   });
 });
