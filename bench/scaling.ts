@@ -32,7 +32,7 @@ import type { JobSpec } from '../proto/index.ts';
 import { demoJob } from '../src/harness/demo-job.ts';
 import { startSwarm, type Proc, type SwarmEvent } from '../src/harness/local-swarm.ts';
 import { StarNetwork } from '../src/harness/netns.ts';
-import { printTable } from './table.ts';
+import { median, printTable } from './table.ts';
 
 const { values } = parseArgs({
   options: {
@@ -248,7 +248,8 @@ async function table(title: string, launch: Launcher): Promise<void> {
     const mean = (pick: (n: (typeof perNode)[number]) => number) => sum(perNode.map(pick)) / perNode.length;
     const percent = (pick: (n: (typeof perNode)[number]) => number) => `${(100 * mean(pick)).toFixed(1)}%`;
     return [
-      ROUNDS > 1 && setting !== again ? `${setting.name}, round ${round}` : setting.name, aggregate.toFixed(0), `${(aggregate / baseline).toFixed(2)}×`, `${(cpuBoundOf(perNode) / cpuBaseline).toFixed(2)}×`,
+      ROUNDS > 1 && setting !== again ? `${setting.name}, round ${round}` : setting.name, aggregate.toFixed(0),
+      `${(aggregate / baseline).toFixed(2)}×`, `${(cpuBoundOf(perNode) / cpuBaseline).toFixed(2)}×`,
       percent((n) => n.remoteWaitShare), percent((n) => n.idleShare), percent((n) => n.servingShare),
       (mean((n) => n.sentPerToken) / 1024).toFixed(2), mean((n) => n.remoteCallsPerStep).toFixed(1),
       mean((n) => n.remoteRequestsPerStep).toFixed(1), String(swapped),
@@ -263,17 +264,16 @@ async function table(title: string, launch: Launcher): Promise<void> {
     const [first, last] = [baselineRates[0], baselineRates.at(-1)!];
     const drift = (100 * (last - first)) / first;
     const signed = `${drift >= 0 ? '+' : ''}${drift.toFixed(1)}%`;
-    const runs = baselines.length > 2 ? `, ${baselines.length} runs from ${Math.min(...baselineRates).toFixed(0)} to ${Math.max(...baselineRates).toFixed(0)}` : '';
-    console.log(`one node: ${first.toFixed(0)} tokens/s first, ${last.toFixed(0)} at the end (${signed}${runs}); the ratios are against their mean`);
+    const [lowest, highest] = [Math.min(...baselineRates), Math.max(...baselineRates)];
+    const runs = baselines.length > 2 ? `, ${baselines.length} runs from ${lowest.toFixed(0)} to ${highest.toFixed(0)}` : '';
+    console.log(`one node: ${first.toFixed(0)} tokens/s first, ${last.toFixed(0)} at the end (${signed}${runs}); `
+      + 'the ratios are against their mean');
   }
   if (ROUNDS > 1) {
     for (const setting of SELECTED.slice(1)) {
       const runs = measured.filter((m) => m.setting === setting).map((m) => m.perNode);
-      const spread = (values: number[]) => {
-        const sorted = values.toSorted((a, b) => a - b);
-        const median = sorted.length % 2 ? sorted[sorted.length >> 1] : (sorted[sorted.length / 2 - 1] + sorted[sorted.length / 2]) / 2;
-        return `${median.toFixed(2)}× (${sorted[0].toFixed(2)}-${sorted.at(-1)!.toFixed(2)}×)`;
-      };
+      const spread = (values: number[]) =>
+        `${median(values).toFixed(2)}× (${Math.min(...values).toFixed(2)}-${Math.max(...values).toFixed(2)}×)`;
       const wall = spread(runs.map((r) => aggregateOf(r) / baseline));
       const cpu = spread(runs.map((r) => cpuBoundOf(r) / cpuBaseline));
       console.log(`${setting.name}: median of ${runs.length} rounds ${wall} one node, per CPU-second ${cpu}`);
@@ -311,4 +311,5 @@ if (RATES.length === 0) {
 console.log('aggregate tokens/s: steady-state steps\' tokens over their own seconds, summed over nodes; remote-expert wait: wall time with a '
   + 'remote expert call in flight / step time; per CPU-second: tokens per CPU-second of each node, summed (the ratio with a core per node '
   + 'and no waiting; steadier than wall time on a loaded machine); idle: the event loop waiting with nothing to run; '
-  + 'serving peers: answering peers\' expert calls; experts moved for load: replicas the coordinator moved to balance the rows routed to each node\'s experts');
+  + 'serving peers: answering peers\' expert calls; experts moved for load: replicas the coordinator moved to balance the rows routed to '
+  + 'each node\'s experts');

@@ -25,7 +25,7 @@ import { AdamW } from '../src/train/optimizer.ts';
 import { BpeTokenizer } from '../src/train/tokenizer.ts';
 import { DEFAULT_TRAIN, splitBatch, Trainer } from '../src/train/trainer.ts';
 import { BATCH, LORA, REFERENCE_CONFIG, SEQ } from './reference.ts';
-import { printTable } from './table.ts';
+import { median, printTable } from './table.ts';
 
 const LEARNING_RATE = 1e-3;
 
@@ -75,11 +75,6 @@ async function timeCalls(run: () => unknown, reps: number): Promise<number[]> {
   }
   return seconds;
 }
-
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
-};
 
 /**
  * Model FLOPs per trained token (2 per multiply-add; recomputation under checkpointing not
