@@ -22,7 +22,10 @@
 // end, on failure and on Ctrl-C (and those of a killed run by the next one).
 // One run of a setting varies by ±10% here (the machine's other tenants, where the router's favourites land): --rounds N
 // runs the settings N times in turn, the 1-node baseline in every round, and prints each setting's median and range.
-// Run: npm run bench:scaling [-- --quick] [-- --steps N] [-- --only 1,3] [-- --rounds 3] [-- --links 20mbit,100mbit [--delay-ms 25]]
+// --hidden N runs the demo model at hidden size N instead of 128 (experts 2N wide, 4 heads of N/4): an expert row's compute
+// grows with N² and its bytes with N, so how much messaging costs against the compute it carries is measured by width.
+// Run: npm run bench:scaling [-- --quick] [-- --steps N] [-- --only 1,3] [-- --rounds 3] [-- --hidden 256]
+//   [-- --links 20mbit,100mbit [--delay-ms 25]]
 import { spawnSync } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { cpus, loadavg, tmpdir } from 'node:os';
@@ -37,7 +40,7 @@ import { median, printTable } from './table.ts';
 const { values } = parseArgs({
   options: {
     quick: { type: 'boolean', default: false }, steps: { type: 'string' }, links: { type: 'string' }, only: { type: 'string' },
-    'delay-ms': { type: 'string', default: '25' }, rounds: { type: 'string', default: '1' },
+    'delay-ms': { type: 'string', default: '25' }, rounds: { type: 'string', default: '1' }, hidden: { type: 'string', default: '128' },
   },
 });
 const DELAY_MS = Number(values['delay-ms']);
@@ -48,6 +51,8 @@ for (const rate of RATES) {
 }
 const ROUNDS = Number(values.rounds);
 if (!(Number.isInteger(ROUNDS) && ROUNDS >= 1)) throw new RangeError(`--rounds takes a whole number ≥ 1, got ${values.rounds}`);
+const HIDDEN = Number(values.hidden);
+if (!(Number.isInteger(HIDDEN) && HIDDEN >= 32 && HIDDEN % 32 === 0)) throw new RangeError(`--hidden takes a multiple of 32, got ${values.hidden}`);
 const STEPS_PER_NODE = Number(values.steps ?? (values.quick ? 24 : 64));
 const WARMUP_STEPS = 6;
 const VOCAB = 1024;
@@ -117,11 +122,17 @@ async function run(setting: Setting, launch: Launcher): Promise<Ran> {
 }
 
 /** One swarm of `setting.nodes` nodes, its first node pinned to core `firstCore`. */
+/** The demo model at hidden size `hidden`: its experts 2× as wide, its 4 heads hidden / 4 each (the demo: 128). */
+function widened(hidden: number): JobSpec['model'] {
+  return { hiddenSize: hidden, expertHiddenSize: 2 * hidden, headDim: hidden / 4 };
+}
+
 async function runOne(setting: Setting, launch: Launcher, firstCore: number): Promise<Ran> {
   const job = {
     ...demoJob(STEPS_PER_NODE * setting.nodes, setting.nodes), jobId: `bench-scaling-${setting.nodes}-${setting.replication}-${firstCore}`,
     ...(setting.splitBatch ? { splitBatch: true } : {}),
   };
+  job.model = { ...job.model, ...widened(HIDDEN) };
   if (setting.overlap === false) job.averaging = { ...job.averaging, overlap: false };
   const swarm = await launch(job, ['--vocab', String(VOCAB), '--replication', String(setting.replication), '--lease-ms', '120000']);
   try {
@@ -281,7 +292,7 @@ async function table(title: string, launch: Launcher): Promise<void> {
   }
 }
 
-console.log(`scaling bench: the demo job (hidden 128, 4 layers, 8 experts top-2, batch 8 × 128), ${STEPS_PER_NODE} steps per node, `
+console.log(`scaling bench: the demo job (hidden ${HIDDEN}, 4 layers, 8 experts top-2, batch 8 × 128), ${STEPS_PER_NODE} steps per node, `
   + `first ${WARMUP_STEPS} left out; each node --threads 1 pinned to its own core; ${cpus().length} cores, `
   + `load average ${loadavg()[0].toFixed(2)}; Node ${process.version}`);
 if (RATES.length === 0) {
