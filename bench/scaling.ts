@@ -121,12 +121,12 @@ async function run(setting: Setting, launch: Launcher): Promise<Ran> {
   return runOne(setting, launch, 0);
 }
 
-/** One swarm of `setting.nodes` nodes, its first node pinned to core `firstCore`. */
 /** The demo model at hidden size `hidden`: its experts 2× as wide, its 4 heads hidden / 4 each (the demo: 128). */
 function widened(hidden: number): JobSpec['model'] {
   return { hiddenSize: hidden, expertHiddenSize: 2 * hidden, headDim: hidden / 4 };
 }
 
+/** One swarm of `setting.nodes` nodes, its first node pinned to core `firstCore`. */
 async function runOne(setting: Setting, launch: Launcher, firstCore: number): Promise<Ran> {
   const job = {
     ...demoJob(STEPS_PER_NODE * setting.nodes, setting.nodes), jobId: `bench-scaling-${setting.nodes}-${setting.replication}-${firstCore}`,
