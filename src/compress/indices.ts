@@ -4,13 +4,10 @@
 //   ':bitmap'  one bit per element (bit i in byte i >> 3, least significant first): n/8 bytes,
 //              smaller once more than ~1 element in 8-16 is kept.
 // Decoders check every index is in range and strictly after the previous one.
+import { varintLength, writeVarint } from '../../proto/varint.ts';
 import { CodecError, partTensor, PartReader, type CodecPart } from './codec.ts';
 
 export const INDEX_SUFFIXES = [':gaps', ':bitmap'] as const;
-
-function varintLength(v: number): number {
-  return v < 0x80 ? 1 : v < 0x4000 ? 2 : v < 0x200000 ? 3 : v < 0x10000000 ? 4 : 5;
-}
 
 function gapBytes(indices: Uint32Array): number {
   let bytes = 0;
@@ -23,14 +20,7 @@ export function encodeIndices(indices: Uint32Array, n: number): CodecPart {
   if (bytes <= Math.ceil(n / 8)) {
     const out = new Uint8Array(bytes);
     let at = 0;
-    for (let j = 0, prev = 0; j < indices.length; prev = indices[j++]) {
-      let v = indices[j] - prev;
-      while (v >= 0x80) {
-        out[at++] = (v & 0x7f) | 0x80;
-        v >>>= 7;
-      }
-      out[at++] = v;
-    }
+    for (let j = 0, prev = 0; j < indices.length; prev = indices[j++]) at = writeVarint(out, at, indices[j] - prev);
     return { suffix: ':gaps', tensor: partTensor('U8', [bytes], out) };
   }
   const bitmap = new Uint8Array(Math.ceil(n / 8));

@@ -5,14 +5,8 @@
 import type { AbortOptions, Stream } from '@libp2p/interface';
 import { byteStream } from '@libp2p/utils';
 import { Uint8ArrayList } from 'uint8arraylist';
+import { varintLength, writeVarint } from '../../proto/varint.ts';
 import { CancelledError, MalformedError, RefusedError, RemoteError, RpcError, TimeoutError, TooLargeError } from './errors.ts';
-
-/** Bytes of the unsigned varint encoding of `value`. */
-export function varintLength(value: number): number {
-  let bytes = 1;
-  for (let v = value; v >= 128; v = Math.floor(v / 128)) bytes++;
-  return bytes;
-}
 
 /** The stream ended before the first byte of a frame: the peer hung up without a message (a reset, a lost connection), not a cut one. */
 class ClosedBeforeFrameError extends Error {
@@ -86,9 +80,7 @@ export function frameStream(stream: Stream, maxDataLength: number, slackBytes = 
       const parts = data instanceof Uint8Array ? [data] : data;
       const length = parts.reduce((total, part) => total + part.byteLength, 0);
       const prefix = new Uint8Array(varintLength(length));
-      for (let i = 0, v = length; i < prefix.length; i++, v = Math.floor(v / 128)) {
-        prefix[i] = (v % 128) | (i < prefix.length - 1 ? 0x80 : 0);
-      }
+      writeVarint(prefix, 0, length);
       await bytes.write(new Uint8ArrayList(prefix, ...parts), options);
     },
   };
